@@ -1,0 +1,36 @@
+/* Daemon configuration: built-in defaults, then fastgate.yaml (-c FILE), then flags. */
+#ifndef FG_CONFIG_H
+#define FG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "errlist.h"
+
+struct config {
+	char *listen;          /* "127.0.0.1:8514" */
+	char *routes_dir;      /* "./routes.d" */
+	char *keys_path;       /* "./keys/fastgate.db" */
+	char *audit_path;      /* "./keys/audit.db" */
+	char *control_path;    /* "./fastgate.sock" */
+	char *control_group;   /* NULL: socket mode 0600; else 0660 owned by this group */
+	char *pidfile;         /* with --daemon */
+	bool daemonize;
+	int verbose;
+
+	size_t max_body;        /* bytes; 10 MiB */
+	size_t max_headers;     /* bytes of the whole request head; 32 KiB */
+	int header_timeout;     /* seconds for the whole request head (slowloris); 10 */
+	int body_timeout;       /* seconds of idle while reading a body; 30 */
+	int keepalive_timeout;  /* seconds an idle keep-alive connection is kept; 60 */
+	int max_connections;    /* open client connections; 4096 */
+	int drain_timeout;      /* seconds SIGTERM waits for in-flight requests; 30 */
+	bool metrics_public;    /* serve /metrics to non-loopback clients */
+};
+
+void config_defaults(struct config *c);
+/* Read fastgate.yaml; unknown keys and bad values are errors ("FILE:LINE: message"). */
+int config_load_file(struct config *c, const char *path, struct errlist *errs);
+void config_free(struct config *c);
+
+#endif

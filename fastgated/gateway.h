@@ -1,0 +1,49 @@
+/* The daemon's state: one struct owned by the event-loop thread, so that running several
+ * loops later (SO_REUSEPORT) means several of these, not a hunt for globals. */
+#ifndef FG_GATEWAY_H
+#define FG_GATEWAY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "errlist.h"
+#include "keys.h"
+#include "routes.h"
+
+struct upstream;      /* upstream.h: the curl multi driver */
+struct control;       /* control.h: the control socket */
+struct http_server;   /* http.h: listener and request checks */
+
+struct gateway_stats {
+	uint64_t requests;        /* finished requests */
+	uint64_t errors;          /* finished with status >= 500 or an upstream error */
+	uint64_t inflight;
+};
+
+struct gateway {
+	struct event_base *base;
+	struct config *cfg;
+	struct keystore *keys;
+	struct route_table *routes;   /* current table; requests hold their own reference */
+	struct upstream *upstream;
+	struct control *control;
+	struct http_server *http;
+	time_t started;
+	char listen_addr[128];        /* as bound, e.g. "127.0.0.1:8514" */
+	bool stopping;                /* SIGTERM seen: no new requests */
+	struct gateway_stats stats;
+};
+
+/* Parse routes_dir into a new table, apply stored enable/disable overrides and swap it in.
+ * On error: returns -1, adds "FILE:LINE: message" lines to errs, the old table keeps
+ * serving. */
+int gateway_reload_routes(struct gateway *gw, struct errlist *errs);
+
+/* Set a route's run-time enabled state and persist it in the key store.
+ * -1 with *err (caller frees) if the route is unknown or the store write failed. */
+int gateway_set_route_enabled(struct gateway *gw, const char *name, bool enabled, char **err);
+
+#endif

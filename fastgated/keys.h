@@ -1,0 +1,89 @@
+/* Client API keys: format, hashing, the SQLite store and the in-memory index.
+ *
+ * Secret format: "fg_" + 40 base62 characters from a CSPRNG + 6 base62 characters of
+ * CRC32 over the first 43 characters (like GitHub's token format), so a leaked key can be
+ * recognised offline and typos are rejected without a lookup. Only SHA-256(secret) and a
+ * display prefix ("fg_" + first 8 random characters) are stored.
+ *
+ * The store is owned by the event-loop thread. Lookups never touch SQLite: every key is
+ * loaded at open into a hash table keyed by SHA-256. Changes (create, revoke, ...) write
+ * SQLite first and update memory only when the write succeeded. */
+#ifndef FG_KEYS_H
+#define FG_KEYS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KEY_PREFIX        "fg_"
+#define KEY_RANDOM_LEN    40
+#define KEY_CHECKSUM_LEN  6
+#define KEY_SECRET_LEN    (3 + KEY_RANDOM_LEN + KEY_CHECKSUM_LEN)   /* 49 */
+#define KEY_DISPLAY_LEN   (3 + 8)                                   /* "fg_AbCdEfGh" */
+#define KEY_HASH_LEN      32
+
+struct key {
+	int64_t id;
+	char *name;
+	char display[KEY_DISPLAY_LEN + 1];
+	unsigned char hash[KEY_HASH_LEN];
+	int64_t created;      /* unix seconds */
+	int64_t expires;      /* unix seconds, 0 = never */
+	int64_t revoked;      /* unix seconds, 0 = active */
+	int64_t last_used;    /* unix seconds, 0 = never; in memory, persisted lazily */
+	char **routes;        /* allowed route names; n_routes == 0 = all */
+	size_t n_routes;
+	int rpm;              /* requests per minute, 0 = unlimited */
+	/* rate-limit window state (in memory only) */
+	int64_t window_start; /* unix seconds of the current minute window */
+	int window_count;
+};
+
+/* Generate a new secret into out (KEY_SECRET_LEN + 1 bytes). 0 / -1 if the CSPRNG failed. */
+int key_generate(char *out);
+/* True if `s` has the fg_ format with a correct checksum. Cheap; no lookup. */
+bool key_format_valid(const char *s, size_t len);
+void key_hash(const char *secret, size_t len, unsigned char out[KEY_HASH_LEN]);
+
+struct keystore;
+
+/* Open (creating if needed) the SQLite store at `path`, migrate its schema
+ * (PRAGMA user_version), load every key. NULL on error with *err set (caller frees). */
+struct keystore *keystore_open(const char *path, char **err);
+void keystore_close(struct keystore *ks);
+
+/* Find the key for a presented secret: format check, SHA-256, hash-table lookup.
+ * NULL if unknown or malformed. Does not check revoked/expired (see key_usable). */
+struct key *keystore_lookup(struct keystore *ks, const char *secret, size_t len);
+struct key *keystore_get(struct keystore *ks, int64_t id);
+
+/* 1 if usable now (not revoked, not expired). */
+bool key_usable(const struct key *k, int64_t now);
+
+/* Create a key. routes may be NULL/0 (all routes). expires 0 = never. On success writes the
+ * secret (KEY_SECRET_LEN + 1 bytes) into secret_out, sets *out and returns 0; on failure
+ * returns -1 with *err set (caller frees). */
+int keystore_create(struct keystore *ks, const char *name, char *const *routes, size_t n_routes,
+                    int rpm, int64_t expires, char *secret_out, struct key **out, char **err);
+/* Revoke by id: -1 with *err "no key with id N" if unknown. Revoking twice is fine. */
+int keystore_revoke(struct keystore *ks, int64_t id, char **err);
+
+/* All keys, in id order; valid until the next change to the store. */
+size_t keystore_count(const struct keystore *ks);
+struct key *keystore_at(struct keystore *ks, size_t i);
+
+/* Record a use (in memory; persisted by keystore_flush_usage). */
+void key_touch(struct key *k, int64_t now);
+/* Write last_used of keys touched since the last flush. -1 with *err on failure. */
+int keystore_flush_usage(struct keystore *ks, char **err);
+
+/* Rate limit: 0 if the request may go, else the seconds until the window resets
+ * (for Retry-After). Counts the request when allowed. */
+int key_rate_check(struct key *k, int64_t now);
+
+/* Route/state persistence shared with the control channel: the run-time enabled flag of
+ * routes, kept in the same database. -1 = no override stored. */
+int keystore_route_state_get(struct keystore *ks, const char *route);
+int keystore_route_state_set(struct keystore *ks, const char *route, int enabled, char **err);
+
+#endif

@@ -1,0 +1,97 @@
+/* Route table: loaded from routes.d/*.yaml, matched per request.
+ *
+ * A table is immutable once loaded except for each route's `enabled` flag, which the
+ * control channel flips at run time. Tables are reference counted so a reload can swap
+ * in a new table while in-flight requests keep the route they started with. */
+#ifndef FG_ROUTES_H
+#define FG_ROUTES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <jansson.h>
+
+#include "errlist.h"
+
+struct route_kv {
+	char *name;
+	char *value;
+};
+
+struct route {
+	char *name;            /* unique across all files, [A-Za-z0-9_.-]+ */
+	int priority;          /* lower first; default 100 */
+	bool enabled_in_file;  /* `enabled:` as written (default true) */
+	bool enabled;          /* effective state; the control channel may override */
+	char *file;            /* path of the file that defined it */
+	int line;              /* line of the route's first key in that file */
+
+	/* match */
+	char *match_path;      /* pattern, or NULL = any path */
+	char **methods;        /* upper-case method names; n_methods == 0 = any */
+	size_t n_methods;
+	json_t *match_body;    /* object of field -> string glob | true/false | number; or NULL */
+
+	/* upstream */
+	char *upstream_url;    /* as written in the file (contains no secret) */
+	char *upstream_origin; /* "scheme://host[:port]" */
+	char *upstream_path;   /* path from the URL (no query), or NULL: keep the client's path */
+	char *upstream_host;   /* host[:port], for display */
+	char *api_key;         /* resolved secret or NULL; never log it */
+	char *api_key_file;    /* as written, or NULL */
+	char *strip_prefix;    /* or NULL */
+	int timeout;           /* seconds to first byte; default 60 */
+	int idle_timeout;      /* seconds between stream chunks; default = timeout */
+	char **strip_headers;  /* lower-cased */
+	size_t n_strip_headers;
+	struct route_kv *add_headers;
+	size_t n_add_headers;
+	json_t *add_body_fields; /* object, or NULL */
+};
+
+struct route_table {
+	struct route **routes; /* in match order: priority, then file name, then position */
+	size_t n;
+	int refcount;
+	char *dir;             /* directory it was loaded from */
+};
+
+/* Load every *.yaml / *.yml file in `dir` (sorted by file name). On any error returns NULL
+ * and adds one "FILE:LINE: message" line per problem to `errs`; all files are checked.
+ * The returned table has refcount 1. */
+struct route_table *route_table_load(const char *dir, struct errlist *errs);
+/* Load a single file (used by tests and by route_table_load). Same error contract. */
+struct route_table *route_table_load_files(const char *const *paths, size_t n, struct errlist *errs);
+
+void route_table_ref(struct route_table *t);
+void route_table_unref(struct route_table *t);   /* frees at zero */
+
+struct route *route_table_find(const struct route_table *t, const char *name);
+
+/* What a request offers for matching. The body is parsed lazily, only when a candidate
+ * route has a `match.body`; `json` then holds the parsed body (caller frees with
+ * json_decref), `json_state` is 0 (not parsed), 1 (parsed object), -1 (not a JSON object). */
+struct route_request {
+	const char *method;   /* "POST" */
+	const char *path;     /* path only, no query string */
+	const char *body;
+	size_t body_len;
+	json_t *json;
+	int json_state;
+};
+
+enum route_match_result { ROUTE_MATCHED = 0, ROUTE_NO_MATCH = -1, ROUTE_BAD_BODY = -2 };
+
+/* First enabled route, in table order, whose path, method and body match.
+ * ROUTE_BAD_BODY: a route that reads the body would have been tried but the body is not
+ * a JSON object (the caller answers 400). */
+enum route_match_result route_match(const struct route_table *t, struct route_request *rq,
+                                    const struct route **out);
+
+/* Path pattern match: exact, `*` within one segment, `**` across segments, `{name}` one
+ * non-empty segment; anything else literal. Exposed for tests. */
+bool route_path_match(const char *pattern, const char *path);
+
+/* Body field glob: fnmatch-like `*`, `?` and `[...]` on strings. Exposed for tests. */
+bool route_body_match(const json_t *want, const json_t *body);
+
+#endif
