@@ -31,20 +31,20 @@ test-deps:
 
 # $(1) = output dir, $(2) = extra cflags
 define variant
-$(1)/%.o: %.c $(HDRS) | $(1)/fastgated $(1)/fastgate-cli $(1)/tests/unit
+$(1)/obj/%.o: %.c $(HDRS)
+	@mkdir -p $$(dir $$@)
 	$$(CC) $$(BASE_CFLAGS) $(2) -c $$< -o $$@
-$(1)/libfg.a: $(patsubst %.c,$(1)/%.o,$(DAEMON_SRC))
+$(1)/libfg.a: $(patsubst %.c,$(1)/obj/%.o,$(DAEMON_SRC))
 	rm -f $$@ && ar rcs $$@ $$^
-$(1)/fastgated: $(1)/fastgated/main.o $(1)/libfg.a
+$(1)/fastgated: $(1)/obj/fastgated/main.o $(1)/libfg.a
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS)
-$(1)/fastgate-cli: $(patsubst %.c,$(1)/%.o,$(CLI_SRC)) $(1)/libfg.a
+$(1)/fastgate-cli: $(patsubst %.c,$(1)/obj/%.o,$(CLI_SRC)) $(1)/libfg.a
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS)
-$(1)/mock-upstream: $(1)/tests/mock-upstream.o
+$(1)/mock-upstream: $(1)/obj/tests/mock-upstream.o
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS)
-$(1)/tests/unit/%: $(1)/tests/unit/%.o $(1)/libfg.a
+$(1)/tests/unit/%: $(1)/obj/tests/unit/%.o $(1)/libfg.a
+	@mkdir -p $$(dir $$@)
 	$$(CC) $(2) -o $$@ $$^ $$(LIBS)
-$(1)/fastgated $(1)/fastgate-cli $(1)/tests/unit:
-	mkdir -p $$@
 endef
 $(eval $(call variant,build,$(REL_CFLAGS)))
 $(eval $(call variant,build-test,$(TEST_CFLAGS)))

@@ -21,8 +21,7 @@ struct config {
 	size_t max_body;        /* bytes; 10 MiB */
 	size_t max_headers;     /* bytes of the whole request head; 32 KiB */
 	int header_timeout;     /* seconds for the whole request head (slowloris); 10 */
-	int body_timeout;       /* seconds of idle while reading a body; 30 */
-	int keepalive_timeout;  /* seconds an idle keep-alive connection is kept; 60 */
+	int idle_timeout;       /* seconds of client silence: body reads, keep-alive; 60 */
 	int max_connections;    /* open client connections; 4096 */
 	int drain_timeout;      /* seconds SIGTERM waits for in-flight requests; 30 */
 	bool metrics_public;    /* serve /metrics to non-loopback clients */

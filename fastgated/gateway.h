@@ -16,6 +16,7 @@
 struct upstream;      /* upstream.h: the curl multi driver */
 struct control;       /* control.h: the control socket */
 struct http_server;   /* http.h: listener and request checks */
+struct metrics;       /* metrics.h: counters and histograms */
 
 struct gateway_stats {
 	uint64_t requests;        /* finished requests */
@@ -31,6 +32,7 @@ struct gateway {
 	struct upstream *upstream;
 	struct control *control;
 	struct http_server *http;
+	struct metrics *metrics;
 	time_t started;
 	char listen_addr[128];        /* as bound, e.g. "127.0.0.1:8514" */
 	bool stopping;                /* SIGTERM seen: no new requests */

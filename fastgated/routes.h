@@ -1,4 +1,4 @@
-/* Route table: loaded from routes.d/*.yaml, matched per request.
+/* Route table: loaded from the YAML files in routes.d, matched per request.
  *
  * A table is immutable once loaded except for each route's `enabled` flag, which the
  * control channel flips at run time. Tables are reference counted so a reload can swap
@@ -46,6 +46,12 @@ struct route {
 	struct route_kv *add_headers;
 	size_t n_add_headers;
 	json_t *add_body_fields; /* object, or NULL */
+
+	/* `if_env: VAR` named a variable that is unset or empty: the route is listed but
+	 * enabled = enabled_in_file = false and api_key = NULL. A message for the operator,
+	 * e.g. "OPENAI_API_KEY is not set"; NULL when the route is usable. Never enable a
+	 * route that has this set. */
+	char *unavailable;
 };
 
 struct route_table {
@@ -59,7 +65,8 @@ struct route_table {
  * and adds one "FILE:LINE: message" line per problem to `errs`; all files are checked.
  * The returned table has refcount 1. */
 struct route_table *route_table_load(const char *dir, struct errlist *errs);
-/* Load a single file (used by tests and by route_table_load). Same error contract. */
+/* Load the given files (used by tests and by route_table_load). Same error contract; the
+ * files' order in `paths` stands in for file-name order. The table's dir is NULL. */
 struct route_table *route_table_load_files(const char *const *paths, size_t n, struct errlist *errs);
 
 void route_table_ref(struct route_table *t);
@@ -91,7 +98,10 @@ enum route_match_result route_match(const struct route_table *t, struct route_re
  * non-empty segment; anything else literal. Exposed for tests. */
 bool route_path_match(const char *pattern, const char *path);
 
-/* Body field glob: fnmatch-like `*`, `?` and `[...]` on strings. Exposed for tests. */
+/* Body match. `want` an object: `body` must be an object holding every field of `want`, each
+ * matching. `want` a string: an fnmatch(3) glob (`*`, `?`, `[...]`; `*` also matches `/`)
+ * against a string; a boolean or number: equal value and type family (1 == 1.0).
+ * Exposed for tests. */
 bool route_body_match(const json_t *want, const json_t *body);
 
 #endif

@@ -1,0 +1,189 @@
+/* fastgate.yaml: a flat mapping of settings. Every key is listed in one table with its
+ * type, so unknown keys and bad values are reported as FILE:LINE with what was expected. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "config.h"
+
+enum ctype { C_STR, C_INT, C_SIZE, C_BOOL };
+
+struct setting {
+	const char *name;
+	enum ctype type;
+	size_t offset;
+	long min, max;
+};
+
+#define S(name, type, field, min, max) { name, type, offsetof(struct config, field), min, max }
+static const struct setting settings[] = {
+	S("listen", C_STR, listen, 0, 0),
+	S("routes", C_STR, routes_dir, 0, 0),
+	S("keys", C_STR, keys_path, 0, 0),
+	S("audit", C_STR, audit_path, 0, 0),
+	S("control", C_STR, control_path, 0, 0),
+	S("control_group", C_STR, control_group, 0, 0),
+	S("max_body", C_SIZE, max_body, 1024, 1L << 30),
+	S("max_headers", C_SIZE, max_headers, 1024, 1L << 20),
+	S("header_timeout", C_INT, header_timeout, 1, 3600),
+	S("idle_timeout", C_INT, idle_timeout, 1, 86400),
+	S("max_connections", C_INT, max_connections, 1, 1000000),
+	S("drain_timeout", C_INT, drain_timeout, 0, 3600),
+	S("metrics_public", C_BOOL, metrics_public, 0, 0),
+};
+#undef S
+
+void config_defaults(struct config *c)
+{
+	memset(c, 0, sizeof(*c));
+	c->listen = strdup("127.0.0.1:8514");
+	c->routes_dir = strdup("./routes.d");
+	c->keys_path = strdup("./keys/fastgate.db");
+	c->audit_path = strdup("./keys/audit.db");
+	c->control_path = strdup("./fastgate.sock");
+	c->max_body = 10 * 1024 * 1024;
+	c->max_headers = 32 * 1024;
+	c->header_timeout = 10;
+	c->idle_timeout = 60;
+	c->max_connections = 4096;
+	c->drain_timeout = 30;
+}
+
+void config_free(struct config *c)
+{
+	free(c->listen);
+	free(c->routes_dir);
+	free(c->keys_path);
+	free(c->audit_path);
+	free(c->control_path);
+	free(c->control_group);
+	free(c->pidfile);
+	memset(c, 0, sizeof(*c));
+}
+
+/* "10M", "512K", "1048576" */
+static int parse_size(const char *s, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || end == s || v < 0)
+		return -1;
+	if (*end == 'K' || *end == 'k') { v *= 1024; end++; }
+	else if (*end == 'M' || *end == 'm') { v *= 1024 * 1024; end++; }
+	else if (*end == 'G' || *end == 'g') { v *= 1024L * 1024 * 1024; end++; }
+	if (*end)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static void apply(struct config *c, const struct setting *st, const char *file, int line,
+                  const char *value, struct errlist *errs)
+{
+	char *field = (char *)c + st->offset;
+	long v = 0;
+	char *end;
+
+	switch (st->type) {
+	case C_STR:
+		free(*(char **)field);
+		*(char **)field = strdup(value);
+		return;
+	case C_BOOL:
+		if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0)
+			*(bool *)field = true;
+		else if (strcmp(value, "false") == 0 || strcmp(value, "no") == 0)
+			*(bool *)field = false;
+		else
+			errlist_add(errs, "%s:%d: %s: expected true or false", file, line, st->name);
+		return;
+	case C_INT:
+		errno = 0;
+		v = strtol(value, &end, 10);
+		if (errno || end == value || *end) {
+			errlist_add(errs, "%s:%d: %s: expected a whole number", file, line, st->name);
+			return;
+		}
+		break;
+	case C_SIZE:
+		if (parse_size(value, &v) < 0) {
+			errlist_add(errs, "%s:%d: %s: expected a size like 1048576, 512K or 10M",
+			            file, line, st->name);
+			return;
+		}
+		break;
+	}
+	if (v < st->min || v > st->max) {
+		errlist_add(errs, "%s:%d: %s: %ld is out of range (%ld..%ld)", file, line, st->name,
+		            v, st->min, st->max);
+		return;
+	}
+	if (st->type == C_SIZE)
+		*(size_t *)field = (size_t)v;
+	else
+		*(int *)field = (int)v;
+}
+
+int config_load_file(struct config *c, const char *path, struct errlist *errs)
+{
+	FILE *f = fopen(path, "r");
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	yaml_node_t *root;
+	size_t before = errs->n;
+	bool have_doc = false;
+
+	if (!f) {
+		errlist_add(errs, "%s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	yaml_parser_initialize(&parser);
+	yaml_parser_set_input_file(&parser, f);
+	if (!yaml_parser_load(&parser, &doc)) {
+		errlist_add(errs, "%s:%zu: %s", path, parser.problem_mark.line + 1,
+		            parser.problem ? parser.problem : "YAML syntax error");
+		goto out;
+	}
+	have_doc = true;
+	root = yaml_document_get_root_node(&doc);
+	if (!root)
+		goto out; /* empty file: all defaults */
+	if (root->type != YAML_MAPPING_NODE) {
+		errlist_add(errs, "%s:%zu: expected a mapping of settings", path, root->start_mark.line + 1);
+		goto out;
+	}
+	for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(&doc, p->key);
+		yaml_node_t *v = yaml_document_get_node(&doc, p->value);
+		int line = (int)k->start_mark.line + 1;
+		const struct setting *st = NULL;
+
+		if (k->type != YAML_SCALAR_NODE) {
+			errlist_add(errs, "%s:%d: expected a setting name", path, line);
+			continue;
+		}
+		for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
+			if (strcmp((char *)k->data.scalar.value, settings[i].name) == 0)
+				st = &settings[i];
+		if (!st) {
+			errlist_add(errs, "%s:%d: unknown setting '%s'", path, line, (char *)k->data.scalar.value);
+			continue;
+		}
+		if (v->type != YAML_SCALAR_NODE) {
+			errlist_add(errs, "%s:%d: %s: expected a single value", path, line, st->name);
+			continue;
+		}
+		apply(c, st, path, line, (char *)v->data.scalar.value, errs);
+	}
+out:
+	if (have_doc)
+		yaml_document_delete(&doc);
+	yaml_parser_delete(&parser);
+	fclose(f);
+	return errs->n > before ? -1 : 0;
+}

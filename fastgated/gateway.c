@@ -1,0 +1,55 @@
+/* Operations on the daemon state shared by SIGHUP, the control channel and start-up. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway.h"
+#include "log.h"
+
+/* Run-time enable/disable overrides live in the key store and win over the file, except
+ * for a route that cannot run (its if_env variable is unset). */
+static void apply_overrides(struct gateway *gw, struct route_table *t)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		struct route *r = t->routes[i];
+		int st = gw->keys ? keystore_route_state_get(gw->keys, r->name) : -1;
+		if (st >= 0 && !r->unavailable)
+			r->enabled = st != 0;
+	}
+}
+
+int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
+{
+	struct route_table *t = route_table_load(gw->cfg->routes_dir, errs);
+	struct route_table *old = gw->routes;
+
+	if (!t)
+		return -1;
+	apply_overrides(gw, t);
+	gw->routes = t;   /* in-flight requests hold their own reference to the old table */
+	if (old)
+		route_table_unref(old);
+	log_info("routes loaded from %s: %zu routes", gw->cfg->routes_dir, t->n);
+	return 0;
+}
+
+int gateway_set_route_enabled(struct gateway *gw, const char *name, bool enabled, char **err)
+{
+	struct route *r = gw->routes ? route_table_find(gw->routes, name) : NULL;
+
+	*err = NULL;
+	if (!r) {
+		if (asprintf(err, "no route named '%s'", name) < 0)
+			*err = NULL;
+		return -1;
+	}
+	if (enabled && r->unavailable) {
+		if (asprintf(err, "route '%s' cannot be enabled: %s", name, r->unavailable) < 0)
+			*err = NULL;
+		return -1;
+	}
+	if (keystore_route_state_set(gw->keys, name, enabled ? 1 : 0, err) < 0)
+		return -1;
+	r->enabled = enabled;
+	return 0;
+}

@@ -1,0 +1,373 @@
+/* fastgated: flags, start-up, signals, orderly shutdown. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <curl/curl.h>
+#include <event2/event.h>
+
+#include "config.h"
+#include "control.h"
+#include "gateway.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "reqid.h"
+#include "upstream.h"
+
+#define USAGE \
+	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--routes DIR] [--keys FILE]\n" \
+	"                 [--audit FILE] [--control PATH] [--check] [--daemon --pidfile FILE]\n" \
+	"                 [-v] [--version]\n"
+
+struct runtime {
+	struct gateway gw;
+	struct config cfg;
+	struct event *sig_term, *sig_int, *sig_hup;
+	struct event *drain_poll, *drain_deadline, *usage_flush;
+	int signals_seen;
+};
+
+static void print_errors(const struct errlist *errs)
+{
+	for (size_t i = 0; i < errs->n; i++)
+		fprintf(stderr, "%s\n", errs->lines[i]);
+}
+
+static void set_str(char **field, const char *value)
+{
+	free(*field);
+	*field = strdup(value);
+}
+
+enum { OPT_LISTEN = 256, OPT_ROUTES, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
+       OPT_PIDFILE, OPT_VERSION };
+
+/* Flags override the config file, so they are read twice: first to find -c, then applied
+ * on top of it. Returns -1 after printing a usage error, 1 for --check, 2 for --version or
+ * --help (already printed), 0 to run. */
+static int parse_args(int argc, char **argv, struct config *cfg)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "listen", required_argument, NULL, OPT_LISTEN },
+		{ "routes", required_argument, NULL, OPT_ROUTES },
+		{ "keys", required_argument, NULL, OPT_KEYS },
+		{ "audit", required_argument, NULL, OPT_AUDIT },
+		{ "control", required_argument, NULL, OPT_CONTROL },
+		{ "check", no_argument, NULL, OPT_CHECK },
+		{ "daemon", no_argument, NULL, OPT_DAEMON },
+		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "version", no_argument, NULL, OPT_VERSION },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *config_file = NULL;
+	struct errlist errs = { 0 };
+	int c, check = 0;
+
+	opterr = 1;
+	while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
+		if (c == 'c')
+			config_file = optarg;
+		else if (c == 'h') {
+			printf(USAGE);
+			return 2;
+		} else if (c == OPT_VERSION) {
+			printf("fastgated %s\n", FG_VERSION);
+			return 2;
+		} else if (c == '?') {
+			fprintf(stderr, USAGE);
+			return -1;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "fastgated: unexpected argument '%s'\n" USAGE, argv[optind]);
+		return -1;
+	}
+	if (config_file && config_load_file(cfg, config_file, &errs) < 0) {
+		print_errors(&errs);
+		errlist_clear(&errs);
+		return -1;
+	}
+	optind = 1;
+	while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_LISTEN: set_str(&cfg->listen, optarg); break;
+		case OPT_ROUTES: set_str(&cfg->routes_dir, optarg); break;
+		case OPT_KEYS: set_str(&cfg->keys_path, optarg); break;
+		case OPT_AUDIT: set_str(&cfg->audit_path, optarg); break;
+		case OPT_CONTROL: set_str(&cfg->control_path, optarg); break;
+		case OPT_PIDFILE: set_str(&cfg->pidfile, optarg); break;
+		case OPT_DAEMON: cfg->daemonize = true; break;
+		case OPT_CHECK: check = 1; break;
+		case 'v': cfg->verbose++; break;
+		default: break;
+		}
+	}
+	if (cfg->daemonize && !cfg->pidfile) {
+		fprintf(stderr, "fastgated: --daemon needs --pidfile FILE\n");
+		return -1;
+	}
+	return check;
+}
+
+static int run_check(struct config *cfg)
+{
+	struct errlist errs = { 0 };
+	struct route_table *t = route_table_load(cfg->routes_dir, &errs);
+
+	if (!t) {
+		print_errors(&errs);
+		errlist_clear(&errs);
+		return 1;
+	}
+	printf("%s: %zu routes OK\n", cfg->routes_dir, t->n);
+	route_table_unref(t);
+	return 0;
+}
+
+static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct runtime *rt = arg;
+	(void)fd; (void)what;
+
+	if (rt->gw.stats.inflight == 0) {
+		log_info("all requests finished; exiting");
+		event_base_loopexit(rt->gw.base, NULL);
+	}
+}
+
+static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct runtime *rt = arg;
+	(void)fd; (void)what;
+
+	log_warn("drain timeout: %llu requests still in flight are cut",
+	         (unsigned long long)rt->gw.stats.inflight);
+	event_base_loopexit(rt->gw.base, NULL);
+}
+
+static void stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct runtime *rt = arg;
+	struct timeval poll = { 0, 50000 }, deadline = { rt->cfg.drain_timeout, 0 };
+	(void)what;
+
+	if (++rt->signals_seen > 1) {
+		log_warn("second signal: exiting now");
+		event_base_loopexit(rt->gw.base, NULL);
+		return;
+	}
+	log_info("signal %d: no new connections; draining %llu requests (at most %ds)", (int)sig,
+	         (unsigned long long)rt->gw.stats.inflight, rt->cfg.drain_timeout);
+	rt->gw.stopping = true;
+	http_server_stop_accepting(rt->gw.http);
+	event_add(rt->drain_poll, &poll);
+	event_add(rt->drain_deadline, &deadline);
+}
+
+static void hup_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct runtime *rt = arg;
+	struct errlist errs = { 0 };
+	(void)sig; (void)what;
+
+	if (gateway_reload_routes(&rt->gw, &errs) < 0) {
+		log_error("reload failed; the previous routes keep serving:");
+		for (size_t i = 0; i < errs.n; i++)
+			log_error("  %s", errs.lines[i]);
+	}
+	errlist_clear(&errs);
+}
+
+static void usage_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct runtime *rt = arg;
+	char *err = NULL;
+	(void)fd; (void)what;
+
+	if (keystore_flush_usage(rt->gw.keys, &err) < 0) {
+		log_warn("could not persist key usage: %s", err ? err : "unknown error");
+		free(err);
+	}
+}
+
+static int daemonize(const char *pidfile)
+{
+	pid_t pid = fork();
+	FILE *f;
+	int fd;
+
+	if (pid < 0)
+		return -1;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -1;
+	fd = open("/dev/null", O_RDWR);
+	if (fd >= 0) {
+		dup2(fd, 0);
+		dup2(fd, 1);
+		if (fd > 2)
+			close(fd);
+	}
+	f = fopen(pidfile, "w");
+	if (!f)
+		return -1;
+	fprintf(f, "%d\n", (int)getpid());
+	fclose(f);
+	return 0;
+}
+
+static struct event_base *make_base(void)
+{
+	struct event_config *ec = event_config_new();
+	struct event_base *base = NULL;
+
+	/* EV_CLOSED lets us see a client hang up while its request is in flight. */
+	if (ec) {
+		event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
+		base = event_base_new_with_config(ec);
+		event_config_free(ec);
+	}
+	if (!base) {
+		log_warn("event backend without early-close detection; hang-ups are seen at the next write");
+		base = event_base_new();
+	}
+	return base;
+}
+
+static void shutdown_all(struct runtime *rt)
+{
+	struct gateway *gw = &rt->gw;
+	char *err = NULL;
+
+	if (gw->control)
+		control_stop(gw->control);
+	if (gw->http) {
+		/* Frees every client connection; their requests finish on the next loop pass. */
+		http_server_free(gw->http);
+		gw->http = NULL;
+		event_base_loop(gw->base, EVLOOP_NONBLOCK);
+	}
+	if (gw->keys && keystore_flush_usage(gw->keys, &err) < 0) {
+		log_warn("could not persist key usage: %s", err ? err : "unknown error");
+		free(err);
+	}
+	upstream_free(gw->upstream);
+	keystore_close(gw->keys);
+	if (gw->routes)
+		route_table_unref(gw->routes);
+	metrics_free(gw->metrics);
+	struct event *evs[] = { rt->sig_term, rt->sig_int, rt->sig_hup, rt->drain_poll,
+	                        rt->drain_deadline, rt->usage_flush };
+	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
+		if (evs[i])
+			event_free(evs[i]);
+	if (gw->base)
+		event_base_free(gw->base);
+}
+
+int main(int argc, char **argv)
+{
+	static struct runtime rt;
+	struct gateway *gw = &rt.gw;
+	struct errlist errs = { 0 };
+	struct timeval flush_every = { 10, 0 };
+	char *err = NULL;
+	int rc = 1, mode;
+
+	config_defaults(&rt.cfg);
+	mode = parse_args(argc, argv, &rt.cfg);
+	if (mode < 0) {
+		config_free(&rt.cfg);
+		return 2;
+	}
+	if (mode == 2) {
+		config_free(&rt.cfg);
+		return 0;
+	}
+	if (mode == 1) {
+		rc = run_check(&rt.cfg);
+		config_free(&rt.cfg);
+		return rc;
+	}
+	log_set_level(rt.cfg.verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO);
+	signal(SIGPIPE, SIG_IGN);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || reqid_init() < 0) {
+		log_error("cannot initialise libcurl or the random generator");
+		goto out;
+	}
+	if (rt.cfg.daemonize && daemonize(rt.cfg.pidfile) < 0) {
+		log_error("cannot daemonize or write %s: %s", rt.cfg.pidfile, strerror(errno));
+		goto out;
+	}
+	gw->cfg = &rt.cfg;
+	gw->started = time(NULL);
+	gw->base = make_base();
+	gw->metrics = metrics_new();
+	if (!gw->base || !gw->metrics) {
+		log_error("out of memory");
+		goto out;
+	}
+	gw->keys = keystore_open(rt.cfg.keys_path, &err);
+	if (!gw->keys) {
+		log_error("key store %s: %s", rt.cfg.keys_path, err ? err : "cannot open");
+		goto out;
+	}
+	if (gateway_reload_routes(gw, &errs) < 0) {
+		print_errors(&errs);
+		log_error("no valid route set in %s; not starting", rt.cfg.routes_dir);
+		goto out;
+	}
+	gw->upstream = upstream_new(gw->base, &err);
+	if (!gw->upstream) {
+		log_error("%s", err);
+		goto out;
+	}
+	gw->http = http_server_start(gw, &err);
+	if (!gw->http) {
+		log_error("%s", err ? err : "cannot start the HTTP server");
+		goto out;
+	}
+	gw->control = control_start(gw, rt.cfg.control_path, rt.cfg.control_group, &err);
+	if (!gw->control) {
+		log_error("control socket %s: %s", rt.cfg.control_path, err ? err : "cannot start");
+		goto out;
+	}
+	rt.sig_term = evsignal_new(gw->base, SIGTERM, stop_cb, &rt);
+	rt.sig_int = evsignal_new(gw->base, SIGINT, stop_cb, &rt);
+	rt.sig_hup = evsignal_new(gw->base, SIGHUP, hup_cb, &rt);
+	rt.drain_poll = event_new(gw->base, -1, EV_PERSIST, drain_poll_cb, &rt);
+	rt.drain_deadline = evtimer_new(gw->base, drain_deadline_cb, &rt);
+	rt.usage_flush = event_new(gw->base, -1, EV_PERSIST, usage_flush_cb, &rt);
+	if (!rt.sig_term || !rt.sig_int || !rt.sig_hup || !rt.drain_poll || !rt.drain_deadline ||
+	    !rt.usage_flush) {
+		log_error("out of memory");
+		goto out;
+	}
+	event_add(rt.sig_term, NULL);
+	event_add(rt.sig_int, NULL);
+	event_add(rt.sig_hup, NULL);
+	event_add(rt.usage_flush, &flush_every);
+
+	log_info("fastgated %s listening on http://%s (%zu routes, %zu keys, control %s)",
+	         FG_VERSION, gw->listen_addr, gw->routes->n, keystore_count(gw->keys),
+	         rt.cfg.control_path);
+	event_base_dispatch(gw->base);
+	rc = 0;
+out:
+	free(err);
+	errlist_clear(&errs);
+	shutdown_all(&rt);
+	curl_global_cleanup();
+	config_free(&rt.cfg);
+	return rc;
+}

@@ -1,0 +1,148 @@
+/* Request counters and latency histograms, rendered as Prometheus text. Small linear
+ * tables: the number of distinct (route, status) pairs is the number of routes times a
+ * handful of statuses, so a scan is cheaper than a hash at this size. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+
+#include "gateway.h"
+#include "http.h"
+#include "metrics.h"
+
+#define MAX_SERIES 1024
+#define NAME_MAX_LEN 64
+
+/* Buckets for LLM traffic: sub-millisecond gateway errors up to multi-minute streams. */
+static const double buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+                                  30, 60, 120, 300 };
+#define NBUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+
+struct histogram {
+	unsigned long long counts[NBUCKETS];
+	unsigned long long count;
+	double sum;
+};
+
+struct series {
+	char route[NAME_MAX_LEN];
+	char label2[32];            /* status, or upstream error kind */
+	unsigned long long value;
+};
+
+struct metrics {
+	struct series requests[MAX_SERIES];
+	size_t n_requests;
+	struct series upstream_errors[MAX_SERIES];
+	size_t n_upstream_errors;
+	struct histogram duration, ttfb;
+	unsigned long long rejected;
+};
+
+struct metrics *metrics_new(void)
+{
+	return calloc(1, sizeof(struct metrics));
+}
+
+void metrics_free(struct metrics *m)
+{
+	free(m);
+}
+
+static void series_add(struct series *tab, size_t *n, const char *route, const char *label2)
+{
+	size_t i;
+
+	for (i = 0; i < *n; i++)
+		if (strcmp(tab[i].route, route) == 0 && strcmp(tab[i].label2, label2) == 0)
+			break;
+	if (i == *n) {
+		if (*n == MAX_SERIES)
+			return; /* bounded: past this many series, new ones are not tracked */
+		snprintf(tab[i].route, sizeof(tab[i].route), "%s", route);
+		snprintf(tab[i].label2, sizeof(tab[i].label2), "%s", label2);
+		(*n)++;
+	}
+	tab[i].value++;
+}
+
+static void histogram_observe(struct histogram *h, double v)
+{
+	for (size_t i = 0; i < NBUCKETS; i++)
+		if (v <= buckets[i])
+			h->counts[i]++;
+	h->count++;
+	h->sum += v;
+}
+
+void metrics_record(struct gateway *gw, const char *route, int status, double total_s,
+                    double ttfb_s, const char *upstream_error)
+{
+	struct metrics *m = gw->metrics;
+	char st[16];
+
+	if (!m)
+		return;
+	snprintf(st, sizeof(st), "%d", status);
+	series_add(m->requests, &m->n_requests, route ? route : "", st);
+	histogram_observe(&m->duration, total_s);
+	if (ttfb_s >= 0)
+		histogram_observe(&m->ttfb, ttfb_s);
+	if (upstream_error)
+		series_add(m->upstream_errors, &m->n_upstream_errors, route ? route : "", upstream_error);
+}
+
+void metrics_count_rejected(struct gateway *gw, int status)
+{
+	if (gw->metrics)
+		metrics_record(gw, "", status, 0, -1, NULL);
+}
+
+static void print_histogram(struct evbuffer *b, const char *name, const char *help,
+                            const struct histogram *h)
+{
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (size_t i = 0; i < NBUCKETS; i++)
+		evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, buckets[i], h->counts[i]);
+	evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
+	                    name, h->count, name, h->sum, name, h->count);
+}
+
+void metrics_serve(struct gateway *gw, struct evhttp_request *req)
+{
+	struct metrics *m = gw->metrics;
+	struct evbuffer *b = evbuffer_new();
+
+	if (!b || !m) {
+		if (b)
+			evbuffer_free(b);
+		http_send_error(req, 500, "internal_error", "metrics unavailable");
+		return;
+	}
+	evbuffer_add_printf(b, "# HELP fastgate_requests_total Requests finished, by route and status.\n"
+	                       "# TYPE fastgate_requests_total counter\n");
+	for (size_t i = 0; i < m->n_requests; i++)
+		evbuffer_add_printf(b, "fastgate_requests_total{route=\"%s\",status=\"%s\"} %llu\n",
+		                    m->requests[i].route, m->requests[i].label2, m->requests[i].value);
+	print_histogram(b, "fastgate_request_duration_seconds",
+	                "Time from request received to response done.", &m->duration);
+	print_histogram(b, "fastgate_ttfb_seconds",
+	                "Time from request received to the first upstream byte.", &m->ttfb);
+	evbuffer_add_printf(b, "# HELP fastgate_upstream_errors_total Upstream failures, by route and kind.\n"
+	                       "# TYPE fastgate_upstream_errors_total counter\n");
+	for (size_t i = 0; i < m->n_upstream_errors; i++)
+		evbuffer_add_printf(b, "fastgate_upstream_errors_total{route=\"%s\",kind=\"%s\"} %llu\n",
+		                    m->upstream_errors[i].route, m->upstream_errors[i].label2,
+		                    m->upstream_errors[i].value);
+	evbuffer_add_printf(b, "# HELP fastgate_inflight_requests Requests being served now.\n"
+	                       "# TYPE fastgate_inflight_requests gauge\nfastgate_inflight_requests %llu\n",
+	                    (unsigned long long)gw->stats.inflight);
+	evbuffer_add_printf(b, "# HELP fastgate_open_connections Client connections open now.\n"
+	                       "# TYPE fastgate_open_connections gauge\nfastgate_open_connections %d\n",
+	                    gw->http ? http_server_connections(gw->http) : 0);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+	                  "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}

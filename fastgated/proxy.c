@@ -1,0 +1,805 @@
+/* The request path; see proxy.h. Order of checks follows DESIGN.md's status table:
+ * 401 (key) before 404 (route) before 403 (key not allowed there) before 429 (rate). */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <time.h>
+#include <curl/curl.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+
+#include "gateway.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "proxy.h"
+#include "reqid.h"
+#include "upstream.h"
+
+/* Streaming backpressure: pause the upstream when this much is queued for the client,
+ * resume once it is down to a quarter. */
+#define CLIENT_HIGH_WATER (256 * 1024)
+#define CLIENT_LOW_WATER  (64 * 1024)
+/* Answers up to this size with a Content-Length are sent in one piece; larger or
+ * unknown-length answers (and every SSE stream) are relayed chunk by chunk. */
+#define BUFFER_LIMIT (1024 * 1024)
+
+struct proxy_req {
+	struct gateway *gw;
+	struct evhttp_request *req;       /* NULL once the client connection is gone */
+	struct evhttp_connection *evcon;
+	struct route_table *table;        /* referenced: the route outlives a reload */
+	const struct route *route;
+	int64_t key_id;
+	char id[REQID_LEN + 1];
+
+	struct upstream_xfer xfer;
+	struct curl_slist *headers;
+	struct evbuffer *body;            /* request body, owned here */
+	char *body_rewritten;             /* when add_body_fields changed it */
+	char *url;
+
+	struct evkeyvalq up_headers;      /* upstream response headers being collected */
+	struct evbuffer *out;             /* buffered answer, or one chunk to relay */
+	long status;
+	bool started;                     /* reply head sent to the client */
+	bool streaming;
+	bool paused;
+	bool timed_out;
+	bool finished;
+	const char *error_kind;           /* upstream failure kind for metrics, or NULL */
+
+	struct event *timer;              /* first byte, then idle between chunks */
+	struct event *resume;             /* deferred curl_easy_pause(CONT) */
+	struct event *finish_ev;          /* deferred finish after the client vanished */
+	struct timespec t_start;
+	double ttfb_s;
+	unsigned chunks;
+	size_t bytes_out;
+};
+
+static double elapsed_since(const struct timespec *t0)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static const char *const always_stripped[] = {
+	"host", "x-api-key", "authorization", "x-forwarded-for", "x-request-id",
+	/* hop-by-hop (RFC 9110 7.6.1) and framing: curl frames the upstream request itself */
+	"connection", "keep-alive", "proxy-connection", "proxy-authorization",
+	"proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
+	"content-length", "expect", NULL
+};
+
+int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra)
+{
+	for (int i = 0; always_stripped[i]; i++)
+		if (strcasecmp(name, always_stripped[i]) == 0)
+			return 1;
+	for (size_t i = 0; i < n_extra; i++)
+		if (strcasecmp(name, extra[i]) == 0)
+			return 1;
+	return 0;
+}
+
+/* Header names the client listed in Connection are hop-by-hop too. */
+static bool listed_in_connection(const char *conn, const char *name)
+{
+	size_t nl = strlen(name);
+	const char *p = conn;
+
+	while (p && *p) {
+		while (*p == ' ' || *p == '\t' || *p == ',')
+			p++;
+		const char *end = p;
+		while (*end && *end != ',' && *end != ' ' && *end != '\t')
+			end++;
+		if ((size_t)(end - p) == nl && strncasecmp(p, name, nl) == 0)
+			return true;
+		p = end;
+	}
+	return false;
+}
+
+/* Response headers that describe the upstream hop rather than the answer. */
+static bool response_header_skipped(const char *name)
+{
+	static const char *const skip[] = { "connection", "keep-alive", "transfer-encoding",
+		"content-length", "proxy-connection", "trailer", "upgrade", "te", NULL };
+	for (int i = 0; skip[i]; i++)
+		if (strcasecmp(name, skip[i]) == 0)
+			return true;
+	return false;
+}
+
+static void finish(struct proxy_req *px);
+
+/* ---- replies to the client ------------------------------------------------------- */
+
+/* Detach from the evhttp request before handing it back: evhttp may free the connection
+ * inside the send call (Connection: close), and its close callback must not reach us. */
+static struct evhttp_request *take_req(struct proxy_req *px)
+{
+	struct evhttp_request *req = px->req;
+
+	if (px->evcon)
+		evhttp_connection_set_closecb(px->evcon, NULL, NULL);
+	px->req = NULL;
+	px->evcon = NULL;
+	return req;
+}
+
+static void reply_error(struct proxy_req *px, int status, const char *code, const char *message)
+{
+	struct evhttp_request *req = take_req(px);
+
+	px->status = status;
+	if (req)
+		http_send_error(req, status, code, message);
+}
+
+/* The client cannot be told the stream broke except by ending the connection without the
+ * closing chunk, so that it sees a truncated answer rather than a complete one. */
+static void abort_client(struct proxy_req *px)
+{
+	struct evhttp_connection *evcon = px->evcon;
+
+	take_req(px);
+	if (evcon)
+		evhttp_connection_free(evcon);
+}
+
+static void copy_response_headers(struct proxy_req *px)
+{
+	struct evkeyvalq *out = evhttp_request_get_output_headers(px->req);
+	struct evkeyval *h;
+
+	TAILQ_FOREACH(h, &px->up_headers, next)
+		if (!response_header_skipped(h->key) && strcasecmp(h->key, "x-request-id") != 0)
+			evhttp_add_header(out, h->key, h->value);
+}
+
+static void chunk_written_cb(struct evhttp_connection *evcon, void *arg)
+{
+	struct proxy_req *px = arg;
+	(void)evcon;
+
+	if (px->paused && px->req && http_client_backlog(px->req) <= CLIENT_LOW_WATER)
+		event_active(px->resume, 0, 0);
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_req *px = arg;
+	(void)fd; (void)what;
+
+	if (!px->paused || !px->xfer.active)
+		return;
+	px->paused = false;
+	curl_easy_pause(px->xfer.easy, CURLPAUSE_CONT);
+}
+
+static void arm_timer(struct proxy_req *px, int seconds)
+{
+	struct timeval tv = { seconds, 0 };
+	evtimer_add(px->timer, &tv);
+}
+
+/* Send the reply head and switch to relaying chunks. */
+static void start_stream(struct proxy_req *px)
+{
+	copy_response_headers(px);
+	evhttp_send_reply_start(px->req, (int)px->status, NULL);
+	px->started = true;
+	px->streaming = true;
+	if (evbuffer_get_length(px->out) > 0)
+		evhttp_send_reply_chunk_with_cb(px->req, px->out, chunk_written_cb, px);
+}
+
+/* ---- curl callbacks (no multi calls, no frees in here) ---------------------------- */
+
+static size_t header_cb(char *line, size_t size, size_t n, void *arg)
+{
+	struct proxy_req *px = arg;
+	size_t len = size * n;
+	char *colon, name[256], value[8192];
+	size_t nl, vl;
+
+	if (len >= 5 && strncmp(line, "HTTP/", 5) == 0) {
+		/* a new status line: forget interim (1xx) headers */
+		evhttp_clear_headers(&px->up_headers);
+		return len;
+	}
+	if (len <= 2 && (line[0] == '\r' || line[0] == '\n')) {
+		const char *ct, *cl;
+
+		curl_easy_getinfo(px->xfer.easy, CURLINFO_RESPONSE_CODE, &px->status);
+		if (px->status < 200)
+			return len;
+		if (px->ttfb_s < 0)
+			px->ttfb_s = elapsed_since(&px->t_start);
+		if (!px->req)
+			return 0; /* client gone: abort the transfer */
+		ct = evhttp_find_header(&px->up_headers, "Content-Type");
+		cl = evhttp_find_header(&px->up_headers, "Content-Length");
+		if ((ct && strncasecmp(ct, "text/event-stream", 17) == 0) || !cl ||
+		    strtoull(cl, NULL, 10) > BUFFER_LIMIT) {
+			start_stream(px);
+			arm_timer(px, px->route->idle_timeout);
+		} else {
+			arm_timer(px, px->route->timeout);
+		}
+		return len;
+	}
+	colon = memchr(line, ':', len);
+	if (!colon)
+		return len;
+	nl = (size_t)(colon - line);
+	if (nl == 0 || nl >= sizeof(name))
+		return len;
+	memcpy(name, line, nl);
+	name[nl] = '\0';
+	colon++;
+	vl = len - nl - 1;
+	while (vl && (*colon == ' ' || *colon == '\t')) { colon++; vl--; }
+	while (vl && (colon[vl - 1] == '\r' || colon[vl - 1] == '\n' || colon[vl - 1] == ' ')) vl--;
+	if (vl >= sizeof(value))
+		return len;
+	memcpy(value, colon, vl);
+	value[vl] = '\0';
+	evhttp_add_header(&px->up_headers, name, value);
+	return len;
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *arg)
+{
+	struct proxy_req *px = arg;
+	size_t len = size * n;
+
+	if (!px->req)
+		return 0; /* client gone: abort */
+	if (px->streaming && http_client_backlog(px->req) > CLIENT_HIGH_WATER) {
+		px->paused = true;
+		return CURL_WRITEFUNC_PAUSE;
+	}
+	evbuffer_add(px->out, data, len);
+	px->bytes_out += len;
+	px->chunks++;
+	if (!px->streaming && evbuffer_get_length(px->out) > BUFFER_LIMIT)
+		start_stream(px); /* the upstream said less than it sends: relay from here on */
+	else if (px->streaming)
+		evhttp_send_reply_chunk_with_cb(px->req, px->out, chunk_written_cb, px);
+	if (px->streaming)
+		arm_timer(px, px->route->idle_timeout);
+	return len;
+}
+
+/* ---- completion --------------------------------------------------------------------- */
+
+static void classify_failure(struct proxy_req *px, CURLcode rc, int *status, const char **msg)
+{
+	if (px->timed_out) {
+		px->error_kind = px->ttfb_s < 0 ? "timeout" : "idle_timeout";
+		*status = 504;
+		*msg = px->ttfb_s < 0 ? "upstream did not answer in time" : "upstream stream went idle";
+		return;
+	}
+	switch (rc) {
+	case CURLE_COULDNT_CONNECT:
+	case CURLE_COULDNT_RESOLVE_HOST:
+		px->error_kind = "connect";
+		*msg = "upstream refused the connection";
+		break;
+	case CURLE_OPERATION_TIMEDOUT:
+		px->error_kind = "timeout";
+		*status = 504;
+		*msg = "upstream did not answer in time";
+		return;
+	case CURLE_SSL_CONNECT_ERROR:
+	case CURLE_PEER_FAILED_VERIFICATION:
+		px->error_kind = "tls";
+		*msg = "TLS handshake with the upstream failed";
+		break;
+	case CURLE_WEIRD_SERVER_REPLY:
+	case CURLE_UNSUPPORTED_PROTOCOL:
+		px->error_kind = "protocol";
+		*msg = "upstream answered with something that is not HTTP";
+		break;
+	default:
+		px->error_kind = "reset";
+		*msg = "upstream closed the connection";
+		break;
+	}
+	*status = 502;
+}
+
+static void xfer_done(struct upstream_xfer *x, CURLcode rc)
+{
+	struct proxy_req *px = (struct proxy_req *)((char *)x - offsetof(struct proxy_req, xfer));
+	int status = 502;
+	const char *msg = NULL;
+
+	evtimer_del(px->timer);
+	if (!px->req) {
+		finish(px);
+		return;
+	}
+	if (rc == CURLE_OK && !px->timed_out) {
+		struct evhttp_request *req;
+		if (px->streaming) {
+			req = take_req(px);
+			evhttp_send_reply_end(req);
+		} else {
+			copy_response_headers(px);
+			req = take_req(px);
+			evhttp_send_reply(req, (int)px->status, NULL, px->out);
+		}
+		finish(px);
+		return;
+	}
+	classify_failure(px, rc, &status, &msg);
+	log_debug("request %s: upstream %s (%s)", px->id, px->error_kind, curl_easy_strerror(rc));
+	if (px->started) {
+		abort_client(px);
+		if (px->status < 400)
+			px->status = status; /* recorded as the gateway's failure, not the upstream's 200 */
+	} else {
+		reply_error(px, status, px->error_kind, msg);
+	}
+	finish(px);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_req *px = arg;
+	(void)fd; (void)what;
+
+	px->timed_out = true;
+	upstream_cancel(px->gw->upstream, &px->xfer);
+	xfer_done(&px->xfer, CURLE_OPERATION_TIMEDOUT);
+}
+
+/* evhttp is freeing the client connection (hang-up, write error, timeout). We may be deep
+ * inside evhttp here: only note it and finish from the loop. */
+static void client_closed_cb(struct evhttp_connection *evcon, void *arg)
+{
+	struct proxy_req *px = arg;
+	(void)evcon;
+
+	px->req = NULL;
+	px->evcon = NULL;
+	if (!px->status || px->status < 400)
+		px->status = 499; /* nginx's "client closed request" */
+	event_active(px->finish_ev, 0, 0);
+}
+
+static void finish_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd; (void)what;
+	finish(arg);
+}
+
+static void finish(struct proxy_req *px)
+{
+	struct gateway *gw = px->gw;
+	double total = elapsed_since(&px->t_start);
+
+	if (px->finished)
+		return;
+	px->finished = true;
+	if (px->xfer.active) {
+		upstream_cancel(gw->upstream, &px->xfer);
+		if (!px->error_kind)
+			px->error_kind = "client_closed";
+	}
+	if (px->req)
+		take_req(px);
+	gw->stats.inflight--;
+	gw->stats.requests++;
+	if (px->status >= 500 || px->error_kind)
+		gw->stats.errors++;
+	metrics_record(gw, px->route ? px->route->name : "", (int)px->status, total,
+	               px->ttfb_s, px->error_kind);
+	log_debug("request %s route=%s status=%ld %.1fms chunks=%u bytes=%zu%s%s", px->id,
+	          px->route ? px->route->name : "-", px->status, total * 1000, px->chunks,
+	          px->bytes_out, px->error_kind ? " error=" : "", px->error_kind ? px->error_kind : "");
+
+	upstream_easy_put(gw->upstream, px->xfer.easy);
+	curl_slist_free_all(px->headers);
+	evhttp_clear_headers(&px->up_headers);
+	if (px->body)
+		evbuffer_free(px->body);
+	if (px->out)
+		evbuffer_free(px->out);
+	free(px->body_rewritten);
+	free(px->url);
+	if (px->timer)
+		event_free(px->timer);
+	if (px->resume)
+		event_free(px->resume);
+	if (px->finish_ev)
+		event_free(px->finish_ev);
+	if (px->table)
+		route_table_unref(px->table);
+	free(px);
+}
+
+/* ---- request set-up ---------------------------------------------------------------- */
+
+/* The presented key, from X-API-Key or Authorization: Bearer. Returns -1 when the request
+ * carries more than one credential (ambiguous: refused rather than guessed). */
+static int find_credential(struct evkeyvalq *in, const char **out, size_t *len)
+{
+	struct evkeyval *h;
+	int seen = 0;
+
+	*out = NULL;
+	TAILQ_FOREACH(h, in, next) {
+		const char *v = NULL;
+		if (strcasecmp(h->key, "x-api-key") == 0) {
+			v = h->value;
+		} else if (strcasecmp(h->key, "authorization") == 0) {
+			v = h->value;
+			if (strncasecmp(v, "Bearer ", 7) == 0)
+				v += 7;
+			else
+				v = ""; /* another scheme: not a fastgate key */
+		} else {
+			continue;
+		}
+		if (++seen > 1)
+			return -1;
+		while (*v == ' ')
+			v++;
+		*out = v;
+	}
+	if (*out) {
+		*len = strlen(*out);
+		while (*len && (*out)[*len - 1] == ' ')
+			(*len)--;
+	}
+	return 0;
+}
+
+/* Reject "." and ".." segments (also percent-encoded): the path picks the route and may be
+ * forwarded, so it must mean the same thing to us and to the upstream. */
+static bool path_is_clean(const char *path)
+{
+	const char *seg = path;
+
+	while (*seg) {
+		size_t n = strcspn(seg, "/"), dots = 0, i = 0;
+
+		while (i < n) {
+			if (seg[i] == '.') {
+				i++;
+			} else if (n - i >= 3 && strncasecmp(seg + i, "%2e", 3) == 0) {
+				i += 3;
+			} else {
+				break;
+			}
+			dots++;
+		}
+		if (i == n && (dots == 1 || dots == 2))
+			return false;
+		seg += n;
+		if (*seg == '/')
+			seg++;
+	}
+	return true;
+}
+
+static bool key_allows_route(const struct key *k, const char *route)
+{
+	if (k->n_routes == 0)
+		return true;
+	for (size_t i = 0; i < k->n_routes; i++)
+		if (strcmp(k->routes[i], route) == 0)
+			return true;
+	return false;
+}
+
+/* Set add_body_fields the client did not send. -1: the body is not a JSON object. */
+static int rewrite_body(struct proxy_req *px, struct route_request *rq)
+{
+	const char *field;
+	json_t *value;
+
+	if (rq->json_state == 0) {
+		rq->json = json_loadb(rq->body, rq->body_len, 0, NULL);
+		rq->json_state = json_is_object(rq->json) ? 1 : -1;
+	}
+	if (rq->json_state != 1)
+		return -1;
+	json_object_foreach(px->route->add_body_fields, field, value)
+		if (!json_object_get(rq->json, field))
+			json_object_set(rq->json, field, value);
+	px->body_rewritten = json_dumps(rq->json, JSON_COMPACT);
+	return px->body_rewritten ? 0 : -1;
+}
+
+static int build_url(struct proxy_req *px, const char *path, const char *query)
+{
+	const struct route *r = px->route;
+	const char *p = path;
+	int n;
+
+	if (!r->upstream_path) {
+		size_t sl = r->strip_prefix ? strlen(r->strip_prefix) : 0;
+		if (sl && strncmp(p, r->strip_prefix, sl) == 0 && (p[sl] == '/' || p[sl] == '\0'))
+			p += sl;
+		if (*p == '\0')
+			p = "/";
+	} else {
+		p = r->upstream_path;
+	}
+	n = asprintf(&px->url, "%s%s%s%s", r->upstream_origin, p, query ? "?" : "", query ? query : "");
+	return n < 0 ? -1 : 0;
+}
+
+static int add_header(struct proxy_req *px, const char *name, const char *value)
+{
+	char *line;
+	struct curl_slist *l;
+
+	/* "Name:" would make curl drop the header; "Name;" sends it with an empty value. */
+	if (asprintf(&line, *value ? "%s: %s" : "%s;", name, value) < 0)
+		return -1;
+	l = curl_slist_append(px->headers, line);
+	free(line);
+	if (!l)
+		return -1;
+	px->headers = l;
+	return 0;
+}
+
+static int build_headers(struct proxy_req *px, struct evkeyvalq *in)
+{
+	const struct route *r = px->route;
+	const char *conn = evhttp_find_header(in, "Connection");
+	struct evkeyval *h;
+	char *auth = NULL;
+	int rc = -1;
+
+	TAILQ_FOREACH(h, in, next) {
+		if (proxy_header_stripped(h->key, r->strip_headers, r->n_strip_headers))
+			continue;
+		if (conn && listed_in_connection(conn, h->key))
+			continue;
+		bool overridden = false;
+		for (size_t i = 0; i < r->n_add_headers; i++)
+			if (strcasecmp(h->key, r->add_headers[i].name) == 0)
+				overridden = true;
+		if (!overridden && add_header(px, h->key, h->value) < 0)
+			goto out;
+	}
+	for (size_t i = 0; i < r->n_add_headers; i++)
+		if (add_header(px, r->add_headers[i].name, r->add_headers[i].value) < 0)
+			goto out;
+	if (r->api_key) {
+		if (asprintf(&auth, "Bearer %s", r->api_key) < 0) {
+			auth = NULL;
+			goto out;
+		}
+		if (add_header(px, "Authorization", auth) < 0)
+			goto out;
+	}
+	if (add_header(px, "X-Request-Id", px->id) < 0)
+		goto out;
+	/* "Expect:" with no value stops curl from adding Expect: 100-continue to large bodies */
+	{
+		struct curl_slist *l = curl_slist_append(px->headers, "Expect:");
+		if (!l)
+			goto out;
+		px->headers = l;
+	}
+	rc = 0;
+out:
+	if (auth) {
+		explicit_bzero(auth, strlen(auth));
+		free(auth);
+	}
+	return rc;
+}
+
+static int setup_easy(struct proxy_req *px, struct evhttp_request *req, const char *body, size_t body_len)
+{
+	CURL *e = px->xfer.easy;
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	static const struct { enum evhttp_cmd_type cmd; const char *name; } methods[] = {
+		{ EVHTTP_REQ_GET, "GET" }, { EVHTTP_REQ_POST, "POST" }, { EVHTTP_REQ_HEAD, "HEAD" },
+		{ EVHTTP_REQ_PUT, "PUT" }, { EVHTTP_REQ_DELETE, "DELETE" },
+		{ EVHTTP_REQ_OPTIONS, "OPTIONS" }, { EVHTTP_REQ_PATCH, "PATCH" },
+	};
+	const char *method = "GET";
+
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+		if (methods[i].cmd == cmd)
+			method = methods[i].name;
+
+	curl_easy_setopt(e, CURLOPT_URL, px->url);
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, px->headers);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)px->route->timeout);
+	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, px);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, px);
+	if (cmd == EVHTTP_REQ_HEAD) {
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	} else if (body_len > 0 || cmd == EVHTTP_REQ_POST || cmd == EVHTTP_REQ_PUT ||
+	           cmd == EVHTTP_REQ_PATCH) {
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+	} else if (cmd != EVHTTP_REQ_GET) {
+		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+	}
+	return 0;
+}
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+	switch (cmd) {
+	case EVHTTP_REQ_GET: return "GET";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_HEAD: return "HEAD";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	default: return "GET";
+	}
+}
+
+static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request *req, const char *id)
+{
+	struct proxy_req *px = calloc(1, sizeof(*px));
+
+	if (!px)
+		return NULL;
+	px->gw = gw;
+	px->req = req;
+	px->evcon = evhttp_request_get_connection(req);
+	px->ttfb_s = -1;
+	clock_gettime(CLOCK_MONOTONIC, &px->t_start);
+	snprintf(px->id, sizeof(px->id), "%s", id);
+	TAILQ_INIT(&px->up_headers);
+	px->xfer.done = xfer_done;
+	px->table = gw->routes;
+	route_table_ref(px->table);
+	px->body = evbuffer_new();
+	px->out = evbuffer_new();
+	px->timer = evtimer_new(gw->base, timer_cb, px);
+	px->resume = event_new(gw->base, -1, 0, resume_cb, px);
+	px->finish_ev = event_new(gw->base, -1, 0, finish_cb, px);
+	gw->stats.inflight++;
+	if (!px->body || !px->out || !px->timer || !px->resume || !px->finish_ev) {
+		finish(px);
+		return NULL;
+	}
+	/* from here on the request ends through finish() */
+	evhttp_connection_set_closecb(px->evcon, client_closed_cb, px);
+	return px;
+}
+
+void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *request_id)
+{
+	struct proxy_req *px;
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	struct route_request rq = { 0 };
+	const char *secret, *send_body;
+	size_t secret_len = 0, send_len;
+	struct key *k;
+	int64_t now = time(NULL);
+	int retry;
+
+	if (gw->stopping) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		http_send_error(req, 503, "shutting_down", "gateway is shutting down");
+		return;
+	}
+	px = proxy_req_new(gw, req, request_id);
+	if (!px) {
+		http_send_error(req, 500, "internal_error", "out of memory");
+		return;
+	}
+	if (!path || !*path || !path_is_clean(path)) {
+		reply_error(px, 400, "invalid_path", "request path is malformed");
+		goto done;
+	}
+	if (find_credential(in, &secret, &secret_len) < 0) {
+		reply_error(px, 401, "ambiguous_credentials", "send exactly one API key (X-API-Key or Authorization: Bearer)");
+		goto done;
+	}
+	if (!secret || secret_len == 0) {
+		reply_error(px, 401, "missing_api_key", "no API key: send X-API-Key or Authorization: Bearer");
+		goto done;
+	}
+	k = keystore_lookup(gw->keys, secret, secret_len);
+	if (!k) {
+		reply_error(px, 401, "invalid_api_key", "invalid API key");
+		goto done;
+	}
+	px->key_id = k->id;
+	if (k->revoked) {
+		reply_error(px, 401, "revoked_api_key", "API key has been revoked");
+		goto done;
+	}
+	if (!key_usable(k, now)) {
+		reply_error(px, 401, "expired_api_key", "API key has expired");
+		goto done;
+	}
+
+	evbuffer_add_buffer(px->body, evhttp_request_get_input_buffer(req));
+	rq.method = method_name(evhttp_request_get_command(req));
+	rq.path = path;
+	rq.body_len = evbuffer_get_length(px->body);
+	rq.body = rq.body_len ? (const char *)evbuffer_pullup(px->body, -1) : "";
+	switch (route_match(px->table, &rq, &px->route)) {
+	case ROUTE_MATCHED:
+		break;
+	case ROUTE_BAD_BODY:
+		reply_error(px, 400, "invalid_json", "request body must be a JSON object");
+		goto done;
+	default:
+		reply_error(px, 404, "no_route", "no route matches this request");
+		goto done;
+	}
+	if (!key_allows_route(k, px->route->name)) {
+		reply_error(px, 403, "route_not_allowed", "this API key may not use this route");
+		goto done;
+	}
+	if ((retry = key_rate_check(k, now)) > 0) {
+		char ra[16];
+		snprintf(ra, sizeof(ra), "%d", retry);
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+		reply_error(px, 429, "rate_limited", "this API key is over its requests-per-minute limit");
+		goto done;
+	}
+	key_touch(k, now);
+
+	send_body = rq.body;
+	send_len = rq.body_len;
+	if (px->route->add_body_fields && json_object_size(px->route->add_body_fields) > 0) {
+		if (rewrite_body(px, &rq) < 0) {
+			reply_error(px, 400, "invalid_json", "request body must be a JSON object");
+			goto done;
+		}
+		send_body = px->body_rewritten;
+		send_len = strlen(px->body_rewritten);
+	}
+	px->xfer.easy = upstream_easy_get(gw->upstream);
+	if (!px->xfer.easy || build_url(px, path, query) < 0 || build_headers(px, in) < 0 ||
+	    setup_easy(px, req, send_body, send_len) < 0 ||
+	    upstream_start(gw->upstream, &px->xfer) < 0) {
+		reply_error(px, 500, "internal_error", "could not start the upstream request");
+		goto done;
+	}
+	arm_timer(px, px->route->timeout);
+	json_decref(rq.json);
+	return;
+done:
+	json_decref(rq.json);
+	finish(px);
+}
+
+unsigned proxy_inflight(const struct gateway *gw)
+{
+	return (unsigned)gw->stats.inflight;
+}

@@ -1,0 +1,23 @@
+/* The request path: authenticate, match a route, rewrite, forward, relay the answer.
+ *
+ * One struct proxy_req per request, created in proxy_handle and freed in exactly one place
+ * (finish), which always runs from a libevent callback: never from inside a curl callback
+ * and never from inside evhttp's own call stack (the Redis freeClientAsync idea). */
+#ifndef FG_PROXY_H
+#define FG_PROXY_H
+
+#include <event2/http.h>
+
+struct gateway;
+
+/* Handle one client request. `request_id` is already on the response headers. */
+void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *request_id);
+
+/* Requests being proxied now. */
+unsigned proxy_inflight(const struct gateway *gw);
+
+/* Header cleaning, exposed for tests: true if a client header must not be forwarded
+ * (always-stripped, hop-by-hop, or listed in the route's strip_headers). */
+int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra);
+
+#endif

@@ -1,0 +1,338 @@
+/* Strict request framing (see reqcheck.h for why it exists). The rules follow RFC 9112 and
+ * what nginx enforces: one framing per request, no obsolete line folding, header names are
+ * tokens with the colon right after them, HTTP/1.1 needs exactly one Host. */
+#include <string.h>
+#include <strings.h>
+
+#include "reqcheck.h"
+
+static const char *const known_methods[] = {
+	"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", NULL
+};
+
+/* RFC 9110 tchar */
+static bool is_tchar(unsigned char c)
+{
+	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+		return true;
+	return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static enum reqcheck_result reject(struct reqcheck *rc, int status, const char *reason)
+{
+	rc->state = RC_REJECTED;
+	rc->status = status;
+	rc->reason = reason;
+	return RC_REJECT;
+}
+
+void reqcheck_init(struct reqcheck *rc, size_t max_head, uint64_t max_body)
+{
+	memset(rc, 0, sizeof(*rc));
+	rc->max_head = max_head;
+	rc->max_body = max_body;
+	rc->state = RC_REQUEST_LINE;
+}
+
+/* Ready for the next pipelined request; limits stay. */
+static void next_request(struct reqcheck *rc)
+{
+	reqcheck_init(rc, rc->max_head, rc->max_body);
+}
+
+bool reqcheck_wants_line(const struct reqcheck *rc)
+{
+	return rc->state != RC_BODY && rc->state != RC_CHUNK_DATA && rc->state != RC_REJECTED;
+}
+
+size_t reqcheck_line_limit(const struct reqcheck *rc)
+{
+	size_t left;
+
+	if (rc->state == RC_REQUEST_LINE || rc->state == RC_HEADERS) {
+		left = rc->head_len < rc->max_head ? rc->max_head - rc->head_len : 0;
+		return left < RC_MAX_LINE ? left : RC_MAX_LINE;
+	}
+	return 1024; /* chunk-size lines and trailers are short */
+}
+
+enum reqcheck_result reqcheck_line_too_long(struct reqcheck *rc)
+{
+	if (rc->state == RC_REQUEST_LINE)
+		return reject(rc, 414, "request line too long");
+	if (rc->state == RC_HEADERS)
+		return reject(rc, 431, "request headers too large");
+	return reject(rc, 400, "malformed chunked body");
+}
+
+/* Strip the line ending; a bare CR anywhere else, or a NUL, is never valid. */
+static bool line_content(const char *line, size_t len, size_t *out_len)
+{
+	if (len == 0 || line[len - 1] != '\n')
+		return false;
+	len--;
+	if (len > 0 && line[len - 1] == '\r')
+		len--;
+	if (memchr(line, '\0', len) || memchr(line, '\r', len))
+		return false;
+	*out_len = len;
+	return true;
+}
+
+static enum reqcheck_result request_line(struct reqcheck *rc, const char *s, size_t n)
+{
+	const char *sp1, *sp2, *target, *version;
+	size_t mlen, tlen;
+	int i;
+
+	if (n == 0) {
+		/* RFC 9112 2.2: tolerate a few empty lines between requests */
+		if (++rc->blank_lines > 4)
+			return reject(rc, 400, "malformed request line");
+		return RC_MORE;
+	}
+	sp1 = memchr(s, ' ', n);
+	if (!sp1)
+		return reject(rc, 400, "malformed request line");
+	mlen = (size_t)(sp1 - s);
+	target = sp1 + 1;
+	sp2 = memchr(target, ' ', n - mlen - 1);
+	if (!sp2)
+		return reject(rc, 400, "malformed request line");
+	tlen = (size_t)(sp2 - target);
+	version = sp2 + 1;
+	if (n - (size_t)(version - s) != 8 || memcmp(version, "HTTP/1.", 7) != 0 ||
+	    (version[7] != '0' && version[7] != '1'))
+		return reject(rc, 400, "unsupported HTTP version");
+	rc->http11 = version[7] == '1';
+
+	for (i = 0; known_methods[i]; i++)
+		if (strlen(known_methods[i]) == mlen && memcmp(s, known_methods[i], mlen) == 0)
+			break;
+	if (!known_methods[i])
+		return reject(rc, 400, "unsupported method");
+
+	if (tlen == 0)
+		return reject(rc, 400, "malformed request target");
+	if (target[0] != '/' && !(tlen == 1 && target[0] == '*' && mlen == 7))
+		return reject(rc, 400, "request target must be a path");
+	for (size_t k = 0; k < tlen; k++) {
+		unsigned char c = (unsigned char)target[k];
+		if (c <= 0x20 || c >= 0x7f)
+			return reject(rc, 400, "malformed request target");
+	}
+	rc->state = RC_HEADERS;
+	return RC_MORE;
+}
+
+static bool value_is(const char *v, size_t n, const char *want)
+{
+	return strlen(want) == n && strncasecmp(v, want, n) == 0;
+}
+
+static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size_t n)
+{
+	const char *colon, *v;
+	size_t namelen, vlen;
+
+	if (n == 0)
+		return RC_HEAD_DONE; /* caller decides framing */
+	if (s[0] == ' ' || s[0] == '\t')
+		return reject(rc, 400, "folded header lines are not allowed");
+	if (++rc->n_headers > RC_MAX_HEADERS)
+		return reject(rc, 431, "too many request headers");
+	colon = memchr(s, ':', n);
+	if (!colon || colon == s)
+		return reject(rc, 400, "malformed header line");
+	namelen = (size_t)(colon - s);
+	for (size_t k = 0; k < namelen; k++)
+		if (!is_tchar((unsigned char)s[k]))
+			return reject(rc, 400, "malformed header name");
+	v = colon + 1;
+	vlen = n - namelen - 1;
+	for (size_t k = 0; k < vlen; k++) {
+		unsigned char c = (unsigned char)v[k];
+		if ((c < 0x20 && c != '\t') || c == 0x7f)
+			return reject(rc, 400, "control character in header value");
+	}
+	while (vlen && (*v == ' ' || *v == '\t')) { v++; vlen--; }
+	while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) vlen--;
+
+	if (value_is(s, namelen, "content-length")) {
+		uint64_t cl = 0;
+		if (++rc->n_content_length > 1)
+			return reject(rc, 400, "more than one Content-Length");
+		if (vlen == 0 || vlen > 18)
+			return reject(rc, 400, "invalid Content-Length");
+		for (size_t k = 0; k < vlen; k++) {
+			if (v[k] < '0' || v[k] > '9')
+				return reject(rc, 400, "invalid Content-Length");
+			cl = cl * 10 + (uint64_t)(v[k] - '0');
+		}
+		rc->content_length = cl;
+	} else if (value_is(s, namelen, "transfer-encoding")) {
+		if (++rc->n_transfer_encoding > 1)
+			return reject(rc, 400, "more than one Transfer-Encoding");
+		if (!value_is(v, vlen, "chunked"))
+			return reject(rc, 400, "unsupported Transfer-Encoding");
+		rc->chunked = true;
+	} else if (value_is(s, namelen, "host")) {
+		if (++rc->n_host > 1)
+			return reject(rc, 400, "more than one Host header");
+	}
+	return RC_MORE;
+}
+
+/* The head is complete: decide how the body is framed. */
+static enum reqcheck_result head_done(struct reqcheck *rc)
+{
+	if (rc->http11 && rc->n_host != 1)
+		return reject(rc, 400, "HTTP/1.1 request without Host");
+	if (rc->chunked && rc->n_content_length)
+		return reject(rc, 400, "Content-Length with Transfer-Encoding");
+	if (rc->chunked && !rc->http11)
+		return reject(rc, 400, "Transfer-Encoding in an HTTP/1.0 request");
+	if (rc->chunked) {
+		rc->state = RC_CHUNK_SIZE;
+		return RC_HEAD_DONE;
+	}
+	if (rc->content_length > rc->max_body)
+		return reject(rc, 413, "request body too large");
+	if (rc->content_length == 0) {
+		next_request(rc);
+		return RC_REQUEST_DONE;
+	}
+	rc->state = RC_BODY;
+	rc->data_left = rc->content_length;
+	return RC_HEAD_DONE;
+}
+
+static enum reqcheck_result chunk_size_line(struct reqcheck *rc, const char *s, size_t n)
+{
+	uint64_t size = 0;
+	size_t k;
+
+	for (k = 0; k < n; k++) {
+		char c = s[k];
+		int d;
+		if (c >= '0' && c <= '9') d = c - '0';
+		else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
+		else break;
+		if (k >= 15)
+			return reject(rc, 400, "malformed chunked body");
+		size = size * 16 + (uint64_t)d;
+	}
+	if (k == 0 || (k < n && s[k] != ';' && s[k] != ' ' && s[k] != '\t'))
+		return reject(rc, 400, "malformed chunked body");
+	if (size > rc->max_body || rc->body_total + size > rc->max_body)
+		return reject(rc, 413, "request body too large");
+	if (size == 0) {
+		rc->state = RC_TRAILERS;
+		return RC_MORE;
+	}
+	rc->data_left = size;
+	rc->body_total += size;
+	rc->state = RC_CHUNK_DATA;
+	return RC_MORE;
+}
+
+enum reqcheck_result reqcheck_line(struct reqcheck *rc, const char *line, size_t len)
+{
+	size_t n;
+	enum reqcheck_result r;
+
+	if (rc->state == RC_REJECTED)
+		return RC_REJECT;
+	if (rc->state == RC_REQUEST_LINE || rc->state == RC_HEADERS) {
+		rc->head_len += len;
+		if (rc->head_len > rc->max_head)
+			return reject(rc, rc->state == RC_REQUEST_LINE ? 414 : 431,
+			              rc->state == RC_REQUEST_LINE ? "request line too long"
+			                                           : "request headers too large");
+	}
+	if (!line_content(line, len, &n))
+		return reject(rc, 400, rc->state == RC_REQUEST_LINE || rc->state == RC_HEADERS
+		              ? "invalid character in request head" : "malformed chunked body");
+	switch (rc->state) {
+	case RC_REQUEST_LINE:
+		return request_line(rc, line, n);
+	case RC_HEADERS:
+		r = header_line(rc, line, n);
+		return r == RC_HEAD_DONE ? head_done(rc) : r;
+	case RC_CHUNK_SIZE:
+		return chunk_size_line(rc, line, n);
+	case RC_CHUNK_END:
+		if (n != 0)
+			return reject(rc, 400, "malformed chunked body");
+		rc->state = RC_CHUNK_SIZE;
+		return RC_MORE;
+	case RC_TRAILERS:
+		if (n == 0) {
+			next_request(rc);
+			return RC_REQUEST_DONE;
+		}
+		if (line[0] == ' ' || line[0] == '\t' || !memchr(line, ':', n))
+			return reject(rc, 400, "malformed chunked body");
+		if (++rc->n_headers > RC_MAX_HEADERS)
+			return reject(rc, 431, "too many trailer fields");
+		return RC_MORE;
+	default:
+		return reject(rc, 400, "unexpected data");
+	}
+}
+
+uint64_t reqcheck_data_wanted(const struct reqcheck *rc)
+{
+	return (rc->state == RC_BODY || rc->state == RC_CHUNK_DATA) ? rc->data_left : 0;
+}
+
+enum reqcheck_result reqcheck_data(struct reqcheck *rc, uint64_t n)
+{
+	if (n > rc->data_left)
+		return reject(rc, 400, "unexpected data");
+	rc->data_left -= n;
+	if (rc->data_left > 0)
+		return RC_MORE;
+	if (rc->state == RC_CHUNK_DATA) {
+		rc->state = RC_CHUNK_END;
+		return RC_MORE;
+	}
+	next_request(rc);
+	return RC_REQUEST_DONE;
+}
+
+enum reqcheck_result reqcheck_feed(struct reqcheck *rc, const char *buf, size_t len, int *requests)
+{
+	enum reqcheck_result last = RC_MORE;
+	size_t off = 0;
+
+	while (off < len && rc->state != RC_REJECTED) {
+		enum reqcheck_result r;
+		if (reqcheck_wants_line(rc)) {
+			const char *lf = memchr(buf + off, '\n', len - off);
+			size_t limit = reqcheck_line_limit(rc);
+			if (!lf) {
+				if (len - off > limit)
+					return reqcheck_line_too_long(rc);
+				break;
+			}
+			if ((size_t)(lf - (buf + off)) + 1 > limit + 2)
+				return reqcheck_line_too_long(rc);
+			r = reqcheck_line(rc, buf + off, (size_t)(lf - (buf + off)) + 1);
+			off = (size_t)(lf - buf) + 1;
+		} else {
+			uint64_t want = reqcheck_data_wanted(rc);
+			uint64_t n = len - off < want ? len - off : want;
+			r = reqcheck_data(rc, n);
+			off += (size_t)n;
+		}
+		if (r == RC_REQUEST_DONE && requests)
+			(*requests)++;
+		if (r != RC_MORE)
+			last = r;
+		if (r == RC_REJECT)
+			break;
+	}
+	return last;
+}

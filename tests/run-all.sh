@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every test program and prints the grand total as the closing line.
+# Each program prints its own "N passed, N failed" line last; this adds them up.
+set -u
+cd "$(dirname "$0")/.."
+unit_only=0
+[ "${1:-}" = "--unit-only" ] && unit_only=1
+
+total_pass=0 total_fail=0 broken=()
+run() {   # run NAME CMD...
+  local name=$1; shift
+  local log; log=$(mktemp)
+  echo "== $name"
+  timeout 600 "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local line; line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+  if [ -z "$line" ]; then
+    broken+=("$name (exit $rc, no result line)"); total_fail=$((total_fail + 1))
+  else
+    local p f; p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
+    total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+      broken+=("$name (exit $rc)"); total_fail=$((total_fail + 1))
+    fi
+  fi
+  rm -f "$log"
+}
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=99}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+for t in build-test/tests/unit/test_*; do
+  [ -x "$t" ] && run "unit/$(basename "$t")" "$t"
+done
+if [ $unit_only -eq 0 ]; then
+  for t in tests/e2e/test_*.py; do
+    run "e2e/$(basename "$t")" python3 "$t"
+  done
+  if [ -f tests/package.json ]; then
+    run "sdk/openai" tests/sdk/run.sh
+  fi
+fi
+
+echo
+for b in "${broken[@]}"; do echo "broken: $b"; done
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]
