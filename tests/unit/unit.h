@@ -13,11 +13,11 @@ extern int unit_ncases;
 extern int unit_failed_checks;
 
 #define UNIT_MAX_CASES 512
-#define TEST(name) \
-	static void name(void); \
-	__attribute__((constructor)) static void register_##name(void) { \
-		unit_cases[unit_ncases].name = #name; unit_cases[unit_ncases++].fn = name; } \
-	static void name(void)
+#define TEST(case_) \
+	static void case_(void); \
+	__attribute__((constructor)) static void register_##case_(void) { \
+		unit_cases[unit_ncases].name = #case_; unit_cases[unit_ncases++].fn = case_; } \
+	static void case_(void)
 
 #define CHECK(cond) do { if (!(cond)) { unit_failed_checks++; \
 	fprintf(stderr, "  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); } } while (0)

@@ -1,0 +1,469 @@
+"""End to end: the real fastgated against the C mock upstream, driven over HTTP.
+Covers authentication, routing, forwarding and header cleaning, streaming, the status
+table, and what happens when clients or upstreams misbehave."""
+
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (FASTGATED, Gateway, Mock, demo_routes, raw_exchange, rmtree,  # noqa: E402
+                     run_tests, tmpdir, wait_for)
+
+EXTRA_ROUTES = """  - name: slow
+    match:
+      path: /slow/**
+    upstream:
+      url: %(m)s/v1/chat/completions
+    timeout: 1
+    idle_timeout: 1
+  - name: refused
+    match:
+      path: /refused
+    upstream:
+      url: http://127.0.0.1:%(dead)d/v1/chat/completions
+    timeout: 2
+  - name: by-model
+    priority: 10
+    match:
+      path: /v1/chat/completions
+      body: { model: "special-*" }
+    upstream:
+      url: %(m)s/special
+  - name: defaults
+    match:
+      path: /defaults
+    upstream:
+      url: %(m)s/v1/chat/completions
+    add_body_fields: { max_tokens: 64, model: demo-model }
+"""
+
+CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi there"}]}
+
+
+def dead_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Ctx:
+    pass
+
+
+def setup():
+    c = Ctx()
+    c.dir = tmpdir()
+    c.mock = Mock(c.dir)
+    with open(os.path.join(c.dir, "fastgate.yaml"), "w") as f:
+        f.write("max_body: 64K\nmax_headers: 8K\nheader_timeout: 2\nidle_timeout: 10\n")
+    extra = EXTRA_ROUTES % {"m": c.mock.url, "dead": dead_port()}
+    c.gw = Gateway(c.dir, demo_routes(c.mock.url, extra),
+                   extra_args=["-c", os.path.join(c.dir, "fastgate.yaml")])
+    c.key = c.gw.create_key("e2e")["key"]
+    c.auth = {"Authorization": "Bearer " + c.key}
+    return c
+
+
+def teardown(c):
+    try:
+        rc = c.gw.stop()
+        assert rc == 0, "fastgated exit code %d" % rc
+        c.mock.stop()
+    finally:
+        rmtree(c.dir)
+
+
+def chat(c, body=None, headers=None, path="/v1/chat/completions"):
+    h = dict(c.auth)
+    h.update(headers or {})
+    return c.gw.request("POST", path, body if body is not None else CHAT, h)
+
+
+def error_of(data):
+    e = json.loads(data)["error"]
+    assert set(e) >= {"message", "type", "code"}, e
+    return e
+
+
+# --- forwarding ------------------------------------------------------------------------
+
+def test_non_stream_chat_is_forwarded_with_the_route_key(c):
+    st, h, data = chat(c, headers={"X-Debug": "1", "X-Forwarded-For": "6.6.6.6", "X-Keep": "yes"})
+    assert st == 200, (st, data)
+    body = json.loads(data)
+    assert body["choices"][0]["message"]["content"].startswith("Hello from mock."), body
+    assert re.fullmatch(r"[0-9a-f]{20}", h["x-request-id"]), h
+    last = c.mock.stats()["last"]
+    hdrs = {k.lower(): v for k, v in last["headers"].items()}
+    assert hdrs["authorization"] == "Bearer upstream-secret-key", hdrs
+    assert "x-debug" not in hdrs and "x-api-key" not in hdrs, hdrs
+    assert hdrs.get("x-forwarded-for") != "6.6.6.6", hdrs
+    assert hdrs["x-proxy-source"] == "fastgate" and hdrs["x-keep"] == "yes", hdrs
+    assert hdrs["x-request-id"] == h["x-request-id"], (hdrs, h)
+    assert c.key not in json.dumps(last), "client key reached the upstream"
+    assert json.loads(last["body"]) == CHAT, "body must be passed byte for byte"
+
+
+def test_x_api_key_header_authenticates_too(c):
+    st, _, _ = c.gw.request("POST", "/v1/chat/completions", CHAT, {"X-API-Key": c.key})
+    assert st == 200
+
+
+def test_query_string_and_strip_prefix_are_applied(c):
+    st, _, data = c.gw.request("GET", "/echo/some/path?a=1&b=two", None, c.auth)
+    assert st == 200, (st, data)
+    echo = json.loads(data)
+    assert echo["uri"] == "/some/path?a=1&b=two", echo
+
+
+def test_body_glob_selects_the_higher_priority_route(c):
+    st, _, data = chat(c, body={"model": "special-7b", "messages": []})
+    assert st == 200, (st, data)
+    assert json.loads(data)["path"] == "/special"
+
+
+def test_add_body_fields_fill_only_missing_fields(c):
+    st, _, data = chat(c, body={"model": "mine", "messages": []}, path="/defaults")
+    assert st == 200, (st, data)
+    sent = json.loads(c.mock.stats()["last"]["body"])
+    assert sent["max_tokens"] == 64 and sent["model"] == "mine", sent
+
+
+def read_sse(resp_file):
+    """Read SSE events until [DONE] or EOF; returns (list of data payloads, saw_done)."""
+    events, saw_done = [], False
+    for raw in resp_file:
+        line = raw.decode().rstrip("\r\n")
+        if line.startswith("data: "):
+            payload = line[6:]
+            if payload == "[DONE]":
+                saw_done = True
+                break
+            events.append(json.loads(payload))
+    return events, saw_done
+
+
+def open_stream(c, chunks=5, delay_ms=0, extra=None, include_usage=False):
+    """Send a streaming request on a raw socket; return (socket, file) positioned after
+    the response head, and the head text."""
+    body = dict(CHAT, stream=True)
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    data = json.dumps(body).encode()
+    hdrs = ["POST /v1/chat/completions HTTP/1.1", "Host: x", "Authorization: Bearer " + c.key,
+            "Content-Type: application/json", "Content-Length: %d" % len(data),
+            "X-Mock-Chunks: %d" % chunks, "X-Mock-Delay-Ms: %d" % delay_ms]
+    hdrs += extra or []
+    s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=10)
+    s.sendall(("\r\n".join(hdrs) + "\r\n\r\n").encode() + data)
+    f = s.makefile("rb")
+    head = []
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        head.append(line.decode())
+    return s, f, "".join(head)
+
+
+def dechunk_lines(f):
+    """Yield the payload lines of a chunked HTTP body."""
+    buf = b""
+    while True:
+        size_line = f.readline()
+        if not size_line:
+            return
+        size = int(size_line.strip() or b"0", 16)
+        if size == 0:
+            return
+        buf += f.read(size)
+        f.readline()
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line + b"\n"
+
+
+def test_stream_is_relayed_and_reassembles(c):
+    st, h, data = chat(c, body=dict(CHAT, stream=True), headers={"X-Mock-Chunks": "7"})
+    assert st == 200 and h["content-type"].startswith("text/event-stream"), (st, h)
+    events, done = read_sse(data.splitlines(keepends=True))
+    assert done, "stream must end with [DONE]"
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    st2, _, d2 = chat(c)
+    assert text == json.loads(d2)["choices"][0]["message"]["content"], text
+
+
+def test_stream_usage_chunk_is_passed_when_asked(c):
+    body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+    st, _, data = chat(c, body=body)
+    events, done = read_sse(data.splitlines(keepends=True))
+    assert done and events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] > 0, events[-1]
+
+
+def test_first_chunk_arrives_before_the_upstream_finishes(c):
+    c.mock.reset()
+    s, f, head = open_stream(c, chunks=6, delay_ms=300)
+    try:
+        assert head.startswith("HTTP/1.1 200"), head
+        first = next(dechunk_lines(f))
+        assert first.startswith(b"data: "), first
+        st = c.mock.stats()
+        assert st["streams_started"] == 1 and st["streams_completed"] == 0, st
+    finally:
+        f.close()
+        s.close()
+
+
+def inflight(c):
+    st, _, data = c.gw.request("GET", "/metrics")
+    m = re.search(r"^fastgate_inflight_requests (\d+)", data.decode(), re.M)
+    return int(m.group(1))
+
+
+def test_client_disconnect_mid_stream_aborts_the_upstream(c):
+    c.mock.reset()
+    s, f, head = open_stream(c, chunks=50, delay_ms=200)
+    next(dechunk_lines(f))
+    f.close()
+    s.close()
+    wait_for(lambda: c.mock.stats()["streams_aborted"] == 1, timeout=5, what="upstream abort")
+    wait_for(lambda: inflight(c) == 0, timeout=5, what="no request in flight")
+    assert c.gw.proc.alive()
+
+
+# --- the status table ------------------------------------------------------------------
+
+def test_missing_key_is_401_in_openai_shape(c):
+    st, h, data = c.gw.request("POST", "/v1/chat/completions", CHAT)
+    assert st == 401 and error_of(data)["type"] == "authentication_error", (st, data)
+    assert "x-request-id" in h
+
+
+def test_unknown_and_malformed_keys_are_401_and_not_echoed(c):
+    for bad in [c.key[:-1] + ("A" if c.key[-1] != "A" else "B"), "fg_short", "sk-something"]:
+        st, _, data = c.gw.request("POST", "/v1/chat/completions", CHAT, {"X-API-Key": bad})
+        assert st == 401, (bad, st)
+        assert bad not in data.decode()
+
+
+def test_two_credentials_are_refused(c):
+    c.mock.reset()
+    st, _, _ = c.gw.request("POST", "/v1/chat/completions", CHAT,
+                            {"X-API-Key": c.key, "Authorization": "Bearer " + c.key})
+    assert st == 401
+    assert c.mock.stats()["requests"] == 0
+
+
+def test_revoked_key_fails_at_once(c):
+    k = c.gw.create_key("to-revoke")
+    h = {"X-API-Key": k["key"]}
+    assert c.gw.request("GET", "/v1/models", None, h)[0] == 200
+    r = c.gw.ctl("key.revoke", {"id": k["id"]})
+    assert r["ok"], r
+    st, _, data = c.gw.request("GET", "/v1/models", None, h)
+    assert st == 401 and "revoked" in error_of(data)["message"], data
+
+
+def test_key_limited_to_other_routes_is_403(c):
+    k = c.gw.create_key("models-only", routes=["models"])
+    h = {"X-API-Key": k["key"]}
+    assert c.gw.request("GET", "/v1/models", None, h)[0] == 200
+    st, _, data = c.gw.request("POST", "/v1/chat/completions", CHAT, h)
+    assert st == 403 and error_of(data)["type"] == "permission_error", (st, data)
+
+
+def test_rate_limited_key_gets_429_with_retry_after(c):
+    k = c.gw.create_key("slowpoke", rpm=2)
+    h = {"X-API-Key": k["key"]}
+    assert [c.gw.request("GET", "/v1/models", None, h)[0] for _ in range(2)] == [200, 200]
+    st, hdrs, data = c.gw.request("GET", "/v1/models", None, h)
+    assert st == 429 and 1 <= int(hdrs["retry-after"]) <= 60, (st, hdrs)
+    assert error_of(data)["type"] == "rate_limit_error"
+
+
+def test_no_route_is_404(c):
+    st, _, data = c.gw.request("GET", "/nothing/here", None, c.auth)
+    assert st == 404 and error_of(data)["code"] == "no_route", data
+
+
+def test_body_not_json_where_a_route_reads_it_is_400(c):
+    st, _, data = c.gw.request("POST", "/v1/chat/completions", b"not json{", c.auth)
+    assert st == 400 and error_of(data)["code"] == "invalid_json", data
+    st, _, data = c.gw.request("POST", "/defaults", b"[1,2]", c.auth)
+    assert st == 400, data
+
+
+def test_dot_segments_in_the_path_are_400(c):
+    for p in ["/echo/../admin", "/echo/%2e%2e/admin", "/echo/./x"]:
+        st, _, _ = c.gw.request("GET", p, None, c.auth)
+        assert st == 400, (p, st)
+
+
+def test_body_over_the_limit_is_413_before_it_is_read(c):
+    c.mock.reset()
+    big = b"x" * (70 * 1024)
+    st, h, data = c.gw.request("POST", "/v1/chat/completions", big, c.auth)
+    assert st == 413, st
+    assert c.mock.stats()["requests"] == 0
+
+
+def test_headers_over_the_limit_are_431(c):
+    st, _, _ = c.gw.request("GET", "/v1/models", None, dict(c.auth, **{"X-Big": "a" * 9000}))
+    assert st == 431, st
+
+
+def test_upstream_errors_pass_through_unchanged(c):
+    st, _, data = chat(c, headers={"X-Mock-Fail": "status:418"})
+    assert st == 418, st
+    st, _, data = chat(c, headers={"X-Mock-Fail": "500"})
+    assert st == 500 and "error" in json.loads(data)
+
+
+def test_upstream_refused_reset_or_garbage_is_502(c):
+    st, _, data = c.gw.request("POST", "/refused", CHAT, c.auth)
+    assert st == 502 and error_of(data)["code"] == "connect", data
+    st, _, data = chat(c, headers={"X-Mock-Fail": "reset"})
+    assert st == 502, (st, data)
+    st, _, data = chat(c, headers={"X-Mock-Fail": "garbage"})
+    assert st == 502, (st, data)
+
+
+def test_upstream_that_does_not_answer_in_time_is_504(c):
+    t0 = time.monotonic()
+    st, _, data = c.gw.request("POST", "/slow/x", CHAT, dict(c.auth, **{"X-Mock-Fail": "hang"}))
+    assert st == 504 and error_of(data)["code"] == "timeout", (st, data)
+    assert time.monotonic() - t0 < 4
+
+
+def test_idle_stream_is_ended_after_its_idle_timeout(c):
+    # chunks every 3 s against a 1 s idle timeout: cut after the first chunk, not [DONE]
+    st, _, data = c.gw.request("POST", "/slow/x", dict(CHAT, stream=True),
+                               dict(c.auth, **{"X-Mock-Chunks": "3", "X-Mock-Delay-Ms": "3000"}))
+    assert b"[DONE]" not in data
+
+
+def test_health_and_metrics_are_served(c):
+    st, _, data = c.gw.request("GET", "/health")
+    assert st == 200 and json.loads(data)["status"] == "ok"
+    st, h, data = c.gw.request("GET", "/metrics")
+    text = data.decode()
+    assert st == 200 and "fastgate_requests_total{route=\"chat\",status=\"200\"}" in text, text[:500]
+    assert "fastgate_request_duration_seconds_bucket" in text
+
+
+# --- hostile input: the guard answers, nothing reaches the upstream ---------------------
+
+SMUGGLING = {
+    "two content-lengths": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+    "content-length and chunked": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "transfer-encoding not chunked": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "space before colon": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-API-Key : KEY\r\n\r\n",
+    "folded header": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-API-Key: KEY\r\n  continued\r\n\r\n",
+    "http/1.1 without host": b"GET /v1/models HTTP/1.1\r\nX-API-Key: KEY\r\n\r\n",
+    "garbage request line": b"HELLO THERE\r\n\r\n",
+    "nul byte in header": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\nX-API-Key: KEY\r\n\r\n",
+    "bad method": b"BREW /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+    "absolute uri": b"GET http://evil/v1/models HTTP/1.1\r\nHost: x\r\nX-API-Key: KEY\r\n\r\n",
+    "bad chunk size": b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-API-Key: KEY\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+}
+
+
+def test_smuggling_and_garbage_get_400_and_a_closed_connection(c):
+    for name, payload in SMUGGLING.items():
+        c.mock.reset()
+        data, closed = raw_exchange(c.gw.port, payload.replace(b"KEY", c.key.encode()), timeout=4)
+        assert data.startswith(b"HTTP/1.1 400 "), (name, data[:200])
+        assert data.count(b"HTTP/1.1 ") == 1, (name, "two answers", data)
+        assert closed, (name, "connection left open")
+        assert c.mock.stats()["requests"] == 0, (name, "reached the upstream")
+    assert c.gw.request("GET", "/health")[0] == 200
+
+
+def test_pipelined_requests_are_answered_in_order(c):
+    one = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-API-Key: " + c.key.encode() + b"\r\n\r\n"
+    last = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    data, closed = raw_exchange(c.gw.port, one * 3 + last, timeout=5)
+    assert data.count(b"HTTP/1.1 200 ") == 4 and closed, data[:300]
+    assert data.rfind(b'"status":"ok"') > data.rfind(b"demo-model")
+
+
+def test_slow_header_client_is_cut_at_the_deadline_while_others_are_served(c):
+    s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=10)
+    s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+    t0 = time.monotonic()
+    # others are served meanwhile
+    for _ in range(5):
+        assert c.gw.request("GET", "/health")[0] == 200
+        s.sendall(b"X-Slow: 1\r\n")
+        time.sleep(0.2)
+    data = b""
+    s.settimeout(5)
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+        data += d
+    elapsed = time.monotonic() - t0
+    s.close()
+    assert data.startswith(b"HTTP/1.1 408 "), data[:100]
+    assert elapsed < 2 + 1.5, elapsed
+
+
+def test_check_reports_file_and_line(c):
+    d = tmpdir()
+    try:
+        with open(os.path.join(d, "bad.yaml"), "w") as f:
+            f.write("routes:\n  - name: a\n    upstream:\n      url: ftp://x/\n    bogus: 1\n")
+        p = subprocess.run([FASTGATED, "--check", "--routes", d], capture_output=True, timeout=20)
+        err = p.stderr.decode()
+        assert p.returncode == 1, (p.returncode, err)
+        assert re.search(r"bad\.yaml:4: .*", err) and re.search(r"bad\.yaml:5: .*bogus", err), err
+        p = subprocess.run([FASTGATED, "--check", "--routes", c.gw.routes_dir], capture_output=True, timeout=20)
+        assert p.returncode == 0, p.stderr
+    finally:
+        rmtree(d)
+
+
+def test_expired_key_is_401_after_restart(c):
+    k = c.gw.create_key("short-lived", expires_days=1)
+    h = {"X-API-Key": k["key"]}
+    assert c.gw.request("GET", "/v1/models", None, h)[0] == 200
+    assert c.gw.stop() == 0
+    db = sqlite3.connect(c.gw.keys)
+    db.execute("UPDATE keys SET expires = ? WHERE id = ?", (int(time.time()) - 10, k["id"]))
+    db.commit()
+    db.close()
+    c.gw.start()
+    st, _, data = c.gw.request("GET", "/v1/models", None, h)
+    assert st == 401 and "expired" in error_of(data)["message"], data
+    # the other keys survived the restart
+    assert c.gw.request("GET", "/v1/models", None, c.auth)[0] == 200
+
+
+def test_sigterm_during_a_stream_lets_it_finish(c):
+    s, f, head = open_stream(c, chunks=8, delay_ms=150)
+    lines = dechunk_lines(f)
+    next(lines)
+    c.gw.proc.p.send_signal(signal.SIGTERM)
+    rest = [ln for ln in lines]
+    f.close()
+    s.close()
+    assert any(b"[DONE]" in ln for ln in rest), rest[-3:]
+    rc = c.gw.stop()
+    assert rc == 0, rc
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", c.gw.port)) != 0, "still accepting after SIGTERM"
+    c.gw.start()   # teardown stops it again
+
+
+if __name__ == "__main__":
+    run_tests(globals(), setup, teardown)
