@@ -21,8 +21,12 @@ CLI_SRC    := $(wildcard fastgate-cli/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 HDRS       := $(wildcard fastgated/*.h fastgate-cli/*.h tests/unit/*.h)
 
-.PHONY: all deps test-deps test unit e2e run install clean check-man
-all: deps build/fastgated build/fastgate-cli build/mock-upstream
+.PHONY: all deps test-deps test unit run install clean programs test-programs
+# The dependency step runs first and alone; the build is a fresh make so that pkg-config
+# flags are read after any install.
+all: deps
+	@$(MAKE) --no-print-directory programs
+programs: build/fastgated build/fastgate-cli build/mock-upstream
 
 deps:
 	@tests/deps.sh build
@@ -52,16 +56,21 @@ $(eval $(call variant,build-test,$(TEST_CFLAGS)))
 UNIT_BINS := $(patsubst tests/unit/%.c,build-test/tests/unit/%,$(UNIT_SRC))
 .SECONDARY:
 
-test: test-deps build-test/fastgated build-test/fastgate-cli build-test/mock-upstream $(UNIT_BINS)
+test-programs: build-test/fastgated build-test/fastgate-cli build-test/mock-upstream $(UNIT_BINS)
+
+test: test-deps
+	@$(MAKE) --no-print-directory test-programs
 	@tests/run-all.sh
 
-unit: test-deps $(UNIT_BINS)
+unit: test-deps
+	@$(MAKE) --no-print-directory $(UNIT_BINS)
 	@tests/run-all.sh --unit-only
 
 run: all
 	@tests/run-demo.sh
 
 install: all
+	@test -f man/fastgated.8 || { echo 'man pages missing' >&2; exit 1; }
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin \
 	  $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 \
 	  $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/share/fastgate

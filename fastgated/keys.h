@@ -21,6 +21,7 @@
 #define KEY_SECRET_LEN    (3 + KEY_RANDOM_LEN + KEY_CHECKSUM_LEN)   /* 49 */
 #define KEY_DISPLAY_LEN   (3 + 8)                                   /* "fg_AbCdEfGh" */
 #define KEY_HASH_LEN      32
+#define KEY_RATE_WINDOW   60    /* seconds; rpm limits count requests per window */
 
 struct key {
 	int64_t id;
@@ -37,6 +38,7 @@ struct key {
 	/* rate-limit window state (in memory only) */
 	int64_t window_start; /* unix seconds of the current minute window */
 	int window_count;
+	bool usage_dirty;     /* last_used changed since the last keystore_flush_usage */
 };
 
 /* Generate a new secret into out (KEY_SECRET_LEN + 1 bytes). 0 / -1 if the CSPRNG failed. */
@@ -44,6 +46,10 @@ int key_generate(char *out);
 /* True if `s` has the fg_ format with a correct checksum. Cheap; no lookup. */
 bool key_format_valid(const char *s, size_t len);
 void key_hash(const char *secret, size_t len, unsigned char out[KEY_HASH_LEN]);
+/* CRC-32 (IEEE 802.3, as zlib's crc32()) of buf: the checksum in a secret's last 6
+ * characters, written in base62 (0-9A-Za-z), most significant digit first. Exposed so
+ * tests and offline scanners can check it independently. */
+uint32_t key_crc32(const void *buf, size_t len);
 
 struct keystore;
 

@@ -1,0 +1,948 @@
+/* Client API keys: the secret format, the SQLite store and the in-memory index that the
+ * request path uses. See keys.h for the contract; the notes here say why it is built so.
+ *
+ * Memory layout: every key is its own allocation, so a struct key * handed to a request
+ * stays valid while the arrays around it grow. The store keeps those pointers twice: in id
+ * order (for listing and lookup by id, binary search) and in an open-addressing table keyed
+ * by SHA-256 of the secret (for authentication). Keys are never deleted, only revoked, so
+ * the table needs no tombstones. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <sqlite3.h>
+
+#include "keys.h"
+#include "log.h"
+
+#define KEY_NAME_MAX     64     /* characters (code points) */
+#define ROUTE_NAME_MAX   128    /* bytes */
+#define BUSY_TIMEOUT_MS  5000
+
+static const char b62_digits[] =
+	"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+struct keystore {
+	sqlite3 *db;
+	char *path;
+	struct key **keys;         /* id order */
+	size_t n, cap;
+	struct key **slots;        /* hash table by SHA-256; power of two, load <= 0.5 */
+	size_t nslots;
+	sqlite3_stmt *st_insert, *st_revoke, *st_used, *st_rs_get, *st_rs_set;
+};
+
+/* Schema migrations, applied in order inside one transaction. To add version 2, append
+ * { 2, "ALTER TABLE ..." }: a database at version 1 runs only that step, a new one runs
+ * both. Never edit a step that has shipped. */
+struct migration {
+	int version;
+	const char *sql;
+};
+
+static const struct migration migrations[] = {
+	{ 1,
+	  "CREATE TABLE keys ("
+	  " id INTEGER PRIMARY KEY,"
+	  " name TEXT NOT NULL,"
+	  " display TEXT NOT NULL,"
+	  " hash BLOB NOT NULL UNIQUE,"
+	  " created INTEGER,"
+	  " expires INTEGER,"
+	  " revoked INTEGER,"
+	  " last_used INTEGER,"
+	  " routes TEXT,"          /* comma-separated route names; '' = all routes */
+	  " rpm INTEGER);"
+	  "CREATE TABLE route_state ("
+	  " name TEXT PRIMARY KEY,"
+	  " enabled INTEGER NOT NULL,"
+	  " updated INTEGER);" },
+};
+#define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
+
+/* Out of memory is not a condition this daemon recovers from (errlist does the same). */
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		abort();
+	return p;
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size ? size : 1);
+	if (!p)
+		abort();
+	return p;
+}
+
+static char *xstrndup(const char *s, size_t n)
+{
+	char *p = strndup(s, n);
+	if (!p)
+		abort();
+	return p;
+}
+
+__attribute__((format(printf, 2, 3)))
+static void set_err(char **err, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg = NULL;
+
+	if (!err)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	free(*err);
+	*err = msg;
+}
+
+/* ---- secret format ---- */
+
+uint32_t key_crc32(const void *buf, size_t len)
+{
+	const unsigned char *p = buf;
+	uint32_t crc = 0xFFFFFFFFu;
+
+	/* Bitwise: a secret is 43 bytes, so a table would buy nothing worth its globals. */
+	for (size_t i = 0; i < len; i++) {
+		crc ^= p[i];
+		for (int b = 0; b < 8; b++)
+			crc = (crc >> 1) ^ (0xEDB88320u & (0u - (crc & 1u)));
+	}
+	return crc ^ 0xFFFFFFFFu;
+}
+
+/* Value of a base62 digit, or -1. */
+static int b62_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 36;
+	return -1;
+}
+
+int key_generate(char *out)
+{
+	/* 62 * 4 = 248: bytes below it map onto the digits evenly (b % 62), bytes at or above
+	 * it are thrown away, so every character is uniform (no modulo bias). */
+	unsigned char buf[64];
+	size_t used = sizeof(buf);
+	int n = 0;
+	uint32_t crc;
+
+	memcpy(out, KEY_PREFIX, 3);
+	while (n < KEY_RANDOM_LEN) {
+		unsigned char b;
+
+		if (used == sizeof(buf)) {
+			if (RAND_bytes(buf, (int)sizeof(buf)) != 1)
+				goto fail;
+			used = 0;
+		}
+		b = buf[used++];
+		if (b >= 248)
+			continue;
+		out[3 + n++] = b62_digits[b % 62];
+	}
+	crc = key_crc32(out, 3 + KEY_RANDOM_LEN);
+	for (int i = KEY_CHECKSUM_LEN - 1; i >= 0; i--) {
+		out[3 + KEY_RANDOM_LEN + i] = b62_digits[crc % 62];
+		crc /= 62;
+	}
+	out[KEY_SECRET_LEN] = '\0';
+	OPENSSL_cleanse(buf, sizeof(buf));
+	return 0;
+fail:
+	OPENSSL_cleanse(buf, sizeof(buf));
+	OPENSSL_cleanse(out, KEY_SECRET_LEN + 1);
+	return -1;
+}
+
+bool key_format_valid(const char *s, size_t len)
+{
+	uint64_t sum = 0;
+	int bad = 0;
+
+	if (!s || len != KEY_SECRET_LEN || memcmp(s, KEY_PREFIX, 3) != 0)
+		return false;
+	/* No early exit inside the secret: the cost does not depend on where it is wrong. */
+	for (size_t i = 3; i < 3 + KEY_RANDOM_LEN; i++)
+		bad |= b62_value((unsigned char)s[i]) < 0;
+	for (size_t i = 3 + KEY_RANDOM_LEN; i < KEY_SECRET_LEN; i++) {
+		int v = b62_value((unsigned char)s[i]);
+		bad |= v < 0;
+		sum = sum * 62 + (uint64_t)(v < 0 ? 0 : v);
+	}
+	return !bad && sum == key_crc32(s, 3 + KEY_RANDOM_LEN);
+}
+
+void key_hash(const char *secret, size_t len, unsigned char out[KEY_HASH_LEN])
+{
+	SHA256((const unsigned char *)secret, len, out);
+}
+
+/* ---- key objects ---- */
+
+static void key_free(struct key *k)
+{
+	if (!k)
+		return;
+	free(k->name);
+	for (size_t i = 0; i < k->n_routes; i++)
+		free(k->routes[i]);
+	free(k->routes);
+	free(k);
+}
+
+/* Split the stored "a,b,c" into k->routes; NULL or "" means all routes. */
+static void key_set_routes_text(struct key *k, const char *text)
+{
+	size_t n = 0;
+	const char *p;
+
+	if (!text || !*text)
+		return;
+	for (p = text; *p; p++)
+		n += *p == ',';
+	k->routes = xcalloc(n + 1, sizeof(*k->routes));
+	for (p = text; *p; ) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+
+		if (len)
+			k->routes[k->n_routes++] = xstrndup(p, len);
+		p += len + (end != NULL);
+	}
+}
+
+/* "a,b,c" for the routes column; caller frees. Names were checked to hold no comma. */
+static char *routes_join(char *const *routes, size_t n)
+{
+	size_t len = 1;
+	char *out, *p;
+
+	for (size_t i = 0; i < n; i++)
+		len += strlen(routes[i]) + 1;
+	out = p = xmalloc(len);
+	*p = '\0';
+	for (size_t i = 0; i < n; i++) {
+		size_t l = strlen(routes[i]);
+
+		if (i)
+			*p++ = ',';
+		memcpy(p, routes[i], l);
+		p += l;
+	}
+	*p = '\0';
+	return out;
+}
+
+/* ---- the in-memory index ---- */
+
+static size_t hash_slot(const unsigned char hash[KEY_HASH_LEN], size_t nslots)
+{
+	uint64_t h;
+
+	/* SHA-256 output is already uniform: its first 8 bytes are the hash value. */
+	memcpy(&h, hash, sizeof(h));
+	return (size_t)h & (nslots - 1);
+}
+
+static void table_put(struct key **slots, size_t nslots, struct key *k)
+{
+	size_t i = hash_slot(k->hash, nslots);
+
+	while (slots[i])
+		i = (i + 1) & (nslots - 1);
+	slots[i] = k;
+}
+
+/* Make room for `want` keys at load <= 0.5, rehashing into a bigger table if needed. */
+static void table_reserve(struct keystore *ks, size_t want)
+{
+	size_t nslots = ks->nslots ? ks->nslots : 16;
+	struct key **slots;
+
+	while (nslots < want * 2)
+		nslots *= 2;
+	if (nslots == ks->nslots)
+		return;
+	slots = xcalloc(nslots, sizeof(*slots));
+	for (size_t i = 0; i < ks->n; i++)
+		table_put(slots, nslots, ks->keys[i]);
+	free(ks->slots);
+	ks->slots = slots;
+	ks->nslots = nslots;
+}
+
+/* Add k to both indexes; the store owns it from here. */
+static void index_add(struct keystore *ks, struct key *k)
+{
+	size_t pos = ks->n;
+
+	table_reserve(ks, ks->n + 1);
+	if (ks->n == ks->cap) {
+		ks->cap = ks->cap ? ks->cap * 2 : 64;
+		ks->keys = realloc(ks->keys, ks->cap * sizeof(*ks->keys));
+		if (!ks->keys)
+			abort();
+	}
+	/* Rowids only grow while we never delete, so this loop almost never runs. */
+	while (pos > 0 && ks->keys[pos - 1]->id > k->id)
+		pos--;
+	memmove(ks->keys + pos + 1, ks->keys + pos, (ks->n - pos) * sizeof(*ks->keys));
+	ks->keys[pos] = k;
+	ks->n++;
+	table_put(ks->slots, ks->nslots, k);
+}
+
+/* ---- SQLite plumbing ---- */
+
+static int exec_sql(struct keystore *ks, const char *sql, const char *what, char **err)
+{
+	char *msg = NULL;
+
+	if (sqlite3_exec(ks->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+		set_err(err, "key store %s: %s failed: %s", ks->path, what,
+		        msg ? msg : sqlite3_errmsg(ks->db));
+		sqlite3_free(msg);
+		return -1;
+	}
+	return 0;
+}
+
+static int prepare(struct keystore *ks, sqlite3_stmt **st, const char *sql, char **err)
+{
+	if (sqlite3_prepare_v3(ks->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
+		set_err(err, "key store %s: cannot prepare statement: %s", ks->path,
+		        sqlite3_errmsg(ks->db));
+		return -1;
+	}
+	return 0;
+}
+
+/* Create the file ourselves so it is 0600 whatever the umask; SQLite gives the -wal and
+ * -shm files the database file's mode. A missing directory is the operator's to create:
+ * guessing a tree of directories for a secrets store is not ours to do. */
+static int ensure_db_file(const char *path, char **err)
+{
+	struct stat st;
+	int fd;
+
+	if (stat(path, &st) == 0) {
+		if (!S_ISREG(st.st_mode)) {
+			set_err(err, "key store %s is not a regular file", path);
+			return -1;
+		}
+		if (st.st_mode & 077)
+			log_warn("key store %s is accessible by group or others (mode %03o); "
+			         "run chmod 600 on it", path, (unsigned)(st.st_mode & 0777));
+		return 0;
+	}
+	if (errno != ENOENT) {
+		set_err(err, "cannot open key store %s: %s", path, strerror(errno));
+		return -1;
+	}
+
+	{
+		const char *slash = strrchr(path, '/');
+		char *dir = slash ? xstrndup(path, slash == path ? 1 : (size_t)(slash - path))
+		                  : xstrndup(".", 1);
+		int ok = stat(dir, &st) == 0 && S_ISDIR(st.st_mode);
+
+		if (!ok)
+			set_err(err, "cannot create key store %s: directory %s does not exist "
+			        "(create it, or point --keys elsewhere)", path, dir);
+		free(dir);
+		if (!ok)
+			return -1;
+	}
+
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		if (errno == EEXIST)    /* another process made it between stat and open */
+			return 0;
+		set_err(err, "cannot create key store %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fchmod(fd, 0600) != 0) {
+		set_err(err, "cannot set mode 0600 on key store %s: %s", path, strerror(errno));
+		close(fd);
+		unlink(path);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+static int user_version(struct keystore *ks, int *version, char **err)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	if (sqlite3_prepare_v2(ks->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW) {
+		set_err(err, "key store %s: cannot read schema version: %s", ks->path,
+		        sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	*version = sqlite3_column_int(st, 0);
+	rc = 0;
+done:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* Bring the schema to SCHEMA_VERSION. BEGIN IMMEDIATE takes the write lock before the
+ * version is read, so two processes opening a new file cannot both run step 1. */
+static int migrate(struct keystore *ks, char **err)
+{
+	int version = 0;
+	char sql[64];
+
+	if (exec_sql(ks, "BEGIN IMMEDIATE", "starting the schema check", err) < 0)
+		return -1;
+	if (user_version(ks, &version, err) < 0)
+		goto fail;
+	if (version > SCHEMA_VERSION) {
+		set_err(err, "key store %s has schema version %d, newer than the %d this fastgated "
+		        "understands; it was written by a newer fastgate: upgrade fastgated or use "
+		        "another --keys file", ks->path, version, SCHEMA_VERSION);
+		goto fail;
+	}
+	if (version < 0) {
+		set_err(err, "key store %s has an invalid schema version %d", ks->path, version);
+		goto fail;
+	}
+	for (size_t i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
+		if (migrations[i].version <= version)
+			continue;
+		if (exec_sql(ks, migrations[i].sql, "schema migration", err) < 0)
+			goto fail;
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", migrations[i].version);
+		if (exec_sql(ks, sql, "setting the schema version", err) < 0)
+			goto fail;
+		if (version > 0)
+			log_info("key store %s: schema migrated to version %d", ks->path,
+			         migrations[i].version);
+	}
+	return exec_sql(ks, "COMMIT", "committing the schema", err);
+fail:
+	sqlite3_exec(ks->db, "ROLLBACK", NULL, NULL, NULL);
+	return -1;
+}
+
+static int load_keys(struct keystore *ks, char **err)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1, step;
+	size_t want = 0;
+
+	/* Size the table once from the row count instead of rehashing on the way up. */
+	if (sqlite3_prepare_v2(ks->db, "SELECT count(*) FROM keys", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		want = (size_t)sqlite3_column_int64(st, 0);
+	sqlite3_finalize(st);
+	st = NULL;
+	table_reserve(ks, want);
+	if (want > ks->cap) {
+		ks->cap = want;
+		ks->keys = realloc(ks->keys, ks->cap * sizeof(*ks->keys));
+		if (!ks->keys)
+			abort();
+	}
+
+	if (sqlite3_prepare_v2(ks->db,
+	                       "SELECT id, name, display, hash, created, expires, revoked, "
+	                       "last_used, routes, rpm FROM keys ORDER BY id",
+	                       -1, &st, NULL) != SQLITE_OK) {
+		set_err(err, "key store %s: cannot read keys: %s", ks->path, sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		struct key *k;
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+		const char *display = (const char *)sqlite3_column_text(st, 2);
+		const void *hash = sqlite3_column_blob(st, 3);
+		int64_t id = sqlite3_column_int64(st, 0);
+
+		if (!hash || sqlite3_column_bytes(st, 3) != KEY_HASH_LEN) {
+			set_err(err, "key store %s: key id %lld has a malformed hash (%d bytes, "
+			        "expected %d); the database is damaged", ks->path, (long long)id,
+			        sqlite3_column_bytes(st, 3), KEY_HASH_LEN);
+			goto done;
+		}
+		k = xcalloc(1, sizeof(*k));
+		k->id = id;
+		k->name = xstrndup(name ? name : "", (size_t)sqlite3_column_bytes(st, 1));
+		snprintf(k->display, sizeof(k->display), "%s", display ? display : "");
+		memcpy(k->hash, hash, KEY_HASH_LEN);
+		k->created = sqlite3_column_int64(st, 4);
+		k->expires = sqlite3_column_int64(st, 5);
+		k->revoked = sqlite3_column_int64(st, 6);
+		k->last_used = sqlite3_column_int64(st, 7);
+		key_set_routes_text(k, (const char *)sqlite3_column_text(st, 8));
+		k->rpm = sqlite3_column_int(st, 9);
+		if (k->rpm < 0)
+			k->rpm = 0;
+		index_add(ks, k);
+	}
+	if (step != SQLITE_DONE) {
+		set_err(err, "key store %s: reading keys failed: %s", ks->path,
+		        sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	rc = 0;
+done:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+struct keystore *keystore_open(const char *path, char **err)
+{
+	struct keystore *ks;
+	sqlite3_stmt *st = NULL;
+
+	if (!path || !*path) {
+		set_err(err, "no key store path given");
+		return NULL;
+	}
+	if (ensure_db_file(path, err) < 0)
+		return NULL;
+
+	ks = xcalloc(1, sizeof(*ks));
+	ks->path = xstrndup(path, strlen(path));
+	if (sqlite3_open_v2(path, &ks->db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+		set_err(err, "cannot open key store %s: %s", path,
+		        ks->db ? sqlite3_errmsg(ks->db) : "out of memory");
+		goto fail;
+	}
+	sqlite3_extended_result_codes(ks->db, 1);
+	sqlite3_busy_timeout(ks->db, BUSY_TIMEOUT_MS);
+
+	/* The first statement is where "file is not a database" shows up. */
+	if (sqlite3_prepare_v2(ks->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW) {
+		set_err(err, "cannot open key store %s: %s", path, sqlite3_errmsg(ks->db));
+		goto fail;
+	}
+	if (sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal") != 0)
+		log_warn("key store %s: WAL journal not available (journal_mode=%s)", path,
+		         sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	st = NULL;
+
+	if (migrate(ks, err) < 0 || load_keys(ks, err) < 0)
+		goto fail;
+	if (prepare(ks, &ks->st_insert,
+	            "INSERT INTO keys (name, display, hash, created, expires, revoked, last_used, "
+	            "routes, rpm) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7)", err) < 0 ||
+	    prepare(ks, &ks->st_revoke, "UPDATE keys SET revoked = ?1 WHERE id = ?2", err) < 0 ||
+	    prepare(ks, &ks->st_used, "UPDATE keys SET last_used = ?1 WHERE id = ?2", err) < 0 ||
+	    prepare(ks, &ks->st_rs_get, "SELECT enabled FROM route_state WHERE name = ?1",
+	            err) < 0 ||
+	    prepare(ks, &ks->st_rs_set,
+	            "INSERT OR REPLACE INTO route_state (name, enabled, updated) "
+	            "VALUES (?1, ?2, ?3)", err) < 0)
+		goto fail;
+	return ks;
+fail:
+	sqlite3_finalize(st);
+	keystore_close(ks);
+	return NULL;
+}
+
+void keystore_close(struct keystore *ks)
+{
+	if (!ks)
+		return;
+	sqlite3_finalize(ks->st_insert);
+	sqlite3_finalize(ks->st_revoke);
+	sqlite3_finalize(ks->st_used);
+	sqlite3_finalize(ks->st_rs_get);
+	sqlite3_finalize(ks->st_rs_set);
+	if (sqlite3_close(ks->db) != SQLITE_OK)
+		log_warn("key store %s: close failed: %s", ks->path, sqlite3_errmsg(ks->db));
+	for (size_t i = 0; i < ks->n; i++)
+		key_free(ks->keys[i]);
+	free(ks->keys);
+	free(ks->slots);
+	free(ks->path);
+	free(ks);
+}
+
+/* ---- lookups ---- */
+
+struct key *keystore_lookup(struct keystore *ks, const char *secret, size_t len)
+{
+	unsigned char hash[KEY_HASH_LEN];
+	size_t i;
+
+	if (!ks || !ks->nslots || !key_format_valid(secret, len))
+		return NULL;
+	key_hash(secret, len, hash);
+	for (i = hash_slot(hash, ks->nslots); ks->slots[i]; i = (i + 1) & (ks->nslots - 1))
+		if (CRYPTO_memcmp(ks->slots[i]->hash, hash, KEY_HASH_LEN) == 0)
+			return ks->slots[i];
+	return NULL;
+}
+
+struct key *keystore_get(struct keystore *ks, int64_t id)
+{
+	size_t lo = 0, hi = ks ? ks->n : 0;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (ks->keys[mid]->id == id)
+			return ks->keys[mid];
+		if (ks->keys[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+size_t keystore_count(const struct keystore *ks)
+{
+	return ks ? ks->n : 0;
+}
+
+struct key *keystore_at(struct keystore *ks, size_t i)
+{
+	return ks && i < ks->n ? ks->keys[i] : NULL;
+}
+
+bool key_usable(const struct key *k, int64_t now)
+{
+	return k && k->revoked == 0 && (k->expires == 0 || now < k->expires);
+}
+
+/* ---- changes ---- */
+
+/* Decode one UTF-8 sequence; its length, or 0 if invalid (overlong, surrogate, too big). */
+static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
+{
+	size_t n;
+	uint32_t c = s[0], min;
+
+	if (c < 0x80) {
+		*cp = c;
+		return 1;
+	}
+	if (c >= 0xC2 && c <= 0xDF)
+		n = 2, c &= 0x1F, min = 0x80;
+	else if (c >= 0xE0 && c <= 0xEF)
+		n = 3, c &= 0x0F, min = 0x800;
+	else if (c >= 0xF0 && c <= 0xF4)
+		n = 4, c &= 0x07, min = 0x10000;
+	else
+		return 0;
+	if (len < n)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xC0) != 0x80)
+			return 0;
+		c = (c << 6) | (s[i] & 0x3F);
+	}
+	if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
+		return 0;
+	*cp = c;
+	return n;
+}
+
+/* Names end up in tables, CSV and JSON (jansson wants valid UTF-8): printable text only. */
+static int check_name(const char *name, char **err)
+{
+	const unsigned char *s = (const unsigned char *)name;
+	size_t len, chars = 0;
+
+	if (!name || !*name) {
+		set_err(err, "key name must not be empty");
+		return -1;
+	}
+	len = strlen(name);
+	for (size_t i = 0; i < len; chars++) {
+		uint32_t cp;
+		size_t n = utf8_decode(s + i, len - i, &cp);
+
+		if (!n) {
+			set_err(err, "key name is not valid UTF-8 (byte %zu)", i + 1);
+			return -1;
+		}
+		if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) {
+			set_err(err, "key name must not contain control characters (character %zu)",
+			        chars + 1);
+			return -1;
+		}
+		i += n;
+	}
+	if (chars > KEY_NAME_MAX) {
+		set_err(err, "key name is %zu characters long; the limit is %d", chars,
+		        KEY_NAME_MAX);
+		return -1;
+	}
+	if (s[0] == ' ' || s[len - 1] == ' ') {
+		set_err(err, "key name must not start or end with a space");
+		return -1;
+	}
+	return 0;
+}
+
+static int check_route_name(const char *r, char **err)
+{
+	size_t len = r ? strlen(r) : 0;
+
+	if (len == 0 || len > ROUTE_NAME_MAX) {
+		set_err(err, "route name must be 1 to %d characters long", ROUTE_NAME_MAX);
+		return -1;
+	}
+	for (size_t i = 0; i < len; i++) {
+		char c = r[i];
+
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		      c == '_' || c == '.' || c == '-')) {
+			set_err(err, "route name \"%.*s\" may only contain letters, digits, '_', '.' "
+			        "and '-'", (int)len, r);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int keystore_create(struct keystore *ks, const char *name, char *const *routes, size_t n_routes,
+                    int rpm, int64_t expires, char *secret_out, struct key **out, char **err)
+{
+	char secret[KEY_SECRET_LEN + 1];
+	struct key *k = NULL;
+	char *routes_text = NULL;
+	int rc = -1, step;
+
+	if (!ks || !secret_out) {
+		set_err(err, "internal error: keystore_create called without a store or buffer");
+		return -1;
+	}
+	if (check_name(name, err) < 0)
+		return -1;
+	if (rpm < 0) {
+		set_err(err, "rpm must be 0 (unlimited) or more, not %d", rpm);
+		return -1;
+	}
+	if (expires < 0) {
+		set_err(err, "expiry time must be 0 (never) or a unix time, not %lld",
+		        (long long)expires);
+		return -1;
+	}
+	if (n_routes && !routes) {
+		set_err(err, "internal error: %zu routes given without a list", n_routes);
+		return -1;
+	}
+	for (size_t i = 0; i < n_routes; i++)
+		if (check_route_name(routes[i], err) < 0)
+			return -1;
+
+	if (key_generate(secret) < 0) {
+		set_err(err, "the random number generator failed; no key was created");
+		return -1;
+	}
+	k = xcalloc(1, sizeof(*k));
+	k->name = xstrndup(name, strlen(name));
+	memcpy(k->display, secret, KEY_DISPLAY_LEN);
+	k->display[KEY_DISPLAY_LEN] = '\0';
+	key_hash(secret, KEY_SECRET_LEN, k->hash);
+	k->created = (int64_t)time(NULL);
+	k->expires = expires;
+	k->rpm = rpm;
+	if (n_routes) {
+		k->routes = xcalloc(n_routes, sizeof(*k->routes));
+		for (size_t i = 0; i < n_routes; i++)
+			k->routes[i] = xstrndup(routes[i], strlen(routes[i]));
+		k->n_routes = n_routes;
+	}
+	routes_text = routes_join(k->routes, k->n_routes);
+
+	sqlite3_bind_text(ks->st_insert, 1, k->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(ks->st_insert, 2, k->display, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(ks->st_insert, 3, k->hash, KEY_HASH_LEN, SQLITE_STATIC);
+	sqlite3_bind_int64(ks->st_insert, 4, k->created);
+	sqlite3_bind_int64(ks->st_insert, 5, k->expires);
+	sqlite3_bind_text(ks->st_insert, 6, routes_text, -1, SQLITE_STATIC);
+	sqlite3_bind_int(ks->st_insert, 7, k->rpm);
+	step = sqlite3_step(ks->st_insert);
+	if (step != SQLITE_DONE) {
+		set_err(err, "cannot store the new key in %s: %s", ks->path, sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	k->id = sqlite3_last_insert_rowid(ks->db);
+	index_add(ks, k);
+	memcpy(secret_out, secret, sizeof(secret));
+	if (out)
+		*out = k;
+	k = NULL;
+	rc = 0;
+done:
+	sqlite3_reset(ks->st_insert);
+	sqlite3_clear_bindings(ks->st_insert);
+	OPENSSL_cleanse(secret, sizeof(secret));
+	free(routes_text);
+	key_free(k);
+	return rc;
+}
+
+int keystore_revoke(struct keystore *ks, int64_t id, char **err)
+{
+	struct key *k = keystore_get(ks, id);
+	int64_t now = (int64_t)time(NULL);
+	int rc = -1;
+
+	if (!k) {
+		set_err(err, "no key with id %lld", (long long)id);
+		return -1;
+	}
+	if (k->revoked)       /* keep the first revocation time */
+		return 0;
+	if (now <= 0)
+		now = 1;
+	sqlite3_bind_int64(ks->st_revoke, 1, now);
+	sqlite3_bind_int64(ks->st_revoke, 2, id);
+	if (sqlite3_step(ks->st_revoke) != SQLITE_DONE) {
+		set_err(err, "cannot revoke key %lld in %s: %s", (long long)id, ks->path,
+		        sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	if (sqlite3_changes(ks->db) == 0) {
+		set_err(err, "key %lld is no longer in %s; was the database changed by hand?",
+		        (long long)id, ks->path);
+		goto done;
+	}
+	k->revoked = now;
+	rc = 0;
+done:
+	sqlite3_reset(ks->st_revoke);
+	return rc;
+}
+
+/* ---- usage and rate limits (memory only on the request path) ---- */
+
+void key_touch(struct key *k, int64_t now)
+{
+	if (!k || now == k->last_used)
+		return;
+	k->last_used = now;
+	k->usage_dirty = true;
+}
+
+int keystore_flush_usage(struct keystore *ks, char **err)
+{
+	size_t dirty = 0;
+
+	if (!ks)
+		return 0;
+	for (size_t i = 0; i < ks->n; i++)
+		dirty += ks->keys[i]->usage_dirty;
+	if (!dirty)
+		return 0;
+	if (exec_sql(ks, "BEGIN IMMEDIATE", "saving last-used times", err) < 0)
+		return -1;
+	for (size_t i = 0; i < ks->n; i++) {
+		struct key *k = ks->keys[i];
+		int step;
+
+		if (!k->usage_dirty)
+			continue;
+		sqlite3_bind_int64(ks->st_used, 1, k->last_used);
+		sqlite3_bind_int64(ks->st_used, 2, k->id);
+		step = sqlite3_step(ks->st_used);
+		sqlite3_reset(ks->st_used);
+		if (step != SQLITE_DONE) {
+			set_err(err, "key store %s: saving last-used times failed: %s", ks->path,
+			        sqlite3_errmsg(ks->db));
+			sqlite3_exec(ks->db, "ROLLBACK", NULL, NULL, NULL);
+			return -1;
+		}
+	}
+	if (exec_sql(ks, "COMMIT", "saving last-used times", err) < 0) {
+		sqlite3_exec(ks->db, "ROLLBACK", NULL, NULL, NULL);
+		return -1;
+	}
+	/* Only now: a failed flush leaves the keys dirty for the next attempt. */
+	for (size_t i = 0; i < ks->n; i++)
+		ks->keys[i]->usage_dirty = false;
+	return 0;
+}
+
+/* Fixed window that starts at the first request after the previous one ended: cheap, one
+ * pair of fields per key, and Retry-After is exact for it. Bursts of up to 2*rpm across a
+ * window boundary are possible; that is the accepted price. */
+int key_rate_check(struct key *k, int64_t now)
+{
+	if (!k || k->rpm <= 0)
+		return 0;
+	if (k->window_count == 0 || now >= k->window_start + KEY_RATE_WINDOW ||
+	    now < k->window_start) {             /* the clock went back: start afresh */
+		k->window_start = now;
+		k->window_count = 0;
+	}
+	if (k->window_count < k->rpm) {
+		k->window_count++;
+		return 0;
+	}
+	return (int)(k->window_start + KEY_RATE_WINDOW - now);
+}
+
+/* ---- run-time route state ---- */
+
+int keystore_route_state_get(struct keystore *ks, const char *route)
+{
+	int rc = -1, step;
+
+	if (!ks || !route)
+		return -1;
+	sqlite3_bind_text(ks->st_rs_get, 1, route, -1, SQLITE_STATIC);
+	step = sqlite3_step(ks->st_rs_get);
+	if (step == SQLITE_ROW)
+		rc = sqlite3_column_int(ks->st_rs_get, 0) ? 1 : 0;
+	else if (step != SQLITE_DONE)
+		log_warn("key store %s: reading the state of route %s failed: %s", ks->path, route,
+		         sqlite3_errmsg(ks->db));
+	sqlite3_reset(ks->st_rs_get);
+	sqlite3_clear_bindings(ks->st_rs_get);
+	return rc;
+}
+
+int keystore_route_state_set(struct keystore *ks, const char *route, int enabled, char **err)
+{
+	int rc = 0;
+
+	if (!ks || check_route_name(route, err) < 0)
+		return -1;
+	sqlite3_bind_text(ks->st_rs_set, 1, route, -1, SQLITE_STATIC);
+	sqlite3_bind_int(ks->st_rs_set, 2, enabled ? 1 : 0);
+	sqlite3_bind_int64(ks->st_rs_set, 3, (int64_t)time(NULL));
+	if (sqlite3_step(ks->st_rs_set) != SQLITE_DONE) {
+		set_err(err, "cannot save the state of route %s in %s: %s", route, ks->path,
+		        sqlite3_errmsg(ks->db));
+		rc = -1;
+	}
+	sqlite3_reset(ks->st_rs_set);
+	sqlite3_clear_bindings(ks->st_rs_set);
+	return rc;
+}

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# `make run`: the mock upstream and fastgated on the bundled routes.d, a demo key, and a
+# curl line that works when pasted. Ctrl-C stops both.
+set -u
+cd "$(dirname "$0")/.."
+GW_PORT=${FASTGATE_PORT:-8514}
+MOCK_PORT=8515      # the demo route in routes.d/10-demo.yaml points here
+RUN=run
+mkdir -p "$RUN" keys
+SOCK=$PWD/fastgate.sock
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$GW_PORT" "$MOCK_PORT"; do
+  if port_busy "$p"; then
+    echo "make run: port $p on 127.0.0.1 is already in use (another fastgate or mock running?)." >&2
+    echo "          Stop it, or set FASTGATE_PORT for the gateway port." >&2
+    exit 1
+  fi
+done
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
+  echo; echo "make run: stopped."
+}
+trap cleanup INT TERM EXIT
+
+build/mock-upstream --listen "127.0.0.1:$MOCK_PORT" > "$RUN/mock.out" 2> "$RUN/mock.log" &
+pids+=($!)
+build/fastgated --listen "127.0.0.1:$GW_PORT" --control "$SOCK" 2> >(tee "$RUN/fastgated.log" >&2) &
+pids+=($!)
+
+# Wait (bounded) for the control socket to answer.
+for _ in $(seq 1 100); do
+  build/fastgate-cli --socket "$SOCK" status >/dev/null 2>&1 && break
+  sleep 0.1
+done
+if ! build/fastgate-cli --socket "$SOCK" status >/dev/null 2>&1; then
+  echo "make run: fastgated did not start; see $RUN/fastgated.log" >&2
+  exit 1
+fi
+
+# One demo key, kept across runs in run/demo.key (the store only has its hash).
+KEYFILE=$RUN/demo.key
+key=""
+if [ -s "$KEYFILE" ]; then
+  key=$(cat "$KEYFILE")
+  code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $key" \
+         "http://127.0.0.1:$GW_PORT/v1/models")
+  [ "$code" = 200 ] || key=""
+fi
+if [ -z "$key" ]; then
+  key=$(build/fastgate-cli --socket "$SOCK" --json key create --name demo \
+        | grep -o '"key": *"fg_[A-Za-z0-9]*"' | grep -o 'fg_[A-Za-z0-9]*')
+  [ -n "$key" ] || { echo "make run: could not create the demo key" >&2; exit 1; }
+  (umask 077; printf '%s\n' "$key" > "$KEYFILE")
+fi
+
+cat <<MSG
+
+fastgate is running on http://127.0.0.1:$GW_PORT (mock upstream on 127.0.0.1:$MOCK_PORT).
+Demo key (also in $KEYFILE): $key
+
+Try a streaming chat completion:
+
+  curl -N http://127.0.0.1:$GW_PORT/v1/chat/completions \\
+    -H "Authorization: Bearer $key" -H "Content-Type: application/json" \\
+    -d '{"model":"demo-model","stream":true,"messages":[{"role":"user","content":"Hello"}]}'
+
+Operate it:  build/fastgate-cli --socket $SOCK key list
+Ctrl-C stops both processes.
+MSG
+wait "${pids[1]}"

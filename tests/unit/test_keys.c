@@ -1,0 +1,670 @@
+/* Unit tests for keys.c: the secret format, hashing, the SQLite store (round trip, schema
+ * versioning, file mode), rate limits and loading a large store. Every store lives in its
+ * own directory under /tmp, removed at the end of the test. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "keys.h"
+#include "unit.h"
+
+static const char b62[] = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+struct tmpdb {
+	char dir[64];
+	char path[128];
+};
+
+static void tmpdb_make(struct tmpdb *t)
+{
+	snprintf(t->dir, sizeof(t->dir), "/tmp/fg_test_keys_XXXXXX");
+	if (!mkdtemp(t->dir)) {
+		perror("mkdtemp");
+		abort();
+	}
+	snprintf(t->path, sizeof(t->path), "%s/fastgate.db", t->dir);
+}
+
+static void tmpdb_remove(struct tmpdb *t)
+{
+	static const char *suffixes[] = { "", "-wal", "-shm", "-journal" };
+	char p[160];
+
+	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+		snprintf(p, sizeof(p), "%s%s", t->path, suffixes[i]);
+		unlink(p);
+	}
+	rmdir(t->dir);
+}
+
+static struct keystore *open_ok(const char *path)
+{
+	char *err = NULL;
+	struct keystore *ks = keystore_open(path, &err);
+
+	if (!ks)
+		fprintf(stderr, "  keystore_open(%s): %s\n", path, err ? err : "(no message)");
+	CHECK(ks != NULL);
+	CHECK(err == NULL);
+	free(err);
+	return ks;
+}
+
+/* The checksum as the format defines it, computed here without keys.c's encoder. */
+static void expected_checksum(const char *secret, char out[KEY_CHECKSUM_LEN + 1])
+{
+	uint32_t crc = key_crc32(secret, 3 + KEY_RANDOM_LEN);
+
+	for (int i = KEY_CHECKSUM_LEN - 1; i >= 0; i--) {
+		out[i] = b62[crc % 62];
+		crc /= 62;
+	}
+	out[KEY_CHECKSUM_LEN] = '\0';
+}
+
+TEST(crc32_matches_the_standard_check_value)
+{
+	CHECK_INT(key_crc32("123456789", 9), 0xCBF43926u);
+	CHECK_INT(key_crc32("", 0), 0);
+}
+
+TEST(generated_key_has_fg_format_and_valid_checksum)
+{
+	char s[KEY_SECRET_LEN + 1], sum[KEY_CHECKSUM_LEN + 1];
+
+	for (int n = 0; n < 50; n++) {
+		CHECK_INT(key_generate(s), 0);
+		CHECK_INT(strlen(s), 49);
+		CHECK(strncmp(s, "fg_", 3) == 0);
+		CHECK_INT(strspn(s + 3, b62), KEY_RANDOM_LEN + KEY_CHECKSUM_LEN);
+		expected_checksum(s, sum);
+		CHECK_STR(s + 3 + KEY_RANDOM_LEN, sum);
+		CHECK(key_format_valid(s, strlen(s)));
+	}
+}
+
+TEST(any_single_character_change_fails_the_format_check)
+{
+	char s[KEY_SECRET_LEN + 1];
+
+	CHECK_INT(key_generate(s), 0);
+	for (int i = 0; i < KEY_SECRET_LEN; i++) {
+		char orig = s[i];
+
+		/* Every other base62 digit (and a non-digit) at every position, prefix included. */
+		for (int d = 0; d < 62; d++) {
+			if (b62[d] == orig)
+				continue;
+			s[i] = b62[d];
+			if (key_format_valid(s, KEY_SECRET_LEN)) {
+				fprintf(stderr, "  position %d changed to '%c' still valid\n", i, b62[d]);
+				CHECK(0);
+			}
+		}
+		s[i] = '+';
+		CHECK(!key_format_valid(s, KEY_SECRET_LEN));
+		s[i] = orig;
+	}
+	CHECK(key_format_valid(s, KEY_SECRET_LEN));
+}
+
+TEST(format_check_rejects_wrong_length_prefix_and_charset)
+{
+	char s[KEY_SECRET_LEN + 2];
+
+	CHECK_INT(key_generate(s), 0);
+	CHECK(!key_format_valid(NULL, 0));
+	CHECK(!key_format_valid(s, KEY_SECRET_LEN - 1));
+	s[KEY_SECRET_LEN] = 'A';
+	s[KEY_SECRET_LEN + 1] = '\0';
+	CHECK(!key_format_valid(s, KEY_SECRET_LEN + 1));
+	CHECK(!key_format_valid("sk-abc", 6));
+	CHECK(!key_format_valid("", 0));
+}
+
+static int cmp_secret(const void *a, const void *b)
+{
+	return memcmp(a, b, KEY_SECRET_LEN + 1);
+}
+
+TEST(thousand_generated_keys_are_unique)
+{
+	enum { N = 1000 };
+	char (*keys)[KEY_SECRET_LEN + 1] = calloc(N, KEY_SECRET_LEN + 1);
+	int dups = 0;
+
+	for (int i = 0; i < N; i++)
+		CHECK_INT(key_generate(keys[i]), 0);
+	qsort(keys, N, KEY_SECRET_LEN + 1, cmp_secret);
+	for (int i = 1; i < N; i++)
+		dups += strcmp(keys[i - 1], keys[i]) == 0;
+	CHECK_INT(dups, 0);
+	free(keys);
+}
+
+/* 5000 keys = 200,000 random characters, ~3226 per digit (sd ~56). Taking bytes modulo 62
+ * without rejection would give the first 8 digits ~3906: outside the +-300 band. */
+TEST(random_characters_are_uniform_over_base62)
+{
+	enum { N = 5000 };
+	long counts[62] = { 0 };
+	char s[KEY_SECRET_LEN + 1];
+	double expect = (double)N * KEY_RANDOM_LEN / 62;
+
+	for (int i = 0; i < N; i++) {
+		CHECK_INT(key_generate(s), 0);
+		for (int j = 3; j < 3 + KEY_RANDOM_LEN; j++)
+			counts[strchr(b62, s[j]) - b62]++;
+	}
+	for (int d = 0; d < 62; d++)
+		if (counts[d] < expect - 300 || counts[d] > expect + 300) {
+			fprintf(stderr, "  digit '%c' drawn %ld times, expected ~%.0f\n", b62[d],
+			        counts[d], expect);
+			CHECK(0);
+		}
+}
+
+TEST(key_hash_is_sha256)
+{
+	static const unsigned char abc[KEY_HASH_LEN] = {
+		0xba, 0x78, 0x16, 0xbf, 0x8f, 0x01, 0xcf, 0xea, 0x41, 0x41, 0x40, 0xde, 0x5d, 0xae,
+		0x22, 0x23, 0xb0, 0x03, 0x61, 0xa3, 0x96, 0x17, 0x7a, 0x9c, 0xb4, 0x10, 0xff, 0x61,
+		0xf2, 0x00, 0x15, 0xad,
+	};
+	unsigned char h[KEY_HASH_LEN];
+
+	key_hash("abc", 3, h);
+	CHECK(memcmp(h, abc, KEY_HASH_LEN) == 0);
+}
+
+TEST(store_round_trip_survives_close_and_reopen)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *k = NULL, *k2 = NULL;
+	char secret[KEY_SECRET_LEN + 1], secret2[KEY_SECRET_LEN + 1];
+	char *routes[] = { "qwen3", "gpt-4.1_mini" };
+	char *err = NULL;
+	int64_t id, id2, expires = (int64_t)time(NULL) + 86400;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	CHECK_INT(keystore_count(ks), 0);
+	CHECK_INT(keystore_create(ks, "team alpha", routes, 2, 120, expires, secret, &k, &err), 0);
+	CHECK(err == NULL);
+	CHECK(k != NULL);
+	CHECK(key_format_valid(secret, strlen(secret)));
+	CHECK_INT(keystore_create(ks, "bob", NULL, 0, 0, 0, secret2, &k2, &err), 0);
+	if (!k || !k2)
+		goto close;
+	id = k->id;
+	id2 = k2->id;
+	CHECK(id2 > id);
+	CHECK(keystore_lookup(ks, secret, strlen(secret)) == k);
+	CHECK(keystore_get(ks, id) == k);
+	CHECK(strncmp(k->display, secret, KEY_DISPLAY_LEN) == 0);
+	CHECK_INT(strlen(k->display), KEY_DISPLAY_LEN);
+	CHECK(k->created > 0);
+	CHECK_INT(keystore_revoke(ks, id2, &err), 0);
+	CHECK(k2->revoked > 0);
+	CHECK(!key_usable(k2, (int64_t)time(NULL)));
+	CHECK(key_usable(k, (int64_t)time(NULL)));
+	keystore_close(ks);
+
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	CHECK_INT(keystore_count(ks), 2);
+	k = keystore_lookup(ks, secret, strlen(secret));
+	k2 = keystore_lookup(ks, secret2, strlen(secret2));
+	CHECK(k != NULL && k2 != NULL);
+	if (!k || !k2)
+		goto close;
+	CHECK(keystore_at(ks, 0) == k);
+	CHECK(keystore_at(ks, 1) == k2);
+	CHECK(keystore_at(ks, 2) == NULL);
+	CHECK_INT(k->id, id);
+	CHECK_STR(k->name, "team alpha");
+	CHECK_INT(k->rpm, 120);
+	CHECK_INT(k->expires, expires);
+	CHECK_INT(k->revoked, 0);
+	CHECK_INT(k->n_routes, 2);
+	if (k->n_routes == 2) {
+		CHECK_STR(k->routes[0], "qwen3");
+		CHECK_STR(k->routes[1], "gpt-4.1_mini");
+	}
+	CHECK_INT(k2->id, id2);
+	CHECK_STR(k2->name, "bob");
+	CHECK_INT(k2->n_routes, 0);
+	CHECK_INT(k2->rpm, 0);
+	CHECK(k2->revoked > 0);
+	CHECK(!key_usable(k2, (int64_t)time(NULL)));
+	/* Revoking twice is fine and keeps the first time. */
+	{
+		int64_t when = k2->revoked;
+
+		CHECK_INT(keystore_revoke(ks, id2, &err), 0);
+		CHECK_INT(k2->revoked, when);
+	}
+close:
+	keystore_close(ks);
+out:
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(lookup_of_unknown_or_malformed_secret_returns_null)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	char secret[KEY_SECRET_LEN + 1], other[KEY_SECRET_LEN + 1];
+	char *err = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK(keystore_lookup(ks, "fg_nope", 7) == NULL);     /* empty store */
+		CHECK_INT(keystore_create(ks, "a", NULL, 0, 0, 0, secret, NULL, &err), 0);
+		CHECK(keystore_lookup(ks, secret, KEY_SECRET_LEN) != NULL);
+		CHECK_INT(key_generate(other), 0);                      /* well formed, unknown */
+		CHECK(keystore_lookup(ks, other, KEY_SECRET_LEN) == NULL);
+		CHECK(keystore_lookup(ks, secret, KEY_SECRET_LEN - 1) == NULL);
+		secret[10] = secret[10] == 'a' ? 'b' : 'a';            /* checksum now wrong */
+		CHECK(keystore_lookup(ks, secret, KEY_SECRET_LEN) == NULL);
+		CHECK(keystore_lookup(ks, "", 0) == NULL);
+		CHECK(keystore_lookup(ks, "Bearer xyz", 10) == NULL);
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(many_created_keys_stay_findable_as_the_table_grows)
+{
+	enum { N = 300 };
+	struct tmpdb t;
+	struct keystore *ks;
+	char (*secrets)[KEY_SECRET_LEN + 1] = calloc(N, KEY_SECRET_LEN + 1);
+	struct key **made = calloc(N, sizeof(*made));
+	char *err = NULL;
+	int missing = 0;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		for (int i = 0; i < N; i++)
+			CHECK_INT(keystore_create(ks, "k", NULL, 0, 0, 0, secrets[i], &made[i], &err), 0);
+		for (int i = 0; i < N; i++)
+			missing += keystore_lookup(ks, secrets[i], KEY_SECRET_LEN) != made[i];
+		CHECK_INT(missing, 0);
+		CHECK_INT(keystore_count(ks), N);
+		keystore_close(ks);
+	}
+	free(secrets);
+	free(made);
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(expired_key_is_not_usable)
+{
+	struct key k;
+
+	memset(&k, 0, sizeof(k));
+	CHECK(key_usable(&k, 1700000000));                 /* never expires */
+	k.expires = 1700000000;
+	CHECK(key_usable(&k, 1699999999));
+	CHECK(!key_usable(&k, 1700000000));
+	CHECK(!key_usable(&k, 1800000000));
+	k.expires = 0;
+	k.revoked = 1600000000;
+	CHECK(!key_usable(&k, 1700000000));
+}
+
+TEST(create_rejects_bad_name_rpm_and_routes_with_a_message)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	char secret[KEY_SECRET_LEN + 1];
+	char long_name[80];
+	char *bad_route[] = { "ok", "no spaces" };
+	char *empty_route[] = { "" };
+	char *err = NULL;
+
+	memset(long_name, 'x', 65);
+	long_name[65] = '\0';
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_create(ks, "", NULL, 0, 0, 0, secret, NULL, &err), -1);
+		CHECK(err && strstr(err, "empty"));
+		CHECK_INT(keystore_create(ks, long_name, NULL, 0, 0, 0, secret, NULL, &err), -1);
+		CHECK(err && strstr(err, "64"));
+		long_name[64] = '\0';                               /* exactly 64 is fine */
+		CHECK_INT(keystore_create(ks, long_name, NULL, 0, 0, 0, secret, NULL, &err), 0);
+		CHECK_INT(keystore_create(ks, "tab\there", NULL, 0, 0, 0, secret, NULL, &err), -1);
+		CHECK(err && strstr(err, "control"));
+		CHECK_INT(keystore_create(ks, "bad\xff", NULL, 0, 0, 0, secret, NULL, &err), -1);
+		CHECK(err && strstr(err, "UTF-8"));
+		CHECK_INT(keystore_create(ks, "\xc3\xa9quipe", NULL, 0, 0, 0, secret, NULL, &err), 0);
+		CHECK_INT(keystore_create(ks, "a", NULL, 0, -1, 0, secret, NULL, &err), -1);
+		CHECK(err && strstr(err, "rpm"));
+		CHECK_INT(keystore_create(ks, "a", bad_route, 2, 0, 0, secret, NULL, &err), -1);
+		CHECK(err && strstr(err, "no spaces"));
+		CHECK_INT(keystore_create(ks, "a", empty_route, 1, 0, 0, secret, NULL, &err), -1);
+		CHECK_INT(keystore_count(ks), 2);                   /* failures stored nothing */
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(revoking_an_unknown_id_names_it)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	char *err = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_revoke(ks, 42, &err), -1);
+		CHECK_STR(err, "no key with id 42");
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(rate_limit_allows_rpm_then_returns_retry_after_and_resets)
+{
+	struct key k;
+	int64_t t0 = 1700000000;
+
+	memset(&k, 0, sizeof(k));
+	k.rpm = 3;
+	CHECK_INT(key_rate_check(&k, t0), 0);
+	CHECK_INT(key_rate_check(&k, t0 + 1), 0);
+	CHECK_INT(key_rate_check(&k, t0 + 2), 0);
+	CHECK_INT(key_rate_check(&k, t0 + 10), 50);          /* window began at t0 */
+	CHECK_INT(key_rate_check(&k, t0 + 59), 1);
+	for (int64_t now = t0; now < t0 + 60; now++) {
+		int ra = key_rate_check(&k, now);
+		CHECK(ra >= 1 && ra <= 60);
+	}
+	CHECK_INT(key_rate_check(&k, t0 + 60), 0);           /* next window */
+	CHECK_INT(key_rate_check(&k, t0 + 61), 0);
+	CHECK_INT(key_rate_check(&k, t0 + 62), 0);
+	CHECK_INT(key_rate_check(&k, t0 + 63), 57);
+	/* A window starts at the first request after a quiet spell. */
+	CHECK_INT(key_rate_check(&k, t0 + 500), 0);
+	CHECK_INT(key_rate_check(&k, t0 + 500), 0);
+	CHECK_INT(key_rate_check(&k, t0 + 500), 0);
+	CHECK_INT(key_rate_check(&k, t0 + 500), 60);
+}
+
+TEST(rate_limit_zero_rpm_is_unlimited)
+{
+	struct key k;
+
+	memset(&k, 0, sizeof(k));
+	for (int i = 0; i < 10000; i++)
+		CHECK_INT(key_rate_check(&k, 1700000000), 0);
+}
+
+TEST(db_file_is_created_mode_0600)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct stat st;
+	char wal[160];
+	mode_t old = umask(0);        /* even a permissive umask must not widen it */
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	umask(old);
+	CHECK_INT(stat(t.path, &st), 0);
+	CHECK_INT(st.st_mode & 0777, 0600);
+	snprintf(wal, sizeof(wal), "%s-wal", t.path);
+	if (stat(wal, &st) == 0)
+		CHECK_INT(st.st_mode & 0777, 0600);
+	keystore_close(ks);
+	tmpdb_remove(&t);
+
+	old = umask(0277);            /* nor may a strict one leave us without write access */
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	umask(old);
+	CHECK_INT(stat(t.path, &st), 0);
+	CHECK_INT(st.st_mode & 0777, 0600);
+	keystore_close(ks);
+	tmpdb_remove(&t);
+}
+
+TEST(store_uses_wal_journal)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	keystore_close(ks);
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+	CHECK_STR((const char *)sqlite3_column_text(st, 0), "wal");
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	tmpdb_remove(&t);
+}
+
+TEST(missing_directory_is_reported_with_its_path)
+{
+	char *err = NULL;
+	struct keystore *ks = keystore_open("/tmp/fg_no_such_dir_for_keys/sub/fastgate.db", &err);
+
+	CHECK(ks == NULL);
+	CHECK(err && strstr(err, "/tmp/fg_no_such_dir_for_keys/sub"));
+	CHECK(err && strstr(err, "does not exist"));
+	keystore_close(ks);
+	free(err);
+}
+
+TEST(db_with_future_schema_version_is_refused)
+{
+	struct tmpdb t;
+	sqlite3 *db = NULL;
+	char *err = NULL;
+	struct keystore *ks;
+
+	tmpdb_make(&t);
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	chmod(t.path, 0600);          /* only the version is under test, not the mode warning */
+	ks = keystore_open(t.path, &err);
+	CHECK(ks == NULL);
+	CHECK(err && strstr(err, "99"));
+	CHECK(err && strstr(err, "newer"));
+	CHECK(err && strstr(err, t.path));
+	keystore_close(ks);
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(file_that_is_not_a_database_is_refused)
+{
+	struct tmpdb t;
+	FILE *f;
+	char *err = NULL;
+	struct keystore *ks;
+
+	tmpdb_make(&t);
+	f = fopen(t.path, "w");
+	CHECK(f != NULL);
+	if (f) {
+		fputs("this is not sqlite, just a long enough line of text to look like a header\n", f);
+		fclose(f);
+		chmod(t.path, 0600);
+	}
+	ks = keystore_open(t.path, &err);
+	CHECK(ks == NULL);
+	CHECK(err && strstr(err, t.path));
+	keystore_close(ks);
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(route_state_get_set_round_trip)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	char *err = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_route_state_get(ks, "qwen3"), -1);
+		CHECK_INT(keystore_route_state_set(ks, "qwen3", 0, &err), 0);
+		CHECK_INT(keystore_route_state_get(ks, "qwen3"), 0);
+		CHECK_INT(keystore_route_state_set(ks, "gpt", 1, &err), 0);
+		CHECK_INT(keystore_route_state_set(ks, "gpt", 0, &err), 0);
+		CHECK_INT(keystore_route_state_set(ks, "gpt", 1, &err), 0);
+		CHECK_INT(keystore_route_state_set(ks, "bad name", 1, &err), -1);
+		keystore_close(ks);
+	}
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_route_state_get(ks, "qwen3"), 0);
+		CHECK_INT(keystore_route_state_get(ks, "gpt"), 1);
+		CHECK_INT(keystore_route_state_get(ks, "other"), -1);
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(flushed_last_used_persists_and_unflushed_does_not)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *a = NULL, *b = NULL;
+	char sa[KEY_SECRET_LEN + 1], sb[KEY_SECRET_LEN + 1];
+	char *err = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_create(ks, "a", NULL, 0, 0, 0, sa, &a, &err), 0);
+		CHECK_INT(keystore_create(ks, "b", NULL, 0, 0, 0, sb, &b, &err), 0);
+		CHECK_INT(keystore_flush_usage(ks, &err), 0);       /* nothing dirty */
+		key_touch(a, 1700000100);
+		CHECK(a->usage_dirty);
+		CHECK_INT(keystore_flush_usage(ks, &err), 0);
+		CHECK(!a->usage_dirty);
+		key_touch(b, 1700000200);                           /* never flushed */
+		keystore_close(ks);
+	}
+	ks = open_ok(t.path);
+	if (ks) {
+		a = keystore_lookup(ks, sa, KEY_SECRET_LEN);
+		b = keystore_lookup(ks, sb, KEY_SECRET_LEN);
+		CHECK(a && a->last_used == 1700000100);
+		CHECK(b && b->last_used == 0);
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
+static double now_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+TEST(hundred_thousand_keys_load_and_one_is_found)
+{
+	enum { N = 100000, PROBE = 73123 };
+	struct tmpdb t;
+	struct keystore *ks;
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	char secret[KEY_SECRET_LEN + 1], probe[KEY_SECRET_LEN + 1], last[KEY_SECRET_LEN + 1];
+	unsigned char h[KEY_HASH_LEN];
+	struct key *k;
+	double t0;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);                                   /* creates the schema */
+	keystore_close(ks);
+
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db, "INSERT INTO keys (id, name, display, hash, created, "
+	                             "expires, revoked, last_used, routes, rpm) "
+	                             "VALUES (?1, ?2, ?3, ?4, 1700000000, 0, 0, 0, ?5, 60)",
+	                             -1, &st, NULL), SQLITE_OK);
+	for (int i = 1; i <= N; i++) {
+		char name[32], display[KEY_DISPLAY_LEN + 1];
+
+		if (key_generate(secret) < 0)
+			break;
+		if (i == PROBE)
+			memcpy(probe, secret, sizeof(secret));
+		if (i == N)
+			memcpy(last, secret, sizeof(secret));
+		key_hash(secret, KEY_SECRET_LEN, h);
+		snprintf(name, sizeof(name), "bulk-%d", i);
+		snprintf(display, sizeof(display), "%.*s", KEY_DISPLAY_LEN, secret);
+		sqlite3_bind_int64(st, 1, i);
+		sqlite3_bind_text(st, 2, name, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 3, display, -1, SQLITE_TRANSIENT);
+		sqlite3_bind_blob(st, 4, h, KEY_HASH_LEN, SQLITE_TRANSIENT);
+		sqlite3_bind_text(st, 5, i % 2 ? "a,b" : "", -1, SQLITE_STATIC);
+		if (sqlite3_step(st) != SQLITE_DONE) {
+			CHECK(0);
+			break;
+		}
+		sqlite3_reset(st);
+	}
+	sqlite3_finalize(st);
+	CHECK_INT(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+
+	t0 = now_seconds();
+	ks = open_ok(t.path);
+	printf("     loaded %d keys in %.1f ms\n", N, (now_seconds() - t0) * 1000);
+	if (ks) {
+		CHECK_INT(keystore_count(ks), N);
+		k = keystore_lookup(ks, probe, KEY_SECRET_LEN);
+		CHECK(k != NULL);
+		if (k) {
+			CHECK_INT(k->id, PROBE);
+			CHECK_STR(k->name, "bulk-73123");
+			CHECK_INT(k->n_routes, 2);
+			CHECK_INT(k->rpm, 60);
+		}
+		k = keystore_lookup(ks, last, KEY_SECRET_LEN);
+		CHECK(k != NULL && k->id == N);
+		CHECK(keystore_get(ks, 4242) && keystore_get(ks, 4242)->id == 4242);
+		CHECK(keystore_get(ks, N + 1) == NULL);
+		CHECK_INT(key_generate(secret), 0);
+		CHECK(keystore_lookup(ks, secret, KEY_SECRET_LEN) == NULL);
+		keystore_close(ks);
+	}
+	tmpdb_remove(&t);
+}
+
+RUN_TESTS()
