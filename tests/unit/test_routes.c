@@ -1,0 +1,1278 @@
+/* Route files and route matching: path patterns, methods, body matchers, table order, and
+ * the exact "FILE:LINE: message" of every kind of error a route file can have. */
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "routes.h"
+#include "unit.h"
+
+/* ---- helpers: a scratch routes directory per test ---- */
+
+static char tmpdir[64];
+
+static void tmp_begin(void)
+{
+	strcpy(tmpdir, "/tmp/fg-routes-XXXXXX");
+	if (!mkdtemp(tmpdir)) {
+		perror("mkdtemp");
+		exit(2);
+	}
+}
+
+static void tmp_end(void)
+{
+	DIR *d = opendir(tmpdir);
+	struct dirent *de;
+	char path[512];
+
+	while (d && (de = readdir(d))) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", tmpdir, de->d_name);
+		unlink(path);
+	}
+	if (d)
+		closedir(d);
+	rmdir(tmpdir);
+}
+
+static void put_mode(const char *name, const char *text, mode_t mode)
+{
+	char path[512];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+	f = fopen(path, "w");
+	if (!f) {
+		perror(path);
+		exit(2);
+	}
+	fputs(text, f);
+	fclose(f);
+	chmod(path, mode);
+}
+
+static void put(const char *name, const char *text)
+{
+	put_mode(name, text, 0644);
+}
+
+/* Load one file's text as the only file of the scratch directory. */
+static struct route_table *load_text(const char *text, struct errlist *e)
+{
+	put("r.yaml", text);
+	return route_table_load(tmpdir, e);
+}
+
+/* "<tmpdir>/<file>:<line>: <rest>", for exact comparisons. */
+static char *where(const char *file, int line, const char *rest)
+{
+	static char buf[1024];
+
+	snprintf(buf, sizeof(buf), "%s/%s:%d: %s", tmpdir, file, line, rest);
+	return buf;
+}
+
+/* Exactly one error, and it is this line. */
+static void check_one_error(struct route_table *t, struct errlist *e, const char *file,
+                            int line, const char *rest)
+{
+	CHECK(t == NULL);
+	CHECK_INT(e->n, 1);
+	if (e->n >= 1)
+		CHECK_STR(e->lines[0], where(file, line, rest));
+	for (size_t i = 1; i < e->n; i++)
+		fprintf(stderr, "  extra error: %s\n", e->lines[i]);
+	route_table_unref(t);   /* only when the check above failed */
+}
+
+static bool any_line_has(const struct errlist *e, const char *needle)
+{
+	for (size_t i = 0; i < e->n; i++)
+		if (strstr(e->lines[i], needle))
+			return true;
+	return false;
+}
+
+/* Names of the table's routes in order, joined by spaces. */
+static const char *order(const struct route_table *t)
+{
+	static char buf[512];
+	size_t len = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; t && i < t->n; i++)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%s", i ? " " : "",
+		                        t->routes[i]->name);
+	return buf;
+}
+
+/* Match and return the route's name, "-" for no match, "!" for a bad body. */
+static const char *match_name(const struct route_table *t, const char *method, const char *path,
+                              const char *body)
+{
+	struct route_request rq = { .method = method, .path = path, .body = body,
+	                            .body_len = body ? strlen(body) : 0 };
+	const struct route *r = NULL;
+	enum route_match_result res = route_match(t, &rq, &r);
+	static char name[128];
+
+	json_decref(rq.json);
+	if (res == ROUTE_BAD_BODY)
+		return "!";
+	if (res != ROUTE_MATCHED || !r)
+		return "-";
+	snprintf(name, sizeof(name), "%s", r->name);
+	return name;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- path patterns ---- */
+
+TEST(path_exact_matches_only_that_path)
+{
+	CHECK(route_path_match("/v1/chat/completions", "/v1/chat/completions"));
+	CHECK(!route_path_match("/v1/chat/completions", "/v1/chat/completions/"));
+	CHECK(!route_path_match("/v1/chat/completions", "/v1/chat"));
+	CHECK(!route_path_match("/v1/chat/completions", "/v1/chat/completionsX"));
+	CHECK(!route_path_match("/v1/models", "/V1/models"));
+	CHECK(route_path_match("/", "/"));
+	CHECK(!route_path_match("/", "/a"));
+}
+
+TEST(path_star_segment_matches_exactly_one_nonempty_segment)
+{
+	CHECK(route_path_match("/v1/*", "/v1/models"));
+	CHECK(!route_path_match("/v1/*", "/v1/"));
+	CHECK(!route_path_match("/v1/*", "/v1"));
+	CHECK(!route_path_match("/v1/*", "/v1/a/b"));
+	CHECK(route_path_match("/v1/*/completions", "/v1/chat/completions"));
+	CHECK(!route_path_match("/v1/*/completions", "/v1/a/b/completions"));
+}
+
+TEST(path_star_inside_segment_globs_within_the_segment)
+{
+	CHECK(route_path_match("/files/*.json", "/files/a.json"));
+	CHECK(route_path_match("/files/*.json", "/files/.json"));
+	CHECK(!route_path_match("/files/*.json", "/files/a.txt"));
+	CHECK(!route_path_match("/files/*.json", "/files/x/a.json"));
+	CHECK(route_path_match("/v*/models", "/v2/models"));
+	CHECK(route_path_match("/a*b*c", "/aXXbYYc"));
+	CHECK(!route_path_match("/a*b*c", "/aXXbYYd"));
+}
+
+TEST(path_double_star_matches_any_depth_including_none)
+{
+	CHECK(route_path_match("/api/**", "/api"));
+	CHECK(route_path_match("/api/**", "/api/"));
+	CHECK(route_path_match("/api/**", "/api/x"));
+	CHECK(route_path_match("/api/**", "/api/x/y/z"));
+	CHECK(!route_path_match("/api/**", "/apix"));
+	CHECK(!route_path_match("/api/**", "/ap"));
+	CHECK(!route_path_match("/api/**", "/other/api"));
+	CHECK(route_path_match("/a/**/b", "/a/b"));
+	CHECK(route_path_match("/a/**/b", "/a/x/y/b"));
+	CHECK(!route_path_match("/a/**/b", "/a/x/y/c"));
+	CHECK(route_path_match("/**", "/"));
+	CHECK(route_path_match("/**", "/anything/at/all"));
+}
+
+TEST(path_param_matches_one_nonempty_segment)
+{
+	CHECK(route_path_match("/user/{id}", "/user/42"));
+	CHECK(!route_path_match("/user/{id}", "/user/"));
+	CHECK(!route_path_match("/user/{id}", "/user"));
+	CHECK(!route_path_match("/user/{id}", "/user/42/posts"));
+	CHECK(route_path_match("/user/{id}/posts", "/user/42/posts"));
+	CHECK(!route_path_match("/user/{id}/posts", "/user//posts"));
+}
+
+TEST(path_relative_pattern_matches_the_last_segment_anywhere)
+{
+	CHECK(route_path_match("*.json", "/a.json"));
+	CHECK(route_path_match("*.json", "/x/y/a.json"));
+	CHECK(!route_path_match("*.json", "/a.json/x"));
+	CHECK(!route_path_match("*.json", "/a.jsonx"));
+	CHECK(route_path_match("v1/*.json", "/deep/v1/x.json"));
+	CHECK(!route_path_match("v1/*.json", "/deep/v2/x.json"));
+}
+
+TEST(path_null_pattern_is_any_and_bad_paths_never_match)
+{
+	CHECK(route_path_match(NULL, "/anything"));
+	CHECK(!route_path_match("/**", NULL));
+	CHECK(!route_path_match("/**", "relative"));
+	CHECK(!route_path_match("/**", ""));
+}
+
+TEST(path_long_paths_use_the_heap_and_still_match)
+{
+	char path[4096], pat[1024];
+	size_t n = 0, m = 0;
+
+	for (int i = 0; i < 300; i++)
+		n += (size_t)snprintf(path + n, sizeof(path) - n, "/s%d", i);
+	for (int i = 0; i < 40; i++)
+		m += (size_t)snprintf(pat + m, sizeof(pat) - m, "/**/s%d", i * 7);
+	snprintf(pat + m, sizeof(pat) - m, "/**/s299");
+	CHECK(route_path_match(pat, path));
+	snprintf(pat + m, sizeof(pat) - m, "/**/s300");
+	CHECK(!route_path_match(pat, path));
+}
+
+TEST(path_pathological_patterns_finish_quickly)
+{
+	char path[8192], pat[2048], seg[4096];
+	size_t n = 0, m = 0;
+	double t0 = now_s(), elapsed;
+	bool r1, r2;
+
+	/* many ** against a long path that fails only at the very end: exponential with naive
+	 * backtracking, quadratic here */
+	for (int i = 0; i < 1000; i++)
+		n += (size_t)snprintf(path + n, sizeof(path) - n, "/a");
+	for (int i = 0; i < 300; i++)
+		m += (size_t)snprintf(pat + m, sizeof(pat) - m, "/**/a");
+	snprintf(pat + m, sizeof(pat) - m, "/b");
+	r1 = route_path_match(pat, path);
+	/* many * in one segment against a long segment */
+	memset(seg, 'a', 3000);
+	seg[0] = '/';
+	seg[3000] = '\0';
+	m = 0;
+	pat[m++] = '/';
+	for (int i = 0; i < 500; i++) {
+		pat[m++] = 'a';
+		pat[m++] = '*';
+	}
+	pat[m++] = 'b';
+	pat[m] = '\0';
+	r2 = route_path_match(pat, seg);
+	elapsed = now_s() - t0;
+	CHECK(!r1);
+	CHECK(!r2);
+	CHECK(elapsed < 2.0);
+}
+
+/* ---- body matching ---- */
+
+TEST(body_match_string_glob_bool_and_number)
+{
+	json_t *want = json_pack("{s:s, s:b, s:i}", "model", "Qwen3-*", "stream", 1, "n", 2);
+	json_t *ok = json_pack("{s:s, s:b, s:i, s:s}", "model", "Qwen3-32B", "stream", 1, "n", 2,
+	                       "x", "extra");
+	json_t *real = json_pack("{s:s, s:b, s:f}", "model", "Qwen3-8B", "stream", 1, "n", 2.0);
+	json_t *wrong_glob = json_pack("{s:s, s:b, s:i}", "model", "qwen3-32B", "stream", 1, "n", 2);
+	json_t *wrong_bool = json_pack("{s:s, s:b, s:i}", "model", "Qwen3-32B", "stream", 0, "n", 2);
+	json_t *bool_as_int = json_pack("{s:s, s:i, s:i}", "model", "Qwen3-32B", "stream", 1, "n", 2);
+	json_t *missing = json_pack("{s:s, s:b}", "model", "Qwen3-32B", "stream", 1);
+	json_t *glob_vs_number = json_pack("{s:i, s:b, s:i}", "model", 3, "stream", 1, "n", 2);
+
+	CHECK(route_body_match(want, ok));
+	CHECK(route_body_match(want, real));
+	CHECK(!route_body_match(want, wrong_glob));
+	CHECK(!route_body_match(want, wrong_bool));
+	CHECK(!route_body_match(want, bool_as_int));
+	CHECK(!route_body_match(want, missing));
+	CHECK(!route_body_match(want, glob_vs_number));
+	CHECK(!route_body_match(want, NULL));
+	json_decref(want);
+	json_decref(ok);
+	json_decref(real);
+	json_decref(wrong_glob);
+	json_decref(wrong_bool);
+	json_decref(bool_as_int);
+	json_decref(missing);
+	json_decref(glob_vs_number);
+}
+
+TEST(body_match_single_values_and_glob_classes)
+{
+	json_t *g = json_string("gpt-4o-[0-9]*"), *s1 = json_string("gpt-4o-2024"),
+	       *s2 = json_string("gpt-4o-mini"), *slash = json_string("org/model"),
+	       *gs = json_string("*/model"), *q = json_string("a?c"), *abc = json_string("abc");
+
+	CHECK(route_body_match(g, s1));
+	CHECK(!route_body_match(g, s2));
+	CHECK(route_body_match(gs, slash));
+	CHECK(route_body_match(q, abc));
+	json_decref(g);
+	json_decref(s1);
+	json_decref(s2);
+	json_decref(slash);
+	json_decref(gs);
+	json_decref(q);
+	json_decref(abc);
+}
+
+static const char *body_routes =
+	"routes:\n"
+	"  - name: qwen\n"
+	"    priority: 10\n"
+	"    match: { path: /v1/chat/completions, body: { model: \"Qwen3-*\" } }\n"
+	"    upstream: { url: \"http://q:1\" }\n"
+	"  - name: streamer\n"
+	"    priority: 20\n"
+	"    match: { path: /v1/chat/completions, body: { stream: true, n: 1 } }\n"
+	"    upstream: { url: \"http://s:1\" }\n"
+	"  - name: models\n"
+	"    priority: 5\n"
+	"    match: { path: /v1/models }\n"
+	"    upstream: { url: \"http://m:1\" }\n"
+	"  - name: rest\n"
+	"    priority: 30\n"
+	"    match: { path: /v1/chat/completions }\n"
+	"    upstream: { url: \"http://r:1\" }\n";
+
+TEST(route_match_uses_body_globs_and_exact_values)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text(body_routes, &e);
+	CHECK(t != NULL);
+	CHECK_INT(e.n, 0);
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"model\":\"Qwen3-32B\"}"), "qwen");
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions",
+	                     "{\"model\":\"gpt\",\"stream\":true,\"n\":1.0}"), "streamer");
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions",
+	                     "{\"model\":\"gpt\",\"stream\":true,\"n\":2}"), "rest");
+	/* a string glob never matches a non-string field */
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"model\":3}"), "rest");
+	/* missing field: no match, next route */
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"stream\":true}"), "rest");
+	/* a route reading the body sees something that is not a JSON object */
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "[1,2]"), "!");
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "not json"), "!");
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", NULL), "!");
+	/* no route reads the body here, so a bad body is fine */
+	CHECK_STR(match_name(t, "GET", "/v1/models", "not json"), "models");
+	CHECK_STR(match_name(t, "GET", "/v2/other", NULL), "-");
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(route_match_parses_the_body_once_and_only_when_needed)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	const char *body = "{\"model\":\"x\"}";
+	struct route_request rq = { .method = "GET", .path = "/v1/models", .body = body,
+	                            .body_len = strlen(body) };
+	const struct route *r = NULL;
+	json_t *first;
+
+	tmp_begin();
+	t = load_text(body_routes, &e);
+	CHECK(t != NULL);
+	CHECK_INT(route_match(t, &rq, &r), ROUTE_MATCHED);
+	CHECK_INT(rq.json_state, 0);
+	CHECK(rq.json == NULL);
+	rq.method = "POST";
+	rq.path = "/v1/chat/completions";
+	CHECK_INT(route_match(t, &rq, &r), ROUTE_MATCHED);
+	CHECK_INT(rq.json_state, 1);
+	first = rq.json;
+	CHECK(first != NULL);
+	CHECK_STR(r ? r->name : NULL, "rest");
+	CHECK_INT(route_match(t, &rq, &r), ROUTE_MATCHED);
+	CHECK(rq.json == first);
+	json_decref(rq.json);
+
+	rq = (struct route_request){ .method = "POST", .path = "/v1/chat/completions",
+	                             .body = "\"str\"", .body_len = 5 };
+	CHECK_INT(route_match(t, &rq, &r), ROUTE_BAD_BODY);
+	CHECK_INT(rq.json_state, -1);
+	CHECK(r == NULL);
+	json_decref(rq.json);
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+/* ---- methods ---- */
+
+TEST(methods_are_upper_cased_and_matched_case_insensitively)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: rw\n"
+	              "    match: { path: /x, methods: [post, Get] }\n"
+	              "    upstream: { url: \"http://h:1\" }\n"
+	              "  - name: any\n"
+	              "    match: { path: /y }\n"
+	              "    upstream: { url: \"http://h:1\" }\n", &e);
+	CHECK(t != NULL);
+	if (t) {
+		CHECK_INT(t->routes[0]->n_methods, 2);
+		CHECK_STR(t->routes[0]->methods[0], "POST");
+		CHECK_STR(t->routes[0]->methods[1], "GET");
+		CHECK_INT(t->routes[1]->n_methods, 0);
+	}
+	CHECK_STR(match_name(t, "POST", "/x", NULL), "rw");
+	CHECK_STR(match_name(t, "get", "/x", NULL), "rw");
+	CHECK_STR(match_name(t, "DELETE", "/x", NULL), "-");
+	CHECK_STR(match_name(t, "DELETE", "/y", NULL), "any");
+	CHECK_STR(match_name(t, "PATCH", "/y", NULL), "any");
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+/* ---- order, enable, find, refcount ---- */
+
+TEST(table_order_is_priority_then_file_name_then_position)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	/* written in the "wrong" order on disk to show the sort is by name */
+	put("b.yaml", "routes:\n"
+	              "  - { name: b1, priority: 10, upstream: { url: \"http://h\" } }\n"
+	              "  - { name: b2, upstream: { url: \"http://h\" } }\n"
+	              "  - { name: b3, priority: 10, upstream: { url: \"http://h\" } }\n");
+	put("a.yml", "routes:\n"
+	             "  - { name: a1, upstream: { url: \"http://h\" } }\n"
+	             "  - { name: a2, priority: 10, upstream: { url: \"http://h\" } }\n"
+	             "  - { name: a3, priority: -5, upstream: { url: \"http://h\" } }\n");
+	put("c.txt", "not a route file: ignored\n");
+	put(".hidden.yaml", "also: ignored\n");
+	t = route_table_load(tmpdir, &e);
+	CHECK(t != NULL);
+	CHECK_INT(e.n, 0);
+	CHECK_STR(order(t), "a3 a2 b1 b3 a1 b2");
+	CHECK_STR(t ? t->dir : NULL, tmpdir);
+	if (t) {
+		CHECK_INT(t->routes[0]->priority, -5);
+		CHECK_INT(t->routes[4]->priority, 100);
+		CHECK(strstr(t->routes[0]->file, "/a.yml") != NULL);
+		CHECK_INT(t->routes[0]->line, 4);
+	}
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(disabled_route_is_skipped_so_the_next_match_is_the_fallback)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	struct route *primary;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: primary\n"
+	              "    priority: 1\n"
+	              "    enabled: false\n"
+	              "    match: { path: /v1/chat/completions }\n"
+	              "    upstream: { url: \"http://p:1\" }\n"
+	              "  - name: fallback\n"
+	              "    priority: 2\n"
+	              "    match: { path: /v1/chat/completions }\n"
+	              "    upstream: { url: \"http://f:1\" }\n", &e);
+	CHECK(t != NULL);
+	primary = route_table_find(t, "primary");
+	CHECK(primary != NULL);
+	if (primary) {
+		CHECK(!primary->enabled);
+		CHECK(!primary->enabled_in_file);
+	}
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", NULL), "fallback");
+	if (primary) {
+		primary->enabled = true;   /* what the control channel does */
+		CHECK_STR(match_name(t, "POST", "/v1/chat/completions", NULL), "primary");
+	}
+	CHECK(route_table_find(t, "nope") == NULL);
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(table_refcount_keeps_it_alive_until_the_last_unref)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n  - { name: a, upstream: { url: \"http://h\" } }\n", &e);
+	CHECK(t != NULL);
+	if (t) {
+		CHECK_INT(t->refcount, 1);
+		route_table_ref(t);
+		CHECK_INT(t->refcount, 2);
+		route_table_unref(t);
+		CHECK_INT(t->refcount, 1);
+		CHECK_STR(t->routes[0]->name, "a");   /* still readable: ASan would object */
+	}
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+/* ---- loading: values ---- */
+
+TEST(defaults_and_all_fields_are_loaded)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	const struct route *r, *d;
+	json_t *f;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: full.route_1\n"
+	              "    priority: 40\n"
+	              "    match:\n"
+	              "      path: /qwen/**\n"
+	              "    upstream:\n"
+	              "      url: HTTP://10.0.0.5:3398\n"
+	              "      api_key: literal-key\n"
+	              "    strip_prefix: /qwen\n"
+	              "    timeout: 30\n"
+	              "    idle_timeout: 5\n"
+	              "    strip_headers: [X-Debug, x-trace]\n"
+	              "    add_headers: { X-Proxy-Source: fastgate, X-Num: 5 }\n"
+	              "    add_body_fields:\n"
+	              "      max_tokens: 2048\n"
+	              "      temperature: 0.5\n"
+	              "      stream: false\n"
+	              "      quoted: \"42\"\n"
+	              "      quoted_bool: 'true'\n"
+	              "      nothing: null\n"
+	              "      stop: [\"\\n\", END]\n"
+	              "      meta: { user: bob, tags: [1, 2.5] }\n"
+	              "  - name: d\n"
+	              "    upstream: { url: \"https://api.example.com/v1/chat/completions\" }\n"
+	              "    timeout: 7\n", &e);
+	CHECK(t != NULL);
+	CHECK_INT(e.n, 0);
+	r = route_table_find(t, "full.route_1");
+	d = route_table_find(t, "d");
+	CHECK(r && d);
+	if (!r || !d)
+		goto done;
+	CHECK_INT(r->priority, 40);
+	CHECK(r->enabled && r->enabled_in_file);
+	CHECK_INT(r->line, 2);
+	CHECK_STR(r->match_path, "/qwen/**");
+	CHECK_STR(r->upstream_url, "HTTP://10.0.0.5:3398");
+	CHECK_STR(r->upstream_origin, "http://10.0.0.5:3398");
+	CHECK_STR(r->upstream_host, "10.0.0.5:3398");
+	CHECK(r->upstream_path == NULL);
+	CHECK_STR(r->api_key, "literal-key");
+	CHECK(r->api_key_file == NULL);
+	CHECK_STR(r->strip_prefix, "/qwen");
+	CHECK_INT(r->timeout, 30);
+	CHECK_INT(r->idle_timeout, 5);
+	CHECK_INT(r->n_strip_headers, 2);
+	CHECK_STR(r->strip_headers[0], "x-debug");
+	CHECK_STR(r->strip_headers[1], "x-trace");
+	CHECK_INT(r->n_add_headers, 2);
+	CHECK_STR(r->add_headers[0].name, "X-Proxy-Source");
+	CHECK_STR(r->add_headers[0].value, "fastgate");
+	CHECK_STR(r->add_headers[1].value, "5");
+	CHECK(r->unavailable == NULL);
+	f = r->add_body_fields;
+	CHECK(json_is_integer(json_object_get(f, "max_tokens")));
+	CHECK_INT(json_integer_value(json_object_get(f, "max_tokens")), 2048);
+	CHECK(json_is_real(json_object_get(f, "temperature")));
+	CHECK(json_is_false(json_object_get(f, "stream")));
+	CHECK_STR(json_string_value(json_object_get(f, "quoted")), "42");
+	CHECK_STR(json_string_value(json_object_get(f, "quoted_bool")), "true");
+	CHECK(json_is_null(json_object_get(f, "nothing")));
+	CHECK_STR(json_string_value(json_array_get(json_object_get(f, "stop"), 0)), "\n");
+	CHECK_STR(json_string_value(json_array_get(json_object_get(f, "stop"), 1)), "END");
+	CHECK_STR(json_string_value(json_object_get(json_object_get(f, "meta"), "user")), "bob");
+	CHECK(json_is_real(json_array_get(json_object_get(json_object_get(f, "meta"), "tags"), 1)));
+
+	CHECK_INT(d->priority, 100);
+	CHECK(d->match_path == NULL && d->n_methods == 0 && d->match_body == NULL);
+	CHECK_STR(d->upstream_origin, "https://api.example.com");
+	CHECK_STR(d->upstream_path, "/v1/chat/completions");
+	CHECK(d->api_key == NULL);
+	CHECK_INT(d->timeout, 7);
+	CHECK_INT(d->idle_timeout, 7);   /* defaults to timeout */
+	CHECK(d->add_body_fields == NULL);
+	CHECK_STR(match_name(t, "GET", "/anything", NULL), "d");   /* no path: any */
+	CHECK_STR(match_name(t, "GET", "/qwen/v1/x", NULL), "full.route_1");
+done:
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(upstream_url_forms)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	const struct route *r;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - { name: slash, upstream: { url: \"http://h:8080/\" } }\n"
+	              "  - { name: v6, upstream: { url: \"https://[::1]:8443/v1/x\" } }\n"
+	              "  - { name: bare, upstream: { url: \"http://example.com\" } }\n", &e);
+	CHECK(t != NULL);
+	r = route_table_find(t, "slash");
+	CHECK_STR(r ? r->upstream_path : NULL, "/");
+	CHECK_STR(r ? r->upstream_origin : NULL, "http://h:8080");
+	r = route_table_find(t, "v6");
+	CHECK_STR(r ? r->upstream_host : NULL, "[::1]:8443");
+	CHECK_STR(r ? r->upstream_path : NULL, "/v1/x");
+	r = route_table_find(t, "bare");
+	CHECK(r && r->upstream_path == NULL);
+	CHECK_STR(r ? r->upstream_host : NULL, "example.com");
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(empty_directory_and_empty_files_give_an_empty_table)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = route_table_load(tmpdir, &e);
+	CHECK(t != NULL);
+	CHECK_INT(t ? t->n : 99, 0);
+	CHECK_STR(match_name(t, "GET", "/", NULL), "-");
+	route_table_unref(t);
+	put("a.yaml", "# only a comment\n");
+	put("b.yaml", "routes: []\n");
+	put("c.yaml", "routes:\n");
+	put("d.yaml", "");
+	t = route_table_load(tmpdir, &e);
+	CHECK(t != NULL);
+	CHECK_INT(t ? t->n : 99, 0);
+	CHECK_INT(e.n, 0);
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(load_files_takes_the_given_order_as_file_order)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	char p1[128], p2[128];
+	const char *paths[2] = { p1, p2 };
+
+	tmp_begin();
+	put("z.yaml", "routes:\n  - { name: z, upstream: { url: \"http://h\" } }\n");
+	put("a.yaml", "routes:\n  - { name: a, upstream: { url: \"http://h\" } }\n");
+	snprintf(p1, sizeof(p1), "%s/z.yaml", tmpdir);
+	snprintf(p2, sizeof(p2), "%s/a.yaml", tmpdir);
+	t = route_table_load_files(paths, 2, &e);
+	CHECK_STR(order(t), "z a");
+	CHECK(t && t->dir == NULL);
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+/* ---- loading: secrets ---- */
+
+TEST(api_key_expands_env_vars_anywhere_in_the_string)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	setenv("FG_T_PART1", "abc", 1);
+	setenv("FG_T_PART2", "xyz", 1);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      api_key: \"pre-${FG_T_PART1}-$mid-${FG_T_PART2}\"\n", &e);
+	CHECK(t != NULL);
+	CHECK_STR(t ? t->routes[0]->api_key : NULL, "pre-abc-$mid-xyz");
+	route_table_unref(t);
+	unsetenv("FG_T_PART1");
+	unsetenv("FG_T_PART2");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(unset_env_var_is_an_error_that_names_it_and_leaks_no_value)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	setenv("FG_T_SET", "top-secret-value", 1);
+	unsetenv("FG_T_UNSET");
+	setenv("FG_T_EMPTY", "", 1);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      api_key: ${FG_T_SET}${FG_T_UNSET}\n"
+	              "  - name: b\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      api_key: ${FG_T_EMPTY}\n"
+	              "  - name: c\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      api_key: ${FG_T_SET\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 3);
+	if (e.n == 3) {
+		CHECK_STR(e.lines[0], where("r.yaml", 5,
+		          "route \"a\": api_key: environment variable FG_T_UNSET is not set"));
+		CHECK_STR(e.lines[1], where("r.yaml", 9,
+		          "route \"b\": api_key: environment variable FG_T_EMPTY is empty"));
+		CHECK_STR(e.lines[2], where("r.yaml", 13,
+		          "route \"c\": api_key: bad ${...}: write ${NAME} with a name of letters, digits and _"));
+	}
+	CHECK(!any_line_has(&e, "top-secret-value"));
+	unsetenv("FG_T_SET");
+	unsetenv("FG_T_EMPTY");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(if_env_unset_keeps_the_route_listed_but_unavailable)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	const struct route *r;
+	const char *text = "routes:\n"
+	                   "  - name: opt\n"
+	                   "    if_env: FG_T_IFENV\n"
+	                   "    enabled: true\n"
+	                   "    match: { path: /v1/chat/completions }\n"
+	                   "    upstream:\n"
+	                   "      url: https://api.example.com/v1/chat/completions\n"
+	                   "      api_key: ${FG_T_IFENV}\n"
+	                   "  - name: other\n"
+	                   "    priority: 200\n"
+	                   "    match: { path: /v1/chat/completions }\n"
+	                   "    upstream: { url: \"http://h\" }\n";
+
+	tmp_begin();
+	unsetenv("FG_T_IFENV");
+	t = load_text(text, &e);
+	CHECK(t != NULL);
+	CHECK_INT(e.n, 0);
+	r = route_table_find(t, "opt");
+	CHECK(r != NULL);
+	if (r) {
+		CHECK(!r->enabled);
+		CHECK(!r->enabled_in_file);
+		CHECK(r->api_key == NULL);
+		CHECK_STR(r->unavailable, "FG_T_IFENV is not set");
+	}
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", NULL), "other");
+	route_table_unref(t);
+
+	setenv("FG_T_IFENV", "", 1);
+	t = load_text(text, &e);
+	r = route_table_find(t, "opt");
+	CHECK_STR(r ? r->unavailable : NULL, "FG_T_IFENV is empty");
+	route_table_unref(t);
+
+	setenv("FG_T_IFENV", "sk-real", 1);
+	t = load_text(text, &e);
+	CHECK_INT(e.n, 0);
+	r = route_table_find(t, "opt");
+	CHECK(r != NULL);
+	if (r) {
+		CHECK(r->enabled && r->enabled_in_file);
+		CHECK(r->unavailable == NULL);
+		CHECK_STR(r->api_key, "sk-real");
+	}
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", NULL), "opt");
+	route_table_unref(t);
+	unsetenv("FG_T_IFENV");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(if_env_does_not_hide_other_errors)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	unsetenv("FG_T_IFENV");
+	t = load_text("routes:\n"
+	              "  - name: opt\n"
+	              "    if_env: FG_T_IFENV\n"
+	              "    upstream:\n"
+	              "      url: ftp://h\n", &e);
+	check_one_error(t, &e, "r.yaml", 5,
+	                "route \"opt\": upstream url must start with http:// or https://");
+	errlist_clear(&e);
+	t = load_text("routes:\n  - { name: x, if_env: 1BAD, upstream: { url: \"http://h\" } }\n", &e);
+	check_one_error(t, &e, "r.yaml", 2,
+	                "route \"x\": if_env: \"1BAD\" is not an environment variable name");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(api_key_file_is_read_trimmed_and_must_be_private)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	char line[512];
+
+	tmp_begin();
+	put_mode("good.key", "sk-from-file\r\n\n", 0600);
+	put_mode("open.key", "sk-open\n", 0640);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      api_key_file: good.key\n", &e);   /* relative to the route file */
+	CHECK(t != NULL);
+	CHECK_STR(t ? t->routes[0]->api_key : NULL, "sk-from-file");
+	CHECK_STR(t ? t->routes[0]->api_key_file : NULL, "good.key");
+	route_table_unref(t);
+
+	snprintf(line, sizeof(line),
+	         "route \"a\": api_key_file %s/open.key can be read by group or others (mode 0640); run chmod 600 on it",
+	         tmpdir);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      api_key_file: open.key\n", &e);
+	check_one_error(t, &e, "r.yaml", 5, line);
+	CHECK(!any_line_has(&e, "sk-open"));
+	errlist_clear(&e);
+
+	snprintf(line, sizeof(line), "route \"a\": api_key_file %s/missing.key: No such file or directory",
+	         tmpdir);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      api_key_file: missing.key\n", &e);
+	check_one_error(t, &e, "r.yaml", 5, line);
+	errlist_clear(&e);
+
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      api_key: x\n"
+	              "      api_key_file: good.key\n", &e);
+	check_one_error(t, &e, "r.yaml", 6, "route \"a\": use either api_key or api_key_file, not both");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+/* ---- loading: errors, each with its exact FILE:LINE ---- */
+
+TEST(error_yaml_syntax_reports_the_parser_line)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n  - name: a\n  bad: : x\n", &e);
+	check_one_error(t, &e, "r.yaml", 3,
+	                "YAML syntax error: did not find expected '-' indicator "
+	                "(while parsing a block collection at line 2)");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_unknown_key_names_it_and_lists_valid_keys)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream:\n"
+	              "      url: http://h\n"
+	              "      apikey: x\n"
+	              "    bogus: 1\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 2);
+	if (e.n == 2) {
+		CHECK_STR(e.lines[0], where("r.yaml", 5,
+		          "route \"a\": unknown key \"apikey\" in upstream (valid: url, api_key, api_key_file)"));
+		CHECK_STR(e.lines[1], where("r.yaml", 6,
+		          "route \"a\": unknown key \"bogus\" in a route (valid: name, priority, enabled, "
+		          "if_env, match, upstream, strip_prefix, timeout, idle_timeout, strip_headers, "
+		          "add_headers, add_body_fields)"));
+	}
+	errlist_clear(&e);
+	t = load_text("route:\n  - name: a\n", &e);
+	check_one_error(t, &e, "r.yaml", 1, "unknown key \"route\" in the top level (valid: routes)");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_wrong_types_say_what_was_expected)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    priority: high\n"
+	              "    enabled: yes\n"
+	              "    match:\n"
+	              "      methods: POST\n"
+	              "      body: { model: [a] }\n"
+	              "    upstream: { url: \"http://h\" }\n"
+	              "    add_headers: [x]\n"
+	              "    timeout: \"5\"\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 6);
+	if (e.n == 6) {
+		CHECK_STR(e.lines[0], where("r.yaml", 3,
+		          "route \"a\": priority: expected an integer, got a string"));
+		CHECK_STR(e.lines[1], where("r.yaml", 4,
+		          "route \"a\": enabled: expected true or false, got a string"));
+		CHECK_STR(e.lines[2], where("r.yaml", 6,
+		          "route \"a\": methods: expected a sequence such as [GET, POST], got a string"));
+		CHECK_STR(e.lines[3], where("r.yaml", 7,
+		          "route \"a\": match body \"model\": expected a string glob, true/false or a number, got a sequence"));
+		CHECK_STR(e.lines[4], where("r.yaml", 9,
+		          "route \"a\": add_headers: expected a mapping such as { X-Proxy-Source: fastgate }, got a sequence"));
+		CHECK_STR(e.lines[5], where("r.yaml", 10,
+		          "route \"a\": timeout: expected an integer, got a string"));
+	}
+	errlist_clear(&e);
+	t = load_text("- name: a\n", &e);
+	check_one_error(t, &e, "r.yaml", 1,
+	                "expected a mapping with a routes: key at the top, got a sequence");
+	errlist_clear(&e);
+	t = load_text("routes:\n  - just a string\n", &e);
+	check_one_error(t, &e, "r.yaml", 2,
+	                "each entry under routes: must be a mapping (- name: ...), got a string");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_duplicate_name_across_files_gives_both_locations)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	char first[256], rest[512];
+
+	tmp_begin();
+	put("10-a.yaml", "routes:\n"
+	                 "  - name: one\n"
+	                 "    upstream: { url: \"http://h\" }\n"
+	                 "  - upstream: { url: \"http://h\" }\n"
+	                 "    name: twin\n");
+	put("20-b.yaml", "# second file\n"
+	                 "routes:\n"
+	                 "  - name: two\n"
+	                 "    upstream: { url: \"http://h\" }\n"
+	                 "  - name: twin\n"
+	                 "    upstream: { url: \"http://h\" }\n");
+	t = route_table_load(tmpdir, &e);
+	snprintf(first, sizeof(first), "%s/10-a.yaml:5", tmpdir);
+	snprintf(rest, sizeof(rest), "duplicate route name \"twin\" (first defined at %s)", first);
+	check_one_error(t, &e, "20-b.yaml", 5, rest);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_missing_name_upstream_and_url)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - priority: 1\n"
+	              "    upstream: { url: \"http://h\" }\n"
+	              "  - name: nour\n"
+	              "    timeout: 5\n"
+	              "  - name: nourl\n"
+	              "    upstream:\n"
+	              "      api_key: x\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 3);
+	if (e.n == 3) {
+		CHECK_STR(e.lines[0], where("r.yaml", 2,
+		          "route has no name: (every route needs a unique name)"));
+		CHECK_STR(e.lines[1], where("r.yaml", 4,
+		          "route \"nour\": route has no upstream: (it needs at least upstream: { url: ... })"));
+		CHECK_STR(e.lines[2], where("r.yaml", 8, "route \"nourl\": upstream has no url"));
+	}
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_bad_names)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: \"has space\"\n"
+	              "    upstream: { url: \"http://h\" }\n", &e);
+	check_one_error(t, &e, "r.yaml", 2,
+	                "name \"has space\" may only use letters, digits, '_', '.' and '-'");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name:\n"
+	              "    upstream: { url: \"http://h\" }\n", &e);
+	check_one_error(t, &e, "r.yaml", 2, "name: expected a string, got nothing (null)");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_bad_upstream_urls)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - { name: a, upstream: { url: \"ftp://h/x\" } }\n"
+	              "  - { name: b, upstream: { url: \"http://user:pw@h/x\" } }\n"
+	              "  - { name: c, upstream: { url: \"http://h/x?a=1\" } }\n"
+	              "  - { name: d, upstream: { url: \"http:///x\" } }\n"
+	              "  - { name: e, upstream: { url: \"http://h:99999\" } }\n"
+	              "  - { name: f, upstream: { url: \"http://h/x#frag\" } }\n"
+	              "  - { name: g, upstream: { url: \"http://[zz]:1/\" } }\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 7);
+	if (e.n == 7) {
+		CHECK_STR(e.lines[0], where("r.yaml", 2,
+		          "route \"a\": upstream url must start with http:// or https://"));
+		CHECK_STR(e.lines[1], where("r.yaml", 3,
+		          "route \"b\": upstream url must not contain user:password@; use api_key"));
+		CHECK_STR(e.lines[2], where("r.yaml", 4,
+		          "route \"c\": upstream url must not contain a query string or fragment"));
+		CHECK_STR(e.lines[3], where("r.yaml", 5, "route \"d\": upstream url has no host"));
+		CHECK_STR(e.lines[4], where("r.yaml", 6,
+		          "route \"e\": upstream url port must be a number from 1 to 65535"));
+		CHECK_STR(e.lines[5], where("r.yaml", 7,
+		          "route \"f\": upstream url must not contain a query string or fragment"));
+		CHECK_STR(e.lines[6], where("r.yaml", 8, "route \"g\": upstream url has a bad host name"));
+	}
+	CHECK(!any_line_has(&e, "pw"));
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_bad_path_patterns)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - { name: a, match: { path: \"/a**/b\" }, upstream: { url: \"http://h\" } }\n"
+	              "  - { name: b, match: { path: \"/user/x{id}\" }, upstream: { url: \"http://h\" } }\n"
+	              "  - { name: c, match: { path: \"/v1/x?y=1\" }, upstream: { url: \"http://h\" } }\n"
+	              "  - { name: d, match: { path: \"\" }, upstream: { url: \"http://h\" } }\n"
+	              "  - { name: e, match: { path: \"/u/{i-d}\" }, upstream: { url: \"http://h\" } }\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 5);
+	if (e.n == 5) {
+		CHECK_STR(e.lines[0], where("r.yaml", 2, "route \"a\": bad path pattern \"/a**/b\": it "
+		          "uses ** inside a segment; ** must be a whole segment, as in /api/**"));
+		CHECK_STR(e.lines[1], where("r.yaml", 3, "route \"b\": bad path pattern \"/user/x{id}\": it "
+		          "uses {name} inside a segment; {name} must be a whole segment, as in /user/{id}"));
+		CHECK_STR(e.lines[2], where("r.yaml", 4, "route \"c\": bad path pattern \"/v1/x?y=1\": it "
+		          "must not contain '?' or '#' (the query string is not matched)"));
+		CHECK_STR(e.lines[3], where("r.yaml", 5, "route \"d\": bad path pattern \"\": it is empty"));
+		CHECK_STR(e.lines[4], where("r.yaml", 6, "route \"e\": bad path pattern \"/u/{i-d}\": it "
+		          "has a bad {name}: use letters, digits and _ between the braces"));
+	}
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_timeouts_must_be_positive)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: \"http://h\" }\n"
+	              "    timeout: -5\n"
+	              "    idle_timeout: 0\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 2);
+	if (e.n == 2) {
+		CHECK_STR(e.lines[0], where("r.yaml", 4,
+		          "route \"a\": timeout: must be a whole number of seconds from 1 to 86400, got -5"));
+		CHECK_STR(e.lines[1], where("r.yaml", 5,
+		          "route \"a\": idle_timeout: must be a whole number of seconds from 1 to 86400, got 0"));
+	}
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_duplicate_keys_and_bad_headers)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: \"http://h\" }\n"
+	              "    timeout: 5\n"
+	              "    timeout: 6\n"
+	              "    strip_headers: [\"bad header\"]\n"
+	              "    add_headers: { X-A: \"line\\r\\nInjected: 1\" }\n"
+	              "    strip_prefix: /qwen/\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 4);
+	if (e.n == 4) {
+		CHECK_STR(e.lines[0], where("r.yaml", 5, "route \"a\": duplicate key \"timeout\" in a route"));
+		CHECK_STR(e.lines[1], where("r.yaml", 6,
+		          "route \"a\": strip_headers: \"bad header\" is not a valid header name"));
+		CHECK_STR(e.lines[2], where("r.yaml", 7,
+		          "route \"a\": add_headers: value of X-A contains a newline or control character"));
+		CHECK_STR(e.lines[3], where("r.yaml", 8, "route \"a\": strip_prefix: expected a literal path "
+		          "starting with / and not ending with /, such as /qwen"));
+	}
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_every_file_is_checked_and_errors_accumulate)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	errlist_add(&e, "an earlier, unrelated error");
+	put("a.yaml", "routes:\n  - { name: a, upstream: { url: \"ftp://h\" } }\n");
+	put("b.yaml", "routes:\n  - { name: ok, upstream: { url: \"http://h\" } }\n");
+	put("c.yaml", "routes: [\n");
+	t = route_table_load(tmpdir, &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 3);
+	if (e.n == 3) {
+		CHECK_STR(e.lines[0], "an earlier, unrelated error");
+		CHECK_STR(e.lines[1], where("a.yaml", 2,
+		          "route \"a\": upstream url must start with http:// or https://"));
+		CHECK(strncmp(e.lines[2], where("c.yaml", 2, "YAML syntax error: "),
+		              strlen(where("c.yaml", 2, "YAML syntax error: "))) == 0);
+	}
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(error_missing_directory_is_one_line_naming_it)
+{
+	struct errlist e = { 0 };
+	struct route_table *t = route_table_load("/nonexistent/fg-routes.d", &e);
+
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 1);
+	CHECK_STR(e.n ? e.lines[0] : NULL,
+	          "/nonexistent/fg-routes.d: cannot open the route directory: No such file or directory");
+	errlist_clear(&e);
+}
+
+TEST(error_second_yaml_document_and_alias_bomb)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes: []\n---\nroutes: []\n", &e);
+	check_one_error(t, &e, "r.yaml", 3, "only one YAML document per route file (remove the ---)");
+	errlist_clear(&e);
+	/* a self-referencing alias and an exponential one: both must stop, with an error */
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: \"http://h\" }\n"
+	              "    add_body_fields: { x: &loop [ *loop ] }\n", &e);
+	CHECK(t == NULL);
+	CHECK(any_line_has(&e, "add_body_fields: value is nested too deeply or too large"));
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: \"http://h\" }\n"
+	              "    add_body_fields:\n"
+	              "      a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+	              "      b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+	              "      c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+	              "      d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+	              "      e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+	              "      f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n", &e);
+	CHECK(t == NULL);
+	CHECK(any_line_has(&e, "add_body_fields: value is nested too deeply or too large"));
+	errlist_clear(&e);
+	tmp_end();
+}
+
+/* ---- the shipped routes.d ---- */
+
+TEST(shipped_routes_load_and_route_the_demo)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	const struct route *r;
+
+	unsetenv("OPENAI_API_KEY");
+	/* tests run from the top of the source tree (tests/run-all.sh does cd there) */
+	t = route_table_load("routes.d", &e);
+	CHECK(t != NULL);
+	CHECK_INT(e.n, 0);
+	for (size_t i = 0; i < e.n; i++)
+		fprintf(stderr, "  %s\n", e.lines[i]);
+	CHECK_STR(order(t), "demo demo-models openai");
+	r = route_table_find(t, "demo");
+	CHECK_STR(r ? r->api_key : NULL, "mock-upstream-key");
+	CHECK_STR(r ? r->upstream_origin : NULL, "http://127.0.0.1:8515");
+	CHECK_STR(r ? r->upstream_path : NULL, "/v1/chat/completions");
+	CHECK(r && r->n_add_headers == 1 && strcmp(r->add_headers[0].value, "fastgate") == 0);
+	r = route_table_find(t, "demo-models");
+	CHECK(r && r->upstream_path == NULL);
+	r = route_table_find(t, "openai");
+	CHECK(r && !r->enabled && r->api_key == NULL);
+	CHECK_STR(r ? r->unavailable : NULL, "OPENAI_API_KEY is not set");
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"model\":\"demo-model\"}"), "demo");
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"model\":\"gpt-4o\"}"), "-");
+	CHECK_STR(match_name(t, "GET", "/v1/models", NULL), "demo-models");
+	route_table_unref(t);
+
+	setenv("OPENAI_API_KEY", "sk-test", 1);
+	t = route_table_load("routes.d", &e);
+	CHECK_INT(e.n, 0);
+	r = route_table_find(t, "openai");
+	CHECK(r && r->enabled && r->unavailable == NULL);
+	CHECK_STR(r ? r->api_key : NULL, "sk-test");
+	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"model\":\"gpt-4o\"}"), "openai");
+	route_table_unref(t);
+	unsetenv("OPENAI_API_KEY");
+	errlist_clear(&e);
+}
+
+RUN_TESTS()
