@@ -1,0 +1,424 @@
+/* The command table and the human-readable printers. --json output bypasses the printers
+ * and prints the daemon's result as it came. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "client.h"
+#include "commands.h"
+#include "table.h"
+
+/* ---- JSON accessors that tolerate missing members (an older or newer daemon) ---- */
+
+static const char *jstr(const json_t *o, const char *key)
+{
+	return json_string_value(json_object_get(o, key));
+}
+
+static json_int_t jint(const json_t *o, const char *key)
+{
+	return json_integer_value(json_object_get(o, key));
+}
+
+static bool jbool(const json_t *o, const char *key)
+{
+	return json_is_true(json_object_get(o, key));
+}
+
+/* Formatting helpers write into caller buffers of this size. */
+#define FMT_SZ 128
+
+static const char *fmt_int(char *buf, json_int_t v)
+{
+	snprintf(buf, FMT_SZ, "%" JSON_INTEGER_FORMAT, v);
+	return buf;
+}
+
+enum time_style { DATE_FMT, MINUTE_FMT, FULL_FMT };
+
+/* Unix seconds as UTC; `never` when the daemon sent null (not set). */
+static const char *fmt_time(char *buf, const json_t *v, const char *never, enum time_style st)
+{
+	time_t t;
+	struct tm tm;
+	size_t n = 0;
+
+	if (!json_is_integer(v) || json_integer_value(v) == 0)
+		return never;
+	t = (time_t)json_integer_value(v);
+	if (!gmtime_r(&t, &tm))
+		return "?";
+	switch (st) {
+	case DATE_FMT:
+		n = strftime(buf, FMT_SZ, "%Y-%m-%d", &tm);
+		break;
+	case MINUTE_FMT:
+		n = strftime(buf, FMT_SZ, "%Y-%m-%d %H:%MZ", &tm);
+		break;
+	case FULL_FMT:
+		n = strftime(buf, FMT_SZ, "%Y-%m-%dT%H:%M:%SZ", &tm);
+		break;
+	}
+	return n ? buf : "?";
+}
+
+/* Strings of a JSON array joined by `sep`; `empty` if there are none. Caller frees. */
+static char *join(const json_t *a, const char *sep, const char *empty)
+{
+	size_t i, total = 1;
+	json_t *v;
+	char *s;
+
+	json_array_foreach(a, i, v)
+		total += strlen(json_string_value(v) ? json_string_value(v) : "?") + strlen(sep);
+	s = calloc(1, total + strlen(empty));
+	if (!s)
+		abort();
+	json_array_foreach(a, i, v) {
+		if (i)
+			strcat(s, sep);
+		strcat(s, json_string_value(v) ? json_string_value(v) : "?");
+	}
+	if (!*s)
+		strcpy(s, empty);
+	return s;
+}
+
+static const char *fmt_rpm(char *buf, json_int_t rpm)
+{
+	if (rpm <= 0)
+		return "unlimited";
+	return fmt_int(buf, rpm);
+}
+
+static char *compact(const json_t *v, const char *none)
+{
+	char *s = (v && !json_is_null(v)) ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+
+	return s ? s : strdup(none);
+}
+
+/* A two-column "label:  value" table. */
+static void kv(struct cli_table *t, const char *label, const char *value)
+{
+	const char *row[2] = { label, value };
+
+	cli_table_add(t, row);
+}
+
+/* ---- keys ---- */
+
+static void print_key_detail(const json_t *k)
+{
+	struct cli_table *t = cli_table_new(2, NULL);
+	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ], b6[FMT_SZ];
+	char *routes = join(json_object_get(k, "routes"), ", ", "all");
+
+	kv(t, "id:", fmt_int(b1, jint(k, "id")));
+	kv(t, "name:", jstr(k, "name"));
+	kv(t, "prefix:", jstr(k, "display"));
+	kv(t, "status:", jstr(k, "status"));
+	kv(t, "created:", fmt_time(b2, json_object_get(k, "created"), "-", FULL_FMT));
+	kv(t, "expires:", fmt_time(b3, json_object_get(k, "expires"), "never", FULL_FMT));
+	kv(t, "revoked:", fmt_time(b4, json_object_get(k, "revoked"), "no", FULL_FMT));
+	kv(t, "last used:", fmt_time(b5, json_object_get(k, "last_used"), "never", FULL_FMT));
+	kv(t, "rpm:", fmt_rpm(b6, jint(k, "rpm")));
+	kv(t, "routes:", routes);
+	cli_table_print(t, stdout);
+	free(routes);
+}
+
+static void print_key_created(const json_t *k)
+{
+	struct cli_table *t = cli_table_new(2, NULL);
+	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ];
+	char *routes = join(json_object_get(k, "routes"), ", ", "all");
+
+	kv(t, "key:", jstr(k, "key"));
+	kv(t, "id:", fmt_int(b1, jint(k, "id")));
+	kv(t, "name:", jstr(k, "name"));
+	kv(t, "prefix:", jstr(k, "display"));
+	kv(t, "routes:", routes);
+	kv(t, "rpm:", fmt_rpm(b2, jint(k, "rpm")));
+	kv(t, "expires:", fmt_time(b3, json_object_get(k, "expires"), "never", FULL_FMT));
+	cli_table_print(t, stdout);
+	printf("\nStore this key now: it is shown only once; fastgate keeps only its hash.\n");
+	free(routes);
+}
+
+static void print_key_list(const json_t *a)
+{
+	static const char *const head[] = { "ID", "NAME", "PREFIX", "STATUS", "CREATED",
+	                                    "EXPIRES", "LAST USED", "RPM", "ROUTES" };
+	struct cli_table *t = cli_table_new(9, head);
+	size_t i;
+	json_t *k;
+
+	json_array_foreach(a, i, k) {
+		char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ];
+		char *routes = join(json_object_get(k, "routes"), ",", "all");
+		const char *row[9] = {
+			fmt_int(b1, jint(k, "id")), jstr(k, "name"), jstr(k, "display"),
+			jstr(k, "status"),
+			fmt_time(b2, json_object_get(k, "created"), "-", DATE_FMT),
+			fmt_time(b3, json_object_get(k, "expires"), "never", DATE_FMT),
+			fmt_time(b4, json_object_get(k, "last_used"), "never", MINUTE_FMT),
+			fmt_rpm(b5, jint(k, "rpm")), routes,
+		};
+
+		cli_table_add(t, row);
+		free(routes);
+	}
+	if (cli_table_rows(t) == 0) {
+		cli_table_free(t);
+		printf("No keys. Create one with: fastgate-cli key create --name NAME\n");
+		return;
+	}
+	cli_table_print(t, stdout);
+}
+
+static void print_key_revoked(const json_t *k)
+{
+	printf("Revoked key %" JSON_INTEGER_FORMAT " (%s). Requests with it now get 401.\n",
+	       jint(k, "id"), jstr(k, "name") ? jstr(k, "name") : "?");
+}
+
+/* ---- routes ---- */
+
+/* "enabled", "disabled" or "unavailable" (its if_env variable is unset); "*" when the run-time state differs from the file. */
+static const char *route_state(char *buf, const json_t *r)
+{
+	bool on = jbool(r, "enabled");
+	const char *s = jstr(r, "unavailable") ? "unavailable" : on ? "enabled" : "disabled";
+
+	snprintf(buf, FMT_SZ, "%s%s", s, on != jbool(r, "enabled_in_file") ? "*" : "");
+	return buf;
+}
+
+static void print_route_list(const json_t *a)
+{
+	static const char *const head[] = { "NAME", "PRIO", "STATE", "PATH", "METHODS",
+	                                    "UPSTREAM", "FILE" };
+	struct cli_table *t = cli_table_new(7, head);
+	bool overridden = false;
+	size_t i;
+	json_t *r;
+
+	json_array_foreach(a, i, r) {
+		char b1[FMT_SZ], b2[FMT_SZ], src[512];
+		char *methods = join(json_object_get(r, "methods"), ",", "any");
+		const char *row[7];
+
+		snprintf(src, sizeof(src), "%s:%" JSON_INTEGER_FORMAT,
+		         jstr(r, "file") ? jstr(r, "file") : "?", jint(r, "line"));
+		row[0] = jstr(r, "name");
+		row[1] = fmt_int(b1, jint(r, "priority"));
+		row[2] = route_state(b2, r);
+		row[3] = jstr(r, "path") ? jstr(r, "path") : "any";
+		row[4] = methods;
+		row[5] = jstr(r, "upstream");
+		row[6] = src;
+		overridden |= jbool(r, "enabled") != jbool(r, "enabled_in_file");
+		cli_table_add(t, row);
+		free(methods);
+	}
+	if (cli_table_rows(t) == 0) {
+		cli_table_free(t);
+		printf("No routes loaded. Add route files to routes.d and run: fastgate-cli reload\n");
+		return;
+	}
+	cli_table_print(t, stdout);
+	if (overridden)
+		printf("* set at run time with fastgate-cli; differs from the route file\n");
+}
+
+static void print_route_detail(const json_t *r)
+{
+	struct cli_table *t = cli_table_new(2, NULL);
+	char b1[FMT_SZ], b2[FMT_SZ], src[512], key[512], tmo[FMT_SZ];
+	char *methods = join(json_object_get(r, "methods"), ", ", "any");
+	char *strip = join(json_object_get(r, "strip_headers"), ", ", "-");
+	char *body = compact(json_object_get(r, "body"), "-");
+	char *addh = compact(json_object_get(r, "add_headers"), "-");
+	char *addb = compact(json_object_get(r, "add_body_fields"), "-");
+	const json_t *h = json_object_get(r, "add_headers");
+
+	if (json_object_size(h) == 0) {
+		free(addh);
+		addh = strdup("-");
+	}
+	snprintf(src, sizeof(src), "%s:%" JSON_INTEGER_FORMAT,
+	         jstr(r, "file") ? jstr(r, "file") : "?", jint(r, "line"));
+	if (jbool(r, "api_key_set"))
+		snprintf(key, sizeof(key), "set%s%s%s", jstr(r, "api_key_file") ? " (from " : "",
+		         jstr(r, "api_key_file") ? jstr(r, "api_key_file") : "",
+		         jstr(r, "api_key_file") ? ")" : "");
+	else
+		snprintf(key, sizeof(key), "none (the client's Authorization is not forwarded)");
+	snprintf(tmo, sizeof(tmo), "%" JSON_INTEGER_FORMAT " s to first byte, %"
+	         JSON_INTEGER_FORMAT " s idle", jint(r, "timeout"), jint(r, "idle_timeout"));
+
+	kv(t, "name:", jstr(r, "name"));
+	kv(t, "state:", route_state(b1, r));
+	if (jstr(r, "unavailable"))
+		kv(t, "unavailable:", jstr(r, "unavailable"));
+	kv(t, "in file:", jbool(r, "enabled_in_file") ? "enabled" : "disabled");
+	kv(t, "priority:", fmt_int(b2, jint(r, "priority")));
+	kv(t, "defined at:", src);
+	kv(t, "path:", jstr(r, "path") ? jstr(r, "path") : "any");
+	kv(t, "methods:", methods);
+	kv(t, "body match:", body);
+	kv(t, "upstream:", jstr(r, "upstream_url"));
+	kv(t, "upstream key:", key);
+	kv(t, "strip prefix:", jstr(r, "strip_prefix") ? jstr(r, "strip_prefix") : "-");
+	kv(t, "timeout:", tmo);
+	kv(t, "strip headers:", strip);
+	kv(t, "add headers:", addh);
+	kv(t, "add body fields:", addb);
+	cli_table_print(t, stdout);
+	free(methods);
+	free(strip);
+	free(body);
+	free(addh);
+	free(addb);
+}
+
+static void print_route_changed(const json_t *r)
+{
+	bool on = jbool(r, "enabled");
+	const char *name = jstr(r, "name") ? jstr(r, "name") : "?";
+
+	if (json_object_get(r, "changed") && !jbool(r, "changed"))
+		printf("Route %s was already %s.\n", name, on ? "enabled" : "disabled");
+	else
+		printf("Route %s is now %s (kept across restarts).\n", name, on ? "enabled" : "disabled");
+}
+
+/* ---- reload, status ---- */
+
+static void print_reload(const json_t *r)
+{
+	size_t i;
+	json_t *w;
+
+	json_array_foreach(json_object_get(r, "warnings"), i, w)
+		fprintf(stderr, "%s\n", json_string_value(w) ? json_string_value(w) : "?");
+	printf("Routes reloaded: %" JSON_INTEGER_FORMAT " routes, %" JSON_INTEGER_FORMAT
+	       " enabled.\n", jint(r, "routes"), jint(r, "routes_enabled"));
+}
+
+static const char *fmt_duration(char *buf, json_int_t s)
+{
+	if (s >= 86400)
+		snprintf(buf, FMT_SZ, "%" JSON_INTEGER_FORMAT "d %" JSON_INTEGER_FORMAT "h %"
+		         JSON_INTEGER_FORMAT "m", s / 86400, s % 86400 / 3600, s % 3600 / 60);
+	else if (s >= 3600)
+		snprintf(buf, FMT_SZ, "%" JSON_INTEGER_FORMAT "h %" JSON_INTEGER_FORMAT "m %"
+		         JSON_INTEGER_FORMAT "s", s / 3600, s % 3600 / 60, s % 60);
+	else if (s >= 60)
+		snprintf(buf, FMT_SZ, "%" JSON_INTEGER_FORMAT "m %" JSON_INTEGER_FORMAT "s",
+		         s / 60, s % 60);
+	else
+		snprintf(buf, FMT_SZ, "%" JSON_INTEGER_FORMAT "s", s);
+	return buf;
+}
+
+static void print_status(const json_t *r)
+{
+	struct cli_table *t = cli_table_new(2, NULL);
+	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ], b6[FMT_SZ];
+
+	snprintf(b2, sizeof(b2), "%" JSON_INTEGER_FORMAT " (%" JSON_INTEGER_FORMAT " enabled)",
+	         jint(r, "routes"), jint(r, "routes_enabled"));
+	snprintf(b3, sizeof(b3), "%" JSON_INTEGER_FORMAT " (%" JSON_INTEGER_FORMAT " active)",
+	         jint(r, "keys"), jint(r, "keys_active"));
+	kv(t, "version:", jstr(r, "version"));
+	if (json_object_get(r, "pid"))
+		kv(t, "pid:", fmt_int(b6, jint(r, "pid")));
+	kv(t, "uptime:", fmt_duration(b1, jint(r, "uptime_s")));
+	kv(t, "listen:", jstr(r, "listen"));
+	kv(t, "routes:", b2);
+	kv(t, "keys:", b3);
+	kv(t, "inflight:", fmt_int(b4, jint(r, "inflight")));
+	kv(t, "requests:", fmt_int(b5, jint(r, "requests")));
+	if (jbool(r, "stopping"))
+		kv(t, "state:", "stopping (draining in-flight requests)");
+	cli_table_print(t, stdout);
+}
+
+void cli_print_error(const struct cli_cmd *cmd, const json_t *error, const char *message)
+{
+	const json_t *errors = json_object_get(error, "errors");
+	const char *code = jstr(error, "code");
+
+	if (code && strcmp(code, "reload_failed") == 0) {
+		size_t i;
+		json_t *e;
+
+		if (json_array_size(errors) > 0)
+			json_array_foreach(errors, i, e)
+				fprintf(stderr, "%s\n", json_string_value(e) ? json_string_value(e) : "?");
+		else
+			fprintf(stderr, "%s\n", message);
+		cli_err("reload failed; fastgated keeps serving the previous routes");
+		return;
+	}
+	if (code && strcmp(code, "unknown_command") == 0) {
+		cli_err("%s (is fastgated older than this fastgate-cli? '%s' needs '%s')", message,
+		        cmd->verb ? cmd->verb : cmd->noun, cmd->ctl);
+		return;
+	}
+	cli_err("%s", message);
+}
+
+/* ---- the table ---- */
+
+#define OPT_END { 0 }
+#define NO_POS { 0 }
+
+const struct cli_cmd cli_commands[] = {
+	{ "key", "create", "key.create", "create a key and print its secret, once",
+	  NO_POS, {
+		{ "--name", "N", CLI_ARG_STRING, "name", true, "who or what the key is for", CLI_COMPLETE_NONE },
+		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes (default: all)", CLI_COMPLETE_ROUTES },
+		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (default: unlimited)", CLI_COMPLETE_NONE },
+		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire after N days (default: never)", CLI_COMPLETE_NONE },
+		OPT_END }, print_key_created },
+	{ "key", "list", "key.list", "list keys (never their secrets)",
+	  NO_POS, {
+		{ "--all", NULL, CLI_ARG_FLAG, "all", false, "include revoked keys", CLI_COMPLETE_NONE },
+		OPT_END }, print_key_list },
+	{ "key", "show", "key.show", "show one key",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY },
+	  { OPT_END }, print_key_detail },
+	{ "key", "revoke", "key.revoke", "revoke a key; it stops working at once",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY },
+	  { OPT_END }, print_key_revoked },
+	{ "route", "list", "route.list", "list routes in match order",
+	  NO_POS, { OPT_END }, print_route_list },
+	{ "route", "show", "route.show", "show one route in full (never its upstream key)",
+	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
+	  { OPT_END }, print_route_detail },
+	{ "route", "enable", "route.enable", "enable a route (kept across restarts)",
+	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
+	  { OPT_END }, print_route_changed },
+	{ "route", "disable", "route.disable", "disable a route; the next match serves instead",
+	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
+	  { OPT_END }, print_route_changed },
+	{ "route", "toggle", "route.toggle", "flip a route between enabled and disabled",
+	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
+	  { OPT_END }, print_route_changed },
+	{ "reload", NULL, "reload", "re-read the route files; on error the old routes keep serving",
+	  NO_POS, { OPT_END }, print_reload },
+	{ "status", NULL, "status", "version, uptime, listen address, route and key counts",
+	  NO_POS, { OPT_END }, print_status },
+};
+const size_t cli_ncommands = sizeof(cli_commands) / sizeof(cli_commands[0]);
+
+const struct cli_noun cli_nouns[] = {
+	{ "key", "manage client API keys" },
+	{ "route", "inspect routes and switch them on and off" },
+};
+const size_t cli_nnouns = sizeof(cli_nouns) / sizeof(cli_nouns[0]);

@@ -1,0 +1,585 @@
+/* fastgate-cli: operator commands for a running fastgated, over its control socket.
+ *
+ *   fastgate-cli [--socket PATH] [--json] NOUN VERB [ARGS]
+ *
+ * The command line is parsed against the table in commands.c; help at every level and the
+ * words bash completion offers come from the same table. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client.h"
+#include "commands.h"
+
+#define DEFAULT_SOCKET "./fastgate.sock"
+
+struct globals {
+	const char *socket;
+	bool json;
+};
+
+/* ---- help, all derived from the command table ---- */
+
+static const struct cli_noun *find_noun(const char *name)
+{
+	for (size_t i = 0; i < cli_nnouns; i++)
+		if (strcmp(cli_nouns[i].name, name) == 0)
+			return &cli_nouns[i];
+	return NULL;
+}
+
+/* The command `noun verb`; verb NULL finds a one-word command. */
+static const struct cli_cmd *find_cmd(const char *noun, const char *verb)
+{
+	for (size_t i = 0; i < cli_ncommands; i++) {
+		const struct cli_cmd *c = &cli_commands[i];
+
+		if (strcmp(c->noun, noun) != 0)
+			continue;
+		if (!verb ? !c->verb : (c->verb && strcmp(c->verb, verb) == 0))
+			return c;
+	}
+	return NULL;
+}
+
+/* "key create --name N [--routes a,b]" into buf. */
+static const char *synopsis(const struct cli_cmd *c, char *buf, size_t size)
+{
+	size_t n = 0;
+
+#define ADD(...) do { int r_ = snprintf(buf + n, n < size ? size - n : 0, __VA_ARGS__); \
+		if (r_ > 0) n += (size_t)r_; } while (0)
+	ADD("%s%s%s", c->noun, c->verb ? " " : "", c->verb ? c->verb : "");
+	if (c->pos.key)
+		ADD(c->pos.required ? " %s" : " [%s]", c->pos.metavar);
+	for (const struct cli_opt *o = c->opts; o->flag; o++) {
+		ADD(" %s%s%s%s%s", o->required ? "" : "[", o->flag, o->metavar ? " " : "",
+		    o->metavar ? o->metavar : "", o->required ? "" : "]");
+	}
+#undef ADD
+	return buf;
+}
+
+static void verb_list(const char *noun, char *buf, size_t size)
+{
+	size_t n = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < cli_ncommands; i++) {
+		const struct cli_cmd *c = &cli_commands[i];
+		int r;
+
+		if (strcmp(c->noun, noun) != 0 || !c->verb)
+			continue;
+		r = snprintf(buf + n, n < size ? size - n : 0, "%s%s", n ? "|" : "", c->verb);
+		if (r > 0)
+			n += (size_t)r;
+	}
+}
+
+static void print_command_lines(FILE *out, const char *noun)
+{
+	char syn[512];
+
+	for (size_t i = 0; i < cli_ncommands; i++) {
+		const struct cli_cmd *c = &cli_commands[i];
+
+		if (noun && strcmp(c->noun, noun) != 0)
+			continue;
+		synopsis(c, syn, sizeof(syn));
+		if (strlen(syn) <= 34)
+			fprintf(out, "  %-34s  %s\n", syn, c->help);
+		else
+			fprintf(out, "  %s\n  %-34s  %s\n", syn, "", c->help);
+	}
+}
+
+static void global_help(FILE *out)
+{
+	fprintf(out,
+	        "usage: fastgate-cli [--socket PATH] [--json] NOUN VERB [ARGS]\n"
+	        "\n"
+	        "Operate a running fastgated over its control socket.\n"
+	        "\n"
+	        "Commands:\n");
+	print_command_lines(out, NULL);
+	fprintf(out,
+	        "\n"
+	        "Options:\n"
+	        "  --socket PATH  control socket (default: $FASTGATE_SOCKET, else %s)\n"
+	        "  --json         print the daemon's result as one JSON document\n"
+	        "  -h, --help     this help; also after a noun or a command (key --help)\n"
+	        "  --version      print fastgate-cli's version\n"
+	        "\n"
+	        "Exit status: 0 ok, 1 fastgated refused, 2 usage error, 3 cannot reach fastgated.\n",
+	        DEFAULT_SOCKET);
+}
+
+static void noun_help(FILE *out, const struct cli_noun *n)
+{
+	char verbs[256];
+
+	verb_list(n->name, verbs, sizeof(verbs));
+	fprintf(out, "usage: fastgate-cli [--socket PATH] [--json] %s %s [ARGS]\n\n%c%s.\n\n"
+	        "Commands:\n", n->name, verbs, toupper((unsigned char)n->help[0]), n->help + 1);
+	print_command_lines(out, n->name);
+	fprintf(out, "\nfastgate-cli %s VERB --help describes one command.\n", n->name);
+}
+
+static void cmd_help(FILE *out, const struct cli_cmd *c)
+{
+	char syn[512];
+	char label[64];
+
+	fprintf(out, "usage: fastgate-cli [--socket PATH] [--json] %s\n\n%c%s.\n",
+	        synopsis(c, syn, sizeof(syn)), toupper((unsigned char)c->help[0]), c->help + 1);
+	if (!c->pos.key && !c->opts[0].flag)
+		return;
+	fprintf(out, "\nArguments:\n");
+	if (c->pos.key)
+		fprintf(out, "  %-20s  %s\n", c->pos.metavar, c->pos.help);
+	for (const struct cli_opt *o = c->opts; o->flag; o++) {
+		snprintf(label, sizeof(label), "%s%s%s", o->flag, o->metavar ? " " : "",
+		         o->metavar ? o->metavar : "");
+		fprintf(out, "  %-20s  %s%s\n", label, o->help, o->required ? " (required)" : "");
+	}
+}
+
+/* Report a command-line mistake with a one-line usage hint; returns CLI_EXIT_USAGE. */
+static int usage_error(const struct cli_cmd *c, const char *noun, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int usage_error(const struct cli_cmd *c, const char *noun, const char *fmt, ...)
+{
+	char syn[512];
+	va_list ap;
+
+	fputs("fastgate-cli: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	if (c) {
+		fprintf(stderr, "usage: fastgate-cli %s  (fastgate-cli %s%s%s --help for more)\n",
+		        synopsis(c, syn, sizeof(syn)), c->noun, c->verb ? " " : "",
+		        c->verb ? c->verb : "");
+	} else if (noun) {
+		char verbs[256];
+
+		verb_list(noun, verbs, sizeof(verbs));
+		fprintf(stderr, "usage: fastgate-cli %s %s [ARGS]  (fastgate-cli %s --help for more)\n",
+		        noun, verbs, noun);
+	} else {
+		fprintf(stderr, "usage: fastgate-cli [--socket PATH] [--json] NOUN VERB [ARGS]  "
+		        "(fastgate-cli --help lists the commands)\n");
+	}
+	return CLI_EXIT_USAGE;
+}
+
+/* ---- argument parsing ---- */
+
+/* Global options may appear anywhere before "--". 1 if argv[*i] was one (consumed),
+ * 0 if not, -1 on a usage error (reported). */
+static int global_option(int argc, char **argv, int *i, struct globals *g,
+                         const struct cli_cmd *c, const char *noun)
+{
+	const char *a = argv[*i];
+
+	if (strcmp(a, "--json") == 0) {
+		g->json = true;
+		return 1;
+	}
+	if (strncmp(a, "--socket=", 9) == 0) {
+		g->socket = a + 9;
+		return 1;
+	}
+	if (strcmp(a, "--socket") == 0) {
+		if (*i + 1 >= argc) {
+			usage_error(c, noun, "option --socket needs a value (PATH)");
+			return -1;
+		}
+		g->socket = argv[++*i];
+		return 1;
+	}
+	return 0;
+}
+
+static bool is_help(const char *a)
+{
+	return strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0;
+}
+
+/* Strict non-negative decimal. */
+static bool parse_uint(const char *s, json_int_t *out)
+{
+	char *end;
+	long long v;
+
+	if (!*s || *s == '-' || *s == '+' || *s == ' ')
+		return false;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno || *end)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* Convert one option value to its JSON form; NULL after a usage error. */
+static json_t *opt_value(const struct cli_cmd *c, const struct cli_opt *o, const char *v)
+{
+	const char *what = o->flag ? o->flag : o->metavar;
+	json_int_t n;
+
+	switch (o->type) {
+	case CLI_ARG_STRING:
+		if (!*v) {
+			usage_error(c, NULL, "%s must not be empty", what);
+			return NULL;
+		}
+		return json_string(v);
+	case CLI_ARG_INT:
+		if (!parse_uint(v, &n) || (!o->flag && n == 0)) {
+			usage_error(c, NULL, "%s must be a %s integer, not '%s'", what,
+			            o->flag ? "non-negative" : "positive", v);
+			return NULL;
+		}
+		return json_integer(n);
+	case CLI_ARG_FLAG:
+		return json_true();
+	case CLI_ARG_LIST: {
+		json_t *a = json_array();
+		char *copy = strdup(v), *save = NULL, *tok;
+
+		if (!a || !copy)
+			abort();
+		for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			while (*tok == ' ')
+				tok++;
+			for (char *e = tok + strlen(tok); e > tok && e[-1] == ' '; e--)
+				e[-1] = '\0';
+			if (*tok)
+				json_array_append_new(a, json_string(tok));
+		}
+		free(copy);
+		if (json_array_size(a) == 0) {
+			json_decref(a);
+			usage_error(c, NULL, "%s needs at least one name (a,b,...)", what);
+			return NULL;
+		}
+		return a;
+	}
+	}
+	return NULL;
+}
+
+static const struct cli_opt *find_opt(const struct cli_cmd *c, const char *flag, size_t len)
+{
+	for (const struct cli_opt *o = c->opts; o->flag; o++)
+		if (strlen(o->flag) == len && strncmp(o->flag, flag, len) == 0)
+			return o;
+	return NULL;
+}
+
+/* Parse a command's arguments from argv[i..] into a new args object. Returns
+ * CLI_EXIT_OK with *out set, CLI_EXIT_USAGE after reporting, or -1 if help was printed. */
+static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
+                          struct globals *g, json_t **out)
+{
+	json_t *args = json_object();
+	bool only_positional = false;
+	int ret = CLI_EXIT_USAGE;
+
+	if (!args)
+		abort();
+	for (; i < argc; i++) {
+		const char *a = argv[i];
+		const struct cli_opt *o;
+		const char *val;
+		json_t *v;
+		int r;
+
+		if (!only_positional && a[0] == '-' && a[1]) {
+			if (strcmp(a, "--") == 0) {
+				only_positional = true;
+				continue;
+			}
+			if (is_help(a)) {
+				cmd_help(stdout, c);
+				ret = -1;
+				goto done;
+			}
+			r = global_option(argc, argv, &i, g, c, NULL);
+			if (r < 0)
+				goto done;
+			if (r > 0)
+				continue;
+			o = find_opt(c, a, strcspn(a, "="));
+			if (!o) {
+				usage_error(c, NULL, "unknown option '%.*s' for '%s%s%s'",
+				            (int)strcspn(a, "="), a, c->noun, c->verb ? " " : "",
+				            c->verb ? c->verb : "");
+				goto done;
+			}
+			if (json_object_get(args, o->key)) {
+				usage_error(c, NULL, "option %s given twice", o->flag);
+				goto done;
+			}
+			val = strchr(a, '=') ? strchr(a, '=') + 1 : NULL;
+			if (o->type == CLI_ARG_FLAG) {
+				if (val) {
+					usage_error(c, NULL, "option %s takes no value", o->flag);
+					goto done;
+				}
+			} else if (!val) {
+				if (i + 1 >= argc) {
+					usage_error(c, NULL, "option %s needs a value (%s)", o->flag,
+					            o->metavar);
+					goto done;
+				}
+				val = argv[++i];
+			}
+		} else {
+			o = &c->pos;
+			val = a;
+			if (!o->key || json_object_get(args, o->key)) {
+				usage_error(c, NULL, "unexpected argument '%s'", a);
+				goto done;
+			}
+		}
+		v = opt_value(c, o, val ? val : "");
+		if (!v)
+			goto done;
+		json_object_set_new(args, o->key, v);
+	}
+	if (c->pos.key && c->pos.required && !json_object_get(args, c->pos.key)) {
+		usage_error(c, NULL, "missing %s", c->pos.metavar);
+		goto done;
+	}
+	for (const struct cli_opt *o = c->opts; o->flag; o++)
+		if (o->required && !json_object_get(args, o->key)) {
+			usage_error(c, NULL, "missing %s %s", o->flag, o->metavar);
+			goto done;
+		}
+	*out = args;
+	args = NULL;
+	ret = CLI_EXIT_OK;
+done:
+	json_decref(args);
+	return ret;
+}
+
+/* ---- shell completion ----
+ * `fastgate-cli --complete WORD...` prints the candidates for the word after WORDs, one a
+ * line. Values the daemon knows are requested with a directive the script resolves:
+ * @file (a path), @route, @routes (comma list), @key (a key id). */
+
+static void complete_cmd(const struct cli_cmd *c, int n, char **w)
+{
+	bool pos_given = false;
+
+	for (int i = 0; i < n; i++) {
+		const struct cli_opt *o;
+
+		if (strcmp(w[i], "--socket") == 0) {
+			i++;
+			continue;
+		}
+		if (w[i][0] != '-') {
+			pos_given = true;
+			continue;
+		}
+		o = find_opt(c, w[i], strlen(w[i]));
+		if (o && o->metavar) {
+			if (i + 1 == n) {
+				if (o->complete == CLI_COMPLETE_ROUTES)
+					puts("@routes");
+				return;
+			}
+			i++;
+		}
+	}
+	if (n > 0 && strcmp(w[n - 1], "--socket") == 0) {
+		puts("@file");
+		return;
+	}
+	if (c->pos.key && !pos_given)
+		puts(c->pos.complete == CLI_COMPLETE_KEY ? "@key" : "@route");
+	for (const struct cli_opt *o = c->opts; o->flag; o++)
+		puts(o->flag);
+	puts("--json");
+	puts("--help");
+}
+
+static void complete(int n, char **w)
+{
+	int i = 0;
+
+	while (i < n && w[i][0] == '-') {
+		if (strcmp(w[i], "--socket") == 0 && ++i >= n) {
+			puts("@file");
+			return;
+		}
+		i++;
+	}
+	if (i >= n) {
+		for (size_t k = 0; k < cli_nnouns; k++)
+			puts(cli_nouns[k].name);
+		for (size_t k = 0; k < cli_ncommands; k++)
+			if (!cli_commands[k].verb)
+				puts(cli_commands[k].noun);
+		puts("--socket");
+		puts("--json");
+		puts("--help");
+		puts("--version");
+		return;
+	}
+	if (find_cmd(w[i], NULL)) {
+		complete_cmd(find_cmd(w[i], NULL), n - i - 1, w + i + 1);
+		return;
+	}
+	if (!find_noun(w[i]))
+		return;
+	if (i + 1 >= n) {
+		for (size_t k = 0; k < cli_ncommands; k++)
+			if (cli_commands[k].verb && strcmp(cli_commands[k].noun, w[i]) == 0)
+				puts(cli_commands[k].verb);
+		return;
+	}
+	if (find_cmd(w[i], w[i + 1]))
+		complete_cmd(find_cmd(w[i], w[i + 1]), n - i - 2, w + i + 2);
+}
+
+/* ---- running a command ---- */
+
+static int run(const struct cli_cmd *c, const json_t *args, const struct globals *g)
+{
+	struct cli_conn conn;
+	struct ctl_reply rp = { 0 };
+	int ret;
+
+	ret = cli_connect(&conn, g->socket);
+	if (ret != CLI_EXIT_OK)
+		goto done;
+	ret = cli_call(&conn, c->ctl, args, &rp);
+	if (ret != CLI_EXIT_OK)
+		goto done;
+	switch (rp.kind) {
+	case CTL_REPLY_RESULT:
+		if (g->json) {
+			json_dumpf(rp.result, stdout, JSON_COMPACT | JSON_ENCODE_ANY);
+			fputc('\n', stdout);
+		} else {
+			c->print(rp.result);
+		}
+		ret = CLI_EXIT_OK;
+		break;
+	case CTL_REPLY_ERROR:
+		cli_print_error(c, rp.error, rp.message);
+		ret = CLI_EXIT_REFUSED;
+		break;
+	default:
+		cli_err("unexpected streamed reply from fastgated to '%s'", c->ctl);
+		ret = CLI_EXIT_UNREACHABLE;
+	}
+done:
+	ctl_reply_clear(&rp);
+	cli_close(&conn);
+	if (ret == CLI_EXIT_OK && fflush(stdout) != 0) {
+		cli_err("writing output: %s", strerror(errno));
+		ret = CLI_EXIT_REFUSED;
+	}
+	return ret;
+}
+
+int main(int argc, char **argv)
+{
+	struct globals g = { NULL, false };
+	const struct cli_cmd *c;
+	const struct cli_noun *noun;
+	json_t *args = NULL;
+	const char *env = getenv("FASTGATE_SOCKET");
+	int i = 1, r, ret;
+
+	g.socket = env && *env ? env : DEFAULT_SOCKET;
+	for (; i < argc && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "--") == 0) {
+			i++;
+			break;
+		}
+		if (is_help(argv[i])) {
+			global_help(stdout);
+			return CLI_EXIT_OK;
+		}
+		if (strcmp(argv[i], "--version") == 0) {
+			printf("fastgate-cli %s (control protocol %d)\n", FG_VERSION, CTL_PROTOCOL_VERSION);
+			return CLI_EXIT_OK;
+		}
+		if (strcmp(argv[i], "--complete") == 0) {
+			complete(argc - i - 1, argv + i + 1);
+			return CLI_EXIT_OK;
+		}
+		r = global_option(argc, argv, &i, &g, NULL, NULL);
+		if (r < 0)
+			return CLI_EXIT_USAGE;
+		if (r == 0)
+			return usage_error(NULL, NULL, "unknown option '%s'", argv[i]);
+	}
+	if (i >= argc)
+		return usage_error(NULL, NULL, "missing command");
+
+	if (strcmp(argv[i], "help") == 0) {
+		/* "help [NOUN [VERB]]" is --help spelled as a command. */
+		if (i + 1 >= argc) {
+			global_help(stdout);
+			return CLI_EXIT_OK;
+		}
+		if ((c = find_cmd(argv[i + 1], i + 2 < argc ? argv[i + 2] : NULL)) != NULL) {
+			cmd_help(stdout, c);
+			return CLI_EXIT_OK;
+		}
+		if ((noun = find_noun(argv[i + 1])) != NULL && i + 2 >= argc) {
+			noun_help(stdout, noun);
+			return CLI_EXIT_OK;
+		}
+		return usage_error(NULL, NULL, "no help for '%s%s%s'", argv[i + 1],
+		                   i + 2 < argc ? " " : "", i + 2 < argc ? argv[i + 2] : "");
+	}
+
+	c = find_cmd(argv[i], NULL);
+	if (c) {
+		i++;
+	} else if ((noun = find_noun(argv[i])) != NULL) {
+		for (i++; i < argc; i++) {
+			if (is_help(argv[i])) {
+				noun_help(stdout, noun);
+				return CLI_EXIT_OK;
+			}
+			r = global_option(argc, argv, &i, &g, NULL, noun->name);
+			if (r < 0)
+				return CLI_EXIT_USAGE;
+			if (r == 0)
+				break;
+		}
+		if (i >= argc)
+			return usage_error(NULL, noun->name, "'%s' needs a command", noun->name);
+		c = find_cmd(noun->name, argv[i]);
+		if (!c)
+			return usage_error(NULL, noun->name, "unknown command '%s %s'", noun->name,
+			                   argv[i]);
+		i++;
+	} else {
+		return usage_error(NULL, NULL, "unknown command '%s'", argv[i]);
+	}
+
+	r = parse_cmd_args(c, argc, argv, i, &g, &args);
+	if (r < 0)
+		return CLI_EXIT_OK;
+	if (r != CLI_EXIT_OK)
+		return r;
+	ret = run(c, args, &g);
+	json_decref(args);
+	return ret;
+}

@@ -1,0 +1,1357 @@
+/* Control socket server: accepts fastgate-cli connections on the gateway's event loop,
+ * frames requests with ctlproto, dispatches them through the command table below and
+ * writes the replies back in order.
+ *
+ * Ownership: struct control owns its clients; a client owns its bufferevent, its input
+ * buffer and at most one call in progress (a stream). Everything runs on the loop thread. */
+#include <errno.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "control.h"
+#include "ctlproto.h"
+#include "errlist.h"
+#include "gateway.h"
+#include "keys.h"
+#include "log.h"
+#include "routes.h"
+
+struct ctl_command;
+
+struct ctl_client {
+	struct control *ctl;
+	struct bufferevent *bev;
+	struct ctl_linebuf in;
+	struct event *resume_ev;   /* re-runs client_pump after a stream ends outside a callback */
+	struct ctl_call *active;   /* stream in progress; later requests wait for it */
+	unsigned long serial;      /* connection number, for debug logs */
+	uid_t uid;
+	pid_t pid;
+	bool have_cred;
+	bool eof;                  /* the peer will send nothing more */
+	bool closing;              /* close once the output is written */
+	bool throttled;            /* stopped reading until the peer reads its replies */
+	struct ctl_client *prev, *next;
+};
+
+struct ctl_call {
+	struct ctl_client *client;
+	const struct ctl_command *cmd;
+	bool has_id;
+	json_int_t id;
+	bool in_handler;           /* the dispatcher frees it when the handler returns */
+	bool answered;
+	bool streaming;
+	const char *err_code;      /* for the state-change log line */
+	char err_msg[160];
+	char detail[256];          /* what a state change touched; never a secret */
+	ctl_stream_cb cancel, drain;
+	void *arg;
+};
+
+struct control {
+	struct gateway *gw;
+	char *path;
+	dev_t dev;
+	ino_t ino;
+	struct evconnlistener *listener;
+	struct event *retry_ev;    /* re-enables accepting after an accept error (EMFILE) */
+	struct ctl_client *clients;
+	int nclients;
+	unsigned long serial;
+};
+
+typedef void (*ctl_handler_fn)(struct ctl_call *call, json_t *args);
+
+struct ctl_command {
+	const char *name;
+	const char *args;          /* argument usage, shown by "help" */
+	const char *help;
+	bool changes_state;        /* logged at info with the caller's uid */
+	ctl_handler_fn fn;
+};
+
+static const struct ctl_command *find_command(const char *name);
+static void client_pump(struct ctl_client *c);
+
+/* ---- small helpers ---- */
+
+static char *xstrdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xstrdup_printf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	return s;
+}
+
+static void call_detail(struct ctl_call *call, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void call_detail(struct ctl_call *call, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(call->detail, sizeof(call->detail), fmt, ap);
+	va_end(ap);
+	/* It goes into a log line; a name from the client must not be able to forge another. */
+	for (char *p = call->detail; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+}
+
+static size_t output_len(const struct ctl_client *c)
+{
+	return evbuffer_get_length(bufferevent_get_output(c->bev));
+}
+
+/* Queue one encoded line (taking ownership). A line that could not be built means we are
+ * out of memory: close rather than leave the peer waiting for a reply that never comes. */
+static void client_send(struct ctl_client *c, char *line)
+{
+	if (!line || bufferevent_write(c->bev, line, strlen(line)) < 0) {
+		log_error("control: out of memory writing a reply; closing client %lu", c->serial);
+		c->closing = true;
+	}
+	free(line);
+}
+
+/* ---- client lifetime ---- */
+
+static void client_free(struct ctl_client *c)
+{
+	struct control *ctl = c->ctl;
+
+	if (c->active) {
+		struct ctl_call *call = c->active;
+
+		c->active = NULL;
+		if (call->cancel)
+			call->cancel(call, call->arg);
+		free(call);
+	}
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		ctl->clients = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	ctl->nclients--;
+	log_debug("control: client %lu disconnected", c->serial);
+	ctl_linebuf_free(&c->in);
+	event_free(c->resume_ev);
+	bufferevent_free(c->bev);
+	free(c);
+}
+
+/* Free the client if it has nothing left to do. Callers must not touch c afterwards. */
+static void client_maybe_free(struct ctl_client *c)
+{
+	if (c->closing && !c->active && output_len(c) == 0)
+		client_free(c);
+}
+
+/* After a fatal input error or EOF there is nothing more worth reading. Otherwise reading
+ * stays on even during a stream or while replies pile up, so a hang-up is noticed at once;
+ * the read high-water mark bounds what can queue behind a running stream. */
+static void client_update_reading(struct ctl_client *c)
+{
+	if (c->eof || c->closing)
+		bufferevent_disable(c->bev, EV_READ);
+}
+
+/* Move bytes from the socket's input buffer into the line assembler: one chunk, only when
+ * no complete line is held, so memory stays bounded by the longest accepted line. */
+static bool client_fill(struct ctl_client *c)
+{
+	struct evbuffer *input = bufferevent_get_input(c->bev);
+	char chunk[16384];
+	int n;
+
+	if (evbuffer_get_length(input) == 0)
+		return false;
+	n = evbuffer_remove(input, chunk, sizeof(chunk));
+	if (n <= 0)
+		return false;
+	if (ctl_linebuf_append(&c->in, chunk, (size_t)n) < 0) {
+		log_error("control: out of memory reading from client %lu", c->serial);
+		c->closing = true;
+		return false;
+	}
+	return true;
+}
+
+/* ---- replies ---- */
+
+struct gateway *ctl_call_gateway(const struct ctl_call *call)
+{
+	return call->client->ctl->gw;
+}
+
+void ctl_reply_ok(struct ctl_call *call, json_t *result)
+{
+	if (call->answered || call->streaming) {
+		log_error("control: %s answered twice", call->cmd->name);
+		json_decref(result);
+		return;
+	}
+	call->answered = true;
+	client_send(call->client, ctl_encode_result(call->has_id, call->id, result));
+	json_decref(result);
+}
+
+static void reply_error_str(struct ctl_call *call, const char *code, json_t *extra, const char *msg)
+{
+	if (call->answered || call->streaming) {
+		log_error("control: %s answered twice", call->cmd->name);
+		json_decref(extra);
+		return;
+	}
+	call->answered = true;
+	call->err_code = code;
+	/* The log line keeps to one line: a multi-line message (reload) is cut at its first. */
+	snprintf(call->err_msg, sizeof(call->err_msg), "%.*s%s", (int)strcspn(msg, "\n"), msg,
+	         strchr(msg, '\n') ? " ..." : "");
+	for (char *p = call->err_msg; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+	client_send(call->client, ctl_encode_error(call->has_id, call->id, code, msg, extra));
+	json_decref(extra);
+}
+
+void ctl_reply_error(struct ctl_call *call, const char *code, json_t *extra, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		msg = NULL;
+	va_end(ap);
+	reply_error_str(call, code, extra, msg ? msg : code);
+	free(msg);
+}
+
+/* ---- streams ---- */
+
+void ctl_stream_begin(struct ctl_call *call, ctl_stream_cb cancel, ctl_stream_cb drain, void *arg)
+{
+	call->streaming = true;
+	call->cancel = cancel;
+	call->drain = drain;
+	call->arg = arg;
+	call->client->active = call;
+}
+
+int ctl_stream_event(struct ctl_call *call, json_t *event)
+{
+	char *line = ctl_encode_event(call->id, event);
+	int ret = -1;
+
+	json_decref(event);
+	if (line && bufferevent_write(call->client->bev, line, strlen(line)) == 0)
+		ret = 0;
+	free(line);
+	return ret;
+}
+
+size_t ctl_stream_backlog(const struct ctl_call *call)
+{
+	return output_len(call->client);
+}
+
+/* The stream is over: free the call and let the client's queued requests run. Inside the
+ * handler the dispatcher does both once the handler returns. */
+static void stream_finish(struct ctl_call *call)
+{
+	struct ctl_client *c = call->client;
+
+	call->answered = true;
+	c->active = NULL;
+	if (call->in_handler)
+		return;
+	free(call);
+	event_active(c->resume_ev, EV_TIMEOUT, 0);
+}
+
+void ctl_stream_end(struct ctl_call *call)
+{
+	client_send(call->client, ctl_encode_end(call->id));
+	stream_finish(call);
+}
+
+void ctl_stream_fail(struct ctl_call *call, const char *code, const char *message)
+{
+	call->err_code = code;
+	client_send(call->client, ctl_encode_error(true, call->id, code, message, NULL));
+	stream_finish(call);
+}
+
+/* ---- dispatch ---- */
+
+static void log_state_change(const struct ctl_call *call)
+{
+	const struct ctl_client *c = call->client;
+	char who[64];
+
+	if (c->have_cred)
+		snprintf(who, sizeof(who), "uid %u pid %d", (unsigned)c->uid, (int)c->pid);
+	else
+		snprintf(who, sizeof(who), "uid ?");
+	if (call->err_code)
+		log_info("control: %s: %s%s%s: failed (%s: %s)", who, call->cmd->name,
+		         call->detail[0] ? " " : "", call->detail, call->err_code, call->err_msg);
+	else
+		log_info("control: %s: %s%s%s", who, call->cmd->name,
+		         call->detail[0] ? " " : "", call->detail);
+}
+
+static bool blank(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+			return false;
+	return true;
+}
+
+static void handle_line(struct ctl_client *c, const char *line, size_t len)
+{
+	struct ctl_request rq;
+	struct ctl_error err;
+	const struct ctl_command *cmd;
+	struct ctl_call *call;
+
+	if (blank(line, len))
+		return;
+	if (ctl_parse_request(line, len, &rq, &err) < 0) {
+		client_send(c, ctl_encode_error(rq.has_id, rq.id, err.code, err.message, NULL));
+		goto done;
+	}
+	cmd = find_command(rq.cmd);
+	if (!cmd) {
+		char *msg = xstrdup_printf("unknown command '%.100s' (the \"help\" command lists them)",
+		                           rq.cmd);
+
+		client_send(c, ctl_encode_error(true, rq.id, CTL_E_UNKNOWN_COMMAND,
+		                                msg ? msg : rq.cmd, NULL));
+		free(msg);
+		goto done;
+	}
+	call = calloc(1, sizeof(*call));
+	if (!call) {
+		client_send(c, ctl_encode_error(true, rq.id, CTL_E_INTERNAL, "out of memory", NULL));
+		goto done;
+	}
+	call->client = c;
+	call->cmd = cmd;
+	call->has_id = true;
+	call->id = rq.id;
+	call->in_handler = true;
+	cmd->fn(call, rq.args);
+	call->in_handler = false;
+	if (!call->answered && !call->streaming) {
+		log_error("control: handler for %s returned without answering", cmd->name);
+		reply_error_str(call, CTL_E_INTERNAL, NULL, "the command produced no answer");
+	}
+	if (cmd->changes_state)
+		log_state_change(call);
+	if (c->active != call)
+		free(call);
+done:
+	ctl_request_clear(&rq);
+}
+
+/* Answer every complete request we hold, in order, unless a stream is running or the
+ * peer is not reading its replies. May free the client: callers must not touch c after. */
+static void client_pump(struct ctl_client *c)
+{
+	char *line;
+	size_t len;
+
+	while (!c->active && !c->closing) {
+		enum ctl_line_status st;
+
+		if (output_len(c) > CTL_STREAM_HIGH_WATER) {
+			c->throttled = true;
+			break;
+		}
+		c->throttled = false;
+		st = ctl_linebuf_next(&c->in, &line, &len);
+		if (st == CTL_LINE_NONE && client_fill(c))
+			continue;
+		if (st == CTL_LINE_NONE && c->eof)
+			st = ctl_linebuf_take_rest(&c->in, &line, &len);
+		if (st == CTL_LINE_NONE) {
+			if (c->eof)
+				c->closing = true;
+			break;
+		}
+		if (st == CTL_LINE_TOO_LONG) {
+			char msg[96];
+
+			snprintf(msg, sizeof(msg), "request line longer than %d bytes; closing",
+			         CTL_LINE_MAX);
+			client_send(c, ctl_encode_error(false, 0, CTL_E_LINE_TOO_LONG, msg, NULL));
+			log_warn("control: client %lu sent a line over %d bytes; closed", c->serial,
+			         CTL_LINE_MAX);
+			ctl_linebuf_free(&c->in);
+			evbuffer_drain(bufferevent_get_input(c->bev),
+			               evbuffer_get_length(bufferevent_get_input(c->bev)));
+			c->closing = true;
+			break;
+		}
+		handle_line(c, line, len);
+	}
+	client_update_reading(c);
+	client_maybe_free(c);
+}
+
+/* ---- bufferevent callbacks ---- */
+
+static void read_cb(struct bufferevent *bev, void *arg)
+{
+	(void)bev;
+	client_pump(arg);
+}
+
+static void write_cb(struct bufferevent *bev, void *arg)
+{
+	struct ctl_client *c = arg;
+
+	(void)bev;
+	if (c->active && c->active->drain && output_len(c) <= CTL_STREAM_LOW_WATER)
+		c->active->drain(c->active, c->active->arg);
+	if (c->throttled && output_len(c) <= CTL_STREAM_LOW_WATER) {
+		client_pump(c);
+		return;
+	}
+	client_maybe_free(c);
+}
+
+static void event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct ctl_client *c = arg;
+
+	(void)bev;
+	if (what & BEV_EVENT_ERROR) {
+		log_debug("control: client %lu: %s", c->serial, strerror(EVUTIL_SOCKET_ERROR()));
+		client_free(c);
+		return;
+	}
+	if (what & BEV_EVENT_EOF) {
+		c->eof = true;
+		/* A peer that hangs up during a stream (Ctrl-C on `logs tail -f`) is gone. */
+		if (c->active) {
+			client_free(c);
+			return;
+		}
+		client_pump(c);
+	}
+}
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	client_pump(arg);
+}
+
+/* ---- accepting ---- */
+
+static void reject_busy(int fd)
+{
+	char *line = ctl_encode_error(false, 0, CTL_E_BUSY,
+	                              "too many control clients connected; try again", NULL);
+
+	if (line && send(fd, line, strlen(line), MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		log_debug("control: could not tell a rejected client why: %s", strerror(errno));
+	free(line);
+	close(fd);
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
+{
+	struct control *ctl = arg;
+	struct ctl_client *c;
+	struct ucred cred;
+	socklen_t credlen = sizeof(cred);
+
+	(void)l;
+	(void)sa;
+	(void)socklen;
+	if (ctl->nclients >= CTL_MAX_CLIENTS) {
+		log_warn("control: %d clients connected; refusing another", ctl->nclients);
+		reject_busy(fd);
+		return;
+	}
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		goto fail;
+	c->ctl = ctl;
+	c->serial = ++ctl->serial;
+	ctl_linebuf_init(&c->in, CTL_LINE_MAX);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &credlen) == 0) {
+		c->uid = cred.uid;
+		c->pid = cred.pid;
+		c->have_cred = true;
+	}
+	c->bev = bufferevent_socket_new(ctl->gw->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (!c->bev)
+		goto fail;
+	fd = -1;
+	c->resume_ev = event_new(ctl->gw->base, -1, 0, resume_cb, c);
+	if (!c->resume_ev)
+		goto fail;
+	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+	bufferevent_setwatermark(c->bev, EV_WRITE, CTL_STREAM_LOW_WATER, 0);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, CTL_LINE_MAX + 1);
+	if (bufferevent_enable(c->bev, EV_READ | EV_WRITE) < 0)
+		goto fail;
+
+	c->next = ctl->clients;
+	if (c->next)
+		c->next->prev = c;
+	ctl->clients = c;
+	ctl->nclients++;
+	log_debug("control: client %lu connected (uid %u pid %d)", c->serial, (unsigned)c->uid,
+	          (int)c->pid);
+	client_send(c, ctl_encode_greeting(FG_VERSION));
+	return;
+fail:
+	log_error("control: out of memory accepting a client");
+	if (c) {
+		if (c->resume_ev)
+			event_free(c->resume_ev);
+		if (c->bev)
+			bufferevent_free(c->bev);
+		free(c);
+	}
+	if (fd >= 0)
+		close(fd);
+}
+
+static void retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct control *ctl = arg;
+
+	(void)fd;
+	(void)what;
+	evconnlistener_enable(ctl->listener);
+}
+
+/* accept() failed (out of descriptors, most likely). Retrying at once would spin on the
+ * same pending connection, so pause accepting for a second. */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+	struct control *ctl = arg;
+	struct timeval tv = { 1, 0 };
+
+	log_warn("control: accept on %s failed: %s; pausing for 1 s", ctl->path,
+	         strerror(EVUTIL_SOCKET_ERROR()));
+	evconnlistener_disable(l);
+	evtimer_add(ctl->retry_ev, &tv);
+}
+
+/* ---- socket setup ---- */
+
+/* An existing file at path: remove it if it is a socket nobody listens on. */
+static int clear_stale_socket(const char *path, char **err)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd, r, e;
+
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		*err = xstrdup_printf("cannot inspect control socket %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (!S_ISSOCK(st.st_mode)) {
+		*err = xstrdup_printf("control socket path %s exists and is not a socket; remove it "
+		                      "or choose another --control path", path);
+		return -1;
+	}
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*err = xstrdup_printf("cannot create a socket: %s", strerror(errno));
+		return -1;
+	}
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	r = connect(fd, (struct sockaddr *)&sun, sizeof(sun));
+	e = errno;
+	close(fd);
+	if (r == 0 || e == EAGAIN || e == EINPROGRESS) {
+		*err = xstrdup_printf("another fastgated is already listening on %s; stop it, or "
+		                      "choose another --control path", path);
+		return -1;
+	}
+	if (e != ECONNREFUSED) {
+		*err = xstrdup_printf("cannot check whether %s is in use: %s", path, strerror(e));
+		return -1;
+	}
+	if (unlink(path) < 0 && errno != ENOENT) {
+		*err = xstrdup_printf("cannot remove stale control socket %s: %s", path,
+		                      strerror(errno));
+		return -1;
+	}
+	log_info("control: removed stale socket %s", path);
+	return 0;
+}
+
+static int lookup_group(const char *group, gid_t *gid, char **err)
+{
+	struct group gr, *res = NULL;
+	char buf[16384];
+	int r;
+
+	r = getgrnam_r(group, &gr, buf, sizeof(buf), &res);
+	if (r != 0 || !res) {
+		*err = r ? xstrdup_printf("cannot look up control group '%s': %s", group, strerror(r))
+		         : xstrdup_printf("control group '%s' does not exist", group);
+		return -1;
+	}
+	*gid = res->gr_gid;
+	return 0;
+}
+
+/* Create, bind and listen; returns the listening fd or -1 with *err. */
+static int bind_socket(const char *path, const char *group, struct stat *st_out, char **err)
+{
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	size_t plen = strlen(path);
+	gid_t gid = 0;
+	mode_t old_mask;
+	int fd = -1, r;
+	bool bound = false;
+
+	if (plen == 0 || plen >= sizeof(sun.sun_path)) {
+		*err = xstrdup_printf("control socket path '%s' must be 1 to %zu bytes long", path,
+		                      sizeof(sun.sun_path) - 1);
+		return -1;
+	}
+	if (group && lookup_group(group, &gid, err) < 0)
+		return -1;
+	if (clear_stale_socket(path, err) < 0)
+		return -1;
+	memcpy(sun.sun_path, path, plen + 1);
+
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*err = xstrdup_printf("cannot create the control socket: %s", strerror(errno));
+		goto fail;
+	}
+	/* The socket file must never exist with wider permissions, not even for an instant. */
+	old_mask = umask(0177);
+	r = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+	umask(old_mask);
+	if (r < 0) {
+		*err = xstrdup_printf("cannot bind control socket %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	bound = true;
+	if (group) {
+		if (chown(path, (uid_t)-1, gid) < 0) {
+			*err = xstrdup_printf("cannot give control socket %s to group '%s': %s (the "
+			                      "daemon's user must be a member of it)", path, group,
+			                      strerror(errno));
+			goto fail;
+		}
+		if (chmod(path, 0660) < 0) {
+			*err = xstrdup_printf("cannot chmod control socket %s: %s", path,
+			                      strerror(errno));
+			goto fail;
+		}
+	}
+	if (listen(fd, 16) < 0) {
+		*err = xstrdup_printf("cannot listen on control socket %s: %s", path, strerror(errno));
+		goto fail;
+	}
+	if (stat(path, st_out) < 0)
+		memset(st_out, 0, sizeof(*st_out));
+	return fd;
+fail:
+	if (bound)
+		unlink(path);
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+struct control *control_start(struct gateway *gw, const char *path, const char *group, char **err)
+{
+	struct control *ctl;
+	struct stat st;
+	int fd;
+
+	*err = NULL;
+	/* Writing to a client that hung up must be an error return, not a fatal signal. */
+	signal(SIGPIPE, SIG_IGN);
+
+	ctl = calloc(1, sizeof(*ctl));
+	if (!ctl || !(ctl->path = strdup(path))) {
+		*err = xstrdup_printf("out of memory");
+		goto fail;
+	}
+	ctl->gw = gw;
+	fd = bind_socket(path, group, &st, err);
+	if (fd < 0)
+		goto fail;
+	ctl->dev = st.st_dev;
+	ctl->ino = st.st_ino;
+	ctl->listener = evconnlistener_new(gw->base, accept_cb, ctl,
+	                                   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+	if (!ctl->listener) {
+		close(fd);
+		unlink(path);
+		*err = xstrdup_printf("cannot watch control socket %s", path);
+		goto fail;
+	}
+	evconnlistener_set_error_cb(ctl->listener, accept_error_cb);
+	ctl->retry_ev = evtimer_new(gw->base, retry_cb, ctl);
+	if (!ctl->retry_ev) {
+		*err = xstrdup_printf("out of memory");
+		control_stop(ctl);
+		return NULL;
+	}
+	log_info("control: listening on %s (mode %s%s)", path, group ? "0660, group " : "0600",
+	         group ? group : "");
+	return ctl;
+fail:
+	if (!*err)
+		*err = xstrdup_printf("cannot start the control socket");
+	if (ctl)
+		free(ctl->path);
+	free(ctl);
+	return NULL;
+}
+
+void control_stop(struct control *c)
+{
+	struct stat st;
+
+	if (!c)
+		return;
+	while (c->clients)
+		client_free(c->clients);
+	if (c->listener)
+		evconnlistener_free(c->listener);
+	if (c->retry_ev)
+		event_free(c->retry_ev);
+	/* Only unlink what we created: another daemon may have taken the path over since. */
+	if (stat(c->path, &st) == 0 && st.st_dev == c->dev && st.st_ino == c->ino)
+		unlink(c->path);
+	free(c->path);
+	free(c);
+}
+
+/* ---- argument helpers: each replies bad_args and returns false on a bad value ---- */
+
+/* Reject members not named in `allowed` (NULL-terminated): a typo must not be ignored. */
+static bool args_only(struct ctl_call *call, json_t *args, const char *const *allowed)
+{
+	const char *key;
+	json_t *v;
+
+	json_object_foreach(args, key, v) {
+		size_t i;
+
+		for (i = 0; allowed[i]; i++)
+			if (strcmp(allowed[i], key) == 0)
+				break;
+		if (!allowed[i]) {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "unknown argument '%.64s' for %s",
+			                key, call->cmd->name);
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool arg_string(struct ctl_call *call, json_t *args, const char *key, bool required,
+                       const char **out)
+{
+	json_t *v = json_object_get(args, key);
+
+	if (!v || json_is_null(v)) {
+		if (required) {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "missing argument '%s'", key);
+			return false;
+		}
+		*out = NULL;
+		return true;
+	}
+	if (!json_is_string(v) || json_string_length(v) == 0) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'%s' must be a non-empty string", key);
+		return false;
+	}
+	*out = json_string_value(v);
+	return true;
+}
+
+/* Absent or null leaves *out as it was (the caller's default). */
+static bool arg_int(struct ctl_call *call, json_t *args, const char *key, bool required,
+                    json_int_t min, json_int_t max, json_int_t *out)
+{
+	json_t *v = json_object_get(args, key);
+
+	if (!v || json_is_null(v)) {
+		if (required) {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "missing argument '%s'", key);
+			return false;
+		}
+		return true;
+	}
+	if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
+		                "'%s' must be an integer from %" JSON_INTEGER_FORMAT " to %"
+		                JSON_INTEGER_FORMAT, key, min, max);
+		return false;
+	}
+	*out = json_integer_value(v);
+	return true;
+}
+
+static bool arg_bool(struct ctl_call *call, json_t *args, const char *key, bool *out)
+{
+	json_t *v = json_object_get(args, key);
+
+	if (!v || json_is_null(v))
+		return true;
+	if (!json_is_boolean(v)) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'%s' must be true or false", key);
+		return false;
+	}
+	*out = json_is_true(v);
+	return true;
+}
+
+/* ---- JSON views of keys and routes ---- */
+
+static json_t *time_or_null(int64_t t)
+{
+	return t ? json_integer(t) : json_null();
+}
+
+static json_t *string_or_null(const char *s)
+{
+	return s ? json_string(s) : json_null();
+}
+
+static json_t *string_array(char *const *v, size_t n)
+{
+	json_t *a = json_array();
+
+	for (size_t i = 0; a && i < n; i++)
+		json_array_append_new(a, json_string(v[i]));
+	return a;
+}
+
+static const char *key_status(const struct key *k, int64_t now)
+{
+	if (k->revoked)
+		return "revoked";
+	if (k->expires && k->expires <= now)
+		return "expired";
+	return "active";
+}
+
+/* Everything about a key except its secret, which the store does not even hold. */
+static json_t *key_json(const struct key *k, int64_t now)
+{
+	return json_pack("{s:I, s:s, s:s, s:I, s:o, s:o, s:o, s:o, s:i, s:s}",
+	                 "id", (json_int_t)k->id,
+	                 "name", k->name ? k->name : "",
+	                 "display", k->display,
+	                 "created", (json_int_t)k->created,
+	                 "expires", time_or_null(k->expires),
+	                 "revoked", time_or_null(k->revoked),
+	                 "last_used", time_or_null(k->last_used),
+	                 "routes", string_array(k->routes, k->n_routes),
+	                 "rpm", k->rpm,
+	                 "status", key_status(k, now));
+}
+
+static json_t *route_summary_json(const struct route *r)
+{
+	return json_pack("{s:s, s:i, s:b, s:b, s:s, s:i, s:o, s:o, s:o, s:o}",
+	                 "name", r->name,
+	                 "priority", r->priority,
+	                 "enabled", r->enabled,
+	                 "enabled_in_file", r->enabled_in_file,
+	                 "file", r->file ? r->file : "",
+	                 "line", r->line,
+	                 "path", string_or_null(r->match_path),
+	                 "methods", string_array(r->methods, r->n_methods),
+	                 "upstream", string_or_null(r->upstream_host),
+	                 "unavailable", string_or_null(r->unavailable));
+}
+
+/* Header values may carry credentials the route file reads from the environment. */
+static bool header_is_sensitive(const char *name)
+{
+	static const char *const words[] = { "authorization", "key", "token", "secret",
+	                                     "cookie", "password", "auth", NULL };
+
+	for (size_t i = 0; words[i]; i++)
+		if (strcasestr(name, words[i]))
+			return true;
+	return false;
+}
+
+static json_t *route_detail_json(const struct route *r)
+{
+	json_t *o = route_summary_json(r);
+	json_t *hdrs = json_object();
+
+	if (!o || !hdrs)
+		goto fail;
+	for (size_t i = 0; i < r->n_add_headers; i++) {
+		const struct route_kv *kv = &r->add_headers[i];
+
+		json_object_set_new(hdrs, kv->name,
+		                    json_string(header_is_sensitive(kv->name) ? "(hidden)" : kv->value));
+	}
+	if (json_object_update_missing_new(o, json_pack(
+	        "{s:o, s:s, s:o, s:o, s:b, s:o, s:o, s:i, s:i, s:o, s:O, s:o}",
+	        "body", r->match_body ? json_incref(r->match_body) : json_null(),
+	        "upstream_url", r->upstream_url ? r->upstream_url : "",
+	        "upstream_path", string_or_null(r->upstream_path),
+	        "strip_prefix", string_or_null(r->strip_prefix),
+	        "api_key_set", r->api_key != NULL,
+	        "api_key_file", string_or_null(r->api_key_file),
+	        "strip_headers", string_array(r->strip_headers, r->n_strip_headers),
+	        "timeout", r->timeout,
+	        "idle_timeout", r->idle_timeout,
+	        "add_body_fields", r->add_body_fields ? json_incref(r->add_body_fields) : json_null(),
+	        "add_headers", hdrs,
+	        "upstream_host", string_or_null(r->upstream_host))) < 0)
+		goto fail;
+	json_decref(hdrs);
+	return o;
+fail:
+	json_decref(hdrs);
+	json_decref(o);
+	return NULL;
+}
+
+/* ---- handlers ---- */
+
+static bool reply_json(struct ctl_call *call, json_t *result)
+{
+	if (!result) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "out of memory building the reply");
+		return false;
+	}
+	ctl_reply_ok(call, result);
+	return true;
+}
+
+static bool route_name_valid(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+		      *s == '_' || *s == '.' || *s == '-'))
+			return false;
+	return true;
+}
+
+static void h_help(struct ctl_call *call, json_t *args);
+
+static void h_key_create(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "name", "routes", "rpm", "expires_days", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	const char *name;
+	json_int_t rpm = 0, days = 0;
+	json_t *jroutes, *v;
+	char **routes = NULL;
+	size_t n_routes = 0, i;
+	char secret[KEY_SECRET_LEN + 1];
+	char *err = NULL;
+	struct key *k = NULL;
+	int64_t now = time(NULL);
+	json_t *res;
+
+	if (!args_only(call, args, allowed) || !arg_string(call, args, "name", true, &name) ||
+	    !arg_int(call, args, "rpm", false, 0, 1000000, &rpm) ||
+	    !arg_int(call, args, "expires_days", false, 0, 36500, &days))
+		return;
+	call_detail(call, "name=\"%s\"", name);
+	jroutes = json_object_get(args, "routes");
+	if (jroutes && !json_is_null(jroutes)) {
+		if (!json_is_array(jroutes)) {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'routes' must be an array of route names");
+			return;
+		}
+		n_routes = json_array_size(jroutes);
+		routes = calloc(n_routes + 1, sizeof(*routes));
+		if (!routes) {
+			ctl_reply_error(call, CTL_E_INTERNAL, NULL, "out of memory");
+			return;
+		}
+		json_array_foreach(jroutes, i, v) {
+			const char *rn = json_string_value(v);
+
+			if (!rn || !route_name_valid(rn)) {
+				ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
+				                "'routes' must be an array of route names ([A-Za-z0-9_.-]+)");
+				goto done;
+			}
+			/* A typo here would silently lock the key out of everything. */
+			if (!gw->routes || !route_table_find(gw->routes, rn)) {
+				ctl_reply_error(call, CTL_E_NOT_FOUND, NULL,
+				                "no route named '%s' (fastgate-cli route list shows them)", rn);
+				goto done;
+			}
+			routes[i] = (char *)rn;
+		}
+	}
+	if (keystore_create(gw->keys, name, routes, n_routes, (int)rpm,
+	                    days ? now + (int64_t)days * 86400 : 0, secret, &k, &err) < 0) {
+		/* Arguments were checked above except the name, whose rules belong to the key
+		 * store; its complaints about the name are the caller's mistake. */
+		bool bad_name = err && strncmp(err, "key name", 8) == 0;
+
+		ctl_reply_error(call, bad_name ? CTL_E_BAD_ARGS : CTL_E_INTERNAL, NULL,
+		                "cannot create key: %s", err ? err : "key store error");
+		goto done;
+	}
+	call_detail(call, "id=%lld name=\"%s\"", (long long)k->id, name);
+	res = key_json(k, now);
+	if (res)
+		json_object_set_new(res, "key", json_string(secret));
+	reply_json(call, res);
+done:
+	explicit_bzero(secret, sizeof(secret));
+	free(routes);
+	free(err);
+}
+
+static void h_key_list(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "all", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	bool all = false;
+	int64_t now = time(NULL);
+	json_t *a;
+	size_t n;
+
+	if (!args_only(call, args, allowed) || !arg_bool(call, args, "all", &all))
+		return;
+	a = json_array();
+	n = gw->keys ? keystore_count(gw->keys) : 0;
+	for (size_t i = 0; a && i < n; i++) {
+		const struct key *k = keystore_at(gw->keys, i);
+
+		if (k->revoked && !all)
+			continue;
+		if (json_array_append_new(a, key_json(k, now)) < 0) {
+			json_decref(a);
+			a = NULL;
+		}
+	}
+	reply_json(call, a);
+}
+
+/* The key named by args.id, or NULL after replying. */
+static struct key *arg_key(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "id", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	json_int_t id = 0;
+	struct key *k;
+
+	if (!args_only(call, args, allowed) ||
+	    !arg_int(call, args, "id", true, 1, INT64_MAX, &id))
+		return NULL;
+	call_detail(call, "id=%" JSON_INTEGER_FORMAT, id);
+	k = gw->keys ? keystore_get(gw->keys, id) : NULL;
+	if (!k)
+		ctl_reply_error(call, CTL_E_NOT_FOUND, NULL, "no key with id %" JSON_INTEGER_FORMAT
+		                " (fastgate-cli key list --all shows them)", id);
+	return k;
+}
+
+static void h_key_show(struct ctl_call *call, json_t *args)
+{
+	struct key *k = arg_key(call, args);
+
+	if (k)
+		reply_json(call, key_json(k, time(NULL)));
+}
+
+static void h_key_revoke(struct ctl_call *call, json_t *args)
+{
+	struct gateway *gw = ctl_call_gateway(call);
+	struct key *k = arg_key(call, args);
+	int64_t id;
+	char *err = NULL;
+
+	if (!k)
+		return;
+	id = k->id;
+	call_detail(call, "id=%lld name=\"%s\"%s", (long long)id, k->name,
+	            k->revoked ? " (already revoked)" : "");
+	if (keystore_revoke(gw->keys, id, &err) < 0) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot revoke key %lld: %s",
+		                (long long)id, err ? err : "key store error");
+		free(err);
+		return;
+	}
+	/* Look it up again: the store may have replaced the entry. */
+	k = keystore_get(gw->keys, id);
+	if (!k) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "key %lld vanished while revoking it",
+		                (long long)id);
+		return;
+	}
+	reply_json(call, key_json(k, time(NULL)));
+}
+
+static void h_route_list(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	json_t *a;
+
+	if (!args_only(call, args, allowed))
+		return;
+	a = json_array();
+	for (size_t i = 0; a && gw->routes && i < gw->routes->n; i++) {
+		if (json_array_append_new(a, route_summary_json(gw->routes->routes[i])) < 0) {
+			json_decref(a);
+			a = NULL;
+		}
+	}
+	reply_json(call, a);
+}
+
+/* The route named by args.name, or NULL after replying. */
+static struct route *arg_route(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "name", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	const char *name;
+	struct route *r;
+
+	if (!args_only(call, args, allowed) || !arg_string(call, args, "name", true, &name))
+		return NULL;
+	if (!route_name_valid(name)) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
+		                "'name' must be a route name ([A-Za-z0-9_.-]+)");
+		return NULL;
+	}
+	call_detail(call, "%s", name);
+	r = gw->routes ? route_table_find(gw->routes, name) : NULL;
+	if (!r)
+		ctl_reply_error(call, CTL_E_NOT_FOUND, NULL,
+		                "no route named '%s' (fastgate-cli route list shows them)", name);
+	return r;
+}
+
+static void h_route_show(struct ctl_call *call, json_t *args)
+{
+	struct route *r = arg_route(call, args);
+
+	if (r)
+		reply_json(call, route_detail_json(r));
+}
+
+enum route_op { ROUTE_ENABLE, ROUTE_DISABLE, ROUTE_TOGGLE };
+
+static void route_set(struct ctl_call *call, json_t *args, enum route_op op)
+{
+	struct gateway *gw = ctl_call_gateway(call);
+	struct route *r = arg_route(call, args);
+	char *name, *err = NULL;
+	bool was, want;
+	json_t *res;
+
+	if (!r)
+		return;
+	was = r->enabled;
+	want = op == ROUTE_ENABLE ? true : op == ROUTE_DISABLE ? false : !was;
+	name = strdup(r->name);
+	if (!name) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "out of memory");
+		return;
+	}
+	call_detail(call, "%s (%s -> %s)", name, was ? "enabled" : "disabled",
+	            want ? "enabled" : "disabled");
+	if (want && r->unavailable) {
+		ctl_reply_error(call, CTL_E_ROUTE_UNAVAILABLE, NULL,
+		                "route %s cannot be enabled: %s (set it and run fastgate-cli reload)",
+		                name, r->unavailable);
+		goto done;
+	}
+	if (gateway_set_route_enabled(gw, name, want, &err) < 0) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot %s route %s: %s",
+		                want ? "enable" : "disable", name, err ? err : "unknown error");
+		goto done;
+	}
+	r = gw->routes ? route_table_find(gw->routes, name) : NULL;
+	if (!r) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "route %s vanished", name);
+		goto done;
+	}
+	res = route_summary_json(r);
+	if (res)
+		json_object_set_new(res, "changed", json_boolean(was != r->enabled));
+	reply_json(call, res);
+done:
+	free(name);
+	free(err);
+}
+
+static void h_route_enable(struct ctl_call *call, json_t *args) { route_set(call, args, ROUTE_ENABLE); }
+static void h_route_disable(struct ctl_call *call, json_t *args) { route_set(call, args, ROUTE_DISABLE); }
+static void h_route_toggle(struct ctl_call *call, json_t *args) { route_set(call, args, ROUTE_TOGGLE); }
+
+static size_t routes_enabled(const struct route_table *t)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; t && i < t->n; i++)
+		n += t->routes[i]->enabled;
+	return n;
+}
+
+static json_t *errlist_json(const struct errlist *e)
+{
+	json_t *a = json_array();
+
+	for (size_t i = 0; a && i < e->n; i++)
+		json_array_append_new(a, json_string(e->lines[i]));
+	return a;
+}
+
+static void h_reload(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	struct errlist errs = { 0 };
+	json_t *res;
+
+	if (!args_only(call, args, allowed))
+		return;
+	if (gateway_reload_routes(gw, &errs) < 0) {
+		size_t total = 1;
+		char *msg;
+
+		for (size_t i = 0; i < errs.n; i++)
+			total += strlen(errs.lines[i]) + 1;
+		msg = calloc(1, total);
+		for (size_t i = 0; msg && i < errs.n; i++) {
+			if (i)
+				strcat(msg, "\n");
+			strcat(msg, errs.lines[i]);
+		}
+		call_detail(call, "(%zu error%s; old routes keep serving)", errs.n,
+		            errs.n == 1 ? "" : "s");
+		reply_error_str(call, CTL_E_RELOAD_FAILED,
+		                json_pack("{s:o}", "errors", errlist_json(&errs)),
+		                msg && *msg ? msg : "reload failed; the old routes keep serving");
+		free(msg);
+		goto done;
+	}
+	call_detail(call, "(%zu routes, %zu enabled)", gw->routes ? gw->routes->n : 0,
+	            routes_enabled(gw->routes));
+	res = json_pack("{s:I, s:I}", "routes", (json_int_t)(gw->routes ? gw->routes->n : 0),
+	                "routes_enabled", (json_int_t)routes_enabled(gw->routes));
+	if (res && errs.n)
+		json_object_set_new(res, "warnings", errlist_json(&errs));
+	reply_json(call, res);
+done:
+	errlist_clear(&errs);
+}
+
+static void h_status(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	int64_t now = time(NULL);
+	size_t nkeys = 0, active = 0;
+
+	if (!args_only(call, args, allowed))
+		return;
+	if (gw->keys) {
+		nkeys = keystore_count(gw->keys);
+		for (size_t i = 0; i < nkeys; i++)
+			active += key_usable(keystore_at(gw->keys, i), now);
+	}
+	reply_json(call, json_pack("{s:s, s:I, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
+	                           "version", FG_VERSION,
+	                           "pid", (json_int_t)getpid(),
+	                           "uptime_s", (json_int_t)(gw->started ? now - gw->started : 0),
+	                           "listen", gw->listen_addr,
+	                           "routes", (json_int_t)(gw->routes ? gw->routes->n : 0),
+	                           "routes_enabled", (json_int_t)routes_enabled(gw->routes),
+	                           "keys", (json_int_t)nkeys,
+	                           "keys_active", (json_int_t)active,
+	                           "inflight", (json_int_t)gw->stats.inflight,
+	                           "requests", (json_int_t)gw->stats.requests,
+	                           "errors", (json_int_t)gw->stats.errors,
+	                           "stopping", gw->stopping));
+}
+
+/* Every command the daemon answers, declared once: dispatch and "help" both read it. */
+static const struct ctl_command commands[] = {
+	{ "key.create", "{name, routes?: [route...], rpm?: int, expires_days?: int}",
+	  "create a key; the reply holds the secret, shown only this once", true, h_key_create },
+	{ "key.list", "{all?: bool}", "list keys (revoked ones only with all)", false, h_key_list },
+	{ "key.show", "{id: int}", "show one key", false, h_key_show },
+	{ "key.revoke", "{id: int}", "revoke a key; requests with it get 401 at once", true,
+	  h_key_revoke },
+	{ "route.list", "{}", "list routes in match order", false, h_route_list },
+	{ "route.show", "{name}", "show one route (never its upstream key)", false, h_route_show },
+	{ "route.enable", "{name}", "enable a route (persists across restarts)", true,
+	  h_route_enable },
+	{ "route.disable", "{name}", "disable a route (persists across restarts)", true,
+	  h_route_disable },
+	{ "route.toggle", "{name}", "flip a route's enabled state", true, h_route_toggle },
+	{ "reload", "{}", "re-read the route files; on error the old routes keep serving", true,
+	  h_reload },
+	{ "status", "{}", "version, uptime, listen address, route and key counts", false,
+	  h_status },
+	{ "help", "{}", "list the commands", false, h_help },
+};
+
+static const struct ctl_command *find_command(const char *name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(commands[i].name, name) == 0)
+			return &commands[i];
+	return NULL;
+}
+
+static void h_help(struct ctl_call *call, json_t *args)
+{
+	json_t *a = json_array();
+
+	(void)args;
+	for (size_t i = 0; a && i < sizeof(commands) / sizeof(commands[0]); i++)
+		json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "cmd", commands[i].name,
+		                                   "args", commands[i].args, "help", commands[i].help));
+	reply_json(call, a);
+}
