@@ -44,11 +44,15 @@ struct guard {
 	struct event *kick;           /* deferred: resume input after a reply completes */
 	struct event *writable;       /* socket writable again after a short write */
 	struct event *peer_closed;    /* EV_CLOSED while a request is in flight */
+	struct event *flush;          /* deferred: push evhttp's output to the socket */
 	struct evbuffer_cb_entry *drain_cb;
 	bool blocked;                 /* one request handed to evhttp, reply not finished */
 	bool in_request;
 	bool rejected;                /* answered by the guard; now lingering */
 	bool dead;                    /* write failed; discard output */
+	bool in_flush;                /* the output step may write now */
+	void (*gone_fn)(void *);      /* who to tell when the connection goes away */
+	void *gone_arg;
 	LIST_ENTRY(guard) link;
 };
 
@@ -64,6 +68,7 @@ struct http_server {
 };
 
 static void guard_reject(struct guard *g, int status, const char *reason);
+static void conn_closed_cb(struct evhttp_connection *evcon, void *arg);
 
 static struct guard *guard_of(struct http_server *s, struct evhttp_request *req)
 {
@@ -131,13 +136,38 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 		bufferevent_trigger(g->under, EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
 }
 
+/* evhttp adds a reply to the filter's buffer first and enables writing only afterwards,
+ * and enabling does not run the filter. So every addition schedules one pass of the output
+ * step for later in this loop iteration, when writing is enabled. */
+static void output_added_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	struct guard *g = arg;
+
+	if (info->n_added > 0 && evbuffer_get_length(buf) > 0)
+		event_active(g->flush, 0, 0);
+}
+
+static void flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct guard *g = arg;
+	(void)fd; (void)what;
+
+	if (evbuffer_get_length(bufferevent_get_output(g->filter)) > 0) {
+		/* The filter's memory outlives this call even if evhttp frees the connection
+		 * in its write callback: libevent finalizes bufferevents from the loop. */
+		g->in_flush = true;
+		bufferevent_trigger(g->under, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS);
+		g->in_flush = false;
+	}
+}
+
 static void writable_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct guard *g = arg;
 	(void)fd; (void)what;
 
 	/* Runs the filter's output step again, which writes what is left. */
-	bufferevent_trigger(g->under, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS);
+	flush_cb(fd, what, g);
 }
 
 static void peer_closed_cb(evutil_socket_t fd, short what, void *arg)
@@ -151,8 +181,6 @@ static void peer_closed_cb(evutil_socket_t fd, short what, void *arg)
 	log_debug("connection fd %d: client closed during request", g->fd);
 	if (g->evcon)
 		evhttp_connection_free(g->evcon);
-	else
-		guard_close_now(g);
 }
 
 /* Once the rejection is on the wire, half-close so the client reads it and then EOF; the
@@ -269,7 +297,10 @@ guard_in(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
 }
 
 /* Output step: write directly to the socket. What the kernel does not take stays in the
- * filter's buffer, so evhttp's "reply written" callbacks fire only once bytes are out. */
+ * filter's buffer, so evhttp's "reply written" callbacks fire only once bytes are out.
+ * It writes only from flush_cb, never inside the evbuffer_add that queued the bytes:
+ * evhttp sets its "written" callback after adding, so a write that completed inside the
+ * add would fire the previous callback and lose the new one. */
 static enum bufferevent_filter_result
 guard_out(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
           enum bufferevent_flush_mode mode, void *ctx)
@@ -281,6 +312,10 @@ guard_out(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
 	if (g->dead || g->rejected || g->fd < 0) {
 		evbuffer_drain(src, evbuffer_get_length(src));
 		return BEV_OK;
+	}
+	if (!g->in_flush) {
+		event_active(g->flush, 0, 0);
+		return BEV_NEED_MORE;
 	}
 	while (evbuffer_get_length(src) > 0) {
 		int n = evbuffer_write(src, g->fd);
@@ -313,7 +348,9 @@ static void guard_free(void *ctx)
 		evbuffer_remove_cb_entry(bufferevent_get_output(g->under), g->drain_cb);
 	event_free(g->deadline);
 	event_free(g->kick);
-	event_free(g->writable);
+	event_free(g->flush);
+	if (g->writable)
+		event_free(g->writable);
 	if (g->peer_closed)
 		event_free(g->peer_closed);
 	LIST_REMOVE(g, link);
@@ -334,7 +371,8 @@ static struct bufferevent *guard_new(struct event_base *base, void *arg)
 	g->under = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
 	g->deadline = evtimer_new(base, deadline_cb, g);
 	g->kick = event_new(base, -1, 0, kick_cb, g);
-	if (!g->under || !g->deadline || !g->kick)
+	g->flush = event_new(base, -1, 0, flush_cb, g);
+	if (!g->under || !g->deadline || !g->kick || !g->flush)
 		goto err;
 	/* Bound what one connection can make us buffer before we look at it. */
 	bufferevent_setwatermark(g->under, EV_READ, 0, s->gw->cfg->max_headers + 65536);
@@ -343,6 +381,7 @@ static struct bufferevent *guard_new(struct event_base *base, void *arg)
 	if (!g->filter)
 		goto err;
 	/* From here on the filter owns `under` and frees the guard. */
+	evbuffer_add_cb(bufferevent_get_output(g->filter), output_added_cb, g);
 	LIST_INSERT_HEAD(&s->guards, g, link);
 	s->n_conns++;
 	if (s->n_conns > s->gw->cfg->max_connections || s->gw->stopping) {
@@ -358,6 +397,8 @@ err:
 		event_free(g->deadline);
 	if (g->kick)
 		event_free(g->kick);
+	if (g->flush)
+		event_free(g->flush);
 	free(g);
 	return NULL;
 }
@@ -369,7 +410,10 @@ static int guard_ready_for_request(struct guard *g, struct evhttp_request *req)
 	struct event_base *base = g->srv->gw->base;
 
 	guard_register_fd(g);
-	g->evcon = evhttp_request_get_connection(req);
+	if (!g->evcon) {
+		g->evcon = evhttp_request_get_connection(req);
+		evhttp_connection_set_closecb(g->evcon, conn_closed_cb, g);
+	}
 	if (!g->writable) {
 		g->writable = event_new(base, g->fd, EV_WRITE, writable_cb, g);
 		g->peer_closed = event_new(base, g->fd, EV_CLOSED, peer_closed_cb, g);
@@ -381,11 +425,46 @@ static int guard_ready_for_request(struct guard *g, struct evhttp_request *req)
 	return 0;
 }
 
+/* evhttp is freeing the connection. The guard itself is freed a little later (libevent
+ * finalizes the filter from the loop), so from here on nothing may touch the connection:
+ * stop every guard event and tell the request's owner. */
+static void conn_closed_cb(struct evhttp_connection *evcon, void *arg)
+{
+	struct guard *g = arg;
+	void (*fn)(void *) = g->gone_fn;
+	(void)evcon;
+
+	g->evcon = NULL;
+	g->dead = true;
+	g->gone_fn = NULL;
+	event_del(g->deadline);
+	event_del(g->kick);
+	event_del(g->flush);
+	if (g->writable)
+		event_del(g->writable);
+	if (g->peer_closed)
+		event_del(g->peer_closed);
+	if (fn)
+		fn(g->gone_arg);
+}
+
+void http_watch_client(struct http_server *s, struct evhttp_request *req,
+                       void (*gone)(void *), void *arg)
+{
+	struct guard *g = req ? guard_of(s, req) : NULL;
+
+	if (g) {
+		g->gone_fn = gone;
+		g->gone_arg = arg;
+	}
+}
+
 static void request_complete_cb(struct evhttp_request *req, void *arg)
 {
 	struct guard *g = arg;
 	(void)req;
 
+	log_debug("connection fd %d: reply complete", g->fd);
 	g->in_request = false;
 	g->blocked = false;
 	if (g->peer_closed)
@@ -439,6 +518,7 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
 {
 	struct http_server *s = arg;
 	struct guard *g = guard_of(s, req);
+
 	const char *uri = evhttp_request_get_uri(req);
 	char id[REQID_LEN + 1];
 

@@ -23,6 +23,12 @@ void http_server_stop_accepting(struct http_server *s);
 void http_server_free(struct http_server *s);
 int http_server_connections(const struct http_server *s);
 
+/* Call gone(arg) when the client connection of req goes away (hang-up, write error,
+ * timeout), from inside evhttp: the callee must only note it and defer work. Pass
+ * gone = NULL to stop watching, which must happen before the reply is handed back. */
+void http_watch_client(struct http_server *s, struct evhttp_request *req,
+                       void (*gone)(void *), void *arg);
+
 /* Bytes accepted for this request's client but not yet in the kernel. */
 size_t http_client_backlog(struct evhttp_request *req);
 

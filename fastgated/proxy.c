@@ -33,6 +33,8 @@
 struct proxy_req {
 	struct gateway *gw;
 	struct evhttp_request *req;       /* NULL once the client connection is gone */
+	struct evhttp_request *orphan;    /* a request evhttp detached from its dead
+	                                   * connection: ours to free */
 	struct evhttp_connection *evcon;
 	struct route_table *table;        /* referenced: the route outlives a reload */
 	const struct route *route;
@@ -130,8 +132,8 @@ static struct evhttp_request *take_req(struct proxy_req *px)
 {
 	struct evhttp_request *req = px->req;
 
-	if (px->evcon)
-		evhttp_connection_set_closecb(px->evcon, NULL, NULL);
+	if (req)
+		http_watch_client(px->gw->http, req, NULL, NULL);
 	px->req = NULL;
 	px->evcon = NULL;
 	return req;
@@ -369,11 +371,14 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 /* evhttp is freeing the client connection (hang-up, write error, timeout). We may be deep
  * inside evhttp here: only note it and finish from the loop. */
-static void client_closed_cb(struct evhttp_connection *evcon, void *arg)
+static void client_closed_cb(void *arg)
 {
 	struct proxy_req *px = arg;
-	(void)evcon;
 
+	/* evhttp frees the request with the connection, except when it failed the connection
+	 * under a request the user still holds: then the request is detached and ours. */
+	if (px->req && !evhttp_request_get_connection(px->req))
+		px->orphan = px->req;
 	px->req = NULL;
 	px->evcon = NULL;
 	if (!px->status || px->status < 400)
@@ -402,6 +407,8 @@ static void finish(struct proxy_req *px)
 	}
 	if (px->req)
 		take_req(px);
+	if (px->orphan)
+		evhttp_request_free(px->orphan);
 	gw->stats.inflight--;
 	gw->stats.requests++;
 	if (px->status >= 500 || px->error_kind)
@@ -691,7 +698,7 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 		return NULL;
 	}
 	/* from here on the request ends through finish() */
-	evhttp_connection_set_closecb(px->evcon, client_closed_cb, px);
+	http_watch_client(gw->http, req, client_closed_cb, px);
 	return px;
 }
 

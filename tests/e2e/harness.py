@@ -18,7 +18,7 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("FG_BUILD", os.path.join(ROOT, "build-test"))
+BUILD = os.path.abspath(os.environ.get("FG_BUILD", os.path.join(ROOT, "build-test")))
 FASTGATED = os.path.join(BUILD, "fastgated")
 CLI = os.path.join(BUILD, "fastgate-cli")
 MOCK = os.path.join(BUILD, "mock-upstream")

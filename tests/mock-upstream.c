@@ -1,0 +1,1216 @@
+/*
+ * mock-upstream — a fake OpenAI-compatible upstream for fastgate's tests, `make run` and
+ * benchmarks. It answers chat completions deterministically, echoes everything else, and
+ * misbehaves on request so the gateway's error paths can be exercised.
+ *
+ * Usage: mock-upstream [--listen HOST:PORT] [-v]
+ *   Default 127.0.0.1:8515; port 0 lets the OS pick. After binding, prints exactly one line
+ *   "listening HOST:PORT" (the real port) on stdout. SIGTERM/SIGINT exit 0. -v logs each
+ *   request to stderr.
+ *
+ * Routes:
+ *   POST /v1/chat/completions  chat.completion, or SSE chat.completion.chunk events when
+ *                              "stream": true. Text: "Hello from mock." plus
+ *                              " You said: <last user message, first 200 characters>".
+ *   GET  /v1/models            a model list (demo-model, mock-gpt).
+ *   GET  /__mock/stats         counters and the last request (not counted as a request).
+ *   POST /__mock/reset         zeros the counters and forgets the last request.
+ *   anything else              200 echo: {method, uri, path, headers, body}.
+ *   Every response carries X-Mock-Received-Auth: <Authorization received>, when one was.
+ *
+ * Request headers (all optional) that change the answer:
+ *   X-Mock-Chunks: N                content chunks in a stream, 1..10000 (default 5)
+ *   X-Mock-Delay-Ms: N              pause between stream chunks (default 0)
+ *   X-Mock-First-Byte-Delay-Ms: N   pause before anything is sent (default 0)
+ *   X-Mock-Fail: 500 | status:NNN | hang | reset | reset-mid | garbage | slow
+ * A malformed mock header gets a 400 whose error code is "mock_bad_header".
+ *
+ * Token counts are ceil(bytes / 4): prompt over the text of all messages, completion over
+ * the answer text; stream and non-stream report the same numbers.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netdb.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/queue.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+
+#define DEFAULT_LISTEN  "127.0.0.1:8515"
+#define DEFAULT_CHUNKS  5
+#define MAX_CHUNKS      10000
+#define MAX_DELAY_MS    3600000L
+#define SLOW_DELAY_MS   1000
+#define ECHO_MAX_CHARS  200
+#define CONN_BUCKETS    4096
+#define LISTEN_BACKLOG  4096
+/* Idle keep-alive and hung requests live this long; libevent's default (50 s) would cut
+ * slow streams and "hang" requests short. */
+#define IO_TIMEOUT_S    3600
+#define MOCK_PREFIX     "/__mock/"
+#define CHAT_PATH       "/v1/chat/completions"
+#define MODELS_PATH     "/v1/models"
+#define GARBAGE_BYTES   "\x01\x02 THIS IS NOT HTTP \xff\xfe\r\n\r\n"
+
+enum fail_mode {
+	FAIL_NONE, FAIL_STATUS, FAIL_HANG, FAIL_RESET, FAIL_RESET_MID, FAIL_GARBAGE, FAIL_SLOW
+};
+
+/* What the X-Mock-* headers of one request ask for. */
+struct plan {
+	enum fail_mode fail;
+	int status;             /* FAIL_STATUS */
+	int chunks;
+	long delay_ms;          /* -1 when the header is absent */
+	long first_byte_ms;
+};
+
+enum answer_kind { ANS_JSON, ANS_STREAM, ANS_HANG, ANS_RESET, ANS_GARBAGE };
+
+/* Everything needed to answer one request, decided when it arrives. */
+struct answer {
+	enum answer_kind kind;
+	int status;             /* ANS_JSON */
+	json_t *body;           /* ANS_JSON; owned */
+	char *text;             /* ANS_STREAM: the full assistant text; owned */
+	char *model;            /* ANS_STREAM; owned */
+	char id[48];
+	json_int_t created;
+	int chunks;
+	long delay_ms;
+	int reset_after;        /* ANS_STREAM: RST after this many chunks, 0 = never */
+	int include_usage;
+	json_int_t prompt_tokens;
+	json_int_t completion_tokens;
+};
+
+enum pending_state {
+	PEND_WAIT,              /* first-byte delay running */
+	PEND_HANG,              /* never answered; waits for the client to leave */
+	PEND_STREAM,            /* headers sent, chunks going out */
+	PEND_CUT,               /* reset-mid: last chunk queued, RST once it is written */
+	PEND_CLOSING            /* connection already dead or doomed; free it next turn */
+};
+
+struct conn;
+
+/* A request whose answer is not finished yet. Owned by its conn; freed by pending_free(). */
+struct pending {
+	struct conn *conn;
+	struct evhttp_request *req;
+	struct event *timer;
+	enum pending_state state;
+	struct answer ans;
+	int sent;               /* content chunks sent */
+};
+
+/* One client connection that has sent at least one request. Freed in conn_closed(). */
+struct conn {
+	struct mock *mock;
+	struct evhttp_connection *evcon;
+	struct conn *next;      /* hash bucket chain */
+	struct pending *pending;
+};
+
+struct stats {
+	json_int_t requests;
+	json_int_t chat;
+	json_int_t streams_started;
+	json_int_t streams_completed;
+	json_int_t streams_aborted;
+	json_int_t open_connections;
+};
+
+struct mock {
+	struct event_base *base;
+	struct evhttp *http;
+	struct conn *conns[CONN_BUCKETS];
+	struct stats stats;
+	json_t *last;           /* the last non-control request, or NULL */
+	unsigned long next_id;
+	int verbose;
+};
+
+static void pending_timer(evutil_socket_t fd, short what, void *arg);
+
+/* ---- small helpers ---- */
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+	switch (cmd) {
+	case EVHTTP_REQ_GET: return "GET";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_HEAD: return "HEAD";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	case EVHTTP_REQ_TRACE: return "TRACE";
+	case EVHTTP_REQ_CONNECT: return "CONNECT";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	}
+	return "UNKNOWN";
+}
+
+/* The path part of the request URI, never NULL (CONNECT targets have none). */
+static const char *request_path(struct evhttp_request *req)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+
+	return path && *path ? path : "/";
+}
+
+/* Parses a whole decimal number in [min, max]; 0 on success, -1 otherwise. */
+static int parse_long(const char *s, long min, long max, long *out)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	while (*end == ' ' || *end == '\t')
+		end++;
+	if (errno || end == s || *end || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* A JSON string from arbitrary bytes: request bodies need not be UTF-8, and jansson refuses
+ * invalid UTF-8, so such bytes become '?'. Caller owns the result; NULL on OOM. */
+static json_t *json_bytes(const char *s, size_t n)
+{
+	json_t *j;
+	char *copy;
+	size_t i;
+
+	if (n == 0)
+		return json_string("");
+	j = json_stringn(s, n);
+	if (j)
+		return j;
+	copy = malloc(n);
+	if (!copy)
+		return NULL;
+	for (i = 0; i < n; i++)
+		copy[i] = (unsigned char)s[i] < 0x80 ? s[i] : '?';
+	j = json_stringn(copy, n);
+	free(copy);
+	return j;
+}
+
+/* The request body, with its length; NULL (and 0) when empty. Points into libevent's buffer. */
+static const char *request_body(struct evhttp_request *req, size_t *len)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+
+	*len = evbuffer_get_length(in);
+	return *len ? (const char *)evbuffer_pullup(in, -1) : NULL;
+}
+
+/* {method, uri, headers, body} of a request, as both the echo answer and the stats' "last".
+ * Repeated header names are joined with ", ". Caller owns the result; NULL on OOM. */
+static json_t *request_json(struct evhttp_request *req)
+{
+	struct evkeyvalq *hdrs = evhttp_request_get_input_headers(req);
+	struct evkeyval *h;
+	json_t *obj = json_object();
+	json_t *headers = json_object();
+	const char *body;
+	size_t body_len;
+
+	if (!obj || !headers)
+		goto fail;
+	TAILQ_FOREACH(h, hdrs, next) {
+		json_t *old = json_object_get(headers, h->key);
+		json_t *val;
+
+		if (old) {
+			val = json_sprintf("%s, %s", json_string_value(old), h->value);
+		} else {
+			val = json_string(h->value);
+			if (!val)
+				val = json_bytes(h->value, strlen(h->value));
+		}
+		if (json_object_set_new(headers, h->key, val) < 0)
+			goto fail;
+	}
+	body = request_body(req, &body_len);
+	if (json_object_set_new(obj, "method",
+		json_string(method_name(evhttp_request_get_command(req)))) < 0
+	    || json_object_set_new(obj, "uri", json_bytes(evhttp_request_get_uri(req),
+		strlen(evhttp_request_get_uri(req)))) < 0
+	    || json_object_set_new(obj, "path", json_bytes(request_path(req),
+		strlen(request_path(req)))) < 0
+	    || json_object_set_new(obj, "headers", headers) < 0
+	    || json_object_set_new(obj, "body", json_bytes(body, body_len)) < 0) {
+		headers = NULL;
+		goto fail;
+	}
+	return obj;
+fail:
+	json_decref(headers);
+	json_decref(obj);
+	return NULL;
+}
+
+/* Sends obj (not consumed) as the whole response. */
+static void send_json(struct evhttp_request *req, int status, const json_t *obj)
+{
+	struct evbuffer *buf = evbuffer_new();
+	char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+
+	if (!buf || !text) {
+		evhttp_send_error(req, 500, "mock-upstream: out of memory");
+		goto done;
+	}
+	evbuffer_add(buf, text, strlen(text));
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+	    "Content-Type", "application/json");
+	evhttp_send_reply(req, status, NULL, buf);
+done:
+	free(text);
+	if (buf)
+		evbuffer_free(buf);
+}
+
+/* An OpenAI-shaped error body. Caller owns the result. */
+static json_t *error_json(const char *message, const char *type, const char *code)
+{
+	return json_pack("{s:{s:s,s:s,s:n,s:s}}", "error", "message", message, "type", type,
+	    "param", "code", code);
+}
+
+static void answer_error(struct answer *ans, int status, const char *message,
+    const char *type, const char *code)
+{
+	ans->kind = ANS_JSON;
+	ans->status = status;
+	json_decref(ans->body);
+	ans->body = error_json(message, type, code);
+}
+
+/* The error a real upstream would send with this status. */
+static void answer_forced_status(struct answer *ans, int status)
+{
+	char msg[96];
+	char code[32];
+	const char *type = "invalid_request_error";
+	const char *c = code;
+
+	snprintf(msg, sizeof(msg), "mock upstream: forced status %d (X-Mock-Fail)", status);
+	snprintf(code, sizeof(code), "mock_status_%d", status);
+	if (status == 401) {
+		c = "invalid_api_key";
+	} else if (status == 404) {
+		c = "model_not_found";
+	} else if (status == 429) {
+		type = "requests";
+		c = "rate_limit_exceeded";
+	} else if (status >= 500) {
+		type = "server_error";
+		c = "server_error";
+	}
+	answer_error(ans, status, msg, type, c);
+}
+
+static void answer_clear(struct answer *ans)
+{
+	json_decref(ans->body);
+	free(ans->text);
+	free(ans->model);
+	memset(ans, 0, sizeof(*ans));
+}
+
+/* ---- X-Mock-* headers ---- */
+
+static int parse_fail(const char *v, struct plan *plan)
+{
+	long status;
+
+	if (strcmp(v, "500") == 0) {
+		plan->fail = FAIL_STATUS;
+		plan->status = 500;
+	} else if (strncmp(v, "status:", 7) == 0) {
+		if (parse_long(v + 7, 200, 599, &status) < 0)
+			return -1;
+		plan->fail = FAIL_STATUS;
+		plan->status = (int)status;
+	} else if (strcmp(v, "hang") == 0) {
+		plan->fail = FAIL_HANG;
+	} else if (strcmp(v, "reset") == 0) {
+		plan->fail = FAIL_RESET;
+	} else if (strcmp(v, "reset-mid") == 0) {
+		plan->fail = FAIL_RESET_MID;
+	} else if (strcmp(v, "garbage") == 0) {
+		plan->fail = FAIL_GARBAGE;
+	} else if (strcmp(v, "slow") == 0) {
+		plan->fail = FAIL_SLOW;
+	} else {
+		return -1;
+	}
+	return 0;
+}
+
+/* Fills plan from the request headers; on a malformed header, turns ans into a 400 naming
+ * it and returns -1. */
+static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answer *ans)
+{
+	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+	const char *v;
+	const char *bad = NULL;
+	long n;
+	char msg[160];
+
+	memset(plan, 0, sizeof(*plan));
+	plan->chunks = DEFAULT_CHUNKS;
+	plan->delay_ms = -1;
+	if ((v = evhttp_find_header(h, "X-Mock-Chunks")) != NULL) {
+		if (parse_long(v, 1, MAX_CHUNKS, &n) < 0)
+			bad = "X-Mock-Chunks (want 1..10000)";
+		plan->chunks = (int)n;
+	}
+	if ((v = evhttp_find_header(h, "X-Mock-Delay-Ms")) != NULL
+	    && parse_long(v, 0, MAX_DELAY_MS, &plan->delay_ms) < 0)
+		bad = "X-Mock-Delay-Ms (want 0..3600000)";
+	if ((v = evhttp_find_header(h, "X-Mock-First-Byte-Delay-Ms")) != NULL
+	    && parse_long(v, 0, MAX_DELAY_MS, &plan->first_byte_ms) < 0)
+		bad = "X-Mock-First-Byte-Delay-Ms (want 0..3600000)";
+	if ((v = evhttp_find_header(h, "X-Mock-Fail")) != NULL && parse_fail(v, plan) < 0)
+		bad = "X-Mock-Fail (want 500, status:NNN, hang, reset, reset-mid, garbage or slow)";
+	if (!bad)
+		return 0;
+	snprintf(msg, sizeof(msg), "mock upstream: bad header %s", bad);
+	answer_error(ans, 400, msg, "invalid_request_error", "mock_bad_header");
+	return -1;
+}
+
+/* ---- chat completions ---- */
+
+/* Appends the text of a message content (a string, or an array of {type:text, text} parts
+ * joined by spaces) to out. */
+static void content_text(const json_t *content, struct evbuffer *out)
+{
+	size_t i;
+	json_t *part;
+	int first = 1;
+
+	if (json_is_string(content)) {
+		evbuffer_add(out, json_string_value(content), json_string_length(content));
+		return;
+	}
+	if (!json_is_array(content))
+		return;
+	json_array_foreach(content, i, part) {
+		json_t *text = json_object_get(part, "text");
+
+		if (!json_is_string(text))
+			continue;
+		if (!first)
+			evbuffer_add(out, " ", 1);
+		evbuffer_add(out, json_string_value(text), json_string_length(text));
+		first = 0;
+	}
+}
+
+/* Byte length of the first max_chars UTF-8 characters of s. */
+static size_t utf8_prefix(const char *s, size_t len, size_t max_chars)
+{
+	size_t i, chars = 0;
+
+	for (i = 0; i < len; i++) {
+		if (((unsigned char)s[i] & 0xC0) != 0x80 && chars++ == max_chars)
+			return i;
+	}
+	return len;
+}
+
+/* Start of piece k of n: k/n of the way through text, moved forward to a character
+ * boundary so no SSE delta carries half a UTF-8 character. */
+static size_t piece_start(const char *text, size_t len, int k, int n)
+{
+	size_t off = len * (size_t)k / (size_t)n;
+
+	while (off < len && ((unsigned char)text[off] & 0xC0) == 0x80)
+		off++;
+	return off;
+}
+
+static json_int_t tokens_for(size_t bytes)
+{
+	return (json_int_t)((bytes + 3) / 4);
+}
+
+/* Builds the reply text and token counts from the parsed request into ans. 0 or -1 (OOM). */
+static int chat_text(const json_t *request, struct answer *ans)
+{
+	json_t *messages = json_object_get(request, "messages");
+	struct evbuffer *all = evbuffer_new();
+	struct evbuffer *user = evbuffer_new();
+	struct evbuffer *reply = evbuffer_new();
+	json_t *msg;
+	size_t i, len;
+	int rc = -1;
+
+	if (!all || !user || !reply)
+		goto done;
+	json_array_foreach(messages, i, msg) {
+		const char *role = json_string_value(json_object_get(msg, "role"));
+
+		content_text(json_object_get(msg, "content"), all);
+		if (role && strcmp(role, "user") == 0) {
+			evbuffer_drain(user, evbuffer_get_length(user));
+			content_text(json_object_get(msg, "content"), user);
+		}
+	}
+	evbuffer_add_printf(reply, "Hello from mock.");
+	len = evbuffer_get_length(user);
+	if (len) {
+		const char *u = (const char *)evbuffer_pullup(user, -1);
+
+		evbuffer_add_printf(reply, " You said: ");
+		evbuffer_add(reply, u, utf8_prefix(u, len, ECHO_MAX_CHARS));
+	}
+	len = evbuffer_get_length(reply);
+	ans->text = strndup((const char *)evbuffer_pullup(reply, -1), len);
+	if (!ans->text)
+		goto done;
+	ans->prompt_tokens = tokens_for(evbuffer_get_length(all));
+	ans->completion_tokens = tokens_for(len);
+	rc = 0;
+done:
+	if (all)
+		evbuffer_free(all);
+	if (user)
+		evbuffer_free(user);
+	if (reply)
+		evbuffer_free(reply);
+	return rc;
+}
+
+static json_t *usage_json(const struct answer *ans)
+{
+	return json_pack("{s:I,s:I,s:I}", "prompt_tokens", ans->prompt_tokens,
+	    "completion_tokens", ans->completion_tokens,
+	    "total_tokens", ans->prompt_tokens + ans->completion_tokens);
+}
+
+static json_t *completion_json(const struct answer *ans)
+{
+	return json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:s},s:n,s:s}],s:o}",
+	    "id", ans->id, "object", "chat.completion", "created", ans->created,
+	    "model", ans->model,
+	    "choices", "index", 0, "message", "role", "assistant", "content", ans->text,
+	    "logprobs", "finish_reason", "stop",
+	    "usage", usage_json(ans));
+}
+
+/* Decides the answer to a chat completion request. */
+static void chat_answer(struct mock *m, struct evhttp_request *req, const struct plan *plan,
+    struct answer *ans)
+{
+	const char *body;
+	size_t len;
+	json_t *request;
+	json_t *opts;
+	json_error_t err;
+	char msg[JSON_ERROR_TEXT_LENGTH + 96];
+	const char *model;
+
+	body = request_body(req, &len);
+	request = json_loadb(body ? body : "", len, 0, &err);
+	if (!request) {
+		snprintf(msg, sizeof(msg),
+		    "We could not parse the JSON body of your request: %s (line %d, column %d)",
+		    err.text, err.line, err.column);
+		answer_error(ans, 400, msg, "invalid_request_error", "invalid_json");
+		return;
+	}
+	if (!json_is_object(request)) {
+		answer_error(ans, 400, "The request body must be a JSON object",
+		    "invalid_request_error", "invalid_json");
+		goto done;
+	}
+	model = json_string_value(json_object_get(request, "model"));
+	ans->model = strdup(model ? model : "mock-gpt");
+	if (!ans->model || chat_text(request, ans) < 0) {
+		answer_error(ans, 500, "mock upstream: out of memory", "server_error",
+		    "server_error");
+		goto done;
+	}
+	snprintf(ans->id, sizeof(ans->id), "chatcmpl-mock-%lu", ++m->next_id);
+	ans->created = (json_int_t)time(NULL);
+	ans->chunks = plan->chunks;
+	ans->delay_ms = plan->delay_ms < 0 ? 0 : plan->delay_ms;
+	opts = json_object_get(request, "stream_options");
+	ans->include_usage = json_is_true(json_object_get(opts, "include_usage"));
+	if (plan->fail == FAIL_SLOW) {
+		ans->delay_ms = plan->delay_ms < 0 ? SLOW_DELAY_MS : plan->delay_ms;
+		ans->kind = ANS_STREAM;
+	} else if (plan->fail == FAIL_RESET_MID) {
+		ans->reset_after = plan->chunks < 2 ? plan->chunks : 2;
+		ans->kind = ANS_STREAM;
+	} else if (json_is_true(json_object_get(request, "stream"))) {
+		ans->kind = ANS_STREAM;
+	} else {
+		ans->kind = ANS_JSON;
+		ans->status = 200;
+		ans->body = completion_json(ans);
+	}
+done:
+	json_decref(request);
+}
+
+static json_t *models_json(void)
+{
+	return json_pack("{s:s,s:[{s:s,s:s,s:i,s:s},{s:s,s:s,s:i,s:s}]}",
+	    "object", "list", "data",
+	    "id", "demo-model", "object", "model", "created", 1700000000, "owned_by", "mock",
+	    "id", "mock-gpt", "object", "model", "created", 1700000000, "owned_by", "mock");
+}
+
+/* Decides how to answer a non-control request. seen is its request_json() (may be NULL). */
+static void route(struct mock *m, struct evhttp_request *req, const struct plan *plan,
+    const json_t *seen, struct answer *ans)
+{
+	const char *path = request_path(req);
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	int chat = cmd == EVHTTP_REQ_POST && strcmp(path, CHAT_PATH) == 0;
+
+	if (chat)
+		m->stats.chat++;
+	switch (plan->fail) {
+	case FAIL_STATUS:
+		answer_forced_status(ans, plan->status);
+		return;
+	case FAIL_HANG:
+		ans->kind = ANS_HANG;
+		return;
+	case FAIL_RESET:
+		ans->kind = ANS_RESET;
+		return;
+	case FAIL_GARBAGE:
+		ans->kind = ANS_GARBAGE;
+		return;
+	case FAIL_RESET_MID:
+		if (!chat) {
+			ans->kind = ANS_RESET;
+			return;
+		}
+		break;
+	case FAIL_NONE:
+	case FAIL_SLOW:
+		break;
+	}
+	ans->kind = ANS_JSON;
+	ans->status = 200;
+	if (chat)
+		chat_answer(m, req, plan, ans);
+	else if (cmd == EVHTTP_REQ_GET && strcmp(path, MODELS_PATH) == 0)
+		ans->body = models_json();
+	else
+		ans->body = json_deep_copy(seen);
+}
+
+/* ---- connections ---- */
+
+static size_t conn_bucket(const struct evhttp_connection *evcon)
+{
+	uintptr_t v = (uintptr_t)evcon;
+
+	return (size_t)((v >> 4) ^ (v >> 16)) % CONN_BUCKETS;
+}
+
+/* Called by libevent exactly once when a connection we track goes away: the client left,
+ * we closed it, or the server is shutting down. Frees the conn and whatever it was doing. */
+static void conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+	struct conn *conn = arg;
+	struct mock *m = conn->mock;
+	struct pending *p = conn->pending;
+	struct conn **pp;
+
+	if (p) {
+		if (p->state == PEND_STREAM)
+			m->stats.streams_aborted++;
+		/* libevent detaches an unanswered request from a connection the client closed
+		 * and leaves freeing it to us; one still attached is freed with the connection. */
+		if (!evhttp_request_get_connection(p->req))
+			evhttp_request_free(p->req);
+		event_free(p->timer);
+		answer_clear(&p->ans);
+		free(p);
+	}
+	for (pp = &m->conns[conn_bucket(evcon)]; *pp; pp = &(*pp)->next) {
+		if (*pp == conn) {
+			*pp = conn->next;
+			break;
+		}
+	}
+	m->stats.open_connections--;
+	free(conn);
+}
+
+/* The conn for evcon, created (and hooked to its close) on its first request. NULL on OOM. */
+static struct conn *conn_get(struct mock *m, struct evhttp_connection *evcon)
+{
+	size_t b = conn_bucket(evcon);
+	struct conn *conn;
+
+	for (conn = m->conns[b]; conn; conn = conn->next) {
+		if (conn->evcon == evcon)
+			return conn;
+	}
+	conn = calloc(1, sizeof(*conn));
+	if (!conn)
+		return NULL;
+	conn->mock = m;
+	conn->evcon = evcon;
+	conn->next = m->conns[b];
+	m->conns[b] = conn;
+	m->stats.open_connections++;
+	evhttp_connection_set_closecb(evcon, conn_closed, conn);
+	return conn;
+}
+
+static int conn_fd(const struct conn *conn)
+{
+	return bufferevent_getfd(evhttp_connection_get_bufferevent(conn->evcon));
+}
+
+/* libevent stops reading once a request is in, so a client leaving while we delay or hang
+ * would go unnoticed. Reading again with no read callback (as libevent itself does while it
+ * writes a reply) keeps its error callback, which frees the connection on EOF. */
+static void watch_close(struct conn *conn)
+{
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(conn->evcon);
+	bufferevent_data_cb wcb;
+	bufferevent_event_cb ecb;
+	void *arg;
+
+	bufferevent_getcb(bev, NULL, &wcb, &ecb, &arg);
+	bufferevent_setcb(bev, NULL, wcb, ecb, arg);
+	bufferevent_enable(bev, EV_READ);
+}
+
+/* ---- pending requests ---- */
+
+/* Takes over ans. NULL on OOM (ans is then untouched). */
+static struct pending *pending_new(struct conn *conn, struct evhttp_request *req,
+    struct answer *ans)
+{
+	struct pending *p = calloc(1, sizeof(*p));
+
+	if (!p)
+		return NULL;
+	p->timer = evtimer_new(conn->mock->base, pending_timer, p);
+	if (!p->timer) {
+		free(p);
+		return NULL;
+	}
+	p->conn = conn;
+	p->req = req;
+	p->ans = *ans;
+	memset(ans, 0, sizeof(*ans));
+	conn->pending = p;
+	return p;
+}
+
+/* Forgets p before its request goes back to libevent, which may free the connection (and
+ * call conn_closed) synchronously while finishing the reply. */
+static void pending_free(struct pending *p)
+{
+	p->conn->pending = NULL;
+	event_free(p->timer);
+	answer_clear(&p->ans);
+	free(p);
+}
+
+static void pending_after(struct pending *p, long ms)
+{
+	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+
+	evtimer_add(p->timer, &tv);
+}
+
+/* Kills the TCP connection with an RST. SO_LINGER {1,0} makes the close abortive, but
+ * libevent's evhttp_connection_free() calls shutdown(SHUT_WR) first, which would send a
+ * FIN ahead of it; connecting to AF_UNSPEC aborts the socket (RST) right now instead, and
+ * libevent later closes the dead fd. */
+static void tcp_reset(struct conn *conn)
+{
+	int fd = conn_fd(conn);
+	struct linger lg = { 1, 0 };
+	struct sockaddr sa;
+
+	if (fd < 0)
+		return;
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_family = AF_UNSPEC;
+	if (connect(fd, &sa, sizeof(sa)) < 0 && conn->mock->verbose)
+		fprintf(stderr, "mock-upstream: AF_UNSPEC disconnect failed (%s); "
+		    "the client may see a FIN before the RST\n", strerror(errno));
+}
+
+/* Frees the connection on the next loop turn, outside libevent's own callbacks. */
+static void close_later(struct pending *p)
+{
+	p->state = PEND_CLOSING;
+	pending_after(p, 0);
+}
+
+static void garbage(struct pending *p)
+{
+	int fd = conn_fd(p->conn);
+
+	if (fd >= 0 && write(fd, GARBAGE_BYTES, sizeof(GARBAGE_BYTES) - 1) < 0
+	    && p->conn->mock->verbose)
+		fprintf(stderr, "mock-upstream: garbage write: %s\n", strerror(errno));
+	close_later(p);
+}
+
+/* ---- streaming ---- */
+
+/* Queues one SSE event carrying chunk (consumed). written, if set, runs once it is on the
+ * wire. */
+static void stream_event(struct pending *p, json_t *chunk,
+    void (*written)(struct evhttp_connection *, void *))
+{
+	struct evbuffer *buf = evbuffer_new();
+	char *text = chunk ? json_dumps(chunk, JSON_COMPACT) : NULL;
+
+	if (buf && text) {
+		evbuffer_add_printf(buf, "data: %s\n\n", text);
+		evhttp_send_reply_chunk_with_cb(p->req, buf, written, p);
+	}
+	free(text);
+	if (buf)
+		evbuffer_free(buf);
+	json_decref(chunk);
+}
+
+static json_t *chunk_json(const struct pending *p, json_t *choices, json_t *usage)
+{
+	json_t *c = json_pack("{s:s,s:s,s:I,s:s,s:o}", "id", p->ans.id,
+	    "object", "chat.completion.chunk", "created", p->ans.created,
+	    "model", p->ans.model, "choices", choices);
+
+	/* OpenAI sends "usage": null on every chunk but the last when usage was asked for. */
+	if (c && p->ans.include_usage)
+		json_object_set_new(c, "usage", usage ? usage : json_null());
+	else
+		json_decref(usage);
+	return c;
+}
+
+/* The chunk carrying content piece p->sent. */
+static json_t *content_chunk(const struct pending *p)
+{
+	const char *text = p->ans.text;
+	size_t len = strlen(text);
+	size_t from = piece_start(text, len, p->sent, p->ans.chunks);
+	size_t to = piece_start(text, len, p->sent + 1, p->ans.chunks);
+	int last = p->sent + 1 == p->ans.chunks;
+	json_t *delta = json_object();
+
+	json_object_set_new(delta, "content", json_stringn(text + from, to - from));
+	if (p->sent == 0)
+		json_object_set_new(delta, "role", json_string("assistant"));
+	return chunk_json(p, json_pack("[{s:i,s:o,s:n,s:s?}]", "index", 0, "delta", delta,
+	    "logprobs", "finish_reason", last ? "stop" : NULL), NULL);
+}
+
+static void cut_written(struct evhttp_connection *evcon, void *arg)
+{
+	struct pending *p = arg;
+
+	(void)evcon;
+	if (p->state != PEND_CUT)
+		return;
+	tcp_reset(p->conn);
+	close_later(p);
+}
+
+static void stream_end(struct pending *p)
+{
+	struct evhttp_request *req = p->req;
+	struct evbuffer *done = evbuffer_new();
+
+	if (p->ans.include_usage)
+		stream_event(p, chunk_json(p, json_array(), usage_json(&p->ans)), NULL);
+	if (done) {
+		evbuffer_add_printf(done, "data: [DONE]\n\n");
+		evhttp_send_reply_chunk(req, done);
+		evbuffer_free(done);
+	}
+	p->conn->mock->stats.streams_completed++;
+	pending_free(p);
+	evhttp_send_reply_end(req);
+}
+
+/* Sends the next content chunk (all remaining ones when there is no delay). */
+static void stream_step(struct pending *p)
+{
+	do {
+		int cut = p->ans.reset_after && p->sent + 1 == p->ans.reset_after;
+
+		if (cut)
+			p->state = PEND_CUT;
+		stream_event(p, content_chunk(p), cut ? cut_written : NULL);
+		p->sent++;
+		if (cut)
+			return;
+	} while (p->ans.delay_ms == 0 && p->sent < p->ans.chunks);
+	if (p->sent < p->ans.chunks)
+		pending_after(p, p->ans.delay_ms);
+	else
+		stream_end(p);
+}
+
+static void stream_begin(struct pending *p)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(p->req);
+
+	evhttp_add_header(h, "Content-Type", "text/event-stream");
+	evhttp_add_header(h, "Cache-Control", "no-cache");
+	evhttp_send_reply_start(p->req, 200, "OK");
+	p->state = PEND_STREAM;
+	p->conn->mock->stats.streams_started++;
+	stream_step(p);
+}
+
+/* Delivers the answer once the first-byte delay (if any) is over. */
+static void pending_go(struct pending *p)
+{
+	struct evhttp_request *req = p->req;
+	json_t *body;
+	int status;
+
+	switch (p->ans.kind) {
+	case ANS_JSON:
+		body = json_incref(p->ans.body);
+		status = p->ans.status;
+		pending_free(p);
+		send_json(req, status, body);
+		json_decref(body);
+		break;
+	case ANS_STREAM:
+		stream_begin(p);
+		break;
+	case ANS_HANG:
+		p->state = PEND_HANG;
+		watch_close(p->conn);
+		break;
+	case ANS_RESET:
+		tcp_reset(p->conn);
+		close_later(p);
+		break;
+	case ANS_GARBAGE:
+		garbage(p);
+		break;
+	}
+}
+
+static void pending_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct pending *p = arg;
+
+	(void)fd;
+	(void)what;
+	switch (p->state) {
+	case PEND_WAIT:
+		pending_go(p);
+		break;
+	case PEND_STREAM:
+		stream_step(p);
+		break;
+	case PEND_CLOSING:
+		/* conn_closed frees p (and the request with the connection). */
+		evhttp_connection_free(p->conn->evcon);
+		break;
+	case PEND_HANG:
+	case PEND_CUT:
+		break;
+	}
+}
+
+/* ---- request entry points ---- */
+
+static json_t *stats_json(const struct mock *m)
+{
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:O?}",
+	    "requests", m->stats.requests, "chat", m->stats.chat,
+	    "streams_started", m->stats.streams_started,
+	    "streams_completed", m->stats.streams_completed,
+	    "streams_aborted", m->stats.streams_aborted,
+	    "open_connections", m->stats.open_connections,
+	    "last", m->last);
+}
+
+/* /__mock/ endpoints: introspection that must not disturb what it reports. */
+static void control(struct mock *m, struct evhttp_request *req, const char *path)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	json_t *reply;
+	int status = 200;
+
+	if (cmd == EVHTTP_REQ_GET && strcmp(path, MOCK_PREFIX "stats") == 0) {
+		reply = stats_json(m);
+	} else if (cmd == EVHTTP_REQ_POST && strcmp(path, MOCK_PREFIX "reset") == 0) {
+		json_int_t open = m->stats.open_connections;
+
+		/* open_connections is a gauge of live sockets, not a counter: keep it. */
+		memset(&m->stats, 0, sizeof(m->stats));
+		m->stats.open_connections = open;
+		json_decref(m->last);
+		m->last = NULL;
+		reply = json_pack("{s:b}", "ok", 1);
+	} else {
+		status = 404;
+		reply = error_json("mock upstream: unknown control endpoint "
+		    "(GET /__mock/stats, POST /__mock/reset)", "invalid_request_error",
+		    "unknown_url");
+	}
+	send_json(req, status, reply);
+	json_decref(reply);
+}
+
+static const char *kind_name(const struct answer *ans)
+{
+	switch (ans->kind) {
+	case ANS_JSON: return "json";
+	case ANS_STREAM: return "stream";
+	case ANS_HANG: return "hang";
+	case ANS_RESET: return "reset";
+	case ANS_GARBAGE: return "garbage";
+	}
+	return "?";
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+	struct mock *m = arg;
+	const char *path = request_path(req);
+	const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req),
+	    "Authorization");
+	struct plan plan;
+	struct answer ans;
+	struct conn *conn;
+	struct pending *p;
+
+	memset(&ans, 0, sizeof(ans));
+	if (auth)
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+		    "X-Mock-Received-Auth", auth);
+	if (strncmp(path, MOCK_PREFIX, strlen(MOCK_PREFIX)) == 0) {
+		control(m, req, path);
+		return;
+	}
+	m->stats.requests++;
+	json_decref(m->last);
+	m->last = request_json(req);
+	if (plan_parse(req, &plan, &ans) == 0)
+		route(m, req, &plan, m->last, &ans);
+	if (plan.fail == FAIL_SLOW && ans.kind == ANS_JSON && ans.status == 200
+	    && strcmp(path, CHAT_PATH) != 0)
+		plan.first_byte_ms += plan.delay_ms < 0 ? SLOW_DELAY_MS : plan.delay_ms;
+	if (m->verbose)
+		fprintf(stderr, "mock-upstream: %s %s -> %s %d\n",
+		    method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req),
+		    kind_name(&ans), ans.status);
+	if (ans.kind == ANS_JSON && plan.first_byte_ms == 0) {
+		send_json(req, ans.status, ans.body);
+		goto done;
+	}
+	conn = conn_get(m, evhttp_request_get_connection(req));
+	p = conn ? pending_new(conn, req, &ans) : NULL;
+	if (!p) {
+		evhttp_send_error(req, 500, "mock-upstream: out of memory");
+		goto done;
+	}
+	if (plan.first_byte_ms > 0) {
+		p->state = PEND_WAIT;
+		watch_close(conn);
+		pending_after(p, plan.first_byte_ms);
+	} else {
+		pending_go(p);
+	}
+done:
+	answer_clear(&ans);
+}
+
+/* ---- startup and shutdown ---- */
+
+/* Each benchmark connection is a file descriptor. */
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+/* Binds and listens on "HOST:PORT" ("[v6]:PORT" too); prints the "listening" line that tests
+ * wait for. Returns the listening fd or -1 with a message on stderr. */
+static int listen_on(const char *spec)
+{
+	char host[256];
+	const char *colon = strrchr(spec, ':');
+	struct addrinfo hints, *ai = NULL;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char shost[NI_MAXHOST], sport[NI_MAXSERV];
+	size_t hl;
+	int fd = -1, one = 1, rc;
+
+	if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof(host)) {
+		fprintf(stderr, "mock-upstream: --listen wants HOST:PORT, got \"%s\"\n", spec);
+		return -1;
+	}
+	hl = (size_t)(colon - spec);
+	if (spec[0] == '[' && spec[hl - 1] == ']') {
+		memcpy(host, spec + 1, hl - 2);
+		host[hl - 2] = '\0';
+	} else {
+		memcpy(host, spec, hl);
+		host[hl] = '\0';
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+	rc = getaddrinfo(host, colon + 1, &hints, &ai);
+	if (rc != 0) {
+		fprintf(stderr, "mock-upstream: bad --listen address \"%s\": %s "
+		    "(use a numeric host, e.g. 127.0.0.1:8515)\n", spec, gai_strerror(rc));
+		return -1;
+	}
+	fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0
+	    || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0
+	    || bind(fd, ai->ai_addr, ai->ai_addrlen) < 0
+	    || listen(fd, LISTEN_BACKLOG) < 0
+	    || getsockname(fd, (struct sockaddr *)&ss, &sl) < 0
+	    || getnameinfo((struct sockaddr *)&ss, sl, shost, sizeof(shost), sport,
+		sizeof(sport), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+		fprintf(stderr, "mock-upstream: cannot listen on %s: %s\n", spec, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		fd = -1;
+		goto done;
+	}
+	if (ss.ss_family == AF_INET6)
+		printf("listening [%s]:%s\n", shost, sport);
+	else
+		printf("listening %s:%s\n", shost, sport);
+	fflush(stdout);
+done:
+	freeaddrinfo(ai);
+	return fd;
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	(void)sig;
+	(void)what;
+	event_base_loopbreak(arg);
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: mock-upstream [--listen HOST:PORT] [-v]\n"
+	    "  --listen HOST:PORT  address to serve (default " DEFAULT_LISTEN
+	    "; port 0 = any free port)\n"
+	    "  -v                  log each request to stderr\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct mock m;
+	const char *listen_spec = DEFAULT_LISTEN;
+	struct event *sigterm = NULL, *sigint = NULL;
+	int fd, i, rc = 1;
+
+	memset(&m, 0, sizeof(m));
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc) {
+			listen_spec = argv[++i];
+		} else if (strcmp(argv[i], "-v") == 0) {
+			m.verbose = 1;
+		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+			usage(stdout);
+			return 0;
+		} else {
+			fprintf(stderr, "mock-upstream: unknown argument \"%s\"\n", argv[i]);
+			usage(stderr);
+			return 2;
+		}
+	}
+	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit();
+	m.base = event_base_new();
+	m.http = m.base ? evhttp_new(m.base) : NULL;
+	if (!m.http) {
+		fprintf(stderr, "mock-upstream: cannot create the libevent HTTP server\n");
+		goto done;
+	}
+	evhttp_set_allowed_methods(m.http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD
+	    | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE
+	    | EVHTTP_REQ_PATCH);
+	evhttp_set_timeout(m.http, IO_TIMEOUT_S);
+	evhttp_set_gencb(m.http, on_request, &m);
+	fd = listen_on(listen_spec);
+	if (fd < 0)
+		goto done;
+	if (!evhttp_accept_socket_with_handle(m.http, fd)) {
+		fprintf(stderr, "mock-upstream: libevent refused the listening socket\n");
+		close(fd);
+		goto done;
+	}
+	sigterm = evsignal_new(m.base, SIGTERM, on_signal, m.base);
+	sigint = evsignal_new(m.base, SIGINT, on_signal, m.base);
+	if (!sigterm || !sigint || event_add(sigterm, NULL) < 0 || event_add(sigint, NULL) < 0) {
+		fprintf(stderr, "mock-upstream: cannot install signal handlers\n");
+		goto done;
+	}
+	if (event_base_dispatch(m.base) < 0) {
+		fprintf(stderr, "mock-upstream: event loop failed\n");
+		goto done;
+	}
+	rc = 0;
+done:
+	/* evhttp_free closes every connection, and conn_closed frees what each was doing. */
+	if (m.http)
+		evhttp_free(m.http);
+	if (sigterm)
+		event_free(sigterm);
+	if (sigint)
+		event_free(sigint);
+	json_decref(m.last);
+	if (m.base)
+		event_base_free(m.base);
+	libevent_global_shutdown();
+	return rc;
+}
