@@ -24,6 +24,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
   echo; echo "make run: stopped."
+  exit 0
 }
 trap cleanup INT TERM EXIT
 
