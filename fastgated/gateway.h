@@ -22,6 +22,7 @@ struct gateway_stats {
 	uint64_t requests;        /* finished requests */
 	uint64_t errors;          /* finished with status >= 500 or an upstream error */
 	uint64_t inflight;
+	uint64_t upstream_pauses;  /* streams paused because their client read too slowly */
 };
 
 struct gateway {

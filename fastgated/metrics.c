@@ -143,6 +143,9 @@ void metrics_serve(struct gateway *gw, struct evhttp_request *req)
 	                    gw->http ? http_server_connections(gw->http) : 0);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 	                  "text/plain; version=0.0.4; charset=utf-8");
+	evbuffer_add_printf(b, "# HELP fastgate_upstream_pauses_total Streams paused because the client read slower than the upstream sent.\n"
+	                       "# TYPE fastgate_upstream_pauses_total counter\nfastgate_upstream_pauses_total %llu\n",
+	                    (unsigned long long)gw->stats.upstream_pauses);
 	evhttp_send_reply(req, 200, "OK", b);
 	evbuffer_free(b);
 }

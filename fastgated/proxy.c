@@ -270,6 +270,7 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 		return 0; /* client gone: abort */
 	if (px->streaming && http_client_backlog(px->req) > CLIENT_HIGH_WATER) {
 		px->paused = true;
+		px->gw->stats.upstream_pauses++;
 		return CURL_WRITEFUNC_PAUSE;
 	}
 	evbuffer_add(px->out, data, len);

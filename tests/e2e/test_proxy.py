@@ -245,6 +245,35 @@ def test_client_disconnect_mid_stream_aborts_the_upstream(c):
     assert c.gw.proc.alive()
 
 
+def test_client_gone_before_a_buffered_answer_is_not_a_crash(c):
+    body = json.dumps(CHAT).encode()
+    req = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\n"
+           "X-Mock-First-Byte-Delay-Ms: 300\r\nContent-Length: %d\r\n\r\n" % (c.key, len(body))).encode() + body
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=5)
+        s.sendall(req)
+        s.close()
+    wait_for(lambda: inflight(c) == 0, timeout=5, what="requests to finish")
+    assert chat(c)[0] == 200 and c.gw.proc.alive()
+
+
+def metric(c, name):
+    st, _, data = c.gw.request("GET", "/metrics")
+    m = re.search(r"^%s (\d+)" % re.escape(name), data.decode(), re.M)
+    return int(m.group(1))
+
+
+def test_slow_reader_pauses_the_upstream_and_still_gets_everything(c):
+    before = metric(c, "fastgate_upstream_pauses_total")
+    s, f, head = open_stream(c, chunks=10000, delay_ms=0)
+    time.sleep(1.0)   # not reading: the client's socket buffers fill up
+    lines = [ln for ln in dechunk_lines(f) if ln.startswith(b"data: ")]
+    f.close()
+    s.close()
+    assert lines[-1] == b"data: [DONE]\n" and len(lines) == 10001, (len(lines), lines[-1])
+    assert metric(c, "fastgate_upstream_pauses_total") > before
+
+
 # --- the status table ------------------------------------------------------------------
 
 def test_missing_key_is_401_in_openai_shape(c):
