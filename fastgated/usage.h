@@ -1,0 +1,53 @@
+/* Token usage and model names for the audit trail.
+ *
+ * Non-stream answers carry `usage` in their JSON body. Streams carry it in a final chunk
+ * (`"choices": []` plus `usage`) when the request asked for
+ * `stream_options.include_usage`; when the client did not ask, the gateway asks for it and
+ * removes that chunk again, so the client sees exactly the stream it asked for.
+ *
+ * The SSE scanner below splits a relayed byte stream into events without copying the
+ * bytes it forwards unchanged; only `data:` lines that mention "usage" are parsed. */
+#ifndef FG_USAGE_H
+#define FG_USAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct usage {
+	long prompt_tokens;       /* -1 when unknown */
+	long completion_tokens;
+	bool found;
+};
+
+/* Usage from a whole JSON answer. Returns true when found. */
+bool usage_from_json(const char *body, size_t len, struct usage *u);
+
+/* The top-level "model" of a JSON request body into out (truncated to cap - 1); "" when
+ * there is none. Also reports whether "stream" is true and whether the client asked for
+ * stream_options.include_usage. */
+void usage_request_info(const char *body, size_t len, char *model, size_t cap,
+                        bool *stream, bool *include_usage);
+
+/* The request body with stream_options.include_usage set to true (other fields kept).
+ * Returns a malloc'd string, or NULL if the body is not a JSON object. */
+char *usage_request_with_include_usage(const char *body, size_t len);
+
+/* Incremental SSE event splitter. */
+struct sse_scan {
+	char *buf;           /* bytes of the event being assembled */
+	size_t len, cap;
+	bool strip_usage;    /* drop usage-only events from the output */
+	struct usage usage;
+};
+
+void sse_scan_init(struct sse_scan *s, bool strip_usage);
+void sse_scan_free(struct sse_scan *s);
+/* Feed bytes as they arrive. Complete events are appended to *out (a malloc'd buffer
+ * grown as needed, *out_len its length) unless they are stripped; with strip_usage off,
+ * the output is exactly the input. Returns -1 only when out of memory. */
+int sse_scan_feed(struct sse_scan *s, const char *data, size_t len, char **out, size_t *out_len,
+                  size_t *out_cap);
+/* At the end of the stream: whatever incomplete event is left is passed on as is. */
+int sse_scan_finish(struct sse_scan *s, char **out, size_t *out_len, size_t *out_cap);
+
+#endif

@@ -1,0 +1,105 @@
+/* Usage extraction from JSON answers and SSE streams, and the usage-chunk stripping. */
+#include <stdlib.h>
+
+#include "unit.h"
+#include "usage.h"
+
+static const char stream_with_usage[] =
+	"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n"
+	"data: {\"choices\":[{\"delta\":{\"content\":\" there\"}}]}\r\n\r\n"
+	"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":3,\"total_tokens\":10}}\n\n"
+	"data: [DONE]\n\n";
+
+static char *run_scan(bool strip, size_t piece, struct usage *u)
+{
+	struct sse_scan s;
+	char *out = NULL;
+	size_t len = 0, cap = 0, n = strlen(stream_with_usage);
+
+	sse_scan_init(&s, strip);
+	for (size_t off = 0; off < n; off += piece) {
+		size_t k = n - off < piece ? n - off : piece;
+		CHECK_INT(sse_scan_feed(&s, stream_with_usage + off, k, &out, &len, &cap), 0);
+	}
+	CHECK_INT(sse_scan_finish(&s, &out, &len, &cap), 0);
+	*u = s.usage;
+	sse_scan_free(&s);
+	out = realloc(out, len + 1);
+	out[len] = '\0';
+	return out;
+}
+
+TEST(usage_is_read_from_a_json_answer)
+{
+	struct usage u;
+	const char *b = "{\"id\":\"x\",\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":5}}";
+	CHECK(usage_from_json(b, strlen(b), &u));
+	CHECK_INT(u.prompt_tokens, 12);
+	CHECK_INT(u.completion_tokens, 5);
+	CHECK(!usage_from_json("{\"id\":1}", 8, &u));
+	CHECK(!usage_from_json("not json \"usage\"", 16, &u));
+}
+
+TEST(stream_usage_is_found_in_any_split_and_passed_unchanged)
+{
+	for (size_t piece = 1; piece < 40; piece += 3) {
+		struct usage u;
+		char *out = run_scan(false, piece, &u);
+		CHECK_STR(out, stream_with_usage);
+		CHECK(u.found);
+		CHECK_INT(u.prompt_tokens, 7);
+		CHECK_INT(u.completion_tokens, 3);
+		free(out);
+	}
+}
+
+TEST(stripping_removes_only_the_usage_chunk)
+{
+	struct usage u;
+	char *out = run_scan(true, 5, &u);
+	CHECK(strstr(out, "usage") == NULL);
+	CHECK(strstr(out, "\" there\"") != NULL);
+	CHECK(strstr(out, "data: [DONE]\n\n") != NULL);
+	CHECK_INT(u.completion_tokens, 3);
+	free(out);
+}
+
+TEST(request_info_reads_model_stream_and_include_usage)
+{
+	char model[64];
+	bool stream, inc;
+	const char *b = "{\"model\":\"gpt-x\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
+	usage_request_info(b, strlen(b), model, sizeof(model), &stream, &inc);
+	CHECK_STR(model, "gpt-x");
+	CHECK(stream && inc);
+	usage_request_info("[1]", 3, model, sizeof(model), &stream, &inc);
+	CHECK_STR(model, "");
+	CHECK(!stream && !inc);
+}
+
+TEST(include_usage_is_added_and_other_fields_kept)
+{
+	const char *b = "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"x\":1}}";
+	char *r = usage_request_with_include_usage(b, strlen(b));
+	CHECK(r && strstr(r, "\"include_usage\":true") && strstr(r, "\"x\":1") && strstr(r, "\"model\":\"m\""));
+	free(r);
+	CHECK(usage_request_with_include_usage("nope", 4) == NULL);
+}
+
+TEST(an_endless_event_is_not_held_forever)
+{
+	struct sse_scan s;
+	char *out = NULL, *junk = malloc(2 * 1024 * 1024);
+	size_t len = 0, cap = 0;
+
+	memset(junk, 'a', 2 * 1024 * 1024);
+	sse_scan_init(&s, true);
+	CHECK_INT(sse_scan_feed(&s, junk, 2 * 1024 * 1024, &out, &len, &cap), 0);
+	CHECK_INT(len, 2 * 1024 * 1024);
+	CHECK_INT(s.len, 0);
+	sse_scan_free(&s);
+	free(out);
+	free(junk);
+}
+
+RUN_TESTS()
