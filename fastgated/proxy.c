@@ -21,6 +21,7 @@
 #include "proxy.h"
 #include "reqid.h"
 #include "upstream.h"
+#include "usage.h"
 
 /* Streaming backpressure: pause the upstream when this much is queued for the client,
  * resume once it is down to a quarter. */
@@ -44,7 +45,14 @@ struct proxy_req {
 	struct upstream_xfer xfer;
 	struct curl_slist *headers;
 	struct evbuffer *body;            /* request body, owned here */
-	char *body_rewritten;             /* when add_body_fields changed it */
+	char *body_rewritten;             /* when add_body_fields or usage injection changed it */
+	char model[128];                  /* the request's "model", for the audit */
+	bool client_stream;               /* the client asked for a stream */
+	bool sse;                         /* the answer is an event stream being scanned */
+	struct sse_scan scan;             /* finds usage in a stream; strips what we injected */
+	char *scan_out;                   /* scanner output buffer, reused per chunk */
+	size_t scan_len, scan_cap;
+	struct usage usage;
 	char *url;
 
 	struct evkeyvalq up_headers;      /* upstream response headers being collected */
@@ -232,8 +240,10 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 			return 0; /* client gone: abort the transfer */
 		ct = evhttp_find_header(&px->up_headers, "Content-Type");
 		cl = evhttp_find_header(&px->up_headers, "Content-Length");
-		if ((ct && strncasecmp(ct, "text/event-stream", 17) == 0) || !cl ||
-		    strtoull(cl, NULL, 10) > BUFFER_LIMIT) {
+		px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
+		if (!px->sse && px->scan.strip_usage)
+			px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
+		if (px->sse || !cl || strtoull(cl, NULL, 10) > BUFFER_LIMIT) {
 			start_stream(px);
 			arm_timer(px, px->route->idle_timeout);
 		} else {
@@ -273,7 +283,14 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 		px->gw->stats.upstream_pauses++;
 		return CURL_WRITEFUNC_PAUSE;
 	}
-	evbuffer_add(px->out, data, len);
+	if (px->sse) {
+		px->scan_len = 0;
+		if (sse_scan_feed(&px->scan, data, len, &px->scan_out, &px->scan_len, &px->scan_cap) < 0)
+			return 0; /* out of memory: abort the transfer */
+		evbuffer_add(px->out, px->scan_out, px->scan_len);
+	} else {
+		evbuffer_add(px->out, data, len);
+	}
 	px->bytes_out += len;
 	px->chunks++;
 	if (!px->streaming && evbuffer_get_length(px->out) > BUFFER_LIMIT)
@@ -337,7 +354,19 @@ static void xfer_done(struct upstream_xfer *x, CURLcode rc)
 	}
 	if (rc == CURLE_OK && !px->timed_out) {
 		struct evhttp_request *req;
+		if (px->sse) {
+			px->scan_len = 0;
+			if (sse_scan_finish(&px->scan, &px->scan_out, &px->scan_len, &px->scan_cap) == 0 &&
+			    px->scan_len > 0)
+				evbuffer_add(px->out, px->scan_out, px->scan_len);
+			px->usage = px->scan.usage;
+		} else if (!px->streaming) {
+			usage_from_json((const char *)evbuffer_pullup(px->out, -1),
+			                evbuffer_get_length(px->out), &px->usage);
+		}
 		if (px->streaming) {
+			if (evbuffer_get_length(px->out) > 0)
+				evhttp_send_reply_chunk(px->req, px->out);
 			req = take_req(px);
 			evhttp_send_reply_end(req);
 		} else {
@@ -428,6 +457,8 @@ static void finish(struct proxy_req *px)
 	if (px->out)
 		evbuffer_free(px->out);
 	free(px->body_rewritten);
+	sse_scan_free(&px->scan);
+	free(px->scan_out);
 	free(px->url);
 	if (px->timer)
 		event_free(px->timer);
@@ -515,22 +546,47 @@ static bool key_allows_route(const struct key *k, const char *route)
 	return false;
 }
 
-/* Set add_body_fields the client did not send. -1: the body is not a JSON object. */
-static int rewrite_body(struct proxy_req *px, struct route_request *rq)
+/* Rewrite the body when the route adds fields, or when a stream must be asked for its
+ * usage. Sets the model and stream flags for the audit either way. -1: a rewrite was
+ * needed but the body is not a JSON object. */
+static int prepare_body(struct proxy_req *px, struct route_request *rq, bool *rewritten)
 {
+	const struct route *r = px->route;
+	bool add_fields = r->add_body_fields && json_object_size(r->add_body_fields) > 0;
+	bool include_usage = false, inject;
 	const char *field;
-	json_t *value;
+	json_t *value, *so;
 
+	*rewritten = false;
+	usage_request_info(rq->body, rq->body_len, px->model, sizeof(px->model),
+	                   &px->client_stream, &include_usage);
+	inject = r->stream_usage && px->client_stream && !include_usage;
+	if (!add_fields && !inject)
+		return 0;
 	if (rq->json_state == 0) {
 		rq->json = json_loadb(rq->body, rq->body_len, 0, NULL);
 		rq->json_state = json_is_object(rq->json) ? 1 : -1;
 	}
 	if (rq->json_state != 1)
-		return -1;
-	json_object_foreach(px->route->add_body_fields, field, value)
-		if (!json_object_get(rq->json, field))
-			json_object_set(rq->json, field, value);
+		return add_fields ? -1 : 0;
+	if (add_fields)
+		json_object_foreach(r->add_body_fields, field, value)
+			if (!json_object_get(rq->json, field))
+				json_object_set(rq->json, field, value);
+	if (inject) {
+		so = json_object_get(rq->json, "stream_options");
+		if (!json_is_object(so)) {
+			so = json_object();
+			json_object_set_new(rq->json, "stream_options", so);
+		}
+		json_object_set_new(so, "include_usage", json_true());
+		sse_scan_init(&px->scan, true);
+	}
+	value = json_object_get(rq->json, "model");
+	if (json_is_string(value))
+		snprintf(px->model, sizeof(px->model), "%s", json_string_value(value));
 	px->body_rewritten = json_dumps(rq->json, JSON_COMPACT);
+	*rewritten = px->body_rewritten != NULL;
 	return px->body_rewritten ? 0 : -1;
 }
 
@@ -686,6 +742,8 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 	snprintf(px->id, sizeof(px->id), "%s", id);
 	TAILQ_INIT(&px->up_headers);
 	px->xfer.done = xfer_done;
+	sse_scan_init(&px->scan, false);
+	px->usage.prompt_tokens = px->usage.completion_tokens = -1;
 	px->table = gw->routes;
 	route_table_ref(px->table);
 	px->body = evbuffer_new();
@@ -716,6 +774,7 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 	struct key *k;
 	int64_t now = time(NULL);
 	int retry;
+	bool rewritten;
 
 	if (gw->stopping) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
@@ -784,11 +843,11 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 
 	send_body = rq.body;
 	send_len = rq.body_len;
-	if (px->route->add_body_fields && json_object_size(px->route->add_body_fields) > 0) {
-		if (rewrite_body(px, &rq) < 0) {
-			reply_error(px, 400, "invalid_json", "request body must be a JSON object");
-			goto done;
-		}
+	if (prepare_body(px, &rq, &rewritten) < 0) {
+		reply_error(px, 400, "invalid_json", "request body must be a JSON object");
+		goto done;
+	}
+	if (rewritten) {
 		send_body = px->body_rewritten;
 		send_len = strlen(px->body_rewritten);
 	}

@@ -168,6 +168,7 @@ static void route_free(struct route *r)
 	free(r->upstream_host);
 	free_secret(r->api_key);
 	free(r->api_key_file);
+	free(r->ca_file);
 	free(r->strip_prefix);
 	for (size_t i = 0; i < r->n_strip_headers; i++)
 		free(r->strip_headers[i]);
@@ -1062,8 +1063,8 @@ done:
 
 static void parse_upstream(struct pctx *c, const yaml_node_t *un, struct route *r, bool unavailable)
 {
-	static const char *const keys[] = { "url", "api_key", "api_key_file", NULL };
-	yaml_node_t *seen[3] = { 0 };
+	static const char *const keys[] = { "url", "api_key", "api_key_file", "ca_file", NULL };
+	yaml_node_t *seen[4] = { 0 };
 	const char *s;
 
 	if (!expect_type(c, un, YAML_MAPPING_NODE, "upstream", "a mapping with url: and api_key:"))
@@ -1089,6 +1090,17 @@ static void parse_upstream(struct pctx *c, const yaml_node_t *un, struct route *
 		r->api_key_file = xstrdup(s);
 		if (!unavailable)
 			r->api_key = read_key_file(c, seen[2], s);
+	}
+	if (seen[3] && (s = get_str(c, seen[3], "ca_file"))) {
+		/* relative to the route file, like api_key_file; checked by curl at connect */
+		if (s[0] == '/' || !strrchr(c->file, '/')) {
+			r->ca_file = xstrdup(s);
+		} else if (asprintf(&r->ca_file, "%.*s/%s", (int)(strrchr(c->file, '/') - c->file),
+		                    c->file, s) < 0) {
+			abort();
+		}
+		if (access(r->ca_file, R_OK) != 0)
+			perr(c, seen[3], "ca_file: cannot read %s", r->ca_file);
 	}
 }
 
@@ -1235,11 +1247,11 @@ static void parse_add_headers(struct pctx *c, const yaml_node_t *n, struct route
 
 enum {
 	K_NAME, K_PRIORITY, K_ENABLED, K_IF_ENV, K_MATCH, K_UPSTREAM, K_STRIP_PREFIX, K_TIMEOUT,
-	K_IDLE_TIMEOUT, K_STRIP_HEADERS, K_ADD_HEADERS, K_ADD_BODY_FIELDS, K_COUNT
+	K_IDLE_TIMEOUT, K_STRIP_HEADERS, K_ADD_HEADERS, K_ADD_BODY_FIELDS, K_STREAM_USAGE, K_COUNT
 };
 static const char *const route_keys[K_COUNT + 1] = {
 	"name", "priority", "enabled", "if_env", "match", "upstream", "strip_prefix", "timeout",
-	"idle_timeout", "strip_headers", "add_headers", "add_body_fields", NULL
+	"idle_timeout", "strip_headers", "add_headers", "add_body_fields", "stream_usage", NULL
 };
 
 static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struct pvec *out)
@@ -1261,6 +1273,7 @@ static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struc
 	r->enabled_in_file = true;
 	r->timeout = DEFAULT_TIMEOUT;
 	r->idle_timeout = 0;
+	r->stream_usage = true;
 	r->file = xstrdup(c->file);
 	r->line = (int)node_line(rn);
 
@@ -1340,6 +1353,8 @@ static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struc
 		get_timeout(c, seen[K_IDLE_TIMEOUT], "idle_timeout", &r->idle_timeout);
 	if (r->idle_timeout == 0)
 		r->idle_timeout = r->timeout;
+	if (seen[K_STREAM_USAGE])
+		get_bool(c, seen[K_STREAM_USAGE], "stream_usage", &r->stream_usage);
 	if (seen[K_STRIP_HEADERS])
 		r->strip_headers = str_list(c, seen[K_STRIP_HEADERS], "strip_headers", false,
 		                            &r->n_strip_headers);

@@ -38,6 +38,8 @@ struct route {
 	char *upstream_host;   /* host[:port], for display */
 	char *api_key;         /* resolved secret or NULL; never log it */
 	char *api_key_file;    /* as written, or NULL */
+	char *ca_file;         /* CA bundle to verify an https upstream, or NULL: system CAs */
+	bool stream_usage;     /* ask streams for usage and strip it if the client did not; default true */
 	char *strip_prefix;    /* or NULL */
 	int timeout;           /* seconds to first byte; default 60 */
 	int idle_timeout;      /* seconds between stream chunks; default = timeout */

@@ -213,6 +213,15 @@ def test_stream_usage_chunk_is_passed_when_asked(c):
     assert done and events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] > 0, events[-1]
 
 
+def test_gateway_asks_a_stream_for_usage_and_hides_it_from_the_client(c):
+    st, _, data = chat(c, body=dict(CHAT, stream=True))
+    events, done = read_sse(data.splitlines(keepends=True))
+    assert done and all(e["choices"] for e in events), events[-1]
+    assert all("usage" not in e or e["usage"] is None for e in events), events[-1]
+    sent = json.loads(c.mock.stats()["last"]["body"])
+    assert sent["stream_options"] == {"include_usage": True}, sent
+
+
 def test_first_chunk_arrives_before_the_upstream_finishes(c):
     c.mock.reset()
     s, f, head = open_stream(c, chunks=6, delay_ms=300)
