@@ -917,7 +917,7 @@ TEST(error_unknown_key_names_it_and_lists_valid_keys)
 	CHECK_INT(e.n, 2);
 	if (e.n == 2) {
 		CHECK_STR(e.lines[0], where("r.yaml", 5,
-		          "route \"a\": unknown key \"apikey\" in upstream (valid: url, api_key, api_key_file)"));
+		          "route \"a\": unknown key \"apikey\" in upstream (valid: url, api_key, api_key_file, ca_file)"));
 		CHECK_STR(e.lines[1], where("r.yaml", 6,
 		          "route \"a\": unknown key \"bogus\" in a route (valid: name, priority, enabled, "
 		          "if_env, match, upstream, strip_prefix, timeout, idle_timeout, strip_headers, "
