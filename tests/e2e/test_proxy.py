@@ -407,6 +407,8 @@ def test_health_and_metrics_are_served(c):
     text = data.decode()
     assert st == 200 and "fastgate_requests_total{route=\"chat\",status=\"200\"}" in text, text[:500]
     assert "fastgate_request_duration_seconds_bucket" in text
+    p = subprocess.run(["promtool", "check", "metrics"], input=data, capture_output=True, timeout=20)
+    assert p.returncode == 0, p.stdout + p.stderr
 
 
 # --- hostile input: the guard answers, nothing reaches the upstream ---------------------
