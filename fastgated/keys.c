@@ -4,8 +4,9 @@
  * Memory layout: every key is its own allocation, so a struct key * handed to a request
  * stays valid while the arrays around it grow. The store keeps those pointers twice: in id
  * order (for listing and lookup by id, binary search) and in an open-addressing table keyed
- * by SHA-256 of the secret (for authentication). Keys are never deleted, only revoked, so
- * the table needs no tombstones. */
+ * by SHA-256 of the secret (for authentication). Keys are never deleted, only revoked; the
+ * one removal is of a rotated key's old hash, which re-inserts the rest of its probe run
+ * instead of leaving a tombstone, so lookups never have to step over dead slots. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -39,6 +40,7 @@ struct keystore {
 	struct key **slots;        /* hash table by SHA-256; power of two, load <= 0.5 */
 	size_t nslots;
 	sqlite3_stmt *st_insert, *st_revoke, *st_used, *st_rs_get, *st_rs_set;
+	sqlite3_stmt *st_update, *st_rotate;
 };
 
 /* Schema migrations, applied in order inside one transaction. To add version 2, append
@@ -272,6 +274,25 @@ static void table_put(struct key **slots, size_t nslots, struct key *k)
 	while (slots[i])
 		i = (i + 1) & (nslots - 1);
 	slots[i] = k;
+}
+
+/* Take k out of the hash table (found by its current hash). Linear probing finds a key by
+ * walking from its home slot to the first empty one, so every key after k in the same run
+ * is put back: each then lands at or before where it was, and no walk crosses a hole. */
+static void table_remove(struct keystore *ks, const struct key *k)
+{
+	size_t mask = ks->nslots - 1, i;
+
+	for (i = hash_slot(k->hash, ks->nslots); ks->slots[i] != k; i = (i + 1) & mask)
+		if (!ks->slots[i])
+			return;       /* not indexed: nothing to remove */
+	ks->slots[i] = NULL;
+	for (i = (i + 1) & mask; ks->slots[i]; i = (i + 1) & mask) {
+		struct key *moved = ks->slots[i];
+
+		ks->slots[i] = NULL;
+		table_put(ks->slots, ks->nslots, moved);
+	}
 }
 
 /* Make room for `want` keys at load <= 0.5, rehashing into a bigger table if needed. */
@@ -560,7 +581,11 @@ struct keystore *keystore_open(const char *path, char **err)
 	            err) < 0 ||
 	    prepare(ks, &ks->st_rs_set,
 	            "INSERT OR REPLACE INTO route_state (name, enabled, updated) "
-	            "VALUES (?1, ?2, ?3)", err) < 0)
+	            "VALUES (?1, ?2, ?3)", err) < 0 ||
+	    prepare(ks, &ks->st_update,
+	            "UPDATE keys SET routes = ?1, rpm = ?2, expires = ?3 WHERE id = ?4", err) < 0 ||
+	    prepare(ks, &ks->st_rotate,
+	            "UPDATE keys SET hash = ?1, display = ?2 WHERE id = ?3", err) < 0)
 		goto fail;
 	return ks;
 fail:
@@ -578,6 +603,8 @@ void keystore_close(struct keystore *ks)
 	sqlite3_finalize(ks->st_used);
 	sqlite3_finalize(ks->st_rs_get);
 	sqlite3_finalize(ks->st_rs_set);
+	sqlite3_finalize(ks->st_update);
+	sqlite3_finalize(ks->st_rotate);
 	if (sqlite3_close(ks->db) != SQLITE_OK)
 		log_warn("key store %s: close failed: %s", ks->path, sqlite3_errmsg(ks->db));
 	for (size_t i = 0; i < ks->n; i++)
@@ -670,7 +697,7 @@ static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
 }
 
 /* Names end up in tables, CSV and JSON (jansson wants valid UTF-8): printable text only. */
-static int check_name(const char *name, char **err)
+int key_name_check(const char *name, char **err)
 {
 	const unsigned char *s = (const unsigned char *)name;
 	size_t len, chars = 0;
@@ -740,7 +767,7 @@ int keystore_create(struct keystore *ks, const char *name, char *const *routes, 
 		set_err(err, "internal error: keystore_create called without a store or buffer");
 		return -1;
 	}
-	if (check_name(name, err) < 0)
+	if (key_name_check(name, err) < 0)
 		return -1;
 	if (rpm < 0) {
 		set_err(err, "rpm must be 0 (unlimited) or more, not %d", rpm);
@@ -837,6 +864,155 @@ int keystore_revoke(struct keystore *ks, int64_t id, char **err)
 	rc = 0;
 done:
 	sqlite3_reset(ks->st_revoke);
+	return rc;
+}
+
+/* The key that update and rotate may change: it exists and is not revoked. Revocation is
+ * final, so changing a revoked key could only suggest otherwise. */
+static struct key *changeable_key(struct keystore *ks, int64_t id, const char *what, char **err)
+{
+	struct key *k = keystore_get(ks, id);
+
+	if (!k)
+		set_err(err, "no key with id %lld", (long long)id);
+	else if (k->revoked)
+		set_err(err, "key %lld is revoked and cannot be %s; create a new key instead",
+		        (long long)id, what);
+	return k && !k->revoked ? k : NULL;
+}
+
+int keystore_update(struct keystore *ks, int64_t id, const struct key_changes *ch, char **err)
+{
+	struct key *k;
+	char **routes = NULL;
+	size_t n_routes = 0;
+	char *routes_text = NULL;
+	int rpm;
+	int64_t expires;
+	int rc = -1;
+
+	if (!ks || !ch) {
+		set_err(err, "internal error: keystore_update called without a store or changes");
+		return -1;
+	}
+	k = changeable_key(ks, id, "changed", err);
+	if (!k)
+		return -1;
+	rpm = ch->set & KEY_CHANGE_RPM ? ch->rpm : k->rpm;
+	expires = ch->set & KEY_CHANGE_EXPIRES ? ch->expires : k->expires;
+	if (rpm < 0) {
+		set_err(err, "rpm must be 0 (unlimited) or more, not %d", rpm);
+		return -1;
+	}
+	if (expires < 0) {
+		set_err(err, "expiry time must be 0 (never) or a unix time, not %lld",
+		        (long long)expires);
+		return -1;
+	}
+	if (ch->set & KEY_CHANGE_ROUTES) {
+		if (ch->n_routes && !ch->routes) {
+			set_err(err, "internal error: %zu routes given without a list", ch->n_routes);
+			return -1;
+		}
+		for (size_t i = 0; i < ch->n_routes; i++)
+			if (check_route_name(ch->routes[i], err) < 0)
+				return -1;
+		/* Copied now so that nothing can fail between the write and the swap. */
+		n_routes = ch->n_routes;
+		routes = n_routes ? xcalloc(n_routes, sizeof(*routes)) : NULL;
+		for (size_t i = 0; i < n_routes; i++)
+			routes[i] = xstrndup(ch->routes[i], strlen(ch->routes[i]));
+		routes_text = routes_join(routes, n_routes);
+	} else {
+		routes_text = routes_join(k->routes, k->n_routes);
+	}
+
+	sqlite3_bind_text(ks->st_update, 1, routes_text, -1, SQLITE_STATIC);
+	sqlite3_bind_int(ks->st_update, 2, rpm);
+	sqlite3_bind_int64(ks->st_update, 3, expires);
+	sqlite3_bind_int64(ks->st_update, 4, id);
+	if (sqlite3_step(ks->st_update) != SQLITE_DONE) {
+		set_err(err, "cannot update key %lld in %s: %s", (long long)id, ks->path,
+		        sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	if (sqlite3_changes(ks->db) == 0) {
+		set_err(err, "key %lld is no longer in %s; was the database changed by hand?",
+		        (long long)id, ks->path);
+		goto done;
+	}
+	if (ch->set & KEY_CHANGE_ROUTES) {
+		char **old = k->routes;
+		size_t n_old = k->n_routes;
+
+		k->routes = routes;
+		k->n_routes = n_routes;
+		routes = old;
+		n_routes = n_old;      /* freed below */
+	}
+	/* The window in progress stays: lowering a limit must not hand out a fresh minute. */
+	k->rpm = rpm;
+	k->expires = expires;
+	rc = 0;
+done:
+	sqlite3_reset(ks->st_update);
+	sqlite3_clear_bindings(ks->st_update);
+	for (size_t i = 0; i < n_routes; i++)
+		free(routes[i]);
+	free(routes);
+	free(routes_text);
+	return rc;
+}
+
+int keystore_rotate(struct keystore *ks, int64_t id, char *secret_out, char **err)
+{
+	char secret[KEY_SECRET_LEN + 1];
+	char display[KEY_DISPLAY_LEN + 1];
+	unsigned char hash[KEY_HASH_LEN];
+	struct key *k;
+	int rc = -1;
+
+	if (!ks || !secret_out) {
+		set_err(err, "internal error: keystore_rotate called without a store or buffer");
+		return -1;
+	}
+	k = changeable_key(ks, id, "rotated", err);
+	if (!k)
+		return -1;
+	if (key_generate(secret) < 0) {
+		set_err(err, "the random number generator failed; key %lld keeps its secret",
+		        (long long)id);
+		return -1;
+	}
+	memcpy(display, secret, KEY_DISPLAY_LEN);
+	display[KEY_DISPLAY_LEN] = '\0';
+	key_hash(secret, KEY_SECRET_LEN, hash);
+
+	sqlite3_bind_blob(ks->st_rotate, 1, hash, KEY_HASH_LEN, SQLITE_STATIC);
+	sqlite3_bind_text(ks->st_rotate, 2, display, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(ks->st_rotate, 3, id);
+	if (sqlite3_step(ks->st_rotate) != SQLITE_DONE) {
+		set_err(err, "cannot store the new secret of key %lld in %s: %s; the old secret "
+		        "still works", (long long)id, ks->path, sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	if (sqlite3_changes(ks->db) == 0) {
+		set_err(err, "key %lld is no longer in %s; was the database changed by hand?",
+		        (long long)id, ks->path);
+		goto done;
+	}
+	/* Out under the old hash, back in under the new: from here the old secret is unknown. */
+	table_remove(ks, k);
+	memcpy(k->hash, hash, KEY_HASH_LEN);
+	memcpy(k->display, display, sizeof(display));
+	table_put(ks->slots, ks->nslots, k);
+	memcpy(secret_out, secret, sizeof(secret));
+	rc = 0;
+done:
+	sqlite3_reset(ks->st_rotate);
+	sqlite3_clear_bindings(ks->st_rotate);
+	OPENSSL_cleanse(secret, sizeof(secret));
+	OPENSSL_cleanse(hash, sizeof(hash));
 	return rc;
 }
 

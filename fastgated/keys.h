@@ -74,6 +74,34 @@ int keystore_create(struct keystore *ks, const char *name, char *const *routes, 
 /* Revoke by id: -1 with *err "no key with id N" if unknown. Revoking twice is fine. */
 int keystore_revoke(struct keystore *ks, int64_t id, char **err);
 
+/* The rules for a key's name (non-empty, at most 64 characters of printable UTF-8, no
+ * leading or trailing space). 0 if `name` is acceptable, else -1 with *err saying why
+ * (caller frees). keystore_create applies it; callers use it to tell a bad name from a
+ * store failure. */
+int key_name_check(const char *name, char **err);
+
+/* What keystore_update changes: only the fields whose KEY_CHANGE_* bit is in `set`. */
+#define KEY_CHANGE_ROUTES  0x1u
+#define KEY_CHANGE_RPM     0x2u
+#define KEY_CHANGE_EXPIRES 0x4u
+struct key_changes {
+	unsigned set;
+	char *const *routes;  /* borrowed; n_routes == 0 = all routes */
+	size_t n_routes;
+	int rpm;              /* 0 = unlimited */
+	int64_t expires;      /* unix seconds, 0 = never */
+};
+/* Change a key's policy: SQLite first, then the in-memory key (so a running daemon applies
+ * it to the next request). The rate-limit window in progress is kept. -1 with *err set
+ * (caller frees) if the id is unknown ("no key with id N"), the key is revoked, a value is
+ * invalid or the write failed; the key is then unchanged. */
+int keystore_update(struct keystore *ks, int64_t id, const struct key_changes *ch, char **err);
+/* Give a key a new secret, keeping its id, name, policy and history. The old secret stops
+ * matching at once. Writes the new secret (KEY_SECRET_LEN + 1 bytes) into secret_out.
+ * -1 with *err set (caller frees) if the id is unknown ("no key with id N"), the key is
+ * revoked, or the write failed; the old secret then still works. */
+int keystore_rotate(struct keystore *ks, int64_t id, char *secret_out, char **err);
+
 /* All keys, in id order; valid until the next change to the store. */
 size_t keystore_count(const struct keystore *ks);
 struct key *keystore_at(struct keystore *ks, size_t i);

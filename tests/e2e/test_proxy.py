@@ -401,6 +401,7 @@ def test_idle_stream_is_ended_after_its_idle_timeout(c):
 
 
 def test_health_and_metrics_are_served(c):
+    assert chat(c)[0] == 200
     st, _, data = c.gw.request("GET", "/health")
     assert st == 200 and json.loads(data)["status"] == "ok"
     st, h, data = c.gw.request("GET", "/metrics")
