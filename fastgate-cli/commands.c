@@ -130,6 +130,7 @@ static void print_key_detail(const json_t *k)
 	free(routes);
 }
 
+/* The secret and what it grants, then the one reminder that it will not be shown again. */
 static void print_key_created(const json_t *k)
 {
 	struct cli_table *t = cli_table_new(2, NULL);
@@ -146,6 +147,20 @@ static void print_key_created(const json_t *k)
 	cli_table_print(t, stdout);
 	printf("\nStore this key now: it is shown only once; fastgate keeps only its hash.\n");
 	free(routes);
+}
+
+static void print_key_rotated(const json_t *k)
+{
+	printf("Key %" JSON_INTEGER_FORMAT " (%s) has a new secret; the old one no longer works.\n\n",
+	       jint(k, "id"), jstr(k, "name") ? jstr(k, "name") : "?");
+	print_key_created(k);
+}
+
+static void print_key_updated(const json_t *k)
+{
+	printf("Updated key %" JSON_INTEGER_FORMAT " (%s); the next request uses the new settings.\n\n",
+	       jint(k, "id"), jstr(k, "name") ? jstr(k, "name") : "?");
+	print_key_detail(k);
 }
 
 static void print_key_list(const json_t *a)
@@ -385,35 +400,46 @@ const struct cli_cmd cli_commands[] = {
 		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes (default: all)", CLI_COMPLETE_ROUTES },
 		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (default: unlimited)", CLI_COMPLETE_NONE },
 		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire after N days (default: never)", CLI_COMPLETE_NONE },
-		OPT_END }, print_key_created },
+		OPT_END }, print_key_created, false },
 	{ "key", "list", "key.list", "list keys (never their secrets)",
 	  NO_POS, {
 		{ "--all", NULL, CLI_ARG_FLAG, "all", false, "include revoked keys", CLI_COMPLETE_NONE },
-		OPT_END }, print_key_list },
+		OPT_END }, print_key_list, false },
 	{ "key", "show", "key.show", "show one key",
 	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY },
-	  { OPT_END }, print_key_detail },
+	  { OPT_END }, print_key_detail, false },
 	{ "key", "revoke", "key.revoke", "revoke a key; it stops working at once",
 	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY },
-	  { OPT_END }, print_key_revoked },
+	  { OPT_END }, print_key_revoked, false },
+	{ "key", "update", "key.update", "change a key's routes, rpm limit or expiry, at once",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY }, {
+		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes", CLI_COMPLETE_ROUTES },
+		{ "--all-routes", NULL, CLI_ARG_CLEAR, "routes", false, "allow every route", CLI_COMPLETE_NONE },
+		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (0: unlimited)", CLI_COMPLETE_NONE },
+		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire N days from now", CLI_COMPLETE_NONE },
+		{ "--no-expiry", NULL, CLI_ARG_CLEAR, "expires_days", false, "never expire", CLI_COMPLETE_NONE },
+		OPT_END }, print_key_updated, true },
+	{ "key", "rotate", "key.rotate", "replace a key's secret (printed once); the old one stops working",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY },
+	  { OPT_END }, print_key_rotated, false },
 	{ "route", "list", "route.list", "list routes in match order",
-	  NO_POS, { OPT_END }, print_route_list },
+	  NO_POS, { OPT_END }, print_route_list, false },
 	{ "route", "show", "route.show", "show one route in full (never its upstream key)",
 	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
-	  { OPT_END }, print_route_detail },
+	  { OPT_END }, print_route_detail, false },
 	{ "route", "enable", "route.enable", "enable a route (kept across restarts)",
 	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
-	  { OPT_END }, print_route_changed },
+	  { OPT_END }, print_route_changed, false },
 	{ "route", "disable", "route.disable", "disable a route; the next match serves instead",
 	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
-	  { OPT_END }, print_route_changed },
+	  { OPT_END }, print_route_changed, false },
 	{ "route", "toggle", "route.toggle", "flip a route between enabled and disabled",
 	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
-	  { OPT_END }, print_route_changed },
+	  { OPT_END }, print_route_changed, false },
 	{ "reload", NULL, "reload", "re-read the route files; on error the old routes keep serving",
-	  NO_POS, { OPT_END }, print_reload },
+	  NO_POS, { OPT_END }, print_reload, false },
 	{ "status", NULL, "status", "version, uptime, listen address, route and key counts",
-	  NO_POS, { OPT_END }, print_status },
+	  NO_POS, { OPT_END }, print_status, false },
 };
 const size_t cli_ncommands = sizeof(cli_commands) / sizeof(cli_commands[0]);
 

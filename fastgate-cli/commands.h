@@ -12,6 +12,8 @@ enum cli_argtype {
 	CLI_ARG_INT,      /* --rpm N           -> "rpm": N (a non-negative integer) */
 	CLI_ARG_FLAG,     /* --all             -> "all": true */
 	CLI_ARG_LIST,     /* --routes a,b      -> "routes": ["a","b"] */
+	CLI_ARG_CLEAR,    /* --all-routes      -> "routes": [], --no-expiry -> "expires_days": 0:
+	                   * lifts a restriction by sending the empty value of its alternative */
 };
 
 /* What shell completion offers for a value. */
@@ -22,6 +24,9 @@ enum cli_complete {
 	CLI_COMPLETE_KEY,      /* a key id */
 };
 
+/* Options next to each other that share a key are alternatives: at most one of them may be
+ * given, and the synopsis shows them as [--a X|--b]. A CLI_ARG_CLEAR option needs one
+ * (CLI_ARG_LIST or CLI_ARG_INT) to take its empty value from. */
 struct cli_opt {
 	const char *flag;      /* "--name"; NULL for the positional argument */
 	const char *metavar;   /* "N"; NULL for flags */
@@ -32,7 +37,7 @@ struct cli_opt {
 	enum cli_complete complete;
 };
 
-#define CLI_MAX_OPTS 6
+#define CLI_MAX_OPTS 8
 
 struct cli_cmd {
 	const char *noun;
@@ -42,6 +47,7 @@ struct cli_cmd {
 	struct cli_opt pos;        /* pos.key NULL: no positional argument */
 	struct cli_opt opts[CLI_MAX_OPTS];   /* ends at the first with flag NULL */
 	void (*print)(const json_t *result);
+	bool needs_an_option;      /* the command is pointless without at least one option */
 };
 
 struct cli_noun {

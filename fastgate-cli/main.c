@@ -45,10 +45,17 @@ static const struct cli_cmd *find_cmd(const char *noun, const char *verb)
 	return NULL;
 }
 
-/* "key create --name N [--routes a,b]" into buf. */
+/* True if o and the option after it are alternatives (they set the same key). */
+static bool alt_next(const struct cli_opt *o)
+{
+	return o[1].flag && strcmp(o->key, o[1].key) == 0;
+}
+
+/* "key update ID [--routes a,b|--all-routes] [--rpm N]" into buf. */
 static const char *synopsis(const struct cli_cmd *c, char *buf, size_t size)
 {
 	size_t n = 0;
+	bool in_alt = false;
 
 #define ADD(...) do { int r_ = snprintf(buf + n, n < size ? size - n : 0, __VA_ARGS__); \
 		if (r_ > 0) n += (size_t)r_; } while (0)
@@ -56,8 +63,10 @@ static const char *synopsis(const struct cli_cmd *c, char *buf, size_t size)
 	if (c->pos.key)
 		ADD(c->pos.required ? " %s" : " [%s]", c->pos.metavar);
 	for (const struct cli_opt *o = c->opts; o->flag; o++) {
-		ADD(" %s%s%s%s%s", o->required ? "" : "[", o->flag, o->metavar ? " " : "",
-		    o->metavar ? o->metavar : "", o->required ? "" : "]");
+		ADD("%s%s%s%s%s", in_alt ? "|" : o->required ? " " : " [", o->flag,
+		    o->metavar ? " " : "", o->metavar ? o->metavar : "",
+		    o->required || alt_next(o) ? "" : "]");
+		in_alt = alt_next(o);
 	}
 #undef ADD
 	return buf;
@@ -249,6 +258,16 @@ static json_t *opt_value(const struct cli_cmd *c, const struct cli_opt *o, const
 		return json_integer(n);
 	case CLI_ARG_FLAG:
 		return json_true();
+	case CLI_ARG_CLEAR:
+		for (const struct cli_opt *alt = c->opts; alt->flag; alt++) {
+			if (strcmp(alt->key, o->key) != 0 || alt == o)
+				continue;
+			if (alt->type == CLI_ARG_LIST)
+				return json_array();
+			if (alt->type == CLI_ARG_INT)
+				return json_integer(0);
+		}
+		abort();      /* the command table gave it no alternative: a bug, not input */
 	case CLI_ARG_LIST: {
 		json_t *a = json_array();
 		char *copy = strdup(v), *save = NULL, *tok;
@@ -283,13 +302,21 @@ static const struct cli_opt *find_opt(const struct cli_cmd *c, const char *flag,
 	return NULL;
 }
 
+static bool any_given(const bool given[CLI_MAX_OPTS])
+{
+	for (size_t i = 0; i < CLI_MAX_OPTS; i++)
+		if (given[i])
+			return true;
+	return false;
+}
+
 /* Parse a command's arguments from argv[i..] into a new args object. Returns
  * CLI_EXIT_OK with *out set, CLI_EXIT_USAGE after reporting, or -1 if help was printed. */
 static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
                           struct globals *g, json_t **out)
 {
 	json_t *args = json_object();
-	bool only_positional = false;
+	bool only_positional = false, given[CLI_MAX_OPTS] = { false };
 	int ret = CLI_EXIT_USAGE;
 
 	if (!args)
@@ -324,11 +351,21 @@ static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
 				goto done;
 			}
 			if (json_object_get(args, o->key)) {
-				usage_error(c, NULL, "option %s given twice", o->flag);
+				const struct cli_opt *other = c->opts;
+
+				while (other->flag && !(other != o && given[other - c->opts] &&
+				                        strcmp(other->key, o->key) == 0))
+					other++;
+				if (other->flag)
+					usage_error(c, NULL, "options %s and %s cannot be used together",
+					            other->flag, o->flag);
+				else
+					usage_error(c, NULL, "option %s given twice", o->flag);
 				goto done;
 			}
+			given[o - c->opts] = true;
 			val = strchr(a, '=') ? strchr(a, '=') + 1 : NULL;
-			if (o->type == CLI_ARG_FLAG) {
+			if (o->type == CLI_ARG_FLAG || o->type == CLI_ARG_CLEAR) {
 				if (val) {
 					usage_error(c, NULL, "option %s takes no value", o->flag);
 					goto done;
@@ -363,6 +400,17 @@ static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
 			usage_error(c, NULL, "missing %s %s", o->flag, o->metavar);
 			goto done;
 		}
+	if (c->needs_an_option && !any_given(given)) {
+		char flags[256];
+		size_t n = 0;
+
+		flags[0] = '\0';
+		for (const struct cli_opt *o = c->opts; o->flag && n < sizeof(flags); o++)
+			n += (size_t)snprintf(flags + n, sizeof(flags) - n, "%s%s",
+			                      n ? (o[1].flag ? ", " : " or ") : "", o->flag);
+		usage_error(c, NULL, "nothing to change: give %s", flags);
+		goto done;
+	}
 	*out = args;
 	args = NULL;
 	ret = CLI_EXIT_OK;

@@ -978,15 +978,78 @@ static bool route_name_valid(const char *s)
 
 static void h_help(struct ctl_call *call, json_t *args);
 
+/* Key limits the control channel accepts (the store itself takes any non-negative value). */
+#define KEY_RPM_MAX          1000000
+#define KEY_EXPIRES_DAYS_MAX 36500
+
+/* args.routes, if present and not null, as names of routes loaded now: *given is set and
+ * *routes is a new array (caller frees it; the strings belong to args), NULL for []. False
+ * after replying. */
+static bool arg_routes(struct ctl_call *call, json_t *args, bool *given, char ***routes,
+                       size_t *n_routes)
+{
+	struct gateway *gw = ctl_call_gateway(call);
+	json_t *jroutes = json_object_get(args, "routes"), *v;
+	char **out;
+	size_t i;
+
+	*given = false;
+	*routes = NULL;
+	*n_routes = 0;
+	if (!jroutes || json_is_null(jroutes))
+		return true;
+	if (!json_is_array(jroutes)) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'routes' must be an array of route names");
+		return false;
+	}
+	out = calloc(json_array_size(jroutes) + 1, sizeof(*out));
+	if (!out) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "out of memory");
+		return false;
+	}
+	json_array_foreach(jroutes, i, v) {
+		const char *rn = json_string_value(v);
+
+		if (!rn || !route_name_valid(rn)) {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
+			                "'routes' must be an array of route names ([A-Za-z0-9_.-]+)");
+			goto fail;
+		}
+		/* A typo here would silently lock the key out of everything. */
+		if (!gw->routes || !route_table_find(gw->routes, rn)) {
+			ctl_reply_error(call, CTL_E_NOT_FOUND, NULL,
+			                "no route named '%s' (fastgate-cli route list shows them)", rn);
+			goto fail;
+		}
+		out[i] = (char *)rn;
+	}
+	*given = true;
+	*n_routes = json_array_size(jroutes);
+	if (*n_routes)
+		*routes = out;
+	else
+		free(out);
+	return true;
+fail:
+	free(out);
+	return false;
+}
+
+/* Expiry time for expires_days counted from now; 0 days = never. */
+static int64_t expires_from_days(json_int_t days, int64_t now)
+{
+	return days ? now + (int64_t)days * 86400 : 0;
+}
+
 static void h_key_create(struct ctl_call *call, json_t *args)
 {
 	static const char *const allowed[] = { "name", "routes", "rpm", "expires_days", NULL };
 	struct gateway *gw = ctl_call_gateway(call);
 	const char *name;
 	json_int_t rpm = 0, days = 0;
-	json_t *jroutes, *v;
 	char **routes = NULL;
-	size_t n_routes = 0, i;
+	size_t n_routes = 0;
+	bool routes_given;
 	char secret[KEY_SECRET_LEN + 1];
 	char *err = NULL;
 	struct key *k = NULL;
@@ -994,47 +1057,22 @@ static void h_key_create(struct ctl_call *call, json_t *args)
 	json_t *res;
 
 	if (!args_only(call, args, allowed) || !arg_string(call, args, "name", true, &name) ||
-	    !arg_int(call, args, "rpm", false, 0, 1000000, &rpm) ||
-	    !arg_int(call, args, "expires_days", false, 0, 36500, &days))
+	    !arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
+	    !arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days))
 		return;
 	call_detail(call, "name=\"%s\"", name);
-	jroutes = json_object_get(args, "routes");
-	if (jroutes && !json_is_null(jroutes)) {
-		if (!json_is_array(jroutes)) {
-			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'routes' must be an array of route names");
-			return;
-		}
-		n_routes = json_array_size(jroutes);
-		routes = calloc(n_routes + 1, sizeof(*routes));
-		if (!routes) {
-			ctl_reply_error(call, CTL_E_INTERNAL, NULL, "out of memory");
-			return;
-		}
-		json_array_foreach(jroutes, i, v) {
-			const char *rn = json_string_value(v);
-
-			if (!rn || !route_name_valid(rn)) {
-				ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
-				                "'routes' must be an array of route names ([A-Za-z0-9_.-]+)");
-				goto done;
-			}
-			/* A typo here would silently lock the key out of everything. */
-			if (!gw->routes || !route_table_find(gw->routes, rn)) {
-				ctl_reply_error(call, CTL_E_NOT_FOUND, NULL,
-				                "no route named '%s' (fastgate-cli route list shows them)", rn);
-				goto done;
-			}
-			routes[i] = (char *)rn;
-		}
+	/* The name's rules belong to the key store; breaking them is the caller's mistake,
+	 * while a failure of keystore_create below is the daemon's. */
+	if (key_name_check(name, &err) < 0) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "cannot create key: %s", err);
+		goto done;
 	}
+	if (!arg_routes(call, args, &routes_given, &routes, &n_routes))
+		goto done;
 	if (keystore_create(gw->keys, name, routes, n_routes, (int)rpm,
-	                    days ? now + (int64_t)days * 86400 : 0, secret, &k, &err) < 0) {
-		/* Arguments were checked above except the name, whose rules belong to the key
-		 * store; its complaints about the name are the caller's mistake. */
-		bool bad_name = err && strncmp(err, "key name", 8) == 0;
-
-		ctl_reply_error(call, bad_name ? CTL_E_BAD_ARGS : CTL_E_INTERNAL, NULL,
-		                "cannot create key: %s", err ? err : "key store error");
+	                    expires_from_days(days, now), secret, &k, &err) < 0) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot create key: %s",
+		                err ? err : "key store error");
 		goto done;
 	}
 	call_detail(call, "id=%lld name=\"%s\"", (long long)k->id, name);
@@ -1074,15 +1112,16 @@ static void h_key_list(struct ctl_call *call, json_t *args)
 	reply_json(call, a);
 }
 
-/* The key named by args.id, or NULL after replying. */
-static struct key *arg_key(struct ctl_call *call, json_t *args)
+/* The key named by args.id, or NULL after replying. `allowed` lists every argument the
+ * command takes; NULL means id alone. */
+static struct key *arg_key(struct ctl_call *call, json_t *args, const char *const *allowed)
 {
-	static const char *const allowed[] = { "id", NULL };
+	static const char *const id_only[] = { "id", NULL };
 	struct gateway *gw = ctl_call_gateway(call);
 	json_int_t id = 0;
 	struct key *k;
 
-	if (!args_only(call, args, allowed) ||
+	if (!args_only(call, args, allowed ? allowed : id_only) ||
 	    !arg_int(call, args, "id", true, 1, INT64_MAX, &id))
 		return NULL;
 	call_detail(call, "id=%" JSON_INTEGER_FORMAT, id);
@@ -1095,7 +1134,7 @@ static struct key *arg_key(struct ctl_call *call, json_t *args)
 
 static void h_key_show(struct ctl_call *call, json_t *args)
 {
-	struct key *k = arg_key(call, args);
+	struct key *k = arg_key(call, args, NULL);
 
 	if (k)
 		reply_json(call, key_json(k, time(NULL)));
@@ -1104,7 +1143,7 @@ static void h_key_show(struct ctl_call *call, json_t *args)
 static void h_key_revoke(struct ctl_call *call, json_t *args)
 {
 	struct gateway *gw = ctl_call_gateway(call);
-	struct key *k = arg_key(call, args);
+	struct key *k = arg_key(call, args, NULL);
 	int64_t id;
 	char *err = NULL;
 
@@ -1127,6 +1166,107 @@ static void h_key_revoke(struct ctl_call *call, json_t *args)
 		return;
 	}
 	reply_json(call, key_json(k, time(NULL)));
+}
+
+/* Revocation is final; checked here so the caller hears it as a refusal, not as a store
+ * failure. False after replying. */
+static bool key_not_revoked(struct ctl_call *call, const struct key *k, const char *doing)
+{
+	if (!k->revoked)
+		return true;
+	ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
+	                "key %lld (%s) is revoked and cannot be %s; create a new key instead",
+	                (long long)k->id, k->name, doing);
+	return false;
+}
+
+static void h_key_update(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "id", "routes", "rpm", "expires_days", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	struct key *k = arg_key(call, args, allowed);
+	struct key_changes ch = { 0 };
+	json_int_t rpm = -1, days = -1;
+	char **routes = NULL;
+	size_t n_routes = 0;
+	bool routes_given = false;
+	char *err = NULL, routes_s[160] = "", rpm_s[32] = "", exp_s[48] = "";
+	int64_t id, now = time(NULL);
+
+	if (!k)
+		return;
+	id = k->id;
+	call_detail(call, "id=%lld name=\"%s\"", (long long)id, k->name);
+	if (!arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
+	    !arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days) ||
+	    !arg_routes(call, args, &routes_given, &routes, &n_routes))
+		goto done;
+	if (!routes_given && rpm < 0 && days < 0) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
+		                "nothing to change: give routes, rpm or expires_days");
+		goto done;
+	}
+	if (!key_not_revoked(call, k, "changed"))
+		goto done;
+	if (routes_given) {
+		size_t len = (size_t)snprintf(routes_s, sizeof(routes_s), " routes=%s",
+		                              n_routes ? "" : "all");
+
+		for (size_t i = 0; i < n_routes && len < sizeof(routes_s); i++)
+			len += (size_t)snprintf(routes_s + len, sizeof(routes_s) - len, "%s%s",
+			                        i ? "," : "", routes[i]);
+		ch.set |= KEY_CHANGE_ROUTES;
+		ch.routes = routes;
+		ch.n_routes = n_routes;
+	}
+	if (rpm >= 0) {
+		ch.set |= KEY_CHANGE_RPM;
+		ch.rpm = (int)rpm;
+		snprintf(rpm_s, sizeof(rpm_s), " rpm=%d", ch.rpm);
+	}
+	if (days >= 0) {
+		ch.set |= KEY_CHANGE_EXPIRES;
+		ch.expires = expires_from_days(days, now);
+		snprintf(exp_s, sizeof(exp_s), " expires_days=%" JSON_INTEGER_FORMAT, days);
+	}
+	call_detail(call, "id=%lld name=\"%s\"%s%s%s", (long long)id, k->name, routes_s, rpm_s,
+	            exp_s);
+	if (keystore_update(gw->keys, id, &ch, &err) < 0) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot update key %lld: %s",
+		                (long long)id, err ? err : "key store error");
+		goto done;
+	}
+	reply_json(call, key_json(k, now));
+done:
+	free(routes);
+	free(err);
+}
+
+static void h_key_rotate(struct ctl_call *call, json_t *args)
+{
+	struct gateway *gw = ctl_call_gateway(call);
+	struct key *k = arg_key(call, args, NULL);
+	char secret[KEY_SECRET_LEN + 1];
+	char *err = NULL;
+	json_t *res;
+
+	if (!k)
+		return;
+	call_detail(call, "id=%lld name=\"%s\"", (long long)k->id, k->name);
+	if (!key_not_revoked(call, k, "rotated"))
+		return;
+	if (keystore_rotate(gw->keys, k->id, secret, &err) < 0) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot rotate key %lld: %s",
+		                (long long)k->id, err ? err : "key store error");
+		goto done;
+	}
+	res = key_json(k, time(NULL));
+	if (res)
+		json_object_set_new(res, "key", json_string(secret));
+	reply_json(call, res);
+done:
+	explicit_bzero(secret, sizeof(secret));
+	free(err);
 }
 
 static void h_route_list(struct ctl_call *call, json_t *args)
@@ -1323,6 +1463,12 @@ static const struct ctl_command commands[] = {
 	{ "key.show", "{id: int}", "show one key", false, h_key_show },
 	{ "key.revoke", "{id: int}", "revoke a key; requests with it get 401 at once", true,
 	  h_key_revoke },
+	{ "key.update", "{id: int, routes?: [route...], rpm?: int, expires_days?: int}",
+	  "change a key's routes ([] = all), rpm limit (0 = none) or expiry (days from now, "
+	  "0 = never); only the given fields change, at once", true, h_key_update },
+	{ "key.rotate", "{id: int}",
+	  "give a key a new secret (same id and policy); the old one stops working at once and "
+	  "the reply holds the new one, shown only this once", true, h_key_rotate },
 	{ "route.list", "{}", "list routes in match order", false, h_route_list },
 	{ "route.show", "{name}", "show one route (never its upstream key)", false, h_route_show },
 	{ "route.enable", "{name}", "enable a route (persists across restarts)", true,

@@ -1,6 +1,6 @@
-/* Unit tests for keys.c: the secret format, hashing, the SQLite store (round trip, schema
- * versioning, file mode), rate limits and loading a large store. Every store lives in its
- * own directory under /tmp, removed at the end of the test. */
+/* Unit tests for keys.c: the secret format, hashing, the SQLite store (round trip, update,
+ * rotation, schema versioning, file mode), rate limits and loading a large store. Every
+ * store lives in its own directory under /tmp, removed at the end of the test. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -377,6 +377,333 @@ TEST(revoking_an_unknown_id_names_it)
 	if (ks) {
 		CHECK_INT(keystore_revoke(ks, 42, &err), -1);
 		CHECK_STR(err, "no key with id 42");
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(key_name_check_accepts_printable_names_and_says_what_is_wrong)
+{
+	char *err = NULL;
+
+	CHECK_INT(key_name_check("team alpha", &err), 0);
+	CHECK(err == NULL);
+	CHECK_INT(key_name_check("\xc3\xa9quipe", &err), 0);
+	CHECK_INT(key_name_check("", &err), -1);
+	CHECK(err && strstr(err, "empty"));
+	CHECK_INT(key_name_check(NULL, &err), -1);
+	CHECK_INT(key_name_check("a\nb", &err), -1);
+	CHECK(err && strstr(err, "control"));
+	CHECK_INT(key_name_check(" lead", &err), -1);
+	CHECK(err && strstr(err, "space"));
+	CHECK_INT(key_name_check("bad\xff", &err), -1);
+	CHECK(err && strstr(err, "UTF-8"));
+	free(err);
+}
+
+TEST(rotate_gives_a_new_secret_and_the_old_one_stops_matching)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *k = NULL, *other = NULL;
+	char old[KEY_SECRET_LEN + 1], fresh[KEY_SECRET_LEN + 1], second[KEY_SECRET_LEN + 1];
+	char other_secret[KEY_SECRET_LEN + 1];
+	char *routes[] = { "qwen3", "gpt-4.1_mini" };
+	char *err = NULL;
+	int64_t id = 0, created = 0, expires = (int64_t)time(NULL) + 86400;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	CHECK_INT(keystore_create(ks, "team alpha", routes, 2, 120, expires, old, &k, &err), 0);
+	CHECK_INT(keystore_create(ks, "bystander", NULL, 0, 0, 0, other_secret, &other, &err), 0);
+	if (!k || !other)
+		goto close;
+	id = k->id;
+	created = k->created;
+	CHECK_INT(keystore_rotate(ks, id, fresh, &err), 0);
+	CHECK(err == NULL);
+	CHECK(key_format_valid(fresh, strlen(fresh)));
+	CHECK(strcmp(fresh, old) != 0);
+	CHECK(keystore_lookup(ks, old, KEY_SECRET_LEN) == NULL);
+	CHECK(keystore_lookup(ks, fresh, KEY_SECRET_LEN) == k);
+	CHECK(keystore_lookup(ks, other_secret, KEY_SECRET_LEN) == other);
+	CHECK(keystore_get(ks, id) == k);
+	CHECK(strncmp(k->display, fresh, KEY_DISPLAY_LEN) == 0);
+	CHECK_INT(keystore_count(ks), 2);
+	/* Rotating again retires the second secret as well. */
+	CHECK_INT(keystore_rotate(ks, id, second, &err), 0);
+	CHECK(keystore_lookup(ks, fresh, KEY_SECRET_LEN) == NULL);
+	CHECK(keystore_lookup(ks, second, KEY_SECRET_LEN) == k);
+	keystore_close(ks);
+
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	CHECK(keystore_lookup(ks, old, KEY_SECRET_LEN) == NULL);
+	CHECK(keystore_lookup(ks, fresh, KEY_SECRET_LEN) == NULL);
+	k = keystore_lookup(ks, second, KEY_SECRET_LEN);
+	CHECK(k != NULL);
+	if (!k)
+		goto close;
+	CHECK_INT(k->id, id);
+	CHECK_STR(k->name, "team alpha");
+	CHECK_INT(k->created, created);
+	CHECK_INT(k->rpm, 120);
+	CHECK_INT(k->expires, expires);
+	CHECK_INT(k->revoked, 0);
+	CHECK_INT(k->n_routes, 2);
+	if (k->n_routes == 2) {
+		CHECK_STR(k->routes[0], "qwen3");
+		CHECK_STR(k->routes[1], "gpt-4.1_mini");
+	}
+	CHECK(strncmp(k->display, second, KEY_DISPLAY_LEN) == 0);
+close:
+	keystore_close(ks);
+out:
+	free(err);
+	tmpdb_remove(&t);
+}
+
+/* Rotation takes entries out of the open-addressing table; every other key must stay
+ * findable however the probe runs were laid out. */
+TEST(rotating_many_keys_leaves_every_current_secret_findable)
+{
+	enum { N = 500 };
+	struct tmpdb t;
+	struct keystore *ks;
+	char (*secrets)[KEY_SECRET_LEN + 1] = calloc(N, KEY_SECRET_LEN + 1);
+	char (*retired)[KEY_SECRET_LEN + 1] = calloc(N, KEY_SECRET_LEN + 1);
+	struct key **made = calloc(N, sizeof(*made));
+	char *err = NULL;
+	int wrong = 0, stale = 0;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		for (int i = 0; i < N; i++)
+			CHECK_INT(keystore_create(ks, "k", NULL, 0, 0, 0, secrets[i], &made[i], &err), 0);
+		for (int i = 0; i < N; i += 2) {
+			memcpy(retired[i], secrets[i], sizeof(retired[i]));
+			CHECK_INT(keystore_rotate(ks, made[i]->id, secrets[i], &err), 0);
+		}
+		for (int i = 0; i < N; i++) {
+			wrong += keystore_lookup(ks, secrets[i], KEY_SECRET_LEN) != made[i];
+			stale += i % 2 == 0 && keystore_lookup(ks, retired[i], KEY_SECRET_LEN) != NULL;
+		}
+		CHECK_INT(wrong, 0);
+		CHECK_INT(stale, 0);
+		CHECK_INT(keystore_count(ks), N);
+		keystore_close(ks);
+	}
+	free(secrets);
+	free(retired);
+	free(made);
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(rotate_refuses_unknown_and_revoked_keys_and_keeps_the_old_secret)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *k = NULL;
+	char secret[KEY_SECRET_LEN + 1], fresh[KEY_SECRET_LEN + 1];
+	char *err = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_rotate(ks, 42, fresh, &err), -1);
+		CHECK_STR(err, "no key with id 42");
+		CHECK_INT(keystore_create(ks, "gone", NULL, 0, 0, 0, secret, &k, &err), 0);
+		if (k) {
+			CHECK_INT(keystore_revoke(ks, k->id, &err), 0);
+			CHECK_INT(keystore_rotate(ks, k->id, fresh, &err), -1);
+			CHECK(err && strstr(err, "revoked"));
+			CHECK(keystore_lookup(ks, secret, KEY_SECRET_LEN) == k);
+		}
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(update_changes_only_the_given_fields_and_persists)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *k = NULL;
+	char secret[KEY_SECRET_LEN + 1];
+	char *routes[] = { "qwen3", "gpt-4.1_mini" };
+	char *one_route[] = { "llama" };
+	char *err = NULL;
+	int64_t id = 0, expires = (int64_t)time(NULL) + 86400, later = expires + 7 * 86400;
+	struct key_changes ch;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	CHECK_INT(keystore_create(ks, "team alpha", routes, 2, 120, expires, secret, &k, &err), 0);
+	if (!k)
+		goto close;
+	id = k->id;
+
+	memset(&ch, 0, sizeof(ch));
+	ch.set = KEY_CHANGE_RPM;
+	ch.rpm = 7;
+	CHECK_INT(keystore_update(ks, id, &ch, &err), 0);
+	CHECK(err == NULL);
+	CHECK_INT(k->rpm, 7);
+	CHECK_INT(k->expires, expires);
+	CHECK_INT(k->n_routes, 2);
+
+	memset(&ch, 0, sizeof(ch));
+	ch.set = KEY_CHANGE_EXPIRES;
+	ch.expires = later;
+	CHECK_INT(keystore_update(ks, id, &ch, &err), 0);
+	CHECK_INT(k->expires, later);
+	CHECK_INT(k->rpm, 7);
+	CHECK_INT(k->n_routes, 2);
+
+	memset(&ch, 0, sizeof(ch));
+	ch.set = KEY_CHANGE_ROUTES;
+	ch.routes = one_route;
+	ch.n_routes = 1;
+	CHECK_INT(keystore_update(ks, id, &ch, &err), 0);
+	CHECK_INT(k->n_routes, 1);
+	if (k->n_routes == 1)
+		CHECK_STR(k->routes[0], "llama");
+	CHECK_INT(k->rpm, 7);
+	CHECK_INT(k->expires, later);
+	CHECK(keystore_lookup(ks, secret, KEY_SECRET_LEN) == k);   /* secret untouched */
+	keystore_close(ks);
+
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	k = keystore_get(ks, id);
+	CHECK(k != NULL);
+	if (!k)
+		goto close;
+	CHECK_STR(k->name, "team alpha");
+	CHECK_INT(k->rpm, 7);
+	CHECK_INT(k->expires, later);
+	CHECK_INT(k->n_routes, 1);
+	if (k->n_routes == 1)
+		CHECK_STR(k->routes[0], "llama");
+
+	/* All three at once, each to its "no restriction" value. */
+	memset(&ch, 0, sizeof(ch));
+	ch.set = KEY_CHANGE_ROUTES | KEY_CHANGE_RPM | KEY_CHANGE_EXPIRES;
+	CHECK_INT(keystore_update(ks, id, &ch, &err), 0);
+	CHECK_INT(k->n_routes, 0);
+	CHECK_INT(k->rpm, 0);
+	CHECK_INT(k->expires, 0);
+	keystore_close(ks);
+
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	k = keystore_get(ks, id);
+	CHECK(k != NULL);
+	if (k) {
+		CHECK_INT(k->n_routes, 0);
+		CHECK_INT(k->rpm, 0);
+		CHECK_INT(k->expires, 0);
+		CHECK(keystore_lookup(ks, secret, KEY_SECRET_LEN) == k);
+	}
+close:
+	keystore_close(ks);
+out:
+	free(err);
+	tmpdb_remove(&t);
+}
+
+TEST(update_of_unknown_revoked_or_invalid_leaves_the_key_unchanged)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *k = NULL, *gone = NULL;
+	char secret[KEY_SECRET_LEN + 1];
+	char *routes[] = { "qwen3" };
+	char *bad_route[] = { "no spaces" };
+	char *err = NULL;
+	struct key_changes ch;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	CHECK_INT(keystore_create(ks, "a", routes, 1, 10, 0, secret, &k, &err), 0);
+	CHECK_INT(keystore_create(ks, "b", NULL, 0, 10, 0, secret, &gone, &err), 0);
+	if (!k || !gone)
+		goto close;
+	memset(&ch, 0, sizeof(ch));
+	ch.set = KEY_CHANGE_RPM;
+	ch.rpm = 5;
+	CHECK_INT(keystore_update(ks, 42, &ch, &err), -1);
+	CHECK_STR(err, "no key with id 42");
+
+	CHECK_INT(keystore_revoke(ks, gone->id, &err), 0);
+	CHECK_INT(keystore_update(ks, gone->id, &ch, &err), -1);
+	CHECK(err && strstr(err, "revoked"));
+	CHECK_INT(gone->rpm, 10);
+
+	ch.set = KEY_CHANGE_RPM | KEY_CHANGE_ROUTES;
+	ch.rpm = 5;
+	ch.routes = bad_route;
+	ch.n_routes = 1;
+	CHECK_INT(keystore_update(ks, k->id, &ch, &err), -1);
+	CHECK(err && strstr(err, "no spaces"));
+	CHECK_INT(k->rpm, 10);
+	CHECK_INT(k->n_routes, 1);
+
+	memset(&ch, 0, sizeof(ch));
+	ch.set = KEY_CHANGE_RPM | KEY_CHANGE_EXPIRES;
+	ch.rpm = -1;
+	CHECK_INT(keystore_update(ks, k->id, &ch, &err), -1);
+	CHECK(err && strstr(err, "rpm"));
+	ch.rpm = 3;
+	ch.expires = -5;
+	CHECK_INT(keystore_update(ks, k->id, &ch, &err), -1);
+	CHECK(err && strstr(err, "expiry"));
+	CHECK_INT(k->rpm, 10);
+	CHECK_INT(k->expires, 0);
+close:
+	keystore_close(ks);
+out:
+	free(err);
+	tmpdb_remove(&t);
+}
+
+/* Lowering the limit mid-minute counts the requests already made in that minute. */
+TEST(update_of_rpm_keeps_the_current_rate_window)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *k = NULL;
+	char secret[KEY_SECRET_LEN + 1];
+	char *err = NULL;
+	struct key_changes ch = { .set = KEY_CHANGE_RPM, .rpm = 2 };
+	int64_t t0 = 1700000000;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_create(ks, "a", NULL, 0, 10, 0, secret, &k, &err), 0);
+		if (k) {
+			for (int i = 0; i < 3; i++)
+				CHECK_INT(key_rate_check(k, t0 + i), 0);
+			CHECK_INT(keystore_update(ks, k->id, &ch, &err), 0);
+			CHECK_INT(key_rate_check(k, t0 + 5), 55);
+			CHECK_INT(key_rate_check(k, t0 + 60), 0);          /* next window, new limit */
+			CHECK_INT(key_rate_check(k, t0 + 61), 0);
+			CHECK_INT(key_rate_check(k, t0 + 62), 58);
+		}
 		keystore_close(ks);
 	}
 	free(err);
