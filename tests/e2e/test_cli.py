@@ -117,6 +117,30 @@ def test_key_expiry_is_reported(c):
     assert shown["expires"] and shown["expires"] - time.time() > 86400, shown
 
 
+def test_key_rotate_invalidates_the_old_secret_at_once(c):
+    k = new_key(c, "--rpm", "100")
+    assert served_by(c, k["key"]) == "primary"
+    r = cli_json(c, "key", "rotate", str(k["id"]))
+    assert r["id"] == k["id"] and r["key"] != k["key"] and r["rpm"] == 100, r
+    st, _, _ = c.gw.request("GET", "/v1/models", None, {"X-API-Key": k["key"]})
+    assert st == 401
+    assert served_by(c, r["key"]) == "primary"
+    rc, out, _ = c.gw.cli("key", "rotate", str(k["id"]))
+    assert rc == 0 and "shown only once" in out and re.search(r"fg_[0-9A-Za-z]{46}", out)
+
+
+def test_key_update_changes_policy_on_live_traffic(c):
+    k = new_key(c)
+    assert served_by(c, k["key"]) == "primary"
+    assert c.gw.cli("key", "update", str(k["id"]), "--routes", "chat")[0] == 0
+    assert c.gw.request("GET", "/v1/models", None, {"X-API-Key": k["key"]})[0] == 403
+    assert c.gw.cli("key", "update", str(k["id"]), "--all-routes", "--rpm", "1")[0] == 0
+    codes = [c.gw.request("GET", "/v1/models", None, {"X-API-Key": k["key"]})[0] for _ in range(2)]
+    assert codes == [200, 429], codes
+    rc, out, err = c.gw.cli("key", "update", str(k["id"]))
+    assert rc == 2, (rc, err)
+
+
 # --- routes ----------------------------------------------------------------------------
 
 def test_route_disable_falls_back_and_enable_restores(c):
