@@ -24,25 +24,30 @@
  *   X-Mock-First-Byte-Delay-Ms: N   pause before anything is sent (default 0)
  *   X-Mock-Fail: 500 | status:NNN | hang | reset | reset-mid | garbage | slow
  * A malformed mock header gets a 400 whose error code is "mock_bad_header".
+ * X-Mock-Fail applies to every non-control path. On chat, "slow" (1000 ms between chunks
+ * unless X-Mock-Delay-Ms says otherwise) and "reset-mid" (headers and 2 chunks, then RST)
+ * always stream; elsewhere "slow" delays the answer as much and "reset-mid" is "reset".
+ * The first-byte delay comes first in every mode.
+ *
+ * Stats: "requests" and "chat" count every arrival (failed ones too). A stream is
+ * "completed" once [DONE] is queued, "aborted" when the client leaves before that;
+ * reset-mid streams are neither. "open_connections" counts live connections that have
+ * carried a non-control request, and /__mock/reset leaves it alone.
  *
  * Token counts are ceil(bytes / 4): prompt over the text of all messages, completion over
  * the answer text; stream and non-stream report the same numbers.
  */
 
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/queue.h>
 #include <sys/resource.h>
@@ -152,7 +157,7 @@ struct mock {
 
 static void pending_timer(evutil_socket_t fd, short what, void *arg);
 
-/* ---- small helpers ---- */
+/* Small helpers. */
 
 static const char *method_name(enum evhttp_cmd_type cmd)
 {
@@ -260,12 +265,16 @@ static json_t *request_json(struct evhttp_request *req)
 	    || json_object_set_new(obj, "uri", json_bytes(evhttp_request_get_uri(req),
 		strlen(evhttp_request_get_uri(req)))) < 0
 	    || json_object_set_new(obj, "path", json_bytes(request_path(req),
-		strlen(request_path(req)))) < 0
-	    || json_object_set_new(obj, "headers", headers) < 0
-	    || json_object_set_new(obj, "body", json_bytes(body, body_len)) < 0) {
+		strlen(request_path(req)))) < 0)
+		goto fail;
+	/* set_new consumes headers even when it fails */
+	if (json_object_set_new(obj, "headers", headers) < 0) {
 		headers = NULL;
 		goto fail;
 	}
+	headers = NULL;
+	if (json_object_set_new(obj, "body", json_bytes(body, body_len)) < 0)
+		goto fail;
 	return obj;
 fail:
 	json_decref(headers);
@@ -286,7 +295,8 @@ static void send_json(struct evhttp_request *req, int status, const json_t *obj)
 	evbuffer_add(buf, text, strlen(text));
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 	    "Content-Type", "application/json");
-	evhttp_send_reply(req, status, NULL, buf);
+	/* libevent knows no phrase for 429 and would say "Client Error" */
+	evhttp_send_reply(req, status, status == 429 ? "Too Many Requests" : NULL, buf);
 done:
 	free(text);
 	if (buf)
@@ -341,7 +351,7 @@ static void answer_clear(struct answer *ans)
 	memset(ans, 0, sizeof(*ans));
 }
 
-/* ---- X-Mock-* headers ---- */
+/* X-Mock-* headers. */
 
 static int parse_fail(const char *v, struct plan *plan)
 {
@@ -387,7 +397,8 @@ static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answ
 	if ((v = evhttp_find_header(h, "X-Mock-Chunks")) != NULL) {
 		if (parse_long(v, 1, MAX_CHUNKS, &n) < 0)
 			bad = "X-Mock-Chunks (want 1..10000)";
-		plan->chunks = (int)n;
+		else
+			plan->chunks = (int)n;
 	}
 	if ((v = evhttp_find_header(h, "X-Mock-Delay-Ms")) != NULL
 	    && parse_long(v, 0, MAX_DELAY_MS, &plan->delay_ms) < 0)
@@ -404,7 +415,7 @@ static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answ
 	return -1;
 }
 
-/* ---- chat completions ---- */
+/* Chat completions. */
 
 /* Appends the text of a message content (a string, or an array of {type:text, text} parts
  * joined by spaces) to out. */
@@ -631,7 +642,7 @@ static void route(struct mock *m, struct evhttp_request *req, const struct plan 
 		ans->body = json_deep_copy(seen);
 }
 
-/* ---- connections ---- */
+/* Connections. */
 
 static size_t conn_bucket(const struct evhttp_connection *evcon)
 {
@@ -712,7 +723,7 @@ static void watch_close(struct conn *conn)
 	bufferevent_enable(bev, EV_READ);
 }
 
-/* ---- pending requests ---- */
+/* Pending requests. */
 
 /* Takes over ans. NULL on OOM (ans is then untouched). */
 static struct pending *pending_new(struct conn *conn, struct evhttp_request *req,
@@ -789,7 +800,7 @@ static void garbage(struct pending *p)
 	close_later(p);
 }
 
-/* ---- streaming ---- */
+/* Streaming. */
 
 /* Queues one SSE event carrying chunk (consumed). written, if set, runs once it is on the
  * wire. */
@@ -954,7 +965,7 @@ static void pending_timer(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* ---- request entry points ---- */
+/* Request entry points. */
 
 static json_t *stats_json(const struct mock *m)
 {
@@ -1027,6 +1038,9 @@ static void on_request(struct evhttp_request *req, void *arg)
 		return;
 	}
 	m->stats.requests++;
+	/* Registered here, not only when an answer is deferred, so open_connections counts
+	 * every connection that has carried a request. */
+	conn = conn_get(m, evhttp_request_get_connection(req));
 	json_decref(m->last);
 	m->last = request_json(req);
 	if (plan_parse(req, &plan, &ans) == 0)
@@ -1042,7 +1056,6 @@ static void on_request(struct evhttp_request *req, void *arg)
 		send_json(req, ans.status, ans.body);
 		goto done;
 	}
-	conn = conn_get(m, evhttp_request_get_connection(req));
 	p = conn ? pending_new(conn, req, &ans) : NULL;
 	if (!p) {
 		evhttp_send_error(req, 500, "mock-upstream: out of memory");
@@ -1059,7 +1072,7 @@ done:
 	answer_clear(&ans);
 }
 
-/* ---- startup and shutdown ---- */
+/* Startup and shutdown. */
 
 /* Each benchmark connection is a file descriptor. */
 static void raise_fd_limit(void)
