@@ -143,6 +143,7 @@ struct stats {
 	json_int_t streams_completed;
 	json_int_t streams_aborted;
 	json_int_t open_connections;
+	json_int_t connections_total;   /* ever accepted (that sent a request): shows reuse */
 };
 
 struct mock {
@@ -699,6 +700,7 @@ static struct conn *conn_get(struct mock *m, struct evhttp_connection *evcon)
 	conn->next = m->conns[b];
 	m->conns[b] = conn;
 	m->stats.open_connections++;
+	m->stats.connections_total++;
 	evhttp_connection_set_closecb(evcon, conn_closed, conn);
 	return conn;
 }
@@ -969,12 +971,13 @@ static void pending_timer(evutil_socket_t fd, short what, void *arg)
 
 static json_t *stats_json(const struct mock *m)
 {
-	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:O?}",
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:O?}",
 	    "requests", m->stats.requests, "chat", m->stats.chat,
 	    "streams_started", m->stats.streams_started,
 	    "streams_completed", m->stats.streams_completed,
 	    "streams_aborted", m->stats.streams_aborted,
 	    "open_connections", m->stats.open_connections,
+	    "connections_total", m->stats.connections_total,
 	    "last", m->last);
 }
 

@@ -117,6 +117,14 @@ def test_non_stream_chat_is_forwarded_with_the_route_key(c):
     assert json.loads(last["body"]) == CHAT, "body must be passed byte for byte"
 
 
+def test_upstream_connections_are_kept_alive_and_reused(c):
+    assert chat(c)[0] == 200
+    before = c.mock.stats()["connections_total"]
+    for _ in range(10):
+        assert chat(c)[0] == 200
+    assert c.mock.stats()["connections_total"] == before, "each request opened a new upstream connection"
+
+
 def test_x_api_key_header_authenticates_too(c):
     st, _, _ = c.gw.request("POST", "/v1/chat/completions", CHAT, {"X-API-Key": c.key})
     assert st == 200
@@ -281,6 +289,65 @@ def test_slow_reader_pauses_the_upstream_and_still_gets_everything(c):
     s.close()
     assert lines[-1] == b"data: [DONE]\n" and len(lines) == 10001, (len(lines), lines[-1])
     assert metric(c, "fastgate_upstream_pauses_total") > before
+
+
+def start_https_upstream(workdir):
+    """A TLS upstream in this process, with a self-signed certificate for 127.0.0.1."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                    "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            out = json.dumps({"tls": True, "auth": self.headers.get("Authorization"),
+                              "body": body.decode()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, cert
+
+
+def test_https_upstream_is_verified_against_the_route_ca_file(c):
+    srv, cert = start_https_upstream(c.dir)
+    path = os.path.join(c.gw.routes_dir, "20-tls.yaml")
+    url = "https://127.0.0.1:%d/v1/chat/completions" % srv.server_address[1]
+    with open(path, "w") as f:
+        f.write("routes:\n  - name: tls\n    match: { path: /tls }\n"
+                "    upstream: { url: %s, api_key: tls-key, ca_file: %s }\n"
+                "  - name: tls-untrusted\n    match: { path: /tls-untrusted }\n"
+                "    upstream: { url: %s }\n    timeout: 5\n" % (url, cert, url))
+    try:
+        assert c.gw.ctl("reload")["ok"]
+        st, _, data = c.gw.request("POST", "/tls", CHAT, c.auth)
+        assert st == 200, (st, data)
+        got = json.loads(data)
+        assert got["tls"] and got["auth"] == "Bearer tls-key" and json.loads(got["body"]) == CHAT, got
+        st, _, data = c.gw.request("POST", "/tls-untrusted", CHAT, c.auth)
+        assert st == 502 and error_of(data)["code"] == "tls", (st, data)
+    finally:
+        os.unlink(path)
+        c.gw.ctl("reload")
+        srv.shutdown()
+        srv.server_close()
 
 
 # --- the status table ------------------------------------------------------------------
