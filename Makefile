@@ -56,7 +56,7 @@ $(eval $(call variant,build-test,$(TEST_CFLAGS)))
 UNIT_BINS := $(patsubst tests/unit/%.c,build-test/tests/unit/%,$(UNIT_SRC))
 .SECONDARY:
 
-test-programs: build-test/fastgated build-test/fastgate-cli build-test/mock-upstream $(UNIT_BINS)
+test-programs: programs build-test/fastgated build-test/fastgate-cli build-test/mock-upstream $(UNIT_BINS)
 
 test: test-deps
 	@$(MAKE) --no-print-directory test-programs

@@ -132,8 +132,13 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	struct guard *g = arg;
 	(void)fd; (void)what;
 
-	if (evbuffer_get_length(bufferevent_get_input(g->under)) > 0)
+	if (evbuffer_get_length(bufferevent_get_input(g->under)) > 0) {
+		/* evhttp may free the connection inside; the reference keeps the filter whole
+		 * until libevent is done touching it (see flush_cb) */
+		bufferevent_incref(g->filter);
 		bufferevent_trigger(g->under, EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
+		bufferevent_decref(g->filter);
+	}
 }
 
 /* evhttp adds a reply to the filter's buffer first and enables writing only afterwards,
@@ -153,11 +158,15 @@ static void flush_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd; (void)what;
 
 	if (evbuffer_get_length(bufferevent_get_output(g->filter)) > 0) {
-		/* The filter's memory outlives this call even if evhttp frees the connection
-		 * in its write callback: libevent finalizes bufferevents from the loop. */
+		/* evhttp may free the connection from the write callback this runs (reply done,
+		 * Connection: close). libevent's filter code goes on to re-arm the filter's write
+		 * timeout after that callback, which on a freed filter leaves a dangling timer in
+		 * the event base. Holding a reference defers the free until we are done. */
+		bufferevent_incref(g->filter);
 		g->in_flush = true;
 		bufferevent_trigger(g->under, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS);
 		g->in_flush = false;
+		bufferevent_decref(g->filter);
 	}
 }
 
@@ -690,8 +699,15 @@ void http_server_free(struct http_server *s)
 {
 	if (!s)
 		return;
-	if (s->evhttp)
-		evhttp_free(s->evhttp);   /* frees every connection and with it every guard */
+	if (s->evhttp) {
+		/* Frees every connection. Their guards are finalized by libevent from the loop
+		 * and still use this struct, and proxied requests finish from deferred events:
+		 * let the loop run those before the struct goes. */
+		evhttp_free(s->evhttp);
+		for (int i = 0; i < 4 && !LIST_EMPTY(&s->guards); i++)
+			event_base_loop(s->gw->base, EVLOOP_NONBLOCK);
+		event_base_loop(s->gw->base, EVLOOP_NONBLOCK);
+	}
 	free(s->by_fd);
 	free(s);
 }

@@ -252,10 +252,9 @@ static void shutdown_all(struct runtime *rt)
 	if (gw->control)
 		control_stop(gw->control);
 	if (gw->http) {
-		/* Frees every client connection; their requests finish on the next loop pass. */
+		/* Frees every client connection and lets their requests finish. */
 		http_server_free(gw->http);
 		gw->http = NULL;
-		event_base_loop(gw->base, EVLOOP_NONBLOCK);
 	}
 	if (gw->keys && keystore_flush_usage(gw->keys, &err) < 0) {
 		log_warn("could not persist key usage: %s", err ? err : "unknown error");
