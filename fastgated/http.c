@@ -210,7 +210,8 @@ static void guard_reject(struct guard *g, int status, const char *reason)
 {
 	char body[640], id[REQID_LEN + 1];
 	const char *code = status == 413 ? "request_too_large"
-	                 : status == 414 || status == 431 ? "headers_too_large"
+	                 : status == 414 ? "uri_too_long"
+	                 : status == 431 ? "headers_too_large"
 	                 : status == 408 ? "request_timeout"
 	                 : status == 503 ? "unavailable" : "bad_request";
 	size_t len;

@@ -49,8 +49,8 @@ enum { OPT_LISTEN = 256, OPT_ROUTES, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK
        OPT_PIDFILE, OPT_VERSION };
 
 /* Flags override the config file, so they are read twice: first to find -c, then applied
- * on top of it. Returns -1 after printing a usage error, 1 for --check, 2 for --version or
- * --help (already printed), 0 to run. */
+ * on top of it. Returns -1 after printing a usage error, -2 after printing configuration
+ * errors, 1 for --check, 2 for --version or --help (already printed), 0 to run. */
 static int parse_args(int argc, char **argv, struct config *cfg)
 {
 	static const struct option opts[] = {
@@ -94,7 +94,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 	if (config_file && config_load_file(cfg, config_file, &errs) < 0) {
 		print_errors(&errs);
 		errlist_clear(&errs);
-		return -1;
+		return -2; /* a bad configuration, not a usage error: exit 1 */
 	}
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
@@ -287,7 +287,7 @@ int main(int argc, char **argv)
 	mode = parse_args(argc, argv, &rt.cfg);
 	if (mode < 0) {
 		config_free(&rt.cfg);
-		return 2;
+		return mode == -2 ? 1 : 2;
 	}
 	if (mode == 2) {
 		config_free(&rt.cfg);

@@ -552,7 +552,10 @@ static bool key_allows_route(const struct key *k, const char *route)
 static int prepare_body(struct proxy_req *px, struct route_request *rq, bool *rewritten)
 {
 	const struct route *r = px->route;
-	bool add_fields = r->add_body_fields && json_object_size(r->add_body_fields) > 0;
+	/* a request without a body (GET /v1/models) has nothing to add fields to */
+	bool add_fields = r->add_body_fields && json_object_size(r->add_body_fields) > 0 &&
+	                  rq->body_len > 0;
+	bool added = false;
 	bool include_usage = false, inject;
 	const char *field;
 	json_t *value, *so;
@@ -571,8 +574,12 @@ static int prepare_body(struct proxy_req *px, struct route_request *rq, bool *re
 		return add_fields ? -1 : 0;
 	if (add_fields)
 		json_object_foreach(r->add_body_fields, field, value)
-			if (!json_object_get(rq->json, field))
+			if (!json_object_get(rq->json, field)) {
 				json_object_set(rq->json, field, value);
+				added = true;
+			}
+	if (!added && !inject)
+		return 0; /* the client sent every field: forward its bytes unchanged */
 	if (inject) {
 		so = json_object_get(rq->json, "stream_options");
 		if (!json_is_object(so)) {

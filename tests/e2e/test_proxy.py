@@ -148,6 +148,10 @@ def test_add_body_fields_fill_only_missing_fields(c):
     assert st == 200, (st, data)
     sent = json.loads(c.mock.stats()["last"]["body"])
     assert sent["max_tokens"] == 64 and sent["model"] == "mine", sent
+    # nothing to add: the bytes go through unchanged (spacing included)
+    raw = b'{"model": "x",  "max_tokens": 5, "messages": []}'
+    st, _, _ = c.gw.request("POST", "/defaults", raw, dict(c.auth, **{"Content-Type": "application/json"}))
+    assert st == 200 and c.mock.stats()["last"]["body"].encode() == raw
 
 
 def read_sse(resp_file):
@@ -537,6 +541,16 @@ def test_slow_header_client_is_cut_at_the_deadline_while_others_are_served(c):
     assert elapsed < 2 + 1.5, elapsed
 
 
+def test_bad_config_file_is_reported_with_its_line_and_exit_1(c):
+    path = os.path.join(c.dir, "bad-config.yaml")
+    with open(path, "w") as f:
+        f.write("listen: 127.0.0.1:1\nmax_body: lots\nwhatever: 1\n")
+    p = subprocess.run([FASTGATED, "-c", path, "--check"], capture_output=True, timeout=20)
+    err = p.stderr.decode()
+    assert p.returncode == 1, (p.returncode, err)
+    assert "bad-config.yaml:2: max_body" in err and "bad-config.yaml:3: unknown setting 'whatever'" in err, err
+
+
 def test_check_reports_file_and_line(c):
     d = tmpdir()
     try:
@@ -582,6 +596,19 @@ def test_sigterm_during_a_stream_lets_it_finish(c):
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", c.gw.port)) != 0, "still accepting after SIGTERM"
     c.gw.start()   # teardown stops it again
+
+
+def test_second_signal_during_a_stream_exits_at_once_and_cleanly(c):
+    s, f, head = open_stream(c, chunks=50, delay_ms=200)
+    next(dechunk_lines(f))
+    c.gw.proc.p.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    c.gw.proc.p.send_signal(signal.SIGINT)
+    rc = c.gw.stop(timeout=10)
+    f.close()
+    s.close()
+    assert rc == 0, rc
+    c.gw.start()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1777 @@
+/* The audit trail; see audit.h for the contract.
+ *
+ * Where a record is, from submit to commit, and who may touch it:
+ *   shared queue (q_*)  -- loop threads append, the writer takes the whole list; under mu
+ *   writer list (w_*)   -- the writer's; records it failed to commit wait here, in order
+ *   spool file          -- the writer's; holds records OLDER than everything in memory
+ * Order is kept because the writer always commits the spool before memory and only ever
+ * moves the oldest records in memory to the end of the spool. mu is never held across
+ * SQLite or file I/O, so audit_submit() waits at most for a few pointer moves. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "audit.h"
+#include "log.h"
+
+#define DEFAULT_MEM_CAP        100000
+#define DEFAULT_BATCH          512
+#define DEFAULT_PRUNE_MS       (3600u * 1000u)
+#define DEFAULT_BUSY_MS        1000
+#define DEFAULT_CLOSE_WAIT_MS  10000
+#define PRUNE_BATCH            1000   /* rows per DELETE: keeps each prune transaction short */
+#define BACKOFF_MIN_MS         50
+#define BACKOFF_MAX_MS         2000
+#define READ_BUSY_MS           2000
+#define SPOOL_VERSION          1
+
+/* Schema steps, applied in order inside one transaction; user_version records the last. */
+static const struct { int version; const char *sql; } migrations[] = {
+	{ 1,
+	  "CREATE TABLE audit ("
+	  " request_id TEXT NOT NULL PRIMARY KEY,"
+	  " started_at REAL NOT NULL,"        /* unix seconds */
+	  " key_id INTEGER,"                  /* NULL = no key */
+	  " key_name TEXT,"
+	  " client_ip TEXT,"
+	  " method TEXT,"
+	  " path TEXT,"
+	  " route TEXT,"
+	  " upstream TEXT,"
+	  " status INTEGER NOT NULL,"
+	  " latency_ms REAL,"
+	  " ttfb_ms REAL,"
+	  " is_stream INTEGER NOT NULL,"
+	  " chunks INTEGER,"
+	  " bytes_in INTEGER,"
+	  " bytes_out INTEGER,"
+	  " model TEXT,"
+	  " prompt_tokens INTEGER,"
+	  " completion_tokens INTEGER,"
+	  " error TEXT,"
+	  " retries INTEGER NOT NULL DEFAULT 0);"
+	  /* Each filter index ends in started_at so a filtered export streams in time order
+	   * without a sort. */
+	  "CREATE INDEX audit_started_at ON audit(started_at);"
+	  "CREATE INDEX audit_key_id ON audit(key_id, started_at);"
+	  "CREATE INDEX audit_route ON audit(route, started_at);"
+	  "CREATE INDEX audit_status ON audit(status, started_at);" },
+};
+#define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
+
+/* The columns in enum audit_field order: reads and writes both rely on it. */
+#define COLUMNS "request_id, started_at, key_id, key_name, client_ip, method, path, route, " \
+	"upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, model, " \
+	"prompt_tokens, completion_tokens, error, retries"
+
+const char *const audit_field_names[AUDIT_NFIELDS] = {
+	"request_id", "started_at", "key_id", "key_name", "client_ip", "method", "path", "route",
+	"upstream", "status", "latency_ms", "ttfb_ms", "is_stream", "chunks", "bytes_in",
+	"bytes_out", "model", "prompt_tokens", "completion_tokens", "error", "retries",
+};
+
+struct audit {
+	char *db_path, *spool_path;
+	size_t mem_cap, batch_size;
+	unsigned retention_days, prune_interval_ms, busy_timeout_ms, close_wait_ms;
+
+	pthread_mutex_t mu;
+	pthread_cond_t wake;
+	pthread_t thread;
+	/* under mu */
+	struct audit_record *q_head, *q_tail;
+	size_t q_n;
+	size_t mem_n;             /* q_n + w_n */
+	size_t depth;             /* mem_n + spool_n: submitted, not committed */
+	bool stop;
+	bool writer_waiting;
+	bool backoff;             /* the database is failing: wake the writer only to spill */
+
+	/* writer thread only (and audit_open/audit_close around it) */
+	sqlite3 *db;
+	sqlite3_stmt *st_insert, *st_prune;
+	bool reconnect;           /* the connection may be stuck read-only: reopen on retry */
+	struct audit_record *w_head, *w_tail;
+	size_t w_n;
+	int spool_fd;             /* append side, -1 until the first spill */
+	FILE *spool_rd;           /* replay side */
+	off_t spool_off;          /* bytes of the spool already committed */
+	size_t spool_n;           /* records in the spool after spool_off */
+	bool spool_written;       /* appended to since it was last emptied (fdatasync at close) */
+	bool db_failing, spool_failing;
+	int64_t next_retry_ms, next_prune_ms;
+	unsigned backoff_ms;
+};
+
+/* ---- small helpers ---- */
+
+/* Out of memory is not a condition this daemon recovers from (errlist does the same). */
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		abort();
+	return p;
+}
+
+static void *xrealloc(void *p, size_t n)
+{
+	p = realloc(p, n ? n : 1);
+	if (!p)
+		abort();
+	return p;
+}
+
+static char *xstrdup(const char *s)
+{
+	char *p;
+
+	if (!s)
+		return NULL;
+	p = strdup(s);
+	if (!p)
+		abort();
+	return p;
+}
+
+__attribute__((format(printf, 2, 3)))
+static void set_err(char **err, const char *fmt, ...)
+{
+	va_list ap;
+	char *msg = NULL;
+
+	if (!err)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(&msg, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	free(*err);
+	*err = msg;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double wall_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A growing string for building lines. */
+struct sbuf {
+	char *s;
+	size_t len, cap;
+};
+
+static void sb_grow(struct sbuf *b, size_t more)
+{
+	if (b->len + more + 1 <= b->cap)
+		return;
+	while (b->len + more + 1 > b->cap)
+		b->cap = b->cap ? b->cap * 2 : 256;
+	b->s = xrealloc(b->s, b->cap);
+}
+
+static void sb_putn(struct sbuf *b, const char *s, size_t n)
+{
+	sb_grow(b, n);
+	memcpy(b->s + b->len, s, n);
+	b->len += n;
+	b->s[b->len] = '\0';
+}
+
+static void sb_putc(struct sbuf *b, char c) { sb_putn(b, &c, 1); }
+
+/* The string, "" if nothing was added; the caller frees it. */
+static char *sb_take(struct sbuf *b)
+{
+	if (!b->s) {
+		sb_grow(b, 0);
+		b->s[0] = '\0';
+	}
+	return b->s;
+}
+
+/* ---- records ---- */
+
+static void record_init(struct audit_record *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->ttfb_ms = -1;
+	r->prompt_tokens = -1;
+	r->completion_tokens = -1;
+}
+
+struct audit_record *audit_record_new(void)
+{
+	struct audit_record *r = xmalloc(sizeof(*r));
+	record_init(r);
+	return r;
+}
+
+void audit_record_clear(struct audit_record *r)
+{
+	if (!r)
+		return;
+	free(r->request_id);
+	free(r->key_name);
+	free(r->client_ip);
+	free(r->method);
+	free(r->path);
+	free(r->route);
+	free(r->upstream);
+	free(r->model);
+	free(r->error);
+	record_init(r);
+}
+
+void audit_record_free(struct audit_record *r)
+{
+	if (!r)
+		return;
+	audit_record_clear(r);
+	free(r);
+}
+
+static void free_list(struct audit_record *r)
+{
+	while (r) {
+		struct audit_record *next = r->next_;
+		audit_record_free(r);
+		r = next;
+	}
+}
+
+/* ---- fields ---- */
+
+int audit_field_index(const char *name)
+{
+	if (!name)
+		return -1;
+	for (int i = 0; i < AUDIT_NFIELDS; i++)
+		if (strcmp(name, audit_field_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* "request_id, started_at, ..." for error messages; caller frees. */
+static char *field_list_text(void)
+{
+	struct sbuf b = { 0 };
+
+	for (int i = 0; i < AUDIT_NFIELDS; i++) {
+		if (i)
+			sb_putn(&b, ", ", 2);
+		sb_putn(&b, audit_field_names[i], strlen(audit_field_names[i]));
+	}
+	return sb_take(&b);
+}
+
+int audit_fields_parse(const char *list, int *out, size_t cap, char **err)
+{
+	const char *p = list ? list : "";
+	size_t n = 0;
+
+	for (;;) {
+		const char *start, *end;
+		char name[64];
+		int idx = -1;
+
+		while (*p == ' ' || *p == '\t')
+			p++;
+		start = p;
+		while (*p && *p != ',')
+			p++;
+		end = p;
+		while (end > start && (end[-1] == ' ' || end[-1] == '\t'))
+			end--;
+		if ((size_t)(end - start) < sizeof(name)) {
+			memcpy(name, start, (size_t)(end - start));
+			name[end - start] = '\0';
+			idx = audit_field_index(name);
+		}
+		if (idx < 0) {
+			char *valid = field_list_text();
+			if (end == start)
+				set_err(err, "empty field name in \"%s\"; fields are: %s", list ? list : "",
+				        valid);
+			else
+				set_err(err, "unknown field \"%.*s\"; fields are: %s", (int)(end - start),
+				        start, valid);
+			free(valid);
+			return -1;
+		}
+		if (n >= cap) {
+			set_err(err, "too many fields in \"%s\" (at most %zu)", list, cap);
+			return -1;
+		}
+		out[n++] = idx;
+		if (!*p)
+			break;
+		p++;
+	}
+	return (int)n;
+}
+
+static const int default_fields[AUDIT_NDEFAULT_FIELDS] = {
+	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+};
+
+static void pick_fields(const int **fields, size_t *nfields)
+{
+	if (!*fields) {
+		*fields = default_fields;
+		*nfields = AUDIT_NDEFAULT_FIELDS;
+	}
+}
+
+/* ---- formatting ---- */
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 if the bytes there are not one
+ * (overlong forms, surrogates and code points past U+10FFFF are invalid). */
+static size_t utf8_seq(const unsigned char *s)
+{
+	unsigned c = s[0];
+	size_t n;
+	unsigned cp;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		n = 2, cp = c & 0x1f;
+	else if (c >= 0xe0 && c <= 0xef)
+		n = 3, cp = c & 0x0f;
+	else if (c >= 0xf0 && c <= 0xf4)
+		n = 4, cp = c & 0x07;
+	else
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (s[i] & 0x3f);
+	}
+	if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+/* s as a JSON string, with U+FFFD for each byte that is not part of valid UTF-8: paths
+ * and headers come from clients, and one bad byte must not cost the whole row. */
+static json_t *json_text(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	struct sbuf b = { 0 };
+	json_t *j;
+
+	if (!s)
+		return json_null();
+	if ((j = json_string(s)))
+		return j;
+	while (*p) {
+		size_t n = utf8_seq(p);
+		if (n) {
+			sb_putn(&b, (const char *)p, n);
+			p += n;
+		} else {
+			sb_putn(&b, "\xef\xbf\xbd", 3);
+			p++;
+		}
+	}
+	j = json_string(sb_take(&b));
+	free(b.s);
+	return j ? j : json_null();
+}
+
+static void format_time(double t, char *out, size_t cap)
+{
+	struct tm tm;
+	time_t secs;
+	long ms;
+
+	if (!(t >= 0) || t > 253402300799.0)   /* NaN, negative, past year 9999 */
+		t = 0;
+	secs = (time_t)floor(t);
+	ms = lround((t - (double)secs) * 1000.0);
+	if (ms >= 1000) {
+		secs++;
+		ms -= 1000;
+	}
+	gmtime_r(&secs, &tm);
+	snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+	         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
+}
+
+/* Milliseconds rounded to microseconds, so JSON shows 12.346, not 12.345999999999. */
+static double ms3(double v)
+{
+	return round(v * 1000.0) / 1000.0;
+}
+
+/* The text of one field for CSV: points into the record or into buf; NULL = empty. */
+static const char *field_text(const struct audit_record *r, int f, char *buf, size_t cap)
+{
+	switch (f) {
+	case AUDIT_F_REQUEST_ID: return r->request_id;
+	case AUDIT_F_STARTED_AT: format_time(r->started_at, buf, cap); return buf;
+	case AUDIT_F_KEY_ID:
+		if (r->key_id <= 0)
+			return NULL;
+		snprintf(buf, cap, "%" PRId64, r->key_id);
+		return buf;
+	case AUDIT_F_KEY_NAME: return r->key_name;
+	case AUDIT_F_CLIENT_IP: return r->client_ip;
+	case AUDIT_F_METHOD: return r->method;
+	case AUDIT_F_PATH: return r->path;
+	case AUDIT_F_ROUTE: return r->route;
+	case AUDIT_F_UPSTREAM: return r->upstream;
+	case AUDIT_F_STATUS: snprintf(buf, cap, "%d", r->status); return buf;
+	case AUDIT_F_LATENCY_MS: snprintf(buf, cap, "%.3f", r->latency_ms); return buf;
+	case AUDIT_F_TTFB_MS:
+		if (r->ttfb_ms < 0)
+			return NULL;
+		snprintf(buf, cap, "%.3f", r->ttfb_ms);
+		return buf;
+	case AUDIT_F_IS_STREAM: return r->is_stream ? "1" : "0";
+	case AUDIT_F_CHUNKS: snprintf(buf, cap, "%" PRId64, r->chunks); return buf;
+	case AUDIT_F_BYTES_IN: snprintf(buf, cap, "%" PRId64, r->bytes_in); return buf;
+	case AUDIT_F_BYTES_OUT: snprintf(buf, cap, "%" PRId64, r->bytes_out); return buf;
+	case AUDIT_F_MODEL: return r->model;
+	case AUDIT_F_PROMPT_TOKENS:
+		if (r->prompt_tokens < 0)
+			return NULL;
+		snprintf(buf, cap, "%" PRId64, r->prompt_tokens);
+		return buf;
+	case AUDIT_F_COMPLETION_TOKENS:
+		if (r->completion_tokens < 0)
+			return NULL;
+		snprintf(buf, cap, "%" PRId64, r->completion_tokens);
+		return buf;
+	case AUDIT_F_ERROR: return r->error;
+	case AUDIT_F_RETRIES: snprintf(buf, cap, "%d", r->retries); return buf;
+	default: return NULL;
+	}
+}
+
+static void csv_put(struct sbuf *b, const char *s)
+{
+	if (!s)
+		return;
+	if (!strpbrk(s, ",\"\r\n")) {
+		sb_putn(b, s, strlen(s));
+		return;
+	}
+	sb_putc(b, '"');
+	for (; *s; s++) {
+		if (*s == '"')
+			sb_putc(b, '"');
+		sb_putc(b, *s);
+	}
+	sb_putc(b, '"');
+}
+
+char *audit_csv_header(const int *fields, size_t nfields)
+{
+	struct sbuf b = { 0 };
+
+	pick_fields(&fields, &nfields);
+	for (size_t i = 0; i < nfields; i++) {
+		if (i)
+			sb_putc(&b, ',');
+		if (fields[i] >= 0 && fields[i] < AUDIT_NFIELDS)
+			csv_put(&b, audit_field_names[fields[i]]);
+	}
+	return sb_take(&b);
+}
+
+char *audit_record_csv(const struct audit_record *r, const int *fields, size_t nfields)
+{
+	struct sbuf b = { 0 };
+	char buf[64];
+
+	pick_fields(&fields, &nfields);
+	for (size_t i = 0; i < nfields; i++) {
+		if (i)
+			sb_putc(&b, ',');
+		csv_put(&b, field_text(r, fields[i], buf, sizeof(buf)));
+	}
+	return sb_take(&b);
+}
+
+static json_t *int_or_null(int64_t v, int64_t unknown_below)
+{
+	return v < unknown_below ? json_null() : json_integer((json_int_t)v);
+}
+
+static json_t *field_json(const struct audit_record *r, int f)
+{
+	char buf[64];
+
+	switch (f) {
+	case AUDIT_F_REQUEST_ID: return json_text(r->request_id);
+	case AUDIT_F_STARTED_AT: format_time(r->started_at, buf, sizeof(buf)); return json_string(buf);
+	case AUDIT_F_KEY_ID: return int_or_null(r->key_id, 1);
+	case AUDIT_F_KEY_NAME: return json_text(r->key_name);
+	case AUDIT_F_CLIENT_IP: return json_text(r->client_ip);
+	case AUDIT_F_METHOD: return json_text(r->method);
+	case AUDIT_F_PATH: return json_text(r->path);
+	case AUDIT_F_ROUTE: return json_text(r->route);
+	case AUDIT_F_UPSTREAM: return json_text(r->upstream);
+	case AUDIT_F_STATUS: return json_integer(r->status);
+	case AUDIT_F_LATENCY_MS: return json_real(ms3(r->latency_ms));
+	case AUDIT_F_TTFB_MS: return r->ttfb_ms < 0 ? json_null() : json_real(ms3(r->ttfb_ms));
+	case AUDIT_F_IS_STREAM: return json_boolean(r->is_stream);
+	case AUDIT_F_CHUNKS: return json_integer((json_int_t)r->chunks);
+	case AUDIT_F_BYTES_IN: return json_integer((json_int_t)r->bytes_in);
+	case AUDIT_F_BYTES_OUT: return json_integer((json_int_t)r->bytes_out);
+	case AUDIT_F_MODEL: return json_text(r->model);
+	case AUDIT_F_PROMPT_TOKENS: return int_or_null(r->prompt_tokens, 0);
+	case AUDIT_F_COMPLETION_TOKENS: return int_or_null(r->completion_tokens, 0);
+	case AUDIT_F_ERROR: return json_text(r->error);
+	case AUDIT_F_RETRIES: return json_integer(r->retries);
+	default: return json_null();
+	}
+}
+
+json_t *audit_record_json(const struct audit_record *r, const int *fields, size_t nfields)
+{
+	json_t *o = json_object();
+
+	if (!o)
+		abort();
+	pick_fields(&fields, &nfields);
+	for (size_t i = 0; i < nfields; i++)
+		if (fields[i] >= 0 && fields[i] < AUDIT_NFIELDS)
+			json_object_set_new(o, audit_field_names[fields[i]], field_json(r, fields[i]));
+	return o;
+}
+
+char *audit_record_jsonl(const struct audit_record *r, const int *fields, size_t nfields)
+{
+	json_t *o = audit_record_json(r, fields, nfields);
+	char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+
+	json_decref(o);
+	if (!s)
+		abort();
+	return s;
+}
+
+/* ---- spool codec ----
+ * One record per line: every field under its export name, "v" the format version.
+ * Unlike the exports, times and numbers are kept exactly: started_at is unix seconds,
+ * unknown values are -1, so a replayed row equals the row that would have been written. */
+
+static char *spool_line(const struct audit_record *r)
+{
+	json_t *o = json_object();
+	char *s;
+
+	if (!o)
+		abort();
+	json_object_set_new(o, "v", json_integer(SPOOL_VERSION));
+	json_object_set_new(o, "request_id", json_text(r->request_id));
+	json_object_set_new(o, "started_at", json_real(r->started_at));
+	json_object_set_new(o, "key_id", json_integer((json_int_t)r->key_id));
+	json_object_set_new(o, "key_name", json_text(r->key_name));
+	json_object_set_new(o, "client_ip", json_text(r->client_ip));
+	json_object_set_new(o, "method", json_text(r->method));
+	json_object_set_new(o, "path", json_text(r->path));
+	json_object_set_new(o, "route", json_text(r->route));
+	json_object_set_new(o, "upstream", json_text(r->upstream));
+	json_object_set_new(o, "status", json_integer(r->status));
+	json_object_set_new(o, "latency_ms", json_real(r->latency_ms));
+	json_object_set_new(o, "ttfb_ms", json_real(r->ttfb_ms));
+	json_object_set_new(o, "is_stream", json_boolean(r->is_stream));
+	json_object_set_new(o, "chunks", json_integer((json_int_t)r->chunks));
+	json_object_set_new(o, "bytes_in", json_integer((json_int_t)r->bytes_in));
+	json_object_set_new(o, "bytes_out", json_integer((json_int_t)r->bytes_out));
+	json_object_set_new(o, "model", json_text(r->model));
+	json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)r->prompt_tokens));
+	json_object_set_new(o, "completion_tokens", json_integer((json_int_t)r->completion_tokens));
+	json_object_set_new(o, "error", json_text(r->error));
+	json_object_set_new(o, "retries", json_integer(r->retries));
+	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(o);
+	if (!s)
+		abort();
+	return s;
+}
+
+static char *j_str(const json_t *o, const char *key)
+{
+	const char *s = json_string_value(json_object_get(o, key));
+	return s ? xstrdup(s) : NULL;
+}
+
+static double j_num(const json_t *o, const char *key, double dflt)
+{
+	const json_t *v = json_object_get(o, key);
+	return json_is_number(v) ? json_number_value(v) : dflt;
+}
+
+static int64_t j_int(const json_t *o, const char *key, int64_t dflt)
+{
+	const json_t *v = json_object_get(o, key);
+	if (json_is_integer(v))
+		return (int64_t)json_integer_value(v);
+	if (json_is_real(v))
+		return (int64_t)json_real_value(v);
+	return dflt;
+}
+
+/* A record from one spool line, or NULL if the line is not one. */
+static struct audit_record *spool_parse(const char *line, size_t len)
+{
+	json_error_t jerr;
+	json_t *o = json_loadb(line, len, 0, &jerr);
+	struct audit_record *r = NULL;
+
+	/* A later format only adds fields, so a line from a newer fastgated is read for the
+	 * fields this one knows rather than lost. */
+	if (!json_is_object(o) || !json_is_string(json_object_get(o, "request_id")) ||
+	    j_int(o, "v", 0) < SPOOL_VERSION)
+		goto done;
+	r = audit_record_new();
+	r->request_id = j_str(o, "request_id");
+	r->started_at = j_num(o, "started_at", 0);
+	r->key_id = j_int(o, "key_id", 0);
+	r->key_name = j_str(o, "key_name");
+	r->client_ip = j_str(o, "client_ip");
+	r->method = j_str(o, "method");
+	r->path = j_str(o, "path");
+	r->route = j_str(o, "route");
+	r->upstream = j_str(o, "upstream");
+	r->status = (int)j_int(o, "status", 0);
+	r->latency_ms = j_num(o, "latency_ms", 0);
+	r->ttfb_ms = j_num(o, "ttfb_ms", -1);
+	r->is_stream = json_is_true(json_object_get(o, "is_stream"));
+	r->chunks = j_int(o, "chunks", 0);
+	r->bytes_in = j_int(o, "bytes_in", 0);
+	r->bytes_out = j_int(o, "bytes_out", 0);
+	r->model = j_str(o, "model");
+	r->prompt_tokens = j_int(o, "prompt_tokens", -1);
+	r->completion_tokens = j_int(o, "completion_tokens", -1);
+	r->error = j_str(o, "error");
+	r->retries = (int)j_int(o, "retries", 0);
+done:
+	json_decref(o);
+	return r;
+}
+
+/* ---- database ---- */
+
+/* Create the file ourselves so it is 0600 whatever the umask; SQLite gives the -wal and
+ * -shm files the database file's mode. The directory is the operator's to create. */
+static int ensure_db_file(const char *path, char **err)
+{
+	struct stat st;
+	int fd;
+
+	if (stat(path, &st) == 0) {
+		if (!S_ISREG(st.st_mode)) {
+			set_err(err, "audit database %s is not a regular file", path);
+			return -1;
+		}
+		if (st.st_mode & 077)
+			log_warn("audit database %s is accessible by group or others (mode %03o); "
+			         "run chmod 600 on it", path, (unsigned)(st.st_mode & 0777));
+		return 0;
+	}
+	if (errno != ENOENT) {
+		set_err(err, "cannot open audit database %s: %s", path, strerror(errno));
+		return -1;
+	}
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		if (errno == EEXIST)    /* another process made it between stat and open */
+			return 0;
+		if (errno == ENOENT)
+			set_err(err, "cannot create audit database %s: its directory does not exist "
+			        "(create it, or point --audit elsewhere)", path);
+		else
+			set_err(err, "cannot create audit database %s: %s", path, strerror(errno));
+		return -1;
+	}
+	if (fchmod(fd, 0600) != 0) {
+		set_err(err, "cannot set mode 0600 on audit database %s: %s", path, strerror(errno));
+		close(fd);
+		unlink(path);
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+	return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+static void rollback(sqlite3 *db)
+{
+	if (!sqlite3_get_autocommit(db))
+		exec_sql(db, "ROLLBACK");
+}
+
+static int read_user_version(sqlite3 *db, int *version)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		*version = sqlite3_column_int(st, 0);
+		rc = 0;
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* Bring the schema to SCHEMA_VERSION. A database already at that version is not written
+ * to, so one that is read-only or locked right now still opens (records then wait). */
+static int migrate(sqlite3 *db, const char *path, char **err)
+{
+	int version = 0;
+	char sql[64];
+
+	if (read_user_version(db, &version) < 0) {
+		set_err(err, "audit database %s: cannot read schema version: %s", path,
+		        sqlite3_errmsg(db));
+		return -1;
+	}
+	if (version == SCHEMA_VERSION)
+		return 0;
+	if (exec_sql(db, "BEGIN IMMEDIATE") != SQLITE_OK) {
+		set_err(err, "audit database %s: cannot create or update its schema: %s", path,
+		        sqlite3_errmsg(db));
+		return -1;
+	}
+	if (read_user_version(db, &version) < 0) {
+		set_err(err, "audit database %s: cannot read schema version: %s", path,
+		        sqlite3_errmsg(db));
+		goto fail;
+	}
+	if (version > SCHEMA_VERSION) {
+		set_err(err, "audit database %s has schema version %d, newer than the %d this "
+		        "fastgated understands: upgrade fastgated or use another --audit file",
+		        path, version, SCHEMA_VERSION);
+		goto fail;
+	}
+	if (version < 0) {
+		set_err(err, "audit database %s has an invalid schema version %d", path, version);
+		goto fail;
+	}
+	for (size_t i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
+		if (migrations[i].version <= version)
+			continue;
+		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", migrations[i].version);
+		if (exec_sql(db, migrations[i].sql) != SQLITE_OK ||
+		    exec_sql(db, sql) != SQLITE_OK) {
+			set_err(err, "audit database %s: schema migration to version %d failed: %s",
+			        path, migrations[i].version, sqlite3_errmsg(db));
+			goto fail;
+		}
+		if (version > 0)
+			log_info("audit database %s: schema migrated to version %d", path,
+			         migrations[i].version);
+	}
+	if (exec_sql(db, "COMMIT") != SQLITE_OK) {
+		set_err(err, "audit database %s: cannot commit its schema: %s", path,
+		        sqlite3_errmsg(db));
+		goto fail;
+	}
+	return 0;
+fail:
+	rollback(db);
+	return -1;
+}
+
+static void db_disconnect(struct audit *a)
+{
+	sqlite3_finalize(a->st_insert);
+	sqlite3_finalize(a->st_prune);
+	a->st_insert = a->st_prune = NULL;
+	if (a->db && sqlite3_close(a->db) != SQLITE_OK)
+		log_warn("audit database %s: close failed: %s", a->db_path, sqlite3_errmsg(a->db));
+	a->db = NULL;
+}
+
+/* Open the writer's connection and its statements, creating the file (0600) and the schema
+ * if needed: at open, and again after a failure that may have left the connection unable
+ * to write (e.g. the file was moved away). A current schema costs one PRAGMA read. */
+static int db_connect(struct audit *a, char **err)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	if (ensure_db_file(a->db_path, err) < 0)
+		return -1;
+	if (sqlite3_open_v2(a->db_path, &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+	                    NULL) != SQLITE_OK) {
+		set_err(err, "cannot open audit database %s: %s", a->db_path,
+		        a->db ? sqlite3_errmsg(a->db) : "out of memory");
+		goto fail;
+	}
+	sqlite3_extended_result_codes(a->db, 1);
+	sqlite3_busy_timeout(a->db, (int)a->busy_timeout_ms);
+
+	/* The first statement is where "file is not a database" shows up. A read-only file
+	 * cannot switch to WAL; that is reported by the first write, not here. */
+	if (sqlite3_prepare_v2(a->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK) {
+		set_err(err, "cannot open audit database %s: %s", a->db_path, sqlite3_errmsg(a->db));
+		goto fail;
+	}
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW &&
+	    sqlite3_stricmp((const char *)sqlite3_column_text(st, 0), "wal") != 0)
+		log_warn("audit database %s: WAL journal not available (journal_mode=%s)",
+		         a->db_path, sqlite3_column_text(st, 0));
+	if ((rc & 0xff) == SQLITE_NOTADB || (rc & 0xff) == SQLITE_CORRUPT) {
+		set_err(err, "cannot open audit database %s: %s", a->db_path, sqlite3_errmsg(a->db));
+		goto fail;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	/* WAL + NORMAL: a commit survives a crash of fastgated; only a power loss can cost
+	 * the last transactions. */
+	exec_sql(a->db, "PRAGMA synchronous=NORMAL");
+
+	if (migrate(a->db, a->db_path, err) < 0)
+		goto fail;
+	if (sqlite3_prepare_v3(a->db,
+	                       "INSERT INTO audit (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
+	                       "?20, ?21) ON CONFLICT(request_id) DO NOTHING",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db,
+	                       "DELETE FROM audit WHERE rowid IN (SELECT rowid FROM audit "
+	                       "WHERE started_at < ?1 ORDER BY started_at LIMIT ?2)",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_prune, NULL) != SQLITE_OK) {
+		set_err(err, "audit database %s: %s", a->db_path, sqlite3_errmsg(a->db));
+		goto fail;
+	}
+	return 0;
+fail:
+	sqlite3_finalize(st);
+	db_disconnect(a);
+	return -1;
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+	if (s)
+		sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+	else
+		sqlite3_bind_null(st, i);
+}
+
+static void bind_int_or_null(sqlite3_stmt *st, int i, int64_t v, int64_t unknown_below)
+{
+	if (v < unknown_below)
+		sqlite3_bind_null(st, i);
+	else
+		sqlite3_bind_int64(st, i, v);
+}
+
+/* Errors that one record will hit however often it is retried. */
+static bool poison_error(int rc)
+{
+	rc &= 0xff;
+	return rc == SQLITE_CONSTRAINT || rc == SQLITE_MISMATCH || rc == SQLITE_TOOBIG ||
+	       rc == SQLITE_RANGE;
+}
+
+/* Insert one record inside the open transaction. 0 = written (or already there),
+ * 1 = this record can never be written (logged, to be dropped), -1 = the database failed. */
+static int insert_record(struct audit *a, const struct audit_record *r)
+{
+	sqlite3_stmt *st = a->st_insert;
+	int rc;
+
+	bind_text(st, 1, r->request_id);
+	sqlite3_bind_double(st, 2, r->started_at);
+	bind_int_or_null(st, 3, r->key_id, 1);
+	bind_text(st, 4, r->key_name);
+	bind_text(st, 5, r->client_ip);
+	bind_text(st, 6, r->method);
+	bind_text(st, 7, r->path);
+	bind_text(st, 8, r->route);
+	bind_text(st, 9, r->upstream);
+	sqlite3_bind_int(st, 10, r->status);
+	sqlite3_bind_double(st, 11, r->latency_ms);
+	if (r->ttfb_ms < 0)
+		sqlite3_bind_null(st, 12);
+	else
+		sqlite3_bind_double(st, 12, r->ttfb_ms);
+	sqlite3_bind_int(st, 13, r->is_stream ? 1 : 0);
+	sqlite3_bind_int64(st, 14, r->chunks);
+	sqlite3_bind_int64(st, 15, r->bytes_in);
+	sqlite3_bind_int64(st, 16, r->bytes_out);
+	bind_text(st, 17, r->model);
+	bind_int_or_null(st, 18, r->prompt_tokens, 0);
+	bind_int_or_null(st, 19, r->completion_tokens, 0);
+	bind_text(st, 20, r->error);
+	sqlite3_bind_int(st, 21, r->retries);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);   /* the SQLITE_STATIC pointers die with the record */
+	if (rc == SQLITE_DONE)
+		return 0;
+	if (poison_error(rc)) {
+		char *line = spool_line(r);
+		log_error("audit: request %s cannot be stored (%s); dropped: %s",
+		          r->request_id ? r->request_id : "(no id)", sqlite3_errmsg(a->db), line);
+		free(line);
+		return 1;
+	}
+	return -1;
+}
+
+/* Write the first n records of a list in one transaction. 0 on success; -1 if the
+ * database failed (nothing of the batch is committed). */
+static int commit_list(struct audit *a, const struct audit_record *r, size_t n)
+{
+	if (exec_sql(a->db, "BEGIN IMMEDIATE") != SQLITE_OK)
+		goto fail;
+	for (size_t i = 0; i < n && r; i++, r = r->next_)
+		if (insert_record(a, r) < 0)
+			goto fail;
+	if (exec_sql(a->db, "COMMIT") != SQLITE_OK)
+		goto fail;
+	return 0;
+fail:
+	rollback(a->db);
+	return -1;
+}
+
+/* ---- the writer ---- */
+
+static void db_failed(struct audit *a, const char *what)
+{
+	int rc = sqlite3_extended_errcode(a->db);
+
+	if (!a->db_failing)
+		log_warn("audit database %s: cannot %s (%s); records wait in memory (up to %zu) "
+		         "and then in %s", a->db_path, what, sqlite3_errmsg(a->db), a->mem_cap,
+		         a->spool_path);
+	a->db_failing = true;
+	/* A lock clears by itself; anything else may have left the connection read-only
+	 * (e.g. the file was read-only when it was opened), so start afresh next time. */
+	if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
+		a->reconnect = true;
+	a->backoff_ms = a->backoff_ms ? a->backoff_ms * 2 : BACKOFF_MIN_MS;
+	if (a->backoff_ms > BACKOFF_MAX_MS)
+		a->backoff_ms = BACKOFF_MAX_MS;
+	a->next_retry_ms = mono_ms() + a->backoff_ms;
+}
+
+static void db_succeeded(struct audit *a)
+{
+	if (a->db_failing)
+		log_info("audit database %s: writable again; %zu records waiting",
+		         a->db_path, audit_queue_depth(a));
+	a->db_failing = false;
+	a->backoff_ms = 0;
+	a->next_retry_ms = 0;
+}
+
+/* Records left the queue for good (committed or dropped). */
+static void account_done(struct audit *a, size_t from_mem, size_t from_spool)
+{
+	pthread_mutex_lock(&a->mu);
+	a->mem_n -= from_mem;
+	a->depth -= from_mem + from_spool;
+	pthread_mutex_unlock(&a->mu);
+}
+
+static void spool_forget(struct audit *a)
+{
+	if (a->spool_rd)
+		fclose(a->spool_rd);
+	a->spool_rd = NULL;
+	if (a->spool_fd >= 0) {
+		if (a->spool_written)
+			fdatasync(a->spool_fd);
+		close(a->spool_fd);
+	}
+	a->spool_fd = -1;
+	a->spool_written = false;
+	a->spool_off = 0;
+}
+
+/* The spool is fully committed: remove it so that its presence means "records wait". */
+static void spool_done(struct audit *a)
+{
+	spool_forget(a);
+	if (unlink(a->spool_path) != 0 && errno != ENOENT) {
+		int fd = open(a->spool_path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+		if (fd >= 0)
+			close(fd);
+		else
+			log_error("audit spool %s: cannot remove or truncate it after replay: %s; "
+			          "its records are in the database now, remove it by hand",
+			          a->spool_path, strerror(errno));
+	}
+}
+
+/* Commit up to batch_size records from the spool. 1 = progress, -1 = database failed. */
+static int spool_replay_batch(struct audit *a)
+{
+	struct audit_record *head = NULL, **tail = &head;
+	size_t lines = 0, n = 0;
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t len;
+	off_t end;
+	int rc = -1;
+
+	if (!a->spool_rd && !(a->spool_rd = fopen(a->spool_path, "re"))) {
+		if (errno == ENOENT) {
+			log_error("audit spool %s: removed while %zu records waited in it; they are "
+			          "lost", a->spool_path, a->spool_n);
+			account_done(a, 0, a->spool_n);
+			a->spool_n = 0;
+			spool_done(a);
+			return 1;
+		}
+		log_error("audit spool %s: cannot read it: %s; %zu records wait in it",
+		          a->spool_path, strerror(errno), a->spool_n);
+		a->next_retry_ms = mono_ms() + BACKOFF_MAX_MS;
+		return -1;
+	}
+	clearerr(a->spool_rd);
+	if (fseeko(a->spool_rd, a->spool_off, SEEK_SET) != 0)
+		goto eof;
+	while (lines < a->batch_size && (len = getline(&line, &cap, a->spool_rd)) > 0) {
+		struct audit_record *r;
+
+		lines++;
+		if ((r = spool_parse(line, (size_t)len))) {
+			*tail = r;
+			tail = &r->next_;
+			n++;
+		} else {
+			log_warn("audit spool %s: line at byte %lld is not an audit record; "
+			         "skipped: %.*s", a->spool_path,
+			         (long long)(ftello(a->spool_rd) - len),
+			         (int)(len > 200 ? 200 : len - (line[len - 1] == '\n')), line);
+		}
+	}
+	free(line);
+	line = NULL;
+	end = ftello(a->spool_rd);
+	if (lines == 0)
+		goto eof;
+	if (commit_list(a, head, n) < 0) {
+		db_failed(a, "write");
+		goto done;
+	}
+	db_succeeded(a);
+	a->spool_off = end;
+	if (lines > a->spool_n)    /* lines appended behind our back; count what we had */
+		lines = a->spool_n;
+	a->spool_n -= lines;
+	account_done(a, 0, lines);
+	if (a->spool_n == 0)
+		spool_done(a);
+	rc = 1;
+done:
+	free_list(head);
+	return rc;
+eof:
+	/* Fewer lines than counted (the file changed under us): nothing more to replay. */
+	free(line);
+	log_warn("audit spool %s: ended %zu records early", a->spool_path, a->spool_n);
+	account_done(a, 0, a->spool_n);
+	a->spool_n = 0;
+	spool_done(a);
+	return 1;
+}
+
+/* Commit the oldest batch held in memory. 1 = progress, -1 = database failed. */
+static int memory_commit_batch(struct audit *a)
+{
+	size_t n = a->w_n < a->batch_size ? a->w_n : a->batch_size;
+
+	if (commit_list(a, a->w_head, n) < 0) {
+		db_failed(a, "write");
+		return -1;
+	}
+	db_succeeded(a);
+	for (size_t i = 0; i < n; i++) {
+		struct audit_record *r = a->w_head;
+		a->w_head = r->next_;
+		audit_record_free(r);
+	}
+	if (!a->w_head)
+		a->w_tail = NULL;
+	a->w_n -= n;
+	account_done(a, n, 0);
+	return 1;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* Move the oldest `count` records in memory to the end of the spool in one write. 0 on
+ * success; -1 if the write failed: they stay in memory and the partial line is cut off. */
+static int spill_chunk(struct audit *a, size_t count)
+{
+	struct sbuf b = { 0 };
+	struct audit_record *r = a->w_head;
+	struct stat st;
+	size_t n = 0;
+
+	if (a->spool_fd < 0) {
+		a->spool_fd = open(a->spool_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+		if (a->spool_fd < 0)
+			goto fail;
+	}
+	for (; r && n < count; r = r->next_, n++) {
+		char *line = spool_line(r);
+		sb_putn(&b, line, strlen(line));
+		sb_putc(&b, '\n');
+		free(line);
+	}
+	if (fstat(a->spool_fd, &st) != 0)
+		goto fail;
+	if (write_all(a->spool_fd, b.s, b.len) != 0) {
+		int e = errno;
+		if (ftruncate(a->spool_fd, st.st_size) != 0)
+			log_error("audit spool %s: cannot cut off a partial write: %s",
+			          a->spool_path, strerror(errno));
+		errno = e;
+		goto fail;
+	}
+	free(b.s);
+	for (size_t i = 0; i < n; i++) {
+		r = a->w_head;
+		a->w_head = r->next_;
+		audit_record_free(r);
+	}
+	if (!a->w_head)
+		a->w_tail = NULL;
+	a->w_n -= n;
+	a->spool_n += n;
+	a->spool_written = true;
+	pthread_mutex_lock(&a->mu);
+	a->mem_n -= n;           /* depth is unchanged: the records still wait */
+	pthread_mutex_unlock(&a->mu);
+	return 0;
+fail:
+	free(b.s);
+	if (!a->spool_failing)
+		log_error("audit spool %s: cannot write it (%s); %zu records held in memory, over "
+		          "the cap of %zu", a->spool_path, strerror(errno), a->w_n, a->mem_cap);
+	a->spool_failing = true;
+	return -1;
+}
+
+/* Move the oldest `count` records in memory to the spool, in chunks so that the line
+ * buffer stays small whatever the cap. Nothing is dropped if the spool cannot be written:
+ * the records stay in memory, over the cap. */
+static void spill(struct audit *a, size_t count)
+{
+	bool first = !a->spool_written || a->spool_failing;
+	size_t held = a->w_n, moved = 0;
+
+	while (moved < count) {
+		size_t n = count - moved < 1024 ? count - moved : 1024;
+		if (spill_chunk(a, n) < 0)
+			break;
+		moved += n;
+	}
+	if (moved == count)
+		a->spool_failing = false;
+	if (moved && first)
+		log_warn("audit: %zu records held in memory (cap %zu); moved %zu to %s",
+		         held, a->mem_cap, moved, a->spool_path);
+}
+
+/* One pass of pruning: at most PRUNE_BATCH rows. 1 = done for now, 0 = more to delete,
+ * -1 = database failed. */
+static int prune_batch(struct audit *a)
+{
+	double cutoff = wall_seconds() - (double)a->retention_days * 86400.0;
+	int rc;
+
+	sqlite3_bind_double(a->st_prune, 1, cutoff);
+	sqlite3_bind_int(a->st_prune, 2, PRUNE_BATCH);
+	rc = sqlite3_step(a->st_prune);
+	sqlite3_reset(a->st_prune);
+	if (rc != SQLITE_DONE) {
+		db_failed(a, "prune old rows");
+		return -1;
+	}
+	return sqlite3_changes(a->db) < PRUNE_BATCH ? 1 : 0;
+}
+
+static void deadline_ts(int64_t at_ms, struct timespec *ts)
+{
+	ts->tv_sec = (time_t)(at_ms / 1000);
+	ts->tv_nsec = (long)(at_ms % 1000) * 1000000L;
+}
+
+/* Move everything submitted so far behind the records the writer already holds.
+ * Returns whether audit_close() has asked the writer to stop. */
+static bool take_queue(struct audit *a)
+{
+	bool stop;
+
+	pthread_mutex_lock(&a->mu);
+	if (a->q_head) {
+		if (a->w_tail)
+			a->w_tail->next_ = a->q_head;
+		else
+			a->w_head = a->q_head;
+		a->w_tail = a->q_tail;
+		a->w_n += a->q_n;
+		a->q_head = a->q_tail = NULL;
+		a->q_n = 0;
+	}
+	stop = a->stop;
+	pthread_mutex_unlock(&a->mu);
+	return stop;
+}
+
+/* One step of database work, if no retry is pending: reconnect when needed, commit one
+ * batch (the spool first: it is older than anything in memory), then one small prune
+ * step, so pruning never starves the inserts. True if it made progress. */
+static bool db_step(struct audit *a, int64_t now, bool stopping)
+{
+	bool progress = false;
+	char *err = NULL;
+	int rc = 0;
+
+	if (now < a->next_retry_ms || !(a->spool_n || a->w_n || a->next_prune_ms))
+		return false;
+	if (a->reconnect) {
+		db_disconnect(a);
+		if (db_connect(a, &err) < 0) {
+			if (!a->db_failing)
+				log_warn("%s", err);
+			free(err);
+			a->db_failing = true;
+			a->backoff_ms = BACKOFF_MAX_MS;
+			a->next_retry_ms = now + BACKOFF_MAX_MS;
+			return false;
+		}
+		a->reconnect = false;
+	}
+	if (a->spool_n)
+		rc = spool_replay_batch(a);
+	else if (a->w_n)
+		rc = memory_commit_batch(a);
+	if (rc > 0)
+		progress = true;
+	if (rc >= 0 && a->next_prune_ms && now >= a->next_prune_ms && !stopping) {
+		int p = prune_batch(a);
+		if (p == 1)
+			a->next_prune_ms = now + a->prune_interval_ms;
+		else if (p == 0)
+			progress = true;
+	}
+	return progress;
+}
+
+/* The writer thread: commit, spill, prune, sleep; on stop, drain then leave. */
+static void *writer_main(void *arg)
+{
+	struct audit *a = arg;
+	int64_t close_deadline = 0;
+
+	a->next_prune_ms = a->retention_days ? mono_ms() : 0;
+	for (;;) {
+		bool stopping = take_queue(a), progress;
+		int64_t now = mono_ms(), due;
+
+		if (stopping && !close_deadline)
+			close_deadline = now + a->close_wait_ms;
+		progress = db_step(a, now, stopping);
+
+		/* Spill down to three quarters of the cap, so an outage costs one spool write
+		 * per cap/4 records, not one per record. */
+		if (a->w_n > a->mem_cap)
+			spill(a, a->w_n - a->mem_cap * 3 / 4);
+
+		if (stopping) {
+			bool empty;
+
+			pthread_mutex_lock(&a->mu);
+			empty = a->q_n == 0;
+			pthread_mutex_unlock(&a->mu);
+			if (empty && a->w_n == 0 && a->spool_n == 0)
+				break;
+			if (empty && mono_ms() >= close_deadline) {
+				if (a->w_n)
+					spill(a, a->w_n);
+				if (a->w_n)
+					log_error("audit: %zu records could be written neither to %s nor to "
+					          "%s; they are lost", a->w_n, a->db_path, a->spool_path);
+				else if (a->spool_n)
+					log_warn("audit: %zu records left in %s; the next start writes "
+					         "them to %s", a->spool_n, a->spool_path, a->db_path);
+				break;
+			}
+		}
+		if (progress)
+			continue;
+
+		/* Sleep until a submit or until the next step is due: the retry while records
+		 * wait, else the next prune (never before the retry); while stopping, no later
+		 * than the close deadline. */
+		due = INT64_MAX;
+		if (a->spool_n || a->w_n)
+			due = a->next_retry_ms;
+		else if (a->next_prune_ms && !stopping)
+			due = a->next_prune_ms > a->next_retry_ms ? a->next_prune_ms : a->next_retry_ms;
+		if (stopping && close_deadline < due)
+			due = close_deadline;
+		now = mono_ms();
+		if (due <= now)
+			continue;
+		pthread_mutex_lock(&a->mu);
+		a->backoff = a->next_retry_ms > now;
+		if (a->q_n == 0 && a->stop == stopping) {
+			a->writer_waiting = true;
+			if (due == INT64_MAX) {
+				pthread_cond_wait(&a->wake, &a->mu);
+			} else {
+				struct timespec ts;
+				deadline_ts(due, &ts);
+				pthread_cond_timedwait(&a->wake, &a->mu, &ts);
+			}
+			a->writer_waiting = false;
+		}
+		pthread_mutex_unlock(&a->mu);
+	}
+
+	free_list(a->w_head);
+	a->w_head = a->w_tail = NULL;
+	return NULL;
+}
+
+/* Count the records a previous run left in the spool, and end a torn last line so new
+ * lines are not glued to it. */
+static int spool_scan(struct audit *a, char **err)
+{
+	FILE *f = fopen(a->spool_path, "re");
+	size_t n = 0;
+	int c, last = '\n';
+	struct stat st;
+
+	if (!f) {
+		if (errno == ENOENT)
+			return 0;
+		set_err(err, "cannot read audit spool %s: %s", a->spool_path, strerror(errno));
+		return -1;
+	}
+	if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
+		log_warn("audit spool %s is accessible by group or others (mode %03o); "
+		         "run chmod 600 on it", a->spool_path, (unsigned)(st.st_mode & 0777));
+	while ((c = getc_unlocked(f)) != EOF) {
+		if (c == '\n')
+			n++;
+		last = c;
+	}
+	fclose(f);
+	if (last != '\n') {
+		int fd = open(a->spool_path, O_WRONLY | O_APPEND | O_CLOEXEC);
+		if (fd < 0 || write_all(fd, "\n", 1) != 0) {
+			set_err(err, "cannot repair audit spool %s: %s", a->spool_path, strerror(errno));
+			if (fd >= 0)
+				close(fd);
+			return -1;
+		}
+		close(fd);
+		n++;
+	}
+	a->spool_n = n;
+	if (n)
+		log_info("audit spool %s: %zu records from a previous run will be written to %s",
+		         a->spool_path, n, a->db_path);
+	return 0;
+}
+
+struct audit *audit_open(const char *db_path, const struct audit_options *opt, char **err)
+{
+	static const struct audit_options defaults;
+	struct audit *a;
+	pthread_condattr_t ca;
+
+	if (!opt)
+		opt = &defaults;
+	if (!db_path || !*db_path) {
+		set_err(err, "no audit database path given");
+		return NULL;
+	}
+	a = xmalloc(sizeof(*a));
+	memset(a, 0, sizeof(*a));
+	a->spool_fd = -1;
+	a->db_path = xstrdup(db_path);
+	if (opt->spool_path && *opt->spool_path) {
+		a->spool_path = xstrdup(opt->spool_path);
+	} else if (asprintf(&a->spool_path, "%s.spool", db_path) < 0) {
+		abort();
+	}
+	a->mem_cap = opt->mem_cap ? opt->mem_cap : DEFAULT_MEM_CAP;
+	a->batch_size = opt->batch_size ? opt->batch_size : DEFAULT_BATCH;
+	a->retention_days = opt->retention_days;
+	a->prune_interval_ms = opt->prune_interval_ms ? opt->prune_interval_ms : DEFAULT_PRUNE_MS;
+	a->busy_timeout_ms = opt->busy_timeout_ms ? opt->busy_timeout_ms : DEFAULT_BUSY_MS;
+	a->close_wait_ms = opt->close_wait_ms ? opt->close_wait_ms : DEFAULT_CLOSE_WAIT_MS;
+
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&a->wake, &ca);
+	pthread_condattr_destroy(&ca);
+
+	if (db_connect(a, err) < 0 || spool_scan(a, err) < 0)
+		goto fail;
+	a->depth = a->spool_n;
+	if ((errno = pthread_create(&a->thread, NULL, writer_main, a)) != 0) {
+		set_err(err, "audit: cannot start the writer thread: %s", strerror(errno));
+		goto fail;
+	}
+	return a;
+fail:
+	db_disconnect(a);
+	pthread_cond_destroy(&a->wake);
+	pthread_mutex_destroy(&a->mu);
+	free(a->db_path);
+	free(a->spool_path);
+	free(a);
+	return NULL;
+}
+
+void audit_submit(struct audit *a, struct audit_record *rec)
+{
+	if (!rec)
+		return;
+	if (!a || !rec->request_id) {
+		log_error("audit: record without %s dropped (status %d, path %s)",
+		          a ? "a request id" : "an audit store", rec->status,
+		          rec->path ? rec->path : "-");
+		audit_record_free(rec);
+		return;
+	}
+	rec->next_ = NULL;
+	pthread_mutex_lock(&a->mu);
+	if (a->q_tail)
+		a->q_tail->next_ = rec;
+	else
+		a->q_head = rec;
+	a->q_tail = rec;
+	a->q_n++;
+	a->mem_n++;
+	a->depth++;
+	/* While the database is failing, the writer only needs waking to spill. */
+	if (a->writer_waiting && (!a->backoff || a->mem_n > a->mem_cap)) {
+		a->writer_waiting = false;
+		pthread_cond_signal(&a->wake);
+	}
+	pthread_mutex_unlock(&a->mu);
+}
+
+size_t audit_queue_depth(struct audit *a)
+{
+	size_t d;
+
+	if (!a)
+		return 0;
+	pthread_mutex_lock(&a->mu);
+	d = a->depth;
+	pthread_mutex_unlock(&a->mu);
+	return d;
+}
+
+void audit_close(struct audit *a)
+{
+	if (!a)
+		return;
+	pthread_mutex_lock(&a->mu);
+	a->stop = true;
+	pthread_cond_signal(&a->wake);
+	pthread_mutex_unlock(&a->mu);
+	pthread_join(a->thread, NULL);
+
+	spool_forget(a);
+	db_disconnect(a);
+	free_list(a->q_head);   /* only if audit_submit raced audit_close */
+	pthread_cond_destroy(&a->wake);
+	pthread_mutex_destroy(&a->mu);
+	free(a->db_path);
+	free(a->spool_path);
+	free(a);
+}
+
+/* ---- read side ---- */
+
+struct audit_cursor {
+	sqlite3 *db;
+	sqlite3_stmt *st;
+	char *errmsg;
+};
+
+void audit_query_init(struct audit_query *q)
+{
+	memset(q, 0, sizeof(*q));
+	q->key_id = -1;
+	q->is_stream = -1;
+}
+
+static char *col_text(sqlite3_stmt *st, int i)
+{
+	const char *s = (const char *)sqlite3_column_text(st, i);
+	return s ? xstrdup(s) : NULL;
+}
+
+static int64_t col_int_or(sqlite3_stmt *st, int i, int64_t null_value)
+{
+	return sqlite3_column_type(st, i) == SQLITE_NULL ? null_value : sqlite3_column_int64(st, i);
+}
+
+/* A row selected with COLUMNS into a record. */
+static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
+{
+	audit_record_clear(r);
+	r->request_id = col_text(st, AUDIT_F_REQUEST_ID);
+	r->started_at = sqlite3_column_double(st, AUDIT_F_STARTED_AT);
+	r->key_id = col_int_or(st, AUDIT_F_KEY_ID, 0);
+	r->key_name = col_text(st, AUDIT_F_KEY_NAME);
+	r->client_ip = col_text(st, AUDIT_F_CLIENT_IP);
+	r->method = col_text(st, AUDIT_F_METHOD);
+	r->path = col_text(st, AUDIT_F_PATH);
+	r->route = col_text(st, AUDIT_F_ROUTE);
+	r->upstream = col_text(st, AUDIT_F_UPSTREAM);
+	r->status = sqlite3_column_int(st, AUDIT_F_STATUS);
+	r->latency_ms = sqlite3_column_double(st, AUDIT_F_LATENCY_MS);
+	r->ttfb_ms = sqlite3_column_type(st, AUDIT_F_TTFB_MS) == SQLITE_NULL
+	             ? -1 : sqlite3_column_double(st, AUDIT_F_TTFB_MS);
+	r->is_stream = sqlite3_column_int(st, AUDIT_F_IS_STREAM) != 0;
+	r->chunks = sqlite3_column_int64(st, AUDIT_F_CHUNKS);
+	r->bytes_in = sqlite3_column_int64(st, AUDIT_F_BYTES_IN);
+	r->bytes_out = sqlite3_column_int64(st, AUDIT_F_BYTES_OUT);
+	r->model = col_text(st, AUDIT_F_MODEL);
+	r->prompt_tokens = col_int_or(st, AUDIT_F_PROMPT_TOKENS, -1);
+	r->completion_tokens = col_int_or(st, AUDIT_F_COMPLETION_TOKENS, -1);
+	r->error = col_text(st, AUDIT_F_ERROR);
+	r->retries = sqlite3_column_int(st, AUDIT_F_RETRIES);
+}
+
+/* A read-only connection: it never takes the write lock, so the writer never waits for
+ * it (WAL). */
+static sqlite3 *open_reader(const char *path, char **err)
+{
+	sqlite3 *db = NULL;
+	struct stat st;
+
+	if (!path || !*path) {
+		set_err(err, "no audit database path given");
+		return NULL;
+	}
+	if (stat(path, &st) != 0) {
+		set_err(err, "cannot open audit database %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) !=
+	    SQLITE_OK) {
+		set_err(err, "cannot open audit database %s: %s", path,
+		        db ? sqlite3_errmsg(db) : "out of memory");
+		sqlite3_close(db);
+		return NULL;
+	}
+	sqlite3_extended_result_codes(db, 1);
+	sqlite3_busy_timeout(db, READ_BUSY_MS);
+	return db;
+}
+
+struct audit_cursor *audit_query_open(const char *db_path, const struct audit_query *q,
+                                      char **err)
+{
+	struct audit_query all;
+	struct audit_cursor *c;
+	struct sbuf sql = { 0 };
+	const char *dir;
+	int i = 1;
+
+	if (!q) {
+		audit_query_init(&all);
+		q = &all;
+	}
+	if (q->status < 0 || (q->status > 5 && q->status < 100) || q->status > 599) {
+		set_err(err, "status filter %d: give 100..599 for one status or 1..5 for a class "
+		        "(5 = 5xx)", q->status);
+		return NULL;
+	}
+	c = xmalloc(sizeof(*c));
+	memset(c, 0, sizeof(*c));
+	if (!(c->db = open_reader(db_path, err)))
+		goto fail;
+
+	/* Placeholders are numbered in the order the conditions are added; bound below in
+	 * the same order. */
+#define ADD(s) sb_putn(&sql, s, strlen(s))
+	ADD("SELECT " COLUMNS " FROM audit WHERE 1");
+	if (q->since > 0)
+		ADD(" AND started_at >= ?");
+	if (q->until > 0)
+		ADD(" AND started_at < ?");
+	if (q->key_id == 0)
+		ADD(" AND key_id IS NULL");
+	else if (q->key_id > 0)
+		ADD(" AND key_id = ?");
+	if (q->route)
+		ADD(" AND route = ?");
+	if (q->status >= 100)
+		ADD(" AND status = ?");
+	else if (q->status > 0)
+		ADD(" AND status >= ? AND status <= ?");
+	if (q->is_stream >= 0)
+		ADD(" AND is_stream = ?");
+	if (q->error && !*q->error)
+		ADD(" AND error IS NOT NULL");
+	else if (q->error)
+		ADD(" AND error = ?");
+	dir = q->newest_first ? " DESC" : "";
+	ADD(" ORDER BY started_at");
+	ADD(dir);
+	ADD(", rowid");
+	ADD(dir);
+	if (q->limit)
+		ADD(" LIMIT ?");
+#undef ADD
+
+	if (sqlite3_prepare_v2(c->db, sql.s, -1, &c->st, NULL) != SQLITE_OK) {
+		set_err(err, "cannot query audit database %s: %s", db_path, sqlite3_errmsg(c->db));
+		goto fail;
+	}
+	if (q->since > 0)
+		sqlite3_bind_double(c->st, i++, q->since);
+	if (q->until > 0)
+		sqlite3_bind_double(c->st, i++, q->until);
+	if (q->key_id > 0)
+		sqlite3_bind_int64(c->st, i++, q->key_id);
+	if (q->route)
+		sqlite3_bind_text(c->st, i++, q->route, -1, SQLITE_TRANSIENT);
+	if (q->status >= 100) {
+		sqlite3_bind_int(c->st, i++, q->status);
+	} else if (q->status > 0) {
+		sqlite3_bind_int(c->st, i++, q->status * 100);
+		sqlite3_bind_int(c->st, i++, q->status * 100 + 99);
+	}
+	if (q->is_stream >= 0)
+		sqlite3_bind_int(c->st, i++, q->is_stream ? 1 : 0);
+	if (q->error && *q->error)
+		sqlite3_bind_text(c->st, i++, q->error, -1, SQLITE_TRANSIENT);
+	if (q->limit)
+		sqlite3_bind_int64(c->st, i++,
+		                   q->limit > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)q->limit);
+	free(sql.s);
+	return c;
+fail:
+	free(sql.s);
+	audit_cursor_close(c);
+	return NULL;
+}
+
+int audit_cursor_next(struct audit_cursor *c, struct audit_record *out)
+{
+	int rc;
+
+	if (!c || !c->st)
+		return 0;
+	free(c->errmsg);
+	c->errmsg = NULL;
+	rc = sqlite3_step(c->st);
+	if (rc == SQLITE_ROW) {
+		row_to_record(c->st, out);
+		return 1;
+	}
+	if (rc == SQLITE_DONE)
+		return 0;
+	if (asprintf(&c->errmsg, "reading the audit database: %s", sqlite3_errmsg(c->db)) < 0)
+		abort();
+	return -1;
+}
+
+const char *audit_cursor_error(const struct audit_cursor *c)
+{
+	return c ? c->errmsg : NULL;
+}
+
+void audit_cursor_close(struct audit_cursor *c)
+{
+	if (!c)
+		return;
+	sqlite3_finalize(c->st);
+	sqlite3_close(c->db);
+	free(c->errmsg);
+	free(c);
+}
+
+int audit_get(const char *db_path, const char *request_id, struct audit_record *out,
+              char **err)
+{
+	sqlite3 *db;
+	sqlite3_stmt *st = NULL;
+	int rc = -1, step;
+
+	if (!request_id) {
+		set_err(err, "no request id given");
+		return -1;
+	}
+	if (!(db = open_reader(db_path, err)))
+		return -1;
+	if (sqlite3_prepare_v2(db, "SELECT " COLUMNS " FROM audit WHERE request_id = ?1", -1,
+	                       &st, NULL) != SQLITE_OK) {
+		set_err(err, "cannot query audit database %s: %s", db_path, sqlite3_errmsg(db));
+		goto done;
+	}
+	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_STATIC);
+	step = sqlite3_step(st);
+	if (step == SQLITE_ROW) {
+		row_to_record(st, out);
+		rc = 1;
+	} else if (step == SQLITE_DONE) {
+		rc = 0;
+	} else {
+		set_err(err, "reading audit database %s: %s", db_path, sqlite3_errmsg(db));
+	}
+done:
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return rc;
+}

@@ -1,0 +1,188 @@
+/* The audit trail: one row per request that reached fastgate, written off the request path.
+ *
+ * Write side. The event loop fills a struct audit_record when a request ends and hands it
+ * to audit_submit(), which only appends it to an in-memory queue under a mutex. A writer
+ * thread owns the SQLite connection (WAL) and inserts the queue in batches, one
+ * transaction per batch, in submission order. When the database cannot be written
+ * (locked, read-only, disk full, I/O error) the writer keeps the records in memory up to
+ * a cap and moves the oldest of the overflow into an append-only spool file beside the
+ * database (default DB + ".spool", mode 0600, one JSON object per line); once SQLite
+ * accepts writes again it writes the spool first, then memory, so order is kept. A spool
+ * left by a previous run is replayed by the next audit_open(). Rows are keyed by
+ * request_id and inserted with "ON CONFLICT DO NOTHING", so a replay that is interrupted
+ * and repeated never duplicates a row. The writer also prunes rows older than the
+ * retention period, in small batches between inserts.
+ *
+ * Read side. audit_query_open()/audit_get() open their own read-only connection, so an
+ * export of a million rows streams row by row in bounded memory and never blocks the
+ * writer (WAL readers and the writer do not wait for each other).
+ *
+ * Formatting. CSV (RFC 4180 quoting) and JSON, with a selectable field list; the default
+ * list is DESIGN.md's CSV column order. */
+#ifndef FG_AUDIT_H
+#define FG_AUDIT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+/* One finished request. Every string is owned by the record (malloc'd, NULL = none) and
+ * freed by audit_record_free()/audit_record_clear(). Numbers use -1 for "unknown" where
+ * noted; the exports print unknown as an empty CSV field / JSON null. */
+struct audit_record {
+	char *request_id;         /* required: the X-Request-Id; the row's primary key */
+	double started_at;        /* unix seconds, sub-millisecond precision */
+	int64_t key_id;           /* 0 = no key (e.g. a 401) */
+	char *key_name;
+	char *client_ip;
+	char *method;
+	char *path;               /* as the client sent it, query string included */
+	char *route;              /* NULL when no route matched */
+	char *upstream;           /* upstream URL, NULL when nothing was forwarded */
+	int status;               /* status sent to the client */
+	double latency_ms;        /* start to last byte sent */
+	double ttfb_ms;           /* start to first upstream byte; -1 = none */
+	bool is_stream;
+	int64_t chunks;           /* chunks relayed to the client */
+	int64_t bytes_in;         /* request body bytes from the client */
+	int64_t bytes_out;        /* response body bytes to the client */
+	char *model;
+	int64_t prompt_tokens;    /* -1 = unknown */
+	int64_t completion_tokens;/* -1 = unknown */
+	char *error;              /* error kind ("timeout", "reset", "client_closed", ...) or NULL */
+	int retries;              /* upstream attempts beyond the first */
+
+	struct audit_record *next_; /* private to audit.c (queue link) */
+};
+
+/* A heap record with the "unknown" values set (ttfb and tokens -1); never NULL (out of
+ * memory aborts). Free with audit_record_free() unless it is given to audit_submit(). */
+struct audit_record *audit_record_new(void);
+/* Free the strings and the record itself. NULL is fine. */
+void audit_record_free(struct audit_record *r);
+/* Free the strings of a caller-owned record (e.g. one filled by audit_cursor_next) and
+ * reset it to the audit_record_new() state. */
+void audit_record_clear(struct audit_record *r);
+
+/* ---- fields ---- */
+
+enum audit_field {
+	AUDIT_F_REQUEST_ID, AUDIT_F_STARTED_AT, AUDIT_F_KEY_ID, AUDIT_F_KEY_NAME,
+	AUDIT_F_CLIENT_IP, AUDIT_F_METHOD, AUDIT_F_PATH, AUDIT_F_ROUTE, AUDIT_F_UPSTREAM,
+	AUDIT_F_STATUS, AUDIT_F_LATENCY_MS, AUDIT_F_TTFB_MS, AUDIT_F_IS_STREAM, AUDIT_F_CHUNKS,
+	AUDIT_F_BYTES_IN, AUDIT_F_BYTES_OUT, AUDIT_F_MODEL, AUDIT_F_PROMPT_TOKENS,
+	AUDIT_F_COMPLETION_TOKENS, AUDIT_F_ERROR,
+	AUDIT_F_RETRIES,          /* not in DESIGN.md's CSV columns: ask for it with --fields */
+	AUDIT_NFIELDS
+};
+/* The default export columns are the first AUDIT_NDEFAULT_FIELDS (DESIGN.md's order). */
+#define AUDIT_NDEFAULT_FIELDS AUDIT_F_RETRIES
+
+/* Field names as they appear in the CSV header, JSON keys and --fields. */
+extern const char *const audit_field_names[AUDIT_NFIELDS];
+
+/* Index (enum audit_field) of a field name, or -1 if there is none by that name. */
+int audit_field_index(const char *name);
+/* Parse a --fields list ("request_id,status,latency_ms"; spaces around names allowed) into
+ * out[0..cap). Returns the count, or -1 with *err set (caller frees) naming the bad field
+ * and listing the valid ones. Duplicates are kept as given. */
+int audit_fields_parse(const char *list, int *out, size_t cap, char **err);
+
+/* ---- formatting ---- *
+ * `fields`/`nfields` select and order the columns; fields == NULL means the default list
+ * (nfields is then ignored). started_at is written as ISO 8601 UTC with milliseconds
+ * ("2026-11-23T11:30:00.123Z"), latency_ms/ttfb_ms with three decimals, unknown values as
+ * an empty CSV field / JSON null. Results are malloc'd, caller frees; never NULL (out of
+ * memory aborts). Lines carry no line terminator: the caller adds "\n" or "\r\n". */
+
+/* The header line: the field names, comma-separated. */
+char *audit_csv_header(const int *fields, size_t nfields);
+/* One record as an RFC 4180 line: a field containing a comma, quote, CR or LF is quoted
+ * and its quotes doubled. */
+char *audit_record_csv(const struct audit_record *r, const int *fields, size_t nfields);
+/* One record as a JSON object (new reference) keyed by field name, for embedding in a
+ * control-channel event. Strings that are not valid UTF-8 get U+FFFD for the bad bytes. */
+json_t *audit_record_json(const struct audit_record *r, const int *fields, size_t nfields);
+/* audit_record_json() as one compact line of text. */
+char *audit_record_jsonl(const struct audit_record *r, const int *fields, size_t nfields);
+
+/* ---- write side ---- */
+
+struct audit_options {
+	size_t mem_cap;           /* records held in memory before spilling; 0 = 100000 */
+	unsigned retention_days;  /* rows older than this are pruned; 0 = keep forever */
+	size_t batch_size;        /* rows per transaction; 0 = 512 */
+	const char *spool_path;   /* NULL = db_path + ".spool" (copied) */
+	unsigned prune_interval_ms; /* between prune passes; 0 = 1 hour (first pass at start) */
+	unsigned busy_timeout_ms; /* how long one write waits for a lock; 0 = 1000 */
+	unsigned close_wait_ms;   /* how long audit_close keeps retrying a failing database
+	                           * before leaving the rest in the spool; 0 = 10000 */
+};
+
+struct audit;
+
+/* Open (creating if needed, mode 0600) the audit database, bring its schema to the current
+ * version (PRAGMA user_version), count a spool left by a previous run and start the
+ * writer thread, which replays that spool before anything new. opt may be NULL (all
+ * defaults). A database that exists with the current schema but cannot be written right
+ * now still opens: records wait in memory and the spool. NULL on error with *err set
+ * (caller frees): missing directory, not a database, newer schema, spool unreadable. */
+struct audit *audit_open(const char *db_path, const struct audit_options *opt, char **err);
+
+/* Queue a finished record. Takes ownership of rec (and all its strings) whatever happens.
+ * Never blocks on disk: it takes a mutex the writer holds only to move list pointers.
+ * Safe to call from several threads (one event loop per thread later). A record without
+ * a request_id cannot be stored: it is logged and freed. */
+void audit_submit(struct audit *a, struct audit_record *rec);
+
+/* Records submitted and not yet committed to SQLite: in memory plus in the spool
+ * (fastgate_audit_queue_depth). Cheap; any thread. */
+size_t audit_queue_depth(struct audit *a);
+
+/* Stop the writer after it has committed everything it can: it keeps retrying a failing
+ * database for up to close_wait_ms, then appends what is left to the spool (replayed by
+ * the next audit_open). Joins the thread and frees a. NULL is fine. Call after the last
+ * audit_submit. */
+void audit_close(struct audit *a);
+
+/* Live tail: not provided here. The loop thread already holds each record before
+ * audit_submit(); it formats it for tail subscribers with audit_record_json() first. */
+
+/* ---- read side ---- */
+
+struct audit_query {
+	double since;             /* unix seconds, started_at >= since; 0 = open */
+	double until;             /* unix seconds, started_at < until; 0 = open */
+	int64_t key_id;           /* -1 = any, 0 = requests without a key, N = that key */
+	const char *route;        /* exact route name; NULL = any */
+	int status;               /* 0 = any; 1..5 = that class (5 = 5xx); 100..599 = exact */
+	int is_stream;            /* -1 = any, 0 = plain answers, 1 = streams */
+	const char *error;        /* exact error kind; NULL = any; "" = rows with an error */
+	size_t limit;             /* 0 = no limit */
+	bool newest_first;        /* false: oldest first (export); true: newest first */
+};
+/* Sets the "match everything" values (key_id -1, is_stream -1, rest zero). */
+void audit_query_init(struct audit_query *q);
+
+struct audit_cursor;
+
+/* Open a read-only connection and start the query; rows come in started_at order (ties in
+ * insertion order). q is copied. NULL on error with *err set (caller frees). */
+struct audit_cursor *audit_query_open(const char *db_path, const struct audit_query *q,
+                                      char **err);
+/* Next row into *out, which must be zeroed or hold a record from a previous call (its
+ * strings are freed first); the caller frees the last one with audit_record_clear().
+ * 1 = a row, 0 = no more rows, -1 = error (message via audit_cursor_error). */
+int audit_cursor_next(struct audit_cursor *c, struct audit_record *out);
+/* The last error of the cursor, valid until the next call on it; NULL if none. */
+const char *audit_cursor_error(const struct audit_cursor *c);
+void audit_cursor_close(struct audit_cursor *c);
+
+/* Fetch one row by request id into *out (zeroed or previously filled, as above).
+ * 1 = found, 0 = no such request, -1 = error with *err set (caller frees). */
+int audit_get(const char *db_path, const char *request_id, struct audit_record *out,
+              char **err);
+
+#endif

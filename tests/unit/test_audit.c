@@ -1,0 +1,1028 @@
+/* Unit tests for audit.c: the writer (every record lands once, in order, from one or
+ * several threads), what happens while the database cannot be written (memory, then the
+ * spool, then recovery in order; replay at the next open), retention, the read side
+ * (filters, order, limits, audit_get) and the CSV/JSON formats. The "database cannot be
+ * written" cases hold SQLite's write lock from a second connection: the tests may run as
+ * root, for whom a chmod 0444 changes nothing. Every database lives in its own directory
+ * under /tmp, removed at the end of the test. */
+#include <dirent.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+#include "audit.h"
+#include "unit.h"
+
+struct tmpdb {
+	char dir[64];
+	char path[128];
+	char spool[160];
+};
+
+static void tmpdb_make(struct tmpdb *t)
+{
+	snprintf(t->dir, sizeof(t->dir), "/tmp/fg_test_audit_XXXXXX");
+	if (!mkdtemp(t->dir)) {
+		perror("mkdtemp");
+		abort();
+	}
+	snprintf(t->path, sizeof(t->path), "%s/audit.db", t->dir);
+	snprintf(t->spool, sizeof(t->spool), "%s.spool", t->path);
+}
+
+static void tmpdb_remove(struct tmpdb *t)
+{
+	DIR *d = opendir(t->dir);
+	struct dirent *e;
+	char p[400];
+
+	while (d && (e = readdir(d))) {
+		if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+			continue;
+		snprintf(p, sizeof(p), "%s/%s", t->dir, e->d_name);
+		unlink(p);
+	}
+	if (d)
+		closedir(d);
+	rmdir(t->dir);
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	nanosleep(&ts, NULL);
+}
+
+static char *dup_s(const char *s)
+{
+	char *p = strdup(s);
+	if (!p)
+		abort();
+	return p;
+}
+
+/* A record whose every field is derived from `i`, so any row can be checked alone. */
+static struct audit_record *make_record(const char *prefix, int i, double started_at)
+{
+	struct audit_record *r = audit_record_new();
+	char buf[64];
+
+	snprintf(buf, sizeof(buf), "%s%06d", prefix, i);
+	r->request_id = dup_s(buf);
+	r->started_at = started_at;
+	r->key_id = 1 + i % 3;
+	snprintf(buf, sizeof(buf), "key-%d", 1 + i % 3);
+	r->key_name = dup_s(buf);
+	r->client_ip = dup_s("127.0.0.1");
+	r->method = dup_s("POST");
+	r->path = dup_s("/v1/chat/completions");
+	r->route = dup_s(i % 2 ? "qwen3" : "gpt");
+	r->upstream = dup_s("http://10.0.0.5:3398/v1/chat/completions");
+	r->status = 200;
+	r->latency_ms = 10.0 + i * 0.001;
+	r->ttfb_ms = 1.25;
+	r->is_stream = i % 2;
+	r->chunks = i % 7;
+	r->bytes_in = 100 + i;
+	r->bytes_out = 1000 + i;
+	r->model = dup_s("Qwen3-8B");
+	r->prompt_tokens = 11;
+	r->completion_tokens = 22;
+	return r;
+}
+
+static struct audit *open_ok(const char *path, const struct audit_options *opt)
+{
+	char *err = NULL;
+	struct audit *a = audit_open(path, opt, &err);
+
+	if (!a)
+		fprintf(stderr, "  audit_open(%s): %s\n", path, err ? err : "(no message)");
+	CHECK(a != NULL);
+	CHECK(err == NULL);
+	free(err);
+	return a;
+}
+
+/* Wait until the queue depth is `want`; false after timeout_s. */
+static bool wait_depth(struct audit *a, size_t want, double timeout_s)
+{
+	double until = mono_s() + timeout_s;
+
+	while (audit_queue_depth(a) != want) {
+		if (mono_s() > until)
+			return false;
+		sleep_ms(5);
+	}
+	return true;
+}
+
+static sqlite3 *raw_open(const char *path)
+{
+	sqlite3 *db = NULL;
+
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+		fprintf(stderr, "  sqlite3_open(%s): %s\n", path, db ? sqlite3_errmsg(db) : "?");
+		abort();
+	}
+	sqlite3_busy_timeout(db, 5000);
+	return db;
+}
+
+static long long raw_int(sqlite3 *db, const char *sql)
+{
+	sqlite3_stmt *st = NULL;
+	long long v = -1;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int64(st, 0);
+	else
+		fprintf(stderr, "  %s: %s\n", sql, sqlite3_errmsg(db));
+	sqlite3_finalize(st);
+	return v;
+}
+
+static long long db_int(const char *path, const char *sql)
+{
+	sqlite3 *db = raw_open(path);
+	long long v = raw_int(db, sql);
+	sqlite3_close(db);
+	return v;
+}
+
+/* Hold the database's write lock from another connection, as an operator's sqlite3 shell
+ * or a stuck process would. */
+static sqlite3 *lock_db(const char *path)
+{
+	sqlite3 *db = raw_open(path);
+	if (sqlite3_exec(db, "BEGIN EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK) {
+		fprintf(stderr, "  BEGIN EXCLUSIVE: %s\n", sqlite3_errmsg(db));
+		abort();
+	}
+	return db;
+}
+
+static void unlock_db(sqlite3 *db)
+{
+	CHECK_INT(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+}
+
+/* Check that the table holds exactly the ids prefix000000..prefix(n-1), each once, in
+ * insertion (rowid) order after `skip` earlier rows. Returns the number of mismatches. */
+static int check_ids_in_order(const char *path, const char *prefix, int n, int skip)
+{
+	sqlite3 *db = raw_open(path);
+	sqlite3_stmt *st = NULL;
+	int i = 0, row = 0, bad = 0;
+	char want[64];
+
+	sqlite3_prepare_v2(db, "SELECT request_id FROM audit ORDER BY rowid", -1, &st, NULL);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (row++ < skip)
+			continue;
+		snprintf(want, sizeof(want), "%s%06d", prefix, i);
+		if (i >= n || strcmp((const char *)sqlite3_column_text(st, 0), want) != 0) {
+			if (bad++ < 3)
+				fprintf(stderr, "  row %d: %s, expected %s\n", row - 1,
+				        sqlite3_column_text(st, 0), i < n ? want : "(no more rows)");
+		}
+		i++;
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	if (i != n) {
+		fprintf(stderr, "  %d rows after the first %d, expected %d\n", i, skip, n);
+		bad++;
+	}
+	return bad;
+}
+
+static long count_lines(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long n = 0;
+	int c;
+
+	if (!f)
+		return -1;
+	while ((c = getc(f)) != EOF)
+		n += c == '\n';
+	fclose(f);
+	return n;
+}
+
+/* ---- writer ---- */
+
+TEST(twenty_thousand_records_land_exactly_once_in_submission_order)
+{
+	struct tmpdb t;
+	struct audit *a;
+	double t0 = now_s();
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	for (int i = 0; i < 20000; i++)
+		audit_submit(a, make_record("r", i, t0 + i * 1e-4));
+	CHECK(wait_depth(a, 0, 30));
+	audit_close(a);
+
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 20000);
+	CHECK_INT(db_int(t.path, "SELECT count(DISTINCT request_id) FROM audit"), 20000);
+	CHECK_INT(check_ids_in_order(t.path, "r", 20000, 0), 0);
+	CHECK(access(t.spool, F_OK) != 0);
+	tmpdb_remove(&t);
+}
+
+TEST(close_drains_the_queue_without_waiting_first)
+{
+	struct tmpdb t;
+	struct audit *a;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	for (int i = 0; i < 5000; i++)
+		audit_submit(a, make_record("c", i, 1.7e9 + i));
+	audit_close(a);     /* as on SIGTERM: whatever is queued must still land */
+	CHECK_INT(check_ids_in_order(t.path, "c", 5000, 0), 0);
+	tmpdb_remove(&t);
+}
+
+struct producer {
+	struct audit *a;
+	char prefix[16];
+	int n;
+};
+
+static void *produce(void *arg)
+{
+	struct producer *p = arg;
+	for (int i = 0; i < p->n; i++)
+		audit_submit(p->a, make_record(p->prefix, i, 1.7e9 + i));
+	return NULL;
+}
+
+TEST(records_from_several_threads_all_land_in_per_thread_order)
+{
+	struct tmpdb t;
+	struct producer p[4];
+	pthread_t th[4];
+	struct audit *a;
+	sqlite3 *db;
+	sqlite3_stmt *st = NULL;
+	int next[4] = { 0 }, bad = 0;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, &(struct audit_options){ .batch_size = 100 });
+	for (int i = 0; i < 4; i++) {
+		p[i].a = a;
+		snprintf(p[i].prefix, sizeof(p[i].prefix), "t%d-", i);
+		p[i].n = 5000;
+		pthread_create(&th[i], NULL, produce, &p[i]);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	audit_close(a);
+
+	CHECK_INT(db_int(t.path, "SELECT count(DISTINCT request_id) FROM audit"), 20000);
+	db = raw_open(t.path);
+	sqlite3_prepare_v2(db, "SELECT request_id FROM audit ORDER BY rowid", -1, &st, NULL);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		int th_i, seq;
+		if (sscanf((const char *)sqlite3_column_text(st, 0), "t%d-%d", &th_i, &seq) != 2 ||
+		    th_i < 0 || th_i > 3 || seq != next[th_i]++)
+			bad++;
+	}
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	CHECK_INT(bad, 0);
+	for (int i = 0; i < 4; i++)
+		CHECK_INT(next[i], 5000);
+	tmpdb_remove(&t);
+}
+
+TEST(locked_database_spills_to_memory_then_spool_and_recovers_in_order)
+{
+	struct tmpdb t;
+	struct audit *a;
+	sqlite3 *lock;
+	struct stat st;
+	double until;
+	long spooled = 0;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, &(struct audit_options){ .mem_cap = 100, .batch_size = 64,
+	                                             .busy_timeout_ms = 20 });
+	/* a first batch goes through normally */
+	for (int i = 0; i < 50; i++)
+		audit_submit(a, make_record("s", i, 1.7e9 + i));
+	CHECK(wait_depth(a, 0, 10));
+
+	lock = lock_db(t.path);
+	for (int i = 50; i < 1050; i++) {
+		audit_submit(a, make_record("s", i, 1.7e9 + i));
+		if (i % 100 == 0)
+			sleep_ms(10);   /* let the writer fail, back off and spill in between */
+	}
+	/* Nothing is lost and at most about mem_cap records stay in memory. */
+	until = mono_s() + 10;
+	while (mono_s() < until && (spooled = count_lines(t.spool)) < 1000 - 100)
+		sleep_ms(10);
+	CHECK(spooled >= 1000 - 100);
+	CHECK(spooled <= 1000);
+	CHECK_INT(audit_queue_depth(a), 1000);
+	CHECK_INT(raw_int(lock, "SELECT count(*) FROM audit"), 50);
+	CHECK(stat(t.spool, &st) == 0 && (st.st_mode & 0777) == 0600);
+
+	unlock_db(lock);
+	CHECK(wait_depth(a, 0, 20));
+	CHECK(access(t.spool, F_OK) != 0);     /* replayed spools are removed */
+	/* and the writer is healthy again afterwards */
+	for (int i = 1050; i < 1100; i++)
+		audit_submit(a, make_record("s", i, 1.7e9 + i));
+	audit_close(a);
+	CHECK_INT(check_ids_in_order(t.path, "s", 1100, 0), 0);
+	tmpdb_remove(&t);
+}
+
+TEST(submit_never_waits_for_a_database_that_is_locked)
+{
+	struct tmpdb t;
+	struct audit *a;
+	sqlite3 *lock;
+	double worst = 0;
+
+	tmpdb_make(&t);
+	/* Each write attempt now blocks the writer inside SQLite for 1.5 s. */
+	a = open_ok(t.path, &(struct audit_options){ .mem_cap = 200, .busy_timeout_ms = 1500 });
+	lock = lock_db(t.path);
+	for (int i = 0; i < 600; i++) {
+		double t0 = mono_s(), dt;
+		audit_submit(a, make_record("w", i, 1.7e9 + i));
+		dt = mono_s() - t0;
+		if (dt > worst)
+			worst = dt;
+		sleep_ms(5);
+	}
+	if (worst >= 0.2)
+		fprintf(stderr, "  slowest audit_submit: %.3f s\n", worst);
+	CHECK(worst < 0.2);
+	CHECK_INT(audit_queue_depth(a), 600);
+	unlock_db(lock);
+	audit_close(a);
+	CHECK_INT(check_ids_in_order(t.path, "w", 600, 0), 0);
+	tmpdb_remove(&t);
+}
+
+TEST(records_left_in_the_spool_at_close_are_written_first_at_next_open)
+{
+	struct tmpdb t;
+	struct audit *a;
+	sqlite3 *lock;
+	struct audit_options opt = { .mem_cap = 1000, .busy_timeout_ms = 20,
+	                             .close_wait_ms = 300 };
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, &opt);
+	lock = lock_db(t.path);
+	for (int i = 0; i < 300; i++)
+		audit_submit(a, make_record("p", i, 1.7e9 + i));
+	audit_close(a);     /* the database stays locked: everything goes to the spool */
+	CHECK_INT(count_lines(t.spool), 300);
+	CHECK_INT(raw_int(lock, "SELECT count(*) FROM audit"), 0);
+	unlock_db(lock);
+
+	/* A new start counts the spool as waiting and writes it before anything new. */
+	a = open_ok(t.path, &opt);
+	CHECK(audit_queue_depth(a) >= 300);
+	for (int i = 300; i < 350; i++)
+		audit_submit(a, make_record("p", i, 1.7e9 + i));
+	CHECK(wait_depth(a, 0, 20));
+	audit_close(a);
+	CHECK_INT(check_ids_in_order(t.path, "p", 350, 0), 0);
+	CHECK(access(t.spool, F_OK) != 0);
+	tmpdb_remove(&t);
+}
+
+TEST(spool_replay_skips_bad_lines_repairs_a_torn_end_and_never_duplicates)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_record *r;
+	FILE *f;
+
+	tmpdb_make(&t);
+	/* One row already in the database, as if a replay was cut short after its commit. */
+	a = open_ok(t.path, NULL);
+	audit_submit(a, make_record("h", 0, 1.7e9));
+	audit_close(a);
+
+	f = fopen(t.spool, "w");
+	fputs("{\"v\":1,\"request_id\":\"h000000\",\"started_at\":1700000000,\"status\":200}\n", f);
+	fputs("{\"v\":1,\"request_id\":\"h000001\",\"started_at\":1700000001.25,\"key_id\":7,"
+	      "\"path\":\"/a,\\\"b\\\"\\nc\",\"status\":504,\"latency_ms\":60000.5,"
+	      "\"ttfb_ms\":-1,\"is_stream\":true,\"prompt_tokens\":-1,"
+	      "\"completion_tokens\":-1,\"error\":\"timeout\",\"retries\":2}\n", f);
+	fputs("this is not json\n", f);
+	/* a newer format: the fields this version knows are kept */
+	fputs("{\"v\":2,\"request_id\":\"h000002\",\"started_at\":1700000002,\"status\":201,"
+	      "\"new_field\":[1]}\n", f);
+	fputs("{\"v\":0,\"request_id\":\"not-a-version\"}\n", f);
+	fputs("{\"v\":1,\"request_id\":\"torn", f);   /* a crash in the middle of a line */
+	fclose(f);
+	chmod(t.spool, 0600);
+
+	a = open_ok(t.path, NULL);
+	CHECK(wait_depth(a, 0, 10));
+	audit_submit(a, make_record("h", 3, 1.7e9 + 3));
+	audit_close(a);
+
+	CHECK_INT(check_ids_in_order(t.path, "h", 4, 0), 0);
+	r = audit_record_new();
+	CHECK_INT(audit_get(t.path, "h000001", r, NULL), 1);
+	CHECK(fabs(r->started_at - 1700000001.25) < 1e-9);
+	CHECK_INT(r->key_id, 7);
+	CHECK_STR(r->path, "/a,\"b\"\nc");
+	CHECK_INT(r->status, 504);
+	CHECK(r->ttfb_ms < 0);
+	CHECK(r->is_stream);
+	CHECK_INT(r->prompt_tokens, -1);
+	CHECK_STR(r->error, "timeout");
+	CHECK_INT(r->retries, 2);
+	CHECK(r->route == NULL);
+	CHECK_INT(audit_get(t.path, "h000002", r, NULL), 1);
+	CHECK_INT(r->status, 201);
+	audit_record_free(r);
+	CHECK(access(t.spool, F_OK) != 0);
+	tmpdb_remove(&t);
+}
+
+TEST(record_without_request_id_is_refused_and_does_not_block_the_rest)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_record *bad = audit_record_new();
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	audit_submit(a, make_record("n", 0, 1.7e9));
+	audit_submit(a, bad);
+	audit_submit(a, make_record("n", 1, 1.7e9 + 1));
+	CHECK(wait_depth(a, 0, 10));
+	audit_close(a);
+	CHECK_INT(check_ids_in_order(t.path, "n", 2, 0), 0);
+	tmpdb_remove(&t);
+}
+
+/* ---- files and schema ---- */
+
+TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct stat st;
+	mode_t old = umask(0);
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	umask(old);
+	CHECK(stat(t.path, &st) == 0);
+	CHECK_INT(st.st_mode & 0777, 0600);
+	audit_close(a);
+	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 1);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
+	                 "name IN ('audit_started_at', 'audit_key_id', 'audit_route', "
+	                 "'audit_status')"), 4);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM pragma_table_info('audit')"), 21);
+	tmpdb_remove(&t);
+}
+
+TEST(open_refuses_a_newer_schema_and_a_missing_directory)
+{
+	struct tmpdb t;
+	struct audit *a;
+	char *err = NULL;
+	char missing[200];
+	sqlite3 *db;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	audit_close(a);
+	db = raw_open(t.path);
+	sqlite3_exec(db, "PRAGMA user_version = 99", NULL, NULL, NULL);
+	sqlite3_close(db);
+	CHECK(audit_open(t.path, NULL, &err) == NULL);
+	CHECK(err && strstr(err, "newer"));
+	free(err);
+	err = NULL;
+
+	snprintf(missing, sizeof(missing), "%s/nope/audit.db", t.dir);
+	CHECK(audit_open(missing, NULL, &err) == NULL);
+	CHECK(err && strstr(err, "directory does not exist"));
+	free(err);
+	tmpdb_remove(&t);
+}
+
+/* ---- retention ---- */
+
+TEST(retention_prunes_only_rows_older_than_the_limit_in_batches)
+{
+	struct tmpdb t;
+	struct audit *a;
+	double now = now_s(), until;
+	long long left = -1;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);     /* retention 0: keep forever */
+	for (int i = 0; i < 2500; i++) /* more than one prune batch */
+		audit_submit(a, make_record("old", i, now - 10 * 86400.0 + i));
+	for (int i = 0; i < 3; i++)
+		audit_submit(a, make_record("edge", i, now - 6.9 * 86400.0 + i));
+	for (int i = 0; i < 3; i++)
+		audit_submit(a, make_record("new", i, now - i));
+	audit_close(a);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 2506);
+
+	a = open_ok(t.path, &(struct audit_options){ .retention_days = 7,
+	                                             .prune_interval_ms = 50 });
+	until = mono_s() + 10;
+	while (mono_s() < until && (left = db_int(t.path, "SELECT count(*) FROM audit")) != 6)
+		sleep_ms(20);
+	audit_close(a);
+	CHECK_INT(left, 6);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id LIKE 'old%'"), 0);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id LIKE 'edge%'"), 3);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id LIKE 'new%'"), 3);
+	tmpdb_remove(&t);
+}
+
+/* ---- read side ---- */
+
+/* 40 rows at t0 + i: key 1+i%3, route qwen3 (odd) / gpt (even), status 200, 404 every
+ * 5th, 502 every 7th (timeout), 599 at 37, 429 at 38, no key and 401 at 39; streams on
+ * odd rows. */
+static void fill_for_queries(const char *path, double t0)
+{
+	struct audit *a = open_ok(path, NULL);
+
+	for (int i = 0; i < 40; i++) {
+		struct audit_record *r = make_record("q", i, t0 + i);
+		if (i % 5 == 0)
+			r->status = 404;
+		if (i % 7 == 0) {
+			r->status = 502;
+			r->error = dup_s("timeout");
+		}
+		if (i == 37)
+			r->status = 599;
+		if (i == 38)
+			r->status = 429;
+		if (i == 39) {
+			r->key_id = 0;
+			free(r->key_name);
+			r->key_name = NULL;
+			r->status = 401;
+		}
+		audit_submit(a, r);
+	}
+	audit_close(a);
+}
+
+/* Run a query; returns the row count and writes the row indexes (from the ids) to idx. */
+static int run_query(const char *path, const struct audit_query *q, int *idx, int cap)
+{
+	char *err = NULL;
+	struct audit_cursor *c = audit_query_open(path, q, &err);
+	struct audit_record r = { 0 };
+	int n = 0, rc;
+
+	if (!c) {
+		fprintf(stderr, "  audit_query_open: %s\n", err);
+		free(err);
+		return -1;
+	}
+	while ((rc = audit_cursor_next(c, &r)) == 1) {
+		if (n < cap)
+			idx[n] = atoi(r.request_id + 1);
+		n++;
+	}
+	if (rc < 0)
+		fprintf(stderr, "  audit_cursor_next: %s\n", audit_cursor_error(c));
+	audit_record_clear(&r);
+	audit_cursor_close(c);
+	return rc < 0 ? -1 : n;
+}
+
+TEST(query_filters_by_time_key_route_status_class_stream_and_error)
+{
+	struct tmpdb t;
+	struct audit_query q;
+	double t0 = 1700000000.0;
+	int idx[64], n, expect;
+
+	tmpdb_make(&t);
+	fill_for_queries(t.path, t0);
+
+	audit_query_init(&q);
+	CHECK_INT(run_query(t.path, &q, idx, 64), 40);
+
+	audit_query_init(&q);          /* since inclusive, until exclusive */
+	q.since = t0 + 10;
+	q.until = t0 + 20;
+	n = run_query(t.path, &q, idx, 64);
+	CHECK_INT(n, 10);
+	CHECK_INT(idx[0], 10);
+	CHECK_INT(idx[9], 19);
+
+	audit_query_init(&q);
+	q.key_id = 2;
+	n = run_query(t.path, &q, idx, 64);
+	for (int i = 0; i < n; i++)
+		CHECK_INT(idx[i] % 3, 1);
+	CHECK_INT(n, 13);              /* i%3 == 1 for i < 39 */
+
+	audit_query_init(&q);
+	q.key_id = 0;                  /* requests without a key */
+	n = run_query(t.path, &q, idx, 64);
+	CHECK_INT(n, 1);
+	CHECK_INT(idx[0], 39);
+
+	audit_query_init(&q);
+	q.route = "qwen3";
+	q.is_stream = 1;
+	CHECK_INT(run_query(t.path, &q, idx, 64), 20);
+	q.is_stream = 0;
+	CHECK_INT(run_query(t.path, &q, idx, 64), 0);
+
+	audit_query_init(&q);
+	q.status = 404;
+	expect = 0;
+	for (int i = 0; i < 39; i++)
+		expect += i % 5 == 0 && i % 7 != 0;
+	CHECK_INT(run_query(t.path, &q, idx, 64), expect);
+
+	audit_query_init(&q);
+	q.status = 4;                  /* the 4xx class: 404s, the 429 and the 401 */
+	CHECK_INT(run_query(t.path, &q, idx, 64), expect + 2);
+	q.status = 5;
+	n = run_query(t.path, &q, idx, 64);
+	CHECK_INT(n, 7);               /* 0, 7, 14, 21, 28, 35 and the 599 */
+	CHECK_INT(idx[6], 37);
+	q.status = 599;
+	CHECK_INT(run_query(t.path, &q, idx, 64), 1);
+
+	audit_query_init(&q);
+	q.error = "timeout";
+	CHECK_INT(run_query(t.path, &q, idx, 64), 6);
+	q.error = "";                  /* any error */
+	CHECK_INT(run_query(t.path, &q, idx, 64), 6);
+	q.error = "reset";
+	CHECK_INT(run_query(t.path, &q, idx, 64), 0);
+
+	audit_query_init(&q);
+	q.status = 42;
+	{
+		char *err = NULL;
+		CHECK(audit_query_open(t.path, &q, &err) == NULL);
+		CHECK(err && strstr(err, "status filter 42"));
+		free(err);
+	}
+	tmpdb_remove(&t);
+}
+
+TEST(query_returns_rows_in_started_at_order_with_limit_and_newest_first)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_query q;
+	int idx[16], n;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	/* submitted out of time order: the export is still in time order */
+	for (int i = 9; i >= 0; i--)
+		audit_submit(a, make_record("o", i, 1700000000.0 + i * 0.5));
+	audit_close(a);
+
+	audit_query_init(&q);
+	n = run_query(t.path, &q, idx, 16);
+	CHECK_INT(n, 10);
+	for (int i = 0; i < n; i++)
+		CHECK_INT(idx[i], i);
+
+	q.limit = 3;
+	q.newest_first = true;         /* what "logs tail" without -f wants */
+	n = run_query(t.path, &q, idx, 16);
+	CHECK_INT(n, 3);
+	CHECK_INT(idx[0], 9);
+	CHECK_INT(idx[2], 7);
+	tmpdb_remove(&t);
+}
+
+TEST(export_of_many_rows_streams_while_the_writer_keeps_writing)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_query q;
+	struct audit_cursor *c;
+	struct audit_record r = { 0 };
+	int n = 0;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	for (int i = 0; i < 30000; i++)
+		audit_submit(a, make_record("e", i, 1.7e9 + i));
+	CHECK(wait_depth(a, 0, 30));
+
+	audit_query_init(&q);
+	c = audit_query_open(t.path, &q, NULL);
+	CHECK(c != NULL);
+	/* Half-way through the export the writer commits more: it is not blocked by the
+	 * reader, and the export sees the snapshot it started with. */
+	while (c && audit_cursor_next(c, &r) == 1) {
+		if (++n == 15000) {
+			for (int i = 30000; i < 30100; i++)
+				audit_submit(a, make_record("e", i, 1.7e9 + i));
+			CHECK(wait_depth(a, 0, 10));
+		}
+	}
+	audit_record_clear(&r);
+	audit_cursor_close(c);
+	CHECK_INT(n, 30000);
+	audit_close(a);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 30100);
+	tmpdb_remove(&t);
+}
+
+TEST(audit_get_returns_every_field_including_unknowns)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_record *in = make_record("g", 1, 1700000000.123456), out = { 0 };
+	char *err = NULL;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	in->retries = 3;
+	in->error = dup_s("reset");
+	audit_submit(a, in);
+	in = make_record("g", 2, 1700000001.0);
+	in->key_id = 0;
+	free(in->key_name);
+	in->key_name = NULL;
+	free(in->route);
+	in->route = NULL;
+	in->ttfb_ms = -1;
+	in->prompt_tokens = in->completion_tokens = -1;
+	audit_submit(a, in);
+	audit_close(a);
+
+	CHECK_INT(audit_get(t.path, "g000001", &out, &err), 1);
+	CHECK_STR(out.request_id, "g000001");
+	CHECK(fabs(out.started_at - 1700000000.123456) < 1e-6);
+	CHECK_INT(out.key_id, 2);
+	CHECK_STR(out.key_name, "key-2");
+	CHECK_STR(out.client_ip, "127.0.0.1");
+	CHECK_STR(out.method, "POST");
+	CHECK_STR(out.path, "/v1/chat/completions");
+	CHECK_STR(out.route, "qwen3");
+	CHECK_STR(out.upstream, "http://10.0.0.5:3398/v1/chat/completions");
+	CHECK_INT(out.status, 200);
+	CHECK(fabs(out.latency_ms - 10.001) < 1e-9);
+	CHECK(fabs(out.ttfb_ms - 1.25) < 1e-9);
+	CHECK(out.is_stream);
+	CHECK_INT(out.chunks, 1);
+	CHECK_INT(out.bytes_in, 101);
+	CHECK_INT(out.bytes_out, 1001);
+	CHECK_STR(out.model, "Qwen3-8B");
+	CHECK_INT(out.prompt_tokens, 11);
+	CHECK_INT(out.completion_tokens, 22);
+	CHECK_STR(out.error, "reset");
+	CHECK_INT(out.retries, 3);
+
+	CHECK_INT(audit_get(t.path, "g000002", &out, &err), 1);   /* reuses out */
+	CHECK_INT(out.key_id, 0);
+	CHECK(out.key_name == NULL);
+	CHECK(out.route == NULL);
+	CHECK(out.ttfb_ms < 0);
+	CHECK_INT(out.prompt_tokens, -1);
+	CHECK_INT(out.completion_tokens, -1);
+	CHECK(out.error == NULL);
+
+	CHECK_INT(audit_get(t.path, "nope", &out, &err), 0);
+	CHECK(err == NULL);
+	audit_record_clear(&out);
+	tmpdb_remove(&t);
+}
+
+/* ---- formats ---- */
+
+/* A strict RFC 4180 parser for one record, written independently of audit.c's writer.
+ * csv_field: one field starting at *sp, malloc'd, with *sp left on the ',' or NUL after
+ * it; NULL on a syntax error. */
+static char *csv_field(const char **sp)
+{
+	const char *s = *sp;
+	char *f = malloc(strlen(s) + 1), *o = f;
+
+	if (*s == '"') {
+		for (s++;; s++) {
+			if (!*s)
+				goto bad;
+			if (*s == '"') {
+				if (s[1] != '"') {
+					s++;
+					break;
+				}
+				s++;
+			}
+			*o++ = *s;
+		}
+	} else {
+		for (; *s && *s != ','; s++) {
+			if (*s == '"' || *s == '\r' || *s == '\n')
+				goto bad;
+			*o++ = *s;
+		}
+	}
+	if (*s && *s != ',')
+		goto bad;
+	*o = '\0';
+	*sp = s;
+	return f;
+bad:
+	free(f);
+	return NULL;
+}
+
+/* The fields of one record into out[0..cap); the count, or -1 (nothing left allocated). */
+static int csv_parse(const char *s, char **out, int cap)
+{
+	int n = 0;
+
+	for (;;) {
+		char *f = csv_field(&s);
+
+		if (!f || n >= cap) {
+			free(f);
+			while (n > 0)
+				free(out[--n]);
+			return -1;
+		}
+		out[n++] = f;
+		if (!*s)
+			return n;
+		s++;
+	}
+}
+
+TEST(csv_header_is_the_design_column_order)
+{
+	char *h = audit_csv_header(NULL, 0);
+	int f[3];
+
+	CHECK_STR(h, "request_id,started_at,key_id,key_name,client_ip,method,path,route,upstream,"
+	             "status,latency_ms,ttfb_ms,is_stream,chunks,bytes_in,bytes_out,model,"
+	             "prompt_tokens,completion_tokens,error");
+	free(h);
+	CHECK_INT(audit_fields_parse("status, retries ,request_id", f, 3, NULL), 3);
+	h = audit_csv_header(f, 3);
+	CHECK_STR(h, "status,retries,request_id");
+	free(h);
+}
+
+TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
+{
+	static const char *nasty[] = {
+		"plain", "a,b", "say \"hi\"", "line1\nline2", "cr\rlf\r\n", "\"", ",", "",
+		" spaces kept ", "ünïcödé",
+	};
+	size_t nn = sizeof(nasty) / sizeof(nasty[0]);
+
+	for (size_t k = 0; k < nn; k++) {
+		struct audit_record *r = make_record("x", 5, 1763897400.1234);
+		char *line, *fields[32];
+		int n;
+
+		free(r->path);
+		r->path = dup_s(nasty[k]);
+		free(r->key_name);
+		r->key_name = dup_s(nasty[(k + 1) % nn]);
+		free(r->model);
+		r->model = NULL;
+		r->ttfb_ms = -1;
+		line = audit_record_csv(r, NULL, 0);
+		n = csv_parse(line, fields, 32);
+		CHECK_INT(n, 20);
+		if (n == 20) {
+			CHECK_STR(fields[0], "x000005");
+			CHECK_STR(fields[1], "2025-11-23T11:30:00.123Z");
+			CHECK_STR(fields[2], "3");
+			CHECK_STR(fields[3], nasty[(k + 1) % nn]);
+			CHECK_STR(fields[6], nasty[k]);
+			CHECK_STR(fields[9], "200");
+			CHECK_STR(fields[10], "10.005");
+			CHECK_STR(fields[11], "");      /* unknown ttfb */
+			CHECK_STR(fields[12], "1");
+			CHECK_STR(fields[16], "");      /* no model */
+			CHECK_STR(fields[19], "");      /* no error */
+		}
+		for (int i = 0; i < n; i++)
+			free(fields[i]);
+		/* a field without specials is not quoted */
+		if (k == 0)
+			CHECK(strstr(line, ",plain,") != NULL);
+		free(line);
+		audit_record_free(r);
+	}
+}
+
+TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
+{
+	struct audit_record *r = make_record("j", 4, 1763897400.5);
+	json_error_t jerr;
+	json_t *o;
+	char *line;
+	int f[2];
+
+	free(r->path);
+	r->path = dup_s("/a\"b\\c\n\x01\xff\xc3(end");   /* quote, backslash, control, bad UTF-8 */
+	r->prompt_tokens = -1;
+	r->key_id = 0;
+	r->error = dup_s("client_closed");
+	r->latency_ms = 12.3456789;
+	line = audit_record_jsonl(r, NULL, 0);
+	CHECK(strchr(line, '\n') == NULL);
+	o = json_loads(line, 0, &jerr);
+	CHECK(json_is_object(o));
+	CHECK_INT(json_object_size(o), 20);
+	CHECK_STR(json_string_value(json_object_get(o, "request_id")), "j000004");
+	CHECK_STR(json_string_value(json_object_get(o, "started_at")), "2025-11-23T11:30:00.500Z");
+	CHECK(json_is_null(json_object_get(o, "key_id")));
+	CHECK(json_is_null(json_object_get(o, "prompt_tokens")));
+	CHECK_INT(json_integer_value(json_object_get(o, "completion_tokens")), 22);
+	CHECK(json_is_false(json_object_get(o, "is_stream")));
+	CHECK(fabs(json_real_value(json_object_get(o, "latency_ms")) - 12.346) < 1e-9);
+	CHECK_STR(json_string_value(json_object_get(o, "path")),
+	          "/a\"b\\c\n\x01\xef\xbf\xbd\xef\xbf\xbd(end");
+	CHECK_STR(json_string_value(json_object_get(o, "error")), "client_closed");
+	CHECK(json_object_get(o, "retries") == NULL);       /* not a default column */
+	json_decref(o);
+	free(line);
+
+	f[0] = audit_field_index("retries");
+	f[1] = audit_field_index("status");
+	line = audit_record_jsonl(r, f, 2);
+	CHECK_STR(line, "{\"retries\":0,\"status\":200}");
+	free(line);
+	audit_record_free(r);
+}
+
+TEST(field_names_parse_and_unknown_names_are_rejected_with_the_valid_list)
+{
+	int f[AUDIT_NFIELDS];
+	char *err = NULL;
+
+	CHECK_INT(audit_field_index("request_id"), AUDIT_F_REQUEST_ID);
+	CHECK_INT(audit_field_index("error"), AUDIT_F_ERROR);
+	CHECK_INT(audit_field_index("retries"), AUDIT_F_RETRIES);
+	CHECK_INT(audit_field_index("Request_ID"), -1);
+	CHECK_INT(audit_field_index("bogus"), -1);
+	CHECK_INT(audit_fields_parse("model", f, AUDIT_NFIELDS, &err), 1);
+	CHECK_INT(f[0], AUDIT_F_MODEL);
+	CHECK_INT(audit_fields_parse("model,bogus", f, AUDIT_NFIELDS, &err), -1);
+	CHECK(err && strstr(err, "unknown field \"bogus\"") && strstr(err, "completion_tokens"));
+	free(err);
+	err = NULL;
+	CHECK_INT(audit_fields_parse("model,,status", f, AUDIT_NFIELDS, &err), -1);
+	CHECK(err && strstr(err, "empty field name"));
+	free(err);
+	err = NULL;
+	CHECK_INT(audit_fields_parse("model,status", f, 1, &err), -1);
+	CHECK(err && strstr(err, "too many fields"));
+	free(err);
+}
+
+RUN_TESTS()
