@@ -24,6 +24,43 @@ void cli_err(const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
+volatile sig_atomic_t cli_interrupted;
+static volatile int interrupt_fd = -1;
+
+/* Shutting the socket down wakes a recv() that is blocked, or about to block, at once:
+ * no window where the signal is missed. Both calls are async-signal-safe. */
+static void on_stop_signal(int sig)
+{
+	int fd = interrupt_fd;
+
+	(void)sig;
+	cli_interrupted = 1;
+	if (fd >= 0)
+		shutdown(fd, SHUT_RDWR);
+}
+
+void cli_stop_on_signals(struct cli_conn *c)
+{
+	struct sigaction sa;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_stop_signal;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = 0;           /* no SA_RESTART: blocked writes to stdout return too */
+	interrupt_fd = c->fd;
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+}
+
+void cli_set_timeout(struct cli_conn *c, int seconds)
+{
+	struct timeval tv = { seconds, 0 };
+
+	c->timeout_s = seconds;
+	if (c->fd >= 0)
+		setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
 static const char hint[] = "(start it, or pass --socket / set FASTGATE_SOCKET)";
 
 /* Explain a failed connect() in terms of what the user should check. */
@@ -58,7 +95,8 @@ static void explain_connect_error(const char *path, int e)
 	}
 }
 
-/* Read one line. 0 with line and len set; -1 after printing why (timeout, hang-up). */
+/* Read one line. 0 with line and len set; -1 after printing why (timeout, hang-up); -2
+ * quietly when a stop signal arrived. */
 static int read_line(struct cli_conn *c, char **line, size_t *len)
 {
 	char buf[65536];
@@ -75,11 +113,13 @@ static int read_line(struct cli_conn *c, char **line, size_t *len)
 			return -1;
 		}
 		n = recv(c->fd, buf, sizeof(buf), 0);
+		if (cli_interrupted && n <= 0)
+			return -2;
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			cli_err("no answer from fastgated on %s within %d s — is it stuck?", c->path,
-			        CLI_TIMEOUT_S);
+			        c->timeout_s);
 			return -1;
 		}
 		if (n < 0) {
@@ -113,6 +153,7 @@ int cli_connect(struct cli_conn *c, const char *path)
 	c->fd = -1;
 	c->path = path;
 	c->next_id = 1;
+	c->timeout_s = CLI_TIMEOUT_S;
 	ctl_linebuf_init(&c->in, CTL_REPLY_MAX);
 	if (strlen(path) >= sizeof(sun.sun_path)) {
 		cli_err("socket path %s is too long (at most %zu bytes)", path, sizeof(sun.sun_path) - 1);
@@ -157,8 +198,13 @@ int cli_read_reply(struct cli_conn *c, struct ctl_reply *rp)
 	struct ctl_error err;
 	char *line;
 	size_t len;
+	int r;
 
-	if (read_line(c, &line, &len) < 0)
+	memset(rp, 0, sizeof(*rp));
+	r = read_line(c, &line, &len);
+	if (r == -2)
+		return CLI_INTERRUPTED;
+	if (r < 0)
 		return CLI_EXIT_UNREACHABLE;
 	if (ctl_parse_reply(line, len, rp, &err) < 0) {
 		cli_err("unreadable reply from fastgated on %s: %s", c->path, err.message);
@@ -183,6 +229,10 @@ int cli_call(struct cli_conn *c, const char *cmd, const json_t *args, struct ctl
 	while (off < n) {
 		ssize_t w = send(c->fd, req + off, n - off, MSG_NOSIGNAL);
 
+		if (w < 0 && cli_interrupted) {
+			free(req);
+			return CLI_INTERRUPTED;
+		}
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0) {
@@ -206,6 +256,7 @@ int cli_call(struct cli_conn *c, const char *cmd, const json_t *args, struct ctl
 
 void cli_close(struct cli_conn *c)
 {
+	interrupt_fd = -1;
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;

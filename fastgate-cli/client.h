@@ -4,6 +4,7 @@
 #ifndef FG_CLI_CLIENT_H
 #define FG_CLI_CLIENT_H
 
+#include <signal.h>
 #include <jansson.h>
 
 #include "ctlproto.h"
@@ -18,12 +19,17 @@ enum cli_exit {
 
 #define CLI_TIMEOUT_S 10
 
+/* Returned by cli_call/cli_read_reply (never an exit status) when SIGINT or SIGTERM
+ * arrived after cli_stop_on_signals(): the user asked to stop, nothing is wrong. */
+#define CLI_INTERRUPTED (-2)
+
 struct cli_conn {
 	int fd;
 	const char *path;          /* borrowed */
 	struct ctl_linebuf in;
 	char version[64];          /* the daemon's, from its greeting */
 	json_int_t next_id;
+	int timeout_s;             /* receive timeout; 0 = wait for ever */
 };
 
 /* Connect to `path` and read the greeting. CLI_EXIT_OK, or CLI_EXIT_UNREACHABLE after
@@ -36,6 +42,13 @@ int cli_call(struct cli_conn *c, const char *cmd, const json_t *args, struct ctl
 /* Read the next reply line (events of a stream). Same contract as cli_call. */
 int cli_read_reply(struct cli_conn *c, struct ctl_reply *rp);
 void cli_close(struct cli_conn *c);
+/* Change how long a read waits for the daemon; 0 = for ever (logs tail -f). */
+void cli_set_timeout(struct cli_conn *c, int seconds);
+/* From now on SIGINT and SIGTERM end the wait for replies on c: the next (or current)
+ * cli_read_reply returns CLI_INTERRUPTED. */
+void cli_stop_on_signals(struct cli_conn *c);
+/* Set by those signals. */
+extern volatile sig_atomic_t cli_interrupted;
 
 /* "fastgate-cli: " + message on stderr. */
 void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

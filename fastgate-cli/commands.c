@@ -392,59 +392,96 @@ void cli_print_error(const struct cli_cmd *cmd, const json_t *error, const char 
 
 #define OPT_END { 0 }
 #define NO_POS { 0 }
+/* The filters logs tail and logs export share. */
+#define LOG_FILTERS \
+	{ "--key", "ID", CLI_ARG_INT, "key_id", false, "only requests made with this key (0: without a key)", CLI_COMPLETE_KEY, NULL }, \
+	{ "--route", "NAME", CLI_ARG_STRING, "route", false, "only requests this route served", CLI_COMPLETE_ROUTE, NULL }, \
+	{ "--status", "S", CLI_ARG_STRING, "status", false, "only this status (404) or class (5xx)", CLI_COMPLETE_NONE, NULL }, \
+	{ "--stream", NULL, CLI_ARG_FLAG, "stream", false, "only streamed responses", CLI_COMPLETE_NONE, NULL }, \
+	{ "--no-stream", NULL, CLI_ARG_FALSE, "stream", false, "only plain (not streamed) responses", CLI_COMPLETE_NONE, NULL }, \
+	{ "--error", "KIND", CLI_ARG_STRING, "error", false, "only requests that failed this way (timeout, reset, ...)", CLI_COMPLETE_NONE, NULL }, \
+	{ "--errors", NULL, CLI_ARG_FLAG, "error", false, "only requests that failed with any error", CLI_COMPLETE_NONE, NULL }
 
 const struct cli_cmd cli_commands[] = {
 	{ "key", "create", "key.create", "create a key and print its secret, once",
 	  NO_POS, {
-		{ "--name", "N", CLI_ARG_STRING, "name", true, "who or what the key is for", CLI_COMPLETE_NONE },
-		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes (default: all)", CLI_COMPLETE_ROUTES },
-		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (default: unlimited)", CLI_COMPLETE_NONE },
-		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire after N days (default: never)", CLI_COMPLETE_NONE },
-		OPT_END }, print_key_created, false },
+		{ "--name", "N", CLI_ARG_STRING, "name", true, "who or what the key is for", CLI_COMPLETE_NONE, NULL },
+		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes (default: all)", CLI_COMPLETE_ROUTES, NULL },
+		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (default: unlimited)", CLI_COMPLETE_NONE, NULL },
+		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire after N days (default: never)", CLI_COMPLETE_NONE, NULL },
+		OPT_END }, print_key_created, false, NULL, 0 },
 	{ "key", "list", "key.list", "list keys (never their secrets)",
 	  NO_POS, {
-		{ "--all", NULL, CLI_ARG_FLAG, "all", false, "include revoked keys", CLI_COMPLETE_NONE },
-		OPT_END }, print_key_list, false },
+		{ "--all", NULL, CLI_ARG_FLAG, "all", false, "include revoked keys", CLI_COMPLETE_NONE, NULL },
+		OPT_END }, print_key_list, false, NULL, 0 },
 	{ "key", "show", "key.show", "show one key",
-	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY },
-	  { OPT_END }, print_key_detail, false },
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL },
+	  { OPT_END }, print_key_detail, false, NULL, 0 },
 	{ "key", "revoke", "key.revoke", "revoke a key; it stops working at once",
-	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY },
-	  { OPT_END }, print_key_revoked, false },
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL },
+	  { OPT_END }, print_key_revoked, false, NULL, 0 },
 	{ "key", "update", "key.update", "change a key's routes, rpm limit or expiry, at once",
-	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY }, {
-		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes", CLI_COMPLETE_ROUTES },
-		{ "--all-routes", NULL, CLI_ARG_CLEAR, "routes", false, "allow every route", CLI_COMPLETE_NONE },
-		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (0: unlimited)", CLI_COMPLETE_NONE },
-		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire N days from now", CLI_COMPLETE_NONE },
-		{ "--no-expiry", NULL, CLI_ARG_CLEAR, "expires_days", false, "never expire", CLI_COMPLETE_NONE },
-		OPT_END }, print_key_updated, true },
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL }, {
+		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes", CLI_COMPLETE_ROUTES, NULL },
+		{ "--all-routes", NULL, CLI_ARG_CLEAR, "routes", false, "allow every route", CLI_COMPLETE_NONE, NULL },
+		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (0: unlimited)", CLI_COMPLETE_NONE, NULL },
+		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire N days from now", CLI_COMPLETE_NONE, NULL },
+		{ "--no-expiry", NULL, CLI_ARG_CLEAR, "expires_days", false, "never expire", CLI_COMPLETE_NONE, NULL },
+		OPT_END }, print_key_updated, true, NULL, 0 },
 	{ "key", "rotate", "key.rotate", "replace a key's secret (printed once); the old one stops working",
-	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY },
-	  { OPT_END }, print_key_rotated, false },
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL },
+	  { OPT_END }, print_key_rotated, false, NULL, 0 },
 	{ "route", "list", "route.list", "list routes in match order",
-	  NO_POS, { OPT_END }, print_route_list, false },
+	  NO_POS, { OPT_END }, print_route_list, false, NULL, 0 },
 	{ "route", "show", "route.show", "show one route in full (never its upstream key)",
-	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
-	  { OPT_END }, print_route_detail, false },
+	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE, NULL },
+	  { OPT_END }, print_route_detail, false, NULL, 0 },
 	{ "route", "enable", "route.enable", "enable a route (kept across restarts)",
-	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
-	  { OPT_END }, print_route_changed, false },
+	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE, NULL },
+	  { OPT_END }, print_route_changed, false, NULL, 0 },
 	{ "route", "disable", "route.disable", "disable a route; the next match serves instead",
-	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
-	  { OPT_END }, print_route_changed, false },
+	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE, NULL },
+	  { OPT_END }, print_route_changed, false, NULL, 0 },
 	{ "route", "toggle", "route.toggle", "flip a route between enabled and disabled",
-	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE },
-	  { OPT_END }, print_route_changed, false },
+	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE, NULL },
+	  { OPT_END }, print_route_changed, false, NULL, 0 },
 	{ "reload", NULL, "reload", "re-read the route files; on error the old routes keep serving",
-	  NO_POS, { OPT_END }, print_reload, false },
+	  NO_POS, { OPT_END }, print_reload, false, NULL, 0 },
 	{ "status", NULL, "status", "version, uptime, listen address, route and key counts",
-	  NO_POS, { OPT_END }, print_status, false },
+	  NO_POS, { OPT_END }, print_status, false, NULL, 0 },
+	{ "logs", "tail", "logs.tail", "print the latest requests, one line each; -f keeps following",
+	  NO_POS, {
+		{ "-f", NULL, CLI_ARG_FLAG, "follow", false, "keep printing new requests as they finish, until Ctrl-C", CLI_COMPLETE_NONE, NULL },
+		{ "-n", "N", CLI_ARG_INT, "lines", false, "print the last N requests first (default 10, at most 10000)", CLI_COMPLETE_NONE, NULL },
+		LOG_FILTERS,
+		OPT_END }, NULL, false, cli_run_logs_tail, 0 },
+	{ "logs", "export", "logs.export", "write audit rows to stdout, oldest first, as CSV or JSON lines",
+	  NO_POS, {
+		{ "--format", "csv|jsonl", CLI_ARG_STRING, "format", true, "CSV (RFC 4180, header first) or one JSON object per line", CLI_COMPLETE_NONE, "csv,jsonl" },
+		{ "--since", "T", CLI_ARG_TIME, "since", false, "from T: 2026-11-23T10:00:00Z, 2026-11-23 (UTC), or an age like 30m, 1h, 7d", CLI_COMPLETE_NONE, NULL },
+		{ "--until", "T", CLI_ARG_TIME, "until", false, "up to, not including, T (default: now)", CLI_COMPLETE_NONE, NULL },
+		{ "--fields", "a,b", CLI_ARG_STRING, "fields", false, "only these columns, in this order (also: retries)", CLI_COMPLETE_NONE, NULL },
+		LOG_FILTERS,
+		OPT_END }, NULL, false, cli_run_logs_export, 0 },
+	{ "logs", "show", "logs.show", "show one request's audit record in full",
+	  { NULL, "ID", CLI_ARG_STRING, "id", true, "the request id (X-Request-Id; id= in logs tail)", CLI_COMPLETE_NONE, NULL },
+	  { OPT_END }, cli_print_log_record, false, NULL, 0 },
+	{ "metrics", NULL, "metrics", "totals, errors, success rate, latency and TTFB percentiles, active keys and routes",
+	  NO_POS, {
+		{ "--since", "T", CLI_ARG_TIME, "since", false, "window start (default: 24 hours ago; same forms as logs export)", CLI_COMPLETE_NONE, NULL },
+		{ "--until", "T", CLI_ARG_TIME, "until", false, "window end (default: now)", CLI_COMPLETE_NONE, NULL },
+		{ "--hourly", NULL, CLI_ARG_FLAG, "hourly", false, "add one row per hour", CLI_COMPLETE_NONE, NULL },
+		{ "--hours", "N", CLI_ARG_INT, "hours", false, "hourly rows for the last N hours (default 24)", CLI_COMPLETE_NONE, NULL },
+		{ "--daily", NULL, CLI_ARG_FLAG, "daily", false, "add one row per day (UTC)", CLI_COMPLETE_NONE, NULL },
+		{ "--days", "N", CLI_ARG_INT, "days", false, "daily rows for the last N days (default 7)", CLI_COMPLETE_NONE, NULL },
+		{ "--by", "route|key|model", CLI_ARG_STRING, "by", false, "add a breakdown by route, key or model", CLI_COMPLETE_NONE, "route,key,model" },
+		OPT_END }, cli_print_metrics, false, NULL, 120 },
 };
 const size_t cli_ncommands = sizeof(cli_commands) / sizeof(cli_commands[0]);
 
 const struct cli_noun cli_nouns[] = {
 	{ "key", "manage client API keys" },
 	{ "route", "inspect routes and switch them on and off" },
+	{ "logs", "read the audit log: follow requests live, export rows, show one" },
 };
 const size_t cli_nnouns = sizeof(cli_nouns) / sizeof(cli_nouns[0]);

@@ -14,6 +14,10 @@ enum cli_argtype {
 	CLI_ARG_LIST,     /* --routes a,b      -> "routes": ["a","b"] */
 	CLI_ARG_CLEAR,    /* --all-routes      -> "routes": [], --no-expiry -> "expires_days": 0:
 	                   * lifts a restriction by sending the empty value of its alternative */
+	CLI_ARG_FALSE,    /* --no-stream       -> "stream": false (the opposite of a FLAG) */
+	CLI_ARG_TIME,     /* --since T         -> "since": unix seconds; T is ISO 8601
+	                   * (2026-11-23T10:00:00Z, 2026-11-23), unix seconds, or an age
+	                   * (30m, 1h, 7d: that long ago); see cli_parse_time */
 };
 
 /* What shell completion offers for a value. */
@@ -22,6 +26,12 @@ enum cli_complete {
 	CLI_COMPLETE_ROUTE,    /* one route name */
 	CLI_COMPLETE_ROUTES,   /* comma-separated route names */
 	CLI_COMPLETE_KEY,      /* a key id */
+};
+
+/* Global options, as the command runner sees them. */
+struct cli_ctx {
+	const char *socket;
+	bool json;
 };
 
 /* Options next to each other that share a key are alternatives: at most one of them may be
@@ -35,9 +45,10 @@ struct cli_opt {
 	bool required;
 	const char *help;
 	enum cli_complete complete;
+	const char *choices;   /* "csv,jsonl": the only values accepted (and completed); NULL any */
 };
 
-#define CLI_MAX_OPTS 8
+#define CLI_MAX_OPTS 16
 
 struct cli_cmd {
 	const char *noun;
@@ -48,6 +59,10 @@ struct cli_cmd {
 	struct cli_opt opts[CLI_MAX_OPTS];   /* ends at the first with flag NULL */
 	void (*print)(const json_t *result);
 	bool needs_an_option;      /* the command is pointless without at least one option */
+	/* A command that is not one request and one reply (a stream) runs itself and returns
+	 * the exit status; NULL: send, wait for the result, print it. */
+	int (*run)(const struct cli_cmd *c, const json_t *args, const struct cli_ctx *ctx);
+	int timeout_s;             /* how long to wait for the daemon; 0: CLI_TIMEOUT_S */
 };
 
 struct cli_noun {
@@ -62,5 +77,19 @@ extern const size_t cli_nnouns;
 
 /* Print a daemon error reply the way this command wants it shown (stderr). */
 void cli_print_error(const struct cli_cmd *cmd, const json_t *error, const char *message);
+
+/* ---- logs.c ---- */
+int cli_run_logs_tail(const struct cli_cmd *c, const json_t *args, const struct cli_ctx *ctx);
+int cli_run_logs_export(const struct cli_cmd *c, const json_t *args, const struct cli_ctx *ctx);
+void cli_print_log_record(const json_t *r);
+/* Parse a time for --since/--until into unix seconds: ISO 8601 date-time
+ * (2026-11-23T10:00:00Z, fractions and +01:00 offsets allowed, no zone = UTC, a space
+ * may replace the T), a date (2026-11-23 = its midnight UTC), unix seconds (digits
+ * only), "now", or an age: a number and a unit s, m, h, d or w (30m = 30 minutes ago).
+ * False if s is none of these. */
+bool cli_parse_time(const char *s, double now, double *out);
+
+/* ---- metrics.c ---- */
+void cli_print_metrics(const json_t *r);
 
 #endif

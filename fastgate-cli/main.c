@@ -6,10 +6,13 @@
  * words bash completion offers come from the same table. */
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 #include "client.h"
 #include "commands.h"
@@ -153,7 +156,11 @@ static void cmd_help(FILE *out, const struct cli_cmd *c)
 	for (const struct cli_opt *o = c->opts; o->flag; o++) {
 		snprintf(label, sizeof(label), "%s%s%s", o->flag, o->metavar ? " " : "",
 		         o->metavar ? o->metavar : "");
-		fprintf(out, "  %-20s  %s%s\n", label, o->help, o->required ? " (required)" : "");
+		if (strlen(label) <= 20)
+			fprintf(out, "  %-20s  %s%s\n", label, o->help, o->required ? " (required)" : "");
+		else
+			fprintf(out, "  %s\n  %-20s  %s%s\n", label, "", o->help,
+			        o->required ? " (required)" : "");
 	}
 }
 
@@ -236,12 +243,33 @@ static bool parse_uint(const char *s, json_int_t *out)
 	return true;
 }
 
+/* v is one of the comma-separated words in choices. */
+static bool choice_ok(const char *choices, const char *v)
+{
+	size_t n = strlen(v);
+
+	for (const char *p = choices; *p;) {
+		size_t w = strcspn(p, ",");
+
+		if (w == n && strncmp(p, v, n) == 0)
+			return true;
+		p += w;
+		if (*p)
+			p++;
+	}
+	return false;
+}
+
 /* Convert one option value to its JSON form; NULL after a usage error. */
 static json_t *opt_value(const struct cli_cmd *c, const struct cli_opt *o, const char *v)
 {
 	const char *what = o->flag ? o->flag : o->metavar;
 	json_int_t n;
 
+	if (o->choices && !choice_ok(o->choices, v)) {
+		usage_error(c, NULL, "%s must be one of %s, not '%s'", what, o->choices, v);
+		return NULL;
+	}
 	switch (o->type) {
 	case CLI_ARG_STRING:
 		if (!*v) {
@@ -258,6 +286,23 @@ static json_t *opt_value(const struct cli_cmd *c, const struct cli_opt *o, const
 		return json_integer(n);
 	case CLI_ARG_FLAG:
 		return json_true();
+	case CLI_ARG_FALSE:
+		return json_false();
+	case CLI_ARG_TIME: {
+		struct timeval now;
+		double t;
+
+		gettimeofday(&now, NULL);
+		if (!cli_parse_time(v, (double)now.tv_sec + (double)now.tv_usec / 1e6, &t)) {
+			usage_error(c, NULL, "%s: cannot read the time '%s' (give 2026-11-23T10:00:00Z, "
+			            "2026-11-23, unix seconds, or an age like 30m, 1h, 7d)", what, v);
+			return NULL;
+		}
+		/* Whole seconds as an integer; a fraction kept to the millisecond. */
+		if (t == floor(t))
+			return json_integer((json_int_t)t);
+		return json_real(round(t * 1000.0) / 1000.0);
+	}
 	case CLI_ARG_CLEAR:
 		for (const struct cli_opt *alt = c->opts; alt->flag; alt++) {
 			if (strcmp(alt->key, o->key) != 0 || alt == o)
@@ -365,7 +410,8 @@ static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
 			}
 			given[o - c->opts] = true;
 			val = strchr(a, '=') ? strchr(a, '=') + 1 : NULL;
-			if (o->type == CLI_ARG_FLAG || o->type == CLI_ARG_CLEAR) {
+			if (o->type == CLI_ARG_FLAG || o->type == CLI_ARG_CLEAR ||
+			    o->type == CLI_ARG_FALSE) {
 				if (val) {
 					usage_error(c, NULL, "option %s takes no value", o->flag);
 					goto done;
@@ -424,6 +470,28 @@ done:
  * line. Values the daemon knows are requested with a directive the script resolves:
  * @file (a path), @route, @routes (comma list), @key (a key id). */
 
+/* The candidates for an option's value (or the positional argument). */
+static void complete_value(const struct cli_opt *o)
+{
+	if (o->choices) {
+		for (const char *p = o->choices; *p;) {
+			size_t w = strcspn(p, ",");
+
+			printf("%.*s\n", (int)w, p);
+			p += w;
+			if (*p)
+				p++;
+		}
+		return;
+	}
+	switch (o->complete) {
+	case CLI_COMPLETE_ROUTE: puts("@route"); break;
+	case CLI_COMPLETE_ROUTES: puts("@routes"); break;
+	case CLI_COMPLETE_KEY: puts("@key"); break;
+	case CLI_COMPLETE_NONE: break;
+	}
+}
+
 static void complete_cmd(const struct cli_cmd *c, int n, char **w)
 {
 	bool pos_given = false;
@@ -442,8 +510,7 @@ static void complete_cmd(const struct cli_cmd *c, int n, char **w)
 		o = find_opt(c, w[i], strlen(w[i]));
 		if (o && o->metavar) {
 			if (i + 1 == n) {
-				if (o->complete == CLI_COMPLETE_ROUTES)
-					puts("@routes");
+				complete_value(o);
 				return;
 			}
 			i++;
@@ -454,7 +521,7 @@ static void complete_cmd(const struct cli_cmd *c, int n, char **w)
 		return;
 	}
 	if (c->pos.key && !pos_given)
-		puts(c->pos.complete == CLI_COMPLETE_KEY ? "@key" : "@route");
+		complete_value(&c->pos);
 	for (const struct cli_opt *o = c->opts; o->flag; o++)
 		puts(o->flag);
 	puts("--json");
@@ -508,16 +575,25 @@ static int run(const struct cli_cmd *c, const json_t *args, const struct globals
 	struct ctl_reply rp = { 0 };
 	int ret;
 
+	if (c->run) {
+		struct cli_ctx ctx = { g->socket, g->json };
+
+		return c->run(c, args, &ctx);
+	}
 	ret = cli_connect(&conn, g->socket);
 	if (ret != CLI_EXIT_OK)
 		goto done;
+	if (c->timeout_s)
+		cli_set_timeout(&conn, c->timeout_s);
 	ret = cli_call(&conn, c->ctl, args, &rp);
 	if (ret != CLI_EXIT_OK)
 		goto done;
 	switch (rp.kind) {
 	case CTL_REPLY_RESULT:
 		if (g->json) {
-			json_dumpf(rp.result, stdout, JSON_COMPACT | JSON_ENCODE_ANY);
+			/* 15 digits: 1.443, not 1.4430000000000001 (the daemon sends 17). */
+			json_dumpf(rp.result, stdout, JSON_COMPACT | JSON_ENCODE_ANY |
+			           JSON_REAL_PRECISION(15));
 			fputc('\n', stdout);
 		} else {
 			c->print(rp.result);
@@ -535,7 +611,8 @@ static int run(const struct cli_cmd *c, const json_t *args, const struct globals
 done:
 	ctl_reply_clear(&rp);
 	cli_close(&conn);
-	if (ret == CLI_EXIT_OK && fflush(stdout) != 0) {
+	if (ret == CLI_EXIT_OK && fflush(stdout) != 0 && errno != EPIPE) {
+		/* EPIPE: the reader (| head) has what it wanted; not an error. */
 		cli_err("writing output: %s", strerror(errno));
 		ret = CLI_EXIT_REFUSED;
 	}
@@ -552,6 +629,8 @@ int main(int argc, char **argv)
 	int i = 1, r, ret;
 
 	g.socket = env && *env ? env : DEFAULT_SOCKET;
+	/* A closed stdout (| head) is an EPIPE to stop on quietly, not a fatal signal. */
+	signal(SIGPIPE, SIG_IGN);
 	for (; i < argc && argv[i][0] == '-'; i++) {
 		if (strcmp(argv[i], "--") == 0) {
 			i++;

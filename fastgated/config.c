@@ -32,6 +32,8 @@ static const struct setting settings[] = {
 	S("max_connections", C_INT, max_connections, 1, 1000000),
 	S("drain_timeout", C_INT, drain_timeout, 0, 3600),
 	S("metrics_public", C_BOOL, metrics_public, 0, 0),
+	S("audit_retention_days", C_INT, audit_retention_days, 0, 36500),
+	S("audit_memory_cap", C_INT, audit_memory_cap, 100, 10000000),
 };
 #undef S
 
@@ -49,6 +51,8 @@ void config_defaults(struct config *c)
 	c->idle_timeout = 60;
 	c->max_connections = 4096;
 	c->drain_timeout = 30;
+	c->audit_retention_days = 90;
+	c->audit_memory_cap = 100000;
 }
 
 void config_free(struct config *c)

@@ -25,6 +25,8 @@ struct config {
 	int max_connections;    /* open client connections; 4096 */
 	int drain_timeout;      /* seconds SIGTERM waits for in-flight requests; 30 */
 	bool metrics_public;    /* serve /metrics to non-loopback clients */
+	int audit_retention_days; /* audit rows older than this are pruned; 0 = keep; 90 */
+	int audit_memory_cap;   /* audit records held in memory before spooling; 100000 */
 };
 
 void config_defaults(struct config *c);

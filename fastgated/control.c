@@ -28,7 +28,9 @@
 #include "gateway.h"
 #include "keys.h"
 #include "log.h"
+#include "logs.h"
 #include "routes.h"
+#include "stats.h"
 
 struct ctl_command;
 
@@ -73,6 +75,8 @@ struct control {
 	struct ctl_client *clients;
 	int nclients;
 	unsigned long serial;
+	struct dbq *dbq;           /* worker threads for audit database queries */
+	struct logs *logs;         /* live tail followers and the ring of recent records */
 };
 
 typedef void (*ctl_handler_fn)(struct ctl_call *call, json_t *args);
@@ -205,6 +209,22 @@ struct gateway *ctl_call_gateway(const struct ctl_call *call)
 	return call->client->ctl->gw;
 }
 
+struct logs *ctl_call_logs(const struct ctl_call *call)
+{
+	return call->client->ctl->logs;
+}
+
+struct dbq *ctl_call_dbq(const struct ctl_call *call)
+{
+	return call->client->ctl->dbq;
+}
+
+void control_publish_audit(struct control *c, const struct audit_record *r)
+{
+	if (c && r)
+		logs_publish(c->logs, r);
+}
+
 void ctl_reply_ok(struct ctl_call *call, json_t *result)
 {
 	if (call->answered || call->streaming) {
@@ -301,6 +321,17 @@ void ctl_stream_fail(struct ctl_call *call, const char *code, const char *messag
 {
 	call->err_code = code;
 	client_send(call->client, ctl_encode_error(true, call->id, code, message, NULL));
+	stream_finish(call);
+}
+
+void ctl_stream_result(struct ctl_call *call, json_t *result)
+{
+	if (!result) {
+		ctl_stream_fail(call, CTL_E_INTERNAL, "out of memory building the reply");
+		return;
+	}
+	client_send(call->client, ctl_encode_result(call->has_id, call->id, result));
+	json_decref(result);
 	stream_finish(call);
 }
 
@@ -732,6 +763,17 @@ struct control *control_start(struct gateway *gw, const char *path, const char *
 		control_stop(ctl);
 		return NULL;
 	}
+	ctl->dbq = dbq_new(gw->base, err);
+	if (!ctl->dbq) {
+		control_stop(ctl);
+		return NULL;
+	}
+	ctl->logs = logs_new(gw, ctl->dbq);
+	if (!ctl->logs) {
+		*err = xstrdup_printf("out of memory");
+		control_stop(ctl);
+		return NULL;
+	}
 	log_info("control: listening on %s (mode %s%s)", path, group ? "0660, group " : "0600",
 	         group ? group : "");
 	return ctl;
@@ -750,8 +792,20 @@ void control_stop(struct control *c)
 
 	if (!c)
 		return;
+	/* Followers of logs.tail get their dropped count and an end line, and every client
+	 * what is already queued for it, as far as its socket takes it without waiting. */
+	logs_stop(c->logs);
+	for (struct ctl_client *cl = c->clients; cl; cl = cl->next) {
+		struct evbuffer *out = bufferevent_get_output(cl->bev);
+
+		if (evbuffer_get_length(out) > 0)
+			evbuffer_write(out, bufferevent_getfd(cl->bev));
+	}
 	while (c->clients)
 		client_free(c->clients);
+	/* After the clients: their streams' cancel callbacks have cancelled their queries. */
+	dbq_free(c->dbq);
+	logs_free(c->logs);
 	if (c->listener)
 		evconnlistener_free(c->listener);
 	if (c->retry_ev)
@@ -766,7 +820,7 @@ void control_stop(struct control *c)
 /* ---- argument helpers: each replies bad_args and returns false on a bad value ---- */
 
 /* Reject members not named in `allowed` (NULL-terminated): a typo must not be ignored. */
-static bool args_only(struct ctl_call *call, json_t *args, const char *const *allowed)
+bool ctl_args_only(struct ctl_call *call, json_t *args, const char *const *allowed)
 {
 	const char *key;
 	json_t *v;
@@ -786,7 +840,7 @@ static bool args_only(struct ctl_call *call, json_t *args, const char *const *al
 	return true;
 }
 
-static bool arg_string(struct ctl_call *call, json_t *args, const char *key, bool required,
+bool ctl_arg_string(struct ctl_call *call, json_t *args, const char *key, bool required,
                        const char **out)
 {
 	json_t *v = json_object_get(args, key);
@@ -808,7 +862,7 @@ static bool arg_string(struct ctl_call *call, json_t *args, const char *key, boo
 }
 
 /* Absent or null leaves *out as it was (the caller's default). */
-static bool arg_int(struct ctl_call *call, json_t *args, const char *key, bool required,
+bool ctl_arg_int(struct ctl_call *call, json_t *args, const char *key, bool required,
                     json_int_t min, json_int_t max, json_int_t *out)
 {
 	json_t *v = json_object_get(args, key);
@@ -830,7 +884,7 @@ static bool arg_int(struct ctl_call *call, json_t *args, const char *key, bool r
 	return true;
 }
 
-static bool arg_bool(struct ctl_call *call, json_t *args, const char *key, bool *out)
+bool ctl_arg_bool(struct ctl_call *call, json_t *args, const char *key, bool *out)
 {
 	json_t *v = json_object_get(args, key);
 
@@ -1056,9 +1110,9 @@ static void h_key_create(struct ctl_call *call, json_t *args)
 	int64_t now = time(NULL);
 	json_t *res;
 
-	if (!args_only(call, args, allowed) || !arg_string(call, args, "name", true, &name) ||
-	    !arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
-	    !arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days))
+	if (!ctl_args_only(call, args, allowed) || !ctl_arg_string(call, args, "name", true, &name) ||
+	    !ctl_arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
+	    !ctl_arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days))
 		return;
 	call_detail(call, "name=\"%s\"", name);
 	/* The name's rules belong to the key store; breaking them is the caller's mistake,
@@ -1095,7 +1149,7 @@ static void h_key_list(struct ctl_call *call, json_t *args)
 	json_t *a;
 	size_t n;
 
-	if (!args_only(call, args, allowed) || !arg_bool(call, args, "all", &all))
+	if (!ctl_args_only(call, args, allowed) || !ctl_arg_bool(call, args, "all", &all))
 		return;
 	a = json_array();
 	n = gw->keys ? keystore_count(gw->keys) : 0;
@@ -1121,8 +1175,8 @@ static struct key *arg_key(struct ctl_call *call, json_t *args, const char *cons
 	json_int_t id = 0;
 	struct key *k;
 
-	if (!args_only(call, args, allowed ? allowed : id_only) ||
-	    !arg_int(call, args, "id", true, 1, INT64_MAX, &id))
+	if (!ctl_args_only(call, args, allowed ? allowed : id_only) ||
+	    !ctl_arg_int(call, args, "id", true, 1, INT64_MAX, &id))
 		return NULL;
 	call_detail(call, "id=%" JSON_INTEGER_FORMAT, id);
 	k = gw->keys ? keystore_get(gw->keys, id) : NULL;
@@ -1197,8 +1251,8 @@ static void h_key_update(struct ctl_call *call, json_t *args)
 		return;
 	id = k->id;
 	call_detail(call, "id=%lld name=\"%s\"", (long long)id, k->name);
-	if (!arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
-	    !arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days) ||
+	if (!ctl_arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
+	    !ctl_arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days) ||
 	    !arg_routes(call, args, &routes_given, &routes, &n_routes))
 		goto done;
 	if (!routes_given && rpm < 0 && days < 0) {
@@ -1275,7 +1329,7 @@ static void h_route_list(struct ctl_call *call, json_t *args)
 	struct gateway *gw = ctl_call_gateway(call);
 	json_t *a;
 
-	if (!args_only(call, args, allowed))
+	if (!ctl_args_only(call, args, allowed))
 		return;
 	a = json_array();
 	for (size_t i = 0; a && gw->routes && i < gw->routes->n; i++) {
@@ -1295,7 +1349,7 @@ static struct route *arg_route(struct ctl_call *call, json_t *args)
 	const char *name;
 	struct route *r;
 
-	if (!args_only(call, args, allowed) || !arg_string(call, args, "name", true, &name))
+	if (!ctl_args_only(call, args, allowed) || !ctl_arg_string(call, args, "name", true, &name))
 		return NULL;
 	if (!route_name_valid(name)) {
 		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
@@ -1393,7 +1447,7 @@ static void h_reload(struct ctl_call *call, json_t *args)
 	struct errlist errs = { 0 };
 	json_t *res;
 
-	if (!args_only(call, args, allowed))
+	if (!ctl_args_only(call, args, allowed))
 		return;
 	if (gateway_reload_routes(gw, &errs) < 0) {
 		size_t total = 1;
@@ -1433,7 +1487,7 @@ static void h_status(struct ctl_call *call, json_t *args)
 	int64_t now = time(NULL);
 	size_t nkeys = 0, active = 0;
 
-	if (!args_only(call, args, allowed))
+	if (!ctl_args_only(call, args, allowed))
 		return;
 	if (gw->keys) {
 		nkeys = keystore_count(gw->keys);
@@ -1480,6 +1534,22 @@ static const struct ctl_command commands[] = {
 	  h_reload },
 	{ "status", "{}", "version, uptime, listen address, route and key counts", false,
 	  h_status },
+	{ "logs.tail", "{follow?: bool, lines?: int, key_id?: int, route?, status?: int|\"5xx\", "
+	  "stream?: bool, error?: string|true}",
+	  "stream the last `lines` (default 10) matching requests, oldest first, as events; "
+	  "with follow, then every new one until the client hangs up ({\"dropped\":N} events "
+	  "count what a slow reader missed)", false, logs_h_tail },
+	{ "logs.export", "{format: \"csv\"|\"jsonl\", since?: unix-seconds, until?: unix-seconds, "
+	  "fields?: \"a,b\", key_id?, route?, status?, stream?, error?}",
+	  "stream audit rows oldest first: csv as {\"line\":...} events, header first; jsonl as "
+	  "record objects", false, logs_h_export },
+	{ "logs.show", "{id: request-id}", "one audit record in full, retries included", false,
+	  logs_h_show },
+	{ "metrics", "{since?: unix-seconds, until?: unix-seconds, hourly?: bool, hours?: int, "
+	  "daily?: bool, days?: int, by?: \"route\"|\"key\"|\"model\"}",
+	  "request totals, errors, success rate, latency and TTFB percentiles, active keys and "
+	  "routes from the audit database; optional hourly/daily series and a breakdown", false,
+	  stats_h_metrics },
 	{ "help", "{}", "list the commands", false, h_help },
 };
 

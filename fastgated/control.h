@@ -7,6 +7,7 @@
 #ifndef FG_CONTROL_H
 #define FG_CONTROL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <jansson.h>
 
@@ -15,6 +16,9 @@
 struct gateway;
 struct control;
 struct ctl_call;
+struct audit_record;
+struct logs;
+struct dbq;
 
 #define CTL_MAX_CLIENTS 64
 
@@ -28,6 +32,13 @@ struct control *control_start(struct gateway *gw, const char *path, const char *
  * it is still the one we created. NULL is fine. */
 void control_stop(struct control *c);
 
+/* Live tail: called on the loop thread for every finished request, before the record is
+ * handed to the audit writer. Fans the record out to `logs.tail` followers whose filters
+ * match (a follower that reads too slowly loses events and is told how many) and keeps a
+ * copy in a small ring of recent records, so a tail or `logs.show` right after a request
+ * sees it even before the writer has committed it. Borrows r. c NULL: does nothing. */
+void control_publish_audit(struct control *c, const struct audit_record *r);
+
 /* ---- handler API ----
  * A handler is called with one request and must, before it returns, either answer with
  * ctl_reply_ok / ctl_reply_error, or start a stream with ctl_stream_begin. The call is
@@ -36,6 +47,9 @@ void control_stop(struct control *c);
  * away. Until then the client's later requests wait, so replies keep their order. */
 
 struct gateway *ctl_call_gateway(const struct ctl_call *call);
+/* The control socket's log and query modules (logs.h, stats.h), for their handlers. */
+struct logs *ctl_call_logs(const struct ctl_call *call);
+struct dbq *ctl_call_dbq(const struct ctl_call *call);
 
 /* Answer with {"ok":true,"result":result}. Steals `result` (NULL = JSON null). */
 void ctl_reply_ok(struct ctl_call *call, json_t *result);
@@ -62,5 +76,23 @@ size_t ctl_stream_backlog(const struct ctl_call *call);
 void ctl_stream_end(struct ctl_call *call);
 /* Finish with an error reply instead (after zero or more events); frees the call. */
 void ctl_stream_fail(struct ctl_call *call, const char *code, const char *message);
+/* Deferred answer: a handler whose work runs elsewhere (a query on a worker thread) starts
+ * a stream with ctl_stream_begin and later, on the loop thread, answers with an ordinary
+ * {"ok":true,"result":result} (no events before it). Steals `result` (NULL = out of
+ * memory: an internal error is sent instead); frees the call. */
+void ctl_stream_result(struct ctl_call *call, json_t *result);
+
+/* ---- argument helpers for handlers: each replies bad_args and returns false on a bad
+ * value ---- */
+/* Reject members not named in `allowed` (NULL-terminated): a typo must not be ignored. */
+bool ctl_args_only(struct ctl_call *call, json_t *args, const char *const *allowed);
+/* A non-empty string; absent or null gives *out = NULL unless required. */
+bool ctl_arg_string(struct ctl_call *call, json_t *args, const char *key, bool required,
+                    const char **out);
+/* An integer in [min, max]; absent or null leaves *out as it was (the caller's default). */
+bool ctl_arg_int(struct ctl_call *call, json_t *args, const char *key, bool required,
+                 json_int_t min, json_int_t max, json_int_t *out);
+/* true or false; absent or null leaves *out as it was. */
+bool ctl_arg_bool(struct ctl_call *call, json_t *args, const char *key, bool *out);
 
 #endif

@@ -17,6 +17,7 @@ struct upstream;      /* upstream.h: the curl multi driver */
 struct control;       /* control.h: the control socket */
 struct http_server;   /* http.h: listener and request checks */
 struct metrics;       /* metrics.h: counters and histograms */
+struct audit;         /* audit.h: the audit trail's writer */
 
 struct gateway_stats {
 	uint64_t requests;        /* finished requests */
@@ -34,6 +35,7 @@ struct gateway {
 	struct control *control;
 	struct http_server *http;
 	struct metrics *metrics;
+	struct audit *audit;
 	time_t started;
 	char listen_addr[128];        /* as bound, e.g. "127.0.0.1:8514" */
 	bool stopping;                /* SIGTERM seen: no new requests */

@@ -13,6 +13,7 @@
 #include <sys/queue.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -21,6 +22,8 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
+#include "audit.h"
+#include "control.h"
 #include "gateway.h"
 #include "http.h"
 #include "httperr.h"
@@ -206,6 +209,37 @@ static void drain_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 	g->drain_cb = NULL;
 }
 
+/* A request the guard refused still gets its audit row: who, when, what status. */
+static void audit_rejection(struct guard *g, const char *id, int status, const char *code)
+{
+	struct gateway *gw = g->srv->gw;
+	struct audit_record *rec;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	struct timespec now;
+	char ip[INET6_ADDRSTRLEN] = "";
+
+	if (!gw->audit)
+		return;
+	guard_register_fd(g);
+	if (g->fd >= 0 && getpeername(g->fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET6)
+			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
+		else
+			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
+	}
+	clock_gettime(CLOCK_REALTIME, &now);
+	rec = audit_record_new();
+	rec->request_id = strdup(id);
+	rec->started_at = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+	rec->client_ip = *ip ? strdup(ip) : NULL;
+	rec->status = status;
+	rec->latency_ms = 0;
+	rec->error = strdup(code);
+	control_publish_audit(gw->control, rec);
+	audit_submit(gw->audit, rec);
+}
+
 static void guard_reject(struct guard *g, int status, const char *reason)
 {
 	char body[640], id[REQID_LEN + 1];
@@ -220,6 +254,7 @@ static void guard_reject(struct guard *g, int status, const char *reason)
 		return;
 	g->rejected = true;
 	reqid_next(id);
+	audit_rejection(g, id, status, code);
 	len = httperr_body(body, sizeof(body), status, code, reason);
 	evbuffer_add_printf(bufferevent_get_output(g->under),
 	                    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"

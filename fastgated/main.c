@@ -11,6 +11,7 @@
 #include <curl/curl.h>
 #include <event2/event.h>
 
+#include "audit.h"
 #include "config.h"
 #include "control.h"
 #include "gateway.h"
@@ -249,8 +250,10 @@ static void shutdown_all(struct runtime *rt)
 	struct gateway *gw = &rt->gw;
 	char *err = NULL;
 
-	if (gw->control)
+	if (gw->control) {
 		control_stop(gw->control);
+		gw->control = NULL;   /* requests finishing below publish to nobody */
+	}
 	if (gw->http) {
 		/* Frees every client connection and lets their requests finish. */
 		http_server_free(gw->http);
@@ -260,6 +263,9 @@ static void shutdown_all(struct runtime *rt)
 		log_warn("could not persist key usage: %s", err ? err : "unknown error");
 		free(err);
 	}
+	/* every request has finished and been handed over: write the rest of the trail */
+	if (gw->audit)
+		audit_close(gw->audit);
 	upstream_free(gw->upstream);
 	keystore_close(gw->keys);
 	if (gw->routes)
@@ -320,6 +326,16 @@ int main(int argc, char **argv)
 	if (!gw->keys) {
 		log_error("key store %s: %s", rt.cfg.keys_path, err ? err : "cannot open");
 		goto out;
+	}
+	{
+		struct audit_options ao = { 0 };
+		ao.retention_days = (unsigned)rt.cfg.audit_retention_days;
+		ao.mem_cap = (size_t)rt.cfg.audit_memory_cap;
+		gw->audit = audit_open(rt.cfg.audit_path, &ao, &err);
+		if (!gw->audit) {
+			log_error("audit store %s: %s", rt.cfg.audit_path, err ? err : "cannot open");
+			goto out;
+		}
 	}
 	if (gateway_reload_routes(gw, &errs) < 0) {
 		print_errors(&errs);

@@ -7,6 +7,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 
+#include "audit.h"
 #include "gateway.h"
 #include "http.h"
 #include "metrics.h"
@@ -138,6 +139,9 @@ void metrics_serve(struct gateway *gw, struct evhttp_request *req)
 	evbuffer_add_printf(b, "# HELP fastgate_inflight_requests Requests being served now.\n"
 	                       "# TYPE fastgate_inflight_requests gauge\nfastgate_inflight_requests %llu\n",
 	                    (unsigned long long)gw->stats.inflight);
+	evbuffer_add_printf(b, "# HELP fastgate_audit_queue_depth Audit records not yet committed (memory and spool).\n"
+	                       "# TYPE fastgate_audit_queue_depth gauge\nfastgate_audit_queue_depth %zu\n",
+	                    gw->audit ? audit_queue_depth(gw->audit) : (size_t)0);
 	evbuffer_add_printf(b, "# HELP fastgate_open_connections Client connections open now.\n"
 	                       "# TYPE fastgate_open_connections gauge\nfastgate_open_connections %d\n",
 	                    gw->http ? http_server_connections(gw->http) : 0);

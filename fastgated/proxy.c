@@ -20,6 +20,8 @@
 #include "metrics.h"
 #include "proxy.h"
 #include "reqid.h"
+#include "audit.h"
+#include "control.h"
 #include "upstream.h"
 #include "usage.h"
 
@@ -40,7 +42,12 @@ struct proxy_req {
 	struct route_table *table;        /* referenced: the route outlives a reload */
 	const struct route *route;
 	int64_t key_id;
+	char *key_name;
 	char id[REQID_LEN + 1];
+	double started_at;                /* wall clock, for the audit */
+	char *method, *path;              /* as the client sent them (path with query) */
+	char client_ip[64];
+	size_t bytes_in;
 
 	struct upstream_xfer xfer;
 	struct curl_slist *headers;
@@ -288,10 +295,11 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 		if (sse_scan_feed(&px->scan, data, len, &px->scan_out, &px->scan_len, &px->scan_cap) < 0)
 			return 0; /* out of memory: abort the transfer */
 		evbuffer_add(px->out, px->scan_out, px->scan_len);
+		px->bytes_out += px->scan_len;  /* what the client gets, without a stripped chunk */
 	} else {
 		evbuffer_add(px->out, data, len);
+		px->bytes_out += len;
 	}
-	px->bytes_out += len;
 	px->chunks++;
 	if (!px->streaming && evbuffer_get_length(px->out) > BUFFER_LIMIT)
 		start_stream(px); /* the upstream said less than it sends: relay from here on */
@@ -416,6 +424,48 @@ static void client_closed_cb(void *arg)
 	event_active(px->finish_ev, 0, 0);
 }
 
+static char *dup_or_null(const char *s)
+{
+	return s && *s ? strdup(s) : NULL;
+}
+
+/* One audit row per request, handed to the writer thread; live tail subscribers see it
+ * first. Owned strings are copied: the record outlives this request. */
+static void audit_request(struct proxy_req *px, double total_s)
+{
+	struct gateway *gw = px->gw;
+	struct audit_record *rec;
+
+	if (!gw->audit)
+		return;
+	rec = audit_record_new();
+	rec->request_id = strdup(px->id);
+	rec->started_at = px->started_at;
+	rec->key_id = px->key_id;
+	rec->key_name = dup_or_null(px->key_name);
+	rec->client_ip = dup_or_null(px->client_ip);
+	rec->method = dup_or_null(px->method);
+	rec->path = dup_or_null(px->path);
+	if (px->route) {
+		rec->route = strdup(px->route->name);
+		if (px->xfer.easy)
+			rec->upstream = dup_or_null(px->route->upstream_origin);
+	}
+	rec->status = (int)px->status;
+	rec->latency_ms = total_s * 1000.0;
+	rec->ttfb_ms = px->ttfb_s >= 0 ? px->ttfb_s * 1000.0 : -1;
+	rec->is_stream = px->sse || px->streaming;
+	rec->chunks = px->chunks;
+	rec->bytes_in = (int64_t)px->bytes_in;
+	rec->bytes_out = (int64_t)px->bytes_out;
+	rec->model = dup_or_null(px->model);
+	rec->prompt_tokens = px->usage.found ? px->usage.prompt_tokens : -1;
+	rec->completion_tokens = px->usage.found ? px->usage.completion_tokens : -1;
+	rec->error = dup_or_null(px->error_kind);
+	control_publish_audit(gw->control, rec);
+	audit_submit(gw->audit, rec);
+}
+
 static void finish_cb(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd; (void)what;
@@ -445,6 +495,7 @@ static void finish(struct proxy_req *px)
 		gw->stats.errors++;
 	metrics_record(gw, px->route ? px->route->name : "", (int)px->status, total,
 	               px->ttfb_s, px->error_kind);
+	audit_request(px, total);
 	log_debug("request %s route=%s status=%ld %.1fms chunks=%u bytes=%zu%s%s", px->id,
 	          px->route ? px->route->name : "-", px->status, total * 1000, px->chunks,
 	          px->bytes_out, px->error_kind ? " error=" : "", px->error_kind ? px->error_kind : "");
@@ -457,6 +508,9 @@ static void finish(struct proxy_req *px)
 	if (px->out)
 		evbuffer_free(px->out);
 	free(px->body_rewritten);
+	free(px->key_name);
+	free(px->method);
+	free(px->path);
 	sse_scan_free(&px->scan);
 	free(px->scan_out);
 	free(px->url);
@@ -748,6 +802,15 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 	px->evcon = evhttp_request_get_connection(req);
 	px->ttfb_s = -1;
 	clock_gettime(CLOCK_MONOTONIC, &px->t_start);
+	{
+		struct timespec wall;
+		clock_gettime(CLOCK_REALTIME, &wall);
+		px->started_at = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
+	}
+	px->method = strdup(method_name(evhttp_request_get_command(req)));
+	px->path = dup_or_null(evhttp_request_get_uri(req));
+	http_client_ip(req, px->client_ip, sizeof(px->client_ip));
+	px->key_id = 0;
 	snprintf(px->id, sizeof(px->id), "%s", id);
 	TAILQ_INIT(&px->up_headers);
 	px->xfer.done = xfer_done;
@@ -785,15 +848,15 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 	int retry;
 	bool rewritten;
 
-	if (gw->stopping) {
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-		http_send_error(req, 503, "shutting_down", "gateway is shutting down");
-		return;
-	}
 	px = proxy_req_new(gw, req, request_id);
 	if (!px) {
 		http_send_error(req, 500, "internal_error", "out of memory");
 		return;
+	}
+	if (gw->stopping) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		reply_error(px, 503, "shutting_down", "gateway is shutting down");
+		goto done;
 	}
 	if (!path || !*path || !path_is_clean(path)) {
 		reply_error(px, 400, "invalid_path", "request path is malformed");
@@ -813,6 +876,7 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 		goto done;
 	}
 	px->key_id = k->id;
+	px->key_name = dup_or_null(k->name);
 	if (k->revoked) {
 		reply_error(px, 401, "revoked_api_key", "API key has been revoked");
 		goto done;
@@ -823,6 +887,7 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 	}
 
 	evbuffer_add_buffer(px->body, evhttp_request_get_input_buffer(req));
+	px->bytes_in = evbuffer_get_length(px->body);
 	rq.method = method_name(evhttp_request_get_command(req));
 	rq.path = path;
 	rq.body_len = evbuffer_get_length(px->body);

@@ -82,6 +82,14 @@ def teardown(c):
         rc = c.gw.stop()
         assert rc == 0, "fastgated exit code %d" % rc
         c.mock.stop()
+        # secret hygiene: neither the client key nor the upstream key is written anywhere
+        for name in os.listdir(c.dir):
+            path = os.path.join(c.dir, name)
+            if os.path.isfile(path) and not name.endswith((".pem", ".yaml")) and name != "mock.err":
+                with open(path, "rb") as f:
+                    data = f.read()
+                for secret in (c.key.encode(), b"upstream-secret-key"):
+                    assert secret not in data, "%s found in %s" % (secret[:6], name)
     finally:
         rmtree(c.dir)
 
