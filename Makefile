@@ -21,7 +21,7 @@ CLI_SRC    := $(wildcard fastgate-cli/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 HDRS       := $(wildcard fastgated/*.h fastgate-cli/*.h tests/unit/*.h)
 
-.PHONY: all deps test-deps test unit run install clean programs test-programs
+.PHONY: all deps test-deps test unit run install clean programs test-programs bench
 # The dependency step runs first and alone; the build is a fresh make so that pkg-config
 # flags are read after any install.
 all: deps
@@ -65,6 +65,10 @@ test: test-deps
 unit: test-deps
 	@$(MAKE) --no-print-directory $(UNIT_BINS)
 	@tests/run-all.sh --unit-only
+
+bench: deps
+	@$(MAKE) --no-print-directory programs
+	@BENCH_NO_BUILD=1 tests/bench/run.sh
 
 run: all
 	@tests/run-demo.sh

@@ -235,6 +235,9 @@ static struct event_base *make_base(void)
 	/* EV_CLOSED lets us see a client hang up while its request is in flight. */
 	if (ec) {
 		event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
+		/* curl changes its interest in a socket several times per transfer; the
+		 * changelist folds each loop turn's changes into one epoll_ctl per fd */
+		event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
 		base = event_base_new_with_config(ec);
 		event_config_free(ec);
 	}

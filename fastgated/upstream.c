@@ -103,13 +103,17 @@ static int socket_function(CURL *easy, curl_socket_t s, int what, void *arg, voi
 		if (!sc)
 			return -1;
 		sc->u = u;
+		sc->ev = event_new(u->base, s, kind, socket_event_cb, u);
+		if (!sc->ev) {
+			free(sc);
+			return -1;
+		}
 		curl_multi_assign(u->multi, s, sc);
 	} else {
-		event_free(sc->ev);
+		/* same socket, new interest: re-assign the event in place, no allocation */
+		event_del(sc->ev);
+		event_assign(sc->ev, u->base, s, kind, socket_event_cb, u);
 	}
-	sc->ev = event_new(u->base, s, kind, socket_event_cb, u);
-	if (!sc->ev)
-		return -1;
 	event_add(sc->ev, NULL);
 	return 0;
 }

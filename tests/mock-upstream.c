@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/queue.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -702,6 +703,12 @@ static struct conn *conn_get(struct mock *m, struct evhttp_connection *evcon)
 	m->stats.open_connections++;
 	m->stats.connections_total++;
 	evhttp_connection_set_closecb(evcon, conn_closed, conn);
+	{
+		/* stream chunks go out as written, not merged by Nagle behind a delayed ACK */
+		int one = 1, fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
+		if (fd >= 0)
+			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
 	return conn;
 }
 

@@ -1,0 +1,435 @@
+#!/usr/bin/env bash
+# fastgate benchmark suite (issue #6). Entry point of `make bench`.
+#
+# Measures, in one run, on 127.0.0.1 only, alternating the targets round by round:
+#   1. non-stream chat completions with wrk (64 connections, 2 threads, keep-alive):
+#      direct to the mock upstream (the limit), nginx (1 worker, and as many workers as
+#      fastgated has loop threads) and fastgated (auth on); plus a 1-connection latency run
+#   2. streams: added time to first byte over direct, inter-chunk gaps kept
+#   3. 1,000 concurrent open streams through fastgated: RSS and CPU
+#   4. audit rows written against requests forwarded under load (when fastgated audits)
+#   5. micro: start-up with 1,000 routes + 100,000 keys; route_match and keystore_lookup
+# and prints a table (also written to tests/bench/RESULTS.md).
+#
+# Settings (environment):
+#   BENCH_SECONDS=10        seconds per throughput run
+#   BENCH_LAT_SECONDS=3     seconds per 1-connection latency run (0 = skip)
+#   BENCH_ROUNDS=3          alternating rounds (each target once per round)
+#   BENCH_WARMUP_SECONDS=2  wrk warm-up per target before the rounds
+#   BENCH_CONNS=64 BENCH_WRK_THREADS=2
+#   BENCH_STREAMS=600       streams per side for the TTFB comparison
+#   BENCH_OPEN_STREAMS=1000 concurrent streams for the memory test
+#   BENCH_FG_THREADS=1      event-loop threads fastgated runs (nginx gets as many workers)
+#   BENCH_ROUTES=1000 BENCH_KEYS=100000   sizes for the start-up and micro benchmarks
+#   BENCH_RESULTS=tests/bench/RESULTS.md  where the table goes
+#   BENCH_NO_BUILD=1        do not run `make programs` first
+#   BENCH_KEEP=1            keep the work directory (logs, configs) after the run
+# Needs wrk and nginx (installed with apt-get when run as root), python3, cc, pkg-config.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+HERE=$ROOT/tests/bench
+BUILD=$ROOT/build
+
+int_setting() { # NAME DEFAULT MIN
+	local v=${!1:-$2}
+	if ! [[ $v =~ ^[0-9]+$ ]] || (( v < $3 )); then
+		echo "run.sh: $1 must be an integer >= $3 (got '$v')" >&2
+		exit 2
+	fi
+	printf '%s' "$v"
+}
+RUN_S=$(int_setting BENCH_SECONDS 10 1)
+LAT_S=$(int_setting BENCH_LAT_SECONDS 3 0)
+ROUNDS=$(int_setting BENCH_ROUNDS 3 1)
+WARM_S=$(int_setting BENCH_WARMUP_SECONDS 2 0)
+CONNS=$(int_setting BENCH_CONNS 64 1)
+WRK_T=$(int_setting BENCH_WRK_THREADS 2 1)
+STREAMS=$(int_setting BENCH_STREAMS 600 10)
+OPEN_STREAMS=$(int_setting BENCH_OPEN_STREAMS 1000 1)
+FG_THREADS=$(int_setting BENCH_FG_THREADS 1 1)
+N_ROUTES=$(int_setting BENCH_ROUTES 1000 1)
+N_KEYS=$(int_setting BENCH_KEYS 100000 1)
+RESULTS_MD=${BENCH_RESULTS:-$HERE/RESULTS.md}
+if (( WRK_T > CONNS )); then WRK_T=$CONNS; fi
+
+COMMAND="tests/bench/run.sh${*:+ $*}"
+BENCH_ENV=$(env | grep -E '^BENCH_[A-Z_]+=' | sort | tr '\n' ' ' || true)
+[[ -n $BENCH_ENV ]] && COMMAND="${BENCH_ENV}${COMMAND}"
+[[ -n ${MAKELEVEL:-} ]] && COMMAND="make bench (${COMMAND})"
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- tools
+NGINX=$(command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true)
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+[[ -n $NGINX ]] || missing+=(nginx-light)
+if (( ${#missing[@]} )); then
+	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+		log "installing ${missing[*]} (wrk nginx-light)"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx-light ||
+			{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk nginx-light; } ||
+			die "apt-get install -y wrk nginx-light failed"
+		NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+	else
+		echo "run.sh: missing ${missing[*]}; install them with:" >&2
+		echo "  sudo apt-get install -y wrk nginx-light" >&2
+		exit 1
+	fi
+fi
+for t in python3 cc pkg-config timeout; do
+	command -v "$t" >/dev/null 2>&1 || die "$t is required (it is part of the build dependencies: make deps)"
+done
+# the interpreter itself, not a version-manager shim that costs ~0.4 s per call
+PYTHON=$(python3 -c 'import sys; print(sys.executable)')
+PY=("$PYTHON" "$HERE/bench.py")
+PKGS=(libevent libcurl yaml-0.1 sqlite3 jansson libcrypto)
+
+if [[ -z ${BENCH_NO_BUILD:-} ]]; then
+	log "building release binaries (make programs)"
+	make -s -C "$ROOT" programs >&2 || die "make programs failed"
+fi
+for b in fastgated fastgate-cli mock-upstream libfg.a; do
+	[[ -e $BUILD/$b ]] || die "$BUILD/$b is missing; run make programs"
+done
+
+# ---------------------------------------------------------------- process bookkeeping
+W=$(mktemp -d "${TMPDIR:-/tmp}/fastgate-bench.XXXXXX")
+RES=$W/results.jsonl
+: >"$RES"
+PIDS=()
+# Run a snapshot of the binaries, so a rebuild during the run cannot mix versions.
+mkdir -p "$W/bin"
+cp -p "$BUILD/fastgated" "$BUILD/fastgate-cli" "$BUILD/mock-upstream" "$BUILD/libfg.a" "$W/bin/"
+mkdir -p "$W/bin/include"
+cp -p "$ROOT"/fastgated/*.h "$W/bin/include/"
+BIN_BUILT=$(date -r "$BUILD/fastgated" '+%Y-%m-%d %H:%M:%S')
+BUILD=$W/bin
+
+stop_pid() { # PID [TIMEOUT_S]: TERM, wait, KILL; sets STOP_RC (exit status, or "killed")
+	local pid=$1 t=${2:-10} end
+	STOP_RC=gone
+	kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null && STOP_RC=0 || STOP_RC=$?; return 0; }
+	kill -TERM "$pid" 2>/dev/null || true
+	end=$(( ${EPOCHREALTIME/./} + t * 1000000 ))
+	while (( ${EPOCHREALTIME/./} < end )); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.05
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		kill -KILL "$pid" 2>/dev/null || true
+		STOP_RC=killed
+		wait "$pid" 2>/dev/null || true
+		return 0
+	fi
+	STOP_RC=0
+	wait "$pid" 2>/dev/null || STOP_RC=$?
+}
+
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	for pid in "${PIDS[@]}"; do
+		kill -0 "$pid" 2>/dev/null && stop_pid "$pid" 5
+	done
+	if [[ -n ${BENCH_KEEP:-} || $rc != 0 ]]; then
+		log "work directory kept: $W"
+	else
+		rm -rf "$W"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+wait_line() { # FILE REGEX TIMEOUT_S PID
+	local end=$(( ${EPOCHREALTIME/./} + $3 * 1000000 ))
+	while (( ${EPOCHREALTIME/./} < end )); do
+		grep -qE "$2" "$1" 2>/dev/null && return 0
+		kill -0 "$4" 2>/dev/null || return 1
+		sleep 0.05
+	done
+	return 1
+}
+
+wait_http() { # URL KEY TIMEOUT_S
+	local end=$(( ${EPOCHREALTIME/./} + $3 * 1000000 ))
+	while (( ${EPOCHREALTIME/./} < end )); do
+		"${PY[@]}" check "$1" "$2" 2>/dev/null && return 0
+		sleep 0.2
+	done
+	"${PY[@]}" check "$1" "$2"
+}
+
+info() { # KEY VALUE
+	"$PYTHON" -c 'import json,sys; print(json.dumps({"kind":"info","key":sys.argv[1],"value":sys.argv[2]}))' \
+		"$1" "$2" >>"$RES"
+}
+note() { log "note: $1"; info "note$(printf '%02d' "$NOTE_N")" "$1"; NOTE_N=$(( NOTE_N + 1 )); }
+flag() { # WHAT VALUE TARGET RESULT: a table row the script decides itself
+	"$PYTHON" -c 'import json,sys; print(json.dumps(dict(zip(("kind","what","value","target","result"), ["flag"] + sys.argv[1:]))))' \
+		"$1" "$2" "$3" "$4" >>"$RES"
+}
+NOTE_N=0
+
+# fd limit: 1,000 streams need ~2,000 fds in fastgated and 1,000 in the client and the mock
+hard=$(ulimit -Hn)
+want=65536
+[[ $hard != unlimited ]] && (( hard < want )) && want=$hard
+ulimit -n "$want" 2>/dev/null || true
+nofile=$(ulimit -n)
+if (( nofile < 2 * OPEN_STREAMS + 256 )); then
+	OPEN_STREAMS=$(( (nofile - 256) / 2 ))
+	(( OPEN_STREAMS < 1 )) && OPEN_STREAMS=1
+	note "fd limit is $nofile: open-stream test reduced to $OPEN_STREAMS streams"
+fi
+
+info date "$(date '+%Y-%m-%d %H:%M:%S %Z')"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l >= n / 2) }'; then
+	note "the machine was busy when the run started (load average $LOAD_START on $(nproc) CPUs): other processes compete with the benchmark, so figures are noisier"
+fi
+info command "$COMMAND"
+info conns "$CONNS"
+info fg_threads "$FG_THREADS"
+src=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+git -C "$ROOT" diff --quiet HEAD -- fastgated 2>/dev/null &&
+	[[ -z $(git -C "$ROOT" status --porcelain -- fastgated 2>/dev/null) ]] || src="$src + uncommitted changes in fastgated/"
+info source "git $src; binaries built $BIN_BUILT"
+info tools "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | sed 's/.*: //'), Python $("$PYTHON" -c 'import platform; print(platform.python_version())')"
+info settings "wrk -t$WRK_T -c$CONNS -d${RUN_S}s (+ -t1 -c1 -d${LAT_S}s), $ROUNDS rounds, ${WARM_S}s warm-up; $STREAMS TTFB streams per side; $OPEN_STREAMS open streams; $N_ROUTES routes, $N_KEYS keys; ulimit -n $nofile"
+
+# ---------------------------------------------------------------- mock upstream
+"$BUILD/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>"$W/mock.err" &
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+wait_line "$W/mock.out" '^listening ' 10 "$MOCK_PID" || die "mock-upstream did not start: $(cat "$W/mock.err")"
+MOCK_PORT=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/mock.out" | head -1)
+[[ -n $MOCK_PORT ]] || die "cannot read the mock's port from: $(cat "$W/mock.out")"
+log "mock-upstream pid $MOCK_PID on 127.0.0.1:$MOCK_PORT"
+
+# ---------------------------------------------------------------- fastgated
+start_fg() { # DIR: sets FG_PID FG_PORT KEY
+	local d=$1
+	mkdir -p "$d/routes"
+	printf 'routes:\n  - name: chat\n    match: { path: /v1/chat/completions, methods: [POST] }\n    upstream: { url: http://127.0.0.1:%s/v1/chat/completions, api_key: upstream-key }\n' \
+		"$MOCK_PORT" >"$d/routes/chat.yaml"
+	"$BUILD/fastgated" --listen 127.0.0.1:0 --routes "$d/routes" --keys "$d/keys.db" \
+		--audit "$d/audit.db" --control "$d/ctl.sock" >"$d/stdout.log" 2>"$d/fastgated.log" &
+	FG_PID=$!
+	PIDS+=("$FG_PID")
+	wait_line "$d/fastgated.log" 'listening on http://' 15 "$FG_PID" ||
+		die "fastgated did not start: $(tail -20 "$d/fastgated.log")"
+	FG_PORT=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$d/fastgated.log" | head -1)
+	[[ -n $FG_PORT ]] || die "cannot read fastgated's port from its log"
+	KEY=$("$BUILD/fastgate-cli" --socket "$d/ctl.sock" --json key create --name bench |
+		"$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["key"])') ||
+		die "fastgate-cli key create failed"
+	log "fastgated pid $FG_PID on 127.0.0.1:$FG_PORT ($(awk '/^Threads:/{print $2}' "/proc/$FG_PID/status") OS threads)"
+}
+
+stop_fg() { # DIR LABEL: SIGTERM, wait up to 30 s (drain + audit flush), note a bad exit
+	local t0 t1
+	t0=$(date +%s.%N)
+	stop_pid "$FG_PID" 30
+	t1=$(date +%s.%N)
+	log "fastgated ($2) stopped: exit $STOP_RC after $("$PYTHON" -c "print('%.2f' % ($t1 - $t0))") s"
+	if [[ $STOP_RC == 0 ]]; then
+		flag "fastgated ($2) stops on SIGTERM" "exit 0 after $("$PYTHON" -c "print('%.2f' % ($t1 - $t0))") s" "exit 0 within 30 s" PASS
+	else
+		flag "fastgated ($2) stops on SIGTERM" "exit status $STOP_RC after $("$PYTHON" -c "print('%.1f' % ($t1 - $t0))") s" "exit 0 within 30 s" FAIL
+	fi
+	local bad
+	bad=$(grep -E ' (WARN|ERROR) ' "$1/fastgated.log" | grep -v 'max_connections' | sort | uniq -c | sort -rn | head -5 || true)
+	[[ -z $bad ]] || note "fastgated ($2) log warnings/errors: $(echo "$bad" | sed 's/^ *//' | cut -c1-220 | tr '\n' ';')"
+}
+
+# ---------------------------------------------------------------- nginx
+NGX_PIDS=()
+start_nginx() { # NAME WORKERS: sets NGX_PORT, NGX_PID
+	local d=$W/$1 u="" tp="" m
+	mkdir -p "$d/tmp" "$d/logs"
+	NGX_PORT=$("${PY[@]}" freeport)
+	[[ $(id -u) == 0 ]] && u="user $(id -un) $(id -gn);"
+	for m in client_body proxy fastcgi uwsgi scgi; do
+		[[ $m == client_body || $m == proxy ]] || ! "$NGINX" -V 2>&1 | grep -q -- "--without-http_${m}_module" || continue
+		tp+="    ${m}_temp_path $d/tmp/$m;"$'\n'
+	done
+	cat >"$d/nginx.conf" <<EOF
+# generated by tests/bench/run.sh
+$u
+worker_processes $2;
+daemon off;
+master_process on;
+pid $d/nginx.pid;
+error_log $d/logs/error.log warn;
+worker_rlimit_nofile $nofile;
+events { worker_connections 8192; }
+http {
+    access_log $d/logs/access.log combined buffer=256k flush=1s;
+$tp
+    upstream mock {
+        server 127.0.0.1:$MOCK_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+	"$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" -t >"$d/test.log" 2>&1 ||
+		die "nginx config test failed: $(cat "$d/test.log")"
+	"$NGINX" -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" >"$d/stdout.log" 2>&1 &
+	NGX_PID=$!
+	PIDS+=("$NGX_PID")
+	NGX_PIDS+=("$NGX_PID")
+	wait_http "http://127.0.0.1:$NGX_PORT/v1/chat/completions" x 10 >/dev/null ||
+		die "nginx ($1) does not answer: $(tail -5 "$d/logs/error.log")"
+	log "nginx $1 ($2 worker(s)) pid $NGX_PID on 127.0.0.1:$NGX_PORT"
+}
+
+# ---------------------------------------------------------------- wrk
+run_wrk() { # TARGET URL CONNS THREADS SECONDS ROUND(-1 = warm-up); prints completed requests
+	local out=$W/wrk-$1-c$3-r$6.txt
+	BENCH_KEY=$KEY timeout $(( $5 + 30 )) wrk -t"$4" -c"$3" -d"$5"s --timeout 5s --latency \
+		-s "$HERE/post.lua" "$2" >"$out" 2>&1 || die "wrk $1 failed: $(tail -5 "$out")"
+	"${PY[@]}" wrk "$out" --out "$RES" --target "$1" --conns "$3" --round "$6"
+}
+
+FG_FWD=0    # requests fastgated forwarded to the mock during its runs (mock's own counter)
+FG_DONE=0   # requests wrk completed through fastgated
+mock_chat() { "${PY[@]}" mockstat "$MOCK_PORT"; }
+
+bench_target() { # TARGET CONNS THREADS SECONDS ROUND
+	local url=${URL[$1]} before after n
+	if [[ $1 == fastgated ]]; then
+		before=$(mock_chat)
+		n=$(run_wrk "$1" "$url" "$2" "$3" "$4" "$5" | tail -1)
+		n=${n:-0}
+		sleep 0.5   # let requests the client gave up on reach the mock before counting
+		after=$(mock_chat)
+		FG_FWD=$(( FG_FWD + after - before ))
+		FG_DONE=$(( FG_DONE + n ))
+	else
+		run_wrk "$1" "$url" "$2" "$3" "$4" "$5" >/dev/null
+	fi
+}
+
+# ================================================================ 1. throughput
+log "== 1. non-stream throughput and latency (wrk -t$WRK_T -c$CONNS -d${RUN_S}s, $ROUNDS rounds)"
+declare -A URL
+URL[direct]=http://127.0.0.1:$MOCK_PORT/v1/chat/completions
+start_nginx nginx1 1
+URL[nginx1]=http://127.0.0.1:$NGX_PORT/v1/chat/completions
+TARGETS=(direct nginx1)
+if (( FG_THREADS != 1 )); then
+	start_nginx "nginx$FG_THREADS" "$FG_THREADS"
+	URL[nginx$FG_THREADS]=http://127.0.0.1:$NGX_PORT/v1/chat/completions
+	TARGETS+=("nginx$FG_THREADS")
+else
+	note "fastgated runs 1 event-loop thread, so nginx at equal workers is the 1-worker run"
+fi
+FG1=$W/fg-load
+start_fg "$FG1"
+URL[fastgated]=http://127.0.0.1:$FG_PORT/v1/chat/completions
+TARGETS+=(fastgated)
+before=$(mock_chat)
+wait_http "${URL[fastgated]}" "$KEY" 10 || die "fastgated does not proxy a chat completion"
+FG_FWD=$(( FG_FWD + $(mock_chat) - before )); FG_DONE=$(( FG_DONE + 1 ))
+info fg_os_threads "$(awk '/^Threads:/{print $2}' /proc/"$FG_PID"/status)"
+
+if (( WARM_S > 0 )); then
+	for t in "${TARGETS[@]}"; do
+		log "warm-up $t (${WARM_S}s)"
+		bench_target "$t" "$CONNS" "$WRK_T" "$WARM_S" -1
+	done
+fi
+nt=${#TARGETS[@]}
+for (( r = 1; r <= ROUNDS; r++ )); do
+	log "round $r/$ROUNDS"
+	for (( i = 0; i < nt; i++ )); do
+		t=${TARGETS[$(( (i + r - 1) % nt ))]}
+		bench_target "$t" "$CONNS" "$WRK_T" "$RUN_S" "$r"
+		if (( LAT_S > 0 )); then
+			bench_target "$t" 1 1 "$LAT_S" "$r"
+		fi
+	done
+done
+
+# ================================================================ 4. audit (of the load above)
+log "== 4. audit rows against requests served under load"
+fg_total=$("${PY[@]}" metrics "http://127.0.0.1:$FG_PORT/metrics" 2>/dev/null |
+	"$PYTHON" -c 'import json,sys; print(json.load(sys.stdin)["requests_total"])' 2>/dev/null || echo -1)
+stop_fg "$FG1" "load run"
+"${PY[@]}" auditcount "$FG1/audit.db" --out "$RES" --forwarded "$FG_FWD" --completed "$FG_DONE" \
+	--requests-total "$fg_total"
+[[ $fg_total != -1 ]] && note "load run: fastgate_requests_total = $fg_total, forwarded to the mock = $FG_FWD, completed by wrk = $FG_DONE"
+for pid in "${NGX_PIDS[@]}"; do
+	stop_pid "$pid" 10
+done
+
+# ================================================================ 2. streams
+log "== 2. streams: time to first byte and inter-chunk gaps"
+FG2=$W/fg-streams
+start_fg "$FG2"
+timeout 180 "${PY[@]}" ttfb --out "$RES" --direct-port "$MOCK_PORT" --gateway-port "$FG_PORT" \
+	--key "$KEY" --n "$STREAMS" --max-seconds 120 || die "ttfb measurement failed"
+timeout 120 "${PY[@]}" gaps --out "$RES" --direct-port "$MOCK_PORT" --gateway-port "$FG_PORT" \
+	--key "$KEY" --n 20 --chunks 5 --delay 20 || die "gap measurement failed"
+
+# ================================================================ 3. open streams
+log "== 3. $OPEN_STREAMS concurrent open streams through fastgated"
+timeout 120 "${PY[@]}" hold --out "$RES" --port "$FG_PORT" --pid "$FG_PID" --key "$KEY" \
+	--n "$OPEN_STREAMS" --chunks 30 --delay 1000 --cpu-seconds 5 || die "open-stream test failed"
+if timeout 20 "${PY[@]}" check "http://127.0.0.1:$FG_PORT/v1/chat/completions" "$KEY"; then
+	flag "fastgated serves a request after $OPEN_STREAMS clients hung up" "200" "200" PASS
+else
+	flag "fastgated serves a request after $OPEN_STREAMS clients hung up" "no answer within 10 s (CPU $(ps -o pcpu= -p "$FG_PID" | tr -d ' ')%)" "200" FAIL
+fi
+stop_fg "$FG2" "stream runs"
+
+# ================================================================ 5. micro
+log "== 5. start-up with $N_ROUTES routes + $N_KEYS keys; route_match, keystore_lookup"
+M=$W/micro
+mkdir -p "$M"
+# shellcheck disable=SC2046
+if cc -O2 -std=gnu11 -D_GNU_SOURCE -I "$BUILD/include" $(pkg-config --cflags "${PKGS[@]}") \
+	"$HERE/micro.c" "$BUILD/libfg.a" $(pkg-config --libs "${PKGS[@]}") -levent_pthreads -lpthread -lm \
+	-o "$M/micro" 2>"$M/cc.log"; then
+	"${PY[@]}" genroutes "$M/routes" "$N_ROUTES" "$MOCK_PORT"
+	t0=$(date +%s.%N)
+	timeout 300 "$M/micro" genkeys "$M/keys.db" "$N_KEYS" "$M/secrets.txt" ||
+		die "generating $N_KEYS keys failed"
+	log "generated $N_KEYS keys in $("$PYTHON" -c "print('%.1f' % ($(date +%s.%N) - $t0))") s"
+	timeout 300 "${PY[@]}" startup --out "$RES" --bin "$BUILD/fastgated" --routes "$M/routes" \
+		--keys "$M/keys.db" --workdir "$M/run" --n 5 || die "start-up measurement failed"
+	if timeout 300 "$M/micro" bench "$M/routes" "$M/keys.db" "$M/secrets.txt" >"$M/micro.json" 2>"$M/micro.err"; then
+		"$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kind"]="micro"; print(json.dumps(d))' \
+			"$M/micro.json" >>"$RES"
+		log "micro: $(cat "$M/micro.json")"
+	else
+		note "micro bench failed: $(tail -3 "$M/micro.err" | tr '\n' ' ')"
+	fi
+	[[ -s $M/micro.err ]] && note "micro: $(tail -3 "$M/micro.err" | tr '\n' ' ')"
+else
+	why="micro.c does not build against build/libfg.a: $(grep -m1 -E 'error' "$M/cc.log" || head -1 "$M/cc.log")"
+	for w in "start-up, 1,000 routes + 100,000 keys" "route_match / keystore_lookup"; do
+		"$PYTHON" -c 'import json,sys; print(json.dumps({"kind":"skip","what":sys.argv[1],"why":sys.argv[2]}))' \
+			"$w" "$why" >>"$RES"
+	done
+	log "$why"
+fi
+
+# ================================================================ report
+info load "load average $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($(nproc) CPUs)"
+log "== results"
+mkdir -p "$(dirname "$RESULTS_MD")"
+"${PY[@]}" report --results "$RES" --md "$RESULTS_MD"
