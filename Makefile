@@ -21,7 +21,7 @@ CLI_SRC    := $(wildcard fastgate-cli/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 HDRS       := $(wildcard fastgated/*.h fastgate-cli/*.h tests/unit/*.h)
 
-.PHONY: all deps test-deps test unit run install clean programs test-programs bench
+.PHONY: all deps test-deps test unit run install clean programs test-programs bench fuzz
 # The dependency step runs first and alone; the build is a fresh make so that pkg-config
 # flags are read after any install.
 all: deps
@@ -66,6 +66,11 @@ unit: test-deps
 	@$(MAKE) --no-print-directory $(UNIT_BINS)
 	@tests/run-all.sh --unit-only
 
+FUZZ_SECONDS ?= 60
+# libFuzzer + ASan/UBSan on the parsers (needs clang); new coverage is merged into tests/fuzz/corpus
+fuzz: test-deps
+	@tests/fuzz/run.sh fuzz $(FUZZ_SECONDS)
+
 bench: deps
 	@$(MAKE) --no-print-directory programs
 	@BENCH_NO_BUILD=1 tests/bench/run.sh
@@ -86,4 +91,4 @@ install: all
 	install -m 0644 share/fastgate.yaml $(DESTDIR)$(PREFIX)/share/fastgate/fastgate.yaml.example
 
 clean:
-	rm -rf build build-test
+	rm -rf build build-test build-fuzz

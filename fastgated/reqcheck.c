@@ -313,7 +313,9 @@ enum reqcheck_result reqcheck_feed(struct reqcheck *rc, const char *buf, size_t 
 			const char *lf = memchr(buf + off, '\n', len - off);
 			size_t limit = reqcheck_line_limit(rc);
 			if (!lf) {
-				if (len - off > limit)
+				/* limit + 1: the pending bytes may end in the CR of a line that the
+				 * check below accepts once its LF arrives (as http.c's guard_in) */
+				if (len - off > limit + 1)
 					return reqcheck_line_too_long(rc);
 				break;
 			}

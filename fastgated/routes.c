@@ -532,6 +532,25 @@ static void perr_at(struct pctx *c, size_t line, const char *fmt, ...)
 		c->cap_errs = c->cap_errs ? 2 * c->cap_errs : 8;
 		c->errs = xrealloc(c->errs, c->cap_errs * sizeof(*c->errs));
 	}
+	/* Messages quote values from the file, and a quoted YAML scalar can hold "\n" or an
+	 * escape sequence: write control characters as \xNN so every error stays one line
+	 * (found by tests/fuzz/fuzz_routes.c). */
+	if (has_ctl(msg, strlen(msg), false)) {
+		struct sbuf b = { 0 };
+
+		for (const char *q = msg; *q; q++) {
+			char hex[5];
+
+			if (has_ctl(q, 1, false)) {
+				snprintf(hex, sizeof(hex), "\\x%02x", (unsigned char)*q);
+				sb_add(&b, hex, 4);
+			} else {
+				sb_add(&b, q, 1);
+			}
+		}
+		free(msg);
+		msg = b.s;
+	}
 	c->errs[c->n_errs].line = line;
 	c->errs[c->n_errs].seq = c->n_errs;
 	if (c->rname) {

@@ -32,6 +32,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 for t in build-test/tests/unit/test_*; do
   [ -x "$t" ] && run "unit/$(basename "$t")" "$t"
 done
+run "fuzz/replay" tests/fuzz/run.sh replay
 if [ $unit_only -eq 0 ]; then
   for t in tests/e2e/test_*.py; do
     run "e2e/$(basename "$t")" python3 "$t"

@@ -77,6 +77,34 @@ TEST(request_info_reads_model_stream_and_include_usage)
 	CHECK(!stream && !inc);
 }
 
+TEST(only_top_level_fields_count_and_bad_json_gives_nothing)
+{
+	char model[64];
+	bool stream, inc;
+	const char *nested = " \n{\"messages\":[{\"model\":\"inner\",\"stream\":true,\"c\":\"a\\\"b\"}],"
+	                     "\"stream\" : false, \"model\":\"outer\", \"n\": -1.5e3, \"x\": null}";
+	usage_request_info(nested, strlen(nested), model, sizeof(model), &stream, &inc);
+	CHECK_STR(model, "outer");
+	CHECK(!stream && !inc);
+	const char *trailing = "{\"model\":\"m\",\"stream\":true} garbage";
+	usage_request_info(trailing, strlen(trailing), model, sizeof(model), &stream, &inc);
+	CHECK_STR(model, "");
+	CHECK(!stream);
+	const char *cut = "{\"model\":\"m\",\"stream\":tru";
+	usage_request_info(cut, strlen(cut), model, sizeof(model), &stream, &inc);
+	CHECK_STR(model, "");
+}
+
+TEST(usage_mentioned_inside_a_string_is_not_usage)
+{
+	struct usage u;
+	const char *b = "{\"choices\":[{\"message\":{\"content\":\"the \\\"usage\\\": {\\\"prompt_tokens\\\": 9}\"}}]}";
+	CHECK(!usage_from_json(b, strlen(b), &u));
+	const char *late = "{\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}";
+	CHECK(usage_from_json(late, strlen(late), &u));
+	CHECK_INT(u.prompt_tokens, 3);
+}
+
 TEST(include_usage_is_added_and_other_fields_kept)
 {
 	const char *b = "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"x\":1}}";
