@@ -5,9 +5,18 @@ set -u
 cd "$(dirname "$0")/.."
 GW_PORT=${FASTGATE_PORT:-8514}
 MOCK_PORT=8515      # the demo route in routes.d/10-demo.yaml points here
-RUN=run
+# FASTGATE_RUN_DIR (used by the tests) keeps every file of the demo in one directory;
+# by default the source tree's defaults are used: ./keys/, ./fastgate.sock, ./run/.
+if [ -n "${FASTGATE_RUN_DIR:-}" ]; then
+  RUN=$FASTGATE_RUN_DIR
+  STORE_ARGS=(--keys "$RUN/fastgate.db" --audit "$RUN/audit.db")
+  SOCK=$RUN/fastgate.sock
+else
+  RUN=run
+  STORE_ARGS=()
+  SOCK=$PWD/fastgate.sock
+fi
 mkdir -p "$RUN" keys
-SOCK=$PWD/fastgate.sock
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$GW_PORT" "$MOCK_PORT"; do
@@ -30,7 +39,8 @@ trap cleanup INT TERM EXIT
 
 build/mock-upstream --listen "127.0.0.1:$MOCK_PORT" > "$RUN/mock.out" 2> "$RUN/mock.log" &
 pids+=($!)
-build/fastgated --listen "127.0.0.1:$GW_PORT" --control "$SOCK" 2> >(tee "$RUN/fastgated.log" >&2) &
+build/fastgated --listen "127.0.0.1:$GW_PORT" --control "$SOCK" "${STORE_ARGS[@]}" \
+  2> >(tee "$RUN/fastgated.log" >&2) &
 pids+=($!)
 
 # Wait (bounded) for the control socket to answer.

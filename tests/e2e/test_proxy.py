@@ -559,6 +559,28 @@ def test_bad_config_file_is_reported_with_its_line_and_exit_1(c):
     assert "bad-config.yaml:2: max_body" in err and "bad-config.yaml:3: unknown setting 'whatever'" in err, err
 
 
+def test_connections_past_the_cap_are_refused_cleanly(c):
+    d = tmpdir()
+    with open(os.path.join(d, "cap.yaml"), "w") as f:
+        f.write("max_connections: 5\n")
+    gw = Gateway(d, "routes: []\n", extra_args=["-c", os.path.join(d, "cap.yaml")], name="capped")
+    idle = []
+    try:
+        for _ in range(5):
+            idle.append(socket.create_connection(("127.0.0.1", gw.port), timeout=5))
+        # accepted in arrival order: the sixth connection is the one over the cap
+        data, closed = raw_exchange(gw.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+        assert data.startswith(b"HTTP/1.1 503 ") and closed, data[:100]
+        for s in idle:
+            s.close()
+        wait_for(lambda: gw.request("GET", "/health")[0] == 200, timeout=5, what="a free slot")
+    finally:
+        for s in idle:
+            s.close()
+        assert gw.stop() == 0
+        rmtree(d)
+
+
 def test_check_reports_file_and_line(c):
     d = tmpdir()
     try:
