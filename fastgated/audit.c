@@ -24,6 +24,7 @@
 
 #include "audit.h"
 #include "log.h"
+#include "util.h"
 
 #define DEFAULT_MEM_CAP        100000
 #define DEFAULT_BATCH          512
@@ -116,51 +117,6 @@ struct audit {
 };
 
 /* ---- small helpers ---- */
-
-/* Out of memory is not a condition this daemon recovers from (errlist does the same). */
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p)
-		abort();
-	return p;
-}
-
-static void *xrealloc(void *p, size_t n)
-{
-	p = realloc(p, n ? n : 1);
-	if (!p)
-		abort();
-	return p;
-}
-
-static char *xstrdup(const char *s)
-{
-	char *p;
-
-	if (!s)
-		return NULL;
-	p = strdup(s);
-	if (!p)
-		abort();
-	return p;
-}
-
-__attribute__((format(printf, 2, 3)))
-static void set_err(char **err, const char *fmt, ...)
-{
-	va_list ap;
-	char *msg = NULL;
-
-	if (!err)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(&msg, fmt, ap) < 0)
-		abort();
-	va_end(ap);
-	free(*err);
-	*err = msg;
-}
 
 static int64_t mono_ms(void)
 {

@@ -24,6 +24,7 @@
 
 #include "keys.h"
 #include "log.h"
+#include "util.h"
 
 #define KEY_NAME_MAX     64     /* characters (code points) */
 #define ROUTE_NAME_MAX   128    /* bytes */
@@ -70,47 +71,6 @@ static const struct migration migrations[] = {
 	  " updated INTEGER);" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
-
-/* Out of memory is not a condition this daemon recovers from (errlist does the same). */
-static void *xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p)
-		abort();
-	return p;
-}
-
-static void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n ? n : 1, size ? size : 1);
-	if (!p)
-		abort();
-	return p;
-}
-
-static char *xstrndup(const char *s, size_t n)
-{
-	char *p = strndup(s, n);
-	if (!p)
-		abort();
-	return p;
-}
-
-__attribute__((format(printf, 2, 3)))
-static void set_err(char **err, const char *fmt, ...)
-{
-	va_list ap;
-	char *msg = NULL;
-
-	if (!err)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(&msg, fmt, ap) < 0)
-		abort();
-	va_end(ap);
-	free(*err);
-	*err = msg;
-}
 
 /* ---- secret format ---- */
 

@@ -22,6 +22,7 @@
 #include <yaml.h>
 
 #include "routes.h"
+#include "util.h"
 
 #define ROUTE_FILE_MAX   (4u << 20)  /* bytes; a route file is configuration, not data */
 #define KEY_FILE_MAX     65536       /* bytes of an api_key_file */
@@ -31,38 +32,7 @@
 #define DEFAULT_PRIORITY 100
 #define DEFAULT_TIMEOUT  60
 
-/* ---- small helpers: configuration loading aborts on out-of-memory like errlist does ---- */
-
-static void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n ? n : 1, size ? size : 1);
-
-	if (!p)
-		abort();
-	return p;
-}
-
-static void *xrealloc(void *p, size_t size)
-{
-	p = realloc(p, size ? size : 1);
-	if (!p)
-		abort();
-	return p;
-}
-
-static char *xstrndup(const char *s, size_t n)
-{
-	char *p = strndup(s, n);
-
-	if (!p)
-		abort();
-	return p;
-}
-
-static char *xstrdup(const char *s)
-{
-	return xstrndup(s, strlen(s));
-}
+/* ---- small helpers (allocation: util.h) ---- */
 
 /* Free a string that may hold a secret, wiping it first. */
 static void free_secret(char *s)

@@ -1,0 +1,20 @@
+/* Allocation and error-message helpers shared by the daemon's modules. Out of memory is
+ * not a condition fastgated recovers from (a half-built route table or key record would be
+ * worse than a restart by the supervisor), so the x* functions abort instead of returning
+ * NULL. */
+#ifndef FG_UTIL_H
+#define FG_UTIL_H
+
+#include <stddef.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+/* NULL in, NULL out: for optional strings. */
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Replace *err (freed first) with a formatted message; does nothing when err is NULL. */
+void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif
