@@ -786,6 +786,24 @@ fail:
 	return NULL;
 }
 
+/* Hand the kernel what is queued for a client, as far as its socket takes it now; the
+ * daemon is stopping and will not wait. (A socket bufferevent keeps its output's front
+ * frozen, so this reads the chains instead of draining them with evbuffer_write.) */
+static void client_flush_now(struct ctl_client *cl)
+{
+	struct evbuffer *out = bufferevent_get_output(cl->bev);
+	struct evbuffer_iovec v[64];
+	evutil_socket_t fd = bufferevent_getfd(cl->bev);
+	int n = evbuffer_peek(out, -1, NULL, v, 64);
+
+	for (int i = 0; fd >= 0 && i < n && i < 64; i++) {
+		ssize_t w = send(fd, v[i].iov_base, v[i].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (w < (ssize_t)v[i].iov_len)
+			break;
+	}
+}
+
 void control_stop(struct control *c)
 {
 	struct stat st;
@@ -796,10 +814,11 @@ void control_stop(struct control *c)
 	 * what is already queued for it, as far as its socket takes it without waiting. */
 	logs_stop(c->logs);
 	for (struct ctl_client *cl = c->clients; cl; cl = cl->next) {
-		struct evbuffer *out = bufferevent_get_output(cl->bev);
-
-		if (evbuffer_get_length(out) > 0)
-			evbuffer_write(out, bufferevent_getfd(cl->bev));
+		/* A query or export still running is answered, not just cut off. */
+		if (cl->active)
+			client_send(cl, ctl_encode_error(true, cl->active->id, CTL_E_INTERNAL,
+			                                 "fastgated is stopping", NULL));
+		client_flush_now(cl);
 	}
 	while (c->clients)
 		client_free(c->clients);

@@ -428,7 +428,8 @@ static void tail_send_initial(struct tail *t)
 		t->nitems++;
 	}
 	free(ids);
-	qsort(t->items, t->nitems, sizeof(*t->items), cmp_item_newest_first);
+	if (t->nitems)
+		qsort(t->items, t->nitems, sizeof(*t->items), cmp_item_newest_first);
 	n = t->nitems < t->lines ? t->nitems : t->lines;
 	for (size_t i = n; i-- > 0;) {
 		json_t *ev = t->items[i].ev;

@@ -277,6 +277,7 @@ bool stats_arg_time(struct ctl_call *call, json_t *args, const char *key, double
 #define DAYS_MAX    3660
 #define GROUPS_MAX  100      /* breakdown rows; the rest are counted, not listed */
 #define ERR_SQL     "(status >= 500 OR error IS NOT NULL)"
+#define BUCKET_SQL  "CAST((started_at - ?3) / ?4 AS INTEGER)"
 
 enum by { BY_NONE, BY_ROUTE, BY_KEY, BY_MODEL };
 
@@ -293,37 +294,16 @@ struct metrics_job {
 	char *err;
 };
 
-/* Which rows a query covers: a time range and, optionally, one group of a breakdown. */
-struct scope {
-	double lo, hi;
-	const char *col;         /* NULL: no group */
-	bool gnull;              /* the group is the NULL value */
-	bool gint;
-	sqlite3_int64 gi;
-	const char *gs;
+/* The percentiles reported, as nearest ranks: the value at rank ceil(p/100 * n) of the n
+ * values in ascending order. */
+#define NPCT 3
+static const int pct_of[NPCT] = { 50, 95, 99 };
+static const char *const pct_name[NPCT] = { "p50", "p95", "p99" };
+
+struct pcts {
+	double v[NPCT];
+	bool have[NPCT];
 };
-
-static void bind_scope(sqlite3_stmt *st, const struct scope *sc)
-{
-	sqlite3_bind_double(st, 1, sc->lo);
-	sqlite3_bind_double(st, 2, sc->hi);
-	if (!sc->col)
-		return;
-	if (sc->gnull)
-		sqlite3_bind_null(st, 3);
-	else if (sc->gint)
-		sqlite3_bind_int64(st, 3, sc->gi);
-	else
-		sqlite3_bind_text(st, 3, sc->gs, -1, SQLITE_TRANSIENT);
-}
-
-/* "started_at >= ?1 AND started_at < ?2 [AND col IS ?3]" into buf. */
-static const char *scope_where(const struct scope *sc, char *buf, size_t size)
-{
-	snprintf(buf, size, "started_at >= ?1 AND started_at < ?2%s%s%s",
-	         sc->col ? " AND " : "", sc->col ? sc->col : "", sc->col ? " IS ?3" : "");
-	return buf;
-}
 
 static int progress_cb(void *arg)
 {
@@ -347,73 +327,87 @@ static json_t *ms_or_null(bool have, double v)
 	return have ? json_real(round3(v)) : json_null();
 }
 
-/* Nearest-rank percentile p of `col` over the n non-null values in scope:
- * the value at 1-based rank ceil(p/100 * n), read with ORDER BY col LIMIT 1 OFFSET rank-1.
- * 1 with *out set, 0 when n is 0, -1 on error. */
-static int percentile(struct metrics_job *m, sqlite3 *db, const struct scope *sc,
-                      const char *col, sqlite3_int64 n, double p, double *out)
+static json_t *rate_or_null(sqlite3_int64 n, sqlite3_int64 errs)
 {
-	char where[160], sql[400];
-	sqlite3_stmt *st = NULL;
-	sqlite3_int64 rank;
-	int rc, ret = -1;
-
-	if (n <= 0)
-		return 0;
-	rank = (sqlite3_int64)ceil(p / 100.0 * (double)n);
-	if (rank < 1)
-		rank = 1;
-	if (rank > n)
-		rank = n;
-	snprintf(sql, sizeof(sql), "SELECT %s FROM audit WHERE %s AND %s IS NOT NULL "
-	         "ORDER BY %s LIMIT 1 OFFSET ?4", col, scope_where(sc, where, sizeof(where)), col,
-	         col);
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-		set_sql_err(m, db, "cannot query");
-		goto done;
-	}
-	bind_scope(st, sc);
-	sqlite3_bind_int64(st, 4, rank - 1);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*out = sqlite3_column_double(st, 0);
-		ret = 1;
-	} else if (rc == SQLITE_DONE) {
-		ret = 0;     /* rows vanished (pruned) between the count and now */
-	} else {
-		set_sql_err(m, db, "cannot read");
-	}
-done:
-	sqlite3_finalize(st);
-	return ret;
+	return n ? json_real(round((double)(n - errs) / (double)n * 1e6) / 1e6) : json_null();
 }
 
-/* {"p50":..,"p95":..,"p99":..} of col over scope; NULL on error. */
-static json_t *percentiles(struct metrics_job *m, sqlite3 *db, const struct scope *sc,
-                           const char *col, sqlite3_int64 n, const double *ps, size_t nps)
+static void bind_window(sqlite3_stmt *st, const struct metrics_job *m)
+{
+	sqlite3_bind_double(st, 1, m->since);
+	sqlite3_bind_double(st, 2, m->until);
+	/* ?3 and ?4 place a row in its series bucket; statements without them ignore these
+	 * binds (SQLITE_RANGE). */
+	sqlite3_bind_double(st, 3, m->first);
+	sqlite3_bind_int(st, 4, m->step ? m->step : 1);
+}
+
+/* Called for each (group, percentile) found: st is on the row (column 0 = the group). */
+typedef void (*pct_fn)(void *ctx, sqlite3_stmt *st, int which, double v);
+
+/* Nearest-rank percentiles of `col` over the window, for every group of `gexpr` (NULL:
+ * the window as one group), in one sorted pass: ROW_NUMBER() over each group in
+ * ascending order, keeping the rows whose rank is ceil(p * n / 100). 0, or -1 on error. */
+static int group_percentiles(struct metrics_job *m, sqlite3 *db, const char *gexpr,
+                             const char *col, pct_fn fn, void *ctx)
+{
+	char part[160] = "", sql[1024];
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	if (gexpr)
+		snprintf(part, sizeof(part), "PARTITION BY %s ", gexpr);
+	snprintf(sql, sizeof(sql),
+	         "SELECT g, rn, cnt, v FROM (SELECT %s AS g, %s AS v,"
+	         " ROW_NUMBER() OVER (%sORDER BY %s) AS rn, COUNT(*) OVER (%s) AS cnt"
+	         " FROM audit WHERE started_at >= ?1 AND started_at < ?2 AND %s IS NOT NULL)"
+	         " WHERE rn IN ((cnt * %d + 99) / 100, (cnt * %d + 99) / 100, (cnt * %d + 99) / 100)",
+	         gexpr ? gexpr : "0", col, part, col, gexpr ? part : "", col, pct_of[0], pct_of[1],
+	         pct_of[2]);
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		set_sql_err(m, db, "cannot query");
+		return -1;
+	}
+	bind_window(st, m);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		sqlite3_int64 rn = sqlite3_column_int64(st, 1), cnt = sqlite3_column_int64(st, 2);
+
+		for (int i = 0; i < NPCT; i++)
+			if (rn == (cnt * pct_of[i] + 99) / 100)
+				fn(ctx, st, i, sqlite3_column_double(st, 3));
+	}
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		set_sql_err(m, db, "cannot read");
+		return -1;
+	}
+	return 0;
+}
+
+static void pct_set(struct pcts *p, int which, double v)
+{
+	p->v[which] = v;
+	p->have[which] = true;
+}
+
+static void pct_one(void *ctx, sqlite3_stmt *st, int which, double v)
+{
+	(void)st;
+	pct_set(ctx, which, v);
+}
+
+/* {"p50":..,"p95":..,"p99":..}, null where there were no values. */
+static json_t *pcts_json(const struct pcts *p, int n)
 {
 	json_t *o = json_object();
 
-	for (size_t i = 0; o && i < nps; i++) {
-		char name[32];
-		double v = 0;
-		int r = percentile(m, db, sc, col, n, ps[i], &v);
-
-		if (r < 0) {
-			json_decref(o);
-			return NULL;
-		}
-		snprintf(name, sizeof(name), "p%g", ps[i]);
-		json_object_set_new(o, name, ms_or_null(r > 0, v));
-	}
+	for (int i = 0; o && i < n; i++)
+		json_object_set_new(o, pct_name[i], ms_or_null(p->have[i], p->v[i]));
 	return o;
 }
 
-static const double P3[] = { 50, 95, 99 };
-static const double P2[] = { 50, 95 };
-
 /* One-row aggregate over the window. */
-static json_t *summary(struct metrics_job *m, sqlite3 *db, const struct scope *sc)
+static json_t *summary(struct metrics_job *m, sqlite3 *db)
 {
 	static const char sql[] =
 		"SELECT COUNT(*), SUM(" ERR_SQL "),"
@@ -424,55 +418,49 @@ static json_t *summary(struct metrics_job *m, sqlite3 *db, const struct scope *s
 		" COUNT(DISTINCT key_id), COUNT(DISTINCT route), SUM(bytes_in), SUM(bytes_out),"
 		" SUM(key_id IS NULL)"
 		" FROM audit WHERE started_at >= ?1 AND started_at < ?2";
+	struct pcts lat = { 0 }, ttfb = { 0 };
 	sqlite3_stmt *st = NULL;
 	sqlite3_int64 v[19] = { 0 };
-	double avg = 0, max = 0;
-	json_t *o = NULL, *lat, *ttfb;
+	double avg, max;
+	json_t *jl;
 
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 		set_sql_err(m, db, "cannot query");
-		goto done;
+		return NULL;
 	}
-	bind_scope(st, sc);
+	bind_window(st, m);
 	if (sqlite3_step(st) != SQLITE_ROW) {
 		set_sql_err(m, db, "cannot read");
-		goto done;
+		sqlite3_finalize(st);
+		return NULL;
 	}
 	for (int i = 0; i < 19; i++)
 		v[i] = sqlite3_column_int64(st, i);
 	avg = sqlite3_column_double(st, 9);
 	max = sqlite3_column_double(st, 10);
 	sqlite3_finalize(st);
-	st = NULL;
 
-	lat = percentiles(m, db, sc, "latency_ms", v[8], P3, 3);
-	ttfb = percentiles(m, db, sc, "ttfb_ms", v[11], P3, 3);
-	if (!lat || !ttfb) {
-		json_decref(lat);
-		json_decref(ttfb);
-		goto done;
-	}
-	json_object_set_new(lat, "avg", ms_or_null(v[8] > 0, avg));
-	json_object_set_new(lat, "max", ms_or_null(v[8] > 0, max));
-	o = json_pack("{s:I, s:I, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:o, s:o, s:{s:I, s:I},"
-	              " s:{s:I, s:I}, s:I, s:I, s:I}",
-	              "requests", (json_int_t)v[0],
-	              "errors", (json_int_t)v[1],
-	              "success_rate", v[0] ? json_real(round((double)(v[0] - v[1]) / (double)v[0]
-	                                                     * 1e6) / 1e6) : json_null(),
-	              "status", "1xx", (json_int_t)v[2], "2xx", (json_int_t)v[3],
-	              "3xx", (json_int_t)v[4], "4xx", (json_int_t)v[5], "5xx", (json_int_t)v[6],
-	              "streams", (json_int_t)v[7],
-	              "latency_ms", lat,
-	              "ttfb_ms", ttfb,
-	              "tokens", "prompt", (json_int_t)v[12], "completion", (json_int_t)v[13],
-	              "bytes", "in", (json_int_t)v[16], "out", (json_int_t)v[17],
-	              "active_keys", (json_int_t)v[14],
-	              "active_routes", (json_int_t)v[15],
-	              "requests_without_key", (json_int_t)v[18]);
-done:
-	sqlite3_finalize(st);
-	return o;
+	if ((v[8] && group_percentiles(m, db, NULL, "latency_ms", pct_one, &lat) < 0) ||
+	    (v[11] && group_percentiles(m, db, NULL, "ttfb_ms", pct_one, &ttfb) < 0))
+		return NULL;
+	jl = pcts_json(&lat, NPCT);
+	json_object_set_new(jl, "avg", ms_or_null(v[8] > 0, avg));
+	json_object_set_new(jl, "max", ms_or_null(v[8] > 0, max));
+	return json_pack("{s:I, s:I, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:o, s:o, s:{s:I, s:I},"
+	                 " s:{s:I, s:I}, s:I, s:I, s:I}",
+	                 "requests", (json_int_t)v[0],
+	                 "errors", (json_int_t)v[1],
+	                 "success_rate", rate_or_null(v[0], v[1]),
+	                 "status", "1xx", (json_int_t)v[2], "2xx", (json_int_t)v[3],
+	                 "3xx", (json_int_t)v[4], "4xx", (json_int_t)v[5], "5xx", (json_int_t)v[6],
+	                 "streams", (json_int_t)v[7],
+	                 "latency_ms", jl,
+	                 "ttfb_ms", pcts_json(&ttfb, NPCT),
+	                 "tokens", "prompt", (json_int_t)v[12], "completion", (json_int_t)v[13],
+	                 "bytes", "in", (json_int_t)v[16], "out", (json_int_t)v[17],
+	                 "active_keys", (json_int_t)v[14],
+	                 "active_routes", (json_int_t)v[15],
+	                 "requests_without_key", (json_int_t)v[18]);
 }
 
 static json_int_t count_since(struct metrics_job *m, sqlite3 *db, double since, double until)
@@ -495,69 +483,73 @@ static json_int_t count_since(struct metrics_job *m, sqlite3 *db, double since, 
 	return n;
 }
 
-static json_t *series_row(double start, json_int_t requests, json_int_t errors, json_t *pct)
+struct bucket {
+	sqlite3_int64 requests, errors;
+	struct pcts lat;
+};
+
+struct buckets {
+	struct bucket *b;
+	int n;
+};
+
+static void pct_bucket(void *ctx, sqlite3_stmt *st, int which, double v)
 {
-	return json_pack("{s:I, s:I, s:I, s:o, s:o}", "start", (json_int_t)start,
-	                 "requests", requests, "errors", errors,
-	                 "p50_ms", pct ? json_incref(json_object_get(pct, "p50")) : json_null(),
-	                 "p95_ms", pct ? json_incref(json_object_get(pct, "p95")) : json_null());
+	struct buckets *bs = ctx;
+	int i = sqlite3_column_int(st, 0);
+
+	if (i >= 0 && i < bs->n)
+		pct_set(&bs->b[i].lat, which, v);
 }
 
 /* One row per bucket from m->first, empty buckets included. db may be NULL (no data). */
 static json_t *series(struct metrics_job *m, sqlite3 *db)
 {
 	static const char sql[] =
-		"SELECT CAST((started_at - ?3) / ?4 AS INTEGER) AS b, COUNT(*), SUM(" ERR_SQL "),"
-		" COUNT(latency_ms) FROM audit WHERE started_at >= ?1 AND started_at < ?2"
-		" GROUP BY b ORDER BY b";
-	struct scope sc = { .lo = m->since, .hi = m->until };
+		"SELECT " BUCKET_SQL " AS b, COUNT(*), SUM(" ERR_SQL ") FROM audit"
+		" WHERE started_at >= ?1 AND started_at < ?2 GROUP BY b";
+	struct buckets bs = { calloc((size_t)m->nbuckets, sizeof(struct bucket)), m->nbuckets };
 	sqlite3_stmt *st = NULL;
-	json_t *a = json_array();
-	int next = 0, rc = SQLITE_DONE;
+	json_t *a = NULL;
+	int rc = SQLITE_DONE;
 
+	if (!bs.b) {
+		m->err = strdup_printf("out of memory");
+		return NULL;
+	}
 	if (db) {
 		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 			set_sql_err(m, db, "cannot query");
-			goto fail;
+			goto done;
 		}
-		bind_scope(st, &sc);
-		sqlite3_bind_double(st, 3, m->first);
-		sqlite3_bind_int(st, 4, m->step);
-	}
-	while (db && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		int b = sqlite3_column_int(st, 0);
-		struct scope bs;
-		json_t *pct;
+		bind_window(st, m);
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+			int i = sqlite3_column_int(st, 0);
 
-		if (b < 0 || b >= m->nbuckets)
-			continue;
-		for (; next < b; next++)
-			json_array_append_new(a, series_row(m->first + (double)next * m->step, 0, 0,
-			                                     NULL));
-		bs = sc;
-		bs.lo = fmax(m->since, m->first + (double)b * m->step);
-		bs.hi = fmin(m->until, m->first + (double)(b + 1) * m->step);
-		pct = percentiles(m, db, &bs, "latency_ms", sqlite3_column_int64(st, 3), P2, 2);
-		if (!pct)
-			goto fail;
-		json_array_append_new(a, series_row(m->first + (double)b * m->step,
-		                                     sqlite3_column_int64(st, 1),
-		                                     sqlite3_column_int64(st, 2), pct));
-		json_decref(pct);
-		next = b + 1;
+			if (i >= 0 && i < bs.n) {
+				bs.b[i].requests = sqlite3_column_int64(st, 1);
+				bs.b[i].errors = sqlite3_column_int64(st, 2);
+			}
+		}
+		if (rc != SQLITE_DONE) {
+			set_sql_err(m, db, "cannot read");
+			goto done;
+		}
+		if (group_percentiles(m, db, BUCKET_SQL, "latency_ms", pct_bucket, &bs) < 0)
+			goto done;
 	}
-	if (rc != SQLITE_DONE) {
-		set_sql_err(m, db, "cannot read");
-		goto fail;
-	}
-	for (; next < m->nbuckets; next++)
-		json_array_append_new(a, series_row(m->first + (double)next * m->step, 0, 0, NULL));
+	a = json_array();
+	for (int i = 0; a && i < bs.n; i++)
+		json_array_append_new(a, json_pack("{s:I, s:I, s:I, s:o, s:o}",
+		                      "start", (json_int_t)(m->first + (double)i * m->step),
+		                      "requests", (json_int_t)bs.b[i].requests,
+		                      "errors", (json_int_t)bs.b[i].errors,
+		                      "p50_ms", ms_or_null(bs.b[i].lat.have[0], bs.b[i].lat.v[0]),
+		                      "p95_ms", ms_or_null(bs.b[i].lat.have[1], bs.b[i].lat.v[1])));
+done:
 	sqlite3_finalize(st);
+	free(bs.b);
 	return a;
-fail:
-	sqlite3_finalize(st);
-	json_decref(a);
-	return NULL;
 }
 
 static const char *by_name(enum by by)
@@ -565,17 +557,56 @@ static const char *by_name(enum by by)
 	return by == BY_ROUTE ? "route" : by == BY_KEY ? "key" : "model";
 }
 
+struct group {
+	bool gnull;
+	sqlite3_int64 gi;         /* BY_KEY */
+	char *gs;                 /* BY_ROUTE, BY_MODEL */
+	char *key_name;
+	sqlite3_int64 requests, errors, lat_n, prompt, completion;
+	double avg;
+	struct pcts lat;
+};
+
+struct groups {
+	struct group g[GROUPS_MAX];
+	int n;
+	bool by_int;
+};
+
+static void pct_group(void *ctx, sqlite3_stmt *st, int which, double v)
+{
+	struct groups *gs = ctx;
+	bool null = sqlite3_column_type(st, 0) == SQLITE_NULL;
+
+	for (int i = 0; i < gs->n; i++) {
+		struct group *g = &gs->g[i];
+
+		if (g->gnull != null)
+			continue;
+		if (!null && (gs->by_int ? g->gi != sqlite3_column_int64(st, 0)
+		                         : strcmp(g->gs, (const char *)sqlite3_column_text(st, 0)) != 0))
+			continue;
+		pct_set(&g->lat, which, v);
+		return;
+	}
+}
+
 /* The busiest GROUPS_MAX groups of the window, busiest first. */
 static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 {
 	const char *col = m->by == BY_ROUTE ? "route" : m->by == BY_KEY ? "key_id" : "model";
-	struct scope sc = { .lo = m->since, .hi = m->until };
+	struct groups *gs = calloc(1, sizeof(*gs));
 	sqlite3_stmt *st = NULL;
 	char sql[600];
-	json_t *rows = json_array(), *res = NULL;
-	json_int_t groups = 0;
+	json_t *rows = NULL, *res = NULL;
+	json_int_t ngroups = 0;
 	int rc = SQLITE_DONE;
 
+	if (!gs) {
+		m->err = strdup_printf("out of memory");
+		return NULL;
+	}
+	gs->by_int = m->by == BY_KEY;
 	if (db) {
 		snprintf(sql, sizeof(sql),
 		         "SELECT %s, COUNT(*), SUM(" ERR_SQL "), COUNT(latency_ms), AVG(latency_ms),"
@@ -587,54 +618,69 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 			set_sql_err(m, db, "cannot query");
 			goto done;
 		}
-		bind_scope(st, &sc);
-	}
-	while (db && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-		sqlite3_int64 n = sqlite3_column_int64(st, 1), errs = sqlite3_column_int64(st, 2);
-		struct scope gs = sc;
-		json_t *row, *pct;
+		bind_window(st, m);
+		while ((rc = sqlite3_step(st)) == SQLITE_ROW && gs->n < GROUPS_MAX) {
+			struct group *g = &gs->g[gs->n++];
+			const char *kn = (const char *)sqlite3_column_text(st, 7);
 
-		groups = sqlite3_column_int64(st, 8);
-		gs.col = col;
-		gs.gnull = sqlite3_column_type(st, 0) == SQLITE_NULL;
-		gs.gint = m->by == BY_KEY;
-		gs.gi = sqlite3_column_int64(st, 0);
-		gs.gs = (const char *)sqlite3_column_text(st, 0);
-		pct = percentiles(m, db, &gs, "latency_ms", sqlite3_column_int64(st, 3), P3, 3);
-		if (!pct)
-			goto done;
-		row = json_object();
-		if (m->by == BY_KEY) {
-			json_object_set_new(row, "key_id", gs.gnull ? json_null() : json_integer(gs.gi));
-			json_object_set_new(row, "key_name", sqlite3_column_type(st, 7) == SQLITE_NULL
-			                    ? json_null()
-			                    : json_string((const char *)sqlite3_column_text(st, 7)));
-		} else {
-			json_object_set_new(row, by_name(m->by), gs.gnull ? json_null()
-			                                                  : json_string(gs.gs));
+			g->gnull = sqlite3_column_type(st, 0) == SQLITE_NULL;
+			g->gi = sqlite3_column_int64(st, 0);
+			if (!g->gnull && !gs->by_int)
+				g->gs = strdup((const char *)sqlite3_column_text(st, 0));
+			g->key_name = kn ? strdup(kn) : NULL;
+			g->requests = sqlite3_column_int64(st, 1);
+			g->errors = sqlite3_column_int64(st, 2);
+			g->lat_n = sqlite3_column_int64(st, 3);
+			g->avg = sqlite3_column_double(st, 4);
+			g->prompt = sqlite3_column_int64(st, 5);
+			g->completion = sqlite3_column_int64(st, 6);
+			ngroups = sqlite3_column_int64(st, 8);
+			if ((!g->gnull && !gs->by_int && !g->gs) || (kn && !g->key_name)) {
+				m->err = strdup_printf("out of memory");
+				goto done;
+			}
 		}
-		json_object_set_new(row, "requests", json_integer(n));
-		json_object_set_new(row, "errors", json_integer(errs));
-		json_object_set_new(row, "success_rate",
-		                    n ? json_real(round((double)(n - errs) / (double)n * 1e6) / 1e6)
-		                      : json_null());
-		json_object_set_new(row, "latency_ms", pct);
-		json_object_set_new(json_object_get(row, "latency_ms"), "avg",
-		                    ms_or_null(sqlite3_column_int64(st, 3) > 0,
-		                               sqlite3_column_double(st, 4)));
+		if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+			set_sql_err(m, db, "cannot read");
+			goto done;
+		}
+		sqlite3_finalize(st);
+		st = NULL;
+		if (gs->n && group_percentiles(m, db, col, "latency_ms", pct_group, gs) < 0)
+			goto done;
+	}
+	rows = json_array();
+	for (int i = 0; rows && i < gs->n; i++) {
+		struct group *g = &gs->g[i];
+		json_t *row = json_object(), *lat = pcts_json(&g->lat, NPCT);
+
+		if (m->by == BY_KEY) {
+			json_object_set_new(row, "key_id", g->gnull ? json_null() : json_integer(g->gi));
+			json_object_set_new(row, "key_name", g->key_name ? json_string(g->key_name)
+			                                                 : json_null());
+		} else {
+			json_object_set_new(row, by_name(m->by), g->gnull ? json_null()
+			                                                  : json_string(g->gs));
+		}
+		json_object_set_new(lat, "avg", ms_or_null(g->lat_n > 0, g->avg));
+		json_object_set_new(row, "requests", json_integer(g->requests));
+		json_object_set_new(row, "errors", json_integer(g->errors));
+		json_object_set_new(row, "success_rate", rate_or_null(g->requests, g->errors));
+		json_object_set_new(row, "latency_ms", lat);
 		json_object_set_new(row, "tokens", json_pack("{s:I, s:I}",
-		                    "prompt", (json_int_t)sqlite3_column_int64(st, 5),
-		                    "completion", (json_int_t)sqlite3_column_int64(st, 6)));
+		                    "prompt", (json_int_t)g->prompt,
+		                    "completion", (json_int_t)g->completion));
 		json_array_append_new(rows, row);
 	}
-	if (rc != SQLITE_DONE) {
-		set_sql_err(m, db, "cannot read");
-		goto done;
-	}
 	res = json_pack("{s:s, s:O, s:I, s:b}", "by", by_name(m->by), "rows", rows,
-	                "groups", groups, "truncated", groups > (json_int_t)json_array_size(rows));
+	                "groups", ngroups, "truncated", ngroups > gs->n);
 done:
 	sqlite3_finalize(st);
+	for (int i = 0; i < gs->n; i++) {
+		free(gs->g[i].gs);
+		free(gs->g[i].key_name);
+	}
+	free(gs);
 	json_decref(rows);
 	return res;
 }
@@ -665,7 +711,6 @@ static int have_table(struct metrics_job *m, sqlite3 *db)
 static void metrics_work(struct dbq_job *job, void *arg)
 {
 	struct metrics_job *m = arg;
-	struct scope sc = { .lo = m->since, .hi = m->until };
 	struct stat stt;
 	sqlite3 *db = NULL;
 	json_t *res = NULL, *v;
@@ -695,7 +740,7 @@ static void metrics_work(struct dbq_job *job, void *arg)
 	}
 
 	if (db) {
-		res = summary(m, db, &sc);
+		res = summary(m, db);
 		if (!res)
 			goto done;
 		last_hour = count_since(m, db, m->now - 3600, m->now + 1);
