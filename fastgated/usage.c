@@ -232,12 +232,21 @@ static void request_member(void *arg, const char *k, size_t kn, struct jscan *v)
 	if (key_is(k, kn, "model")) {
 		struct jscan sv = *v;
 		ri->model[0] = '\0';
-		/* a name with escapes is kept as written; model names do not have them */
 		if (js_string(&sv, &s, &n)) {
+			json_t *decoded = NULL;
+			/* the rare name with escapes is decoded properly; plain ones are copied */
+			if (memchr(s, '\\', n)) {
+				decoded = json_loadb(v->p, (size_t)(sv.p - v->p), JSON_DECODE_ANY, NULL);
+				if (json_is_string(decoded)) {
+					s = json_string_value(decoded);
+					n = strlen(s);
+				}
+			}
 			if (n >= ri->cap)
 				n = ri->cap - 1;
 			memcpy(ri->model, s, n);
 			ri->model[n] = '\0';
+			json_decref(decoded);
 		}
 	} else if (key_is(k, kn, "stream")) {
 		struct jscan sv = *v;

@@ -95,6 +95,15 @@ TEST(only_top_level_fields_count_and_bad_json_gives_nothing)
 	CHECK_STR(model, "");
 }
 
+TEST(an_escaped_model_name_is_decoded)
+{
+	char model[64];
+	bool stream, inc;
+	const char *b = "{\"model\":\"a\\\"b\\nc\\u00e9\"}";
+	usage_request_info(b, strlen(b), model, sizeof(model), &stream, &inc);
+	CHECK_STR(model, "a\"b\nc\xc3\xa9");
+}
+
 TEST(usage_mentioned_inside_a_string_is_not_usage)
 {
 	struct usage u;
