@@ -8,18 +8,6 @@
 /* An SSE event larger than this is not one we need to read: pass it on and stop holding. */
 #define SSE_MAX_EVENT (1024 * 1024)
 
-static void usage_from_object(json_t *u, struct usage *out)
-{
-	json_t *p = json_object_get(u, "prompt_tokens");
-	json_t *c = json_object_get(u, "completion_tokens");
-
-	if (!json_is_object(u))
-		return;
-	out->found = true;
-	out->prompt_tokens = json_is_integer(p) ? (long)json_integer_value(p) : -1;
-	out->completion_tokens = json_is_integer(c) ? (long)json_integer_value(c) : -1;
-}
-
 /* ---- a minimal JSON scanner for the hot path ----------------------------------------
  * Every request and every answer is looked at for a handful of top-level fields. A full
  * parse (jansson) allocates a node per value and was a quarter of the gateway's
@@ -184,17 +172,32 @@ static bool js_members(struct jscan *j, void (*fn)(void *, const char *, size_t,
 	}
 }
 
+static void usage_field(void *arg, const char *k, size_t kn, struct jscan *v)
+{
+	struct usage *u = arg;
+	long *dst = key_is(k, kn, "prompt_tokens") ? &u->prompt_tokens
+	          : key_is(k, kn, "completion_tokens") ? &u->completion_tokens : NULL;
+	long n = 0;
+	const char *p = v->p;
+
+	if (!dst || p >= v->end || *p < '0' || *p > '9')
+		return;
+	for (; p < v->end && *p >= '0' && *p <= '9' && n < 1000000000000L; p++)
+		n = n * 10 + (*p - '0');
+	if (p == v->end) /* a plain non-negative integer, as usage counts are */
+		*dst = n;
+}
+
 static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
 {
 	struct usage *u = arg;
-	json_t *obj;
+	struct jscan obj = *v;
 
-	/* only the small usage object is handed to jansson */
 	if (!key_is(k, kn, "usage") || v->p >= v->end || *v->p != '{')
 		return;
-	obj = json_loadb(v->p, (size_t)(v->end - v->p), 0, NULL);
-	usage_from_object(obj, u);
-	json_decref(obj);
+	u->prompt_tokens = u->completion_tokens = -1;
+	if (js_members(&obj, usage_field, u))
+		u->found = true;
 }
 
 bool usage_from_json(const char *body, size_t len, struct usage *u)
