@@ -762,8 +762,11 @@ static int setup_easy(struct proxy_req *px, struct evhttp_request *req, const ch
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, px);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, px);
-	if (px->route->ca_file)
+	if (px->route->ca_file) {
+		/* the route's CA bundle alone: not also the system's certificate directory */
 		curl_easy_setopt(e, CURLOPT_CAINFO, px->route->ca_file);
+		curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+	}
 	if (cmd == EVHTTP_REQ_HEAD) {
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
 	} else if (body_len > 0 || cmd == EVHTTP_REQ_POST || cmd == EVHTTP_REQ_PUT ||
