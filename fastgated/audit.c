@@ -69,18 +69,23 @@ static const struct { int version; const char *sql; } migrations[] = {
 	  "CREATE INDEX audit_key_id ON audit(key_id, started_at);"
 	  "CREATE INDEX audit_route ON audit(route, started_at);"
 	  "CREATE INDEX audit_status ON audit(status, started_at);" },
+	/* request and response bodies, for routes that ask for them (log_bodies) */
+	{ 2,
+	  "ALTER TABLE audit ADD COLUMN request_body TEXT;"
+	  "ALTER TABLE audit ADD COLUMN response_body TEXT;" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
 /* The columns in enum audit_field order: reads and writes both rely on it. */
 #define COLUMNS "request_id, started_at, key_id, key_name, client_ip, method, path, route, " \
 	"upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, model, " \
-	"prompt_tokens, completion_tokens, error, retries"
+	"prompt_tokens, completion_tokens, error, retries, request_body, response_body"
 
 const char *const audit_field_names[AUDIT_NFIELDS] = {
 	"request_id", "started_at", "key_id", "key_name", "client_ip", "method", "path", "route",
 	"upstream", "status", "latency_ms", "ttfb_ms", "is_stream", "chunks", "bytes_in",
 	"bytes_out", "model", "prompt_tokens", "completion_tokens", "error", "retries",
+	"request_body", "response_body",
 };
 
 struct audit {
@@ -197,6 +202,8 @@ void audit_record_clear(struct audit_record *r)
 	free(r->upstream);
 	free(r->model);
 	free(r->error);
+	free(r->request_body);
+	free(r->response_body);
 	record_init(r);
 }
 
@@ -424,6 +431,8 @@ static const char *field_text(const struct audit_record *r, int f, char *buf, si
 		return buf;
 	case AUDIT_F_ERROR: return r->error;
 	case AUDIT_F_RETRIES: snprintf(buf, cap, "%d", r->retries); return buf;
+	case AUDIT_F_REQUEST_BODY: return r->request_body;
+	case AUDIT_F_RESPONSE_BODY: return r->response_body;
 	default: return NULL;
 	}
 }
@@ -504,6 +513,8 @@ static json_t *field_json(const struct audit_record *r, int f)
 	case AUDIT_F_COMPLETION_TOKENS: return int_or_null(r->completion_tokens, 0);
 	case AUDIT_F_ERROR: return json_text(r->error);
 	case AUDIT_F_RETRIES: return json_integer(r->retries);
+	case AUDIT_F_REQUEST_BODY: return json_text(r->request_body);
+	case AUDIT_F_RESPONSE_BODY: return json_text(r->response_body);
 	default: return json_null();
 	}
 }
@@ -566,6 +577,10 @@ static char *spool_line(const struct audit_record *r)
 	json_object_set_new(o, "completion_tokens", json_integer((json_int_t)r->completion_tokens));
 	json_object_set_new(o, "error", json_text(r->error));
 	json_object_set_new(o, "retries", json_integer(r->retries));
+	if (r->request_body)
+		json_object_set_new(o, "request_body", json_text(r->request_body));
+	if (r->response_body)
+		json_object_set_new(o, "response_body", json_text(r->response_body));
 	s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(o);
 	if (!s)
@@ -629,6 +644,8 @@ static struct audit_record *spool_parse(const char *line, size_t len)
 	r->completion_tokens = j_int(o, "completion_tokens", -1);
 	r->error = j_str(o, "error");
 	r->retries = (int)j_int(o, "retries", 0);
+	r->request_body = j_str(o, "request_body");
+	r->response_body = j_str(o, "response_body");
 done:
 	json_decref(o);
 	return r;
@@ -817,7 +834,7 @@ static int db_connect(struct audit *a, char **err)
 	if (sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21) ON CONFLICT(request_id) DO NOTHING",
+	                       "?20, ?21, ?22, ?23) ON CONFLICT(request_id) DO NOTHING",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db,
 	                       "DELETE FROM audit WHERE rowid IN (SELECT rowid FROM audit "
@@ -888,6 +905,8 @@ static int insert_record(struct audit *a, const struct audit_record *r)
 	bind_int_or_null(st, 19, r->completion_tokens, 0);
 	bind_text(st, 20, r->error);
 	sqlite3_bind_int(st, 21, r->retries);
+	bind_text(st, 22, r->request_body);
+	bind_text(st, 23, r->response_body);
 	rc = sqlite3_step(st);
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);   /* the SQLITE_STATIC pointers die with the record */
@@ -1556,6 +1575,8 @@ static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
 	r->completion_tokens = col_int_or(st, AUDIT_F_COMPLETION_TOKENS, -1);
 	r->error = col_text(st, AUDIT_F_ERROR);
 	r->retries = sqlite3_column_int(st, AUDIT_F_RETRIES);
+	r->request_body = col_text(st, AUDIT_F_REQUEST_BODY);
+	r->response_body = col_text(st, AUDIT_F_RESPONSE_BODY);
 }
 
 /* A read-only connection: it never takes the write lock, so the writer never waits for

@@ -53,6 +53,8 @@ struct audit_record {
 	int64_t completion_tokens;/* -1 = unknown */
 	char *error;              /* error kind ("timeout", "reset", "client_closed", ...) or NULL */
 	int retries;              /* upstream attempts beyond the first */
+	char *request_body;       /* only for routes with log_bodies: truncated, else NULL */
+	char *response_body;
 
 	struct audit_record *next_; /* private to audit.c (queue link) */
 };
@@ -75,6 +77,8 @@ enum audit_field {
 	AUDIT_F_BYTES_IN, AUDIT_F_BYTES_OUT, AUDIT_F_MODEL, AUDIT_F_PROMPT_TOKENS,
 	AUDIT_F_COMPLETION_TOKENS, AUDIT_F_ERROR,
 	AUDIT_F_RETRIES,          /* not in DESIGN.md's CSV columns: ask for it with --fields */
+	AUDIT_F_REQUEST_BODY,     /* likewise; stored only for routes with log_bodies */
+	AUDIT_F_RESPONSE_BODY,
 	AUDIT_NFIELDS
 };
 /* The default export columns are the first AUDIT_NDEFAULT_FIELDS (DESIGN.md's order). */

@@ -48,6 +48,8 @@ struct proxy_req {
 	char *method, *path;              /* as the client sent them (path with query) */
 	char client_ip[64];
 	size_t bytes_in;
+	char *body_log;                   /* log_bodies: the request body as forwarded */
+	struct evbuffer *answer_log;      /* log_bodies: the answer as relayed, up to the cap */
 
 	struct upstream_xfer xfer;
 	struct curl_slist *headers;
@@ -278,6 +280,54 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 	return len;
 }
 
+/* log_bodies: keep the first bytes of the answer for the audit row. */
+static void log_answer(struct proxy_req *px, const char *data, size_t len)
+{
+	size_t have, cap = px->route ? (size_t)px->route->log_bodies : 0;
+
+	if (!px->answer_log || cap == 0)
+		return;
+	have = evbuffer_get_length(px->answer_log);
+	if (have < cap)
+		evbuffer_add(px->answer_log, data, len < cap - have ? len : cap - have);
+}
+
+/* Blank out every occurrence of a secret in a kept body. */
+static void redact(char *buf, size_t len, const char *secret, size_t sl)
+{
+	char *hit;
+
+	if (!secret || sl < 8)
+		return;
+	while ((hit = memmem(buf, len, secret, sl)))
+		memset(hit, '*', sl);
+}
+
+/* A body kept for the audit row: at most the route's log_bodies bytes, with the secrets the
+ * gateway knows of (the route's upstream key, and for the request the client's own key)
+ * blanked out in case a client or an upstream echoes one. NUL bytes become spaces: the
+ * column is text. */
+static char *body_for_audit(const struct proxy_req *px, const char *data, size_t len,
+                            const char *client_secret, size_t client_secret_len)
+{
+	size_t cap = (size_t)px->route->log_bodies;
+	char *out;
+
+	if (len > cap)
+		len = cap;
+	out = malloc(len + 1);
+	if (!out)
+		return NULL;
+	memcpy(out, data, len);
+	out[len] = '\0';
+	redact(out, len, px->route->api_key, px->route->api_key ? strlen(px->route->api_key) : 0);
+	redact(out, len, client_secret, client_secret_len);
+	for (size_t i = 0; i < len; i++)
+		if (out[i] == '\0')
+			out[i] = ' ';
+	return out;
+}
+
 static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 {
 	struct proxy_req *px = arg;
@@ -296,9 +346,11 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 			return 0; /* out of memory: abort the transfer */
 		evbuffer_add(px->out, px->scan_out, px->scan_len);
 		px->bytes_out += px->scan_len;  /* what the client gets, without a stripped chunk */
+		log_answer(px, px->scan_out, px->scan_len);
 	} else {
 		evbuffer_add(px->out, data, len);
 		px->bytes_out += len;
+		log_answer(px, data, len);
 	}
 	px->chunks++;
 	if (!px->streaming && evbuffer_get_length(px->out) > BUFFER_LIMIT)
@@ -462,6 +514,13 @@ static void audit_request(struct proxy_req *px, double total_s)
 	rec->prompt_tokens = px->usage.found ? px->usage.prompt_tokens : -1;
 	rec->completion_tokens = px->usage.found ? px->usage.completion_tokens : -1;
 	rec->error = dup_or_null(px->error_kind);
+	if (px->body_log) {
+		rec->request_body = px->body_log;   /* handed over */
+		px->body_log = NULL;
+	}
+	if (px->answer_log)
+		rec->response_body = body_for_audit(px, (const char *)evbuffer_pullup(px->answer_log, -1),
+		                                    evbuffer_get_length(px->answer_log), NULL, 0);
 	control_publish_audit(gw->control, rec);
 	audit_submit(gw->audit, rec);
 }
@@ -509,6 +568,9 @@ static void finish(struct proxy_req *px)
 		evbuffer_free(px->out);
 	free(px->body_rewritten);
 	free(px->key_name);
+	free(px->body_log);
+	if (px->answer_log)
+		evbuffer_free(px->answer_log);
 	free(px->method);
 	free(px->path);
 	sse_scan_free(&px->scan);
@@ -927,6 +989,10 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 	if (rewritten) {
 		send_body = px->body_rewritten;
 		send_len = strlen(px->body_rewritten);
+	}
+	if (px->route->log_bodies > 0) {
+		px->body_log = body_for_audit(px, send_body, send_len, secret, secret_len);
+		px->answer_log = evbuffer_new();
 	}
 	px->xfer.easy = upstream_easy_get(gw->upstream);
 	if (!px->xfer.easy || build_url(px, path, query) < 0 || build_headers(px, in) < 0 ||

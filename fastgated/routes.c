@@ -31,6 +31,7 @@
 #define TIMEOUT_MAX      86400       /* seconds */
 #define DEFAULT_PRIORITY 100
 #define DEFAULT_TIMEOUT  60
+#define LOG_BODIES_MAX   (1024 * 1024)  /* bytes of each body kept in the audit row */
 
 /* ---- small helpers (allocation: util.h) ---- */
 
@@ -1236,11 +1237,12 @@ static void parse_add_headers(struct pctx *c, const yaml_node_t *n, struct route
 
 enum {
 	K_NAME, K_PRIORITY, K_ENABLED, K_IF_ENV, K_MATCH, K_UPSTREAM, K_STRIP_PREFIX, K_TIMEOUT,
-	K_IDLE_TIMEOUT, K_STRIP_HEADERS, K_ADD_HEADERS, K_ADD_BODY_FIELDS, K_STREAM_USAGE, K_COUNT
+	K_IDLE_TIMEOUT, K_STRIP_HEADERS, K_ADD_HEADERS, K_ADD_BODY_FIELDS, K_STREAM_USAGE,
+	K_LOG_BODIES, K_COUNT
 };
 static const char *const route_keys[K_COUNT + 1] = {
 	"name", "priority", "enabled", "if_env", "match", "upstream", "strip_prefix", "timeout",
-	"idle_timeout", "strip_headers", "add_headers", "add_body_fields", "stream_usage", NULL
+	"idle_timeout", "strip_headers", "add_headers", "add_body_fields", "stream_usage", "log_bodies", NULL
 };
 
 static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struct pvec *out)
@@ -1344,6 +1346,11 @@ static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struc
 		r->idle_timeout = r->timeout;
 	if (seen[K_STREAM_USAGE])
 		get_bool(c, seen[K_STREAM_USAGE], "stream_usage", &r->stream_usage);
+	if (seen[K_LOG_BODIES] && get_int(c, seen[K_LOG_BODIES], "log_bodies", &r->log_bodies) == 0 &&
+	    (r->log_bodies < 0 || r->log_bodies > LOG_BODIES_MAX)) {
+		perr(c, seen[K_LOG_BODIES], "log_bodies: expected a byte count from 0 to %d", LOG_BODIES_MAX);
+		r->log_bodies = 0;
+	}
 	if (seen[K_STRIP_HEADERS])
 		r->strip_headers = str_list(c, seen[K_STRIP_HEADERS], "strip_headers", false,
 		                            &r->n_strip_headers);

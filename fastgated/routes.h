@@ -40,6 +40,8 @@ struct route {
 	char *api_key_file;    /* as written, or NULL */
 	char *ca_file;         /* CA bundle to verify an https upstream, or NULL: system CAs */
 	bool stream_usage;     /* ask streams for usage and strip it if the client did not; default true */
+	int log_bodies;        /* keep this many bytes of request and response body in the audit
+	                        * row, for debugging; 0 (default) keeps none */
 	char *strip_prefix;    /* or NULL */
 	int timeout;           /* seconds to first byte; default 60 */
 	int idle_timeout;      /* seconds between stream chunks; default = timeout */

@@ -19,6 +19,10 @@ ROUTES = """routes:
     match: { path: /v1/chat/completions, methods: [POST] }
     upstream: { url: %(m)s/v1/chat/completions, api_key: up }
     timeout: 5
+  - name: debug
+    match: { path: /debug }
+    upstream: { url: %(m)s/v1/chat/completions, api_key: upstream-canary-key }
+    log_bodies: 80
 """
 CHAT = {"model": "load-model", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -146,6 +150,30 @@ def test_stream_rows_carry_tokens_even_when_the_client_did_not_ask(c):
     wait_for(lambda: rows(c, "request_id = ?", (rid,)), timeout=10, what="the row")
     r = rows(c, "request_id = ?", (rid,))[0]
     assert r[2] == 1 and r[4] == "load-model" and r[5] > 0 and r[6] > 0 and r[7] == "loader", r
+
+
+def test_bodies_are_kept_only_where_a_route_asks_truncated_and_without_secrets(c):
+    body = {"note": "key " + c.key}
+    body.update(CHAT)
+    st, h, _ = c.gw.request("POST", "/debug", body, {"X-API-Key": c.key})
+    assert st == 200
+    st, h2, _ = c.gw.request("POST", "/v1/chat/completions", CHAT, {"X-API-Key": c.key})
+    assert st == 200
+    for rid in (h["x-request-id"], h2["x-request-id"]):
+        wait_for(lambda: rows(c, "request_id = ?", (rid,)), timeout=10, what="the row")
+    db = sqlite3.connect(c.db, timeout=10)
+    try:
+        req_body, resp_body = db.execute("SELECT request_body, response_body FROM audit WHERE request_id = ?",
+                                         (h["x-request-id"],)).fetchone()
+        plain = db.execute("SELECT request_body, response_body FROM audit WHERE request_id = ?",
+                           (h2["x-request-id"],)).fetchone()
+    finally:
+        db.close()
+    assert plain == (None, None), plain
+    assert req_body.startswith('{"note": "key ' + "*" * len(c.key)) and len(req_body) == 80, req_body
+    assert resp_body.startswith('{"id":"chatcmpl-') and len(resp_body) <= 80, resp_body
+    with open(c.db, "rb") as f:
+        assert c.key.encode() not in f.read()
 
 
 def test_locked_database_holds_rows_until_it_is_writable_again(c):

@@ -511,11 +511,11 @@ TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
 	CHECK(stat(t.path, &st) == 0);
 	CHECK_INT(st.st_mode & 0777, 0600);
 	audit_close(a);
-	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 1);
+	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 2);
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
 	                 "name IN ('audit_started_at', 'audit_key_id', 'audit_route', "
 	                 "'audit_status')"), 4);
-	CHECK_INT(db_int(t.path, "SELECT count(*) FROM pragma_table_info('audit')"), 21);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM pragma_table_info('audit')"), 23);
 	tmpdb_remove(&t);
 }
 

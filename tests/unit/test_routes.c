@@ -921,7 +921,7 @@ TEST(error_unknown_key_names_it_and_lists_valid_keys)
 		CHECK_STR(e.lines[1], where("r.yaml", 6,
 		          "route \"a\": unknown key \"bogus\" in a route (valid: name, priority, enabled, "
 		          "if_env, match, upstream, strip_prefix, timeout, idle_timeout, strip_headers, "
-		          "add_headers, add_body_fields, stream_usage)"));
+		          "add_headers, add_body_fields, stream_usage, log_bodies)"));
 	}
 	errlist_clear(&e);
 	t = load_text("route:\n  - name: a\n", &e);
