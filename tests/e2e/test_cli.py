@@ -209,6 +209,30 @@ def test_reload_adds_routes_and_a_bad_file_keeps_the_old_set(c):
         assert c.gw.cli("reload")[0] == 0
 
 
+def test_a_request_in_flight_keeps_its_route_across_a_reload(c):
+    k = new_key(c)
+    path = os.path.join(c.gw.routes_dir, "60-going.yaml")
+    with open(path, "w") as f:
+        f.write("routes:\n  - name: going\n    match: { path: /going }\n"
+                "    upstream: { url: %s/v1/chat/completions }\n" % c.mock.url)
+    assert c.gw.cli("reload")[0] == 0
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=10)
+    s.sendall(("POST /going HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nX-Mock-Chunks: 6\r\n"
+               "X-Mock-Delay-Ms: 150\r\nContent-Length: %d\r\n\r\n" % (k["key"], len(body))).encode() + body)
+    first = s.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200"), first[:80]
+    os.unlink(path)
+    assert c.gw.cli("reload")[0] == 0          # the route is gone for new requests...
+    assert c.gw.request("POST", "/going", CHAT, {"X-API-Key": k["key"]})[0] == 404
+    data = first
+    while b"[DONE]" not in data:               # ...but the stream that started on it ends normally
+        d = s.recv(65536)
+        assert d, "stream cut by the reload"
+        data += d
+    s.close()
+
+
 def test_sighup_reloads_routes(c):
     k = new_key(c)
     path = os.path.join(c.gw.routes_dir, "50-hup.yaml")
