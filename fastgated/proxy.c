@@ -98,17 +98,6 @@ static const char *const always_stripped[] = {
 	"content-length", "expect", NULL
 };
 
-int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra)
-{
-	for (int i = 0; always_stripped[i]; i++)
-		if (strcasecmp(name, always_stripped[i]) == 0)
-			return 1;
-	for (size_t i = 0; i < n_extra; i++)
-		if (strcasecmp(name, extra[i]) == 0)
-			return 1;
-	return 0;
-}
-
 /* Header names the client listed in Connection are hop-by-hop too. */
 static bool listed_in_connection(const char *conn, const char *name)
 {
@@ -126,6 +115,18 @@ static bool listed_in_connection(const char *conn, const char *name)
 		p = end;
 	}
 	return false;
+}
+
+int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
+                          const char *connection)
+{
+	for (int i = 0; always_stripped[i]; i++)
+		if (strcasecmp(name, always_stripped[i]) == 0)
+			return 1;
+	for (size_t i = 0; i < n_extra; i++)
+		if (strcasecmp(name, extra[i]) == 0)
+			return 1;
+	return connection && listed_in_connection(connection, name);
 }
 
 /* Response headers that describe the upstream hop rather than the answer. */
@@ -757,9 +758,7 @@ static int build_headers(struct proxy_req *px, struct evkeyvalq *in)
 	int rc = -1;
 
 	TAILQ_FOREACH(h, in, next) {
-		if (proxy_header_stripped(h->key, r->strip_headers, r->n_strip_headers))
-			continue;
-		if (conn && listed_in_connection(conn, h->key))
+		if (proxy_header_stripped(h->key, r->strip_headers, r->n_strip_headers, conn))
 			continue;
 		bool overridden = false;
 		for (size_t i = 0; i < r->n_add_headers; i++)
@@ -1007,9 +1006,4 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 done:
 	json_decref(rq.json);
 	finish(px);
-}
-
-unsigned proxy_inflight(const struct gateway *gw)
-{
-	return (unsigned)gw->stats.inflight;
 }

@@ -13,11 +13,10 @@ struct gateway;
 /* Handle one client request. `request_id` is already on the response headers. */
 void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *request_id);
 
-/* Requests being proxied now. */
-unsigned proxy_inflight(const struct gateway *gw);
-
 /* Header cleaning, exposed for tests: true if a client header must not be forwarded
- * (always-stripped, hop-by-hop, or listed in the route's strip_headers). */
-int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra);
+ * (always stripped, hop-by-hop, named in the client's Connection header, or listed in the
+ * route's strip_headers). `connection` is the Connection header's value or NULL. */
+int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
+                          const char *connection);
 
 #endif
