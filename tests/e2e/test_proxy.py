@@ -109,7 +109,8 @@ def error_of(data):
 # --- forwarding ------------------------------------------------------------------------
 
 def test_non_stream_chat_is_forwarded_with_the_route_key(c):
-    st, h, data = chat(c, headers={"X-Debug": "1", "X-Forwarded-For": "6.6.6.6", "X-Keep": "yes"})
+    st, h, data = chat(c, headers={"X-Debug": "1", "X-Forwarded-For": "6.6.6.6", "X-Keep": "yes",
+                                   "Connection": "keep-alive, X-Hop", "X-Hop": "1"})
     assert st == 200, (st, data)
     body = json.loads(data)
     assert body["choices"][0]["message"]["content"].startswith("Hello from mock."), body
@@ -117,7 +118,7 @@ def test_non_stream_chat_is_forwarded_with_the_route_key(c):
     last = c.mock.stats()["last"]
     hdrs = {k.lower(): v for k, v in last["headers"].items()}
     assert hdrs["authorization"] == "Bearer upstream-secret-key", hdrs
-    assert "x-debug" not in hdrs and "x-api-key" not in hdrs, hdrs
+    assert "x-debug" not in hdrs and "x-api-key" not in hdrs and "x-hop" not in hdrs, hdrs
     assert hdrs.get("x-forwarded-for") != "6.6.6.6", hdrs
     assert hdrs["x-proxy-source"] == "fastgate" and hdrs["x-keep"] == "yes", hdrs
     assert hdrs["x-request-id"] == h["x-request-id"], (hdrs, h)
