@@ -21,7 +21,7 @@ CLI_SRC    := $(wildcard fastgate-cli/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 HDRS       := $(wildcard fastgated/*.h fastgate-cli/*.h tests/unit/*.h)
 
-.PHONY: all deps test-deps test unit run install clean programs test-programs bench fuzz
+.PHONY: all deps test-deps test unit run install clean programs test-programs bench fuzz stress
 # The dependency step runs first and alone; the build is a fresh make so that pkg-config
 # flags are read after any install.
 all: deps
@@ -65,6 +65,11 @@ test: test-deps
 unit: test-deps
 	@$(MAKE) --no-print-directory $(UNIT_BINS)
 	@tests/run-all.sh --unit-only
+
+# the load and fault suite at full size (a smoke version runs inside `make test`)
+stress: test-deps
+	@$(MAKE) --no-print-directory test-programs
+	@python3 tests/stress/run.py
 
 FUZZ_SECONDS ?= 60
 # libFuzzer + ASan/UBSan on the parsers (needs clang); new coverage is merged into tests/fuzz/corpus

@@ -545,6 +545,18 @@ void http_client_ip(struct evhttp_request *req, char *out, size_t cap)
 	snprintf(out, cap, "%s", addr ? addr : "");
 }
 
+void http_flush_now(struct http_server *s, struct evhttp_request *req)
+{
+	struct guard *g = guard_of(s, req);
+	struct evbuffer *out;
+
+	if (!g || g->dead || g->rejected || g->fd < 0)
+		return;
+	out = bufferevent_get_output(g->filter);
+	while (evbuffer_get_length(out) > 0 && evbuffer_write(out, g->fd) > 0)
+		;
+}
+
 size_t http_client_backlog(struct evhttp_request *req)
 {
 	struct evhttp_connection *evcon = evhttp_request_get_connection(req);

@@ -29,6 +29,10 @@ int http_server_connections(const struct http_server *s);
 void http_watch_client(struct http_server *s, struct evhttp_request *req,
                        void (*gone)(void *), void *arg);
 
+/* Write what is queued for this request's client to its socket now, as far as the socket
+ * takes it without blocking: used before dropping a connection mid-reply. */
+void http_flush_now(struct http_server *s, struct evhttp_request *req);
+
 /* Bytes accepted for this request's client but not yet in the kernel. */
 size_t http_client_backlog(struct evhttp_request *req);
 

@@ -69,6 +69,7 @@ struct proxy_req {
 	long status;
 	bool started;                     /* reply head sent to the client */
 	bool streaming;
+	bool stream_pending;              /* a stream whose head waits for its first bytes */
 	bool paused;
 	bool timed_out;
 	bool finished;
@@ -172,6 +173,9 @@ static void abort_client(struct proxy_req *px)
 {
 	struct evhttp_connection *evcon = px->evcon;
 
+	/* chunks already relayed but still queued reach the client before the close */
+	if (px->req)
+		http_flush_now(px->gw->http, px->req);
 	take_req(px);
 	if (evcon)
 		evhttp_connection_free(evcon);
@@ -254,7 +258,9 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 		if (!px->sse && px->scan.strip_usage)
 			px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
 		if (px->sse || !cl || strtoull(cl, NULL, 10) > BUFFER_LIMIT) {
-			start_stream(px);
+			/* The reply head goes out with the first body bytes (write_cb): an upstream
+			 * that fails before sending any still gets the client a clean 502. */
+			px->stream_pending = true;
 			arm_timer(px, px->route->idle_timeout);
 		} else {
 			arm_timer(px, px->route->timeout);
@@ -354,8 +360,10 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 		log_answer(px, data, len);
 	}
 	px->chunks++;
-	if (!px->streaming && evbuffer_get_length(px->out) > BUFFER_LIMIT)
-		start_stream(px); /* the upstream said less than it sends: relay from here on */
+	if (px->stream_pending || (!px->streaming && evbuffer_get_length(px->out) > BUFFER_LIMIT)) {
+		px->stream_pending = false;
+		start_stream(px); /* a stream's first bytes, or more than the upstream announced */
+	}
 	else if (px->streaming)
 		evhttp_send_reply_chunk_with_cb(px->req, px->out, chunk_written_cb, px);
 	if (px->streaming)
@@ -424,6 +432,10 @@ static void xfer_done(struct upstream_xfer *x, CURLcode rc)
 		} else if (!px->streaming) {
 			usage_from_json((const char *)evbuffer_pullup(px->out, -1),
 			                evbuffer_get_length(px->out), &px->usage);
+		}
+		if (px->stream_pending) {
+			px->stream_pending = false;
+			start_stream(px);   /* an empty stream: its head and end go out together */
 		}
 		if (px->streaming) {
 			if (evbuffer_get_length(px->out) > 0)
@@ -872,7 +884,12 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 		px->started_at = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
 	}
 	px->method = strdup(method_name(evhttp_request_get_command(req)));
-	px->path = dup_or_null(evhttp_request_get_uri(req));
+	/* the path only: a query string can carry credentials (?api_key=...), and the audit
+	 * trail must never hold one */
+	{
+		const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+		px->path = dup_or_null(u ? evhttp_uri_get_path(u) : NULL);
+	}
 	http_client_ip(req, px->client_ip, sizeof(px->client_ip));
 	px->key_id = 0;
 	snprintf(px->id, sizeof(px->id), "%s", id);

@@ -37,6 +37,7 @@ if [ $unit_only -eq 0 ]; then
   for t in tests/e2e/test_*.py; do
     run "e2e/$(basename "$t")" python3 "$t"
   done
+  run "stress/smoke" python3 tests/stress/run.py --smoke
   if [ -f tests/package.json ]; then
     run "sdk/openai" tests/sdk/run.sh
   fi

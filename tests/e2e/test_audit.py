@@ -176,6 +176,19 @@ def test_bodies_are_kept_only_where_a_route_asks_truncated_and_without_secrets(c
         assert c.key.encode() not in f.read()
 
 
+def test_a_key_in_the_query_string_never_reaches_the_audit_trail(c):
+    st, h, _ = c.gw.request("POST", "/v1/chat/completions?api_key=" + c.key, CHAT)
+    assert st == 401
+    rid = h["x-request-id"]
+    wait_for(lambda: rows(c, "request_id = ?", (rid,)), timeout=10, what="the row")
+    db = sqlite3.connect(c.db, timeout=10)
+    try:
+        path = db.execute("SELECT path FROM audit WHERE request_id = ?", (rid,)).fetchone()[0]
+    finally:
+        db.close()
+    assert path == "/v1/chat/completions", path
+
+
 def test_locked_database_holds_rows_until_it_is_writable_again(c):
     before = len(rows(c))
     lock = sqlite3.connect(c.db, timeout=10, isolation_level=None)

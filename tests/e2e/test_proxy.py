@@ -460,6 +460,20 @@ def test_upstream_refused_reset_or_garbage_is_502(c):
     assert st == 502, (st, data)
 
 
+def test_upstream_reset_mid_stream_gets_the_client_what_was_relayed_then_a_cut(c):
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    for delay in (0, 100):
+        req = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-API-Key: %s\r\nX-Mock-Fail: reset-mid\r\n"
+               "X-Mock-Delay-Ms: %d\r\nContent-Length: %d\r\n\r\n" % (c.key, delay, len(body))).encode() + body
+        data, closed = raw_exchange(c.gw.port, req, timeout=5)
+        assert closed and data, (delay, "the client got nothing")
+        if data.startswith(b"HTTP/1.1 502 "):
+            continue   # the reset came before any body byte: a clean gateway error
+        assert data.startswith(b"HTTP/1.1 200 "), data[:100]
+        assert data.count(b"data: {") == 2 and b"[DONE]" not in data, (delay, data[-200:])
+        assert not data.endswith(b"0\r\n\r\n"), "a cut stream must not look complete"
+
+
 def test_upstream_that_does_not_answer_in_time_is_504(c):
     t0 = time.monotonic()
     st, _, data = c.gw.request("POST", "/slow/x", CHAT, dict(c.auth, **{"X-Mock-Fail": "hang"}))
