@@ -21,7 +21,7 @@ CLI_SRC    := $(wildcard fastgate-cli/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 HDRS       := $(wildcard fastgated/*.h fastgate-cli/*.h tests/unit/*.h)
 
-.PHONY: all deps test-deps test unit run install clean programs test-programs bench fuzz stress
+.PHONY: all deps test-deps test unit run install clean programs test-programs bench fuzz stress soak
 # The dependency step runs first and alone; the build is a fresh make so that pkg-config
 # flags are read after any install.
 all: deps
@@ -70,6 +70,11 @@ unit: test-deps
 stress: test-deps
 	@$(MAKE) --no-print-directory test-programs
 	@python3 tests/stress/run.py
+
+# SOAK_MINUTES (30), SOAK_RATE (1000 req/s: half of what make bench measured), SOAK_CONC (16)
+soak: deps
+	@$(MAKE) --no-print-directory programs
+	@python3 tests/stress/soak.py
 
 FUZZ_SECONDS ?= 60
 # libFuzzer + ASan/UBSan on the parsers (needs clang); new coverage is merged into tests/fuzz/corpus
