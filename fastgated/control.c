@@ -28,6 +28,7 @@
 #include "gateway.h"
 #include "keys.h"
 #include "log.h"
+#include "util.h"
 #include "logs.h"
 #include "routes.h"
 #include "stats.h"
@@ -93,19 +94,6 @@ static const struct ctl_command *find_command(const char *name);
 static void client_pump(struct ctl_client *c);
 
 /* ---- small helpers ---- */
-
-static char *xstrdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xstrdup_printf(const char *fmt, ...)
-{
-	va_list ap;
-	char *s = NULL;
-
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	return s;
-}
 
 static void call_detail(struct ctl_call *call, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void call_detail(struct ctl_call *call, const char *fmt, ...)
@@ -377,7 +365,7 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
 	}
 	cmd = find_command(rq.cmd);
 	if (!cmd) {
-		char *msg = xstrdup_printf("unknown command '%.100s' (the \"help\" command lists them)",
+		char *msg = xasprintf("unknown command '%.100s' (the \"help\" command lists them)",
 		                           rq.cmd);
 
 		client_send(c, ctl_encode_error(true, rq.id, CTL_E_UNKNOWN_COMMAND,
@@ -613,17 +601,17 @@ static int clear_stale_socket(const char *path, char **err)
 	if (lstat(path, &st) < 0) {
 		if (errno == ENOENT)
 			return 0;
-		*err = xstrdup_printf("cannot inspect control socket %s: %s", path, strerror(errno));
+		*err = xasprintf("cannot inspect control socket %s: %s", path, strerror(errno));
 		return -1;
 	}
 	if (!S_ISSOCK(st.st_mode)) {
-		*err = xstrdup_printf("control socket path %s exists and is not a socket; remove it "
+		*err = xasprintf("control socket path %s exists and is not a socket; remove it "
 		                      "or choose another --control path", path);
 		return -1;
 	}
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		*err = xstrdup_printf("cannot create a socket: %s", strerror(errno));
+		*err = xasprintf("cannot create a socket: %s", strerror(errno));
 		return -1;
 	}
 	memcpy(sun.sun_path, path, strlen(path) + 1);
@@ -631,16 +619,16 @@ static int clear_stale_socket(const char *path, char **err)
 	e = errno;
 	close(fd);
 	if (r == 0 || e == EAGAIN || e == EINPROGRESS) {
-		*err = xstrdup_printf("another fastgated is already listening on %s; stop it, or "
+		*err = xasprintf("another fastgated is already listening on %s; stop it, or "
 		                      "choose another --control path", path);
 		return -1;
 	}
 	if (e != ECONNREFUSED) {
-		*err = xstrdup_printf("cannot check whether %s is in use: %s", path, strerror(e));
+		*err = xasprintf("cannot check whether %s is in use: %s", path, strerror(e));
 		return -1;
 	}
 	if (unlink(path) < 0 && errno != ENOENT) {
-		*err = xstrdup_printf("cannot remove stale control socket %s: %s", path,
+		*err = xasprintf("cannot remove stale control socket %s: %s", path,
 		                      strerror(errno));
 		return -1;
 	}
@@ -656,8 +644,8 @@ static int lookup_group(const char *group, gid_t *gid, char **err)
 
 	r = getgrnam_r(group, &gr, buf, sizeof(buf), &res);
 	if (r != 0 || !res) {
-		*err = r ? xstrdup_printf("cannot look up control group '%s': %s", group, strerror(r))
-		         : xstrdup_printf("control group '%s' does not exist", group);
+		*err = r ? xasprintf("cannot look up control group '%s': %s", group, strerror(r))
+		         : xasprintf("control group '%s' does not exist", group);
 		return -1;
 	}
 	*gid = res->gr_gid;
@@ -675,7 +663,7 @@ static int bind_socket(const char *path, const char *group, struct stat *st_out,
 	bool bound = false;
 
 	if (plen == 0 || plen >= sizeof(sun.sun_path)) {
-		*err = xstrdup_printf("control socket path '%s' must be 1 to %zu bytes long", path,
+		*err = xasprintf("control socket path '%s' must be 1 to %zu bytes long", path,
 		                      sizeof(sun.sun_path) - 1);
 		return -1;
 	}
@@ -687,7 +675,7 @@ static int bind_socket(const char *path, const char *group, struct stat *st_out,
 
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
-		*err = xstrdup_printf("cannot create the control socket: %s", strerror(errno));
+		*err = xasprintf("cannot create the control socket: %s", strerror(errno));
 		goto fail;
 	}
 	/* The socket file must never exist with wider permissions, not even for an instant. */
@@ -695,25 +683,25 @@ static int bind_socket(const char *path, const char *group, struct stat *st_out,
 	r = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
 	umask(old_mask);
 	if (r < 0) {
-		*err = xstrdup_printf("cannot bind control socket %s: %s", path, strerror(errno));
+		*err = xasprintf("cannot bind control socket %s: %s", path, strerror(errno));
 		goto fail;
 	}
 	bound = true;
 	if (group) {
 		if (chown(path, (uid_t)-1, gid) < 0) {
-			*err = xstrdup_printf("cannot give control socket %s to group '%s': %s (the "
+			*err = xasprintf("cannot give control socket %s to group '%s': %s (the "
 			                      "daemon's user must be a member of it)", path, group,
 			                      strerror(errno));
 			goto fail;
 		}
 		if (chmod(path, 0660) < 0) {
-			*err = xstrdup_printf("cannot chmod control socket %s: %s", path,
+			*err = xasprintf("cannot chmod control socket %s: %s", path,
 			                      strerror(errno));
 			goto fail;
 		}
 	}
 	if (listen(fd, 16) < 0) {
-		*err = xstrdup_printf("cannot listen on control socket %s: %s", path, strerror(errno));
+		*err = xasprintf("cannot listen on control socket %s: %s", path, strerror(errno));
 		goto fail;
 	}
 	if (stat(path, st_out) < 0)
@@ -739,7 +727,7 @@ struct control *control_start(struct gateway *gw, const char *path, const char *
 
 	ctl = calloc(1, sizeof(*ctl));
 	if (!ctl || !(ctl->path = strdup(path))) {
-		*err = xstrdup_printf("out of memory");
+		*err = xasprintf("out of memory");
 		goto fail;
 	}
 	ctl->gw = gw;
@@ -753,13 +741,13 @@ struct control *control_start(struct gateway *gw, const char *path, const char *
 	if (!ctl->listener) {
 		close(fd);
 		unlink(path);
-		*err = xstrdup_printf("cannot watch control socket %s", path);
+		*err = xasprintf("cannot watch control socket %s", path);
 		goto fail;
 	}
 	evconnlistener_set_error_cb(ctl->listener, accept_error_cb);
 	ctl->retry_ev = evtimer_new(gw->base, retry_cb, ctl);
 	if (!ctl->retry_ev) {
-		*err = xstrdup_printf("out of memory");
+		*err = xasprintf("out of memory");
 		control_stop(ctl);
 		return NULL;
 	}
@@ -770,7 +758,7 @@ struct control *control_start(struct gateway *gw, const char *path, const char *
 	}
 	ctl->logs = logs_new(gw, ctl->dbq);
 	if (!ctl->logs) {
-		*err = xstrdup_printf("out of memory");
+		*err = xasprintf("out of memory");
 		control_stop(ctl);
 		return NULL;
 	}
@@ -779,7 +767,7 @@ struct control *control_start(struct gateway *gw, const char *path, const char *
 	return ctl;
 fail:
 	if (!*err)
-		*err = xstrdup_printf("cannot start the control socket");
+		*err = xasprintf("cannot start the control socket");
 	if (ctl)
 		free(ctl->path);
 	free(ctl);

@@ -18,6 +18,7 @@
 #include "control.h"
 #include "gateway.h"
 #include "log.h"
+#include "util.h"
 #include "logs.h"
 #include "stats.h"
 
@@ -37,43 +38,11 @@ struct logs {
 	struct tail *tails;                      /* live followers */
 };
 
-/* Every field, retries included: tail events and show. */
+/* Every field, retries and kept bodies included: tail events and show. */
 static const int all_fields[AUDIT_NFIELDS] = {
-	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
 };
-
-static void *xcalloc(size_t n, size_t size)
-{
-	void *p = calloc(n, size);
-
-	if (!p)
-		abort();
-	return p;
-}
-
-static char *xstrdup(const char *s)
-{
-	char *d;
-
-	if (!s)
-		return NULL;
-	if (!(d = strdup(s)))
-		abort();
-	return d;
-}
-
-static char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xasprintf(const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		abort();
-	va_end(ap);
-	return s;
-}
+_Static_assert(AUDIT_NFIELDS == 23, "all_fields lists every audit field");
 
 /* What a record costs to hold, roughly: its strings plus the struct. */
 static size_t record_size(const struct audit_record *r)

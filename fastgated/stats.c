@@ -24,6 +24,7 @@
 #include "control.h"
 #include "gateway.h"
 #include "log.h"
+#include "util.h"
 #include "stats.h"
 
 /* ---- dbq: the worker pool ---- */
@@ -51,19 +52,6 @@ struct dbq {
 	int wake[2];                         /* workers write a byte when a job is done */
 	struct event *wake_ev;
 };
-
-static char *strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *strdup_printf(const char *fmt, ...)
-{
-	va_list ap;
-	char *s = NULL;
-
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	return s;
-}
 
 static void push(struct dbq_job ***tail, struct dbq_job *job)
 {
@@ -141,7 +129,7 @@ struct dbq *dbq_new(struct event_base *base, char **err)
 
 	*err = NULL;
 	if (!q) {
-		*err = strdup_printf("out of memory");
+		*err = xasprintf("out of memory");
 		return NULL;
 	}
 	q->base = base;
@@ -152,12 +140,12 @@ struct dbq *dbq_new(struct event_base *base, char **err)
 	pthread_cond_init(&q->cv, NULL);
 	atomic_init(&q->stopping, false);
 	if (pipe2(q->wake, O_NONBLOCK | O_CLOEXEC) < 0) {
-		*err = strdup_printf("cannot create a pipe for the query threads: %s", strerror(errno));
+		*err = xasprintf("cannot create a pipe for the query threads: %s", strerror(errno));
 		goto fail;
 	}
 	q->wake_ev = event_new(base, q->wake[0], EV_READ | EV_PERSIST, wake_cb, q);
 	if (!q->wake_ev || event_add(q->wake_ev, NULL) < 0) {
-		*err = strdup_printf("out of memory");
+		*err = xasprintf("out of memory");
 		goto fail;
 	}
 	/* Signals belong to the loop thread (libevent's signal events). */
@@ -167,7 +155,7 @@ struct dbq *dbq_new(struct event_base *base, char **err)
 		int e = pthread_create(&q->threads[i], NULL, worker_main, q);
 
 		if (e) {
-			*err = strdup_printf("cannot start a query thread: %s", strerror(e));
+			*err = xasprintf("cannot start a query thread: %s", strerror(e));
 			break;
 		}
 		q->nthreads++;
@@ -313,7 +301,7 @@ static int progress_cb(void *arg)
 static void set_sql_err(struct metrics_job *m, sqlite3 *db, const char *what)
 {
 	if (!m->err)
-		m->err = strdup_printf("%s in audit database %s: %s", what, m->db_path,
+		m->err = xasprintf("%s in audit database %s: %s", what, m->db_path,
 		                       sqlite3_errmsg(db));
 }
 
@@ -514,7 +502,7 @@ static json_t *series(struct metrics_job *m, sqlite3 *db)
 	int rc = SQLITE_DONE;
 
 	if (!bs.b) {
-		m->err = strdup_printf("out of memory");
+		m->err = xasprintf("out of memory");
 		return NULL;
 	}
 	if (db) {
@@ -603,7 +591,7 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 	int rc = SQLITE_DONE;
 
 	if (!gs) {
-		m->err = strdup_printf("out of memory");
+		m->err = xasprintf("out of memory");
 		return NULL;
 	}
 	gs->by_int = m->by == BY_KEY;
@@ -636,7 +624,7 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 			g->completion = sqlite3_column_int64(st, 6);
 			ngroups = sqlite3_column_int64(st, 8);
 			if ((!g->gnull && !gs->by_int && !g->gs) || (kn && !g->key_name)) {
-				m->err = strdup_printf("out of memory");
+				m->err = xasprintf("out of memory");
 				goto done;
 			}
 		}
@@ -719,7 +707,7 @@ static void metrics_work(struct dbq_job *job, void *arg)
 	if (stat(m->db_path, &stt) == 0) {
 		if (sqlite3_open_v2(m->db_path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
 		                    NULL) != SQLITE_OK) {
-			m->err = strdup_printf("cannot open audit database %s: %s", m->db_path,
+			m->err = xasprintf("cannot open audit database %s: %s", m->db_path,
 			                       db ? sqlite3_errmsg(db) : "out of memory");
 			goto done;
 		}
@@ -734,7 +722,7 @@ static void metrics_work(struct dbq_job *job, void *arg)
 			break;
 		}
 	} else if (errno != ENOENT) {
-		m->err = strdup_printf("cannot open audit database %s: %s", m->db_path,
+		m->err = xasprintf("cannot open audit database %s: %s", m->db_path,
 		                       strerror(errno));
 		goto done;
 	}
@@ -760,7 +748,7 @@ static void metrics_work(struct dbq_job *job, void *arg)
 		                "bytes", "in", 0, "out", 0,
 		                "active_keys", 0, "active_routes", 0, "requests_without_key", 0);
 		if (!res) {
-			m->err = strdup_printf("out of memory");
+			m->err = xasprintf("out of memory");
 			goto done;
 		}
 	}
@@ -784,7 +772,7 @@ static void metrics_work(struct dbq_job *job, void *arg)
 	res = NULL;
 done:
 	if (!m->result && !m->err)
-		m->err = strdup_printf("query interrupted");
+		m->err = xasprintf("query interrupted");
 	json_decref(res);
 	sqlite3_close(db);
 }

@@ -42,6 +42,18 @@ char *xstrndup(const char *s, size_t n)
 	return p;
 }
 
+char *xasprintf(const char *fmt, ...)
+{
+	va_list ap;
+	char *s = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	return s;
+}
+
 void set_err(char **err, const char *fmt, ...)
 {
 	va_list ap;

@@ -14,6 +14,9 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
+/* A formatted, malloc'd string. */
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* Replace *err (freed first) with a formatted message; does nothing when err is NULL. */
 void set_err(char **err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -174,6 +174,10 @@ def test_bodies_are_kept_only_where_a_route_asks_truncated_and_without_secrets(c
     assert resp_body.startswith('{"id":"chatcmpl-') and len(resp_body) <= 80, resp_body
     with open(c.db, "rb") as f:
         assert c.key.encode() not in f.read()
+    rc, out, err = c.gw.cli("--json", "logs", "show", h["x-request-id"])
+    assert rc == 0, err
+    shown = json.loads(out)
+    assert shown["request_body"] == req_body and shown["response_body"] == resp_body, shown
 
 
 def test_a_key_in_the_query_string_never_reaches_the_audit_trail(c):
