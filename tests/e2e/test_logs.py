@@ -439,7 +439,7 @@ def test_show_prints_one_record_in_full(c):
     rid = chat(c, k["key"], stream=True)
     rec = json.loads(cli_ok(c, "--json", "logs", "show", rid))
     assert rec["request_id"] == rid and rec["key_name"] == "show-me" and rec["is_stream"]
-    assert set(CSV_COLUMNS + ["retries"]) == set(rec.keys()), rec.keys()
+    assert set(CSV_COLUMNS + ["retries", "request_body", "response_body"]) == set(rec.keys()), rec.keys()
     out = cli_ok(c, "logs", "show", rid)
     assert re.search(r"^request id:\s+%s$" % rid, out, re.M), out
     assert re.search(r"^stream:\s+yes$", out, re.M) and re.search(r"^retries:\s+0$", out, re.M)
