@@ -986,6 +986,78 @@ def env_close(env):
         raise
 
 
+def slowhttptest_binary():
+    """slowhttptest from Debian; installed here when missing and root (make stress only)."""
+    import shutil
+    tool = shutil.which("slowhttptest")
+    if not tool and os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "slowhttptest"], capture_output=True, timeout=300)
+        tool = shutil.which("slowhttptest")
+    check(tool is not None, "slowhttptest is not installed: apt-get install slowhttptest")
+    return tool
+
+
+def case_slow_clients():
+    """slowhttptest's slow headers, slow body and slow read, 1,000 connections each, while a
+    probe sends 100 requests a second: the probe must keep working, and slow-header
+    connections must be cut at the head deadline (their number bounded by rate x deadline)."""
+    tool = slowhttptest_binary()
+    header_timeout, rate, conns, length = 5, 100, 1000, 20
+    env = Env("slow", config={"header_timeout": header_timeout, "idle_timeout": 10, "max_connections": 4096})
+    figs = []
+    try:
+        url = "http://127.0.0.1:%d/v1/models" % env.gw.port
+        for mode, flag in (("slow_headers", "-H"), ("slow_body", "-B"), ("slow_read", "-X")):
+            argv = [tool, flag, "-c", str(conns), "-r", str(rate), "-i", "2", "-l", str(length), "-u", url, "-p", "3"]
+            if flag == "-B":
+                argv += ["-t", "POST", "-s", "8192"]
+            if flag == "-X":
+                argv += ["-k", "3", "-n", "5", "-w", "10", "-y", "20", "-z", "32"]
+            attack = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      stdin=subprocess.DEVNULL)
+            lat, fails, max_fds = [], 0, 0
+            t_end = time.monotonic() + length
+            next_at = time.monotonic()
+            try:
+                while time.monotonic() < t_end:
+                    t0 = time.monotonic()
+                    try:
+                        st = env.gw.request("GET", "/health", timeout=2)[0]
+                        if st != 200:
+                            fails += 1
+                    except Exception:  # noqa: BLE001
+                        fails += 1
+                    lat.append(time.monotonic() - t0)
+                    if len(lat) % 50 == 0:
+                        max_fds = max(max_fds, env.fds())
+                    next_at += 0.01
+                    pause = next_at - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+            finally:
+                attack.terminate()
+                try:
+                    attack.wait(30)
+                except subprocess.TimeoutExpired:
+                    attack.kill()
+                    attack.wait(10)
+            lat.sort()
+            p99 = lat[int(len(lat) * 0.99) - 1] * 1000
+            ok_pct = 100.0 * (len(lat) - fails) / len(lat)
+            figs.append("%s: probes=%d ok=%.2f%% p99=%.1fms max_fds=%d" % (mode, len(lat), ok_pct, p99, max_fds))
+            check(env.alive(), "daemon died under %s; %s" % (mode, "; ".join(figs)))
+            check(ok_pct >= 99.0, "probe success under %s; %s" % (mode, "; ".join(figs)))
+            check(p99 < 100, "probe p99 under %s; %s" % (mode, "; ".join(figs)))
+            if mode == "slow_headers":
+                bound = rate * (header_timeout + 1) + 100
+                check(max_fds <= bound, "slow-header connections outlive the deadline (fds %d > %d); %s"
+                      % (max_fds, bound, "; ".join(figs)))
+            settle_fds(env, 64, timeout=30)
+    finally:
+        env_close(env)
+    return "; ".join(figs)
+
+
 CASES = [
     ("audit_completeness", case_audit_completeness),
     ("upstream_faults", case_upstream_faults),
@@ -999,6 +1071,8 @@ CASES = [
     ("storage_faults", case_storage_faults),
     ("control_socket", case_control_socket),
 ]
+if not SMOKE:   # needs slowhttptest and ~70 s: make stress only
+    CASES.append(("slow_clients", case_slow_clients))
 
 
 def main():
