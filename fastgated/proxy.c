@@ -318,17 +318,21 @@ static char *body_for_audit(const struct proxy_req *px, const char *data, size_t
                             const char *client_secret, size_t client_secret_len)
 {
 	size_t cap = (size_t)px->route->log_bodies;
+	size_t route_secret_len = px->route->api_key ? strlen(px->route->api_key) : 0;
+	/* redact before cutting, so that a secret straddling the cut leaves no prefix behind */
+	size_t n = cap + (route_secret_len > client_secret_len ? route_secret_len : client_secret_len);
 	char *out;
 
-	if (len > cap)
-		len = cap;
-	out = malloc(len + 1);
+	if (n > len)
+		n = len;
+	out = malloc(n + 1);
 	if (!out)
 		return NULL;
-	memcpy(out, data, len);
+	memcpy(out, data, n);
+	redact(out, n, px->route->api_key, route_secret_len);
+	redact(out, n, client_secret, client_secret_len);
+	len = n < cap ? n : cap;
 	out[len] = '\0';
-	redact(out, len, px->route->api_key, px->route->api_key ? strlen(px->route->api_key) : 0);
-	redact(out, len, client_secret, client_secret_len);
 	for (size_t i = 0; i < len; i++)
 		if (out[i] == '\0')
 			out[i] = ' ';

@@ -155,6 +155,10 @@ def test_stream_rows_carry_tokens_even_when_the_client_did_not_ask(c):
 def test_bodies_are_kept_only_where_a_route_asks_truncated_and_without_secrets(c):
     body = {"note": "key " + c.key}
     body.update(CHAT)
+    # and a key that straddles the 80-byte cut must leave no prefix behind either
+    st, h3, _ = c.gw.request("POST", "/debug", b'{"pad":"' + b"x" * 50 + b'","k":"' + c.key.encode() + b'"}',
+                             {"X-API-Key": c.key})
+    assert st == 200
     st, h, _ = c.gw.request("POST", "/debug", body, {"X-API-Key": c.key})
     assert st == 200
     st, h2, _ = c.gw.request("POST", "/v1/chat/completions", CHAT, {"X-API-Key": c.key})
@@ -170,6 +174,13 @@ def test_bodies_are_kept_only_where_a_route_asks_truncated_and_without_secrets(c
     finally:
         db.close()
     assert plain == (None, None), plain
+    db = sqlite3.connect(c.db, timeout=10)
+    try:
+        wait_for(lambda: rows(c, "request_id = ?", (h3["x-request-id"],)), timeout=10, what="the row")
+        cut = db.execute("SELECT request_body FROM audit WHERE request_id = ?", (h3["x-request-id"],)).fetchone()[0]
+    finally:
+        db.close()
+    assert len(cut) == 80 and cut.endswith("*" * (80 - cut.index('"k":"') - 5)) and c.key[:12] not in cut, cut
     assert req_body.startswith('{"note": "key ' + "*" * len(c.key)) and len(req_body) == 80, req_body
     assert resp_body.startswith('{"id":"chatcmpl-') and len(resp_body) <= 80, resp_body
     with open(c.db, "rb") as f:
