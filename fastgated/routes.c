@@ -154,8 +154,78 @@ static void route_free(struct route *r)
 	free(r);
 }
 
+struct route_bucket {
+	const char *path;      /* a route's literal pattern (owned by the route), NULL = empty */
+	size_t *idx;
+	size_t n;
+};
+
+static size_t path_hash(const char *s)
+{
+	size_t h = 1469598103934665603ULL;   /* FNV-1a */
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ULL;
+	return h;
+}
+
+static bool literal_pattern(const char *p)
+{
+	return p && p[0] == '/' && !strpbrk(p, "*{");
+}
+
+static struct route_bucket *bucket_find(const struct route_table *t, const char *path)
+{
+	size_t mask = t->n_buckets - 1, i;
+
+	if (!t->n_buckets)
+		return NULL;
+	for (i = path_hash(path) & mask; t->buckets[i].path; i = (i + 1) & mask)
+		if (strcmp(t->buckets[i].path, path) == 0)
+			return &t->buckets[i];
+	return NULL;
+}
+
+/* Build the match index once the routes are in match order. */
+static void table_index(struct route_table *t)
+{
+	size_t n_literal = 0;
+
+	for (size_t i = 0; i < t->n; i++)
+		n_literal += literal_pattern(t->routes[i]->match_path);
+	t->wild = xcalloc(t->n - n_literal, sizeof(*t->wild));
+	if (n_literal) {
+		t->n_buckets = 8;
+		while (t->n_buckets < 2 * n_literal)
+			t->n_buckets *= 2;
+		t->buckets = xcalloc(t->n_buckets, sizeof(*t->buckets));
+	}
+	for (size_t i = 0; i < t->n; i++) {
+		const char *p = t->routes[i]->match_path;
+		struct route_bucket *b;
+
+		if (!literal_pattern(p)) {
+			t->wild[t->n_wild++] = i;
+			continue;
+		}
+		b = bucket_find(t, p);
+		if (!b) {
+			size_t j = path_hash(p) & (t->n_buckets - 1);
+			while (t->buckets[j].path)
+				j = (j + 1) & (t->n_buckets - 1);
+			b = &t->buckets[j];
+			b->path = p;
+		}
+		b->idx = xrealloc(b->idx, (b->n + 1) * sizeof(*b->idx));
+		b->idx[b->n++] = i;
+	}
+}
+
 static void table_free(struct route_table *t)
 {
+	for (size_t i = 0; i < t->n_buckets; i++)
+		free(t->buckets[i].idx);
+	free(t->buckets);
+	free(t->wild);
 	for (size_t i = 0; i < t->n; i++)
 		route_free(t->routes[i]);
 	free(t->routes);
@@ -428,11 +498,24 @@ static int request_json(struct route_request *rq)
 enum route_match_result route_match(const struct route_table *t, struct route_request *rq,
                                     const struct route **out)
 {
+	const struct route_bucket *b;
+	size_t bi = 0, wi = 0;
+
 	*out = NULL;
 	if (!t)
 		return ROUTE_NO_MATCH;
-	for (size_t i = 0; i < t->n; i++) {
-		const struct route *r = t->routes[i];
+	b = bucket_find(t, rq->path);
+	/* Only the routes that can match this path: the literal ones for exactly it, merged in
+	 * table order with every pattern route. */
+	while ((b && bi < b->n) || wi < t->n_wild) {
+		size_t i;
+		const struct route *r;
+
+		if (b && bi < b->n && (wi >= t->n_wild || b->idx[bi] < t->wild[wi]))
+			i = b->idx[bi++];
+		else
+			i = t->wild[wi++];
+		r = t->routes[i];
 
 		if (!r->enabled)
 			continue;
@@ -1583,6 +1666,7 @@ struct route_table *route_table_load_files(const char *const *paths, size_t n,
 	t->routes = xcalloc(pv.n, sizeof(*t->routes));
 	for (size_t i = 0; i < pv.n; i++)
 		t->routes[i] = pv.v[i].r;
+	table_index(t);
 done:
 	free(pv.v);
 	return t;

@@ -58,11 +58,20 @@ struct route {
 	char *unavailable;
 };
 
+struct route_bucket;
+
 struct route_table {
 	struct route **routes; /* in match order: priority, then file name, then position */
 	size_t n;
 	int refcount;
 	char *dir;             /* directory it was loaded from */
+	/* Match index, built at load: routes whose path pattern is a literal path are found by
+	 * hashing the request path; `wild` holds every other route. Both list positions in
+	 * `routes`, ascending, so merging them keeps the match order. */
+	struct route_bucket *buckets;
+	size_t n_buckets;      /* a power of two, or 0 */
+	size_t *wild;
+	size_t n_wild;
 };
 
 /* Load every *.yaml / *.yml file in `dir` (sorted by file name). On any error returns NULL
