@@ -11,6 +11,7 @@
 #include <curl/curl.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <event2/event_struct.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 
@@ -75,9 +76,10 @@ struct proxy_req {
 	bool finished;
 	const char *error_kind;           /* upstream failure kind for metrics, or NULL */
 
-	struct event *timer;              /* first byte, then idle between chunks */
-	struct event *resume;             /* deferred curl_easy_pause(CONT) */
-	struct event *finish_ev;          /* deferred finish after the client vanished */
+	/* embedded, not allocated: three fewer mallocs per request */
+	struct event timer_ev;            /* first byte, then idle between chunks */
+	struct event resume_ev;           /* deferred curl_easy_pause(CONT) */
+	struct event finish_ev;           /* deferred finish after the client vanished */
 	struct timespec t_start;
 	double ttfb_s;
 	unsigned chunks;
@@ -197,7 +199,7 @@ static void chunk_written_cb(struct evhttp_connection *evcon, void *arg)
 	(void)evcon;
 
 	if (px->paused && px->req && http_client_backlog(px->req) <= CLIENT_LOW_WATER)
-		event_active(px->resume, 0, 0);
+		event_active(&px->resume_ev, 0, 0);
 }
 
 static void resume_cb(evutil_socket_t fd, short what, void *arg)
@@ -214,7 +216,7 @@ static void resume_cb(evutil_socket_t fd, short what, void *arg)
 static void arm_timer(struct proxy_req *px, int seconds)
 {
 	struct timeval tv = { seconds, 0 };
-	evtimer_add(px->timer, &tv);
+	evtimer_add(&px->timer_ev, &tv);
 }
 
 /* Send the reply head and switch to relaying chunks. */
@@ -420,7 +422,7 @@ static void xfer_done(struct upstream_xfer *x, CURLcode rc)
 	int status = 502;
 	const char *msg = NULL;
 
-	evtimer_del(px->timer);
+	evtimer_del(&px->timer_ev);
 	if (!px->req) {
 		finish(px);
 		return;
@@ -490,7 +492,7 @@ static void client_closed_cb(void *arg)
 	px->evcon = NULL;
 	if (!px->status || px->status < 400)
 		px->status = 499; /* nginx's "client closed request" */
-	event_active(px->finish_ev, 0, 0);
+	event_active(&px->finish_ev, 0, 0);
 }
 
 static char *dup_or_null(const char *s)
@@ -593,12 +595,9 @@ static void finish(struct proxy_req *px)
 	sse_scan_free(&px->scan);
 	free(px->scan_out);
 	free(px->url);
-	if (px->timer)
-		event_free(px->timer);
-	if (px->resume)
-		event_free(px->resume);
-	if (px->finish_ev)
-		event_free(px->finish_ev);
+	event_del(&px->timer_ev);
+	event_del(&px->resume_ev);
+	event_del(&px->finish_ev);
 	if (px->table)
 		route_table_unref(px->table);
 	free(px);
@@ -751,14 +750,18 @@ static int build_url(struct proxy_req *px, const char *path, const char *query)
 
 static int add_header(struct proxy_req *px, const char *name, const char *value)
 {
-	char *line;
+	char stack[1024], *line = stack;
+	size_t need = strlen(name) + strlen(value) + 3;
 	struct curl_slist *l;
 
-	/* "Name:" would make curl drop the header; "Name;" sends it with an empty value. */
-	if (asprintf(&line, *value ? "%s: %s" : "%s;", name, value) < 0)
+	/* curl copies the line: format it on the stack unless it is unusually long */
+	if (need > sizeof(stack) && !(line = malloc(need)))
 		return -1;
+	/* "Name:" would make curl drop the header; "Name;" sends it with an empty value. */
+	snprintf(line, need > sizeof(stack) ? need : sizeof(stack), *value ? "%s: %s" : "%s;", name, value);
 	l = curl_slist_append(px->headers, line);
-	free(line);
+	if (line != stack)
+		free(line);
 	if (!l)
 		return -1;
 	px->headers = l;
@@ -905,11 +908,11 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 	route_table_ref(px->table);
 	px->body = evbuffer_new();
 	px->out = evbuffer_new();
-	px->timer = evtimer_new(gw->base, timer_cb, px);
-	px->resume = event_new(gw->base, -1, 0, resume_cb, px);
-	px->finish_ev = event_new(gw->base, -1, 0, finish_cb, px);
+	evtimer_assign(&px->timer_ev, gw->base, timer_cb, px);
+	event_assign(&px->resume_ev, gw->base, -1, 0, resume_cb, px);
+	event_assign(&px->finish_ev, gw->base, -1, 0, finish_cb, px);
 	gw->stats.inflight++;
-	if (!px->body || !px->out || !px->timer || !px->resume || !px->finish_ev) {
+	if (!px->body || !px->out) {
 		finish(px);
 		return NULL;
 	}
