@@ -794,6 +794,24 @@ done:
 	return rc;
 }
 
+/* Run a bound UPDATE meant to change exactly the row of key `id`. `what` completes
+ * "cannot ... key N": the caller resets the statement. 0, or -1 with *err set. */
+static int update_one_row(struct keystore *ks, sqlite3_stmt *st, int64_t id, const char *what,
+                          const char *consequence, char **err)
+{
+	if (sqlite3_step(st) != SQLITE_DONE) {
+		set_err(err, "cannot %s key %lld in %s: %s%s", what, (long long)id, ks->path,
+		        sqlite3_errmsg(ks->db), consequence);
+		return -1;
+	}
+	if (sqlite3_changes(ks->db) == 0) {
+		set_err(err, "key %lld is no longer in %s; was the database changed by hand?",
+		        (long long)id, ks->path);
+		return -1;
+	}
+	return 0;
+}
+
 int keystore_revoke(struct keystore *ks, int64_t id, char **err)
 {
 	struct key *k = keystore_get(ks, id);
@@ -810,16 +828,8 @@ int keystore_revoke(struct keystore *ks, int64_t id, char **err)
 		now = 1;
 	sqlite3_bind_int64(ks->st_revoke, 1, now);
 	sqlite3_bind_int64(ks->st_revoke, 2, id);
-	if (sqlite3_step(ks->st_revoke) != SQLITE_DONE) {
-		set_err(err, "cannot revoke key %lld in %s: %s", (long long)id, ks->path,
-		        sqlite3_errmsg(ks->db));
+	if (update_one_row(ks, ks->st_revoke, id, "revoke", "", err) < 0)
 		goto done;
-	}
-	if (sqlite3_changes(ks->db) == 0) {
-		set_err(err, "key %lld is no longer in %s; was the database changed by hand?",
-		        (long long)id, ks->path);
-		goto done;
-	}
 	k->revoked = now;
 	rc = 0;
 done:
@@ -891,16 +901,8 @@ int keystore_update(struct keystore *ks, int64_t id, const struct key_changes *c
 	sqlite3_bind_int(ks->st_update, 2, rpm);
 	sqlite3_bind_int64(ks->st_update, 3, expires);
 	sqlite3_bind_int64(ks->st_update, 4, id);
-	if (sqlite3_step(ks->st_update) != SQLITE_DONE) {
-		set_err(err, "cannot update key %lld in %s: %s", (long long)id, ks->path,
-		        sqlite3_errmsg(ks->db));
+	if (update_one_row(ks, ks->st_update, id, "update", "", err) < 0)
 		goto done;
-	}
-	if (sqlite3_changes(ks->db) == 0) {
-		set_err(err, "key %lld is no longer in %s; was the database changed by hand?",
-		        (long long)id, ks->path);
-		goto done;
-	}
 	if (ch->set & KEY_CHANGE_ROUTES) {
 		char **old = k->routes;
 		size_t n_old = k->n_routes;
@@ -951,16 +953,9 @@ int keystore_rotate(struct keystore *ks, int64_t id, char *secret_out, char **er
 	sqlite3_bind_blob(ks->st_rotate, 1, hash, KEY_HASH_LEN, SQLITE_STATIC);
 	sqlite3_bind_text(ks->st_rotate, 2, display, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(ks->st_rotate, 3, id);
-	if (sqlite3_step(ks->st_rotate) != SQLITE_DONE) {
-		set_err(err, "cannot store the new secret of key %lld in %s: %s; the old secret "
-		        "still works", (long long)id, ks->path, sqlite3_errmsg(ks->db));
+	if (update_one_row(ks, ks->st_rotate, id, "store the new secret of", "; the old secret "
+	                   "still works", err) < 0)
 		goto done;
-	}
-	if (sqlite3_changes(ks->db) == 0) {
-		set_err(err, "key %lld is no longer in %s; was the database changed by hand?",
-		        (long long)id, ks->path);
-		goto done;
-	}
 	/* Out under the old hash, back in under the new: from here the old secret is unknown. */
 	table_remove(ks, k);
 	memcpy(k->hash, hash, KEY_HASH_LEN);
