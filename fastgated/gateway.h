@@ -13,7 +13,8 @@
 #include "keys.h"
 #include "routes.h"
 
-struct upstream;      /* upstream.h: the curl multi driver */
+struct upstream;      /* upstream.h: the curl multi driver (https, named hosts) */
+struct upconn_pool;   /* upconn.h: plain-HTTP upstream connections */
 struct control;       /* control.h: the control socket */
 struct http_server;   /* http.h: listener and request checks */
 struct metrics;       /* metrics.h: counters and histograms */
@@ -32,6 +33,7 @@ struct gateway {
 	struct keystore *keys;
 	struct route_table *routes;   /* current table; requests hold their own reference */
 	struct upstream *upstream;
+	struct upconn_pool *upconn;
 	struct control *control;
 	struct http_server *http;
 	struct metrics *metrics;

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "reqid.h"
+#include "upconn.h"
 #include "upstream.h"
 
 #define USAGE \
@@ -270,6 +271,7 @@ static void shutdown_all(struct runtime *rt)
 	if (gw->audit)
 		audit_close(gw->audit);
 	upstream_free(gw->upstream);
+	upconn_pool_free(gw->upconn);
 	keystore_close(gw->keys);
 	if (gw->routes)
 		route_table_unref(gw->routes);
@@ -348,6 +350,11 @@ int main(int argc, char **argv)
 	gw->upstream = upstream_new(gw->base, &err);
 	if (!gw->upstream) {
 		log_error("%s", err);
+		goto out;
+	}
+	gw->upconn = upconn_pool_new(gw->base);
+	if (!gw->upconn) {
+		log_error("out of memory");
 		goto out;
 	}
 	gw->http = http_server_start(gw, &err);

@@ -23,6 +23,7 @@
 #include "reqid.h"
 #include "audit.h"
 #include "control.h"
+#include "upconn.h"
 #include "upstream.h"
 #include "usage.h"
 
@@ -52,8 +53,13 @@ struct proxy_req {
 	char *body_log;                   /* log_bodies: the request body as forwarded */
 	struct evbuffer *answer_log;      /* log_bodies: the answer as relayed, up to the cap */
 
-	struct upstream_xfer xfer;
+	bool native;                      /* plain HTTP through upconn.c rather than curl */
+	bool forwarded;                   /* a transfer to the upstream was started */
+	struct upstream_xfer xfer;        /* curl: https and named hosts */
 	struct curl_slist *headers;
+	struct upconn_xfer up;            /* native: the request head is framed here */
+	char *up_head;
+	size_t up_head_len, up_head_cap;
 	struct evbuffer *body;            /* request body, owned here */
 	char *body_rewritten;             /* when add_body_fields or usage injection changed it */
 	char model[128];                  /* the request's "model", for the audit */
@@ -207,10 +213,26 @@ static void resume_cb(evutil_socket_t fd, short what, void *arg)
 	struct proxy_req *px = arg;
 	(void)fd; (void)what;
 
-	if (!px->paused || !px->xfer.active)
+	if (!px->paused)
 		return;
 	px->paused = false;
-	curl_easy_pause(px->xfer.easy, CURLPAUSE_CONT);
+	if (px->native)
+		upconn_resume(&px->up);   /* may complete the transfer: nothing after this */
+	else if (px->xfer.active)
+		curl_easy_pause(px->xfer.easy, CURLPAUSE_CONT);
+}
+
+static bool xfer_active(const struct proxy_req *px)
+{
+	return px->native ? px->up.active : px->xfer.active;
+}
+
+static void xfer_cancel(struct proxy_req *px)
+{
+	if (px->native)
+		upconn_cancel(&px->up);
+	else
+		upstream_cancel(px->gw->upstream, &px->xfer);
 }
 
 static void arm_timer(struct proxy_req *px, int seconds)
@@ -240,14 +262,16 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 	size_t nl, vl;
 
 	if (len >= 5 && strncmp(line, "HTTP/", 5) == 0) {
-		/* a new status line: forget interim (1xx) headers */
+		/* a new status line ("HTTP/1.1 200 OK", "HTTP/2 200"): forget interim (1xx)
+		 * headers, keep the code */
+		const char *sp = memchr(line, ' ', len);
 		evhttp_clear_headers(&px->up_headers);
+		px->status = sp ? strtol(sp + 1, NULL, 10) : 0;
 		return len;
 	}
 	if (len <= 2 && (line[0] == '\r' || line[0] == '\n')) {
 		const char *ct, *cl;
 
-		curl_easy_getinfo(px->xfer.easy, CURLINFO_RESPONSE_CODE, &px->status);
 		if (px->status < 200)
 			return len;
 		if (px->ttfb_s < 0)
@@ -468,13 +492,41 @@ static void xfer_done(struct upstream_xfer *x, CURLcode rc)
 	finish(px);
 }
 
+/* ---- the native (upconn.c) transfer feeds the same callbacks as curl ------------------ */
+
+static int up_line(void *arg, const char *line, size_t len)
+{
+	return header_cb((char *)line, 1, len, arg) == len ? 0 : -1;
+}
+
+static int up_body(void *arg, const char *data, size_t len)
+{
+	size_t r = write_cb((char *)data, 1, len, arg);
+
+	return r == CURL_WRITEFUNC_PAUSE ? 1 : r == len ? 0 : -1;
+}
+
+static const struct h1_callbacks up_callbacks = { up_line, up_body };
+
+static void up_done(struct upconn_xfer *x, enum upconn_result r)
+{
+	struct proxy_req *px = (struct proxy_req *)((char *)x - offsetof(struct proxy_req, up));
+	static const CURLcode as_curl[] = {
+		[UPC_OK] = CURLE_OK, [UPC_CONNECT] = CURLE_COULDNT_CONNECT,
+		[UPC_RESET] = CURLE_RECV_ERROR, [UPC_PROTOCOL] = CURLE_WEIRD_SERVER_REPLY,
+		[UPC_ABORTED] = CURLE_WRITE_ERROR, [UPC_NOMEM] = CURLE_OUT_OF_MEMORY,
+	};
+
+	xfer_done(&px->xfer, as_curl[r]);
+}
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct proxy_req *px = arg;
 	(void)fd; (void)what;
 
 	px->timed_out = true;
-	upstream_cancel(px->gw->upstream, &px->xfer);
+	xfer_cancel(px);
 	xfer_done(&px->xfer, CURLE_OPERATION_TIMEDOUT);
 }
 
@@ -519,7 +571,7 @@ static void audit_request(struct proxy_req *px, double total_s)
 	rec->path = dup_or_null(px->path);
 	if (px->route) {
 		rec->route = strdup(px->route->name);
-		if (px->xfer.easy)
+		if (px->forwarded)
 			rec->upstream = dup_or_null(px->route->upstream_origin);
 	}
 	rec->status = (int)px->status;
@@ -558,8 +610,8 @@ static void finish(struct proxy_req *px)
 	if (px->finished)
 		return;
 	px->finished = true;
-	if (px->xfer.active) {
-		upstream_cancel(gw->upstream, &px->xfer);
+	if (xfer_active(px)) {
+		xfer_cancel(px);
 		if (!px->error_kind)
 			px->error_kind = "client_closed";
 	}
@@ -580,6 +632,7 @@ static void finish(struct proxy_req *px)
 
 	upstream_easy_put(gw->upstream, px->xfer.easy);
 	curl_slist_free_all(px->headers);
+	free(px->up_head);
 	evhttp_clear_headers(&px->up_headers);
 	if (px->body)
 		evbuffer_free(px->body);
@@ -748,9 +801,36 @@ static int build_url(struct proxy_req *px, const char *path, const char *query)
 	return n < 0 ? -1 : 0;
 }
 
+/* Append to the native request head. */
+static int head_add(struct proxy_req *px, const char *s, size_t n)
+{
+	if (px->up_head_len + n > px->up_head_cap) {
+		size_t cap = px->up_head_cap ? px->up_head_cap : 1024;
+		char *b;
+		while (cap < px->up_head_len + n)
+			cap *= 2;
+		if (!(b = realloc(px->up_head, cap)))
+			return -1;
+		px->up_head = b;
+		px->up_head_cap = cap;
+	}
+	memcpy(px->up_head + px->up_head_len, s, n);
+	px->up_head_len += n;
+	return 0;
+}
+
+static int head_add_str(struct proxy_req *px, const char *s)
+{
+	return head_add(px, s, strlen(s));
+}
+
 static int add_header(struct proxy_req *px, const char *name, const char *value)
 {
 	char stack[1024], *line = stack;
+
+	if (px->native)
+		return head_add_str(px, name) < 0 || head_add(px, ": ", 2) < 0 ||
+		       head_add_str(px, value) < 0 || head_add(px, "\r\n", 2) < 0 ? -1 : 0;
 	size_t need = strlen(name) + strlen(value) + 3;
 	struct curl_slist *l;
 
@@ -800,7 +880,7 @@ static int build_headers(struct proxy_req *px, struct evkeyvalq *in)
 	if (add_header(px, "X-Request-Id", px->id) < 0)
 		goto out;
 	/* "Expect:" with no value stops curl from adding Expect: 100-continue to large bodies */
-	{
+	if (!px->native) {
 		struct curl_slist *l = curl_slist_append(px->headers, "Expect:");
 		if (!l)
 			goto out;
@@ -858,6 +938,51 @@ static int setup_easy(struct proxy_req *px, struct evhttp_request *req, const ch
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 	}
 	return 0;
+}
+
+static const char *method_name(enum evhttp_cmd_type cmd);
+
+/* Frame the request for upconn.c: request line, Host, the cleaned headers, the body's
+ * length; the body itself goes out from where it is, as the second iovec. */
+static int start_native(struct proxy_req *px, struct evhttp_request *req, struct evkeyvalq *in,
+                        const char *body, size_t body_len)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	const char *target = px->url + strlen(px->route->upstream_origin);
+	char cl[48];
+
+	if (head_add_str(px, method_name(cmd)) < 0 || head_add(px, " ", 1) < 0 ||
+	    head_add_str(px, target) < 0 || head_add_str(px, " HTTP/1.1\r\nHost: ") < 0 ||
+	    head_add_str(px, px->route->upstream_host) < 0 || head_add(px, "\r\n", 2) < 0 ||
+	    build_headers(px, in) < 0)
+		return -1;
+	if (cmd == EVHTTP_REQ_HEAD)
+		body_len = 0;
+	if (body_len > 0 || cmd == EVHTTP_REQ_POST || cmd == EVHTTP_REQ_PUT || cmd == EVHTTP_REQ_PATCH) {
+		snprintf(cl, sizeof(cl), "Content-Length: %zu\r\n", body_len);
+		if (head_add_str(px, cl) < 0)
+			return -1;
+	}
+	if (head_add(px, "\r\n", 2) < 0)
+		return -1;
+	px->up.cb = &up_callbacks;
+	px->up.arg = px;
+	px->up.done = up_done;
+	px->up.head_request = cmd == EVHTTP_REQ_HEAD;
+	px->up.req[0].iov_base = px->up_head;
+	px->up.req[0].iov_len = px->up_head_len;
+	px->up.req[1].iov_base = (void *)body;
+	px->up.req[1].iov_len = body_len;
+	return upconn_start(px->gw->upconn, px->route->upstream_host, &px->up);
+}
+
+static int start_curl(struct proxy_req *px, struct evhttp_request *req, struct evkeyvalq *in,
+                      const char *body, size_t body_len)
+{
+	px->xfer.easy = upstream_easy_get(px->gw->upstream);
+	if (!px->xfer.easy || build_headers(px, in) < 0 || setup_easy(px, req, body, body_len) < 0)
+		return -1;
+	return upstream_start(px->gw->upstream, &px->xfer);
 }
 
 static const char *method_name(enum evhttp_cmd_type cmd)
@@ -1017,13 +1142,16 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 		px->body_log = body_for_audit(px, send_body, send_len, secret, secret_len);
 		px->answer_log = evbuffer_new();
 	}
-	px->xfer.easy = upstream_easy_get(gw->upstream);
-	if (!px->xfer.easy || build_url(px, path, query) < 0 || build_headers(px, in) < 0 ||
-	    setup_easy(px, req, send_body, send_len) < 0 ||
-	    upstream_start(gw->upstream, &px->xfer) < 0) {
+	/* plain HTTP to an address is framed here; TLS and names that need resolving go to curl */
+	px->native = strncmp(px->route->upstream_origin, "http://", 7) == 0 &&
+	             upconn_supported(px->route->upstream_host);
+	if (build_url(px, path, query) < 0 ||
+	    (px->native ? start_native(px, req, in, send_body, send_len)
+	                : start_curl(px, req, in, send_body, send_len)) < 0) {
 		reply_error(px, 500, "internal_error", "could not start the upstream request");
 		goto done;
 	}
+	px->forwarded = true;
 	arm_timer(px, px->route->timeout);
 	json_decref(rq.json);
 	return;

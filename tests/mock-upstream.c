@@ -19,7 +19,7 @@
  *   Every response carries X-Mock-Received-Auth: <Authorization received>, when one was.
  *
  * Request headers (all optional) that change the answer:
- *   X-Mock-Chunks: N                content chunks in a stream, 1..10000 (default 5)
+ *   X-Mock-Chunks: N                content chunks in a stream, 1..100000 (default 5)
  *   X-Mock-Delay-Ms: N              pause between stream chunks (default 0)
  *   X-Mock-First-Byte-Delay-Ms: N   pause before anything is sent (default 0)
  *   X-Mock-Fail: 500 | status:NNN | hang | reset | reset-mid | garbage | slow
@@ -63,7 +63,7 @@
 
 #define DEFAULT_LISTEN  "127.0.0.1:8515"
 #define DEFAULT_CHUNKS  5
-#define MAX_CHUNKS      10000
+#define MAX_CHUNKS 100000
 #define MAX_DELAY_MS    3600000L
 #define SLOW_DELAY_MS   1000
 #define ECHO_MAX_CHARS  200
@@ -398,7 +398,7 @@ static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answ
 	plan->delay_ms = -1;
 	if ((v = evhttp_find_header(h, "X-Mock-Chunks")) != NULL) {
 		if (parse_long(v, 1, MAX_CHUNKS, &n) < 0)
-			bad = "X-Mock-Chunks (want 1..10000)";
+			bad = "X-Mock-Chunks (want 1..100000)";
 		else
 			plan->chunks = (int)n;
 	}

@@ -295,12 +295,14 @@ def metric(c, name):
 
 def test_slow_reader_pauses_the_upstream_and_still_gets_everything(c):
     before = metric(c, "fastgate_upstream_pauses_total")
-    s, f, head = open_stream(c, chunks=10000, delay_ms=0)
+    # ~8 MB: more than the kernel holds for a client that does not read (the gateway's
+    # send buffer grows to 4 MB), so the rest must wait in the gateway, paused
+    s, f, head = open_stream(c, chunks=60000, delay_ms=0)
     time.sleep(1.0)   # not reading: the client's socket buffers fill up
     lines = [ln for ln in dechunk_lines(f) if ln.startswith(b"data: ")]
     f.close()
     s.close()
-    assert lines[-1] == b"data: [DONE]\n" and len(lines) == 10001, (len(lines), lines[-1])
+    assert lines[-1] == b"data: [DONE]\n" and len(lines) == 60001, (len(lines), lines[-1])
     assert metric(c, "fastgate_upstream_pauses_total") > before
 
 
@@ -361,6 +363,119 @@ def test_https_upstream_is_verified_against_the_route_ca_file(c):
         c.gw.ctl("reload")
         srv.shutdown()
         srv.server_close()
+
+
+def start_scripted_upstream(answers):
+    """A raw-socket upstream: connection i reads requests and sends answers[i] in turn
+    (bytes, or None to close without answering). Returns (port, list of connections'
+    request counts, stop function)."""
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    srv.settimeout(0.2)
+    seen, stop = [], threading.Event()
+
+    def read_request(conn, buf):
+        while b"\r\n\r\n" not in buf:
+            d = conn.recv(65536)
+            if not d:
+                return None, b""
+            buf += d
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        n = 0
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"content-length":
+                n = int(v)
+        while len(rest) < n:
+            d = conn.recv(65536)
+            if not d:
+                return None, b""
+            rest += d
+        return head, rest[n:]
+
+    def serve():
+        i = 0
+        while not stop.is_set() and i < len(answers):
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.settimeout(5)
+            seen.append(0)
+            buf = b""
+            with conn:
+                for ans in answers[i]:
+                    head, buf = read_request(conn, buf)
+                    if head is None:
+                        break
+                    seen[-1] += 1
+                    if ans is None:
+                        break
+                    conn.sendall(ans)
+            i += 1
+        srv.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv.getsockname()[1], seen, stop.set
+
+
+def with_route(c, name, port, fn):
+    path = os.path.join(c.gw.routes_dir, "30-%s.yaml" % name)
+    with open(path, "w") as f:
+        f.write("routes:\n  - name: %s\n    match: { path: /%s }\n"
+                "    upstream: { url: http://127.0.0.1:%d/x }\n    timeout: 5\n" % (name, name, port))
+    try:
+        assert c.gw.ctl("reload")["ok"]
+        fn()
+    finally:
+        os.unlink(path)
+        c.gw.ctl("reload")
+
+
+def test_a_kept_alive_upstream_connection_closed_under_a_request_is_retried_once(c):
+    ok = lambda body: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    # connection 1 answers, then takes the next request and closes without a byte (an
+    # upstream timing out its idle connection just as the gateway reuses it)
+    port, seen, stop = start_scripted_upstream([[ok(b'{"n":1}'), None], [ok(b'{"n":2}')]])
+
+    def run():
+        st, _, data = c.gw.request("POST", "/stale", CHAT, c.auth)
+        assert st == 200 and json.loads(data) == {"n": 1}, (st, data)
+        st, _, data = c.gw.request("POST", "/stale", CHAT, c.auth)
+        assert st == 200 and json.loads(data) == {"n": 2}, (st, data)
+        assert seen == [2, 1], seen
+    try:
+        with_route(c, "stale", port, run)
+    finally:
+        stop()
+
+
+def test_upstream_framings_reach_the_client_intact(c):
+    body = b'{"framed":"by close"}'
+    answers = [
+        # read until close, no length
+        [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" + body],
+        # an interim 100 before the answer, chunked with a trailer
+        [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\nX-T: 1\r\n\r\n"],
+        # not HTTP at all
+        [b"SSH-2.0-OpenSSH_9.2\r\n\r\n"],
+    ]
+    port, seen, stop = start_scripted_upstream(answers)
+
+    def run():
+        st, _, data = c.gw.request("POST", "/framing", CHAT, c.auth)
+        assert st == 200 and data == body, (st, data)
+        st, _, data = c.gw.request("POST", "/framing", CHAT, c.auth)
+        assert st == 200 and json.loads(data) == {"a": 1}, (st, data)
+        st, _, data = c.gw.request("POST", "/framing", CHAT, c.auth)
+        assert st == 502 and error_of(data)["code"] == "protocol", (st, data)
+    try:
+        with_route(c, "framing", port, run)
+    finally:
+        stop()
 
 
 # --- the status table ------------------------------------------------------------------
