@@ -542,7 +542,12 @@ void http_client_ip(struct evhttp_request *req, char *out, size_t cap)
 
 	if (evcon)
 		evhttp_connection_get_peer(evcon, (char **)&addr, &port);
-	snprintf(out, cap, "%s", addr ? addr : "");
+	size_t n = addr ? strnlen(addr, cap - 1) : 0;
+
+	if (cap == 0)
+		return;
+	memcpy(out, addr ? addr : "", n);
+	out[n] = '\0';
 }
 
 void http_flush_now(struct http_server *s, struct evhttp_request *req)

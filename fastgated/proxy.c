@@ -129,8 +129,11 @@ static bool listed_in_connection(const char *conn, const char *name)
 int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
                           const char *connection)
 {
+	size_t nl = strlen(name);
+
+	/* compare only names of the same length: this runs for every header of every request */
 	for (int i = 0; always_stripped[i]; i++)
-		if (strcasecmp(name, always_stripped[i]) == 0)
+		if (strlen(always_stripped[i]) == nl && strcasecmp(name, always_stripped[i]) == 0)
 			return 1;
 	for (size_t i = 0; i < n_extra; i++)
 		if (strcasecmp(name, extra[i]) == 0)
@@ -797,8 +800,23 @@ static int build_url(struct proxy_req *px, const char *path, const char *query)
 	} else {
 		p = r->upstream_path;
 	}
-	n = asprintf(&px->url, "%s%s%s%s", r->upstream_origin, p, query ? "?" : "", query ? query : "");
-	return n < 0 ? -1 : 0;
+	{
+		size_t ol = strlen(r->upstream_origin), pl = strlen(p), ql = query ? strlen(query) : 0;
+		char *u = malloc(ol + pl + ql + 2);
+		if (!u)
+			return -1;
+		memcpy(u, r->upstream_origin, ol);
+		memcpy(u + ol, p, pl);
+		n = (int)(ol + pl);
+		if (query) {
+			u[n++] = '?';
+			memcpy(u + n, query, ql);
+			n += (int)ql;
+		}
+		u[n] = '\0';
+		px->url = u;
+	}
+	return 0;
 }
 
 /* Append to the native request head. */
@@ -869,7 +887,11 @@ static int build_headers(struct proxy_req *px, struct evkeyvalq *in)
 	for (size_t i = 0; i < r->n_add_headers; i++)
 		if (add_header(px, r->add_headers[i].name, r->add_headers[i].value) < 0)
 			goto out;
-	if (r->api_key) {
+	if (r->api_key && px->native) {
+		if (head_add_str(px, "Authorization: Bearer ") < 0 || head_add_str(px, r->api_key) < 0 ||
+		    head_add(px, "\r\n", 2) < 0)
+			goto out;
+	} else if (r->api_key) {
 		if (asprintf(&auth, "Bearer %s", r->api_key) < 0) {
 			auth = NULL;
 			goto out;
@@ -1024,7 +1046,8 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 	}
 	http_client_ip(req, px->client_ip, sizeof(px->client_ip));
 	px->key_id = 0;
-	snprintf(px->id, sizeof(px->id), "%s", id);
+	memcpy(px->id, id, REQID_LEN);
+	px->id[REQID_LEN] = '\0';
 	TAILQ_INIT(&px->up_headers);
 	px->xfer.done = xfer_done;
 	sse_scan_init(&px->scan, false);

@@ -18,6 +18,21 @@ struct jscan {
 	const char *p, *end;
 };
 
+/* Bytes that end the plain run inside a string: the quote, a backslash, control bytes. */
+static const bool str_stop[256] = {
+	[0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1,
+	[0x07] = 1, [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1,
+	[0x0e] = 1, [0x0f] = 1, [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1,
+	[0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1,
+	[0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1, ['\\'] = 1,
+};
+
+/* Bytes a JSON number is made of. */
+static const bool num_char[256] = {
+	['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+	['8'] = 1, ['9'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1,
+};
+
 static void js_ws(struct jscan *j)
 {
 	while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
@@ -33,6 +48,11 @@ static bool js_string(struct jscan *j, const char **s, size_t *n)
 		return false;
 	q = ++j->p;
 	while (j->p < j->end && *j->p != '"') {
+		/* plain bytes in a tight loop: strings are most of a chat body */
+		while (j->p < j->end && !str_stop[(unsigned char)*j->p])
+			j->p++;
+		if (j->p >= j->end || *j->p == '"')
+			break;
 		if ((unsigned char)*j->p < 0x20)
 			return false;
 		if (*j->p == '\\' && ++j->p >= j->end)
@@ -116,7 +136,7 @@ static bool js_value(struct jscan *j, int depth)
 	default:
 		if (*j->p != '-' && (*j->p < '0' || *j->p > '9'))
 			return false;
-		while (j->p < j->end && strchr("+-.eE0123456789", *j->p) && *j->p)
+		while (j->p < j->end && num_char[(unsigned char)*j->p])
 			j->p++;
 		return true;
 	}
