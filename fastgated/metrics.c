@@ -11,6 +11,7 @@
 #include "gateway.h"
 #include "http.h"
 #include "metrics.h"
+#include "upconn.h"
 
 #define MAX_SERIES 1024
 #define NAME_MAX_LEN 64
@@ -149,6 +150,16 @@ void metrics_serve(struct gateway *gw, struct evhttp_request *req)
 	evbuffer_add_printf(b, "# HELP fastgate_open_connections Client connections open now.\n"
 	                       "# TYPE fastgate_open_connections gauge\nfastgate_open_connections %d\n",
 	                    gw->http ? http_server_connections(gw->http) : 0);
+	{
+		unsigned open = 0, idle = 0;
+		if (gw->upconn)
+			upconn_counts(gw->upconn, &open, &idle);
+		evbuffer_add_printf(b, "# HELP fastgate_upstream_connections Plain-HTTP upstream connections open now, by state.\n"
+		                       "# TYPE fastgate_upstream_connections gauge\n"
+		                       "fastgate_upstream_connections{state=\"busy\"} %u\n"
+		                       "fastgate_upstream_connections{state=\"idle\"} %u\n",
+		                    open - idle, idle);
+	}
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 	                  "text/plain; version=0.0.4; charset=utf-8");
 	evbuffer_add_printf(b, "# HELP fastgate_upstream_pauses_total Streams paused because the client read slower than the upstream sent.\n"

@@ -71,7 +71,9 @@ struct proxy_req {
 	struct usage usage;
 	char *url;
 
-	struct evkeyvalq up_headers;      /* upstream response headers being collected */
+	char *up_raw;                     /* upstream response headers, "name\0value\0"...:
+	                                   * one buffer, copied once into the reply */
+	size_t up_raw_len, up_raw_cap;
 	struct evbuffer *out;             /* buffered answer, or one chunk to relay */
 	long status;
 	bool started;                     /* reply head sent to the client */
@@ -192,14 +194,59 @@ static void abort_client(struct proxy_req *px)
 		evhttp_connection_free(evcon);
 }
 
+/* Walk the collected upstream headers: *off is the cursor; false at the end. */
+static bool up_header_next(const struct proxy_req *px, size_t *off, const char **k, const char **v)
+{
+	if (*off >= px->up_raw_len)
+		return false;
+	*k = px->up_raw + *off;
+	*v = *k + strlen(*k) + 1;
+	*off = (size_t)(*v + strlen(*v) + 1 - px->up_raw);
+	return true;
+}
+
+static const char *up_header_find(const struct proxy_req *px, const char *name)
+{
+	const char *k, *v;
+	size_t off = 0;
+
+	while (up_header_next(px, &off, &k, &v))
+		if (strcasecmp(k, name) == 0)
+			return v;
+	return NULL;
+}
+
+static int up_header_add(struct proxy_req *px, const char *name, size_t nl, const char *value, size_t vl)
+{
+	size_t need = px->up_raw_len + nl + vl + 2;
+
+	if (need > px->up_raw_cap) {
+		size_t cap = px->up_raw_cap ? px->up_raw_cap : 512;
+		char *b;
+		while (cap < need)
+			cap *= 2;
+		if (!(b = realloc(px->up_raw, cap)))
+			return -1;
+		px->up_raw = b;
+		px->up_raw_cap = cap;
+	}
+	memcpy(px->up_raw + px->up_raw_len, name, nl);
+	px->up_raw[px->up_raw_len + nl] = '\0';
+	memcpy(px->up_raw + px->up_raw_len + nl + 1, value, vl);
+	px->up_raw[need - 1] = '\0';
+	px->up_raw_len = need;
+	return 0;
+}
+
 static void copy_response_headers(struct proxy_req *px)
 {
 	struct evkeyvalq *out = evhttp_request_get_output_headers(px->req);
-	struct evkeyval *h;
+	const char *k, *v;
+	size_t off = 0;
 
-	TAILQ_FOREACH(h, &px->up_headers, next)
-		if (!response_header_skipped(h->key) && strcasecmp(h->key, "x-request-id") != 0)
-			evhttp_add_header(out, h->key, h->value);
+	while (up_header_next(px, &off, &k, &v))
+		if (!response_header_skipped(k) && strcasecmp(k, "x-request-id") != 0)
+			evhttp_add_header(out, k, v);
 }
 
 static void chunk_written_cb(struct evhttp_connection *evcon, void *arg)
@@ -261,14 +308,14 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 {
 	struct proxy_req *px = arg;
 	size_t len = size * n;
-	char *colon, name[256], value[8192];
+	char *colon;
 	size_t nl, vl;
 
 	if (len >= 5 && strncmp(line, "HTTP/", 5) == 0) {
 		/* a new status line ("HTTP/1.1 200 OK", "HTTP/2 200"): forget interim (1xx)
 		 * headers, keep the code */
 		const char *sp = memchr(line, ' ', len);
-		evhttp_clear_headers(&px->up_headers);
+		px->up_raw_len = 0;
 		px->status = sp ? strtol(sp + 1, NULL, 10) : 0;
 		return len;
 	}
@@ -281,8 +328,8 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 			px->ttfb_s = elapsed_since(&px->t_start);
 		if (!px->req)
 			return 0; /* client gone: abort the transfer */
-		ct = evhttp_find_header(&px->up_headers, "Content-Type");
-		cl = evhttp_find_header(&px->up_headers, "Content-Length");
+		ct = up_header_find(px, "Content-Type");
+		cl = up_header_find(px, "Content-Length");
 		px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
 		if (!px->sse && px->scan.strip_usage)
 			px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
@@ -300,19 +347,16 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 	if (!colon)
 		return len;
 	nl = (size_t)(colon - line);
-	if (nl == 0 || nl >= sizeof(name))
-		return len;
-	memcpy(name, line, nl);
-	name[nl] = '\0';
+	if (nl == 0 || nl >= 256 || memchr(line, '\0', len))
+		return len;  /* not a header we can pass on */
 	colon++;
 	vl = len - nl - 1;
 	while (vl && (*colon == ' ' || *colon == '\t')) { colon++; vl--; }
 	while (vl && (colon[vl - 1] == '\r' || colon[vl - 1] == '\n' || colon[vl - 1] == ' ')) vl--;
-	if (vl >= sizeof(value))
+	if (vl >= 8192)
 		return len;
-	memcpy(value, colon, vl);
-	value[vl] = '\0';
-	evhttp_add_header(&px->up_headers, name, value);
+	if (up_header_add(px, line, nl, colon, vl) < 0)
+		return 0; /* out of memory: abort the transfer */
 	return len;
 }
 
@@ -636,7 +680,7 @@ static void finish(struct proxy_req *px)
 	upstream_easy_put(gw->upstream, px->xfer.easy);
 	curl_slist_free_all(px->headers);
 	free(px->up_head);
-	evhttp_clear_headers(&px->up_headers);
+	free(px->up_raw);
 	if (px->body)
 		evbuffer_free(px->body);
 	if (px->out)
@@ -1048,7 +1092,6 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 	px->key_id = 0;
 	memcpy(px->id, id, REQID_LEN);
 	px->id[REQID_LEN] = '\0';
-	TAILQ_INIT(&px->up_headers);
 	px->xfer.done = xfer_done;
 	sse_scan_init(&px->scan, false);
 	px->usage.prompt_tokens = px->usage.completion_tokens = -1;

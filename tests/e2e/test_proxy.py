@@ -132,6 +132,10 @@ def test_upstream_connections_are_kept_alive_and_reused(c):
     for _ in range(10):
         assert chat(c)[0] == 200
     assert c.mock.stats()["connections_total"] == before, "each request opened a new upstream connection"
+    st, _, data = c.gw.request("GET", "/metrics")
+    idle = re.search(r'^fastgate_upstream_connections\{state="idle"\} (\d+)$', data.decode(), re.M)
+    busy = re.search(r'^fastgate_upstream_connections\{state="busy"\} (\d+)$', data.decode(), re.M)
+    assert idle and int(idle.group(1)) >= 1 and busy and int(busy.group(1)) == 0, data
 
 
 def test_x_api_key_header_authenticates_too(c):
