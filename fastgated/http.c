@@ -1,15 +1,22 @@
-/* Client-facing HTTP: listener, per-connection guard, dispatch. See http.h for the shape.
+/* The client-facing HTTP/1.1 server; see http.h for the shape and the request life.
  *
- * Guard life cycle: created by evhttp's bevcb for each accepted connection, freed by the
- * filter's free_context when evhttp frees the connection. Nothing else frees it; every
- * path that wants a connection gone asks evhttp (EOF event or evhttp_connection_free). */
+ * A connection is one struct http_conn with embedded events: `rev` (persistent read, for
+ * the connection's whole life, so a keep-alive request costs no epoll_ctl), `wev` (only
+ * while a write is blocked), `timer` (head deadline, body inactivity, keep-alive idle or
+ * the lingering close, whichever applies) and `kick`/`flush` (deferred work, so that
+ * nothing re-enters a handler from inside one of its own calls).
+ *
+ * Input: bytes go into `in`; reqcheck validates them line by line and byte count by byte
+ * count; a head is held in `in` until it is complete, then copied and parsed in place; body
+ * bytes are copied into a buffer the handler can take. The next pipelined request is looked
+ * at only after the current one has ended. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/queue.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -17,10 +24,8 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
+#include <event2/event_struct.h>
 
 #include "audit.h"
 #include "control.h"
@@ -34,205 +39,479 @@
 #include "reqid.h"
 
 #define LINGER_SECONDS 1
+#define IN_START (16 * 1024)
+#define ACCEPTS_PER_WAKE 64
+/* Pipelined requests are not started while this much of earlier answers is unwritten. */
+#define PIPELINE_BACKLOG (256 * 1024)
 
-struct guard {
+enum timer_kind { T_NONE, T_IDLE, T_HEAD, T_BODY, T_LINGER };
+
+struct http_conn {
 	struct http_server *srv;
-	struct bufferevent *under;    /* the socket */
-	struct bufferevent *filter;   /* what evhttp reads and writes */
-	struct evhttp_connection *evcon; /* known from the first request on */
-	struct reqcheck rc;
-	size_t scan;                  /* validated head bytes still held in the socket buffer */
 	int fd;
-	struct event *deadline;       /* request-head deadline, then the lingering-close bound */
-	struct event *kick;           /* deferred: resume input after a reply completes */
-	struct event *writable;       /* socket writable again after a short write */
-	struct event *peer_closed;    /* EV_CLOSED while a request is in flight */
-	struct event *flush;          /* deferred: push evhttp's output to the socket */
-	struct evbuffer_cb_entry *drain_cb;
-	bool blocked;                 /* one request handed to evhttp, reply not finished */
-	bool in_request;
-	bool rejected;                /* answered by the guard; now lingering */
-	bool dead;                    /* write failed; discard output */
-	bool in_flush;                /* the output step may write now */
-	void (*gone_fn)(void *);      /* who to tell when the connection goes away */
+	char ip[INET6_ADDRSTRLEN];
+	struct event rev, wev, timer, kick, flush;
+	enum timer_kind timer_kind;
+
+	char *in;                     /* unconsumed input is in[pos, len) */
+	size_t len, cap, pos;
+	size_t scan;                  /* head bytes validated beyond pos, held until complete */
+	struct reqcheck rc;
+
+	struct evbuffer *out;
+
+	/* the request in the handler (or being read) */
+	struct http_request req;
+	char *head;                   /* copy of the head, parsed in place */
+	size_t head_cap;
+	struct http_header *hdrs;
+	size_t hdrs_cap;
+	char *body;
+	size_t body_len, body_cap;
+	char *outhead;                /* "Name: value\r\n" lines the handler added */
+	size_t outhead_len, outhead_cap;
+
+	bool in_handler;              /* a request is dispatched and not ended */
+	bool keepalive;               /* the client allows another request after this one */
+	bool close_after;             /* close once the answer is out */
+	bool streaming;               /* a reply head went out; chunks follow */
+	bool chunked;
+	bool rejected;                /* answered here; lingering, then closed */
+	bool lingering;
+	bool read_paused;             /* input buffer full while a request is in the handler */
+	void (*gone_fn)(void *);
 	void *gone_arg;
-	LIST_ENTRY(guard) link;
+	void (*written_fn)(void *);
+	void *written_arg;
+	LIST_ENTRY(http_conn) link;
 };
 
 struct http_server {
 	struct gateway *gw;
-	struct evhttp *evhttp;
-	struct evhttp_bound_socket *bound;
-	LIST_HEAD(, guard) guards;
+	int lfd;
+	struct event lev;
+	bool listening;
+	LIST_HEAD(, http_conn) conns;
 	int n_conns;
-	struct guard **by_fd;         /* fd -> guard, to find a request's guard */
-	int by_fd_cap;
-	char line[RC_MAX_LINE + 8];   /* scratch for one head line (single-threaded loop) */
+	time_t last_accept_warn;
 };
 
-static void guard_reject(struct guard *g, int status, const char *reason);
-static void conn_closed_cb(struct evhttp_connection *evcon, void *arg);
+static void conn_free(struct http_conn *c);
+static void process(struct http_conn *c);
 
-static struct guard *guard_of(struct http_server *s, struct evhttp_request *req)
-{
-	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-	struct bufferevent *bev;
-	int fd;
+/* ---- small helpers ---------------------------------------------------------------- */
 
-	if (!evcon || !(bev = evhttp_connection_get_bufferevent(evcon)))
-		return NULL;
-	fd = bufferevent_getfd(bev);
-	if (fd < 0 || fd >= s->by_fd_cap)
-		return NULL;
-	return s->by_fd[fd];
-}
-
-/* The fd is set by evhttp after the bevcb returns, so the guard learns it on first input. */
-static void guard_register_fd(struct guard *g)
-{
-	int one = 1;
-
-	if (g->fd >= 0)
-		return;
-	g->fd = bufferevent_getfd(g->under);
-	if (g->fd < 0 || g->fd >= g->srv->by_fd_cap)
-		return;
-	g->srv->by_fd[g->fd] = g;
-	setsockopt(g->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
-static void guard_arm_deadline(struct guard *g, int seconds)
+static void arm_timer(struct http_conn *c, enum timer_kind kind, int seconds)
 {
 	struct timeval tv = { seconds, 0 };
-	event_add(g->deadline, &tv);
+
+	c->timer_kind = kind;
+	evtimer_add(&c->timer, &tv);
 }
 
-/* Ask evhttp to drop the connection; it frees the filter and with it this guard. Only
- * called from the guard's own event callbacks, never from inside evhttp. */
-static void guard_close_now(struct guard *g)
+static void disarm_timer(struct http_conn *c)
 {
-	bufferevent_trigger_event(g->filter, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
+	c->timer_kind = T_NONE;
+	evtimer_del(&c->timer);
 }
 
-static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+static int grow(char **buf, size_t *cap, size_t need, size_t start)
 {
-	struct guard *g = arg;
-	(void)fd; (void)what;
+	size_t n = *cap ? *cap : start;
+	char *b;
 
-	if (g->rejected) {
-		guard_close_now(g);
+	if (need <= *cap)
+		return 0;
+	while (n < need)
+		n *= 2;
+	if (!(b = realloc(*buf, n)))
+		return -1;
+	*buf = b;
+	*cap = n;
+	return 0;
+}
+
+/* ---- closing ---------------------------------------------------------------------- */
+
+/* The client is gone or failed: tell the handler holding its request, then free. */
+static void conn_gone(struct http_conn *c)
+{
+	void (*fn)(void *) = c->gone_fn;
+
+	c->gone_fn = NULL;
+	if (c->in_handler && fn) {
+		c->in_handler = false;
+		fn(c->gone_arg);
+	}
+	if (c->in_handler) {
+		/* held but not watched: the handler ends it later; only stop the socket now */
+		event_del(&c->rev);
+		event_del(&c->wev);
+		disarm_timer(c);
+		if (c->fd >= 0)
+			close(c->fd);
+		c->fd = -1;
 		return;
 	}
-	if (g->in_request)
-		return;
-	log_debug("connection fd %d: request head not complete in time", g->fd);
-	metrics_count_rejected(g->srv->gw, 408);
-	guard_reject(g, 408, "request head not received in time");
+	conn_free(c);
 }
 
-static void kick_cb(evutil_socket_t fd, short what, void *arg)
+/* Half-close once the answer is out, read and drop what the client still sends, close at
+ * its EOF or after LINGER_SECONDS: the client reads our last answer instead of a reset. */
+static void begin_linger(struct http_conn *c)
 {
-	struct guard *g = arg;
-	(void)fd; (void)what;
+	if (c->lingering)
+		return;
+	c->lingering = true;
+	shutdown(c->fd, SHUT_WR);
+	c->len = c->pos = c->scan = 0;
+	if (c->read_paused) {
+		c->read_paused = false;
+		event_add(&c->rev, NULL);
+	}
+	arm_timer(c, T_LINGER, LINGER_SECONDS);
+}
 
-	if (evbuffer_get_length(bufferevent_get_input(g->under)) > 0) {
-		/* evhttp may free the connection inside; the reference keeps the filter whole
-		 * until libevent is done touching it (see flush_cb) */
-		bufferevent_incref(g->filter);
-		bufferevent_trigger(g->under, EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
-		bufferevent_decref(g->filter);
+/* ---- output ----------------------------------------------------------------------- */
+
+/* Write what is queued as far as the kernel takes it. -1 when the client failed (the
+ * caller decides what that means); 0 otherwise, with wev armed if something is left. */
+static int write_out(struct http_conn *c)
+{
+	while (evbuffer_get_length(c->out) > 0) {
+		int n = evbuffer_write(c->out, c->fd);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				struct timeval tv = { c->srv->gw->cfg->idle_timeout, 0 };
+				event_add(&c->wev, &tv); /* a client that stops reading is dropped */
+				return 0;
+			}
+			return -1;
+		}
+	}
+	event_del(&c->wev);
+	return 0;
+}
+
+/* After the answer to a request is queued and written as far as possible: close, or wait
+ * for the next request. */
+static void after_answer(struct http_conn *c)
+{
+	bool drained = evbuffer_get_length(c->out) == 0;
+
+	if (c->close_after || c->rejected) {
+		if (drained)
+			begin_linger(c);
+		return;
+	}
+	if (c->pos < c->len) {
+		if (evbuffer_get_length(c->out) <= PIPELINE_BACKLOG)
+			event_active(&c->kick, 0, 0);
+	} else if (drained) {
+		arm_timer(c, T_IDLE, c->srv->gw->cfg->idle_timeout);
 	}
 }
 
-/* evhttp adds a reply to the filter's buffer first and enables writing only afterwards,
- * and enabling does not run the filter. So every addition schedules one pass of the output
- * step for later in this loop iteration, when writing is enabled. */
-static void output_added_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+static void wev_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct guard *g = arg;
+	struct http_conn *c = arg;
+	(void)fd;
 
-	if (info->n_added > 0 && evbuffer_get_length(buf) > 0)
-		event_active(g->flush, 0, 0);
+	if (what & EV_TIMEOUT) {
+		log_debug("connection fd %d: client stopped reading; closing", c->fd);
+		conn_gone(c);
+		return;
+	}
+	if (write_out(c) < 0) {
+		conn_gone(c);
+		return;
+	}
+	if (c->in_handler) {
+		if (c->written_fn)
+			c->written_fn(c->written_arg);
+		return;
+	}
+	after_answer(c);
 }
 
+/* Deferred write of streamed chunks (never inside the handler's own call). */
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct guard *g = arg;
+	struct http_conn *c = arg;
 	(void)fd; (void)what;
 
-	if (evbuffer_get_length(bufferevent_get_output(g->filter)) > 0) {
-		/* evhttp may free the connection from the write callback this runs (reply done,
-		 * Connection: close). libevent's filter code goes on to re-arm the filter's write
-		 * timeout after that callback, which on a freed filter leaves a dangling timer in
-		 * the event base. Holding a reference defers the free until we are done. */
-		bufferevent_incref(g->filter);
-		g->in_flush = true;
-		bufferevent_trigger(g->under, EV_WRITE, BEV_TRIG_IGNORE_WATERMARKS);
-		g->in_flush = false;
-		bufferevent_decref(g->filter);
-	}
-}
-
-static void writable_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct guard *g = arg;
-	(void)fd; (void)what;
-
-	/* Runs the filter's output step again, which writes what is left. */
-	flush_cb(fd, what, g);
-}
-
-static void peer_closed_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct guard *g = arg;
-	(void)fd; (void)what;
-
-	/* The client hung up while its request was in flight. evhttp would only notice at the
-	 * next write; freeing the connection runs the proxy's close callback now, which
-	 * aborts the upstream transfer. */
-	log_debug("connection fd %d: client closed during request", g->fd);
-	if (g->evcon)
-		evhttp_connection_free(g->evcon);
-}
-
-/* Once the rejection is on the wire, half-close so the client reads it and then EOF; the
- * deadline bounds how long we wait for the client to close its side. */
-static void drain_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-	struct guard *g = arg;
-
-	guard_register_fd(g);
-	if (info->n_deleted == 0 || evbuffer_get_length(buf) > 0 || g->fd < 0)
+	if (evbuffer_get_length(c->out) == 0 || event_pending(&c->wev, EV_WRITE, NULL))
 		return;
-	shutdown(g->fd, SHUT_WR);
-	evbuffer_remove_cb_entry(buf, g->drain_cb);
-	g->drain_cb = NULL;
+	if (write_out(c) < 0) {
+		conn_gone(c);
+		return;
+	}
+	if (c->in_handler && c->written_fn)
+		c->written_fn(c->written_arg);
 }
 
-/* A request the guard refused still gets its audit row: who, when, what status. */
-static void audit_rejection(struct guard *g, const char *id, int status, const char *code)
+static void add_hex(struct evbuffer *b, size_t n)
 {
-	struct gateway *gw = g->srv->gw;
+	char buf[24], *p = buf + sizeof(buf);
+	static const char hex[] = "0123456789abcdef";
+
+	*--p = '\n';
+	*--p = '\r';
+	do {
+		*--p = hex[n & 0xf];
+		n >>= 4;
+	} while (n);
+	evbuffer_add(b, p, (size_t)(buf + sizeof(buf) - p));
+}
+
+static void add_dec(char **p, size_t n)
+{
+	char buf[24], *q = buf + sizeof(buf);
+	size_t k;
+
+	do {
+		*--q = (char)('0' + n % 10);
+		n /= 10;
+	} while (n);
+	k = (size_t)(buf + sizeof(buf) - q);
+	memcpy(*p, q, k);
+	*p += k;
+}
+
+static void add_str(char **p, const char *s)
+{
+	size_t n = strlen(s);
+	memcpy(*p, s, n);
+	*p += n;
+}
+
+enum framing { F_LENGTH, F_CHUNKED, F_CLOSE };
+
+/* Status line, the handler's headers, framing and connection headers, blank line. */
+static void write_head(struct http_conn *c, int status, enum framing f, size_t len)
+{
+	char stack[2048], *buf = stack, *p;
+	size_t need = c->outhead_len + 160;
+
+	if (c->srv->gw->stopping || !c->keepalive || f == F_CLOSE)
+		c->close_after = true;
+	if (need > sizeof(stack) && !(buf = malloc(need))) {
+		buf = stack;
+		c->outhead_len = 0; /* out of memory: the bare minimum still goes out */
+	}
+	p = buf;
+	add_str(&p, c->req.http11 ? "HTTP/1.1 " : "HTTP/1.0 ");
+	add_dec(&p, (size_t)status);
+	*p++ = ' ';
+	add_str(&p, httperr_reason(status));
+	add_str(&p, "\r\n");
+	memcpy(p, c->outhead, c->outhead_len);
+	p += c->outhead_len;
+	if (f == F_LENGTH && status >= 200 && status != 204 && status != 304) {
+		add_str(&p, "Content-Length: ");
+		add_dec(&p, len);
+		add_str(&p, "\r\n");
+	} else if (f == F_CHUNKED) {
+		add_str(&p, "Transfer-Encoding: chunked\r\n");
+	}
+	if (c->close_after)
+		add_str(&p, "Connection: close\r\n");
+	else if (!c->req.http11)
+		add_str(&p, "Connection: keep-alive\r\n");
+	add_str(&p, "\r\n");
+	evbuffer_add(c->out, buf, (size_t)(p - buf));
+	if (buf != stack)
+		free(buf);
+}
+
+/* The handler is done with the request: write now, then go on with the connection. */
+static void end_request(struct http_conn *c)
+{
+	c->in_handler = false;
+	c->streaming = false;
+	c->gone_fn = NULL;
+	c->written_fn = NULL;
+	c->outhead_len = 0;
+	free(c->body);
+	c->body = NULL;
+	c->body_len = c->body_cap = 0;
+	if (c->fd < 0) {          /* the socket already failed (see conn_gone) */
+		conn_free(c);
+		return;
+	}
+	if (write_out(c) < 0) {
+		conn_free(c);
+		return;
+	}
+	if (c->read_paused) {
+		c->read_paused = false;
+		event_add(&c->rev, NULL);
+	}
+	after_answer(c);
+}
+
+/* ---- the request API -------------------------------------------------------------- */
+
+const char *http_find_header(const struct http_request *req, const char *name)
+{
+	for (size_t i = 0; i < req->n_headers; i++)
+		if (strcasecmp(req->headers[i].name, name) == 0)
+			return req->headers[i].value;
+	return NULL;
+}
+
+char *http_take_body(struct http_request *req, size_t *len)
+{
+	struct http_conn *c = req->conn;
+	char *b = c->body;
+
+	*len = c->body_len;
+	c->body = NULL;
+	c->body_len = c->body_cap = 0;
+	return b;
+}
+
+const char *http_client_ip(const struct http_request *req)
+{
+	return req->conn->ip;
+}
+
+void http_watch_client(struct http_request *req, void (*gone)(void *), void *arg)
+{
+	req->conn->gone_fn = gone;
+	req->conn->gone_arg = arg;
+}
+
+void http_on_written(struct http_request *req, void (*fn)(void *), void *arg)
+{
+	req->conn->written_fn = fn;
+	req->conn->written_arg = arg;
+}
+
+void http_add_header(struct http_request *req, const char *name, const char *value)
+{
+	struct http_conn *c = req->conn;
+	size_t nl = strlen(name), vl = strlen(value);
+
+	/* values come from the upstream or the gateway; a line break would split the reply */
+	if (strpbrk(value, "\r\n") || strpbrk(name, "\r\n:") ||
+	    grow(&c->outhead, &c->outhead_cap, c->outhead_len + nl + vl + 4, 512) < 0)
+		return;
+	memcpy(c->outhead + c->outhead_len, name, nl);
+	c->outhead[c->outhead_len + nl] = ':';
+	c->outhead[c->outhead_len + nl + 1] = ' ';
+	memcpy(c->outhead + c->outhead_len + nl + 2, value, vl);
+	memcpy(c->outhead + c->outhead_len + nl + 2 + vl, "\r\n", 2);
+	c->outhead_len += nl + vl + 4;
+}
+
+void http_close_after(struct http_request *req)
+{
+	req->conn->close_after = true;
+}
+
+void http_reply(struct http_request *req, int status, const char *body, size_t len)
+{
+	struct http_conn *c = req->conn;
+
+	write_head(c, status, F_LENGTH, len);
+	if (len && req->method != HTTP_HEAD)
+		evbuffer_add(c->out, body, len);
+	end_request(c);
+}
+
+void http_reply_buf(struct http_request *req, int status, struct evbuffer *body)
+{
+	struct http_conn *c = req->conn;
+	size_t len = body ? evbuffer_get_length(body) : 0;
+
+	write_head(c, status, F_LENGTH, len);
+	if (len && req->method != HTTP_HEAD)
+		evbuffer_add_buffer(c->out, body);
+	end_request(c);
+}
+
+void http_send_error(struct http_request *req, int status, const char *code, const char *message)
+{
+	char body[640];
+	size_t len = httperr_body(body, sizeof(body), status, code, message);
+
+	http_add_header(req, "Content-Type", "application/json");
+	http_reply(req, status, body, len);
+}
+
+void http_reply_start(struct http_request *req, int status)
+{
+	struct http_conn *c = req->conn;
+
+	c->chunked = req->http11;
+	c->streaming = true;
+	write_head(c, status, c->chunked ? F_CHUNKED : F_CLOSE, 0);
+	event_active(&c->flush, 0, 0);
+}
+
+void http_reply_chunk(struct http_request *req, struct evbuffer *data)
+{
+	struct http_conn *c = req->conn;
+	size_t n = evbuffer_get_length(data);
+
+	if (n == 0)
+		return;
+	if (req->method == HTTP_HEAD) {
+		evbuffer_drain(data, n);
+		return;
+	}
+	if (c->chunked)
+		add_hex(c->out, n);
+	evbuffer_add_buffer(c->out, data);
+	if (c->chunked)
+		evbuffer_add(c->out, "\r\n", 2);
+	event_active(&c->flush, 0, 0);
+}
+
+void http_reply_end(struct http_request *req)
+{
+	struct http_conn *c = req->conn;
+
+	if (c->chunked && req->method != HTTP_HEAD)
+		evbuffer_add(c->out, "0\r\n\r\n", 5);
+	end_request(c);
+}
+
+void http_abort(struct http_request *req)
+{
+	struct http_conn *c = req->conn;
+
+	c->in_handler = false;
+	c->gone_fn = NULL;
+	if (c->fd >= 0)
+		(void)write_out(c); /* what was relayed reaches the client before the cut */
+	conn_free(c);
+}
+
+size_t http_backlog(const struct http_request *req)
+{
+	return evbuffer_get_length(req->conn->out);
+}
+
+/* ---- refusals ---------------------------------------------------------------------- */
+
+/* A request refused here still gets its audit row: who, when, what status. */
+static void audit_rejection(struct http_conn *c, const char *id, int status, const char *code)
+{
+	struct gateway *gw = c->srv->gw;
 	struct audit_record *rec;
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
 	struct timespec now;
-	char ip[INET6_ADDRSTRLEN] = "";
 
 	if (!gw->audit)
 		return;
-	guard_register_fd(g);
-	if (g->fd >= 0 && getpeername(g->fd, (struct sockaddr *)&ss, &sl) == 0) {
-		if (ss.ss_family == AF_INET6)
-			inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
-		else
-			inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
-	}
 	clock_gettime(CLOCK_REALTIME, &now);
 	rec = audit_record_new();
 	rec->request_id = strdup(id);
 	rec->started_at = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-	rec->client_ip = *ip ? strdup(ip) : NULL;
+	rec->client_ip = c->ip[0] ? strdup(c->ip) : NULL;
 	rec->status = status;
 	rec->latency_ms = 0;
 	rec->error = strdup(code);
@@ -240,334 +519,159 @@ static void audit_rejection(struct guard *g, const char *id, int status, const c
 	audit_submit(gw->audit, rec);
 }
 
-static void guard_reject(struct guard *g, int status, const char *reason)
+static void reject(struct http_conn *c, int status, const char *reason)
 {
-	char body[640], id[REQID_LEN + 1];
+	char body[640], head[256], id[REQID_LEN + 1];
 	const char *code = status == 413 ? "request_too_large"
 	                 : status == 414 ? "uri_too_long"
 	                 : status == 431 ? "headers_too_large"
 	                 : status == 408 ? "request_timeout"
 	                 : status == 503 ? "unavailable" : "bad_request";
 	size_t len;
+	int hl;
 
-	if (g->rejected)
+	if (c->rejected)
 		return;
-	g->rejected = true;
+	c->rejected = true;
+	metrics_count_rejected(c->srv->gw, status);
 	reqid_next(id);
-	audit_rejection(g, id, status, code);
+	audit_rejection(c, id, status, code);
 	len = httperr_body(body, sizeof(body), status, code, reason);
-	evbuffer_add_printf(bufferevent_get_output(g->under),
-	                    "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-	                    "Content-Length: %zu\r\nConnection: close\r\nX-Request-Id: %s\r\n\r\n",
-	                    status, httperr_reason(status), len, id);
-	evbuffer_add(bufferevent_get_output(g->under), body, len);
-	g->drain_cb = evbuffer_add_cb(bufferevent_get_output(g->under), drain_cb, g);
-	bufferevent_enable(g->under, EV_WRITE);
-	evbuffer_drain(bufferevent_get_input(g->under), evbuffer_get_length(bufferevent_get_input(g->under)));
-	g->scan = 0;
-	guard_arm_deadline(g, LINGER_SECONDS);
+	hl = snprintf(head, sizeof(head),
+	              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+	              "Content-Length: %zu\r\nConnection: close\r\nX-Request-Id: %s\r\n\r\n",
+	              status, httperr_reason(status), len, id);
+	evbuffer_add(c->out, head, (size_t)hl);
+	evbuffer_add(c->out, body, len);
+	c->len = c->pos = c->scan = 0;
+	disarm_timer(c);
+	if (write_out(c) < 0) {
+		conn_free(c);
+		return;
+	}
+	if (evbuffer_get_length(c->out) == 0)
+		begin_linger(c);
+	else
+		arm_timer(c, T_LINGER, c->srv->gw->cfg->idle_timeout);
 }
 
-/* Input step: validate and pass at most one request to evhttp. */
-static enum bufferevent_filter_result
-guard_in(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
-         enum bufferevent_flush_mode mode, void *ctx)
+/* ---- input ------------------------------------------------------------------------ */
+
+static enum http_method method_of(const char *m, const char **name)
 {
-	struct guard *g = ctx;
-	struct http_server *s = g->srv;
-	bool moved = false;
-	(void)limit; (void)mode;
-
-	guard_register_fd(g);
-	if (g->rejected) {
-		evbuffer_drain(src, evbuffer_get_length(src));
-		return BEV_NEED_MORE;
-	}
-	while (!g->blocked && evbuffer_get_length(src) > g->scan) {
-		enum reqcheck_result r;
-		bool in_head = g->rc.state == RC_REQUEST_LINE || g->rc.state == RC_HEADERS;
-
-		if (g->rc.state == RC_REQUEST_LINE && g->scan == 0 && g->rc.head_len == 0 &&
-		    !evtimer_pending(g->deadline, NULL))
-			guard_arm_deadline(g, s->gw->cfg->header_timeout);
-
-		if (reqcheck_wants_line(&g->rc)) {
-			struct evbuffer_ptr p;
-			size_t eol_len = 0, len, linelimit = reqcheck_line_limit(&g->rc);
-
-			evbuffer_ptr_set(src, &p, g->scan, EVBUFFER_PTR_SET);
-			p = evbuffer_search_eol(src, &p, &eol_len, EVBUFFER_EOL_LF);
-			if (p.pos < 0) {
-				if (evbuffer_get_length(src) - g->scan > linelimit + 1)
-					r = reqcheck_line_too_long(&g->rc);
-				else
-					break; /* wait for the rest of the line */
-			} else {
-				len = (size_t)p.pos - g->scan + 1;
-				if (len > linelimit + 2 || len > sizeof(s->line)) {
-					r = reqcheck_line_too_long(&g->rc);
-				} else {
-					evbuffer_ptr_set(src, &p, g->scan, EVBUFFER_PTR_SET);
-					evbuffer_copyout_from(src, &p, s->line, len);
-					r = reqcheck_line(&g->rc, s->line, len);
-					g->scan += len;
-				}
-			}
-			if (r == RC_REJECT) {
-				metrics_count_rejected(s->gw, g->rc.status);
-				guard_reject(g, g->rc.status, g->rc.reason);
-				return moved ? BEV_OK : BEV_NEED_MORE;
-			}
-			/* A head is held until complete; body lines (chunk sizes) pass at once. */
-			if (!in_head || r == RC_HEAD_DONE || r == RC_REQUEST_DONE) {
-				evbuffer_remove_buffer(src, dst, g->scan);
-				g->scan = 0;
-				moved = true;
-				if (in_head)
-					event_del(g->deadline);
-			}
-		} else {
-			uint64_t want = reqcheck_data_wanted(&g->rc);
-			size_t have = evbuffer_get_length(src);
-			size_t n = have < want ? have : (size_t)want;
-
-			evbuffer_remove_buffer(src, dst, n);
-			moved = true;
-			r = reqcheck_data(&g->rc, n);
+	static const struct { const char *name; enum http_method m; } t[] = {
+		{ "GET", HTTP_GET }, { "POST", HTTP_POST }, { "HEAD", HTTP_HEAD }, { "PUT", HTTP_PUT },
+		{ "DELETE", HTTP_DELETE }, { "OPTIONS", HTTP_OPTIONS }, { "PATCH", HTTP_PATCH },
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		if (strcmp(m, t[i].name) == 0) {
+			*name = t[i].name;
+			return t[i].m;
 		}
-		if (r == RC_REQUEST_DONE)
-			g->blocked = true;
-	}
-	return moved ? BEV_OK : BEV_NEED_MORE;
+	*name = "GET";
+	return HTTP_GET;
 }
 
-/* Output step: write directly to the socket. What the kernel does not take stays in the
- * filter's buffer, so evhttp's "reply written" callbacks fire only once bytes are out.
- * It writes only from flush_cb, never inside the evbuffer_add that queued the bytes:
- * evhttp sets its "written" callback after adding, so a write that completed inside the
- * add would fire the previous callback and lose the new one. */
-static enum bufferevent_filter_result
-guard_out(struct evbuffer *src, struct evbuffer *dst, ev_ssize_t limit,
-          enum bufferevent_flush_mode mode, void *ctx)
+static bool has_token(const char *v, const char *tok)
 {
-	struct guard *g = ctx;
-	(void)dst; (void)limit; (void)mode;
+	size_t tl = strlen(tok);
 
-	guard_register_fd(g);
-	if (g->dead || g->rejected || g->fd < 0) {
-		evbuffer_drain(src, evbuffer_get_length(src));
-		return BEV_OK;
+	while (v && *v) {
+		while (*v == ' ' || *v == '\t' || *v == ',')
+			v++;
+		const char *e = v;
+		while (*e && *e != ',')
+			e++;
+		const char *t = e;
+		while (t > v && (t[-1] == ' ' || t[-1] == '\t'))
+			t--;
+		if ((size_t)(t - v) == tl && strncasecmp(v, tok, tl) == 0)
+			return true;
+		v = e;
 	}
-	if (!g->in_flush) {
-		event_active(g->flush, 0, 0);
-		return BEV_NEED_MORE;
-	}
-	while (evbuffer_get_length(src) > 0) {
-		int n = evbuffer_write(src, g->fd);
-		if (n < 0) {
-			if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-				break;
-			/* The peer is gone. Tell evhttp later, not from inside its own write. */
-			g->dead = true;
-			evbuffer_drain(src, evbuffer_get_length(src));
-			bufferevent_trigger_event(g->filter, BEV_EVENT_ERROR | BEV_EVENT_WRITING,
-			                          BEV_TRIG_DEFER_CALLBACKS);
-			return BEV_OK;
-		}
-	}
-	if (evbuffer_get_length(src) > 0) {
-		event_add(g->writable, NULL);
-		return BEV_NEED_MORE;
-	}
-	return BEV_OK;
+	return false;
 }
 
-static void guard_free(void *ctx)
+/* Parse a complete, already validated head (reqcheck accepted every line) in a copy. */
+static int parse_head(struct http_conn *c, const char *src, size_t n)
 {
-	struct guard *g = ctx;
-	struct http_server *s = g->srv;
+	struct http_request *r = &c->req;
+	char *p, *end, *line, *sp, *target, *q;
+	size_t nh = 0;
+	const char *conn;
 
-	if (g->fd >= 0 && g->fd < s->by_fd_cap && s->by_fd[g->fd] == g)
-		s->by_fd[g->fd] = NULL;
-	if (g->drain_cb)
-		evbuffer_remove_cb_entry(bufferevent_get_output(g->under), g->drain_cb);
-	event_free(g->deadline);
-	event_free(g->kick);
-	event_free(g->flush);
-	if (g->writable)
-		event_free(g->writable);
-	if (g->peer_closed)
-		event_free(g->peer_closed);
-	LIST_REMOVE(g, link);
-	s->n_conns--;
-	free(g);
-}
-
-static struct bufferevent *guard_new(struct event_base *base, void *arg)
-{
-	struct http_server *s = arg;
-	struct guard *g = calloc(1, sizeof(*g));
-
-	if (!g)
-		return NULL;
-	g->srv = s;
-	g->fd = -1;
-	reqcheck_init(&g->rc, s->gw->cfg->max_headers, s->gw->cfg->max_body);
-	g->under = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-	g->deadline = evtimer_new(base, deadline_cb, g);
-	g->kick = event_new(base, -1, 0, kick_cb, g);
-	g->flush = event_new(base, -1, 0, flush_cb, g);
-	if (!g->under || !g->deadline || !g->kick || !g->flush)
-		goto err;
-	/* Bound what one connection can make us buffer before we look at it. */
-	bufferevent_setwatermark(g->under, EV_READ, 0, s->gw->cfg->max_headers + 65536);
-	g->filter = bufferevent_filter_new(g->under, guard_in, guard_out, BEV_OPT_CLOSE_ON_FREE,
-	                                   guard_free, g);
-	if (!g->filter)
-		goto err;
-	/* From here on the filter owns `under` and frees the guard. */
-	evbuffer_add_cb(bufferevent_get_output(g->filter), output_added_cb, g);
-	LIST_INSERT_HEAD(&s->guards, g, link);
-	s->n_conns++;
-	if (s->n_conns > s->gw->cfg->max_connections || s->gw->stopping) {
-		metrics_count_rejected(s->gw, 503);
-		guard_reject(g, 503, s->gw->stopping ? "gateway is shutting down"
-		                                       : "too many open connections");
-	}
-	return g->filter;
-err:
-	if (g->under)
-		bufferevent_free(g->under);
-	if (g->deadline)
-		event_free(g->deadline);
-	if (g->kick)
-		event_free(g->kick);
-	if (g->flush)
-		event_free(g->flush);
-	free(g);
-	return NULL;
-}
-
-/* The fd of a new guard is unknown in guard_new, so the write and close watchers are made
- * when the first request arrives (the fd is set by then). */
-static int guard_ready_for_request(struct guard *g, struct evhttp_request *req)
-{
-	struct event_base *base = g->srv->gw->base;
-
-	guard_register_fd(g);
-	if (!g->evcon) {
-		g->evcon = evhttp_request_get_connection(req);
-		evhttp_connection_set_closecb(g->evcon, conn_closed_cb, g);
-	}
-	if (!g->writable) {
-		g->writable = event_new(base, g->fd, EV_WRITE, writable_cb, g);
-		g->peer_closed = event_new(base, g->fd, EV_CLOSED, peer_closed_cb, g);
-		if (!g->writable || !g->peer_closed)
+	if (grow(&c->head, &c->head_cap, n + 1, 1024) < 0)
+		return -1;
+	memcpy(c->head, src, n);
+	c->head[n] = '\0';
+	p = c->head;
+	end = c->head + n;
+	while (p < end && (*p == '\r' || *p == '\n'))  /* blank lines before a request line */
+		p++;
+	/* request line */
+	line = p;
+	p = memchr(p, '\n', (size_t)(end - p));
+	if (!p)
+		return -1;
+	*p++ = '\0';
+	if (p - 2 >= line && p[-2] == '\r')
+		p[-2] = '\0';
+	sp = strchr(line, ' ');
+	if (!sp)
+		return -1;
+	*sp = '\0';
+	target = sp + 1;
+	sp = strchr(target, ' ');
+	if (!sp)
+		return -1;
+	*sp = '\0';
+	r->method = method_of(line, &r->method_name);
+	q = strchr(target, '?');
+	if (q)
+		*q++ = '\0';
+	r->path = target;
+	r->query = q;
+	/* from the line itself: reqcheck has already reset its state for a body-less request */
+	r->http11 = strcmp(sp + 1, "HTTP/1.0") != 0;
+	/* header lines */
+	while (p < end) {
+		char *colon, *v, *ve;
+		line = p;
+		p = memchr(p, '\n', (size_t)(end - p));
+		if (!p)
+			break;
+		*p++ = '\0';
+		ve = p - 1;
+		if (ve > line && ve[-1] == '\r')
+			*--ve = '\0';
+		if (ve == line)
+			break;                 /* the blank line */
+		colon = strchr(line, ':');
+		if (!colon)
 			return -1;
+		*colon = '\0';
+		v = colon + 1;
+		while (*v == ' ' || *v == '\t')
+			v++;
+		while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+			*--ve = '\0';
+		if (nh == c->hdrs_cap) {
+			size_t ncap = c->hdrs_cap ? c->hdrs_cap * 2 : 32;
+			struct http_header *h = realloc(c->hdrs, ncap * sizeof(*h));
+			if (!h)
+				return -1;
+			c->hdrs = h;
+			c->hdrs_cap = ncap;
+		}
+		c->hdrs[nh].name = line;
+		c->hdrs[nh].value = v;
+		nh++;
 	}
-	g->in_request = true;
-	event_add(g->peer_closed, NULL);
+	r->headers = c->hdrs;
+	r->n_headers = nh;
+	conn = http_find_header(r, "Connection");
+	c->keepalive = r->http11 ? !has_token(conn, "close") : has_token(conn, "keep-alive");
 	return 0;
-}
-
-/* evhttp is freeing the connection. The guard itself is freed a little later (libevent
- * finalizes the filter from the loop), so from here on nothing may touch the connection:
- * stop every guard event and tell the request's owner. */
-static void conn_closed_cb(struct evhttp_connection *evcon, void *arg)
-{
-	struct guard *g = arg;
-	void (*fn)(void *) = g->gone_fn;
-	(void)evcon;
-
-	g->evcon = NULL;
-	g->dead = true;
-	g->gone_fn = NULL;
-	event_del(g->deadline);
-	event_del(g->kick);
-	event_del(g->flush);
-	if (g->writable)
-		event_del(g->writable);
-	if (g->peer_closed)
-		event_del(g->peer_closed);
-	if (fn)
-		fn(g->gone_arg);
-}
-
-void http_watch_client(struct http_server *s, struct evhttp_request *req,
-                       void (*gone)(void *), void *arg)
-{
-	struct guard *g = req ? guard_of(s, req) : NULL;
-
-	if (g) {
-		g->gone_fn = gone;
-		g->gone_arg = arg;
-	}
-}
-
-static void request_complete_cb(struct evhttp_request *req, void *arg)
-{
-	struct guard *g = arg;
-	(void)req;
-
-	log_debug("connection fd %d: reply complete", g->fd);
-	g->in_request = false;
-	g->blocked = false;
-	if (g->peer_closed)
-		event_del(g->peer_closed);
-	/* evhttp re-enables reading after this returns; pick up pipelined bytes then. */
-	event_active(g->kick, 0, 0);
-}
-
-void http_send_error(struct evhttp_request *req, int status, const char *code, const char *message)
-{
-	char body[640];
-	size_t len = httperr_body(body, sizeof(body), status, code, message);
-	struct evbuffer *buf = evbuffer_new();
-	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-
-	evhttp_remove_header(h, "Content-Type");
-	evhttp_add_header(h, "Content-Type", "application/json");
-	if (buf)
-		evbuffer_add(buf, body, len);
-	evhttp_send_reply(req, status, httperr_reason(status), buf);
-	if (buf)
-		evbuffer_free(buf);
-}
-
-void http_client_ip(struct evhttp_request *req, char *out, size_t cap)
-{
-	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-	const char *addr = NULL;
-	ev_uint16_t port = 0;
-
-	if (evcon)
-		evhttp_connection_get_peer(evcon, (char **)&addr, &port);
-	size_t n = addr ? strnlen(addr, cap - 1) : 0;
-
-	if (cap == 0)
-		return;
-	memcpy(out, addr ? addr : "", n);
-	out[n] = '\0';
-}
-
-void http_flush_now(struct http_server *s, struct evhttp_request *req)
-{
-	struct guard *g = guard_of(s, req);
-	struct evbuffer *out;
-
-	if (!g || g->dead || g->rejected || g->fd < 0)
-		return;
-	out = bufferevent_get_output(g->filter);
-	while (evbuffer_get_length(out) > 0 && evbuffer_write(out, g->fd) > 0)
-		;
-}
-
-size_t http_client_backlog(struct evhttp_request *req)
-{
-	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
-
-	return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
 }
 
 static bool is_loopback(const char *ip)
@@ -576,37 +680,27 @@ static bool is_loopback(const char *ip)
 	       strncmp(ip, "::ffff:127.", 11) == 0;
 }
 
-static void dispatch_cb(struct evhttp_request *req, void *arg)
+static void dispatch(struct http_conn *c)
 {
-	struct http_server *s = arg;
-	struct guard *g = guard_of(s, req);
-
-	const char *uri = evhttp_request_get_uri(req);
+	struct http_server *s = c->srv;
+	struct http_request *req = &c->req;
 	char id[REQID_LEN + 1];
 
+	c->in_handler = true;
+	c->close_after = false;
+	c->outhead_len = 0;
+	disarm_timer(c);
 	reqid_next(id);
-	evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", id);
-	if (!g || guard_ready_for_request(g, req) < 0) {
-		http_send_error(req, 500, "internal_error", "connection state lost");
-		return;
-	}
-	evhttp_request_set_on_complete_cb(req, request_complete_cb, g);
-	if (evhttp_request_get_command(req) == EVHTTP_REQ_GET && uri) {
-		if (strcmp(uri, "/health") == 0) {
-			struct evbuffer *b = evbuffer_new();
-			evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-			                  "application/json");
-			evbuffer_add_printf(b, "{\"status\":\"%s\"}\n",
-			                    s->gw->stopping ? "stopping" : "ok");
-			evhttp_send_reply(req, s->gw->stopping ? 503 : 200,
-			                  s->gw->stopping ? "Service Unavailable" : "OK", b);
-			evbuffer_free(b);
+	http_add_header(req, "X-Request-Id", id);
+	if (req->method == HTTP_GET && !req->query) {
+		if (strcmp(req->path, "/health") == 0) {
+			const char *b = s->gw->stopping ? "{\"status\":\"stopping\"}\n" : "{\"status\":\"ok\"}\n";
+			http_add_header(req, "Content-Type", "application/json");
+			http_reply(req, s->gw->stopping ? 503 : 200, b, strlen(b));
 			return;
 		}
-		if (strcmp(uri, "/metrics") == 0) {
-			char ip[64];
-			http_client_ip(req, ip, sizeof(ip));
-			if (!s->gw->cfg->metrics_public && !is_loopback(ip)) {
+		if (strcmp(req->path, "/metrics") == 0) {
+			if (!s->gw->cfg->metrics_public && !is_loopback(c->ip)) {
 				http_send_error(req, 403, "forbidden", "/metrics is served to loopback clients only");
 				return;
 			}
@@ -617,7 +711,267 @@ static void dispatch_cb(struct evhttp_request *req, void *arg)
 	proxy_handle(s->gw, req, id);
 }
 
-/* Raise the soft fd limit so max_connections is reachable, and size the fd index. */
+static int body_add(struct http_conn *c, const char *p, size_t n)
+{
+	if (grow(&c->body, &c->body_cap, c->body_len + n, 1024) < 0)
+		return -1;
+	memcpy(c->body + c->body_len, p, n);
+	c->body_len += n;
+	return 0;
+}
+
+/* Validate and take in what is buffered, up to one whole request, then dispatch it. */
+static void process(struct http_conn *c)
+{
+	struct gateway *gw = c->srv->gw;
+
+	while (!c->in_handler && !c->rejected && c->fd >= 0) {
+		size_t avail = c->len - c->pos - c->scan;
+		enum reqcheck_result r;
+		bool in_head = c->rc.state == RC_REQUEST_LINE || c->rc.state == RC_HEADERS;
+
+		if (avail == 0)
+			break;
+		if (in_head && c->timer_kind != T_HEAD)
+			arm_timer(c, T_HEAD, gw->cfg->header_timeout);  /* first byte of a head */
+		if (reqcheck_wants_line(&c->rc)) {
+			const char *start = c->in + c->pos + c->scan;
+			const char *nl = memchr(start, '\n', avail);
+			size_t limit = reqcheck_line_limit(&c->rc), ll;
+
+			if (!nl) {
+				if (avail <= limit + 1)
+					break;   /* the rest of the line is still to come */
+				r = reqcheck_line_too_long(&c->rc);
+			} else if ((ll = (size_t)(nl - start) + 1) > limit + 2) {
+				r = reqcheck_line_too_long(&c->rc);
+			} else {
+				r = reqcheck_line(&c->rc, start, ll);
+				c->scan += ll;
+			}
+			if (r == RC_REJECT) {
+				reject(c, c->rc.status, c->rc.reason);
+				return;
+			}
+			if (in_head && (r == RC_HEAD_DONE || r == RC_REQUEST_DONE)) {
+				if (parse_head(c, c->in + c->pos, c->scan) < 0) {
+					reject(c, 400, "malformed request head");
+					return;
+				}
+				c->pos += c->scan;
+				c->scan = 0;
+				disarm_timer(c);
+				if (r == RC_HEAD_DONE) {
+					const char *ex = http_find_header(&c->req, "Expect");
+					if (c->req.http11 && ex && strcasecmp(ex, "100-continue") == 0) {
+						evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+						if (write_out(c) < 0) {
+							conn_gone(c);
+							return;
+						}
+					}
+					arm_timer(c, T_BODY, gw->cfg->idle_timeout);
+				}
+			} else if (!in_head) {
+				c->pos += c->scan;   /* chunk-size lines and trailers: framing only */
+				c->scan = 0;
+			}
+		} else {
+			uint64_t want = reqcheck_data_wanted(&c->rc);
+			size_t n = avail < want ? avail : (size_t)want;
+
+			if (body_add(c, c->in + c->pos, n) < 0) {
+				reject(c, 413, "request body too large");
+				return;
+			}
+			c->pos += n;
+			r = reqcheck_data(&c->rc, n);
+			if (r == RC_REJECT) {
+				reject(c, c->rc.status, c->rc.reason);
+				return;
+			}
+			arm_timer(c, T_BODY, gw->cfg->idle_timeout);
+		}
+		if (r == RC_REQUEST_DONE) {
+			dispatch(c);
+			return;   /* the next request waits until this one has ended */
+		}
+	}
+	if (c->pos == c->len && c->scan == 0)
+		c->pos = c->len = 0;
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_conn *c = arg;
+	(void)fd; (void)what;
+
+	if (!c->in_handler && !c->rejected && c->fd >= 0) {
+		process(c);
+		if (!c->in_handler && !c->rejected && c->pos == c->len &&
+		    evbuffer_get_length(c->out) == 0 && c->timer_kind == T_NONE)
+			arm_timer(c, T_IDLE, c->srv->gw->cfg->idle_timeout);
+	}
+}
+
+static void rev_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_conn *c = arg;
+	ssize_t n;
+	size_t max = c->srv->gw->cfg->max_headers + 65536;
+	(void)what;
+
+	if (c->lingering) {
+		char sink[4096];
+		n = read(fd, sink, sizeof(sink));
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+			conn_free(c);
+		return;
+	}
+	if (c->pos > 0 && c->cap - c->len < 4096) {
+		memmove(c->in, c->in + c->pos, c->len - c->pos);
+		c->len -= c->pos;
+		c->pos = 0;
+	}
+	if (c->cap - c->len < 4096 && c->cap < max) {
+		size_t want = c->cap ? c->cap * 2 : IN_START;
+		grow(&c->in, &c->cap, want > max ? max : want, IN_START);
+	}
+	if (c->len == c->cap) {
+		/* full: a request in the handler has pipelined bytes behind it; read on later */
+		event_del(&c->rev);
+		c->read_paused = true;
+		return;
+	}
+	n = read(fd, c->in + c->len, c->cap - c->len);
+	if (n <= 0) {
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+			return;
+		/* hang-up or error: while a request is in flight this aborts its upstream */
+		if (c->in_handler)
+			log_debug("connection fd %d: client closed during request", c->fd);
+		conn_gone(c);
+		return;
+	}
+	c->len += (size_t)n;
+	if (!c->in_handler)
+		process(c);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_conn *c = arg;
+	enum timer_kind k = c->timer_kind;
+	(void)fd; (void)what;
+
+	c->timer_kind = T_NONE;
+	switch (k) {
+	case T_HEAD:
+	case T_BODY:
+		if (c->in_handler)
+			return;
+		log_debug("connection fd %d: request %s not complete in time", c->fd,
+		          k == T_HEAD ? "head" : "body");
+		reject(c, 408, k == T_HEAD ? "request head not received in time"
+		                           : "request body not received in time");
+		return;
+	case T_IDLE:
+		if (!c->in_handler)
+			conn_free(c);
+		return;
+	case T_LINGER:
+		conn_free(c);  /* lingered long enough, or the refusal never got out */
+		return;
+	case T_NONE:
+		return;
+	}
+}
+
+/* ---- connections -------------------------------------------------------------------- */
+
+static void conn_free(struct http_conn *c)
+{
+	struct http_server *s = c->srv;
+
+	event_del(&c->rev);
+	event_del(&c->wev);
+	event_del(&c->timer);
+	event_del(&c->kick);
+	event_del(&c->flush);
+	if (c->fd >= 0)
+		close(c->fd);
+	LIST_REMOVE(c, link);
+	s->n_conns--;
+	evbuffer_free(c->out);
+	free(c->in);
+	free(c->head);
+	free(c->hdrs);
+	free(c->body);
+	free(c->outhead);
+	free(c);
+}
+
+static void conn_new(struct http_server *s, int fd, const struct sockaddr_storage *ss)
+{
+	struct event_base *base = s->gw->base;
+	struct http_conn *c = calloc(1, sizeof(*c));
+	int one = 1;
+
+	if (!c || !(c->out = evbuffer_new())) {
+		free(c);
+		close(fd);
+		return;
+	}
+	c->srv = s;
+	c->fd = fd;
+	c->req.conn = c;
+	if (ss->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
+	else if (ss->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->ip, sizeof(c->ip));
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	reqcheck_init(&c->rc, s->gw->cfg->max_headers, s->gw->cfg->max_body);
+	event_assign(&c->rev, base, fd, EV_READ | EV_PERSIST, rev_cb, c);
+	event_assign(&c->wev, base, fd, EV_WRITE, wev_cb, c);
+	evtimer_assign(&c->timer, base, timer_cb, c);
+	event_assign(&c->kick, base, -1, 0, kick_cb, c);
+	event_assign(&c->flush, base, -1, 0, flush_cb, c);
+	LIST_INSERT_HEAD(&s->conns, c, link);
+	s->n_conns++;
+	event_add(&c->rev, NULL);
+	if (s->n_conns > s->gw->cfg->max_connections || s->gw->stopping) {
+		reject(c, 503, s->gw->stopping ? "gateway is shutting down" : "too many open connections");
+		return;
+	}
+	arm_timer(c, T_IDLE, s->gw->cfg->idle_timeout);
+}
+
+static void accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+	struct http_server *s = arg;
+	(void)what;
+
+	for (int i = 0; i < ACCEPTS_PER_WAKE; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd = accept4(lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE) {
+				time_t now = time(NULL);
+				if (now != s->last_accept_warn)
+					log_warn("cannot accept a connection: %s", strerror(errno));
+				s->last_accept_warn = now;
+			}
+			return;
+		}
+		conn_new(s, fd, &ss);
+	}
+}
+
+/* ---- the server --------------------------------------------------------------------- */
+
+/* Raise the soft fd limit so max_connections is reachable. */
 static int fd_capacity(void)
 {
 	struct rlimit rl;
@@ -660,13 +1014,52 @@ static int parse_listen(const char *spec, char *host, size_t hostcap, int *port)
 	return 0;
 }
 
+static int listen_on(const char *host, int port)
+{
+	struct sockaddr_storage ss;
+	struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+	socklen_t sl;
+	int fd, one = 1, e;
+
+	memset(&ss, 0, sizeof(ss));
+	if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons((uint16_t)port);
+		sl = sizeof(*a4);
+	} else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons((uint16_t)port);
+		sl = sizeof(*a6);
+	} else if (strcmp(host, "localhost") == 0) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons((uint16_t)port);
+		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		sl = sizeof(*a4);
+	} else {
+		errno = EINVAL;
+		return -1;
+	}
+	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 4096) < 0) {
+		e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
 struct http_server *http_server_start(struct gateway *gw, char **err)
 {
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
 	char host[256], addr[INET6_ADDRSTRLEN];
-	int port, fd, max_conns;
+	int port, max_conns;
 
 	*err = NULL;
 	if (!s) {
@@ -674,43 +1067,29 @@ struct http_server *http_server_start(struct gateway *gw, char **err)
 		return NULL;
 	}
 	s->gw = gw;
-	LIST_INIT(&s->guards);
+	s->lfd = -1;
+	LIST_INIT(&s->conns);
 	if (parse_listen(gw->cfg->listen, host, sizeof(host), &port) < 0) {
 		if (asprintf(err, "invalid listen address '%s' (expected ADDR:PORT)", gw->cfg->listen) < 0)
 			*err = NULL;
 		goto err;
 	}
-	s->by_fd_cap = fd_capacity();
-	max_conns = s->by_fd_cap - 64;
+	max_conns = fd_capacity() - 64;
 	if (gw->cfg->max_connections > max_conns) {
 		log_warn("max_connections %d exceeds what the fd limit allows; using %d",
 		         gw->cfg->max_connections, max_conns);
 		gw->cfg->max_connections = max_conns;
 	}
-	s->by_fd = calloc((size_t)s->by_fd_cap, sizeof(*s->by_fd));
-	s->evhttp = evhttp_new(gw->base);
-	if (!s->by_fd || !s->evhttp) {
-		*err = strdup("out of memory");
-		goto err;
-	}
-	evhttp_set_bevcb(s->evhttp, guard_new, s);
-	evhttp_set_gencb(s->evhttp, dispatch_cb, s);
-	evhttp_set_default_content_type(s->evhttp, NULL);
-	evhttp_set_allowed_methods(s->evhttp, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-	                           EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-	                           EVHTTP_REQ_PATCH);
-	/* The guard enforces the real limits with the right status codes; these are backstops. */
-	evhttp_set_max_headers_size(s->evhttp, (ev_ssize_t)gw->cfg->max_headers + 4096);
-	evhttp_set_max_body_size(s->evhttp, (ev_ssize_t)gw->cfg->max_body + 1);
-	evhttp_set_timeout(s->evhttp, gw->cfg->idle_timeout);
-	s->bound = evhttp_bind_socket_with_handle(s->evhttp, host, (ev_uint16_t)port);
-	if (!s->bound) {
+	s->lfd = listen_on(host, port);
+	if (s->lfd < 0) {
 		if (asprintf(err, "cannot listen on %s: %s", gw->cfg->listen, strerror(errno)) < 0)
 			*err = NULL;
 		goto err;
 	}
-	fd = evhttp_bound_socket_get_fd(s->bound);
-	if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+	event_assign(&s->lev, gw->base, s->lfd, EV_READ | EV_PERSIST, accept_cb, s);
+	event_add(&s->lev, NULL);
+	s->listening = true;
+	if (getsockname(s->lfd, (struct sockaddr *)&ss, &sl) == 0) {
 		if (ss.ss_family == AF_INET6) {
 			struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
 			inet_ntop(AF_INET6, &a6->sin6_addr, addr, sizeof(addr));
@@ -729,17 +1108,19 @@ err:
 
 void http_server_stop_accepting(struct http_server *s)
 {
-	struct guard *g, *next;
+	struct http_conn *c, *next;
 
-	if (s->bound) {
-		evhttp_del_accept_socket(s->evhttp, s->bound);
-		s->bound = NULL;
+	if (s->listening) {
+		event_del(&s->lev);
+		close(s->lfd);
+		s->lfd = -1;
+		s->listening = false;
 	}
 	/* Idle keep-alive connections would otherwise hold the drain open. */
-	for (g = LIST_FIRST(&s->guards); g; g = next) {
-		next = LIST_NEXT(g, link);
-		if (!g->in_request && !g->rejected)
-			guard_close_now(g);
+	for (c = LIST_FIRST(&s->conns); c; c = next) {
+		next = LIST_NEXT(c, link);
+		if (!c->in_handler && !c->rejected)
+			conn_free(c);
 	}
 }
 
@@ -752,15 +1133,20 @@ void http_server_free(struct http_server *s)
 {
 	if (!s)
 		return;
-	if (s->evhttp) {
-		/* Frees every connection. Their guards are finalized by libevent from the loop
-		 * and still use this struct, and proxied requests finish from deferred events:
-		 * let the loop run those before the struct goes. */
-		evhttp_free(s->evhttp);
-		for (int i = 0; i < 4 && !LIST_EMPTY(&s->guards); i++)
-			event_base_loop(s->gw->base, EVLOOP_NONBLOCK);
-		event_base_loop(s->gw->base, EVLOOP_NONBLOCK);
+	if (s->listening) {
+		event_del(&s->lev);
+		close(s->lfd);
 	}
-	free(s->by_fd);
+	/* Requests still in a handler are told their client is gone; the proxy finishes
+	 * them from deferred events, which the loop passes below run. */
+	while (!LIST_EMPTY(&s->conns)) {
+		struct http_conn *c = LIST_FIRST(&s->conns);
+		if (c->in_handler && c->gone_fn)
+			conn_gone(c);
+		else
+			conn_free(c);
+	}
+	for (int i = 0; i < 4; i++)
+		event_base_loop(s->gw->base, EVLOOP_NONBLOCK);
 	free(s);
 }

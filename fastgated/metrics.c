@@ -115,7 +115,7 @@ static void print_histogram(struct evbuffer *b, const char *name, const char *he
 	                    name, h->count, name, h->sum, name, h->count);
 }
 
-void metrics_serve(struct gateway *gw, struct evhttp_request *req)
+void metrics_serve(struct gateway *gw, struct http_request *req)
 {
 	struct metrics *m = gw->metrics;
 	struct evbuffer *b = evbuffer_new();
@@ -160,11 +160,10 @@ void metrics_serve(struct gateway *gw, struct evhttp_request *req)
 		                       "fastgate_upstream_connections{state=\"idle\"} %u\n",
 		                    open - idle, idle);
 	}
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-	                  "text/plain; version=0.0.4; charset=utf-8");
+	http_add_header(req, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	evbuffer_add_printf(b, "# HELP fastgate_upstream_pauses_total Streams paused because the client read slower than the upstream sent.\n"
 	                       "# TYPE fastgate_upstream_pauses_total counter\nfastgate_upstream_pauses_total %llu\n",
 	                    (unsigned long long)gw->stats.upstream_pauses);
-	evhttp_send_reply(req, 200, "OK", b);
+	http_reply_buf(req, 200, b);
 	evbuffer_free(b);
 }

@@ -17,6 +17,7 @@ void metrics_record(struct gateway *gw, const char *route, int status, double to
                     double ttfb_s, const char *upstream_error);
 /* A request the connection guard refused before evhttp saw it. */
 void metrics_count_rejected(struct gateway *gw, int status);
-void metrics_serve(struct gateway *gw, struct evhttp_request *req);
+struct http_request;
+void metrics_serve(struct gateway *gw, struct http_request *req);
 
 #endif

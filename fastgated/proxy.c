@@ -12,8 +12,6 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <event2/event_struct.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
 
 #include "gateway.h"
 #include "http.h"
@@ -37,10 +35,7 @@
 
 struct proxy_req {
 	struct gateway *gw;
-	struct evhttp_request *req;       /* NULL once the client connection is gone */
-	struct evhttp_request *orphan;    /* a request evhttp detached from its dead
-	                                   * connection: ours to free */
-	struct evhttp_connection *evcon;
+	struct http_request *req;         /* NULL once ended or the client is gone */
 	struct route_table *table;        /* referenced: the route outlives a reload */
 	const struct route *route;
 	int64_t key_id;
@@ -60,7 +55,8 @@ struct proxy_req {
 	struct upconn_xfer up;            /* native: the request head is framed here */
 	char *up_head;
 	size_t up_head_len, up_head_cap;
-	struct evbuffer *body;            /* request body, owned here */
+	char *body;                       /* request body, taken from the connection */
+	size_t body_len;
 	char *body_rewritten;             /* when add_body_fields or usage injection changed it */
 	char model[128];                  /* the request's "model", for the audit */
 	bool client_stream;               /* the client asked for a stream */
@@ -158,22 +154,22 @@ static void finish(struct proxy_req *px);
 
 /* ---- replies to the client ------------------------------------------------------- */
 
-/* Detach from the evhttp request before handing it back: evhttp may free the connection
- * inside the send call (Connection: close), and its close callback must not reach us. */
-static struct evhttp_request *take_req(struct proxy_req *px)
+/* Stop watching the client before an ending reply: the request is not ours afterwards. */
+static struct http_request *take_req(struct proxy_req *px)
 {
-	struct evhttp_request *req = px->req;
+	struct http_request *req = px->req;
 
-	if (req)
-		http_watch_client(px->gw->http, req, NULL, NULL);
+	if (req) {
+		http_watch_client(req, NULL, NULL);
+		http_on_written(req, NULL, NULL);
+	}
 	px->req = NULL;
-	px->evcon = NULL;
 	return req;
 }
 
 static void reply_error(struct proxy_req *px, int status, const char *code, const char *message)
 {
-	struct evhttp_request *req = take_req(px);
+	struct http_request *req = take_req(px);
 
 	px->status = status;
 	if (req)
@@ -184,14 +180,11 @@ static void reply_error(struct proxy_req *px, int status, const char *code, cons
  * closing chunk, so that it sees a truncated answer rather than a complete one. */
 static void abort_client(struct proxy_req *px)
 {
-	struct evhttp_connection *evcon = px->evcon;
+	struct http_request *req = take_req(px);
 
 	/* chunks already relayed but still queued reach the client before the close */
-	if (px->req)
-		http_flush_now(px->gw->http, px->req);
-	take_req(px);
-	if (evcon)
-		evhttp_connection_free(evcon);
+	if (req)
+		http_abort(req);
 }
 
 /* Walk the collected upstream headers: *off is the cursor; false at the end. */
@@ -240,21 +233,19 @@ static int up_header_add(struct proxy_req *px, const char *name, size_t nl, cons
 
 static void copy_response_headers(struct proxy_req *px)
 {
-	struct evkeyvalq *out = evhttp_request_get_output_headers(px->req);
 	const char *k, *v;
 	size_t off = 0;
 
 	while (up_header_next(px, &off, &k, &v))
 		if (!response_header_skipped(k) && strcasecmp(k, "x-request-id") != 0)
-			evhttp_add_header(out, k, v);
+			http_add_header(px->req, k, v);
 }
 
-static void chunk_written_cb(struct evhttp_connection *evcon, void *arg)
+static void chunk_written_cb(void *arg)
 {
 	struct proxy_req *px = arg;
-	(void)evcon;
 
-	if (px->paused && px->req && http_client_backlog(px->req) <= CLIENT_LOW_WATER)
+	if (px->paused && px->req && http_backlog(px->req) <= CLIENT_LOW_WATER)
 		event_active(&px->resume_ev, 0, 0);
 }
 
@@ -295,11 +286,12 @@ static void arm_timer(struct proxy_req *px, int seconds)
 static void start_stream(struct proxy_req *px)
 {
 	copy_response_headers(px);
-	evhttp_send_reply_start(px->req, (int)px->status, NULL);
+	http_on_written(px->req, chunk_written_cb, px);
+	http_reply_start(px->req, (int)px->status);
 	px->started = true;
 	px->streaming = true;
 	if (evbuffer_get_length(px->out) > 0)
-		evhttp_send_reply_chunk_with_cb(px->req, px->out, chunk_written_cb, px);
+		http_reply_chunk(px->req, px->out);
 }
 
 /* ---- curl callbacks (no multi calls, no frees in here) ---------------------------- */
@@ -419,7 +411,7 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 
 	if (!px->req)
 		return 0; /* client gone: abort */
-	if (px->streaming && http_client_backlog(px->req) > CLIENT_HIGH_WATER) {
+	if (px->streaming && http_backlog(px->req) > CLIENT_HIGH_WATER) {
 		px->paused = true;
 		px->gw->stats.upstream_pauses++;
 		return CURL_WRITEFUNC_PAUSE;
@@ -442,7 +434,7 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
 		start_stream(px); /* a stream's first bytes, or more than the upstream announced */
 	}
 	else if (px->streaming)
-		evhttp_send_reply_chunk_with_cb(px->req, px->out, chunk_written_cb, px);
+		http_reply_chunk(px->req, px->out);
 	if (px->streaming)
 		arm_timer(px, px->route->idle_timeout);
 	return len;
@@ -499,7 +491,7 @@ static void xfer_done(struct upstream_xfer *x, CURLcode rc)
 		return;
 	}
 	if (rc == CURLE_OK && !px->timed_out) {
-		struct evhttp_request *req;
+		struct http_request *req;
 		if (px->sse) {
 			px->scan_len = 0;
 			if (sse_scan_finish(&px->scan, &px->scan_out, &px->scan_len, &px->scan_cap) == 0 &&
@@ -516,13 +508,13 @@ static void xfer_done(struct upstream_xfer *x, CURLcode rc)
 		}
 		if (px->streaming) {
 			if (evbuffer_get_length(px->out) > 0)
-				evhttp_send_reply_chunk(px->req, px->out);
+				http_reply_chunk(px->req, px->out);
 			req = take_req(px);
-			evhttp_send_reply_end(req);
+			http_reply_end(req);
 		} else {
 			copy_response_headers(px);
 			req = take_req(px);
-			evhttp_send_reply(req, (int)px->status, NULL, px->out);
+			http_reply_buf(req, (int)px->status, px->out);
 		}
 		finish(px);
 		return;
@@ -585,10 +577,7 @@ static void client_closed_cb(void *arg)
 
 	/* evhttp frees the request with the connection, except when it failed the connection
 	 * under a request the user still holds: then the request is detached and ours. */
-	if (px->req && !evhttp_request_get_connection(px->req))
-		px->orphan = px->req;
 	px->req = NULL;
-	px->evcon = NULL;
 	if (!px->status || px->status < 400)
 		px->status = 499; /* nginx's "client closed request" */
 	event_active(&px->finish_ev, 0, 0);
@@ -664,8 +653,6 @@ static void finish(struct proxy_req *px)
 	}
 	if (px->req)
 		take_req(px);
-	if (px->orphan)
-		evhttp_request_free(px->orphan);
 	gw->stats.inflight--;
 	gw->stats.requests++;
 	if (px->status >= 500 || px->error_kind)
@@ -681,8 +668,7 @@ static void finish(struct proxy_req *px)
 	curl_slist_free_all(px->headers);
 	free(px->up_head);
 	free(px->up_raw);
-	if (px->body)
-		evbuffer_free(px->body);
+	free(px->body);
 	if (px->out)
 		evbuffer_free(px->out);
 	free(px->body_rewritten);
@@ -707,17 +693,17 @@ static void finish(struct proxy_req *px)
 
 /* The presented key, from X-API-Key or Authorization: Bearer. Returns -1 when the request
  * carries more than one credential (ambiguous: refused rather than guessed). */
-static int find_credential(struct evkeyvalq *in, const char **out, size_t *len)
+static int find_credential(const struct http_request *in, const char **out, size_t *len)
 {
-	struct evkeyval *h;
 	int seen = 0;
 
 	*out = NULL;
-	TAILQ_FOREACH(h, in, next) {
+	for (size_t i = 0; i < in->n_headers; i++) {
+		const struct http_header *h = &in->headers[i];
 		const char *v = NULL;
-		if (strcasecmp(h->key, "x-api-key") == 0) {
+		if (strcasecmp(h->name, "x-api-key") == 0) {
 			v = h->value;
-		} else if (strcasecmp(h->key, "authorization") == 0) {
+		} else if (strcasecmp(h->name, "authorization") == 0) {
 			v = h->value;
 			if (strncasecmp(v, "Bearer ", 7) == 0)
 				v += 7;
@@ -910,22 +896,22 @@ static int add_header(struct proxy_req *px, const char *name, const char *value)
 	return 0;
 }
 
-static int build_headers(struct proxy_req *px, struct evkeyvalq *in)
+static int build_headers(struct proxy_req *px, const struct http_request *in)
 {
 	const struct route *r = px->route;
-	const char *conn = evhttp_find_header(in, "Connection");
-	struct evkeyval *h;
+	const char *conn = http_find_header(in, "Connection");
 	char *auth = NULL;
 	int rc = -1;
 
-	TAILQ_FOREACH(h, in, next) {
-		if (proxy_header_stripped(h->key, r->strip_headers, r->n_strip_headers, conn))
+	for (size_t k = 0; k < in->n_headers; k++) {
+		const struct http_header *h = &in->headers[k];
+		if (proxy_header_stripped(h->name, r->strip_headers, r->n_strip_headers, conn))
 			continue;
 		bool overridden = false;
 		for (size_t i = 0; i < r->n_add_headers; i++)
-			if (strcasecmp(h->key, r->add_headers[i].name) == 0)
+			if (strcasecmp(h->name, r->add_headers[i].name) == 0)
 				overridden = true;
-		if (!overridden && add_header(px, h->key, h->value) < 0)
+		if (!overridden && add_header(px, h->name, h->value) < 0)
 			goto out;
 	}
 	for (size_t i = 0; i < r->n_add_headers; i++)
@@ -961,20 +947,11 @@ out:
 	return rc;
 }
 
-static int setup_easy(struct proxy_req *px, struct evhttp_request *req, const char *body, size_t body_len)
+static int setup_easy(struct proxy_req *px, const struct http_request *req, const char *body, size_t body_len)
 {
 	CURL *e = px->xfer.easy;
-	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	static const struct { enum evhttp_cmd_type cmd; const char *name; } methods[] = {
-		{ EVHTTP_REQ_GET, "GET" }, { EVHTTP_REQ_POST, "POST" }, { EVHTTP_REQ_HEAD, "HEAD" },
-		{ EVHTTP_REQ_PUT, "PUT" }, { EVHTTP_REQ_DELETE, "DELETE" },
-		{ EVHTTP_REQ_OPTIONS, "OPTIONS" }, { EVHTTP_REQ_PATCH, "PATCH" },
-	};
-	const char *method = "GET";
-
-	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
-		if (methods[i].cmd == cmd)
-			method = methods[i].name;
+	enum http_method cmd = req->method;
+	const char *method = req->method_name;
 
 	curl_easy_setopt(e, CURLOPT_URL, px->url);
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, px->headers);
@@ -993,38 +970,36 @@ static int setup_easy(struct proxy_req *px, struct evhttp_request *req, const ch
 		curl_easy_setopt(e, CURLOPT_CAINFO, px->route->ca_file);
 		curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
 	}
-	if (cmd == EVHTTP_REQ_HEAD) {
+	if (cmd == HTTP_HEAD) {
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-	} else if (body_len > 0 || cmd == EVHTTP_REQ_POST || cmd == EVHTTP_REQ_PUT ||
-	           cmd == EVHTTP_REQ_PATCH) {
+	} else if (body_len > 0 || cmd == HTTP_POST || cmd == HTTP_PUT ||
+	           cmd == HTTP_PATCH) {
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-	} else if (cmd != EVHTTP_REQ_GET) {
+	} else if (cmd != HTTP_GET) {
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
 	}
 	return 0;
 }
 
-static const char *method_name(enum evhttp_cmd_type cmd);
-
 /* Frame the request for upconn.c: request line, Host, the cleaned headers, the body's
  * length; the body itself goes out from where it is, as the second iovec. */
-static int start_native(struct proxy_req *px, struct evhttp_request *req, struct evkeyvalq *in,
+static int start_native(struct proxy_req *px, const struct http_request *req,
                         const char *body, size_t body_len)
 {
-	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	enum http_method cmd = req->method;
 	const char *target = px->url + strlen(px->route->upstream_origin);
 	char cl[48];
 
-	if (head_add_str(px, method_name(cmd)) < 0 || head_add(px, " ", 1) < 0 ||
+	if (head_add_str(px, req->method_name) < 0 || head_add(px, " ", 1) < 0 ||
 	    head_add_str(px, target) < 0 || head_add_str(px, " HTTP/1.1\r\nHost: ") < 0 ||
 	    head_add_str(px, px->route->upstream_host) < 0 || head_add(px, "\r\n", 2) < 0 ||
-	    build_headers(px, in) < 0)
+	    build_headers(px, req) < 0)
 		return -1;
-	if (cmd == EVHTTP_REQ_HEAD)
+	if (cmd == HTTP_HEAD)
 		body_len = 0;
-	if (body_len > 0 || cmd == EVHTTP_REQ_POST || cmd == EVHTTP_REQ_PUT || cmd == EVHTTP_REQ_PATCH) {
+	if (body_len > 0 || cmd == HTTP_POST || cmd == HTTP_PUT || cmd == HTTP_PATCH) {
 		snprintf(cl, sizeof(cl), "Content-Length: %zu\r\n", body_len);
 		if (head_add_str(px, cl) < 0)
 			return -1;
@@ -1034,7 +1009,7 @@ static int start_native(struct proxy_req *px, struct evhttp_request *req, struct
 	px->up.cb = &up_callbacks;
 	px->up.arg = px;
 	px->up.done = up_done;
-	px->up.head_request = cmd == EVHTTP_REQ_HEAD;
+	px->up.head_request = cmd == HTTP_HEAD;
 	px->up.req[0].iov_base = px->up_head;
 	px->up.req[0].iov_len = px->up_head_len;
 	px->up.req[1].iov_base = (void *)body;
@@ -1042,30 +1017,16 @@ static int start_native(struct proxy_req *px, struct evhttp_request *req, struct
 	return upconn_start(px->gw->upconn, px->route->upstream_host, &px->up);
 }
 
-static int start_curl(struct proxy_req *px, struct evhttp_request *req, struct evkeyvalq *in,
+static int start_curl(struct proxy_req *px, const struct http_request *req,
                       const char *body, size_t body_len)
 {
 	px->xfer.easy = upstream_easy_get(px->gw->upstream);
-	if (!px->xfer.easy || build_headers(px, in) < 0 || setup_easy(px, req, body, body_len) < 0)
+	if (!px->xfer.easy || build_headers(px, req) < 0 || setup_easy(px, req, body, body_len) < 0)
 		return -1;
 	return upstream_start(px->gw->upstream, &px->xfer);
 }
 
-static const char *method_name(enum evhttp_cmd_type cmd)
-{
-	switch (cmd) {
-	case EVHTTP_REQ_GET: return "GET";
-	case EVHTTP_REQ_POST: return "POST";
-	case EVHTTP_REQ_HEAD: return "HEAD";
-	case EVHTTP_REQ_PUT: return "PUT";
-	case EVHTTP_REQ_DELETE: return "DELETE";
-	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-	case EVHTTP_REQ_PATCH: return "PATCH";
-	default: return "GET";
-	}
-}
-
-static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request *req, const char *id)
+static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *req, const char *id)
 {
 	struct proxy_req *px = calloc(1, sizeof(*px));
 
@@ -1073,7 +1034,6 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 		return NULL;
 	px->gw = gw;
 	px->req = req;
-	px->evcon = evhttp_request_get_connection(req);
 	px->ttfb_s = -1;
 	clock_gettime(CLOCK_MONOTONIC, &px->t_start);
 	{
@@ -1081,14 +1041,16 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 		clock_gettime(CLOCK_REALTIME, &wall);
 		px->started_at = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
 	}
-	px->method = strdup(method_name(evhttp_request_get_command(req)));
+	px->method = strdup(req->method_name);
 	/* the path only: a query string can carry credentials (?api_key=...), and the audit
 	 * trail must never hold one */
+	px->path = dup_or_null(req->path);
 	{
-		const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
-		px->path = dup_or_null(u ? evhttp_uri_get_path(u) : NULL);
+		const char *ip = http_client_ip(req);
+		size_t n = strnlen(ip, sizeof(px->client_ip) - 1);
+		memcpy(px->client_ip, ip, n);
+		px->client_ip[n] = '\0';
 	}
-	http_client_ip(req, px->client_ip, sizeof(px->client_ip));
 	px->key_id = 0;
 	memcpy(px->id, id, REQID_LEN);
 	px->id[REQID_LEN] = '\0';
@@ -1097,28 +1059,25 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct evhttp_request
 	px->usage.prompt_tokens = px->usage.completion_tokens = -1;
 	px->table = gw->routes;
 	route_table_ref(px->table);
-	px->body = evbuffer_new();
 	px->out = evbuffer_new();
 	evtimer_assign(&px->timer_ev, gw->base, timer_cb, px);
 	event_assign(&px->resume_ev, gw->base, -1, 0, resume_cb, px);
 	event_assign(&px->finish_ev, gw->base, -1, 0, finish_cb, px);
 	gw->stats.inflight++;
-	if (!px->body || !px->out) {
+	if (!px->out) {
 		finish(px);
 		return NULL;
 	}
 	/* from here on the request ends through finish() */
-	http_watch_client(gw->http, req, client_closed_cb, px);
+	http_watch_client(req, client_closed_cb, px);
 	return px;
 }
 
-void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *request_id)
+void proxy_handle(struct gateway *gw, struct http_request *req, const char *request_id)
 {
 	struct proxy_req *px;
-	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	const char *path = req->path;
+	const char *query = req->query;
 	struct route_request rq = { 0 };
 	const char *secret, *send_body;
 	size_t secret_len = 0, send_len;
@@ -1133,7 +1092,7 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 		return;
 	}
 	if (gw->stopping) {
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		http_close_after(req);
 		reply_error(px, 503, "shutting_down", "gateway is shutting down");
 		goto done;
 	}
@@ -1141,7 +1100,7 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 		reply_error(px, 400, "invalid_path", "request path is malformed");
 		goto done;
 	}
-	if (find_credential(in, &secret, &secret_len) < 0) {
+	if (find_credential(req, &secret, &secret_len) < 0) {
 		reply_error(px, 401, "ambiguous_credentials", "send exactly one API key (X-API-Key or Authorization: Bearer)");
 		goto done;
 	}
@@ -1165,12 +1124,12 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 		goto done;
 	}
 
-	evbuffer_add_buffer(px->body, evhttp_request_get_input_buffer(req));
-	px->bytes_in = evbuffer_get_length(px->body);
-	rq.method = method_name(evhttp_request_get_command(req));
+	px->body = http_take_body(req, &px->body_len);
+	px->bytes_in = px->body_len;
+	rq.method = req->method_name;
 	rq.path = path;
-	rq.body_len = evbuffer_get_length(px->body);
-	rq.body = rq.body_len ? (const char *)evbuffer_pullup(px->body, -1) : "";
+	rq.body_len = px->body_len;
+	rq.body = rq.body_len ? px->body : "";
 	switch (route_match(px->table, &rq, &px->route)) {
 	case ROUTE_MATCHED:
 		break;
@@ -1188,7 +1147,7 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 	if ((retry = key_rate_check(k, now)) > 0) {
 		char ra[16];
 		snprintf(ra, sizeof(ra), "%d", retry);
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+		http_add_header(req, "Retry-After", ra);
 		reply_error(px, 429, "rate_limited", "this API key is over its requests-per-minute limit");
 		goto done;
 	}
@@ -1212,8 +1171,8 @@ void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *re
 	px->native = strncmp(px->route->upstream_origin, "http://", 7) == 0 &&
 	             upconn_supported(px->route->upstream_host);
 	if (build_url(px, path, query) < 0 ||
-	    (px->native ? start_native(px, req, in, send_body, send_len)
-	                : start_curl(px, req, in, send_body, send_len)) < 0) {
+	    (px->native ? start_native(px, req, send_body, send_len)
+	                : start_curl(px, req, send_body, send_len)) < 0) {
 		reply_error(px, 500, "internal_error", "could not start the upstream request");
 		goto done;
 	}

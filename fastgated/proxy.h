@@ -6,12 +6,14 @@
 #ifndef FG_PROXY_H
 #define FG_PROXY_H
 
-#include <event2/http.h>
+#include <stddef.h>
+
 
 struct gateway;
+struct http_request;
 
 /* Handle one client request. `request_id` is already on the response headers. */
-void proxy_handle(struct gateway *gw, struct evhttp_request *req, const char *request_id);
+void proxy_handle(struct gateway *gw, struct http_request *req, const char *request_id);
 
 /* Header cleaning, exposed for tests: true if a client header must not be forwarded
  * (always stripped, hop-by-hop, named in the client's Connection header, or listed in the
