@@ -11,6 +11,7 @@
  * bytes are copied into a buffer the handler can take. The next pipelined request is looked
  * at only after the current one has ended. */
 #include <errno.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -289,11 +290,36 @@ static void add_str(char **p, const char *s)
 
 enum framing { F_LENGTH, F_CHUNKED, F_CLOSE };
 
+/* "Date: Mon, 23 Nov 2026 17:36:52 GMT\r\n", formatted once a second. */
+static const char *date_line(void)
+{
+	static char line[64];
+	static time_t cached = -1;
+	time_t now = time(NULL);
+
+	if (now != cached) {
+		struct tm tm;
+		gmtime_r(&now, &tm);
+		strftime(line, sizeof(line), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+		cached = now;
+	}
+	return line;
+}
+
+/* Did the handler (or the upstream, through it) already set a Date? */
+static bool has_date(const char *h, size_t n)
+{
+	for (size_t i = 0; i + 5 <= n; i++)
+		if ((i == 0 || h[i - 1] == '\n') && strncasecmp(h + i, "date:", 5) == 0)
+			return true;
+	return false;
+}
+
 /* Status line, the handler's headers, framing and connection headers, blank line. */
 static void write_head(struct http_conn *c, int status, enum framing f, size_t len)
 {
 	char stack[2048], *buf = stack, *p;
-	size_t need = c->outhead_len + 160;
+	size_t need = c->outhead_len + 224;
 
 	if (c->srv->gw->stopping || !c->keepalive || f == F_CLOSE)
 		c->close_after = true;
@@ -309,6 +335,8 @@ static void write_head(struct http_conn *c, int status, enum framing f, size_t l
 	add_str(&p, "\r\n");
 	memcpy(p, c->outhead, c->outhead_len);
 	p += c->outhead_len;
+	if (!has_date(c->outhead, c->outhead_len))
+		add_str(&p, date_line());
 	if (f == F_LENGTH && status >= 200 && status != 204 && status != 304) {
 		add_str(&p, "Content-Length: ");
 		add_dec(&p, len);
@@ -521,7 +549,7 @@ static void audit_rejection(struct http_conn *c, const char *id, int status, con
 
 static void reject(struct http_conn *c, int status, const char *reason)
 {
-	char body[640], head[256], id[REQID_LEN + 1];
+	char body[640], head[320], id[REQID_LEN + 1];
 	const char *code = status == 413 ? "request_too_large"
 	                 : status == 414 ? "uri_too_long"
 	                 : status == 431 ? "headers_too_large"
@@ -539,8 +567,8 @@ static void reject(struct http_conn *c, int status, const char *reason)
 	len = httperr_body(body, sizeof(body), status, code, reason);
 	hl = snprintf(head, sizeof(head),
 	              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-	              "Content-Length: %zu\r\nConnection: close\r\nX-Request-Id: %s\r\n\r\n",
-	              status, httperr_reason(status), len, id);
+	              "Content-Length: %zu\r\nConnection: close\r\nX-Request-Id: %s\r\n%s\r\n",
+	              status, httperr_reason(status), len, id, date_line());
 	evbuffer_add(c->out, head, (size_t)hl);
 	evbuffer_add(c->out, body, len);
 	c->len = c->pos = c->scan = 0;
@@ -769,6 +797,16 @@ static void process(struct http_conn *c)
 							conn_gone(c);
 							return;
 						}
+					}
+					/* a declared length is allocated once (reqcheck capped it) */
+					if (!c->rc.chunked && c->rc.content_length > c->body_cap) {
+						char *b = realloc(c->body, (size_t)c->rc.content_length);
+						if (!b) {
+							reject(c, 413, "request body too large");
+							return;
+						}
+						c->body = b;
+						c->body_cap = (size_t)c->rc.content_length;
 					}
 					arm_timer(c, T_BODY, gw->cfg->idle_timeout);
 				}
@@ -1014,42 +1052,34 @@ static int parse_listen(const char *spec, char *host, size_t hostcap, int *port)
 	return 0;
 }
 
+/* Names are resolved once, at start-up, where blocking is fine. */
 static int listen_on(const char *host, int port)
 {
-	struct sockaddr_storage ss;
-	struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-	socklen_t sl;
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+	                          .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
+	struct addrinfo *res = NULL;
+	char ps[8];
 	int fd, one = 1, e;
 
-	memset(&ss, 0, sizeof(ss));
-	if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-		a4->sin_family = AF_INET;
-		a4->sin_port = htons((uint16_t)port);
-		sl = sizeof(*a4);
-	} else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-		a6->sin6_family = AF_INET6;
-		a6->sin6_port = htons((uint16_t)port);
-		sl = sizeof(*a6);
-	} else if (strcmp(host, "localhost") == 0) {
-		a4->sin_family = AF_INET;
-		a4->sin_port = htons((uint16_t)port);
-		a4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		sl = sizeof(*a4);
-	} else {
-		errno = EINVAL;
+	snprintf(ps, sizeof(ps), "%d", port);
+	if ((e = getaddrinfo(host, ps, &hints, &res)) != 0 || !res) {
+		errno = e == EAI_SYSTEM ? errno : EADDRNOTAVAIL;
 		return -1;
 	}
-	fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
+	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		freeaddrinfo(res);
 		return -1;
+	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 4096) < 0) {
+	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
 		e = errno;
 		close(fd);
+		freeaddrinfo(res);
 		errno = e;
 		return -1;
 	}
+	freeaddrinfo(res);
 	return fd;
 }
 

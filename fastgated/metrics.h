@@ -15,7 +15,7 @@ void metrics_free(struct metrics *m);
  * first upstream byte (< 0 when there was none), upstream error kind or NULL. */
 void metrics_record(struct gateway *gw, const char *route, int status, double total_s,
                     double ttfb_s, const char *upstream_error);
-/* A request the connection guard refused before evhttp saw it. */
+/* A request http.c refused before it reached a handler (400/408/413/414/431/503). */
 void metrics_count_rejected(struct gateway *gw, int status);
 struct http_request;
 void metrics_serve(struct gateway *gw, struct http_request *req);

@@ -569,14 +569,12 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	xfer_done(&px->xfer, CURLE_OPERATION_TIMEDOUT);
 }
 
-/* evhttp is freeing the client connection (hang-up, write error, timeout). We may be deep
- * inside evhttp here: only note it and finish from the loop. */
+/* The client connection is gone (hang-up, write error, timeout); the request is invalid
+ * from here on. Only note it and finish from the loop. */
 static void client_closed_cb(void *arg)
 {
 	struct proxy_req *px = arg;
 
-	/* evhttp frees the request with the connection, except when it failed the connection
-	 * under a request the user still holds: then the request is detached and ours. */
 	px->req = NULL;
 	if (!px->status || px->status < 400)
 		px->status = 499; /* nginx's "client closed request" */

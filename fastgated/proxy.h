@@ -2,7 +2,7 @@
  *
  * One struct proxy_req per request, created in proxy_handle and freed in exactly one place
  * (finish), which always runs from a libevent callback: never from inside a curl callback
- * and never from inside evhttp's own call stack (the Redis freeClientAsync idea). */
+ * and never from inside one of http.c's calls (the Redis freeClientAsync idea). */
 #ifndef FG_PROXY_H
 #define FG_PROXY_H
 

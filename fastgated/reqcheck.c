@@ -314,7 +314,7 @@ enum reqcheck_result reqcheck_feed(struct reqcheck *rc, const char *buf, size_t 
 			size_t limit = reqcheck_line_limit(rc);
 			if (!lf) {
 				/* limit + 1: the pending bytes may end in the CR of a line that the
-				 * check below accepts once its LF arrives (as http.c's guard_in) */
+				 * check below accepts once its LF arrives (as http.c's process() does) */
 				if (len - off > limit + 1)
 					return reqcheck_line_too_long(rc);
 				break;

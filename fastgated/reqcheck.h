@@ -1,10 +1,10 @@
 /* Strict HTTP/1.x request framing checks, fed line by line and byte count by byte count.
  *
- * libevent 2.1's evhttp parser is lenient (folded headers, spaces before colons, duplicate
- * Content-Length, Transfer-Encoding it does not understand) and has no deadline for a
- * request head. fastgate puts this checker in front of it (see http.c): every byte a client
- * sends passes here first, so a request evhttp sees is one nginx would also accept, and
- * request boundaries are known even for pipelined requests.
+ * The rules are nginx's and RFC 9112's: no folded headers, no space before a colon, one
+ * Content-Length, no Transfer-Encoding other than chunked, a Host for HTTP/1.1. http.c runs
+ * every byte a client sends through here before it parses anything, so a request the
+ * gateway acts on is one nginx would also accept, and request boundaries are known even
+ * for pipelined requests.
  *
  * Pure state machine: no I/O, no allocation — the fuzz target calls it directly. */
 #ifndef FG_REQCHECK_H

@@ -661,6 +661,58 @@ def test_pipelined_requests_are_answered_in_order(c):
     assert data.rfind(b'"status":"ok"') > data.rfind(b"demo-model")
 
 
+def test_chunked_request_body_reaches_the_upstream_whole(c):
+    body = json.dumps(CHAT).encode()
+    parts = [body[:7], body[7:50], body[50:]]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    req = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + c.key.encode() +
+           b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunked)
+    data, closed = raw_exchange(c.gw.port, req, timeout=5)
+    assert data.startswith(b"HTTP/1.1 200 ") and closed, data[:200]
+    last = c.mock.stats()["last"]
+    assert json.loads(last["body"]) == CHAT, last["body"]
+    hdrs = {k.lower(): v for k, v in last["headers"].items()}
+    assert "transfer-encoding" not in hdrs and hdrs.get("content-length") == str(len(body)), hdrs
+
+
+def test_expect_100_continue_gets_the_interim_answer_first(c):
+    body = json.dumps(CHAT).encode()
+    s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=5)
+    try:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + c.key.encode() +
+                  b"\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body))
+        interim = s.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n", interim
+        s.sendall(body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        assert data.startswith(b"HTTP/1.1 200 "), data[:200]
+    finally:
+        s.close()
+
+
+def test_replies_carry_a_date_and_http10_keep_alive_is_honoured(c):
+    one = b"GET /health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=5)
+    try:
+        for _ in range(2):   # the second request on the same connection proves it stayed open
+            s.sendall(one)
+            data = b""
+            while b'"status"' not in data:
+                d = s.recv(4096)
+                assert d, "connection closed after an HTTP/1.0 keep-alive request"
+                data += d
+            head = data.split(b"\r\n\r\n", 1)[0].decode()
+            assert head.startswith("HTTP/1.0 200"), head
+            assert "\r\nConnection: keep-alive" in head and re.search(r"\r\nDate: \w{3}, \d\d \w{3} \d{4} ", head), head
+    finally:
+        s.close()
+    # a gateway error has exactly one Date too
+    st, h, _ = c.gw.request("POST", "/v1/chat/completions", CHAT)
+    assert st == 401 and "date" in h, h
+
+
 def test_slow_header_client_is_cut_at_the_deadline_while_others_are_served(c):
     s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=10)
     s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
