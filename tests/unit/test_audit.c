@@ -511,11 +511,46 @@ TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
 	CHECK(stat(t.path, &st) == 0);
 	CHECK_INT(st.st_mode & 0777, 0600);
 	audit_close(a);
-	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 2);
+	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 3);
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
-	                 "name IN ('audit_started_at', 'audit_key_id', 'audit_route', "
-	                 "'audit_status')"), 4);
+	                 "name IN ('audit_started_at', 'audit_key_id')"), 2);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
+	                 "name IN ('audit_route', 'audit_status')"), 0);
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM pragma_table_info('audit')"), 23);
+	tmpdb_remove(&t);
+}
+
+TEST(a_version_2_store_is_migrated_and_keeps_its_rows)
+{
+	struct tmpdb t;
+	struct audit *a;
+	sqlite3 *db;
+
+	tmpdb_make(&t);
+	CHECK_INT(sqlite3_open_v2(t.path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL), SQLITE_OK);
+	/* the schema as release 2 left it: four filter indexes */
+	CHECK_INT(sqlite3_exec(db,
+	          "CREATE TABLE audit (request_id TEXT NOT NULL PRIMARY KEY, started_at REAL NOT NULL,"
+	          " key_id INTEGER, key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT,"
+	          " upstream TEXT, status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL,"
+	          " is_stream INTEGER NOT NULL, chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER,"
+	          " model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
+	          " retries INTEGER NOT NULL DEFAULT 0, request_body TEXT, response_body TEXT);"
+	          "CREATE INDEX audit_started_at ON audit(started_at);"
+	          "CREATE INDEX audit_key_id ON audit(key_id, started_at);"
+	          "CREATE INDEX audit_route ON audit(route, started_at);"
+	          "CREATE INDEX audit_status ON audit(status, started_at);"
+	          "INSERT INTO audit (request_id, started_at, route, status, is_stream)"
+	          " VALUES ('old-1', 1700000000, 'chat', 200, 0);"
+	          "PRAGMA user_version = 2;", NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	a = open_ok(t.path, NULL);
+	audit_close(a);
+	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 3);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
+	                 "name IN ('audit_route', 'audit_status')"), 0);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id = 'old-1' AND "
+	                 "route = 'chat' AND status = 200"), 1);
 	tmpdb_remove(&t);
 }
 
