@@ -196,10 +196,53 @@ struct audit_record *audit_record_new(void)
 	return r;
 }
 
+struct audit_record *audit_record_pack(const struct audit_record *src, bool with_bodies)
+{
+	static const size_t fields[] = {
+		offsetof(struct audit_record, request_id), offsetof(struct audit_record, key_name),
+		offsetof(struct audit_record, client_ip), offsetof(struct audit_record, method),
+		offsetof(struct audit_record, path), offsetof(struct audit_record, route),
+		offsetof(struct audit_record, upstream), offsetof(struct audit_record, model),
+		offsetof(struct audit_record, error), offsetof(struct audit_record, request_body),
+		offsetof(struct audit_record, response_body),
+	};
+	size_t n = sizeof(fields) / sizeof(fields[0]) - (with_bodies ? 0 : 2);
+	size_t len[sizeof(fields) / sizeof(fields[0])] = { 0 };
+	size_t need = sizeof(struct audit_record);
+	struct audit_record *r;
+	char *p;
+
+	for (size_t i = 0; i < n; i++) {
+		const char *s = *(char *const *)((const char *)src + fields[i]);
+		if (s)
+			need += (len[i] = strlen(s) + 1);
+	}
+	r = xmalloc(need);
+	*r = *src;
+	r->next_ = NULL;
+	r->packed_ = true;
+	if (!with_bodies)
+		r->request_body = r->response_body = NULL;
+	p = (char *)(r + 1);
+	for (size_t i = 0; i < n; i++) {
+		char **dst = (char **)((char *)r + fields[i]);
+		if (!len[i])
+			continue;
+		memcpy(p, *dst, len[i]);
+		*dst = p;
+		p += len[i];
+	}
+	return r;
+}
+
 void audit_record_clear(struct audit_record *r)
 {
 	if (!r)
 		return;
+	if (r->packed_) {
+		record_init(r);  /* the strings go with the block, in audit_record_free */
+		return;
+	}
 	free(r->request_id);
 	free(r->key_name);
 	free(r->client_ip);

@@ -57,11 +57,16 @@ struct audit_record {
 	char *response_body;
 
 	struct audit_record *next_; /* private to audit.c (queue link) */
+	bool packed_;               /* private: strings live in the record's own block */
 };
 
 /* A heap record with the "unknown" values set (ttfb and tokens -1); never NULL (out of
  * memory aborts). Free with audit_record_free() unless it is given to audit_submit(). */
 struct audit_record *audit_record_new(void);
+/* One allocation holding a copy of src and of its strings (the request and response
+ * bodies only when with_bodies): on the request path this replaces a dozen strdups. Free
+ * it with audit_record_free() like any other record. */
+struct audit_record *audit_record_pack(const struct audit_record *src, bool with_bodies);
 /* Free the strings and the record itself. NULL is fine. */
 void audit_record_free(struct audit_record *r);
 /* Free the strings of a caller-owned record (e.g. one filled by audit_cursor_next) and

@@ -536,13 +536,15 @@ static void audit_rejection(struct http_conn *c, const char *id, int status, con
 	if (!gw->audit)
 		return;
 	clock_gettime(CLOCK_REALTIME, &now);
-	rec = audit_record_new();
-	rec->request_id = strdup(id);
-	rec->started_at = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-	rec->client_ip = c->ip[0] ? strdup(c->ip) : NULL;
-	rec->status = status;
-	rec->latency_ms = 0;
-	rec->error = strdup(code);
+	{
+		struct audit_record tmp = { .ttfb_ms = -1, .prompt_tokens = -1, .completion_tokens = -1 };
+		tmp.request_id = (char *)id;
+		tmp.started_at = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+		tmp.client_ip = c->ip[0] ? c->ip : NULL;
+		tmp.status = status;
+		tmp.error = (char *)code;
+		rec = audit_record_pack(&tmp, false);
+	}
 	control_publish_audit(gw->control, rec);
 	audit_submit(gw->audit, rec);
 }

@@ -56,32 +56,6 @@ static size_t record_size(const struct audit_record *r)
 	return n;
 }
 
-static void record_copy(struct audit_record *d, const struct audit_record *r)
-{
-	audit_record_clear(d);
-	d->request_id = xstrdup(r->request_id);
-	d->started_at = r->started_at;
-	d->key_id = r->key_id;
-	d->key_name = xstrdup(r->key_name);
-	d->client_ip = xstrdup(r->client_ip);
-	d->method = xstrdup(r->method);
-	d->path = xstrdup(r->path);
-	d->route = xstrdup(r->route);
-	d->upstream = xstrdup(r->upstream);
-	d->status = r->status;
-	d->latency_ms = r->latency_ms;
-	d->ttfb_ms = r->ttfb_ms;
-	d->is_stream = r->is_stream;
-	d->chunks = r->chunks;
-	d->bytes_in = r->bytes_in;
-	d->bytes_out = r->bytes_out;
-	d->model = xstrdup(r->model);
-	d->prompt_tokens = r->prompt_tokens;
-	d->completion_tokens = r->completion_tokens;
-	d->error = xstrdup(r->error);
-	d->retries = r->retries;
-}
-
 static json_t *record_event(const struct audit_record *r)
 {
 	return audit_record_json(r, all_fields, AUDIT_NFIELDS);
@@ -121,8 +95,7 @@ static void ring_add(struct logs *l, const struct audit_record *r)
 		return;                     /* a monster row is not worth evicting hundreds for */
 	while (l->count && (l->count == LOGS_RECENT || l->bytes + size > RING_BYTES_MAX))
 		ring_drop_oldest(l);
-	l->ring[l->head] = audit_record_new();
-	record_copy(l->ring[l->head], r);
+	l->ring[l->head] = audit_record_pack(r, false);
 	l->ring_bytes[l->head] = size;
 	l->bytes += size;
 	l->head = (l->head + 1) % LOGS_RECENT;

@@ -42,7 +42,8 @@ struct proxy_req {
 	char *key_name;
 	char id[REQID_LEN + 1];
 	double started_at;                /* wall clock, for the audit */
-	char *method, *path;              /* as the client sent them (path with query) */
+	const char *method;               /* static: http.c's method table */
+	char *path;                       /* as the client sent it, without the query */
 	char client_ip[64];
 	size_t bytes_in;
 	char *body_log;                   /* log_bodies: the request body as forwarded */
@@ -586,46 +587,52 @@ static char *dup_or_null(const char *s)
 	return s && *s ? strdup(s) : NULL;
 }
 
+static char *empty_to_null(const char *s)
+{
+	return s && *s ? (char *)s : NULL;
+}
+
 /* One audit row per request, handed to the writer thread; live tail subscribers see it
- * first. Owned strings are copied: the record outlives this request. */
+ * first. The record is one block (audit_record_pack): it outlives this request. */
 static void audit_request(struct proxy_req *px, double total_s)
 {
 	struct gateway *gw = px->gw;
-	struct audit_record *rec;
+	struct audit_record tmp = { 0 }, *rec;
+	char *answer = NULL;
 
 	if (!gw->audit)
 		return;
-	rec = audit_record_new();
-	rec->request_id = strdup(px->id);
-	rec->started_at = px->started_at;
-	rec->key_id = px->key_id;
-	rec->key_name = dup_or_null(px->key_name);
-	rec->client_ip = dup_or_null(px->client_ip);
-	rec->method = dup_or_null(px->method);
-	rec->path = dup_or_null(px->path);
-	if (px->route) {
-		rec->route = strdup(px->route->name);
-		if (px->forwarded)
-			rec->upstream = dup_or_null(px->route->upstream_origin);
-	}
-	rec->status = (int)px->status;
-	rec->latency_ms = total_s * 1000.0;
-	rec->ttfb_ms = px->ttfb_s >= 0 ? px->ttfb_s * 1000.0 : -1;
-	rec->is_stream = px->sse || px->streaming;
-	rec->chunks = px->chunks;
-	rec->bytes_in = (int64_t)px->bytes_in;
-	rec->bytes_out = (int64_t)px->bytes_out;
-	rec->model = dup_or_null(px->model);
-	rec->prompt_tokens = px->usage.found ? px->usage.prompt_tokens : -1;
-	rec->completion_tokens = px->usage.found ? px->usage.completion_tokens : -1;
-	rec->error = dup_or_null(px->error_kind);
-	if (px->body_log) {
-		rec->request_body = px->body_log;   /* handed over */
-		px->body_log = NULL;
-	}
 	if (px->answer_log)
-		rec->response_body = body_for_audit(px, (const char *)evbuffer_pullup(px->answer_log, -1),
-		                                    evbuffer_get_length(px->answer_log), NULL, 0);
+		answer = body_for_audit(px, (const char *)evbuffer_pullup(px->answer_log, -1),
+		                        evbuffer_get_length(px->answer_log), NULL, 0);
+	/* borrowed pointers: the pack copies them */
+	tmp.request_id = px->id;
+	tmp.started_at = px->started_at;
+	tmp.key_id = px->key_id;
+	tmp.key_name = empty_to_null(px->key_name);
+	tmp.client_ip = empty_to_null(px->client_ip);
+	tmp.method = empty_to_null(px->method);
+	tmp.path = empty_to_null(px->path);
+	if (px->route) {
+		tmp.route = px->route->name;
+		if (px->forwarded)
+			tmp.upstream = empty_to_null(px->route->upstream_origin);
+	}
+	tmp.status = (int)px->status;
+	tmp.latency_ms = total_s * 1000.0;
+	tmp.ttfb_ms = px->ttfb_s >= 0 ? px->ttfb_s * 1000.0 : -1;
+	tmp.is_stream = px->sse || px->streaming;
+	tmp.chunks = px->chunks;
+	tmp.bytes_in = (int64_t)px->bytes_in;
+	tmp.bytes_out = (int64_t)px->bytes_out;
+	tmp.model = empty_to_null(px->model);
+	tmp.prompt_tokens = px->usage.found ? px->usage.prompt_tokens : -1;
+	tmp.completion_tokens = px->usage.found ? px->usage.completion_tokens : -1;
+	tmp.error = empty_to_null(px->error_kind);
+	tmp.request_body = px->body_log;
+	tmp.response_body = answer;
+	rec = audit_record_pack(&tmp, true);
+	free(answer);
 	control_publish_audit(gw->control, rec);
 	audit_submit(gw->audit, rec);
 }
@@ -674,7 +681,6 @@ static void finish(struct proxy_req *px)
 	free(px->body_log);
 	if (px->answer_log)
 		evbuffer_free(px->answer_log);
-	free(px->method);
 	free(px->path);
 	sse_scan_free(&px->scan);
 	free(px->scan_out);
@@ -1039,7 +1045,7 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 		clock_gettime(CLOCK_REALTIME, &wall);
 		px->started_at = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
 	}
-	px->method = strdup(req->method_name);
+	px->method = req->method_name;
 	/* the path only: a query string can carry credentials (?api_key=...), and the audit
 	 * trail must never hold one */
 	px->path = dup_or_null(req->path);
