@@ -220,6 +220,50 @@ static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
 		u->found = true;
 }
 
+/* Fast path: OpenAI-style answers end with the "usage" member. Take the last "usage" key
+ * when it is a member (a ',' or '{' before it: an escaped quote has a backslash there) whose
+ * object value is followed only by the document's closing brace; anything else goes the
+ * full way. Saves walking every choice of every answer. */
+static bool usage_at_tail(const char *body, size_t len, struct usage *u)
+{
+	const char *hit = NULL, *p = body, *b, *end = body + len;
+	struct jscan j, obj;
+
+	while ((p = memmem(p, (size_t)(end - p), "\"usage\"", 7)) != NULL)
+		hit = p++;
+	if (!hit)
+		return false;
+	for (b = hit; b > body && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\n' || b[-1] == '\r'); b--)
+		;
+	if (b == body || (b[-1] != ',' && b[-1] != '{'))
+		return false;
+	j.p = hit + 7;
+	j.end = end;
+	js_ws(&j);
+	if (j.p >= j.end || *j.p != ':')
+		return false;
+	j.p++;
+	js_ws(&j);
+	if (j.p >= j.end || *j.p != '{')
+		return false;
+	obj = j;
+	if (!js_value(&j, 1))
+		return false;
+	obj.end = j.p;
+	js_ws(&j);
+	if (j.p >= j.end || *j.p != '}')
+		return false;
+	j.p++;
+	js_ws(&j);
+	if (j.p != j.end)
+		return false;
+	u->prompt_tokens = u->completion_tokens = -1;
+	if (!js_members(&obj, usage_field, u))
+		return false;
+	u->found = true;
+	return true;
+}
+
 bool usage_from_json(const char *body, size_t len, struct usage *u)
 {
 	struct jscan j = { body, body + len };
@@ -228,6 +272,10 @@ bool usage_from_json(const char *body, size_t len, struct usage *u)
 	u->prompt_tokens = u->completion_tokens = -1;
 	if (len == 0 || !memmem(body, len, "\"usage\"", 7))
 		return false;
+	if (usage_at_tail(body, len, u))
+		return true;
+	u->found = false;
+	u->prompt_tokens = u->completion_tokens = -1;
 	js_members(&j, usage_member, u);
 	return u->found;
 }

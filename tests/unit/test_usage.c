@@ -40,6 +40,36 @@ TEST(usage_is_read_from_a_json_answer)
 	CHECK(!usage_from_json("not json \"usage\"", 16, &u));
 }
 
+/* The tail fast path must agree with the full walk: a "usage" that is not a top-level
+ * member, or that sits in a string, is not taken from the tail. */
+TEST(usage_at_the_tail_is_taken_only_when_it_is_a_top_level_member)
+{
+	static const struct { const char *json; bool found; long prompt, completion; } cases[] = {
+		{ "{\"id\":\"x\",\"usage\" : {\"prompt_tokens\":3,\"completion_tokens\":4} }\n", true, 3, 4 },
+		/* nested in another member, last in the text */
+		{ "{\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2},\"z\":{\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":9}}}", true, 1, 2 },
+		/* only nested: no top-level usage at all */
+		{ "{\"z\":{\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":9}}}", false, -1, -1 },
+		/* a key that merely ends in an escaped quote and "usage" */
+		{ "{\"a\\\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":9}}", false, -1, -1 },
+		/* usage first, other members after it */
+		{ "{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6},\"id\":\"x\"}", true, 5, 6 },
+		/* the string "usage" as a value */
+		{ "{\"m\":\"usage\",\"n\":1}", false, -1, -1 },
+		/* trailing bytes after the document: not the tail path, the full walk finds it */
+		{ "{\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":6}}x", true, 5, 6 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct usage u;
+		bool f = usage_from_json(cases[i].json, strlen(cases[i].json), &u);
+		if (f != cases[i].found)
+			fprintf(stderr, "  case %zu: found=%d\n", i, f);
+		CHECK_INT(f, cases[i].found);
+		CHECK_INT(u.prompt_tokens, cases[i].prompt);
+		CHECK_INT(u.completion_tokens, cases[i].completion);
+	}
+}
+
 TEST(stream_usage_is_found_in_any_split_and_passed_unchanged)
 {
 	for (size_t piece = 1; piece < 40; piece += 3) {
