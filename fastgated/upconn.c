@@ -218,7 +218,9 @@ size_t h1_feed(struct h1_parser *p, const char *data, size_t len,
 			ll = (size_t)(nl - at) + 1;              /* with its '\n' */
 			n = ll - 1 - (ll >= 2 && at[ll - 2] == '\r');  /* without the line end */
 			if (p->state == H1_CHUNK_SIZE) {
-				if (chunk_size(at, n, &p->remaining) < 0) {
+				/* the same bound as for a line still arriving, so where the network
+				 * cut the answer cannot change the outcome */
+				if (ll - 1 > 1024 || chunk_size(at, n, &p->remaining) < 0) {
 					*ev = H1_BAD;
 					return off;
 				}

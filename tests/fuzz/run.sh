@@ -17,7 +17,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 
-ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse)
+ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp)
 FUZZ_DIR=tests/fuzz
 WARN="-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2"
 BASE="-std=gnu11 -D_GNU_SOURCE -g -fno-omit-frame-pointer -Ifastgated"
@@ -32,6 +32,7 @@ sources_of() {
     bodymatch) echo fastgated/routes.c fastgated/errlist.c fastgated/util.c ;;
     ctlproto)  echo fastgated/ctlproto.c ;;
     sse)       echo fastgated/usage.c ;;
+    h1resp)    echo fastgated/upconn.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
   esac
 }
@@ -43,14 +44,15 @@ fuzz_flags() {
   case $1 in routes|sse) f="-max_len=16384" ;; esac
   case $1 in
     reqcheck|routes) f="$f -dict=$FUZZ_DIR/$1.dict" ;;
+    h1resp)          f="$f -dict=$FUZZ_DIR/reqcheck.dict" ;;
     *)               f="$f -dict=$FUZZ_DIR/json.dict" ;;
   esac
   echo "$f"
 }
 
 pkg_flags() {
-  pkg-config --cflags --libs yaml-0.1 jansson 2>/dev/null \
-    || die "pkg-config cannot find yaml-0.1 and jansson (run tests/deps.sh build)"
+  pkg-config --cflags --libs yaml-0.1 jansson libevent 2>/dev/null \
+    || die "pkg-config cannot find yaml-0.1, jansson and libevent (run tests/deps.sh build)"
 }
 
 # needs_build OUT SRC...: true when OUT is missing or older than a source or header.

@@ -200,6 +200,24 @@ TEST(an_endless_head_is_refused_at_the_cap)
 	free(big);
 }
 
+TEST(an_overlong_chunk_size_line_is_refused_however_it_arrives)
+{
+	static char in[2200];
+	size_t steps[] = { 100000, 1, 700 };
+	int n = snprintf(in, sizeof(in), "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=");
+
+	memset(in + n, 'a', 1100);
+	static const char tail[] = "\r\nhello\r\n0\r\n\r\n";
+	memcpy(in + n + 1100, tail, sizeof(tail));
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		struct h1_parser p;
+		struct seen s = { 0 };
+		size_t left;
+		h1_init(&p, false);
+		CHECK_INT(feed(&p, in, steps[i], &s, &left), H1_BAD);
+	}
+}
+
 TEST(truncated_answers_are_not_complete_at_the_close)
 {
 	const char *cut[] = {
