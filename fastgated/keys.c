@@ -101,16 +101,23 @@ uint32_t key_crc32(const void *buf, size_t len)
 	return crc ^ 0xFFFFFFFFu;
 }
 
+static signed char b62_table[256];
+
+static void b62_table_init(void)
+{
+	for (int c = 0; c < 256; c++)
+		b62_table[c] = (signed char)(c >= '0' && c <= '9' ? c - '0'
+		                           : c >= 'A' && c <= 'Z' ? c - 'A' + 10
+		                           : c >= 'a' && c <= 'z' ? c - 'a' + 36 : -1);
+}
+
 /* Value of a base62 digit, or -1. */
+static pthread_once_t b62_once = PTHREAD_ONCE_INIT;
+
+/* By table, without branches on the secret's bytes; b62_once must have run. */
 static int b62_value(unsigned char c)
 {
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A' + 10;
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 36;
-	return -1;
+	return b62_table[c];
 }
 
 int key_generate(char *out)
@@ -157,6 +164,7 @@ bool key_format_valid(const char *s, size_t len)
 
 	if (!s || len != KEY_SECRET_LEN || memcmp(s, KEY_PREFIX, 3) != 0)
 		return false;
+	pthread_once(&b62_once, b62_table_init);
 	/* No early exit inside the secret: the cost does not depend on where it is wrong. */
 	for (size_t i = 3; i < 3 + KEY_RANDOM_LEN; i++)
 		bad |= b62_value((unsigned char)s[i]) < 0;

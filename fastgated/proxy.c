@@ -145,8 +145,10 @@ static bool response_header_skipped(const char *name)
 {
 	static const char *const skip[] = { "connection", "keep-alive", "transfer-encoding",
 		"content-length", "proxy-connection", "trailer", "upgrade", "te", NULL };
+	size_t nl = strlen(name);
+
 	for (int i = 0; skip[i]; i++)
-		if (strcasecmp(name, skip[i]) == 0)
+		if (strlen(skip[i]) == nl && strcasecmp(name, skip[i]) == 0)
 			return true;
 	return false;
 }
