@@ -156,13 +156,16 @@ def cmd_wrk(a):
         sys.exit(1)
     rec.update(kind="wrk", target=a.target, conns=a.conns, round=a.round,
                rps=rec["requests"] / (rec["duration_us"] / 1e6))
+    if a.cpu_ticks is not None and a.clk_tck and rec["requests"] > 0:
+        rec["cpu_us_per_req"] = a.cpu_ticks * 1e6 / a.clk_tck / rec["requests"]
     print(rec["requests"])  # for run.sh's count of completed requests
     if a.round < 0:  # warm-up: counted, not recorded
         return
     emit(a.out, rec)
     errs = sum(rec[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
-    print("  %-10s c=%-3d round %2d: %9.0f req/s  p50 %7.3f ms  p99 %7.3f ms%s" % (
+    print("  %-10s c=%-3d round %2d: %9.0f req/s  p50 %7.3f ms  p99 %7.3f ms%s%s" % (
         a.target, a.conns, a.round, rec["rps"], rec["p50_us"] / 1e3, rec["p99_us"] / 1e3,
+        ("  cpu %.1f us/req" % rec["cpu_us_per_req"]) if "cpu_us_per_req" in rec else "",
         ("  ERRORS %d" % errs) if errs else ""), file=sys.stderr)
 
 
@@ -669,7 +672,7 @@ def cmd_report(a):
 
     def wrk_med(target, conns, field):
         v = [r[field] for r in recs if r["kind"] == "wrk" and r["target"] == target
-             and r["conns"] == conns]
+             and r["conns"] == conns and r.get(field) is not None]
         return (statistics.median(v), len(v)) if v else (None, 0)
 
     conns = int(info.get("conns", 64))
@@ -707,6 +710,17 @@ def cmd_report(a):
             fg_threads, "" if fg_threads == 1 else "s"),
             "%s vs %s" % (fmt_ms(fg_p99 / 1e3), fmt_ms(ng_p99 / 1e3)), "no worse than nginx",
             "PASS" if fg_p99 <= ng_p99 else "FAIL"))
+    cpu = {t: wrk_med(t, conns, "cpu_us_per_req")[0] for t in targets
+           if any("cpu_us_per_req" in r for r in recs if r["kind"] == "wrk" and r["target"] == t
+                  and r["conns"] == conns)}
+    if cpu.get("fastgated") and cpu.get(nginx_eq):
+        short = {"direct": "mock", "nginx1": "nginx", nginx_eq: "nginx", "fastgated": "fastgated"}
+        rows.append(("CPU per request, c=%d: %s" % (conns, " / ".join(short[t] for t in cpu)),
+            " / ".join("%.1f us" % cpu[t] for t in cpu), "(info)", ""))
+        rows.append(("CPU per request fastgated / nginx (%d worker%s)" % (
+            fg_threads, "" if fg_threads == 1 else "s"),
+            "%.2fx (fastgated counts its audit writer thread)" % (cpu["fastgated"] / cpu[nginx_eq]),
+            "(info)", ""))
     if fg_rps and d_rps:
         rows.append(("throughput fastgated / direct", "%.2fx" % (fg_rps / d_rps), "(info)", ""))
         rows.append(("added latency over direct, c=%d: p50 / p99" % conns,
@@ -850,6 +864,10 @@ def cmd_report(a):
            "with `Authorization: Bearer <key>`, keep-alive); direct to the mock, nginx "
            "(`upstream` with `keepalive 64`, `proxy_http_version 1.1`, buffered access log) and "
            "fastgated (auth on, audit as built) take turns within each round; medians over rounds",
+           "- CPU per request: utime+stime of the processes serving each run (the mock for direct, "
+           "nginx's master and workers, fastgated with all its threads) divided by the requests wrk "
+           "completed; medians over rounds. Unlike req/s it hardly depends on what else the shared "
+           "machine runs",
            "- added latency: fastgated minus direct at the same percentile; at c=%d it is mostly "
            "queueing (Little's law), the c=1 line is the per-request cost" % conns,
            "- stream TTFB: request written -> first body byte, direct and via fastgated taking "
@@ -893,6 +911,9 @@ def main():
     s.add_argument("--target", required=True)
     s.add_argument("--conns", type=int, required=True)
     s.add_argument("--round", type=int, required=True)
+    s.add_argument("--cpu-ticks", type=int, default=None,
+                   help="utime+stime ticks the target's processes used during the run")
+    s.add_argument("--clk-tck", type=int, default=None)
     s.set_defaults(fn=cmd_wrk)
     s = sp.add_parser("ttfb")
     s.add_argument("--out", required=True)

@@ -297,11 +297,28 @@ EOF
 }
 
 # ---------------------------------------------------------------- wrk
+# CPU ticks (utime + stime, all threads) of the processes serving a target: the mock for
+# direct, nginx's workers, fastgated. CPU per request does not depend on how busy the
+# rest of the machine is, the way req/s does.
+declare -A TPIDS
+cpu_ticks() { # PID...
+	local t=0 pid
+	for pid in "$@"; do
+		t=$(( t + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat" 2>/dev/null || echo 0) ))
+	done
+	echo "$t"
+}
+
 run_wrk() { # TARGET URL CONNS THREADS SECONDS ROUND(-1 = warm-up); prints completed requests
-	local out=$W/wrk-$1-c$3-r$6.txt
+	local out=$W/wrk-$1-c$3-r$6.txt c0 c1
+	# shellcheck disable=SC2086
+	c0=$(cpu_ticks ${TPIDS[$1]:-})
 	BENCH_KEY=$KEY timeout $(( $5 + 30 )) wrk -t"$4" -c"$3" -d"$5"s --timeout 5s --latency \
 		-s "$HERE/post.lua" "$2" >"$out" 2>&1 || die "wrk $1 failed: $(tail -5 "$out")"
-	"${PY[@]}" wrk "$out" --out "$RES" --target "$1" --conns "$3" --round "$6"
+	# shellcheck disable=SC2086
+	c1=$(cpu_ticks ${TPIDS[$1]:-})
+	"${PY[@]}" wrk "$out" --out "$RES" --target "$1" --conns "$3" --round "$6" \
+		--cpu-ticks "$(( c1 - c0 ))" --clk-tck "$(getconf CLK_TCK)"
 }
 
 FG_FWD=0    # requests fastgated forwarded to the mock during its runs (mock's own counter)
@@ -327,12 +344,15 @@ bench_target() { # TARGET CONNS THREADS SECONDS ROUND
 log "== 1. non-stream throughput and latency (wrk -t$WRK_T -c$CONNS -d${RUN_S}s, $ROUNDS rounds)"
 declare -A URL
 URL[direct]=http://127.0.0.1:$MOCK_PORT/v1/chat/completions
+TPIDS[direct]=$MOCK_PID
 start_nginx nginx1 1
 URL[nginx1]=http://127.0.0.1:$NGX_PORT/v1/chat/completions
+TPIDS[nginx1]="$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')"
 TARGETS=(direct nginx1)
 if (( FG_THREADS != 1 )); then
 	start_nginx "nginx$FG_THREADS" "$FG_THREADS"
 	URL[nginx$FG_THREADS]=http://127.0.0.1:$NGX_PORT/v1/chat/completions
+	TPIDS[nginx$FG_THREADS]="$NGX_PID $(pgrep -P "$NGX_PID" | tr '\n' ' ')"
 	TARGETS+=("nginx$FG_THREADS")
 else
 	note "fastgated runs 1 event-loop thread, so nginx at equal workers is the 1-worker run"
@@ -340,6 +360,7 @@ fi
 FG1=$W/fg-load
 start_fg "$FG1"
 URL[fastgated]=http://127.0.0.1:$FG_PORT/v1/chat/completions
+TPIDS[fastgated]=$FG_PID
 TARGETS+=(fastgated)
 before=$(mock_chat)
 wait_http "${URL[fastgated]}" "$KEY" 10 || die "fastgated does not proxy a chat completion"
