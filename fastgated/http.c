@@ -38,6 +38,7 @@
 #include "proxy.h"
 #include "reqcheck.h"
 #include "reqid.h"
+#include "util.h"
 
 #define LINGER_SECONDS 1
 #define IN_START (16 * 1024)
@@ -114,22 +115,6 @@ static void disarm_timer(struct http_conn *c)
 {
 	c->timer_kind = T_NONE;
 	evtimer_del(&c->timer);
-}
-
-static int grow(char **buf, size_t *cap, size_t need, size_t start)
-{
-	size_t n = *cap ? *cap : start;
-	char *b;
-
-	if (need <= *cap)
-		return 0;
-	while (n < need)
-		n *= 2;
-	if (!(b = realloc(*buf, n)))
-		return -1;
-	*buf = b;
-	*cap = n;
-	return 0;
 }
 
 /* ---- closing ---------------------------------------------------------------------- */
@@ -425,7 +410,7 @@ void http_add_header(struct http_request *req, const char *name, const char *val
 
 	/* values come from the upstream or the gateway; a line break would split the reply */
 	if (strpbrk(value, "\r\n") || strpbrk(name, "\r\n:") ||
-	    grow(&c->outhead, &c->outhead_cap, c->outhead_len + nl + vl + 4, 512) < 0)
+	    buf_grow(&c->outhead, &c->outhead_cap, c->outhead_len + nl + vl + 4, 512) < 0)
 		return;
 	memcpy(c->outhead + c->outhead_len, name, nl);
 	c->outhead[c->outhead_len + nl] = ':';
@@ -630,7 +615,7 @@ static int parse_head(struct http_conn *c, const char *src, size_t n)
 	size_t nh = 0;
 	const char *conn;
 
-	if (grow(&c->head, &c->head_cap, n + 1, 1024) < 0)
+	if (buf_grow(&c->head, &c->head_cap, n + 1, 1024) < 0)
 		return -1;
 	memcpy(c->head, src, n);
 	c->head[n] = '\0';
@@ -743,7 +728,7 @@ static void dispatch(struct http_conn *c)
 
 static int body_add(struct http_conn *c, const char *p, size_t n)
 {
-	if (grow(&c->body, &c->body_cap, c->body_len + n, 1024) < 0)
+	if (buf_grow(&c->body, &c->body_cap, c->body_len + n, 1024) < 0)
 		return -1;
 	memcpy(c->body + c->body_len, p, n);
 	c->body_len += n;
@@ -875,7 +860,7 @@ static void rev_cb(evutil_socket_t fd, short what, void *arg)
 	}
 	if (c->cap - c->len < 4096 && c->cap < max) {
 		size_t want = c->cap ? c->cap * 2 : IN_START;
-		grow(&c->in, &c->cap, want > max ? max : want, IN_START);
+		buf_grow(&c->in, &c->cap, want > max ? max : want, IN_START);
 	}
 	if (c->len == c->cap) {
 		/* full: a request in the handler has pipelined bytes behind it; read on later */

@@ -24,6 +24,7 @@
 #include "upconn.h"
 #include "upstream.h"
 #include "usage.h"
+#include "util.h"
 
 /* Streaming backpressure: pause the upstream when this much is queued for the client,
  * resume once it is down to a quarter. */
@@ -216,16 +217,8 @@ static int up_header_add(struct proxy_req *px, const char *name, size_t nl, cons
 {
 	size_t need = px->up_raw_len + nl + vl + 2;
 
-	if (need > px->up_raw_cap) {
-		size_t cap = px->up_raw_cap ? px->up_raw_cap : 512;
-		char *b;
-		while (cap < need)
-			cap *= 2;
-		if (!(b = realloc(px->up_raw, cap)))
-			return -1;
-		px->up_raw = b;
-		px->up_raw_cap = cap;
-	}
+	if (buf_grow(&px->up_raw, &px->up_raw_cap, need, 512) < 0)
+		return -1;
 	memcpy(px->up_raw + px->up_raw_len, name, nl);
 	px->up_raw[px->up_raw_len + nl] = '\0';
 	memcpy(px->up_raw + px->up_raw_len + nl + 1, value, vl);
@@ -858,16 +851,8 @@ static int build_url(struct proxy_req *px, const char *path, const char *query)
 /* Append to the native request head. */
 static int head_add(struct proxy_req *px, const char *s, size_t n)
 {
-	if (px->up_head_len + n > px->up_head_cap) {
-		size_t cap = px->up_head_cap ? px->up_head_cap : 1024;
-		char *b;
-		while (cap < px->up_head_len + n)
-			cap *= 2;
-		if (!(b = realloc(px->up_head, cap)))
-			return -1;
-		px->up_head = b;
-		px->up_head_cap = cap;
-	}
+	if (buf_grow(&px->up_head, &px->up_head_cap, px->up_head_len + n, 1024) < 0)
+		return -1;
 	memcpy(px->up_head + px->up_head_len, s, n);
 	px->up_head_len += n;
 	return 0;

@@ -68,3 +68,19 @@ void set_err(char **err, const char *fmt, ...)
 	free(*err);
 	*err = msg;
 }
+
+int buf_grow(char **buf, size_t *cap, size_t need, size_t start)
+{
+	size_t n = *cap ? *cap : start;
+	char *b;
+
+	if (need <= *cap)
+		return 0;
+	while (n < need)
+		n *= 2;
+	if (!(b = realloc(*buf, n)))
+		return -1;
+	*buf = b;
+	*cap = n;
+	return 0;
+}

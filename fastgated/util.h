@@ -14,6 +14,11 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
+/* Make room for `need` bytes in a growable buffer (capacity doubling from `start`).
+ * 0, or -1 with the buffer untouched when memory runs out: for request-path buffers, where
+ * one failed request is better than an abort. */
+int buf_grow(char **buf, size_t *cap, size_t need, size_t start);
+
 /* A formatted, malloc'd string. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
