@@ -92,6 +92,7 @@ struct http_server {
 	struct gateway *gw;
 	int lfd;
 	struct event lev;
+	struct event resume_accept;   /* after EMFILE: accept again a little later */
 	bool listening;
 	LIST_HEAD(, http_conn) conns;
 	int n_conns;
@@ -983,15 +984,29 @@ static void accept_cb(evutil_socket_t lfd, short what, void *arg)
 
 		if (fd < 0) {
 			if (errno == EMFILE || errno == ENFILE) {
+				/* out of descriptors: the pending connection keeps the socket readable,
+				 * so stop listening for a moment instead of spinning on accept */
+				struct timeval tv = { 0, 100 * 1000 };
 				time_t now = time(NULL);
 				if (now != s->last_accept_warn)
 					log_warn("cannot accept a connection: %s", strerror(errno));
 				s->last_accept_warn = now;
+				event_del(&s->lev);
+				evtimer_add(&s->resume_accept, &tv);
 			}
 			return;
 		}
 		conn_new(s, fd, &ss);
 	}
+}
+
+static void resume_accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_server *s = arg;
+	(void)fd; (void)what;
+
+	if (s->listening)
+		event_add(&s->lev, NULL);
 }
 
 /* ---- the server --------------------------------------------------------------------- */
@@ -1104,6 +1119,7 @@ struct http_server *http_server_start(struct gateway *gw, char **err)
 		goto err;
 	}
 	event_assign(&s->lev, gw->base, s->lfd, EV_READ | EV_PERSIST, accept_cb, s);
+	evtimer_assign(&s->resume_accept, gw->base, resume_accept_cb, s);
 	event_add(&s->lev, NULL);
 	s->listening = true;
 	if (getsockname(s->lfd, (struct sockaddr *)&ss, &sl) == 0) {
@@ -1129,6 +1145,7 @@ void http_server_stop_accepting(struct http_server *s)
 
 	if (s->listening) {
 		event_del(&s->lev);
+		evtimer_del(&s->resume_accept);
 		close(s->lfd);
 		s->lfd = -1;
 		s->listening = false;
@@ -1152,6 +1169,7 @@ void http_server_free(struct http_server *s)
 		return;
 	if (s->listening) {
 		event_del(&s->lev);
+		evtimer_del(&s->resume_accept);
 		close(s->lfd);
 	}
 	/* Requests still in a handler are told their client is gone; the proxy finishes

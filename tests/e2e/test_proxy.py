@@ -767,6 +767,39 @@ def test_connections_past_the_cap_are_refused_cleanly(c):
         rmtree(d)
 
 
+def test_out_of_descriptors_pauses_accepting_instead_of_spinning(c):
+    import resource
+    d = tmpdir()
+    gw = Gateway(d, "routes: []\n", name="fdlimited")
+    socks = []
+
+    def cpu_s():
+        with open("/proc/%d/stat" % gw.proc.pid) as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        # lower the running daemon's limit under what it has open plus a few connections
+        open_fds = len(os.listdir("/proc/%d/fd" % gw.proc.pid))
+        resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE, (open_fds + 8, open_fds + 8))
+        for _ in range(40):   # the kernel completes these; the daemon cannot accept them all
+            socks.append(socket.create_connection(("127.0.0.1", gw.port), timeout=5))
+        wait_for(lambda: "cannot accept a connection" in gw.proc.stderr(), timeout=5,
+                 what="the EMFILE warning")
+        t0 = cpu_s()
+        time.sleep(1.0)
+        used = cpu_s() - t0
+        assert used < 0.5, "daemon spun on accept: %.2f s of CPU in 1 s" % used
+        for s in socks:
+            s.close()
+        socks = []
+        wait_for(lambda: gw.request("GET", "/health")[0] == 200, timeout=10, what="accepting again")
+    finally:
+        for s in socks:
+            s.close()
+        assert gw.stop() == 0
+        rmtree(d)
+
+
 def test_check_reports_file_and_line(c):
     d = tmpdir()
     try:
