@@ -496,6 +496,33 @@ TEST(record_without_request_id_is_refused_and_does_not_block_the_rest)
 	tmpdb_remove(&t);
 }
 
+/* A record the database refuses (here: a trigger aborts it) is dropped alone, also when it
+ * sits inside a multi-row INSERT group: the group is redone row by row. */
+TEST(a_record_the_database_refuses_is_dropped_alone_even_inside_a_group)
+{
+	struct tmpdb t;
+	struct audit *a;
+	sqlite3 *db;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	audit_close(a);
+	db = raw_open(t.path);
+	CHECK_INT(sqlite3_exec(db, "CREATE TRIGGER poison BEFORE INSERT ON audit "
+	                       "WHEN NEW.request_id = 'g000017' BEGIN SELECT RAISE(ABORT, 'poison'); END;",
+	                       NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	a = open_ok(t.path, NULL);
+	for (int i = 0; i < 40; i++)
+		audit_submit(a, make_record("g", i, 1.7e9 + i));
+	CHECK(wait_depth(a, 0, 10));
+	audit_close(a);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id LIKE 'g%'"), 39);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id = 'g000017'"), 0);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id IN ('g000016', 'g000018', 'g000039')"), 3);
+	tmpdb_remove(&t);
+}
+
 /* ---- files and schema ---- */
 
 TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
