@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, by thread, under callgrind: the repeatable figure for
+# comparing two builds on a noisy machine (callgrind counts instructions, not time).
+#
+#   tests/bench/callgrind.sh [BUILD_DIR]     (default: build/, i.e. `make programs`)
+#
+# Starts the mock upstream and fastgated (under valgrind --tool=callgrind) on free loopback
+# ports, drives `wrk -t1 -c4 -d${CG_SECONDS:-10}s` with tests/bench/post.lua, stops both by
+# PID and prints instructions per request: total, the audit writer thread
+# (audit.c:writer_main, inclusive) and the rest (the event loop). Needs valgrind and wrk.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+B=${1:-$ROOT/build}
+SECS=${CG_SECONDS:-10}
+for t in valgrind callgrind_annotate wrk python3; do
+	command -v "$t" >/dev/null 2>&1 || { echo "callgrind.sh: $t is required" >&2; exit 1; }
+done
+W=$(mktemp -d "${TMPDIR:-/tmp}/fastgate-cg.XXXXXX")
+MP="" FP=""
+cleanup() {
+	[[ -n $FP ]] && kill "$FP" 2>/dev/null && wait "$FP" 2>/dev/null
+	[[ -n $MP ]] && kill "$MP" 2>/dev/null && wait "$MP" 2>/dev/null
+	rm -rf "$W"
+}
+trap cleanup EXIT
+
+wait_for() { # FILE REGEX SECONDS
+	for _ in $(seq $(( $3 * 10 ))); do
+		grep -qE "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "callgrind.sh: timed out waiting for $2 in $1" >&2
+	cat "$1" >&2
+	exit 1
+}
+
+"$B/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>&1 &
+MP=$!
+wait_for "$W/mock.out" '^listening ' 10
+mport=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/mock.out")
+mkdir -p "$W/routes"
+printf 'routes:\n  - name: chat\n    match: { path: /v1/chat/completions, methods: [POST] }\n    upstream: { url: http://127.0.0.1:%s/v1/chat/completions, api_key: upstream-key }\n' \
+	"$mport" >"$W/routes/chat.yaml"
+valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$B/fastgated" --listen 127.0.0.1:0 \
+	--routes "$W/routes" --keys "$W/keys.db" --audit "$W/audit.db" --control "$W/ctl.sock" \
+	>"$W/fg.out" 2>"$W/fg.log" &
+FP=$!
+wait_for "$W/fg.log" 'listening on http://' 60
+fport=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$W/fg.log" | head -1)
+key=$("$B/fastgate-cli" --socket "$W/ctl.sock" --json key create --name callgrind |
+	python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+BENCH_KEY=$key wrk -t1 -c4 -d"${SECS}s" -s "$ROOT/tests/bench/post.lua" \
+	"http://127.0.0.1:$fport/v1/chat/completions" >"$W/wrk.out" 2>&1
+n=$(grep -o '"requests":[0-9]*' "$W/wrk.out" | cut -d: -f2)
+kill "$FP"
+wait "$FP" 2>/dev/null || true
+FP=""
+total=$(callgrind_annotate "$W/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+writer=$(callgrind_annotate --inclusive=yes "$W/cg.out" 2>/dev/null |
+	awk '/audit.c:writer_main/ && !done { gsub(",", "", $1); print $1; done = 1 }')
+echo "requests $n (wrk -t1 -c4 -d${SECS}s through $B/fastgated under callgrind)"
+echo "instructions per request: total $(( total / n )), audit writer $(( ${writer:-0} / n )), event loop $(( (total - ${writer:-0}) / n ))"
