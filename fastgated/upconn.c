@@ -418,8 +418,9 @@ void upconn_pool_free(struct upconn_pool *p)
 	free(p);
 }
 
-/* "host[:port]" to an address, for IP literals and localhost only: resolving names would
- * block the loop, and those routes stay with curl's threaded resolver. */
+/* "host[:port]" to an address, for IP literals only: resolving names would block the loop,
+ * and those routes stay with curl's threaded resolver. That includes "localhost", which
+ * may mean 127.0.0.1, ::1 or both, and curl tries each. */
 static int parse_host(const char *host, struct sockaddr_storage *ss, socklen_t *len)
 {
 	char name[64];
@@ -453,8 +454,6 @@ static int parse_host(const char *host, struct sockaddr_storage *ss, socklen_t *
 		if (*e || port < 1 || port > 65535)
 			return -1;
 	}
-	if (strcasecmp(name, "localhost") == 0)
-		strcpy(name, "127.0.0.1");
 	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
 	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
 	if (inet_pton(AF_INET, name, &a4->sin_addr) == 1) {

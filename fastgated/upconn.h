@@ -3,9 +3,9 @@
  *
  * Why: on the request path curl cost more than the rest of the gateway together (its
  * multi/socket machinery, two poll() calls per reused connection, a timer round per
- * transfer). For http:// origins given as an IP address or "localhost" the gateway now
- * frames the request and parses the answer itself; https:// and named hosts still go
- * through upstream.c (curl: TLS, asynchronous DNS).
+ * transfer). For http:// origins given as an IP address the gateway now frames the request
+ * and parses the answer itself; https:// and named hosts (localhost too) still go through
+ * upstream.c (curl: TLS, asynchronous DNS, every address of a name).
  *
  * Contract with the caller (proxy.c): the callbacks in struct upconn_xfer see the answer's
  * status line, header lines and final empty line one at a time (CRLF included, as curl's

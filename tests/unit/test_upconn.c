@@ -262,12 +262,12 @@ TEST(a_callback_can_abort)
 	CHECK_INT(s.nbody, 0);
 }
 
-TEST(only_addresses_and_localhost_are_handled_natively)
+TEST(only_addresses_are_handled_natively)
 {
 	CHECK(upconn_supported("127.0.0.1:8000"));
 	CHECK(upconn_supported("10.1.2.3"));
 	CHECK(upconn_supported("[::1]:8080"));
-	CHECK(upconn_supported("localhost:11434"));
+	CHECK(!upconn_supported("localhost:11434"));   /* a name: 127.0.0.1 and/or ::1 */
 	CHECK(!upconn_supported("api.example.com"));
 	CHECK(!upconn_supported("vllm.internal:8000"));
 	CHECK(!upconn_supported("127.0.0.1:99999"));
