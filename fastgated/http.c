@@ -370,8 +370,10 @@ static void end_request(struct http_conn *c)
 
 const char *http_find_header(const struct http_request *req, const char *name)
 {
+	size_t nl = strlen(name);
+
 	for (size_t i = 0; i < req->n_headers; i++)
-		if (strcasecmp(req->headers[i].name, name) == 0)
+		if (req->headers[i].name_len == nl && strcasecmp(req->headers[i].name, name) == 0)
 			return req->headers[i].value;
 	return NULL;
 }
@@ -681,6 +683,7 @@ static int parse_head(struct http_conn *c, const char *src, size_t n)
 		}
 		c->hdrs[nh].name = line;
 		c->hdrs[nh].value = v;
+		c->hdrs[nh].name_len = (size_t)(colon - line);
 		nh++;
 	}
 	r->headers = c->hdrs;

@@ -29,6 +29,7 @@ enum http_method { HTTP_GET, HTTP_POST, HTTP_HEAD, HTTP_PUT, HTTP_DELETE, HTTP_O
 
 struct http_header {
 	const char *name, *value;
+	size_t name_len;              /* strlen(name): lookups compare lengths first */
 };
 
 /* What a handler reads. Strings are NUL-terminated and live as long as the request. */

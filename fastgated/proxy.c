@@ -700,9 +700,9 @@ static int find_credential(const struct http_request *in, const char **out, size
 	for (size_t i = 0; i < in->n_headers; i++) {
 		const struct http_header *h = &in->headers[i];
 		const char *v = NULL;
-		if (strcasecmp(h->name, "x-api-key") == 0) {
+		if (h->name_len == 9 && strcasecmp(h->name, "x-api-key") == 0) {
 			v = h->value;
-		} else if (strcasecmp(h->name, "authorization") == 0) {
+		} else if (h->name_len == 13 && strcasecmp(h->name, "authorization") == 0) {
 			v = h->value;
 			if (strncasecmp(v, "Bearer ", 7) == 0)
 				v += 7;

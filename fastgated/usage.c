@@ -1,4 +1,5 @@
 /* Token usage extraction; see usage.h. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <jansson.h>
@@ -18,20 +19,83 @@ struct jscan {
 	const char *p, *end;
 };
 
-/* Bytes that end the plain run inside a string: the quote, a backslash, control bytes. */
+/* Bytes that end the plain ASCII run inside a string: the quote, a backslash, control
+ * bytes, and every byte of a multi-byte UTF-8 sequence (checked one sequence at a time). */
 static const bool str_stop[256] = {
-	[0x00] = 1, [0x01] = 1, [0x02] = 1, [0x03] = 1, [0x04] = 1, [0x05] = 1, [0x06] = 1,
-	[0x07] = 1, [0x08] = 1, [0x09] = 1, [0x0a] = 1, [0x0b] = 1, [0x0c] = 1, [0x0d] = 1,
-	[0x0e] = 1, [0x0f] = 1, [0x10] = 1, [0x11] = 1, [0x12] = 1, [0x13] = 1, [0x14] = 1,
-	[0x15] = 1, [0x16] = 1, [0x17] = 1, [0x18] = 1, [0x19] = 1, [0x1a] = 1, [0x1b] = 1,
-	[0x1c] = 1, [0x1d] = 1, [0x1e] = 1, [0x1f] = 1, ['"'] = 1, ['\\'] = 1,
+	[0x00 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1, [0x80 ... 0xff] = 1,
 };
 
-/* Bytes a JSON number is made of. */
-static const bool num_char[256] = {
-	['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-	['8'] = 1, ['9'] = 1, ['+'] = 1, ['-'] = 1, ['.'] = 1, ['e'] = 1, ['E'] = 1,
-};
+/* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no
+ * surrogates, nothing above U+10FFFF), or 0. jansson refuses what this refuses, so a
+ * document is JSON to the scanner exactly when it is JSON to everything else. */
+static size_t utf8_len(const unsigned char *p, const unsigned char *end)
+{
+	unsigned c = p[0], cp;
+	size_t n;
+
+	if (c >= 0xc2 && c <= 0xdf) {
+		n = 2;
+		cp = c & 0x1f;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		cp = c & 0x0f;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		cp = c & 0x07;
+	} else {
+		return 0;
+	}
+	if ((size_t)(end - p) < n)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = cp << 6 | (p[i] & 0x3f);
+	}
+	if ((n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+/* Four hex digits at p (end bounds it), or -1. */
+static long hex4(const char *p, const char *end)
+{
+	long v = 0;
+
+	if (end - p < 4)
+		return -1;
+	for (int i = 0; i < 4; i++) {
+		char c = p[i];
+		int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+		      : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+		if (d < 0)
+			return -1;
+		v = v << 4 | d;
+	}
+	return v;
+}
+
+/* The escape after a backslash at p: its length, or 0 when JSON does not allow it (a
+ * \u0000, which jansson refuses by default, and lone surrogates included). */
+static size_t escape_len(const char *p, const char *end)
+{
+	long cp, lo;
+
+	if (p >= end)
+		return 0;
+	if (strchr("\"\\/bfnrt", *p) && *p)
+		return 1;
+	if (*p != 'u' || (cp = hex4(p + 1, end)) <= 0 || (cp >= 0xdc00 && cp <= 0xdfff))
+		return 0;
+	if (cp < 0xd800 || cp > 0xdbff)
+		return 5;
+	/* a high surrogate needs its low half right after it */
+	if (end - p < 11 || p[5] != '\\' || p[6] != 'u' || (lo = hex4(p + 7, end)) < 0xdc00 ||
+	    lo > 0xdfff)
+		return 0;
+	return 11;
+}
 
 static void js_ws(struct jscan *j)
 {
@@ -55,9 +119,17 @@ static bool js_string(struct jscan *j, const char **s, size_t *n)
 			break;
 		if ((unsigned char)*j->p < 0x20)
 			return false;
-		if (*j->p == '\\' && ++j->p >= j->end)
-			return false;
-		j->p++;
+		if (*j->p == '\\') {
+			size_t e = escape_len(j->p + 1, j->end);
+			if (!e)
+				return false;
+			j->p += 1 + e;
+		} else {
+			size_t u8 = utf8_len((const unsigned char *)j->p, (const unsigned char *)j->end);
+			if (!u8)
+				return false;
+			j->p += u8;
+		}
 	}
 	if (j->p >= j->end)
 		return false;
@@ -78,6 +150,87 @@ static bool js_literal(struct jscan *j, const char *lit)
 }
 
 static bool js_value(struct jscan *j, int depth);
+
+static bool is_digit(const struct jscan *j, const char *p)
+{
+	return p < j->end && *p >= '0' && *p <= '9';
+}
+
+/* A number jansson can hold: an integer within 64 bits, a real that is finite. */
+static bool number_fits(const char *s, size_t n, bool integer)
+{
+	char buf[400];
+	const char *d = s + (s[0] == '-');
+	size_t nd = n - (size_t)(d - s);
+
+	if (integer) {
+		static const char max[] = "9223372036854775807";   /* LLONG_MAX; -2^63 one more */
+		if (nd != 19)
+			return nd < 19;
+		int c = memcmp(d, max, 19);
+		return c <= 0 || (s[0] == '-' && memcmp(d, "9223372036854775808", 19) == 0);
+	}
+	{
+		/* the common reals (0.7, 1e-5) cannot overflow: only strtod a number that might */
+		const char *e = memchr(s, 'e', n);
+		if (!e)
+			e = memchr(s, 'E', n);
+		if (!e && n < 300)
+			return true;          /* without an exponent it takes 309 digits to overflow */
+		if (e && n < 24) {
+			const char *x = e + 1 + (e[1] == '+' || e[1] == '-');
+			if (s + n - x <= 2)
+				return true;      /* at most ~20 digits times 10^99 */
+		}
+		if (n >= sizeof(buf)) {
+			/* very long: the value is about 10^(integer digits + exponent) */
+			const char *dot = memchr(d, '.', nd), *stop = dot ? dot : e ? e : s + n;
+			while (d < stop && *d == '0')
+				d++;
+			return (long)(stop - d) + (e ? strtol(e + 1, NULL, 10) : 0) < 300;
+		}
+	}
+	memcpy(buf, s, n);
+	buf[n] = '\0';
+	double v = strtod(buf, NULL);
+	return isfinite(v);
+}
+
+/* -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? as JSON has it (no "06", no "1.", no "+1") */
+static bool js_number(struct jscan *j)
+{
+	const char *p = j->p;
+	bool integer = true;
+
+	if (p < j->end && *p == '-')
+		p++;
+	if (!is_digit(j, p))
+		return false;
+	if (*p++ != '0')
+		while (is_digit(j, p))
+			p++;
+	if (p < j->end && *p == '.') {
+		integer = false;
+		if (!is_digit(j, ++p))
+			return false;
+		while (is_digit(j, p))
+			p++;
+	}
+	if (p < j->end && (*p == 'e' || *p == 'E')) {
+		integer = false;
+		p++;
+		if (p < j->end && (*p == '+' || *p == '-'))
+			p++;
+		if (!is_digit(j, p))
+			return false;
+		while (is_digit(j, p))
+			p++;
+	}
+	if (!number_fits(j->p, (size_t)(p - j->p), integer))
+		return false;
+	j->p = p;
+	return true;
+}
 
 /* An object or array, skipped. */
 static bool js_container(struct jscan *j, int depth, char close)
@@ -134,11 +287,7 @@ static bool js_value(struct jscan *j, int depth)
 	case 'f': return js_literal(j, "false");
 	case 'n': return js_literal(j, "null");
 	default:
-		if (*j->p != '-' && (*j->p < '0' || *j->p > '9'))
-			return false;
-		while (j->p < j->end && num_char[(unsigned char)*j->p])
-			j->p++;
-		return true;
+		return js_number(j);
 	}
 }
 
@@ -220,11 +369,12 @@ static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
 		u->found = true;
 }
 
-/* Fast path: OpenAI-style answers end with the "usage" member. Take the last "usage" key
+/* 1: found at the tail; 0: not there, walk the document; -1: no "usage" key at all.
+ * Fast path: OpenAI-style answers end with the "usage" member. Take the last "usage" key
  * when it is a member (a ',' or '{' before it: an escaped quote has a backslash there) whose
  * object value is followed only by the document's closing brace; anything else goes the
  * full way. Saves walking every choice of every answer. */
-static bool usage_at_tail(const char *body, size_t len, struct usage *u)
+static int usage_at_tail(const char *body, size_t len, struct usage *u)
 {
 	const char *hit = NULL, *p = body, *b, *end = body + len;
 	struct jscan j, obj;
@@ -232,36 +382,36 @@ static bool usage_at_tail(const char *body, size_t len, struct usage *u)
 	while ((p = memmem(p, (size_t)(end - p), "\"usage\"", 7)) != NULL)
 		hit = p++;
 	if (!hit)
-		return false;
+		return -1;   /* no "usage" anywhere: nothing to walk for */
 	for (b = hit; b > body && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\n' || b[-1] == '\r'); b--)
 		;
 	if (b == body || (b[-1] != ',' && b[-1] != '{'))
-		return false;
+		return 0;
 	j.p = hit + 7;
 	j.end = end;
 	js_ws(&j);
 	if (j.p >= j.end || *j.p != ':')
-		return false;
+		return 0;
 	j.p++;
 	js_ws(&j);
 	if (j.p >= j.end || *j.p != '{')
-		return false;
+		return 0;
 	obj = j;
 	if (!js_value(&j, 1))
-		return false;
+		return 0;
 	obj.end = j.p;
 	js_ws(&j);
 	if (j.p >= j.end || *j.p != '}')
-		return false;
+		return 0;
 	j.p++;
 	js_ws(&j);
 	if (j.p != j.end)
-		return false;
+		return 0;
 	u->prompt_tokens = u->completion_tokens = -1;
 	if (!js_members(&obj, usage_field, u))
-		return false;
+		return 0;
 	u->found = true;
-	return true;
+	return 1;
 }
 
 bool usage_from_json(const char *body, size_t len, struct usage *u)
@@ -270,10 +420,14 @@ bool usage_from_json(const char *body, size_t len, struct usage *u)
 
 	u->found = false;
 	u->prompt_tokens = u->completion_tokens = -1;
-	if (len == 0 || !memmem(body, len, "\"usage\"", 7))
+	if (len == 0)
 		return false;
-	if (usage_at_tail(body, len, u))
+	switch (usage_at_tail(body, len, u)) {
+	case 1:
 		return true;
+	case -1:
+		return false;
+	}
 	u->found = false;
 	u->prompt_tokens = u->completion_tokens = -1;
 	js_members(&j, usage_member, u);
@@ -436,7 +590,8 @@ static bool inspect_event(struct sse_scan *s, const char *ev, size_t n)
 		if (ln >= 5 && memcmp(p, "data:", 5) == 0) {
 			struct event_info ei = { &s->usage, false, false };
 			struct jscan j = { p + 5, p + ln };
-			if (js_members(&j, event_member, &ei) && ei.has_usage)
+			/* the whole line must be the object: anything after it is not JSON */
+			if (js_members(&j, event_member, &ei) && (js_ws(&j), j.p == j.end) && ei.has_usage)
 				usage_only = ei.empty_choices;
 		}
 		p = eol ? eol + 1 : end;

@@ -70,6 +70,49 @@ TEST(usage_at_the_tail_is_taken_only_when_it_is_a_top_level_member)
 	}
 }
 
+/* Only a chunk that is JSON to any parser is taken for a usage chunk and stripped: these
+ * look like one to a lenient scanner, but are not JSON (found by fuzzing against jansson). */
+TEST(an_event_that_is_not_strict_json_is_never_stripped)
+{
+	static const char *const events[] = {
+		"data: {\"choices\":[],\"usage\":{\"pr\x8d\x92pt_tokens\":3}}\n\n",    /* invalid UTF-8 */
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2}}%\r%\n\n",      /* bytes after it */
+		"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":06}}\n\n",          /* leading zero */
+		"data: {\"choices\":[],\"usage\":{\"p\":66666666666666666666666}}\n\n", /* too big */
+		"data: {\"choices\":[],\"usage\":{\"p\":\"\\ud800\"}}\n\n",           /* lone surrogate */
+		"data: {\"choices\":[],\"usage\":{\"p\":\"\\x\"}}\n\n",               /* bad escape */
+	};
+	for (size_t i = 0; i < sizeof(events) / sizeof(events[0]); i++) {
+		struct sse_scan sc;
+		char *out = NULL;
+		size_t len = 0, cap = 0, n = strlen(events[i]);
+
+		sse_scan_init(&sc, true);
+		CHECK_INT(sse_scan_feed(&sc, events[i], n, &out, &len, &cap), 0);
+		CHECK_INT(sse_scan_finish(&sc, &out, &len, &cap), 0);
+		if (len != n)
+			fprintf(stderr, "  event %zu was stripped\n", i);
+		CHECK_INT(len, n);
+		sse_scan_free(&sc);
+		free(out);
+	}
+	/* and a valid one still is */
+	{
+		const char *ok = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"x\":\"\\ud83d\\ude00\u00e9\",\"r\":1.5e3}}\n\n";
+		struct sse_scan sc;
+		char *out = NULL;
+		size_t len = 0, cap = 0;
+
+		sse_scan_init(&sc, true);
+		CHECK_INT(sse_scan_feed(&sc, ok, strlen(ok), &out, &len, &cap), 0);
+		CHECK_INT(sse_scan_finish(&sc, &out, &len, &cap), 0);
+		CHECK_INT(len, 0);
+		CHECK_INT(sc.usage.prompt_tokens, 2);
+		sse_scan_free(&sc);
+		free(out);
+	}
+}
+
 TEST(stream_usage_is_found_in_any_split_and_passed_unchanged)
 {
 	for (size_t piece = 1; piece < 40; piece += 3) {
