@@ -99,18 +99,43 @@ static double elapsed_since(const struct timespec *t0)
 	return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
-static const char *const always_stripped[] = {
-	"host", "x-api-key", "authorization", "x-forwarded-for", "x-request-id",
+/* A header name with its length: the lists below are checked for every header of every
+ * request and answer, so only names of the same length are compared. */
+struct hname {
+	const char *s;
+	size_t len;
+};
+#define HNAME(lit) { lit, sizeof(lit) - 1 }
+
+static const struct hname always_stripped[] = {
+	HNAME("host"), HNAME("x-api-key"), HNAME("authorization"), HNAME("x-forwarded-for"),
+	HNAME("x-request-id"),
 	/* hop-by-hop (RFC 9110 7.6.1) and framing: curl frames the upstream request itself */
-	"connection", "keep-alive", "proxy-connection", "proxy-authorization",
-	"proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
-	"content-length", "expect", NULL
+	HNAME("connection"), HNAME("keep-alive"), HNAME("proxy-connection"),
+	HNAME("proxy-authorization"), HNAME("proxy-authenticate"), HNAME("te"), HNAME("trailer"),
+	HNAME("transfer-encoding"), HNAME("upgrade"), HNAME("content-length"), HNAME("expect"),
+	{ NULL, 0 }
 };
 
-/* Header names the client listed in Connection are hop-by-hop too. */
-static bool listed_in_connection(const char *conn, const char *name)
+/* Response headers that describe the upstream hop rather than the answer, and our own
+ * X-Request-Id, which replaces the upstream's. */
+static const struct hname response_skipped[] = {
+	HNAME("connection"), HNAME("keep-alive"), HNAME("transfer-encoding"),
+	HNAME("content-length"), HNAME("proxy-connection"), HNAME("trailer"), HNAME("upgrade"),
+	HNAME("te"), HNAME("x-request-id"), { NULL, 0 }
+};
+
+static bool name_listed(const char *name, size_t nl, const struct hname *list)
 {
-	size_t nl = strlen(name);
+	for (; list->s; list++)
+		if (list->len == nl && strncasecmp(name, list->s, nl) == 0)
+			return true;
+	return false;
+}
+
+/* Header names the client listed in Connection are hop-by-hop too. */
+static bool listed_in_connection(const char *conn, const char *name, size_t nl)
+{
 	const char *p = conn;
 
 	while (p && *p) {
@@ -126,32 +151,21 @@ static bool listed_in_connection(const char *conn, const char *name)
 	return false;
 }
 
-int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
-                          const char *connection)
+static int header_stripped(const char *name, size_t nl, char *const *extra, size_t n_extra,
+                           const char *connection)
 {
-	size_t nl = strlen(name);
-
-	/* compare only names of the same length: this runs for every header of every request */
-	for (int i = 0; always_stripped[i]; i++)
-		if (strlen(always_stripped[i]) == nl && strcasecmp(name, always_stripped[i]) == 0)
-			return 1;
+	if (name_listed(name, nl, always_stripped))
+		return 1;
 	for (size_t i = 0; i < n_extra; i++)
 		if (strcasecmp(name, extra[i]) == 0)
 			return 1;
-	return connection && listed_in_connection(connection, name);
+	return connection && listed_in_connection(connection, name, nl);
 }
 
-/* Response headers that describe the upstream hop rather than the answer. */
-static bool response_header_skipped(const char *name)
+int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
+                          const char *connection)
 {
-	static const char *const skip[] = { "connection", "keep-alive", "transfer-encoding",
-		"content-length", "proxy-connection", "trailer", "upgrade", "te", NULL };
-	size_t nl = strlen(name);
-
-	for (int i = 0; skip[i]; i++)
-		if (strlen(skip[i]) == nl && strcasecmp(name, skip[i]) == 0)
-			return true;
-	return false;
+	return header_stripped(name, strlen(name), extra, n_extra, connection);
 }
 
 static void finish(struct proxy_req *px);
@@ -233,7 +247,7 @@ static void copy_response_headers(struct proxy_req *px)
 	size_t off = 0;
 
 	while (up_header_next(px, &off, &k, &v))
-		if (!response_header_skipped(k) && strcasecmp(k, "x-request-id") != 0)
+		if (!name_listed(k, (size_t)(v - 1 - k), response_skipped))
 			http_add_header(px->req, k, v);
 }
 
@@ -896,7 +910,7 @@ static int build_headers(struct proxy_req *px, const struct http_request *in)
 
 	for (size_t k = 0; k < in->n_headers; k++) {
 		const struct http_header *h = &in->headers[k];
-		if (proxy_header_stripped(h->name, r->strip_headers, r->n_strip_headers, conn))
+		if (header_stripped(h->name, h->name_len, r->strip_headers, r->n_strip_headers, conn))
 			continue;
 		bool overridden = false;
 		for (size_t i = 0; i < r->n_add_headers; i++)

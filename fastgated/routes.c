@@ -510,8 +510,9 @@ enum route_match_result route_match(const struct route_table *t, struct route_re
 	while ((b && bi < b->n) || wi < t->n_wild) {
 		size_t i;
 		const struct route *r;
+		bool literal = b && bi < b->n && (wi >= t->n_wild || b->idx[bi] < t->wild[wi]);
 
-		if (b && bi < b->n && (wi >= t->n_wild || b->idx[bi] < t->wild[wi]))
+		if (literal)
 			i = b->idx[bi++];
 		else
 			i = t->wild[wi++];
@@ -519,7 +520,8 @@ enum route_match_result route_match(const struct route_table *t, struct route_re
 
 		if (!r->enabled)
 			continue;
-		if (r->match_path && !route_path_match(r->match_path, rq->path))
+		/* a literal route from the bucket has the very path: nothing to match */
+		if (!literal && r->match_path && !route_path_match(r->match_path, rq->path))
 			continue;
 		if (!method_match(r, rq->method))
 			continue;

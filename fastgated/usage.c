@@ -1,5 +1,6 @@
 /* Token usage extraction; see usage.h. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <jansson.h>
@@ -99,43 +100,74 @@ static size_t escape_len(const char *p, const char *end)
 
 static void js_ws(struct jscan *j)
 {
-	while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
-		j->p++;
+	const char *p = j->p;
+
+	while (p < j->end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	j->p = p;
 }
 
-/* A string; on success s and n span its raw contents (escapes left as written). */
+/* Non-zero when one of the 8 bytes in x is a str_stop byte: a quote, a backslash, a
+ * control byte (< 0x20) or a non-ASCII byte. The usual "has a zero byte" / "has a byte
+ * less than n" word tricks; only whether, not where. */
+static inline uint64_t word_has_stop(uint64_t x)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+
+	return (x | ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs;
+}
+
+/* A string; on success s and n span its raw contents (escapes left as written). Plain
+ * ASCII runs (most of a chat body) go 8 bytes per step; the cursor lives in a local so
+ * that the compiler does not store it back at every byte. */
 static bool js_string(struct jscan *j, const char **s, size_t *n)
 {
-	const char *q;
+	const char *p = j->p, *q, *end = j->end;
 
-	if (j->p >= j->end || *j->p != '"')
+	if (p >= end || *p != '"')
 		return false;
-	q = ++j->p;
-	while (j->p < j->end && *j->p != '"') {
-		/* plain bytes in a tight loop: strings are most of a chat body */
-		while (j->p < j->end && !str_stop[(unsigned char)*j->p])
-			j->p++;
-		if (j->p >= j->end || *j->p == '"')
-			break;
-		if ((unsigned char)*j->p < 0x20)
+	q = ++p;
+	for (;;) {
+		uint64_t w;
+
+		while (end - p >= 8) {
+			memcpy(&w, p, sizeof(w));
+			if (word_has_stop(w))
+				break;
+			p += 8;
+		}
+		while (p < end && !str_stop[(unsigned char)*p])
+			p++;
+		if (p >= end) {
+			j->p = p;
 			return false;
-		if (*j->p == '\\') {
-			size_t e = escape_len(j->p + 1, j->end);
-			if (!e)
+		}
+		if (*p == '"')
+			break;
+		if ((unsigned char)*p < 0x20) {
+			j->p = p;
+			return false;
+		}
+		if (*p == '\\') {
+			size_t e = escape_len(p + 1, end);
+			if (!e) {
+				j->p = p;
 				return false;
-			j->p += 1 + e;
+			}
+			p += 1 + e;
 		} else {
-			size_t u8 = utf8_len((const unsigned char *)j->p, (const unsigned char *)j->end);
-			if (!u8)
+			size_t u8 = utf8_len((const unsigned char *)p, (const unsigned char *)end);
+			if (!u8) {
+				j->p = p;
 				return false;
-			j->p += u8;
+			}
+			p += u8;
 		}
 	}
-	if (j->p >= j->end)
-		return false;
 	*s = q;
-	*n = (size_t)(j->p - q);
-	j->p++;
+	*n = (size_t)(p - q);
+	j->p = p + 1;
 	return true;
 }
 
@@ -376,11 +408,15 @@ static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
  * full way. Saves walking every choice of every answer. */
 static int usage_at_tail(const char *body, size_t len, struct usage *u)
 {
-	const char *hit = NULL, *p = body, *b, *end = body + len;
+	const char *hit = NULL, *p, *b, *end = body + len;
 	struct jscan j, obj;
 
-	while ((p = memmem(p, (size_t)(end - p), "\"usage\"", 7)) != NULL)
-		hit = p++;
+	/* the last "usage" key, looked for from the end, where answers put it */
+	for (size_t n = len; (p = memrchr(body, '"', n)) != NULL; n = (size_t)(p - body))
+		if ((size_t)(end - p) >= 7 && memcmp(p, "\"usage\"", 7) == 0) {
+			hit = p;
+			break;
+		}
 	if (!hit)
 		return -1;   /* no "usage" anywhere: nothing to walk for */
 	for (b = hit; b > body && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\n' || b[-1] == '\r'); b--)

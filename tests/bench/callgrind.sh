@@ -8,6 +8,7 @@
 # ports, drives `wrk -t1 -c4 -d${CG_SECONDS:-10}s` with tests/bench/post.lua, stops both by
 # PID and prints instructions per request: total, the audit writer thread
 # (audit.c:writer_main, inclusive) and the rest (the event loop). Needs valgrind and wrk.
+# CG_OUT=FILE keeps the profile for callgrind_annotate / kcachegrind.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -60,4 +61,5 @@ total=$(callgrind_annotate "$W/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsu
 writer=$(callgrind_annotate --inclusive=yes "$W/cg.out" 2>/dev/null |
 	awk '/audit.c:writer_main/ && !done { gsub(",", "", $1); print $1; done = 1 }')
 echo "requests $n (wrk -t1 -c4 -d${SECS}s through $B/fastgated under callgrind)"
+[[ -n ${CG_OUT:-} ]] && cp "$W/cg.out" "$CG_OUT"
 echo "instructions per request: total $(( total / n )), audit writer $(( ${writer:-0} / n )), event loop $(( (total - ${writer:-0}) / n ))"

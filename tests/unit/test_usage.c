@@ -1,6 +1,8 @@
 /* Usage extraction from JSON answers and SSE streams, and the usage-chunk stripping. */
 #include <stdlib.h>
 
+#include <jansson.h>
+
 #include "unit.h"
 #include "usage.h"
 
@@ -166,6 +168,36 @@ TEST(only_top_level_fields_count_and_bad_json_gives_nothing)
 	const char *cut = "{\"model\":\"m\",\"stream\":tru";
 	usage_request_info(cut, strlen(cut), model, sizeof(model), &stream, &inc);
 	CHECK_STR(model, "");
+}
+
+/* Strings are scanned 8 bytes at a time: a byte that ends the plain run (quote, backslash,
+ * control byte, UTF-8 lead or continuation byte, bad byte) must be seen at every offset in
+ * and across those words, with the verdict jansson gives for the same document. */
+TEST(every_string_byte_class_is_seen_at_every_offset)
+{
+	static const char *const inserts[] = {
+		"\\n", "\\u00e9", "\\\"", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
+		"\x01", "\x1f", "\x7f", "\x80", "\xff", "\xc3", "\xed\xa0\x80", "\\x", "\\ud800",
+	};
+	char body[128], model[128];
+	bool stream, inc;
+
+	for (size_t i = 0; i < sizeof(inserts) / sizeof(inserts[0]); i++)
+		for (int off = 0; off <= 24; off++) {
+			json_t *ref;
+			int n = snprintf(body, sizeof(body), "{\"model\":\"%.*s%sbcdefghijk\"}", off,
+			                 "aaaaaaaaaaaaaaaaaaaaaaaaa", inserts[i]);
+
+			usage_request_info(body, (size_t)n, model, sizeof(model), &stream, &inc);
+			ref = json_loadb(body, (size_t)n, 0, NULL);
+			if (ref) {
+				CHECK_STR(model, json_string_value(json_object_get(ref, "model")));
+			} else if (model[0]) {
+				CHECK(!"accepted what jansson refuses");
+				fprintf(stderr, "  insert %zu at offset %d: model \"%s\"\n", i, off, model);
+			}
+			json_decref(ref);
+		}
 }
 
 TEST(an_escaped_model_name_is_decoded)
