@@ -119,6 +119,7 @@ struct audit {
 	sqlite3 *db;
 	sqlite3_stmt *st_insert, *st_prune;
 	sqlite3_stmt *st_insert_many;         /* INSERT_MANY rows in one statement */
+	sqlite3_stmt *st_begin, *st_commit;   /* prepared once: sqlite3_exec parses each time */
 	bool reconnect;           /* the connection may be stuck read-only: reopen on retry */
 	struct audit_record *w_head, *w_tail;
 	size_t w_n;
@@ -838,6 +839,9 @@ static void db_disconnect(struct audit *a)
 	sqlite3_finalize(a->st_insert);
 	sqlite3_finalize(a->st_insert_many);
 	a->st_insert_many = NULL;
+	sqlite3_finalize(a->st_begin);
+	sqlite3_finalize(a->st_commit);
+	a->st_begin = a->st_commit = NULL;
 	sqlite3_finalize(a->st_prune);
 	a->st_insert = a->st_prune = NULL;
 	if (a->db && sqlite3_close(a->db) != SQLITE_OK)
@@ -895,7 +899,11 @@ static int db_connect(struct audit *a, char **err)
 	    sqlite3_prepare_v3(a->db,
 	                       "DELETE FROM audit WHERE rowid IN (SELECT rowid FROM audit "
 	                       "WHERE started_at < ?1 ORDER BY started_at LIMIT ?2)",
-	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_prune, NULL) != SQLITE_OK) {
+	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_prune, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db, "BEGIN IMMEDIATE", -1, SQLITE_PREPARE_PERSISTENT,
+	                       &a->st_begin, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &a->st_commit,
+	                       NULL) != SQLITE_OK) {
 		set_err(err, "audit database %s: %s", a->db_path, sqlite3_errmsg(a->db));
 		goto fail;
 	}
@@ -938,6 +946,15 @@ static void bind_int_or_null(sqlite3_stmt *st, int i, int64_t v, int64_t unknown
 		sqlite3_bind_int64(st, i, v);
 }
 
+/* Run a statement without results (BEGIN, COMMIT): SQLITE_OK or the error code. */
+static int step_once(sqlite3_stmt *st)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
 /* Errors that one record will hit however often it is retried. */
 static bool poison_error(int rc)
 {
@@ -946,7 +963,9 @@ static bool poison_error(int rc)
 	       rc == SQLITE_RANGE;
 }
 
-/* Bind one record's 23 columns at parameters b+1 .. b+23. */
+/* Bind one record's 23 columns at parameters b+1 .. b+23. Every parameter is bound each
+ * time (NULLs too), so the statements are never stepped with the SQLITE_STATIC pointers of
+ * a record already freed, and no sqlite3_clear_bindings pass is needed between steps. */
 static void bind_record(sqlite3_stmt *st, int b, const struct audit_record *r)
 {
 	bind_text(st, b + 1, r->request_id);
@@ -989,7 +1008,6 @@ static int insert_many(struct audit *a, const struct audit_record *r)
 		bind_record(st, k * AUDIT_NFIELDS, r);
 	rc = sqlite3_step(st);
 	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
 	if (rc == SQLITE_DONE)
 		return 0;
 	return poison_error(rc) ? 1 : -1;
@@ -1005,7 +1023,6 @@ static int insert_record(struct audit *a, const struct audit_record *r)
 	bind_record(st, 0, r);
 	rc = sqlite3_step(st);
 	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);   /* the SQLITE_STATIC pointers die with the record */
 	if (rc == SQLITE_DONE)
 		return 0;
 	if (poison_error(rc)) {
@@ -1024,7 +1041,7 @@ static int commit_list(struct audit *a, const struct audit_record *r, size_t n)
 {
 	size_t i = 0;
 
-	if (exec_sql(a->db, "BEGIN IMMEDIATE") != SQLITE_OK)
+	if (step_once(a->st_begin) != SQLITE_OK)
 		goto fail;
 	while (i < n && r) {
 		size_t group = 1;
@@ -1044,7 +1061,7 @@ static int commit_list(struct audit *a, const struct audit_record *r, size_t n)
 			if (insert_record(a, r) < 0)
 				goto fail;
 	}
-	if (exec_sql(a->db, "COMMIT") != SQLITE_OK)
+	if (step_once(a->st_commit) != SQLITE_OK)
 		goto fail;
 	return 0;
 fail:
