@@ -9,8 +9,10 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -364,6 +366,91 @@ TEST(locked_database_spills_to_memory_then_spool_and_recovers_in_order)
 		audit_submit(a, make_record("s", i, 1.7e9 + i));
 	audit_close(a);
 	CHECK_INT(check_ids_in_order(t.path, "s", 1100, 0), 0);
+	tmpdb_remove(&t);
+}
+
+/* Threads of this process in scheduling policy `policy` (field 41 of /proc/.../stat). */
+static int threads_in_policy(int policy)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *e;
+	int n = 0;
+
+	while (d && (e = readdir(d))) {
+		char path[300], buf[1024], *p;
+		FILE *f;
+		int field = 2, pol = -1;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/stat", e->d_name);
+		if (!(f = fopen(path, "re")))
+			continue;
+		if (fgets(buf, sizeof(buf), f) && (p = strrchr(buf, ')'))) {
+			for (p++; *p && field < 41; p++)
+				if (*p == ' ')
+					field++;
+			if (field == 41)
+				pol = atoi(p);
+		}
+		fclose(f);
+		n += pol == policy;
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+static bool wait_policy_count(int policy, int want, double timeout_s)
+{
+	double until = mono_s() + timeout_s;
+
+	while (threads_in_policy(policy) != want) {
+		if (mono_s() > until)
+			return false;
+		sleep_ms(5);
+	}
+	return true;
+}
+
+/* The writer yields the CPU to everything else (SCHED_IDLE) while it keeps up, and returns
+ * to normal priority when it falls behind: here, a locked database. Only where the process
+ * may leave SCHED_IDLE again (root, CAP_SYS_NICE or RLIMIT_NICE); elsewhere it stays normal. */
+TEST(writer_runs_idle_while_it_keeps_up_and_normal_when_behind)
+{
+	struct tmpdb t;
+	struct audit *a;
+	sqlite3 *lock;
+	struct rlimit rl;
+	bool may = geteuid() == 0 ||
+	           (getrlimit(RLIMIT_NICE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur >= 20);
+
+	tmpdb_make(&t);
+	CHECK_INT(threads_in_policy(SCHED_IDLE), 0);
+	a = open_ok(t.path, &(struct audit_options){ .batch_size = 8, .busy_timeout_ms = 20 });
+	for (int i = 0; i < 4; i++)
+		audit_submit(a, make_record("p", i, 1.7e9 + i));
+	CHECK(wait_depth(a, 0, 10));
+	if (!may) {
+		CHECK_INT(threads_in_policy(SCHED_IDLE), 0);
+		audit_close(a);
+		tmpdb_remove(&t);
+		return;
+	}
+	CHECK(wait_policy_count(SCHED_IDLE, 1, 5));
+
+	lock = lock_db(t.path);
+	for (int i = 4; i < 200; i++)
+		audit_submit(a, make_record("p", i, 1.7e9 + i));
+	CHECK(wait_policy_count(SCHED_IDLE, 0, 5));      /* behind: normal again */
+	unlock_db(lock);
+	CHECK(wait_depth(a, 0, 20));
+	audit_submit(a, make_record("p", 200, 1.7e9 + 200));
+	CHECK(wait_depth(a, 0, 10));
+	CHECK(wait_policy_count(SCHED_IDLE, 1, 5));      /* caught up: idle again */
+	audit_close(a);
+	CHECK_INT(threads_in_policy(SCHED_IDLE), 0);
+	CHECK_INT(check_ids_in_order(t.path, "p", 201, 0), 0);
 	tmpdb_remove(&t);
 }
 
