@@ -29,7 +29,7 @@
 #include "util.h"
 
 #define DEFAULT_MEM_CAP        100000
-#define DEFAULT_BATCH          512
+#define DEFAULT_BATCH          2048   /* rows per transaction: a gather at 20k req/s */
 #define DEFAULT_PRUNE_MS       (3600u * 1000u)
 #define DEFAULT_BUSY_MS        1000
 #define DEFAULT_CLOSE_WAIT_MS  10000
@@ -38,10 +38,12 @@
 #define BACKOFF_MAX_MS         2000
 #define READ_BUSY_MS           2000
 #define SPOOL_VERSION          1
-/* How long a woken writer lets records gather. Fewer, larger transactions: at 15k req/s
- * the writer's CPU per row went from ~7 to ~5 us going from 5 to 20 ms (issue #6). */
-#define AUDIT_GATHER_MS        20
-#define INSERT_MANY            16     /* rows per multi-row INSERT in a batch */
+/* How long a woken writer lets records gather. Fewer, larger transactions rewrite the
+ * partly filled last pages of the table and its indexes less often: at 15k req/s the
+ * writer's CPU per row went from ~7 to ~5 us going from 5 to 20 ms, and from 2.7 to 2.4 us
+ * going to 100 ms (issue #6; a harness that submits records at that rate, medians of 5). */
+#define AUDIT_GATHER_MS        100
+#define INSERT_MANY            32     /* rows per multi-row INSERT in a batch */
 
 /* Schema steps, applied in order inside one transaction; user_version records the last. */
 static const struct { int version; const char *sql; } migrations[] = {
@@ -913,7 +915,7 @@ static int db_connect(struct audit *a, char **err)
 	}
 	{
 		/* "(?, ... 23 ...)" INSERT_MANY times: numbered in order, row k field j = k*23+j */
-		char sql[8192];
+		char sql[16384];
 		size_t n = (size_t)snprintf(sql, sizeof(sql), "INSERT INTO audit (" COLUMNS ") VALUES ");
 		for (int k = 0; k < INSERT_MANY; k++) {
 			n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s(", k ? "," : "");
