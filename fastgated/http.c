@@ -54,6 +54,9 @@ struct http_conn {
 	char ip[INET6_ADDRSTRLEN];
 	struct event rev, wev, timer, kick, flush;
 	enum timer_kind timer_kind;
+	int64_t deadline_ms;          /* when timer_kind is due (CLOCK_MONOTONIC_COARSE) */
+	int64_t timer_at_ms;          /* when the libevent timer fires, if timer_pending */
+	bool timer_pending;
 
 	char *in;                     /* unconsumed input is in[pos, len) */
 	size_t len, cap, pos;
@@ -104,18 +107,37 @@ static void process(struct http_conn *c);
 
 /* ---- small helpers ---------------------------------------------------------------- */
 
+static int64_t coarse_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Connection timers are lazy: a request moves a connection through three of them (head,
+ * then none while the handler works, then idle), and adding to and removing from
+ * libevent's timer heap each time was a visible share of a request (issue #6). Only the
+ * deadline is recorded here; the libevent timer is (re)armed only when it is not pending
+ * or would fire too late, and timer_cb arms it again for whatever is left. */
 static void arm_timer(struct http_conn *c, enum timer_kind kind, int seconds)
 {
-	struct timeval tv = { seconds, 0 };
+	int64_t due = coarse_ms() + (int64_t)seconds * 1000;
 
 	c->timer_kind = kind;
-	evtimer_add(&c->timer, &tv);
+	c->deadline_ms = due;
+	if (!c->timer_pending || due < c->timer_at_ms) {
+		struct timeval tv = { seconds, 0 };
+
+		evtimer_add(&c->timer, &tv);
+		c->timer_pending = true;
+		c->timer_at_ms = due;
+	}
 }
 
 static void disarm_timer(struct http_conn *c)
 {
-	c->timer_kind = T_NONE;
-	evtimer_del(&c->timer);
+	c->timer_kind = T_NONE;    /* a pending libevent timer finds nothing due */
 }
 
 /* ---- closing ---------------------------------------------------------------------- */
@@ -891,8 +913,21 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_conn *c = arg;
 	enum timer_kind k = c->timer_kind;
+	int64_t left;
 	(void)fd; (void)what;
 
+	c->timer_pending = false;
+	if (k == T_NONE)
+		return;
+	left = c->deadline_ms - coarse_ms();
+	if (left > 0) {      /* re-armed lazily for a later deadline: wait for the rest */
+		struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+
+		evtimer_add(&c->timer, &tv);
+		c->timer_pending = true;
+		c->timer_at_ms = c->deadline_ms;
+		return;
+	}
 	c->timer_kind = T_NONE;
 	switch (k) {
 	case T_HEAD:

@@ -767,6 +767,46 @@ def test_connections_past_the_cap_are_refused_cleanly(c):
         rmtree(d)
 
 
+def test_keep_alive_timers_follow_each_phase_of_a_connection(c):
+    # The first request arms the header deadline (1 s); once answered, the connection
+    # is idle (2 s). The connection must outlive the header deadline, serve a second
+    # request, and be closed once it has been idle for idle_timeout, not before.
+    d = tmpdir()
+    with open(os.path.join(d, "t.yaml"), "w") as f:
+        f.write("header_timeout: 1\nidle_timeout: 2\n")
+    gw = Gateway(d, "routes: []\n", extra_args=["-c", os.path.join(d, "t.yaml")], name="timers")
+    req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def answer(s):
+        data = b""
+        while True:
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                if len(body) >= length:
+                    return data
+            chunk = s.recv(4096)
+            assert chunk, data
+            data += chunk
+
+    try:
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        s.sendall(req)
+        assert answer(s).startswith(b"HTTP/1.1 200 ")
+        time.sleep(1.5)                      # past the first request's header deadline
+        s.sendall(req)
+        assert answer(s).startswith(b"HTTP/1.1 200 ")
+        t0 = time.monotonic()
+        s.settimeout(6)
+        assert s.recv(4096) == b""           # closed for idling ...
+        idle = time.monotonic() - t0
+        assert 1.5 < idle < 3.5, idle        # ... after about idle_timeout
+        s.close()
+    finally:
+        assert gw.stop() == 0
+        rmtree(d)
+
+
 def test_out_of_descriptors_pauses_accepting_instead_of_spinning(c):
     import resource
     d = tmpdir()
