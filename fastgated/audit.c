@@ -232,6 +232,7 @@ struct audit_record *audit_record_pack(const struct audit_record *src, bool with
 	*r = *src;
 	r->next_ = NULL;
 	r->packed_ = true;
+	r->refs_ = 1;
 	if (!with_bodies)
 		r->request_body = r->response_body = NULL;
 	p = (char *)(r + 1);
@@ -268,9 +269,20 @@ void audit_record_clear(struct audit_record *r)
 	record_init(r);
 }
 
+struct audit_record *audit_record_share(struct audit_record *r)
+{
+	if (!r->packed_)
+		return audit_record_pack(r, false);
+	__atomic_add_fetch(&r->refs_, 1, __ATOMIC_RELAXED);
+	return r;
+}
+
 void audit_record_free(struct audit_record *r)
 {
 	if (!r)
+		return;
+	/* the last owner frees; acquire-release so it sees every other owner's reads done */
+	if (r->packed_ && __atomic_sub_fetch(&r->refs_, 1, __ATOMIC_ACQ_REL) != 0)
 		return;
 	audit_record_clear(r);
 	free(r);

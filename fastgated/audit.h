@@ -58,6 +58,7 @@ struct audit_record {
 
 	struct audit_record *next_; /* private to audit.c (queue link) */
 	bool packed_;               /* private: strings live in the record's own block */
+	unsigned refs_;             /* private: owners of a packed record (audit_record_share) */
 };
 
 /* A heap record with the "unknown" values set (ttfb and tokens -1); never NULL (out of
@@ -67,7 +68,12 @@ struct audit_record *audit_record_new(void);
  * bodies only when with_bodies): on the request path this replaces a dozen strdups. Free
  * it with audit_record_free() like any other record. */
 struct audit_record *audit_record_pack(const struct audit_record *src, bool with_bodies);
-/* Free the strings and the record itself. NULL is fine. */
+/* Another owner for r without a copy when r is packed (it is never changed after packing):
+ * the same r, freed when the last owner calls audit_record_free(); any thread. Otherwise
+ * a packed copy (without the bodies). */
+struct audit_record *audit_record_share(struct audit_record *r);
+/* Free the strings and the record itself (a shared record: when its last owner does).
+ * NULL is fine. */
 void audit_record_free(struct audit_record *r);
 /* Free the strings of a caller-owned record (e.g. one filled by audit_cursor_next) and
  * reset it to the audit_record_new() state. */

@@ -95,7 +95,10 @@ static void ring_add(struct logs *l, const struct audit_record *r)
 		return;                     /* a monster row is not worth evicting hundreds for */
 	while (l->count && (l->count == LOGS_RECENT || l->bytes + size > RING_BYTES_MAX))
 		ring_drop_oldest(l);
-	l->ring[l->head] = audit_record_pack(r, false);
+	/* the record the writer gets is never changed: hold it too rather than copy it (the
+	 * bodies, kept for routes that log them, are not for the ring) */
+	l->ring[l->head] = r->packed_ && !r->request_body && !r->response_body
+	                   ? audit_record_share((struct audit_record *)r) : audit_record_pack(r, false);
 	l->ring_bytes[l->head] = size;
 	l->bytes += size;
 	l->head = (l->head + 1) % LOGS_RECENT;

@@ -610,6 +610,37 @@ TEST(a_record_the_database_refuses_is_dropped_alone_even_inside_a_group)
 	tmpdb_remove(&t);
 }
 
+static void *free_in_thread(void *arg)
+{
+	audit_record_free(arg);
+	return NULL;
+}
+
+/* The logs ring and the writer hold the same packed record: each owner frees it once, the
+ * last one for real (ASan reports a double free or a leak otherwise); unpacked records
+ * are copied instead. */
+TEST(a_shared_record_lives_until_its_last_owner_frees_it)
+{
+	struct audit_record *src = make_record("sh", 1, 1.7e9), *packed, *copy;
+	pthread_t th[8];
+
+	packed = audit_record_pack(src, false);
+	for (int i = 0; i < 8; i++)
+		CHECK(audit_record_share(packed) == packed);
+	for (int i = 0; i < 8; i++)
+		pthread_create(&th[i], NULL, free_in_thread, packed);
+	for (int i = 0; i < 8; i++)
+		pthread_join(th[i], NULL);
+	CHECK_STR(packed->request_id, src->request_id);   /* one owner left: still whole */
+	audit_record_free(packed);
+
+	copy = audit_record_share(src);                   /* not packed: a copy */
+	CHECK(copy != src);
+	CHECK_STR(copy->request_id, src->request_id);
+	audit_record_free(copy);
+	audit_record_free(src);
+}
+
 /* ---- files and schema ---- */
 
 TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
