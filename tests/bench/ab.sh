@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Side-by-side A/B of fastgated builds against nginx, for deciding whether a change helps on
+# a noisy shared machine (make bench measures one build; this compares several at once).
+#
+#   tests/bench/ab.sh ROUNDS SECONDS BUILD_DIR...      e.g. tests/bench/ab.sh 8 4 /tmp/old/build build
+#
+# Starts one mock upstream, one fastgated per BUILD_DIR (its fastgated and fastgate-cli; a
+# BUILD_DIR may hold a wrapper script that sets an environment first) and nginx (1 worker,
+# proxy_pass with upstream keepalive, as in run.sh), all on free 127.0.0.1 ports. Then ROUNDS
+# rounds of `wrk -t2 -c64 -d SECONDS` with tests/bench/post.lua, each target once per round
+# in a rotating order, and prints per target the medians over the rounds: req/s (and the
+# ratio to nginx), p50/p90/p99, and CPU per request of the proxy (all its threads), the mock,
+# wrk and the idle time of the machine (from /proc). Ends only the processes it started.
+# Settings: AB_CONNS (64), AB_WRK_THREADS (2). Needs wrk, nginx, python3, /usr/bin/time.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if (( $# < 3 )); then
+	sed -n '2,13p' "$0" >&2
+	exit 2
+fi
+R=$1 S=$2
+shift 2
+BUILDS=("$@")
+CONNS=${AB_CONNS:-64}
+WRK_T=${AB_WRK_THREADS:-2}
+for t in wrk nginx python3 /usr/bin/time; do
+	command -v "$t" >/dev/null 2>&1 || { echo "ab.sh: $t is required" >&2; exit 1; }
+done
+W=$(mktemp -d "${TMPDIR:-/tmp}/fastgate-ab.XXXXXX")
+PIDS=()
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$W"
+}
+trap cleanup EXIT
+wait_for() { # FILE REGEX SECONDS
+	for _ in $(seq $(( $3 * 10 ))); do
+		grep -qE "$2" "$1" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "ab.sh: timed out waiting for $2 in $1" >&2
+	cat "$1" >&2
+	exit 1
+}
+cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }   # utime+stime, all threads
+idle_now() { awk '/^cpu / { print $5 + $6 }' /proc/stat; }
+
+"$ROOT/build/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>&1 &
+MOCKP=$!
+PIDS+=("$MOCKP")
+wait_for "$W/mock.out" '^listening ' 10
+mport=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/mock.out")
+mkdir -p "$W/routes"
+printf 'routes:\n  - name: chat\n    match: { path: /v1/chat/completions, methods: [POST] }\n    upstream: { url: http://127.0.0.1:%s/v1/chat/completions, api_key: upstream-key }\n' \
+	"$mport" >"$W/routes/chat.yaml"
+
+declare -A URL KEY PP NAME
+T=()
+i=0
+for b in "${BUILDS[@]}"; do
+	d=$W/fg$i
+	mkdir -p "$d"
+	"$b/fastgated" --listen 127.0.0.1:0 --routes "$W/routes" --keys "$d/keys.db" \
+		--audit "$d/audit.db" --control "$d/ctl.sock" >"$d/out" 2>"$d/log" &
+	PIDS+=($!)
+	PP[fg$i]=$!
+	wait_for "$d/log" 'listening on http://' 20
+	port=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$d/log" | head -1)
+	URL[fg$i]=http://127.0.0.1:$port/v1/chat/completions
+	KEY[fg$i]=$("$b/fastgate-cli" --socket "$d/ctl.sock" --json key create --name ab |
+		python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+	NAME[fg$i]=$b
+	T+=("fg$i")
+	i=$((i + 1))
+done
+
+NP=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$W/ngx/tmp" "$W/ngx/logs"
+u=""
+[[ $(id -u) == 0 ]] && u="user $(id -un) $(id -gn);"
+cat >"$W/ngx/nginx.conf" <<EOF
+$u
+worker_processes 1;
+daemon off;
+master_process on;
+pid $W/ngx/nginx.pid;
+error_log $W/ngx/logs/error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log $W/ngx/logs/access.log combined buffer=256k flush=1s;
+    client_body_temp_path $W/ngx/tmp/client_body;
+    proxy_temp_path $W/ngx/tmp/proxy;
+    upstream mock { server 127.0.0.1:$mport; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NP;
+        location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+nginx -p "$W/ngx" -c "$W/ngx/nginx.conf" -e "$W/ngx/logs/error.log" >"$W/ngx/stdout" 2>&1 &
+NGP=$!
+PIDS+=("$NGP")
+for _ in $(seq 50); do
+	PP[ngx]=$(pgrep -P "$NGP" | head -1 || true)
+	[[ -n ${PP[ngx]} ]] && break
+	sleep 0.1
+done
+[[ -n ${PP[ngx]} ]] || { echo "ab.sh: nginx did not start" >&2; cat "$W/ngx/logs/error.log" >&2; exit 1; }
+URL[ngx]=http://127.0.0.1:$NP/v1/chat/completions
+KEY[ngx]=none
+NAME[ngx]=nginx
+T=(ngx "${T[@]}")
+
+run_wrk() { # TARGET SECONDS OUT
+	BENCH_KEY=${KEY[$1]} /usr/bin/time -f "%U %S" -o "$3.time" wrk -t"$WRK_T" -c"$CONNS" -d"$2s" \
+		-s "$ROOT/tests/bench/post.lua" "${URL[$1]}" >"$3" 2>&1
+}
+for t in "${T[@]}"; do run_wrk "$t" 2 "$W/warm"; done
+for ((r = 0; r < R; r++)); do
+	for ((k = 0; k < ${#T[@]}; k++)); do
+		t=${T[$(( (k + r) % ${#T[@]} ))]}
+		c0="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now)"
+		run_wrk "$t" "$S" "$W/w.out"
+		c1="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now)"
+		python3 - "$t" "$W/w.out" "$c0" "$c1" "$(cat "$W/w.out.time")" "$(getconf CLK_TCK)" >>"$W/res" <<'PY'
+import json, re, sys
+t, out, a, b, w, hz = sys.argv[1:]
+j = json.loads(re.search(r'BENCHJSON (\{.*\})', open(out).read()).group(1))
+a = [float(x) for x in a.split()]; b = [float(x) for x in b.split()]; w = [float(x) for x in w.split()]
+n = j['requests']; us = lambda ticks: ticks * 1e6 / float(hz) / n
+print(t, n * 1e6 / j['duration_us'], j['p50_us'] / 1e3, j['p90_us'] / 1e3, j['p99_us'] / 1e3,
+      j['err_status'] + j['err_connect'] + j['err_read'] + j['err_timeout'],
+      us(b[0] - a[0]), us(b[1] - a[1]), (w[0] + w[1]) * 1e6 / n, us(b[2] - a[2]))
+PY
+	done
+done
+
+python3 - "$W/res" "${T[@]}" <<PY
+import statistics as st, sys
+names = {$(for t in "${T[@]}"; do printf '"%s": "%s", ' "$t" "${NAME[$t]}"; done)}
+by = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    by.setdefault(f[0], []).append([float(x) for x in f[1:]])
+med = lambda t, k: st.median(v[k] for v in by[t])
+base = med("ngx", 0)
+print("medians over %d rounds of wrk -t$WRK_T -c$CONNS -d${S}s (CPU in us per request)" % len(by["ngx"]))
+for t in sys.argv[2:]:
+    print("%-28s %7.0f req/s %.3fx  p50 %.2f p90 %.2f p99 %.2f ms  errors %d  "
+          "cpu: proxy %.1f mock %.1f wrk %.1f idle %.1f" % (
+              names[t][-28:], med(t, 0), med(t, 0) / base, med(t, 1), med(t, 2), med(t, 3),
+              sum(v[4] for v in by[t]), med(t, 5), med(t, 6), med(t, 7), med(t, 8)))
+PY
