@@ -115,7 +115,7 @@ struct audit {
 	pthread_t thread;
 	/* under mu */
 	struct audit_record *q_head, *q_tail;
-	size_t q_n;
+	size_t q_n, q_bytes;
 	size_t mem_n;             /* q_n + w_n */
 	size_t depth;             /* mem_n + spool_n: submitted, not committed */
 	bool stop;
@@ -126,7 +126,7 @@ struct audit {
 	 * the allocator's lock for that heap again and again, which the event loop then waited
 	 * for (issue #6: ~20 futex waits a second at 20k req/s, with the writer SCHED_IDLE). */
 	struct audit_record *done_head, *done_tail;
-	size_t done_n;
+	size_t done_n, done_bytes;
 
 	/* writer thread only (and audit_open/audit_close around it) */
 	sqlite3 *db;
@@ -135,7 +135,7 @@ struct audit {
 	sqlite3_stmt *st_begin, *st_commit;   /* prepared once: sqlite3_exec parses each time */
 	bool reconnect;           /* the connection may be stuck read-only: reopen on retry */
 	struct audit_record *w_head, *w_tail;
-	size_t w_n;
+	size_t w_n, w_bytes;      /* w_bytes: memory the held records take (rec_bytes) */
 	int spool_fd;             /* append side, -1 until the first spill */
 	FILE *spool_rd;           /* replay side */
 	off_t spool_off;          /* bytes of the spool already committed */
@@ -242,6 +242,7 @@ struct audit_record *audit_record_pack(const struct audit_record *src, bool with
 	r->next_ = NULL;
 	r->packed_ = true;
 	r->refs_ = 1;
+	r->size_ = need;
 	if (!with_bodies)
 		r->request_body = r->response_body = NULL;
 	p = (char *)(r + 1);
@@ -295,6 +296,13 @@ void audit_record_free(struct audit_record *r)
 		return;
 	audit_record_clear(r);
 	free(r);
+}
+
+/* What a record costs in memory, for the limits below that are in bytes: records vary
+ * from half a kilobyte to the size of logged bodies. */
+static size_t rec_bytes(const struct audit_record *r)
+{
+	return r->size_ ? r->size_ : sizeof(*r);
 }
 
 static void free_list(struct audit_record *r)
@@ -1136,9 +1144,9 @@ static void account_done(struct audit *a, size_t from_mem, size_t from_spool)
 	pthread_mutex_unlock(&a->mu);
 }
 
-/* More than this many committed records waiting to be freed by submitters (who have gone
- * quiet, or are few): the writer frees the next ones itself. */
-#define DONE_MAX 8192
+/* More than this much memory in committed records waiting to be freed by submitters (who
+ * have gone quiet, or are few): the writer frees the next ones itself. */
+#define DONE_MAX_BYTES (2u << 20)
 /* Committed records freed by each audit_submit: more than one, so a batch is gone well
  * before the next one comes back. */
 #define FREE_PER_SUBMIT 4
@@ -1146,14 +1154,14 @@ static void account_done(struct audit *a, size_t from_mem, size_t from_spool)
 /* The n records from first to last (linked) are committed: account for them, and hand
  * them back to be freed by audit_submit. */
 static void account_done_list(struct audit *a, struct audit_record *first,
-                              struct audit_record *last, size_t n)
+                              struct audit_record *last, size_t n, size_t bytes)
 {
 	bool keep;
 
 	pthread_mutex_lock(&a->mu);
 	a->mem_n -= n;
 	a->depth -= n;
-	keep = a->done_n < DONE_MAX;
+	keep = a->done_bytes < DONE_MAX_BYTES;
 	if (keep) {
 		if (a->done_tail)
 			a->done_tail->next_ = first;
@@ -1161,6 +1169,7 @@ static void account_done_list(struct audit *a, struct audit_record *first,
 			a->done_head = first;
 		a->done_tail = last;
 		a->done_n += n;
+		a->done_bytes += bytes;
 	}
 	pthread_mutex_unlock(&a->mu);
 	if (!keep)
@@ -1276,6 +1285,7 @@ static int memory_commit_batch(struct audit *a)
 {
 	size_t n = a->w_n < a->batch_size ? a->w_n : a->batch_size;
 	struct audit_record *first, *last;
+	size_t bytes;
 
 	if (commit_list(a, a->w_head, n) < 0) {
 		db_failed(a, "write");
@@ -1283,14 +1293,18 @@ static int memory_commit_batch(struct audit *a)
 	}
 	db_succeeded(a);
 	first = last = a->w_head;
-	for (size_t i = 1; i < n; i++)
+	bytes = rec_bytes(first);
+	for (size_t i = 1; i < n; i++) {
 		last = last->next_;
+		bytes += rec_bytes(last);
+	}
+	a->w_bytes -= bytes;
 	a->w_head = last->next_;
 	last->next_ = NULL;
 	if (!a->w_head)
 		a->w_tail = NULL;
 	a->w_n -= n;
-	account_done_list(a, first, last, n);
+	account_done_list(a, first, last, n, bytes);
 	return 1;
 }
 
@@ -1343,6 +1357,7 @@ static int spill_chunk(struct audit *a, size_t count)
 	for (size_t i = 0; i < n; i++) {
 		r = a->w_head;
 		a->w_head = r->next_;
+		a->w_bytes -= rec_bytes(r);
 		audit_record_free(r);
 	}
 	if (!a->w_head)
@@ -1422,8 +1437,9 @@ static bool take_queue(struct audit *a)
 			a->w_head = a->q_head;
 		a->w_tail = a->q_tail;
 		a->w_n += a->q_n;
+		a->w_bytes += a->q_bytes;
 		a->q_head = a->q_tail = NULL;
-		a->q_n = 0;
+		a->q_n = a->q_bytes = 0;
 	}
 	stop = a->stop;
 	pthread_mutex_unlock(&a->mu);
@@ -1500,8 +1516,13 @@ static bool can_leave_idle(void)
 	return caps & (1ULL << CAP_SYS_NICE_BIT);
 }
 
-/* Idle while the backlog is at most one batch; normal above four batches or when behind
- * for another reason. In between, keep the current class (no flapping at the edge). */
+/* Records held while idle are memory the loop cannot reclaim until the writer runs: past
+ * this (a few seconds of large records at most), normal priority until caught up. */
+#define IDLE_MAX_BYTES (4u << 20)
+
+/* Idle while the backlog is at most one batch; normal above four batches, above
+ * IDLE_MAX_BYTES, or when behind for another reason. In between, keep the current class
+ * (no flapping at the edge). */
 static void writer_pace(struct audit *a, bool stopping)
 {
 	struct sched_param sp = { 0 };
@@ -1510,9 +1531,10 @@ static void writer_pace(struct audit *a, bool stopping)
 
 	if (!a->idle_ok)
 		return;
-	if (stopping || a->db_failing || a->spool_n || backlog > 4 * a->batch_size)
+	if (stopping || a->db_failing || a->spool_n || backlog > 4 * a->batch_size ||
+	    a->w_bytes > IDLE_MAX_BYTES)
 		idle = false;
-	else if (backlog <= a->batch_size)
+	else if (backlog <= a->batch_size && a->w_bytes <= IDLE_MAX_BYTES / 4)
 		idle = true;
 	if (idle == a->idle_now)
 		return;
@@ -1732,6 +1754,7 @@ void audit_submit(struct audit *a, struct audit_record *rec)
 		a->q_head = rec;
 	a->q_tail = rec;
 	a->q_n++;
+	a->q_bytes += rec_bytes(rec);
 	a->mem_n++;
 	a->depth++;
 	/* While the database is failing, the writer only needs waking to spill. */
@@ -1743,8 +1766,11 @@ void audit_submit(struct audit *a, struct audit_record *rec)
 		struct audit_record *last = done;
 		size_t k = 1;
 
-		for (; k < FREE_PER_SUBMIT && last->next_; k++)
+		a->done_bytes -= rec_bytes(last);
+		for (; k < FREE_PER_SUBMIT && last->next_; k++) {
 			last = last->next_;
+			a->done_bytes -= rec_bytes(last);
+		}
 		a->done_head = last->next_;
 		if (!a->done_head)
 			a->done_tail = NULL;

@@ -59,6 +59,7 @@ struct audit_record {
 	struct audit_record *next_; /* private to audit.c (queue link) */
 	bool packed_;               /* private: strings live in the record's own block */
 	unsigned refs_;             /* private: owners of a packed record (audit_record_share) */
+	size_t size_;               /* private: bytes of a packed record's block */
 };
 
 /* A heap record with the "unknown" values set (ttfb and tokens -1); never NULL (out of
