@@ -704,7 +704,7 @@ def cmd_report(a):
     if fg_rps and ng_rps:
         ratio = fg_rps / ng_rps
         rows.append(("throughput fastgated / nginx (%d worker%s)" % (
-            fg_threads, "" if fg_threads == 1 else "s"), "%.2fx" % ratio, ">= 1.00x",
+            fg_threads, "" if fg_threads == 1 else "s"), "%.3fx" % ratio, ">= 1.00x",
             "PASS" if ratio >= 1.0 else "FAIL"))
         rows.append(("p99 fastgated vs nginx (%d worker%s)" % (
             fg_threads, "" if fg_threads == 1 else "s"),
