@@ -10,12 +10,21 @@ static const char *const known_methods[] = {
 	"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", NULL
 };
 
+/* Byte classes by table: every byte of every request head goes through these loops. */
 /* RFC 9110 tchar */
+static const bool tchar[256] = {
+	['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1,
+	['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+	['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+};
+/* not allowed in a header value: control bytes other than tab, and DEL */
+static const bool value_bad[256] = { [0x00 ... 0x08] = 1, [0x0a ... 0x1f] = 1, [0x7f] = 1 };
+/* not allowed in a request target: controls, space, DEL and everything above ASCII */
+static const bool target_bad[256] = { [0x00 ... 0x20] = 1, [0x7f ... 0xff] = 1 };
+
 static bool is_tchar(unsigned char c)
 {
-	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-		return true;
-	return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+	return tchar[c];
 }
 
 static enum reqcheck_result reject(struct reqcheck *rc, int status, const char *reason)
@@ -116,19 +125,19 @@ static enum reqcheck_result request_line(struct reqcheck *rc, const char *s, siz
 		return reject(rc, 400, "malformed request target");
 	if (target[0] != '/' && !(tlen == 1 && target[0] == '*' && mlen == 7))
 		return reject(rc, 400, "request target must be a path");
-	for (size_t k = 0; k < tlen; k++) {
-		unsigned char c = (unsigned char)target[k];
-		if (c <= 0x20 || c >= 0x7f)
+	for (size_t k = 0; k < tlen; k++)
+		if (target_bad[(unsigned char)target[k]])
 			return reject(rc, 400, "malformed request target");
-	}
 	rc->state = RC_HEADERS;
 	return RC_MORE;
 }
 
-static bool value_is(const char *v, size_t n, const char *want)
+static bool value_is_n(const char *v, size_t n, const char *want, size_t wn)
 {
-	return strlen(want) == n && strncasecmp(v, want, n) == 0;
+	return wn == n && strncasecmp(v, want, n) == 0;
 }
+/* want is a string literal: its length is known at compile time */
+#define value_is(v, n, want) value_is_n((v), (n), (want), sizeof(want) - 1)
 
 static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size_t n)
 {
@@ -150,11 +159,9 @@ static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size
 			return reject(rc, 400, "malformed header name");
 	v = colon + 1;
 	vlen = n - namelen - 1;
-	for (size_t k = 0; k < vlen; k++) {
-		unsigned char c = (unsigned char)v[k];
-		if ((c < 0x20 && c != '\t') || c == 0x7f)
+	for (size_t k = 0; k < vlen; k++)
+		if (value_bad[(unsigned char)v[k]])
 			return reject(rc, 400, "control character in header value");
-	}
 	while (vlen && (*v == ' ' || *v == '\t')) { v++; vlen--; }
 	while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) vlen--;
 
