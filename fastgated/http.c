@@ -752,15 +752,6 @@ static void dispatch(struct http_conn *c)
 	proxy_handle(s->gw, req, id);
 }
 
-static int body_add(struct http_conn *c, const char *p, size_t n)
-{
-	if (buf_grow(&c->body, &c->body_cap, c->body_len + n, 1024) < 0)
-		return -1;
-	memcpy(c->body + c->body_len, p, n);
-	c->body_len += n;
-	return 0;
-}
-
 /* Validate and take in what is buffered, up to one whole request, then dispatch it. */
 static void process(struct http_conn *c)
 {
@@ -831,7 +822,8 @@ static void process(struct http_conn *c)
 			uint64_t want = reqcheck_data_wanted(&c->rc);
 			size_t n = avail < want ? avail : (size_t)want;
 
-			if (body_add(c, c->in + c->pos, n) < 0) {
+			if (buf_append(&c->body, &c->body_len, &c->body_cap, c->in + c->pos, n,
+			               1024) < 0) {
 				reject(c, 413, "request body too large");
 				return;
 			}

@@ -865,11 +865,7 @@ static int build_url(struct proxy_req *px, const char *path, const char *query)
 /* Append to the native request head. */
 static int head_add(struct proxy_req *px, const char *s, size_t n)
 {
-	if (buf_grow(&px->up_head, &px->up_head_cap, px->up_head_len + n, 1024) < 0)
-		return -1;
-	memcpy(px->up_head + px->up_head_len, s, n);
-	px->up_head_len += n;
-	return 0;
+	return buf_append(&px->up_head, &px->up_head_len, &px->up_head_cap, s, n, 1024);
 }
 
 static int head_add_str(struct proxy_req *px, const char *s)

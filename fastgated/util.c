@@ -84,3 +84,12 @@ int buf_grow(char **buf, size_t *cap, size_t need, size_t start)
 	*cap = n;
 	return 0;
 }
+
+int buf_append(char **buf, size_t *len, size_t *cap, const void *p, size_t n, size_t start)
+{
+	if (buf_grow(buf, cap, *len + n, start) < 0)
+		return -1;
+	memcpy(*buf + *len, p, n);
+	*len += n;
+	return 0;
+}

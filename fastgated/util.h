@@ -18,6 +18,8 @@ char *xstrndup(const char *s, size_t n);
  * 0, or -1 with the buffer untouched when memory runs out: for request-path buffers, where
  * one failed request is better than an abort. */
 int buf_grow(char **buf, size_t *cap, size_t need, size_t start);
+/* Append n bytes at *len, growing as buf_grow does; 0, or -1 with nothing appended. */
+int buf_append(char **buf, size_t *len, size_t *cap, const void *p, size_t n, size_t start);
 
 /* A formatted, malloc'd string. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
