@@ -15,6 +15,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$ROOT/tests/bench/lib.sh"
 if (( $# < 3 )); then
 	sed -n '2,13p' "$0" >&2
 	exit 2
@@ -35,11 +37,8 @@ cleanup() {
 	rm -rf "$W"
 }
 trap cleanup EXIT
-wait_for() { # FILE REGEX SECONDS
-	for _ in $(seq $(( $3 * 10 ))); do
-		grep -qE "$2" "$1" 2>/dev/null && return 0
-		sleep 0.1
-	done
+wait_for() { # FILE REGEX SECONDS PID
+	bench_wait_line "$@" && return 0
 	echo "ab.sh: timed out waiting for $2 in $1" >&2
 	cat "$1" >&2
 	exit 1
@@ -50,11 +49,10 @@ idle_now() { awk '/^cpu / { print $5 + $6 }' /proc/stat; }
 "$ROOT/build/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>&1 &
 MOCKP=$!
 PIDS+=("$MOCKP")
-wait_for "$W/mock.out" '^listening ' 10
-mport=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/mock.out")
+wait_for "$W/mock.out" '^listening ' 10 "$MOCKP"
+mport=$(bench_mock_port "$W/mock.out")
 mkdir -p "$W/routes"
-printf 'routes:\n  - name: chat\n    match: { path: /v1/chat/completions, methods: [POST] }\n    upstream: { url: http://127.0.0.1:%s/v1/chat/completions, api_key: upstream-key }\n' \
-	"$mport" >"$W/routes/chat.yaml"
+bench_chat_route "$W/routes/chat.yaml" "$mport"
 
 declare -A URL KEY PP NAME
 T=()
@@ -66,11 +64,9 @@ for b in "${BUILDS[@]}"; do
 		--audit "$d/audit.db" --control "$d/ctl.sock" >"$d/out" 2>"$d/log" &
 	PIDS+=($!)
 	PP[fg$i]=$!
-	wait_for "$d/log" 'listening on http://' 20
-	port=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$d/log" | head -1)
-	URL[fg$i]=http://127.0.0.1:$port/v1/chat/completions
-	KEY[fg$i]=$("$b/fastgate-cli" --socket "$d/ctl.sock" --json key create --name ab |
-		python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+	wait_for "$d/log" 'listening on http://' 20 "${PP[fg$i]}"
+	URL[fg$i]=http://127.0.0.1:$(bench_fg_port "$d/log")/v1/chat/completions
+	KEY[fg$i]=$(bench_key "$b/fastgate-cli" "$d/ctl.sock" ab)
 	NAME[fg$i]=$b
 	T+=("fg$i")
 	i=$((i + 1))
@@ -78,27 +74,7 @@ done
 
 NP=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$W/ngx/tmp" "$W/ngx/logs"
-u=""
-[[ $(id -u) == 0 ]] && u="user $(id -un) $(id -gn);"
-cat >"$W/ngx/nginx.conf" <<EOF
-$u
-worker_processes 1;
-daemon off;
-master_process on;
-pid $W/ngx/nginx.pid;
-error_log $W/ngx/logs/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log $W/ngx/logs/access.log combined buffer=256k flush=1s;
-    client_body_temp_path $W/ngx/tmp/client_body;
-    proxy_temp_path $W/ngx/tmp/proxy;
-    upstream mock { server 127.0.0.1:$mport; keepalive 64; }
-    server {
-        listen 127.0.0.1:$NP;
-        location / { proxy_pass http://mock; proxy_http_version 1.1; proxy_set_header Connection ""; }
-    }
-}
-EOF
+bench_nginx_conf "$W/ngx" "$NP" "$mport" 1 >"$W/ngx/nginx.conf"
 nginx -p "$W/ngx" -c "$W/ngx/nginx.conf" -e "$W/ngx/logs/error.log" >"$W/ngx/stdout" 2>&1 &
 NGP=$!
 PIDS+=("$NGP")

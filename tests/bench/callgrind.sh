@@ -12,6 +12,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=tests/bench/lib.sh
+. "$ROOT/tests/bench/lib.sh"
 B=${1:-$ROOT/build}
 SECS=${CG_SECONDS:-10}
 for t in valgrind callgrind_annotate wrk python3; do
@@ -26,11 +28,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() { # FILE REGEX SECONDS
-	for _ in $(seq $(( $3 * 10 ))); do
-		grep -qE "$2" "$1" 2>/dev/null && return 0
-		sleep 0.1
-	done
+wait_for() { # FILE REGEX SECONDS PID
+	bench_wait_line "$@" && return 0
 	echo "callgrind.sh: timed out waiting for $2 in $1" >&2
 	cat "$1" >&2
 	exit 1
@@ -38,19 +37,16 @@ wait_for() { # FILE REGEX SECONDS
 
 "$B/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>&1 &
 MP=$!
-wait_for "$W/mock.out" '^listening ' 10
-mport=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$W/mock.out")
+wait_for "$W/mock.out" '^listening ' 10 "$MP"
 mkdir -p "$W/routes"
-printf 'routes:\n  - name: chat\n    match: { path: /v1/chat/completions, methods: [POST] }\n    upstream: { url: http://127.0.0.1:%s/v1/chat/completions, api_key: upstream-key }\n' \
-	"$mport" >"$W/routes/chat.yaml"
+bench_chat_route "$W/routes/chat.yaml" "$(bench_mock_port "$W/mock.out")"
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$B/fastgated" --listen 127.0.0.1:0 \
 	--routes "$W/routes" --keys "$W/keys.db" --audit "$W/audit.db" --control "$W/ctl.sock" \
 	>"$W/fg.out" 2>"$W/fg.log" &
 FP=$!
-wait_for "$W/fg.log" 'listening on http://' 60
-fport=$(sed -n 's|.*listening on http://127\.0\.0\.1:\([0-9]*\).*|\1|p' "$W/fg.log" | head -1)
-key=$("$B/fastgate-cli" --socket "$W/ctl.sock" --json key create --name callgrind |
-	python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+wait_for "$W/fg.log" 'listening on http://' 60 "$FP"
+fport=$(bench_fg_port "$W/fg.log")
+key=$(bench_key "$B/fastgate-cli" "$W/ctl.sock" callgrind)
 BENCH_KEY=$key wrk -t1 -c4 -d"${SECS}s" -s "$ROOT/tests/bench/post.lua" \
 	"http://127.0.0.1:$fport/v1/chat/completions" >"$W/wrk.out" 2>&1
 n=$(grep -o '"requests":[0-9]*' "$W/wrk.out" | cut -d: -f2)
