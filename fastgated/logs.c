@@ -32,8 +32,7 @@ struct tail;
 struct logs {
 	struct gateway *gw;
 	struct dbq *dbq;
-	struct audit_record *ring[LOGS_RECENT];  /* copies; ring[(head - 1) % N] is newest */
-	size_t ring_bytes[LOGS_RECENT];
+	struct audit_record *ring[LOGS_RECENT];  /* packed; ring[(head - 1) % N] is newest */
 	size_t head, count, bytes;
 	struct tail *tails;                      /* live followers */
 };
@@ -80,26 +79,29 @@ static void ring_drop_oldest(struct logs *l)
 {
 	size_t k = ring_index(l, l->count - 1);
 
+	l->bytes -= l->ring[k]->size_;
 	audit_record_free(l->ring[k]);
 	l->ring[k] = NULL;
-	l->bytes -= l->ring_bytes[k];
-	l->ring_bytes[k] = 0;
 	l->count--;
 }
 
 static void ring_add(struct logs *l, const struct audit_record *r)
 {
-	size_t size = record_size(r);
+	/* the record the writer gets is never changed: hold it too rather than copy it (the
+	 * bodies, kept for routes that log them, are not for the ring). Either way the ring
+	 * holds a packed record, which knows its size. */
+	struct audit_record *kept = r->packed_ && !r->request_body && !r->response_body
+	                            ? audit_record_share((struct audit_record *)r)
+	                            : audit_record_pack(r, false);
+	size_t size = kept->size_;
 
-	if (size > RING_BYTES_MAX / 4)
-		return;                     /* a monster row is not worth evicting hundreds for */
+	if (size > RING_BYTES_MAX / 4) {
+		audit_record_free(kept);    /* a monster row is not worth evicting hundreds for */
+		return;
+	}
 	while (l->count && (l->count == LOGS_RECENT || l->bytes + size > RING_BYTES_MAX))
 		ring_drop_oldest(l);
-	/* the record the writer gets is never changed: hold it too rather than copy it (the
-	 * bodies, kept for routes that log them, are not for the ring) */
-	l->ring[l->head] = r->packed_ && !r->request_body && !r->response_body
-	                   ? audit_record_share((struct audit_record *)r) : audit_record_pack(r, false);
-	l->ring_bytes[l->head] = size;
+	l->ring[l->head] = kept;
 	l->bytes += size;
 	l->head = (l->head + 1) % LOGS_RECENT;
 	l->count++;
