@@ -26,6 +26,7 @@
 
 #include "audit.h"
 #include "log.h"
+#include "reqid.h"
 #include "util.h"
 
 #define DEFAULT_MEM_CAP        100000
@@ -48,31 +49,30 @@
 #define AUDIT_GATHER_MS        50
 #define INSERT_MANY            32     /* rows per multi-row INSERT in a batch */
 
+/* The columns in enum audit_field order: reads and writes both rely on it. */
+#define COLUMNS "request_id, started_at, key_id, key_name, client_ip, method, path, route, " \
+	"upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, model, " \
+	"prompt_tokens, completion_tokens, error, retries, request_body, response_body"
+/* The columns as of schema version 2, for the migration that copies the table: the same
+ * list today, but a column added later must not be added here. */
+#define COLUMNS_V2 COLUMNS
+
+/* The columns after request_id as version 1 created them. Versions 1 and 4 create the
+ * table with them: like every step below, never edit it (add a step instead). */
+#define V1_COLUMN_DEFS \
+	" started_at REAL NOT NULL,"        /* unix seconds */ \
+	" key_id INTEGER,"                  /* NULL = no key */ \
+	" key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT, upstream TEXT," \
+	" status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL, is_stream INTEGER NOT NULL," \
+	" chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER, model TEXT," \
+	" prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT," \
+	" retries INTEGER NOT NULL DEFAULT 0"
+
 /* Schema steps, applied in order inside one transaction; user_version records the last. */
 static const struct { int version; const char *sql; } migrations[] = {
 	{ 1,
 	  "CREATE TABLE audit ("
-	  " request_id TEXT NOT NULL PRIMARY KEY,"
-	  " started_at REAL NOT NULL,"        /* unix seconds */
-	  " key_id INTEGER,"                  /* NULL = no key */
-	  " key_name TEXT,"
-	  " client_ip TEXT,"
-	  " method TEXT,"
-	  " path TEXT,"
-	  " route TEXT,"
-	  " upstream TEXT,"
-	  " status INTEGER NOT NULL,"
-	  " latency_ms REAL,"
-	  " ttfb_ms REAL,"
-	  " is_stream INTEGER NOT NULL,"
-	  " chunks INTEGER,"
-	  " bytes_in INTEGER,"
-	  " bytes_out INTEGER,"
-	  " model TEXT,"
-	  " prompt_tokens INTEGER,"
-	  " completion_tokens INTEGER,"
-	  " error TEXT,"
-	  " retries INTEGER NOT NULL DEFAULT 0);"
+	  " request_id TEXT NOT NULL PRIMARY KEY," V1_COLUMN_DEFS ");"
 	  /* Each filter index ends in started_at so a filtered export streams in time order
 	   * without a sort. */
 	  "CREATE INDEX audit_started_at ON audit(started_at);"
@@ -90,13 +90,28 @@ static const struct { int version; const char *sql; } migrations[] = {
 	{ 3,
 	  "DROP INDEX IF EXISTS audit_route;"
 	  "DROP INDEX IF EXISTS audit_status;" },
+	/* One B-tree besides the table: started_at. The unique index on request_id and the
+	 * (key_id, started_at) index cost the writer about 11k of its 29k instructions per
+	 * row, and with many keys the key index dirtied twice the pages per commit (issue
+	 * #6). A row is found by its id through the second the id carries (reqid.h); filters
+	 * on key, route or status scan the time range asked for. Rows keep their rowids.
+	 * Ids made before this version carry no time: audit_untimed_ids holds the latest
+	 * started_at of a row whose id does not, and audit_get looks up to there for them.
+	 * Replaying the spool checks for the row instead of relying on a unique index. */
+	{ 4,
+	  "CREATE TABLE audit_v4 ("
+	  " request_id TEXT NOT NULL," V1_COLUMN_DEFS ","
+	  " request_body TEXT,"
+	  " response_body TEXT);"
+	  "INSERT INTO audit_v4 (rowid, " COLUMNS_V2 ") SELECT rowid, " COLUMNS_V2
+	  " FROM audit ORDER BY rowid;"
+	  "CREATE TABLE audit_untimed_ids (until REAL NOT NULL);"
+	  "INSERT INTO audit_untimed_ids SELECT coalesce(max(started_at), 0) FROM audit;"
+	  "DROP TABLE audit;"
+	  "ALTER TABLE audit_v4 RENAME TO audit;"
+	  "CREATE INDEX audit_started_at ON audit(started_at);" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
-
-/* The columns in enum audit_field order: reads and writes both rely on it. */
-#define COLUMNS "request_id, started_at, key_id, key_name, client_ip, method, path, route, " \
-	"upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, model, " \
-	"prompt_tokens, completion_tokens, error, retries, request_body, response_body"
 
 const char *const audit_field_names[AUDIT_NFIELDS] = {
 	"request_id", "started_at", "key_id", "key_name", "client_ip", "method", "path", "route",
@@ -132,6 +147,8 @@ struct audit {
 	sqlite3 *db;
 	sqlite3_stmt *st_insert, *st_prune;
 	sqlite3_stmt *st_insert_many;         /* INSERT_MANY rows in one statement */
+	sqlite3_stmt *st_insert_new;          /* one row, unless it is there already (replay) */
+	sqlite3_stmt *st_untimed;             /* raise the bound in audit_untimed_ids */
 	sqlite3_stmt *st_begin, *st_commit;   /* prepared once: sqlite3_exec parses each time */
 	bool reconnect;           /* the connection may be stuck read-only: reopen on retry */
 	struct audit_record *w_head, *w_tail;
@@ -149,6 +166,20 @@ struct audit {
 };
 
 /* ---- small helpers ---- */
+
+/* How far a row's started_at may be from the second its id carries: the id is made from
+ * the coarse clock (a tick behind at most) just before started_at is read. */
+#define ID_SLACK_S 2
+
+/* An id of the reqid form that does not carry the second its row started in: made before
+ * schema version 4. (An id of another form is looked for in every row anyway.) */
+static bool id_untimed(const char *id, double started_at)
+{
+	int64_t sec;
+
+	return id && reqid_second(id, &sec) && (started_at < (double)(sec - ID_SLACK_S) ||
+	                                        started_at >= (double)(sec + ID_SLACK_S + 1));
+}
 
 static int64_t mono_ms(void)
 {
@@ -847,6 +878,9 @@ static int migrate(sqlite3 *db, const char *path, char **err)
 	for (size_t i = 0; i < sizeof(migrations) / sizeof(migrations[0]); i++) {
 		if (migrations[i].version <= version)
 			continue;
+		if (version > 0)
+			log_info("audit database %s: updating the schema to version %d (on a large "
+			         "database this takes a while, once)", path, migrations[i].version);
 		snprintf(sql, sizeof(sql), "PRAGMA user_version = %d", migrations[i].version);
 		if (exec_sql(db, migrations[i].sql) != SQLITE_OK ||
 		    exec_sql(db, sql) != SQLITE_OK) {
@@ -873,7 +907,9 @@ static void db_disconnect(struct audit *a)
 {
 	sqlite3_finalize(a->st_insert);
 	sqlite3_finalize(a->st_insert_many);
-	a->st_insert_many = NULL;
+	sqlite3_finalize(a->st_insert_new);
+	sqlite3_finalize(a->st_untimed);
+	a->st_insert_many = a->st_insert_new = a->st_untimed = NULL;
 	sqlite3_finalize(a->st_begin);
 	sqlite3_finalize(a->st_commit);
 	a->st_begin = a->st_commit = NULL;
@@ -929,8 +965,19 @@ static int db_connect(struct audit *a, char **err)
 	if (sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23) ON CONFLICT(request_id) DO NOTHING",
+	                       "?20, ?21, ?22, ?23)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert, NULL) != SQLITE_OK ||
+	    /* a spooled record may have been committed already, by a replay that was cut off
+	     * before the spool shrank: the time index finds it at once */
+	    sqlite3_prepare_v3(a->db,
+	                       "INSERT INTO audit (" COLUMNS ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, "
+	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
+	                       "?20, ?21, ?22, ?23 WHERE NOT EXISTS (SELECT 1 FROM audit "
+	                       "WHERE started_at = ?2 AND request_id = ?1)",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert_new, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db,
+	                       "UPDATE audit_untimed_ids SET until = ?1 WHERE until < ?1",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_untimed, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db,
 	                       "DELETE FROM audit WHERE rowid IN (SELECT rowid FROM audit "
 	                       "WHERE started_at < ?1 ORDER BY started_at LIMIT ?2)",
@@ -952,7 +999,6 @@ static int db_connect(struct audit *a, char **err)
 				n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s?", j ? "," : "");
 			n += (size_t)snprintf(sql + n, sizeof(sql) - n, ")");
 		}
-		snprintf(sql + n, sizeof(sql) - n, " ON CONFLICT(request_id) DO NOTHING");
 		/* without it, every batch goes row by row: slower, not wrong */
 		if (sqlite3_prepare_v3(a->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert_many,
 		                       NULL) != SQLITE_OK)
@@ -1048,11 +1094,12 @@ static int insert_many(struct audit *a, const struct audit_record *r)
 	return poison_error(rc) ? 1 : -1;
 }
 
-/* Insert one record inside the open transaction. 0 = written (or already there),
+/* Insert one record inside the open transaction: with st_insert, or on replay with
+ * st_insert_new, which skips a record already there. 0 = written (or already there),
  * 1 = this record can never be written (logged, to be dropped), -1 = the database failed. */
-static int insert_record(struct audit *a, const struct audit_record *r)
+static int insert_record(struct audit *a, const struct audit_record *r, bool replay)
 {
-	sqlite3_stmt *st = a->st_insert;
+	sqlite3_stmt *st = replay ? a->st_insert_new : a->st_insert;
 	int rc;
 
 	bind_record(st, 0, r);
@@ -1070,17 +1117,30 @@ static int insert_record(struct audit *a, const struct audit_record *r)
 	return -1;
 }
 
-/* Write the first n records of a list in one transaction. 0 on success; -1 if the
- * database failed (nothing of the batch is committed). */
-static int commit_list(struct audit *a, const struct audit_record *r, size_t n)
+/* Write the first n records of a list in one transaction; replay: they come from the
+ * spool and may be there already, so they go row by row through st_insert_new. 0 on
+ * success; -1 if the database failed (nothing of the batch is committed). */
+static int commit_list(struct audit *a, const struct audit_record *r, size_t n, bool replay)
 {
+	const struct audit_record *p = r;
+	double untimed = 0;
 	size_t i = 0;
 
+	/* Rows whose id does not carry the second they started in (made by a version before
+	 * schema 4, replayed from its spool) are found by audit_get through this bound. */
+	for (size_t k = 0; k < n && p; k++, p = p->next_)
+		if (p->started_at > untimed && id_untimed(p->request_id, p->started_at))
+			untimed = p->started_at;
 	if (step_once(a->st_begin) != SQLITE_OK)
 		goto fail;
+	if (untimed > 0) {
+		sqlite3_bind_double(a->st_untimed, 1, untimed);
+		if (step_once(a->st_untimed) != SQLITE_OK)
+			goto fail;
+	}
 	while (i < n && r) {
 		size_t group = 1;
-		if (a->st_insert_many && n - i >= INSERT_MANY) {
+		if (!replay && a->st_insert_many && n - i >= INSERT_MANY) {
 			int rc = insert_many(a, r);
 			if (rc < 0)
 				goto fail;
@@ -1093,7 +1153,7 @@ static int commit_list(struct audit *a, const struct audit_record *r, size_t n)
 			group = INSERT_MANY; /* one of them is bad: find it row by row */
 		}
 		for (size_t k = 0; k < group && r; k++, i++, r = r->next_)
-			if (insert_record(a, r) < 0)
+			if (insert_record(a, r, replay) < 0)
 				goto fail;
 	}
 	if (step_once(a->st_commit) != SQLITE_OK)
@@ -1254,7 +1314,7 @@ static int spool_replay_batch(struct audit *a)
 	end = ftello(a->spool_rd);
 	if (lines == 0)
 		goto eof;
-	if (commit_list(a, head, n) < 0) {
+	if (commit_list(a, head, n, true) < 0) {
 		db_failed(a, "write");
 		goto done;
 	}
@@ -1287,7 +1347,7 @@ static int memory_commit_batch(struct audit *a)
 	struct audit_record *first, *last;
 	size_t bytes;
 
-	if (commit_list(a, a->w_head, n) < 0) {
+	if (commit_list(a, a->w_head, n, false) < 0) {
 		db_failed(a, "write");
 		return -1;
 	}
@@ -2021,12 +2081,27 @@ void audit_cursor_close(struct audit_cursor *c)
 	free(c);
 }
 
+/* Where to look for a row by its id, in order: around the second the id carries (the
+ * time index makes that a few seconds of rows); then, from schema version 4 on, among the
+ * rows up to the last one whose id carries no time (none in a file begun at version 4:
+ * nothing is read). An id not of the reqid form (a row someone wrote by hand, a typo), or
+ * a file at an older version (its daemon not upgraded yet): everywhere. */
+static const char *const get_sql[] = {
+	"SELECT " COLUMNS " FROM audit WHERE started_at >= ?2 AND started_at < ?3 "
+	"AND request_id = ?1",
+	"SELECT " COLUMNS " FROM audit WHERE started_at <= "
+	"(SELECT max(until) FROM audit_untimed_ids) AND request_id = ?1",
+	"SELECT " COLUMNS " FROM audit WHERE request_id = ?1",
+};
+
 int audit_get(const char *db_path, const char *request_id, struct audit_record *out,
               char **err)
 {
 	sqlite3 *db;
 	sqlite3_stmt *st = NULL;
-	int rc = -1, step;
+	int64_t sec = 0;
+	bool timed;
+	int rc = 0, version = 0;
 
 	if (!request_id) {
 		set_err(err, "no request id given");
@@ -2034,23 +2109,39 @@ int audit_get(const char *db_path, const char *request_id, struct audit_record *
 	}
 	if (!(db = open_reader(db_path, err)))
 		return -1;
-	if (sqlite3_prepare_v2(db, "SELECT " COLUMNS " FROM audit WHERE request_id = ?1", -1,
-	                       &st, NULL) != SQLITE_OK) {
-		set_err(err, "cannot query audit database %s: %s", db_path, sqlite3_errmsg(db));
-		goto done;
-	}
-	sqlite3_bind_text(st, 1, request_id, -1, SQLITE_STATIC);
-	step = sqlite3_step(st);
-	if (step == SQLITE_ROW) {
-		row_to_record(st, out);
-		rc = 1;
-	} else if (step == SQLITE_DONE) {
-		rc = 0;
-	} else {
+	if (read_user_version(db, &version) < 0) {
 		set_err(err, "reading audit database %s: %s", db_path, sqlite3_errmsg(db));
+		rc = -1;
 	}
-done:
-	sqlite3_finalize(st);
+	timed = reqid_second(request_id, &sec);
+	for (size_t i = 0; rc == 0 && i < sizeof(get_sql) / sizeof(get_sql[0]); i++) {
+		int step;
+
+		bool skip = i == 0 ? !timed : i == 1 ? !timed || version < 4 : timed && version >= 4;
+
+		if (skip)
+			continue;
+		if (sqlite3_prepare_v2(db, get_sql[i], -1, &st, NULL) != SQLITE_OK) {
+			set_err(err, "cannot query audit database %s: %s", db_path, sqlite3_errmsg(db));
+			rc = -1;
+			break;
+		}
+		sqlite3_bind_text(st, 1, request_id, -1, SQLITE_STATIC);
+		if (i == 0) {
+			sqlite3_bind_double(st, 2, (double)(sec - ID_SLACK_S));
+			sqlite3_bind_double(st, 3, (double)(sec + ID_SLACK_S + 1));
+		}
+		step = sqlite3_step(st);
+		if (step == SQLITE_ROW) {
+			row_to_record(st, out);
+			rc = 1;
+		} else if (step != SQLITE_DONE) {
+			set_err(err, "reading audit database %s: %s", db_path, sqlite3_errmsg(db));
+			rc = -1;
+		}
+		sqlite3_finalize(st);
+		st = NULL;
+	}
 	sqlite3_close(db);
 	return rc;
 }

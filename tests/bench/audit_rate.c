@@ -29,6 +29,14 @@ static double now_s(void)
 	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
+static double wall_s(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_REALTIME, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
 static double tv_s(struct timeval t)
 {
 	return (double)t.tv_sec + (double)t.tv_usec / 1e6;
@@ -59,7 +67,7 @@ int main(int argc, char **argv)
 
 		reqid_next(id);
 		r.request_id = id;
-		r.started_at = 1.7e9 + (double)i * 1e-4;
+		r.started_at = wall_s();   /* the second the id carries, as in the daemon */
 		r.key_id = 1;
 		r.key_name = "bench";
 		r.client_ip = "127.0.0.1";

@@ -21,6 +21,7 @@
 #include <sqlite3.h>
 
 #include "audit.h"
+#include "reqid.h"
 #include "unit.h"
 
 struct tmpdb {
@@ -643,6 +644,38 @@ TEST(a_shared_record_lives_until_its_last_owner_frees_it)
 
 /* ---- files and schema ---- */
 
+/* A database as an older release left it: its audit table (request_id the primary key),
+ * then `sql` (indexes, rows, user_version). */
+static void make_old_store(const char *path, const char *sql)
+{
+	sqlite3 *db;
+
+	CHECK_INT(sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL),
+	          SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db,
+	          "CREATE TABLE audit (request_id TEXT NOT NULL PRIMARY KEY, started_at REAL NOT NULL,"
+	          " key_id INTEGER, key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT,"
+	          " upstream TEXT, status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL,"
+	          " is_stream INTEGER NOT NULL, chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER,"
+	          " model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
+	          " retries INTEGER NOT NULL DEFAULT 0, request_body TEXT, response_body TEXT);",
+	          NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+}
+
+/* Schema version 4: one B-tree besides the table, on started_at; no index on request_id
+ * (not even a unique one). */
+static void check_current_schema(const char *path)
+{
+	CHECK_INT(db_int(path, "PRAGMA user_version"), 4);
+	CHECK_INT(db_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
+	                 "tbl_name = 'audit'"), 1);
+	CHECK_INT(db_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
+	                 "name = 'audit_started_at'"), 1);
+	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 23);
+}
+
 TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
 {
 	struct tmpdb t;
@@ -656,12 +689,8 @@ TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
 	CHECK(stat(t.path, &st) == 0);
 	CHECK_INT(st.st_mode & 0777, 0600);
 	audit_close(a);
-	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 3);
-	CHECK_INT(db_int(t.path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
-	                 "name IN ('audit_started_at', 'audit_key_id')"), 2);
-	CHECK_INT(db_int(t.path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
-	                 "name IN ('audit_route', 'audit_status')"), 0);
-	CHECK_INT(db_int(t.path, "SELECT count(*) FROM pragma_table_info('audit')"), 23);
+	check_current_schema(t.path);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit_untimed_ids WHERE until = 0"), 1);
 	tmpdb_remove(&t);
 }
 
@@ -669,33 +698,132 @@ TEST(a_version_2_store_is_migrated_and_keeps_its_rows)
 {
 	struct tmpdb t;
 	struct audit *a;
-	sqlite3 *db;
 
 	tmpdb_make(&t);
-	CHECK_INT(sqlite3_open_v2(t.path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL), SQLITE_OK);
 	/* the schema as release 2 left it: four filter indexes */
-	CHECK_INT(sqlite3_exec(db,
-	          "CREATE TABLE audit (request_id TEXT NOT NULL PRIMARY KEY, started_at REAL NOT NULL,"
-	          " key_id INTEGER, key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT,"
-	          " upstream TEXT, status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL,"
-	          " is_stream INTEGER NOT NULL, chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER,"
-	          " model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
-	          " retries INTEGER NOT NULL DEFAULT 0, request_body TEXT, response_body TEXT);"
-	          "CREATE INDEX audit_started_at ON audit(started_at);"
-	          "CREATE INDEX audit_key_id ON audit(key_id, started_at);"
-	          "CREATE INDEX audit_route ON audit(route, started_at);"
-	          "CREATE INDEX audit_status ON audit(status, started_at);"
-	          "INSERT INTO audit (request_id, started_at, route, status, is_stream)"
-	          " VALUES ('old-1', 1700000000, 'chat', 200, 0);"
-	          "PRAGMA user_version = 2;", NULL, NULL, NULL), SQLITE_OK);
-	sqlite3_close(db);
+	make_old_store(t.path,
+	               "CREATE INDEX audit_started_at ON audit(started_at);"
+	               "CREATE INDEX audit_key_id ON audit(key_id, started_at);"
+	               "CREATE INDEX audit_route ON audit(route, started_at);"
+	               "CREATE INDEX audit_status ON audit(status, started_at);"
+	               "INSERT INTO audit (request_id, started_at, route, status, is_stream)"
+	               " VALUES ('old-1', 1700000000, 'chat', 200, 0);"
+	               "PRAGMA user_version = 2;");
 	a = open_ok(t.path, NULL);
 	audit_close(a);
-	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 3);
-	CHECK_INT(db_int(t.path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
-	                 "name IN ('audit_route', 'audit_status')"), 0);
+	check_current_schema(t.path);
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id = 'old-1' AND "
 	                 "route = 'chat' AND status = 200"), 1);
+	tmpdb_remove(&t);
+}
+
+/* Version 3 (release of session 3) had a unique index on request_id and a key index; the
+ * rows move to the new table with their rowids and stay findable by their old ids, which
+ * carry no time. */
+TEST(a_version_3_store_is_rebuilt_and_its_old_ids_are_still_found)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_record out = { 0 };
+	char id[REQID_LEN + 1];
+	double now = now_s();
+
+	tmpdb_make(&t);
+	make_old_store(t.path,
+	               "CREATE INDEX audit_started_at ON audit(started_at);"
+	               "CREATE INDEX audit_key_id ON audit(key_id, started_at);"
+	               /* old ids: a random prefix, then a counter */
+	               "INSERT INTO audit (rowid, request_id, started_at, key_id, status, is_stream)"
+	               " VALUES (7, '98a0cc62000000000001', 1700000000.5, 3, 200, 0),"
+	               " (9, '98a0cc62000000000002', 1700000100.25, 4, 502, 1);"
+	               "PRAGMA user_version = 3;");
+
+	a = open_ok(t.path, NULL);
+	reqid_next(id);
+	{
+		struct audit_record *r = make_record("n", 0, now);
+		free(r->request_id);
+		r->request_id = dup_s(id);
+		audit_submit(a, r);
+	}
+	audit_close(a);
+
+	check_current_schema(t.path);
+	CHECK_INT(db_int(t.path, "SELECT rowid FROM audit WHERE request_id = '98a0cc62000000000002'"
+	                 " AND key_id = 4 AND status = 502 AND is_stream = 1"), 9);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 3);
+	/* the bound covers the old rows only: the new row's id carries its time */
+	CHECK_INT(db_int(t.path, "SELECT until * 100 FROM audit_untimed_ids"), 170000010025LL);
+	CHECK_INT(audit_get(t.path, "98a0cc62000000000001", &out, NULL), 1);
+	CHECK_INT(out.key_id, 3);
+	audit_record_clear(&out);
+	CHECK_INT(audit_get(t.path, "98a0cc62000000000002", &out, NULL), 1);
+	CHECK_INT(out.status, 502);
+	audit_record_clear(&out);
+	CHECK_INT(audit_get(t.path, id, &out, NULL), 1);
+	CHECK_STR(out.request_id, id);
+	audit_record_clear(&out);
+	CHECK_INT(audit_get(t.path, "98a0cc62000000000003", &out, NULL), 0);
+	tmpdb_remove(&t);
+}
+
+/* Ids carry the second they were made in, which is how a row is found without an index on
+ * request_id; a row whose id does not (a spool written before, a hand-made record) raises
+ * the bound up to which audit_get also looks row by row. */
+TEST(a_row_is_found_by_the_second_its_id_carries)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_record out = { 0 };
+	char ids[3][REQID_LEN + 1];
+	int64_t sec;
+	double now = now_s();
+
+	reqid_next(ids[0]);
+	CHECK(reqid_second(ids[0], &sec));
+	CHECK(sec >= (int64_t)now - 1 && sec <= (int64_t)now + 1);
+	CHECK(!reqid_second("98a0cc6200000000000", &sec));     /* 19 digits */
+	CHECK(!reqid_second("98a0cc620000000000012", &sec));   /* 21 */
+	CHECK(!reqid_second("98A0CC62000000000001", &sec));    /* upper case is not ours */
+	CHECK(!reqid_second("98a0cc6200000000000g", &sec));
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	for (int i = 0; i < 3; i++) {
+		struct audit_record *r = make_record("x", i, now + i * 0.001);
+		if (i)
+			reqid_next(ids[i]);
+		free(r->request_id);
+		r->request_id = dup_s(ids[i]);
+		audit_submit(a, r);
+	}
+	CHECK(wait_depth(a, 0, 10));
+	/* every id so far carries its time: nothing is looked for row by row */
+	CHECK_INT(db_int(t.path, "SELECT until FROM audit_untimed_ids"), 0);
+	/* an id from another second, as the old format would decode to */
+	{
+		struct audit_record *r = make_record("y", 1, now - 7200.5);
+		free(r->request_id);
+		r->request_id = dup_s("00000010000000000001");
+		audit_submit(a, r);
+	}
+	audit_submit(a, make_record("z", 1, now));   /* not of the reqid form */
+	audit_close(a);
+	CHECK_INT(db_int(t.path, "SELECT CAST(until AS INTEGER) FROM audit_untimed_ids"),
+	          (long long)(now - 7200.5));
+	for (int i = 0; i < 3; i++) {
+		CHECK_INT(audit_get(t.path, ids[i], &out, NULL), 1);
+		CHECK_STR(out.request_id, ids[i]);
+		CHECK_INT(out.bytes_in, 100 + i);
+		audit_record_clear(&out);
+	}
+	CHECK_INT(audit_get(t.path, "00000010000000000001", &out, NULL), 1);
+	CHECK_INT(out.bytes_in, 101);
+	audit_record_clear(&out);
+	CHECK_INT(audit_get(t.path, "00000010000000000002", &out, NULL), 0);
+	CHECK_INT(audit_get(t.path, "z000001", &out, NULL), 1);
+	audit_record_clear(&out);
+	CHECK_INT(audit_get(t.path, "z000002", &out, NULL), 0);
 	tmpdb_remove(&t);
 }
 
