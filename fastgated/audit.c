@@ -1013,8 +1013,10 @@ fail:
 
 static void bind_text(sqlite3_stmt *st, int i, const char *s)
 {
+	/* with the length given, SQLite does not measure the string a byte at a time
+	 * (libc's strlen is several times faster: ~230 instructions a row, issue #6) */
 	if (s)
-		sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, i, s, (int)strlen(s), SQLITE_STATIC);
 	else
 		sqlite3_bind_null(st, i);
 }

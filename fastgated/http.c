@@ -33,6 +33,7 @@
 #include "gateway.h"
 #include "http.h"
 #include "httperr.h"
+#include "keys.h"
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
@@ -88,6 +89,7 @@ struct http_conn {
 	void *gone_arg;
 	void (*written_fn)(void *);
 	void *written_arg;
+	struct key_memo key_memo;     /* the key this client sent last (proxy.c) */
 	LIST_ENTRY(http_conn) link;
 };
 
@@ -414,6 +416,11 @@ char *http_take_body(struct http_request *req, size_t *len)
 const char *http_client_ip(const struct http_request *req)
 {
 	return req->conn->ip;
+}
+
+struct key_memo *http_key_memo(struct http_request *req)
+{
+	return &req->conn->key_memo;
 }
 
 void http_watch_client(struct http_request *req, void (*gone)(void *), void *arg)
@@ -964,6 +971,7 @@ static void conn_free(struct http_conn *c)
 	free(c->hdrs);
 	free(c->body);
 	free(c->outhead);
+	key_memo_clear(&c->key_memo);
 	free(c);
 }
 

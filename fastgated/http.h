@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <event2/buffer.h>
 
+struct key_memo;
+
 struct gateway;
 struct http_server;
 
@@ -58,6 +60,9 @@ const char *http_find_header(const struct http_request *req, const char *name);
 char *http_take_body(struct http_request *req, size_t *len);
 /* Peer address as text ("127.0.0.1"). */
 const char *http_client_ip(const struct http_request *req);
+/* The connection's memo of the last key its client presented (keys.h), for
+ * keystore_lookup_memo; wiped when the connection closes. */
+struct key_memo *http_key_memo(struct http_request *req);
 
 /* Call gone(arg) when the client goes away while the handler holds req; NULL stops it. */
 void http_watch_client(struct http_request *req, void (*gone)(void *), void *arg);

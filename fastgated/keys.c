@@ -45,6 +45,10 @@ struct keystore {
 	sqlite3_stmt *st_insert, *st_revoke, *st_used, *st_rs_get, *st_rs_set;
 	sqlite3_stmt *st_update, *st_rotate;
 	EVP_MD_CTX *md_ctx;        /* lookups reuse it: EVP_Digest allocates a context per call */
+	/* Changes whenever a secret may stop leading to the key it led to (a key rotated or
+	 * added, the table rebuilt): a key_memo made before then is not trusted. Starts at 1,
+	 * so a zeroed memo never matches. */
+	uint64_t gen;
 };
 
 /* Schema migrations, applied in order inside one transaction. To add version 2, append
@@ -291,6 +295,7 @@ static void table_remove(struct keystore *ks, const struct key *k)
 		if (!ks->slots[i])
 			return;       /* not indexed: nothing to remove */
 	ks->slots[i] = NULL;
+	ks->gen++;
 	for (i = (i + 1) & mask; ks->slots[i]; i = (i + 1) & mask) {
 		struct key *moved = ks->slots[i];
 
@@ -336,6 +341,7 @@ static void index_add(struct keystore *ks, struct key *k)
 	ks->keys[pos] = k;
 	ks->n++;
 	table_put(ks->slots, ks->nslots, k);
+	ks->gen++;
 }
 
 /* ---- SQLite plumbing ---- */
@@ -553,6 +559,7 @@ struct keystore *keystore_open(const char *path, char **err)
 		return NULL;
 
 	ks = xcalloc(1, sizeof(*ks));
+	ks->gen = 1;
 	ks->path = xstrndup(path, strlen(path));
 	pthread_once(&sha256_once, sha256_fetch);
 	if (sha256_md)
@@ -637,6 +644,29 @@ struct key *keystore_lookup(struct keystore *ks, const char *secret, size_t len)
 		if (CRYPTO_memcmp(ks->slots[i]->hash, hash, KEY_HASH_LEN) == 0)
 			return ks->slots[i];
 	return NULL;
+}
+
+struct key *keystore_lookup_memo(struct keystore *ks, const char *secret, size_t len,
+                                 struct key_memo *m)
+{
+	struct key *k;
+
+	if (ks && m->key && m->gen == ks->gen && m->len == len &&
+	    CRYPTO_memcmp(m->secret, secret, len) == 0)
+		return m->key;
+	k = keystore_lookup(ks, secret, len);
+	if (k && len <= sizeof(m->secret)) {
+		m->gen = ks->gen;
+		m->key = k;
+		m->len = len;
+		memcpy(m->secret, secret, len);
+	}
+	return k;
+}
+
+void key_memo_clear(struct key_memo *m)
+{
+	OPENSSL_cleanse(m, sizeof(*m));
 }
 
 struct key *keystore_get(struct keystore *ks, int64_t id)

@@ -61,6 +61,22 @@ void keystore_close(struct keystore *ks);
 /* Find the key for a presented secret: format check, SHA-256, hash-table lookup.
  * NULL if unknown or malformed. Does not check revoked/expired (see key_usable). */
 struct key *keystore_lookup(struct keystore *ks, const char *secret, size_t len);
+
+/* The last secret one client connection presented and the key it led to. A keep-alive
+ * client sends the same key with every request, and its SHA-256 was about 4k of the
+ * event loop's 35k instructions per request (issue #6). Zero it to start; wipe it with
+ * key_memo_clear (it holds a secret). */
+struct key_memo {
+	uint64_t gen;
+	struct key *key;
+	size_t len;
+	char secret[KEY_SECRET_LEN];
+};
+/* keystore_lookup, answered from m when the same secret comes again and the store has not
+ * changed since in a way that could send it elsewhere; remembers a found key in m. */
+struct key *keystore_lookup_memo(struct keystore *ks, const char *secret, size_t len,
+                                 struct key_memo *m);
+void key_memo_clear(struct key_memo *m);
 struct key *keystore_get(struct keystore *ks, int64_t id);
 
 /* 1 if usable now (not revoked, not expired). */

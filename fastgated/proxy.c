@@ -1109,7 +1109,7 @@ void proxy_handle(struct gateway *gw, struct http_request *req, const char *requ
 		reply_error(px, 401, "missing_api_key", "no API key: send X-API-Key or Authorization: Bearer");
 		goto done;
 	}
-	k = keystore_lookup(gw->keys, secret, secret_len);
+	k = keystore_lookup_memo(gw->keys, secret, secret_len, http_key_memo(req));
 	if (!k) {
 		reply_error(px, 401, "invalid_api_key", "invalid API key");
 		goto done;

@@ -505,6 +505,53 @@ TEST(rotating_many_keys_leaves_every_current_secret_findable)
 	tmpdb_remove(&t);
 }
 
+/* A connection's memo answers its client's next request with the same key; a rotation
+ * (which sends the old secret nowhere) must not be outlived by it, and a revocation is
+ * seen because the key itself is returned. */
+TEST(a_connection_memo_repeats_a_lookup_but_never_outlives_a_rotation)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *a = NULL, *b = NULL;
+	struct key_memo m = { 0 };
+	char sa[KEY_SECRET_LEN + 1], sb[KEY_SECRET_LEN + 1], fresh[KEY_SECRET_LEN + 1];
+	char *err = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	CHECK_INT(keystore_create(ks, "a", NULL, 0, 0, 0, sa, &a, &err), 0);
+	CHECK_INT(keystore_create(ks, "b", NULL, 0, 0, 0, sb, &b, &err), 0);
+	if (!a || !b)
+		goto close;
+	CHECK(keystore_lookup_memo(ks, sa, KEY_SECRET_LEN, &m) == a);
+	CHECK(m.key == a && m.len == KEY_SECRET_LEN);
+	CHECK(keystore_lookup_memo(ks, sa, KEY_SECRET_LEN, &m) == a);
+	/* another key on the same connection, a shorter or a wrong secret */
+	CHECK(keystore_lookup_memo(ks, sb, KEY_SECRET_LEN, &m) == b);
+	CHECK(keystore_lookup_memo(ks, sb, KEY_SECRET_LEN - 1, &m) == NULL);
+	sb[5] = sb[5] == 'x' ? 'y' : 'x';
+	CHECK(keystore_lookup_memo(ks, sb, KEY_SECRET_LEN, &m) == NULL);
+	CHECK(m.key == b);     /* failures are not remembered */
+	/* the memo holds a's secret when a is rotated: the old secret leads nowhere now */
+	CHECK(keystore_lookup_memo(ks, sa, KEY_SECRET_LEN, &m) == a);
+	CHECK_INT(keystore_rotate(ks, a->id, fresh, &err), 0);
+	CHECK(keystore_lookup_memo(ks, sa, KEY_SECRET_LEN, &m) == NULL);
+	CHECK(keystore_lookup_memo(ks, fresh, KEY_SECRET_LEN, &m) == a);
+	/* revoked: still the key, whose revoked field the caller checks */
+	CHECK_INT(keystore_revoke(ks, a->id, &err), 0);
+	CHECK(keystore_lookup_memo(ks, fresh, KEY_SECRET_LEN, &m) == a);
+	CHECK(a->revoked != 0);
+	key_memo_clear(&m);
+	CHECK(m.key == NULL && m.len == 0 && m.secret[0] == 0);
+close:
+	keystore_close(ks);
+out:
+	free(err);
+	tmpdb_remove(&t);
+}
+
 TEST(rotate_refuses_unknown_and_revoked_keys_and_keeps_the_old_secret)
 {
 	struct tmpdb t;
