@@ -409,7 +409,8 @@ static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
 static int usage_at_tail(const char *body, size_t len, struct usage *u)
 {
 	const char *hit = NULL, *p, *b, *end = body + len;
-	struct jscan j, obj;
+	struct usage got = { .prompt_tokens = -1, .completion_tokens = -1 };
+	struct jscan j;
 
 	/* the last "usage" key, looked for from the end, where answers put it */
 	for (size_t n = len; (p = memrchr(body, '"', n)) != NULL; n = (size_t)(p - body))
@@ -430,12 +431,10 @@ static int usage_at_tail(const char *body, size_t len, struct usage *u)
 		return 0;
 	j.p++;
 	js_ws(&j);
-	if (j.p >= j.end || *j.p != '{')
+	/* one walk both checks the object and reads its fields (into got: u is only
+	 * written once the whole tail is known to be right) */
+	if (!js_members(&j, usage_field, &got))
 		return 0;
-	obj = j;
-	if (!js_value(&j, 1))
-		return 0;
-	obj.end = j.p;
 	js_ws(&j);
 	if (j.p >= j.end || *j.p != '}')
 		return 0;
@@ -443,9 +442,8 @@ static int usage_at_tail(const char *body, size_t len, struct usage *u)
 	js_ws(&j);
 	if (j.p != j.end)
 		return 0;
-	u->prompt_tokens = u->completion_tokens = -1;
-	if (!js_members(&obj, usage_field, u))
-		return 0;
+	u->prompt_tokens = got.prompt_tokens;
+	u->completion_tokens = got.completion_tokens;
 	u->found = true;
 	return 1;
 }
