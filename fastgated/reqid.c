@@ -37,20 +37,29 @@ void reqid_next(char out[REQID_LEN + 1])
 	out[REQID_LEN] = '\0';
 }
 
+/* One more than the value of a lower-case hex digit, 0 for any other byte. The audit
+ * writer checks every row's id: with a range test per character that took ~360
+ * instructions a row, with the table ~260 (callgrind). */
+static const unsigned char hex1[256] = {
+	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8,
+	['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15,
+	['f'] = 16,
+};
+
 bool reqid_second(const char *id, int64_t *second)
 {
+	const unsigned char *p = (const unsigned char *)id;
 	uint32_t sec = 0;
-	int i;
+	bool bad = false;
 
-	for (i = 0; id[i]; i++) {
-		int d = id[i] >= '0' && id[i] <= '9' ? id[i] - '0'
-		      : id[i] >= 'a' && id[i] <= 'f' ? id[i] - 'a' + 10 : -1;
-		if (d < 0 || i >= REQID_LEN)
+	for (int i = 0; i < REQID_LEN; i++) {
+		if (!p[i])
 			return false;
+		bad |= hex1[p[i]] == 0;
 		if (i < 8)
-			sec = sec << 4 | (uint32_t)d;
+			sec = sec << 4 | (uint32_t)(hex1[p[i]] - 1);
 	}
-	if (i != REQID_LEN)
+	if (bad || p[REQID_LEN])
 		return false;
 	*second = sec;
 	return true;
