@@ -2117,9 +2117,8 @@ int audit_get(const char *db_path, const char *request_id, struct audit_record *
 	}
 	timed = reqid_second(request_id, &sec);
 	for (size_t i = 0; rc == 0 && i < sizeof(get_sql) / sizeof(get_sql[0]); i++) {
-		int step;
-
 		bool skip = i == 0 ? !timed : i == 1 ? !timed || version < 4 : timed && version >= 4;
+		int step;
 
 		if (skip)
 			continue;
