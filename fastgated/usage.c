@@ -102,6 +102,9 @@ static void js_ws(struct jscan *j)
 {
 	const char *p = j->p;
 
+	/* compact JSON, the usual case, has none: one test says so */
+	if (p < j->end && (unsigned char)*p > ' ')
+		return;
 	while (p < j->end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
 		p++;
 	j->p = p;
@@ -109,7 +112,8 @@ static void js_ws(struct jscan *j)
 
 /* Non-zero when one of the 8 bytes in x is a str_stop byte: a quote, a backslash, a
  * control byte (< 0x20) or a non-ASCII byte. The usual "has a zero byte" / "has a byte
- * less than n" word tricks; only whether, not where. */
+ * less than n" word tricks. Each trick can also flag bytes above a true hit (a borrow),
+ * never below one, so the lowest flagged byte is the first stop byte. */
 static inline uint64_t word_has_stop(uint64_t x)
 {
 	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
@@ -132,9 +136,16 @@ static bool js_string(struct jscan *j, const char **s, size_t *n)
 		uint64_t w;
 
 		while (end - p >= 8) {
+			uint64_t stop;
+
 			memcpy(&w, p, sizeof(w));
-			if (word_has_stop(w))
+			if ((stop = word_has_stop(w))) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+				/* the first byte is the lowest: so is its flag */
+				p += (size_t)__builtin_ctzll(stop) / 8;
+#endif
 				break;
+			}
 			p += 8;
 		}
 		while (p < end && !str_stop[(unsigned char)*p])
