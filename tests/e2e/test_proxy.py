@@ -711,6 +711,23 @@ def test_replies_carry_a_date_and_http10_keep_alive_is_honoured(c):
     # a gateway error has exactly one Date too
     st, h, _ = c.gw.request("POST", "/v1/chat/completions", CHAT)
     assert st == 401 and "date" in h, h
+    # a proxied answer keeps the upstream's Date (date: in any case, on any line) and
+    # gets no second one
+    data = json.dumps(CHAT).encode()
+    s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=5)
+    try:
+        s.sendall(("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                   % (c.key, len(data))).encode() + data)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            d = s.recv(4096)
+            assert d, got
+            got += d
+    finally:
+        s.close()
+    head = got.split(b"\r\n\r\n", 1)[0].decode()
+    assert head.startswith("HTTP/1.1 200") and head.lower().count("\r\ndate: ") == 1, head
 
 
 def test_slow_header_client_is_cut_at_the_deadline_while_others_are_served(c):
