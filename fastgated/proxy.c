@@ -1170,7 +1170,7 @@ void proxy_handle(struct gateway *gw, struct http_request *req, const char *requ
 	}
 	/* plain HTTP to an address is framed here; TLS and names that need resolving go to curl */
 	px->native = strncmp(px->route->upstream_origin, "http://", 7) == 0 &&
-	             upconn_supported(px->route->upstream_host);
+	             upconn_supported(gw->upconn, px->route->upstream_host);
 	if (build_url(px, path, query) < 0 ||
 	    (px->native ? start_native(px, req, send_body, send_len)
 	                : start_curl(px, req, send_body, send_len)) < 0) {

@@ -470,21 +470,31 @@ static int parse_host(const char *host, struct sockaddr_storage *ss, socklen_t *
 	return 0;
 }
 
-bool upconn_supported(const char *host)
-{
-	struct sockaddr_storage ss;
-	socklen_t len;
-
-	return parse_host(host, &ss, &len) == 0;
-}
-
-static struct origin *origin_get(struct upconn_pool *p, const char *host)
+static struct origin *origin_find(const struct upconn_pool *p, const char *host)
 {
 	struct origin *o;
 
 	for (o = p->origins; o; o = o->next)
 		if (strcmp(o->host, host) == 0)
 			return o;
+	return NULL;
+}
+
+bool upconn_supported(struct upconn_pool *p, const char *host)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	/* asked for every request: parsing the host each time was ~250 instructions */
+	return origin_find(p, host) || parse_host(host, &ss, &len) == 0;
+}
+
+static struct origin *origin_get(struct upconn_pool *p, const char *host)
+{
+	struct origin *o = origin_find(p, host);
+
+	if (o)
+		return o;
 	o = calloc(1, sizeof(*o));
 	if (!o)
 		return NULL;

@@ -82,8 +82,9 @@ struct upconn_xfer {
 struct upconn_pool *upconn_pool_new(struct event_base *base);
 void upconn_pool_free(struct upconn_pool *p);
 
-/* True when `host` ("host[:port]" of an http:// URL) is one this pool can reach itself. */
-bool upconn_supported(const char *host);
+/* True when `host` ("host[:port]" of an http:// URL) is one this pool can reach itself.
+ * A host the pool has already connected to is answered from its list of origins. */
+bool upconn_supported(struct upconn_pool *p, const char *host);
 
 /* Send x->req to `host` on a pooled connection (or a new one). 0, or -1 when no socket
  * could be made (x->done does not run then). */

@@ -3,6 +3,8 @@
  * time, since the network may split an answer anywhere. */
 #include <stdlib.h>
 
+#include <event2/event.h>
+
 #include "unit.h"
 #include "upconn.h"
 
@@ -264,14 +266,19 @@ TEST(a_callback_can_abort)
 
 TEST(only_addresses_are_handled_natively)
 {
-	CHECK(upconn_supported("127.0.0.1:8000"));
-	CHECK(upconn_supported("10.1.2.3"));
-	CHECK(upconn_supported("[::1]:8080"));
-	CHECK(!upconn_supported("localhost:11434"));   /* a name: 127.0.0.1 and/or ::1 */
-	CHECK(!upconn_supported("api.example.com"));
-	CHECK(!upconn_supported("vllm.internal:8000"));
-	CHECK(!upconn_supported("127.0.0.1:99999"));
-	CHECK(!upconn_supported("[::1"));
+	struct event_base *base = event_base_new();
+	struct upconn_pool *p = upconn_pool_new(base);
+
+	CHECK(upconn_supported(p, "127.0.0.1:8000"));
+	CHECK(upconn_supported(p, "10.1.2.3"));
+	CHECK(upconn_supported(p, "[::1]:8080"));
+	CHECK(!upconn_supported(p, "localhost:11434"));   /* a name: 127.0.0.1 and/or ::1 */
+	CHECK(!upconn_supported(p, "api.example.com"));
+	CHECK(!upconn_supported(p, "vllm.internal:8000"));
+	CHECK(!upconn_supported(p, "127.0.0.1:99999"));
+	CHECK(!upconn_supported(p, "[::1"));
+	upconn_pool_free(p);
+	event_base_free(base);
 }
 
 RUN_TESTS()
