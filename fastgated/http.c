@@ -279,16 +279,7 @@ static void add_hex(struct evbuffer *b, size_t n)
 
 static void add_dec(char **p, size_t n)
 {
-	char buf[24], *q = buf + sizeof(buf);
-	size_t k;
-
-	do {
-		*--q = (char)('0' + n % 10);
-		n /= 10;
-	} while (n);
-	k = (size_t)(buf + sizeof(buf) - q);
-	memcpy(*p, q, k);
-	*p += k;
+	*p += fmt_dec(*p, n);
 }
 
 static void add_str(char **p, const char *s)

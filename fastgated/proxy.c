@@ -1001,8 +1001,12 @@ static int start_native(struct proxy_req *px, const struct http_request *req,
 	if (cmd == HTTP_HEAD)
 		body_len = 0;
 	if (body_len > 0 || cmd == HTTP_POST || cmd == HTTP_PUT || cmd == HTTP_PATCH) {
-		snprintf(cl, sizeof(cl), "Content-Length: %zu\r\n", body_len);
-		if (head_add_str(px, cl) < 0)
+		size_t n = sizeof("Content-Length: ") - 1;
+
+		memcpy(cl, "Content-Length: ", n);
+		n += fmt_dec(cl + n, body_len);
+		memcpy(cl + n, "\r\n", 2);
+		if (head_add(px, cl, n + 2) < 0)
 			return -1;
 	}
 	if (head_add(px, "\r\n", 2) < 0)

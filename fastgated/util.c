@@ -93,3 +93,17 @@ int buf_append(char **buf, size_t *len, size_t *cap, const void *p, size_t n, si
 	*len += n;
 	return 0;
 }
+
+size_t fmt_dec(char *out, uint64_t n)
+{
+	char buf[20], *q = buf + sizeof(buf);
+	size_t k;
+
+	do {
+		*--q = (char)('0' + n % 10);
+		n /= 10;
+	} while (n);
+	k = (size_t)(buf + sizeof(buf) - q);
+	memcpy(out, q, k);
+	return k;
+}

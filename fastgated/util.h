@@ -6,6 +6,7 @@
 #define FG_UTIL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
@@ -20,6 +21,9 @@ char *xstrndup(const char *s, size_t n);
 int buf_grow(char **buf, size_t *cap, size_t need, size_t start);
 /* Append n bytes at *len, growing as buf_grow does; 0, or -1 with nothing appended. */
 int buf_append(char **buf, size_t *len, size_t *cap, const void *p, size_t n, size_t start);
+/* Write n in decimal at out (room for 20 digits, no NUL); the number of digits. The
+ * request path formats lengths with it: snprintf cost ~800 instructions a request. */
+size_t fmt_dec(char *out, uint64_t n);
 
 /* A formatted, malloc'd string. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
