@@ -1619,6 +1619,8 @@ static void *writer_main(void *arg)
 	int64_t close_deadline = 0;
 	bool woken = false;
 
+	/* visible in ps -L and top -H, and what tests/bench/ab.sh reports the writer's CPU by */
+	pthread_setname_np(pthread_self(), "fg-audit");
 	a->next_prune_ms = a->retention_days ? mono_ms() : 0;
 	a->idle_ok = can_leave_idle();
 	for (;;) {

@@ -64,6 +64,7 @@ static void *worker_main(void *arg)
 {
 	struct dbq *q = arg;
 
+	pthread_setname_np(pthread_self(), "fg-query");
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
 		struct dbq_job *job;

@@ -9,8 +9,9 @@
 # proxy_pass with upstream keepalive, as in run.sh), all on free 127.0.0.1 ports. Then ROUNDS
 # rounds of `wrk -t2 -c64 -d SECONDS` with tests/bench/post.lua, each target once per round
 # in a rotating order, and prints per target the medians over the rounds: req/s (and the
-# ratio to nginx), p50/p90/p99, and CPU per request of the proxy (all its threads), the mock,
-# wrk and the idle time of the machine (from /proc). Ends only the processes it started.
+# ratio to nginx), p50/p90/p99, and CPU per request of the proxy (all its threads; of them,
+# fastgated's audit writer, the thread named fg-audit), the mock, wrk and the idle time of
+# the machine (from /proc). Ends only the processes it started.
 # Settings: AB_CONNS (64), AB_WRK_THREADS (2). Needs wrk, nginx, python3, /usr/bin/time.
 set -euo pipefail
 
@@ -18,7 +19,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=tests/bench/lib.sh
 . "$ROOT/tests/bench/lib.sh"
 if (( $# < 3 )); then
-	sed -n '2,13p' "$0" >&2
+	sed -n '2,15p' "$0" >&2
 	exit 2
 fi
 R=$1 S=$2
@@ -44,6 +45,13 @@ wait_for() { # FILE REGEX SECONDS PID
 	exit 1
 }
 cpu_of() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }   # utime+stime, all threads
+audit_cpu_of() { # utime+stime of fastgated's audit writer thread (named fg-audit); 0 if none
+	local t
+	for t in /proc/"$1"/task/*; do
+		[[ $(cat "$t/comm" 2>/dev/null) == fg-audit ]] && { awk '{ print $14 + $15 }' "$t/stat"; return; }
+	done
+	echo 0
+}
 idle_now() { awk '/^cpu / { print $5 + $6 }' /proc/stat; }
 
 "$ROOT/build/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>&1 &
@@ -97,9 +105,9 @@ for t in "${T[@]}"; do run_wrk "$t" 2 "$W/warm"; done
 for ((r = 0; r < R; r++)); do
 	for ((k = 0; k < ${#T[@]}; k++)); do
 		t=${T[$(( (k + r) % ${#T[@]} ))]}
-		c0="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now)"
+		c0="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now) $(audit_cpu_of "${PP[$t]}")"
 		run_wrk "$t" "$S" "$W/w.out"
-		c1="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now)"
+		c1="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now) $(audit_cpu_of "${PP[$t]}")"
 		python3 - "$t" "$W/w.out" "$c0" "$c1" "$(cat "$W/w.out.time")" "$(getconf CLK_TCK)" >>"$W/res" <<'PY'
 import json, re, sys
 t, out, a, b, w, hz = sys.argv[1:]
@@ -108,7 +116,8 @@ a = [float(x) for x in a.split()]; b = [float(x) for x in b.split()]; w = [float
 n = j['requests']; us = lambda ticks: ticks * 1e6 / float(hz) / n
 print(t, n * 1e6 / j['duration_us'], j['p50_us'] / 1e3, j['p90_us'] / 1e3, j['p99_us'] / 1e3,
       j['err_status'] + j['err_connect'] + j['err_read'] + j['err_timeout'],
-      us(b[0] - a[0]), us(b[1] - a[1]), (w[0] + w[1]) * 1e6 / n, us(b[2] - a[2]))
+      us(b[0] - a[0]), us(b[1] - a[1]), (w[0] + w[1]) * 1e6 / n, us(b[2] - a[2]),
+      us(b[3] - a[3]))
 PY
 	done
 done
@@ -125,7 +134,7 @@ base = med("ngx", 0)
 print("medians over %d rounds of wrk -t$WRK_T -c$CONNS -d${S}s (CPU in us per request)" % len(by["ngx"]))
 for t in sys.argv[2:]:
     print("%-28s %7.0f req/s %.3fx  p50 %.2f p90 %.2f p99 %.2f ms  errors %d  "
-          "cpu: proxy %.1f mock %.1f wrk %.1f idle %.1f" % (
+          "cpu: proxy %.1f (audit writer %.1f) mock %.1f wrk %.1f idle %.1f" % (
               names[t][-28:], med(t, 0), med(t, 0) / base, med(t, 1), med(t, 2), med(t, 3),
-              sum(v[4] for v in by[t]), med(t, 5), med(t, 6), med(t, 7), med(t, 8)))
+              sum(v[4] for v in by[t]), med(t, 5), med(t, 9), med(t, 6), med(t, 7), med(t, 8)))
 PY

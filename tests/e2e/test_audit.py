@@ -143,6 +143,21 @@ def test_every_request_leaves_exactly_one_row_under_concurrent_load(c):
     assert by_status.get(499, 0) > 0 and by_status.get(401, 0) > 0 and by_status.get(502, 0) > 0, by_status
 
 
+def test_request_ids_start_with_their_second_and_threads_are_named(c):
+    # the audit table has no index on request_id: a row is found by the second its id
+    # carries (fastgated(8), Request ids)
+    before = time.time()
+    ids = load(c, 1, 3, ["json"])
+    after = time.time()
+    for rid in ids:
+        assert len(rid) == 20 and int(rid[:8], 16) in range(int(before) - 1, int(after) + 1), \
+            (rid, before, after)
+    pid = c.gw.proc.pid
+    names = {open("/proc/%d/task/%s/comm" % (pid, t)).read().strip()
+             for t in os.listdir("/proc/%d/task" % pid)}
+    assert {"fg-audit", "fg-query"} <= names, names
+
+
 def test_stream_rows_carry_tokens_even_when_the_client_did_not_ask(c):
     st, h, _ = c.gw.request("POST", "/v1/chat/completions", dict(CHAT, stream=True), {"X-API-Key": c.key})
     assert st == 200
