@@ -152,7 +152,7 @@ struct audit {
 	sqlite3_stmt *st_begin, *st_commit;   /* prepared once: sqlite3_exec parses each time */
 	bool reconnect;           /* the connection may be stuck read-only: reopen on retry */
 	struct audit_record *w_head, *w_tail;
-	size_t w_n, w_bytes;      /* w_bytes: memory the held records take (rec_bytes) */
+	size_t w_n, w_bytes;      /* w_bytes: memory the held records take (audit_record_bytes) */
 	int spool_fd;             /* append side, -1 until the first spill */
 	FILE *spool_rd;           /* replay side */
 	off_t spool_off;          /* bytes of the spool already committed */
@@ -310,12 +310,14 @@ void audit_record_clear(struct audit_record *r)
 	record_init(r);
 }
 
-struct audit_record *audit_record_share(struct audit_record *r)
+struct audit_record *audit_record_share(const struct audit_record *r)
 {
-	if (!r->packed_)
+	struct audit_record *w = (struct audit_record *)r;   /* only refs_ changes */
+
+	if (!r->packed_ || r->request_body || r->response_body)
 		return audit_record_pack(r, false);
-	__atomic_add_fetch(&r->refs_, 1, __ATOMIC_RELAXED);
-	return r;
+	__atomic_add_fetch(&w->refs_, 1, __ATOMIC_RELAXED);
+	return w;
 }
 
 void audit_record_free(struct audit_record *r)
@@ -329,9 +331,7 @@ void audit_record_free(struct audit_record *r)
 	free(r);
 }
 
-/* What a record costs in memory, for the limits below that are in bytes: records vary
- * from half a kilobyte to the size of logged bodies. */
-static size_t rec_bytes(const struct audit_record *r)
+size_t audit_record_bytes(const struct audit_record *r)
 {
 	return r->size_ ? r->size_ : sizeof(*r);
 }
@@ -1355,10 +1355,10 @@ static int memory_commit_batch(struct audit *a)
 	}
 	db_succeeded(a);
 	first = last = a->w_head;
-	bytes = rec_bytes(first);
+	bytes = audit_record_bytes(first);
 	for (size_t i = 1; i < n; i++) {
 		last = last->next_;
-		bytes += rec_bytes(last);
+		bytes += audit_record_bytes(last);
 	}
 	a->w_bytes -= bytes;
 	a->w_head = last->next_;
@@ -1419,7 +1419,7 @@ static int spill_chunk(struct audit *a, size_t count)
 	for (size_t i = 0; i < n; i++) {
 		r = a->w_head;
 		a->w_head = r->next_;
-		a->w_bytes -= rec_bytes(r);
+		a->w_bytes -= audit_record_bytes(r);
 		audit_record_free(r);
 	}
 	if (!a->w_head)
@@ -1818,7 +1818,7 @@ void audit_submit(struct audit *a, struct audit_record *rec)
 		a->q_head = rec;
 	a->q_tail = rec;
 	a->q_n++;
-	a->q_bytes += rec_bytes(rec);
+	a->q_bytes += audit_record_bytes(rec);
 	a->mem_n++;
 	a->depth++;
 	/* While the database is failing, the writer only needs waking to spill. */
@@ -1830,10 +1830,10 @@ void audit_submit(struct audit *a, struct audit_record *rec)
 		struct audit_record *last = done;
 		size_t k = 1;
 
-		a->done_bytes -= rec_bytes(last);
+		a->done_bytes -= audit_record_bytes(last);
 		for (; k < FREE_PER_SUBMIT && last->next_; k++) {
 			last = last->next_;
-			a->done_bytes -= rec_bytes(last);
+			a->done_bytes -= audit_record_bytes(last);
 		}
 		a->done_head = last->next_;
 		if (!a->done_head)

@@ -69,10 +69,13 @@ struct audit_record *audit_record_new(void);
  * bodies only when with_bodies): on the request path this replaces a dozen strdups. Free
  * it with audit_record_free() like any other record. */
 struct audit_record *audit_record_pack(const struct audit_record *src, bool with_bodies);
-/* Another owner for r without a copy when r is packed (it is never changed after packing):
- * the same r, freed when the last owner calls audit_record_free(); any thread. Otherwise
- * a packed copy (without the bodies). */
-struct audit_record *audit_record_share(struct audit_record *r);
+/* Another owner for r, without its bodies: when r is packed and has none (it is never
+ * changed after packing), the same r, freed when the last owner calls audit_record_free();
+ * any thread. Otherwise a packed copy without the bodies. */
+struct audit_record *audit_record_share(const struct audit_record *r);
+/* What a record costs in memory, for limits in bytes: records vary from half a kilobyte
+ * to the size of logged bodies. */
+size_t audit_record_bytes(const struct audit_record *r);
 /* Free the strings and the record itself (a shared record: when its last owner does).
  * NULL is fine. */
 void audit_record_free(struct audit_record *r);

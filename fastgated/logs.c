@@ -79,7 +79,7 @@ static void ring_drop_oldest(struct logs *l)
 {
 	size_t k = ring_index(l, l->count - 1);
 
-	l->bytes -= l->ring[k]->size_;
+	l->bytes -= audit_record_bytes(l->ring[k]);
 	audit_record_free(l->ring[k]);
 	l->ring[k] = NULL;
 	l->count--;
@@ -88,12 +88,9 @@ static void ring_drop_oldest(struct logs *l)
 static void ring_add(struct logs *l, const struct audit_record *r)
 {
 	/* the record the writer gets is never changed: hold it too rather than copy it (the
-	 * bodies, kept for routes that log them, are not for the ring). Either way the ring
-	 * holds a packed record, which knows its size. */
-	struct audit_record *kept = r->packed_ && !r->request_body && !r->response_body
-	                            ? audit_record_share((struct audit_record *)r)
-	                            : audit_record_pack(r, false);
-	size_t size = kept->size_;
+	 * bodies, kept for routes that log them, are not for the ring) */
+	struct audit_record *kept = audit_record_share(r);
+	size_t size = audit_record_bytes(kept);
 
 	if (size > RING_BYTES_MAX / 4) {
 		audit_record_free(kept);    /* a monster row is not worth evicting hundreds for */
