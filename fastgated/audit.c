@@ -333,7 +333,16 @@ void audit_record_free(struct audit_record *r)
 
 size_t audit_record_bytes(const struct audit_record *r)
 {
-	return r->size_ ? r->size_ : sizeof(*r);
+	const char *s[] = { r->request_id, r->key_name, r->client_ip, r->method, r->path,
+	                    r->route, r->upstream, r->model, r->error, r->request_body,
+	                    r->response_body };
+	size_t n = sizeof(*r);
+
+	if (r->packed_)
+		return r->size_;
+	for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++)
+		n += s[i] ? strlen(s[i]) + 1 : 0;
+	return n;
 }
 
 static void free_list(struct audit_record *r)

@@ -74,7 +74,8 @@ struct audit_record *audit_record_pack(const struct audit_record *src, bool with
  * any thread. Otherwise a packed copy without the bodies. */
 struct audit_record *audit_record_share(const struct audit_record *r);
 /* What a record costs in memory, for limits in bytes: records vary from half a kilobyte
- * to the size of logged bodies. */
+ * to the size of logged bodies. Known at once for a packed record; an unpacked one (e.g.
+ * from audit_cursor_next) has its strings measured. */
 size_t audit_record_bytes(const struct audit_record *r);
 /* Free the strings and the record itself (a shared record: when its last owner does).
  * NULL is fine. */

@@ -43,18 +43,6 @@ static const int all_fields[AUDIT_NFIELDS] = {
 };
 _Static_assert(AUDIT_NFIELDS == 23, "all_fields lists every audit field");
 
-/* What a record costs to hold, roughly: its strings plus the struct. */
-static size_t record_size(const struct audit_record *r)
-{
-	const char *s[] = { r->request_id, r->key_name, r->client_ip, r->method, r->path,
-	                    r->route, r->upstream, r->model, r->error };
-	size_t n = sizeof(*r);
-
-	for (size_t i = 0; i < sizeof(s) / sizeof(s[0]); i++)
-		n += s[i] ? strlen(s[i]) + 1 : 0;
-	return n;
-}
-
 static json_t *record_event(const struct audit_record *r)
 {
 	return audit_record_json(r, all_fields, AUDIT_NFIELDS);
@@ -312,7 +300,7 @@ static void tail_work(struct dbq_job *job, void *arg)
 	while (t->nitems < t->lines && (rc = audit_cursor_next(cur, &r)) == 1) {
 		struct tail_item *it = &t->items[t->nitems];
 
-		bytes += record_size(&r);
+		bytes += audit_record_bytes(&r);
 		if (bytes > LOGS_TAIL_BUDGET || dbq_job_cancelled(job))
 			break;
 		it->ts = r.started_at;
