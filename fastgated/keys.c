@@ -1059,28 +1059,6 @@ void key_touch(struct key *k, int64_t now)
 	k->usage_dirty = true;
 }
 
-static int flush_usage_tx(struct keystore *ks, char **err);
-
-int keystore_flush_usage(struct keystore *ks, char **err)
-{
-	size_t dirty = 0;
-	int rc;
-
-	if (!ks)
-		return 0;
-	for (size_t i = 0; i < ks->n; i++)
-		dirty += ks->keys[i]->usage_dirty;
-	if (!dirty)
-		return 0;
-	/* This runs on the event loop every 10 s. Last-used times are advisory, so their
-	 * commit skips the fsync (WAL + NORMAL: lost only on a power failure); key changes
-	 * from the control channel keep the default FULL. */
-	sqlite3_exec(ks->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
-	rc = flush_usage_tx(ks, err);
-	sqlite3_exec(ks->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
-	return rc;
-}
-
 static int flush_usage_tx(struct keystore *ks, char **err)
 {
 	if (exec_sql(ks, "BEGIN IMMEDIATE", "saving last-used times", err) < 0)
@@ -1110,6 +1088,26 @@ static int flush_usage_tx(struct keystore *ks, char **err)
 	for (size_t i = 0; i < ks->n; i++)
 		ks->keys[i]->usage_dirty = false;
 	return 0;
+}
+
+int keystore_flush_usage(struct keystore *ks, char **err)
+{
+	size_t dirty = 0;
+	int rc;
+
+	if (!ks)
+		return 0;
+	for (size_t i = 0; i < ks->n; i++)
+		dirty += ks->keys[i]->usage_dirty;
+	if (!dirty)
+		return 0;
+	/* This runs on the event loop every 10 s. Last-used times are advisory, so their
+	 * commit skips the fsync (WAL + NORMAL: lost only on a power failure); key changes
+	 * from the control channel keep the default FULL. */
+	sqlite3_exec(ks->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+	rc = flush_usage_tx(ks, err);
+	sqlite3_exec(ks->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
+	return rc;
 }
 
 /* Fixed window that starts at the first request after the previous one ended: cheap, one
