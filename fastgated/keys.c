@@ -42,7 +42,7 @@ struct keystore {
 	size_t n, cap;
 	struct key **slots;        /* hash table by SHA-256; power of two, load <= 0.5 */
 	size_t nslots;
-	sqlite3_stmt *st_insert, *st_revoke, *st_used, *st_rs_get, *st_rs_set;
+	sqlite3_stmt *st_insert, *st_revoke, *st_rs_get, *st_rs_set;
 	sqlite3_stmt *st_update, *st_rotate;
 	EVP_MD_CTX *md_ctx;        /* lookups reuse it: EVP_Digest allocates a context per call */
 	/* Changes whenever a secret may stop leading to the key it led to (a key rotated or
@@ -590,7 +590,6 @@ struct keystore *keystore_open(const char *path, char **err)
 	            "INSERT INTO keys (name, display, hash, created, expires, revoked, last_used, "
 	            "routes, rpm) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7)", err) < 0 ||
 	    prepare(ks, &ks->st_revoke, "UPDATE keys SET revoked = ?1 WHERE id = ?2", err) < 0 ||
-	    prepare(ks, &ks->st_used, "UPDATE keys SET last_used = ?1 WHERE id = ?2", err) < 0 ||
 	    prepare(ks, &ks->st_rs_get, "SELECT enabled FROM route_state WHERE name = ?1",
 	            err) < 0 ||
 	    prepare(ks, &ks->st_rs_set,
@@ -614,7 +613,6 @@ void keystore_close(struct keystore *ks)
 		return;
 	sqlite3_finalize(ks->st_insert);
 	sqlite3_finalize(ks->st_revoke);
-	sqlite3_finalize(ks->st_used);
 	sqlite3_finalize(ks->st_rs_get);
 	sqlite3_finalize(ks->st_rs_set);
 	sqlite3_finalize(ks->st_update);
@@ -1059,55 +1057,29 @@ void key_touch(struct key *k, int64_t now)
 	k->usage_dirty = true;
 }
 
-static int flush_usage_tx(struct keystore *ks, char **err)
+size_t keystore_take_usage(struct keystore *ks, struct key_use **out)
 {
-	if (exec_sql(ks, "BEGIN IMMEDIATE", "saving last-used times", err) < 0)
-		return -1;
-	for (size_t i = 0; i < ks->n; i++) {
-		struct key *k = ks->keys[i];
-		int step;
+	size_t dirty = 0, n = 0;
 
-		if (!k->usage_dirty)
-			continue;
-		sqlite3_bind_int64(ks->st_used, 1, k->last_used);
-		sqlite3_bind_int64(ks->st_used, 2, k->id);
-		step = sqlite3_step(ks->st_used);
-		sqlite3_reset(ks->st_used);
-		if (step != SQLITE_DONE) {
-			set_err(err, "key store %s: saving last-used times failed: %s", ks->path,
-			        sqlite3_errmsg(ks->db));
-			sqlite3_exec(ks->db, "ROLLBACK", NULL, NULL, NULL);
-			return -1;
-		}
-	}
-	if (exec_sql(ks, "COMMIT", "saving last-used times", err) < 0) {
-		sqlite3_exec(ks->db, "ROLLBACK", NULL, NULL, NULL);
-		return -1;
-	}
-	/* Only now: a failed flush leaves the keys dirty for the next attempt. */
-	for (size_t i = 0; i < ks->n; i++)
-		ks->keys[i]->usage_dirty = false;
-	return 0;
-}
-
-int keystore_flush_usage(struct keystore *ks, char **err)
-{
-	size_t dirty = 0;
-	int rc;
-
+	*out = NULL;
 	if (!ks)
 		return 0;
 	for (size_t i = 0; i < ks->n; i++)
 		dirty += ks->keys[i]->usage_dirty;
 	if (!dirty)
 		return 0;
-	/* This runs on the event loop every 10 s. Last-used times are advisory, so their
-	 * commit skips the fsync (WAL + NORMAL: lost only on a power failure); key changes
-	 * from the control channel keep the default FULL. */
-	sqlite3_exec(ks->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
-	rc = flush_usage_tx(ks, err);
-	sqlite3_exec(ks->db, "PRAGMA synchronous=FULL", NULL, NULL, NULL);
-	return rc;
+	*out = xmalloc(dirty * sizeof(**out));
+	for (size_t i = 0; i < ks->n && n < dirty; i++) {
+		struct key *k = ks->keys[i];
+
+		if (!k->usage_dirty)
+			continue;
+		(*out)[n].id = k->id;
+		(*out)[n].last_used = k->last_used;
+		n++;
+		k->usage_dirty = false;
+	}
+	return n;
 }
 
 /* Fixed window that starts at the first request after the previous one ended: cheap, one

@@ -38,7 +38,7 @@ struct key {
 	/* rate-limit window state (in memory only) */
 	int64_t window_start; /* unix seconds of the current minute window */
 	int window_count;
-	bool usage_dirty;     /* last_used changed since the last keystore_flush_usage */
+	bool usage_dirty;     /* last_used changed since the last keystore_take_usage */
 };
 
 /* Generate a new secret into out (KEY_SECRET_LEN + 1 bytes). 0 / -1 if the CSPRNG failed. */
@@ -122,10 +122,15 @@ int keystore_rotate(struct keystore *ks, int64_t id, char *secret_out, char **er
 size_t keystore_count(const struct keystore *ks);
 struct key *keystore_at(struct keystore *ks, size_t i);
 
-/* Record a use (in memory; persisted by keystore_flush_usage). */
+/* Record a use (in memory; saved by keyusage.c, off the event loop). */
 void key_touch(struct key *k, int64_t now);
-/* Write last_used of keys touched since the last flush. -1 with *err on failure. */
-int keystore_flush_usage(struct keystore *ks, char **err);
+/* A key's last use, as handed to keyusage.c to be saved. */
+struct key_use {
+	int64_t id, last_used;
+};
+/* The keys touched since the previous call, as pairs in a new array *out (caller frees;
+ * NULL when there are none); their marks are cleared. Returns how many. */
+size_t keystore_take_usage(struct keystore *ks, struct key_use **out);
 
 /* Rate limit: 0 if the request may go, else the seconds until the window resets
  * (for Retry-After). Counts the request when allowed. */

@@ -16,6 +16,7 @@
 #include "control.h"
 #include "gateway.h"
 #include "http.h"
+#include "keyusage.h"
 #include "log.h"
 #include "metrics.h"
 #include "reqid.h"
@@ -32,6 +33,7 @@ struct runtime {
 	struct config cfg;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *drain_poll, *drain_deadline, *usage_flush;
+	struct keyusage *usage;    /* saves the keys' last-used times off the loop */
 	int signals_seen;
 };
 
@@ -192,13 +194,9 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 static void usage_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct runtime *rt = arg;
-	char *err = NULL;
 	(void)fd; (void)what;
 
-	if (keystore_flush_usage(rt->gw.keys, &err) < 0) {
-		log_warn("could not persist key usage: %s", err ? err : "unknown error");
-		free(err);
-	}
+	keyusage_flush(rt->usage, rt->gw.keys);
 }
 
 static int daemonize(const char *pidfile)
@@ -252,7 +250,6 @@ static struct event_base *make_base(void)
 static void shutdown_all(struct runtime *rt)
 {
 	struct gateway *gw = &rt->gw;
-	char *err = NULL;
 
 	if (gw->control) {
 		control_stop(gw->control);
@@ -263,10 +260,10 @@ static void shutdown_all(struct runtime *rt)
 		http_server_free(gw->http);
 		gw->http = NULL;
 	}
-	if (gw->keys && keystore_flush_usage(gw->keys, &err) < 0) {
-		log_warn("could not persist key usage: %s", err ? err : "unknown error");
-		free(err);
-	}
+	/* every request has finished: the last uses go with the rest */
+	keyusage_flush(rt->usage, gw->keys);
+	keyusage_stop(rt->usage);
+	rt->usage = NULL;
 	/* every request has finished and been handed over: write the rest of the trail */
 	if (gw->audit)
 		audit_close(gw->audit);
@@ -330,6 +327,11 @@ int main(int argc, char **argv)
 	gw->keys = keystore_open(rt.cfg.keys_path, &err);
 	if (!gw->keys) {
 		log_error("key store %s: %s", rt.cfg.keys_path, err ? err : "cannot open");
+		goto out;
+	}
+	rt.usage = keyusage_start(rt.cfg.keys_path, &err);
+	if (!rt.usage) {
+		log_error("%s", err);
 		goto out;
 	}
 	{

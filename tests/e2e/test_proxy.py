@@ -126,6 +126,34 @@ def test_non_stream_chat_is_forwarded_with_the_route_key(c):
     assert json.loads(last["body"]) == CHAT, "body must be passed byte for byte"
 
 
+def test_a_locked_key_store_does_not_hold_up_requests(c):
+    """Every 10 s fastgated saves the keys' last-used times. With the key store's write lock
+    held by another process across such a save, requests are still answered at once (the
+    save waits on a thread of its own), and the times are saved once the lock is gone."""
+    assert chat(c)[0] == 200            # the key is used: its last-used time is due
+    db = sqlite3.connect(c.gw.keys, timeout=1, isolation_level=None)
+    worst = 0.0
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        end = time.monotonic() + 11.0    # spans one save
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            st = chat(c)[0]
+            worst = max(worst, time.monotonic() - t0)
+            assert st == 200, st
+            time.sleep(0.1)
+        last = int(time.time()) - 1      # the second of the last use, or the one before
+        db.execute("ROLLBACK")
+
+        def saved():
+            row = db.execute("SELECT last_used FROM keys WHERE name = 'e2e'").fetchone()
+            return row and row[0] and row[0] >= last
+        wait_for(saved, timeout=25.0, interval=0.2, what="last_used to be saved")
+    finally:
+        db.close()
+    assert worst < 2.0, "a request took %.1f s while the key store was locked" % worst
+
+
 def test_upstream_connections_are_kept_alive_and_reused(c):
     assert chat(c)[0] == 200
     before = c.mock.stats()["connections_total"]
