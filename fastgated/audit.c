@@ -971,19 +971,6 @@ static int db_connect(struct audit *a, char **err)
 
 	if (migrate(a->db, a->db_path, err) < 0)
 		goto fail;
-	/* A small page cache (set after a migration, which copies whole tables). The writer
-	 * appends: it needs the right edge of the table and its index and the pages of the
-	 * batch at hand (about 50 at 20k rows/s). With SQLite's default of 2 MB, each new page
-	 * took the buffer least recently used, written half a second earlier and long gone
-	 * from the CPU caches, so every batch pulled cold memory through the caches the event
-	 * loop and the upstream share. In a cache model (callgrind, LL 1 MB) the writer's
-	 * last-level write misses halved. Side by side with nginx (tests/bench/ab.sh, 10-16
-	 * rounds, issue #6) the 256 KB build beat every copy of the default one in req/s in
-	 * five runs of seven (+2% to +20%, p99 up to 8% lower), one of two copies in a sixth,
-	 * and lost the seventh by 1-3%: a gain of the order of this machine's noise, never a
-	 * clear loss. A batch larger than the cache (a backlog) spills pages to the WAL
-	 * early: correct, only slower. */
-	exec_sql(a->db, "PRAGMA cache_size=-256");
 	if (sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
