@@ -72,6 +72,8 @@ struct proxy_req {
 	char *up_raw;                     /* upstream response headers, "name\0value\0"...:
 	                                   * one buffer, copied once into the reply */
 	size_t up_raw_len, up_raw_cap;
+	size_t up_ct, up_cl;              /* 1 + offset in up_raw of the first Content-Type
+	                                   * and Content-Length value; 0 = none */
 	struct evbuffer *out;             /* buffered answer, or one chunk to relay */
 	long status;
 	bool started;                     /* reply head sent to the client */
@@ -216,17 +218,6 @@ static bool up_header_next(const struct proxy_req *px, size_t *off, const char *
 	return true;
 }
 
-static const char *up_header_find(const struct proxy_req *px, const char *name)
-{
-	const char *k, *v;
-	size_t off = 0;
-
-	while (up_header_next(px, &off, &k, &v))
-		if (strcasecmp(k, name) == 0)
-			return v;
-	return NULL;
-}
-
 static int up_header_add(struct proxy_req *px, const char *name, size_t nl, const char *value, size_t vl)
 {
 	size_t need = px->up_raw_len + nl + vl + 2;
@@ -317,7 +308,7 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 		/* a new status line ("HTTP/1.1 200 OK", "HTTP/2 200"): forget interim (1xx)
 		 * headers, keep the code */
 		const char *sp = memchr(line, ' ', len);
-		px->up_raw_len = 0;
+		px->up_raw_len = px->up_ct = px->up_cl = 0;
 		px->status = sp ? strtol(sp + 1, NULL, 10) : 0;
 		return len;
 	}
@@ -330,8 +321,8 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 			px->ttfb_s = elapsed_since(&px->t_start);
 		if (!px->req)
 			return 0; /* client gone: abort the transfer */
-		ct = up_header_find(px, "Content-Type");
-		cl = up_header_find(px, "Content-Length");
+		ct = px->up_ct ? px->up_raw + px->up_ct - 1 : NULL;
+		cl = px->up_cl ? px->up_raw + px->up_cl - 1 : NULL;
 		px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
 		if (!px->sse && px->scan.strip_usage)
 			px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
@@ -359,6 +350,12 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 		return len;
 	if (up_header_add(px, line, nl, colon, vl) < 0)
 		return 0; /* out of memory: abort the transfer */
+	/* The two headers the end of the head looks at, noted as they pass rather than
+	 * searched for in the whole head then (each search ran strlen over every header). */
+	if (nl == 12 && !px->up_ct && strncasecmp(line, "Content-Type", 12) == 0)
+		px->up_ct = px->up_raw_len - vl;
+	else if (nl == 14 && !px->up_cl && strncasecmp(line, "Content-Length", 14) == 0)
+		px->up_cl = px->up_raw_len - vl;
 	return len;
 }
 

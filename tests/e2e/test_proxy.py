@@ -115,6 +115,8 @@ def test_non_stream_chat_is_forwarded_with_the_route_key(c):
     body = json.loads(data)
     assert body["choices"][0]["message"]["content"].startswith("Hello from mock."), body
     assert re.fullmatch(r"[0-9a-f]{20}", h["x-request-id"]), h
+    # an answer with a Content-Length is buffered and sent with its length, not chunked
+    assert h.get("content-length") == str(len(data)) and "transfer-encoding" not in h, h
     last = c.mock.stats()["last"]
     hdrs = {k.lower(): v for k, v in last["headers"].items()}
     assert hdrs["authorization"] == "Bearer upstream-secret-key", hdrs
