@@ -480,7 +480,7 @@ static struct origin *origin_find(const struct upconn_pool *p, const char *host)
 	return NULL;
 }
 
-bool upconn_supported(struct upconn_pool *p, const char *host)
+bool upconn_supported(const struct upconn_pool *p, const char *host)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;

@@ -84,7 +84,7 @@ void upconn_pool_free(struct upconn_pool *p);
 
 /* True when `host` ("host[:port]" of an http:// URL) is one this pool can reach itself.
  * A host the pool has already connected to is answered from its list of origins. */
-bool upconn_supported(struct upconn_pool *p, const char *host);
+bool upconn_supported(const struct upconn_pool *p, const char *host);
 
 /* Send x->req to `host` on a pooled connection (or a new one). 0, or -1 when no socket
  * could be made (x->done does not run then). */
