@@ -12,7 +12,8 @@
 # ratio to nginx), p50/p90/p99, and CPU per request of the proxy (all its threads; of them,
 # fastgated's audit writer, the thread named fg-audit), the mock, wrk and the idle time of
 # the machine (from /proc); and context switches per request, voluntary/involuntary, of the
-# proxy (all its threads) and of the mock. Ends only the processes it started.
+# proxy (all its threads) and of the mock; and TCP segments sent per request on the machine
+# (/proc/net/snmp OutSegs: data and pure ACKs of every hop). Ends only the processes it started.
 # Settings: AB_CONNS (64), AB_WRK_THREADS (2). Needs wrk, nginx, python3, /usr/bin/time.
 set -euo pipefail
 
@@ -54,6 +55,7 @@ audit_cpu_of() { # utime+stime of fastgated's audit writer thread (named fg-audi
 	echo 0
 }
 idle_now() { awk '/^cpu / { print $5 + $6 }' /proc/stat; }
+segs_now() { awk '/^Tcp: [0-9]/ { print $12 }' /proc/net/snmp; }   # TCP segments sent, all sockets
 # context switches of all threads of a process: voluntary (it blocked: waiting for events,
 # a lock, a sleep) and involuntary (preempted while it wanted the CPU)
 switches_of() {
@@ -113,10 +115,10 @@ for ((r = 0; r < R; r++)); do
 	for ((k = 0; k < ${#T[@]}; k++)); do
 		t=${T[$(( (k + r) % ${#T[@]} ))]}
 		c0="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now) $(audit_cpu_of "${PP[$t]}")"
-		c0+=" $(switches_of "${PP[$t]}") $(switches_of "$MOCKP")"
+		c0+=" $(switches_of "${PP[$t]}") $(switches_of "$MOCKP") $(segs_now)"
 		run_wrk "$t" "$S" "$W/w.out"
 		c1="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now) $(audit_cpu_of "${PP[$t]}")"
-		c1+=" $(switches_of "${PP[$t]}") $(switches_of "$MOCKP")"
+		c1+=" $(switches_of "${PP[$t]}") $(switches_of "$MOCKP") $(segs_now)"
 		python3 - "$t" "$W/w.out" "$c0" "$c1" "$(cat "$W/w.out.time")" "$(getconf CLK_TCK)" >>"$W/res" <<'PY'
 import json, re, sys
 t, out, a, b, w, hz = sys.argv[1:]
@@ -126,7 +128,7 @@ n = j['requests']; us = lambda ticks: ticks * 1e6 / float(hz) / n
 print(t, n * 1e6 / j['duration_us'], j['p50_us'] / 1e3, j['p90_us'] / 1e3, j['p99_us'] / 1e3,
       j['err_status'] + j['err_connect'] + j['err_read'] + j['err_timeout'],
       us(b[0] - a[0]), us(b[1] - a[1]), (w[0] + w[1]) * 1e6 / n, us(b[2] - a[2]),
-      us(b[3] - a[3]), *((b[k] - a[k]) / n for k in range(4, 8)))
+      us(b[3] - a[3]), *((b[k] - a[k]) / n for k in range(4, 9)))
 PY
 	done
 done
@@ -144,8 +146,8 @@ print("medians over %d rounds of wrk -t$WRK_T -c$CONNS -d${S}s (CPU in us per re
 for t in sys.argv[2:]:
     print("%-28s %7.0f req/s %.3fx  p50 %.2f p90 %.2f p99 %.2f ms  errors %d  "
           "cpu: proxy %.1f (audit writer %.1f) mock %.1f wrk %.1f idle %.1f  "
-          "switches: proxy %.3f/%.3f mock %.3f/%.3f" % (
+          "switches: proxy %.3f/%.3f mock %.3f/%.3f  segments %.2f" % (
               names[t][-28:], med(t, 0), med(t, 0) / base, med(t, 1), med(t, 2), med(t, 3),
               sum(v[4] for v in by[t]), med(t, 5), med(t, 9), med(t, 6), med(t, 7), med(t, 8),
-              med(t, 10), med(t, 11), med(t, 12), med(t, 13)))
+              med(t, 10), med(t, 11), med(t, 12), med(t, 13), med(t, 14)))
 PY
