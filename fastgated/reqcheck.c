@@ -10,7 +10,8 @@ static const char *const known_methods[] = {
 	"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", NULL
 };
 
-/* Byte classes by table: every byte of every request head goes through these loops. */
+/* Byte classes by table. tchar is read for every byte of every header name; value_bad and
+ * target_bad only for the lines that line_classes() finds a byte outside printable ASCII in. */
 /* RFC 9110 tchar */
 static const bool tchar[256] = {
 	['0' ... '9'] = 1, ['A' ... 'Z'] = 1, ['a' ... 'z'] = 1,
@@ -74,21 +75,61 @@ enum reqcheck_result reqcheck_line_too_long(struct reqcheck *rc)
 	return reject(rc, 400, "malformed chunked body");
 }
 
-/* Strip the line ending; a bare CR anywhere else, or a NUL, is never valid. */
-static bool line_content(const char *line, size_t len, size_t *out_len)
+/* What a line holds besides printable ASCII, found 8 bytes per step: the byte loops below
+ * (NUL and CR search, value and target checks) then run only on the rare line that has
+ * such bytes. LINE_CTL: a control byte (< 0x20, tab included) or DEL; LINE_HIGH: a byte
+ * above ASCII. The word tricks are exact about whether a word has such a byte. */
+enum { LINE_CTL = 1, LINE_HIGH = 2 };
+
+static unsigned line_classes(const char *s, size_t n)
+{
+	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+	uint64_t ctl = 0, high = 0;
+	unsigned cls;
+	size_t i = 0;
+
+	while (i < n && n >= 8) {
+		uint64_t w, d;
+
+		/* the last word overlaps the one before rather than leaving a tail */
+		if (i + 8 > n)
+			i = n - 8;
+		memcpy(&w, s + i, sizeof(w));
+		d = w ^ (ones * 0x7f);
+		high |= w;
+		ctl |= ((w - ones * 0x20) & ~w) | ((d - ones) & ~d);
+		i += 8;
+	}
+	cls = (ctl & highs ? LINE_CTL : 0) | (high & highs ? LINE_HIGH : 0);
+	for (; i < n; i++) {     /* a line shorter than a word */
+		unsigned char c = (unsigned char)s[i];
+
+		if (c < 0x20 || c == 0x7f)
+			cls |= LINE_CTL;
+		else if (c >= 0x80)
+			cls |= LINE_HIGH;
+	}
+	return cls;
+}
+
+/* Strip the line ending; a bare CR anywhere else, or a NUL, is never valid. *cls: the
+ * line_classes() of what is left. */
+static bool line_content(const char *line, size_t len, size_t *out_len, unsigned *cls)
 {
 	if (len == 0 || line[len - 1] != '\n')
 		return false;
 	len--;
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
-	if (memchr(line, '\0', len) || memchr(line, '\r', len))
+	*cls = line_classes(line, len);
+	if ((*cls & LINE_CTL) && (memchr(line, '\0', len) || memchr(line, '\r', len)))
 		return false;
 	*out_len = len;
 	return true;
 }
 
-static enum reqcheck_result request_line(struct reqcheck *rc, const char *s, size_t n)
+static enum reqcheck_result request_line(struct reqcheck *rc, const char *s, size_t n,
+                                         unsigned cls)
 {
 	const char *sp1, *sp2, *target, *version;
 	size_t mlen, tlen;
@@ -125,9 +166,11 @@ static enum reqcheck_result request_line(struct reqcheck *rc, const char *s, siz
 		return reject(rc, 400, "malformed request target");
 	if (target[0] != '/' && !(tlen == 1 && target[0] == '*' && mlen == 7))
 		return reject(rc, 400, "request target must be a path");
-	for (size_t k = 0; k < tlen; k++)
-		if (target_bad[(unsigned char)target[k]])
-			return reject(rc, 400, "malformed request target");
+	/* the target holds no space (it ends at one): only other bytes can be bad */
+	if (cls)
+		for (size_t k = 0; k < tlen; k++)
+			if (target_bad[(unsigned char)target[k]])
+				return reject(rc, 400, "malformed request target");
 	rc->state = RC_HEADERS;
 	return RC_MORE;
 }
@@ -139,7 +182,8 @@ static bool value_is_n(const char *v, size_t n, const char *want, size_t wn)
 /* want is a string literal: its length is known at compile time */
 #define value_is(v, n, want) value_is_n((v), (n), (want), sizeof(want) - 1)
 
-static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size_t n)
+static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size_t n,
+                                        unsigned cls)
 {
 	const char *colon, *v;
 	size_t namelen, vlen;
@@ -159,9 +203,10 @@ static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size
 			return reject(rc, 400, "malformed header name");
 	v = colon + 1;
 	vlen = n - namelen - 1;
-	for (size_t k = 0; k < vlen; k++)
-		if (value_bad[(unsigned char)v[k]])
-			return reject(rc, 400, "control character in header value");
+	if (cls & LINE_CTL)
+		for (size_t k = 0; k < vlen; k++)
+			if (value_bad[(unsigned char)v[k]])
+				return reject(rc, 400, "control character in header value");
 	while (vlen && (*v == ' ' || *v == '\t')) { v++; vlen--; }
 	while (vlen && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t')) vlen--;
 
@@ -247,6 +292,7 @@ static enum reqcheck_result chunk_size_line(struct reqcheck *rc, const char *s, 
 enum reqcheck_result reqcheck_line(struct reqcheck *rc, const char *line, size_t len)
 {
 	size_t n;
+	unsigned cls;
 	enum reqcheck_result r;
 
 	if (rc->state == RC_REJECTED)
@@ -258,14 +304,14 @@ enum reqcheck_result reqcheck_line(struct reqcheck *rc, const char *line, size_t
 			              rc->state == RC_REQUEST_LINE ? "request line too long"
 			                                           : "request headers too large");
 	}
-	if (!line_content(line, len, &n))
+	if (!line_content(line, len, &n, &cls))
 		return reject(rc, 400, rc->state == RC_REQUEST_LINE || rc->state == RC_HEADERS
 		              ? "invalid character in request head" : "malformed chunked body");
 	switch (rc->state) {
 	case RC_REQUEST_LINE:
-		return request_line(rc, line, n);
+		return request_line(rc, line, n, cls);
 	case RC_HEADERS:
-		r = header_line(rc, line, n);
+		r = header_line(rc, line, n, cls);
 		return r == RC_HEAD_DONE ? head_done(rc) : r;
 	case RC_CHUNK_SIZE:
 		return chunk_size_line(rc, line, n);

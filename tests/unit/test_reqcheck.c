@@ -154,4 +154,50 @@ TEST(a_few_blank_lines_before_a_request_are_skipped)
 	CHECK_INT(status_of("\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n"), 400);
 }
 
+/* One request whose byte at line offset pos of the header value (or of the target) is c;
+ * the verdict on it. The positions cover every place in the 8-byte words reqcheck reads
+ * lines by, and the bytes after the last whole word. */
+static enum reqcheck_result with_byte(bool in_target, size_t pos, unsigned char c, int *status)
+{
+	char req[256];
+	struct reqcheck rc;
+	size_t n;
+	enum reqcheck_result r;
+
+	if (in_target)
+		n = (size_t)snprintf(req, sizeof(req), "GET /%s HTTP/1.1\r\nHost: a\r\n\r\n",
+		                     "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH");
+	else
+		n = (size_t)snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: a\r\nX-Long: %s\r\n\r\n",
+		                     "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH");
+	req[(in_target ? strlen("GET /") : strlen("GET / HTTP/1.1\r\nHost: a\r\nX-Long: ")) + pos] =
+		(char)c;
+	reqcheck_init(&rc, 8192, 1024);
+	r = reqcheck_feed(&rc, req, n, NULL);
+	*status = rc.status;
+	return r;
+}
+
+TEST(bad_bytes_are_found_wherever_they_are_in_a_line)
+{
+	static const unsigned char value_bad[] = { 0x00, 0x01, 0x0b, 0x1f, 0x7f, '\r' };
+	static const unsigned char value_ok[] = { '\t', ' ', 0x80, 0xff, '~' };
+	static const unsigned char target_bad[] = { 0x00, 0x05, 0x7f, 0x80, 0xc3, 0xff, '\t' };
+	int st;
+
+	for (size_t pos = 0; pos < 44; pos++) {
+		for (size_t i = 0; i < sizeof(value_bad); i++) {
+			CHECK_INT(with_byte(false, pos, value_bad[i], &st), RC_REJECT);
+			CHECK_INT(st, 400);
+		}
+		for (size_t i = 0; i < sizeof(value_ok); i++)
+			CHECK_INT(with_byte(false, pos, value_ok[i], &st), RC_REQUEST_DONE);
+		for (size_t i = 0; i < sizeof(target_bad); i++) {
+			CHECK_INT(with_byte(true, pos, target_bad[i], &st), RC_REJECT);
+			CHECK_INT(st, 400);
+		}
+		CHECK_INT(with_byte(true, pos, '%', &st), RC_REQUEST_DONE);
+	}
+}
+
 RUN_TESTS()
