@@ -512,6 +512,30 @@ def test_upstream_framings_reach_the_client_intact(c):
         stop()
 
 
+def test_answers_up_to_a_mebibyte_keep_their_length_and_larger_ones_are_relayed(c):
+    """An answer with a Content-Length of up to 1 MiB is buffered and sent with its length;
+    a larger one is relayed as it arrives (chunked to the client). The status code is the
+    upstream's, whatever it is."""
+    limit = 1024 * 1024
+    small, big = b"s" * limit, b"b" * (limit + 1)
+    answer = lambda status, body: (b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\n"
+                                   b"Content-Length: %d\r\n\r\n%s" % (status, len(body), body))
+    port, seen, stop = start_scripted_upstream([[answer(b"201 Created", small),
+                                                 answer(b"203 Non-Authoritative", big)]])
+
+    def run():
+        st, h, data = c.gw.request("POST", "/sizes", CHAT, c.auth)
+        assert st == 201 and data == small, (st, len(data))
+        assert h.get("content-length") == str(limit) and "transfer-encoding" not in h, h
+        st, h, data = c.gw.request("POST", "/sizes", CHAT, c.auth)
+        assert st == 203 and data == big, (st, len(data))
+        assert h.get("transfer-encoding") == "chunked" and "content-length" not in h, h
+    try:
+        with_route(c, "sizes", port, run)
+    finally:
+        stop()
+
+
 # --- the status table ------------------------------------------------------------------
 
 def test_missing_key_is_401_in_openai_shape(c):
