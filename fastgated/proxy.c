@@ -1022,12 +1022,25 @@ static int start_native(struct proxy_req *px, const struct http_request *req,
 {
 	enum http_method cmd = req->method;
 	const char *target = px->url + strlen(px->route->upstream_origin);
-	char cl[48];
+	const char *host = px->route->upstream_host;
+	size_t ml = strlen(req->method_name), tl = strlen(target), hl = strlen(host);
+	char cl[48], *p;
 
-	if (head_add_str(px, req->method_name) < 0 || head_add(px, " ", 1) < 0 ||
-	    head_add_str(px, target) < 0 || head_add_str(px, " HTTP/1.1\r\nHost: ") < 0 ||
-	    head_add_str(px, px->route->upstream_host) < 0 || head_add(px, "\r\n", 2) < 0 ||
-	    build_headers(px, req) < 0)
+	/* "METHOD target HTTP/1.1\r\nHost: host\r\n", room made once */
+	if (buf_grow(&px->up_head, &px->up_head_cap, px->up_head_len + ml + tl + hl + 20, 1024) < 0)
+		return -1;
+	p = px->up_head + px->up_head_len;
+	memcpy(p, req->method_name, ml);
+	p[ml] = ' ';
+	p += ml + 1;
+	memcpy(p, target, tl);
+	p += tl;
+	memcpy(p, " HTTP/1.1\r\nHost: ", 17);
+	p += 17;
+	memcpy(p, host, hl);
+	memcpy(p + hl, "\r\n", 2);
+	px->up_head_len = (size_t)(p + hl + 2 - px->up_head);
+	if (build_headers(px, req) < 0)
 		return -1;
 	if (cmd == HTTP_HEAD)
 		body_len = 0;
@@ -1036,12 +1049,12 @@ static int start_native(struct proxy_req *px, const struct http_request *req,
 
 		memcpy(cl, "Content-Length: ", n);
 		n += fmt_dec(cl + n, body_len);
-		memcpy(cl + n, "\r\n", 2);
-		if (head_add(px, cl, n + 2) < 0)
+		memcpy(cl + n, "\r\n\r\n", 4);     /* and the blank line that ends the head */
+		if (head_add(px, cl, n + 4) < 0)
 			return -1;
-	}
-	if (head_add(px, "\r\n", 2) < 0)
+	} else if (head_add(px, "\r\n", 2) < 0) {
 		return -1;
+	}
 	px->up.cb = &up_callbacks;
 	px->up.arg = px;
 	px->up.done = up_done;

@@ -76,9 +76,9 @@ static int header_line(struct h1_parser *p, const char *line, size_t len)
 	if (!colon || colon == line)
 		return -1;
 	nl = (size_t)(colon - line);
-	for (size_t i = 0; i < nl; i++)
-		if (line[i] == ' ' || line[i] == '\t')
-			return -1; /* whitespace before the colon */
+	/* whitespace before the colon (memchr: a byte loop here was ~400 instructions an answer) */
+	if (memchr(line, ' ', nl) || memchr(line, '\t', nl))
+		return -1;
 	v = colon + 1;
 	vl = len - nl - 1;
 	while (vl && (*v == ' ' || *v == '\t')) { v++; vl--; }

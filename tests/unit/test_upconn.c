@@ -168,6 +168,8 @@ TEST(malformed_answers_are_refused)
 		"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
 		"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nContent-Length : 1\r\n\r\nx",
+		"HTTP/1.1 200 OK\r\nX-Tab\t: 1\r\nContent-Length: 1\r\n\r\nx",
+		"HTTP/1.1 200 OK\r\nX-Mid dle: 1\r\nContent-Length: 1\r\n\r\nx",
 		"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
 		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX\r\n",
