@@ -30,7 +30,11 @@
 
 #define KEY_NAME_MAX     64     /* characters (code points) */
 #define ROUTE_NAME_MAX   128    /* bytes */
-#define BUSY_TIMEOUT_MS  5000
+#define BUSY_TIMEOUT_MS  5000   /* start-up: schema and load */
+/* After start-up this connection only writes for control commands, on the event loop: a
+ * store whose write lock another process holds (a backup, an sqlite3 shell) must not stall
+ * every request for seconds. Wait this long, then refuse the command (busy_hint says why). */
+#define LOOP_BUSY_MS     250
 
 static const char b62_digits[] =
 	"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -600,6 +604,7 @@ struct keystore *keystore_open(const char *path, char **err)
 	    prepare(ks, &ks->st_rotate,
 	            "UPDATE keys SET hash = ?1, display = ?2 WHERE id = ?3", err) < 0)
 		goto fail;
+	sqlite3_busy_timeout(ks->db, LOOP_BUSY_MS);
 	return ks;
 fail:
 	sqlite3_finalize(st);
@@ -791,6 +796,14 @@ static int check_route_name(const char *r, char **err)
 	return 0;
 }
 
+/* Completes a failed write's message when the cause is another process's lock. */
+static const char *busy_hint(struct keystore *ks)
+{
+	return (sqlite3_errcode(ks->db) & 0xff) == SQLITE_BUSY
+	       ? " (another process holds the key store's write lock, such as a backup or an "
+	         "sqlite3 shell; nothing was changed: try again)" : "";
+}
+
 int keystore_create(struct keystore *ks, const char *name, char *const *routes, size_t n_routes,
                     int rpm, int64_t expires, char *secret_out, struct key **out, char **err)
 {
@@ -851,7 +864,8 @@ int keystore_create(struct keystore *ks, const char *name, char *const *routes, 
 	sqlite3_bind_int(ks->st_insert, 7, k->rpm);
 	step = sqlite3_step(ks->st_insert);
 	if (step != SQLITE_DONE) {
-		set_err(err, "cannot store the new key in %s: %s", ks->path, sqlite3_errmsg(ks->db));
+		set_err(err, "cannot store the new key in %s: %s%s", ks->path, sqlite3_errmsg(ks->db),
+		        busy_hint(ks));
 		goto done;
 	}
 	k->id = sqlite3_last_insert_rowid(ks->db);
@@ -876,8 +890,8 @@ static int update_one_row(struct keystore *ks, sqlite3_stmt *st, int64_t id, con
                           const char *consequence, char **err)
 {
 	if (sqlite3_step(st) != SQLITE_DONE) {
-		set_err(err, "cannot %s key %lld in %s: %s%s", what, (long long)id, ks->path,
-		        sqlite3_errmsg(ks->db), consequence);
+		set_err(err, "cannot %s key %lld in %s: %s%s%s", what, (long long)id, ks->path,
+		        sqlite3_errmsg(ks->db), busy_hint(ks), consequence);
 		return -1;
 	}
 	if (sqlite3_changes(ks->db) == 0) {
@@ -1131,8 +1145,8 @@ int keystore_route_state_set(struct keystore *ks, const char *route, int enabled
 	sqlite3_bind_int(ks->st_rs_set, 2, enabled ? 1 : 0);
 	sqlite3_bind_int64(ks->st_rs_set, 3, (int64_t)time(NULL));
 	if (sqlite3_step(ks->st_rs_set) != SQLITE_DONE) {
-		set_err(err, "cannot save the state of route %s in %s: %s", route, ks->path,
-		        sqlite3_errmsg(ks->db));
+		set_err(err, "cannot save the state of route %s in %s: %s%s", route, ks->path,
+		        sqlite3_errmsg(ks->db), busy_hint(ks));
 		rc = -1;
 	}
 	sqlite3_reset(ks->st_rs_set);

@@ -156,6 +156,47 @@ def test_a_locked_key_store_does_not_hold_up_requests(c):
     assert worst < 2.0, "a request took %.1f s while the key store was locked" % worst
 
 
+def test_a_key_command_on_a_locked_key_store_fails_fast_and_requests_go_on(c):
+    """Key and route commands write to the key store on the event loop. With its write lock
+    held by another process, such a command is refused within a fraction of a second,
+    saying why and that nothing changed, instead of stalling every request while it waits;
+    once the lock is gone the same command works."""
+    import threading
+    db = sqlite3.connect(c.gw.keys, timeout=1, isolation_level=None)
+    stop, worst, statuses = threading.Event(), [0.0], []
+
+    def traffic():
+        while not stop.is_set():
+            t0 = time.monotonic()
+            statuses.append(chat(c)[0])
+            worst[0] = max(worst[0], time.monotonic() - t0)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        th = threading.Thread(target=traffic)
+        th.start()
+        try:
+            for _ in range(3):
+                t0 = time.monotonic()
+                rc, out, err = c.gw.cli("key", "create", "--name", "locked-out")
+                took = time.monotonic() - t0
+                assert rc != 0 and "write lock" in err and "nothing was changed" in err, (rc, out, err)
+                assert took < 2.0, "key create took %.1f s against a locked store" % took
+            rc, _, err = c.gw.cli("route", "disable", "chat")
+            assert rc != 0 and "write lock" in err, (rc, err)
+        finally:
+            stop.set()
+            th.join()
+        db.execute("ROLLBACK")
+    finally:
+        db.close()
+    assert statuses and set(statuses) == {200}, set(statuses)
+    assert worst[0] < 1.0, "a request took %.1f s while a key command waited" % worst[0]
+    assert c.gw.ctl("route.show", {"name": "chat"})["result"]["enabled"] is True
+    rc, out, err = c.gw.cli("--json", "key", "create", "--name", "locked-out")
+    assert rc == 0, (rc, out, err)
+    assert c.gw.ctl("key.revoke", {"id": json.loads(out)["id"]})["ok"]
+
+
 def test_upstream_connections_are_kept_alive_and_reused(c):
     assert chat(c)[0] == 200
     before = c.mock.stats()["connections_total"]
