@@ -713,19 +713,24 @@ def cmd_report(a):
         # first let one slow phase land on one side only.
         fg_r, ng_r = by_round("fastgated", "rps"), by_round(nginx_eq, "rps")
         fg_q, ng_q = by_round("fastgated", "p99_us"), by_round(nginx_eq, "p99_us")
-        both = sorted(set(fg_r) & set(ng_r) & set(fg_q) & set(ng_q))
-        ratios = [fg_r[k] / ng_r[k] for k in both]
-        deltas = [(fg_q[k] - ng_q[k]) / 1e3 for k in both]
-        ratio, delta = statistics.median(ratios), statistics.median(deltas)
-        rows.append(("throughput fastgated / nginx (%s), median of per-round ratios" % workers,
-                     "%.3fx (ahead in %d of %d rounds: %s)" % (
-                         ratio, sum(x >= 1.0 for x in ratios), len(ratios),
-                         " ".join("%.2f" % x for x in ratios)),
-                     ">= 1.00x", "PASS" if ratio >= 1.0 else "FAIL"))
-        rows.append(("p99 fastgated minus nginx (%s), median of per-round differences" % workers,
-                     "%+.3f ms (lower in %d of %d rounds)" % (
-                         delta, sum(x <= 0 for x in deltas), len(deltas)),
-                     "<= 0 (no worse than nginx)", "PASS" if delta <= 0 else "FAIL"))
+        both = sorted(k for k in set(fg_r) & set(ng_r) & set(fg_q) & set(ng_q) if ng_r[k] > 0)
+        if both:
+            ratios = [fg_r[k] / ng_r[k] for k in both]
+            deltas = [(fg_q[k] - ng_q[k]) / 1e3 for k in both]
+            ratio, delta = statistics.median(ratios), statistics.median(deltas)
+            rows.append(("throughput fastgated / nginx (%s), median of per-round ratios" % workers,
+                         "%.3fx (ahead in %d of %d rounds: %s)" % (
+                             ratio, sum(x >= 1.0 for x in ratios), len(ratios),
+                             " ".join("%.2f" % x for x in ratios)),
+                         ">= 1.00x", "PASS" if ratio >= 1.0 else "FAIL"))
+            rows.append(("p99 fastgated minus nginx (%s), median of per-round differences" % workers,
+                         "%+.3f ms (lower in %d of %d rounds)" % (
+                             delta, sum(x <= 0 for x in deltas), len(deltas)),
+                         "<= 0 (no worse than nginx)", "PASS" if delta <= 0 else "FAIL"))
+        else:
+            for what in ("throughput", "p99"):
+                rows.append(("%s fastgated vs nginx (%s), per round" % (what, workers),
+                             "no round measured both", "", "FAIL"))
         rows.append(("throughput fastgated / nginx (%s), ratio of the medians" % workers,
                      "%.3fx" % (fg_rps / ng_rps), "(info)", ""))
         rows.append(("p99 fastgated vs nginx (%s), medians" % workers,
