@@ -943,6 +943,87 @@ static int run_query(const char *path, const struct audit_query *q, int *idx, in
 	return rc < 0 ? -1 : n;
 }
 
+/* Batches go in by multi-row statements: one binding every column, and one for rows that
+ * log no bodies, which leaves those two columns NULL. Every field of every row comes back
+ * as it went in, whichever statement (or the row-by-row rest of a batch) wrote it. */
+/* a text column that may be NULL: equal to want, or NULL when want is */
+#define CHECK_OPT_STR(got, want) do { const char *w_ = (want); \
+	if (w_) CHECK_STR(got, w_); else CHECK((got) == NULL); } while (0)
+
+TEST(every_field_survives_the_multi_row_inserts)
+{
+	enum { N = 110 };
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_cursor *c;
+	struct audit_record r = { 0 };
+	char *err = NULL, buf[64];
+	double t0 = 1700000000.0;
+	int n = 0;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	for (int i = 0; i < N; i++) {
+		struct audit_record *x = make_record("f", i, t0 + i);
+		x->status = 200 + i;
+		x->prompt_tokens = 1000 + i;
+		x->completion_tokens = 2000 + i;
+		x->retries = i % 4;
+		if (i % 5 == 0) {
+			snprintf(buf, sizeof(buf), "error-%d", i);
+			x->error = dup_s(buf);
+		}
+		if (i >= 40 && i < 80) {     /* a run of rows with bodies: the full statement */
+			snprintf(buf, sizeof(buf), "{\"q\":%d}", i);
+			x->request_body = dup_s(buf);
+			snprintf(buf, sizeof(buf), "{\"a\":%d}", i);
+			x->response_body = dup_s(buf);
+		}
+		audit_submit(a, x);
+	}
+	audit_close(a);
+
+	CHECK((c = audit_query_open(t.path, NULL, &err)) != NULL);
+	while (c && audit_cursor_next(c, &r) == 1) {
+		int i = n++;
+		bool bodies = i >= 40 && i < 80;
+
+		snprintf(buf, sizeof(buf), "f%06d", i);
+		CHECK_STR(r.request_id, buf);
+		CHECK(r.started_at == t0 + i);
+		CHECK_INT(r.key_id, 1 + i % 3);
+		snprintf(buf, sizeof(buf), "key-%d", 1 + i % 3);
+		CHECK_STR(r.key_name, buf);
+		CHECK_STR(r.client_ip, "127.0.0.1");
+		CHECK_STR(r.method, "POST");
+		CHECK_STR(r.path, "/v1/chat/completions");
+		CHECK_STR(r.route, i % 2 ? "qwen3" : "gpt");
+		CHECK_STR(r.upstream, "http://10.0.0.5:3398/v1/chat/completions");
+		CHECK_INT(r.status, 200 + i);
+		CHECK(r.latency_ms == 10.0 + i * 0.001);
+		CHECK(r.ttfb_ms == 1.25);
+		CHECK_INT(r.is_stream, i % 2);
+		CHECK_INT(r.chunks, i % 7);
+		CHECK_INT(r.bytes_in, 100 + i);
+		CHECK_INT(r.bytes_out, 1000 + i);
+		CHECK_STR(r.model, "Qwen3-8B");
+		CHECK_INT(r.prompt_tokens, 1000 + i);
+		CHECK_INT(r.completion_tokens, 2000 + i);
+		CHECK_INT(r.retries, i % 4);
+		snprintf(buf, sizeof(buf), "error-%d", i);
+		CHECK_OPT_STR(r.error, i % 5 == 0 ? buf : NULL);
+		snprintf(buf, sizeof(buf), "{\"q\":%d}", i);
+		CHECK_OPT_STR(r.request_body, bodies ? buf : NULL);
+		snprintf(buf, sizeof(buf), "{\"a\":%d}", i);
+		CHECK_OPT_STR(r.response_body, bodies ? buf : NULL);
+	}
+	CHECK_INT(n, N);
+	audit_record_clear(&r);
+	audit_cursor_close(c);
+	free(err);
+	tmpdb_remove(&t);
+}
+
 TEST(query_filters_by_time_key_route_status_class_stream_and_error)
 {
 	struct tmpdb t;
