@@ -39,7 +39,8 @@ void reqid_next(char out[REQID_LEN + 1])
 
 /* One more than the value of a lower-case hex digit, 0 for any other byte. The audit
  * writer checks every row's id: with a range test per character that took ~360
- * instructions a row, with the table ~260 (callgrind). */
+ * instructions a row, with the table ~260, and ~205 with the second's digits and the
+ * counter's checked in separate loops (callgrind). */
 static const unsigned char hex1[256] = {
 	['0'] = 1, ['1'] = 2, ['2'] = 3, ['3'] = 4, ['4'] = 5, ['5'] = 6, ['6'] = 7, ['7'] = 8,
 	['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15,
@@ -50,16 +51,20 @@ bool reqid_second(const char *id, int64_t *second)
 {
 	const unsigned char *p = (const unsigned char *)id;
 	uint32_t sec = 0;
-	bool bad = false;
+	unsigned ok = 1;
 
-	for (int i = 0; i < REQID_LEN; i++) {
-		if (!p[i])
+	/* hex1[0] is 0: a string that ends early fails the digit test at its NUL, before
+	 * anything past it is read. The second is in the first 8 digits, the counter after. */
+	for (int i = 0; i < 8; i++) {
+		unsigned v = hex1[p[i]];
+
+		if (!v)
 			return false;
-		bad |= hex1[p[i]] == 0;
-		if (i < 8)
-			sec = sec << 4 | (uint32_t)(hex1[p[i]] - 1);
+		sec = sec << 4 | (v - 1);
 	}
-	if (bad || p[REQID_LEN])
+	for (int i = 8; i < REQID_LEN && ok; i++)
+		ok = hex1[p[i]];
+	if (!ok || p[REQID_LEN])
 		return false;
 	*second = sec;
 	return true;

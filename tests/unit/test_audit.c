@@ -786,6 +786,10 @@ TEST(a_row_is_found_by_the_second_its_id_carries)
 	CHECK(!reqid_second("98a0cc620000000000012", &sec));   /* 21 */
 	CHECK(!reqid_second("98A0CC62000000000001", &sec));    /* upper case is not ours */
 	CHECK(!reqid_second("98a0cc6200000000000g", &sec));
+	CHECK(!reqid_second("98a0cc62", &sec));                /* ends after the second */
+	CHECK(!reqid_second("98a0", &sec));                    /* ends inside it */
+	CHECK(!reqid_second("98a0-c6200000000000001", &sec));  /* not hex inside the second */
+	CHECK(reqid_second("0000000f000000000001", &sec) && sec == 15);
 
 	tmpdb_make(&t);
 	a = open_ok(t.path, NULL);
