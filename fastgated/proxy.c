@@ -940,10 +940,7 @@ static int build_headers(struct proxy_req *px, const struct http_request *in)
 		for (size_t i = 0; i < r->n_add_headers; i++)
 			if (strcasecmp(h->name, r->add_headers[i].name) == 0)
 				overridden = true;
-		if (overridden)
-			continue;
-		if (px->native ? head_add_header(px, h->name, h->name_len, h->value, strlen(h->value)) < 0
-		               : add_header(px, h->name, h->value) < 0)
+		if (!overridden && add_header(px, h->name, h->value) < 0)
 			goto out;
 	}
 	for (size_t i = 0; i < r->n_add_headers; i++)
