@@ -77,6 +77,7 @@ struct control {
 	int nclients;
 	unsigned long serial;
 	struct dbq *dbq;           /* worker threads for audit database queries */
+	struct dbq *keyq;          /* one thread: key-store writes, one at a time, in order */
 	struct logs *logs;         /* live tail followers and the ring of recent records */
 };
 
@@ -225,6 +226,18 @@ void ctl_reply_ok(struct ctl_call *call, json_t *result)
 	json_decref(result);
 }
 
+/* What the state-change log line says of a failure. */
+static void note_error(struct ctl_call *call, const char *code, const char *msg)
+{
+	call->err_code = code;
+	/* The log line keeps to one line: a multi-line message (reload) is cut at its first. */
+	snprintf(call->err_msg, sizeof(call->err_msg), "%.*s%s", (int)strcspn(msg, "\n"), msg,
+	         strchr(msg, '\n') ? " ..." : "");
+	for (char *p = call->err_msg; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
+}
+
 static void reply_error_str(struct ctl_call *call, const char *code, json_t *extra, const char *msg)
 {
 	if (call->answered || call->streaming) {
@@ -233,13 +246,7 @@ static void reply_error_str(struct ctl_call *call, const char *code, json_t *ext
 		return;
 	}
 	call->answered = true;
-	call->err_code = code;
-	/* The log line keeps to one line: a multi-line message (reload) is cut at its first. */
-	snprintf(call->err_msg, sizeof(call->err_msg), "%.*s%s", (int)strcspn(msg, "\n"), msg,
-	         strchr(msg, '\n') ? " ..." : "");
-	for (char *p = call->err_msg; *p; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
-			*p = '?';
+	note_error(call, code, msg);
 	client_send(call->client, ctl_encode_error(call->has_id, call->id, code, msg, extra));
 	json_decref(extra);
 }
@@ -285,14 +292,19 @@ size_t ctl_stream_backlog(const struct ctl_call *call)
 	return output_len(call->client);
 }
 
+static void log_state_change(const struct ctl_call *call);
+
 /* The stream is over: free the call and let the client's queued requests run. Inside the
- * handler the dispatcher does both once the handler returns. */
+ * handler the dispatcher does both once the handler returns. A command that changes state
+ * and answers this way (a key-store change) is logged now, with its outcome. */
 static void stream_finish(struct ctl_call *call)
 {
 	struct ctl_client *c = call->client;
 
 	call->answered = true;
 	c->active = NULL;
+	if (call->cmd->changes_state)
+		log_state_change(call);
 	if (call->in_handler)
 		return;
 	free(call);
@@ -307,7 +319,7 @@ void ctl_stream_end(struct ctl_call *call)
 
 void ctl_stream_fail(struct ctl_call *call, const char *code, const char *message)
 {
-	call->err_code = code;
+	note_error(call, code, message);
 	client_send(call->client, ctl_encode_error(true, call->id, code, message, NULL));
 	stream_finish(call);
 }
@@ -325,21 +337,28 @@ void ctl_stream_result(struct ctl_call *call, json_t *result)
 
 /* ---- dispatch ---- */
 
-static void log_state_change(const struct ctl_call *call)
+/* "uid U pid P: command detail", how state-change log lines name a call. */
+static void call_who(const struct ctl_call *call, char *buf, size_t size)
 {
 	const struct ctl_client *c = call->client;
-	char who[64];
 
 	if (c->have_cred)
-		snprintf(who, sizeof(who), "uid %u pid %d", (unsigned)c->uid, (int)c->pid);
+		snprintf(buf, size, "uid %u pid %d: %s%s%s", (unsigned)c->uid, (int)c->pid,
+		         call->cmd->name, call->detail[0] ? " " : "", call->detail);
 	else
-		snprintf(who, sizeof(who), "uid ?");
+		snprintf(buf, size, "uid ?: %s%s%s", call->cmd->name, call->detail[0] ? " " : "",
+		         call->detail);
+}
+
+static void log_state_change(const struct ctl_call *call)
+{
+	char who[400];
+
+	call_who(call, who, sizeof(who));
 	if (call->err_code)
-		log_info("control: %s: %s%s%s: failed (%s: %s)", who, call->cmd->name,
-		         call->detail[0] ? " " : "", call->detail, call->err_code, call->err_msg);
+		log_info("control: %s: failed (%s: %s)", who, call->err_code, call->err_msg);
 	else
-		log_info("control: %s: %s%s%s", who, call->cmd->name,
-		         call->detail[0] ? " " : "", call->detail);
+		log_info("control: %s", who);
 }
 
 static bool blank(const char *s, size_t n)
@@ -389,8 +408,8 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
 		log_error("control: handler for %s returned without answering", cmd->name);
 		reply_error_str(call, CTL_E_INTERNAL, NULL, "the command produced no answer");
 	}
-	if (cmd->changes_state)
-		log_state_change(call);
+	if (cmd->changes_state && !call->streaming)
+		log_state_change(call);     /* a stream's at its end (stream_finish) */
 	if (c->active != call)
 		free(call);
 done:
@@ -751,8 +770,13 @@ struct control *control_start(struct gateway *gw, const char *path, const char *
 		control_stop(ctl);
 		return NULL;
 	}
-	ctl->dbq = dbq_new(gw->base, err);
+	ctl->dbq = dbq_new(gw->base, 2, "fg-query", err);
 	if (!ctl->dbq) {
+		control_stop(ctl);
+		return NULL;
+	}
+	ctl->keyq = dbq_new(gw->base, 1, "fg-keys", err);
+	if (!ctl->keyq) {
 		control_stop(ctl);
 		return NULL;
 	}
@@ -810,8 +834,11 @@ void control_stop(struct control *c)
 	}
 	while (c->clients)
 		client_free(c->clients);
-	/* After the clients: their streams' cancel callbacks have cancelled their queries. */
+	/* After the clients: their streams' cancel callbacks have cancelled their queries.
+	 * A key-store change being written is waited for and applied; those not started yet
+	 * are dropped, each with a log line. */
 	dbq_free(c->dbq);
+	dbq_free(c->keyq);
 	logs_free(c->logs);
 	if (c->listener)
 		evconnlistener_free(c->listener);
@@ -1102,6 +1129,139 @@ static int64_t expires_from_days(json_int_t days, int64_t now)
 	return days ? now + (int64_t)days * 86400 : 0;
 }
 
+/* ---- key-store changes off the loop ----
+ * A key or route command prepares its change here, the fg-keys thread writes it (the
+ * write may wait up to 5 s for another process's lock on the key store) and change_done
+ * applies it here and answers; meanwhile the loop goes on serving requests and other
+ * commands. The call stays open as a stream until then. A change once submitted is
+ * applied even if its client hangs up, and then logged on its own line. */
+struct change_job {
+	struct ctl_call *call;        /* NULL once the client has gone */
+	struct gateway *gw;
+	struct key_change *change;
+	char *fail;                   /* the error's start, e.g. "cannot rotate key 3" */
+	char who[400];                /* call_who, kept for when the client has gone */
+	char *route;                  /* route commands: the route; NULL for key commands */
+	bool was, want;               /* route commands: enabled before, and asked for */
+	bool secret;                  /* the answer carries the new secret (create, rotate) */
+	bool created;                 /* the log line gets the new key's id */
+};
+
+static void change_job_free(struct change_job *j)
+{
+	keystore_change_free(j->change);
+	free(j->fail);
+	free(j->route);
+	free(j);
+}
+
+static void change_work(struct dbq_job *job, void *arg)
+{
+	struct change_job *j = arg;
+
+	(void)job;
+	keystore_change_write(j->change);
+}
+
+/* The route's new state in the table serving now (a reload may have replaced the table
+ * since the command came: the route is found again by name). NULL if it is gone. */
+static struct route *route_state_apply(struct gateway *gw, const char *name, bool want)
+{
+	struct route *r = gw->routes ? route_table_find(gw->routes, name) : NULL;
+
+	if (r && !(want && r->unavailable))
+		r->enabled = want;
+	return r;
+}
+
+static void change_answer(struct change_job *j, struct key *k, const char *secret)
+{
+	struct ctl_call *call = j->call;
+	json_t *res;
+
+	if (j->route) {
+		struct route *r = route_state_apply(j->gw, j->route, j->want);
+
+		if (!r) {
+			ctl_stream_fail(call, CTL_E_INTERNAL, "the route vanished (reloaded meanwhile)");
+			return;
+		}
+		res = route_summary_json(r);
+		if (res)
+			json_object_set_new(res, "changed", json_boolean(j->was != r->enabled));
+	} else {
+		res = key_json(k, time(NULL));
+		if (res && j->secret)
+			json_object_set_new(res, "key", json_string(secret));
+	}
+	ctl_stream_result(call, res);
+}
+
+static void change_done(void *arg, bool cancelled)
+{
+	struct change_job *j = arg;
+	struct key *k = NULL;
+	char secret[KEY_SECRET_LEN + 1] = "";
+	char *err = NULL;
+	struct key_change *c = j->change;
+	int rc;
+
+	/* Cancelled only when the daemon stops: a change written is applied all the same,
+	 * one never written says so. */
+	(void)cancelled;
+	j->change = NULL;
+	rc = keystore_change_apply(c, &k, secret, &err);
+	if (j->call && rc < 0) {
+		char *msg = xasprintf("%s: %s", j->fail, err ? err : "key store error");
+
+		ctl_stream_fail(j->call, CTL_E_INTERNAL, msg);
+		free(msg);
+	} else if (j->call) {
+		if (k && j->created)
+			call_detail(j->call, "id=%lld name=\"%s\"", (long long)k->id, k->name);
+		change_answer(j, k, secret);
+	} else {
+		if (rc == 0 && j->route)
+			route_state_apply(j->gw, j->route, j->want);
+		if (rc < 0)
+			log_info("control: %s: failed after the client left (%s: %s)", j->who, j->fail,
+			         err ? err : "key store error");
+		else
+			log_info("control: %s: done after the client left", j->who);
+	}
+	explicit_bzero(secret, sizeof(secret));
+	free(err);
+	change_job_free(j);
+}
+
+static void change_cancel(struct ctl_call *call, void *arg)
+{
+	struct change_job *j = arg;
+
+	call_who(call, j->who, sizeof(j->who));
+	j->call = NULL;                /* the change itself goes on */
+}
+
+/* A job for a prepared change; `fail` (taken) starts the error message should the write
+ * fail. The caller sets what the answer needs, then change_submit. */
+static struct change_job *change_job_new(struct ctl_call *call, struct key_change *c, char *fail)
+{
+	struct change_job *j = xcalloc(1, sizeof(*j));
+
+	j->call = call;
+	j->gw = ctl_call_gateway(call);
+	j->change = c;
+	j->fail = fail;
+	return j;
+}
+
+/* The answer comes from change_done, once the fg-keys thread has written the change. */
+static void change_submit(struct change_job *j)
+{
+	ctl_stream_begin(j->call, change_cancel, NULL, j);
+	dbq_submit(j->call->client->ctl->keyq, change_work, change_done, j);
+}
+
 static void h_key_create(struct ctl_call *call, json_t *args)
 {
 	static const char *const allowed[] = { "name", "routes", "rpm", "expires_days", NULL };
@@ -1111,11 +1271,10 @@ static void h_key_create(struct ctl_call *call, json_t *args)
 	char **routes = NULL;
 	size_t n_routes = 0;
 	bool routes_given;
-	char secret[KEY_SECRET_LEN + 1];
 	char *err = NULL;
-	struct key *k = NULL;
+	struct key_change *c;
+	struct change_job *j;
 	int64_t now = time(NULL);
-	json_t *res;
 
 	if (!ctl_args_only(call, args, allowed) || !ctl_arg_string(call, args, "name", true, &name) ||
 	    !ctl_arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
@@ -1130,19 +1289,17 @@ static void h_key_create(struct ctl_call *call, json_t *args)
 	}
 	if (!arg_routes(call, args, &routes_given, &routes, &n_routes))
 		goto done;
-	if (keystore_create(gw->keys, name, routes, n_routes, (int)rpm,
-	                    expires_from_days(days, now), secret, &k, &err) < 0) {
+	c = keystore_change_create(gw->keys, name, routes, n_routes, (int)rpm,
+	                           expires_from_days(days, now), &err);
+	if (!c) {
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot create key: %s",
 		                err ? err : "key store error");
 		goto done;
 	}
-	call_detail(call, "id=%lld name=\"%s\"", (long long)k->id, name);
-	res = key_json(k, now);
-	if (res)
-		json_object_set_new(res, "key", json_string(secret));
-	reply_json(call, res);
+	j = change_job_new(call, c, xasprintf("cannot create key"));
+	j->secret = j->created = true;
+	change_submit(j);
 done:
-	explicit_bzero(secret, sizeof(secret));
 	free(routes);
 	free(err);
 }
@@ -1205,28 +1362,25 @@ static void h_key_revoke(struct ctl_call *call, json_t *args)
 {
 	struct gateway *gw = ctl_call_gateway(call);
 	struct key *k = arg_key(call, args, NULL);
-	int64_t id;
+	struct key_change *c;
 	char *err = NULL;
 
 	if (!k)
 		return;
-	id = k->id;
-	call_detail(call, "id=%lld name=\"%s\"%s", (long long)id, k->name,
+	call_detail(call, "id=%lld name=\"%s\"%s", (long long)k->id, k->name,
 	            k->revoked ? " (already revoked)" : "");
-	if (keystore_revoke(gw->keys, id, &err) < 0) {
+	if (k->revoked) {              /* nothing to write: the first revocation stays */
+		reply_json(call, key_json(k, time(NULL)));
+		return;
+	}
+	c = keystore_change_revoke(gw->keys, k->id, &err);
+	if (!c)
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot revoke key %lld: %s",
-		                (long long)id, err ? err : "key store error");
-		free(err);
-		return;
-	}
-	/* Look it up again: the store may have replaced the entry. */
-	k = keystore_get(gw->keys, id);
-	if (!k) {
-		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "key %lld vanished while revoking it",
-		                (long long)id);
-		return;
-	}
-	reply_json(call, key_json(k, time(NULL)));
+		                (long long)k->id, err ? err : "key store error");
+	else
+		change_submit(change_job_new(call, c, xasprintf("cannot revoke key %lld",
+		                                                 (long long)k->id)));
+	free(err);
 }
 
 /* Revocation is final; checked here so the caller hears it as a refusal, not as a store
@@ -1253,6 +1407,7 @@ static void h_key_update(struct ctl_call *call, json_t *args)
 	bool routes_given = false;
 	char *err = NULL, routes_s[160] = "", rpm_s[32] = "", exp_s[48] = "";
 	int64_t id, now = time(NULL);
+	struct key_change *c;
 
 	if (!k)
 		return;
@@ -1292,12 +1447,13 @@ static void h_key_update(struct ctl_call *call, json_t *args)
 	}
 	call_detail(call, "id=%lld name=\"%s\"%s%s%s", (long long)id, k->name, routes_s, rpm_s,
 	            exp_s);
-	if (keystore_update(gw->keys, id, &ch, &err) < 0) {
+	c = keystore_change_update(gw->keys, id, &ch, &err);
+	if (!c)
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot update key %lld: %s",
 		                (long long)id, err ? err : "key store error");
-		goto done;
-	}
-	reply_json(call, key_json(k, now));
+	else
+		change_submit(change_job_new(call, c, xasprintf("cannot update key %lld",
+		                                                 (long long)id)));
 done:
 	free(routes);
 	free(err);
@@ -1307,26 +1463,24 @@ static void h_key_rotate(struct ctl_call *call, json_t *args)
 {
 	struct gateway *gw = ctl_call_gateway(call);
 	struct key *k = arg_key(call, args, NULL);
-	char secret[KEY_SECRET_LEN + 1];
+	struct key_change *c;
+	struct change_job *j;
 	char *err = NULL;
-	json_t *res;
 
 	if (!k)
 		return;
 	call_detail(call, "id=%lld name=\"%s\"", (long long)k->id, k->name);
 	if (!key_not_revoked(call, k, "rotated"))
 		return;
-	if (keystore_rotate(gw->keys, k->id, secret, &err) < 0) {
+	c = keystore_change_rotate(gw->keys, k->id, &err);
+	if (!c) {
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot rotate key %lld: %s",
 		                (long long)k->id, err ? err : "key store error");
-		goto done;
+	} else {
+		j = change_job_new(call, c, xasprintf("cannot rotate key %lld", (long long)k->id));
+		j->secret = true;
+		change_submit(j);
 	}
-	res = key_json(k, time(NULL));
-	if (res)
-		json_object_set_new(res, "key", json_string(secret));
-	reply_json(call, res);
-done:
-	explicit_bzero(secret, sizeof(secret));
 	free(err);
 }
 
@@ -1385,43 +1539,35 @@ static void route_set(struct ctl_call *call, json_t *args, enum route_op op)
 {
 	struct gateway *gw = ctl_call_gateway(call);
 	struct route *r = arg_route(call, args);
-	char *name, *err = NULL;
+	struct key_change *c;
+	struct change_job *j;
+	char *err = NULL;
 	bool was, want;
-	json_t *res;
 
 	if (!r)
 		return;
 	was = r->enabled;
 	want = op == ROUTE_ENABLE ? true : op == ROUTE_DISABLE ? false : !was;
-	name = strdup(r->name);
-	if (!name) {
-		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "out of memory");
-		return;
-	}
-	call_detail(call, "%s (%s -> %s)", name, was ? "enabled" : "disabled",
+	call_detail(call, "%s (%s -> %s)", r->name, was ? "enabled" : "disabled",
 	            want ? "enabled" : "disabled");
 	if (want && r->unavailable) {
 		ctl_reply_error(call, CTL_E_ROUTE_UNAVAILABLE, NULL,
 		                "route %s cannot be enabled: %s (set it and run fastgate-cli reload)",
-		                name, r->unavailable);
-		goto done;
+		                r->name, r->unavailable);
+		return;
 	}
-	if (gateway_set_route_enabled(gw, name, want, &err) < 0) {
+	c = keystore_change_route_state(gw->keys, r->name, want, &err);
+	if (!c) {
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot %s route %s: %s",
-		                want ? "enable" : "disable", name, err ? err : "unknown error");
-		goto done;
+		                want ? "enable" : "disable", r->name, err ? err : "no key store");
+	} else {
+		j = change_job_new(call, c, xasprintf("cannot %s route %s",
+		                                      want ? "enable" : "disable", r->name));
+		j->route = xstrndup(r->name, strlen(r->name));
+		j->was = was;
+		j->want = want;
+		change_submit(j);
 	}
-	r = gw->routes ? route_table_find(gw->routes, name) : NULL;
-	if (!r) {
-		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "route %s vanished", name);
-		goto done;
-	}
-	res = route_summary_json(r);
-	if (res)
-		json_object_set_new(res, "changed", json_boolean(was != r->enabled));
-	reply_json(call, res);
-done:
-	free(name);
 	free(err);
 }
 

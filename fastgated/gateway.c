@@ -33,23 +33,3 @@ int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 	return 0;
 }
 
-int gateway_set_route_enabled(struct gateway *gw, const char *name, bool enabled, char **err)
-{
-	struct route *r = gw->routes ? route_table_find(gw->routes, name) : NULL;
-
-	*err = NULL;
-	if (!r) {
-		if (asprintf(err, "no route named '%s'", name) < 0)
-			*err = NULL;
-		return -1;
-	}
-	if (enabled && r->unavailable) {
-		if (asprintf(err, "route '%s' cannot be enabled: %s", name, r->unavailable) < 0)
-			*err = NULL;
-		return -1;
-	}
-	if (keystore_route_state_set(gw->keys, name, enabled ? 1 : 0, err) < 0)
-		return -1;
-	r->enabled = enabled;
-	return 0;
-}

@@ -49,8 +49,5 @@ struct gateway {
  * serving. */
 int gateway_reload_routes(struct gateway *gw, struct errlist *errs);
 
-/* Set a route's run-time enabled state and persist it in the key store.
- * -1 with *err (caller frees) if the route is unknown or the store write failed. */
-int gateway_set_route_enabled(struct gateway *gw, const char *name, bool enabled, char **err);
 
 #endif

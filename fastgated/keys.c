@@ -30,24 +30,27 @@
 
 #define KEY_NAME_MAX     64     /* characters (code points) */
 #define ROUTE_NAME_MAX   128    /* bytes */
-#define BUSY_TIMEOUT_MS  5000   /* start-up: schema and load */
-/* After start-up this connection only writes for control commands, on the event loop: a
- * store whose write lock another process holds (a backup, an sqlite3 shell) must not stall
- * every request for seconds. Wait this long, then refuse the command (busy_hint says why). */
+#define BUSY_TIMEOUT_MS  5000   /* start-up (schema and load), and each change on the writer
+                                 * connection: another process's write lock (a backup, an
+                                 * sqlite3 shell) is waited for this long, off the event loop,
+                                 * before the change is refused (busy_hint says why) */
+/* After start-up the loop's own connection only reads (route states, at reload), which WAL
+ * hardly ever makes wait; should it have to, it must not stall every request for long. */
 #define LOOP_BUSY_MS     250
 
 static const char b62_digits[] =
 	"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 struct keystore {
-	sqlite3 *db;
+	sqlite3 *db;               /* the loop thread's: start-up, then reads */
+	sqlite3 *wdb;              /* changes: used by one thread at a time (keystore_change_write) */
 	char *path;
 	struct key **keys;         /* id order */
 	size_t n, cap;
 	struct key **slots;        /* hash table by SHA-256; power of two, load <= 0.5 */
 	size_t nslots;
-	sqlite3_stmt *st_insert, *st_revoke, *st_rs_get, *st_rs_set;
-	sqlite3_stmt *st_update, *st_rotate;
+	sqlite3_stmt *st_rs_get;                                  /* on db */
+	sqlite3_stmt *st_insert, *st_revoke, *st_rs_set, *st_update, *st_rotate;   /* on wdb */
 	EVP_MD_CTX *md_ctx;        /* lookups reuse it: EVP_Digest allocates a context per call */
 	/* Changes whenever a secret may stop leading to the key it led to (a key rotated or
 	 * added, the table rebuilt): a key_memo made before then is not trusted. Starts at 1,
@@ -363,11 +366,12 @@ static int exec_sql(struct keystore *ks, const char *sql, const char *what, char
 	return 0;
 }
 
-static int prepare(struct keystore *ks, sqlite3_stmt **st, const char *sql, char **err)
+static int prepare(struct keystore *ks, sqlite3 *db, sqlite3_stmt **st, const char *sql,
+                   char **err)
 {
-	if (sqlite3_prepare_v3(ks->db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
+	if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, st, NULL) != SQLITE_OK) {
 		set_err(err, "key store %s: cannot prepare statement: %s", ks->path,
-		        sqlite3_errmsg(ks->db));
+		        sqlite3_errmsg(db));
 		return -1;
 	}
 	return 0;
@@ -550,6 +554,20 @@ done:
 	return rc;
 }
 
+/* A connection to the store, waiting up to BUSY_TIMEOUT_MS for another process's lock.
+ * -1 with *err set; *db is to be closed either way. */
+static int store_connect(const char *path, sqlite3 **db, char **err)
+{
+	if (sqlite3_open_v2(path, db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+		set_err(err, "cannot open key store %s: %s", path,
+		        *db ? sqlite3_errmsg(*db) : "out of memory");
+		return -1;
+	}
+	sqlite3_extended_result_codes(*db, 1);
+	sqlite3_busy_timeout(*db, BUSY_TIMEOUT_MS);
+	return 0;
+}
+
 struct keystore *keystore_open(const char *path, char **err)
 {
 	struct keystore *ks;
@@ -568,13 +586,8 @@ struct keystore *keystore_open(const char *path, char **err)
 	pthread_once(&sha256_once, sha256_fetch);
 	if (sha256_md)
 		ks->md_ctx = EVP_MD_CTX_new();   /* NULL: lookups fall back to key_hash() */
-	if (sqlite3_open_v2(path, &ks->db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-		set_err(err, "cannot open key store %s: %s", path,
-		        ks->db ? sqlite3_errmsg(ks->db) : "out of memory");
+	if (store_connect(path, &ks->db, err) < 0)
 		goto fail;
-	}
-	sqlite3_extended_result_codes(ks->db, 1);
-	sqlite3_busy_timeout(ks->db, BUSY_TIMEOUT_MS);
 
 	/* The first statement is where "file is not a database" shows up. */
 	if (sqlite3_prepare_v2(ks->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) != SQLITE_OK ||
@@ -590,19 +603,32 @@ struct keystore *keystore_open(const char *path, char **err)
 
 	if (migrate(ks, err) < 0 || load_keys(ks, err) < 0)
 		goto fail;
-	if (prepare(ks, &ks->st_insert,
+	if (prepare(ks, ks->db, &ks->st_rs_get, "SELECT enabled FROM route_state WHERE name = ?1",
+	            err) < 0)
+		goto fail;
+	/* Changes go through a connection of their own, so that the thread writing them never
+	 * shares one with the loop. Each statement names the key as ?9. Revoking keeps the
+	 * first time; update and rotate leave a revoked key alone, and update sets only the
+	 * fields asked for: changes prepared together (from the same state in memory) are
+	 * written one after the other without undoing each other. */
+	if (store_connect(path, &ks->wdb, err) < 0 ||
+	    prepare(ks, ks->wdb, &ks->st_insert,
 	            "INSERT INTO keys (name, display, hash, created, expires, revoked, last_used, "
 	            "routes, rpm) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7)", err) < 0 ||
-	    prepare(ks, &ks->st_revoke, "UPDATE keys SET revoked = ?1 WHERE id = ?2", err) < 0 ||
-	    prepare(ks, &ks->st_rs_get, "SELECT enabled FROM route_state WHERE name = ?1",
-	            err) < 0 ||
-	    prepare(ks, &ks->st_rs_set,
+	    prepare(ks, ks->wdb, &ks->st_revoke,
+	            "UPDATE keys SET revoked = CASE WHEN revoked > 0 THEN revoked ELSE ?1 END "
+	            "WHERE id = ?9", err) < 0 ||
+	    prepare(ks, ks->wdb, &ks->st_rs_set,
 	            "INSERT OR REPLACE INTO route_state (name, enabled, updated) "
 	            "VALUES (?1, ?2, ?3)", err) < 0 ||
-	    prepare(ks, &ks->st_update,
-	            "UPDATE keys SET routes = ?1, rpm = ?2, expires = ?3 WHERE id = ?4", err) < 0 ||
-	    prepare(ks, &ks->st_rotate,
-	            "UPDATE keys SET hash = ?1, display = ?2 WHERE id = ?3", err) < 0)
+	    prepare(ks, ks->wdb, &ks->st_update,
+	            "UPDATE keys SET routes = CASE WHEN ?1 THEN ?2 ELSE routes END, "
+	            "rpm = CASE WHEN ?3 THEN ?4 ELSE rpm END, "
+	            "expires = CASE WHEN ?5 THEN ?6 ELSE expires END "
+	            "WHERE id = ?9 AND coalesce(revoked, 0) = 0", err) < 0 ||
+	    prepare(ks, ks->wdb, &ks->st_rotate,
+	            "UPDATE keys SET hash = ?1, display = ?2 "
+	            "WHERE id = ?9 AND coalesce(revoked, 0) = 0", err) < 0)
 		goto fail;
 	sqlite3_busy_timeout(ks->db, LOOP_BUSY_MS);
 	return ks;
@@ -622,6 +648,8 @@ void keystore_close(struct keystore *ks)
 	sqlite3_finalize(ks->st_rs_set);
 	sqlite3_finalize(ks->st_update);
 	sqlite3_finalize(ks->st_rotate);
+	if (sqlite3_close(ks->wdb) != SQLITE_OK)
+		log_warn("key store %s: close failed: %s", ks->path, sqlite3_errmsg(ks->wdb));
 	if (sqlite3_close(ks->db) != SQLITE_OK)
 		log_warn("key store %s: close failed: %s", ks->path, sqlite3_errmsg(ks->db));
 	for (size_t i = 0; i < ks->n; i++)
@@ -796,28 +824,67 @@ static int check_route_name(const char *r, char **err)
 	return 0;
 }
 
+/* ---- changes: prepared and applied on the loop, written on the writer thread ---- */
+
+enum change_kind { CHANGE_CREATE, CHANGE_REVOKE, CHANGE_UPDATE, CHANGE_ROTATE, CHANGE_ROUTE };
+
+struct key_change {
+	struct keystore *ks;
+	enum change_kind kind;
+	int64_t id;                        /* the key; create: set by the write */
+	int written;                       /* 0 not yet, 1 done, -1 failed (err says why) */
+	char *err;
+	struct key *fresh;                 /* create: the new key, ours until applied */
+	char secret[KEY_SECRET_LEN + 1];   /* create, rotate */
+	char display[KEY_DISPLAY_LEN + 1]; /* rotate */
+	unsigned char hash[KEY_HASH_LEN];  /* rotate */
+	int64_t when;                      /* revoke: the time; route: the time */
+	unsigned set;                      /* update: KEY_CHANGE_* */
+	char **routes;                     /* update: the new list (applied by swapping) */
+	size_t n_routes;
+	char *routes_text;                 /* create, update: as stored */
+	int rpm;
+	int64_t expires;
+	char *route;                       /* route state */
+	int enabled;
+};
+
 /* Completes a failed write's message when the cause is another process's lock. */
-static const char *busy_hint(struct keystore *ks)
+static const char *busy_hint(sqlite3 *db)
 {
-	return (sqlite3_errcode(ks->db) & 0xff) == SQLITE_BUSY
+	return (sqlite3_errcode(db) & 0xff) == SQLITE_BUSY
 	       ? " (another process holds the key store's write lock, such as a backup or an "
 	         "sqlite3 shell; nothing was changed: try again)" : "";
 }
 
-int keystore_create(struct keystore *ks, const char *name, char *const *routes, size_t n_routes,
-                    int rpm, int64_t expires, char *secret_out, struct key **out, char **err)
+static struct key_change *change_new(struct keystore *ks, enum change_kind kind, int64_t id)
 {
-	char secret[KEY_SECRET_LEN + 1];
-	struct key *k = NULL;
-	char *routes_text = NULL;
-	int rc = -1, step;
+	struct key_change *c = xcalloc(1, sizeof(*c));
 
-	if (!ks || !secret_out) {
-		set_err(err, "internal error: keystore_create called without a store or buffer");
-		return -1;
-	}
-	if (key_name_check(name, err) < 0)
-		return -1;
+	c->ks = ks;
+	c->kind = kind;
+	c->id = id;
+	return c;
+}
+
+void keystore_change_free(struct key_change *c)
+{
+	if (!c)
+		return;
+	key_free(c->fresh);
+	for (size_t i = 0; i < c->n_routes; i++)
+		free(c->routes[i]);
+	free(c->routes);
+	free(c->routes_text);
+	free(c->route);
+	free(c->err);
+	OPENSSL_cleanse(c->secret, sizeof(c->secret));
+	OPENSSL_cleanse(c->hash, sizeof(c->hash));
+	free(c);
+}
+
+static int check_limits(int rpm, int64_t expires, char **err)
+{
 	if (rpm < 0) {
 		set_err(err, "rpm must be 0 (unlimited) or more, not %d", rpm);
 		return -1;
@@ -827,104 +894,74 @@ int keystore_create(struct keystore *ks, const char *name, char *const *routes, 
 		        (long long)expires);
 		return -1;
 	}
-	if (n_routes && !routes) {
-		set_err(err, "internal error: %zu routes given without a list", n_routes);
-		return -1;
-	}
-	for (size_t i = 0; i < n_routes; i++)
-		if (check_route_name(routes[i], err) < 0)
-			return -1;
-
-	if (key_generate(secret) < 0) {
-		set_err(err, "the random number generator failed; no key was created");
-		return -1;
-	}
-	k = xcalloc(1, sizeof(*k));
-	k->name = xstrndup(name, strlen(name));
-	memcpy(k->display, secret, KEY_DISPLAY_LEN);
-	k->display[KEY_DISPLAY_LEN] = '\0';
-	key_hash(secret, KEY_SECRET_LEN, k->hash);
-	k->created = (int64_t)time(NULL);
-	k->expires = expires;
-	k->rpm = rpm;
-	if (n_routes) {
-		k->routes = xcalloc(n_routes, sizeof(*k->routes));
-		for (size_t i = 0; i < n_routes; i++)
-			k->routes[i] = xstrndup(routes[i], strlen(routes[i]));
-		k->n_routes = n_routes;
-	}
-	routes_text = routes_join(k->routes, k->n_routes);
-
-	sqlite3_bind_text(ks->st_insert, 1, k->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(ks->st_insert, 2, k->display, -1, SQLITE_STATIC);
-	sqlite3_bind_blob(ks->st_insert, 3, k->hash, KEY_HASH_LEN, SQLITE_STATIC);
-	sqlite3_bind_int64(ks->st_insert, 4, k->created);
-	sqlite3_bind_int64(ks->st_insert, 5, k->expires);
-	sqlite3_bind_text(ks->st_insert, 6, routes_text, -1, SQLITE_STATIC);
-	sqlite3_bind_int(ks->st_insert, 7, k->rpm);
-	step = sqlite3_step(ks->st_insert);
-	if (step != SQLITE_DONE) {
-		set_err(err, "cannot store the new key in %s: %s%s", ks->path, sqlite3_errmsg(ks->db),
-		        busy_hint(ks));
-		goto done;
-	}
-	k->id = sqlite3_last_insert_rowid(ks->db);
-	index_add(ks, k);
-	memcpy(secret_out, secret, sizeof(secret));
-	if (out)
-		*out = k;
-	k = NULL;
-	rc = 0;
-done:
-	sqlite3_reset(ks->st_insert);
-	sqlite3_clear_bindings(ks->st_insert);
-	OPENSSL_cleanse(secret, sizeof(secret));
-	free(routes_text);
-	key_free(k);
-	return rc;
-}
-
-/* Run a bound UPDATE meant to change exactly the row of key `id`. `what` completes
- * "cannot ... key N": the caller resets the statement. 0, or -1 with *err set. */
-static int update_one_row(struct keystore *ks, sqlite3_stmt *st, int64_t id, const char *what,
-                          const char *consequence, char **err)
-{
-	if (sqlite3_step(st) != SQLITE_DONE) {
-		set_err(err, "cannot %s key %lld in %s: %s%s%s", what, (long long)id, ks->path,
-		        sqlite3_errmsg(ks->db), busy_hint(ks), consequence);
-		return -1;
-	}
-	if (sqlite3_changes(ks->db) == 0) {
-		set_err(err, "key %lld is no longer in %s; was the database changed by hand?",
-		        (long long)id, ks->path);
-		return -1;
-	}
 	return 0;
 }
 
-int keystore_revoke(struct keystore *ks, int64_t id, char **err)
+/* A copy of a checked route list, so that nothing can fail between the write and the
+ * swap in memory. -1 with *err set. */
+static int copy_routes(char *const *routes, size_t n, char ***out, char **err)
 {
-	struct key *k = keystore_get(ks, id);
-	int64_t now = (int64_t)time(NULL);
-	int rc = -1;
-
-	if (!k) {
-		set_err(err, "no key with id %lld", (long long)id);
+	if (n && !routes) {
+		set_err(err, "internal error: %zu routes given without a list", n);
 		return -1;
 	}
-	if (k->revoked)       /* keep the first revocation time */
-		return 0;
-	if (now <= 0)
-		now = 1;
-	sqlite3_bind_int64(ks->st_revoke, 1, now);
-	sqlite3_bind_int64(ks->st_revoke, 2, id);
-	if (update_one_row(ks, ks->st_revoke, id, "revoke", "", err) < 0)
-		goto done;
-	k->revoked = now;
-	rc = 0;
-done:
-	sqlite3_reset(ks->st_revoke);
-	return rc;
+	for (size_t i = 0; i < n; i++)
+		if (check_route_name(routes[i], err) < 0)
+			return -1;
+	*out = n ? xcalloc(n, sizeof(**out)) : NULL;
+	for (size_t i = 0; i < n; i++)
+		(*out)[i] = xstrndup(routes[i], strlen(routes[i]));
+	return 0;
+}
+
+struct key_change *keystore_change_create(struct keystore *ks, const char *name,
+                                          char *const *routes, size_t n_routes, int rpm,
+                                          int64_t expires, char **err)
+{
+	struct key_change *c;
+	struct key *k;
+	char **copy = NULL;
+
+	if (!ks) {
+		set_err(err, "internal error: no key store");
+		return NULL;
+	}
+	if (key_name_check(name, err) < 0 || check_limits(rpm, expires, err) < 0 ||
+	    copy_routes(routes, n_routes, &copy, err) < 0)
+		return NULL;
+	c = change_new(ks, CHANGE_CREATE, 0);
+	c->fresh = k = xcalloc(1, sizeof(*k));
+	k->routes = copy;
+	k->n_routes = n_routes;
+	if (key_generate(c->secret) < 0) {
+		set_err(err, "the random number generator failed; no key was created");
+		keystore_change_free(c);
+		return NULL;
+	}
+	k->name = xstrndup(name, strlen(name));
+	memcpy(k->display, c->secret, KEY_DISPLAY_LEN);
+	k->display[KEY_DISPLAY_LEN] = '\0';
+	key_hash(c->secret, KEY_SECRET_LEN, k->hash);
+	k->created = (int64_t)time(NULL);
+	k->expires = expires;
+	k->rpm = rpm;
+	c->routes_text = routes_join(k->routes, k->n_routes);
+	return c;
+}
+
+struct key_change *keystore_change_revoke(struct keystore *ks, int64_t id, char **err)
+{
+	struct key_change *c;
+
+	if (!keystore_get(ks, id)) {
+		set_err(err, "no key with id %lld", (long long)id);
+		return NULL;
+	}
+	c = change_new(ks, CHANGE_REVOKE, id);
+	c->when = (int64_t)time(NULL);
+	if (c->when <= 0)
+		c->when = 1;
+	return c;
 }
 
 /* The key that update and rotate may change: it exists and is not revoked. Revocation is
@@ -941,124 +978,264 @@ static struct key *changeable_key(struct keystore *ks, int64_t id, const char *w
 	return k && !k->revoked ? k : NULL;
 }
 
-int keystore_update(struct keystore *ks, int64_t id, const struct key_changes *ch, char **err)
+struct key_change *keystore_change_update(struct keystore *ks, int64_t id,
+                                          const struct key_changes *ch, char **err)
 {
-	struct key *k;
-	char **routes = NULL;
-	size_t n_routes = 0;
-	char *routes_text = NULL;
-	int rpm;
-	int64_t expires;
-	int rc = -1;
+	struct key_change *c;
+	char **copy = NULL;
 
 	if (!ks || !ch) {
 		set_err(err, "internal error: keystore_update called without a store or changes");
-		return -1;
+		return NULL;
 	}
-	k = changeable_key(ks, id, "changed", err);
-	if (!k)
-		return -1;
-	rpm = ch->set & KEY_CHANGE_RPM ? ch->rpm : k->rpm;
-	expires = ch->set & KEY_CHANGE_EXPIRES ? ch->expires : k->expires;
-	if (rpm < 0) {
-		set_err(err, "rpm must be 0 (unlimited) or more, not %d", rpm);
-		return -1;
+	if (!changeable_key(ks, id, "changed", err) ||
+	    check_limits(ch->set & KEY_CHANGE_RPM ? ch->rpm : 0,
+	                 ch->set & KEY_CHANGE_EXPIRES ? ch->expires : 0, err) < 0 ||
+	    ((ch->set & KEY_CHANGE_ROUTES) && copy_routes(ch->routes, ch->n_routes, &copy, err) < 0))
+		return NULL;
+	c = change_new(ks, CHANGE_UPDATE, id);
+	c->set = ch->set & (KEY_CHANGE_ROUTES | KEY_CHANGE_RPM | KEY_CHANGE_EXPIRES);
+	c->rpm = ch->rpm;
+	c->expires = ch->expires;
+	if (c->set & KEY_CHANGE_ROUTES) {
+		c->routes = copy;
+		c->n_routes = ch->n_routes;
+		c->routes_text = routes_join(copy, ch->n_routes);
 	}
-	if (expires < 0) {
-		set_err(err, "expiry time must be 0 (never) or a unix time, not %lld",
-		        (long long)expires);
-		return -1;
+	return c;
+}
+
+struct key_change *keystore_change_rotate(struct keystore *ks, int64_t id, char **err)
+{
+	struct key_change *c;
+
+	if (!changeable_key(ks, id, "rotated", err))
+		return NULL;
+	c = change_new(ks, CHANGE_ROTATE, id);
+	if (key_generate(c->secret) < 0) {
+		set_err(err, "the random number generator failed; key %lld keeps its secret",
+		        (long long)id);
+		keystore_change_free(c);
+		return NULL;
 	}
-	if (ch->set & KEY_CHANGE_ROUTES) {
-		if (ch->n_routes && !ch->routes) {
-			set_err(err, "internal error: %zu routes given without a list", ch->n_routes);
-			return -1;
-		}
-		for (size_t i = 0; i < ch->n_routes; i++)
-			if (check_route_name(ch->routes[i], err) < 0)
-				return -1;
-		/* Copied now so that nothing can fail between the write and the swap. */
-		n_routes = ch->n_routes;
-		routes = n_routes ? xcalloc(n_routes, sizeof(*routes)) : NULL;
-		for (size_t i = 0; i < n_routes; i++)
-			routes[i] = xstrndup(ch->routes[i], strlen(ch->routes[i]));
-		routes_text = routes_join(routes, n_routes);
+	memcpy(c->display, c->secret, KEY_DISPLAY_LEN);
+	c->display[KEY_DISPLAY_LEN] = '\0';
+	key_hash(c->secret, KEY_SECRET_LEN, c->hash);
+	return c;
+}
+
+struct key_change *keystore_change_route_state(struct keystore *ks, const char *route,
+                                               bool enabled, char **err)
+{
+	struct key_change *c;
+
+	if (!ks) {
+		set_err(err, "internal error: no key store");
+		return NULL;
+	}
+	if (check_route_name(route, err) < 0)
+		return NULL;
+	c = change_new(ks, CHANGE_ROUTE, 0);
+	c->route = xstrndup(route, strlen(route));
+	c->enabled = enabled;
+	c->when = (int64_t)time(NULL);
+	return c;
+}
+
+void keystore_change_write(struct key_change *c)
+{
+	struct keystore *ks = c->ks;
+	sqlite3 *db = ks->wdb;
+	sqlite3_stmt *st;
+	const struct key *k = c->fresh;
+	int rc;
+
+	switch (c->kind) {
+	case CHANGE_CREATE:
+		st = ks->st_insert;
+		sqlite3_bind_text(st, 1, k->name, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, k->display, -1, SQLITE_STATIC);
+		sqlite3_bind_blob(st, 3, k->hash, KEY_HASH_LEN, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, k->created);
+		sqlite3_bind_int64(st, 5, k->expires);
+		sqlite3_bind_text(st, 6, c->routes_text, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 7, k->rpm);
+		break;
+	case CHANGE_ROUTE:
+		st = ks->st_rs_set;
+		sqlite3_bind_text(st, 1, c->route, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 2, c->enabled ? 1 : 0);
+		sqlite3_bind_int64(st, 3, c->when);
+		break;
+	case CHANGE_REVOKE:
+		st = ks->st_revoke;
+		sqlite3_bind_int64(st, 1, c->when);
+		break;
+	case CHANGE_UPDATE:
+		st = ks->st_update;
+		sqlite3_bind_int(st, 1, !!(c->set & KEY_CHANGE_ROUTES));
+		sqlite3_bind_text(st, 2, c->routes_text, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 3, !!(c->set & KEY_CHANGE_RPM));
+		sqlite3_bind_int(st, 4, c->rpm);
+		sqlite3_bind_int(st, 5, !!(c->set & KEY_CHANGE_EXPIRES));
+		sqlite3_bind_int64(st, 6, c->expires);
+		break;
+	case CHANGE_ROTATE:
+	default:
+		st = ks->st_rotate;
+		sqlite3_bind_blob(st, 1, c->hash, KEY_HASH_LEN, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, c->display, -1, SQLITE_STATIC);
+		break;
+	}
+	if (c->kind != CHANGE_CREATE && c->kind != CHANGE_ROUTE)
+		sqlite3_bind_int64(st, 9, c->id);
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_DONE) {
+		if (c->kind == CHANGE_CREATE)
+			set_err(&c->err, "cannot store the new key in %s: %s%s", ks->path,
+			        sqlite3_errmsg(db), busy_hint(db));
+		else if (c->kind == CHANGE_ROUTE)
+			set_err(&c->err, "cannot save the state of route %s in %s: %s%s", c->route,
+			        ks->path, sqlite3_errmsg(db), busy_hint(db));
+		else
+			set_err(&c->err, "cannot %s key %lld in %s: %s%s%s",
+			        c->kind == CHANGE_REVOKE ? "revoke" : c->kind == CHANGE_UPDATE ? "update"
+			        : "store the new secret of", (long long)c->id, ks->path,
+			        sqlite3_errmsg(db), busy_hint(db),
+			        c->kind == CHANGE_ROTATE ? "; the old secret still works" : "");
+	} else if (c->kind != CHANGE_CREATE && c->kind != CHANGE_ROUTE &&
+	           sqlite3_changes(db) == 0) {
+		/* Update and rotate change the row only while the key is not revoked, which a
+		 * change written since this one was prepared may have done. */
+		set_err(&c->err, c->kind == CHANGE_REVOKE
+		        ? "key %lld is no longer in %s; was the database changed by hand?"
+		        : "key %lld was revoked meanwhile (or is no longer in %s); nothing was changed",
+		        (long long)c->id, ks->path);
 	} else {
-		routes_text = routes_join(k->routes, k->n_routes);
+		if (c->kind == CHANGE_CREATE)
+			c->id = sqlite3_last_insert_rowid(db);
+		c->written = 1;
 	}
+	if (!c->written)
+		c->written = -1;
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+}
 
-	sqlite3_bind_text(ks->st_update, 1, routes_text, -1, SQLITE_STATIC);
-	sqlite3_bind_int(ks->st_update, 2, rpm);
-	sqlite3_bind_int64(ks->st_update, 3, expires);
-	sqlite3_bind_int64(ks->st_update, 4, id);
-	if (update_one_row(ks, ks->st_update, id, "update", "", err) < 0)
+int keystore_change_apply(struct key_change *c, struct key **out, char *secret_out, char **err)
+{
+	struct keystore *ks = c->ks;
+	struct key *k = NULL;
+	int rc = -1;
+
+	if (c->written <= 0) {
+		if (c->err) {
+			*err = c->err;
+			c->err = NULL;
+		} else {
+			set_err(err, "the change was not written: fastgated is stopping");
+		}
 		goto done;
-	if (ch->set & KEY_CHANGE_ROUTES) {
-		char **old = k->routes;
-		size_t n_old = k->n_routes;
-
-		k->routes = routes;
-		k->n_routes = n_routes;
-		routes = old;
-		n_routes = n_old;      /* freed below */
 	}
-	/* The window in progress stays: lowering a limit must not hand out a fresh minute. */
-	k->rpm = rpm;
-	k->expires = expires;
+	if (c->kind == CHANGE_CREATE) {
+		k = c->fresh;
+		c->fresh = NULL;
+		k->id = c->id;
+		index_add(ks, k);
+	} else if (c->kind != CHANGE_ROUTE && !(k = keystore_get(ks, c->id))) {
+		set_err(err, "key %lld vanished from memory", (long long)c->id);  /* keys stay */
+		goto done;
+	}
+	switch (c->kind) {
+	case CHANGE_REVOKE:
+		if (!k->revoked)       /* the store kept the first revocation time too */
+			k->revoked = c->when;
+		break;
+	case CHANGE_UPDATE:
+		if (c->set & KEY_CHANGE_ROUTES) {
+			char **old = k->routes;
+			size_t n_old = k->n_routes;
+
+			k->routes = c->routes;
+			k->n_routes = c->n_routes;
+			c->routes = old;
+			c->n_routes = n_old;       /* freed with c */
+		}
+		/* The window in progress stays: lowering a limit must not hand out a fresh
+		 * minute. */
+		if (c->set & KEY_CHANGE_RPM)
+			k->rpm = c->rpm;
+		if (c->set & KEY_CHANGE_EXPIRES)
+			k->expires = c->expires;
+		break;
+	case CHANGE_ROTATE:
+		/* Out under the old hash, back in under the new: from here the old secret is
+		 * unknown. */
+		table_remove(ks, k);
+		memcpy(k->hash, c->hash, KEY_HASH_LEN);
+		memcpy(k->display, c->display, sizeof(c->display));
+		table_put(ks->slots, ks->nslots, k);
+		break;
+	default:
+		break;
+	}
+	if (secret_out && (c->kind == CHANGE_CREATE || c->kind == CHANGE_ROTATE))
+		memcpy(secret_out, c->secret, sizeof(c->secret));
+	if (out)
+		*out = k;
 	rc = 0;
 done:
-	sqlite3_reset(ks->st_update);
-	sqlite3_clear_bindings(ks->st_update);
-	for (size_t i = 0; i < n_routes; i++)
-		free(routes[i]);
-	free(routes);
-	free(routes_text);
+	keystore_change_free(c);
 	return rc;
+}
+
+/* The synchronous forms: prepare, write and apply in a row, on the calling thread. */
+static int change_now(struct key_change *c, struct key **out, char *secret_out, char **err)
+{
+	if (!c)
+		return -1;
+	keystore_change_write(c);
+	return keystore_change_apply(c, out, secret_out, err);
+}
+
+int keystore_create(struct keystore *ks, const char *name, char *const *routes, size_t n_routes,
+                    int rpm, int64_t expires, char *secret_out, struct key **out, char **err)
+{
+	if (!secret_out) {
+		set_err(err, "internal error: keystore_create called without a buffer");
+		return -1;
+	}
+	return change_now(keystore_change_create(ks, name, routes, n_routes, rpm, expires, err),
+	                  out, secret_out, err);
+}
+
+int keystore_revoke(struct keystore *ks, int64_t id, char **err)
+{
+	struct key *k = keystore_get(ks, id);
+
+	if (k && k->revoked)       /* keep the first revocation time */
+		return 0;
+	return change_now(keystore_change_revoke(ks, id, err), NULL, NULL, err);
+}
+
+int keystore_update(struct keystore *ks, int64_t id, const struct key_changes *ch, char **err)
+{
+	return change_now(keystore_change_update(ks, id, ch, err), NULL, NULL, err);
 }
 
 int keystore_rotate(struct keystore *ks, int64_t id, char *secret_out, char **err)
 {
-	char secret[KEY_SECRET_LEN + 1];
-	char display[KEY_DISPLAY_LEN + 1];
-	unsigned char hash[KEY_HASH_LEN];
-	struct key *k;
-	int rc = -1;
-
-	if (!ks || !secret_out) {
-		set_err(err, "internal error: keystore_rotate called without a store or buffer");
+	if (!secret_out) {
+		set_err(err, "internal error: keystore_rotate called without a buffer");
 		return -1;
 	}
-	k = changeable_key(ks, id, "rotated", err);
-	if (!k)
-		return -1;
-	if (key_generate(secret) < 0) {
-		set_err(err, "the random number generator failed; key %lld keeps its secret",
-		        (long long)id);
-		return -1;
-	}
-	memcpy(display, secret, KEY_DISPLAY_LEN);
-	display[KEY_DISPLAY_LEN] = '\0';
-	key_hash(secret, KEY_SECRET_LEN, hash);
+	return change_now(keystore_change_rotate(ks, id, err), NULL, secret_out, err);
+}
 
-	sqlite3_bind_blob(ks->st_rotate, 1, hash, KEY_HASH_LEN, SQLITE_STATIC);
-	sqlite3_bind_text(ks->st_rotate, 2, display, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(ks->st_rotate, 3, id);
-	if (update_one_row(ks, ks->st_rotate, id, "store the new secret of", "; the old secret "
-	                   "still works", err) < 0)
-		goto done;
-	/* Out under the old hash, back in under the new: from here the old secret is unknown. */
-	table_remove(ks, k);
-	memcpy(k->hash, hash, KEY_HASH_LEN);
-	memcpy(k->display, display, sizeof(display));
-	table_put(ks->slots, ks->nslots, k);
-	memcpy(secret_out, secret, sizeof(secret));
-	rc = 0;
-done:
-	sqlite3_reset(ks->st_rotate);
-	sqlite3_clear_bindings(ks->st_rotate);
-	OPENSSL_cleanse(secret, sizeof(secret));
-	OPENSSL_cleanse(hash, sizeof(hash));
-	return rc;
+int keystore_route_state_set(struct keystore *ks, const char *route, int enabled, char **err)
+{
+	return change_now(keystore_change_route_state(ks, route, enabled != 0, err), NULL, NULL,
+	                  err);
 }
 
 /* ---- usage and rate limits (memory only on the request path) ---- */
@@ -1132,24 +1309,5 @@ int keystore_route_state_get(struct keystore *ks, const char *route)
 		         sqlite3_errmsg(ks->db));
 	sqlite3_reset(ks->st_rs_get);
 	sqlite3_clear_bindings(ks->st_rs_get);
-	return rc;
-}
-
-int keystore_route_state_set(struct keystore *ks, const char *route, int enabled, char **err)
-{
-	int rc = 0;
-
-	if (!ks || check_route_name(route, err) < 0)
-		return -1;
-	sqlite3_bind_text(ks->st_rs_set, 1, route, -1, SQLITE_STATIC);
-	sqlite3_bind_int(ks->st_rs_set, 2, enabled ? 1 : 0);
-	sqlite3_bind_int64(ks->st_rs_set, 3, (int64_t)time(NULL));
-	if (sqlite3_step(ks->st_rs_set) != SQLITE_DONE) {
-		set_err(err, "cannot save the state of route %s in %s: %s%s", route, ks->path,
-		        sqlite3_errmsg(ks->db), busy_hint(ks));
-		rc = -1;
-	}
-	sqlite3_reset(ks->st_rs_set);
-	sqlite3_clear_bindings(ks->st_rs_set);
 	return rc;
 }

@@ -7,7 +7,8 @@
  *
  * The store is owned by the event-loop thread. Lookups never touch SQLite: every key is
  * loaded at open into a hash table keyed by SHA-256. Changes (create, revoke, ...) write
- * SQLite first and update memory only when the write succeeded. */
+ * SQLite first and update memory only when the write succeeded; the write may wait for
+ * another process's lock, so the daemon runs it on a thread (struct key_change below). */
 #ifndef FG_KEYS_H
 #define FG_KEYS_H
 
@@ -140,5 +141,34 @@ int key_rate_check(struct key *k, int64_t now);
  * routes, kept in the same database. -1 = no override stored. */
 int keystore_route_state_get(struct keystore *ks, const char *route);
 int keystore_route_state_set(struct keystore *ks, const char *route, int enabled, char **err);
+
+/* A change in three steps, so that its SQLite write never holds up the event loop:
+ *  1. keystore_change_*() on the loop thread checks it against the keys in memory and
+ *     prepares it (a new secret is made here); NULL with *err set (caller frees) when it
+ *     is refused, e.g. "no key with id N";
+ *  2. keystore_change_write() on any thread writes it on the store's own write connection.
+ *     Changes are written one at a time, in the order they were prepared (one writer
+ *     thread); a write waits up to 5 s for another process's lock. Changes prepared before
+ *     earlier ones were written still hold together: update sets only the fields it names,
+ *     and update or rotate of a key revoked meanwhile fails;
+ *  3. keystore_change_apply() on the loop thread, in the same order, updates memory if the
+ *     write succeeded and frees the change: 0 with *out (the key; NULL for a route state)
+ *     and the new secret in secret_out (create and rotate; KEY_SECRET_LEN + 1 bytes, may be
+ *     NULL), or -1 with *err set (caller frees). A change never written reports that.
+ * keystore_create() and the other calls above run the three steps in a row. */
+struct key_change;
+struct key_change *keystore_change_create(struct keystore *ks, const char *name,
+                                          char *const *routes, size_t n_routes, int rpm,
+                                          int64_t expires, char **err);
+struct key_change *keystore_change_revoke(struct keystore *ks, int64_t id, char **err);
+struct key_change *keystore_change_update(struct keystore *ks, int64_t id,
+                                          const struct key_changes *ch, char **err);
+struct key_change *keystore_change_rotate(struct keystore *ks, int64_t id, char **err);
+struct key_change *keystore_change_route_state(struct keystore *ks, const char *route,
+                                               bool enabled, char **err);
+void keystore_change_write(struct key_change *c);
+int keystore_change_apply(struct key_change *c, struct key **out, char *secret_out, char **err);
+/* Drop a change without applying it (one that was never written). NULL is fine. */
+void keystore_change_free(struct key_change *c);
 
 #endif

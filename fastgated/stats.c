@@ -29,7 +29,7 @@
 
 /* ---- dbq: the worker pool ---- */
 
-#define DBQ_THREADS 2
+#define DBQ_MAX_THREADS 4
 
 struct dbq_job {
 	struct dbq *q;
@@ -47,8 +47,9 @@ struct dbq {
 	struct dbq_job *todo, **todo_tail;   /* guarded by mu */
 	struct dbq_job *done, **done_tail;   /* guarded by mu */
 	atomic_bool stopping;
-	pthread_t threads[DBQ_THREADS];
+	pthread_t threads[DBQ_MAX_THREADS];
 	int nthreads;
+	char name[16];                       /* the threads' name (ps -L, top -H) */
 	int wake[2];                         /* workers write a byte when a job is done */
 	struct event *wake_ev;
 };
@@ -64,7 +65,7 @@ static void *worker_main(void *arg)
 {
 	struct dbq *q = arg;
 
-	pthread_setname_np(pthread_self(), "fg-query");
+	pthread_setname_np(pthread_self(), q->name);
 	pthread_mutex_lock(&q->mu);
 	for (;;) {
 		struct dbq_job *job;
@@ -123,7 +124,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
 	run_done(arg);
 }
 
-struct dbq *dbq_new(struct event_base *base, char **err)
+struct dbq *dbq_new(struct event_base *base, int nthreads, const char *name, char **err)
 {
 	struct dbq *q = calloc(1, sizeof(*q));
 	sigset_t all, old;
@@ -134,6 +135,7 @@ struct dbq *dbq_new(struct event_base *base, char **err)
 		return NULL;
 	}
 	q->base = base;
+	snprintf(q->name, sizeof(q->name), "%s", name);
 	q->wake[0] = q->wake[1] = -1;
 	q->todo_tail = &q->todo;
 	q->done_tail = &q->done;
@@ -152,7 +154,9 @@ struct dbq *dbq_new(struct event_base *base, char **err)
 	/* Signals belong to the loop thread (libevent's signal events). */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, &old);
-	for (int i = 0; i < DBQ_THREADS; i++) {
+	if (nthreads < 1 || nthreads > DBQ_MAX_THREADS)
+		nthreads = nthreads < 1 ? 1 : DBQ_MAX_THREADS;
+	for (int i = 0; i < nthreads; i++) {
 		int e = pthread_create(&q->threads[i], NULL, worker_main, q);
 
 		if (e) {

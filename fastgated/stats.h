@@ -4,7 +4,8 @@
  * reads the audit database on its own read-only connection and fills the job's state);
  * when it is done, its `done` callback runs back on the loop thread, woken through a
  * pipe. So a percentile over a million rows, or a filter that scans a large table, never
- * stalls proxying. logs.c uses it for tail, export and show; this file for `metrics`.
+ * stalls proxying. logs.c uses it for tail, export and show; this file for `metrics`;
+ * control.c also runs a one-thread queue of its own for key-store writes.
  *
  * metrics: totals, errors, success rate, latency/TTFB percentiles (nearest rank, with
  * ORDER BY ... LIMIT 1 OFFSET k), active keys and routes, requests in the last hour, an
@@ -30,8 +31,10 @@ typedef void (*dbq_work_fn)(struct dbq_job *job, void *arg);
  * cleans up. */
 typedef void (*dbq_done_fn)(void *arg, bool cancelled);
 
-/* Start the worker threads and the wake-up pipe on `base`. NULL with *err (caller frees). */
-struct dbq *dbq_new(struct event_base *base, char **err);
+/* Start nthreads worker threads (1 to 4) named `name` (at most 15 characters) and the
+ * wake-up pipe on `base`. With one thread, jobs also run one at a time, in order. NULL
+ * with *err (caller frees). */
+struct dbq *dbq_new(struct event_base *base, int nthreads, const char *name, char **err);
 /* Mark every job cancelled, wait for running ones to return, then call every pending
  * done callback with cancelled = true. NULL is fine. */
 void dbq_free(struct dbq *q);

@@ -155,7 +155,7 @@ def test_request_ids_start_with_their_second_and_threads_are_named(c):
     pid = c.gw.proc.pid
     names = {open("/proc/%d/task/%s/comm" % (pid, t)).read().strip()
              for t in os.listdir("/proc/%d/task" % pid)}
-    assert {"fg-audit", "fg-query"} <= names, names
+    assert {"fg-audit", "fg-query", "fg-keys"} <= names, names
 
 
 def test_stream_rows_carry_tokens_even_when_the_client_did_not_ask(c):

@@ -728,6 +728,100 @@ out:
 	tmpdb_remove(&t);
 }
 
+/* The daemon prepares a change on the loop, writes it on a thread and applies it back on
+ * the loop; several may be prepared before the first is written, all from the same state
+ * in memory. Written and applied in that order, they must add up as if run one by one. */
+TEST(changes_prepared_together_add_up_when_written_in_order)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *k = NULL, *other = NULL, *got = NULL;
+	char secret[KEY_SECRET_LEN + 1], fresh[KEY_SECRET_LEN + 1];
+	char *routes[] = { "qwen3" };
+	char *err = NULL;
+	struct key_changes rpm = { .set = KEY_CHANGE_RPM, .rpm = 7 };
+	struct key_changes rts = { .set = KEY_CHANGE_ROUTES, .routes = routes, .n_routes = 1 };
+	struct key_change *c[4];
+	int64_t first;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	CHECK_INT(keystore_create(ks, "a", NULL, 0, 10, 0, secret, &k, &err), 0);
+	CHECK_INT(keystore_create(ks, "b", NULL, 0, 0, 0, secret, &other, &err), 0);
+	if (!k || !other)
+		goto close;
+
+	/* two updates of different fields: neither undoes the other */
+	c[0] = keystore_change_update(ks, k->id, &rpm, &err);
+	c[1] = keystore_change_update(ks, k->id, &rts, &err);
+	CHECK(c[0] && c[1]);
+	if (!c[0] || !c[1])
+		goto close;
+	keystore_change_write(c[0]);
+	keystore_change_write(c[1]);
+	CHECK_INT(k->rpm, 10);                       /* nothing in memory before apply */
+	CHECK_INT(keystore_change_apply(c[0], &got, NULL, &err), 0);
+	CHECK(got == k);
+	CHECK_INT(keystore_change_apply(c[1], &got, NULL, &err), 0);
+	CHECK_INT(k->rpm, 7);
+	CHECK_INT(k->n_routes, 1);
+
+	/* revoke, then an update and a rotation prepared before the revocation was written:
+	 * both fail and the key keeps its policy and secret, in the store and in memory */
+	c[0] = keystore_change_revoke(ks, k->id, &err);
+	c[1] = keystore_change_update(ks, k->id, &rpm, &err);
+	c[2] = keystore_change_rotate(ks, k->id, &err);
+	c[3] = keystore_change_revoke(ks, k->id, &err);   /* revoking twice is fine */
+	CHECK(c[0] && c[1] && c[2] && c[3]);
+	if (!c[0] || !c[1] || !c[2] || !c[3])
+		goto close;
+	for (int i = 0; i < 4; i++)
+		keystore_change_write(c[i]);
+	CHECK_INT(keystore_change_apply(c[0], NULL, NULL, &err), 0);
+	first = k->revoked;
+	CHECK(first > 0);
+	CHECK_INT(keystore_change_apply(c[1], NULL, NULL, &err), -1);
+	CHECK(err && strstr(err, "revoked meanwhile") && strstr(err, "nothing was changed"));
+	free(err);
+	err = NULL;
+	CHECK_INT(keystore_change_apply(c[2], NULL, fresh, &err), -1);
+	CHECK(err && strstr(err, "revoked meanwhile"));
+	free(err);
+	err = NULL;
+	CHECK_INT(keystore_change_apply(c[3], NULL, NULL, &err), 0);
+	CHECK_INT(k->revoked, first);
+	CHECK(keystore_lookup(ks, secret, KEY_SECRET_LEN) == other);   /* b's secret, last made */
+
+	/* a change dropped before its write leaves no trace; one never written says so */
+	keystore_change_free(keystore_change_update(ks, other->id, &rpm, &err));
+	c[0] = keystore_change_update(ks, other->id, &rpm, &err);
+	CHECK_INT(keystore_change_apply(c[0], NULL, NULL, &err), -1);
+	CHECK(err && strstr(err, "not written"));
+	CHECK_INT(other->rpm, 0);
+	keystore_close(ks);
+
+	/* what the store holds after a reopen matches what memory said */
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	k = keystore_get(ks, 1);
+	other = keystore_get(ks, 2);
+	CHECK(k && other);
+	if (k && other) {
+		CHECK_INT(k->rpm, 7);
+		CHECK_INT(k->n_routes, 1);
+		CHECK_INT(k->revoked, first);
+		CHECK_INT(other->rpm, 0);
+	}
+close:
+	keystore_close(ks);
+out:
+	free(err);
+	tmpdb_remove(&t);
+}
+
 /* Lowering the limit mid-minute counts the requests already made in that minute. */
 TEST(update_of_rpm_keeps_the_current_rate_window)
 {
