@@ -13,7 +13,9 @@
 # fastgated's audit writer, the thread named fg-audit), the mock, wrk and the idle time of
 # the machine (from /proc); and context switches per request, voluntary/involuntary, of the
 # proxy (all its threads) and of the mock; and TCP segments sent per request on the machine
-# (/proc/net/snmp OutSegs: data and pure ACKs of every hop). Ends only the processes it started.
+# (/proc/net/snmp OutSegs: data and pure ACKs of every hop). Then, per build, the median over
+# rounds of its req/s ratio and p99 difference to nginx in the same round, and in how many
+# rounds its p99 was lower. Ends only the processes it started.
 # Settings: AB_CONNS (64), AB_WRK_THREADS (2). Needs wrk, nginx, python3, /usr/bin/time.
 set -euo pipefail
 
@@ -21,7 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=tests/bench/lib.sh
 . "$ROOT/tests/bench/lib.sh"
 if (( $# < 3 )); then
-	sed -n '2,16p' "$0" >&2
+	sed -n '2,19p' "$0" >&2
 	exit 2
 fi
 R=$1 S=$2
@@ -119,13 +121,13 @@ for ((r = 0; r < R; r++)); do
 		run_wrk "$t" "$S" "$W/w.out"
 		c1="$(cpu_of "${PP[$t]}") $(cpu_of "$MOCKP") $(idle_now) $(audit_cpu_of "${PP[$t]}")"
 		c1+=" $(switches_of "${PP[$t]}") $(switches_of "$MOCKP") $(segs_now)"
-		python3 - "$t" "$W/w.out" "$c0" "$c1" "$(cat "$W/w.out.time")" "$(getconf CLK_TCK)" >>"$W/res" <<'PY'
+		python3 - "$t" "$r" "$W/w.out" "$c0" "$c1" "$(cat "$W/w.out.time")" "$(getconf CLK_TCK)" >>"$W/res" <<'PY'
 import json, re, sys
-t, out, a, b, w, hz = sys.argv[1:]
+t, rnd, out, a, b, w, hz = sys.argv[1:]
 j = json.loads(re.search(r'BENCHJSON (\{.*\})', open(out).read()).group(1))
 a = [float(x) for x in a.split()]; b = [float(x) for x in b.split()]; w = [float(x) for x in w.split()]
 n = j['requests']; us = lambda ticks: ticks * 1e6 / float(hz) / n
-print(t, n * 1e6 / j['duration_us'], j['p50_us'] / 1e3, j['p90_us'] / 1e3, j['p99_us'] / 1e3,
+print(t, rnd, n * 1e6 / j['duration_us'], j['p50_us'] / 1e3, j['p90_us'] / 1e3, j['p99_us'] / 1e3,
       j['err_status'] + j['err_connect'] + j['err_read'] + j['err_timeout'],
       us(b[0] - a[0]), us(b[1] - a[1]), (w[0] + w[1]) * 1e6 / n, us(b[2] - a[2]),
       us(b[3] - a[3]), *((b[k] - a[k]) / n for k in range(4, 9)))
@@ -136,10 +138,11 @@ done
 python3 - "$W/res" "${T[@]}" <<PY
 import statistics as st, sys
 names = {$(for t in "${T[@]}"; do printf '"%s": "%s", ' "$t" "${NAME[$t]}"; done)}
-by = {}
+by, rounds = {}, {}
 for line in open(sys.argv[1]):
     f = line.split()
-    by.setdefault(f[0], []).append([float(x) for x in f[1:]])
+    by.setdefault(f[0], []).append([float(x) for x in f[2:]])
+    rounds.setdefault(f[1], {})[f[0]] = [float(x) for x in f[2:]]
 med = lambda t, k: st.median(v[k] for v in by[t])
 base = med("ngx", 0)
 print("medians over %d rounds of wrk -t$WRK_T -c$CONNS -d${S}s (CPU in us per request)" % len(by["ngx"]))
@@ -150,4 +153,16 @@ for t in sys.argv[2:]:
               names[t][-28:], med(t, 0), med(t, 0) / base, med(t, 1), med(t, 2), med(t, 3),
               sum(v[4] for v in by[t]), med(t, 5), med(t, 9), med(t, 6), med(t, 7), med(t, 8),
               med(t, 10), med(t, 11), med(t, 12), med(t, 13), med(t, 14)))
+# Each round's runs are back to back, so a build is best judged against nginx round by
+# round (the machine's speed drifts between rounds): as make bench judges its targets.
+print("paired with nginx by round: median req/s ratio, median p99 difference, rounds with a lower p99")
+for t in sys.argv[2:]:
+    if t == "ngx":
+        continue
+    pairs = [(g[t][0] / g["ngx"][0], g[t][3] - g["ngx"][3]) for g in rounds.values()
+             if t in g and "ngx" in g]
+    if pairs:
+        print("%-28s %.3fx  p99 %+.2f ms  lower in %d of %d  (p99 differences: %s)" % (
+            names[t][-28:], st.median(p[0] for p in pairs), st.median(p[1] for p in pairs),
+            sum(p[1] < 0 for p in pairs), len(pairs), " ".join("%+.2f" % p[1] for p in pairs)))
 PY
