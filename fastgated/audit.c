@@ -182,13 +182,6 @@ static bool id_untimed(const char *id, double started_at)
 	                                        started_at >= (double)(sec + ID_SLACK_S + 1));
 }
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static double wall_seconds(void)
 {
 	struct timespec ts;

@@ -32,8 +32,9 @@
 #define ROUTE_NAME_MAX   128    /* bytes */
 #define BUSY_TIMEOUT_MS  5000   /* start-up (schema and load), and each change on the writer
                                  * connection: another process's write lock (a backup, an
-                                 * sqlite3 shell) is waited for this long, off the event loop,
-                                 * before the change is refused (busy_hint says why) */
+                                 * sqlite3 shell) is waited for this long from when the change
+                                 * was prepared, off the event loop, before the change is
+                                 * refused (busy_hint says why) */
 /* After start-up the loop's own connection only reads (route states, at reload), which WAL
  * hardly ever makes wait; should it have to, it must not stall every request for long. */
 #define LOOP_BUSY_MS     250
@@ -833,6 +834,7 @@ struct key_change {
 	enum change_kind kind;
 	int64_t id;                        /* the key; create: set by the write */
 	int written;                       /* 0 not yet, 1 done, -1 failed (err says why) */
+	int64_t deadline;                  /* mono_ms: give up waiting for a lock from here */
 	char *err;
 	struct key *fresh;                 /* create: the new key, ours until applied */
 	char secret[KEY_SECRET_LEN + 1];   /* create, rotate */
@@ -864,6 +866,7 @@ static struct key_change *change_new(struct keystore *ks, enum change_kind kind,
 	c->ks = ks;
 	c->kind = kind;
 	c->id = id;
+	c->deadline = mono_ms() + BUSY_TIMEOUT_MS;
 	return c;
 }
 
@@ -1048,8 +1051,13 @@ void keystore_change_write(struct key_change *c)
 	sqlite3 *db = ks->wdb;
 	sqlite3_stmt *st;
 	const struct key *k = c->fresh;
+	int64_t wait = c->deadline - mono_ms();
 	int rc;
 
+	/* The wait for another process's lock counts from when the change was prepared, so
+	 * that changes queued behind a locked store are each answered within BUSY_TIMEOUT_MS
+	 * of their command (the client gives up after 10 s), not one after the other. */
+	sqlite3_busy_timeout(db, wait > 0 ? (int)wait : 0);
 	switch (c->kind) {
 	case CHANGE_CREATE:
 		st = ks->st_insert;

@@ -148,7 +148,8 @@ int keystore_route_state_set(struct keystore *ks, const char *route, int enabled
  *     is refused, e.g. "no key with id N";
  *  2. keystore_change_write() on any thread writes it on the store's own write connection.
  *     Changes are written one at a time, in the order they were prepared (one writer
- *     thread); a write waits up to 5 s for another process's lock. Changes prepared before
+ *     thread); a write waits for another process's lock until 5 s after its change was
+ *     prepared, however many were queued before it. Changes prepared before
  *     earlier ones were written still hold together: update sets only the fields it names,
  *     and update or rotate of a key revoked meanwhile fails;
  *  3. keystore_change_apply() on the loop thread, in the same order, updates memory if the

@@ -25,6 +25,10 @@ int buf_append(char **buf, size_t *len, size_t *cap, const void *p, size_t n, si
  * request path formats lengths with it: snprintf cost ~800 instructions a request. */
 size_t fmt_dec(char *out, uint64_t n);
 
+/* CLOCK_MONOTONIC in milliseconds: for deadlines and intervals that wall-clock steps must
+ * not move. */
+int64_t mono_ms(void);
+
 /* A formatted, malloc'd string. */
 char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
