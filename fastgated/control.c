@@ -78,6 +78,7 @@ struct control {
 	unsigned long serial;
 	struct dbq *dbq;           /* worker threads for audit database queries */
 	struct dbq *keyq;          /* one thread: key-store writes, one at a time, in order */
+	struct pending_route *pending_routes;   /* route states submitted, not yet applied */
 	struct logs *logs;         /* live tail followers and the ring of recent records */
 };
 
@@ -93,6 +94,51 @@ struct ctl_command {
 
 static const struct ctl_command *find_command(const char *name);
 static void client_pump(struct ctl_client *c);
+
+/* A route whose new state is still being written: a toggle that comes meanwhile flips the
+ * state asked for last, not the one still in effect, as it would if run after it. */
+struct pending_route {
+	char *name;
+	bool want;                    /* the state the last submitted change asked for */
+	unsigned n;                   /* changes submitted and not applied yet */
+	struct pending_route *next;
+};
+
+static struct pending_route *pending_route_find(struct control *ctl, const char *name)
+{
+	struct pending_route *p;
+
+	for (p = ctl->pending_routes; p && strcmp(p->name, name) != 0; p = p->next)
+		;
+	return p;
+}
+
+static void pending_route_add(struct control *ctl, const char *name, bool want)
+{
+	struct pending_route *p = pending_route_find(ctl, name);
+
+	if (!p) {
+		p = xcalloc(1, sizeof(*p));
+		p->name = xstrndup(name, strlen(name));
+		p->next = ctl->pending_routes;
+		ctl->pending_routes = p;
+	}
+	p->want = want;
+	p->n++;
+}
+
+static void pending_route_done(struct control *ctl, const char *name)
+{
+	struct pending_route **pp, *p;
+
+	for (pp = &ctl->pending_routes; (p = *pp) && strcmp(p->name, name) != 0; pp = &p->next)
+		;
+	if (!p || --p->n)
+		return;
+	*pp = p->next;
+	free(p->name);
+	free(p);
+}
 
 /* ---- small helpers ---- */
 
@@ -839,6 +885,8 @@ void control_stop(struct control *c)
 	 * are dropped, each with a log line. */
 	dbq_free(c->dbq);
 	dbq_free(c->keyq);
+	while (c->pending_routes)      /* none once keyq is done; a failed start may leave them */
+		pending_route_done(c, c->pending_routes->name);
 	logs_free(c->logs);
 	if (c->listener)
 		evconnlistener_free(c->listener);
@@ -1137,6 +1185,7 @@ static int64_t expires_from_days(json_int_t days, int64_t now)
  * applied even if its client hangs up, and then logged on its own line. */
 struct change_job {
 	struct ctl_call *call;        /* NULL once the client has gone */
+	struct control *ctl;
 	struct gateway *gw;
 	struct key_change *change;
 	char *fail;                   /* the error's start, e.g. "cannot rotate key 3" */
@@ -1211,6 +1260,8 @@ static void change_done(void *arg, bool cancelled)
 	(void)cancelled;
 	j->change = NULL;
 	rc = keystore_change_apply(c, &k, secret, &err);
+	if (j->route)
+		pending_route_done(j->ctl, j->route);
 	if (j->call && rc < 0) {
 		char *msg = xasprintf("%s: %s", j->fail, err ? err : "key store error");
 
@@ -1249,6 +1300,7 @@ static struct change_job *change_job_new(struct ctl_call *call, struct key_chang
 	struct change_job *j = xcalloc(1, sizeof(*j));
 
 	j->call = call;
+	j->ctl = call->client->ctl;
 	j->gw = ctl_call_gateway(call);
 	j->change = c;
 	j->fail = fail;
@@ -1258,8 +1310,10 @@ static struct change_job *change_job_new(struct ctl_call *call, struct key_chang
 /* The answer comes from change_done, once the fg-keys thread has written the change. */
 static void change_submit(struct change_job *j)
 {
+	if (j->route)
+		pending_route_add(j->ctl, j->route, j->want);
 	ctl_stream_begin(j->call, change_cancel, NULL, j);
-	dbq_submit(j->call->client->ctl->keyq, change_work, change_done, j);
+	dbq_submit(j->ctl->keyq, change_work, change_done, j);
 }
 
 static void h_key_create(struct ctl_call *call, json_t *args)
@@ -1539,6 +1593,7 @@ static void route_set(struct ctl_call *call, json_t *args, enum route_op op)
 {
 	struct gateway *gw = ctl_call_gateway(call);
 	struct route *r = arg_route(call, args);
+	struct pending_route *p;
 	struct key_change *c;
 	struct change_job *j;
 	char *err = NULL;
@@ -1546,7 +1601,8 @@ static void route_set(struct ctl_call *call, json_t *args, enum route_op op)
 
 	if (!r)
 		return;
-	was = r->enabled;
+	p = pending_route_find(call->client->ctl, r->name);
+	was = p ? p->want : r->enabled;
 	want = op == ROUTE_ENABLE ? true : op == ROUTE_DISABLE ? false : !was;
 	call_detail(call, "%s (%s -> %s)", r->name, was ? "enabled" : "disabled",
 	            want ? "enabled" : "disabled");

@@ -197,6 +197,9 @@ def test_key_commands_wait_for_a_locked_key_store_off_the_event_loop(c):
         t0 = time.monotonic()
         create = cli_bg("key", "create", "--name", "waited")
         disable = cli_bg("route", "disable", "slow")
+        # two toggles queued together flip twice, as they would one after the other
+        assert c.gw.ctl("route.show", {"name": "defaults"})["result"]["enabled"] is True
+        toggles = [cli_bg("route", "toggle", "defaults") for _ in range(2)]
         hang_up_after("key.create", {"name": "left-early"})
         # while the lock is held (well under the 5 s the writer waits), every other
         # command is answered and both changes are still waiting
@@ -215,6 +218,9 @@ def test_key_commands_wait_for_a_locked_key_store_off_the_event_loop(c):
         assert disable.returncode == 0 and json.loads(out)["enabled"] is False, (out, err)
         assert c.gw.ctl("route.show", {"name": "slow"})["result"]["enabled"] is False
         assert c.gw.ctl("route.enable", {"name": "slow"})["ok"]
+        got = sorted(json.loads(t.communicate(timeout=15)[0])["enabled"] for t in toggles)
+        assert got == [False, True], got
+        assert c.gw.ctl("route.show", {"name": "defaults"})["result"]["enabled"] is True
         wait_for(lambda: "left-early" in key_names(), what="the hung-up client's key")
         wait_for(lambda: re.search(r'key\.create name="left-early": done after the client left',
                                    c.gw.proc.stderr()), what="the log line of that change")
