@@ -884,9 +884,7 @@ void control_stop(struct control *c)
 	 * A key-store change being written is waited for and applied; those not started yet
 	 * are dropped, each with a log line. */
 	dbq_free(c->dbq);
-	dbq_free(c->keyq);
-	while (c->pending_routes)      /* none once keyq is done; a failed start may leave them */
-		pending_route_done(c, c->pending_routes->name);
+	dbq_free(c->keyq);            /* its done callbacks have emptied pending_routes */
 	logs_free(c->logs);
 	if (c->listener)
 		evconnlistener_free(c->listener);
@@ -1186,7 +1184,6 @@ static int64_t expires_from_days(json_int_t days, int64_t now)
 struct change_job {
 	struct ctl_call *call;        /* NULL once the client has gone */
 	struct control *ctl;
-	struct gateway *gw;
 	struct key_change *change;
 	char *fail;                   /* the error's start, e.g. "cannot rotate key 3" */
 	char who[400];                /* call_who, kept for when the client has gone */
@@ -1223,14 +1220,14 @@ static struct route *route_state_apply(struct gateway *gw, const char *name, boo
 	return r;
 }
 
-static void change_answer(struct change_job *j, struct key *k, const char *secret)
+/* The answer to a change applied: the key, or the route r (NULL: gone meanwhile). */
+static void change_answer(struct change_job *j, struct key *k, struct route *r,
+                          const char *secret)
 {
 	struct ctl_call *call = j->call;
 	json_t *res;
 
 	if (j->route) {
-		struct route *r = route_state_apply(j->gw, j->route, j->want);
-
 		if (!r) {
 			ctl_stream_fail(call, CTL_E_INTERNAL, "the route vanished (reloaded meanwhile)");
 			return;
@@ -1253,6 +1250,7 @@ static void change_done(void *arg, bool cancelled)
 	char secret[KEY_SECRET_LEN + 1] = "";
 	char *err = NULL;
 	struct key_change *c = j->change;
+	struct route *r = NULL;
 	int rc;
 
 	/* Cancelled only when the daemon stops: a change written is applied all the same,
@@ -1260,8 +1258,11 @@ static void change_done(void *arg, bool cancelled)
 	(void)cancelled;
 	j->change = NULL;
 	rc = keystore_change_apply(c, &k, secret, &err);
-	if (j->route)
+	if (j->route) {
 		pending_route_done(j->ctl, j->route);
+		if (rc == 0)
+			r = route_state_apply(j->ctl->gw, j->route, j->want);
+	}
 	if (j->call && rc < 0) {
 		char *msg = xasprintf("%s: %s", j->fail, err ? err : "key store error");
 
@@ -1270,10 +1271,8 @@ static void change_done(void *arg, bool cancelled)
 	} else if (j->call) {
 		if (k && j->created)
 			call_detail(j->call, "id=%lld name=\"%s\"", (long long)k->id, k->name);
-		change_answer(j, k, secret);
+		change_answer(j, k, r, secret);
 	} else {
-		if (rc == 0 && j->route)
-			route_state_apply(j->gw, j->route, j->want);
 		if (rc < 0)
 			log_info("control: %s: failed after the client left (%s: %s)", j->who, j->fail,
 			         err ? err : "key store error");
@@ -1301,7 +1300,6 @@ static struct change_job *change_job_new(struct ctl_call *call, struct key_chang
 
 	j->call = call;
 	j->ctl = call->client->ctl;
-	j->gw = ctl_call_gateway(call);
 	j->change = c;
 	j->fail = fail;
 	return j;

@@ -218,14 +218,19 @@ static void key_hash_with(EVP_MD_CTX *ctx, const char *secret, size_t len,
 
 /* ---- key objects ---- */
 
+static void free_routes(char **routes, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(routes[i]);
+	free(routes);
+}
+
 static void key_free(struct key *k)
 {
 	if (!k)
 		return;
 	free(k->name);
-	for (size_t i = 0; i < k->n_routes; i++)
-		free(k->routes[i]);
-	free(k->routes);
+	free_routes(k->routes, k->n_routes);
 	free(k);
 }
 
@@ -833,7 +838,7 @@ struct key_change {
 	struct keystore *ks;
 	enum change_kind kind;
 	int64_t id;                        /* the key; create: set by the write */
-	int written;                       /* 0 not yet, 1 done, -1 failed (err says why) */
+	bool written;                      /* by keystore_change_write; if not, err says why */
 	int64_t deadline;                  /* mono_ms: give up waiting for a lock from here */
 	char *err;
 	struct key *fresh;                 /* create: the new key, ours until applied */
@@ -875,9 +880,7 @@ void keystore_change_free(struct key_change *c)
 	if (!c)
 		return;
 	key_free(c->fresh);
-	for (size_t i = 0; i < c->n_routes; i++)
-		free(c->routes[i]);
-	free(c->routes);
+	free_routes(c->routes, c->n_routes);
 	free(c->routes_text);
 	free(c->route);
 	free(c->err);
@@ -1122,10 +1125,8 @@ void keystore_change_write(struct key_change *c)
 	} else {
 		if (c->kind == CHANGE_CREATE)
 			c->id = sqlite3_last_insert_rowid(db);
-		c->written = 1;
+		c->written = true;
 	}
-	if (!c->written)
-		c->written = -1;
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
 }
@@ -1136,7 +1137,7 @@ int keystore_change_apply(struct key_change *c, struct key **out, char *secret_o
 	struct key *k = NULL;
 	int rc = -1;
 
-	if (c->written <= 0) {
+	if (!c->written) {
 		if (c->err) {
 			*err = c->err;
 			c->err = NULL;
