@@ -119,7 +119,7 @@ static void pending_route_add(struct control *ctl, const char *name, bool want)
 
 	if (!p) {
 		p = xcalloc(1, sizeof(*p));
-		p->name = xstrndup(name, strlen(name));
+		p->name = xstrdup(name);
 		p->next = ctl->pending_routes;
 		ctl->pending_routes = p;
 	}
@@ -387,13 +387,12 @@ void ctl_stream_result(struct ctl_call *call, json_t *result)
 static void call_who(const struct ctl_call *call, char *buf, size_t size)
 {
 	const struct ctl_client *c = call->client;
+	char id[48] = "uid ?";
 
 	if (c->have_cred)
-		snprintf(buf, size, "uid %u pid %d: %s%s%s", (unsigned)c->uid, (int)c->pid,
-		         call->cmd->name, call->detail[0] ? " " : "", call->detail);
-	else
-		snprintf(buf, size, "uid ?: %s%s%s", call->cmd->name, call->detail[0] ? " " : "",
-		         call->detail);
+		snprintf(id, sizeof(id), "uid %u pid %d", (unsigned)c->uid, (int)c->pid);
+	snprintf(buf, size, "%s: %s%s%s", id, call->cmd->name, call->detail[0] ? " " : "",
+	         call->detail);
 }
 
 static void log_state_change(const struct ctl_call *call)
@@ -1617,7 +1616,7 @@ static void route_set(struct ctl_call *call, json_t *args, enum route_op op)
 	} else {
 		j = change_job_new(call, c, xasprintf("cannot %s route %s",
 		                                      want ? "enable" : "disable", r->name));
-		j->route = xstrndup(r->name, strlen(r->name));
+		j->route = xstrdup(r->name);
 		j->was = was;
 		j->want = want;
 		change_submit(j);

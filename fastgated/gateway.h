@@ -49,5 +49,4 @@ struct gateway {
  * serving. */
 int gateway_reload_routes(struct gateway *gw, struct errlist *errs);
 
-
 #endif

@@ -916,7 +916,7 @@ static int copy_routes(char *const *routes, size_t n, char ***out, char **err)
 			return -1;
 	*out = n ? xcalloc(n, sizeof(**out)) : NULL;
 	for (size_t i = 0; i < n; i++)
-		(*out)[i] = xstrndup(routes[i], strlen(routes[i]));
+		(*out)[i] = xstrdup(routes[i]);
 	return 0;
 }
 
@@ -944,7 +944,7 @@ struct key_change *keystore_change_create(struct keystore *ks, const char *name,
 		keystore_change_free(c);
 		return NULL;
 	}
-	k->name = xstrndup(name, strlen(name));
+	k->name = xstrdup(name);
 	memcpy(k->display, c->secret, KEY_DISPLAY_LEN);
 	k->display[KEY_DISPLAY_LEN] = '\0';
 	key_hash(c->secret, KEY_SECRET_LEN, k->hash);
@@ -1042,7 +1042,7 @@ struct key_change *keystore_change_route_state(struct keystore *ks, const char *
 	if (check_route_name(route, err) < 0)
 		return NULL;
 	c = change_new(ks, CHANGE_ROUTE, 0);
-	c->route = xstrndup(route, strlen(route));
+	c->route = xstrdup(route);
 	c->enabled = enabled;
 	c->when = (int64_t)time(NULL);
 	return c;
