@@ -1,5 +1,8 @@
 /* The daemon's state: one struct owned by the event-loop thread, so that running several
- * loops later (SO_REUSEPORT) means several of these, not a hunt for globals. */
+ * loops later (SO_REUSEPORT) means several of these, not a hunt for globals.
+ *
+ * Layer: state. It names the io pieces (HTTP server, transports) and the control server
+ * only as opaque pointers; wiring (main.c) creates and connects them. */
 #ifndef FG_GATEWAY_H
 #define FG_GATEWAY_H
 
@@ -11,6 +14,7 @@
 #include "config.h"
 #include "errlist.h"
 #include "keys.h"
+#include "reqdone.h"
 #include "routes.h"
 
 struct upstream;      /* upstream.h: the curl multi driver (https, named hosts) */
@@ -38,6 +42,7 @@ struct gateway {
 	struct http_server *http;
 	struct metrics *metrics;
 	struct audit *audit;
+	struct reqdone_hooks done;    /* told of every finished request (reqdone.h) */
 	time_t started;
 	char listen_addr[128];        /* as bound, e.g. "127.0.0.1:8514" */
 	bool stopping;                /* SIGTERM seen: no new requests */

@@ -28,15 +28,9 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
-#include "audit.h"
-#include "control.h"
-#include "gateway.h"
 #include "http.h"
 #include "httperr.h"
-#include "keys.h"
 #include "log.h"
-#include "metrics.h"
-#include "proxy.h"
 #include "reqcheck.h"
 #include "reqid.h"
 #include "util.h"
@@ -47,7 +41,18 @@
 /* Pipelined requests are not started while this much of earlier answers is unwritten. */
 #define PIPELINE_BACKLOG (256 * 1024)
 
+#define MAX_PATH_HANDLERS 8
+
 enum timer_kind { T_NONE, T_IDLE, T_HEAD, T_BODY, T_LINGER };
+
+/* Where the request in the handler is with its body. A request is dispatched as soon as
+ * its head is in, so that the handler can refuse it before a byte of its body is read. */
+enum body_state {
+	B_WAIT,       /* a body follows and the handler has not asked for it */
+	B_READING,    /* asked for: process() takes it in */
+	B_DONE,       /* read, or there was none */
+	B_FAILED,     /* could not be read (timeout, limit, framing): input is no longer read */
+};
 
 struct http_conn {
 	struct http_server *srv;
@@ -85,16 +90,34 @@ struct http_conn {
 	bool rejected;                /* answered here; lingering, then closed */
 	bool lingering;
 	bool read_paused;             /* input buffer full while a request is in the handler */
+	enum body_state body_st;
+	void (*body_fn)(void *, int); /* http_read_body's callback, until it has run */
+	void *body_arg;
 	void (*gone_fn)(void *);
 	void *gone_arg;
 	void (*written_fn)(void *);
 	void *written_arg;
-	struct key_memo key_memo;     /* the key this client sent last (proxy.c) */
 	LIST_ENTRY(http_conn) link;
+	/* the handler's http_conn_data follows the struct */
+};
+
+struct path_handler {
+	const char *path;
+	http_handler_fn fn;
+	void *arg;
 };
 
 struct http_server {
-	struct gateway *gw;
+	struct event_base *base;
+	struct config *cfg;
+	struct http_handlers h;
+	struct path_handler paths[MAX_PATH_HANDLERS];
+	size_t n_paths;
+	struct reqid_gen ids;         /* this loop's request ids */
+	char date[64];                /* "Date: ...\r\n", formatted once a second */
+	time_t date_at;
+	bool stopping;
+	char addr[128];
 	int lfd;
 	struct event lev;
 	struct event resume_accept;   /* after EMFILE: accept again a little later */
@@ -195,7 +218,7 @@ static int write_out(struct http_conn *c)
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
-				struct timeval tv = { c->srv->gw->cfg->idle_timeout, 0 };
+				struct timeval tv = { c->srv->cfg->idle_timeout, 0 };
 				event_add(&c->wev, &tv); /* a client that stops reading is dropped */
 				return 0;
 			}
@@ -221,7 +244,7 @@ static void after_answer(struct http_conn *c)
 		if (evbuffer_get_length(c->out) <= PIPELINE_BACKLOG)
 			event_active(&c->kick, 0, 0);
 	} else if (drained) {
-		arm_timer(c, T_IDLE, c->srv->gw->cfg->idle_timeout);
+		arm_timer(c, T_IDLE, c->srv->cfg->idle_timeout);
 	}
 }
 
@@ -289,22 +312,20 @@ static void add_str(char **p, const char *s)
 	*p += n;
 }
 
-enum framing { F_LENGTH, F_CHUNKED, F_CLOSE };
+enum framing { F_LENGTH, F_CHUNKED, F_CLOSE, F_NONE /* no body, no length to announce */ };
 
-/* "Date: Mon, 23 Nov 2026 17:36:52 GMT\r\n", formatted once a second. */
-static const char *date_line(void)
+/* "Date: Mon, 23 Nov 2026 17:36:52 GMT\r\n", formatted once a second per server. */
+static const char *date_line(struct http_server *s)
 {
-	static char line[64];
-	static time_t cached = -1;
 	time_t now = time(NULL);
 
-	if (now != cached) {
+	if (now != s->date_at) {
 		struct tm tm;
 		gmtime_r(&now, &tm);
-		strftime(line, sizeof(line), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
-		cached = now;
+		strftime(s->date, sizeof(s->date), "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+		s->date_at = now;
 	}
-	return line;
+	return s->date;
 }
 
 /* Did the handler (or the upstream, through it) already set a Date? */
@@ -329,7 +350,8 @@ static void write_head(struct http_conn *c, int status, enum framing f, size_t l
 	char stack[2048], *buf = stack, *p;
 	size_t need = c->outhead_len + 224;
 
-	if (c->srv->gw->stopping || !c->keepalive || f == F_CLOSE)
+	/* a body left unread is still on its way: the connection cannot carry another request */
+	if (c->srv->stopping || !c->keepalive || f == F_CLOSE || c->body_st != B_DONE)
 		c->close_after = true;
 	if (need > sizeof(stack) && !(buf = malloc(need))) {
 		buf = stack;
@@ -344,8 +366,8 @@ static void write_head(struct http_conn *c, int status, enum framing f, size_t l
 	memcpy(p, c->outhead, c->outhead_len);
 	p += c->outhead_len;
 	if (!has_date(c->outhead, c->outhead_len))
-		add_str(&p, date_line());
-	if (f == F_LENGTH && status >= 200 && status != 204 && status != 304) {
+		add_str(&p, date_line(c->srv));
+	if (f == F_LENGTH && status >= 200 && status != 204) {
 		add_str(&p, "Content-Length: ");
 		add_dec(&p, len);
 		add_str(&p, "\r\n");
@@ -367,6 +389,7 @@ static void end_request(struct http_conn *c)
 {
 	c->in_handler = false;
 	c->streaming = false;
+	c->body_fn = NULL;
 	c->gone_fn = NULL;
 	c->written_fn = NULL;
 	c->outhead_len = 0;
@@ -400,6 +423,63 @@ const char *http_find_header(const struct http_request *req, const char *name)
 	return NULL;
 }
 
+static void body_notify(struct http_conn *c, int status)
+{
+	void (*fn)(void *, int) = c->body_fn;
+
+	c->body_fn = NULL;
+	if (fn)
+		fn(c->body_arg, status);
+}
+
+/* The body cannot be read (too slow, too large, bad framing): stop reading the connection
+ * and let the handler answer; the connection closes after that answer. */
+static void body_failed(struct http_conn *c, int status)
+{
+	c->body_st = B_FAILED;
+	c->len = c->pos = c->scan = 0;
+	disarm_timer(c);
+	body_notify(c, status);
+}
+
+void http_read_body(struct http_request *req, void (*done)(void *arg, int status), void *arg)
+{
+	struct http_conn *c = req->conn;
+
+	c->body_fn = done;
+	c->body_arg = arg;
+	if (c->read_paused) {     /* the head's buffer filled up with body bytes meanwhile */
+		c->read_paused = false;
+		event_add(&c->rev, NULL);
+	}
+	if (c->body_st == B_WAIT) {
+		const char *ex = http_find_header(req, "Expect");
+
+		c->body_st = B_READING;
+		/* only now: a client the handler refused never gets a 100 to send its body on */
+		if (req->http11 && ex && strcasecmp(ex, "100-continue") == 0)
+{
+			evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+			event_active(&c->flush, 0, 0);
+		}
+		/* a declared length is allocated once (reqcheck capped it) */
+		if (!c->rc.chunked && c->rc.content_length > c->body_cap) {
+			char *b = realloc(c->body, (size_t)c->rc.content_length);
+			if (b) {
+				c->body = b;
+				c->body_cap = (size_t)c->rc.content_length;
+			}
+		}
+		arm_timer(c, T_BODY, c->srv->cfg->idle_timeout);
+	}
+	event_active(&c->kick, 0, 0);   /* from the loop, never inside the handler's call */
+}
+
+void *http_conn_data(struct http_request *req)
+{
+	return req->conn + 1;
+}
+
 char *http_take_body(struct http_request *req, size_t *len)
 {
 	struct http_conn *c = req->conn;
@@ -414,11 +494,6 @@ char *http_take_body(struct http_request *req, size_t *len)
 const char *http_client_ip(const struct http_request *req)
 {
 	return req->conn->ip;
-}
-
-struct key_memo *http_key_memo(struct http_request *req)
-{
-	return &req->conn->key_memo;
 }
 
 void http_watch_client(struct http_request *req, void (*gone)(void *), void *arg)
@@ -465,14 +540,23 @@ void http_reply(struct http_request *req, int status, const char *body, size_t l
 	end_request(c);
 }
 
-void http_reply_buf(struct http_request *req, int status, struct evbuffer *body)
+void http_reply_buf(struct http_request *req, int status, struct evbuffer *body,
+                    int64_t head_length)
 {
 	struct http_conn *c = req->conn;
 	size_t len = body ? evbuffer_get_length(body) : 0;
+	bool bodiless = req->method == HTTP_HEAD || status < 200 || status == 204 || status == 304;
 
-	write_head(c, status, F_LENGTH, len);
-	if (len && req->method != HTTP_HEAD)
+	if (!bodiless)
+		write_head(c, status, F_LENGTH, len);
+	else if (head_length >= 0 && status >= 200 && status != 204)
+		write_head(c, status, F_LENGTH, (size_t)head_length);
+	else
+		write_head(c, status, F_NONE, 0);
+	if (len && !bodiless)
 		evbuffer_add_buffer(c->out, body);
+	else if (len)
+		evbuffer_drain(body, len);
 	end_request(c);
 }
 
@@ -541,29 +625,6 @@ size_t http_backlog(const struct http_request *req)
 
 /* ---- refusals ---------------------------------------------------------------------- */
 
-/* A request refused here still gets its audit row: who, when, what status. */
-static void audit_rejection(struct http_conn *c, const char *id, int status, const char *code)
-{
-	struct gateway *gw = c->srv->gw;
-	struct audit_record *rec;
-	struct timespec now;
-
-	if (!gw->audit)
-		return;
-	clock_gettime(CLOCK_REALTIME, &now);
-	{
-		struct audit_record tmp = { .ttfb_ms = -1, .prompt_tokens = -1, .completion_tokens = -1 };
-		tmp.request_id = (char *)id;
-		tmp.started_at = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
-		tmp.client_ip = c->ip[0] ? c->ip : NULL;
-		tmp.status = status;
-		tmp.error = (char *)code;
-		rec = audit_record_pack(&tmp, false);
-	}
-	control_publish_audit(gw->control, rec);
-	audit_submit(gw->audit, rec);
-}
-
 static void reject(struct http_conn *c, int status, const char *reason)
 {
 	char body[640], head[320], id[REQID_LEN + 1];
@@ -578,14 +639,16 @@ static void reject(struct http_conn *c, int status, const char *reason)
 	if (c->rejected)
 		return;
 	c->rejected = true;
-	metrics_count_rejected(c->srv->gw, status);
-	reqid_next(id);
-	audit_rejection(c, id, status, code);
+	reqid_next(&c->srv->ids, id);
+	if (c->srv->h.refused) {
+		struct http_refusal rf = { id, c->ip, status, code };
+		c->srv->h.refused(c->srv->h.arg, &rf);
+	}
 	len = httperr_body(body, sizeof(body), status, code, reason);
 	hl = snprintf(head, sizeof(head),
 	              "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
 	              "Content-Length: %zu\r\nConnection: close\r\nX-Request-Id: %s\r\n%s\r\n",
-	              status, httperr_reason(status), len, id, date_line());
+	              status, httperr_reason(status), len, id, date_line(c->srv));
 	evbuffer_add(c->out, head, (size_t)hl);
 	evbuffer_add(c->out, body, len);
 	c->len = c->pos = c->scan = 0;
@@ -597,7 +660,7 @@ static void reject(struct http_conn *c, int status, const char *reason)
 	if (evbuffer_get_length(c->out) == 0)
 		begin_linger(c);
 	else
-		arm_timer(c, T_LINGER, c->srv->gw->cfg->idle_timeout);
+		arm_timer(c, T_LINGER, c->srv->cfg->idle_timeout);
 }
 
 /* ---- input ------------------------------------------------------------------------ */
@@ -720,49 +783,36 @@ static int parse_head(struct http_conn *c, const char *src, size_t n)
 	return 0;
 }
 
-static bool is_loopback(const char *ip)
-{
-	return strncmp(ip, "127.", 4) == 0 || strcmp(ip, "::1") == 0 ||
-	       strncmp(ip, "::ffff:127.", 11) == 0;
-}
-
-static void dispatch(struct http_conn *c)
+static void dispatch(struct http_conn *c, bool has_body)
 {
 	struct http_server *s = c->srv;
 	struct http_request *req = &c->req;
-	char id[REQID_LEN + 1];
 
 	c->in_handler = true;
 	c->close_after = false;
 	c->outhead_len = 0;
+	c->body_st = has_body ? B_WAIT : B_DONE;
+	c->body_fn = NULL;
+	req->has_body = has_body;
 	disarm_timer(c);
-	reqid_next(id);
-	http_add_header(req, "X-Request-Id", id);
-	if (req->method == HTTP_GET && !req->query) {
-		if (strcmp(req->path, "/health") == 0) {
-			const char *b = s->gw->stopping ? "{\"status\":\"stopping\"}\n" : "{\"status\":\"ok\"}\n";
-			http_add_header(req, "Content-Type", "application/json");
-			http_reply(req, s->gw->stopping ? 503 : 200, b, strlen(b));
-			return;
-		}
-		if (strcmp(req->path, "/metrics") == 0) {
-			if (!s->gw->cfg->metrics_public && !is_loopback(c->ip)) {
-				http_send_error(req, 403, "forbidden", "/metrics is served to loopback clients only");
+	reqid_next(&s->ids, req->id);
+	http_add_header(req, "X-Request-Id", req->id);
+	if (req->method == HTTP_GET && !req->query)
+		for (size_t i = 0; i < s->n_paths; i++)
+			if (strcmp(req->path, s->paths[i].path) == 0) {
+				s->paths[i].fn(s->paths[i].arg, req);
 				return;
 			}
-			metrics_serve(s->gw, req);
-			return;
-		}
-	}
-	proxy_handle(s->gw, req, id);
+	s->h.request(s->h.arg, req);
 }
 
-/* Validate and take in what is buffered, up to one whole request, then dispatch it. */
+/* Validate and take in what is buffered: a request head, which is dispatched as soon as it
+ * is complete, then (once the handler asks for it) the body. */
 static void process(struct http_conn *c)
 {
-	struct gateway *gw = c->srv->gw;
+	struct http_server *s = c->srv;
 
-	while (!c->in_handler && !c->rejected && c->fd >= 0) {
+	while ((!c->in_handler || c->body_st == B_READING) && !c->rejected && c->fd >= 0) {
 		size_t avail = c->len - c->pos - c->scan;
 		enum reqcheck_result r;
 		bool in_head = c->rc.state == RC_REQUEST_LINE || c->rc.state == RC_HEADERS;
@@ -770,7 +820,7 @@ static void process(struct http_conn *c)
 		if (avail == 0)
 			break;
 		if (in_head && c->timer_kind != T_HEAD)
-			arm_timer(c, T_HEAD, gw->cfg->header_timeout);  /* first byte of a head */
+			arm_timer(c, T_HEAD, s->cfg->header_timeout);  /* first byte of a head */
 		if (reqcheck_wants_line(&c->rc)) {
 			const char *start = c->in + c->pos + c->scan;
 			const char *nl = memchr(start, '\n', avail);
@@ -787,7 +837,10 @@ static void process(struct http_conn *c)
 				c->scan += ll;
 			}
 			if (r == RC_REJECT) {
-				reject(c, c->rc.status, c->rc.reason);
+				if (c->in_handler)
+					body_failed(c, c->rc.status);
+				else
+					reject(c, c->rc.status, c->rc.reason);
 				return;
 			}
 			if (in_head && (r == RC_HEAD_DONE || r == RC_REQUEST_DONE)) {
@@ -797,29 +850,10 @@ static void process(struct http_conn *c)
 				}
 				c->pos += c->scan;
 				c->scan = 0;
-				disarm_timer(c);
-				if (r == RC_HEAD_DONE) {
-					const char *ex = http_find_header(&c->req, "Expect");
-					if (c->req.http11 && ex && strcasecmp(ex, "100-continue") == 0) {
-						evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-						if (write_out(c) < 0) {
-							conn_gone(c);
-							return;
-						}
-					}
-					/* a declared length is allocated once (reqcheck capped it) */
-					if (!c->rc.chunked && c->rc.content_length > c->body_cap) {
-						char *b = realloc(c->body, (size_t)c->rc.content_length);
-						if (!b) {
-							reject(c, 413, "request body too large");
-							return;
-						}
-						c->body = b;
-						c->body_cap = (size_t)c->rc.content_length;
-					}
-					arm_timer(c, T_BODY, gw->cfg->idle_timeout);
-				}
-			} else if (!in_head) {
+				dispatch(c, r == RC_HEAD_DONE);
+				return;   /* the body, and the next request, wait for the handler */
+			}
+			if (!in_head) {
 				c->pos += c->scan;   /* chunk-size lines and trailers: framing only */
 				c->scan = 0;
 			}
@@ -829,19 +863,21 @@ static void process(struct http_conn *c)
 
 			if (buf_append(&c->body, &c->body_len, &c->body_cap, c->in + c->pos, n,
 			               1024) < 0) {
-				reject(c, 413, "request body too large");
+				body_failed(c, 413);
 				return;
 			}
 			c->pos += n;
 			r = reqcheck_data(&c->rc, n);
 			if (r == RC_REJECT) {
-				reject(c, c->rc.status, c->rc.reason);
+				body_failed(c, c->rc.status);
 				return;
 			}
-			arm_timer(c, T_BODY, gw->cfg->idle_timeout);
+			arm_timer(c, T_BODY, s->cfg->idle_timeout);
 		}
 		if (r == RC_REQUEST_DONE) {
-			dispatch(c);
+			c->body_st = B_DONE;
+			disarm_timer(c);
+			body_notify(c, 0);
 			return;   /* the next request waits until this one has ended */
 		}
 	}
@@ -854,11 +890,19 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	struct http_conn *c = arg;
 	(void)fd; (void)what;
 
-	if (!c->in_handler && !c->rejected && c->fd >= 0) {
+	if (c->in_handler) {
+		/* http_read_body: take in what is buffered, or report a body already read */
+		if (c->body_st == B_READING)
+			process(c);
+		else if (c->body_st == B_DONE && c->body_fn)
+			body_notify(c, 0);
+		return;
+	}
+	if (!c->rejected && c->fd >= 0) {
 		process(c);
 		if (!c->in_handler && !c->rejected && c->pos == c->len &&
 		    evbuffer_get_length(c->out) == 0 && c->timer_kind == T_NONE)
-			arm_timer(c, T_IDLE, c->srv->gw->cfg->idle_timeout);
+			arm_timer(c, T_IDLE, c->srv->cfg->idle_timeout);
 	}
 }
 
@@ -866,7 +910,7 @@ static void rev_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct http_conn *c = arg;
 	ssize_t n;
-	size_t max = c->srv->gw->cfg->max_headers + 65536;
+	size_t max = c->srv->cfg->max_headers + 65536;
 	(void)what;
 
 	if (c->lingering) {
@@ -902,7 +946,7 @@ static void rev_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	c->len += (size_t)n;
-	if (!c->in_handler)
+	if (!c->in_handler || c->body_st == B_READING)
 		process(c);
 }
 
@@ -929,8 +973,13 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 	switch (k) {
 	case T_HEAD:
 	case T_BODY:
-		if (c->in_handler)
+		if (c->in_handler) {
+			if (c->body_st == B_READING) {
+				log_debug("connection fd %d: request body not complete in time", c->fd);
+				body_failed(c, 408);
+			}
 			return;
+		}
 		log_debug("connection fd %d: request %s not complete in time", c->fd,
 		          k == T_HEAD ? "head" : "body");
 		reject(c, 408, k == T_HEAD ? "request head not received in time"
@@ -969,14 +1018,15 @@ static void conn_free(struct http_conn *c)
 	free(c->hdrs);
 	free(c->body);
 	free(c->outhead);
-	key_memo_clear(&c->key_memo);
+	if (s->h.conn_closed)
+		s->h.conn_closed(s->h.arg, c + 1);
 	free(c);
 }
 
 static void conn_new(struct http_server *s, int fd, const struct sockaddr_storage *ss)
 {
-	struct event_base *base = s->gw->base;
-	struct http_conn *c = calloc(1, sizeof(*c));
+	struct event_base *base = s->base;
+	struct http_conn *c = calloc(1, sizeof(*c) + s->h.conn_data_size);
 	int one = 1;
 
 	if (!c || !(c->out = evbuffer_new())) {
@@ -992,7 +1042,7 @@ static void conn_new(struct http_server *s, int fd, const struct sockaddr_storag
 	else if (ss->ss_family == AF_INET)
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->ip, sizeof(c->ip));
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	reqcheck_init(&c->rc, s->gw->cfg->max_headers, s->gw->cfg->max_body);
+	reqcheck_init(&c->rc, s->cfg->max_headers, s->cfg->max_body);
 	event_assign(&c->rev, base, fd, EV_READ | EV_PERSIST, rev_cb, c);
 	event_assign(&c->wev, base, fd, EV_WRITE, wev_cb, c);
 	evtimer_assign(&c->timer, base, timer_cb, c);
@@ -1001,11 +1051,11 @@ static void conn_new(struct http_server *s, int fd, const struct sockaddr_storag
 	LIST_INSERT_HEAD(&s->conns, c, link);
 	s->n_conns++;
 	event_add(&c->rev, NULL);
-	if (s->n_conns > s->gw->cfg->max_connections || s->gw->stopping) {
-		reject(c, 503, s->gw->stopping ? "gateway is shutting down" : "too many open connections");
+	if (s->n_conns > s->cfg->max_connections || s->stopping) {
+		reject(c, 503, s->stopping ? "gateway is shutting down" : "too many open connections");
 		return;
 	}
-	arm_timer(c, T_IDLE, s->gw->cfg->idle_timeout);
+	arm_timer(c, T_IDLE, s->cfg->idle_timeout);
 }
 
 static void accept_cb(evutil_socket_t lfd, short what, void *arg)
@@ -1121,7 +1171,8 @@ static int listen_on(const char *host, int port)
 	return fd;
 }
 
-struct http_server *http_server_start(struct gateway *gw, char **err)
+struct http_server *http_server_start(struct event_base *base, struct config *cfg,
+                                      const struct http_handlers *h, char **err)
 {
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
@@ -1134,39 +1185,46 @@ struct http_server *http_server_start(struct gateway *gw, char **err)
 		*err = strdup("out of memory");
 		return NULL;
 	}
-	s->gw = gw;
+	s->base = base;
+	s->cfg = cfg;
+	s->h = *h;
 	s->lfd = -1;
+	s->date_at = -1;
+	if (reqid_init(&s->ids) < 0) {
+		*err = strdup("cannot seed request ids from the random generator");
+		goto err;
+	}
 	LIST_INIT(&s->conns);
-	if (parse_listen(gw->cfg->listen, host, sizeof(host), &port) < 0) {
-		if (asprintf(err, "invalid listen address '%s' (expected ADDR:PORT)", gw->cfg->listen) < 0)
+	if (parse_listen(cfg->listen, host, sizeof(host), &port) < 0) {
+		if (asprintf(err, "invalid listen address '%s' (expected ADDR:PORT)", cfg->listen) < 0)
 			*err = NULL;
 		goto err;
 	}
 	max_conns = fd_capacity() - 64;
-	if (gw->cfg->max_connections > max_conns) {
+	if (cfg->max_connections > max_conns) {
 		log_warn("max_connections %d exceeds what the fd limit allows; using %d",
-		         gw->cfg->max_connections, max_conns);
-		gw->cfg->max_connections = max_conns;
+		         cfg->max_connections, max_conns);
+		cfg->max_connections = max_conns;
 	}
 	s->lfd = listen_on(host, port);
 	if (s->lfd < 0) {
-		if (asprintf(err, "cannot listen on %s: %s", gw->cfg->listen, strerror(errno)) < 0)
+		if (asprintf(err, "cannot listen on %s: %s", cfg->listen, strerror(errno)) < 0)
 			*err = NULL;
 		goto err;
 	}
-	event_assign(&s->lev, gw->base, s->lfd, EV_READ | EV_PERSIST, accept_cb, s);
-	evtimer_assign(&s->resume_accept, gw->base, resume_accept_cb, s);
+	event_assign(&s->lev, base, s->lfd, EV_READ | EV_PERSIST, accept_cb, s);
+	evtimer_assign(&s->resume_accept, base, resume_accept_cb, s);
 	event_add(&s->lev, NULL);
 	s->listening = true;
 	if (getsockname(s->lfd, (struct sockaddr *)&ss, &sl) == 0) {
 		if (ss.ss_family == AF_INET6) {
 			struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
 			inet_ntop(AF_INET6, &a6->sin6_addr, addr, sizeof(addr));
-			snprintf(gw->listen_addr, sizeof(gw->listen_addr), "[%s]:%d", addr, ntohs(a6->sin6_port));
+			snprintf(s->addr, sizeof(s->addr), "[%s]:%d", addr, ntohs(a6->sin6_port));
 		} else {
 			struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
 			inet_ntop(AF_INET, &a4->sin_addr, addr, sizeof(addr));
-			snprintf(gw->listen_addr, sizeof(gw->listen_addr), "%s:%d", addr, ntohs(a4->sin_port));
+			snprintf(s->addr, sizeof(s->addr), "%s:%d", addr, ntohs(a4->sin_port));
 		}
 	}
 	return s;
@@ -1175,10 +1233,29 @@ err:
 	return NULL;
 }
 
+int http_server_route(struct http_server *s, const char *path, http_handler_fn fn, void *arg)
+{
+	if (s->n_paths == MAX_PATH_HANDLERS)
+		return -1;
+	s->paths[s->n_paths++] = (struct path_handler){ path, fn, arg };
+	return 0;
+}
+
+const char *http_server_addr(const struct http_server *s)
+{
+	return s->addr;
+}
+
+bool http_server_stopping(const struct http_server *s)
+{
+	return s->stopping;
+}
+
 void http_server_stop_accepting(struct http_server *s)
 {
 	struct http_conn *c, *next;
 
+	s->stopping = true;
 	if (s->listening) {
 		event_del(&s->lev);
 		evtimer_del(&s->resume_accept);
@@ -1218,6 +1295,6 @@ void http_server_free(struct http_server *s)
 			conn_free(c);
 	}
 	for (int i = 0; i < 4; i++)
-		event_base_loop(s->gw->base, EVLOOP_NONBLOCK);
+		event_base_loop(s->base, EVLOOP_NONBLOCK);
 	free(s);
 }

@@ -11,20 +11,28 @@
  * It replaced evhttp behind a bufferevent filter, which cost about a third of the gateway's
  * instructions per request and two epoll_ctl calls per request.
  *
- * Request life: the handler owns a request from dispatch until it calls one of the ending
- * functions (http_reply*, http_reply_end, http_send_error, http_abort). If the client goes
- * away first, the `gone` callback set with http_watch_client runs (always from the loop,
- * never inside one of these calls) and the request is invalid from then on. */
+ * Request life: a request is handed to its handler as soon as its head is in; the body is
+ * read only when the handler asks for it (http_read_body), so a client refused on its head
+ * (no key) never makes the gateway allocate or read its body. The handler owns a request
+ * from dispatch until it calls one of the ending functions (http_reply*, http_reply_end,
+ * http_send_error, http_abort). If the client goes away first, the `gone` callback set
+ * with http_watch_client runs (always from the loop, never inside one of these calls) and
+ * the request is invalid from then on.
+ *
+ * Layer: io. The server includes nothing above its layer: the gateway registers what it
+ * serves (http_handlers, http_server_route) and hears of refusals through a callback. */
 #ifndef FG_HTTP_H
 #define FG_HTTP_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <event2/buffer.h>
+#include <event2/event.h>
 
-struct key_memo;
+#include "config.h"
+#include "reqid.h"
 
-struct gateway;
 struct http_server;
 
 enum http_method { HTTP_GET, HTTP_POST, HTTP_HEAD, HTTP_PUT, HTTP_DELETE, HTTP_OPTIONS, HTTP_PATCH };
@@ -43,26 +51,65 @@ struct http_request {
 	const struct http_header *headers;
 	size_t n_headers;
 	bool http11;
+	bool has_body;                /* a body follows the head (read it with http_read_body) */
+	char id[REQID_LEN + 1];       /* X-Request-Id, already on the reply headers */
 	struct http_conn *conn;       /* private */
 };
 
-/* Bind gw->cfg->listen and start serving; fills gw->listen_addr with the bound address.
- * NULL with *err set (caller frees) on failure. */
-struct http_server *http_server_start(struct gateway *gw, char **err);
-/* SIGTERM: stop accepting, close idle keep-alive connections. In-flight requests go on. */
+/* A request the server answered itself (400/408/413/414/431/503) before any handler saw
+ * it: reported so that it is audited and counted like every other request. */
+struct http_refusal {
+	const char *id;
+	const char *client_ip;
+	int status;
+	const char *code;             /* "bad_request", "request_too_large", ... */
+};
+
+typedef void (*http_handler_fn)(void *arg, struct http_request *req);
+
+/* What the gateway plugs into the server: the server knows nothing of keys, routes, the
+ * audit or metrics. */
+struct http_handlers {
+	http_handler_fn request;      /* every request no exact path below claimed */
+	void (*refused)(void *arg, const struct http_refusal *r);
+	/* per-connection memory for the handler (zeroed), and its cleanup at close */
+	size_t conn_data_size;
+	void (*conn_closed)(void *arg, void *conn_data);
+	void *arg;
+};
+
+/* Bind cfg->listen and start serving on base. NULL with *err set (caller frees) on
+ * failure. cfg->max_connections is lowered to what the descriptor limit allows. */
+struct http_server *http_server_start(struct event_base *base, struct config *cfg,
+                                      const struct http_handlers *h, char **err);
+/* GET requests without a query for exactly this path go to fn instead (/health, /metrics).
+ * -1 when the table is full. */
+int http_server_route(struct http_server *s, const char *path, http_handler_fn fn, void *arg);
+/* The address as bound, e.g. "127.0.0.1:8514". */
+const char *http_server_addr(const struct http_server *s);
+/* SIGTERM: stop accepting, close idle keep-alive connections, answer further requests on
+ * open connections with Connection: close. In-flight requests go on. */
 void http_server_stop_accepting(struct http_server *s);
+bool http_server_stopping(const struct http_server *s);
 void http_server_free(struct http_server *s);
 int http_server_connections(const struct http_server *s);
 
 /* First header of that name (case-insensitive), or NULL. */
 const char *http_find_header(const struct http_request *req, const char *name);
-/* The request body; the caller takes it (free() it). NULL with *len 0 when there is none. */
+/* Read the body (has_body), answering Expect: 100-continue now, and call done(arg, 0)
+ * from the loop once it is in, or done(arg, status) when it could not be read (408 too
+ * slow, 413 over the limit, 400 malformed framing): the handler then answers with that
+ * status. Without a body, done runs (from the loop) at once. A request ended without its
+ * body having been read closes the connection after the answer, so a client that was
+ * refused never makes the gateway buffer what it sends. */
+void http_read_body(struct http_request *req, void (*done)(void *arg, int status), void *arg);
+/* The request body once read; the caller takes it (free() it). NULL with *len 0 when there
+ * is none. */
 char *http_take_body(struct http_request *req, size_t *len);
 /* Peer address as text ("127.0.0.1"). */
 const char *http_client_ip(const struct http_request *req);
-/* The connection's memo of the last key its client presented (keys.h), for
- * keystore_lookup_memo; wiped when the connection closes. */
-struct key_memo *http_key_memo(struct http_request *req);
+/* The handler's per-connection memory (http_handlers.conn_data_size bytes). */
+void *http_conn_data(struct http_request *req);
 
 /* Call gone(arg) when the client goes away while the handler holds req; NULL stops it. */
 void http_watch_client(struct http_request *req, void (*gone)(void *), void *arg);
@@ -72,9 +119,13 @@ void http_add_header(struct http_request *req, const char *name, const char *val
 /* Close the connection after this reply. */
 void http_close_after(struct http_request *req);
 
-/* Ending replies: a whole answer, or a gateway error in the OpenAI shape. */
+/* Ending replies: a whole answer, or a gateway error in the OpenAI shape. Statuses without
+ * a body (1xx, 204, 304) and answers to HEAD send no body bytes; `head_length` (>= 0)
+ * is the Content-Length to announce for a HEAD answer or a 304 (the upstream's), -1 for
+ * the body's own length. */
 void http_reply(struct http_request *req, int status, const char *body, size_t len);
-void http_reply_buf(struct http_request *req, int status, struct evbuffer *body);
+void http_reply_buf(struct http_request *req, int status, struct evbuffer *body,
+                    int64_t head_length);
 void http_send_error(struct http_request *req, int status, const char *code, const char *message);
 
 /* Streaming: the head (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0), then

@@ -14,12 +14,13 @@
 #include "audit.h"
 #include "config.h"
 #include "control.h"
+#include "endpoints.h"
 #include "gateway.h"
 #include "http.h"
 #include "keyusage.h"
 #include "log.h"
 #include "metrics.h"
-#include "reqid.h"
+#include "proxy.h"
 #include "upconn.h"
 #include "upstream.h"
 
@@ -199,6 +200,21 @@ static void usage_flush_cb(evutil_socket_t fd, short what, void *arg)
 	keyusage_flush(rt->usage, rt->gw.keys);
 }
 
+/* The request-done subscriber that writes the audit trail: the live tail sees the row
+ * first, then the writer thread takes it. One packed block (audit_record_pack) serves
+ * both and outlives the request. */
+static void audit_on_done(void *arg, const struct request_done *d)
+{
+	struct gateway *gw = arg;
+	struct audit_record *rec;
+
+	if (!gw->audit)
+		return;
+	rec = audit_record_pack(d->row, d->with_bodies);
+	control_publish_audit(gw->control, rec);
+	audit_submit(gw->audit, rec);
+}
+
 static int daemonize(const char *pidfile)
 {
 	pid_t pid = fork();
@@ -308,7 +324,7 @@ int main(int argc, char **argv)
 	}
 	log_set_level(rt.cfg.verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO);
 	signal(SIGPIPE, SIG_IGN);
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || reqid_init() < 0) {
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
 		log_error("cannot initialise libcurl or the random generator");
 		goto out;
 	}
@@ -359,11 +375,22 @@ int main(int argc, char **argv)
 		log_error("out of memory");
 		goto out;
 	}
-	gw->http = http_server_start(gw, &err);
-	if (!gw->http) {
+	if (reqdone_subscribe(&gw->done, metrics_on_done, gw) < 0 ||
+	    reqdone_subscribe(&gw->done, audit_on_done, gw) < 0)
+		goto out;
+	{
+		struct http_handlers h = {
+			.request = proxy_request, .refused = endpoints_refused,
+			.conn_data_size = proxy_conn_data_size(), .conn_closed = proxy_conn_closed,
+			.arg = gw,
+		};
+		gw->http = http_server_start(gw->base, gw->cfg, &h, &err);
+	}
+	if (!gw->http || endpoints_register(gw) < 0) {
 		log_error("%s", err ? err : "cannot start the HTTP server");
 		goto out;
 	}
+	snprintf(gw->listen_addr, sizeof(gw->listen_addr), "%s", http_server_addr(gw->http));
 	gw->control = control_start(gw, rt.cfg.control_path, rt.cfg.control_group, &err);
 	if (!gw->control) {
 		log_error("control socket %s: %s", rt.cfg.control_path, err ? err : "cannot start");

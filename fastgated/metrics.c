@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <event2/buffer.h>
-#include <event2/http.h>
 
 #include "audit.h"
 #include "gateway.h"
@@ -78,14 +77,11 @@ static void histogram_observe(struct histogram *h, double v)
 	h->sum += v;
 }
 
-void metrics_record(struct gateway *gw, const char *route, int status, double total_s,
-                    double ttfb_s, const char *upstream_error)
+static void record(struct metrics *m, const char *route, int status, double total_s,
+                   double ttfb_s, const char *upstream_error)
 {
-	struct metrics *m = gw->metrics;
 	char st[4] = "000";
 
-	if (!m)
-		return;
 	if (status >= 100 && status <= 999) {  /* always, for HTTP; no printf per request */
 		st[0] = (char)('0' + status / 100);
 		st[1] = (char)('0' + status / 10 % 10);
@@ -99,10 +95,19 @@ void metrics_record(struct gateway *gw, const char *route, int status, double to
 		series_add(m->upstream_errors, &m->n_upstream_errors, route ? route : "", upstream_error);
 }
 
-void metrics_count_rejected(struct gateway *gw, int status)
+void metrics_on_done(void *arg, const struct request_done *d)
 {
+	struct gateway *gw = arg;
+	const struct audit_record *r = d->row;
+
+	if (!d->refused) {
+		gw->stats.requests++;
+		if (r->status >= 500 || r->error)
+			gw->stats.errors++;
+	}
 	if (gw->metrics)
-		metrics_record(gw, "", status, 0, -1, NULL);
+		record(gw->metrics, r->route ? r->route : "", r->status, d->total_s, d->ttfb_s,
+		       d->upstream_error);
 }
 
 static void print_histogram(struct evbuffer *b, const char *name, const char *help,
@@ -115,17 +120,12 @@ static void print_histogram(struct evbuffer *b, const char *name, const char *he
 	                    name, h->count, name, h->sum, name, h->count);
 }
 
-void metrics_serve(struct gateway *gw, struct http_request *req)
+int metrics_render(struct gateway *gw, struct evbuffer *b)
 {
 	struct metrics *m = gw->metrics;
-	struct evbuffer *b = evbuffer_new();
 
-	if (!b || !m) {
-		if (b)
-			evbuffer_free(b);
-		http_send_error(req, 500, "internal_error", "metrics unavailable");
-		return;
-	}
+	if (!m)
+		return -1;
 	evbuffer_add_printf(b, "# HELP fastgate_requests_total Requests finished, by route and status.\n"
 	                       "# TYPE fastgate_requests_total counter\n");
 	for (size_t i = 0; i < m->n_requests; i++)
@@ -160,10 +160,8 @@ void metrics_serve(struct gateway *gw, struct http_request *req)
 		                       "fastgate_upstream_connections{state=\"idle\"} %u\n",
 		                    open - idle, idle);
 	}
-	http_add_header(req, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	evbuffer_add_printf(b, "# HELP fastgate_upstream_pauses_total Streams paused because the client read slower than the upstream sent.\n"
 	                       "# TYPE fastgate_upstream_pauses_total counter\nfastgate_upstream_pauses_total %llu\n",
 	                    (unsigned long long)gw->stats.upstream_pauses);
-	http_reply_buf(req, 200, b);
-	evbuffer_free(b);
+	return 0;
 }

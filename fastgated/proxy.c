@@ -42,6 +42,8 @@ struct proxy_req {
 	int64_t key_id;
 	char *key_name;
 	char id[REQID_LEN + 1];
+	const char *secret;               /* the client's key, in its request's headers */
+	size_t secret_len;
 	double started_at;                /* wall clock, for the audit */
 	const char *method;               /* static: http.c's method table */
 	char *path;                       /* as the client sent it, without the query */
@@ -62,6 +64,7 @@ struct proxy_req {
 	char *body_rewritten;             /* when add_body_fields or usage injection changed it */
 	char model[128];                  /* the request's "model", for the audit */
 	bool client_stream;               /* the client asked for a stream */
+	bool head_request;                /* HEAD: the answer has no body */
 	bool sse;                         /* the answer is an event stream being scanned */
 	struct sse_scan scan;             /* finds usage in a stream; strips what we injected */
 	char *scan_out;                   /* scanner output buffer, reused per chunk */
@@ -162,6 +165,17 @@ static int header_stripped(const char *name, size_t nl, char *const *extra, size
 		if (strcasecmp(name, extra[i]) == 0)
 			return 1;
 	return connection && listed_in_connection(connection, name, nl);
+}
+
+size_t proxy_conn_data_size(void)
+{
+	return sizeof(struct key_memo);
+}
+
+void proxy_conn_closed(void *arg, void *conn_data)
+{
+	(void)arg;
+	key_memo_clear(conn_data);
 }
 
 int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
@@ -341,7 +355,11 @@ static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 		px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
 		if (!px->sse && px->scan.strip_usage)
 			px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
-		if (px->sse || !cl || dec_at(cl, cl + strlen(cl)) > BUFFER_LIMIT) {
+		if (px->head_request || px->status == 204 || px->status == 304) {
+			/* no body follows: answered whole, with the upstream's length (RFC 9110 9.3.2) */
+			px->sse = false;
+			arm_timer(px, px->route->timeout);
+		} else if (px->sse || !cl || dec_at(cl, cl + strlen(cl)) > BUFFER_LIMIT) {
 			/* The reply head goes out with the first body bytes (write_cb): an upstream
 			 * that fails before sending any still gets the client a clean 502. */
 			px->stream_pending = true;
@@ -534,9 +552,12 @@ static void xfer_done(struct upstream_xfer *x, CURLcode rc)
 			req = take_req(px);
 			http_reply_end(req);
 		} else {
+			/* a HEAD or 304 answer announces the length the upstream gave */
+			int64_t head_len = px->up_cl ? (int64_t)dec_at(px->up_raw + px->up_cl - 1,
+			                   px->up_raw + px->up_cl - 1 + strlen(px->up_raw + px->up_cl - 1)) : -1;
 			copy_response_headers(px);
 			req = take_req(px);
-			http_reply_buf(req, (int)px->status, px->out);
+			http_reply_buf(req, (int)px->status, px->out, head_len);
 		}
 		finish(px);
 		return;
@@ -613,16 +634,14 @@ static char *empty_to_null(const char *s)
 	return s && *s ? (char *)s : NULL;
 }
 
-/* One audit row per request, handed to the writer thread; live tail subscribers see it
- * first. The record is one block (audit_record_pack): it outlives this request. */
-static void audit_request(struct proxy_req *px, double total_s)
+/* The request-done event: the audit row as it will be written, and what metrics want. */
+static void emit_done(struct proxy_req *px, double total_s)
 {
 	struct gateway *gw = px->gw;
-	struct audit_record tmp = { 0 }, *rec;
+	struct audit_record tmp = { 0 };
+	struct request_done d = { 0 };
 	char *answer = NULL;
 
-	if (!gw->audit)
-		return;
 	if (px->answer_log)
 		answer = body_for_audit(px, (const char *)evbuffer_pullup(px->answer_log, -1),
 		                        evbuffer_get_length(px->answer_log), NULL, 0);
@@ -652,10 +671,13 @@ static void audit_request(struct proxy_req *px, double total_s)
 	tmp.error = empty_to_null(px->error_kind);
 	tmp.request_body = px->body_log;
 	tmp.response_body = answer;
-	rec = audit_record_pack(&tmp, true);
+	d.row = &tmp;
+	d.total_s = total_s;
+	d.ttfb_s = px->ttfb_s;
+	d.upstream_error = px->error_kind;
+	d.with_bodies = 1;
+	reqdone_emit(&gw->done, &d);
 	free(answer);
-	control_publish_audit(gw->control, rec);
-	audit_submit(gw->audit, rec);
 }
 
 static void finish_cb(evutil_socket_t fd, short what, void *arg)
@@ -680,12 +702,7 @@ static void finish(struct proxy_req *px)
 	if (px->req)
 		take_req(px);
 	gw->stats.inflight--;
-	gw->stats.requests++;
-	if (px->status >= 500 || px->error_kind)
-		gw->stats.errors++;
-	metrics_record(gw, px->route ? px->route->name : "", (int)px->status, total,
-	               px->ttfb_s, px->error_kind);
-	audit_request(px, total);
+	emit_done(px, total);
 	log_debug("request %s route=%s status=%ld %.1fms chunks=%u bytes=%zu%s%s", px->id,
 	          px->route ? px->route->name : "-", px->status, total * 1000, px->chunks,
 	          px->bytes_out, px->error_kind ? " error=" : "", px->error_kind ? px->error_kind : "");
@@ -1088,6 +1105,7 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 		px->started_at = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
 	}
 	px->method = req->method_name;
+	px->head_request = req->method == HTTP_HEAD;
 	/* the path only: a query string can carry credentials (?api_key=...), and the audit
 	 * trail must never hold one */
 	px->path = dup_or_null(req->path);
@@ -1119,20 +1137,20 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	return px;
 }
 
-void proxy_handle(struct gateway *gw, struct http_request *req, const char *request_id)
+static void body_read(void *arg, int status);
+
+/* Head and authenticate: everything that can be decided before the body is read. */
+void proxy_request(void *arg, struct http_request *req)
 {
+	struct gateway *gw = arg;
 	struct proxy_req *px;
 	const char *path = req->path;
-	const char *query = req->query;
-	struct route_request rq = { 0 };
-	const char *secret, *send_body;
-	size_t secret_len = 0, send_len;
+	const char *secret;
+	size_t secret_len = 0;
 	struct key *k;
 	int64_t now = time(NULL);
-	int retry;
-	bool rewritten;
 
-	px = proxy_req_new(gw, req, request_id);
+	px = proxy_req_new(gw, req, req->id);
 	if (!px) {
 		http_send_error(req, 500, "internal_error", "out of memory");
 		return;
@@ -1154,7 +1172,7 @@ void proxy_handle(struct gateway *gw, struct http_request *req, const char *requ
 		reply_error(px, 401, "missing_api_key", "no API key: send X-API-Key or Authorization: Bearer");
 		goto done;
 	}
-	k = keystore_lookup_memo(gw->keys, secret, secret_len, http_key_memo(req));
+	k = keystore_lookup_memo(gw->keys, secret, secret_len, http_conn_data(req));
 	if (!k) {
 		reply_error(px, 401, "invalid_api_key", "invalid API key");
 		goto done;
@@ -1169,7 +1187,42 @@ void proxy_handle(struct gateway *gw, struct http_request *req, const char *requ
 		reply_error(px, 401, "expired_api_key", "API key has expired");
 		goto done;
 	}
+	px->secret = secret;
+	px->secret_len = secret_len;
+	http_read_body(req, body_read, px);
+	return;
+done:
+	finish(px);
+}
 
+/* Body, parse, match, policy, forward: the rest, once the body is in. */
+static void body_read(void *arg, int status)
+{
+	struct proxy_req *px = arg;
+	struct gateway *gw = px->gw;
+	struct http_request *req = px->req;
+	const char *path = req->path;
+	const char *query = req->query;
+	struct route_request rq = { 0 };
+	const char *send_body;
+	size_t send_len;
+	struct key *k;
+	int64_t now = time(NULL);
+	int retry;
+	bool rewritten;
+
+	if (status) {
+		reply_error(px, status, status == 413 ? "request_too_large" : status == 408 ?
+		            "request_timeout" : "bad_request", status == 413 ? "request body too large" :
+		            status == 408 ? "request body not received in time" : "malformed request body");
+		goto done;
+	}
+	/* the key again: the store may have changed while the body was on its way */
+	k = keystore_lookup_memo(gw->keys, px->secret, px->secret_len, http_conn_data(req));
+	if (!k || k->revoked || k->id != px->key_id) {
+		reply_error(px, 401, "revoked_api_key", "API key has been revoked");
+		goto done;
+	}
 	px->body = http_take_body(req, &px->body_len);
 	px->bytes_in = px->body_len;
 	rq.method = req->method_name;
@@ -1210,7 +1263,7 @@ void proxy_handle(struct gateway *gw, struct http_request *req, const char *requ
 		send_len = strlen(px->body_rewritten);
 	}
 	if (px->route->log_bodies > 0) {
-		px->body_log = body_for_audit(px, send_body, send_len, secret, secret_len);
+		px->body_log = body_for_audit(px, send_body, send_len, px->secret, px->secret_len);
 		px->answer_log = evbuffer_new();
 	}
 	/* plain HTTP to an address is framed here; TLS and names that need resolving go to curl */

@@ -12,8 +12,13 @@
 struct gateway;
 struct http_request;
 
-/* Handle one client request. `request_id` is already on the response headers. */
-void proxy_handle(struct gateway *gw, struct http_request *req, const char *request_id);
+/* The HTTP server's request handler (arg: the gateway): serves one client request from its
+ * head on. req->id is already on the response headers. */
+void proxy_request(void *arg, struct http_request *req);
+/* What the proxy keeps per client connection (the memo of the key it sent last), for
+ * http_handlers.conn_data_size and .conn_closed (which wipes the secret). */
+size_t proxy_conn_data_size(void);
+void proxy_conn_closed(void *arg, void *conn_data);
 
 /* Header cleaning, exposed for tests: true if a client header must not be forwarded
  * (always stripped, hop-by-hop, named in the client's Connection header, or listed in the

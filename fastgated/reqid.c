@@ -6,17 +6,15 @@
 
 #define COUNTER_MASK 0xffffffffffffULL   /* 48 bits */
 
-static uint64_t counter;
-
-int reqid_init(void)
+int reqid_init(struct reqid_gen *g)
 {
-	if (RAND_bytes((unsigned char *)&counter, sizeof(counter)) != 1)
+	if (RAND_bytes((unsigned char *)&g->counter, sizeof(g->counter)) != 1)
 		return -1;
-	counter &= COUNTER_MASK;
+	g->counter &= COUNTER_MASK;
 	return 0;
 }
 
-void reqid_next(char out[REQID_LEN + 1])
+void reqid_next(struct reqid_gen *g, char out[REQID_LEN + 1])
 {
 	static const char hex[] = "0123456789abcdef";
 	struct timespec now;
@@ -27,11 +25,11 @@ void reqid_next(char out[REQID_LEN + 1])
 	 * (they look a few seconds around the id's second). */
 	clock_gettime(CLOCK_REALTIME_COARSE, &now);
 	sec = (uint32_t)now.tv_sec;
-	counter = (counter + 1) & COUNTER_MASK;
+	g->counter = (g->counter + 1) & COUNTER_MASK;
 	/* "%08x%012llx" by hand: one per request, and printf was a visible share of it */
 	for (int i = 7; i >= 0; i--, sec >>= 4)
 		out[i] = hex[sec & 0xf];
-	c = counter;
+	c = g->counter;
 	for (int i = REQID_LEN - 1; i >= 8; i--, c >>= 4)
 		out[i] = hex[c & 0xf];
 	out[REQID_LEN] = '\0';

@@ -12,10 +12,17 @@
 
 #define REQID_LEN 20
 
+/* One generator per event loop (no global counter, so loops need no lock): each starts at
+ * its own random value, which keeps ids from different loops apart as they are kept apart
+ * across restarts. */
+struct reqid_gen {
+	uint64_t counter;
+};
+
 /* 0 on success, -1 if the CSPRNG failed. Call once before reqid_next. */
-int reqid_init(void);
+int reqid_init(struct reqid_gen *g);
 /* Write the next id (REQID_LEN chars + NUL) into out. */
-void reqid_next(char out[REQID_LEN + 1]);
+void reqid_next(struct reqid_gen *g, char out[REQID_LEN + 1]);
 /* The Unix second an id of this format was made in; false if id is not 20 lower-case hex
  * digits. Ids made before this format (a random prefix) decode too, to a meaningless
  * second: callers look near it first and then where such older ids may be. */

@@ -33,6 +33,8 @@ for t in build-test/tests/unit/test_*; do
   [ -x "$t" ] && run "unit/$(basename "$t")" "$t"
 done
 run "fuzz/replay" tests/fuzz/run.sh replay
+run "layers" tests/layers/check.sh
+run "layers/selftest" tests/layers/check.sh --selftest
 if [ $unit_only -eq 0 ]; then
   for t in tests/e2e/test_*.py; do
     run "e2e/$(basename "$t")" python3 "$t"

@@ -21,6 +21,8 @@
 #include "audit.h"
 #include "reqid.h"
 
+static struct reqid_gen test_ids;
+
 static double now_s(void)
 {
 	struct timespec t;
@@ -54,7 +56,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: audit_rate DB ROWS RATE\n");
 		return 2;
 	}
-	if (reqid_init() < 0 || !(a = audit_open(argv[1], NULL, &err))) {
+	if (reqid_init(&test_ids) < 0 || !(a = audit_open(argv[1], NULL, &err))) {
 		fprintf(stderr, "audit_rate: %s\n", err ? err : "cannot start");
 		return 1;
 	}
@@ -65,7 +67,7 @@ int main(int argc, char **argv)
 		struct audit_record r = { 0 };
 		char id[REQID_LEN + 1];
 
-		reqid_next(id);
+		reqid_next(&test_ids, id);
 		r.request_id = id;
 		r.started_at = wall_s();   /* the second the id carries, as in the daemon */
 		r.key_id = 1;

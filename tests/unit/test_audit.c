@@ -22,6 +22,8 @@
 
 #include "audit.h"
 #include "reqid.h"
+
+static struct reqid_gen test_ids;
 #include "unit.h"
 
 struct tmpdb {
@@ -739,7 +741,7 @@ TEST(a_version_3_store_is_rebuilt_and_its_old_ids_are_still_found)
 	               "PRAGMA user_version = 3;");
 
 	a = open_ok(t.path, NULL);
-	reqid_next(id);
+	reqid_next(&test_ids, id);
 	{
 		struct audit_record *r = make_record("n", 0, now);
 		free(r->request_id);
@@ -779,7 +781,7 @@ TEST(a_row_is_found_by_the_second_its_id_carries)
 	int64_t sec;
 	double now = now_s();
 
-	reqid_next(ids[0]);
+	reqid_next(&test_ids, ids[0]);
 	CHECK(reqid_second(ids[0], &sec));
 	CHECK(sec >= (int64_t)now - 1 && sec <= (int64_t)now + 1);
 	CHECK(!reqid_second("98a0cc6200000000000", &sec));     /* 19 digits */
@@ -796,7 +798,7 @@ TEST(a_row_is_found_by_the_second_its_id_carries)
 	for (int i = 0; i < 3; i++) {
 		struct audit_record *r = make_record("x", i, now + i * 0.001);
 		if (i)
-			reqid_next(ids[i]);
+			reqid_next(&test_ids, ids[i]);
 		free(r->request_id);
 		r->request_id = dup_s(ids[i]);
 		audit_submit(a, r);

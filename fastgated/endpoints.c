@@ -1,0 +1,72 @@
+/* The gateway's own answers; see endpoints.h. */
+#include <stdbool.h>
+#include <string.h>
+#include <time.h>
+#include <event2/buffer.h>
+
+#include "endpoints.h"
+#include "gateway.h"
+#include "http.h"
+#include "metrics.h"
+
+/* Liveness: 200 while serving, 503 once draining so a load balancer takes it out. */
+static void health(void *arg, struct http_request *req)
+{
+	struct gateway *gw = arg;
+	const char *b = gw->stopping ? "{\"status\":\"stopping\"}\n" : "{\"status\":\"ok\"}\n";
+
+	http_add_header(req, "Content-Type", "application/json");
+	http_reply(req, gw->stopping ? 503 : 200, b, strlen(b));
+}
+
+static bool is_loopback(const char *ip)
+{
+	return strncmp(ip, "127.", 4) == 0 || strcmp(ip, "::1") == 0 ||
+	       strncmp(ip, "::ffff:127.", 11) == 0;
+}
+
+static void metrics(void *arg, struct http_request *req)
+{
+	struct gateway *gw = arg;
+	struct evbuffer *b;
+
+	if (!gw->cfg->metrics_public && !is_loopback(http_client_ip(req))) {
+		http_send_error(req, 403, "forbidden", "/metrics is served to loopback clients only");
+		return;
+	}
+	b = evbuffer_new();
+	if (!b || metrics_render(gw, b) < 0) {
+		if (b)
+			evbuffer_free(b);
+		http_send_error(req, 500, "internal_error", "metrics unavailable");
+		return;
+	}
+	http_add_header(req, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	http_reply_buf(req, 200, b, -1);
+	evbuffer_free(b);
+}
+
+int endpoints_register(struct gateway *gw)
+{
+	if (http_server_route(gw->http, "/health", health, gw) < 0 ||
+	    http_server_route(gw->http, "/metrics", metrics, gw) < 0)
+		return -1;
+	return 0;
+}
+
+void endpoints_refused(void *arg, const struct http_refusal *r)
+{
+	struct gateway *gw = arg;
+	struct audit_record row = { .ttfb_ms = -1, .prompt_tokens = -1, .completion_tokens = -1 };
+	struct request_done d = { .row = &row, .ttfb_s = -1, .refused = 1 };
+	struct timespec now;
+
+	clock_gettime(CLOCK_REALTIME, &now);
+	/* borrowed for the call: subscribers copy what they keep */
+	row.request_id = (char *)r->id;
+	row.started_at = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+	row.client_ip = r->client_ip && r->client_ip[0] ? (char *)r->client_ip : NULL;
+	row.status = r->status;
+	row.error = (char *)r->code;
+	reqdone_emit(&gw->done, &d);
+}
