@@ -17,8 +17,7 @@
 #include "reqdone.h"
 #include "routes.h"
 
-struct upstream;      /* upstream.h: the curl multi driver (https, named hosts) */
-struct upconn_pool;   /* upconn.h: plain-HTTP upstream connections */
+struct transport;     /* transport.h: native HTTP/1.1 and curl */
 struct control;       /* control.h: the control socket */
 struct http_server;   /* http.h: listener and request checks */
 struct metrics;       /* metrics.h: counters and histograms */
@@ -36,8 +35,7 @@ struct gateway {
 	struct config *cfg;
 	struct keystore *keys;
 	struct route_table *routes;   /* current table; requests hold their own reference */
-	struct upstream *upstream;
-	struct upconn_pool *upconn;
+	struct transport *transports[2];  /* by enum tr_kind: a route's is fixed at load */
 	struct control *control;
 	struct http_server *http;
 	struct metrics *metrics;

@@ -8,7 +8,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <curl/curl.h>
 #include <event2/event.h>
 
 #include "audit.h"
@@ -21,8 +20,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
-#include "upconn.h"
-#include "upstream.h"
+#include "transport_curl.h"
+#include "transport_h1.h"
 
 #define USAGE \
 	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--routes DIR] [--keys FILE]\n" \
@@ -283,8 +282,8 @@ static void shutdown_all(struct runtime *rt)
 	/* every request has finished and been handed over: write the rest of the trail */
 	if (gw->audit)
 		audit_close(gw->audit);
-	upstream_free(gw->upstream);
-	upconn_pool_free(gw->upconn);
+	transport_curl_free(gw->transports[TR_KIND_CURL]);
+	transport_h1_free(gw->transports[TR_KIND_NATIVE]);
 	keystore_close(gw->keys);
 	if (gw->routes)
 		route_table_unref(gw->routes);
@@ -324,8 +323,8 @@ int main(int argc, char **argv)
 	}
 	log_set_level(rt.cfg.verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO);
 	signal(SIGPIPE, SIG_IGN);
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-		log_error("cannot initialise libcurl or the random generator");
+	if (transport_curl_global_init() < 0) {
+		log_error("cannot initialise libcurl");
 		goto out;
 	}
 	if (rt.cfg.daemonize && daemonize(rt.cfg.pidfile) < 0) {
@@ -365,14 +364,14 @@ int main(int argc, char **argv)
 		log_error("no valid route set in %s; not starting", rt.cfg.routes_dir);
 		goto out;
 	}
-	gw->upstream = upstream_new(gw->base, &err);
-	if (!gw->upstream) {
+	gw->transports[TR_KIND_CURL] = transport_curl_new(gw->base, &err);
+	if (!gw->transports[TR_KIND_CURL]) {
 		log_error("%s", err);
 		goto out;
 	}
-	gw->upconn = upconn_pool_new(gw->base);
-	if (!gw->upconn) {
-		log_error("out of memory");
+	gw->transports[TR_KIND_NATIVE] = transport_h1_new(gw->base, &err);
+	if (!gw->transports[TR_KIND_NATIVE]) {
+		log_error("%s", err);
 		goto out;
 	}
 	if (reqdone_subscribe(&gw->done, metrics_on_done, gw) < 0 ||
@@ -421,7 +420,7 @@ out:
 	free(err);
 	errlist_clear(&errs);
 	shutdown_all(&rt);
-	curl_global_cleanup();
+	transport_curl_global_cleanup();
 	config_free(&rt.cfg);
 	return rc;
 }

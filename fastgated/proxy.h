@@ -1,13 +1,12 @@
-/* The request path: authenticate, match a route, rewrite, forward, relay the answer.
+/* The request path: the phases from authenticate to done (proxy.c), the attempt
+ * (forward.c) and the relay of the answer (relay.c); their shared state is request.h.
  *
- * One struct proxy_req per request, created in proxy_handle and freed in exactly one place
- * (finish), which always runs from a libevent callback: never from inside a curl callback
- * and never from inside one of http.c's calls (the Redis freeClientAsync idea). */
+ * Layer: flow. */
 #ifndef FG_PROXY_H
 #define FG_PROXY_H
 
+#include <stdbool.h>
 #include <stddef.h>
-
 
 struct gateway;
 struct http_request;
@@ -25,5 +24,10 @@ void proxy_conn_closed(void *arg, void *conn_data);
  * route's strip_headers). `connection` is the Connection header's value or NULL. */
 int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
                           const char *connection);
+/* Is `name` one of the tokens of a Connection header value? (both directions) */
+bool proxy_listed_in_connection(const char *conn, size_t conn_len, const char *name, size_t nl);
+/* The request path means the same to us and to any upstream: no dot segments, no encoded
+ * "/", "\" or NUL, no raw "\". */
+bool proxy_path_is_clean(const char *path);
 
 #endif

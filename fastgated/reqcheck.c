@@ -28,6 +28,13 @@ static bool is_tchar(unsigned char c)
 	return tchar[c];
 }
 
+/* unreserved / pct-encoded / sub-delims / ":" / "[" / "]": what a Host value may hold */
+static bool is_host_char(unsigned char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       (c && strchr("-._~%!$&'()*+,;=:[]", c));
+}
+
 static enum reqcheck_result reject(struct reqcheck *rc, int status, const char *reason)
 {
 	rc->state = RC_REJECTED;
@@ -231,6 +238,11 @@ static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size
 	} else if (value_is(s, namelen, "host")) {
 		if (++rc->n_host > 1)
 			return reject(rc, 400, "more than one Host header");
+		/* uri-host [":" port] (RFC 9112 3.2: a bad Host MUST get 400): reg-name, IPv4 or
+		 * an IP literal in brackets, so no blank, no "/", no "@" */
+		for (size_t k = 0; k < vlen; k++)
+			if (!is_host_char((unsigned char)v[k]))
+				return reject(rc, 400, "invalid Host header");
 	}
 	return RC_MORE;
 }

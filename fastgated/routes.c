@@ -1012,6 +1012,8 @@ static void parse_url(struct pctx *c, const yaml_node_t *n, const char *url, str
 	if (asprintf(&r->upstream_origin, "%s://%s", scheme, r->upstream_host) < 0)
 		abort();
 	r->upstream_path = *end ? xstrdup(end) : NULL;
+	/* fixed here, never guessed per request: TLS goes to curl, plain HTTP is our own */
+	r->transport = strcmp(scheme, "https") == 0 ? TR_KIND_CURL : TR_KIND_NATIVE;
 }
 
 /* Expand ${VAR} anywhere in `in` from the environment. Unset or empty variables are errors

@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "errlist.h"
+#include "transport.h"
 
 struct route_kv {
 	char *name;
@@ -36,6 +37,7 @@ struct route {
 	char *upstream_origin; /* "scheme://host[:port]" */
 	char *upstream_path;   /* path from the URL (no query), or NULL: keep the client's path */
 	char *upstream_host;   /* host[:port], for display */
+	enum tr_kind transport; /* which transport carries it: fixed when the routes load */
 	char *api_key;         /* resolved secret or NULL; never log it */
 	char *api_key_file;    /* as written, or NULL */
 	char *ca_file;         /* CA bundle to verify an https upstream, or NULL: system CAs */

@@ -569,16 +569,36 @@ def with_route(c, name, port, fn):
         c.gw.ctl("reload")
 
 
-def test_a_kept_alive_upstream_connection_closed_under_a_request_is_retried_once(c):
+def test_a_post_on_a_kept_alive_connection_closed_under_it_is_not_sent_again(c):
     ok = lambda body: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     # connection 1 answers, then takes the next request and closes without a byte (an
-    # upstream timing out its idle connection just as the gateway reuses it)
+    # upstream timing out its idle connection just as the gateway reuses it): the POST
+    # may have been acted on, so it is not sent again (RFC 9110 9.2.2)
     port, seen, stop = start_scripted_upstream([[ok(b'{"n":1}'), None], [ok(b'{"n":2}')]])
 
     def run():
         st, _, data = c.gw.request("POST", "/stale", CHAT, c.auth)
         assert st == 200 and json.loads(data) == {"n": 1}, (st, data)
         st, _, data = c.gw.request("POST", "/stale", CHAT, c.auth)
+        assert st == 502 and error_of(data)["code"] == "reset", (st, data)
+        assert seen == [2], seen
+        st, _, data = c.gw.request("POST", "/stale", CHAT, c.auth)
+        assert st == 200 and json.loads(data) == {"n": 2}, (st, data)
+        assert seen == [2, 1], seen
+    try:
+        with_route(c, "stale", port, run)
+    finally:
+        stop()
+
+
+def test_a_get_on_a_kept_alive_connection_closed_under_it_is_retried_once(c):
+    ok = lambda body: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    port, seen, stop = start_scripted_upstream([[ok(b'{"n":1}'), None], [ok(b'{"n":2}')]])
+
+    def run():
+        st, _, data = c.gw.request("GET", "/stale", None, c.auth)
+        assert st == 200 and json.loads(data) == {"n": 1}, (st, data)
+        st, _, data = c.gw.request("GET", "/stale", None, c.auth)
         assert st == 200 and json.loads(data) == {"n": 2}, (st, data)
         assert seen == [2, 1], seen
     try:

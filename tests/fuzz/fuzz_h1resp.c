@@ -1,4 +1,4 @@
-/* Fuzz target: the upstream answer parser (fastgated/upconn.c, h1_*).
+/* Fuzz target: the upstream answer parser (fastgated/h1resp.c).
  *
  * The input is what an upstream sends back. It is parsed whole, then again cut into
  * data-derived pieces with the body callback pausing now and then (as a slow client makes
@@ -11,7 +11,7 @@
 #include <stdbool.h>
 #include <string.h>
 
-#include "upconn.h"
+#include "h1resp.h"
 #include "fuzz.h"
 
 struct sink {
@@ -48,7 +48,7 @@ static int on_body(void *arg, const char *data, size_t len)
 
 static const struct h1_callbacks cbs = { on_line, on_body };
 
-/* Parse data as upconn.c would: unconsumed bytes stay in front of the next read. */
+/* Parse data as the native transport would: unconsumed bytes stay in front of the next read. */
 static enum h1_event parse(const uint8_t *data, size_t size, bool head, bool cut, uint64_t seed,
                            struct sink *s, struct h1_parser *p)
 {

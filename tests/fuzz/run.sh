@@ -32,7 +32,7 @@ sources_of() {
     bodymatch) echo fastgated/routes.c fastgated/errlist.c fastgated/util.c ;;
     ctlproto)  echo fastgated/ctlproto.c ;;
     sse)       echo fastgated/usage.c ;;
-    h1resp)    echo fastgated/upconn.c ;;
+    h1resp)    echo fastgated/h1resp.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
   esac
 }

@@ -26,9 +26,9 @@ dir=${1:-fastgated}
 layers=(
   "0 base:    util log config errlist reqid httperr"
   "1 codec:   reqcheck h1resp usage reqjson ctlproto"
-  "2 io:      http transport upconn upstream resolve"
+  "2 io:      http transport transport_h1 transport_curl resolve"
   "3 state:   routes keys keyusage audit metrics reqdone gateway"
-  "4 flow:    proxy endpoints control logs stats"
+  "4 flow:    request proxy forward relay endpoints control logs stats"
   "5 wiring:  main"
 )
 

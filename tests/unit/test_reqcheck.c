@@ -1,4 +1,6 @@
 /* The strict request checker: what it accepts, what it rejects and with which status. */
+#include <stdio.h>
+
 #include "reqcheck.h"
 #include "unit.h"
 
@@ -197,6 +199,23 @@ TEST(bad_bytes_are_found_wherever_they_are_in_a_line)
 			CHECK_INT(st, 400);
 		}
 		CHECK_INT(with_byte(true, pos, '%', &st), RC_REQUEST_DONE);
+	}
+}
+
+TEST(a_host_that_is_not_host_and_port_is_400)
+{
+	static const char *bad[] = { "x y", "a/b", "user@host", "h\"x", "a<b" };
+	static const char *good[] = { "", "api.example.com", "10.0.0.5:8000", "[::1]:8080", "a_b-c.d~" };
+	char req[256];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", bad[i]);
+		CHECK_INT(status_of(req), 400);
+	}
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		int st, n;
+		snprintf(req, sizeof(req), "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", good[i]);
+		CHECK_INT(feed(req, &st, &n), RC_REQUEST_DONE);
 	}
 }
 

@@ -1,4 +1,4 @@
-/* The plain-HTTP upstream response parser (upconn.c h1_*): framing, interim answers,
+/* The plain-HTTP upstream response parser (h1resp.c): framing, interim answers,
  * keep-alive decisions, malformed answers, pauses; every input is also fed one byte at a
  * time, since the network may split an answer anywhere. */
 #include <stdlib.h>
@@ -6,7 +6,7 @@
 #include <event2/event.h>
 
 #include "unit.h"
-#include "upconn.h"
+#include "h1resp.h"
 
 struct seen {
 	char lines[4096];   /* the head lines as received, concatenated */
@@ -48,7 +48,7 @@ static int on_body(void *arg, const char *data, size_t len)
 
 static const struct h1_callbacks cbs = { on_line, on_body };
 
-/* Feed `in` in pieces of `step` bytes the way upconn.c does: unconsumed bytes stay in front
+/* Feed `in` in pieces of `step` bytes the way the native transport does: unconsumed bytes stay in front
  * of the next read, a pause is resumed at once. Returns the final event; *left gets the
  * bytes never consumed. */
 static enum h1_event feed(struct h1_parser *p, const char *in, size_t step, struct seen *s,
@@ -114,8 +114,54 @@ TEST(chunked_body_is_dechunked_with_extensions_and_trailers)
 	both_ways("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 	          "5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
 	          false, H1_COMPLETE, "hello world", 200, true);
-	both_ways("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
-	          "A\r\n0123456789\r\n0\r\n\r\n", false, H1_COMPLETE, "0123456789", 200, true);
+}
+
+TEST(transfer_codings_other_than_chunked_are_refused)
+{
+	/* de-chunked but still gzip, with no header saying so, is not the upstream's answer */
+	static const char *bad[] = {
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\nA\r\n0123456789\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxxxx",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nxx",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct h1_parser p;
+		struct seen s = { 0 };
+		size_t left;
+
+		h1_init(&p, false);
+		CHECK_INT(feed(&p, bad[i], 100000, &s, &left), H1_BAD);
+	}
+}
+
+TEST(te_from_http10_or_with_a_length_is_used_once_and_never_reused)
+{
+	both_ways("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+	          "5\r\nhello\r\n0\r\n\r\n", false, H1_COMPLETE, "hello", 200, false);
+	both_ways("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+	          "5\r\nhello\r\n0\r\n\r\n", false, H1_COMPLETE, "hello", 200, false);
+}
+
+TEST(status_out_of_range_and_control_bytes_in_headers_are_refused)
+{
+	static const char *bad[] = {
+		"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 0\r\n\r\n",
+	};
+	static const size_t lens[] = { 0, 0, 48, 48 };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct h1_parser p;
+		struct seen s = { 0 };
+		enum h1_event ev;
+		size_t n = lens[i] ? lens[i] : strlen(bad[i]);
+
+		h1_init(&p, false);
+		h1_feed(&p, bad[i], n, &cbs, &s, &ev);
+		CHECK_INT(ev, H1_BAD);
+	}
 }
 
 TEST(body_without_length_runs_to_the_close_and_is_not_reused)
@@ -264,23 +310,6 @@ TEST(a_callback_can_abort)
 	h1_feed(&p, in, strlen(in), &cbs, &s, &ev);
 	CHECK_INT(ev, H1_ABORTED);
 	CHECK_INT(s.nbody, 0);
-}
-
-TEST(only_addresses_are_handled_natively)
-{
-	struct event_base *base = event_base_new();
-	struct upconn_pool *p = upconn_pool_new(base);
-
-	CHECK(upconn_supported(p, "127.0.0.1:8000"));
-	CHECK(upconn_supported(p, "10.1.2.3"));
-	CHECK(upconn_supported(p, "[::1]:8080"));
-	CHECK(!upconn_supported(p, "localhost:11434"));   /* a name: 127.0.0.1 and/or ::1 */
-	CHECK(!upconn_supported(p, "api.example.com"));
-	CHECK(!upconn_supported(p, "vllm.internal:8000"));
-	CHECK(!upconn_supported(p, "127.0.0.1:99999"));
-	CHECK(!upconn_supported(p, "[::1"));
-	upconn_pool_free(p);
-	event_base_free(base);
 }
 
 RUN_TESTS()

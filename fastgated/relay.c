@@ -1,0 +1,438 @@
+/* The relay phase: the upstream's answer on its way to the client. The transport hands
+ * over the head line by line and then the body; this keeps the head, decides how the
+ * answer is framed for the client (whole, or relayed chunk by chunk), scans it for token
+ * usage (an SSE stream as it passes, a JSON answer at its end), pauses the transfer while
+ * the client reads slowly, and ends the request on the transport's done.
+ *
+ * Transport callbacks never free anything and never call the transport back; what must
+ * happen after one (a resume, the finish) goes through a loop event. */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "log.h"
+#include "proxy.h"
+#include "request.h"
+#include "util.h"
+
+/* Streaming backpressure: pause the upstream when this much is queued for the client,
+ * resume once it is down to a quarter. */
+#define CLIENT_HIGH_WATER (256 * 1024)
+#define CLIENT_LOW_WATER  (64 * 1024)
+/* Answers up to this size with a Content-Length are sent in one piece; larger or
+ * unknown-length answers (and every SSE stream) are relayed chunk by chunk. */
+#define BUFFER_LIMIT (1024 * 1024)
+
+struct hname {
+	const char *s;
+	size_t len;
+};
+#define HNAME(lit) { lit, sizeof(lit) - 1 }
+
+/* Answer headers that describe the upstream hop rather than the answer, and our own
+ * X-Request-Id, which replaces the upstream's. */
+static const struct hname response_skipped[] = {
+	HNAME("connection"), HNAME("keep-alive"), HNAME("transfer-encoding"),
+	HNAME("content-length"), HNAME("proxy-connection"), HNAME("trailer"), HNAME("upgrade"),
+	HNAME("te"), HNAME("x-request-id"), { NULL, 0 }
+};
+
+static bool name_listed(const char *name, size_t nl, const struct hname *list)
+{
+	for (; list->s; list++)
+		if (list->len == nl && strncasecmp(name, list->s, nl) == 0)
+			return true;
+	return false;
+}
+
+/* The decimal number at s (after blanks), read no further than end; saturates at 10^18.
+ * The status code and Content-Length of every answer go through it: strtol and strtoull
+ * cost ~150 instructions each (locale, sign, base handling) where this takes a few. */
+static uint64_t dec_at(const char *s, const char *end)
+{
+	uint64_t v = 0;
+
+	while (s < end && (*s == ' ' || *s == '\t'))
+		s++;
+	for (; s < end && *s >= '0' && *s <= '9'; s++)
+		if ((v = v * 10 + (uint64_t)(*s - '0')) >= 1000000000000000000ull)
+			return 1000000000000000000ull;
+	return v;
+}
+
+static const char *up_value(const struct attempt *a, size_t at)
+{
+	return at ? a->up_raw + at - 1 : NULL;
+}
+
+/* ---- the answer's head ------------------------------------------------------------- */
+
+static int up_header_add(struct attempt *a, const char *name, size_t nl, const char *value,
+                         size_t vl)
+{
+	size_t need = a->up_raw_len + nl + vl + 2;
+
+	if (buf_grow(&a->up_raw, &a->up_raw_cap, need, 512) < 0)
+		return -1;
+	memcpy(a->up_raw + a->up_raw_len, name, nl);
+	a->up_raw[a->up_raw_len + nl] = '\0';
+	memcpy(a->up_raw + a->up_raw_len + nl + 1, value, vl);
+	a->up_raw[need - 1] = '\0';
+	a->up_raw_len = need;
+	return 0;
+}
+
+/* The answer's headers onto the client's reply, less the hop's own: the fixed list and
+ * whatever the upstream named in its Connection header (RFC 9110 7.6.1). */
+static void copy_response_headers(struct proxy_req *px)
+{
+	const struct attempt *a = &px->att;
+	const char *conn = up_value(a, a->up_conn);
+	size_t off = 0, conn_len = conn ? strlen(conn) : 0;
+
+	while (off < a->up_raw_len) {
+		const char *k = a->up_raw + off;
+		size_t kl = strlen(k);
+		const char *v = k + kl + 1;
+
+		off = (size_t)(v + strlen(v) + 1 - a->up_raw);
+		if (name_listed(k, kl, response_skipped) ||
+		    (conn && proxy_listed_in_connection(conn, conn_len, k, kl)))
+			continue;
+		http_add_header(px->req, k, v);
+	}
+}
+
+/* Only "chunked" is a transfer coding we can take off; anything else (gzip, ...) would
+ * reach the client still coded with no header saying so. */
+static bool only_chunked(const char *v, size_t vl)
+{
+	return vl == 7 && strncasecmp(v, "chunked", 7) == 0;
+}
+
+/* The head is in: how the answer reaches the client. */
+static void head_done(struct proxy_req *px)
+{
+	struct attempt *a = &px->att;
+	const char *ct = up_value(a, a->up_ct), *cl = up_value(a, a->up_cl);
+
+	px->status = a->status;
+	px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
+	if (!px->sse && px->scan.strip_usage)
+		px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
+	if (px->head_request || a->status == 204 || a->status == 304) {
+		/* no body follows: answered whole, with the upstream's length (RFC 9110 9.3.2) */
+		px->sse = false;
+		forward_arm_timer(px, px->route->timeout);
+	} else if (px->sse || !cl || dec_at(cl, cl + strlen(cl)) > BUFFER_LIMIT) {
+		/* The reply head goes out with the first body bytes (on_body): an upstream that
+		 * fails before sending any still gets the client a clean 502. */
+		px->stream_pending = true;
+		forward_arm_timer(px, px->route->idle_timeout);
+	} else {
+		forward_arm_timer(px, px->route->timeout);
+	}
+}
+
+static int on_line(void *arg, const char *line, size_t len)
+{
+	struct attempt *a = arg;
+	struct proxy_req *px = a->px;
+	const char *colon, *v;
+	size_t nl, vl;
+
+	if (len >= 5 && line[0] == 'H' && memcmp(line, "HTTP/", 5) == 0) {
+		/* a new status line ("HTTP/1.1 200 OK", "HTTP/2 200"): forget interim (1xx)
+		 * headers, keep the code */
+		const char *sp = memchr(line, ' ', len);
+		a->up_raw_len = a->up_ct = a->up_cl = a->up_conn = 0;
+		a->status = sp ? (long)dec_at(sp + 1, line + len) : 0;
+		if (a->status < 100 || a->status > 599) {
+			a->bad_answer = true;
+			return -1;
+		}
+		return 0;
+	}
+	if (len <= 2 && (line[0] == '\r' || line[0] == '\n')) {
+		if (a->status < 200)
+			return 0;
+		if (a->ttfb_s < 0)
+			a->ttfb_s = proxy_elapsed(px);
+		if (!px->req)
+			return -1; /* client gone: abort the transfer */
+		head_done(px);
+		return 0;
+	}
+	/* a NUL or a bare CR would cut or split the header on its way on: refuse the answer
+	 * rather than pass a different one (RFC 9110 5.5) */
+	vl = len;
+	while (vl && (line[vl - 1] == '\n' || line[vl - 1] == '\r'))
+		vl--;
+	if (memchr(line, '\0', vl) || memchr(line, '\r', vl)) {
+		a->bad_answer = true;
+		return -1;
+	}
+	colon = memchr(line, ':', len);
+	if (!colon || colon == line)
+		return 0;   /* not a header (curl passes some such lines on) */
+	nl = (size_t)(colon - line);
+	v = colon + 1;
+	vl = len - nl - 1;
+	while (vl && (*v == ' ' || *v == '\t')) { v++; vl--; }
+	while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' ' || v[vl - 1] == '\t'))
+		vl--;
+	if (nl == 17 && strncasecmp(line, "Transfer-Encoding", 17) == 0 && !only_chunked(v, vl)) {
+		a->bad_answer = true;
+		return -1;
+	}
+	if (up_header_add(a, line, nl, v, vl) < 0)
+		return -1; /* out of memory: abort the transfer */
+	/* The headers the end of the head looks at, noted as they pass rather than searched
+	 * for in the whole head then. */
+	if (nl == 12 && !a->up_ct && strncasecmp(line, "Content-Type", 12) == 0)
+		a->up_ct = a->up_raw_len - vl;
+	else if (nl == 14 && !a->up_cl && strncasecmp(line, "Content-Length", 14) == 0)
+		a->up_cl = a->up_raw_len - vl;
+	else if (nl == 10 && !a->up_conn && strncasecmp(line, "Connection", 10) == 0)
+		a->up_conn = a->up_raw_len - vl;
+	return 0;
+}
+
+/* ---- the body ----------------------------------------------------------------------- */
+
+/* log_bodies: keep the first bytes of the answer for the audit row. */
+static void log_answer(struct proxy_req *px, const char *data, size_t len)
+{
+	size_t have, cap = px->route ? (size_t)px->route->log_bodies : 0;
+
+	if (!px->answer_log || cap == 0)
+		return;
+	have = evbuffer_get_length(px->answer_log);
+	if (have < cap)
+		evbuffer_add(px->answer_log, data, len < cap - have ? len : cap - have);
+}
+
+/* Send the reply head and switch to relaying chunks. */
+static void start_stream(struct proxy_req *px)
+{
+	copy_response_headers(px);
+	http_on_written(px->req, relay_written, px);
+	http_reply_start(px->req, (int)px->status);
+	px->started = true;
+	px->streaming = true;
+	if (evbuffer_get_length(px->out) > 0)
+		http_reply_chunk(px->req, px->out);
+}
+
+static int on_body(void *arg, const char *data, size_t len)
+{
+	struct attempt *a = arg;
+	struct proxy_req *px = a->px;
+
+	if (!px->req)
+		return -1; /* client gone: abort */
+	if (px->streaming && http_backlog(px->req) > CLIENT_HIGH_WATER) {
+		px->paused = true;
+		px->gw->stats.upstream_pauses++;
+		return 1;
+	}
+	if (px->sse) {
+		px->scan_len = 0;
+		if (sse_scan_feed(&px->scan, data, len, &px->scan_out, &px->scan_len, &px->scan_cap) < 0)
+			return -1; /* out of memory: abort the transfer */
+		evbuffer_add(px->out, px->scan_out, px->scan_len);
+		px->bytes_out += px->scan_len;  /* what the client gets, without a stripped chunk */
+		log_answer(px, px->scan_out, px->scan_len);
+	} else {
+		evbuffer_add(px->out, data, len);
+		px->bytes_out += len;
+		log_answer(px, data, len);
+	}
+	px->chunks++;
+	if (px->stream_pending || (!px->streaming && evbuffer_get_length(px->out) > BUFFER_LIMIT)) {
+		px->stream_pending = false;
+		start_stream(px); /* a stream's first bytes, or more than the upstream announced */
+	} else if (px->streaming) {
+		http_reply_chunk(px->req, px->out);
+	}
+	if (px->streaming)
+		forward_arm_timer(px, px->route->idle_timeout);
+	return 0;
+}
+
+void relay_written(void *arg)
+{
+	struct proxy_req *px = arg;
+
+	if (px->paused && px->req && http_backlog(px->req) <= CLIENT_LOW_WATER)
+		event_active(&px->resume_ev, 0, 0);
+}
+
+void relay_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_req *px = arg;
+	(void)fd; (void)what;
+
+	if (!px->paused)
+		return;
+	px->paused = false;
+	tr_resume(&px->att.x);   /* may complete the transfer: nothing after this */
+}
+
+/* ---- the end ------------------------------------------------------------------------ */
+
+/* The whole answer is in: the rest of it, then the end, to the client. */
+static void answer_complete(struct proxy_req *px)
+{
+	struct attempt *a = &px->att;
+	struct http_request *req;
+
+	if (px->sse) {
+		px->scan_len = 0;
+		if (sse_scan_finish(&px->scan, &px->scan_out, &px->scan_len, &px->scan_cap) == 0 &&
+		    px->scan_len > 0)
+			evbuffer_add(px->out, px->scan_out, px->scan_len);
+		px->usage = px->scan.usage;
+	} else if (!px->streaming) {
+		usage_from_json((const char *)evbuffer_pullup(px->out, -1),
+		                evbuffer_get_length(px->out), &px->usage);
+	}
+	if (px->stream_pending) {
+		px->stream_pending = false;
+		start_stream(px);   /* an empty stream: its head and end go out together */
+	}
+	if (px->streaming) {
+		if (evbuffer_get_length(px->out) > 0)
+			http_reply_chunk(px->req, px->out);
+		req = proxy_take_req(px);
+		http_reply_end(req);
+	} else {
+		/* a HEAD or 304 answer announces the length the upstream gave */
+		const char *cl = up_value(a, a->up_cl);
+		int64_t head_len = cl ? (int64_t)dec_at(cl, cl + strlen(cl)) : -1;
+
+		copy_response_headers(px);
+		req = proxy_take_req(px);
+		http_reply_buf(req, (int)px->status, px->out, head_len);
+	}
+}
+
+struct failure {
+	int status;
+	const char *kind;
+	const char *message;
+};
+
+static struct failure classify(const struct attempt *a, enum tr_result r)
+{
+	if (a->timed_out)
+		return a->ttfb_s < 0
+		       ? (struct failure){ 504, "timeout", "upstream did not answer in time" }
+		       : (struct failure){ 504, "idle_timeout", "upstream stream went idle" };
+	if (a->bad_answer)
+		r = TR_PROTOCOL;
+	switch (r) {
+	case TR_CONNECT:
+		return (struct failure){ 502, "connect", "upstream refused the connection" };
+	case TR_RESOLVE:
+		return (struct failure){ 502, "resolve", "upstream host name could not be resolved" };
+	case TR_TIMEOUT:
+		return (struct failure){ 504, "timeout", "upstream did not answer in time" };
+	case TR_TLS:
+		return (struct failure){ 502, "tls", "TLS handshake with the upstream failed" };
+	case TR_PROTOCOL:
+		return (struct failure){ 502, "protocol",
+		                         "upstream answered with something that is not HTTP" };
+	default:
+		return (struct failure){ 502, "reset", "upstream closed the connection" };
+	}
+}
+
+static void on_done(void *arg, enum tr_result r)
+{
+	struct attempt *a = arg;
+	struct proxy_req *px = a->px;
+	struct failure f;
+
+	evtimer_del(&px->timer_ev);
+	if (!px->req) {
+		proxy_finish(px);
+		return;
+	}
+	if (r == TR_OK && !a->timed_out) {
+		answer_complete(px);
+		proxy_finish(px);
+		return;
+	}
+	f = classify(a, r);
+	px->error_kind = f.kind;
+	log_debug("request %s: upstream %s (%s)", px->id, f.kind, tr_result_kind(r));
+	if (px->started) {
+		/* the client cannot be told the stream broke except by a cut without the closing
+		 * chunk, so that it sees a truncated answer rather than a complete one */
+		struct http_request *req = proxy_take_req(px);
+		if (req)
+			http_abort(req);
+		if (px->status < 400)
+			px->status = f.status; /* recorded as the gateway's failure, not a 200 */
+	} else {
+		proxy_reply_error(px, f.status, f.kind, f.message);
+	}
+	proxy_finish(px);
+}
+
+void relay_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_req *px = arg;
+	(void)fd; (void)what;
+
+	px->att.timed_out = true;
+	forward_cancel(px);
+	on_done(&px->att, TR_TIMEOUT);
+}
+
+const struct tr_callbacks relay_callbacks = { on_line, on_body, on_done };
+
+/* ---- bodies for the audit row -------------------------------------------------------- */
+
+/* Blank out every occurrence of a secret in a kept body. */
+static void redact(char *buf, size_t len, const char *secret, size_t sl)
+{
+	char *hit;
+
+	if (!secret || sl < 8)
+		return;
+	while ((hit = memmem(buf, len, secret, sl)))
+		memset(hit, '*', sl);
+}
+
+/* At most the route's log_bodies bytes, with the secrets the gateway knows of (the
+ * route's upstream key, and for the request the client's own key) blanked out in case a
+ * client or an upstream echoes one. NUL bytes become spaces: the column is text. */
+char *relay_body_for_audit(const struct proxy_req *px, const char *data, size_t len,
+                           const char *client_secret, size_t client_secret_len)
+{
+	size_t cap = (size_t)px->route->log_bodies;
+	size_t route_secret_len = px->route->api_key ? strlen(px->route->api_key) : 0;
+	/* redact before cutting, so that a secret straddling the cut leaves no prefix behind */
+	size_t n = cap + (route_secret_len > client_secret_len ? route_secret_len : client_secret_len);
+	char *out;
+
+	if (n > len)
+		n = len;
+	out = malloc(n + 1);
+	if (!out)
+		return NULL;
+	memcpy(out, data, n);
+	redact(out, n, px->route->api_key, route_secret_len);
+	redact(out, n, client_secret, client_secret_len);
+	len = n < cap ? n : cap;
+	out[len] = '\0';
+	for (size_t i = 0; i < len; i++)
+		if (out[i] == '\0')
+			out[i] = ' ';
+	return out;
+}

@@ -1,0 +1,137 @@
+/* The state of one proxied request, shared by the phases of the request path:
+ * proxy.c (head, authenticate, body, parse, match, policy, cache, done), forward.c (the
+ * attempt: the upstream request and its transfer) and relay.c (the answer, to the client).
+ *
+ * Two structs: the request (one per client request, from its head to its audit row) and
+ * the attempt (one per try of an upstream: what was sent where and what came back). A
+ * later retry or failover makes a new attempt and keeps the request.
+ *
+ * Ownership: proxy.c creates a request in proxy_request and frees it in exactly one place
+ * (proxy_finish), which always runs from a libevent callback: never from inside a
+ * transport callback and never from inside one of http.c's calls (the Redis
+ * freeClientAsync idea).
+ *
+ * Layer: flow. */
+#ifndef FG_REQUEST_H
+#define FG_REQUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+#include <event2/buffer.h>
+#include <event2/event_struct.h>
+
+#include "gateway.h"
+#include "http.h"
+#include "reqid.h"
+#include "transport.h"
+#include "usage.h"
+
+/* One try of an upstream. */
+struct attempt {
+	struct proxy_req *px;
+	struct tr_xfer x;
+	bool started;                     /* tr_start succeeded: done will run or it is cancelled */
+	char *head;                       /* the request head, as the upstream gets it */
+	size_t head_len, head_cap;
+	/* the answer's head, as it arrives */
+	long status;
+	char *up_raw;                     /* headers, "name\0value\0"...: copied once into the reply */
+	size_t up_raw_len, up_raw_cap;
+	size_t up_ct, up_cl, up_conn;     /* 1 + offset in up_raw of the first Content-Type,
+	                                   * Content-Length and Connection values; 0 = none */
+	double ttfb_s;                    /* < 0 until the answer's head is in */
+	bool timed_out;
+	bool bad_answer;                  /* a head line we will not relay (protocol error) */
+};
+
+struct proxy_req {
+	struct gateway *gw;
+	struct http_request *req;         /* NULL once ended or the client is gone */
+	unsigned phase;                   /* the phase to run next (proxy.c) */
+	struct route_table *table;        /* referenced: the route outlives a reload */
+	const struct route *route;
+	int64_t key_id;
+	char *key_name;
+	const char *secret;               /* the client's key, in its request's headers */
+	size_t secret_len;
+	char id[REQID_LEN + 1];
+	double started_at;                /* wall clock, for the audit */
+	struct timespec t_start;
+	const char *method;               /* static: http.c's method table */
+	char *path;                       /* as the client sent it, without the query */
+	char client_ip[64];
+	bool head_request;                /* HEAD: the answer has no body */
+	struct key *key;                  /* valid within one run of the phases only */
+	struct route_request rq;          /* what matching sees; its lazily parsed JSON */
+
+	/* the body and its one reading */
+	char *body;                       /* taken from the connection */
+	size_t body_len;
+	char *body_rewritten;             /* when add_body_fields or usage injection changed it */
+	size_t rewritten_len;
+	char model[128];                  /* the request's "model", for the audit */
+	bool client_stream;               /* the client asked for a stream */
+	bool include_usage;               /* ... with stream_options.include_usage */
+	char *body_log;                   /* log_bodies: the request body as forwarded */
+	struct evbuffer *answer_log;      /* log_bodies: the answer as relayed, up to the cap */
+
+	struct attempt att;               /* the upstream try (one per request for now) */
+	bool forwarded;                   /* an attempt was started */
+
+	/* the answer, on its way to the client (relay.c) */
+	struct evbuffer *out;             /* buffered answer, or one chunk to relay */
+	bool sse;                         /* the answer is an event stream being scanned */
+	struct sse_scan scan;             /* finds usage in a stream; strips what we injected */
+	char *scan_out;                   /* scanner output buffer, reused per chunk */
+	size_t scan_len, scan_cap;
+	struct usage usage;
+	long status;                      /* what the client got */
+	bool started;                     /* reply head sent to the client */
+	bool streaming;
+	bool stream_pending;              /* a stream whose head waits for its first bytes */
+	bool paused;
+	bool finished;
+	const char *error_kind;           /* upstream failure kind for metrics, or NULL */
+	unsigned chunks;
+	size_t bytes_out;
+
+	/* embedded, not allocated: fewer mallocs per request */
+	struct event timer_ev;            /* first byte, then idle between chunks */
+	struct event resume_ev;           /* deferred transport resume */
+	struct event finish_ev;           /* deferred finish after the client vanished */
+};
+
+/* ---- proxy.c ---- */
+/* Answer with a gateway error (OpenAI shape); the request is not the client's any more. */
+void proxy_reply_error(struct proxy_req *px, int status, const char *code, const char *message);
+/* Stop watching the client before an ending reply; returns the request to end. */
+struct http_request *proxy_take_req(struct proxy_req *px);
+/* The request's end: done hook, then free. Runs once; from the loop only. */
+void proxy_finish(struct proxy_req *px);
+double proxy_elapsed(const struct proxy_req *px);
+
+/* ---- forward.c ---- */
+/* Build the upstream request for px->route and start it: 0, or -1 when it could not be
+ * started (out of memory, no socket): the caller answers 500/502. */
+int forward_start(struct proxy_req *px, const struct http_request *in, const char *body,
+                  size_t body_len);
+/* Arm the request's timer (first byte, or idle between chunks). */
+void forward_arm_timer(struct proxy_req *px, int seconds);
+/* Stop the attempt's transfer if it is running; false when there was none. */
+bool forward_cancel(struct proxy_req *px);
+
+/* ---- relay.c ---- */
+extern const struct tr_callbacks relay_callbacks;
+/* http_on_written: ask the transport for more once the client's backlog is low. */
+void relay_written(void *arg);
+/* Event callbacks (arg: the request): the first-byte or idle timer, and the deferred
+ * resume of a paused transfer. */
+void relay_timer_cb(evutil_socket_t fd, short what, void *arg);
+void relay_resume_cb(evutil_socket_t fd, short what, void *arg);
+/* log_bodies: keep at most the route's log_bodies bytes of data, secrets blanked. */
+char *relay_body_for_audit(const struct proxy_req *px, const char *data, size_t len,
+                           const char *client_secret, size_t client_secret_len);
+
+#endif
