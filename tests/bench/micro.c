@@ -11,6 +11,12 @@
  *                                route_table_load and route_match (the last route, a random
  *                                route, no match). Prints one JSON object.
  *
+ *   micro json [N]               time N (default 1,000,000) readings of a ~300-byte chat
+ *                                request body by reqjson_parse (+ reqjson_free) and by
+ *                                usage_request_info, the scanner it replaces. Prints one JSON
+ *                                object. Under valgrind --tool=callgrind, the inclusive cost
+ *                                of each function divided by N is its instructions a request.
+ *
  * Route files come from `bench.py genroutes`: route i is named r<i> and is reached by the
  * request path that bench.py's path_for(i) gives (mirrored in path_for() below).
  */
@@ -24,7 +30,9 @@
 
 #include "errlist.h"
 #include "keys.h"
+#include "reqjson.h"
 #include "routes.h"
+#include "usage.h"
 
 static volatile uintptr_t sink;
 
@@ -276,12 +284,52 @@ static int cmd_bench(const char *routes_dir, const char *db, const char *secrets
 	return 0;
 }
 
+/* A chat request as clients send it: two messages, model, stream, temperature. */
+static const char chat_body[] =
+	"{\"model\":\"mock-gpt\",\"temperature\":0.7,\"stream\":true,\"max_tokens\":64,"
+	"\"messages\":[{\"role\":\"system\",\"content\":\"You are a terse assistant. Answer in one "
+	"sentence.\"},{\"role\":\"user\",\"content\":\"Summarise the benefits of keep-alive "
+	"connections between a gateway and its upstream in a few words, please.\"}]}";
+
+static int cmd_json(long n)
+{
+	size_t len = sizeof(chat_body) - 1;
+	double t0, t1, parse_ns, scan_ns;
+	char model[128];
+	bool stream = false, inc = false;
+
+	t0 = now_s();
+	for (long i = 0; i < n; i++) {
+		struct reqjson rj;
+
+		if (reqjson_parse(&rj, chat_body, len) != RJ_OK || !rj.model || !rj.stream)
+			die("reqjson_parse did not read the chat body", NULL);
+		sink += rj.n_fields;
+		reqjson_free(&rj);
+	}
+	t1 = now_s();
+	parse_ns = (t1 - t0) * 1e9 / (double)(n ? n : 1);
+	t0 = now_s();
+	for (long i = 0; i < n; i++) {
+		usage_request_info(chat_body, len, model, sizeof(model), &stream, &inc);
+		sink += (uintptr_t)stream;
+	}
+	t1 = now_s();
+	scan_ns = (t1 - t0) * 1e9 / (double)(n ? n : 1);
+	printf("{\"body_bytes\":%zu,\"calls\":%ld,\"reqjson_parse_ns\":%.1f,"
+	       "\"usage_request_info_ns\":%.1f}\n", len, n, parse_ns, scan_ns);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 5 && strcmp(argv[1], "genkeys") == 0)
 		return cmd_genkeys(argv[2], atol(argv[3]), argv[4]);
 	if (argc == 5 && strcmp(argv[1], "bench") == 0)
 		return cmd_bench(argv[2], argv[3], argv[4]);
-	fprintf(stderr, "usage: micro genkeys DB N SECRETS | micro bench ROUTES_DIR DB SECRETS\n");
+	if ((argc == 2 || argc == 3) && strcmp(argv[1], "json") == 0)
+		return cmd_json(argc == 3 ? atol(argv[2]) : 1000000);
+	fprintf(stderr, "usage: micro genkeys DB N SECRETS | micro bench ROUTES_DIR DB SECRETS | "
+	        "micro json [N]\n");
 	return 2;
 }
