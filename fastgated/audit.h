@@ -38,7 +38,7 @@ struct audit_record {
 	char *key_name;
 	char *client_ip;
 	char *method;
-	char *path;               /* as the client sent it, query string included */
+	char *path;               /* as the client sent it, without the query (it may hold a credential) */
 	char *route;              /* NULL when no route matched */
 	char *upstream;           /* upstream URL, NULL when nothing was forwarded */
 	int status;               /* status sent to the client */

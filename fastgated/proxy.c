@@ -156,7 +156,7 @@ void proxy_finish(struct proxy_req *px)
 	free(px->path);
 	sse_scan_free(&px->scan);
 	free(px->scan_out);
-	json_decref(px->rq.json);
+	reqjson_free(&px->rj);
 	event_del(&px->timer_ev);
 	event_del(&px->resume_ev);
 	event_del(&px->finish_ev);
@@ -343,14 +343,43 @@ static enum phase_rc ph_body(struct proxy_req *px)
 
 /* ---- parse, match, policy, cache --------------------------------------------------- */
 
+/* The one reading of the body that every later step uses: routing, the audit's model,
+ * the rewrites. A body that is not JSON is forwarded as it is unless a route needs to
+ * read it; a JSON object with a duplicate key is refused whatever the route, because
+ * the upstream may resolve it differently from us (the model billed is not the model
+ * audited). */
 static enum phase_rc ph_parse(struct proxy_req *px)
 {
+	struct reqjson *rj = &px->rj;
+
 	px->rq.method = px->req->method_name;
 	px->rq.path = px->req->path;
 	px->rq.body_len = px->body_len;
 	px->rq.body = px->body_len ? px->body : "";
-	usage_request_info(px->rq.body, px->rq.body_len, px->model, sizeof(px->model),
-	                   &px->client_stream, &px->include_usage);
+	if (px->body_len == 0)
+		return PH_NEXT;
+	px->rq.rj = rj;
+	switch (reqjson_parse(rj, px->body, px->body_len)) {
+	case RJ_OK:
+		break;
+	case RJ_DUPLICATE_KEY:
+		proxy_reply_error(px, 400, "duplicate_key",
+		                  "request body has the same JSON key twice in one object");
+		return PH_END;
+	case RJ_NOMEM:
+		proxy_reply_error(px, 500, "internal_error", "out of memory");
+		return PH_END;
+	default:
+		return PH_NEXT;
+	}
+	if (rj->model) {
+		size_t n = rj->model->str_len < sizeof(px->model) - 1 ? rj->model->str_len
+		                                                       : sizeof(px->model) - 1;
+		memcpy(px->model, rj->model->str, n);
+		px->model[n] = '\0';
+	}
+	px->client_stream = rj->stream;
+	px->include_usage = rj->include_usage;
 	return PH_NEXT;
 }
 
@@ -410,51 +439,33 @@ static enum phase_rc ph_cache(struct proxy_req *px)
 /* ---- forward -------------------------------------------------------------------------- */
 
 /* Rewrite the body when the route adds fields, or when a stream must be asked for its
- * usage. -1: a rewrite was needed but the body is not a JSON object. */
+ * usage: the client's bytes with members spliced in, never a re-serialised tree.
+ * -1: a rewrite was needed but the body is not a JSON object, or out of memory. */
 static int prepare_body(struct proxy_req *px)
 {
 	const struct route *r = px->route;
-	struct route_request *rq = &px->rq;
 	/* a request without a body (GET /v1/models) has nothing to add fields to */
-	bool add_fields = r->add_body_fields && json_object_size(r->add_body_fields) > 0 &&
-	                  rq->body_len > 0;
-	bool added = false;
+	bool add_fields = r->n_body_adds > 0 && px->body_len > 0;
 	bool inject = r->stream_usage && px->client_stream && !px->include_usage;
-	const char *field;
-	json_t *value, *so;
+	size_t len;
 
 	if (!add_fields && !inject)
 		return 0;
-	if (rq->json_state == 0) {
-		rq->json = json_loadb(rq->body, rq->body_len, 0, NULL);
-		rq->json_state = json_is_object(rq->json) ? 1 : -1;
-	}
-	if (rq->json_state != 1)
+	if (px->rj.result != RJ_OK || px->body_len == 0)
 		return add_fields ? -1 : 0;
-	if (add_fields)
-		json_object_foreach(r->add_body_fields, field, value)
-			if (!json_object_get(rq->json, field)) {
-				json_object_set(rq->json, field, value);
-				added = true;
-			}
-	if (!added && !inject)
-		return 0; /* the client sent every field: forward its bytes unchanged */
-	if (inject) {
-		so = json_object_get(rq->json, "stream_options");
-		if (!json_is_object(so)) {
-			so = json_object();
-			json_object_set_new(rq->json, "stream_options", so);
-		}
-		json_object_set_new(so, "include_usage", json_true());
-		sse_scan_init(&px->scan, true);
-	}
-	value = json_object_get(rq->json, "model");
-	if (json_is_string(value))
-		snprintf(px->model, sizeof(px->model), "%s", json_string_value(value));
-	px->body_rewritten = json_dumps(rq->json, JSON_COMPACT);
+	px->body_rewritten = reqjson_splice(&px->rj, px->body, px->body_len, r->body_adds,
+	                                    add_fields ? r->n_body_adds : 0, inject, &len);
 	if (!px->body_rewritten)
-		return -1;
-	px->rewritten_len = strlen(px->body_rewritten);
+		return len == 0 ? 0 : -1;   /* 0: the client sent every field */
+	px->rewritten_len = len;
+	/* a model the route adds is the model the upstream runs: the audit says so */
+	if (!px->model[0] && add_fields) {
+		json_t *m = json_object_get(r->add_body_fields, "model");
+		if (json_is_string(m))
+			snprintf(px->model, sizeof(px->model), "%s", json_string_value(m));
+	}
+	if (inject)
+		sse_scan_init(&px->scan, true);
 	return 0;
 }
 

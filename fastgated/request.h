@@ -25,6 +25,7 @@
 #include "gateway.h"
 #include "http.h"
 #include "reqid.h"
+#include "reqjson.h"
 #include "transport.h"
 #include "usage.h"
 
@@ -64,7 +65,8 @@ struct proxy_req {
 	char client_ip[64];
 	bool head_request;                /* HEAD: the answer has no body */
 	struct key *key;                  /* valid within one run of the phases only */
-	struct route_request rq;          /* what matching sees; its lazily parsed JSON */
+	struct reqjson rj;                /* the body's one reading (parse phase) */
+	struct route_request rq;          /* what matching sees */
 
 	/* the body and its one reading */
 	char *body;                       /* taken from the connection */

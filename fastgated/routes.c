@@ -149,6 +149,9 @@ static void route_free(struct route *r)
 		free(r->add_headers[i].value);
 	}
 	free(r->add_headers);
+	for (size_t i = 0; i < r->n_body_adds; i++)
+		free((char *)r->body_adds[i].value_json);
+	free(r->body_adds);
 	json_decref(r->add_body_fields);
 	free(r->unavailable);
 	free(r);
@@ -430,37 +433,45 @@ static const char *path_pattern_problem(const char *p)
 
 /* ---- body matching ---- */
 
-static bool value_match(const json_t *want, const json_t *have)
+/* A NUL in a decoded string (\u0000) cannot take part in a C-string glob: it never
+ * matches a pattern rather than matching on the part before it. */
+static bool glob_match(const char *glob, const struct rj_field *f)
 {
+	return strlen(f->str) == f->str_len && fnmatch(glob, f->str, 0) == 0;
+}
+
+bool route_value_match(const json_t *want, const struct reqjson *rj, const struct rj_field *have,
+                       const char *body)
+{
+	int64_t hi;
+	double hd;
+
 	if (!want || !have)
 		return false;
 	if (json_is_string(want))
-		return json_is_string(have) &&
-		       fnmatch(json_string_value(want), json_string_value(have), 0) == 0;
+		return have->type == RJ_STRING && glob_match(json_string_value(want), have);
 	if (json_is_boolean(want))
-		return json_is_boolean(have) && json_is_true(want) == json_is_true(have);
+		return json_is_true(want) ? have->type == RJ_TRUE : have->type == RJ_FALSE;
 	if (json_is_number(want)) {
-		if (!json_is_number(have))
+		if (have->type != RJ_NUMBER)
 			return false;
-		if (json_is_integer(want) && json_is_integer(have))
-			return json_integer_value(want) == json_integer_value(have);
-		return json_number_value(want) == json_number_value(have);
+		if (json_is_integer(want) && reqjson_int64(rj, have, body, &hi))
+			return json_integer_value(want) == hi;
+		return reqjson_number(rj, have, body, &hd) && json_number_value(want) == hd;
 	}
 	return false;
 }
 
-bool route_body_match(const json_t *want, const json_t *body)
+bool route_body_match(const json_t *want, const struct reqjson *rj, const char *body)
 {
 	const char *key;
 	json_t *v;
 
-	if (!json_is_object(want))
-		return value_match(want, body);
-	if (!json_is_object(body))
+	if (!json_is_object(want) || !rj || rj->result != RJ_OK)
 		return false;
 	/* json_object_foreach wants a non-const object; it only reads */
 	json_object_foreach((json_t *)want, key, v) {
-		if (!value_match(v, json_object_get(body, key)))
+		if (!route_value_match(v, rj, reqjson_get(rj, key), body))
 			return false;
 	}
 	return true;
@@ -476,23 +487,6 @@ static bool method_match(const struct route *r, const char *method)
 		if (strcasecmp(r->methods[i], method) == 0)
 			return true;
 	return false;
-}
-
-/* Parse the body once per request, and only when a candidate route reads it. */
-static int request_json(struct route_request *rq)
-{
-	if (rq->json_state == 0) {
-		json_t *j = rq->body ? json_loadb(rq->body, rq->body_len, 0, NULL) : NULL;
-
-		if (json_is_object(j)) {
-			rq->json = j;
-			rq->json_state = 1;
-		} else {
-			json_decref(j);
-			rq->json_state = -1;
-		}
-	}
-	return rq->json_state;
 }
 
 enum route_match_result route_match(const struct route_table *t, struct route_request *rq,
@@ -526,9 +520,9 @@ enum route_match_result route_match(const struct route_table *t, struct route_re
 		if (!method_match(r, rq->method))
 			continue;
 		if (r->match_body) {
-			if (request_json(rq) < 0)
+			if (!rq->rj || rq->rj->result != RJ_OK)
 				return ROUTE_BAD_BODY;
-			if (!route_body_match(r->match_body, rq->json))
+			if (!route_body_match(r->match_body, rq->rj, rq->body))
 				continue;
 		}
 		*out = r;
@@ -931,6 +925,30 @@ static json_t *to_json(struct pctx *c, const yaml_node_t *n, int depth)
 		perr(c, n, "add_body_fields: empty value");
 		return NULL;
 	}
+}
+
+/* add_body_fields as the splice wants them (reqjson_splice): each value's JSON text,
+ * made once here rather than on every request. */
+static void body_adds_make(struct route *r)
+{
+	const char *key;
+	json_t *v;
+	size_t i = 0;
+
+	r->body_adds = calloc(json_object_size(r->add_body_fields), sizeof(*r->body_adds));
+	if (!r->body_adds)
+		abort();
+	json_object_foreach(r->add_body_fields, key, v) {
+		char *text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+
+		if (!text)
+			abort();
+		r->body_adds[i].key = key;   /* owned by add_body_fields */
+		r->body_adds[i].value_json = text;
+		r->body_adds[i].value_len = strlen(text);
+		i++;
+	}
+	r->n_body_adds = i;
 }
 
 /* ---- loading: upstream ---- */
@@ -1452,6 +1470,8 @@ static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struc
 			json_decref(r->add_body_fields);
 			r->add_body_fields = NULL;
 		}
+		if (r->add_body_fields)
+			body_adds_make(r);
 	}
 	c->rname = NULL;
 }

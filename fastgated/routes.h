@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "errlist.h"
+#include "reqjson.h"
 #include "transport.h"
 
 struct route_kv {
@@ -52,6 +53,8 @@ struct route {
 	struct route_kv *add_headers;
 	size_t n_add_headers;
 	json_t *add_body_fields; /* object, or NULL */
+	struct rj_add *body_adds; /* the same, as the splice takes them (keys borrowed from it) */
+	size_t n_body_adds;
 
 	/* `if_env: VAR` named a variable that is unset or empty: the route is listed but
 	 * enabled = enabled_in_file = false and api_key = NULL. A message for the operator,
@@ -89,16 +92,15 @@ void route_table_unref(struct route_table *t);   /* frees at zero */
 
 struct route *route_table_find(const struct route_table *t, const char *name);
 
-/* What a request offers for matching. The body is parsed lazily, only when a candidate
- * route has a `match.body`; `json` then holds the parsed body (caller frees with
- * json_decref), `json_state` is 0 (not parsed), 1 (parsed object), -1 (not a JSON object). */
+/* What a request offers for matching: the body's one reading (reqjson_parse, made by the
+ * parse phase; NULL when the request has no body), which every route reading the body
+ * uses. */
 struct route_request {
 	const char *method;   /* "POST" */
 	const char *path;     /* path only, no query string */
 	const char *body;
 	size_t body_len;
-	json_t *json;
-	int json_state;
+	const struct reqjson *rj;
 };
 
 enum route_match_result { ROUTE_MATCHED = 0, ROUTE_NO_MATCH = -1, ROUTE_BAD_BODY = -2 };
@@ -113,10 +115,12 @@ enum route_match_result route_match(const struct route_table *t, struct route_re
  * non-empty segment; anything else literal. Exposed for tests. */
 bool route_path_match(const char *pattern, const char *path);
 
-/* Body match. `want` an object: `body` must be an object holding every field of `want`, each
- * matching. `want` a string: an fnmatch(3) glob (`*`, `?`, `[...]`; `*` also matches `/`)
- * against a string; a boolean or number: equal value and type family (1 == 1.0).
- * Exposed for tests. */
-bool route_body_match(const json_t *want, const json_t *body);
+/* Body match. `want` an object: the body must be a JSON object holding every field of
+ * `want`, each matching: a string is an fnmatch(3) glob (`*`, `?`, `[...]`; `*` also
+ * matches `/`) against the decoded string; a boolean or number must be an equal value of
+ * the same family (1 == 1.0). route_value_match is one field's rule. Exposed for tests. */
+bool route_body_match(const json_t *want, const struct reqjson *rj, const char *body);
+bool route_value_match(const json_t *want, const struct reqjson *rj, const struct rj_field *have,
+                       const char *body);
 
 #endif

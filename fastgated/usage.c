@@ -3,7 +3,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <jansson.h>
 
 #include "usage.h"
 
@@ -477,97 +476,6 @@ bool usage_from_json(const char *body, size_t len, struct usage *u)
 	u->prompt_tokens = u->completion_tokens = -1;
 	js_members(&j, usage_member, u);
 	return u->found;
-}
-
-struct request_info {
-	char *model;
-	size_t cap;
-	bool *stream, *include_usage;
-};
-
-static void stream_options_member(void *arg, const char *k, size_t kn, struct jscan *v)
-{
-	struct request_info *ri = arg;
-
-	if (key_is(k, kn, "include_usage"))
-		*ri->include_usage = js_literal(v, "true");
-}
-
-static void request_member(void *arg, const char *k, size_t kn, struct jscan *v)
-{
-	struct request_info *ri = arg;
-	const char *s;
-	size_t n;
-
-	if (key_is(k, kn, "model")) {
-		struct jscan sv = *v;
-		ri->model[0] = '\0';
-		if (js_string(&sv, &s, &n)) {
-			json_t *decoded = NULL;
-			/* the rare name with escapes is decoded properly; plain ones are copied */
-			if (memchr(s, '\\', n)) {
-				decoded = json_loadb(v->p, (size_t)(sv.p - v->p), JSON_DECODE_ANY, NULL);
-				if (json_is_string(decoded)) {
-					s = json_string_value(decoded);
-					n = strlen(s);
-				}
-			}
-			if (n >= ri->cap)
-				n = ri->cap - 1;
-			memcpy(ri->model, s, n);
-			ri->model[n] = '\0';
-			json_decref(decoded);
-		}
-	} else if (key_is(k, kn, "stream")) {
-		struct jscan sv = *v;
-		*ri->stream = js_literal(&sv, "true");
-	} else if (key_is(k, kn, "stream_options")) {
-		struct jscan sv = *v;
-		*ri->include_usage = false;
-		js_members(&sv, stream_options_member, ri);
-	}
-}
-
-void usage_request_info(const char *body, size_t len, char *model, size_t cap,
-                        bool *stream, bool *include_usage)
-{
-	struct request_info ri = { model, cap, stream, include_usage };
-	struct jscan j = { body, body + len };
-
-	model[0] = '\0';
-	*stream = *include_usage = false;
-	/* leading whitespace is valid JSON and upstreams accept it (see the fuzz corpus) */
-	if (!js_members(&j, request_member, &ri)) {
-		model[0] = '\0';
-		*stream = *include_usage = false;
-		return;
-	}
-	js_ws(&j);
-	if (j.p != j.end) { /* trailing garbage: not a JSON document */
-		model[0] = '\0';
-		*stream = *include_usage = false;
-	}
-}
-
-char *usage_request_with_include_usage(const char *body, size_t len)
-{
-	json_t *root = json_loadb(body, len, 0, NULL), *so;
-	char *out = NULL;
-
-	if (!json_is_object(root))
-		goto done;
-	so = json_object_get(root, "stream_options");
-	if (!json_is_object(so)) {
-		so = json_object();
-		if (!so || json_object_set_new(root, "stream_options", so) < 0)
-			goto done;
-	}
-	if (json_object_set_new(so, "include_usage", json_true()) < 0)
-		goto done;
-	out = json_dumps(root, JSON_COMPACT);
-done:
-	json_decref(root);
-	return out;
 }
 
 void sse_scan_init(struct sse_scan *s, bool strip_usage)

@@ -22,16 +22,6 @@ struct usage {
 /* Usage from a whole JSON answer. Returns true when found. */
 bool usage_from_json(const char *body, size_t len, struct usage *u);
 
-/* The top-level "model" of a JSON request body into out (truncated to cap - 1); "" when
- * there is none. Also reports whether "stream" is true and whether the client asked for
- * stream_options.include_usage. */
-void usage_request_info(const char *body, size_t len, char *model, size_t cap,
-                        bool *stream, bool *include_usage);
-
-/* The request body with stream_options.include_usage set to true (other fields kept).
- * Returns a malloc'd string, or NULL if the body is not a JSON object. */
-char *usage_request_with_include_usage(const char *body, size_t len);
-
 /* Incremental SSE event splitter. */
 struct sse_scan {
 	char *buf;           /* bytes of the event being assembled */

@@ -12,10 +12,9 @@
  *                                route, no match). Prints one JSON object.
  *
  *   micro json [N]               time N (default 1,000,000) readings of a ~300-byte chat
- *                                request body by reqjson_parse (+ reqjson_free) and by
- *                                usage_request_info, the scanner it replaces. Prints one JSON
- *                                object. Under valgrind --tool=callgrind, the inclusive cost
- *                                of each function divided by N is its instructions a request.
+ *                                request body by reqjson_parse (+ reqjson_free). Prints one
+ *                                JSON object. Under valgrind --tool=callgrind, the inclusive
+ *                                cost divided by N is its instructions a request.
  *
  * Route files come from `bench.py genroutes`: route i is named r<i> and is reached by the
  * request path that bench.py's path_for(i) gives (mirrored in path_for() below).
@@ -32,7 +31,6 @@
 #include "keys.h"
 #include "reqjson.h"
 #include "routes.h"
-#include "usage.h"
 
 static volatile uintptr_t sink;
 
@@ -146,8 +144,6 @@ static double time_match(const struct route_table *t, char **paths, size_t n, do
 			                            .body_len = 2 };
 			const struct route *out = NULL;
 			enum route_match_result m = route_match(t, &rq, &out);
-			if (rq.json)
-				json_decref(rq.json);
 			sink += (uintptr_t)out + (uintptr_t)m;
 			if (want_prefix && (m != ROUTE_MATCHED || !out ||
 			                    strncmp(out->name, want_prefix, strlen(want_prefix)) != 0))
@@ -257,8 +253,6 @@ static int cmd_bench(const char *routes_dir, const char *db, const char *secrets
 			const struct route *out = NULL;
 			if (route_match(t, &rq, &out) != ROUTE_MATCHED || !out || strcmp(out->name, want))
 				wrong_rand++;
-			if (rq.json)
-				json_decref(rq.json);
 		}
 		shuffle(ord, nr);
 		char **shuffled = malloc(nr * sizeof(*shuffled));
@@ -294,9 +288,7 @@ static const char chat_body[] =
 static int cmd_json(long n)
 {
 	size_t len = sizeof(chat_body) - 1;
-	double t0, t1, parse_ns, scan_ns;
-	char model[128];
-	bool stream = false, inc = false;
+	double t0, t1, parse_ns;
 
 	t0 = now_s();
 	for (long i = 0; i < n; i++) {
@@ -309,15 +301,8 @@ static int cmd_json(long n)
 	}
 	t1 = now_s();
 	parse_ns = (t1 - t0) * 1e9 / (double)(n ? n : 1);
-	t0 = now_s();
-	for (long i = 0; i < n; i++) {
-		usage_request_info(chat_body, len, model, sizeof(model), &stream, &inc);
-		sink += (uintptr_t)stream;
-	}
-	t1 = now_s();
-	scan_ns = (t1 - t0) * 1e9 / (double)(n ? n : 1);
-	printf("{\"body_bytes\":%zu,\"calls\":%ld,\"reqjson_parse_ns\":%.1f,"
-	       "\"usage_request_info_ns\":%.1f}\n", len, n, parse_ns, scan_ns);
+	printf("{\"body_bytes\":%zu,\"calls\":%ld,\"reqjson_parse_ns\":%.1f}\n", len, n,
+	       parse_ns);
 	return 0;
 }
 

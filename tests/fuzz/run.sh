@@ -28,8 +28,8 @@ die() { echo "run.sh: $*" >&2; exit 2; }
 sources_of() {
   case $1 in
     reqcheck)  echo fastgated/reqcheck.c ;;
-    routes)    echo fastgated/routes.c fastgated/errlist.c fastgated/util.c ;;
-    bodymatch) echo fastgated/routes.c fastgated/errlist.c fastgated/util.c ;;
+    routes)    echo fastgated/routes.c fastgated/reqjson.c fastgated/errlist.c fastgated/util.c ;;
+    bodymatch) echo fastgated/routes.c fastgated/reqjson.c fastgated/errlist.c fastgated/util.c ;;
     ctlproto)  echo fastgated/ctlproto.c ;;
     sse)       echo fastgated/usage.c ;;
     h1resp)    echo fastgated/h1resp.c ;;

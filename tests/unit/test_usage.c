@@ -139,76 +139,6 @@ TEST(stripping_removes_only_the_usage_chunk)
 	free(out);
 }
 
-TEST(request_info_reads_model_stream_and_include_usage)
-{
-	char model[64];
-	bool stream, inc;
-	const char *b = "{\"model\":\"gpt-x\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
-	usage_request_info(b, strlen(b), model, sizeof(model), &stream, &inc);
-	CHECK_STR(model, "gpt-x");
-	CHECK(stream && inc);
-	usage_request_info("[1]", 3, model, sizeof(model), &stream, &inc);
-	CHECK_STR(model, "");
-	CHECK(!stream && !inc);
-}
-
-TEST(only_top_level_fields_count_and_bad_json_gives_nothing)
-{
-	char model[64];
-	bool stream, inc;
-	const char *nested = " \n{\"messages\":[{\"model\":\"inner\",\"stream\":true,\"c\":\"a\\\"b\"}],"
-	                     "\"stream\" : false, \"model\":\"outer\", \"n\": -1.5e3, \"x\": null}";
-	usage_request_info(nested, strlen(nested), model, sizeof(model), &stream, &inc);
-	CHECK_STR(model, "outer");
-	CHECK(!stream && !inc);
-	const char *trailing = "{\"model\":\"m\",\"stream\":true} garbage";
-	usage_request_info(trailing, strlen(trailing), model, sizeof(model), &stream, &inc);
-	CHECK_STR(model, "");
-	CHECK(!stream);
-	const char *cut = "{\"model\":\"m\",\"stream\":tru";
-	usage_request_info(cut, strlen(cut), model, sizeof(model), &stream, &inc);
-	CHECK_STR(model, "");
-}
-
-/* Strings are scanned 8 bytes at a time: a byte that ends the plain run (quote, backslash,
- * control byte, UTF-8 lead or continuation byte, bad byte) must be seen at every offset in
- * and across those words, with the verdict jansson gives for the same document. */
-TEST(every_string_byte_class_is_seen_at_every_offset)
-{
-	static const char *const inserts[] = {
-		"\\n", "\\u00e9", "\\\"", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80",
-		"\x01", "\x1f", "\x7f", "\x80", "\xff", "\xc3", "\xed\xa0\x80", "\\x", "\\ud800",
-	};
-	char body[128], model[128];
-	bool stream, inc;
-
-	for (size_t i = 0; i < sizeof(inserts) / sizeof(inserts[0]); i++)
-		for (int off = 0; off <= 24; off++) {
-			json_t *ref;
-			int n = snprintf(body, sizeof(body), "{\"model\":\"%.*s%sbcdefghijk\"}", off,
-			                 "aaaaaaaaaaaaaaaaaaaaaaaaa", inserts[i]);
-
-			usage_request_info(body, (size_t)n, model, sizeof(model), &stream, &inc);
-			ref = json_loadb(body, (size_t)n, 0, NULL);
-			if (ref) {
-				CHECK_STR(model, json_string_value(json_object_get(ref, "model")));
-			} else if (model[0]) {
-				CHECK(!"accepted what jansson refuses");
-				fprintf(stderr, "  insert %zu at offset %d: model \"%s\"\n", i, off, model);
-			}
-			json_decref(ref);
-		}
-}
-
-TEST(an_escaped_model_name_is_decoded)
-{
-	char model[64];
-	bool stream, inc;
-	const char *b = "{\"model\":\"a\\\"b\\nc\\u00e9\"}";
-	usage_request_info(b, strlen(b), model, sizeof(model), &stream, &inc);
-	CHECK_STR(model, "a\"b\nc\xc3\xa9");
-}
-
 TEST(usage_mentioned_inside_a_string_is_not_usage)
 {
 	struct usage u;
@@ -217,15 +147,6 @@ TEST(usage_mentioned_inside_a_string_is_not_usage)
 	const char *late = "{\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}";
 	CHECK(usage_from_json(late, strlen(late), &u));
 	CHECK_INT(u.prompt_tokens, 3);
-}
-
-TEST(include_usage_is_added_and_other_fields_kept)
-{
-	const char *b = "{\"model\":\"m\",\"stream\":true,\"stream_options\":{\"x\":1}}";
-	char *r = usage_request_with_include_usage(b, strlen(b));
-	CHECK(r && strstr(r, "\"include_usage\":true") && strstr(r, "\"x\":1") && strstr(r, "\"model\":\"m\""));
-	free(r);
-	CHECK(usage_request_with_include_usage("nope", 4) == NULL);
 }
 
 TEST(an_endless_event_is_not_held_forever)

@@ -1,0 +1,369 @@
+/* The request path's phases, from a request head to the request-done event, with a fake
+ * transport in place of an upstream: the real HTTP server on a loopback port, real routes
+ * and a real key store, and a transport that records what it was asked to send and
+ * answers from a script. What each phase decides is checked by what reaches the fake
+ * (nothing, for a request refused before forward) and what the client and the done hook
+ * see. */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <event2/event.h>
+#include <event2/event_struct.h>
+
+#include "endpoints.h"
+#include "gateway.h"
+#include "http.h"
+#include "keys.h"
+#include "proxy.h"
+#include "transport.h"
+#include "unit.h"
+
+/* ---- the fake transport ------------------------------------------------------------- */
+
+struct fake {
+	struct transport t;
+	int started;
+	char head[8192];
+	char body[8192];
+	size_t head_len, body_len;
+	/* the script */
+	enum tr_result result;
+	const char *answer;           /* head lines and body, "\r\n\r\n" between them */
+	struct tr_xfer *x;
+	struct event ev;              /* answers from the loop, never inside tr_start */
+};
+
+static void fake_answer(evutil_socket_t fd, short what, void *arg)
+{
+	struct fake *f = arg;
+	struct tr_xfer *x = f->x;
+	const char *p = f->answer, *end;
+	(void)fd; (void)what;
+
+	if (!x || !x->active)
+		return;
+	if (f->result == TR_OK) {
+		/* head lines one at a time, CRLF included, then the body */
+		while ((end = strstr(p, "\r\n"))) {
+			size_t n = (size_t)(end - p) + 2;
+			if (x->cb->line(x->arg, p, n) < 0)
+				break;
+			p += n;
+			if (n == 2)
+				break;
+		}
+		if (*p)
+			x->cb->body(x->arg, p, strlen(p));
+	}
+	x->active = false;
+	f->x = NULL;
+	x->cb->done(x->arg, f->result);
+}
+
+static int fake_start(struct transport *t, struct tr_xfer *x)
+{
+	struct fake *f = (struct fake *)t;
+
+	f->started++;
+	f->head_len = x->rq.head_len < sizeof(f->head) - 1 ? x->rq.head_len : sizeof(f->head) - 1;
+	memcpy(f->head, x->rq.head, f->head_len);
+	f->head[f->head_len] = '\0';
+	f->body_len = x->rq.body_len < sizeof(f->body) - 1 ? x->rq.body_len : sizeof(f->body) - 1;
+	memcpy(f->body, x->rq.body, f->body_len);
+	f->body[f->body_len] = '\0';
+	f->x = x;
+	x->active = true;
+	event_active(&f->ev, 0, 0);
+	return 0;
+}
+
+static void fake_resume(struct tr_xfer *x)
+{
+	(void)x;
+}
+
+static void fake_cancel(struct tr_xfer *x)
+{
+	x->active = false;
+}
+
+static const struct transport_ops fake_ops = { "fake", fake_start, fake_resume, fake_cancel };
+
+/* ---- the gateway around it ---------------------------------------------------------- */
+
+struct rig {
+	struct event_base *base;
+	struct config cfg;
+	struct gateway gw;
+	struct fake fake;
+	char dir[64];
+	char secret[KEY_SECRET_LEN + 1];      /* may use every route */
+	char narrow[KEY_SECRET_LEN + 1];      /* may use route "other" only */
+	int port;
+	int rows;                             /* request-done events */
+	int last_status;
+	char last_error[64], last_model[64];
+};
+
+static void on_done(void *arg, const struct request_done *d)
+{
+	struct rig *r = arg;
+
+	r->rows++;
+	r->last_status = d->row->status;
+	snprintf(r->last_error, sizeof(r->last_error), "%s", d->row->error ? d->row->error : "");
+	snprintf(r->last_model, sizeof(r->last_model), "%s", d->row->model ? d->row->model : "");
+}
+
+static const char routes_yaml[] =
+	"routes:\n"
+	"  - name: chat\n"
+	"    match: { path: /v1/chat/completions, methods: [POST] }\n"
+	"    upstream: { url: http://fake.invalid:1/v1/chat/completions, api_key: up-secret-key }\n"
+	"    add_body_fields: { max_tokens: 2048 }\n"
+	"  - name: other\n"
+	"    match: { path: /other }\n"
+	"    upstream: { url: http://fake.invalid:1 }\n";
+
+static void rig_up(struct rig *r)
+{
+	struct http_handlers h = { proxy_request, endpoints_refused, 0, proxy_conn_closed, NULL };
+	char path[128], *err = NULL;
+	struct errlist errs = { 0 };
+	const char *files[1];
+	char *only_other[] = { "other" };
+	struct key *k;
+	FILE *f;
+
+	memset(r, 0, sizeof(*r));
+	snprintf(r->dir, sizeof(r->dir), "/tmp/fg-phases-XXXXXX");
+	CHECK(mkdtemp(r->dir) != NULL);
+	r->base = event_base_new();
+	config_defaults(&r->cfg);
+	free(r->cfg.listen);
+	r->cfg.listen = strdup("127.0.0.1:0");
+	r->cfg.max_body = 4096;
+	r->gw.base = r->base;
+	r->gw.cfg = &r->cfg;
+	snprintf(path, sizeof(path), "%s/keys.db", r->dir);
+	r->gw.keys = keystore_open(path, &err);
+	CHECK(r->gw.keys != NULL);
+	CHECK_INT(keystore_create(r->gw.keys, "wide", NULL, 0, 0, 0, r->secret, &k, &err), 0);
+	CHECK_INT(keystore_create(r->gw.keys, "narrow", only_other, 1, 0, 0, r->narrow, &k, &err), 0);
+	snprintf(path, sizeof(path), "%s/routes.yaml", r->dir);
+	f = fopen(path, "w");
+	fputs(routes_yaml, f);
+	fclose(f);
+	files[0] = path;
+	r->gw.routes = route_table_load_files(files, 1, &errs);
+	CHECK(r->gw.routes != NULL);
+	r->fake.t.ops = &fake_ops;
+	event_assign(&r->fake.ev, r->base, -1, 0, fake_answer, &r->fake);
+	r->gw.transports[TR_KIND_NATIVE] = r->gw.transports[TR_KIND_CURL] = &r->fake.t;
+	reqdone_subscribe(&r->gw.done, on_done, r);
+	h.conn_data_size = proxy_conn_data_size();
+	h.arg = &r->gw;
+	r->gw.http = http_server_start(r->base, &r->cfg, &h, &err);
+	CHECK(r->gw.http != NULL);
+	r->port = atoi(strrchr(http_server_addr(r->gw.http), ':') + 1);
+	errlist_clear(&errs);
+	free(err);
+}
+
+static void rig_down(struct rig *r)
+{
+	char cmd[128];
+
+	http_server_free(r->gw.http);
+	event_del(&r->fake.ev);
+	route_table_unref(r->gw.routes);
+	keystore_close(r->gw.keys);
+	config_free(&r->cfg);
+	event_base_free(r->base);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", r->dir);
+	CHECK(system(cmd) == 0);
+}
+
+/* Send `req` on a new connection and run the loop until the answer is in (the server
+ * closes, or a whole Content-Length answer arrived), for at most 5 s. */
+static void exchange(struct rig *r, const char *req, char *out, size_t cap)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)r->port),
+	                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	size_t len = 0;
+
+	out[0] = '\0';
+	CHECK(connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+	CHECK(write(fd, req, strlen(req)) == (ssize_t)strlen(req));
+	for (int i = 0; i < 500; i++) {
+		struct timeval tv = { 0, 10000 };
+		ssize_t n;
+		const char *cl, *body;
+
+		event_base_loopexit(r->base, &tv);
+		event_base_dispatch(r->base);
+		n = recv(fd, out + len, cap - 1 - len, MSG_DONTWAIT);
+		if (n == 0)
+			break;
+		if (n > 0) {
+			len += (size_t)n;
+			out[len] = '\0';
+		}
+		if ((body = strstr(out, "\r\n\r\n")) && (cl = strstr(out, "Content-Length: ")) &&
+		    cl < body && strlen(body + 4) >= (size_t)atoi(cl + 16))
+			break;
+	}
+	close(fd);
+	/* let the server see the close and finish the request */
+	for (int i = 0; i < 5; i++) {
+		struct timeval tv = { 0, 2000 };
+		event_base_loopexit(r->base, &tv);
+		event_base_dispatch(r->base);
+	}
+}
+
+static int status_of(const char *answer)
+{
+	return strncmp(answer, "HTTP/1.1 ", 9) == 0 ? atoi(answer + 9) : -1;
+}
+
+static void chat(struct rig *r, const char *key, const char *body, char *out, size_t cap)
+{
+	char req[4096];
+
+	snprintf(req, sizeof(req),
+	         "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n"
+	         "Content-Type: application/json\r\nAccept-Encoding: gzip\r\nX_Forwarded_For: 6.6.6.6\r\n"
+	         "Content-Length: %zu\r\n\r\n%s", key, strlen(body), body);
+	exchange(r, req, out, cap);
+}
+
+static const char ok_answer[] =
+	"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 66\r\n\r\n"
+	"{\"id\":\"x\",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4},\"a\":1}";
+
+/* ---- the phases --------------------------------------------------------------------- */
+
+TEST(authenticate_refuses_a_missing_key_before_the_body_is_read)
+{
+	struct rig r;
+	char out[4096];
+
+	rig_up(&r);
+	/* a body is announced and never sent: the answer cannot wait for it */
+	exchange(&r, "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Length: 4000\r\n\r\n",
+	         out, sizeof(out));
+	CHECK_INT(status_of(out), 401);
+	CHECK(strstr(out, "missing_api_key") != NULL);
+	CHECK(strstr(out, "Connection: close") != NULL);
+	CHECK_INT(r.fake.started, 0);
+	CHECK_INT(r.rows, 1);
+	rig_down(&r);
+}
+
+TEST(match_refuses_an_unknown_path_and_a_route_the_key_may_not_use)
+{
+	struct rig r;
+	char out[4096], req[512];
+
+	rig_up(&r);
+	snprintf(req, sizeof(req), "GET /nowhere HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n\r\n", r.secret);
+	exchange(&r, req, out, sizeof(out));
+	CHECK_INT(status_of(out), 404);
+	chat(&r, r.narrow, "{\"model\":\"m\"}", out, sizeof(out));
+	CHECK_INT(status_of(out), 403);
+	CHECK_INT(r.fake.started, 0);
+	CHECK_INT(r.rows, 2);
+	rig_down(&r);
+}
+
+TEST(parse_refuses_a_duplicate_key_whatever_the_route)
+{
+	struct rig r;
+	char out[4096];
+
+	rig_up(&r);
+	chat(&r, r.secret, "{\"model\":\"cheap\",\"mod\\u0065l\":\"expensive\"}", out, sizeof(out));
+	CHECK_INT(status_of(out), 400);
+	CHECK(strstr(out, "duplicate_key") != NULL);
+	CHECK_INT(r.fake.started, 0);
+	CHECK_STR(r.last_model, "");
+	rig_down(&r);
+}
+
+TEST(forward_sends_one_clean_head_and_the_clients_bytes_with_fields_spliced_in)
+{
+	struct rig r;
+	char out[4096];
+
+	rig_up(&r);
+	r.fake.result = TR_OK;
+	r.fake.answer = ok_answer;
+	chat(&r, r.secret, "{\"model\":\"m\\u002dx\",\"temperature\":0.7,\"n\":123456789012345678901234567890}",
+	     out, sizeof(out));
+	CHECK_INT(r.fake.started, 1);
+	CHECK(strncmp(r.fake.head, "POST /v1/chat/completions HTTP/1.1\r\nHost: fake.invalid:1\r\n", 57) == 0);
+	CHECK(strstr(r.fake.head, "Authorization: Bearer up-secret-key\r\n") != NULL);
+	CHECK(strstr(r.fake.head, "Accept-Encoding: identity\r\n") != NULL);
+	CHECK(strstr(r.fake.head, "gzip") == NULL);
+	CHECK(strstr(r.fake.head, "X-API-Key") == NULL);
+	CHECK(strstr(r.fake.head, "X_Forwarded_For") == NULL);
+	CHECK(strstr(r.fake.body, "\"temperature\":0.7,") != NULL);
+	CHECK(strstr(r.fake.body, "123456789012345678901234567890") != NULL);
+	CHECK(strstr(r.fake.body, "\"max_tokens\":2048") != NULL);
+	CHECK_INT(status_of(out), 200);
+	CHECK(strstr(out, "\"a\":1}") != NULL);
+	CHECK_INT(r.rows, 1);
+	CHECK_STR(r.last_model, "m-x");   /* the decoded reading, as the upstream sees it */
+	CHECK_STR(r.last_error, "");
+	rig_down(&r);
+}
+
+TEST(relay_turns_transport_results_into_gateway_errors)
+{
+	static const struct { enum tr_result r; int status; const char *code; } cases[] = {
+		{ TR_CONNECT, 502, "connect" }, { TR_RESOLVE, 502, "resolve" },
+		{ TR_PROTOCOL, 502, "protocol" }, { TR_RESET, 502, "reset" },
+		{ TR_TIMEOUT, 504, "timeout" }, { TR_TLS, 502, "tls" },
+	};
+	struct rig r;
+	char out[4096];
+
+	rig_up(&r);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		r.fake.result = cases[i].r;
+		chat(&r, r.secret, "{\"model\":\"m\"}", out, sizeof(out));
+		CHECK_INT(status_of(out), cases[i].status);
+		CHECK(strstr(out, cases[i].code) != NULL);
+		CHECK_STR(r.last_error, cases[i].code);
+	}
+	CHECK_INT(r.rows, (int)(sizeof(cases) / sizeof(cases[0])));
+	rig_down(&r);
+}
+
+TEST(a_head_answer_keeps_the_upstreams_length_and_sends_no_body)
+{
+	struct rig r;
+	char out[4096], req[512];
+
+	rig_up(&r);
+	r.fake.result = TR_OK;
+	r.fake.answer = "HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n";
+	snprintf(req, sizeof(req), "HEAD /other HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n\r\n", r.secret);
+	exchange(&r, req, out, sizeof(out));
+	CHECK_INT(status_of(out), 200);
+	CHECK(strstr(out, "Content-Length: 1234\r\n") != NULL);
+	CHECK(strstr(out, "X-Hop") == NULL);
+	CHECK(strstr(out, "Transfer-Encoding") == NULL);
+	CHECK(strcmp(strstr(out, "\r\n\r\n"), "\r\n\r\n") == 0);
+	rig_down(&r);
+}
+
+RUN_TESTS()
