@@ -58,7 +58,7 @@ bool proxy_listed_in_connection(const char *conn, size_t conn_len, const char *n
 }
 
 static int header_stripped(const char *name, size_t nl, char *const *extra, size_t n_extra,
-                           const char *connection)
+                           const char *connection, size_t connection_len)
 {
 	if (name_listed(name, nl, always_stripped))
 		return 1;
@@ -68,13 +68,14 @@ static int header_stripped(const char *name, size_t nl, char *const *extra, size
 	for (size_t i = 0; i < n_extra; i++)
 		if (strcasecmp(name, extra[i]) == 0)
 			return 1;
-	return connection && proxy_listed_in_connection(connection, strlen(connection), name, nl);
+	return connection && proxy_listed_in_connection(connection, connection_len, name, nl);
 }
 
 int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
                           const char *connection)
 {
-	return header_stripped(name, strlen(name), extra, n_extra, connection);
+	return header_stripped(name, strlen(name), extra, n_extra, connection,
+	                       connection ? strlen(connection) : 0);
 }
 
 static int head_add(struct attempt *a, const char *s, size_t n)
@@ -143,12 +144,14 @@ static int head_headers(struct attempt *a, const struct route *r, const struct h
                         const char *id)
 {
 	const char *conn = http_find_header(in, "Connection");
+	size_t conn_len = conn ? strlen(conn) : 0;
 
 	for (size_t k = 0; k < in->n_headers; k++) {
 		const struct http_header *h = &in->headers[k];
 		bool overridden = false;
 
-		if (header_stripped(h->name, h->name_len, r->strip_headers, r->n_strip_headers, conn))
+		if (header_stripped(h->name, h->name_len, r->strip_headers, r->n_strip_headers, conn,
+		                    conn_len))
 			continue;
 		for (size_t i = 0; i < r->n_add_headers && !overridden; i++)
 			overridden = strcasecmp(h->name, r->add_headers[i].name) == 0;

@@ -91,6 +91,8 @@ struct http_conn {
 	bool lingering;
 	bool read_paused;             /* input buffer full while a request is in the handler */
 	enum body_state body_st;
+	bool body_sync;               /* http_read_body is reading what is buffered */
+	int body_status;              /* why it could not be read (408, 413, 400) */
 	void (*body_fn)(void *, int); /* http_read_body's callback, until it has run */
 	void *body_arg;
 	void (*gone_fn)(void *);
@@ -423,10 +425,15 @@ const char *http_find_header(const struct http_request *req, const char *name)
 	return NULL;
 }
 
+/* The body is in, or cannot be read: tell the handler, unless http_read_body is still on
+ * the stack and answers for itself. */
 static void body_notify(struct http_conn *c, int status)
 {
 	void (*fn)(void *, int) = c->body_fn;
 
+	c->body_status = status;
+	if (c->body_sync)
+		return;
 	c->body_fn = NULL;
 	if (fn)
 		fn(c->body_arg, status);
@@ -442,26 +449,15 @@ static void body_failed(struct http_conn *c, int status)
 	body_notify(c, status);
 }
 
-void http_read_body(struct http_request *req, void (*done)(void *arg, int status), void *arg)
+int http_read_body(struct http_request *req, void (*done)(void *arg, int status), void *arg)
 {
 	struct http_conn *c = req->conn;
+	const char *ex;
 
-	c->body_fn = done;
-	c->body_arg = arg;
-	if (c->read_paused) {     /* the head's buffer filled up with body bytes meanwhile */
-		c->read_paused = false;
-		event_add(&c->rev, NULL);
-	}
+	if (c->body_st == B_DONE)
+		return HTTP_BODY_READY;
 	if (c->body_st == B_WAIT) {
-		const char *ex = http_find_header(req, "Expect");
-
 		c->body_st = B_READING;
-		/* only now: a client the handler refused never gets a 100 to send its body on */
-		if (req->http11 && ex && strcasecmp(ex, "100-continue") == 0)
-{
-			evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-			event_active(&c->flush, 0, 0);
-		}
 		/* a declared length is allocated once (reqcheck capped it) */
 		if (!c->rc.chunked && c->rc.content_length > c->body_cap) {
 			char *b = realloc(c->body, (size_t)c->rc.content_length);
@@ -471,8 +467,28 @@ void http_read_body(struct http_request *req, void (*done)(void *arg, int status
 			}
 		}
 		arm_timer(c, T_BODY, c->srv->cfg->idle_timeout);
+		/* what is buffered already: a small body usually came with its head */
+		c->body_sync = true;
+		process(c);
+		c->body_sync = false;
+		if (c->body_st == B_DONE)
+			return HTTP_BODY_READY;
+		if (c->body_st == B_FAILED)
+			return c->body_status;
 	}
-	event_active(&c->kick, 0, 0);   /* from the loop, never inside the handler's call */
+	c->body_fn = done;
+	c->body_arg = arg;
+	if (c->read_paused) {     /* the head's buffer filled up with body bytes meanwhile */
+		c->read_paused = false;
+		event_add(&c->rev, NULL);
+	}
+	/* only now: a client the handler refused never gets a 100 to send its body on */
+	ex = http_find_header(req, "Expect");
+	if (req->http11 && ex && strcasecmp(ex, "100-continue") == 0) {
+		evbuffer_add(c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+		event_active(&c->flush, 0, 0);
+	}
+	return HTTP_BODY_PENDING;
 }
 
 void *http_conn_data(struct http_request *req)
@@ -883,6 +899,10 @@ static void process(struct http_conn *c)
 	}
 	if (c->pos == c->len && c->scan == 0)
 		c->pos = c->len = 0;
+	/* all input taken and answered (pipelined requests done): wait idle for the next one */
+	if (!c->in_handler && !c->rejected && c->pos == c->len &&
+	    evbuffer_get_length(c->out) == 0 && c->timer_kind == T_NONE)
+		arm_timer(c, T_IDLE, c->srv->cfg->idle_timeout);
 }
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
@@ -890,20 +910,11 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 	struct http_conn *c = arg;
 	(void)fd; (void)what;
 
-	if (c->in_handler) {
-		/* http_read_body: take in what is buffered, or report a body already read */
-		if (c->body_st == B_READING)
-			process(c);
-		else if (c->body_st == B_DONE && c->body_fn)
-			body_notify(c, 0);
-		return;
-	}
-	if (!c->rejected && c->fd >= 0) {
+	if (c->in_handler)
+		return;   /* the next pipelined request waits for this one */
+	/* nothing after process(): a request it dispatched may have ended and freed c */
+	if (!c->rejected && c->fd >= 0)
 		process(c);
-		if (!c->in_handler && !c->rejected && c->pos == c->len &&
-		    evbuffer_get_length(c->out) == 0 && c->timer_kind == T_NONE)
-			arm_timer(c, T_IDLE, c->srv->cfg->idle_timeout);
-	}
 }
 
 static void rev_cb(evutil_socket_t fd, short what, void *arg)

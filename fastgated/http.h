@@ -96,13 +96,17 @@ int http_server_connections(const struct http_server *s);
 
 /* First header of that name (case-insensitive), or NULL. */
 const char *http_find_header(const struct http_request *req, const char *name);
-/* Read the body (has_body), answering Expect: 100-continue now, and call done(arg, 0)
- * from the loop once it is in, or done(arg, status) when it could not be read (408 too
- * slow, 413 over the limit, 400 malformed framing): the handler then answers with that
- * status. Without a body, done runs (from the loop) at once. A request ended without its
- * body having been read closes the connection after the answer, so a client that was
- * refused never makes the gateway buffer what it sends. */
-void http_read_body(struct http_request *req, void (*done)(void *arg, int status), void *arg);
+/* Read the body (has_body). HTTP_BODY_READY: it is in already (it came with its head, or
+ * there is none) and done will not run. HTTP_BODY_PENDING: done(arg, 0) runs from the loop
+ * once it is in, or done(arg, status) when it could not be read (408 too slow, 413 over
+ * the limit, 400 malformed framing); Expect: 100-continue is answered now. A status (408,
+ * 413, 400) returned at once: it could not be read, done will not run. After a status the
+ * handler answers with it. A request ended without its body having been read closes the
+ * connection after the answer, so a client that was refused never makes the gateway
+ * buffer what it sends. */
+#define HTTP_BODY_READY 0
+#define HTTP_BODY_PENDING 1
+int http_read_body(struct http_request *req, void (*done)(void *arg, int status), void *arg);
 /* The request body once read; the caller takes it (free() it). NULL with *len 0 when there
  * is none. */
 char *http_take_body(struct http_request *req, size_t *len);

@@ -10,7 +10,7 @@
 #include "gateway.h"
 #include "http.h"
 #include "metrics.h"
-#include "transport_h1.h"
+#include "transport.h"
 
 #define MAX_SERIES 1024
 #define NAME_MAX_LEN 64
@@ -152,8 +152,9 @@ int metrics_render(struct gateway *gw, struct evbuffer *b)
 	                    gw->http ? http_server_connections(gw->http) : 0);
 	{
 		unsigned open = 0, idle = 0;
-		if (gw->transports[TR_KIND_NATIVE])
-			transport_h1_counts(gw->transports[TR_KIND_NATIVE], &open, &idle);
+		const struct transport *t = gw->transports[TR_KIND_NATIVE];
+		if (t && t->ops->counts)
+			t->ops->counts(t, &open, &idle);
 		evbuffer_add_printf(b, "# HELP fastgate_upstream_connections Plain-HTTP upstream connections open now, by state.\n"
 		                       "# TYPE fastgate_upstream_connections gauge\n"
 		                       "fastgate_upstream_connections{state=\"busy\"} %u\n"

@@ -256,22 +256,13 @@ bool proxy_path_is_clean(const char *path)
 	return true;
 }
 
-/* The key as the store has it now; 401 when it is gone, revoked or expired. */
+/* 401 when the key is revoked or expired. Run again once the body is in: the key may
+ * have been revoked meanwhile (a key found stays in memory until the store closes, so the
+ * pointer needs no second look-up). */
 static enum phase_rc check_key(struct proxy_req *px)
 {
-	struct gateway *gw = px->gw;
-	struct key *k = keystore_lookup_memo(gw->keys, px->secret, px->secret_len,
-	                                     http_conn_data(px->req));
+	const struct key *k = px->key;
 
-	px->key = k;
-	if (!k) {
-		proxy_reply_error(px, 401, "invalid_api_key", "invalid API key");
-		return PH_END;
-	}
-	if (!px->key_name) {
-		px->key_id = k->id;
-		px->key_name = dup_or_null(k->name);
-	}
 	if (k->revoked) {
 		proxy_reply_error(px, 401, "revoked_api_key", "API key has been revoked");
 		return PH_END;
@@ -306,6 +297,14 @@ static enum phase_rc ph_authenticate(struct proxy_req *px)
 		                  "no API key: send X-API-Key or Authorization: Bearer");
 		return PH_END;
 	}
+	px->key = keystore_lookup_memo(px->gw->keys, px->secret, px->secret_len,
+	                               http_conn_data(req));
+	if (!px->key) {
+		proxy_reply_error(px, 401, "invalid_api_key", "invalid API key");
+		return PH_END;
+	}
+	px->key_id = px->key->id;
+	px->key_name = dup_or_null(px->key->name);
 	return check_key(px);
 }
 
@@ -326,7 +325,7 @@ static void body_read(void *arg, int status)
 		return;
 	}
 	px->body = http_take_body(px->req, &px->body_len);
-	/* the key again: the store may have changed while the body was on its way */
+	/* the key again: it may have been revoked while the body was on its way */
 	if (check_key(px) == PH_END) {
 		proxy_finish(px);
 		return;
@@ -337,7 +336,16 @@ static void body_read(void *arg, int status)
 
 static enum phase_rc ph_body(struct proxy_req *px)
 {
-	http_read_body(px->req, body_read, px);
+	int st = http_read_body(px->req, body_read, px);
+
+	if (st == HTTP_BODY_PENDING)
+		return PH_WAIT;
+	/* already in (a small body comes with its head): on at once, no loop round */
+	if (st == HTTP_BODY_READY) {
+		px->body = http_take_body(px->req, &px->body_len);
+		return PH_NEXT;
+	}
+	body_read(px, st);   /* could not be read: answers and finishes */
 	return PH_WAIT;
 }
 
@@ -365,6 +373,10 @@ static enum phase_rc ph_parse(struct proxy_req *px)
 	case RJ_DUPLICATE_KEY:
 		proxy_reply_error(px, 400, "duplicate_key",
 		                  "request body has the same JSON key twice in one object");
+		return PH_END;
+	case RJ_TOO_DEEP:
+		/* not read, so not known to be free of a duplicate key either: refused */
+		proxy_reply_error(px, 400, "invalid_json", "request body is nested too deeply");
 		return PH_END;
 	case RJ_NOMEM:
 		proxy_reply_error(px, 500, "internal_error", "out of memory");
@@ -563,6 +575,7 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	event_assign(&px->finish_ev, gw->base, -1, 0, finish_cb, px);
 	gw->stats.inflight++;
 	if (!px->out) {
+		px->status = 500;   /* what the caller answers */
 		proxy_finish(px);
 		return NULL;
 	}

@@ -4,8 +4,9 @@
  * usage (an SSE stream as it passes, a JSON answer at its end), pauses the transfer while
  * the client reads slowly, and ends the request on the transport's done.
  *
- * Transport callbacks never free anything and never call the transport back; what must
- * happen after one (a resume, the finish) goes through a loop event. */
+ * The line and body callbacks free nothing and never call the transport back; what must
+ * happen after one (a resume) goes through a loop event. `done` may end and free the
+ * request: a transport calls it last and touches the transfer no more (transport.h). */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,11 +88,29 @@ static int up_header_add(struct attempt *a, const char *name, size_t nl, const c
 
 /* The answer's headers onto the client's reply, less the hop's own: the fixed list and
  * whatever the upstream named in its Connection header (RFC 9110 7.6.1). */
+static bool named_in_connection(const struct attempt *a, const char *name, size_t nl)
+{
+	size_t off = 0;
+
+	/* every Connection line counts (there is seldom one, so a walk is cheap) */
+	while (off < a->up_raw_len) {
+		const char *k = a->up_raw + off;
+		size_t kl = strlen(k);
+		const char *v = k + kl + 1;
+		size_t vl = strlen(v);
+
+		off = (size_t)(v + vl + 1 - a->up_raw);
+		if (kl == 10 && strncasecmp(k, "connection", 10) == 0 &&
+		    proxy_listed_in_connection(v, vl, name, nl))
+			return true;
+	}
+	return false;
+}
+
 static void copy_response_headers(struct proxy_req *px)
 {
 	const struct attempt *a = &px->att;
-	const char *conn = up_value(a, a->up_conn);
-	size_t off = 0, conn_len = conn ? strlen(conn) : 0;
+	size_t off = 0;
 
 	while (off < a->up_raw_len) {
 		const char *k = a->up_raw + off;
@@ -100,7 +119,7 @@ static void copy_response_headers(struct proxy_req *px)
 
 		off = (size_t)(v + strlen(v) + 1 - a->up_raw);
 		if (name_listed(k, kl, response_skipped) ||
-		    (conn && proxy_listed_in_connection(conn, conn_len, k, kl)))
+		    (a->up_conn && named_in_connection(a, k, kl)))
 			continue;
 		http_add_header(px->req, k, v);
 	}
@@ -120,6 +139,7 @@ static void head_done(struct proxy_req *px)
 	const char *ct = up_value(a, a->up_ct), *cl = up_value(a, a->up_cl);
 
 	px->status = a->status;
+	px->stream_pending = false;   /* a head seen before (a proxy's CONNECT answer) counts no more */
 	px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
 	if (!px->sse && px->scan.strip_usage)
 		px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
@@ -165,15 +185,6 @@ static int on_line(void *arg, const char *line, size_t len)
 			return -1; /* client gone: abort the transfer */
 		head_done(px);
 		return 0;
-	}
-	/* a NUL or a bare CR would cut or split the header on its way on: refuse the answer
-	 * rather than pass a different one (RFC 9110 5.5) */
-	vl = len;
-	while (vl && (line[vl - 1] == '\n' || line[vl - 1] == '\r'))
-		vl--;
-	if (memchr(line, '\0', vl) || memchr(line, '\r', vl)) {
-		a->bad_answer = true;
-		return -1;
 	}
 	colon = memchr(line, ':', len);
 	if (!colon || colon == line)
@@ -235,8 +246,10 @@ static int on_body(void *arg, const char *data, size_t len)
 	if (!px->req)
 		return -1; /* client gone: abort */
 	if (px->streaming && http_backlog(px->req) > CLIENT_HIGH_WATER) {
+		/* the client is slow, not the upstream: no idle timer while paused */
 		px->paused = true;
 		px->gw->stats.upstream_pauses++;
+		evtimer_del(&px->timer_ev);
 		return 1;
 	}
 	if (px->sse) {
@@ -279,6 +292,7 @@ void relay_resume_cb(evutil_socket_t fd, short what, void *arg)
 	if (!px->paused)
 		return;
 	px->paused = false;
+	forward_arm_timer(px, px->route->idle_timeout);
 	tr_resume(&px->att.x);   /* may complete the transfer: nothing after this */
 }
 

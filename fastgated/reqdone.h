@@ -1,8 +1,9 @@
 /* The request-done hook: the one place a finished request is announced.
  *
- * Every request ends by emitting one event, whether the proxy served it, the gateway
- * answered it itself (/health, 401, 404...) or the HTTP server refused it (400, 413,
- * 431...). The audit trail, the live tail and the metrics subscribe here rather than being
+ * Every request ends by emitting one event, whether the proxy served it or refused it
+ * (401, 404...) or the HTTP server refused it (400, 413, 431...). The gateway's own
+ * probes, /health and /metrics, are the exception: load balancers and scrapers call
+ * them every few seconds, and a row each would bury the trail. The audit trail, the live tail and the metrics subscribe here rather than being
  * called from each place a request can end (later: quota settlement, the response cache,
  * target feedback). Subscribers run on the loop thread, in the order they subscribed, and
  * must not block; the event and its strings are borrowed for the call only.

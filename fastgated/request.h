@@ -7,9 +7,11 @@
  * later retry or failover makes a new attempt and keeps the request.
  *
  * Ownership: proxy.c creates a request in proxy_request and frees it in exactly one place
- * (proxy_finish), which always runs from a libevent callback: never from inside a
- * transport callback and never from inside one of http.c's calls (the Redis
- * freeClientAsync idea).
+ * (proxy_finish), which runs once. It may run inside a callback only where the caller of
+ * that callback touches nothing of the request afterwards: the transport's `done` (called
+ * last), the body callback and the handler itself (http.c returns at once), the request's
+ * own events. Where that does not hold (the client vanished inside an http.c call), it is
+ * deferred to finish_ev (the Redis freeClientAsync idea).
  *
  * Layer: flow. */
 #ifndef FG_REQUEST_H
@@ -64,7 +66,8 @@ struct proxy_req {
 	char *path;                       /* as the client sent it, without the query */
 	char client_ip[64];
 	bool head_request;                /* HEAD: the answer has no body */
-	struct key *key;                  /* valid within one run of the phases only */
+	struct key *key;                  /* found at authentication; keys stay in memory
+	                                   * until the store closes */
 	struct reqjson rj;                /* the body's one reading (parse phase) */
 	struct route_request rq;          /* what matching sees */
 

@@ -13,8 +13,9 @@
  * appears outside transport_curl.c.
  *
  * Rules both keep: `done` runs exactly once per started transfer unless the caller
- * cancels it, always from the loop (never inside tr_start or a caller's call), and last,
- * so the caller may free the transfer inside it. A request that may have reached the
+ * cancels it, from the loop (never inside tr_start; inside tr_resume it may, as the held
+ * bytes complete the answer), and last: the transport touches the transfer no more after
+ * it, so the caller may free the transfer, and end its request, inside it. A request that may have reached the
  * upstream is never sent again unless the caller marked it `replayable` (an idempotent
  * method, RFC 9110 9.2.2); even then only on a reused connection that failed before any
  * byte of an answer.
@@ -81,6 +82,7 @@ struct tr_xfer {
 	bool retried;
 	bool waiting;             /* native: queued behind a name lookup */
 	struct tr_xfer *next_wait;
+	size_t tries;             /* native: addresses of the name tried */
 };
 
 struct transport_ops {
@@ -89,6 +91,8 @@ struct transport_ops {
 	int (*start)(struct transport *t, struct tr_xfer *x);
 	void (*resume)(struct tr_xfer *x);
 	void (*cancel)(struct tr_xfer *x);
+	/* connections open (busy + idle) and idle now, for metrics; NULL: not counted */
+	void (*counts)(const struct transport *t, unsigned *open, unsigned *idle);
 };
 
 struct transport {

@@ -33,6 +33,7 @@ struct curl_xfer {
 	struct curl_slist *headers;
 	char *url;
 	size_t read_off;              /* body bytes handed to curl by read_cb */
+	bool bad_answer;              /* a header line we refused: a protocol error */
 };
 
 static enum tr_result as_result(CURLcode rc)
@@ -94,13 +95,15 @@ static void check_multi_info(struct upstream *u)
 		if (cx) {
 			struct tr_xfer *x = cx->x;
 
+			enum tr_result r = cx->bad_answer ? TR_PROTOCOL : as_result(result);
+
 			if (result != CURLE_OK)
 				log_debug("upstream %s: %s", x->rq.origin, curl_easy_strerror(result));
 			cx_free(cx);
 			x->impl = NULL;
 			x->active = false;
 			x->paused = false;
-			x->cb->done(x->arg, as_result(result));
+			x->cb->done(x->arg, r);
 		}
 	}
 }
@@ -233,8 +236,17 @@ void transport_curl_free(struct transport *t)
 static size_t header_cb(char *line, size_t size, size_t n, void *arg)
 {
 	struct tr_xfer *x = arg;
-	size_t len = size * n;
+	struct curl_xfer *cx = x->impl;
+	size_t len = size * n, vl = len;
 
+	/* what the native parser refuses, refused here too: a NUL or a bare CR would cut or
+	 * split the header on its way on (RFC 9110 5.5) */
+	while (vl && (line[vl - 1] == '\n' || line[vl - 1] == '\r'))
+		vl--;
+	if (memchr(line, '\0', vl) || memchr(line, '\r', vl)) {
+		cx->bad_answer = true;
+		return 0;
+	}
 	return x->cb->line(x->arg, line, len) == 0 ? len : 0;
 }
 
@@ -364,6 +376,9 @@ static int curl_start(struct transport *t, struct tr_xfer *x)
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)cx);
+	/* behind an https_proxy from the environment, the proxy's CONNECT answer is not the
+	 * upstream's head */
+	curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
 	if (rq->ca_file) {
 		/* the route's CA bundle alone: not also the system's certificate directory */
 		curl_easy_setopt(e, CURLOPT_CAINFO, rq->ca_file);

@@ -27,6 +27,13 @@
 #define BUF_START (16 * 1024)
 #define BUF_MAX   (H1_HEAD_MAX + 16 * 1024)
 #define NAME_TTL_SECONDS 60
+/* An idle connection older than this is closed rather than reused: common upstream
+ * servers drop theirs after 5 s (uvicorn, Node), and a request written into a connection
+ * the upstream is closing at that moment is lost (a POST is not sent again). */
+#define IDLE_REUSE_MS 4000
+/* With more addresses of a name left to try, one that does not answer a connect within
+ * this gets no more time: the next address does. */
+#define NEXT_ADDRESS_MS 3000
 
 struct origin {
 	struct pool *pool;
@@ -59,6 +66,7 @@ struct conn {
 	char *buf;
 	size_t len, cap;
 	bool connecting, reused, idle;
+	int64_t idle_since;               /* ms, CLOCK_MONOTONIC_COARSE */
 	LIST_ENTRY(conn) idle_link;
 	LIST_ENTRY(conn) all_link;
 };
@@ -76,6 +84,14 @@ static const struct transport_ops h1_ops;
 static void read_cb(evutil_socket_t fd, short what, void *arg);
 static void write_cb(evutil_socket_t fd, short what, void *arg);
 static void start_on(struct origin *o, struct tr_xfer *x);
+
+static int64_t coarse_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* ---- connections ---------------------------------------------------------------- */
 
@@ -97,10 +113,12 @@ static void conn_close(struct conn *c)
 	p->open--;
 }
 
-/* A new non-blocking socket with its connect to address i started. NULL when no socket
- * could be made; a refused connect is reported later, from the loop (c->err). */
-static struct conn *conn_open(struct pool *p, struct origin *o, size_t i)
+/* A new non-blocking socket with its connect to address i started, bounded by timeout_ms.
+ * NULL when no socket could be made; a refused connect is reported later, from the loop
+ * (c->err). */
+static struct conn *conn_open(struct pool *p, struct origin *o, size_t i, int64_t timeout_ms)
 {
+	struct timeval tv = { (time_t)(timeout_ms / 1000), (suseconds_t)(timeout_ms % 1000) * 1000 };
 	struct conn *c = calloc(1, sizeof(*c));
 	int one = 1;
 
@@ -126,7 +144,7 @@ static struct conn *conn_open(struct pool *p, struct origin *o, size_t i)
 	c->connecting = true;
 	if (connect(c->fd, (struct sockaddr *)&o->addr[i], o->addrlen[i]) < 0) {
 		if (errno == EINPROGRESS) {
-			event_add(&c->wev, NULL);
+			event_add(&c->wev, &tv);   /* EV_TIMEOUT: the address did not answer */
 		} else {
 			/* refused at once (possible on loopback): reported from the loop */
 			c->err = errno ? errno : ECONNREFUSED;
@@ -207,6 +225,7 @@ static void conclude(struct conn *c, enum tr_result r, bool reusable)
 	if (reusable && c->len == 0 && o->n_idle < IDLE_MAX_PER_ORIGIN) {
 		c->idle = true;
 		c->reused = false;
+		c->idle_since = coarse_ms();
 		LIST_INSERT_HEAD(&o->idle, c, idle_link);
 		o->n_idle++;
 		c->pool->idle++;
@@ -214,6 +233,15 @@ static void conclude(struct conn *c, enum tr_result r, bool reusable)
 		conn_close(c);
 	}
 	x->cb->done(x->arg, r);
+}
+
+/* How long a connect to the origin may take: the request's connect timeout, less while
+ * other addresses of the name are left to try. */
+static int64_t connect_ms(const struct origin *o, const struct tr_xfer *x)
+{
+	int64_t ms = (int64_t)(x->rq.connect_timeout > 0 ? x->rq.connect_timeout : 60) * 1000;
+
+	return x->tries + 1 < o->n_addrs && ms > NEXT_ADDRESS_MS ? NEXT_ADDRESS_MS : ms;
 }
 
 /* Move x to a new connection to address i of its origin. */
@@ -227,7 +255,9 @@ static void reopen(struct conn *c, size_t i)
 	c->x = NULL;
 	x->impl = NULL;
 	conn_close(c);
-	n = conn_open(p, o, i);
+	if (i >= o->n_addrs)       /* a refresh since left the name fewer addresses */
+		i = 0;
+	n = conn_open(p, o, i, connect_ms(o, x));
 	if (!n) {
 		x->active = false;
 		x->cb->done(x->arg, TR_CONNECT);
@@ -251,13 +281,17 @@ static void conn_failed(struct conn *c, enum tr_result r)
 	conclude(c, r, false);
 }
 
-/* A connect failed: the next address of the name, if there is one not yet tried. */
+/* A connect failed or timed out: the next address of the name, while this transfer has
+ * not tried them all. New transfers start from the next one too. */
 static void connect_failed(struct conn *c)
 {
 	struct origin *o = c->origin;
-	size_t next = (c->addr_i + 1) % o->n_addrs;
+	struct tr_xfer *x = c->x;
+	size_t next = o->n_addrs ? (c->addr_i + 1) % o->n_addrs : 0;
 
-	if (next != o->good) {
+	if (c->addr_i == o->good)
+		o->good = next;
+	if (++x->tries < o->n_addrs) {
 		reopen(c, next);
 		return;
 	}
@@ -269,10 +303,13 @@ static void write_cb(evutil_socket_t fd, short what, void *arg)
 	struct conn *c = arg;
 	int e;
 	socklen_t el = sizeof(e);
-	(void)what;
 
 	if (!c->x)
 		return;
+	if ((what & EV_TIMEOUT) && c->connecting) {
+		connect_failed(c);
+		return;
+	}
 	if (c->err) {
 		c->err = 0;
 		if (c->connecting)
@@ -485,14 +522,19 @@ static void resolved(void *arg, const struct resolve_result *r)
 	}
 }
 
-/* An idle connection of the origin, or a new one; NULL when no socket could be made. */
-static struct conn *conn_for(struct origin *o)
+/* An idle connection of the origin, or a new one; NULL when no socket could be made.
+ * The idle list is newest first: once one is too old to trust, so is the rest. */
+static struct conn *conn_for(struct origin *o, const struct tr_xfer *x)
 {
 	struct pool *p = o->pool;
 	struct conn *c = LIST_FIRST(&o->idle);
 
+	if (c && coarse_ms() - c->idle_since > IDLE_REUSE_MS) {
+		while ((c = LIST_FIRST(&o->idle)))
+			conn_close(c);
+	}
 	if (!c)
-		return conn_open(p, o, o->good);
+		return conn_open(p, o, o->good < o->n_addrs ? o->good : 0, connect_ms(o, x));
 	LIST_REMOVE(c, idle_link);
 	c->idle = false;
 	c->reused = true;
@@ -504,7 +546,7 @@ static struct conn *conn_for(struct origin *o)
 /* From the loop, once the name is known: start x or report why not. */
 static void start_on(struct origin *o, struct tr_xfer *x)
 {
-	struct conn *c = conn_for(o);
+	struct conn *c = conn_for(o, x);
 
 	if (!c) {
 		x->active = false;
@@ -526,6 +568,7 @@ static int h1_start(struct transport *t, struct tr_xfer *x)
 	x->paused = false;
 	x->retried = false;
 	x->waiting = false;
+	x->tries = 0;
 	x->impl = NULL;
 	if (!o->literal && !o->resolving &&
 	    (o->n_addrs == 0 || time(NULL) - o->resolved_at >= NAME_TTL_SECONDS)) {
@@ -543,7 +586,7 @@ static int h1_start(struct transport *t, struct tr_xfer *x)
 		o->waiters = x;
 		return 0;
 	}
-	if (!(c = conn_for(o))) {
+	if (!(c = conn_for(o, x))) {
 		x->active = false;
 		return -1;
 	}
@@ -587,8 +630,17 @@ static void h1_cancel(struct tr_xfer *x)
 	conn_close(c);
 }
 
+static void h1_counts(const struct transport *t, unsigned *open, unsigned *idle)
+{
+	const struct pool *p = (const struct pool *)t;
+
+	*open = p->open;
+	*idle = p->idle;
+}
+
 static const struct transport_ops h1_ops = {
 	.name = "http", .start = h1_start, .resume = h1_resume, .cancel = h1_cancel,
+	.counts = h1_counts,
 };
 
 /* ---- the pool ------------------------------------------------------------------- */
@@ -634,12 +686,4 @@ void transport_h1_free(struct transport *t)
 		free(o);
 	}
 	free(p);
-}
-
-void transport_h1_counts(const struct transport *t, unsigned *open, unsigned *idle)
-{
-	const struct pool *p = (const struct pool *)t;
-
-	*open = p->open;
-	*idle = p->idle;
 }

@@ -18,7 +18,4 @@
 struct transport *transport_h1_new(struct event_base *base, char **err);
 void transport_h1_free(struct transport *t);
 
-/* Connections open (busy + idle) and idle, for tests and metrics. */
-void transport_h1_counts(const struct transport *t, unsigned *open, unsigned *idle);
-
 #endif

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -114,6 +115,8 @@ static void upstream_stop(struct upstream *u)
 	close(u->lfd);
 }
 
+static int connect_timeout = 5;   /* seconds, for the transfers start() makes */
+
 /* The caller's side of one transfer. */
 struct call {
 	struct tr_xfer x;
@@ -174,7 +177,7 @@ static int start(struct transport *t, struct call *c, const char *host, const ch
 	c->x.rq.body = "{}";
 	c->x.rq.body_len = 2;
 	c->x.rq.replayable = replayable;
-	c->x.rq.connect_timeout = 5;
+	c->x.rq.connect_timeout = connect_timeout;
 	c->x.cb = &cbs;
 	c->x.arg = c;
 	c->in_start = true;
@@ -315,6 +318,46 @@ TEST(a_cancelled_transfer_never_reports)
 	CHECK(!c.done);
 	transport_h1_free(t);
 	upstream_stop(&u);
+	event_base_free(base);
+}
+
+/* A listener that never accepts, its queue full: further connects get no answer at all
+ * (their SYNs are dropped), as from a host that silently drops packets. */
+TEST(a_connect_that_gets_no_answer_fails_at_the_connect_timeout)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t al = sizeof(a);
+	struct event_base *base = event_base_new();
+	char *err = NULL;
+	struct transport *t = transport_h1_new(base, &err);
+	int lfd = socket(AF_INET, SOCK_STREAM, 0), fill[4];
+	struct call c;
+	char host[64];
+	struct timespec t0, t1;
+
+	bind(lfd, (struct sockaddr *)&a, sizeof(a));
+	listen(lfd, 0);
+	getsockname(lfd, (struct sockaddr *)&a, &al);
+	for (int i = 0; i < 4; i++) {   /* fill the accept queue; the rest may hang */
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+		connect(fill[i], (struct sockaddr *)&a, sizeof(a));
+	}
+	snprintf(host, sizeof(host), "127.0.0.1:%d", ntohs(a.sin_port));
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	connect_timeout = 1;
+	start(t, &c, host, "POST", false);
+	connect_timeout = 5;
+	wait_done(base, &c);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	CHECK(c.done);
+	CHECK_INT(c.result, TR_CONNECT);
+	/* it waited for its timeout (the connect hung), and no longer */
+	double waited = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	CHECK(waited > 0.9 && waited < 3.0);
+	transport_h1_free(t);
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	close(lfd);
 	event_base_free(base);
 }
 
