@@ -11,14 +11,6 @@
 #include "request.h"
 #include "util.h"
 
-/* A header name with its length: the lists below are checked for every header of every
- * request, so only names of the same length are compared. */
-struct hname {
-	const char *s;
-	size_t len;
-};
-#define HNAME(lit) { lit, sizeof(lit) - 1 }
-
 static const struct hname always_stripped[] = {
 	HNAME("host"), HNAME("x-api-key"), HNAME("authorization"), HNAME("x-forwarded-for"),
 	HNAME("x-request-id"),
@@ -31,14 +23,6 @@ static const struct hname always_stripped[] = {
 	HNAME("accept-encoding"),
 	{ NULL, 0 }
 };
-
-static bool name_listed(const char *name, size_t nl, const struct hname *list)
-{
-	for (; list->s; list++)
-		if (list->len == nl && strncasecmp(name, list->s, nl) == 0)
-			return true;
-	return false;
-}
 
 bool proxy_listed_in_connection(const char *conn, size_t conn_len, const char *name, size_t nl)
 {
@@ -60,7 +44,7 @@ bool proxy_listed_in_connection(const char *conn, size_t conn_len, const char *n
 static int header_stripped(const char *name, size_t nl, char *const *extra, size_t n_extra,
                            const char *connection, size_t connection_len)
 {
-	if (name_listed(name, nl, always_stripped))
+	if (hname_listed(name, nl, always_stripped))
 		return 1;
 	/* X_API_Key could become X-API-Key behind a CGI-style upstream: dropped, as nginx does */
 	if (memchr(name, '_', nl))

@@ -27,12 +27,6 @@
  * unknown-length answers (and every SSE stream) are relayed chunk by chunk. */
 #define BUFFER_LIMIT (1024 * 1024)
 
-struct hname {
-	const char *s;
-	size_t len;
-};
-#define HNAME(lit) { lit, sizeof(lit) - 1 }
-
 /* Answer headers that describe the upstream hop rather than the answer, and our own
  * X-Request-Id, which replaces the upstream's. */
 static const struct hname response_skipped[] = {
@@ -40,14 +34,6 @@ static const struct hname response_skipped[] = {
 	HNAME("content-length"), HNAME("proxy-connection"), HNAME("trailer"), HNAME("upgrade"),
 	HNAME("te"), HNAME("x-request-id"), { NULL, 0 }
 };
-
-static bool name_listed(const char *name, size_t nl, const struct hname *list)
-{
-	for (; list->s; list++)
-		if (list->len == nl && strncasecmp(name, list->s, nl) == 0)
-			return true;
-	return false;
-}
 
 /* The decimal number at s (after blanks), read no further than end; saturates at 10^18.
  * The status code and Content-Length of every answer go through it: strtol and strtoull
@@ -118,7 +104,7 @@ static void copy_response_headers(struct proxy_req *px)
 		const char *v = k + kl + 1;
 
 		off = (size_t)(v + strlen(v) + 1 - a->up_raw);
-		if (name_listed(k, kl, response_skipped) ||
+		if (hname_listed(k, kl, response_skipped) ||
 		    (a->up_conn && named_in_connection(a, k, kl)))
 			continue;
 		http_add_header(px->req, k, v);

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "util.h"
@@ -115,4 +116,12 @@ size_t fmt_dec(char *out, uint64_t n)
 	k = (size_t)(buf + sizeof(buf) - q);
 	memcpy(out, q, k);
 	return k;
+}
+
+int hname_listed(const char *name, size_t nl, const struct hname *list)
+{
+	for (; list->s; list++)
+		if (list->len == nl && strncasecmp(name, list->s, nl) == 0)
+			return 1;
+	return 0;
 }

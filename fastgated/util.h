@@ -25,6 +25,17 @@ int buf_append(char **buf, size_t *len, size_t *cap, const void *p, size_t n, si
  * request path formats lengths with it: snprintf cost ~800 instructions a request. */
 size_t fmt_dec(char *out, uint64_t n);
 
+/* A header name with its length, for lists that are checked against every header of
+ * every request and answer: only names of the same length are compared. The list ends
+ * with { NULL, 0 }. */
+struct hname {
+	const char *s;
+	size_t len;
+};
+#define HNAME(lit) { lit, sizeof(lit) - 1 }
+/* Is the name (nl bytes, any case) in the list? */
+int hname_listed(const char *name, size_t nl, const struct hname *list);
+
 /* CLOCK_MONOTONIC in milliseconds: for deadlines and intervals that wall-clock steps must
  * not move. */
 int64_t mono_ms(void);
