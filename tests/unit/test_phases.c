@@ -107,6 +107,7 @@ struct rig {
 	char dir[64];
 	char secret[KEY_SECRET_LEN + 1];      /* may use every route */
 	char narrow[KEY_SECRET_LEN + 1];      /* may use route "other" only */
+	char limited[KEY_SECRET_LEN + 1];     /* one request a minute */
 	int port;
 	int rows;                             /* request-done events */
 	int last_status;
@@ -158,6 +159,7 @@ static void rig_up(struct rig *r)
 	CHECK(r->gw.keys != NULL);
 	CHECK_INT(keystore_create(r->gw.keys, "wide", NULL, 0, 0, 0, r->secret, &k, &err), 0);
 	CHECK_INT(keystore_create(r->gw.keys, "narrow", only_other, 1, 0, 0, r->narrow, &k, &err), 0);
+	CHECK_INT(keystore_create(r->gw.keys, "limited", NULL, 0, 1, 0, r->limited, &k, &err), 0);
 	snprintf(path, sizeof(path), "%s/routes.yaml", r->dir);
 	f = fopen(path, "w");
 	fputs(routes_yaml, f);
@@ -283,6 +285,44 @@ TEST(match_refuses_an_unknown_path_and_a_route_the_key_may_not_use)
 	CHECK_INT(status_of(out), 403);
 	CHECK_INT(r.fake.started, 0);
 	CHECK_INT(r.rows, 2);
+	rig_down(&r);
+}
+
+TEST(body_refuses_a_chunked_body_over_the_limit_after_the_key_was_accepted)
+{
+	struct rig r;
+	char out[4096], req[8192];
+	int n;
+
+	rig_up(&r);   /* max_body 4096 */
+	n = snprintf(req, sizeof(req), "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+	             "X-API-Key: %s\r\nTransfer-Encoding: chunked\r\n\r\n1388\r\n", r.secret);
+	memset(req + n, 'x', 5000);   /* 0x1388 = 5000 bytes */
+	req[n + 5000] = '\0';
+	exchange(&r, req, out, sizeof(out));
+	CHECK_INT(status_of(out), 413);
+	CHECK(strstr(out, "request_too_large") != NULL);
+	CHECK(strstr(out, "Connection: close") != NULL);
+	CHECK_INT(r.fake.started, 0);
+	CHECK_INT(r.rows, 1);
+	rig_down(&r);
+}
+
+TEST(policy_refuses_a_key_over_its_rate_with_retry_after)
+{
+	struct rig r;
+	char out[4096];
+
+	rig_up(&r);
+	r.fake.result = TR_OK;
+	r.fake.answer = ok_answer;
+	chat(&r, r.limited, "{\"model\":\"m\"}", out, sizeof(out));
+	CHECK_INT(status_of(out), 200);
+	chat(&r, r.limited, "{\"model\":\"m\"}", out, sizeof(out));
+	CHECK_INT(status_of(out), 429);
+	CHECK(strstr(out, "Retry-After: ") != NULL);
+	CHECK(strstr(out, "rate_limited") != NULL);
+	CHECK_INT(r.fake.started, 1);   /* the second never reached the forward phase */
 	rig_down(&r);
 }
 
