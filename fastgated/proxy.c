@@ -228,10 +228,9 @@ bool proxy_path_is_clean(const char *path)
 {
 	const char *seg = path;
 
-	if (strchr(path, '\\'))
-		return false;
-	for (const char *p = strchr(path, '%'); p; p = strchr(p + 1, '%'))
-		if (strncasecmp(p, "%2f", 3) == 0 || strncasecmp(p, "%5c", 3) == 0 ||
+	/* one look for the two bytes that need a closer one: most paths have neither */
+	for (const char *p = strpbrk(path, "%\\"); p; p = strpbrk(p + 1, "%\\"))
+		if (*p == '\\' || strncasecmp(p, "%2f", 3) == 0 || strncasecmp(p, "%5c", 3) == 0 ||
 		    strncmp(p, "%00", 3) == 0)
 			return false;
 	while (*seg) {

@@ -117,11 +117,3 @@ size_t fmt_dec(char *out, uint64_t n)
 	memcpy(out, q, k);
 	return k;
 }
-
-int hname_listed(const char *name, size_t nl, const struct hname *list)
-{
-	for (; list->s; list++)
-		if (list->len == nl && strncasecmp(name, list->s, nl) == 0)
-			return 1;
-	return 0;
-}

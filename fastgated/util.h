@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <strings.h>
 
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
@@ -33,8 +34,14 @@ struct hname {
 	size_t len;
 };
 #define HNAME(lit) { lit, sizeof(lit) - 1 }
-/* Is the name (nl bytes, any case) in the list? */
-int hname_listed(const char *name, size_t nl, const struct hname *list);
+/* Is the name (nl bytes, any case) in the list? Inline: it runs for every header. */
+static inline int hname_listed(const char *name, size_t nl, const struct hname *list)
+{
+	for (; list->s; list++)
+		if (list->len == nl && strncasecmp(name, list->s, nl) == 0)
+			return 1;
+	return 0;
+}
 
 /* CLOCK_MONOTONIC in milliseconds: for deadlines and intervals that wall-clock steps must
  * not move. */
