@@ -201,7 +201,6 @@ int forward_start(struct proxy_req *px, const struct http_request *in, const cha
 	a->x.arg = a;
 	if (tr_start(px->gw->transports[r->transport], &a->x) < 0)
 		return -1;
-	a->started = true;
 	forward_arm_timer(px, r->timeout);
 	return 0;
 }

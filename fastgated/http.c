@@ -809,7 +809,6 @@ static void dispatch(struct http_conn *c, bool has_body)
 	c->outhead_len = 0;
 	c->body_st = has_body ? B_WAIT : B_DONE;
 	c->body_fn = NULL;
-	req->has_body = has_body;
 	disarm_timer(c);
 	reqid_next(&s->ids, req->id);
 	http_add_header(req, "X-Request-Id", req->id);
@@ -1255,11 +1254,6 @@ int http_server_route(struct http_server *s, const char *path, http_handler_fn f
 const char *http_server_addr(const struct http_server *s)
 {
 	return s->addr;
-}
-
-bool http_server_stopping(const struct http_server *s)
-{
-	return s->stopping;
 }
 
 void http_server_stop_accepting(struct http_server *s)

@@ -51,7 +51,6 @@ struct http_request {
 	const struct http_header *headers;
 	size_t n_headers;
 	bool http11;
-	bool has_body;                /* a body follows the head (read it with http_read_body) */
 	char id[REQID_LEN + 1];       /* X-Request-Id, already on the reply headers */
 	struct http_conn *conn;       /* private */
 };
@@ -90,13 +89,12 @@ const char *http_server_addr(const struct http_server *s);
 /* SIGTERM: stop accepting, close idle keep-alive connections, answer further requests on
  * open connections with Connection: close. In-flight requests go on. */
 void http_server_stop_accepting(struct http_server *s);
-bool http_server_stopping(const struct http_server *s);
 void http_server_free(struct http_server *s);
 int http_server_connections(const struct http_server *s);
 
 /* First header of that name (case-insensitive), or NULL. */
 const char *http_find_header(const struct http_request *req, const char *name);
-/* Read the body (has_body). HTTP_BODY_READY: it is in already (it came with its head, or
+/* Read the body. HTTP_BODY_READY: it is in already (it came with its head, or
  * there is none) and done will not run. HTTP_BODY_PENDING: done(arg, 0) runs from the loop
  * once it is in, or done(arg, status) when it could not be read (408 too slow, 413 over
  * the limit, 400 malformed framing); Expect: 100-continue is answered now. A status (408,

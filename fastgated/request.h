@@ -35,7 +35,6 @@
 struct attempt {
 	struct proxy_req *px;
 	struct tr_xfer x;
-	bool started;                     /* tr_start succeeded: done will run or it is cancelled */
 	char *head;                       /* the request head, as the upstream gets it */
 	size_t head_len, head_cap;
 	/* the answer's head, as it arrives */
@@ -119,7 +118,7 @@ double proxy_elapsed(const struct proxy_req *px);
 
 /* ---- forward.c ---- */
 /* Build the upstream request for px->route and start it: 0, or -1 when it could not be
- * started (out of memory, no socket): the caller answers 500/502. */
+ * started (out of memory, no socket): the caller answers 500. */
 int forward_start(struct proxy_req *px, const struct http_request *in, const char *body,
                   size_t body_len);
 /* Arm the request's timer (first byte, or idle between chunks). */
