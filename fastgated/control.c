@@ -30,6 +30,7 @@
 #include "log.h"
 #include "util.h"
 #include "logs.h"
+#include "pool.h"
 #include "routes.h"
 #include "stats.h"
 
@@ -1023,9 +1024,106 @@ static json_t *key_json(const struct key *k, int64_t now)
 	                 "status", key_status(k, now));
 }
 
+/* "host", or "host +2" for a pool: the list's column stays one word wide. */
+static json_t *route_upstream_summary(const struct route *r)
+{
+	if (r->n_targets == 0 || !r->targets[0].host)
+		return json_null();
+	if (r->n_targets == 1)
+		return json_string(r->targets[0].host);
+	return json_sprintf("%s +%zu", r->targets[0].host, r->n_targets - 1);
+}
+
+static const char *target_state_word(const struct target_state *s, int64_t now_ms)
+{
+	if (!s)
+		return "unknown";
+	if (s->drained)
+		return "drained";
+	if (s->br.state == BREAKER_CLOSED)
+		return "up";
+	return target_available(s, now_ms) ? "probing" : breaker_state_name(s->br.state);
+}
+
+/* One target, as `route show` and `upstream list|show` print it; never its key. */
+static json_t *target_json(const struct route *r, size_t i, int64_t now_ms)
+{
+	const struct route_target *t = &r->targets[i];
+	const struct target_state *s = t->st;
+	int64_t wait = s ? breaker_wait_ms(&s->br, now_ms) : 0;
+	json_t *o = json_pack("{s:s, s:s, s:o, s:i, s:i, s:o, s:b, s:o, s:s, s:s}",
+	                      "route", r->name,
+	                      "url", t->url ? t->url : "",
+	                      "path", string_or_null(t->path),
+	                      "weight", t->weight,
+	                      "priority", t->priority,
+	                      "model", string_or_null(t->model),
+	                      "api_key_set", t->api_key != NULL,
+	                      "api_key_file", string_or_null(t->api_key_file),
+	                      "state", target_state_word(s, now_ms),
+	                      "breaker", s ? breaker_state_name(s->br.state) : "closed");
+	json_t *counts;
+
+	if (!o)
+		return NULL;
+	json_object_set_new(o, "id", json_sprintf("%s/%zu", r->name, i));
+	json_object_set_new(o, "host", string_or_null(t->host));
+	json_object_set_new(o, "drained", json_boolean(s && s->drained));
+	json_object_set_new(o, "inflight", json_integer(s ? s->inflight : 0));
+	json_object_set_new(o, "latency_ewma_ms", json_real(s ? s->ewma_ms : 0));
+	json_object_set_new(o, "retry_in_ms", json_integer(wait));
+	json_object_set_new(o, "consecutive_failures", json_integer(s ? s->br.consecutive : 0));
+	json_object_set_new(o, "health", !r->health.path ? json_null()
+	                    : !s || !s->health_checked ? json_string("unknown")
+	                    : json_string(s->health_ok ? "healthy" : "unhealthy"));
+	counts = json_object();
+	for (int k = 0; counts && k < OUTCOME_COUNT; k++)
+		json_object_set_new(counts, attempt_outcome_name((enum attempt_outcome)k),
+		                    json_integer(s ? (json_int_t)s->attempts[k] : 0));
+	json_object_set_new(o, "attempts", counts ? counts : json_null());
+	return o;
+}
+
+static json_t *route_pool_json(const struct route *r)
+{
+	json_t *list = json_array(), *retry_on = json_array(), *o;
+	int64_t now = mono_ms();
+	static const struct { unsigned bit; const char *w; } on_words[] = {
+		{ RETRY_ON_CONNECT, "connect" }, { RETRY_ON_TIMEOUT, "timeout" },
+		{ RETRY_ON_RESET, "reset" }, { RETRY_ON_PROTOCOL, "protocol" },
+		{ RETRY_ON_429, "429" }, { RETRY_ON_5XX, "5xx" },
+	};
+
+	for (size_t i = 0; list && i < r->n_targets; i++)
+		json_array_append_new(list, target_json(r, i, now));
+	for (size_t i = 0; retry_on && i < sizeof(on_words) / sizeof(on_words[0]); i++)
+		if (r->retry.on & on_words[i].bit)
+			json_array_append_new(retry_on, json_string(on_words[i].w));
+	for (size_t i = 0; retry_on && i < r->retry.n_codes; i++)
+		json_array_append_new(retry_on, json_sprintf("%d", r->retry.codes[i]));
+	o = json_pack("{s:o, s:s, s:{s:i, s:o, s:i}, s:o, s:o, s:o}",
+	              "upstreams", list ? list : json_null(),
+	              "balance", balance_kind_name(r->balance),
+	              "retry", "attempts", r->retry.attempts, "on", retry_on ? retry_on : json_null(),
+	              "deadline", r->retry.deadline_s,
+	              "breaker", !r->breaker_on ? json_null()
+	                  : json_pack("{s:i, s:i, s:i, s:i, s:i}", "failures", r->breaker.failures,
+	                              "error_rate", r->breaker.error_rate,
+	                              "min_requests", r->breaker.min_requests,
+	                              "cooldown", r->breaker.cooldown_s,
+	                              "max_cooldown", r->breaker.max_cooldown_s),
+	              "health", r->health.path
+	                  ? json_pack("{s:s, s:i, s:i, s:i, s:i}", "path", r->health.path,
+	                              "interval", r->health.interval_s, "timeout", r->health.timeout_s,
+	                              "healthy", r->health.healthy, "unhealthy", r->health.unhealthy)
+	                  : json_null(),
+	              "fallback", string_array(r->fallback, r->n_fallback));
+	return o;
+}
+
 static json_t *route_summary_json(const struct route *r)
 {
-	return json_pack("{s:s, s:i, s:b, s:b, s:s, s:i, s:o, s:o, s:o, s:o}",
+	return json_pack("{s:s, s:i, s:b, s:b, s:s, s:i, s:o, s:o, s:o, s:o, s:I}",
 	                 "name", r->name,
 	                 "priority", r->priority,
 	                 "enabled", r->enabled,
@@ -1034,8 +1132,9 @@ static json_t *route_summary_json(const struct route *r)
 	                 "line", r->line,
 	                 "path", string_or_null(r->match_path),
 	                 "methods", string_array(r->methods, r->n_methods),
-	                 "upstream", string_or_null(r->upstream_host),
-	                 "unavailable", string_or_null(r->unavailable));
+	                 "upstream", route_upstream_summary(r),
+	                 "unavailable", string_or_null(r->unavailable),
+	                 "upstreams_count", (json_int_t)r->n_targets);
 }
 
 /* Header values may carry credentials the route file reads from the environment. */
@@ -1066,17 +1165,18 @@ static json_t *route_detail_json(const struct route *r)
 	if (json_object_update_missing_new(o, json_pack(
 	        "{s:o, s:s, s:o, s:o, s:b, s:o, s:o, s:i, s:i, s:o, s:O, s:o}",
 	        "body", r->match_body ? json_incref(r->match_body) : json_null(),
-	        "upstream_url", r->upstream_url ? r->upstream_url : "",
-	        "upstream_path", string_or_null(r->upstream_path),
+	        "upstream_url", r->n_targets && r->targets[0].url ? r->targets[0].url : "",
+	        "upstream_path", string_or_null(r->n_targets ? r->targets[0].path : NULL),
 	        "strip_prefix", string_or_null(r->strip_prefix),
-	        "api_key_set", r->api_key != NULL,
-	        "api_key_file", string_or_null(r->api_key_file),
+	        "api_key_set", r->n_targets && r->targets[0].api_key != NULL,
+	        "api_key_file", string_or_null(r->n_targets ? r->targets[0].api_key_file : NULL),
 	        "strip_headers", string_array(r->strip_headers, r->n_strip_headers),
 	        "timeout", r->timeout,
 	        "idle_timeout", r->idle_timeout,
 	        "add_body_fields", r->add_body_fields ? json_incref(r->add_body_fields) : json_null(),
 	        "add_headers", hdrs,
-	        "upstream_host", string_or_null(r->upstream_host))) < 0)
+	        "upstream_host", string_or_null(r->n_targets ? r->targets[0].host : NULL))) < 0 ||
+	    json_object_update_new(o, route_pool_json(r)) < 0)
 		goto fail;
 	json_decref(hdrs);
 	return o;

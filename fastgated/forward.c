@@ -1,14 +1,21 @@
-/* The forward phase: the attempt. Builds the upstream request for the matched route (the
- * target, the cleaned headers, the route's key) as the bytes of an HTTP/1.1 head and
- * starts it through the transport the route was bound to when the routes loaded. */
+/* The forward phase: the attempt loop. Picks a target of the route's pool (pool.h), builds
+ * the upstream request for it (the target's path, the cleaned headers, its key, its model)
+ * as the bytes of an HTTP/1.1 head and starts it through the transport the target was
+ * bound to when the routes loaded. When an attempt fails before anything of the answer
+ * reached the client, and the route's retry policy allows, the next attempt goes to a
+ * target not yet tried, then to the fallback routes, all inside one deadline; each
+ * attempt's outcome goes to its target's breaker and to the audit. */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <event2/event.h>
 
+#include "log.h"
+
 #include "proxy.h"
 #include "request.h"
+#include "usage.h"
 #include "util.h"
 
 static const struct hname always_stripped[] = {
@@ -86,20 +93,21 @@ static int head_add_header(struct attempt *a, const char *name, size_t nl, const
 
 /* "METHOD target HTTP/1.1\r\nHost: host\r\n": the target is the route's path (or the
  * client's, less strip_prefix) and the client's query. */
-static int head_start(struct attempt *a, const struct route *r, const struct http_request *in)
+static int head_start(struct attempt *a, const struct route *r, const struct route_target *t,
+                      const struct http_request *in)
 {
 	const char *p = in->path;
-	size_t ml = strlen(in->method_name), hl = strlen(r->upstream_host), pl, ql;
+	size_t ml = strlen(in->method_name), hl = strlen(t->host), pl, ql;
 	char *w;
 
-	if (!r->upstream_path) {
+	if (!t->path) {
 		size_t sl = r->strip_prefix ? strlen(r->strip_prefix) : 0;
 		if (sl && strncmp(p, r->strip_prefix, sl) == 0 && (p[sl] == '/' || p[sl] == '\0'))
 			p += sl;
 		if (*p == '\0')
 			p = "/";
 	} else {
-		p = r->upstream_path;
+		p = t->path;
 	}
 	pl = strlen(p);
 	ql = in->query ? strlen(in->query) + 1 : 0;
@@ -118,14 +126,14 @@ static int head_start(struct attempt *a, const struct route *r, const struct htt
 	}
 	memcpy(w, " HTTP/1.1\r\nHost: ", 17);
 	w += 17;
-	memcpy(w, r->upstream_host, hl);
+	memcpy(w, t->host, hl);
 	memcpy(w + hl, "\r\n", 2);
 	a->head_len = (size_t)(w + hl + 2 - a->head);
 	return 0;
 }
 
-static int head_headers(struct attempt *a, const struct route *r, const struct http_request *in,
-                        const char *id)
+static int head_headers(struct attempt *a, const struct route *r, const struct route_target *t,
+                        const struct http_request *in, const char *id)
 {
 	const char *conn = http_find_header(in, "Connection");
 	size_t conn_len = conn ? strlen(conn) : 0;
@@ -147,8 +155,8 @@ static int head_headers(struct attempt *a, const struct route *r, const struct h
 		if (head_add_header(a, r->add_headers[i].name, strlen(r->add_headers[i].name),
 		                    r->add_headers[i].value, strlen(r->add_headers[i].value)) < 0)
 			return -1;
-	if (r->api_key && (head_add(a, "Authorization: Bearer ", 22) < 0 ||
-	                   head_add(a, r->api_key, strlen(r->api_key)) < 0 ||
+	if (t->api_key && (head_add(a, "Authorization: Bearer ", 22) < 0 ||
+	                   head_add(a, t->api_key, strlen(t->api_key)) < 0 ||
 	                   head_add(a, "\r\n", 2) < 0))
 		return -1;
 	if (head_add_header(a, "X-Request-Id", 12, id, REQID_LEN) < 0 ||
@@ -164,19 +172,179 @@ static bool replayable(enum http_method m)
 	return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS;
 }
 
-int forward_start(struct proxy_req *px, const struct http_request *in, const char *body,
-                  size_t body_len)
+/* ---- the body ------------------------------------------------------------------------ */
+
+/* Rewrite the body when the route adds fields, or when a stream must be asked for its
+ * usage: the client's bytes with members spliced in, never a re-serialised tree.
+ * -1: a rewrite was needed but the body is not a JSON object, or out of memory. */
+static int prepare_body(struct proxy_req *px)
 {
 	const struct route *r = px->route;
+	/* a request without a body (GET /v1/models) has nothing to add fields to */
+	bool add_fields = r->n_body_adds > 0 && px->body_len > 0;
+	bool inject = r->stream_usage && px->client_stream && !px->include_usage;
+	size_t len;
+
+	free(px->body_rewritten);
+	px->body_rewritten = NULL;
+	px->rewritten_len = 0;
+	px->body_route = r->name;
+	px->usage_injected = false;
+	sse_scan_free(&px->scan);
+	sse_scan_init(&px->scan, false);
+	if (!add_fields && !inject)
+		return 0;
+	if (px->rj.result != RJ_OK || px->body_len == 0)
+		return add_fields ? -1 : 0;
+	px->body_rewritten = reqjson_splice(&px->rj, px->body, px->body_len, r->body_adds,
+	                                    add_fields ? r->n_body_adds : 0, inject, &len);
+	if (!px->body_rewritten)
+		return len == 0 ? 0 : -1;   /* 0: the client sent every field */
+	px->rewritten_len = len;
+	/* a model the route adds is the model the upstream runs: the audit says so */
+	if (!px->model[0] && add_fields) {
+		json_t *m = json_object_get(r->add_body_fields, "model");
+		if (json_is_string(m))
+			snprintf(px->model, sizeof(px->model), "%s", json_string_value(m));
+	}
+	if (inject) {
+		px->usage_injected = true;
+		sse_scan_init(&px->scan, true);
+	}
+	return 0;
+}
+
+/* `model:` of a target: the body with its "model" value replaced (or added), every other
+ * byte kept. NULL when the body is not a JSON object (it goes as it is) or out of memory. */
+static char *body_with_model(const char *body, size_t len, const char *model, size_t *out_len)
+{
+	struct reqjson rj;
+	const struct rj_field *f;
+	char *lit = NULL, *out = NULL;
+	size_t ll = 0;
+
+	if (reqjson_parse(&rj, body, len) != RJ_OK)
+		goto done;
+	/* the value as a JSON string: the route file allows no control characters in it */
+	lit = malloc(2 * strlen(model) + 3);
+	if (!lit)
+		goto done;
+	lit[ll++] = '"';
+	for (const char *p = model; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			lit[ll++] = '\\';
+		lit[ll++] = *p;
+	}
+	lit[ll++] = '"';
+	if ((f = reqjson_get(&rj, "model"))) {
+		*out_len = len - f->val_len + ll;
+		out = malloc(*out_len);
+		if (out) {
+			memcpy(out, body, f->val_off);
+			memcpy(out + f->val_off, lit, ll);
+			memcpy(out + f->val_off + ll, body + f->val_off + f->val_len,
+			       len - f->val_off - f->val_len);
+		}
+	} else {
+		struct rj_add add = { "model", lit, ll };
+
+		out = reqjson_splice(&rj, body, len, &add, 1, false, out_len);
+	}
+done:
+	free(lit);
+	reqjson_free(&rj);
+	return out;
+}
+
+/* ---- one attempt ---------------------------------------------------------------------- */
+
+static void attempt_log_add(struct proxy_req *px, const char *url, const char *outcome,
+                            int64_t ms)
+{
+	char num[24];
+	size_t n = fmt_dec(num, (uint64_t)(ms < 0 ? 0 : ms));
+
+	if (px->attempt_log_len)
+		buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, ";", 1, 256);
+	buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, url, strlen(url), 256);
+	buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, "=", 1, 256);
+	buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, outcome,
+	           strlen(outcome), 256);
+	buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, ":", 1, 256);
+	if (buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, num, n + 1,
+	               256) == 0)
+		px->attempt_log_len--;   /* the NUL is there, not counted */
+}
+
+void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long status,
+                         int64_t retry_after_s)
+{
+	struct attempt *a = &px->att;
+	struct route *r = (struct route *)px->route;   /* its pool's live state is mutable */
+	int64_t now = mono_ms();
+	char word[16];
+
+	if (a->ended || a->target < 0)
+		return;
+	a->ended = true;
+	pool_attempt_end(r, (size_t)a->target, now, a->pass, o, retry_after_s,
+	                 a->head_ms ? (double)(a->head_ms - a->started_ms) : -1);
+	/* the status when an answer came, else what went wrong */
+	if (status >= 100 && o != OUTCOME_TIMEOUT && o != OUTCOME_RESET && o != OUTCOME_PROTOCOL) {
+		size_t n = fmt_dec(word, (uint64_t)status);
+		word[n] = '\0';
+	} else
+		snprintf(word, sizeof(word), "%s", attempt_outcome_name(o));
+	attempt_log_add(px, r->targets[a->target].url, word, now - a->started_ms);
+}
+
+/* Make the attempt ready for a new target: the buffers stay, their contents go. */
+static void attempt_reset(struct attempt *a)
+{
+	struct proxy_req *px = a->px;
+	char *head = a->head, *up_raw = a->up_raw;
+	size_t head_cap = a->head_cap, up_raw_cap = a->up_raw_cap;
+
+	free(a->body);
+	memset(a, 0, sizeof(*a));
+	a->px = px;
+	a->head = head;
+	a->head_cap = head_cap;
+	a->up_raw = up_raw;
+	a->up_raw_cap = up_raw_cap;
+	a->target = -1;
+	a->ttfb_s = -1;
+}
+
+/* Build and start the attempt on target i: 0, or -1 when it could not be started. */
+static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass)
+{
+	const struct route *r = px->route;
+	const struct route_target *t = &r->targets[i];
+	const struct http_request *in = px->req;
 	struct attempt *a = &px->att;
 	enum http_method m = in->method;
+	const char *body = px->body_rewritten ? px->body_rewritten : px->body;
+	size_t body_len = px->body_rewritten ? px->rewritten_len : px->body_len;
 	char cl[48];
 	size_t n;
 
-	if (head_start(a, r, in) < 0 || head_headers(a, r, in, px->id) < 0)
-		return -1;
+	attempt_reset(a);
+	a->target = i;
+	a->pass = pass;
+	a->started_ms = mono_ms();
+	px->tried |= (uint64_t)1 << i;
+	px->route_attempts++;
+	px->attempts++;
+	pool_attempt_start((struct route *)r, (size_t)i);
+	if (t->model && body_len > 0 && (a->body = body_with_model(body, body_len, t->model, &n))) {
+		body = a->body;
+		body_len = n;
+	}
 	if (m == HTTP_HEAD)
 		body_len = 0;
+	if (head_start(a, r, t, in) < 0 || head_headers(a, r, t, in, px->id) < 0)
+		return -1;
 	if (body_len > 0 || m == HTTP_POST || m == HTTP_PUT || m == HTTP_PATCH) {
 		n = sizeof("Content-Length: ") - 1;
 		memcpy(cl, "Content-Length: ", n);
@@ -187,8 +355,8 @@ int forward_start(struct proxy_req *px, const struct http_request *in, const cha
 	} else if (head_add(a, "\r\n", 2) < 0) {
 		return -1;
 	}
-	a->x.rq.origin = r->upstream_origin;
-	a->x.rq.host = r->upstream_host;
+	a->x.rq.origin = t->origin;
+	a->x.rq.host = t->host;
 	a->x.rq.head = a->head;
 	a->x.rq.head_len = a->head_len;
 	a->x.rq.body = body;
@@ -196,19 +364,206 @@ int forward_start(struct proxy_req *px, const struct http_request *in, const cha
 	a->x.rq.head_request = m == HTTP_HEAD;
 	a->x.rq.replayable = replayable(m);
 	a->x.rq.connect_timeout = r->timeout;
-	a->x.rq.ca_file = r->ca_file;
+	a->x.rq.ca_file = t->ca_file;
 	a->x.cb = &relay_callbacks;
 	a->x.arg = a;
-	if (tr_start(px->gw->transports[r->transport], &a->x) < 0)
+	if (tr_start(px->gw->transports[t->transport], &a->x) < 0)
 		return -1;
+	px->forwarded = true;
 	forward_arm_timer(px, r->timeout);
 	return 0;
+}
+
+/* ---- the loop ------------------------------------------------------------------------- */
+
+static bool deadline_passed(const struct proxy_req *px, int64_t now)
+{
+	return px->deadline_ms && now >= px->deadline_ms;
+}
+
+/* A fallback route this request may use: enabled, allowed for its key, with a target
+ * that takes requests now. */
+static const struct route *fallback_usable(const struct proxy_req *px, size_t k, int64_t now)
+{
+	const struct route *f = route_table_find(px->table, px->first_route->fallback[k]);
+
+	if (!f || !f->enabled || !proxy_key_allows_route(px->key, f->name) ||
+	    !pool_route_available(f, now))
+		return NULL;
+	return f;
+}
+
+/* Is there a target left to try: in this route within its attempts, or a fallback? */
+static bool something_left(const struct proxy_req *px, int64_t now)
+{
+	const struct route *r = px->route;
+
+	if (px->route_attempts < r->retry.attempts)
+		for (size_t i = 0; i < r->n_targets; i++)
+			if (!(px->tried & ((uint64_t)1 << i)) && target_available(r->targets[i].st, now))
+				return true;
+	for (size_t k = px->next_fallback; k < px->first_route->n_fallback; k++)
+		if (fallback_usable(px, k, now))
+			return true;
+	return false;
+}
+
+static bool outcome_listed(const struct route *r, enum attempt_outcome o, long status)
+{
+	for (size_t i = 0; i < r->retry.n_codes; i++)
+		if (r->retry.codes[i] == status)
+			return true;
+	switch (o) {
+	case OUTCOME_CONNECT: return r->retry.on & RETRY_ON_CONNECT;
+	case OUTCOME_TIMEOUT: return r->retry.on & RETRY_ON_TIMEOUT;
+	case OUTCOME_RESET: return r->retry.on & RETRY_ON_RESET;
+	case OUTCOME_PROTOCOL: return r->retry.on & RETRY_ON_PROTOCOL;
+	case OUTCOME_429: return r->retry.on & RETRY_ON_429;
+	case OUTCOME_5XX: return r->retry.on & RETRY_ON_5XX;
+	default: return false;
+	}
+}
+
+bool forward_may_retry(struct proxy_req *px, enum attempt_outcome o, long status)
+{
+	int64_t now = mono_ms();
+
+	if (px->started || !px->req || px->finished || deadline_passed(px, now))
+		return false;
+	/* every re-send is one the route asked for, for any method: an LLM call that may
+	 * have run upstream costs money and must not run twice unasked */
+	if (!outcome_listed(px->route, o, status))
+		return false;
+	return something_left(px, now);
+}
+
+/* Answer the request when nothing could be started: 503 when no target of the route (or
+ * its fallbacks) was available at all, with the time until one is again. */
+static void reply_unavailable(struct proxy_req *px, int64_t now)
+{
+	int64_t wait = pool_wait_ms(px->first_route, now);
+	char ra[24], msg[256];
+
+	for (size_t k = 0; k < px->first_route->n_fallback; k++) {
+		const struct route *f = route_table_find(px->table, px->first_route->fallback[k]);
+		int64_t w = f && f->enabled ? pool_wait_ms(f, now) : -1;
+
+		if (w >= 0 && (wait < 0 || w < wait))
+			wait = w;
+	}
+	/* every target drained: an operator's doing; no time to promise, so a modest one */
+	snprintf(ra, sizeof(ra), "%lld", wait < 0 ? 10LL : (long long)((wait + 999) / 1000 ? (wait + 999) / 1000 : 1));
+	snprintf(msg, sizeof(msg), "every upstream of route %s is unavailable (circuit open, drained or unhealthy); retry after %s s",
+	         px->first_route->name, ra);
+	if (px->req)
+		http_add_header(px->req, "Retry-After", ra);
+	px->error_kind = "unavailable";
+	proxy_reply_error(px, 503, "upstream_unavailable", msg);
+}
+
+/* Start an attempt on the route's pool or, when it has nothing left, on the next fallback
+ * route. false: nothing could start and the client has been answered. */
+static bool attempt_next(struct proxy_req *px)
+{
+	int64_t now = mono_ms();
+
+	for (;;) {
+		const struct route *r = px->route;
+
+		if (px->route_attempts < r->retry.attempts) {
+			enum breaker_pass pass;
+			int i = pool_pick((struct route *)r, px->tried, now, &pass);
+
+			if (i >= 0) {
+				if (attempt_start(px, i, pass) == 0)
+					return true;
+				px->att.timed_out = false;
+				forward_attempt_end(px, OUTCOME_ABANDONED, 0, -1);
+				proxy_reply_error(px, 500, "internal_error", "could not start the upstream request");
+				return false;
+			}
+		}
+		if (px->next_fallback >= px->first_route->n_fallback)
+			break;
+		r = fallback_usable(px, px->next_fallback++, now);
+		if (!r)
+			continue;
+		log_debug("request %s: route %s has no upstream left, falling back to %s", px->id,
+		          px->route->name, r->name);
+		px->route = r;
+		px->tried = 0;
+		px->route_attempts = 0;
+		if (prepare_body(px) < 0) {
+			proxy_reply_error(px, 400, "invalid_json", "request body must be a JSON object");
+			return false;
+		}
+	}
+	if (px->attempts == 0) {
+		reply_unavailable(px, now);
+	} else {
+		/* a retry was judged possible, and by now nothing is left (a breaker moved) */
+		long st = px->last_status == 429 || px->last_status >= 500 ? px->last_status : 502;
+
+		proxy_reply_error(px, (int)st, px->error_kind ? px->error_kind : "upstream_error",
+		                  "no upstream of the route could answer");
+	}
+	return false;
+}
+
+bool forward_begin(struct proxy_req *px)
+{
+	px->first_route = px->route;
+	if (px->route->retry.deadline_s)
+		px->deadline_ms = mono_ms() + (int64_t)px->route->retry.deadline_s * 1000;
+	if (prepare_body(px) < 0) {
+		proxy_reply_error(px, 400, "invalid_json", "request body must be a JSON object");
+		return false;
+	}
+	if (px->route->log_bodies > 0) {
+		const char *b = px->body_rewritten ? px->body_rewritten : px->body;
+		size_t bl = px->body_rewritten ? px->rewritten_len : px->body_len;
+
+		px->body_log = relay_body_for_audit(px, b, bl, px->secret, px->secret_len);
+		px->answer_log = evbuffer_new();
+	}
+	return attempt_next(px);
+}
+
+void forward_retry(struct proxy_req *px)
+{
+	px->retries++;
+	event_active(&px->retry_ev, 0, 0);
+}
+
+void forward_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_req *px = arg;
+	(void)fd; (void)what;
+
+	if (!px->req) {           /* the client left while the retry waited */
+		proxy_finish(px);
+		return;
+	}
+	relay_reset(px);
+	if (!attempt_next(px))
+		proxy_finish(px);
 }
 
 void forward_arm_timer(struct proxy_req *px, int seconds)
 {
 	struct timeval tv = { seconds, 0 };
 
+	/* the deadline bounds the attempts, up to the answer's head; not a running answer */
+	if (px->deadline_ms && px->att.ttfb_s < 0) {
+		int64_t left = px->deadline_ms - mono_ms();
+
+		if (left < 0)
+			left = 0;
+		if (left < (int64_t)seconds * 1000) {
+			tv.tv_sec = left / 1000;
+			tv.tv_usec = (left % 1000) * 1000;
+		}
+	}
 	evtimer_add(&px->timer_ev, &tv);
 }
 

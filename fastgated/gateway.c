@@ -26,6 +26,8 @@ int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 	if (!t)
 		return -1;
 	apply_overrides(gw, t);
+	/* before the old table lets go of them: the same targets keep their state */
+	pool_bind(&gw->pool, t);
 	gw->routes = t;   /* in-flight requests hold their own reference to the old table */
 	if (old)
 		route_table_unref(old);

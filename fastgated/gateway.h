@@ -14,6 +14,7 @@
 #include "config.h"
 #include "errlist.h"
 #include "keys.h"
+#include "pool.h"
 #include "reqdone.h"
 #include "routes.h"
 
@@ -35,6 +36,7 @@ struct gateway {
 	struct config *cfg;
 	struct keystore *keys;
 	struct route_table *routes;   /* current table; requests hold their own reference */
+	struct pool pool;             /* the live state of every route's upstreams (pool.h) */
 	struct transport *transports[2];  /* by enum tr_kind: a route's is fixed at load */
 	struct control *control;
 	struct http_server *http;

@@ -100,9 +100,11 @@ static void emit_done(struct proxy_req *px, double total_s)
 	row.path = empty_to_null(px->path);
 	if (px->route) {
 		row.route = px->route->name;
-		if (px->forwarded)
-			row.upstream = empty_to_null(px->route->upstream_origin);
+		if (px->forwarded && px->att.target >= 0)
+			row.upstream = empty_to_null(px->route->targets[px->att.target].origin);
 	}
+	row.retries = px->retries;
+	/* row.attempts = px->attempt_log_len ? px->attempt_log : NULL; (with the audit column) */
 	row.status = (int)px->status;
 	row.latency_ms = total_s * 1000.0;
 	row.ttfb_ms = px->att.ttfb_s >= 0 ? px->att.ttfb_s * 1000.0 : -1;
@@ -135,6 +137,8 @@ void proxy_finish(struct proxy_req *px)
 	px->finished = true;
 	if (forward_cancel(px) && !px->error_kind)
 		px->error_kind = "client_closed";
+	if (px->forwarded)
+		forward_attempt_end(px, OUTCOME_ABANDONED, 0, -1);   /* no-op once it has ended */
 	if (px->req)
 		proxy_take_req(px);
 	gw->stats.inflight--;
@@ -145,6 +149,8 @@ void proxy_finish(struct proxy_req *px)
 
 	free(px->att.head);
 	free(px->att.up_raw);
+	free(px->att.body);
+	free(px->attempt_log);
 	free(px->body);
 	if (px->out)
 		evbuffer_free(px->out);
@@ -160,6 +166,7 @@ void proxy_finish(struct proxy_req *px)
 	event_del(&px->timer_ev);
 	event_del(&px->resume_ev);
 	event_del(&px->finish_ev);
+	event_del(&px->retry_ev);
 	if (px->table)
 		route_table_unref(px->table);
 	free(px);
@@ -394,7 +401,7 @@ static enum phase_rc ph_parse(struct proxy_req *px)
 	return PH_NEXT;
 }
 
-static bool key_allows_route(const struct key *k, const char *route)
+bool proxy_key_allows_route(const struct key *k, const char *route)
 {
 	if (k->n_routes == 0)
 		return true;
@@ -416,7 +423,7 @@ static enum phase_rc ph_match(struct proxy_req *px)
 		proxy_reply_error(px, 404, "no_route", "no route matches this request");
 		return PH_END;
 	}
-	if (!key_allows_route(px->key, px->route->name)) {
+	if (!proxy_key_allows_route(px->key, px->route->name)) {
 		proxy_reply_error(px, 403, "route_not_allowed", "this API key may not use this route");
 		return PH_END;
 	}
@@ -449,60 +456,10 @@ static enum phase_rc ph_cache(struct proxy_req *px)
 
 /* ---- forward -------------------------------------------------------------------------- */
 
-/* Rewrite the body when the route adds fields, or when a stream must be asked for its
- * usage: the client's bytes with members spliced in, never a re-serialised tree.
- * -1: a rewrite was needed but the body is not a JSON object, or out of memory. */
-static int prepare_body(struct proxy_req *px)
-{
-	const struct route *r = px->route;
-	/* a request without a body (GET /v1/models) has nothing to add fields to */
-	bool add_fields = r->n_body_adds > 0 && px->body_len > 0;
-	bool inject = r->stream_usage && px->client_stream && !px->include_usage;
-	size_t len;
-
-	if (!add_fields && !inject)
-		return 0;
-	if (px->rj.result != RJ_OK || px->body_len == 0)
-		return add_fields ? -1 : 0;
-	px->body_rewritten = reqjson_splice(&px->rj, px->body, px->body_len, r->body_adds,
-	                                    add_fields ? r->n_body_adds : 0, inject, &len);
-	if (!px->body_rewritten)
-		return len == 0 ? 0 : -1;   /* 0: the client sent every field */
-	px->rewritten_len = len;
-	/* a model the route adds is the model the upstream runs: the audit says so */
-	if (!px->model[0] && add_fields) {
-		json_t *m = json_object_get(r->add_body_fields, "model");
-		if (json_is_string(m))
-			snprintf(px->model, sizeof(px->model), "%s", json_string_value(m));
-	}
-	if (inject)
-		sse_scan_init(&px->scan, true);
-	return 0;
-}
-
+/* forward.c runs the attempt loop; relay.c ends the request once an attempt answers. */
 static enum phase_rc ph_forward(struct proxy_req *px)
 {
-	const char *send_body = px->rq.body;
-	size_t send_len = px->rq.body_len;
-
-	if (prepare_body(px) < 0) {
-		proxy_reply_error(px, 400, "invalid_json", "request body must be a JSON object");
-		return PH_END;
-	}
-	if (px->body_rewritten) {
-		send_body = px->body_rewritten;
-		send_len = px->rewritten_len;
-	}
-	if (px->route->log_bodies > 0) {
-		px->body_log = relay_body_for_audit(px, send_body, send_len, px->secret, px->secret_len);
-		px->answer_log = evbuffer_new();
-	}
-	if (forward_start(px, px->req, send_body, send_len) < 0) {
-		proxy_reply_error(px, 500, "internal_error", "could not start the upstream request");
-		return PH_END;
-	}
-	px->forwarded = true;
-	return PH_WAIT;   /* relay.c ends it */
+	return forward_begin(px) ? PH_WAIT : PH_END;
 }
 
 /* ---- the pipeline -------------------------------------------------------------------- */
@@ -551,6 +508,7 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	px->req = req;
 	px->att.px = px;
 	px->att.ttfb_s = -1;
+	px->att.target = -1;
 	clock_gettime(CLOCK_MONOTONIC, &px->t_start);
 	clock_gettime(CLOCK_REALTIME, &wall);
 	px->started_at = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
@@ -572,6 +530,7 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	evtimer_assign(&px->timer_ev, gw->base, relay_timer_cb, px);
 	event_assign(&px->resume_ev, gw->base, -1, 0, relay_resume_cb, px);
 	event_assign(&px->finish_ev, gw->base, -1, 0, finish_cb, px);
+	event_assign(&px->retry_ev, gw->base, -1, 0, forward_retry_cb, px);
 	gw->stats.inflight++;
 	if (!px->out) {
 		px->status = 500;   /* what the caller answers */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 
@@ -26,6 +27,9 @@
 /* Answers up to this size with a Content-Length are sent in one piece; larger or
  * unknown-length answers (and every SSE stream) are relayed chunk by chunk. */
 #define BUFFER_LIMIT (1024 * 1024)
+/* A stream's leading content-free events are held at most this much: a stream that sends
+ * more before any content is not one we understand, so it goes on as it comes. */
+#define HOLD_LIMIT (64 * 1024)
 
 /* Answer headers that describe the upstream hop rather than the answer, and our own
  * X-Request-Id, which replaces the upstream's. */
@@ -118,12 +122,52 @@ static bool only_chunked(const char *v, size_t vl)
 	return vl == 7 && strncasecmp(v, "chunked", 7) == 0;
 }
 
-/* The head is in: how the answer reaches the client. */
-static void head_done(struct proxy_req *px)
+/* Retry-After of a 429 or 503 answer, in seconds (delay-seconds or an HTTP-date, RFC 9110
+ * 10.2.3); -1 when there is none or it cannot be read. */
+static int64_t answer_retry_after(const struct attempt *a)
+{
+	const char *v = up_value(a, a->up_ra);
+	struct tm tm;
+
+	if (!v || (a->status != 429 && a->status != 503))
+		return -1;
+	while (*v == ' ' || *v == '\t')
+		v++;
+	if (*v >= '0' && *v <= '9')
+		return (int64_t)dec_at(v, v + strlen(v));
+	memset(&tm, 0, sizeof(tm));
+	if (strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm)) {
+		int64_t d = (int64_t)timegm(&tm) - (int64_t)time(NULL);
+		return d > 0 ? d : 0;
+	}
+	return -1;
+}
+
+/* Could a stream that fails before its first content be tried again? Then its head and
+ * leading content-free events wait for that content. */
+static bool worth_holding(const struct proxy_req *px)
+{
+	const struct route *r = px->route;
+
+	if (!(r->retry.on & (RETRY_ON_RESET | RETRY_ON_TIMEOUT | RETRY_ON_PROTOCOL)))
+		return false;
+	return px->route_attempts < r->retry.attempts ||
+	       px->next_fallback < px->first_route->n_fallback;
+}
+
+/* The head is in: how the answer reaches the client. -1: the answer is dropped for a
+ * retry (a 429 or 5xx the route retries, with a target left to try). */
+static int head_done(struct proxy_req *px)
 {
 	struct attempt *a = &px->att;
 	const char *ct = up_value(a, a->up_ct), *cl = up_value(a, a->up_cl);
+	enum attempt_outcome o = attempt_outcome_of_status(a->status);
 
+	a->head_ms = mono_ms();
+	if ((o != OUTCOME_OK || px->route->retry.n_codes) && forward_may_retry(px, o, a->status)) {
+		a->dropped = true;
+		return -1;
+	}
 	px->status = a->status;
 	px->stream_pending = false;   /* a head seen before (a proxy's CONNECT answer) counts no more */
 	px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
@@ -135,12 +179,14 @@ static void head_done(struct proxy_req *px)
 		forward_arm_timer(px, px->route->timeout);
 	} else if (px->sse || !cl || dec_at(cl, cl + strlen(cl)) > BUFFER_LIMIT) {
 		/* The reply head goes out with the first body bytes (on_body): an upstream that
-		 * fails before sending any still gets the client a clean 502. */
+		 * fails before sending any still gets the client a clean 502, or a retry. */
 		px->stream_pending = true;
+		px->holding = px->sse && a->status < 300 && worth_holding(px);
 		forward_arm_timer(px, px->route->idle_timeout);
 	} else {
 		forward_arm_timer(px, px->route->timeout);
 	}
+	return 0;
 }
 
 static int on_line(void *arg, const char *line, size_t len)
@@ -154,7 +200,7 @@ static int on_line(void *arg, const char *line, size_t len)
 		/* a new status line ("HTTP/1.1 200 OK", "HTTP/2 200"): forget interim (1xx)
 		 * headers, keep the code */
 		const char *sp = memchr(line, ' ', len);
-		a->up_raw_len = a->up_ct = a->up_cl = a->up_conn = 0;
+		a->up_raw_len = a->up_ct = a->up_cl = a->up_conn = a->up_ra = 0;
 		a->status = sp ? (long)dec_at(sp + 1, line + len) : 0;
 		if (a->status < 100 || a->status > 599) {
 			a->bad_answer = true;
@@ -169,8 +215,7 @@ static int on_line(void *arg, const char *line, size_t len)
 			a->ttfb_s = proxy_elapsed(px);
 		if (!px->req)
 			return -1; /* client gone: abort the transfer */
-		head_done(px);
-		return 0;
+		return head_done(px);
 	}
 	colon = memchr(line, ':', len);
 	if (!colon || colon == line)
@@ -195,6 +240,8 @@ static int on_line(void *arg, const char *line, size_t len)
 		a->up_cl = a->up_raw_len - vl;
 	else if (nl == 10 && !a->up_conn && strncasecmp(line, "Connection", 10) == 0)
 		a->up_conn = a->up_raw_len - vl;
+	else if (nl == 11 && !a->up_ra && strncasecmp(line, "Retry-After", 11) == 0)
+		a->up_ra = a->up_raw_len - vl;
 	return 0;
 }
 
@@ -251,6 +298,16 @@ static int on_body(void *arg, const char *data, size_t len)
 		log_answer(px, data, len);
 	}
 	px->chunks++;
+	if (px->holding) {
+		size_t held = evbuffer_get_length(px->out);
+
+		if (held <= HOLD_LIMIT &&
+		    !sse_first_content((const char *)evbuffer_pullup(px->out, -1), held, &px->hold_seen)) {
+			forward_arm_timer(px, px->route->idle_timeout);
+			return 0;   /* nothing but a head and content-free events yet */
+		}
+		px->holding = false;
+	}
 	if (px->stream_pending || (!px->streaming && evbuffer_get_length(px->out) > BUFFER_LIMIT)) {
 		px->stream_pending = false;
 		start_stream(px); /* a stream's first bytes, or more than the upstream announced */
@@ -284,6 +341,22 @@ void relay_resume_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- the end ------------------------------------------------------------------------ */
 
+void relay_reset(struct proxy_req *px)
+{
+	evbuffer_drain(px->out, evbuffer_get_length(px->out));
+	if (px->answer_log)
+		evbuffer_drain(px->answer_log, evbuffer_get_length(px->answer_log));
+	sse_scan_free(&px->scan);
+	sse_scan_init(&px->scan, px->usage_injected);
+	px->usage.found = false;
+	px->usage.prompt_tokens = px->usage.completion_tokens = -1;
+	px->status = 0;
+	px->sse = px->stream_pending = px->holding = false;
+	px->hold_seen = 0;
+	px->chunks = 0;
+	px->bytes_out = 0;
+}
+
 /* The whole answer is in: the rest of it, then the end, to the client. */
 static void answer_complete(struct proxy_req *px)
 {
@@ -302,6 +375,7 @@ static void answer_complete(struct proxy_req *px)
 	}
 	if (px->stream_pending) {
 		px->stream_pending = false;
+		px->holding = false;
 		start_stream(px);   /* an empty stream: its head and end go out together */
 	}
 	if (px->streaming) {
@@ -351,33 +425,96 @@ static struct failure classify(const struct attempt *a, enum tr_result r)
 	}
 }
 
+static enum attempt_outcome failure_outcome(const struct attempt *a, enum tr_result r)
+{
+	if (a->timed_out)
+		return OUTCOME_TIMEOUT;
+	if (a->bad_answer)
+		return OUTCOME_PROTOCOL;
+	switch (r) {
+	case TR_CONNECT:
+	case TR_RESOLVE:
+	case TR_TLS:
+		return OUTCOME_CONNECT;   /* nothing of the request went out */
+	case TR_TIMEOUT:
+		return OUTCOME_TIMEOUT;
+	case TR_PROTOCOL:
+		return OUTCOME_PROTOCOL;
+	default:
+		return OUTCOME_RESET;
+	}
+}
+
+/* A stream that broke after content reached the client: an error event it can read (the
+ * SDKs raise on one; bytes of a half-sent event are closed off first), then the cut
+ * without the closing chunk, so that nothing reading the framing takes it as complete. */
+static void stream_error_event(struct proxy_req *px, const struct failure *f)
+{
+	char ev[320];
+	int n = snprintf(ev, sizeof(ev),
+	                 "\n\ndata: {\"error\":{\"message\":\"%s after the answer had started\","
+	                 "\"type\":\"upstream_error\",\"code\":\"%s\"}}\n\n", f->message, f->kind);
+	struct http_request *req;
+
+	evbuffer_drain(px->out, evbuffer_get_length(px->out));
+	evbuffer_add(px->out, ev, (size_t)n < sizeof(ev) ? (size_t)n : sizeof(ev) - 1);
+	http_reply_chunk(px->req, px->out);
+	req = proxy_take_req(px);
+	http_abort(req);   /* writes what is queued first */
+}
+
 static void on_done(void *arg, enum tr_result r)
 {
 	struct attempt *a = arg;
 	struct proxy_req *px = a->px;
+	enum attempt_outcome o;
 	struct failure f;
 
 	evtimer_del(&px->timer_ev);
 	if (!px->req) {
+		forward_attempt_end(px, OUTCOME_ABANDONED, 0, -1);
 		proxy_finish(px);
 		return;
 	}
+	if (a->dropped) {
+		/* a 429 or 5xx the route retries: its verdict, then the next target */
+		forward_attempt_end(px, attempt_outcome_of_status(a->status), a->status,
+		                    answer_retry_after(a));
+		px->last_status = a->status;
+		px->error_kind = a->status == 429 ? "rate_limited" : "upstream_status";
+		forward_retry(px);
+		return;
+	}
 	if (r == TR_OK && !a->timed_out) {
+		forward_attempt_end(px, attempt_outcome_of_status(a->status), a->status,
+		                    answer_retry_after(a));
+		px->error_kind = NULL;   /* an earlier attempt's failure is in the attempts column */
 		answer_complete(px);
 		proxy_finish(px);
 		return;
 	}
 	f = classify(a, r);
+	o = failure_outcome(a, r);
+	forward_attempt_end(px, o, 0, -1);
 	px->error_kind = f.kind;
 	log_debug("request %s: upstream %s (%s)", px->id, f.kind, tr_result_kind(r));
-	if (px->started) {
-		/* the client cannot be told the stream broke except by a cut without the closing
+	if (!px->started && forward_may_retry(px, o, 0)) {
+		px->last_status = f.status;
+		forward_retry(px);
+		return;
+	}
+	if (px->started && px->sse) {
+		stream_error_event(px, &f);
+		if (px->status < 400)
+			px->status = f.status; /* recorded as the gateway's failure, not a 200 */
+	} else if (px->started) {
+		/* the client cannot be told the answer broke except by a cut without the closing
 		 * chunk, so that it sees a truncated answer rather than a complete one */
 		struct http_request *req = proxy_take_req(px);
 		if (req)
 			http_abort(req);
 		if (px->status < 400)
-			px->status = f.status; /* recorded as the gateway's failure, not a 200 */
+			px->status = f.status;
 	} else {
 		proxy_reply_error(px, f.status, f.kind, f.message);
 	}
@@ -410,24 +547,30 @@ static void redact(char *buf, size_t len, const char *secret, size_t sl)
 }
 
 /* At most the route's log_bodies bytes, with the secrets the gateway knows of (the
- * route's upstream key, and for the request the client's own key) blanked out in case a
+ * keys of the route's upstreams, and for the request the client's own key) blanked out in case a
  * client or an upstream echoes one. NUL bytes become spaces: the column is text. */
 char *relay_body_for_audit(const struct proxy_req *px, const char *data, size_t len,
                            const char *client_secret, size_t client_secret_len)
 {
-	size_t cap = (size_t)px->route->log_bodies;
-	size_t route_secret_len = px->route->api_key ? strlen(px->route->api_key) : 0;
-	/* redact before cutting, so that a secret straddling the cut leaves no prefix behind */
-	size_t n = cap + (route_secret_len > client_secret_len ? route_secret_len : client_secret_len);
+	const struct route *r = px->route;
+	size_t cap = (size_t)r->log_bodies, longest = client_secret_len;
+	size_t n;
 	char *out;
 
+	for (size_t i = 0; i < r->n_targets; i++)
+		if (r->targets[i].api_key && strlen(r->targets[i].api_key) > longest)
+			longest = strlen(r->targets[i].api_key);
+	/* redact before cutting, so that a secret straddling the cut leaves no prefix behind */
+	n = cap + longest;
 	if (n > len)
 		n = len;
 	out = malloc(n + 1);
 	if (!out)
 		return NULL;
 	memcpy(out, data, n);
-	redact(out, n, px->route->api_key, route_secret_len);
+	for (size_t i = 0; i < r->n_targets; i++)
+		if (r->targets[i].api_key)
+			redact(out, n, r->targets[i].api_key, strlen(r->targets[i].api_key));
 	redact(out, n, client_secret, client_secret_len);
 	len = n < cap ? n : cap;
 	out[len] = '\0';

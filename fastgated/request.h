@@ -26,6 +26,7 @@
 
 #include "gateway.h"
 #include "http.h"
+#include "pool.h"
 #include "reqid.h"
 #include "reqjson.h"
 #include "transport.h"
@@ -35,14 +36,23 @@
 struct attempt {
 	struct proxy_req *px;
 	struct tr_xfer x;
+	int target;                       /* index in px->route->targets; -1 before a pick */
+	enum breaker_pass pass;           /* the breaker's ticket, handed back at the end */
+	int64_t started_ms;               /* monotonic */
+	int64_t head_ms;                  /* monotonic, when the answer's head was in; 0 = not */
+	bool ended;                       /* its outcome went to the pool */
+	bool dropped;                     /* its answer (a 429 or 5xx) is dropped for a retry */
+	char *body;                       /* the body with this target's model, or NULL: px's */
+	size_t body_len;
 	char *head;                       /* the request head, as the upstream gets it */
 	size_t head_len, head_cap;
 	/* the answer's head, as it arrives */
 	long status;
 	char *up_raw;                     /* headers, "name\0value\0"...: copied once into the reply */
 	size_t up_raw_len, up_raw_cap;
-	size_t up_ct, up_cl, up_conn;     /* 1 + offset in up_raw of the first Content-Type,
-	                                   * Content-Length and Connection values; 0 = none */
+	size_t up_ct, up_cl, up_conn, up_ra; /* 1 + offset in up_raw of the first Content-Type,
+	                                   * Content-Length, Connection and Retry-After values;
+	                                   * 0 = none */
 	double ttfb_s;                    /* < 0 until the answer's head is in */
 	bool timed_out;
 	bool bad_answer;                  /* a head line we will not relay (protocol error) */
@@ -78,11 +88,28 @@ struct proxy_req {
 	char model[128];                  /* the request's "model", for the audit */
 	bool client_stream;               /* the client asked for a stream */
 	bool include_usage;               /* ... with stream_options.include_usage */
+	bool usage_injected;              /* the gateway asked the stream for usage (the
+	                                   * scanner strips it again) */
 	char *body_log;                   /* log_bodies: the request body as forwarded */
 	struct evbuffer *answer_log;      /* log_bodies: the answer as relayed, up to the cap */
 
-	struct attempt att;               /* the upstream try (one per request for now) */
+	struct attempt att;               /* the upstream try under way (reused by the next) */
 	bool forwarded;                   /* an attempt was started */
+	/* the attempt loop (forward.c) */
+	const struct route *first_route;  /* the matched route, before any fallback */
+	size_t next_fallback;             /* first_route->fallback[next_fallback] is next */
+	uint64_t tried;                   /* targets of px->route tried (bit i = targets[i]) */
+	int route_attempts;               /* attempts on px->route */
+	int attempts;                     /* attempts in all */
+	int retries;                      /* attempts started after a failed one */
+	long last_status;                 /* status to report if a retry finds nothing left */
+	int64_t deadline_ms;              /* monotonic end of retry.deadline; 0 = none */
+	const char *body_route;           /* the route body_rewritten was made for */
+	char *attempt_log;                /* "url=outcome:ms;...", for the audit */
+	size_t attempt_log_len, attempt_log_cap;
+	bool holding;                     /* a stream's head and content-free events wait for
+	                                   * content, so that a failure before it can be retried */
+	size_t hold_seen;                 /* bytes of out already found content-free */
 
 	/* the answer, on its way to the client (relay.c) */
 	struct evbuffer *out;             /* buffered answer, or one chunk to relay */
@@ -105,11 +132,14 @@ struct proxy_req {
 	struct event timer_ev;            /* first byte, then idle between chunks */
 	struct event resume_ev;           /* deferred transport resume */
 	struct event finish_ev;           /* deferred finish after the client vanished */
+	struct event retry_ev;            /* the next attempt, started from the loop */
 };
 
 /* ---- proxy.c ---- */
 /* Answer with a gateway error (OpenAI shape); the request is not the client's any more. */
 void proxy_reply_error(struct proxy_req *px, int status, const char *code, const char *message);
+/* May this key use the route (its allowed-routes list)? */
+bool proxy_key_allows_route(const struct key *k, const char *route);
 /* Stop watching the client before an ending reply; returns the request to end. */
 struct http_request *proxy_take_req(struct proxy_req *px);
 /* The request's end: done hook, then free. Runs once; from the loop only. */
@@ -117,17 +147,30 @@ void proxy_finish(struct proxy_req *px);
 double proxy_elapsed(const struct proxy_req *px);
 
 /* ---- forward.c ---- */
-/* Build the upstream request for px->route and start it: 0, or -1 when it could not be
- * started (out of memory, no socket): the caller answers 500. */
-int forward_start(struct proxy_req *px, const struct http_request *in, const char *body,
-                  size_t body_len);
-/* Arm the request's timer (first byte, or idle between chunks). */
+/* The forward phase: the first attempt. false when the request was answered at once (no
+ * target available: 503, or it could not be started: 500); the caller then finishes it. */
+bool forward_begin(struct proxy_req *px);
+/* The attempt under way ended with outcome o (status: the answer's, or 0; retry_after_s
+ * from its head or -1): its verdict goes to the target's breaker and the audit. */
+void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long status,
+                         int64_t retry_after_s);
+/* May the request be tried again elsewhere after outcome o (status for 429/5xx)? Nothing
+ * may have reached the client; the route's retry policy, its deadline and the targets and
+ * fallbacks left decide. */
+bool forward_may_retry(struct proxy_req *px, enum attempt_outcome o, long status);
+/* Start the next attempt from the loop (after forward_may_retry said yes). */
+void forward_retry(struct proxy_req *px);
+/* Arm the request's timer (first byte, or idle between chunks); never past the deadline. */
 void forward_arm_timer(struct proxy_req *px, int seconds);
 /* Stop the attempt's transfer if it is running; false when there was none. */
 bool forward_cancel(struct proxy_req *px);
+/* Event callback (arg: the request): the deferred next attempt. */
+void forward_retry_cb(evutil_socket_t fd, short what, void *arg);
 
 /* ---- relay.c ---- */
 extern const struct tr_callbacks relay_callbacks;
+/* Forget what a failed attempt's answer left (nothing of it reached the client). */
+void relay_reset(struct proxy_req *px);
 /* http_on_written: ask the transport for more once the client's backlog is low. */
 void relay_written(void *arg);
 /* Event callbacks (arg: the request): the first-byte or idle timer, and the deferred

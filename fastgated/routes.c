@@ -19,8 +19,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <openssl/sha.h>
 #include <yaml.h>
 
+#include "pool.h"
 #include "routes.h"
 #include "util.h"
 
@@ -122,6 +124,19 @@ static bool is_env_name(const char *s, size_t len)
 
 /* ---- freeing ---- */
 
+static void target_clear(struct route_target *t)
+{
+	free(t->url);
+	free(t->origin);
+	free(t->path);
+	free(t->host);
+	free_secret(t->api_key);
+	free(t->api_key_file);
+	free(t->ca_file);
+	free(t->model);
+	target_state_unref(t->st);
+}
+
 static void route_free(struct route *r)
 {
 	if (!r)
@@ -133,13 +148,14 @@ static void route_free(struct route *r)
 		free(r->methods[i]);
 	free(r->methods);
 	json_decref(r->match_body);
-	free(r->upstream_url);
-	free(r->upstream_origin);
-	free(r->upstream_path);
-	free(r->upstream_host);
-	free_secret(r->api_key);
-	free(r->api_key_file);
-	free(r->ca_file);
+	for (size_t i = 0; i < r->n_targets; i++)
+		target_clear(&r->targets[i]);
+	free(r->targets);
+	free(r->bt);
+	free(r->health.path);
+	for (size_t i = 0; i < r->n_fallback; i++)
+		free(r->fallback[i]);
+	free(r->fallback);
 	free(r->strip_prefix);
 	for (size_t i = 0; i < r->n_strip_headers; i++)
 		free(r->strip_headers[i]);
@@ -953,7 +969,7 @@ static void body_adds_make(struct route *r)
 
 /* ---- loading: upstream ---- */
 
-static void parse_url(struct pctx *c, const yaml_node_t *n, const char *url, struct route *r)
+static void parse_url(struct pctx *c, const yaml_node_t *n, const char *url, struct route_target *r)
 {
 	const char *scheme, *auth, *end, *host_end;
 	size_t slen;
@@ -1025,11 +1041,11 @@ static void parse_url(struct pctx *c, const yaml_node_t *n, const char *url, str
 			return;
 		}
 	}
-	r->upstream_url = xstrdup(url);
-	r->upstream_host = xstrndup(auth, (size_t)(end - auth));
-	if (asprintf(&r->upstream_origin, "%s://%s", scheme, r->upstream_host) < 0)
+	r->url = xstrdup(url);
+	r->host = xstrndup(auth, (size_t)(end - auth));
+	if (asprintf(&r->origin, "%s://%s", scheme, r->host) < 0)
 		abort();
-	r->upstream_path = *end ? xstrdup(end) : NULL;
+	r->path = *end ? xstrdup(end) : NULL;
 	/* fixed here, never guessed per request: TLS goes to curl, plain HTTP is our own */
 	r->transport = strcmp(scheme, "https") == 0 ? TR_KIND_CURL : TR_KIND_NATIVE;
 }
@@ -1156,46 +1172,285 @@ done:
 	return key;
 }
 
-static void parse_upstream(struct pctx *c, const yaml_node_t *un, struct route *r, bool unavailable)
+#define TARGET_WEIGHT_MAX   1000
+#define TARGET_PRIORITY_MAX 100
+
+static int get_int_in(struct pctx *c, const yaml_node_t *n, const char *key, int lo, int hi,
+                      const char *unit, int *out)
 {
-	static const char *const keys[] = { "url", "api_key", "api_key_file", "ca_file", NULL };
-	yaml_node_t *seen[4] = { 0 };
+	int v;
+
+	if (get_int(c, n, key, &v) < 0)
+		return -1;
+	if (v < lo || v > hi) {
+		perr(c, n, "%s: expected %s from %d to %d, got %d", key, unit, lo, hi, v);
+		return -1;
+	}
+	*out = v;
+	return 0;
+}
+
+/* A path relative to the route file's directory, as api_key_file and ca_file are. */
+static char *beside_file(struct pctx *c, const char *s)
+{
+	char *full;
+
+	if (s[0] == '/' || !strrchr(c->file, '/'))
+		return xstrdup(s);
+	if (asprintf(&full, "%.*s/%s", (int)(strrchr(c->file, '/') - c->file), c->file, s) < 0)
+		abort();
+	return full;
+}
+
+enum { T_URL, T_API_KEY, T_API_KEY_FILE, T_CA_FILE, T_WEIGHT, T_PRIORITY, T_MODEL, T_COUNT };
+static const char *const target_keys[T_COUNT + 1] = {
+	"url", "api_key", "api_key_file", "ca_file", "weight", "priority", "model", NULL
+};
+
+/* One upstream: `upstream:` or an entry of `upstreams:`. */
+static void parse_target(struct pctx *c, const yaml_node_t *un, const char *what,
+                         struct route_target *t, bool unavailable)
+{
+	yaml_node_t *seen[T_COUNT] = { 0 };
 	const char *s;
 
-	if (!expect_type(c, un, YAML_MAPPING_NODE, "upstream", "a mapping with url: and api_key:"))
+	t->weight = 1;
+	t->line = (int)node_line(un);
+	if (!expect_type(c, un, YAML_MAPPING_NODE, what, "a mapping with url: and api_key:"))
 		return;
-	get_keys(c, un, "upstream", keys, seen);
-	if (!seen[0])
-		perr(c, un, "upstream has no url");
-	else if ((s = get_str(c, seen[0], "upstream url")))
-		parse_url(c, seen[0], s, r);
-	if (seen[1] && seen[2]) {
-		perr(c, seen[2], "use either api_key or api_key_file, not both");
+	get_keys(c, un, what, target_keys, seen);
+	if (!seen[T_URL])
+		perr(c, un, "%s has no url", what);
+	else if ((s = get_str(c, seen[T_URL], "upstream url")))
+		parse_url(c, seen[T_URL], s, t);
+	if (seen[T_API_KEY] && seen[T_API_KEY_FILE]) {
+		perr(c, seen[T_API_KEY_FILE], "use either api_key or api_key_file, not both");
 		return;
 	}
-	if (seen[1] && (s = get_str(c, seen[1], "api_key"))) {
-		char *key = expand_env(c, seen[1], s, unavailable);
+	if (seen[T_API_KEY] && (s = get_str(c, seen[T_API_KEY], "api_key"))) {
+		char *key = expand_env(c, seen[T_API_KEY], s, unavailable);
 
 		if (unavailable)
 			free_secret(key);
 		else
-			r->api_key = key;
+			t->api_key = key;
 	}
-	if (seen[2] && (s = get_str(c, seen[2], "api_key_file"))) {
-		r->api_key_file = xstrdup(s);
+	if (seen[T_API_KEY_FILE] && (s = get_str(c, seen[T_API_KEY_FILE], "api_key_file"))) {
+		t->api_key_file = xstrdup(s);
 		if (!unavailable)
-			r->api_key = read_key_file(c, seen[2], s);
+			t->api_key = read_key_file(c, seen[T_API_KEY_FILE], s);
 	}
-	if (seen[3] && (s = get_str(c, seen[3], "ca_file"))) {
-		/* relative to the route file, like api_key_file; checked by curl at connect */
-		if (s[0] == '/' || !strrchr(c->file, '/')) {
-			r->ca_file = xstrdup(s);
-		} else if (asprintf(&r->ca_file, "%.*s/%s", (int)(strrchr(c->file, '/') - c->file),
-		                    c->file, s) < 0) {
-			abort();
+	if (t->api_key)
+		SHA256((const unsigned char *)t->api_key, strlen(t->api_key), t->key_hash);
+	if (seen[T_CA_FILE] && (s = get_str(c, seen[T_CA_FILE], "ca_file"))) {
+		/* checked by curl at connect; here only that it can be read */
+		t->ca_file = beside_file(c, s);
+		if (access(t->ca_file, R_OK) != 0)
+			perr(c, seen[T_CA_FILE], "ca_file: cannot read %s", t->ca_file);
+	}
+	if (seen[T_WEIGHT])
+		get_int_in(c, seen[T_WEIGHT], "weight", 1, TARGET_WEIGHT_MAX, "a whole number",
+		           &t->weight);
+	if (seen[T_PRIORITY])
+		get_int_in(c, seen[T_PRIORITY], "priority", 0, TARGET_PRIORITY_MAX, "a tier",
+		           &t->priority);
+	if (seen[T_MODEL] && (s = get_str(c, seen[T_MODEL], "model"))) {
+		if (!*s || has_ctl(s, strlen(s), true))
+			perr(c, seen[T_MODEL], "model: expected a model name without control characters");
+		else
+			t->model = xstrdup(s);
+	}
+}
+
+static void parse_targets(struct pctx *c, const yaml_node_t *one, const yaml_node_t *list,
+                          struct route *r, bool unavailable)
+{
+	size_t n;
+
+	if (one && list) {
+		perr(c, list, "use either upstream: (one) or upstreams: (a list), not both");
+		return;
+	}
+	if (one) {
+		r->targets = xcalloc(1, sizeof(*r->targets));
+		r->n_targets = 1;
+		parse_target(c, one, "upstream", &r->targets[0], unavailable);
+		return;
+	}
+	if (!expect_type(c, list, YAML_SEQUENCE_NODE, "upstreams",
+	                 "a sequence of upstreams (- url: ...)"))
+		return;
+	n = (size_t)(list->data.sequence.items.top - list->data.sequence.items.start);
+	if (n == 0 || n > BALANCE_MAX_TARGETS) {
+		perr(c, list, "upstreams: expected from 1 to %d upstreams, got %zu",
+		     BALANCE_MAX_TARGETS, n);
+		return;
+	}
+	r->targets = xcalloc(n, sizeof(*r->targets));
+	r->n_targets = n;
+	for (size_t i = 0; i < n; i++) {
+		char what[32];
+
+		snprintf(what, sizeof(what), "upstreams[%zu]", i);
+		parse_target(c, node(c, list->data.sequence.items.start[i]), what, &r->targets[i],
+		             unavailable);
+	}
+	/* the same URL with the same key twice is one upstream counted twice: use weight */
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < i; j++)
+			if (r->targets[i].url && r->targets[j].url &&
+			    strcmp(r->targets[i].url, r->targets[j].url) == 0 &&
+			    memcmp(r->targets[i].key_hash, r->targets[j].key_hash, 32) == 0)
+				perr_at(c, (size_t)r->targets[i].line,
+				        "upstreams[%zu] repeats upstreams[%zu] (same url and key); give one of them a weight instead",
+				        i, j);
+}
+
+static void parse_balance(struct pctx *c, const yaml_node_t *n, struct route *r)
+{
+	const char *s = get_str(c, n, "balance");
+
+	if (s && balance_kind_parse(s, &r->balance) < 0)
+		perr(c, n, "balance: unknown \"%s\" (valid: round_robin, weighted, least_inflight, latency, random)",
+		     s);
+}
+
+/* `on:` words: connect, timeout, reset, protocol, 429, 5xx, or a status from 400 to 599. */
+static void parse_retry_on(struct pctx *c, const yaml_node_t *n, struct route_retry *rt)
+{
+	static const struct { const char *w; unsigned bit; } words[] = {
+		{ "connect", RETRY_ON_CONNECT }, { "timeout", RETRY_ON_TIMEOUT },
+		{ "reset", RETRY_ON_RESET }, { "protocol", RETRY_ON_PROTOCOL },
+		{ "429", RETRY_ON_429 }, { "5xx", RETRY_ON_5XX },
+	};
+
+	rt->on = 0;
+	if (!expect_type(c, n, YAML_SEQUENCE_NODE, "retry on",
+	                 "a sequence such as [connect, timeout, 429, 5xx]"))
+		return;
+	for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+	     it++) {
+		yaml_node_t *e = node(c, *it);
+		const char *w = e->type == YAML_SCALAR_NODE ? sval(e) : NULL;
+		size_t k;
+		int code;
+
+		for (k = 0; w && k < sizeof(words) / sizeof(words[0]); k++)
+			if (strcasecmp(w, words[k].w) == 0)
+				break;
+		if (w && k < sizeof(words) / sizeof(words[0])) {
+			rt->on |= words[k].bit;
+			continue;
 		}
-		if (access(r->ca_file, R_OK) != 0)
-			perr(c, seen[3], "ca_file: cannot read %s", r->ca_file);
+		if (!w || scalar_class(e) != SC_INT || (code = atoi(w)) < 400 || code > 599) {
+			perr(c, e, "retry on: \"%s\" is not an outcome (valid: connect, timeout, reset, protocol, 429, 5xx, or a status from 400 to 599)",
+			     w ? w : describe(e));
+			continue;
+		}
+		if (rt->n_codes == RETRY_MAX_CODES) {
+			perr(c, e, "retry on: at most %d status codes", RETRY_MAX_CODES);
+			continue;
+		}
+		rt->codes[rt->n_codes++] = code;
+	}
+}
+
+static void parse_retry(struct pctx *c, const yaml_node_t *n, struct route *r)
+{
+	static const char *const keys[] = { "attempts", "on", "deadline", NULL };
+	yaml_node_t *seen[3] = { 0 };
+
+	if (!expect_type(c, n, YAML_MAPPING_NODE, "retry",
+	                 "a mapping such as { attempts: 3, on: [connect, 5xx], deadline: 30 }"))
+		return;
+	get_keys(c, n, "retry", keys, seen);
+	if (seen[0])
+		get_int_in(c, seen[0], "retry attempts", 1, 10, "a count of tries", &r->retry.attempts);
+	if (seen[1])
+		parse_retry_on(c, seen[1], &r->retry);
+	if (seen[2])
+		get_timeout(c, seen[2], "retry deadline", &r->retry.deadline_s);
+}
+
+static void parse_breaker(struct pctx *c, const yaml_node_t *n, struct route *r)
+{
+	static const char *const keys[] = { "failures", "error_rate", "min_requests", "cooldown",
+	                                    "max_cooldown", NULL };
+	yaml_node_t *seen[5] = { 0 };
+	struct breaker_cfg *b = &r->breaker;
+
+	if (!expect_type(c, n, YAML_MAPPING_NODE, "breaker",
+	                 "a mapping such as { failures: 5, cooldown: 5 }"))
+		return;
+	get_keys(c, n, "breaker", keys, seen);
+	if (seen[0])
+		get_int_in(c, seen[0], "breaker failures", 0, 1000, "a count (0 = off)", &b->failures);
+	if (seen[1])
+		get_int_in(c, seen[1], "breaker error_rate", 0, 100, "a percentage (0 = off)",
+		           &b->error_rate);
+	if (seen[2])
+		get_int_in(c, seen[2], "breaker min_requests", 1, 100000, "a count", &b->min_requests);
+	if (seen[3])
+		get_int_in(c, seen[3], "breaker cooldown", 1, TIMEOUT_MAX, "seconds", &b->cooldown_s);
+	if (seen[4])
+		get_int_in(c, seen[4], "breaker max_cooldown", 1, TIMEOUT_MAX, "seconds",
+		           &b->max_cooldown_s);
+	if (b->max_cooldown_s < b->cooldown_s)
+		perr(c, seen[4] ? seen[4] : n, "breaker: max_cooldown (%d) is shorter than cooldown (%d)",
+		     b->max_cooldown_s, b->cooldown_s);
+}
+
+static void parse_health(struct pctx *c, const yaml_node_t *n, struct route *r)
+{
+	static const char *const keys[] = { "path", "interval", "timeout", "healthy", "unhealthy",
+	                                    NULL };
+	yaml_node_t *seen[5] = { 0 };
+	struct route_health *h = &r->health;
+	const char *s;
+
+	if (!expect_type(c, n, YAML_MAPPING_NODE, "health",
+	                 "a mapping such as { path: /v1/models, interval: 10 }"))
+		return;
+	get_keys(c, n, "health", keys, seen);
+	h->interval_s = 10;
+	h->timeout_s = 2;
+	h->healthy = 2;
+	h->unhealthy = 3;
+	if (!seen[0])
+		perr(c, n, "health has no path (such as path: /v1/models)");
+	else if ((s = get_str(c, seen[0], "health path"))) {
+		if (s[0] != '/' || strpbrk(s, " \t\r\n#") || has_ctl(s, strlen(s), false))
+			perr(c, seen[0], "health path: expected a path starting with /, such as /v1/models");
+		else
+			h->path = xstrdup(s);
+	}
+	if (seen[1])
+		get_int_in(c, seen[1], "health interval", 1, 3600, "seconds", &h->interval_s);
+	if (seen[2])
+		get_int_in(c, seen[2], "health timeout", 1, 600, "seconds", &h->timeout_s);
+	if (seen[3])
+		get_int_in(c, seen[3], "health healthy", 1, 100, "a count of checks", &h->healthy);
+	if (seen[4])
+		get_int_in(c, seen[4], "health unhealthy", 1, 100, "a count of checks", &h->unhealthy);
+	if (h->path && h->timeout_s > h->interval_s)
+		perr(c, seen[2] ? seen[2] : n, "health: timeout (%d) is longer than interval (%d)",
+		     h->timeout_s, h->interval_s);
+}
+
+static void parse_fallback(struct pctx *c, const yaml_node_t *n, struct route *r)
+{
+	size_t cap;
+
+	if (!expect_type(c, n, YAML_SEQUENCE_NODE, "fallback", "a sequence of route names"))
+		return;
+	cap = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+	r->fallback = xcalloc(cap ? cap : 1, sizeof(*r->fallback));
+	for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+	     it++) {
+		const char *s = get_str(c, node(c, *it), "fallback");
+
+		if (s)
+			r->fallback[r->n_fallback++] = xstrdup(s);
 	}
 }
 
@@ -1343,11 +1598,12 @@ static void parse_add_headers(struct pctx *c, const yaml_node_t *n, struct route
 enum {
 	K_NAME, K_PRIORITY, K_ENABLED, K_IF_ENV, K_MATCH, K_UPSTREAM, K_STRIP_PREFIX, K_TIMEOUT,
 	K_IDLE_TIMEOUT, K_STRIP_HEADERS, K_ADD_HEADERS, K_ADD_BODY_FIELDS, K_STREAM_USAGE,
-	K_LOG_BODIES, K_COUNT
+	K_LOG_BODIES, K_UPSTREAMS, K_BALANCE, K_RETRY, K_BREAKER, K_HEALTH, K_FALLBACK, K_COUNT
 };
 static const char *const route_keys[K_COUNT + 1] = {
 	"name", "priority", "enabled", "if_env", "match", "upstream", "strip_prefix", "timeout",
-	"idle_timeout", "strip_headers", "add_headers", "add_body_fields", "stream_usage", "log_bodies", NULL
+	"idle_timeout", "strip_headers", "add_headers", "add_body_fields", "stream_usage", "log_bodies",
+	"upstreams", "balance", "retry", "breaker", "health", "fallback", NULL
 };
 
 static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struct pvec *out)
@@ -1429,10 +1685,37 @@ static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struc
 	r->enabled = r->enabled_in_file;
 	if (seen[K_MATCH])
 		parse_match(c, seen[K_MATCH], r);
-	if (seen[K_UPSTREAM])
-		parse_upstream(c, seen[K_UPSTREAM], r, unavailable);
+	if (seen[K_UPSTREAM] || seen[K_UPSTREAMS])
+		parse_targets(c, seen[K_UPSTREAM], seen[K_UPSTREAMS], r, unavailable);
 	else
 		perr(c, rn, "route has no upstream: (it needs at least upstream: { url: ... })");
+	r->balance = BALANCE_WEIGHTED;
+	if (seen[K_BALANCE])
+		parse_balance(c, seen[K_BALANCE], r);
+	/* without retry:, only what never left: a refused connection goes to the next target */
+	r->retry.attempts = r->n_targets < 3 ? (int)(r->n_targets ? r->n_targets : 1) : 3;
+	r->retry.on = RETRY_ON_CONNECT;
+	if (seen[K_RETRY])
+		parse_retry(c, seen[K_RETRY], r);
+	breaker_cfg_defaults(&r->breaker);
+	r->breaker_on = seen[K_BREAKER] || r->n_targets > 1;
+	if (seen[K_BREAKER])
+		parse_breaker(c, seen[K_BREAKER], r);
+	if (seen[K_HEALTH])
+		parse_health(c, seen[K_HEALTH], r);
+	if (seen[K_FALLBACK])
+		parse_fallback(c, seen[K_FALLBACK], r);
+	if (r->n_targets) {
+		r->bt = xcalloc(r->n_targets, sizeof(*r->bt));
+		for (size_t i = 0; i < r->n_targets; i++) {
+			r->bt[i].weight = r->targets[i].weight;
+			r->bt[i].priority = r->targets[i].priority;
+			r->bt[i].available = true;
+		}
+		/* seeded from the route, so that a run can be repeated */
+		balance_init(&r->bal, r->balance,
+		             (r->name ? (uint64_t)path_hash(r->name) : 1) ^ (uint64_t)r->line);
+	}
 	if (seen[K_STRIP_PREFIX] && (s = get_str(c, seen[K_STRIP_PREFIX], "strip_prefix"))) {
 		size_t len = strlen(s);
 
@@ -1653,6 +1936,30 @@ static void check_duplicates(struct pvec *pv, struct errlist *errs)
 	free(named);
 }
 
+/* Every fallback names another route of the set. */
+static void check_fallbacks(struct pvec *pv, struct errlist *errs)
+{
+	for (size_t i = 0; i < pv->n; i++) {
+		const struct route *r = pv->v[i].r;
+
+		for (size_t f = 0; f < r->n_fallback; f++) {
+			size_t j;
+
+			if (r->name && strcmp(r->fallback[f], r->name) == 0) {
+				errlist_add(errs, "%s:%d: route \"%s\": fallback names the route itself",
+				            r->file, r->line, r->name);
+				continue;
+			}
+			for (j = 0; j < pv->n; j++)
+				if (pv->v[j].r->name && strcmp(pv->v[j].r->name, r->fallback[f]) == 0)
+					break;
+			if (j == pv->n)
+				errlist_add(errs, "%s:%d: route \"%s\": fallback \"%s\" is not a route",
+				            r->file, r->line, r->name ? r->name : "?", r->fallback[f]);
+		}
+	}
+}
+
 struct route_table *route_table_load_files(const char *const *paths, size_t n,
                                            struct errlist *errs)
 {
@@ -1677,6 +1984,7 @@ struct route_table *route_table_load_files(const char *const *paths, size_t n,
 		free(c.errs);
 	}
 	check_duplicates(&pv, errs);
+	check_fallbacks(&pv, errs);
 	if (errs->n != errs_before) {
 		for (size_t i = 0; i < pv.n; i++)
 			route_free(pv.v[i].r);

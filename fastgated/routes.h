@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <jansson.h>
 
+#include "balance.h"
+#include "breaker.h"
 #include "errlist.h"
 #include "reqjson.h"
 #include "transport.h"
@@ -17,6 +19,56 @@
 struct route_kv {
 	char *name;
 	char *value;
+};
+
+struct target_state;   /* pool.h: what a target's state is (breaker, in flight, drained) */
+
+/* One upstream of a route's pool. Immutable once loaded, except `st`, bound by the pool
+ * registry (pool.h) when the table is installed; NULL in a table only checked. */
+struct route_target {
+	char *url;             /* as written in the file (contains no secret) */
+	char *origin;          /* "scheme://host[:port]" */
+	char *path;            /* path from the URL (no query), or NULL: keep the client's path */
+	char *host;            /* host[:port], for the Host header and display */
+	enum tr_kind transport; /* which transport carries it: fixed when the routes load */
+	char *api_key;         /* resolved secret or NULL; never log it */
+	char *api_key_file;    /* as written, or NULL */
+	char *ca_file;         /* CA bundle to verify an https upstream, or NULL: system CAs */
+	char *model;           /* `model:` sent to this upstream instead of the client's, or NULL */
+	int weight;            /* 1..1000, default 1 */
+	int priority;          /* tier, 0..100 default 0: higher tiers serve only while every
+	                        * lower one is unavailable */
+	int line;              /* where it is written */
+	/* who it is, for keeping its state across reloads: url, provider and the SHA-256 of
+	 * its key (never shown) */
+	unsigned char key_hash[32];
+	struct target_state *st;
+};
+
+/* Outcomes `retry.on` may list (bits), beside specific status codes. */
+enum {
+	RETRY_ON_CONNECT  = 1u << 0,  /* refused, unreachable, name not found, TLS handshake:
+	                               * nothing of the request reached the upstream */
+	RETRY_ON_TIMEOUT  = 1u << 1,  /* no answer head within `timeout` */
+	RETRY_ON_RESET    = 1u << 2,  /* closed or reset before anything reached the client */
+	RETRY_ON_PROTOCOL = 1u << 3,  /* answered something that is not HTTP */
+	RETRY_ON_429      = 1u << 4,
+	RETRY_ON_5XX      = 1u << 5,  /* 500, 502, 503, 504 (not 501, 505...: those are answers) */
+};
+#define RETRY_MAX_CODES 16
+
+struct route_retry {
+	int attempts;          /* tries in all, first included: 1..10 */
+	unsigned on;           /* RETRY_ON_* */
+	int codes[RETRY_MAX_CODES]; /* further statuses listed in `on` */
+	size_t n_codes;
+	int deadline_s;        /* one deadline across every attempt; 0 = none */
+};
+
+/* `health:` active checks; path NULL = none. */
+struct route_health {
+	char *path;
+	int interval_s, timeout_s, healthy, unhealthy;
 };
 
 struct route {
@@ -33,15 +85,21 @@ struct route {
 	size_t n_methods;
 	json_t *match_body;    /* object of field -> string glob | true/false | number; or NULL */
 
-	/* upstream */
-	char *upstream_url;    /* as written in the file (contains no secret) */
-	char *upstream_origin; /* "scheme://host[:port]" */
-	char *upstream_path;   /* path from the URL (no query), or NULL: keep the client's path */
-	char *upstream_host;   /* host[:port], for display */
-	enum tr_kind transport; /* which transport carries it: fixed when the routes load */
-	char *api_key;         /* resolved secret or NULL; never log it */
-	char *api_key_file;    /* as written, or NULL */
-	char *ca_file;         /* CA bundle to verify an https upstream, or NULL: system CAs */
+	/* the pool: `upstreams:` in order, or the one `upstream:` */
+	struct route_target *targets;
+	size_t n_targets;         /* 1..BALANCE_MAX_TARGETS */
+	enum balance_kind balance; /* default weighted (round robin when every weight is 1) */
+	struct route_retry retry;
+	struct breaker_cfg breaker;
+	bool breaker_on;          /* written, or a pool of several: one upstream alone keeps
+	                           * today's behaviour (every request tried) unless asked */
+	struct route_health health;
+	char **fallback;          /* route names tried in order when this pool has nothing left */
+	size_t n_fallback;
+	/* live, mutable like `enabled`: the balancer's position and its view of the targets
+	 * (refreshed from each target's state before a pick) */
+	struct balancer bal;
+	struct balance_target *bt;
 	bool stream_usage;     /* ask streams for usage and strip it if the client did not; default true */
 	int log_bodies;        /* keep this many bytes of request and response body in the audit
 	                        * row, for debugging; 0 (default) keeps none */

@@ -609,3 +609,129 @@ int sse_scan_finish(struct sse_scan *s, char **out, size_t *out_len, size_t *out
 	s->len = 0;
 	return rc;
 }
+
+/* ---- content in a stream's leading events ------------------------------------------- */
+
+struct content_info {
+	bool free_shape;     /* a shape known to carry no content (role-only chunk, ping...) */
+	bool content;
+};
+
+static bool span_is(const struct jscan *v, const char *lit)
+{
+	size_t n = strlen(lit);
+
+	return (size_t)(v->end - v->p) == n && memcmp(v->p, lit, n) == 0;
+}
+
+/* A value that says something: a non-empty string, array or object, a number, true. */
+static bool span_has_value(const struct jscan *v)
+{
+	return !(span_is(v, "null") || span_is(v, "\"\"") || span_is(v, "[]") ||
+	         span_is(v, "{}") || span_is(v, "false"));
+}
+
+static void delta_member(void *arg, const char *k, size_t kn, struct jscan *v)
+{
+	struct content_info *ci = arg;
+
+	/* role is the only member of OpenAI's first chunk that is not content */
+	if (!key_is(k, kn, "role") && span_has_value(v))
+		ci->content = true;
+}
+
+static void choice_member(void *arg, const char *k, size_t kn, struct jscan *v)
+{
+	struct content_info *ci = arg;
+	struct jscan d = *v;
+
+	if (key_is(k, kn, "delta")) {
+		if (!js_members(&d, delta_member, ci))
+			ci->content = true;
+	} else if (key_is(k, kn, "finish_reason") || key_is(k, kn, "text") ||
+	           key_is(k, kn, "message")) {
+		if (span_has_value(v))
+			ci->content = true;
+	}
+}
+
+static void content_member(void *arg, const char *k, size_t kn, struct jscan *v)
+{
+	static const char *const free_types[] = {
+		/* Anthropic's events before the first delta */
+		"\"message_start\"", "\"ping\"", "\"content_block_start\"", "\"content_block_stop\"", NULL
+	};
+	struct content_info *ci = arg;
+
+	if (key_is(k, kn, "choices") && v->p < v->end && *v->p == '[') {
+		struct jscan j = { v->p + 1, v->end };
+
+		ci->free_shape = true;
+		js_ws(&j);
+		while (j.p < j.end && *j.p != ']') {
+			if (!js_members(&j, choice_member, ci)) {
+				ci->content = true;
+				return;
+			}
+			js_ws(&j);
+			if (j.p < j.end && *j.p == ',') {
+				j.p++;
+				js_ws(&j);
+			} else {
+				break;
+			}
+		}
+	} else if (key_is(k, kn, "type")) {
+		size_t i;
+
+		for (i = 0; free_types[i] && !span_is(v, free_types[i]); i++)
+			;
+		if (free_types[i])
+			ci->free_shape = true;
+		else
+			ci->content = true;
+	} else if (key_is(k, kn, "usage") || key_is(k, kn, "error")) {
+		if (span_has_value(v))
+			ci->content = true;
+	}
+}
+
+/* Does one complete event carry content? Comments, pings and events with no data do not;
+ * an OpenAI chunk whose deltas hold only a role, or an Anthropic message_start, ping or
+ * content_block_start, do not; everything else does, anything unreadable included (the
+ * gateway must not sit on what it does not understand). */
+static bool event_has_content(const char *ev, size_t n)
+{
+	const char *p = ev, *end = ev + n;
+
+	while (p < end) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		size_t ln = eol ? (size_t)(eol - p) : (size_t)(end - p);
+
+		if (ln && p[ln - 1] == '\r')
+			ln--;
+		if (ln >= 5 && memcmp(p, "data:", 5) == 0) {
+			struct content_info ci = { false, false };
+			struct jscan j = { p + 5, p + ln };
+
+			js_ws(&j);
+			if (!js_members(&j, content_member, &ci) || (js_ws(&j), j.p != j.end) ||
+			    ci.content || !ci.free_shape)
+				return true;
+		}
+		p = eol ? eol + 1 : end;
+	}
+	return false;
+}
+
+bool sse_first_content(const char *buf, size_t len, size_t *from)
+{
+	size_t end;
+
+	while (*from < len && (end = event_end(buf + *from, len - *from)) > 0) {
+		if (event_has_content(buf + *from, end))
+			return true;
+		*from += end;
+	}
+	return false;
+}

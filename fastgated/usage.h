@@ -40,4 +40,13 @@ int sse_scan_feed(struct sse_scan *s, const char *data, size_t len, char **out, 
 /* At the end of the stream: whatever incomplete event is left is passed on as is. */
 int sse_scan_finish(struct sse_scan *s, char **out, size_t *out_len, size_t *out_cap);
 
+/* A stream's leading events, held until the first that carries content (so that an
+ * upstream failing before it can be retried without the client seeing anything): looks at
+ * the complete events of buf from *from on. True when one of them carries content (an
+ * OpenAI chunk with a non-empty delta or a finish reason, usage, an error, [DONE],
+ * Anthropic's deltas, anything not understood); otherwise false with *from moved past
+ * every complete event, all of them content-free (comments, pings, role-only chunks,
+ * message_start...). */
+bool sse_first_content(const char *buf, size_t len, size_t *from);
+
 #endif

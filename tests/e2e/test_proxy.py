@@ -764,7 +764,9 @@ def test_upstream_reset_mid_stream_gets_the_client_what_was_relayed_then_a_cut(c
         if data.startswith(b"HTTP/1.1 502 "):
             continue   # the reset came before any body byte: a clean gateway error
         assert data.startswith(b"HTTP/1.1 200 "), data[:100]
-        assert data.count(b"data: {") == 2 and b"[DONE]" not in data, (delay, data[-200:])
+        # the two content chunks, then an error event the SDKs raise on, then the cut
+        assert data.count(b"data: {") == 3 and b"[DONE]" not in data, (delay, data[-200:])
+        assert b'data: {"error":{' in data and b'"code":"reset"' in data, data[-300:]
         assert not data.endswith(b"0\r\n\r\n"), "a cut stream must not look complete"
 
 
@@ -785,6 +787,7 @@ def test_idle_stream_is_ended_after_its_idle_timeout(c):
     data, closed = raw_exchange(c.gw.port, req, timeout=6)
     assert data.startswith(b"HTTP/1.1 200 ") and closed, data[:200]
     assert b"[DONE]" not in data and not data.endswith(b"0\r\n\r\n"), data[-100:]
+    assert b'"code":"idle_timeout"' in data, data[-300:]   # the error event before the cut
     assert time.monotonic() - t0 < 2.9
 
 

@@ -179,7 +179,7 @@ static void check_table(struct route_table *t)
 		FUZZ_CHECK(r->name && *r->name, "route %zu has no name", i);
 		FUZZ_CHECK(route_table_find(t, r->name) == r, "route %s not found by name", r->name);
 		FUZZ_CHECK(!r->unavailable || !r->enabled, "unavailable route %s is enabled", r->name);
-		FUZZ_CHECK(r->upstream_url && r->upstream_origin && r->upstream_host,
+		FUZZ_CHECK(r->targets[0].url && r->targets[0].origin && r->targets[0].host,
 		           "route %s loaded without an upstream", r->name);
 		FUZZ_CHECK(r->timeout > 0 && r->idle_timeout > 0, "route %s has a zero timeout", r->name);
 		if (i > 0)

@@ -75,7 +75,8 @@ static int fake_start(struct transport *t, struct tr_xfer *x)
 	memcpy(f->head, x->rq.head, f->head_len);
 	f->head[f->head_len] = '\0';
 	f->body_len = x->rq.body_len < sizeof(f->body) - 1 ? x->rq.body_len : sizeof(f->body) - 1;
-	memcpy(f->body, x->rq.body, f->body_len);
+	if (f->body_len)
+		memcpy(f->body, x->rq.body, f->body_len);
 	f->body[f->body_len] = '\0';
 	f->x = x;
 	x->active = true;
@@ -167,6 +168,7 @@ static void rig_up(struct rig *r)
 	files[0] = path;
 	r->gw.routes = route_table_load_files(files, 1, &errs);
 	CHECK(r->gw.routes != NULL);
+	pool_bind(&r->gw.pool, r->gw.routes);   /* as gateway_reload_routes does */
 	r->fake.t.ops = &fake_ops;
 	event_assign(&r->fake.ev, r->base, -1, 0, fake_answer, &r->fake);
 	r->gw.transports[TR_KIND_NATIVE] = r->gw.transports[TR_KIND_CURL] = &r->fake.t;

@@ -565,12 +565,12 @@ TEST(defaults_and_all_fields_are_loaded)
 	CHECK(r->enabled && r->enabled_in_file);
 	CHECK_INT(r->line, 2);
 	CHECK_STR(r->match_path, "/qwen/**");
-	CHECK_STR(r->upstream_url, "HTTP://10.0.0.5:3398");
-	CHECK_STR(r->upstream_origin, "http://10.0.0.5:3398");
-	CHECK_STR(r->upstream_host, "10.0.0.5:3398");
-	CHECK(r->upstream_path == NULL);
-	CHECK_STR(r->api_key, "literal-key");
-	CHECK(r->api_key_file == NULL);
+	CHECK_STR(r->targets[0].url, "HTTP://10.0.0.5:3398");
+	CHECK_STR(r->targets[0].origin, "http://10.0.0.5:3398");
+	CHECK_STR(r->targets[0].host, "10.0.0.5:3398");
+	CHECK(r->targets[0].path == NULL);
+	CHECK_STR(r->targets[0].api_key, "literal-key");
+	CHECK(r->targets[0].api_key_file == NULL);
 	CHECK_STR(r->strip_prefix, "/qwen");
 	CHECK_INT(r->timeout, 30);
 	CHECK_INT(r->idle_timeout, 5);
@@ -597,9 +597,9 @@ TEST(defaults_and_all_fields_are_loaded)
 
 	CHECK_INT(d->priority, 100);
 	CHECK(d->match_path == NULL && d->n_methods == 0 && d->match_body == NULL);
-	CHECK_STR(d->upstream_origin, "https://api.example.com");
-	CHECK_STR(d->upstream_path, "/v1/chat/completions");
-	CHECK(d->api_key == NULL);
+	CHECK_STR(d->targets[0].origin, "https://api.example.com");
+	CHECK_STR(d->targets[0].path, "/v1/chat/completions");
+	CHECK(d->targets[0].api_key == NULL);
 	CHECK_INT(d->timeout, 7);
 	CHECK_INT(d->idle_timeout, 7);   /* defaults to timeout */
 	CHECK(d->add_body_fields == NULL);
@@ -624,14 +624,14 @@ TEST(upstream_url_forms)
 	              "  - { name: bare, upstream: { url: \"http://example.com\" } }\n", &e);
 	CHECK(t != NULL);
 	r = route_table_find(t, "slash");
-	CHECK_STR(r ? r->upstream_path : NULL, "/");
-	CHECK_STR(r ? r->upstream_origin : NULL, "http://h:8080");
+	CHECK_STR(r ? r->targets[0].path : NULL, "/");
+	CHECK_STR(r ? r->targets[0].origin : NULL, "http://h:8080");
 	r = route_table_find(t, "v6");
-	CHECK_STR(r ? r->upstream_host : NULL, "[::1]:8443");
-	CHECK_STR(r ? r->upstream_path : NULL, "/v1/x");
+	CHECK_STR(r ? r->targets[0].host : NULL, "[::1]:8443");
+	CHECK_STR(r ? r->targets[0].path : NULL, "/v1/x");
 	r = route_table_find(t, "bare");
-	CHECK(r && r->upstream_path == NULL);
-	CHECK_STR(r ? r->upstream_host : NULL, "example.com");
+	CHECK(r && r->targets[0].path == NULL);
+	CHECK_STR(r ? r->targets[0].host : NULL, "example.com");
 	route_table_unref(t);
 	errlist_clear(&e);
 	tmp_end();
@@ -697,7 +697,7 @@ TEST(api_key_expands_env_vars_anywhere_in_the_string)
 	              "      url: http://h\n"
 	              "      api_key: \"pre-${FG_T_PART1}-$mid-${FG_T_PART2}\"\n", &e);
 	CHECK(t != NULL);
-	CHECK_STR(t ? t->routes[0]->api_key : NULL, "pre-abc-$mid-xyz");
+	CHECK_STR(t ? t->routes[0]->targets[0].api_key : NULL, "pre-abc-$mid-xyz");
 	route_table_unref(t);
 	unsetenv("FG_T_PART1");
 	unsetenv("FG_T_PART2");
@@ -772,7 +772,7 @@ TEST(if_env_unset_keeps_the_route_listed_but_unavailable)
 	if (r) {
 		CHECK(!r->enabled);
 		CHECK(!r->enabled_in_file);
-		CHECK(r->api_key == NULL);
+		CHECK(r->targets[0].api_key == NULL);
 		CHECK_STR(r->unavailable, "FG_T_IFENV is not set");
 	}
 	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", NULL), "other");
@@ -792,7 +792,7 @@ TEST(if_env_unset_keeps_the_route_listed_but_unavailable)
 	if (r) {
 		CHECK(r->enabled && r->enabled_in_file);
 		CHECK(r->unavailable == NULL);
-		CHECK_STR(r->api_key, "sk-real");
+		CHECK_STR(r->targets[0].api_key, "sk-real");
 	}
 	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", NULL), "opt");
 	route_table_unref(t);
@@ -838,8 +838,8 @@ TEST(api_key_file_is_read_trimmed_and_must_be_private)
 	              "      url: http://h\n"
 	              "      api_key_file: good.key\n", &e);   /* relative to the route file */
 	CHECK(t != NULL);
-	CHECK_STR(t ? t->routes[0]->api_key : NULL, "sk-from-file");
-	CHECK_STR(t ? t->routes[0]->api_key_file : NULL, "good.key");
+	CHECK_STR(t ? t->routes[0]->targets[0].api_key : NULL, "sk-from-file");
+	CHECK_STR(t ? t->routes[0]->targets[0].api_key_file : NULL, "good.key");
 	route_table_unref(t);
 
 	snprintf(line, sizeof(line),
@@ -907,11 +907,12 @@ TEST(error_unknown_key_names_it_and_lists_valid_keys)
 	CHECK_INT(e.n, 2);
 	if (e.n == 2) {
 		CHECK_STR(e.lines[0], where("r.yaml", 5,
-		          "route \"a\": unknown key \"apikey\" in upstream (valid: url, api_key, api_key_file, ca_file)"));
+		          "route \"a\": unknown key \"apikey\" in upstream (valid: url, api_key, api_key_file, ca_file, weight, priority, model)"));
 		CHECK_STR(e.lines[1], where("r.yaml", 6,
 		          "route \"a\": unknown key \"bogus\" in a route (valid: name, priority, enabled, "
 		          "if_env, match, upstream, strip_prefix, timeout, idle_timeout, strip_headers, "
-		          "add_headers, add_body_fields, stream_usage, log_bodies)"));
+		          "add_headers, add_body_fields, stream_usage, log_bodies, upstreams, balance, retry, "
+		          "breaker, health, fallback)"));
 	}
 	errlist_clear(&e);
 	t = load_text("route:\n  - name: a\n", &e);
@@ -1239,14 +1240,14 @@ TEST(shipped_routes_load_and_route_the_demo)
 		fprintf(stderr, "  %s\n", e.lines[i]);
 	CHECK_STR(order(t), "demo demo-models openai");
 	r = route_table_find(t, "demo");
-	CHECK_STR(r ? r->api_key : NULL, "mock-upstream-key");
-	CHECK_STR(r ? r->upstream_origin : NULL, "http://127.0.0.1:8515");
-	CHECK_STR(r ? r->upstream_path : NULL, "/v1/chat/completions");
+	CHECK_STR(r ? r->targets[0].api_key : NULL, "mock-upstream-key");
+	CHECK_STR(r ? r->targets[0].origin : NULL, "http://127.0.0.1:8515");
+	CHECK_STR(r ? r->targets[0].path : NULL, "/v1/chat/completions");
 	CHECK(r && r->n_add_headers == 1 && strcmp(r->add_headers[0].value, "fastgate") == 0);
 	r = route_table_find(t, "demo-models");
-	CHECK(r && r->upstream_path == NULL);
+	CHECK(r && r->targets[0].path == NULL);
 	r = route_table_find(t, "openai");
-	CHECK(r && !r->enabled && r->api_key == NULL);
+	CHECK(r && !r->enabled && r->targets[0].api_key == NULL);
 	CHECK_STR(r ? r->unavailable : NULL, "OPENAI_API_KEY is not set");
 	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"model\":\"demo-model\"}"), "demo");
 	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"model\":\"gpt-4o\"}"), "-");
@@ -1258,7 +1259,7 @@ TEST(shipped_routes_load_and_route_the_demo)
 	CHECK_INT(e.n, 0);
 	r = route_table_find(t, "openai");
 	CHECK(r && r->enabled && r->unavailable == NULL);
-	CHECK_STR(r ? r->api_key : NULL, "sk-test");
+	CHECK_STR(r ? r->targets[0].api_key : NULL, "sk-test");
 	CHECK_STR(match_name(t, "POST", "/v1/chat/completions", "{\"model\":\"gpt-4o\"}"), "openai");
 	route_table_unref(t);
 	unsetenv("OPENAI_API_KEY");

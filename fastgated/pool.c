@@ -1,0 +1,221 @@
+/* Target state: see pool.h. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "balance.h"
+#include "pool.h"
+#include "routes.h"
+#include "util.h"
+
+static const char *const outcome_names[OUTCOME_COUNT] = {
+	"ok", "connect", "timeout", "reset", "protocol", "429", "5xx", "abandoned"
+};
+
+const char *attempt_outcome_name(enum attempt_outcome o)
+{
+	return (unsigned)o < OUTCOME_COUNT ? outcome_names[o] : "unknown";
+}
+
+enum attempt_outcome attempt_outcome_of_status(long status)
+{
+	if (status == 429)
+		return OUTCOME_429;
+	if (status == 500 || status == 502 || status == 503 || status == 504)
+		return OUTCOME_5XX;
+	return OUTCOME_OK;
+}
+
+void pool_init(struct pool *p)
+{
+	p->head = NULL;
+	p->n = 0;
+}
+
+void pool_clear(struct pool *p)
+{
+	for (struct target_state *s = p->head, *next; s; s = next) {
+		next = s->next;
+		s->pool = NULL;
+		s->prev = s->next = NULL;
+	}
+	pool_init(p);
+}
+
+static struct target_state *state_find(struct pool *p, const char *route,
+                                       const struct route_target *t)
+{
+	for (struct target_state *s = p->head; s; s = s->next)
+		if (strcmp(s->route, route) == 0 && strcmp(s->url, t->url) == 0 &&
+		    memcmp(s->key_hash, t->key_hash, sizeof(s->key_hash)) == 0)
+			return s;
+	return NULL;
+}
+
+static struct target_state *state_new(struct pool *p, const char *route,
+                                      const struct route_target *t)
+{
+	struct target_state *s = xcalloc(1, sizeof(*s));
+
+	s->route = xstrdup(route);
+	s->url = xstrdup(t->url);
+	memcpy(s->key_hash, t->key_hash, sizeof(s->key_hash));
+	s->pool = p;
+	s->next = p->head;
+	if (p->head)
+		p->head->prev = s;
+	p->head = s;
+	p->n++;
+	return s;
+}
+
+void pool_bind(struct pool *p, struct route_table *t)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		struct route *r = t->routes[i];
+
+		for (size_t k = 0; k < r->n_targets; k++) {
+			struct route_target *tg = &r->targets[k];
+			struct target_state *s;
+
+			if (tg->st || !tg->url)
+				continue;
+			s = state_find(p, r->name, tg);
+			if (!s)
+				s = state_new(p, r->name, tg);
+			s->refs++;
+			tg->st = s;
+		}
+	}
+}
+
+void target_state_unref(struct target_state *s)
+{
+	if (!s || --s->refs > 0)
+		return;
+	if (s->pool) {
+		if (s->prev)
+			s->prev->next = s->next;
+		else
+			s->pool->head = s->next;
+		if (s->next)
+			s->next->prev = s->prev;
+		s->pool->n--;
+	}
+	free(s->route);
+	free(s->url);
+	free(s);
+}
+
+bool target_available(const struct target_state *s, int64_t now_ms)
+{
+	return s && !s->drained && breaker_wait_ms(&s->br, now_ms) == 0;
+}
+
+static void note_transition(struct target_state *s, bool changed)
+{
+	if (changed && (unsigned)s->br.state < 3)
+		s->transitions[s->br.state]++;
+}
+
+int pool_pick(struct route *r, uint64_t tried, int64_t now_ms, enum breaker_pass *pass)
+{
+	*pass = BREAKER_DENY;
+	for (size_t i = 0; i < r->n_targets; i++) {
+		const struct target_state *s = r->targets[i].st;
+
+		r->bt[i].available = target_available(s, now_ms);
+		r->bt[i].inflight = s ? s->inflight : 0;
+		r->bt[i].ewma_ms = s ? s->ewma_ms : 0;
+	}
+	/* at most one round per target: a breaker that says no after saying it would is
+	 * marked and the pick made again */
+	for (size_t round = 0; round < r->n_targets; round++) {
+		int i = balance_pick(&r->bal, r->bt, r->n_targets, tried);
+		bool changed = false;
+		struct target_state *s;
+
+		if (i < 0)
+			return -1;
+		s = r->targets[i].st;
+		*pass = breaker_allow(&s->br, now_ms, &changed);
+		note_transition(s, changed);
+		if (*pass != BREAKER_DENY)
+			return i;
+		r->bt[i].available = false;
+	}
+	return -1;
+}
+
+int64_t pool_wait_ms(const struct route *r, int64_t now_ms)
+{
+	int64_t best = -1;
+
+	for (size_t i = 0; i < r->n_targets; i++) {
+		const struct target_state *s = r->targets[i].st;
+		int64_t w;
+
+		if (!s || s->drained)
+			continue;
+		w = breaker_wait_ms(&s->br, now_ms);
+		if (best < 0 || w < best)
+			best = w;
+	}
+	return best;
+}
+
+bool pool_route_available(const struct route *r, int64_t now_ms)
+{
+	for (size_t i = 0; i < r->n_targets; i++)
+		if (target_available(r->targets[i].st, now_ms))
+			return true;
+	return false;
+}
+
+void pool_attempt_start(struct route *r, size_t i)
+{
+	struct target_state *s = r->targets[i].st;
+
+	if (s)
+		s->inflight++;
+}
+
+void pool_attempt_end(struct route *r, size_t i, int64_t now_ms, enum breaker_pass pass,
+                      enum attempt_outcome o, int64_t retry_after_s, double ttfb_ms)
+{
+	struct target_state *s = r->targets[i].st;
+	bool changed;
+
+	if (!s)
+		return;
+	if (s->inflight)
+		s->inflight--;
+	s->attempts[o < OUTCOME_COUNT ? o : OUTCOME_RESET]++;
+	if (ttfb_ms >= 0) {
+		struct balance_target bt = { .ewma_ms = s->ewma_ms };
+
+		balance_observe(&bt, ttfb_ms);
+		s->ewma_ms = bt.ewma_ms;
+	}
+	if (pass == BREAKER_DENY || !r->breaker_on)
+		return;
+	switch (o) {
+	case OUTCOME_OK:
+		changed = breaker_success(&s->br, now_ms, pass);
+		break;
+	case OUTCOME_ABANDONED:
+		breaker_abandoned(&s->br, pass);
+		changed = false;
+		break;
+	case OUTCOME_429:
+	case OUTCOME_5XX:
+		if (retry_after_s >= 0) {
+			changed = breaker_retry_after(&s->br, now_ms, retry_after_s);
+			break;
+		}
+		/* fall through */
+	default:
+		changed = breaker_failure(&s->br, &r->breaker, now_ms, pass);
+		break;
+	}
+	note_transition(s, changed);
+}
