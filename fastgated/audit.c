@@ -54,8 +54,17 @@
 	"route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, " \
 	"model, prompt_tokens, completion_tokens, error, retries, request_body, response_body"
 /* The columns in enum audit_field order: reads and writes both rely on it. A column added
- * later is appended here, not to COLUMNS_V2. */
-#define COLUMNS COLUMNS_V2
+ * later goes here at its enum place (the bodies stay last), never into COLUMNS_V2. */
+#define COLUMNS "request_id, started_at, key_id, key_name, client_ip, method, path, " \
+	"route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, " \
+	"model, prompt_tokens, completion_tokens, error, retries, attempts, request_body, " \
+	"response_body"
+/* What a reader selects from a file at schema version 2 to 4, which a daemon of this
+ * version has not opened yet: NULL for attempts, so rows come back in the same shape. */
+#define COLUMNS_READ_V4 "request_id, started_at, key_id, key_name, client_ip, method, " \
+	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
+	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, NULL, " \
+	"request_body, response_body"
 
 /* The columns after request_id as version 1 created them. Versions 1 and 4 create the
  * table with them: like every step below, never edit it (add a step instead). */
@@ -110,6 +119,10 @@ static const struct { int version; const char *sql; } migrations[] = {
 	  "DROP TABLE audit;"
 	  "ALTER TABLE audit_v4 RENAME TO audit;"
 	  "CREATE INDEX audit_started_at ON audit(started_at);" },
+	/* Every upstream attempt of a request (upstream pools with retries): NULL in the rows
+	 * written before, as when nothing was forwarded. Adding a column rewrites no row. */
+	{ 5,
+	  "ALTER TABLE audit ADD COLUMN attempts TEXT;" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -117,7 +130,7 @@ const char *const audit_field_names[AUDIT_NFIELDS] = {
 	"request_id", "started_at", "key_id", "key_name", "client_ip", "method", "path", "route",
 	"upstream", "status", "latency_ms", "ttfb_ms", "is_stream", "chunks", "bytes_in",
 	"bytes_out", "model", "prompt_tokens", "completion_tokens", "error", "retries",
-	"request_body", "response_body",
+	"attempts", "request_body", "response_body",
 };
 
 struct audit {
@@ -248,7 +261,9 @@ struct audit_record *audit_record_pack(const struct audit_record *src, bool with
 		offsetof(struct audit_record, client_ip), offsetof(struct audit_record, method),
 		offsetof(struct audit_record, path), offsetof(struct audit_record, route),
 		offsetof(struct audit_record, upstream), offsetof(struct audit_record, model),
-		offsetof(struct audit_record, error), offsetof(struct audit_record, request_body),
+		offsetof(struct audit_record, error), offsetof(struct audit_record, attempts),
+		/* the bodies last: left out without with_bodies */
+		offsetof(struct audit_record, request_body),
 		offsetof(struct audit_record, response_body),
 	};
 	size_t n = sizeof(fields) / sizeof(fields[0]) - (with_bodies ? 0 : 2);
@@ -299,6 +314,7 @@ void audit_record_clear(struct audit_record *r)
 	free(r->upstream);
 	free(r->model);
 	free(r->error);
+	free(r->attempts);
 	free(r->request_body);
 	free(r->response_body);
 	record_init(r);
@@ -328,8 +344,8 @@ void audit_record_free(struct audit_record *r)
 size_t audit_record_bytes(const struct audit_record *r)
 {
 	const char *s[] = { r->request_id, r->key_name, r->client_ip, r->method, r->path,
-	                    r->route, r->upstream, r->model, r->error, r->request_body,
-	                    r->response_body };
+	                    r->route, r->upstream, r->model, r->error, r->attempts,
+	                    r->request_body, r->response_body };
 	size_t n = sizeof(*r);
 
 	if (r->packed_)
@@ -421,6 +437,7 @@ int audit_fields_parse(const char *list, int *out, size_t cap, char **err)
 
 static const int default_fields[AUDIT_NDEFAULT_FIELDS] = {
 	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
+	AUDIT_F_RETRIES, AUDIT_F_ATTEMPTS,
 };
 
 static void pick_fields(const int **fields, size_t *nfields)
@@ -555,6 +572,7 @@ static const char *field_text(const struct audit_record *r, int f, char *buf, si
 		return buf;
 	case AUDIT_F_ERROR: return r->error;
 	case AUDIT_F_RETRIES: snprintf(buf, cap, "%d", r->retries); return buf;
+	case AUDIT_F_ATTEMPTS: return r->attempts;
 	case AUDIT_F_REQUEST_BODY: return r->request_body;
 	case AUDIT_F_RESPONSE_BODY: return r->response_body;
 	default: return NULL;
@@ -637,6 +655,7 @@ static json_t *field_json(const struct audit_record *r, int f)
 	case AUDIT_F_COMPLETION_TOKENS: return int_or_null(r->completion_tokens, 0);
 	case AUDIT_F_ERROR: return json_text(r->error);
 	case AUDIT_F_RETRIES: return json_integer(r->retries);
+	case AUDIT_F_ATTEMPTS: return json_text(r->attempts);
 	case AUDIT_F_REQUEST_BODY: return json_text(r->request_body);
 	case AUDIT_F_RESPONSE_BODY: return json_text(r->response_body);
 	default: return json_null();
@@ -701,6 +720,7 @@ static char *spool_line(const struct audit_record *r)
 	json_object_set_new(o, "completion_tokens", json_integer((json_int_t)r->completion_tokens));
 	json_object_set_new(o, "error", json_text(r->error));
 	json_object_set_new(o, "retries", json_integer(r->retries));
+	json_object_set_new(o, "attempts", json_text(r->attempts));
 	if (r->request_body)
 		json_object_set_new(o, "request_body", json_text(r->request_body));
 	if (r->response_body)
@@ -768,6 +788,7 @@ static struct audit_record *spool_parse(const char *line, size_t len)
 	r->completion_tokens = j_int(o, "completion_tokens", -1);
 	r->error = j_str(o, "error");
 	r->retries = (int)j_int(o, "retries", 0);
+	r->attempts = j_str(o, "attempts");      /* absent from lines spooled before it existed */
 	r->request_body = j_str(o, "request_body");
 	r->response_body = j_str(o, "response_body");
 done:
@@ -926,6 +947,12 @@ static void db_disconnect(struct audit *a)
 
 /* The fields a lean row binds: all but request_body and response_body, the last two. */
 #define LEAN_FIELDS (AUDIT_NFIELDS - 2)
+_Static_assert(AUDIT_F_REQUEST_BODY == LEAN_FIELDS && AUDIT_F_RESPONSE_BODY == LEAN_FIELDS + 1,
+               "the body fields are the last two");
+/* SQLite before 3.32 allows at most 999 parameters in a statement. */
+_Static_assert(INSERT_MANY * AUDIT_NFIELDS <= 999, "a multi-row INSERT binds too many");
+/* The single-row INSERTs number their parameters ?1 .. ?24. */
+_Static_assert(AUDIT_NFIELDS == 24, "the single-row INSERTs bind every field");
 
 /* "INSERT ... VALUES (?, ...), ..." for INSERT_MANY rows binding their first `fields`
  * columns (the rest NULL); parameters numbered in order, row k field j = k*fields+j. NULL
@@ -995,14 +1022,14 @@ static int db_connect(struct audit *a, char **err)
 	if (sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23)",
+	                       "?20, ?21, ?22, ?23, ?24)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert, NULL) != SQLITE_OK ||
 	    /* a spooled record may have been committed already, by a replay that was cut off
 	     * before the spool shrank: the time index finds it at once */
 	    sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23 WHERE NOT EXISTS (SELECT 1 FROM audit "
+	                       "?20, ?21, ?22, ?23, ?24 WHERE NOT EXISTS (SELECT 1 FROM audit "
 	                       "WHERE started_at = ?2 AND request_id = ?1)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert_new, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db,
@@ -1067,7 +1094,7 @@ static bool poison_error(int rc)
 	       rc == SQLITE_RANGE;
 }
 
-/* Bind one record's first `fields` columns (23, or LEAN_FIELDS) at parameters b+1 ..
+/* Bind one record's first `fields` columns (all, or LEAN_FIELDS) at parameters b+1 ..
  * b+fields. Every parameter is bound each time (NULLs too), so the statements are never
  * stepped with the SQLITE_STATIC pointers of a record already freed, and no
  * sqlite3_clear_bindings pass is needed between steps. */
@@ -1097,10 +1124,11 @@ static void bind_record(sqlite3_stmt *st, int b, const struct audit_record *r, i
 	bind_int_or_null(st, b + 19, r->completion_tokens, 0);
 	bind_text(st, b + 20, r->error);
 	sqlite3_bind_int(st, b + 21, r->retries);
+	bind_text(st, b + 22, r->attempts);
 	if (fields == LEAN_FIELDS)
 		return;
-	bind_text(st, b + 22, r->request_body);
-	bind_text(st, b + 23, r->response_body);
+	bind_text(st, b + 23, r->request_body);
+	bind_text(st, b + 24, r->response_body);
 }
 
 /* INSERT_MANY records from r on, in one statement (less statement overhead per row).
@@ -1962,8 +1990,16 @@ static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
 	r->completion_tokens = col_int_or(st, AUDIT_F_COMPLETION_TOKENS, -1);
 	r->error = col_text(st, AUDIT_F_ERROR);
 	r->retries = sqlite3_column_int(st, AUDIT_F_RETRIES);
+	r->attempts = col_text(st, AUDIT_F_ATTEMPTS);
 	r->request_body = col_text(st, AUDIT_F_REQUEST_BODY);
 	r->response_body = col_text(st, AUDIT_F_RESPONSE_BODY);
+}
+
+/* The columns a reader selects from a file at schema `version`: one that no daemon of
+ * this version has opened yet lacks the newer columns, which read as NULL. */
+static const char *read_columns(int version)
+{
+	return version < 5 ? COLUMNS_READ_V4 : COLUMNS;
 }
 
 /* A read-only connection: it never takes the write lock, so the writer never waits for
@@ -2000,7 +2036,7 @@ struct audit_cursor *audit_query_open(const char *db_path, const struct audit_qu
 	struct audit_cursor *c;
 	struct sbuf sql = { 0 };
 	const char *dir;
-	int i = 1;
+	int i = 1, version = SCHEMA_VERSION;
 
 	if (!q) {
 		audit_query_init(&all);
@@ -2015,11 +2051,15 @@ struct audit_cursor *audit_query_open(const char *db_path, const struct audit_qu
 	memset(c, 0, sizeof(*c));
 	if (!(c->db = open_reader(db_path, err)))
 		goto fail;
+	if (read_user_version(c->db, &version) < 0)
+		version = SCHEMA_VERSION;   /* the query below reports what is wrong */
 
 	/* Placeholders are numbered in the order the conditions are added; bound below in
 	 * the same order. */
 #define ADD(s) sb_putn(&sql, s, strlen(s))
-	ADD("SELECT " COLUMNS " FROM audit WHERE 1");
+	ADD("SELECT ");
+	ADD(read_columns(version));
+	ADD(" FROM audit WHERE 1");
 	if (q->since > 0)
 		ADD(" AND started_at >= ?");
 	if (q->until > 0)
@@ -2122,12 +2162,10 @@ void audit_cursor_close(struct audit_cursor *c)
  * rows up to the last one whose id carries no time (none in a file begun at version 4:
  * nothing is read). An id not of the reqid form (a row someone wrote by hand, a typo), or
  * a file at an older version (its daemon not upgraded yet): everywhere. */
-static const char *const get_sql[] = {
-	"SELECT " COLUMNS " FROM audit WHERE started_at >= ?2 AND started_at < ?3 "
-	"AND request_id = ?1",
-	"SELECT " COLUMNS " FROM audit WHERE started_at <= "
-	"(SELECT max(until) FROM audit_untimed_ids) AND request_id = ?1",
-	"SELECT " COLUMNS " FROM audit WHERE request_id = ?1",
+static const char *const get_where[] = {
+	"started_at >= ?2 AND started_at < ?3 AND request_id = ?1",
+	"started_at <= (SELECT max(until) FROM audit_untimed_ids) AND request_id = ?1",
+	"request_id = ?1",
 };
 
 int audit_get(const char *db_path, const char *request_id, struct audit_record *out,
@@ -2150,17 +2188,21 @@ int audit_get(const char *db_path, const char *request_id, struct audit_record *
 		rc = -1;
 	}
 	timed = reqid_second(request_id, &sec);
-	for (size_t i = 0; rc == 0 && i < sizeof(get_sql) / sizeof(get_sql[0]); i++) {
+	for (size_t i = 0; rc == 0 && i < sizeof(get_where) / sizeof(get_where[0]); i++) {
 		bool skip = i == 0 ? !timed : i == 1 ? !timed || version < 4 : timed && version >= 4;
+		char *sql;
 		int step;
 
 		if (skip)
 			continue;
-		if (sqlite3_prepare_v2(db, get_sql[i], -1, &st, NULL) != SQLITE_OK) {
+		sql = xasprintf("SELECT %s FROM audit WHERE %s", read_columns(version), get_where[i]);
+		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 			set_err(err, "cannot query audit database %s: %s", db_path, sqlite3_errmsg(db));
+			free(sql);
 			rc = -1;
 			break;
 		}
+		free(sql);
 		sqlite3_bind_text(st, 1, request_id, -1, SQLITE_STATIC);
 		if (i == 0) {
 			sqlite3_bind_double(st, 2, (double)(sec - ID_SLACK_S));

@@ -18,7 +18,7 @@
  * writer (WAL readers and the writer do not wait for each other).
  *
  * Formatting. CSV (RFC 4180 quoting) and JSON, with a selectable field list; the default
- * list is DESIGN.md's CSV column order. */
+ * list is DESIGN.md's CSV column order, then retries and attempts. */
 #ifndef FG_AUDIT_H
 #define FG_AUDIT_H
 
@@ -53,6 +53,10 @@ struct audit_record {
 	int64_t completion_tokens;/* -1 = unknown */
 	char *error;              /* error kind ("timeout", "reset", "client_closed", ...) or NULL */
 	int retries;              /* upstream attempts beyond the first */
+	char *attempts;           /* every upstream attempt, in order, as upstream=outcome:ms
+	                           * joined by ';' (e.g. "http://10.0.0.5:8000=connect:3;
+	                           * http://10.0.0.6:8000=ok:120"); NULL when nothing was
+	                           * forwarded */
 	char *request_body;       /* only for routes with log_bodies: truncated, else NULL */
 	char *response_body;
 
@@ -92,13 +96,15 @@ enum audit_field {
 	AUDIT_F_STATUS, AUDIT_F_LATENCY_MS, AUDIT_F_TTFB_MS, AUDIT_F_IS_STREAM, AUDIT_F_CHUNKS,
 	AUDIT_F_BYTES_IN, AUDIT_F_BYTES_OUT, AUDIT_F_MODEL, AUDIT_F_PROMPT_TOKENS,
 	AUDIT_F_COMPLETION_TOKENS, AUDIT_F_ERROR,
-	AUDIT_F_RETRIES,          /* not in DESIGN.md's CSV columns: ask for it with --fields */
-	AUDIT_F_REQUEST_BODY,     /* likewise; stored only for routes with log_bodies */
-	AUDIT_F_RESPONSE_BODY,
+	AUDIT_F_RETRIES,          /* after DESIGN.md's 20 CSV columns, still exported by default */
+	AUDIT_F_ATTEMPTS,
+	AUDIT_F_REQUEST_BODY,     /* not exported by default: ask with --fields; stored only */
+	AUDIT_F_RESPONSE_BODY,    /* for routes with log_bodies. The bodies stay last (audit.c) */
 	AUDIT_NFIELDS
 };
-/* The default export columns are the first AUDIT_NDEFAULT_FIELDS (DESIGN.md's order). */
-#define AUDIT_NDEFAULT_FIELDS AUDIT_F_RETRIES
+/* The default export columns are the first AUDIT_NDEFAULT_FIELDS: DESIGN.md's order, then
+ * retries and attempts. */
+#define AUDIT_NDEFAULT_FIELDS AUDIT_F_REQUEST_BODY
 
 /* Field names as they appear in the CSV header, JSON keys and --fields. */
 extern const char *const audit_field_names[AUDIT_NFIELDS];

@@ -88,6 +88,17 @@ static char *dup_s(const char *s)
 	return p;
 }
 
+/* The attempts text make_record gives row i, into buf; NULL (nothing forwarded) for every
+ * third row. */
+static const char *attempts_for(int i, char *buf, size_t cap)
+{
+	if (i % 3 == 0)
+		return NULL;
+	snprintf(buf, cap, "http://10.0.0.5:8000=connect:%d;http://10.0.0.6:8000=ok:%d",
+	         i % 50, 100 + i);
+	return buf;
+}
+
 /* A record whose every field is derived from `i`, so any row can be checked alone. */
 static struct audit_record *make_record(const char *prefix, int i, double started_at)
 {
@@ -115,6 +126,8 @@ static struct audit_record *make_record(const char *prefix, int i, double starte
 	r->model = dup_s("Qwen3-8B");
 	r->prompt_tokens = 11;
 	r->completion_tokens = 22;
+	if (attempts_for(i, buf, sizeof(buf)))
+		r->attempts = dup_s(buf);
 	return r;
 }
 
@@ -237,6 +250,42 @@ static long count_lines(const char *path)
 		n += c == '\n';
 	fclose(f);
 	return n;
+}
+
+/* Check that every row prefix000000..prefix(n-1) read back through the query cursor has
+ * the attempts make_record gave it. Returns the number of mismatches. */
+static int check_attempts(const char *path, const char *prefix, int n)
+{
+	struct audit_cursor *c = audit_query_open(path, NULL, NULL);
+	struct audit_record r = { 0 };
+	size_t plen = strlen(prefix);
+	int bad = 0, seen = 0;
+	char buf[128];
+
+	if (!c)
+		return 1;
+	while (audit_cursor_next(c, &r) == 1) {
+		const char *want;
+		int i;
+
+		if (strncmp(r.request_id, prefix, plen) != 0)
+			continue;
+		i = atoi(r.request_id + plen);
+		want = attempts_for(i, buf, sizeof(buf));
+		seen++;
+		if (want ? !r.attempts || strcmp(r.attempts, want) != 0 : r.attempts != NULL) {
+			if (bad++ < 3)
+				fprintf(stderr, "  %s: attempts %s, expected %s\n", r.request_id,
+				        r.attempts ? r.attempts : "NULL", want ? want : "NULL");
+		}
+	}
+	audit_record_clear(&r);
+	audit_cursor_close(c);
+	if (seen != n) {
+		fprintf(stderr, "  %d rows with prefix %s, expected %d\n", seen, prefix, n);
+		bad++;
+	}
+	return bad;
 }
 
 /* ---- writer ---- */
@@ -369,6 +418,7 @@ TEST(locked_database_spills_to_memory_then_spool_and_recovers_in_order)
 		audit_submit(a, make_record("s", i, 1.7e9 + i));
 	audit_close(a);
 	CHECK_INT(check_ids_in_order(t.path, "s", 1100, 0), 0);
+	CHECK_INT(check_attempts(t.path, "s", 1100), 0);
 	tmpdb_remove(&t);
 }
 
@@ -501,6 +551,19 @@ TEST(records_left_in_the_spool_at_close_are_written_first_at_next_open)
 		audit_submit(a, make_record("p", i, 1.7e9 + i));
 	audit_close(a);     /* the database stays locked: everything goes to the spool */
 	CHECK_INT(count_lines(t.spool), 300);
+	{
+		/* row 1's line carries its attempts as written, row 0's a null */
+		FILE *f = fopen(t.spool, "r");
+		char line[4096], want[160], buf[128];
+
+		CHECK(f != NULL);
+		CHECK(f && fgets(line, sizeof(line), f) && strstr(line, "\"attempts\":null"));
+		snprintf(want, sizeof(want), "\"attempts\":\"%s\"",
+		         attempts_for(1, buf, sizeof(buf)));
+		CHECK(f && fgets(line, sizeof(line), f) && strstr(line, want));
+		if (f)
+			fclose(f);
+	}
 	CHECK_INT(raw_int(lock, "SELECT count(*) FROM audit"), 0);
 	unlock_db(lock);
 
@@ -512,6 +575,7 @@ TEST(records_left_in_the_spool_at_close_are_written_first_at_next_open)
 	CHECK(wait_depth(a, 0, 20));
 	audit_close(a);
 	CHECK_INT(check_ids_in_order(t.path, "p", 350, 0), 0);
+	CHECK_INT(check_attempts(t.path, "p", 350), 0);
 	CHECK(access(t.spool, F_OK) != 0);
 	tmpdb_remove(&t);
 }
@@ -534,7 +598,9 @@ TEST(spool_replay_skips_bad_lines_repairs_a_torn_end_and_never_duplicates)
 	fputs("{\"v\":1,\"request_id\":\"h000001\",\"started_at\":1700000001.25,\"key_id\":7,"
 	      "\"path\":\"/a,\\\"b\\\"\\nc\",\"status\":504,\"latency_ms\":60000.5,"
 	      "\"ttfb_ms\":-1,\"is_stream\":true,\"prompt_tokens\":-1,"
-	      "\"completion_tokens\":-1,\"error\":\"timeout\",\"retries\":2}\n", f);
+	      "\"completion_tokens\":-1,\"error\":\"timeout\",\"retries\":2,"
+	      "\"attempts\":\"http://10.0.0.5:8000=timeout:30000;http://10.0.0.6:8000=reset:2;"
+	      "http://10.0.0.7:8000=timeout:30000\"}\n", f);
 	fputs("this is not json\n", f);
 	/* a newer format: the fields this version knows are kept */
 	fputs("{\"v\":2,\"request_id\":\"h000002\",\"started_at\":1700000002,\"status\":201,"
@@ -561,9 +627,12 @@ TEST(spool_replay_skips_bad_lines_repairs_a_torn_end_and_never_duplicates)
 	CHECK_INT(r->prompt_tokens, -1);
 	CHECK_STR(r->error, "timeout");
 	CHECK_INT(r->retries, 2);
+	CHECK_STR(r->attempts, "http://10.0.0.5:8000=timeout:30000;http://10.0.0.6:8000=reset:2;"
+	          "http://10.0.0.7:8000=timeout:30000");
 	CHECK(r->route == NULL);
 	CHECK_INT(audit_get(t.path, "h000002", r, NULL), 1);
 	CHECK_INT(r->status, 201);
+	CHECK(r->attempts == NULL);     /* a line without the field, as spooled before it */
 	audit_record_free(r);
 	CHECK(access(t.spool, F_OK) != 0);
 	tmpdb_remove(&t);
@@ -644,6 +713,46 @@ TEST(a_shared_record_lives_until_its_last_owner_frees_it)
 	audit_record_free(src);
 }
 
+/* attempts is one of the record's strings: a packed record holds its own copy inside its
+ * block (with or without the bodies, and so does a share of it), and it counts in the
+ * record's size. */
+TEST(attempts_is_packed_shared_and_counted_like_every_string)
+{
+	struct audit_record *src = make_record("pk", 1, 1.7e9), *packed, *lean, *copy;
+	const char *want;
+	size_t with, without, len;
+
+	CHECK(src->attempts != NULL);
+	len = strlen(src->attempts);
+	with = audit_record_bytes(src);
+	free(src->attempts);
+	src->attempts = NULL;
+	without = audit_record_bytes(src);
+	CHECK_INT(with - without, len + 1);
+	src->attempts = dup_s("http://10.0.0.5:8000=connect:3;http://10.0.0.6:8000=ok:120");
+	src->request_body = dup_s("{\"q\":1}");
+	want = src->attempts;
+
+	for (int bodies = 0; bodies < 2; bodies++) {
+		packed = audit_record_pack(src, bodies);
+		CHECK_STR(packed->attempts, want);
+		CHECK(packed->attempts != src->attempts);
+		CHECK(packed->attempts > (char *)packed &&
+		      packed->attempts < (char *)packed + audit_record_bytes(packed));
+		CHECK(bodies ? packed->request_body != NULL : packed->request_body == NULL);
+		lean = audit_record_share(packed);      /* the same block, or a copy without bodies */
+		CHECK_STR(lean->attempts, want);
+		CHECK(lean->attempts > (char *)lean &&
+		      lean->attempts < (char *)lean + audit_record_bytes(lean));
+		audit_record_free(packed);
+		audit_record_free(lean);
+	}
+	copy = audit_record_share(src);
+	audit_record_free(src);                 /* the copy does not lean on src's strings */
+	CHECK_STR(copy->attempts, "http://10.0.0.5:8000=connect:3;http://10.0.0.6:8000=ok:120");
+	audit_record_free(copy);
+}
+
 /* ---- files and schema ---- */
 
 /* A database as an older release left it: its audit table (request_id the primary key),
@@ -666,16 +775,18 @@ static void make_old_store(const char *path, const char *sql)
 	sqlite3_close(db);
 }
 
-/* Schema version 4: one B-tree besides the table, on started_at; no index on request_id
- * (not even a unique one). */
+/* Schema version 5: one B-tree besides the table, on started_at; no index on request_id
+ * (not even a unique one); the attempts column (version 5) after the older ones. */
 static void check_current_schema(const char *path)
 {
-	CHECK_INT(db_int(path, "PRAGMA user_version"), 4);
+	CHECK_INT(db_int(path, "PRAGMA user_version"), 5);
+	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = 'attempts'"
+	                 " AND type = 'TEXT' AND \"notnull\" = 0 AND dflt_value IS NULL"), 23);
 	CHECK_INT(db_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
 	                 "tbl_name = 'audit'"), 1);
 	CHECK_INT(db_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
 	                 "name = 'audit_started_at'"), 1);
-	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 23);
+	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 24);
 }
 
 TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
@@ -715,7 +826,7 @@ TEST(a_version_2_store_is_migrated_and_keeps_its_rows)
 	audit_close(a);
 	check_current_schema(t.path);
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id = 'old-1' AND "
-	                 "route = 'chat' AND status = 200"), 1);
+	                 "route = 'chat' AND status = 200 AND attempts IS NULL"), 1);
 	tmpdb_remove(&t);
 }
 
@@ -766,6 +877,87 @@ TEST(a_version_3_store_is_rebuilt_and_its_old_ids_are_still_found)
 	CHECK_STR(out.request_id, id);
 	audit_record_clear(&out);
 	CHECK_INT(audit_get(t.path, "98a0cc62000000000003", &out, NULL), 0);
+	tmpdb_remove(&t);
+}
+
+/* Version 4 (the table as migration 4 rebuilt it) gains the attempts column: every row
+ * stays, with its rowid and every value, and reads attempts as NULL. Before a daemon of this
+ * version has opened the file, the read side (which never writes) already reads it. */
+TEST(a_version_4_store_gains_the_attempts_column_and_keeps_its_rows)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_record out = { 0 };
+	struct audit_cursor *c;
+	struct audit_query q;
+	char timed[REQID_LEN + 1], sql[1024];
+	double now = now_s();
+	sqlite3 *db;
+	int n = 0;
+
+	tmpdb_make(&t);
+	reqid_next(&test_ids, timed);
+	snprintf(sql, sizeof(sql),
+	         "CREATE TABLE audit (request_id TEXT NOT NULL, started_at REAL NOT NULL,"
+	         " key_id INTEGER, key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT,"
+	         " upstream TEXT, status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL,"
+	         " is_stream INTEGER NOT NULL, chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER,"
+	         " model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
+	         " retries INTEGER NOT NULL DEFAULT 0, request_body TEXT, response_body TEXT);"
+	         "CREATE TABLE audit_untimed_ids (until REAL NOT NULL);"
+	         "INSERT INTO audit_untimed_ids VALUES (1700000000.5);"
+	         "CREATE INDEX audit_started_at ON audit(started_at);"
+	         "INSERT INTO audit (rowid, request_id, started_at, key_id, route, upstream, status,"
+	         " is_stream, error, retries, request_body, response_body) VALUES"
+	         " (4, '98a0cc62000000000001', 1700000000.5, 3, 'chat', 'http://10.0.0.5:8000',"
+	         " 502, 0, 'timeout', 2, '{\"q\":1}', NULL),"
+	         " (8, '%s', %.6f, NULL, NULL, NULL, 401, 0, NULL, 0, NULL, NULL);"
+	         "PRAGMA user_version = 4;", timed, now);
+	CHECK_INT(sqlite3_open_v2(t.path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL),
+	          SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+
+	/* read as it is: a query and a lookup by either kind of id */
+	audit_query_init(&q);
+	CHECK((c = audit_query_open(t.path, &q, NULL)) != NULL);
+	while (c && audit_cursor_next(c, &out) == 1) {
+		CHECK(out.attempts == NULL);
+		n++;
+	}
+	audit_cursor_close(c);
+	CHECK_INT(n, 2);
+	CHECK_INT(audit_get(t.path, "98a0cc62000000000001", &out, NULL), 1);
+	CHECK_INT(out.retries, 2);
+	CHECK_STR(out.request_body, "{\"q\":1}");
+	CHECK(out.attempts == NULL);
+	CHECK_INT(audit_get(t.path, timed, &out, NULL), 1);
+	CHECK_INT(out.status, 401);
+	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 4);     /* readers changed nothing */
+
+	a = open_ok(t.path, NULL);
+	{
+		struct audit_record *r = make_record("v5-", 1, now + 1);
+		audit_submit(a, r);
+	}
+	audit_close(a);
+	check_current_schema(t.path);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 3);
+	CHECK_INT(db_int(t.path, "SELECT rowid FROM audit WHERE request_id = '98a0cc62000000000001'"
+	                 " AND started_at = 1700000000.5 AND key_id = 3 AND route = 'chat'"
+	                 " AND upstream = 'http://10.0.0.5:8000' AND status = 502 AND is_stream = 0"
+	                 " AND error = 'timeout' AND retries = 2 AND request_body = '{\"q\":1}'"
+	                 " AND response_body IS NULL AND attempts IS NULL"), 4);
+	CHECK_INT(db_int(t.path, "SELECT rowid FROM audit WHERE request_id = (SELECT request_id"
+	                 " FROM audit WHERE status = 401) AND attempts IS NULL"), 8);
+	CHECK_INT(db_int(t.path, "SELECT until * 10 FROM audit_untimed_ids"), 17000000005LL);
+	CHECK_INT(audit_get(t.path, "98a0cc62000000000001", &out, NULL), 1);
+	CHECK_INT(out.retries, 2);
+	CHECK(out.attempts == NULL);
+	CHECK_INT(audit_get(t.path, "v5-000001", &out, NULL), 1);
+	CHECK_STR(out.attempts, "http://10.0.0.5:8000=connect:1;http://10.0.0.6:8000=ok:101");
+	audit_record_clear(&out);
+	CHECK_INT(check_attempts(t.path, "v5-", 1), 0);
 	tmpdb_remove(&t);
 }
 
@@ -963,7 +1155,7 @@ TEST(every_field_survives_the_multi_row_inserts)
 	struct audit *a;
 	struct audit_cursor *c;
 	struct audit_record r = { 0 };
-	char *err = NULL, buf[64];
+	char *err = NULL, buf[128];
 	double t0 = 1700000000.0;
 	int n = 0;
 
@@ -1016,6 +1208,7 @@ TEST(every_field_survives_the_multi_row_inserts)
 		CHECK_INT(r.prompt_tokens, 1000 + i);
 		CHECK_INT(r.completion_tokens, 2000 + i);
 		CHECK_INT(r.retries, i % 4);
+		CHECK_OPT_STR(r.attempts, attempts_for(i, buf, sizeof(buf)));
 		snprintf(buf, sizeof(buf), "error-%d", i);
 		CHECK_OPT_STR(r.error, i % 5 == 0 ? buf : NULL);
 		snprintf(buf, sizeof(buf), "{\"q\":%d}", i);
@@ -1184,6 +1377,8 @@ TEST(audit_get_returns_every_field_including_unknowns)
 	in->error = dup_s("reset");
 	audit_submit(a, in);
 	in = make_record("g", 2, 1700000001.0);
+	free(in->attempts);
+	in->attempts = NULL;         /* nothing was forwarded */
 	in->key_id = 0;
 	free(in->key_name);
 	in->key_name = NULL;
@@ -1216,6 +1411,7 @@ TEST(audit_get_returns_every_field_including_unknowns)
 	CHECK_INT(out.completion_tokens, 22);
 	CHECK_STR(out.error, "reset");
 	CHECK_INT(out.retries, 3);
+	CHECK_STR(out.attempts, "http://10.0.0.5:8000=connect:1;http://10.0.0.6:8000=ok:101");
 
 	CHECK_INT(audit_get(t.path, "g000002", &out, &err), 1);   /* reuses out */
 	CHECK_INT(out.key_id, 0);
@@ -1225,6 +1421,7 @@ TEST(audit_get_returns_every_field_including_unknowns)
 	CHECK_INT(out.prompt_tokens, -1);
 	CHECK_INT(out.completion_tokens, -1);
 	CHECK(out.error == NULL);
+	CHECK(out.attempts == NULL);
 
 	CHECK_INT(audit_get(t.path, "nope", &out, &err), 0);
 	CHECK(err == NULL);
@@ -1300,11 +1497,15 @@ TEST(csv_header_is_the_design_column_order)
 
 	CHECK_STR(h, "request_id,started_at,key_id,key_name,client_ip,method,path,route,upstream,"
 	             "status,latency_ms,ttfb_ms,is_stream,chunks,bytes_in,bytes_out,model,"
-	             "prompt_tokens,completion_tokens,error");
+	             "prompt_tokens,completion_tokens,error,retries,attempts");
 	free(h);
 	CHECK_INT(audit_fields_parse("status, retries ,request_id", f, 3, NULL), 3);
 	h = audit_csv_header(f, 3);
 	CHECK_STR(h, "status,retries,request_id");
+	free(h);
+	CHECK_INT(audit_fields_parse("attempts,request_body,retries", f, 3, NULL), 3);
+	h = audit_csv_header(f, 3);
+	CHECK_STR(h, "attempts,request_body,retries");
 	free(h);
 }
 
@@ -1328,10 +1529,13 @@ TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
 		free(r->model);
 		r->model = NULL;
 		r->ttfb_ms = -1;
+		free(r->attempts);
+		r->attempts = dup_s(nasty[(k + 2) % nn]);
+		r->retries = (int)k;
 		line = audit_record_csv(r, NULL, 0);
 		n = csv_parse(line, fields, 32);
-		CHECK_INT(n, 20);
-		if (n == 20) {
+		CHECK_INT(n, 22);
+		if (n == 22) {
 			CHECK_STR(fields[0], "x000005");
 			CHECK_STR(fields[1], "2025-11-23T11:30:00.123Z");
 			CHECK_STR(fields[2], "3");
@@ -1343,6 +1547,8 @@ TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
 			CHECK_STR(fields[12], "1");
 			CHECK_STR(fields[16], "");      /* no model */
 			CHECK_STR(fields[19], "");      /* no error */
+			CHECK_INT(atoi(fields[20]), (int)k);
+			CHECK_STR(fields[21], nasty[(k + 2) % nn]);
 		}
 		for (int i = 0; i < n; i++)
 			free(fields[i]);
@@ -1352,6 +1558,60 @@ TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
 		free(line);
 		audit_record_free(r);
 	}
+}
+
+/* attempts after retries at the end of the default columns: ';' and '=' need no quoting in
+ * CSV, a ',' (or a quote) in it does; empty when nothing was forwarded. */
+TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
+{
+	static const char *const values[] = {
+		"http://10.0.0.5:8000=connect:3;http://10.0.0.6:8000=ok:120",
+		"http://10.0.0.5:8000/a,b=reset:2;http://[::1]:8000=ok:7",
+		"http://10.0.0.5:8000/\"q\"=timeout:30000;x=ok:1,2",
+	};
+	struct audit_record *r = make_record("c", 3, 1763897400.0);
+	int f[2] = { AUDIT_F_ATTEMPTS, AUDIT_F_RETRIES };
+	char *line, *fields[32];
+	int n;
+
+	CHECK(r->attempts == NULL);                       /* row 3: nothing forwarded */
+	line = audit_record_csv(r, NULL, 0);
+	CHECK(strlen(line) > 3 && strcmp(line + strlen(line) - 3, ",0,") == 0);
+	free(line);
+	for (size_t k = 0; k < sizeof(values) / sizeof(values[0]); k++) {
+		free(r->attempts);
+		r->attempts = dup_s(values[k]);
+		r->retries = 1;
+		line = audit_record_csv(r, NULL, 0);
+		n = csv_parse(line, fields, 32);
+		CHECK_INT(n, 22);
+		if (n == 22) {
+			CHECK_STR(fields[19], "");
+			CHECK_STR(fields[20], "1");
+			CHECK_STR(fields[21], values[k]);
+		}
+		for (int i = 0; i < n; i++)
+			free(fields[i]);
+		if (k == 0) {                                 /* verbatim, unquoted, last */
+			char want[128];
+			snprintf(want, sizeof(want), ",1,%s", values[0]);
+			CHECK(strlen(line) > strlen(want) &&
+			      strcmp(line + strlen(line) - strlen(want), want) == 0);
+		}
+		free(line);
+		line = audit_record_csv(r, f, 2);
+		n = csv_parse(line, fields, 32);
+		CHECK_INT(n, 2);
+		if (n == 2) {
+			CHECK_STR(fields[0], values[k]);
+			CHECK_STR(fields[1], "1");
+		}
+		for (int i = 0; i < n; i++)
+			free(fields[i]);
+		CHECK(k == 0 ? line[0] != '"' : line[0] == '"');
+		free(line);
+	}
+	audit_record_free(r);
 }
 
 TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
@@ -1372,7 +1632,7 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	CHECK(strchr(line, '\n') == NULL);
 	o = json_loads(line, 0, &jerr);
 	CHECK(json_is_object(o));
-	CHECK_INT(json_object_size(o), 20);
+	CHECK_INT(json_object_size(o), 22);
 	CHECK_STR(json_string_value(json_object_get(o, "request_id")), "j000004");
 	CHECK_STR(json_string_value(json_object_get(o, "started_at")), "2025-11-23T11:30:00.500Z");
 	CHECK(json_is_null(json_object_get(o, "key_id")));
@@ -1383,8 +1643,23 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	CHECK_STR(json_string_value(json_object_get(o, "path")),
 	          "/a\"b\\c\n\x01\xef\xbf\xbd\xef\xbf\xbd(end");
 	CHECK_STR(json_string_value(json_object_get(o, "error")), "client_closed");
-	CHECK(json_object_get(o, "retries") == NULL);       /* not a default column */
+	CHECK_INT(json_integer_value(json_object_get(o, "retries")), 0);
+	CHECK_STR(json_string_value(json_object_get(o, "attempts")),
+	          "http://10.0.0.5:8000=connect:4;http://10.0.0.6:8000=ok:104");
+	CHECK(json_object_get(o, "request_body") == NULL);  /* not a default column */
 	json_decref(o);
+	free(line);
+	/* the default keys in order: DESIGN.md's, then retries and attempts */
+	line = audit_record_jsonl(r, NULL, 0);
+	CHECK(strstr(line, "\"error\":\"client_closed\",\"retries\":0,"
+	             "\"attempts\":\"http://10.0.0.5:8000=connect:4;") != NULL);
+	CHECK(line[strlen(line) - 1] == '}' && strstr(line, ":104\"}") != NULL);
+	free(line);
+	free(r->attempts);
+	r->attempts = NULL;
+	f[0] = audit_field_index("attempts");
+	line = audit_record_jsonl(r, f, 1);
+	CHECK_STR(line, "{\"attempts\":null}");
 	free(line);
 
 	f[0] = audit_field_index("retries");
@@ -1403,12 +1678,16 @@ TEST(field_names_parse_and_unknown_names_are_rejected_with_the_valid_list)
 	CHECK_INT(audit_field_index("request_id"), AUDIT_F_REQUEST_ID);
 	CHECK_INT(audit_field_index("error"), AUDIT_F_ERROR);
 	CHECK_INT(audit_field_index("retries"), AUDIT_F_RETRIES);
+	CHECK_INT(audit_field_index("attempts"), AUDIT_F_ATTEMPTS);
+	CHECK_INT(AUDIT_F_ATTEMPTS, AUDIT_F_RETRIES + 1);
+	CHECK_STR(audit_field_names[AUDIT_F_ATTEMPTS], "attempts");
 	CHECK_INT(audit_field_index("Request_ID"), -1);
 	CHECK_INT(audit_field_index("bogus"), -1);
 	CHECK_INT(audit_fields_parse("model", f, AUDIT_NFIELDS, &err), 1);
 	CHECK_INT(f[0], AUDIT_F_MODEL);
 	CHECK_INT(audit_fields_parse("model,bogus", f, AUDIT_NFIELDS, &err), -1);
-	CHECK(err && strstr(err, "unknown field \"bogus\"") && strstr(err, "completion_tokens"));
+	CHECK(err && strstr(err, "unknown field \"bogus\"") && strstr(err, "completion_tokens") &&
+	      strstr(err, "retries, attempts, request_body"));
 	free(err);
 	err = NULL;
 	CHECK_INT(audit_fields_parse("model,,status", f, AUDIT_NFIELDS, &err), -1);
