@@ -460,7 +460,7 @@ const struct cli_cmd cli_commands[] = {
 		{ "--format", "csv|jsonl", CLI_ARG_STRING, "format", true, "CSV (RFC 4180, header first) or one JSON object per line", CLI_COMPLETE_NONE, "csv,jsonl" },
 		{ "--since", "T", CLI_ARG_TIME, "since", false, "from T: 2026-11-23T10:00:00Z, 2026-11-23 (UTC), or an age like 30m, 1h, 7d", CLI_COMPLETE_NONE, NULL },
 		{ "--until", "T", CLI_ARG_TIME, "until", false, "up to, not including, T (default: now)", CLI_COMPLETE_NONE, NULL },
-		{ "--fields", "a,b", CLI_ARG_STRING, "fields", false, "only these columns, in this order (also: retries)", CLI_COMPLETE_NONE, NULL },
+		{ "--fields", "a,b", CLI_ARG_STRING, "fields", false, "only these columns, in this order (also: request_body, response_body)", CLI_COMPLETE_NONE, NULL },
 		LOG_FILTERS,
 		OPT_END }, NULL, false, cli_run_logs_export, 0 },
 	{ "logs", "show", "logs.show", "show one request's audit record in full",

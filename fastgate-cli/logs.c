@@ -440,5 +440,6 @@ void cli_print_log_record(const json_t *r)
 	kv(t, "completion tokens:", num_or(b[7], sizeof(b[7]), r, "completion_tokens", "unknown"));
 	kv(t, "error:", jstr(r, "error") ? jstr(r, "error") : "none");
 	kv(t, "retries:", num_or(b[8], sizeof(b[8]), r, "retries", "0"));
+	kv(t, "attempts:", jstr(r, "attempts") ? jstr(r, "attempts") : "none");
 	cli_table_print(t, stdout);
 }

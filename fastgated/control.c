@@ -1849,7 +1849,7 @@ static const struct ctl_command commands[] = {
 	  "fields?: \"a,b\", key_id?, route?, status?, stream?, error?}",
 	  "stream audit rows oldest first: csv as {\"line\":...} events, header first; jsonl as "
 	  "record objects", false, logs_h_export },
-	{ "logs.show", "{id: request-id}", "one audit record in full, retries included", false,
+	{ "logs.show", "{id: request-id}", "one audit record in full, retries, attempts and kept bodies included", false,
 	  logs_h_show },
 	{ "metrics", "{since?: unix-seconds, until?: unix-seconds, hourly?: bool, hours?: int, "
 	  "daily?: bool, days?: int, by?: \"route\"|\"key\"|\"model\"}",

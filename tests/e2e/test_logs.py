@@ -38,9 +38,14 @@ ROUTES = """routes:
     timeout: 5
 """
 
-CSV_COLUMNS = ["request_id", "started_at", "key_id", "key_name", "client_ip", "method", "path",
-               "route", "upstream", "status", "latency_ms", "ttfb_ms", "is_stream", "chunks",
-               "bytes_in", "bytes_out", "model", "prompt_tokens", "completion_tokens", "error"]
+# DESIGN.md's columns, in its order; then the upstream retries and every attempt
+DESIGN_COLUMNS = ["request_id", "started_at", "key_id", "key_name", "client_ip", "method",
+                  "path", "route", "upstream", "status", "latency_ms", "ttfb_ms", "is_stream",
+                  "chunks", "bytes_in", "bytes_out", "model", "prompt_tokens",
+                  "completion_tokens", "error"]
+CSV_COLUMNS = DESIGN_COLUMNS + ["retries", "attempts"]
+# what a pool with retries records: upstream=outcome:ms for each attempt, joined by ';'
+ATTEMPTS = "http://10.0.0.5:8000=connect:3;http://10.0.0.6:8000=ok:120"
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -236,11 +241,12 @@ def test_tail_prints_the_last_requests_oldest_first(c):
     ids += [chat(c, k["key"]) for _ in range(8)]
     out = cli_ok(c, "logs", "tail", "--key", str(k["id"]))
     assert len(out.splitlines()) == 10, out
-    # --json: one full record per line, retries included
+    # --json: one full record per line, retries and attempts included
     recs = json_lines(cli_ok(c, "--json", "logs", "tail", "-n", "2", "--key", str(k["id"])))
     assert [r["request_id"] for r in recs] == ids[-2:], recs
     assert recs[0]["key_name"] == "tail-alice" and recs[0]["route"] == "chat", recs
-    assert "retries" in recs[0] and ISO_MS.match(recs[0]["started_at"]), recs
+    assert "retries" in recs[0] and "attempts" in recs[0], recs
+    assert ISO_MS.match(recs[0]["started_at"]), recs
 
 
 def test_tail_filters(c):
@@ -310,19 +316,20 @@ def test_tail_follow_json_and_sigterm(c):
 
 # --- logs export -------------------------------------------------------------------------
 
-def insert_row(c, rid, key, path, model):
+def insert_row(c, rid, key, path, model, attempts=None):
     """Write one audit row straight into the database, as the writer would. Traffic cannot
     put a newline into any field (key names refuse control characters, the proxy keeps an
-    escaped model name as written), but the reading side must still carry one through."""
+    escaped model name as written), nor record attempts yet, but the reading side must still
+    carry them through."""
     import sqlite3
     db = sqlite3.connect(os.path.join(c.dir, "audit.db"), timeout=10)
     try:
         db.execute("INSERT INTO audit (request_id, started_at, key_id, key_name, client_ip, "
                    "method, path, route, upstream, status, latency_ms, ttfb_ms, is_stream, "
                    "chunks, bytes_in, bytes_out, model, prompt_tokens, completion_tokens, "
-                   "error, retries) VALUES (?, ?, ?, ?, '127.0.0.1', 'POST', ?, 'chat', NULL, "
-                   "200, 1.5, NULL, 0, 1, 10, 20, ?, 3, 4, NULL, 2)",
-                   (rid, time.time(), key["id"], key["name"], path, model))
+                   "error, retries, attempts) VALUES (?, ?, ?, ?, '127.0.0.1', 'POST', ?, "
+                   "'chat', NULL, 200, 1.5, NULL, 0, 1, 10, 20, ?, 3, 4, NULL, 2, ?)",
+                   (rid, time.time(), key["id"], key["name"], path, model, attempts))
         db.commit()
     finally:
         db.close()
@@ -337,7 +344,7 @@ def test_export_csv_round_trips_through_the_csv_module(c):
     direct = "direct-%d" % os.getpid()
     odd_path, odd_model2 = '/v1/"odd",path\nline two', 'm,"x"\r\ny'
     rows = wait_exported(c, made, "--key", str(k["id"]))
-    insert_row(c, direct, k, odd_path, odd_model2)
+    insert_row(c, direct, k, odd_path, odd_model2, ATTEMPTS)
     made.append(direct)
     rows = wait_exported(c, made, "--key", str(k["id"]))
     header, _ = export_rows(c, "--key", str(k["id"]))
@@ -349,6 +356,7 @@ def test_export_csv_round_trips_through_the_csv_module(c):
     assert by_id[direct]["path"] == odd_path and by_id[direct]["model"] == odd_model2, \
         by_id[direct]
     assert by_id[direct]["ttfb_ms"] == "" and by_id[direct]["error"] == "", by_id[direct]
+    assert by_id[direct]["retries"] == "2" and by_id[direct]["attempts"] == ATTEMPTS, by_id[direct]
     for r in rows:
         assert r["key_name"] == 'export, "csv"' and r["key_id"] == str(k["id"]), r
         assert ISO_MS.match(r["started_at"]) and r["status"] == "200", r
@@ -356,11 +364,18 @@ def test_export_csv_round_trips_through_the_csv_module(c):
     # RFC 4180: CRLF line ends, quotes doubled, the newline kept inside its quoted field
     rc, out, _ = cli(c, "logs", "export", "--format", "csv", "--key", str(k["id"]))
     assert out.endswith("\r\n") and '"/v1/""odd"",path\nline two"' in out, out
-    # the same row as JSON, retries included when asked for
+    # ';' and '=' need no quotes: the attempts are the last column, as written
+    assert out.endswith(",2,%s\r\n" % ATTEMPTS), out[-200:]
+    # the same row as JSON, only the fields asked for
     rec = json_lines(cli_ok(c, "logs", "export", "--format", "jsonl", "--key", str(k["id"]),
-                            "--fields", "request_id,path,model,retries"))[-1]
-    assert rec == {"request_id": direct, "path": odd_path, "model": odd_model2, "retries": 2}
-    assert json.loads(cli_ok(c, "--json", "logs", "show", direct))["path"] == odd_path
+                            "--fields", "request_id,path,model,retries,attempts"))[-1]
+    assert rec == {"request_id": direct, "path": odd_path, "model": odd_model2, "retries": 2,
+                   "attempts": ATTEMPTS}, rec
+    shown = json.loads(cli_ok(c, "--json", "logs", "show", direct))
+    assert shown["path"] == odd_path and shown["attempts"] == ATTEMPTS, shown
+    out = cli_ok(c, "logs", "show", direct)
+    assert re.search(r"^retries:\s+2$", out, re.M), out
+    assert re.search(r"^attempts:\s+%s$" % re.escape(ATTEMPTS), out, re.M), out
     line = cli_ok(c, "logs", "tail", "-n", "1", "--key", str(k["id"]))
     assert line.count("\n") == 1 and "id=" + direct in line, line      # one line per row
 
@@ -439,10 +454,11 @@ def test_show_prints_one_record_in_full(c):
     rid = chat(c, k["key"], stream=True)
     rec = json.loads(cli_ok(c, "--json", "logs", "show", rid))
     assert rec["request_id"] == rid and rec["key_name"] == "show-me" and rec["is_stream"]
-    assert set(CSV_COLUMNS + ["retries", "request_body", "response_body"]) == set(rec.keys()), rec.keys()
+    assert set(CSV_COLUMNS + ["request_body", "response_body"]) == set(rec.keys()), rec.keys()
     out = cli_ok(c, "logs", "show", rid)
     assert re.search(r"^request id:\s+%s$" % rid, out, re.M), out
     assert re.search(r"^stream:\s+yes$", out, re.M) and re.search(r"^retries:\s+0$", out, re.M)
+    assert re.search(r"^attempts:\s+\S+$", out, re.M), out
     # still found once the writer has committed it
     wait_exported(c, [rid], "--key", str(k["id"]))
     assert json.loads(cli_ok(c, "--json", "logs", "show", rid))["request_id"] == rid
@@ -503,6 +519,74 @@ def test_metrics_totals_match_the_requests_made(c):
     assert rc == 2 and "route" in err, (rc, err)
     rc, _, err = cli(c, "metrics", "--hourly", "--daily")
     assert rc == 1 and "hourly or daily" in err, (rc, err)
+
+
+V4_SCHEMA = """
+CREATE TABLE audit (request_id TEXT NOT NULL, started_at REAL NOT NULL, key_id INTEGER,
+  key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT, upstream TEXT,
+  status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL, is_stream INTEGER NOT NULL,
+  chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER, model TEXT, prompt_tokens INTEGER,
+  completion_tokens INTEGER, error TEXT, retries INTEGER NOT NULL DEFAULT 0,
+  request_body TEXT, response_body TEXT);
+CREATE TABLE audit_untimed_ids (until REAL NOT NULL);
+CREATE INDEX audit_started_at ON audit(started_at);
+"""
+
+
+def test_a_version_4_database_gains_attempts_at_start_and_keeps_its_rows(c):
+    """The audit database of the release before attempts: the daemon adds the column at
+    start, the old rows export as before with an empty attempts, and new rows follow."""
+    import sqlite3
+    d = tmpdir("fg-logs-v4-")
+    old_id, old_t = "98a0cc62000000000001", time.time() - 60
+    db = sqlite3.connect(os.path.join(d, "audit.db"))
+    try:
+        db.executescript(V4_SCHEMA)
+        db.execute("INSERT INTO audit_untimed_ids VALUES (?)", (old_t,))
+        db.execute("INSERT INTO audit (rowid, request_id, started_at, key_id, key_name, "
+                   "client_ip, method, path, route, upstream, status, latency_ms, is_stream, "
+                   "chunks, bytes_in, bytes_out, error, retries, request_body) VALUES (7, ?, ?, "
+                   "NULL, NULL, '127.0.0.1', 'POST', '/v1/chat/completions', 'chat', "
+                   "'http://10.0.0.5:8000', 502, 30000.5, 0, 0, 10, 0, 'timeout', 2, '{}')",
+                   (old_id, old_t))
+        db.execute("PRAGMA user_version = 4")
+        db.commit()
+    finally:
+        db.close()
+    os.chmod(os.path.join(d, "audit.db"), 0o600)
+    gw = Gateway(d, ROUTES % {"m": c.mock.url, "dead": free_port()})
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % os.path.join(d, "audit.db"), uri=True)
+        try:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+            assert db.execute("SELECT rowid, retries, request_body, attempts FROM audit "
+                              "WHERE request_id = ?", (old_id,)).fetchone() == (7, 2, "{}", None)
+        finally:
+            db.close()
+        st, hdrs, _ = gw.request("GET", "/echo/after-upgrade", None, {})
+        assert st == 401, st
+        new_id = hdrs["x-request-id"]
+
+        def both():
+            rc, out, err = gw.cli("logs", "export", "--format", "csv")
+            assert rc == 0, (rc, out, err)
+            rows = list(csv.reader(io.StringIO(out, newline="")))
+            return rows if len(rows) == 3 else None
+        rows = wait_for(both, timeout=15, interval=0.1, what="the new row in the database")
+        assert rows[0] == CSV_COLUMNS, rows[0]
+        old, new = (dict(zip(rows[0], r)) for r in rows[1:])
+        assert old["request_id"] == old_id and new["request_id"] == new_id, rows
+        assert (old["status"], old["error"], old["retries"], old["attempts"]) == \
+            ("502", "timeout", "2", ""), old
+        assert new["status"] == "401" and new["retries"] == "0", new
+        shown = json.loads(gw.cli("--json", "logs", "show", old_id)[1])
+        assert shown["retries"] == 2 and shown["attempts"] is None, shown
+        assert shown["request_body"] == "{}", shown
+    finally:
+        try:
+            assert gw.stop() == 0
+        finally:
+            rmtree(d)
 
 
 def test_without_an_audit_database_everything_is_empty_not_an_error(c):
