@@ -146,6 +146,7 @@ struct audit {
 	size_t q_n, q_bytes;
 	size_t mem_n;             /* q_n + w_n */
 	size_t depth;             /* mem_n + spool_n: submitted, not committed */
+	int64_t progress_ms;      /* monotonic: the last commit, or when depth left 0 */
 	bool stop;
 	bool writer_waiting;
 	bool backoff;             /* the database is failing: wake the writer only to spill */
@@ -1266,6 +1267,7 @@ static void account_done(struct audit *a, size_t from_mem, size_t from_spool)
 	pthread_mutex_lock(&a->mu);
 	a->mem_n -= from_mem;
 	a->depth -= from_mem + from_spool;
+	a->progress_ms = mono_ms();
 	pthread_mutex_unlock(&a->mu);
 }
 
@@ -1286,6 +1288,7 @@ static void account_done_list(struct audit *a, struct audit_record *first,
 	pthread_mutex_lock(&a->mu);
 	a->mem_n -= n;
 	a->depth -= n;
+	a->progress_ms = mono_ms();
 	keep = a->done_bytes < DONE_MAX_BYTES;
 	if (keep) {
 		if (a->done_tail)
@@ -1844,6 +1847,7 @@ struct audit *audit_open(const char *db_path, const struct audit_options *opt, c
 	if (db_connect(a, err) < 0 || spool_scan(a, err) < 0)
 		goto fail;
 	a->depth = a->spool_n;
+	a->progress_ms = mono_ms();
 	if ((errno = pthread_create(&a->thread, NULL, writer_main, a)) != 0) {
 		set_err(err, "audit: cannot start the writer thread: %s", strerror(errno));
 		goto fail;
@@ -1882,7 +1886,8 @@ void audit_submit(struct audit *a, struct audit_record *rec)
 	a->q_n++;
 	a->q_bytes += audit_record_bytes(rec);
 	a->mem_n++;
-	a->depth++;
+	if (a->depth++ == 0)
+		a->progress_ms = mono_ms();   /* the wait starts now, not at the last commit */
 	/* While the database is failing, the writer only needs waking to spill. */
 	if (a->writer_waiting && (!a->backoff || a->mem_n > a->mem_cap)) {
 		a->writer_waiting = false;
@@ -1915,6 +1920,19 @@ size_t audit_queue_depth(struct audit *a)
 	d = a->depth;
 	pthread_mutex_unlock(&a->mu);
 	return d;
+}
+
+int64_t audit_stalled_ms(struct audit *a)
+{
+	int64_t ms = 0;
+
+	if (!a)
+		return 0;
+	pthread_mutex_lock(&a->mu);
+	if (a->depth > 0)
+		ms = mono_ms() - a->progress_ms;
+	pthread_mutex_unlock(&a->mu);
+	return ms > 0 ? ms : 0;
 }
 
 void audit_close(struct audit *a)

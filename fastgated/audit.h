@@ -166,6 +166,10 @@ void audit_submit(struct audit *a, struct audit_record *rec);
 /* Records submitted and not yet committed to SQLite: in memory plus in the spool
  * (fastgate_audit_queue_depth). Cheap; any thread. */
 size_t audit_queue_depth(struct audit *a);
+/* Milliseconds since the writer last committed anything while records wait (0 when none
+ * wait): a database that stays locked or read-only shows here, for /health/ready. Cheap;
+ * any thread. */
+int64_t audit_stalled_ms(struct audit *a);
 
 /* Stop the writer after it has committed everything it can: it keeps retrying a failing
  * database for up to close_wait_ms, then appends what is left to the spool (replayed by

@@ -1,13 +1,17 @@
 /* The gateway's own answers; see endpoints.h. */
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <event2/buffer.h>
 
+#include "audit.h"
 #include "endpoints.h"
 #include "gateway.h"
 #include "http.h"
 #include "metrics.h"
+#include "pool.h"
+#include "util.h"
 
 /* Liveness: 200 while serving, 503 once draining so a load balancer takes it out. */
 static void health(void *arg, struct http_request *req)
@@ -17,6 +21,58 @@ static void health(void *arg, struct http_request *req)
 
 	http_add_header(req, "Content-Type", "application/json");
 	http_reply(req, gw->stopping ? 503 : 200, b, strlen(b));
+}
+
+/* The audit writer has rows it has not committed for this long: readiness fails, as a
+ * gateway that cannot keep its audit trail should not take traffic. */
+#define AUDIT_STALL_MS 10000
+
+static bool audit_stalled(const struct gateway *gw)
+{
+	return gw->audit && audit_stalled_ms(gw->audit) >= AUDIT_STALL_MS;
+}
+
+/* Readiness (DESIGN.md, Upstream pools): 200 when the gateway can serve, else 503 with
+ * every reason, so that a load balancer or Kubernetes routes around this instance. */
+static void ready(void *arg, struct http_request *req)
+{
+	struct gateway *gw = arg;
+	const struct route_table *t = gw->routes;
+	json_t *reasons = json_array(), *o;
+	int64_t now = mono_ms();
+	char *body;
+
+	if (!reasons)
+		goto oom;
+	if (gw->stopping)
+		json_array_append_new(reasons, json_string("stopping: draining in-flight requests"));
+	if (!t || t->n == 0)
+		json_array_append_new(reasons, json_string("no routes loaded"));
+	for (size_t i = 0; t && i < t->n; i++) {
+		const struct route *r = t->routes[i];
+
+		if (r->enabled && !pool_route_available(r, now))
+			json_array_append_new(reasons, json_sprintf(
+			    "route %s: no available upstream (circuit open, drained or unhealthy)", r->name));
+	}
+	if (audit_stalled(gw))
+		json_array_append_new(reasons, json_string("audit writer stalled: rows are not being committed"));
+	o = json_array_size(reasons)
+	    ? json_pack("{s:s, s:O}", "status", "not_ready", "reasons", reasons)
+	    : json_pack("{s:s}", "status", "ready");
+	body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	if (!body)
+		goto oom;
+	http_add_header(req, "Content-Type", "application/json");
+	http_add_header(req, "Cache-Control", "no-store");
+	http_reply(req, json_array_size(reasons) ? 503 : 200, body, strlen(body));
+	free(body);
+	json_decref(reasons);
+	return;
+oom:
+	json_decref(reasons);
+	http_send_error(req, 500, "internal_error", "out of memory");
 }
 
 static bool is_loopback(const char *ip)
@@ -49,6 +105,7 @@ static void metrics(void *arg, struct http_request *req)
 int endpoints_register(struct gateway *gw)
 {
 	if (http_server_route(gw->http, "/health", health, gw) < 0 ||
+	    http_server_route(gw->http, "/health/ready", ready, gw) < 0 ||
 	    http_server_route(gw->http, "/metrics", metrics, gw) < 0)
 		return -1;
 	return 0;

@@ -258,22 +258,23 @@ done:
 
 /* ---- one attempt ---------------------------------------------------------------------- */
 
+/* ";url=outcome:ms" onto the request's attempts column, whole or not at all. */
 static void attempt_log_add(struct proxy_req *px, const char *url, const char *outcome,
                             int64_t ms)
 {
-	char num[24];
-	size_t n = fmt_dec(num, (uint64_t)(ms < 0 ? 0 : ms));
+	char tail[64];
+	int n = snprintf(tail, sizeof(tail), "=%s:%lld", outcome, (long long)(ms < 0 ? 0 : ms));
+	size_t ul = strlen(url), need = px->attempt_log_len + 1 + ul + (size_t)n + 1;
+	char *w;
 
+	if (n < 0 || buf_grow(&px->attempt_log, &px->attempt_log_cap, need, 256) < 0)
+		return;
+	w = px->attempt_log + px->attempt_log_len;
 	if (px->attempt_log_len)
-		buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, ";", 1, 256);
-	buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, url, strlen(url), 256);
-	buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, "=", 1, 256);
-	buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, outcome,
-	           strlen(outcome), 256);
-	buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, ":", 1, 256);
-	if (buf_append(&px->attempt_log, &px->attempt_log_len, &px->attempt_log_cap, num, n + 1,
-	               256) == 0)
-		px->attempt_log_len--;   /* the NUL is there, not counted */
+		*w++ = ';';
+	memcpy(w, url, ul);
+	memcpy(w + ul, tail, (size_t)n + 1);
+	px->attempt_log_len = (size_t)(w + ul + n - px->attempt_log);
 }
 
 void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long status,

@@ -15,6 +15,7 @@
 #include "control.h"
 #include "endpoints.h"
 #include "gateway.h"
+#include "health.h"
 #include "http.h"
 #include "keyusage.h"
 #include "log.h"
@@ -34,6 +35,7 @@ struct runtime {
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *drain_poll, *drain_deadline, *usage_flush;
 	struct keyusage *usage;    /* saves the keys' last-used times off the loop */
+	struct health *health;     /* active health checks of the routes that ask for them */
 	int signals_seen;
 };
 
@@ -133,6 +135,8 @@ static int run_check(struct config *cfg)
 		return 1;
 	}
 	printf("%s: %zu routes OK\n", cfg->routes_dir, t->n);
+	for (size_t i = 0; i < t->n; i++)
+		route_print_pool(t->routes[i], stdout);
 	route_table_unref(t);
 	return 0;
 }
@@ -282,6 +286,8 @@ static void shutdown_all(struct runtime *rt)
 	/* every request has finished and been handed over: write the rest of the trail */
 	if (gw->audit)
 		audit_close(gw->audit);
+	health_stop(rt->health);   /* its checks use the transports */
+	rt->health = NULL;
 	transport_curl_free(gw->transports[TR_KIND_CURL]);
 	transport_h1_free(gw->transports[TR_KIND_NATIVE]);
 	keystore_close(gw->keys);
@@ -372,6 +378,11 @@ int main(int argc, char **argv)
 	gw->transports[TR_KIND_NATIVE] = transport_h1_new(gw->base, &err);
 	if (!gw->transports[TR_KIND_NATIVE]) {
 		log_error("%s", err);
+		goto out;
+	}
+	rt.health = health_start(gw);
+	if (!rt.health) {
+		log_error("out of memory");
 		goto out;
 	}
 	if (reqdone_subscribe(&gw->done, metrics_on_done, gw) < 0 ||

@@ -54,6 +54,8 @@ struct target_state {
 	int health_ok_run, health_fail_run;
 	bool health_checked;         /* a verdict has been reached */
 	bool health_ok;
+	bool health_busy;            /* a check is under way */
+	int64_t health_next_ms;      /* monotonic time of the next check */
 	/* counters for the metrics */
 	uint64_t attempts[OUTCOME_COUNT];
 	uint64_t transitions[3];     /* by the breaker state moved to */

@@ -104,7 +104,7 @@ static void emit_done(struct proxy_req *px, double total_s)
 			row.upstream = empty_to_null(px->route->targets[px->att.target].origin);
 	}
 	row.retries = px->retries;
-	/* row.attempts = px->attempt_log_len ? px->attempt_log : NULL; (with the audit column) */
+	row.attempts = px->attempt_log_len ? px->attempt_log : NULL;
 	row.status = (int)px->status;
 	row.latency_ms = total_s * 1000.0;
 	row.ttfb_ms = px->att.ttfb_s >= 0 ? px->att.ttfb_s * 1000.0 : -1;

@@ -1698,7 +1698,7 @@ static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struc
 	if (seen[K_RETRY])
 		parse_retry(c, seen[K_RETRY], r);
 	breaker_cfg_defaults(&r->breaker);
-	r->breaker_on = seen[K_BREAKER] || r->n_targets > 1;
+	r->breaker_on = seen[K_BREAKER] || seen[K_HEALTH] || r->n_targets > 1;
 	if (seen[K_BREAKER])
 		parse_breaker(c, seen[K_BREAKER], r);
 	if (seen[K_HEALTH])
@@ -2061,4 +2061,52 @@ struct route_table *route_table_load(const char *dir, struct errlist *errs)
 		free(paths[i]);
 	free(paths);
 	return t;
+}
+
+void route_print_pool(const struct route *r, FILE *out)
+{
+	static const struct { unsigned bit; const char *w; } on_words[] = {
+		{ RETRY_ON_CONNECT, "connect" }, { RETRY_ON_TIMEOUT, "timeout" },
+		{ RETRY_ON_RESET, "reset" }, { RETRY_ON_PROTOCOL, "protocol" },
+		{ RETRY_ON_429, "429" }, { RETRY_ON_5XX, "5xx" },
+	};
+	const char *sep = "";
+
+	fprintf(out, "  %s (%s:%d): %zu upstream%s, %s\n", r->name, r->file, r->line, r->n_targets,
+	        r->n_targets == 1 ? "" : "s", balance_kind_name(r->balance));
+	for (size_t i = 0; i < r->n_targets; i++) {
+		const struct route_target *t = &r->targets[i];
+
+		fprintf(out, "    %s/%zu %s weight %d tier %d%s%s%s\n", r->name, i, t->url, t->weight,
+		        t->priority, t->model ? " model " : "", t->model ? t->model : "",
+		        t->api_key ? " key set" : "");
+	}
+	fprintf(out, "    retry: %d attempt%s on ", r->retry.attempts, r->retry.attempts == 1 ? "" : "s");
+	for (size_t i = 0; i < sizeof(on_words) / sizeof(on_words[0]); i++)
+		if (r->retry.on & on_words[i].bit) {
+			fprintf(out, "%s%s", sep, on_words[i].w);
+			sep = ",";
+		}
+	for (size_t i = 0; i < r->retry.n_codes; i++) {
+		fprintf(out, "%s%d", sep, r->retry.codes[i]);
+		sep = ",";
+	}
+	fprintf(out, "%s", *sep ? "" : "nothing");
+	if (r->retry.deadline_s)
+		fprintf(out, ", deadline %d s", r->retry.deadline_s);
+	fprintf(out, "\n");
+	if (r->breaker_on)
+		fprintf(out, "    breaker: %d failures or %d%% of %d in a minute, cooldown %d s up to %d s\n",
+		        r->breaker.failures, r->breaker.error_rate, r->breaker.min_requests,
+		        r->breaker.cooldown_s, r->breaker.max_cooldown_s);
+	else
+		fprintf(out, "    breaker: off\n");
+	if (r->health.path)
+		fprintf(out, "    health: GET %s every %d s (timeout %d s, %d to pass, %d to fail)\n",
+		        r->health.path, r->health.interval_s, r->health.timeout_s, r->health.healthy,
+		        r->health.unhealthy);
+	for (size_t i = 0; i < r->n_fallback; i++)
+		fprintf(out, "%s%s", i ? ", " : "    fallback: ", r->fallback[i]);
+	if (r->n_fallback)
+		fprintf(out, "\n");
 }

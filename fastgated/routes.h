@@ -8,6 +8,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <jansson.h>
 
 #include "balance.h"
@@ -168,6 +169,10 @@ enum route_match_result { ROUTE_MATCHED = 0, ROUTE_NO_MATCH = -1, ROUTE_BAD_BODY
  * a JSON object (the caller answers 400). */
 enum route_match_result route_match(const struct route_table *t, struct route_request *rq,
                                     const struct route **out);
+
+/* The route's pool for `fastgated --check`: its upstreams (never a key), balance, retry
+ * policy, breaker, health checks and fallbacks, a few indented lines. */
+void route_print_pool(const struct route *r, FILE *out);
 
 /* Path pattern match: exact, `*` within one segment, `**` across segments, `{name}` one
  * non-empty segment; anything else literal. Exposed for tests. */
