@@ -12,6 +12,12 @@
  *   POST /v1/chat/completions  chat.completion, or SSE chat.completion.chunk events when
  *                              "stream": true. Text: "Hello from mock." plus
  *                              " You said: <last user message, first 200 characters>".
+ *                              A stream opens, as OpenAI's do, with one content-free event,
+ *                              delta {"role":"assistant","content":""}, sent with the head;
+ *                              then the content chunks (the first at once, the next ones
+ *                              X-Mock-Delay-Ms apart; the last has finish_reason "stop"),
+ *                              a usage-only chunk when stream_options.include_usage is
+ *                              true, and "data: [DONE]".
  *   GET  /v1/models            a model list (demo-model, mock-gpt).
  *   GET  /__mock/stats         counters and the last request (not counted as a request).
  *   POST /__mock/reset         zeros the counters and forgets the last request.
@@ -19,14 +25,16 @@
  *   Every response carries X-Mock-Received-Auth: <Authorization received>, when one was.
  *
  * Request headers (all optional) that change the answer:
- *   X-Mock-Chunks: N                content chunks in a stream, 1..100000 (default 5)
+ *   X-Mock-Chunks: N                content chunks in a stream (not counting the role-only
+ *                                   first event), 1..100000 (default 5)
  *   X-Mock-Delay-Ms: N              pause between stream chunks (default 0)
  *   X-Mock-First-Byte-Delay-Ms: N   pause before anything is sent (default 0)
  *   X-Mock-Fail: 500 | status:NNN | hang | reset | reset-mid | garbage | slow
  * A malformed mock header gets a 400 whose error code is "mock_bad_header".
  * X-Mock-Fail applies to every non-control path. On chat, "slow" (1000 ms between chunks
- * unless X-Mock-Delay-Ms says otherwise) and "reset-mid" (headers and 2 chunks, then RST)
- * always stream; elsewhere "slow" delays the answer as much and "reset-mid" is "reset".
+ * unless X-Mock-Delay-Ms says otherwise) and "reset-mid" (head, role event and 2 content
+ * chunks, then RST) always stream; elsewhere "slow" delays the answer as much and
+ * "reset-mid" is "reset".
  * The first-byte delay comes first in every mode.
  *
  * Stats: "requests" and "chat" count every arrival (failed ones too). A stream is
@@ -843,6 +851,13 @@ static json_t *chunk_json(const struct pending *p, json_t *choices, json_t *usag
 	return c;
 }
 
+/* The content-free first chunk OpenAI opens every stream with: delta {role, content ""}. */
+static json_t *role_chunk(const struct pending *p)
+{
+	return chunk_json(p, json_pack("[{s:i,s:{s:s,s:s},s:n,s:n}]", "index", 0,
+	    "delta", "role", "assistant", "content", "", "logprobs", "finish_reason"), NULL);
+}
+
 /* The chunk carrying content piece p->sent. */
 static json_t *content_chunk(const struct pending *p)
 {
@@ -851,12 +866,9 @@ static json_t *content_chunk(const struct pending *p)
 	size_t from = piece_start(text, len, p->sent, p->ans.chunks);
 	size_t to = piece_start(text, len, p->sent + 1, p->ans.chunks);
 	int last = p->sent + 1 == p->ans.chunks;
-	json_t *delta = json_object();
 
-	json_object_set_new(delta, "content", json_stringn(text + from, to - from));
-	if (p->sent == 0)
-		json_object_set_new(delta, "role", json_string("assistant"));
-	return chunk_json(p, json_pack("[{s:i,s:o,s:n,s:s?}]", "index", 0, "delta", delta,
+	return chunk_json(p, json_pack("[{s:i,s:{s:s%},s:n,s:s?}]", "index", 0,
+	    "delta", "content", text + from, to - from,
 	    "logprobs", "finish_reason", last ? "stop" : NULL), NULL);
 }
 
@@ -916,6 +928,7 @@ static void stream_begin(struct pending *p)
 	evhttp_send_reply_start(p->req, 200, "OK");
 	p->state = PEND_STREAM;
 	p->conn->mock->stats.streams_started++;
+	stream_event(p, role_chunk(p), NULL);
 	stream_step(p);
 }
 

@@ -368,7 +368,8 @@ def cmd_ttfb(a):
 
 
 def content_event_times(r):
-    """Arrival times of the content chunks (not [DONE], not a usage-only chunk)."""
+    """Arrival times of the content chunks (not [DONE], not a usage-only chunk, not the
+    content-free role event a stream opens with)."""
     out = []
     for t, ev in r.events:
         data = b"\n".join(ln[5:].strip() for ln in ev.split(b"\n") if ln.startswith(b"data:"))
@@ -378,7 +379,7 @@ def content_event_times(r):
             obj = json.loads(data)
         except ValueError:
             continue
-        if obj.get("choices"):
+        if obj.get("choices") and obj["choices"][0].get("delta", {}).get("content"):
             out.append(t)
     return out
 

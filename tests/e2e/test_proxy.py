@@ -437,7 +437,8 @@ def test_slow_reader_pauses_the_upstream_and_still_gets_everything(c):
     lines = [ln for ln in dechunk_lines(f) if ln.startswith(b"data: ")]
     f.close()
     s.close()
-    assert lines[-1] == b"data: [DONE]\n" and len(lines) == 60001, (len(lines), lines[-1])
+    # the role-only first event, 60000 content chunks, [DONE]
+    assert lines[-1] == b"data: [DONE]\n" and len(lines) == 60002, (len(lines), lines[-1])
     assert metric(c, "fastgate_upstream_pauses_total") > before
 
 
@@ -764,8 +765,9 @@ def test_upstream_reset_mid_stream_gets_the_client_what_was_relayed_then_a_cut(c
         if data.startswith(b"HTTP/1.1 502 "):
             continue   # the reset came before any body byte: a clean gateway error
         assert data.startswith(b"HTTP/1.1 200 "), data[:100]
-        # the two content chunks, then an error event the SDKs raise on, then the cut
-        assert data.count(b"data: {") == 3 and b"[DONE]" not in data, (delay, data[-200:])
+        # the role-only first event, 2 content chunks, then an error event the SDKs raise
+        # on, then the cut
+        assert data.count(b"data: {") == 4 and b"[DONE]" not in data, (delay, data[-200:])
         assert b'data: {"error":{' in data and b'"code":"reset"' in data, data[-300:]
         assert not data.endswith(b"0\r\n\r\n"), "a cut stream must not look complete"
 
