@@ -30,16 +30,29 @@
  *   X-Mock-Delay-Ms: N              pause between stream chunks (default 0)
  *   X-Mock-First-Byte-Delay-Ms: N   pause before anything is sent (default 0)
  *   X-Mock-Fail: 500 | status:NNN | hang | reset | reset-mid | garbage | slow
+ *                | close-after-head | fail-after-content
  * A malformed mock header gets a 400 whose error code is "mock_bad_header".
- * X-Mock-Fail applies to every non-control path. On chat, "slow" (1000 ms between chunks
- * unless X-Mock-Delay-Ms says otherwise) and "reset-mid" (head, role event and 2 content
- * chunks, then RST) always stream; elsewhere "slow" delays the answer as much and
- * "reset-mid" is "reset".
- * The first-byte delay comes first in every mode.
+ * X-Mock-Fail applies to every non-control path. The first-byte delay comes first in
+ * every mode. On chat (stream or not):
+ *   slow                1000 ms between chunks unless X-Mock-Delay-Ms says otherwise;
+ *                       always streams.
+ *   reset-mid           always streams: head, role event and min(2, X-Mock-Chunks) content
+ *                       chunks, then an RST.
+ *   close-after-head    always streams: the 200 head (text/event-stream, chunked), then ONE
+ *                       HTTP chunk holding the SSE comment ": ping" (its own blank-line
+ *                       ended block) and the role event, then a plain close (FIN, no RST):
+ *                       no content, no [DONE], no terminating 0-chunk.
+ *   fail-after-content  always streams: the same head and first HTTP chunk (": ping" and the
+ *                       role event), then ONE content chunk, delta {"content":"Hello"}
+ *                       (whatever X-Mock-Chunks says), then an RST: no [DONE].
+ * A cut stream never carries finish_reason "stop"; X-Mock-Delay-Ms spaces its content
+ * chunks only (the cut follows the last one once it is written). Elsewhere "slow" delays
+ * the answer as much, and reset-mid, close-after-head and fail-after-content are "reset".
  *
  * Stats: "requests" and "chat" count every arrival (failed ones too). A stream is
  * "completed" once [DONE] is queued, "aborted" when the client leaves before that;
- * reset-mid streams are neither. "open_connections" counts live connections that have
+ * reset-mid, close-after-head and fail-after-content streams are neither (but are
+ * "started"). "open_connections" counts live connections that have
  * carried a non-control request, and /__mock/reset leaves it alone.
  *
  * Token counts are ceil(bytes / 4): prompt over the text of all messages, completion over
@@ -84,9 +97,15 @@
 #define CHAT_PATH       "/v1/chat/completions"
 #define MODELS_PATH     "/v1/models"
 #define GARBAGE_BYTES   "\x01\x02 THIS IS NOT HTTP \xff\xfe\r\n\r\n"
+#define PING_COMMENT    ": ping\n\n"
+#define AFTER_CONTENT_TEXT "Hello"
+
+#define FAIL_VALUES "500, status:NNN, hang, reset, reset-mid, garbage, slow, " \
+	"close-after-head or fail-after-content"
 
 enum fail_mode {
-	FAIL_NONE, FAIL_STATUS, FAIL_HANG, FAIL_RESET, FAIL_RESET_MID, FAIL_GARBAGE, FAIL_SLOW
+	FAIL_NONE, FAIL_STATUS, FAIL_HANG, FAIL_RESET, FAIL_RESET_MID, FAIL_GARBAGE, FAIL_SLOW,
+	FAIL_CLOSE_AFTER_HEAD, FAIL_FAIL_AFTER_CONTENT
 };
 
 /* What the X-Mock-* headers of one request ask for. */
@@ -100,6 +119,13 @@ struct plan {
 
 enum answer_kind { ANS_JSON, ANS_STREAM, ANS_HANG, ANS_RESET, ANS_GARBAGE };
 
+/* How a stream that is cut short ends. */
+enum cut_how {
+	CUT_NONE,               /* it is not: content, then [DONE] */
+	CUT_RST,                /* reset-mid, fail-after-content: an RST */
+	CUT_FIN                 /* close-after-head: a plain close, the chunked body unended */
+};
+
 /* Everything needed to answer one request, decided when it arrives. */
 struct answer {
 	enum answer_kind kind;
@@ -111,7 +137,11 @@ struct answer {
 	json_int_t created;
 	int chunks;
 	long delay_ms;
-	int reset_after;        /* ANS_STREAM: RST after this many chunks, 0 = never */
+	enum cut_how cut;       /* ANS_STREAM */
+	int cut_after;          /* ANS_STREAM: content chunks before the cut (0: right after
+				 * the role event); unused when cut is CUT_NONE */
+	int ping;               /* ANS_STREAM: an SSE comment ": ping" goes ahead of the role
+				 * event, in the same HTTP chunk */
 	int include_usage;
 	json_int_t prompt_tokens;
 	json_int_t completion_tokens;
@@ -121,7 +151,7 @@ enum pending_state {
 	PEND_WAIT,              /* first-byte delay running */
 	PEND_HANG,              /* never answered; waits for the client to leave */
 	PEND_STREAM,            /* headers sent, chunks going out */
-	PEND_CUT,               /* reset-mid: last chunk queued, RST once it is written */
+	PEND_CUT,               /* cut stream: last chunk queued, RST or close once written */
 	PEND_CLOSING            /* connection already dead or doomed; free it next turn */
 };
 
@@ -385,6 +415,10 @@ static int parse_fail(const char *v, struct plan *plan)
 		plan->fail = FAIL_GARBAGE;
 	} else if (strcmp(v, "slow") == 0) {
 		plan->fail = FAIL_SLOW;
+	} else if (strcmp(v, "close-after-head") == 0) {
+		plan->fail = FAIL_CLOSE_AFTER_HEAD;
+	} else if (strcmp(v, "fail-after-content") == 0) {
+		plan->fail = FAIL_FAIL_AFTER_CONTENT;
 	} else {
 		return -1;
 	}
@@ -399,7 +433,7 @@ static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answ
 	const char *v;
 	const char *bad = NULL;
 	long n;
-	char msg[160];
+	char msg[192];
 
 	memset(plan, 0, sizeof(*plan));
 	plan->chunks = DEFAULT_CHUNKS;
@@ -417,7 +451,7 @@ static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answ
 	    && parse_long(v, 0, MAX_DELAY_MS, &plan->first_byte_ms) < 0)
 		bad = "X-Mock-First-Byte-Delay-Ms (want 0..3600000)";
 	if ((v = evhttp_find_header(h, "X-Mock-Fail")) != NULL && parse_fail(v, plan) < 0)
-		bad = "X-Mock-Fail (want 500, status:NNN, hang, reset, reset-mid, garbage or slow)";
+		bad = "X-Mock-Fail (want " FAIL_VALUES ")";
 	if (!bad)
 		return 0;
 	snprintf(msg, sizeof(msg), "mock upstream: bad header %s", bad);
@@ -588,7 +622,27 @@ static void chat_answer(struct mock *m, struct evhttp_request *req, const struct
 		ans->delay_ms = plan->delay_ms < 0 ? SLOW_DELAY_MS : plan->delay_ms;
 		ans->kind = ANS_STREAM;
 	} else if (plan->fail == FAIL_RESET_MID) {
-		ans->reset_after = plan->chunks < 2 ? plan->chunks : 2;
+		ans->cut = CUT_RST;
+		ans->cut_after = plan->chunks < 2 ? plan->chunks : 2;
+		ans->kind = ANS_STREAM;
+	} else if (plan->fail == FAIL_CLOSE_AFTER_HEAD) {
+		ans->cut = CUT_FIN;
+		ans->cut_after = 0;
+		ans->ping = 1;
+		ans->kind = ANS_STREAM;
+	} else if (plan->fail == FAIL_FAIL_AFTER_CONTENT) {
+		/* token counts stay those of the full text: no usage chunk is ever sent */
+		free(ans->text);
+		ans->text = strdup(AFTER_CONTENT_TEXT);
+		if (!ans->text) {
+			answer_error(ans, 500, "mock upstream: out of memory", "server_error",
+			    "server_error");
+			goto done;
+		}
+		ans->chunks = 1;
+		ans->cut = CUT_RST;
+		ans->cut_after = 1;
+		ans->ping = 1;
 		ans->kind = ANS_STREAM;
 	} else if (json_is_true(json_object_get(request, "stream"))) {
 		ans->kind = ANS_STREAM;
@@ -633,6 +687,8 @@ static void route(struct mock *m, struct evhttp_request *req, const struct plan 
 		ans->kind = ANS_GARBAGE;
 		return;
 	case FAIL_RESET_MID:
+	case FAIL_CLOSE_AFTER_HEAD:
+	case FAIL_FAIL_AFTER_CONTENT:
 		if (!chat) {
 			ans->kind = ANS_RESET;
 			return;
@@ -819,15 +875,17 @@ static void garbage(struct pending *p)
 
 /* Streaming. */
 
-/* Queues one SSE event carrying chunk (consumed). written, if set, runs once it is on the
- * wire. */
-static void stream_event(struct pending *p, json_t *chunk,
+/* Queues one SSE event carrying chunk (consumed) as one HTTP chunk, after prefix (raw SSE
+ * text, or NULL). written, if set, runs once it is on the wire. */
+static void stream_event(struct pending *p, const char *prefix, json_t *chunk,
     void (*written)(struct evhttp_connection *, void *))
 {
 	struct evbuffer *buf = evbuffer_new();
 	char *text = chunk ? json_dumps(chunk, JSON_COMPACT) : NULL;
 
 	if (buf && text) {
+		if (prefix)
+			evbuffer_add(buf, prefix, strlen(prefix));
 		evbuffer_add_printf(buf, "data: %s\n\n", text);
 		evhttp_send_reply_chunk_with_cb(p->req, buf, written, p);
 	}
@@ -865,7 +923,8 @@ static json_t *content_chunk(const struct pending *p)
 	size_t len = strlen(text);
 	size_t from = piece_start(text, len, p->sent, p->ans.chunks);
 	size_t to = piece_start(text, len, p->sent + 1, p->ans.chunks);
-	int last = p->sent + 1 == p->ans.chunks;
+	/* a stream that is cut short never finishes */
+	int last = p->sent + 1 == p->ans.chunks && p->ans.cut == CUT_NONE;
 
 	return chunk_json(p, json_pack("[{s:i,s:{s:s%},s:n,s:s?}]", "index", 0,
 	    "delta", "content", text + from, to - from,
@@ -879,7 +938,8 @@ static void cut_written(struct evhttp_connection *evcon, void *arg)
 	(void)evcon;
 	if (p->state != PEND_CUT)
 		return;
-	tcp_reset(p->conn);
+	if (p->ans.cut == CUT_RST)
+		tcp_reset(p->conn);
 	close_later(p);
 }
 
@@ -889,7 +949,7 @@ static void stream_end(struct pending *p)
 	struct evbuffer *done = evbuffer_new();
 
 	if (p->ans.include_usage)
-		stream_event(p, chunk_json(p, json_array(), usage_json(&p->ans)), NULL);
+		stream_event(p, NULL, chunk_json(p, json_array(), usage_json(&p->ans)), NULL);
 	if (done) {
 		evbuffer_add_printf(done, "data: [DONE]\n\n");
 		evhttp_send_reply_chunk(req, done);
@@ -904,11 +964,11 @@ static void stream_end(struct pending *p)
 static void stream_step(struct pending *p)
 {
 	do {
-		int cut = p->ans.reset_after && p->sent + 1 == p->ans.reset_after;
+		int cut = p->ans.cut != CUT_NONE && p->sent + 1 == p->ans.cut_after;
 
 		if (cut)
 			p->state = PEND_CUT;
-		stream_event(p, content_chunk(p), cut ? cut_written : NULL);
+		stream_event(p, NULL, content_chunk(p), cut ? cut_written : NULL);
 		p->sent++;
 		if (cut)
 			return;
@@ -928,7 +988,12 @@ static void stream_begin(struct pending *p)
 	evhttp_send_reply_start(p->req, 200, "OK");
 	p->state = PEND_STREAM;
 	p->conn->mock->stats.streams_started++;
-	stream_event(p, role_chunk(p), NULL);
+	if (p->ans.cut != CUT_NONE && p->ans.cut_after == 0) {
+		p->state = PEND_CUT;
+		stream_event(p, p->ans.ping ? PING_COMMENT : NULL, role_chunk(p), cut_written);
+		return;
+	}
+	stream_event(p, p->ans.ping ? PING_COMMENT : NULL, role_chunk(p), NULL);
 	stream_step(p);
 }
 
