@@ -6,7 +6,8 @@
  * Usage: mock-upstream [--listen HOST:PORT] [-v]
  *   Default 127.0.0.1:8515; port 0 lets the OS pick. After binding, prints exactly one line
  *   "listening HOST:PORT" (the real port) on stdout. SIGTERM/SIGINT exit 0. -v logs each
- *   request to stderr.
+ *   request to stderr. The listener has SO_REUSEADDR, so a mock killed on a fixed port can
+ *   be started again on it at once (connections left in TIME_WAIT do not block the bind).
  *
  * Routes:
  *   POST /v1/chat/completions  chat.completion, or SSE chat.completion.chunk events when
@@ -19,21 +20,32 @@
  *                              a usage-only chunk when stream_options.include_usage is
  *                              true, and "data: [DONE]".
  *   GET  /v1/models            a model list (demo-model, mock-gpt).
- *   GET  /__mock/stats         counters and the last request (not counted as a request).
- *   POST /__mock/reset         zeros the counters and forgets the last request.
+ *   GET  /__mock/stats         counters, the sticky behaviour and the last request (not
+ *                              counted as a request).
+ *   POST /__mock/reset         zeros the counters, forgets the last request and clears the
+ *                              sticky behaviour.
+ *   POST /__mock/behave        sets the sticky behaviour (below).
  *   anything else              200 echo: {method, uri, path, headers, body}.
  *   Every response carries X-Mock-Received-Auth: <Authorization received>, when one was.
+ *   Paths under /__mock/ are control requests: never counted, never faulted; other
+ *   /__mock/ paths and methods get a 404 "unknown_url".
  *
  * Request headers (all optional) that change the answer:
  *   X-Mock-Chunks: N                content chunks in a stream (not counting the role-only
  *                                   first event), 1..100000 (default 5)
- *   X-Mock-Delay-Ms: N              pause between stream chunks (default 0)
- *   X-Mock-First-Byte-Delay-Ms: N   pause before anything is sent (default 0)
+ *   X-Mock-Delay-Ms: N              pause between stream chunks, 0..3600000 (default 0)
+ *   X-Mock-First-Byte-Delay-Ms: N   pause before anything is sent, 0..3600000 (default 0)
+ *   X-Mock-Retry-After: S           with a forced status (500 or status:NNN), the answer
+ *                                   carries "Retry-After: S", S in 0..2147483647; ignored
+ *                                   in the other modes
  *   X-Mock-Fail: 500 | status:NNN | hang | reset | reset-mid | garbage | slow
  *                | close-after-head | fail-after-content
- * A malformed mock header gets a 400 whose error code is "mock_bad_header".
+ * A malformed mock header gets a 400 whose error code is "mock_bad_header" (no fault and
+ * no Retry-After then; a valid first-byte delay still comes first).
  * X-Mock-Fail applies to every non-control path. The first-byte delay comes first in
- * every mode. On chat (stream or not):
+ * every mode. "500" and "status:NNN" (200..599) answer an OpenAI-shaped error JSON with
+ * that status; "hang" never answers; "reset" sends an RST before any byte; "garbage"
+ * sends bytes that are not HTTP and closes. On chat (stream or not):
  *   slow                1000 ms between chunks unless X-Mock-Delay-Ms says otherwise;
  *                       always streams.
  *   reset-mid           always streams: head, role event and min(2, X-Mock-Chunks) content
@@ -49,11 +61,32 @@
  * chunks only (the cut follows the last one once it is written). Elsewhere "slow" delays
  * the answer as much, and reset-mid, close-after-head and fail-after-content are "reset".
  *
- * Stats: "requests" and "chat" count every arrival (failed ones too). A stream is
- * "completed" once [DONE] is queued, "aborted" when the client leaves before that;
- * reset-mid, close-after-head and fail-after-content streams are neither (but are
- * "started"). "open_connections" counts live connections that have
- * carried a non-control request, and /__mock/reset leaves it alone.
+ * Sticky behaviour: POST /__mock/behave with a JSON object body
+ *   {"fail": F, "times": N, "retry_after": S, "first_byte_delay_ms": N, "delay_ms": N}
+ * makes this instance plan every later non-control request as if it carried
+ * X-Mock-Fail: F, X-Mock-Retry-After: S, X-Mock-First-Byte-Delay-Ms and X-Mock-Delay-Ms
+ * (same values and ranges as the headers; F is a string). Each header a request does carry
+ * wins over the matching field, field by field. Every field is optional and null is the
+ * same as leaving it out. "times" (1..1000000000; default unlimited) is how many
+ * non-control requests it applies to: every such arrival uses one up, whatever its path
+ * and its own headers (a request answered 400 for a bad mock header too); when none are
+ * left the behaviour is cleared and the instance behaves normally again. Setting one
+ * replaces the previous one (and its count); {} (or only nulls) clears it, as does
+ * POST /__mock/reset. Answer: 200 {"ok":true}. A body that is not a JSON object, a
+ * duplicate or unknown field, or a bad value gets a 400 whose error code is
+ * "mock_bad_header" and whose message names the field; the behaviour is then unchanged.
+ * This lets one of several mocks behind a gateway route misbehave while the others,
+ * receiving the same forwarded headers, behave.
+ *
+ * Stats: "requests" and "chat" count every non-control arrival (faulted ones and ones
+ * with a bad mock header too). "faulted" counts the requests planned with an X-Mock-Fail
+ * mode, whether the header or the sticky behaviour chose it (delays alone are no fault).
+ * A stream is "started" once its head is queued, "completed" once [DONE] is queued,
+ * "aborted" when the client leaves before that; reset-mid, close-after-head and
+ * fail-after-content streams are started but neither completed nor aborted.
+ * "open_connections" counts live connections that have carried a non-control request,
+ * and /__mock/reset leaves it alone. "behave" is the sticky behaviour's fields plus
+ * "times_left" (null: unlimited), or null when none is set.
  *
  * Token counts are ceil(bytes / 4): prompt over the text of all messages, completion over
  * the answer text; stream and non-stream report the same numbers.
@@ -86,6 +119,8 @@
 #define DEFAULT_CHUNKS  5
 #define MAX_CHUNKS 100000
 #define MAX_DELAY_MS    3600000L
+#define MAX_RETRY_AFTER 2147483647L
+#define MAX_TIMES       1000000000L
 #define SLOW_DELAY_MS   1000
 #define ECHO_MAX_CHARS  200
 #define CONN_BUCKETS    4096
@@ -108,13 +143,27 @@ enum fail_mode {
 	FAIL_CLOSE_AFTER_HEAD, FAIL_FAIL_AFTER_CONTENT
 };
 
-/* What the X-Mock-* headers of one request ask for. */
+/* What the X-Mock-* headers of one request (over the sticky behaviour) ask for. */
 struct plan {
 	enum fail_mode fail;
 	int status;             /* FAIL_STATUS */
 	int chunks;
-	long delay_ms;          /* -1 when the header is absent */
+	long delay_ms;          /* -1 when neither header nor behaviour sets it */
 	long first_byte_ms;
+	long retry_after;       /* -1: no Retry-After on a forced status */
+};
+
+/* The sticky behaviour POST /__mock/behave sets: every later non-control request is
+ * planned as if it carried the matching X-Mock-* headers (its own headers still win). */
+struct behave {
+	int set;
+	enum fail_mode fail;    /* FAIL_NONE: not set */
+	int status;             /* FAIL_STATUS */
+	long times;             /* requests it still applies to; -1 = unlimited */
+	long retry_after;       /* -1: not set (likewise below) */
+	long first_byte_ms;
+	long delay_ms;
+	json_t *spec;           /* the fields that set it, as the stats show them; owned */
 };
 
 enum answer_kind { ANS_JSON, ANS_STREAM, ANS_HANG, ANS_RESET, ANS_GARBAGE };
@@ -183,6 +232,7 @@ struct stats {
 	json_int_t streams_aborted;
 	json_int_t open_connections;
 	json_int_t connections_total;   /* ever accepted (that sent a request): shows reuse */
+	json_int_t faulted;     /* requests answered in an X-Mock-Fail mode (header or sticky) */
 };
 
 struct mock {
@@ -191,6 +241,7 @@ struct mock {
 	struct conn *conns[CONN_BUCKETS];
 	struct stats stats;
 	json_t *last;           /* the last non-control request, or NULL */
+	struct behave behave;
 	unsigned long next_id;
 	int verbose;
 };
@@ -362,12 +413,13 @@ static void answer_error(struct answer *ans, int status, const char *message,
 /* The error a real upstream would send with this status. */
 static void answer_forced_status(struct answer *ans, int status)
 {
-	char msg[96];
+	char msg[112];
 	char code[32];
 	const char *type = "invalid_request_error";
 	const char *c = code;
 
-	snprintf(msg, sizeof(msg), "mock upstream: forced status %d (X-Mock-Fail)", status);
+	snprintf(msg, sizeof(msg), "mock upstream: forced status %d (X-Mock-Fail or /__mock/behave)",
+	    status);
 	snprintf(code, sizeof(code), "mock_status_%d", status);
 	if (status == 401) {
 		c = "invalid_api_key";
@@ -425,9 +477,10 @@ static int parse_fail(const char *v, struct plan *plan)
 	return 0;
 }
 
-/* Fills plan from the request headers; on a malformed header, turns ans into a 400 naming
- * it and returns -1. */
-static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answer *ans)
+/* Fills plan from the sticky behaviour b (if set), then from the request headers, which
+ * win; on a malformed header, turns ans into a 400 naming it and returns -1. */
+static int plan_parse(struct evhttp_request *req, const struct behave *b, struct plan *plan,
+    struct answer *ans)
 {
 	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
 	const char *v;
@@ -438,6 +491,14 @@ static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answ
 	memset(plan, 0, sizeof(*plan));
 	plan->chunks = DEFAULT_CHUNKS;
 	plan->delay_ms = -1;
+	plan->retry_after = -1;
+	if (b->set) {
+		plan->fail = b->fail;
+		plan->status = b->status;
+		plan->delay_ms = b->delay_ms;
+		plan->first_byte_ms = b->first_byte_ms < 0 ? 0 : b->first_byte_ms;
+		plan->retry_after = b->retry_after;
+	}
 	if ((v = evhttp_find_header(h, "X-Mock-Chunks")) != NULL) {
 		if (parse_long(v, 1, MAX_CHUNKS, &n) < 0)
 			bad = "X-Mock-Chunks (want 1..100000)";
@@ -450,6 +511,9 @@ static int plan_parse(struct evhttp_request *req, struct plan *plan, struct answ
 	if ((v = evhttp_find_header(h, "X-Mock-First-Byte-Delay-Ms")) != NULL
 	    && parse_long(v, 0, MAX_DELAY_MS, &plan->first_byte_ms) < 0)
 		bad = "X-Mock-First-Byte-Delay-Ms (want 0..3600000)";
+	if ((v = evhttp_find_header(h, "X-Mock-Retry-After")) != NULL
+	    && parse_long(v, 0, MAX_RETRY_AFTER, &plan->retry_after) < 0)
+		bad = "X-Mock-Retry-After (want 0..2147483647)";
 	if ((v = evhttp_find_header(h, "X-Mock-Fail")) != NULL && parse_fail(v, plan) < 0)
 		bad = "X-Mock-Fail (want " FAIL_VALUES ")";
 	if (!bad)
@@ -671,8 +735,6 @@ static void route(struct mock *m, struct evhttp_request *req, const struct plan 
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	int chat = cmd == EVHTTP_REQ_POST && strcmp(path, CHAT_PATH) == 0;
 
-	if (chat)
-		m->stats.chat++;
 	switch (plan->fail) {
 	case FAIL_STATUS:
 		answer_forced_status(ans, plan->status);
@@ -1052,17 +1114,137 @@ static void pending_timer(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* The sticky behaviour. */
+
+static void behave_clear(struct behave *b)
+{
+	json_decref(b->spec);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Reads one optional integer field of a behave body into *out (left alone when the field is
+ * absent or null). 0, or -1 with a message naming the field in bad. */
+static int behave_int(const json_t *body, const char *key, long min, long max, long *out,
+    char *bad, size_t badlen)
+{
+	json_t *v = json_object_get(body, key);
+
+	if (!v || json_is_null(v))
+		return 0;
+	if (!json_is_integer(v) || json_integer_value(v) < min || json_integer_value(v) > max) {
+		snprintf(bad, badlen, "%s (want an integer %ld..%ld)", key, min, max);
+		return -1;
+	}
+	*out = (long)json_integer_value(v);
+	return 0;
+}
+
+/* Parses the body of POST /__mock/behave into b (cleared first; b->set stays 0 for {} or
+ * only nulls). 0, or -1 with a message naming the bad field in bad; b is then cleared. */
+static int behave_parse(const char *body, size_t len, struct behave *b, char *bad,
+    size_t badlen)
+{
+	static const char *const fields[] = { "fail", "times", "retry_after",
+	    "first_byte_delay_ms", "delay_ms" };
+	json_error_t err;
+	json_t *req = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+	    &err);
+	json_t *fail, *v;
+	const char *key;
+	struct plan plan;
+	size_t i;
+	int rc = -1;
+
+	memset(b, 0, sizeof(*b));
+	b->times = b->retry_after = b->first_byte_ms = b->delay_ms = -1;
+	if (!req) {
+		snprintf(bad, badlen, "body (not JSON: %s)", err.text);
+		return -1;
+	}
+	if (!json_is_object(req)) {
+		snprintf(bad, badlen, "body (want a JSON object)");
+		goto done;
+	}
+	json_object_foreach(req, key, v) {
+		for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+			if (strcmp(key, fields[i]) == 0)
+				break;
+		if (i == sizeof(fields) / sizeof(fields[0])) {
+			snprintf(bad, badlen, "field \"%.40s\" (want fail, times, retry_after, "
+			    "first_byte_delay_ms or delay_ms)", key);
+			goto done;
+		}
+	}
+	fail = json_object_get(req, "fail");
+	memset(&plan, 0, sizeof(plan));
+	if (fail && !json_is_null(fail)
+	    && (!json_is_string(fail) || parse_fail(json_string_value(fail), &plan) < 0)) {
+		snprintf(bad, badlen, "fail (want a string: " FAIL_VALUES ")");
+		goto done;
+	}
+	b->fail = plan.fail;
+	b->status = plan.status;
+	if (behave_int(req, "times", 1, MAX_TIMES, &b->times, bad, badlen) < 0
+	    || behave_int(req, "retry_after", 0, MAX_RETRY_AFTER, &b->retry_after, bad,
+		badlen) < 0
+	    || behave_int(req, "first_byte_delay_ms", 0, MAX_DELAY_MS, &b->first_byte_ms, bad,
+		badlen) < 0
+	    || behave_int(req, "delay_ms", 0, MAX_DELAY_MS, &b->delay_ms, bad, badlen) < 0)
+		goto done;
+	/* what the stats show: the fields given, nulls left out */
+	b->spec = json_object();
+	if (!b->spec) {
+		snprintf(bad, badlen, "body (mock upstream out of memory)");
+		goto done;
+	}
+	json_object_foreach(req, key, v) {
+		if (!json_is_null(v))
+			json_object_set(b->spec, key, v);
+	}
+	b->set = json_object_size(b->spec) > 0;
+	rc = 0;
+done:
+	json_decref(req);
+	if (rc < 0)
+		behave_clear(b);
+	return rc;
+}
+
+/* One non-control request has arrived while the behaviour was set: counts down "times". */
+static void behave_used(struct behave *b)
+{
+	if (b->set && b->times > 0 && --b->times == 0)
+		behave_clear(b);
+}
+
+/* The behaviour as the stats show it: its fields and "times_left" (null: unlimited), or
+ * NULL when none is set. Caller owns the result. */
+static json_t *behave_json(const struct behave *b)
+{
+	json_t *j;
+
+	if (!b->set)
+		return NULL;
+	j = json_deep_copy(b->spec);
+	if (j)
+		json_object_set_new(j, "times_left", b->times < 0 ? json_null()
+		    : json_integer(b->times));
+	return j;
+}
+
 /* Request entry points. */
 
 static json_t *stats_json(const struct mock *m)
 {
-	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:O?}",
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o?,s:O?}",
 	    "requests", m->stats.requests, "chat", m->stats.chat,
 	    "streams_started", m->stats.streams_started,
 	    "streams_completed", m->stats.streams_completed,
 	    "streams_aborted", m->stats.streams_aborted,
 	    "open_connections", m->stats.open_connections,
 	    "connections_total", m->stats.connections_total,
+	    "faulted", m->stats.faulted,
+	    "behave", behave_json(&m->behave),
 	    "last", m->last);
 }
 
@@ -1083,12 +1265,28 @@ static void control(struct mock *m, struct evhttp_request *req, const char *path
 		m->stats.open_connections = open;
 		json_decref(m->last);
 		m->last = NULL;
+		behave_clear(&m->behave);
 		reply = json_pack("{s:b}", "ok", 1);
+	} else if (cmd == EVHTTP_REQ_POST && strcmp(path, MOCK_PREFIX "behave") == 0) {
+		struct behave b;
+		char bad[192], msg[224];
+		size_t len;
+		const char *body = request_body(req, &len);
+
+		if (behave_parse(body, len, &b, bad, sizeof(bad)) == 0) {
+			behave_clear(&m->behave);
+			m->behave = b;
+			reply = json_pack("{s:b}", "ok", 1);
+		} else {
+			status = 400;
+			snprintf(msg, sizeof(msg), "mock upstream: bad behave %s", bad);
+			reply = error_json(msg, "invalid_request_error", "mock_bad_header");
+		}
 	} else {
 		status = 404;
 		reply = error_json("mock upstream: unknown control endpoint "
-		    "(GET /__mock/stats, POST /__mock/reset)", "invalid_request_error",
-		    "unknown_url");
+		    "(GET /__mock/stats, POST /__mock/reset, POST /__mock/behave)",
+		    "invalid_request_error", "unknown_url");
 	}
 	send_json(req, status, reply);
 	json_decref(reply);
@@ -1116,6 +1314,8 @@ static void on_request(struct evhttp_request *req, void *arg)
 	struct answer ans;
 	struct conn *conn;
 	struct pending *p;
+	char num[24];
+	int planned;
 
 	memset(&ans, 0, sizeof(ans));
 	if (auth)
@@ -1126,14 +1326,25 @@ static void on_request(struct evhttp_request *req, void *arg)
 		return;
 	}
 	m->stats.requests++;
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_POST && strcmp(path, CHAT_PATH) == 0)
+		m->stats.chat++;
 	/* Registered here, not only when an answer is deferred, so open_connections counts
 	 * every connection that has carried a request. */
 	conn = conn_get(m, evhttp_request_get_connection(req));
 	json_decref(m->last);
 	m->last = request_json(req);
-	if (plan_parse(req, &plan, &ans) == 0)
+	planned = plan_parse(req, &m->behave, &plan, &ans) == 0;
+	behave_used(&m->behave);
+	if (planned) {
 		route(m, req, &plan, m->last, &ans);
-	if (plan.fail == FAIL_SLOW && ans.kind == ANS_JSON && ans.status == 200
+		if (plan.fail != FAIL_NONE)
+			m->stats.faulted++;
+		if (plan.fail == FAIL_STATUS && plan.retry_after >= 0) {
+			snprintf(num, sizeof(num), "%ld", plan.retry_after);
+			evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", num);
+		}
+	}
+	if (planned && plan.fail == FAIL_SLOW && ans.kind == ANS_JSON && ans.status == 200
 	    && strcmp(path, CHAT_PATH) != 0)
 		plan.first_byte_ms += plan.delay_ms < 0 ? SLOW_DELAY_MS : plan.delay_ms;
 	if (m->verbose)
@@ -1310,6 +1521,7 @@ done:
 	if (sigint)
 		event_free(sigint);
 	json_decref(m.last);
+	behave_clear(&m.behave);
 	if (m.base)
 		event_base_free(m.base);
 	libevent_global_shutdown();
