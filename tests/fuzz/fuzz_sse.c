@@ -7,6 +7,8 @@
  *  - strip on, the output does not depend on where the pieces were cut, is the input with
  *    whole events left out, and every event left out is a usage-only chunk;
  *  - the usage found is the same in both modes and for every cut.
+ * sse_first_content, as the relay calls it on a growing held stream, gives the same answer
+ * as on the whole, never moves backwards or past the end, and stops only at an event's end.
  * (The request side, the body's one reading and its splice, is fuzz_reqjson.c.) */
 #include <stdbool.h>
 #include <string.h>
@@ -119,6 +121,32 @@ static void check_stripped(const uint8_t *in, size_t size, const struct scan_out
 	FUZZ_CHECK(j == o->len, "stripped output has %zu bytes the input does not", o->len - j);
 }
 
+/* The relay's hold: the stream arrives in pieces, `from` carried between calls. */
+static void check_first_content(const uint8_t *data, size_t size, uint64_t seed)
+{
+	size_t whole_from = 0, from = 0, have = 0;
+	bool whole = sse_first_content((const char *)data, size, &whole_from), split = false;
+
+	FUZZ_CHECK(whole_from <= size, "first_content: moved past the end");
+	FUZZ_CHECK(whole_from == 0 || (whole_from >= 2 && data[whole_from - 1] == '\n'),
+	           "first_content: stopped inside an event (at %zu)", whole_from);
+	for (int i = 0; i < 64 && !split; i++) {
+		size_t before = from;
+
+		have = i == 63 ? size : have + (size_t)(fuzz_next(&seed) % (size / 4 + 2));
+		if (have > size)
+			have = size;
+		split = sse_first_content((const char *)data, have, &from);
+		FUZZ_CHECK(from >= before && from <= have, "first_content: moved backwards");
+		if (have == size)
+			break;
+	}
+	FUZZ_CHECK(split == whole, "first_content: the answer depends on how the stream was cut");
+	if (!whole)
+		FUZZ_CHECK(from == whole_from, "first_content: held %zu bytes in pieces, %zu whole",
+		           from, whole_from);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	uint64_t seed = fuzz_hash(data, size) | 1;
@@ -148,6 +176,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(on_whole.buf);
 	free(on_split.buf);
 
+	check_first_content(data, size, fuzz_next(&seed));
 	if (usage_from_json((const char *)data, size, &u))
 		FUZZ_CHECK(u.found, "usage reported without found");
 	else

@@ -28,8 +28,9 @@ die() { echo "run.sh: $*" >&2; exit 2; }
 sources_of() {
   case $1 in
     reqcheck)  echo fastgated/reqcheck.c ;;
-    routes)    echo fastgated/routes.c fastgated/reqjson.c fastgated/errlist.c fastgated/util.c ;;
-    bodymatch) echo fastgated/routes.c fastgated/reqjson.c fastgated/errlist.c fastgated/util.c ;;
+    routes|bodymatch)
+               echo fastgated/routes.c fastgated/reqjson.c fastgated/errlist.c fastgated/util.c \
+                    fastgated/pool.c fastgated/balance.c fastgated/breaker.c ;;
     ctlproto)  echo fastgated/ctlproto.c ;;
     sse)       echo fastgated/usage.c ;;
     h1resp)    echo fastgated/h1resp.c ;;
@@ -52,8 +53,8 @@ fuzz_flags() {
 }
 
 pkg_flags() {
-  pkg-config --cflags --libs yaml-0.1 jansson libevent 2>/dev/null \
-    || die "pkg-config cannot find yaml-0.1, jansson and libevent (run tests/deps.sh build)"
+  pkg-config --cflags --libs yaml-0.1 jansson libevent libcrypto 2>/dev/null \
+    || die "pkg-config cannot find yaml-0.1, jansson, libevent and libcrypto (run tests/deps.sh build)"
 }
 
 # needs_build OUT SRC...: true when OUT is missing or older than a source or header.

@@ -1266,4 +1266,160 @@ TEST(shipped_routes_load_and_route_the_demo)
 	errlist_clear(&e);
 }
 
+TEST(a_pool_of_upstreams_with_its_policies_loads)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	const struct route *r;
+
+	tmp_begin();
+	setenv("POOL_KEY_B", "sk-b", 1);
+	t = load_text("routes:\n"
+	              "  - name: chat\n"
+	              "    balance: least_inflight\n"
+	              "    upstreams:\n"
+	              "      - url: http://10.0.0.5:8000/v1/chat/completions\n"
+	              "        weight: 3\n"
+	              "      - url: https://b.example/v1\n"
+	              "        api_key: ${POOL_KEY_B}\n"
+	              "        model: gpt-4o\n"
+	              "        priority: 1\n"
+	              "    retry: { attempts: 2, on: [connect, timeout, 429, 5xx, 404], deadline: 30 }\n"
+	              "    breaker: { failures: 3, error_rate: 40, min_requests: 10, cooldown: 2, max_cooldown: 60 }\n"
+	              "    health: { path: /v1/models, interval: 5 }\n"
+	              "    fallback: [backup]\n"
+	              "  - name: backup\n"
+	              "    upstream: { url: http://10.0.0.9:8000 }\n", &e);
+	CHECK(t != NULL);
+	for (size_t i = 0; i < e.n; i++)
+		fprintf(stderr, "  %s\n", e.lines[i]);
+	r = t ? route_table_find(t, "chat") : NULL;
+	CHECK(r != NULL);
+	if (r) {
+		CHECK_INT(r->n_targets, 2);
+		CHECK_INT(r->balance, BALANCE_LEAST_INFLIGHT);
+		CHECK_INT(r->targets[0].weight, 3);
+		CHECK_INT(r->targets[0].priority, 0);
+		CHECK(r->targets[0].api_key == NULL && r->targets[0].model == NULL);
+		CHECK_INT(r->targets[0].transport, TR_KIND_NATIVE);
+		CHECK_STR(r->targets[1].api_key, "sk-b");
+		CHECK_STR(r->targets[1].model, "gpt-4o");
+		CHECK_INT(r->targets[1].priority, 1);
+		CHECK_INT(r->targets[1].transport, TR_KIND_CURL);
+		CHECK_STR(r->targets[1].path, "/v1");
+		CHECK_INT(r->retry.attempts, 2);
+		CHECK_INT(r->retry.on, RETRY_ON_CONNECT | RETRY_ON_TIMEOUT | RETRY_ON_429 | RETRY_ON_5XX);
+		CHECK_INT(r->retry.n_codes, 1);
+		CHECK_INT(r->retry.codes[0], 404);
+		CHECK_INT(r->retry.deadline_s, 30);
+		CHECK(r->breaker_on);
+		CHECK_INT(r->breaker.failures, 3);
+		CHECK_INT(r->breaker.error_rate, 40);
+		CHECK_INT(r->breaker.min_requests, 10);
+		CHECK_INT(r->breaker.cooldown_s, 2);
+		CHECK_INT(r->breaker.max_cooldown_s, 60);
+		CHECK_STR(r->health.path, "/v1/models");
+		CHECK_INT(r->health.interval_s, 5);
+		CHECK_INT(r->health.unhealthy, 3);
+		CHECK_INT(r->n_fallback, 1);
+		CHECK_STR(r->n_fallback ? r->fallback[0] : NULL, "backup");
+		/* the keys differ, so do the identities */
+		CHECK(memcmp(r->targets[0].key_hash, r->targets[1].key_hash, 32) != 0);
+	}
+	r = t ? route_table_find(t, "backup") : NULL;
+	if (r) {
+		/* one upstream: no breaker unless asked, and no retry to make */
+		CHECK(!r->breaker_on);
+		CHECK_INT(r->retry.attempts, 1);
+		CHECK_INT(r->retry.on, RETRY_ON_CONNECT);
+		CHECK_INT(r->balance, BALANCE_WEIGHTED);
+	}
+	route_table_unref(t);
+	unsetenv("POOL_KEY_B");
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(pool_mistakes_are_reported_at_their_line)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: http://h }\n"
+	              "    upstreams: [ { url: http://g } ]\n", &e);
+	check_one_error(t, &e, "r.yaml", 4,
+	                "route \"a\": use either upstream: (one) or upstreams: (a list), not both");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstreams: []\n", &e);
+	check_one_error(t, &e, "r.yaml", 3, "route \"a\": upstreams: expected from 1 to 64 upstreams, got 0");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstreams:\n"
+	              "      - url: http://h\n"
+	              "      - url: http://h\n", &e);
+	check_one_error(t, &e, "r.yaml", 5,
+	                "route \"a\": upstreams[1] repeats upstreams[0] (same url and key); give one of them a weight instead");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstreams:\n"
+	              "      - url: http://h\n"
+	              "        weight: 0\n", &e);
+	check_one_error(t, &e, "r.yaml", 5, "route \"a\": weight: expected a whole number from 1 to 1000, got 0");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: http://h }\n"
+	              "    balance: fastest\n", &e);
+	check_one_error(t, &e, "r.yaml", 4,
+	                "route \"a\": balance: unknown \"fastest\" (valid: round_robin, weighted, least_inflight, latency, random)");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: http://h }\n"
+	              "    retry: { on: [connect, sometimes] }\n", &e);
+	check_one_error(t, &e, "r.yaml", 4,
+	                "route \"a\": retry on: \"sometimes\" is not an outcome (valid: connect, timeout, reset, protocol, 429, 5xx, or a status from 400 to 599)");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: http://h }\n"
+	              "    retry: { attempts: 11 }\n", &e);
+	check_one_error(t, &e, "r.yaml", 4,
+	                "route \"a\": retry attempts: expected a count of tries from 1 to 10, got 11");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: http://h }\n"
+	              "    breaker: { cooldown: 10, max_cooldown: 5 }\n", &e);
+	check_one_error(t, &e, "r.yaml", 4,
+	                "route \"a\": breaker: max_cooldown (5) is shorter than cooldown (10)");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: http://h }\n"
+	              "    health: { interval: 5 }\n", &e);
+	check_one_error(t, &e, "r.yaml", 4, "route \"a\": health has no path (such as path: /v1/models)");
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: http://h }\n"
+	              "    fallback: [a]\n"
+	              "  - name: b\n"
+	              "    upstream: { url: http://h }\n"
+	              "    fallback: [nowhere]\n", &e);
+	CHECK(t == NULL);
+	CHECK(any_line_has(&e, "r.yaml:2: route \"a\": fallback names the route itself"));
+	CHECK(any_line_has(&e, "r.yaml:5: route \"b\": fallback \"nowhere\" is not a route"));
+	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
 RUN_TESTS()

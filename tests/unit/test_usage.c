@@ -165,4 +165,44 @@ TEST(an_endless_event_is_not_held_forever)
 	free(junk);
 }
 
+/* true when the events of s hold content; *held = bytes found content-free */
+static bool first_content(const char *s, size_t *held)
+{
+	*held = 0;
+	return sse_first_content(s, strlen(s), held);
+}
+
+TEST(a_streams_leading_events_without_content_are_told_apart)
+{
+	size_t held;
+	const char *role = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
+	                   "\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n";
+	char buf[1024];
+
+	/* comments, pings, the role-only chunk, Anthropic's openers: no content */
+	CHECK(!first_content(": ping\n\n", &held) && held == 8);
+	CHECK(!first_content(role, &held) && held == strlen(role));
+	CHECK(!first_content("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n"
+	                     "event: ping\ndata: {\"type\": \"ping\"}\n\n", &held));
+	CHECK(!first_content("data: {\"type\":\"content_block_start\",\"index\":0,"
+	                     "\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\r\n\r\n", &held));
+	/* an incomplete event is not looked at yet */
+	CHECK(!first_content("data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n", &held) &&
+	      held == 0);
+	/* content of every kind */
+	snprintf(buf, sizeof(buf), "%sdata: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n", role);
+	CHECK(first_content(buf, &held) && held == strlen(role));
+	CHECK(first_content("data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0}]}}]}\n\n", &held));
+	CHECK(first_content("data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hm\"}}]}\n\n", &held));
+	CHECK(first_content("data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n", &held));
+	CHECK(first_content("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n", &held));
+	CHECK(first_content("data: {\"error\":{\"message\":\"x\"}}\n\n", &held));
+	CHECK(first_content("data: [DONE]\n\n", &held));
+	CHECK(first_content("data: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"a\"}}\n\n", &held));
+	/* what it does not understand it does not sit on */
+	CHECK(first_content("data: not json\n\n", &held));
+	CHECK(first_content("data: {\"whatever\":1}\n\n", &held));
+	CHECK(first_content("data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]} x\n\n", &held));
+}
+
 RUN_TESTS()
