@@ -30,6 +30,7 @@
 
 #define KEY_NAME_MAX     64     /* characters (code points) */
 #define ROUTE_NAME_MAX   128    /* bytes */
+#define TARGET_URL_MAX   4096   /* bytes */
 #define BUSY_TIMEOUT_MS  5000   /* start-up (schema and load), and each change on the writer
                                  * connection: another process's write lock (a backup, an
                                  * sqlite3 shell) is waited for this long from when the change
@@ -50,8 +51,9 @@ struct keystore {
 	size_t n, cap;
 	struct key **slots;        /* hash table by SHA-256; power of two, load <= 0.5 */
 	size_t nslots;
-	sqlite3_stmt *st_rs_get;                                  /* on db */
-	sqlite3_stmt *st_insert, *st_revoke, *st_rs_set, *st_update, *st_rotate;   /* on wdb */
+	sqlite3_stmt *st_rs_get, *st_ts_get;                      /* on db */
+	sqlite3_stmt *st_insert, *st_revoke, *st_rs_set, *st_ts_set, *st_update,
+	             *st_rotate;                                  /* on wdb */
 	EVP_MD_CTX *md_ctx;        /* lookups reuse it: EVP_Digest allocates a context per call */
 	/* Changes whenever a secret may stop leading to the key it led to (a key rotated or
 	 * added, the table rebuilt): a key_memo made before then is not trusted. Starts at 1,
@@ -59,9 +61,9 @@ struct keystore {
 	uint64_t gen;
 };
 
-/* Schema migrations, applied in order inside one transaction. To add version 2, append
- * { 2, "ALTER TABLE ..." }: a database at version 1 runs only that step, a new one runs
- * both. Never edit a step that has shipped. */
+/* Schema migrations, applied in order inside one transaction. To add version N, append
+ * { N, "ALTER TABLE ..." }: a database at version N-1 runs only that step, a new one runs
+ * them all. Never edit a step that has shipped. */
 struct migration {
 	int version;
 	const char *sql;
@@ -84,6 +86,15 @@ static const struct migration migrations[] = {
 	  " name TEXT PRIMARY KEY,"
 	  " enabled INTEGER NOT NULL,"
 	  " updated INTEGER);" },
+	/* `upstream drain`: an upstream is known by its route and URL, the part of its
+	 * identity that an operator sees and a route file keeps across edits */
+	{ 2,
+	  "CREATE TABLE target_state ("
+	  " route TEXT NOT NULL,"
+	  " url TEXT NOT NULL,"
+	  " drained INTEGER NOT NULL,"
+	  " updated INTEGER,"
+	  " PRIMARY KEY (route, url));" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -610,7 +621,9 @@ struct keystore *keystore_open(const char *path, char **err)
 	if (migrate(ks, err) < 0 || load_keys(ks, err) < 0)
 		goto fail;
 	if (prepare(ks, ks->db, &ks->st_rs_get, "SELECT enabled FROM route_state WHERE name = ?1",
-	            err) < 0)
+	            err) < 0 ||
+	    prepare(ks, ks->db, &ks->st_ts_get,
+	            "SELECT drained FROM target_state WHERE route = ?1 AND url = ?2", err) < 0)
 		goto fail;
 	/* Changes go through a connection of their own, so that the thread writing them never
 	 * shares one with the loop. Each statement names the key as ?9. Revoking keeps the
@@ -627,6 +640,9 @@ struct keystore *keystore_open(const char *path, char **err)
 	    prepare(ks, ks->wdb, &ks->st_rs_set,
 	            "INSERT OR REPLACE INTO route_state (name, enabled, updated) "
 	            "VALUES (?1, ?2, ?3)", err) < 0 ||
+	    prepare(ks, ks->wdb, &ks->st_ts_set,
+	            "INSERT OR REPLACE INTO target_state (route, url, drained, updated) "
+	            "VALUES (?1, ?2, ?3, ?4)", err) < 0 ||
 	    prepare(ks, ks->wdb, &ks->st_update,
 	            "UPDATE keys SET routes = CASE WHEN ?1 THEN ?2 ELSE routes END, "
 	            "rpm = CASE WHEN ?3 THEN ?4 ELSE rpm END, "
@@ -652,6 +668,8 @@ void keystore_close(struct keystore *ks)
 	sqlite3_finalize(ks->st_revoke);
 	sqlite3_finalize(ks->st_rs_get);
 	sqlite3_finalize(ks->st_rs_set);
+	sqlite3_finalize(ks->st_ts_get);
+	sqlite3_finalize(ks->st_ts_set);
 	sqlite3_finalize(ks->st_update);
 	sqlite3_finalize(ks->st_rotate);
 	if (sqlite3_close(ks->wdb) != SQLITE_OK)
@@ -832,7 +850,8 @@ static int check_route_name(const char *r, char **err)
 
 /* ---- changes: prepared and applied on the loop, written on the writer thread ---- */
 
-enum change_kind { CHANGE_CREATE, CHANGE_REVOKE, CHANGE_UPDATE, CHANGE_ROTATE, CHANGE_ROUTE };
+enum change_kind { CHANGE_CREATE, CHANGE_REVOKE, CHANGE_UPDATE, CHANGE_ROTATE, CHANGE_ROUTE,
+                   CHANGE_TARGET };
 
 struct key_change {
 	struct keystore *ks;
@@ -852,8 +871,10 @@ struct key_change {
 	char *routes_text;                 /* create, update: as stored */
 	int rpm;
 	int64_t expires;
-	char *route;                       /* route state */
+	char *route;                       /* route state, target state */
 	int enabled;
+	char *url;                         /* target state: the upstream's URL */
+	int drained;
 };
 
 /* Completes a failed write's message when the cause is another process's lock. */
@@ -883,6 +904,7 @@ void keystore_change_free(struct key_change *c)
 	free_routes(c->routes, c->n_routes);
 	free(c->routes_text);
 	free(c->route);
+	free(c->url);
 	free(c->err);
 	OPENSSL_cleanse(c->secret, sizeof(c->secret));
 	OPENSSL_cleanse(c->hash, sizeof(c->hash));
@@ -1048,6 +1070,49 @@ struct key_change *keystore_change_route_state(struct keystore *ks, const char *
 	return c;
 }
 
+/* Upstream URLs are written by the route loader, which refuses credentials in them; here
+ * they only need to be something a row can hold and a log line can show. */
+static int check_target_url(const char *url, char **err)
+{
+	size_t len = url ? strlen(url) : 0;
+
+	if (len == 0 || len > TARGET_URL_MAX) {
+		set_err(err, "upstream URL must be 1 to %d bytes long", TARGET_URL_MAX);
+		return -1;
+	}
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)url[i] < 0x20 || url[i] == 0x7f) {
+			set_err(err, "upstream URL must not contain control characters");
+			return -1;
+		}
+	return 0;
+}
+
+struct key_change *keystore_change_target_state(struct keystore *ks, const char *route,
+                                                const char *url, bool drained, char **err)
+{
+	struct key_change *c;
+
+	if (!ks) {
+		set_err(err, "internal error: no key store");
+		return NULL;
+	}
+	if (check_route_name(route, err) < 0 || check_target_url(url, err) < 0)
+		return NULL;
+	c = change_new(ks, CHANGE_TARGET, 0);
+	c->route = xstrdup(route);
+	c->url = xstrdup(url);
+	c->drained = drained;
+	c->when = (int64_t)time(NULL);
+	return c;
+}
+
+/* Changes that name no key: a route's or an upstream's state. */
+static bool change_of_state(const struct key_change *c)
+{
+	return c->kind == CHANGE_ROUTE || c->kind == CHANGE_TARGET;
+}
+
 void keystore_change_write(struct key_change *c)
 {
 	struct keystore *ks = c->ks;
@@ -1078,6 +1143,13 @@ void keystore_change_write(struct key_change *c)
 		sqlite3_bind_int(st, 2, c->enabled ? 1 : 0);
 		sqlite3_bind_int64(st, 3, c->when);
 		break;
+	case CHANGE_TARGET:
+		st = ks->st_ts_set;
+		sqlite3_bind_text(st, 1, c->route, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, c->url, -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 3, c->drained ? 1 : 0);
+		sqlite3_bind_int64(st, 4, c->when);
+		break;
 	case CHANGE_REVOKE:
 		st = ks->st_revoke;
 		sqlite3_bind_int64(st, 1, c->when);
@@ -1098,7 +1170,7 @@ void keystore_change_write(struct key_change *c)
 		sqlite3_bind_text(st, 2, c->display, -1, SQLITE_STATIC);
 		break;
 	}
-	if (c->kind != CHANGE_CREATE && c->kind != CHANGE_ROUTE)
+	if (c->kind != CHANGE_CREATE && !change_of_state(c))
 		sqlite3_bind_int64(st, 9, c->id);
 	rc = sqlite3_step(st);
 	if (rc != SQLITE_DONE) {
@@ -1108,13 +1180,16 @@ void keystore_change_write(struct key_change *c)
 		else if (c->kind == CHANGE_ROUTE)
 			set_err(&c->err, "cannot save the state of route %s in %s: %s%s", c->route,
 			        ks->path, sqlite3_errmsg(db), busy_hint(db));
+		else if (c->kind == CHANGE_TARGET)
+			set_err(&c->err, "cannot save the state of upstream %s of route %s in %s: "
+			        "%s%s", c->url, c->route, ks->path, sqlite3_errmsg(db), busy_hint(db));
 		else
 			set_err(&c->err, "cannot %s key %lld in %s: %s%s%s",
 			        c->kind == CHANGE_REVOKE ? "revoke" : c->kind == CHANGE_UPDATE ? "update"
 			        : "store the new secret of", (long long)c->id, ks->path,
 			        sqlite3_errmsg(db), busy_hint(db),
 			        c->kind == CHANGE_ROTATE ? "; the old secret still works" : "");
-	} else if (c->kind != CHANGE_CREATE && c->kind != CHANGE_ROUTE &&
+	} else if (c->kind != CHANGE_CREATE && !change_of_state(c) &&
 	           sqlite3_changes(db) == 0) {
 		/* Update and rotate change the row only while the key is not revoked, which a
 		 * change written since this one was prepared may have done. */
@@ -1151,7 +1226,7 @@ int keystore_change_apply(struct key_change *c, struct key **out, char *secret_o
 		c->fresh = NULL;
 		k->id = c->id;
 		index_add(ks, k);
-	} else if (c->kind != CHANGE_ROUTE && !(k = keystore_get(ks, c->id))) {
+	} else if (!change_of_state(c) && !(k = keystore_get(ks, c->id))) {
 		set_err(err, "key %lld vanished from memory", (long long)c->id);  /* keys stay */
 		goto done;
 	}
@@ -1247,6 +1322,13 @@ int keystore_route_state_set(struct keystore *ks, const char *route, int enabled
 	                  err);
 }
 
+int keystore_target_state_set(struct keystore *ks, const char *route, const char *url,
+                              int drained, char **err)
+{
+	return change_now(keystore_change_target_state(ks, route, url, drained != 0, err), NULL,
+	                  NULL, err);
+}
+
 /* ---- usage and rate limits (memory only on the request path) ---- */
 
 void key_touch(struct key *k, int64_t now)
@@ -1318,5 +1400,24 @@ int keystore_route_state_get(struct keystore *ks, const char *route)
 		         sqlite3_errmsg(ks->db));
 	sqlite3_reset(ks->st_rs_get);
 	sqlite3_clear_bindings(ks->st_rs_get);
+	return rc;
+}
+
+int keystore_target_state_get(struct keystore *ks, const char *route, const char *url)
+{
+	int rc = -1, step;
+
+	if (!ks || !route || !url)
+		return -1;
+	sqlite3_bind_text(ks->st_ts_get, 1, route, -1, SQLITE_STATIC);
+	sqlite3_bind_text(ks->st_ts_get, 2, url, -1, SQLITE_STATIC);
+	step = sqlite3_step(ks->st_ts_get);
+	if (step == SQLITE_ROW)
+		rc = sqlite3_column_int(ks->st_ts_get, 0) ? 1 : 0;
+	else if (step != SQLITE_DONE)
+		log_warn("key store %s: reading the state of upstream %s of route %s failed: %s",
+		         ks->path, url, route, sqlite3_errmsg(ks->db));
+	sqlite3_reset(ks->st_ts_get);
+	sqlite3_clear_bindings(ks->st_ts_get);
 	return rc;
 }

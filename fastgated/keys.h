@@ -141,6 +141,13 @@ int key_rate_check(struct key *k, int64_t now);
  * routes, kept in the same database. -1 = no override stored. */
 int keystore_route_state_get(struct keystore *ks, const char *route);
 int keystore_route_state_set(struct keystore *ks, const char *route, int enabled, char **err);
+/* The same for an upstream of a route, drained or not (`upstream drain`), known by the
+ * route's name and the upstream's URL as written: a state outlives reloads that move the
+ * upstream in its list or change its key, and applies to every upstream of the route with
+ * that URL. -1 = nothing stored, 0 = not drained, 1 = drained. */
+int keystore_target_state_get(struct keystore *ks, const char *route, const char *url);
+int keystore_target_state_set(struct keystore *ks, const char *route, const char *url,
+                              int drained, char **err);
 
 /* A change in three steps, so that its SQLite write never holds up the event loop:
  *  1. keystore_change_*() on the loop thread checks it against the keys in memory and
@@ -153,9 +160,10 @@ int keystore_route_state_set(struct keystore *ks, const char *route, int enabled
  *     earlier ones were written still hold together: update sets only the fields it names,
  *     and update or rotate of a key revoked meanwhile fails;
  *  3. keystore_change_apply() on the loop thread, in the same order, updates memory if the
- *     write succeeded and frees the change: 0 with *out (the key; NULL for a route state)
- *     and the new secret in secret_out (create and rotate; KEY_SECRET_LEN + 1 bytes, may be
- *     NULL), or -1 with *err set (caller frees). A change never written reports that.
+ *     write succeeded and frees the change: 0 with *out (the key; NULL for a route or
+ *     upstream state: the caller applies those) and the new secret in secret_out (create
+ *     and rotate; KEY_SECRET_LEN + 1 bytes, may be NULL), or -1 with *err set (caller
+ *     frees). A change never written reports that.
  * keystore_create() and the other calls above run the three steps in a row. */
 struct key_change;
 struct key_change *keystore_change_create(struct keystore *ks, const char *name,
@@ -167,6 +175,8 @@ struct key_change *keystore_change_update(struct keystore *ks, int64_t id,
 struct key_change *keystore_change_rotate(struct keystore *ks, int64_t id, char **err);
 struct key_change *keystore_change_route_state(struct keystore *ks, const char *route,
                                                bool enabled, char **err);
+struct key_change *keystore_change_target_state(struct keystore *ks, const char *route,
+                                                const char *url, bool drained, char **err);
 void keystore_change_write(struct key_change *c);
 int keystore_change_apply(struct key_change *c, struct key **out, char *secret_out, char **err);
 /* Drop a change without applying it (one that was never written). NULL is fine. */

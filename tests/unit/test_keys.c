@@ -1022,6 +1022,98 @@ TEST(route_state_get_set_round_trip)
 	tmpdb_remove(&t);
 }
 
+TEST(target_state_get_set_round_trip)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	char *err = NULL;
+	const char *a = "http://127.0.0.1:8000/v1/chat/completions";
+	const char *b = "https://res.example.test";
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_target_state_get(ks, "chat", a), -1);
+		CHECK_INT(keystore_target_state_set(ks, "chat", a, 1, &err), 0);
+		CHECK_INT(keystore_target_state_get(ks, "chat", a), 1);
+		CHECK_INT(keystore_target_state_get(ks, "chat", b), -1);   /* by URL */
+		CHECK_INT(keystore_target_state_get(ks, "other", a), -1);  /* and by route */
+		CHECK_INT(keystore_target_state_set(ks, "chat", b, 1, &err), 0);
+		CHECK_INT(keystore_target_state_set(ks, "chat", b, 0, &err), 0);
+		CHECK_INT(keystore_target_state_get(ks, "chat", b), 0);
+		CHECK_INT(keystore_route_state_get(ks, "chat"), -1);      /* not a route state */
+		CHECK_INT(keystore_target_state_set(ks, "bad name", a, 1, &err), -1);
+		CHECK(err && strstr(err, "route name"));
+		free(err);
+		err = NULL;
+		CHECK_INT(keystore_target_state_set(ks, "chat", "", 1, &err), -1);
+		CHECK(err && strstr(err, "URL"));
+		free(err);
+		err = NULL;
+		CHECK_INT(keystore_target_state_set(ks, "chat", "http://x/\n", 1, &err), -1);
+		CHECK(err && strstr(err, "control characters"));
+		keystore_close(ks);
+	}
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_target_state_get(ks, "chat", a), 1);
+		CHECK_INT(keystore_target_state_get(ks, "chat", b), 0);
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
+/* A store written by a fastgated from before upstream states (schema version 1) is
+ * migrated in place: its keys and route states stay, and upstream states can be kept. */
+TEST(version_1_store_is_migrated_and_keeps_its_keys_and_route_states)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key *k = NULL;
+	char secret[KEY_SECRET_LEN + 1];
+	char *err = NULL;
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_create(ks, "old", NULL, 0, 7, 0, secret, &k, &err), 0);
+		CHECK_INT(keystore_route_state_set(ks, "legacy", 0, &err), 0);
+		keystore_close(ks);
+	}
+	/* back to what version 1 had */
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, "DROP TABLE target_state; PRAGMA user_version = 1", NULL, NULL,
+	                       NULL), SQLITE_OK);
+	sqlite3_close(db);
+	db = NULL;
+
+	ks = open_ok(t.path);
+	if (ks) {
+		k = keystore_lookup(ks, secret, KEY_SECRET_LEN);
+		CHECK(k && strcmp(k->name, "old") == 0 && k->rpm == 7);
+		CHECK_INT(keystore_route_state_get(ks, "legacy"), 0);
+		CHECK_INT(keystore_target_state_get(ks, "legacy", "http://h:1"), -1);
+		CHECK_INT(keystore_target_state_set(ks, "legacy", "http://h:1", 1, &err), 0);
+		keystore_close(ks);
+	}
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+	CHECK_INT(sqlite3_column_int(st, 0), 2);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_target_state_get(ks, "legacy", "http://h:1"), 1);
+		keystore_close(ks);
+	}
+	free(err);
+	tmpdb_remove(&t);
+}
+
 static double now_seconds(void)
 {
 	struct timespec ts;
