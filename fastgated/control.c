@@ -1046,7 +1046,7 @@ static const char *target_state_word(const struct target_state *s, int64_t now_m
 }
 
 /* One target, as `route show` and `upstream list|show` print it; never its key. */
-static json_t *target_json(const struct route *r, size_t i, int64_t now_ms)
+json_t *ctl_upstream_json(const struct route *r, size_t i, int64_t now_ms)
 {
 	const struct route_target *t = &r->targets[i];
 	const struct target_state *s = t->st;
@@ -1095,7 +1095,7 @@ static json_t *route_pool_json(const struct route *r)
 	};
 
 	for (size_t i = 0; list && i < r->n_targets; i++)
-		json_array_append_new(list, target_json(r, i, now));
+		json_array_append_new(list, ctl_upstream_json(r, i, now));
 	for (size_t i = 0; retry_on && i < sizeof(on_words) / sizeof(on_words[0]); i++)
 		if (r->retry.on & on_words[i].bit)
 			json_array_append_new(retry_on, json_string(on_words[i].w));
@@ -1286,8 +1286,11 @@ struct change_job {
 	struct key_change *change;
 	char *fail;                   /* the error's start, e.g. "cannot rotate key 3" */
 	char who[400];                /* call_who, kept for when the client has gone */
-	char *route;                  /* route commands: the route; NULL for key commands */
-	bool was, want;               /* route commands: enabled before, and asked for */
+	char *route;                  /* route and upstream commands: the route; NULL for keys */
+	char *url;                    /* upstream commands: the upstream's URL; else NULL */
+	size_t index;                 /* upstream commands: its place in the route when asked */
+	bool was, want;               /* route commands: enabled before, and asked for;
+	                               * upstream commands: drained before, and asked for */
 	bool secret;                  /* the answer carries the new secret (create, rotate) */
 	bool created;                 /* the log line gets the new key's id */
 };
@@ -1297,6 +1300,7 @@ static void change_job_free(struct change_job *j)
 	keystore_change_free(j->change);
 	free(j->fail);
 	free(j->route);
+	free(j->url);
 	free(j);
 }
 
@@ -1319,6 +1323,32 @@ static struct route *route_state_apply(struct gateway *gw, const char *name, boo
 	return r;
 }
 
+/* The drained flag asked for, on every upstream of the route with that URL in the table
+ * serving now (found again by name and URL: a reload may have come since the command).
+ * The route, or NULL if it or every such upstream is gone. j->index becomes the upstream
+ * to answer with (the one asked about if it is still there, else the first with that URL)
+ * and j->was its flag before. */
+static struct route *target_state_apply(struct gateway *gw, struct change_job *j)
+{
+	struct route *r = gw->routes ? route_table_find(gw->routes, j->route) : NULL;
+	bool found = false;
+
+	for (size_t i = 0; r && i < r->n_targets; i++) {
+		struct route_target *t = &r->targets[i];
+
+		if (!t->st || !t->url || strcmp(t->url, j->url) != 0)
+			continue;
+		if (!found && (j->index >= r->n_targets || !r->targets[j->index].st ||
+		               strcmp(r->targets[j->index].url, j->url) != 0))
+			j->index = i;
+		if (i == j->index)
+			j->was = t->st->drained;
+		found = true;
+		t->st->drained = j->want;
+	}
+	return found ? r : NULL;
+}
+
 /* The answer to a change applied: the key, or the route r (NULL: gone meanwhile). */
 static void change_answer(struct change_job *j, struct key *k, struct route *r,
                           const char *secret)
@@ -1326,7 +1356,16 @@ static void change_answer(struct change_job *j, struct key *k, struct route *r,
 	struct ctl_call *call = j->call;
 	json_t *res;
 
-	if (j->route) {
+	if (j->url) {
+		if (!r) {
+			ctl_stream_fail(call, CTL_E_INTERNAL, "the upstream vanished (reloaded "
+			                "meanwhile); its state is stored and applies should it return");
+			return;
+		}
+		res = ctl_upstream_json(r, j->index, mono_ms());
+		if (res)
+			json_object_set_new(res, "changed", json_boolean(j->was != j->want));
+	} else if (j->route) {
 		if (!r) {
 			ctl_stream_fail(call, CTL_E_INTERNAL, "the route vanished (reloaded meanwhile)");
 			return;
@@ -1357,7 +1396,10 @@ static void change_done(void *arg, bool cancelled)
 	(void)cancelled;
 	j->change = NULL;
 	rc = keystore_change_apply(c, &k, secret, &err);
-	if (j->route) {
+	if (j->url) {
+		if (rc == 0)
+			r = target_state_apply(j->ctl->gw, j);
+	} else if (j->route) {
 		pending_route_done(j->ctl, j->route);
 		if (rc == 0)
 			r = route_state_apply(j->ctl->gw, j->route, j->want);
@@ -1407,7 +1449,7 @@ static struct change_job *change_job_new(struct ctl_call *call, struct key_chang
 /* The answer comes from change_done, once the fg-keys thread has written the change. */
 static void change_submit(struct change_job *j)
 {
-	if (j->route)
+	if (j->route && !j->url)
 		pending_route_add(j->ctl, j->route, j->want);
 	ctl_stream_begin(j->call, change_cancel, NULL, j);
 	dbq_submit(j->ctl->keyq, change_work, change_done, j);
@@ -1728,6 +1770,155 @@ static void h_route_enable(struct ctl_call *call, json_t *args) { route_set(call
 static void h_route_disable(struct ctl_call *call, json_t *args) { route_set(call, args, ROUTE_DISABLE); }
 static void h_route_toggle(struct ctl_call *call, json_t *args) { route_set(call, args, ROUTE_TOGGLE); }
 
+/* ---- upstreams: the targets of the routes' pools, known as ROUTE/INDEX ---- */
+
+static void h_upstream_list(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "route", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	const char *name;
+	int64_t now = mono_ms();
+	json_t *a;
+
+	if (!ctl_args_only(call, args, allowed) || !ctl_arg_string(call, args, "route", false, &name))
+		return;
+	if (name && !route_name_valid(name)) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
+		                "'route' must be a route name ([A-Za-z0-9_.-]+)");
+		return;
+	}
+	if (name && (!gw->routes || !route_table_find(gw->routes, name))) {
+		ctl_reply_error(call, CTL_E_NOT_FOUND, NULL,
+		                "no route named '%s' (fastgate-cli route list shows them)", name);
+		return;
+	}
+	a = json_array();
+	for (size_t i = 0; a && gw->routes && i < gw->routes->n; i++) {
+		const struct route *r = gw->routes->routes[i];
+
+		if (name && strcmp(r->name, name) != 0)
+			continue;
+		for (size_t k = 0; a && k < r->n_targets; k++)
+			if (json_array_append_new(a, ctl_upstream_json(r, k, now)) < 0) {
+				json_decref(a);
+				a = NULL;
+			}
+	}
+	reply_json(call, a);
+}
+
+/* An id from the client, fit to be repeated in a message. */
+static bool id_printable(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+			return false;
+	return true;
+}
+
+/* The route of the upstream named by args.id ("ROUTE/INDEX"), its place in *index; NULL
+ * after replying. */
+static struct route *arg_upstream(struct ctl_call *call, json_t *args, size_t *index)
+{
+	static const char *const allowed[] = { "id", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	const char *id, *slash, *digits;
+	struct route *r = NULL;
+	char *name = NULL;
+	unsigned long n = 0;
+
+	if (!ctl_args_only(call, args, allowed) || !ctl_arg_string(call, args, "id", true, &id))
+		return NULL;
+	slash = strchr(id, '/');
+	digits = slash ? slash + 1 : "";
+	if (slash)
+		name = xstrndup(id, (size_t)(slash - id));
+	if (!name || !route_name_valid(name) || !*digits || strlen(digits) > 6 ||
+	    strspn(digits, "0123456789") != strlen(digits)) {
+		if (id_printable(id))
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'%.64s' is not an upstream id: "
+			                "give ROUTE/INDEX, such as chat/0 (fastgate-cli upstream list "
+			                "shows them)", id);
+		else
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'id' must be an upstream id, "
+			                "ROUTE/INDEX, such as chat/0");
+		goto done;
+	}
+	n = strtoul(digits, NULL, 10);
+	call_detail(call, "%s/%lu", name, n);
+	r = gw->routes ? route_table_find(gw->routes, name) : NULL;
+	if (!r) {
+		ctl_reply_error(call, CTL_E_NOT_FOUND, NULL, "no upstream %s/%lu: no route named '%s' "
+		                "(fastgate-cli upstream list shows the upstreams)", name, n, name);
+	} else if (n >= r->n_targets) {
+		if (r->n_targets == 1)
+			ctl_reply_error(call, CTL_E_NOT_FOUND, NULL, "no upstream %s/%lu: route %s has "
+			                "one upstream, %s/0", name, n, name, name);
+		else
+			ctl_reply_error(call, CTL_E_NOT_FOUND, NULL, "no upstream %s/%lu: route %s has "
+			                "%zu upstreams, %s/0 to %s/%zu", name, n, name, r->n_targets,
+			                name, name, r->n_targets - 1);
+		r = NULL;
+	} else {
+		*index = (size_t)n;
+	}
+done:
+	free(name);
+	return r;
+}
+
+static void h_upstream_show(struct ctl_call *call, json_t *args)
+{
+	size_t i = 0;
+	struct route *r = arg_upstream(call, args, &i);
+
+	if (r)
+		reply_json(call, ctl_upstream_json(r, i, mono_ms()));
+}
+
+/* Drain or undrain: stored first (by route and URL, so that it outlives reloads and
+ * restarts), applied once written, in change_done. */
+static void upstream_set(struct ctl_call *call, json_t *args, bool drain)
+{
+	struct gateway *gw = ctl_call_gateway(call);
+	size_t i = 0;
+	struct route *r = arg_upstream(call, args, &i);
+	const struct route_target *t;
+	struct key_change *c;
+	struct change_job *j;
+	char *err = NULL;
+
+	if (!r)
+		return;
+	t = &r->targets[i];
+	call_detail(call, "%s/%zu %s (%s -> %s)", r->name, i, t->url ? t->url : "?",
+	            t->st && t->st->drained ? "drained" : "not drained",
+	            drain ? "drained" : "not drained");
+	if (!t->st || !t->url) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "upstream %s/%zu has no live state",
+		                r->name, i);
+		return;
+	}
+	c = keystore_change_target_state(gw->keys, r->name, t->url, drain, &err);
+	if (!c) {
+		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot %s upstream %s/%zu: %s",
+		                drain ? "drain" : "undrain", r->name, i, err ? err : "no key store");
+	} else {
+		j = change_job_new(call, c, xasprintf("cannot %s upstream %s/%zu",
+		                                      drain ? "drain" : "undrain", r->name, i));
+		j->route = xstrdup(r->name);
+		j->url = xstrdup(t->url);
+		j->index = i;
+		j->was = t->st->drained;
+		j->want = drain;
+		change_submit(j);
+	}
+	free(err);
+}
+
+static void h_upstream_drain(struct ctl_call *call, json_t *args) { upstream_set(call, args, true); }
+static void h_upstream_undrain(struct ctl_call *call, json_t *args) { upstream_set(call, args, false); }
+
 static size_t routes_enabled(const struct route_table *t)
 {
 	size_t n = 0;
@@ -1836,6 +2027,16 @@ static const struct ctl_command commands[] = {
 	{ "route.disable", "{name}", "disable a route (persists across restarts)", true,
 	  h_route_disable },
 	{ "route.toggle", "{name}", "flip a route's enabled state", true, h_route_toggle },
+	{ "upstream.list", "{route?}", "list the upstreams of every route's pool, or of one route",
+	  false, h_upstream_list },
+	{ "upstream.show", "{id: \"ROUTE/INDEX\"}",
+	  "show one upstream: state, breaker, in flight, latency, attempts", false,
+	  h_upstream_show },
+	{ "upstream.drain", "{id: \"ROUTE/INDEX\"}",
+	  "send an upstream no new requests (persists across reloads and restarts)", true,
+	  h_upstream_drain },
+	{ "upstream.undrain", "{id: \"ROUTE/INDEX\"}",
+	  "let a drained upstream take requests again (persists)", true, h_upstream_undrain },
 	{ "reload", "{}", "re-read the route files; on error the old routes keep serving", true,
 	  h_reload },
 	{ "status", "{}", "version, uptime, listen address, route and key counts", false,
@@ -1852,7 +2053,7 @@ static const struct ctl_command commands[] = {
 	{ "logs.show", "{id: request-id}", "one audit record in full, retries, attempts and kept bodies included", false,
 	  logs_h_show },
 	{ "metrics", "{since?: unix-seconds, until?: unix-seconds, hourly?: bool, hours?: int, "
-	  "daily?: bool, days?: int, by?: \"route\"|\"key\"|\"model\"}",
+	  "daily?: bool, days?: int, by?: \"route\"|\"key\"|\"model\"|\"upstream\"}",
 	  "request totals, errors, success rate, latency and TTFB percentiles, active keys and "
 	  "routes from the audit database; optional hourly/daily series and a breakdown", false,
 	  stats_h_metrics },

@@ -9,6 +9,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <jansson.h>
 
 #include "ctlproto.h"
@@ -19,6 +20,7 @@ struct ctl_call;
 struct audit_record;
 struct logs;
 struct dbq;
+struct route;
 
 #define CTL_MAX_CLIENTS 64
 
@@ -94,5 +96,10 @@ bool ctl_arg_int(struct ctl_call *call, json_t *args, const char *key, bool requ
                  json_int_t min, json_int_t max, json_int_t *out);
 /* true or false; absent or null leaves *out as it was. */
 bool ctl_arg_bool(struct ctl_call *call, json_t *args, const char *key, bool *out);
+
+/* Upstream i of route r as `upstream show` prints it (never its key): id "ROUTE/INDEX",
+ * URL, weight, priority, model, state, breaker, in flight, latency average, attempts by
+ * outcome. now_ms is mono_ms(). A new object, or NULL when out of memory. */
+json_t *ctl_upstream_json(const struct route *r, size_t i, int64_t now_ms);
 
 #endif

@@ -18,6 +18,26 @@ static void apply_overrides(struct gateway *gw, struct route_table *t)
 	}
 }
 
+/* `upstream drain` persists in the key store by route and URL. A target that kept its state
+ * through the reload has the flag already; one whose state is new (the daemon starting, a
+ * changed key, a route renamed back) gets it here, before it can take a request. */
+static void apply_target_states(struct gateway *gw, struct route_table *t)
+{
+	if (!gw->keys)
+		return;
+	for (size_t i = 0; i < t->n; i++) {
+		struct route *r = t->routes[i];
+
+		for (size_t k = 0; k < r->n_targets; k++) {
+			struct route_target *tg = &r->targets[k];
+			int st = tg->st ? keystore_target_state_get(gw->keys, r->name, tg->url) : -1;
+
+			if (st >= 0)
+				tg->st->drained = st != 0;
+		}
+	}
+}
+
 int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 {
 	struct route_table *t = route_table_load(gw->cfg->routes_dir, errs);
@@ -28,6 +48,7 @@ int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 	apply_overrides(gw, t);
 	/* before the old table lets go of them: the same targets keep their state */
 	pool_bind(&gw->pool, t);
+	apply_target_states(gw, t);
 	gw->routes = t;   /* in-flight requests hold their own reference to the old table */
 	if (old)
 		route_table_unref(old);

@@ -49,7 +49,8 @@ struct gateway {
 	struct gateway_stats stats;
 };
 
-/* Parse routes_dir into a new table, apply stored enable/disable overrides and swap it in.
+/* Parse routes_dir into a new table, apply stored enable/disable overrides, bind its
+ * targets' live states (pool.h), apply the stored drained flags and swap it in.
  * On error: returns -1, adds "FILE:LINE: message" lines to errs, the old table keeps
  * serving. */
 int gateway_reload_routes(struct gateway *gw, struct errlist *errs);

@@ -24,6 +24,8 @@
 #include "control.h"
 #include "gateway.h"
 #include "log.h"
+#include "pool.h"
+#include "routes.h"
 #include "util.h"
 #include "stats.h"
 
@@ -272,7 +274,8 @@ bool stats_arg_time(struct ctl_call *call, json_t *args, const char *key, double
 #define ERR_SQL     "(status >= 500 OR error IS NOT NULL)"
 #define BUCKET_SQL  "CAST((started_at - ?3) / ?4 AS INTEGER)"
 
-enum by { BY_NONE, BY_ROUTE, BY_KEY, BY_MODEL };
+/* BY_UPSTREAM is not read from the audit database: it is the upstreams' live counters. */
+enum by { BY_NONE, BY_ROUTE, BY_KEY, BY_MODEL, BY_UPSTREAM };
 
 struct metrics_job {
 	struct ctl_call *call;   /* NULL once the client went away */
@@ -547,7 +550,8 @@ done:
 
 static const char *by_name(enum by by)
 {
-	return by == BY_ROUTE ? "route" : by == BY_KEY ? "key" : "model";
+	return by == BY_ROUTE ? "route" : by == BY_KEY ? "key" : by == BY_UPSTREAM ? "upstream"
+	       : "model";
 }
 
 struct group {
@@ -767,7 +771,7 @@ static void metrics_work(struct dbq_job *job, void *arg)
 			goto done;
 		json_object_set_new(res, m->step == 3600 ? "hourly" : "daily", v);
 	}
-	if (m->by != BY_NONE) {
+	if (m->by != BY_NONE && m->by != BY_UPSTREAM) {
 		v = breakdown(m, db);
 		if (!v)
 			goto done;
@@ -790,12 +794,53 @@ static void metrics_free(struct metrics_job *m)
 	free(m);
 }
 
+/* The breakdown of `metrics --by upstream`: every upstream of the routes serving now, in
+ * match order, with its counters since its state was made (at start, or when a reload
+ * added it): the audit database does not say which upstream each attempt went to. Loop
+ * thread. */
+static json_t *upstream_breakdown(const struct gateway *gw)
+{
+	const struct route_table *t = gw->routes;
+	json_t *rows = json_array();
+	int64_t now = mono_ms();
+	json_int_t n = 0;
+
+	for (size_t i = 0; rows && t && i < t->n; i++) {
+		const struct route *r = t->routes[i];
+
+		for (size_t k = 0; rows && k < r->n_targets; k++) {
+			const struct target_state *st = r->targets[k].st;
+			json_t *row = ctl_upstream_json(r, k, now);
+			json_int_t total = 0;
+
+			for (int o = 0; st && o < OUTCOME_COUNT; o++)
+				total += (json_int_t)st->attempts[o];
+			if (!row || json_object_set_new(row, "attempts_total", json_integer(total)) < 0 ||
+			    json_array_append_new(rows, row) < 0) {
+				json_decref(rows);
+				rows = NULL;
+			}
+			n++;
+		}
+	}
+	return rows ? json_pack("{s:s, s:o, s:I, s:b, s:b}", "by", "upstream", "rows", rows,
+	                        "groups", n, "truncated", false, "live", true) : NULL;
+}
+
 /* Loop thread. */
 static void metrics_done(void *arg, bool cancelled)
 {
 	struct metrics_job *m = arg;
 
 	if (!cancelled && m->call) {
+		if (m->result && m->by == BY_UPSTREAM &&
+		    json_object_set_new(m->result, "breakdown",
+		                        upstream_breakdown(ctl_call_gateway(m->call))) < 0) {
+			json_decref(m->result);
+			m->result = NULL;
+			free(m->err);
+			m->err = xasprintf("out of memory");
+		}
 		if (m->result) {
 			ctl_stream_result(m->call, m->result);
 			m->result = NULL;
@@ -850,9 +895,11 @@ void stats_h_metrics(struct ctl_call *call, json_t *args)
 			byv = BY_KEY;
 		else if (strcmp(by, "model") == 0)
 			byv = BY_MODEL;
+		else if (strcmp(by, "upstream") == 0)
+			byv = BY_UPSTREAM;
 		else {
 			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
-			                "'by' must be \"route\", \"key\" or \"model\"");
+			                "'by' must be \"route\", \"key\", \"model\" or \"upstream\"");
 			return;
 		}
 	}

@@ -11,7 +11,8 @@
  * ORDER BY ... LIMIT 1 OFFSET k), active keys and routes, requests in the last hour, an
  * optional hourly or daily series and a breakdown by route, key or model, all computed
  * with SQL on a read-only connection to gw->cfg->audit_path. A database that does not
- * exist yet answers zeros. */
+ * exist yet answers zeros. The breakdown by upstream is the exception: the upstreams' live
+ * counters (pool.h), read on the loop thread when the answer goes out. */
 #ifndef FG_STATS_H
 #define FG_STATS_H
 
