@@ -7,10 +7,14 @@
 #include <event2/buffer.h>
 
 #include "audit.h"
+#include "breaker.h"
 #include "gateway.h"
 #include "http.h"
 #include "metrics.h"
+#include "pool.h"
+#include "routes.h"
 #include "transport.h"
+#include "util.h"
 
 #define MAX_SERIES 1024
 #define NAME_MAX_LEN 64
@@ -120,6 +124,137 @@ static void print_histogram(struct evbuffer *b, const char *name, const char *he
 	                    name, h->count, name, h->sum, name, h->count);
 }
 
+/* A label value as the text format wants it: backslash, double quote and line feed
+ * escaped. */
+static void add_label_value(struct evbuffer *b, const char *v)
+{
+	for (const char *p = v; *p; p++) {
+		size_t run = strcspn(p, "\\\"\n");
+
+		evbuffer_add(b, p, run);
+		p += run;
+		if (!*p)
+			break;
+		evbuffer_add(b, *p == '\\' ? "\\\\" : *p == '"' ? "\\\"" : "\\n", 2);
+	}
+}
+
+/* `name{route="R",upstream="U"` of one target, without the closing brace, so that a
+ * caller can add labels. */
+static void add_target_labels(struct evbuffer *b, const char *name, const struct route *r,
+                              const char *url)
+{
+	evbuffer_add_printf(b, "%s{route=\"", name);
+	add_label_value(b, r->name);
+	evbuffer_add_printf(b, "\",upstream=\"");
+	add_label_value(b, url);
+	evbuffer_add_printf(b, "\"");
+}
+
+/* What the upstream metrics report of one series: the targets of r with one URL, summed
+ * (two upstreams of a route may share a URL with different keys; a series may appear only
+ * once). */
+struct target_sum {
+	bool up;
+	uint64_t inflight;
+	uint64_t attempts[OUTCOME_COUNT];
+	uint64_t transitions[3];
+};
+
+/* The sum for targets[i]'s URL, or false when an earlier target of r has that URL (its
+ * series is already written). */
+static bool target_sum(const struct route *r, size_t i, int64_t now_ms, struct target_sum *out)
+{
+	const char *url = r->targets[i].url;
+
+	memset(out, 0, sizeof(*out));
+	for (size_t k = 0; k < i; k++)
+		if (r->targets[k].url && strcmp(r->targets[k].url, url) == 0)
+			return false;
+	for (size_t k = i; k < r->n_targets; k++) {
+		const struct target_state *s = r->targets[k].st;
+
+		if (!r->targets[k].url || strcmp(r->targets[k].url, url) != 0 || !s)
+			continue;
+		out->up |= target_available(s, now_ms);
+		out->inflight += s->inflight;
+		for (int o = 0; o < OUTCOME_COUNT; o++)
+			out->attempts[o] += s->attempts[o];
+		for (int t = 0; t < 3; t++)
+			out->transitions[t] += s->transitions[t];
+	}
+	return true;
+}
+
+enum upstream_family { FAM_UP, FAM_INFLIGHT, FAM_ATTEMPTS, FAM_TRANSITIONS };
+
+/* The series of one per-upstream family, every upstream of every route in t. */
+static void render_upstream_family(struct evbuffer *b, const struct route_table *t,
+                                   enum upstream_family what, int64_t now_ms)
+{
+	static const char *const names[] = {
+		[FAM_UP] = "fastgate_upstream_up",
+		[FAM_INFLIGHT] = "fastgate_upstream_inflight",
+		[FAM_ATTEMPTS] = "fastgate_upstream_attempts_total",
+		[FAM_TRANSITIONS] = "fastgate_breaker_transitions_total",
+	};
+
+	for (size_t i = 0; t && i < t->n; i++) {
+		const struct route *r = t->routes[i];
+
+		for (size_t k = 0; k < r->n_targets; k++) {
+			struct target_sum sum;
+
+			if (!r->targets[k].url || !target_sum(r, k, now_ms, &sum))
+				continue;
+			switch (what) {
+			case FAM_UP:
+			case FAM_INFLIGHT:
+				add_target_labels(b, names[what], r, r->targets[k].url);
+				evbuffer_add_printf(b, "} %llu\n", what == FAM_UP
+				                    ? (unsigned long long)sum.up
+				                    : (unsigned long long)sum.inflight);
+				break;
+			case FAM_ATTEMPTS:
+				for (int o = 0; o < OUTCOME_COUNT; o++) {
+					add_target_labels(b, names[what], r, r->targets[k].url);
+					evbuffer_add_printf(b, ",outcome=\"%s\"} %llu\n",
+					                    attempt_outcome_name((enum attempt_outcome)o),
+					                    (unsigned long long)sum.attempts[o]);
+				}
+				break;
+			case FAM_TRANSITIONS:
+				for (int st = 0; st < 3; st++) {
+					add_target_labels(b, names[what], r, r->targets[k].url);
+					evbuffer_add_printf(b, ",to=\"%s\"} %llu\n",
+					                    breaker_state_name((enum breaker_state)st),
+					                    (unsigned long long)sum.transitions[st]);
+				}
+				break;
+			}
+		}
+	}
+}
+
+/* The upstreams of the routes serving now, from their live state (pool.h). */
+static void render_upstreams(struct gateway *gw, struct evbuffer *b)
+{
+	int64_t now = mono_ms();
+
+	evbuffer_add_printf(b, "# HELP fastgate_upstream_up 1 when the upstream takes requests now (not drained, circuit not open), else 0.\n"
+	                       "# TYPE fastgate_upstream_up gauge\n");
+	render_upstream_family(b, gw->routes, FAM_UP, now);
+	evbuffer_add_printf(b, "# HELP fastgate_upstream_inflight Attempts on the upstream in flight now.\n"
+	                       "# TYPE fastgate_upstream_inflight gauge\n");
+	render_upstream_family(b, gw->routes, FAM_INFLIGHT, now);
+	evbuffer_add_printf(b, "# HELP fastgate_upstream_attempts_total Attempts on the upstream, by how they ended.\n"
+	                       "# TYPE fastgate_upstream_attempts_total counter\n");
+	render_upstream_family(b, gw->routes, FAM_ATTEMPTS, now);
+	evbuffer_add_printf(b, "# HELP fastgate_breaker_transitions_total Circuit breaker state changes of the upstream, by the state moved to.\n"
+	                       "# TYPE fastgate_breaker_transitions_total counter\n");
+	render_upstream_family(b, gw->routes, FAM_TRANSITIONS, now);
+}
+
 int metrics_render(struct gateway *gw, struct evbuffer *b)
 {
 	struct metrics *m = gw->metrics;
@@ -164,5 +299,6 @@ int metrics_render(struct gateway *gw, struct evbuffer *b)
 	evbuffer_add_printf(b, "# HELP fastgate_upstream_pauses_total Streams paused because the client read slower than the upstream sent.\n"
 	                       "# TYPE fastgate_upstream_pauses_total counter\nfastgate_upstream_pauses_total %llu\n",
 	                    (unsigned long long)gw->stats.upstream_pauses);
+	render_upstreams(gw, b);
 	return 0;
 }
