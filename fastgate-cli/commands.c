@@ -249,6 +249,87 @@ static void print_route_list(const json_t *a)
 		printf("* set at run time with fastgate-cli; differs from the route file\n");
 }
 
+/* "3 attempts on connect, timeout, 5xx; deadline 30 s" */
+static void fmt_retry(char *buf, size_t size, const json_t *rt)
+{
+	json_int_t n = jint(rt, "attempts"), dl = jint(rt, "deadline");
+	char *on = join(json_object_get(rt, "on"), ", ", "nothing");
+	char dls[FMT_SZ];
+
+	if (dl > 0)
+		snprintf(dls, sizeof(dls), "deadline %" JSON_INTEGER_FORMAT " s", dl);
+	else
+		snprintf(dls, sizeof(dls), "no deadline");
+	if (n <= 1)
+		snprintf(buf, size, "1 attempt (no retries); %s", dls);
+	else
+		snprintf(buf, size, "%" JSON_INTEGER_FORMAT " attempts on %s; %s", n, on, dls);
+	free(on);
+}
+
+/* "5 failures in a row or 50% of at least 20 requests a minute; open 5 s, up to 300 s", or
+ * "off" (null: the route's one upstream is tried every time). */
+static void fmt_breaker(char *buf, size_t size, const json_t *b)
+{
+	if (!json_is_object(b)) {
+		snprintf(buf, size, "off");
+		return;
+	}
+	snprintf(buf, size, "%" JSON_INTEGER_FORMAT " failures in a row or %" JSON_INTEGER_FORMAT
+	         "%% of at least %" JSON_INTEGER_FORMAT " requests a minute; open %"
+	         JSON_INTEGER_FORMAT " s, doubling up to %" JSON_INTEGER_FORMAT " s",
+	         jint(b, "failures"), jint(b, "error_rate"), jint(b, "min_requests"),
+	         jint(b, "cooldown"), jint(b, "max_cooldown"));
+}
+
+/* "GET /v1/models every 10 s (timeout 2 s; 2 to pass, 3 to fail)", or "off". */
+static void fmt_health(char *buf, size_t size, const json_t *h)
+{
+	if (!json_is_object(h)) {
+		snprintf(buf, size, "off");
+		return;
+	}
+	snprintf(buf, size, "GET %s every %" JSON_INTEGER_FORMAT " s (timeout %"
+	         JSON_INTEGER_FORMAT " s; %" JSON_INTEGER_FORMAT " to pass, %" JSON_INTEGER_FORMAT
+	         " to fail)", jstr(h, "path") ? jstr(h, "path") : "?", jint(h, "interval"),
+	         jint(h, "timeout"), jint(h, "healthy"), jint(h, "unhealthy"));
+}
+
+/* The time to upstream u's answer head, averaged; "-" before the first answer. The
+ * average starts at 0, which is also what answers faster than the millisecond the daemon
+ * measures in leave it at: the attempts that got an answer tell the two apart. */
+static const char *fmt_latency(char *buf, const json_t *u)
+{
+	const json_t *v = json_object_get(u, "latency_ewma_ms"), *att = json_object_get(u, "attempts");
+
+	if (!json_is_number(v) || (json_number_value(v) <= 0 &&
+	                           jint(att, "ok") + jint(att, "429") + jint(att, "5xx") == 0))
+		return "-";
+	snprintf(buf, FMT_SZ, "%.1f ms", json_number_value(v));
+	return buf;
+}
+
+/* The upstreams of one route, as route show lists them. */
+static void print_pool(const json_t *a)
+{
+	static const char *const head[] = { "ID", "STATE", "WEIGHT", "PRIO", "MODEL", "URL" };
+	struct cli_table *t = cli_table_new(6, head);
+	size_t i;
+	json_t *u;
+
+	json_array_foreach(a, i, u) {
+		char b1[FMT_SZ], b2[FMT_SZ];
+		const char *row[6] = {
+			jstr(u, "id"), jstr(u, "state"), fmt_int(b1, jint(u, "weight")),
+			fmt_int(b2, jint(u, "priority")), jstr(u, "model") ? jstr(u, "model") : "-",
+			jstr(u, "url"),
+		};
+
+		cli_table_add(t, row);
+	}
+	cli_table_print(t, stdout);
+}
+
 static void print_route_detail(const json_t *r)
 {
 	struct cli_table *t = cli_table_new(2, NULL);
@@ -292,7 +373,26 @@ static void print_route_detail(const json_t *r)
 	kv(t, "strip headers:", strip);
 	kv(t, "add headers:", addh);
 	kv(t, "add body fields:", addb);
+	if (json_object_get(r, "upstreams")) {
+		char bal[FMT_SZ], retry[512], brk[512], health[512];
+		char *fallback = join(json_object_get(r, "fallback"), ", ", "-");
+
+		snprintf(bal, sizeof(bal), "%s", jstr(r, "balance") ? jstr(r, "balance") : "?");
+		fmt_retry(retry, sizeof(retry), json_object_get(r, "retry"));
+		fmt_breaker(brk, sizeof(brk), json_object_get(r, "breaker"));
+		fmt_health(health, sizeof(health), json_object_get(r, "health"));
+		kv(t, "balance:", bal);
+		kv(t, "retry:", retry);
+		kv(t, "breaker:", brk);
+		kv(t, "health:", health);
+		kv(t, "fallback:", fallback);
+		free(fallback);
+	}
 	cli_table_print(t, stdout);
+	if (json_array_size(json_object_get(r, "upstreams")) > 0) {
+		printf("\n");
+		print_pool(json_object_get(r, "upstreams"));
+	}
 	free(methods);
 	free(strip);
 	free(body);
@@ -309,6 +409,112 @@ static void print_route_changed(const json_t *r)
 		printf("Route %s was already %s.\n", name, on ? "enabled" : "disabled");
 	else
 		printf("Route %s is now %s (kept across restarts).\n", name, on ? "enabled" : "disabled");
+}
+
+/* ---- upstreams ---- */
+
+static void print_upstream_list(const json_t *a)
+{
+	static const char *const head[] = { "ID", "STATE", "BREAKER", "INFLIGHT", "LATENCY",
+	                                    "WEIGHT", "PRIO", "URL" };
+	struct cli_table *t = cli_table_new(8, head);
+	size_t i;
+	json_t *u;
+
+	json_array_foreach(a, i, u) {
+		char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ];
+		const char *row[8] = {
+			jstr(u, "id"), jstr(u, "state"), jstr(u, "breaker"),
+			fmt_int(b1, jint(u, "inflight")),
+			fmt_latency(b2, u),
+			fmt_int(b3, jint(u, "weight")), fmt_int(b4, jint(u, "priority")), jstr(u, "url"),
+		};
+
+		cli_table_add(t, row);
+	}
+	if (cli_table_rows(t) == 0) {
+		cli_table_free(t);
+		printf("No upstreams: no routes are loaded.\n");
+		return;
+	}
+	cli_table_print(t, stdout);
+}
+
+/* "ok 12, 5xx 1 (13 in all)", the outcomes that happened, in the daemon's order. */
+static void fmt_attempts(char *buf, size_t size, const json_t *att)
+{
+	const char *k;
+	json_t *v;
+	size_t n = 0;
+	json_int_t total = 0;
+
+	buf[0] = '\0';
+	json_object_foreach((json_t *)att, k, v) {
+		if (json_integer_value(v) <= 0)
+			continue;
+		total += json_integer_value(v);
+		if (n < size)
+			n += (size_t)snprintf(buf + n, size - n, "%s%s %" JSON_INTEGER_FORMAT,
+			                      n ? ", " : "", k, json_integer_value(v));
+	}
+	if (!total)
+		snprintf(buf, size, "none yet");
+	else if (n < size)
+		snprintf(buf + n, size - n, " (%" JSON_INTEGER_FORMAT " in all)", total);
+}
+
+static void print_upstream_detail(const json_t *u)
+{
+	struct cli_table *t = cli_table_new(2, NULL);
+	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ], key[512], brk[FMT_SZ];
+	char att[512];
+	const json_t *health = json_object_get(u, "health");
+
+	if (jbool(u, "api_key_set"))
+		snprintf(key, sizeof(key), "set%s%s%s", jstr(u, "api_key_file") ? " (from " : "",
+		         jstr(u, "api_key_file") ? jstr(u, "api_key_file") : "",
+		         jstr(u, "api_key_file") ? ")" : "");
+	else
+		snprintf(key, sizeof(key), "none");
+	if (jint(u, "retry_in_ms") > 0)
+		snprintf(brk, sizeof(brk), "%s (takes requests again in %" JSON_INTEGER_FORMAT
+		         " ms)", jstr(u, "breaker") ? jstr(u, "breaker") : "?", jint(u, "retry_in_ms"));
+	else
+		snprintf(brk, sizeof(brk), "%s", jstr(u, "breaker") ? jstr(u, "breaker") : "?");
+	fmt_attempts(att, sizeof(att), json_object_get(u, "attempts"));
+
+	kv(t, "id:", jstr(u, "id"));
+	kv(t, "route:", jstr(u, "route"));
+	kv(t, "url:", jstr(u, "url"));
+	kv(t, "state:", jstr(u, "state"));
+	kv(t, "drained:", jbool(u, "drained") ? "yes (no new requests)" : "no");
+	kv(t, "breaker:", brk);
+	kv(t, "failures in a row:", fmt_int(b1, jint(u, "consecutive_failures")));
+	kv(t, "health:", json_is_string(health) ? json_string_value(health) : "no checks");
+	kv(t, "in flight:", fmt_int(b2, jint(u, "inflight")));
+	kv(t, "latency:", fmt_latency(b3, u));
+	kv(t, "weight:", fmt_int(b4, jint(u, "weight")));
+	kv(t, "priority:", fmt_int(b5, jint(u, "priority")));
+	kv(t, "model:", jstr(u, "model") ? jstr(u, "model") : "the client's");
+	kv(t, "upstream key:", key);
+	kv(t, "attempts:", att);
+	cli_table_print(t, stdout);
+}
+
+static void print_upstream_changed(const json_t *u)
+{
+	const char *id = jstr(u, "id") ? jstr(u, "id") : "?";
+	const char *url = jstr(u, "url") ? jstr(u, "url") : "?";
+	bool drained = jbool(u, "drained");
+
+	if (json_object_get(u, "changed") && !jbool(u, "changed"))
+		printf("Upstream %s (%s) was already %s.\n", id, url,
+		       drained ? "drained" : "taking requests");
+	else if (drained)
+		printf("Upstream %s (%s) is drained: it gets no new requests; those in flight "
+		       "finish (kept across restarts).\n", id, url);
+	else
+		printf("Upstream %s (%s) takes requests again (kept across restarts).\n", id, url);
 }
 
 /* ---- reload, status ---- */
@@ -445,6 +651,19 @@ const struct cli_cmd cli_commands[] = {
 	{ "route", "toggle", "route.toggle", "flip a route between enabled and disabled",
 	  { NULL, "NAME", CLI_ARG_STRING, "name", true, "the route's name", CLI_COMPLETE_ROUTE, NULL },
 	  { OPT_END }, print_route_changed, false, NULL, 0 },
+	{ "upstream", "list", "upstream.list", "list the upstreams of every route, or of one",
+	  NO_POS, {
+		{ "--route", "NAME", CLI_ARG_STRING, "route", false, "only this route's upstreams", CLI_COMPLETE_ROUTE, NULL },
+		OPT_END }, print_upstream_list, false, NULL, 0 },
+	{ "upstream", "show", "upstream.show", "show one upstream: state, breaker, latency, attempts",
+	  { NULL, "ID", CLI_ARG_STRING, "id", true, "ROUTE/INDEX, as upstream list shows it", CLI_COMPLETE_UPSTREAM, NULL },
+	  { OPT_END }, print_upstream_detail, false, NULL, 0 },
+	{ "upstream", "drain", "upstream.drain", "send an upstream no new requests (kept across restarts)",
+	  { NULL, "ID", CLI_ARG_STRING, "id", true, "ROUTE/INDEX, as upstream list shows it", CLI_COMPLETE_UPSTREAM, NULL },
+	  { OPT_END }, print_upstream_changed, false, NULL, 0 },
+	{ "upstream", "undrain", "upstream.undrain", "let a drained upstream take requests again",
+	  { NULL, "ID", CLI_ARG_STRING, "id", true, "ROUTE/INDEX, as upstream list shows it", CLI_COMPLETE_UPSTREAM, NULL },
+	  { OPT_END }, print_upstream_changed, false, NULL, 0 },
 	{ "reload", NULL, "reload", "re-read the route files; on error the old routes keep serving",
 	  NO_POS, { OPT_END }, print_reload, false, NULL, 0 },
 	{ "status", NULL, "status", "version, uptime, listen address, route and key counts",
@@ -474,7 +693,7 @@ const struct cli_cmd cli_commands[] = {
 		{ "--hours", "N", CLI_ARG_INT, "hours", false, "hourly rows for the last N hours (default 24)", CLI_COMPLETE_NONE, NULL },
 		{ "--daily", NULL, CLI_ARG_FLAG, "daily", false, "add one row per day (UTC)", CLI_COMPLETE_NONE, NULL },
 		{ "--days", "N", CLI_ARG_INT, "days", false, "daily rows for the last N days (default 7)", CLI_COMPLETE_NONE, NULL },
-		{ "--by", "route|key|model", CLI_ARG_STRING, "by", false, "add a breakdown by route, key or model", CLI_COMPLETE_NONE, "route,key,model" },
+		{ "--by", "route|key|model|upstream", CLI_ARG_STRING, "by", false, "add a breakdown by route, key or model; or the upstreams' live counters", CLI_COMPLETE_NONE, "route,key,model,upstream" },
 		OPT_END }, cli_print_metrics, false, NULL, 120 },
 };
 const size_t cli_ncommands = sizeof(cli_commands) / sizeof(cli_commands[0]);
@@ -482,6 +701,7 @@ const size_t cli_ncommands = sizeof(cli_commands) / sizeof(cli_commands[0]);
 const struct cli_noun cli_nouns[] = {
 	{ "key", "manage client API keys" },
 	{ "route", "inspect routes and switch them on and off" },
+	{ "upstream", "inspect the upstreams of the routes' pools and drain them" },
 	{ "logs", "read the audit log: follow requests live, export rows, show one" },
 };
 const size_t cli_nnouns = sizeof(cli_nouns) / sizeof(cli_nouns[0]);

@@ -26,6 +26,7 @@ enum cli_complete {
 	CLI_COMPLETE_ROUTE,    /* one route name */
 	CLI_COMPLETE_ROUTES,   /* comma-separated route names */
 	CLI_COMPLETE_KEY,      /* a key id */
+	CLI_COMPLETE_UPSTREAM, /* an upstream id, ROUTE/INDEX */
 };
 
 /* Global options, as the command runner sees them. */

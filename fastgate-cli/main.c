@@ -468,7 +468,7 @@ done:
 /* ---- shell completion ----
  * `fastgate-cli --complete WORD...` prints the candidates for the word after WORDs, one a
  * line. Values the daemon knows are requested with a directive the script resolves:
- * @file (a path), @route, @routes (comma list), @key (a key id). */
+ * @file (a path), @route, @routes (comma list), @key (a key id), @upstream (ROUTE/INDEX). */
 
 /* The candidates for an option's value (or the positional argument). */
 static void complete_value(const struct cli_opt *o)
@@ -488,6 +488,7 @@ static void complete_value(const struct cli_opt *o)
 	case CLI_COMPLETE_ROUTE: puts("@route"); break;
 	case CLI_COMPLETE_ROUTES: puts("@routes"); break;
 	case CLI_COMPLETE_KEY: puts("@key"); break;
+	case CLI_COMPLETE_UPSTREAM: puts("@upstream"); break;
 	case CLI_COMPLETE_NONE: break;
 	}
 }

@@ -146,6 +146,60 @@ static void print_series(const json_t *a, bool hourly)
 	cli_table_print(t, stdout);
 }
 
+/* "ok 12, 5xx 1": the outcomes that happened, in the daemon's order; "-" when none did. */
+static const char *fmt_outcomes(char *buf, size_t size, const json_t *att)
+{
+	const char *k;
+	json_t *v;
+	size_t n = 0;
+
+	buf[0] = '\0';
+	json_object_foreach((json_t *)att, k, v)
+		if (json_integer_value(v) > 0 && n < size)
+			n += (size_t)snprintf(buf + n, size - n, "%s%s %" JSON_INTEGER_FORMAT,
+			                      n ? ", " : "", k, json_integer_value(v));
+	return n ? buf : "-";
+}
+
+/* The upstreams' live counters: not from the audit log, so not limited to the window. */
+static void print_upstream_breakdown(const json_t *bd)
+{
+	static const char *const head[] = { "UPSTREAM", "STATE", "INFLIGHT", "EWMA MS",
+	                                    "ATTEMPTS", "OUTCOMES", "URL" };
+	struct cli_table *t = cli_table_new(7, head);
+	size_t i;
+	json_t *row;
+
+	json_array_foreach(json_object_get(bd, "rows"), i, row) {
+		const json_t *ewma = json_object_get(row, "latency_ewma_ms");
+		const json_t *att = json_object_get(row, "attempts");
+		/* 0 is the start, and also answers under the millisecond the daemon measures */
+		bool answered = jint(att, "ok") + jint(att, "429") + jint(att, "5xx") > 0;
+		char b[4][SZ], out[SZ * 4];
+		const char *cells[7] = {
+			json_string_value(json_object_get(row, "id")),
+			json_string_value(json_object_get(row, "state")),
+			fmt_count(b[0], jint(row, "inflight")),
+			json_is_number(ewma) && (json_number_value(ewma) > 0 || answered)
+			? fmt_ms(b[1], ewma) : "-",
+			fmt_count(b[2], jint(row, "attempts_total")),
+			fmt_outcomes(out, sizeof(out), json_object_get(row, "attempts")),
+			json_string_value(json_object_get(row, "url")),
+		};
+
+		cli_table_add(t, cells);
+	}
+	printf("\n");
+	if (cli_table_rows(t) == 0) {
+		cli_table_free(t);
+		printf("No upstreams: no routes are loaded.\n");
+		return;
+	}
+	cli_table_print(t, stdout);
+	printf("(upstreams: live counters since fastgated started or the upstream was added, "
+	       "not limited to the window)\n");
+}
+
 static void print_breakdown(const json_t *bd)
 {
 	const char *by = json_string_value(json_object_get(bd, "by"));
@@ -209,6 +263,13 @@ void cli_print_metrics(const json_t *r)
 		print_series(json_object_get(r, "hourly"), true);
 	if (json_is_array(json_object_get(r, "daily")))
 		print_series(json_object_get(r, "daily"), false);
-	if (json_is_object(json_object_get(r, "breakdown")))
-		print_breakdown(json_object_get(r, "breakdown"));
+	if (json_is_object(json_object_get(r, "breakdown"))) {
+		const json_t *bd = json_object_get(r, "breakdown");
+		const char *by = json_string_value(json_object_get(bd, "by"));
+
+		if (by && strcmp(by, "upstream") == 0)
+			print_upstream_breakdown(bd);
+		else
+			print_breakdown(bd);
+	}
 }

@@ -2,15 +2,18 @@
 #
 # Install: copy to /usr/share/bash-completion/completions/fastgate-cli, or source it.
 # The words come from fastgate-cli itself (`fastgate-cli --complete WORD...`), so this file
-# never goes stale; route names and key ids are asked of the running daemon.
+# never goes stale; route names, key ids and upstream ids are asked of the running daemon.
 
 _fastgate_cli_daemon() {
-    # $1: noun to list ("route" or "key"); remaining args: global options from the line.
+    # $1: noun to list ("route", "key" or "upstream"); remaining args: global options from
+    # the line.
     local what=$1; shift
     local out
     out=$("${_fastgate_cli_bin}" "$@" --json "$what" list 2>/dev/null) || return 0
     if [[ $what == route ]]; then
         printf '%s\n' "$out" | grep -o '"name":"[^"]*"' | sed 's/^"name":"//; s/"$//'
+    elif [[ $what == upstream ]]; then
+        printf '%s\n' "$out" | grep -o '"id":"[^"]*"' | sed 's/^"id":"//; s/"$//'
     else
         printf '%s\n' "$out" | grep -o '"id":[0-9]*' | sed 's/^"id"://'
     fi
@@ -40,7 +43,7 @@ _fastgate_cli() {
             COMPREPLY=($(compgen -f -- "$cur"))
             return 0
             ;;
-        @route | @key)
+        @route | @key | @upstream)
             while IFS= read -r w; do candidates+=("$w"); done \
                 < <(_fastgate_cli_daemon "${line#@}" "${globals[@]}")
             ;;
