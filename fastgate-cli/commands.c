@@ -440,27 +440,35 @@ static void print_upstream_list(const json_t *a)
 	cli_table_print(t, stdout);
 }
 
-/* "ok 12, 5xx 1 (13 in all)", the outcomes that happened, in the daemon's order. */
-static void fmt_attempts(char *buf, size_t size, const json_t *att)
+const char *cli_fmt_outcomes(char *buf, size_t size, const json_t *att)
 {
 	const char *k;
 	json_t *v;
 	size_t n = 0;
-	json_int_t total = 0;
 
 	buf[0] = '\0';
-	json_object_foreach((json_t *)att, k, v) {
-		if (json_integer_value(v) <= 0)
-			continue;
-		total += json_integer_value(v);
-		if (n < size)
+	json_object_foreach((json_t *)att, k, v)
+		if (json_integer_value(v) > 0 && n < size)
 			n += (size_t)snprintf(buf + n, size - n, "%s%s %" JSON_INTEGER_FORMAT,
 			                      n ? ", " : "", k, json_integer_value(v));
-	}
+	return n ? buf : "-";
+}
+
+/* "ok 12, 5xx 1 (13 in all)", or "none yet". */
+static void fmt_attempts(char *buf, size_t size, const json_t *att)
+{
+	char list[400];
+	const char *k;
+	json_t *v;
+	json_int_t total = 0;
+
+	json_object_foreach((json_t *)att, k, v)
+		total += json_integer_value(v) > 0 ? json_integer_value(v) : 0;
 	if (!total)
 		snprintf(buf, size, "none yet");
-	else if (n < size)
-		snprintf(buf + n, size - n, " (%" JSON_INTEGER_FORMAT " in all)", total);
+	else
+		snprintf(buf, size, "%s (%" JSON_INTEGER_FORMAT " in all)",
+		         cli_fmt_outcomes(list, sizeof(list), att), total);
 }
 
 static void print_upstream_detail(const json_t *u)

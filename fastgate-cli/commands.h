@@ -76,6 +76,10 @@ extern const size_t cli_ncommands;
 extern const struct cli_noun cli_nouns[];
 extern const size_t cli_nnouns;
 
+/* An upstream's attempts object as "ok 12, 5xx 1": the outcomes that happened, in the
+ * daemon's order, into buf; "-" when none did. */
+const char *cli_fmt_outcomes(char *buf, size_t size, const json_t *att);
+
 /* Print a daemon error reply the way this command wants it shown (stderr). */
 void cli_print_error(const struct cli_cmd *cmd, const json_t *error, const char *message);
 

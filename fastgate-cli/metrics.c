@@ -146,21 +146,6 @@ static void print_series(const json_t *a, bool hourly)
 	cli_table_print(t, stdout);
 }
 
-/* "ok 12, 5xx 1": the outcomes that happened, in the daemon's order; "-" when none did. */
-static const char *fmt_outcomes(char *buf, size_t size, const json_t *att)
-{
-	const char *k;
-	json_t *v;
-	size_t n = 0;
-
-	buf[0] = '\0';
-	json_object_foreach((json_t *)att, k, v)
-		if (json_integer_value(v) > 0 && n < size)
-			n += (size_t)snprintf(buf + n, size - n, "%s%s %" JSON_INTEGER_FORMAT,
-			                      n ? ", " : "", k, json_integer_value(v));
-	return n ? buf : "-";
-}
-
 /* The upstreams' live counters: not from the audit log, so not limited to the window. */
 static void print_upstream_breakdown(const json_t *bd)
 {
@@ -183,7 +168,7 @@ static void print_upstream_breakdown(const json_t *bd)
 			json_is_number(ewma) && (json_number_value(ewma) > 0 || answered)
 			? fmt_ms(b[1], ewma) : "-",
 			fmt_count(b[2], jint(row, "attempts_total")),
-			fmt_outcomes(out, sizeof(out), json_object_get(row, "attempts")),
+			cli_fmt_outcomes(out, sizeof(out), json_object_get(row, "attempts")),
 			json_string_value(json_object_get(row, "url")),
 		};
 
