@@ -19,8 +19,8 @@ static void apply_overrides(struct gateway *gw, struct route_table *t)
 }
 
 /* `upstream drain` persists in the key store by route and URL. A target that kept its state
- * through the reload has the flag already; one whose state is new (the daemon starting, a
- * changed key, a route renamed back) gets it here, before it can take a request. */
+ * through the reload has the flag already; one whose state is new (the daemon starting, an
+ * upstream added back or given a new key) gets it here, before it can take a request. */
 static void apply_target_states(struct gateway *gw, struct route_table *t)
 {
 	if (!gw->keys)

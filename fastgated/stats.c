@@ -815,8 +815,11 @@ static json_t *upstream_breakdown(const struct gateway *gw)
 
 			for (int o = 0; st && o < OUTCOME_COUNT; o++)
 				total += (json_int_t)st->attempts[o];
-			if (!row || json_object_set_new(row, "attempts_total", json_integer(total)) < 0 ||
-			    json_array_append_new(rows, row) < 0) {
+			if (!row || json_object_set_new(row, "attempts_total", json_integer(total)) < 0) {
+				json_decref(row);
+				json_decref(rows);
+				rows = NULL;
+			} else if (json_array_append_new(rows, row) < 0) {
 				json_decref(rows);
 				rows = NULL;
 			}
