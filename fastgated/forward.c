@@ -289,7 +289,7 @@ void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long stat
 		return;
 	a->ended = true;
 	pool_attempt_end(r, (size_t)a->target, now, a->pass, o, retry_after_s,
-	                 a->head_ms ? (double)(a->head_ms - a->started_ms) : -1);
+	                 a->ttfb_s >= 0 ? (a->ttfb_s - a->started_s) * 1000.0 : -1);
 	/* the status when an answer came, else what went wrong */
 	if (status >= 100 && o != OUTCOME_TIMEOUT && o != OUTCOME_RESET && o != OUTCOME_PROTOCOL) {
 		size_t n = fmt_dec(word, (uint64_t)status);
@@ -334,6 +334,7 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass)
 	a->target = i;
 	a->pass = pass;
 	a->started_ms = mono_ms();
+	a->started_s = proxy_elapsed(px);
 	px->tried |= (uint64_t)1 << i;
 	px->route_attempts++;
 	px->attempts++;

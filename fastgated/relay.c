@@ -163,7 +163,6 @@ static int head_done(struct proxy_req *px)
 	const char *ct = up_value(a, a->up_ct), *cl = up_value(a, a->up_cl);
 	enum attempt_outcome o = attempt_outcome_of_status(a->status);
 
-	a->head_ms = mono_ms();
 	if ((o != OUTCOME_OK || px->route->retry.n_codes) && forward_may_retry(px, o, a->status)) {
 		a->dropped = true;
 		return -1;

@@ -39,7 +39,8 @@ struct attempt {
 	int target;                       /* index in px->route->targets; -1 before a pick */
 	enum breaker_pass pass;           /* the breaker's ticket, handed back at the end */
 	int64_t started_ms;               /* monotonic */
-	int64_t head_ms;                  /* monotonic, when the answer's head was in; 0 = not */
+	double started_s;                 /* proxy_elapsed at its start: with ttfb_s, the
+	                                   * upstream's own time to the head, to the microsecond */
 	bool ended;                       /* its outcome went to the pool */
 	bool dropped;                     /* its answer (a 429 or 5xx) is dropped for a retry */
 	char *body;                       /* the body with this target's model, or NULL: px's */

@@ -62,7 +62,8 @@
  * the answer as much, and reset-mid, close-after-head and fail-after-content are "reset".
  *
  * Sticky behaviour: POST /__mock/behave with a JSON object body
- *   {"fail": F, "times": N, "retry_after": S, "first_byte_delay_ms": N, "delay_ms": N}
+ *   {"fail": F, "times": N, "every": N, "retry_after": S, "first_byte_delay_ms": N,
+ *    "delay_ms": N}
  * makes this instance plan every later non-control request as if it carried
  * X-Mock-Fail: F, X-Mock-Retry-After: S, X-Mock-First-Byte-Delay-Ms and X-Mock-Delay-Ms
  * (same values and ranges as the headers; F is a string). Each header a request does carry
@@ -70,7 +71,10 @@
  * same as leaving it out. "times" (1..1000000000; default unlimited) is how many
  * non-control requests it applies to: every such arrival uses one up, whatever its path
  * and its own headers (a request answered 400 for a bad mock header too); when none are
- * left the behaviour is cleared and the instance behaves normally again. Setting one
+ * left the behaviour is cleared and the instance behaves normally again. "every" N
+ * (1..1000000; default 1) applies the fail mode to every Nth arrival only (the Nth, 2Nth,
+ * ...), the others behaving, for a steady failure rate of 1/N; each arrival still uses one
+ * of "times". Setting one
  * replaces the previous one (and its count); {} (or only nulls) clears it, as does
  * POST /__mock/reset. Answer: 200 {"ok":true}. A body that is not a JSON object, a
  * duplicate or unknown field, or a bad value gets a 400 whose error code is
@@ -160,6 +164,9 @@ struct behave {
 	enum fail_mode fail;    /* FAIL_NONE: not set */
 	int status;             /* FAIL_STATUS */
 	long times;             /* requests it still applies to; -1 = unlimited */
+	long every;             /* fail only every Nth arrival; -1 = every one */
+	long seen;              /* arrivals since it was set, for "every" */
+	int skip;               /* this arrival is not an Nth one: no fail mode */
 	long retry_after;       /* -1: not set (likewise below) */
 	long first_byte_ms;
 	long delay_ms;
@@ -493,7 +500,7 @@ static int plan_parse(struct evhttp_request *req, const struct behave *b, struct
 	plan->delay_ms = -1;
 	plan->retry_after = -1;
 	if (b->set) {
-		plan->fail = b->fail;
+		plan->fail = b->skip ? FAIL_NONE : b->fail;
 		plan->status = b->status;
 		plan->delay_ms = b->delay_ms;
 		plan->first_byte_ms = b->first_byte_ms < 0 ? 0 : b->first_byte_ms;
@@ -1144,7 +1151,7 @@ static int behave_int(const json_t *body, const char *key, long min, long max, l
 static int behave_parse(const char *body, size_t len, struct behave *b, char *bad,
     size_t badlen)
 {
-	static const char *const fields[] = { "fail", "times", "retry_after",
+	static const char *const fields[] = { "fail", "times", "every", "retry_after",
 	    "first_byte_delay_ms", "delay_ms" };
 	json_error_t err;
 	json_t *req = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
@@ -1156,7 +1163,7 @@ static int behave_parse(const char *body, size_t len, struct behave *b, char *ba
 	int rc = -1;
 
 	memset(b, 0, sizeof(*b));
-	b->times = b->retry_after = b->first_byte_ms = b->delay_ms = -1;
+	b->times = b->every = b->retry_after = b->first_byte_ms = b->delay_ms = -1;
 	if (!req) {
 		snprintf(bad, badlen, "body (not JSON: %s)", err.text);
 		return -1;
@@ -1170,7 +1177,7 @@ static int behave_parse(const char *body, size_t len, struct behave *b, char *ba
 			if (strcmp(key, fields[i]) == 0)
 				break;
 		if (i == sizeof(fields) / sizeof(fields[0])) {
-			snprintf(bad, badlen, "field \"%.40s\" (want fail, times, retry_after, "
+			snprintf(bad, badlen, "field \"%.40s\" (want fail, times, every, retry_after, "
 			    "first_byte_delay_ms or delay_ms)", key);
 			goto done;
 		}
@@ -1185,6 +1192,7 @@ static int behave_parse(const char *body, size_t len, struct behave *b, char *ba
 	b->fail = plan.fail;
 	b->status = plan.status;
 	if (behave_int(req, "times", 1, MAX_TIMES, &b->times, bad, badlen) < 0
+	    || behave_int(req, "every", 1, 1000000, &b->every, bad, badlen) < 0
 	    || behave_int(req, "retry_after", 0, MAX_RETRY_AFTER, &b->retry_after, bad,
 		badlen) < 0
 	    || behave_int(req, "first_byte_delay_ms", 0, MAX_DELAY_MS, &b->first_byte_ms, bad,
@@ -1333,6 +1341,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 	conn = conn_get(m, evhttp_request_get_connection(req));
 	json_decref(m->last);
 	m->last = request_json(req);
+	m->behave.skip = m->behave.every > 1 && ++m->behave.seen % m->behave.every != 0;
 	planned = plan_parse(req, &m->behave, &plan, &ans) == 0;
 	behave_used(&m->behave);
 	if (planned) {

@@ -766,6 +766,39 @@ def cmd_report(a):
                          "%s / %s / %s" % (fmt_ms(l_d / 1e3), fmt_ms(l_ng / 1e3),
                                            fmt_ms(l_fg / 1e3)), "(info)", ""))
 
+    # upstream pools (section 6): /pool against /single round by round, /poolfail's errors.
+    # The verdict is on CPU per request: /pool spreads over three mocks where /single
+    # waits on one, so its req/s can beat /single's and say nothing of its own cost.
+    single_c, pool_c = by_round("fg-single", "cpu_us_per_req"), by_round("fg-pool", "cpu_us_per_req")
+    both = sorted(k for k in set(single_c) & set(pool_c) if single_c[k] > 0)
+    if both:
+        ratios = [pool_c[k] / single_c[k] for k in both]
+        ratio = statistics.median(ratios)
+        rows.append(("CPU per request, pool of 3 upstreams / 1 upstream, median of per-round ratios",
+                     "%.3fx (%s)" % (ratio, " ".join("%.2f" % x for x in ratios)),
+                     "<= 1.03x (overhead <= 3%)", "PASS" if ratio <= 1.03 else "FAIL"))
+    single_r, pool_r = by_round("fg-single", "rps"), by_round("fg-pool", "rps")
+    both = sorted(k for k in set(single_r) & set(pool_r) if single_r[k] > 0)
+    if both:
+        rows.append(("req/s, pool of 3 / 1 upstream, median of per-round ratios (3 mocks against 1)",
+                     "%.3fx" % statistics.median([pool_r[k] / single_r[k] for k in both]),
+                     "(info)", ""))
+    fail_recs = [r for r in recs if r["kind"] == "wrk" and r["target"] == "fg-poolfail"]
+    if fail_recs:
+        sent = sum(r["requests"] for r in fail_recs)
+        errs = sum(r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"]
+                   + r["err_timeout"] for r in fail_recs)
+        faulted = next((r["faulted"] for r in recs if r["kind"] == "poolstats"), None)
+        rows.append(("pool with one upstream failing 10%%: client-visible errors (%d requests%s)" % (
+                     sent, "" if faulted is None else ", %d upstream 500s retried" % faulted),
+                     "%d (%.3f%%)" % (errs, 100.0 * errs / sent if sent else 0), "0",
+                     "PASS" if errs == 0 and sent > 0 else "FAIL"))
+        p, _ = wrk_med("fg-poolfail", conns, "p99_us")
+        q, _ = wrk_med("fg-pool", conns, "p99_us")
+        if p and q:
+            rows.append(("p99 with one failing / all healthy", "%s / %s" % (fmt_ms(p / 1e3), fmt_ms(q / 1e3)),
+                         "(info)", ""))
+
     for r in recs:
         if r["kind"] == "ttfb":
             rows.append(("stream TTFB added over direct: median (%d+%d streams)" % (

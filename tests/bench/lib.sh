@@ -28,6 +28,27 @@ bench_chat_route() {
 		"$2" >"$1"
 }
 
+# bench_pool_routes FILE PORT_A PORT_B PORT_C PORT_FAILING: /single to A alone, /pool to A,
+# B and C, /poolfail to A, B and the failing one; the pools retry 5xx on another upstream.
+bench_pool_routes() {
+	local f=$1 a=$2 b=$3 c=$4 x=$5 u="/v1/chat/completions"
+	{
+		printf 'routes:\n'
+		printf '  - name: single\n    match: { path: /single%s, methods: [POST] }\n' "$u"
+		printf '    upstream: { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$a" "$u"
+		for r in pool poolfail; do
+			printf '  - name: %s\n    match: { path: /%s%s, methods: [POST] }\n' "$r" "$r" "$u"
+			printf '    retry: { attempts: 3, on: [connect, 5xx] }\n    upstreams:\n'
+			printf '      - { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$a" "$u" "$b" "$u"
+			if [[ $r == pool ]]; then
+				printf '      - { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$c" "$u"
+			else
+				printf '      - { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$x" "$u"
+			fi
+		done
+	} >"$f"
+}
+
 # bench_key CLI SOCKET NAME: create a key through the control socket, print its secret.
 bench_key() {
 	"$1" --socket "$2" --json key create --name "$3" |

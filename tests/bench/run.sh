@@ -381,6 +381,50 @@ else
 fi
 stop_fg "$FG2" "stream runs"
 
+# ================================================================ 6. upstream pools
+# One fastgated, three routes side by side: /single (one mock), /pool (three healthy mocks,
+# the same one included) and /poolfail (two of them and a fourth mock that answers 500 to
+# every 10th request it gets), the last two retrying on 5xx. Rounds alternate the three, so
+# the pool's cost is a per-round ratio against /single; the failing pool's client errors
+# are counted by wrk (non-2xx and socket errors).
+log "== 6. upstream pools: three upstreams against one, and one failing 10% of its requests"
+POOL_MOCKS=()
+for n in 2 3 4; do
+	"$BUILD/mock-upstream" --listen 127.0.0.1:0 >"$W/mock$n.out" 2>"$W/mock$n.err" &
+	PIDS+=("$!")
+	TPIDS[mock$n]=$!
+	bench_wait_line "$W/mock$n.out" '^listening ' 10 "$!" || die "mock $n did not start"
+	POOL_MOCKS+=("$(bench_mock_port "$W/mock$n.out")")
+done
+"$PYTHON" -c 'import http.client,sys; c=http.client.HTTPConnection("127.0.0.1",int(sys.argv[1]),timeout=5); c.request("POST","/__mock/behave",body=b"{\"fail\":\"500\",\"every\":10}"); r=c.getresponse(); sys.exit(r.status!=200)' \
+	"${POOL_MOCKS[2]}" || die "cannot make mock 4 fail every 10th request"
+FG6=$W/fg-pool
+mkdir -p "$FG6/routes"
+bench_pool_routes "$FG6/routes/pool.yaml" "$MOCK_PORT" "${POOL_MOCKS[0]}" "${POOL_MOCKS[1]}" "${POOL_MOCKS[2]}"
+"$BUILD/fastgated" --listen 127.0.0.1:0 --routes "$FG6/routes" --keys "$FG6/keys.db" \
+	--audit "$FG6/audit.db" --control "$FG6/ctl.sock" >"$FG6/stdout.log" 2>"$FG6/fastgated.log" &
+FG_PID=$!
+PIDS+=("$FG_PID")
+bench_wait_line "$FG6/fastgated.log" 'listening on http://' 15 "$FG_PID" || die "fastgated (pools) did not start"
+FG_PORT=$(bench_fg_port "$FG6/fastgated.log")
+KEY=$(bench_key "$BUILD/fastgate-cli" "$FG6/ctl.sock" bench) || die "fastgate-cli key create failed"
+for t in single pool poolfail; do
+	URL[fg-$t]=http://127.0.0.1:$FG_PORT/$t/v1/chat/completions
+	TPIDS[fg-$t]=$FG_PID
+	wait_http "${URL[fg-$t]}" "$KEY" 10 || die "fastgated does not proxy /$t"
+done
+POOL_TARGETS=(fg-single fg-pool fg-poolfail)
+for (( r = 1; r <= ROUNDS; r++ )); do
+	log "pool round $r/$ROUNDS"
+	for (( i = 0; i < 3; i++ )); do
+		t=${POOL_TARGETS[$(( (i + r - 1) % 3 ))]}
+		run_wrk "$t" "${URL[$t]}" "$CONNS" "$WRK_T" "$RUN_S" "$r" >/dev/null
+	done
+done
+"$PYTHON" -c 'import json,sys,urllib.request; print(json.dumps({"kind":"poolstats","faulted":json.load(urllib.request.urlopen("http://127.0.0.1:%s/__mock/stats" % sys.argv[1]))["faulted"]}))' \
+	"${POOL_MOCKS[2]}" >>"$RES" || note "cannot read mock 4's stats"
+stop_fg "$FG6" "pool runs"
+
 # ================================================================ 5. micro
 log "== 5. start-up with $N_ROUTES routes + $N_KEYS keys; route_match, keystore_lookup"
 M=$W/micro
