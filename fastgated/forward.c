@@ -258,23 +258,29 @@ done:
 
 /* ---- one attempt ---------------------------------------------------------------------- */
 
-/* ";url=outcome:ms" onto the request's attempts column, whole or not at all. */
+/* ";url=outcome:ms" onto the request's attempts column, whole or not at all. By hand:
+ * snprintf cost ~950 instructions a request here. */
 static void attempt_log_add(struct proxy_req *px, const char *url, const char *outcome,
                             int64_t ms)
 {
-	char tail[64];
-	int n = snprintf(tail, sizeof(tail), "=%s:%lld", outcome, (long long)(ms < 0 ? 0 : ms));
-	size_t ul = strlen(url), need = px->attempt_log_len + 1 + ul + (size_t)n + 1;
+	size_t ul = strlen(url), ol = strlen(outcome);
+	size_t need = px->attempt_log_len + 1 + ul + 1 + ol + 1 + 20 + 1;
 	char *w;
 
-	if (n < 0 || buf_grow(&px->attempt_log, &px->attempt_log_cap, need, 256) < 0)
+	if (buf_grow(&px->attempt_log, &px->attempt_log_cap, need, 256) < 0)
 		return;
 	w = px->attempt_log + px->attempt_log_len;
 	if (px->attempt_log_len)
 		*w++ = ';';
 	memcpy(w, url, ul);
-	memcpy(w + ul, tail, (size_t)n + 1);
-	px->attempt_log_len = (size_t)(w + ul + n - px->attempt_log);
+	w += ul;
+	*w++ = '=';
+	memcpy(w, outcome, ol);
+	w += ol;
+	*w++ = ':';
+	w += fmt_dec(w, (uint64_t)(ms < 0 ? 0 : ms));
+	*w = '\0';
+	px->attempt_log_len = (size_t)(w - px->attempt_log);
 }
 
 void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long status,
@@ -283,7 +289,8 @@ void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long stat
 	struct attempt *a = &px->att;
 	struct route *r = (struct route *)px->route;   /* its pool's live state is mutable */
 	int64_t now = mono_ms();
-	char word[16];
+	const char *what = attempt_outcome_name(o);
+	char word[24];
 
 	if (a->ended || a->target < 0)
 		return;
@@ -292,11 +299,10 @@ void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long stat
 	                 a->ttfb_s >= 0 ? (a->ttfb_s - a->started_s) * 1000.0 : -1);
 	/* the status when an answer came, else what went wrong */
 	if (status >= 100 && o != OUTCOME_TIMEOUT && o != OUTCOME_RESET && o != OUTCOME_PROTOCOL) {
-		size_t n = fmt_dec(word, (uint64_t)status);
-		word[n] = '\0';
-	} else
-		snprintf(word, sizeof(word), "%s", attempt_outcome_name(o));
-	attempt_log_add(px, r->targets[a->target].url, word, now - a->started_ms);
+		word[fmt_dec(word, (uint64_t)status)] = '\0';
+		what = word;
+	}
+	attempt_log_add(px, r->targets[a->target].url, what, now - a->started_ms);
 }
 
 /* Make the attempt ready for a new target: the buffers stay, their contents go. */
@@ -318,7 +324,7 @@ static void attempt_reset(struct attempt *a)
 }
 
 /* Build and start the attempt on target i: 0, or -1 when it could not be started. */
-static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass)
+static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, int64_t now)
 {
 	const struct route *r = px->route;
 	const struct route_target *t = &r->targets[i];
@@ -333,7 +339,7 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass)
 	attempt_reset(a);
 	a->target = i;
 	a->pass = pass;
-	a->started_ms = mono_ms();
+	a->started_ms = now;
 	a->started_s = proxy_elapsed(px);
 	px->tried |= (uint64_t)1 << i;
 	px->route_attempts++;
@@ -477,7 +483,7 @@ static bool attempt_next(struct proxy_req *px)
 			int i = pool_pick((struct route *)r, px->tried, now, &pass);
 
 			if (i >= 0) {
-				if (attempt_start(px, i, pass) == 0)
+				if (attempt_start(px, i, pass, now) == 0)
 					return true;
 				px->att.timed_out = false;
 				forward_attempt_end(px, OUTCOME_ABANDONED, 0, -1);
@@ -534,6 +540,11 @@ bool forward_begin(struct proxy_req *px)
 void forward_retry(struct proxy_req *px)
 {
 	px->retries++;
+	/* assigned on first use: most requests never retry */
+	if (!px->retry_ev_set) {
+		event_assign(&px->retry_ev, px->gw->base, -1, 0, forward_retry_cb, px);
+		px->retry_ev_set = true;
+	}
 	event_active(&px->retry_ev, 0, 0);
 }
 

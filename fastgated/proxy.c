@@ -166,7 +166,8 @@ void proxy_finish(struct proxy_req *px)
 	event_del(&px->timer_ev);
 	event_del(&px->resume_ev);
 	event_del(&px->finish_ev);
-	event_del(&px->retry_ev);
+	if (px->retry_ev_set)
+		event_del(&px->retry_ev);
 	if (px->table)
 		route_table_unref(px->table);
 	free(px);
@@ -530,7 +531,6 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	evtimer_assign(&px->timer_ev, gw->base, relay_timer_cb, px);
 	event_assign(&px->resume_ev, gw->base, -1, 0, relay_resume_cb, px);
 	event_assign(&px->finish_ev, gw->base, -1, 0, finish_cb, px);
-	event_assign(&px->retry_ev, gw->base, -1, 0, forward_retry_cb, px);
 	gw->stats.inflight++;
 	if (!px->out) {
 		px->status = 500;   /* what the caller answers */

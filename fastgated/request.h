@@ -134,6 +134,7 @@ struct proxy_req {
 	struct event resume_ev;           /* deferred transport resume */
 	struct event finish_ev;           /* deferred finish after the client vanished */
 	struct event retry_ev;            /* the next attempt, started from the loop */
+	bool retry_ev_set;                /* retry_ev is assigned (on the first retry) */
 };
 
 /* ---- proxy.c ---- */
