@@ -188,7 +188,6 @@ static int prepare_body(struct proxy_req *px)
 	free(px->body_rewritten);
 	px->body_rewritten = NULL;
 	px->rewritten_len = 0;
-	px->body_route = r->name;
 	px->usage_injected = false;
 	sse_scan_free(&px->scan);
 	sse_scan_init(&px->scan, false);

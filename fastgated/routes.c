@@ -1255,8 +1255,8 @@ static void parse_target(struct pctx *c, const yaml_node_t *un, const char *what
 		get_int_in(c, seen[T_PRIORITY], "priority", 0, TARGET_PRIORITY_MAX, "a tier",
 		           &t->priority);
 	if (seen[T_MODEL] && (s = get_str(c, seen[T_MODEL], "model"))) {
-		if (!*s || has_ctl(s, strlen(s), true))
-			perr(c, seen[T_MODEL], "model: expected a model name without control characters");
+		if (!*s || has_ctl(s, strlen(s), false))
+			perr(c, seen[T_MODEL], "model: expected a model name without control characters or tabs");
 		else
 			t->model = xstrdup(s);
 	}
