@@ -657,6 +657,86 @@ def test_retry_attempts_caps_the_tries_each_on_an_upstream_not_yet_tried():
         assert st == int(attempts_of(row)[-1][1]), (st, row["attempts"])
 
 
+def test_error_rate_opens_after_min_requests_and_other_4xx_are_successes():
+    """A listed 4xx (retry on [409]) is retried but is no failure: failures: 1 never opens.
+    With failures off, error_rate 50 over min_requests 10 opens on the 10th failed attempt,
+    not before."""
+    codes = pool_route("    retry: {{ attempts: 3, on: [409] }}\n"
+                       "    breaker: {{ failures: 1, error_rate: 0, cooldown: 30 }}\n",
+                       name="codes", match="{{ path: /v1/chat/completions, body: {{ model: \"codes\" }} }}")
+    rate = pool_route("    retry: {{ attempts: 3, on: [5xx] }}\n"
+                      "    breaker: {{ failures: 0, error_rate: 50, min_requests: 10, cooldown: 30 }}\n",
+                      name="rate", match="{{ path: /v1/chat/completions, body: {{ model: \"rate\" }} }}")
+    with Env(routes(codes, rate)) as env:
+        env.behave(0, {"fail": "status:409"})
+        for _ in range(30):
+            st, h, data = env.chat(dict(CHAT, model="codes"))
+            assert st == 200, (st, data)
+        t = env.targets("codes")[0]
+        assert t["breaker"] == "closed" and t["state"] == "up", t
+        assert env.chats()[0] >= 8, "mock 0 left out after 409s: %r" % env.chats()
+        att = t["attempts"]
+        assert att["ok"] == env.chats()[0] and sum(att.values()) == att["ok"], att
+
+        env.behave(0, {"fail": "status:500"})
+        before = env.chats()[0]
+        for n in range(60):
+            st, h, data = env.chat(dict(CHAT, model="rate"))
+            assert st == 200, (st, data)
+            if env.targets("rate")[0]["breaker"] == "open":
+                break
+        failed_on_0 = env.chats()[0] - before
+        t = env.targets("rate")[0]
+        assert t["breaker"] == "open", t
+        assert failed_on_0 == 10 and t["attempts"]["5xx"] == 10, \
+            "opened after %d failed attempts (min_requests 10): %r" % (failed_on_0, t)
+
+
+def test_latency_balance_keeps_away_from_a_slow_upstream():
+    route = pool_route("    balance: latency\n")
+    with Env(routes(route)) as env:
+        env.behave(0, {"first_byte_delay_ms": 150})
+        n = 60
+        for _ in range(n):
+            st, _, data = env.chat()
+            assert st == 200, (st, data)
+        c = env.chats()
+        assert sum(c) == n, c
+        assert c[0] <= n // 10, "the slow upstream got %d of %d: %r" % (c[0], n, c)
+        assert min(c[1], c[2]) >= n // 5, c
+
+
+def test_client_leaving_while_the_attempt_waits_is_audited_as_abandoned():
+    route = pool_route("    retry: {{ attempts: 3, on: [timeout, connect] }}\n")
+    with Env(routes(route)) as env:
+        for i in range(3):
+            env.behave(i, {"fail": "hang"})
+        body = json.dumps(CHAT).encode()
+        s = socket.create_connection(("127.0.0.1", env.gw.port), timeout=5)
+        s.sendall(("POST %s HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                   % (CHAT_PATH, env.key, len(body))).encode() + body)
+        wait_for(lambda: sum(env.chats()) == 1, timeout=5, what="the first attempt to arrive")
+        s.close()
+        t_left = time.monotonic()
+
+        def row():
+            try:
+                db = sqlite3.connect(env.db, timeout=5)
+                db.row_factory = sqlite3.Row
+                r = db.execute("SELECT * FROM audit WHERE path = ?", (CHAT_PATH,)).fetchone()
+                db.close()
+                return dict(r) if r else None
+            except sqlite3.Error:
+                return None
+        r = wait_for(row, timeout=8, interval=0.05, what="the audit row")
+        assert time.monotonic() - t_left < 2.0, "the gateway noticed the client leave late"
+        assert r["status"] == 499 and r["error"] == "client_closed", r
+        att = attempts_of(r)
+        assert len(att) == 1 and att[0][1] == "abandoned", r["attempts"]
+        assert sum(env.chats()) == 1, "an attempt after the client left: %r" % env.chats()
+
+
 def test_retry_deadline_bounds_the_whole_request_however_many_attempts():
     """Every upstream hangs; timeout 5, deadline 1: 504 'timeout' after about 1 s, not 3 x 5 s.
     'When it passes, the attempt under way ends with 504 timeout and no other is made': each
@@ -713,14 +793,21 @@ def test_post_is_not_resent_on_an_outcome_that_retry_on_does_not_list():
 
 
 def test_reload_keeps_an_open_breaker_and_a_changed_url_or_key_starts_fresh():
-    def text(first_url="{u0}/v1/chat/completions", key_line="", timeout=5):
+    def text(first_url="{u0}/v1/chat/completions", key_line="", timeout=5, reorder=False):
+        ups = ["      - url: " + first_url + key_line,
+               "      - url: {u1}/v1/chat/completions",
+               "      - url: {u2}/v1/chat/completions"]
+        if reorder:
+            ups = ups[1:] + ups[:1]
         return routes(pool_route(
             "    retry: {{ attempts: 3, on: [5xx] }}\n"
             "    breaker: {{ failures: 2, error_rate: 0, cooldown: 60 }}\n",
-            upstreams=["      - url: " + first_url + key_line,
-                       "      - url: {u1}/v1/chat/completions",
-                       "      - url: {u2}/v1/chat/completions"]).replace(
-            "timeout: 5", "timeout: %d" % timeout))
+            upstreams=ups).replace("timeout: 5", "timeout: %d" % timeout))
+
+    def by_url(env, url):
+        ts = [t for t in env.targets() if t["url"] == url]
+        assert len(ts) == 1, env.targets()
+        return ts[0]
 
     def write(env, t):
         fmt = {"u%d" % i: u for i, u in enumerate(env.urls)}
@@ -759,6 +846,23 @@ def test_reload_keeps_an_open_breaker_and_a_changed_url_or_key_starts_fresh():
         t = env.targets()[0]
         assert t["breaker"] == "open", "a reload changing only the route timeout lost it: %r" % t
         assert gets_nothing(env)
+
+        # the state follows the upstream, not its place in the list; SIGHUP reloads too
+        fmt = {"u%d" % i: u for i, u in enumerate(env.urls)}
+        with open(os.path.join(env.gw.routes_dir, "10-test.yaml"), "w") as f:
+            f.write(text(timeout=7, reorder=True).format(**fmt))
+        env.gw.proc.p.send_signal(signal.SIGHUP)
+        wait_for(lambda: env.gw.ctl("route.show", {"name": "pool"})["result"]["timeout"] == 7,
+                 timeout=5, what="the SIGHUP reload")
+        dead = env.urls[0] + "/v1/chat/completions"
+        assert env.targets()[2]["url"] == dead, env.targets()
+        t = by_url(env, dead)
+        assert t["breaker"] == "open", "reordering the upstreams moved or lost the state: %r" % t
+        assert all(by_url(env, env.urls[i] + "/v1/chat/completions")["breaker"] == "closed"
+                   for i in (1, 2)), env.targets()
+        assert gets_nothing(env)
+        write(env, text(timeout=6))
+        assert env.targets()[0]["breaker"] == "open", env.targets()
 
         # another key for that upstream: a new target with a fresh state
         write(env, text(key_line="\n        api_key: another-key"))
@@ -866,16 +970,22 @@ def test_fallback_route_serves_when_every_upstream_failed_with_a_listed_outcome(
                     name="strict", match="{{ path: /v1/chat/completions, body: {{ model: \"fb-*\" }} }}",
                     upstreams=["      - url: {u0}/v1/chat/completions",
                                "      - url: {u1}/v1/chat/completions"])
-    b = pool_route("", name="backup", match="{{ path: /backup-only }}",
-                   upstreams=["      - url: {u2}/v1/chat/completions"])
+    b = pool_route("    add_headers: {{ X-Via: backup }}\n", name="backup",
+                   match="{{ path: /backup-only }}",
+                   upstreams=["      - url: {u2}/v1/chat/completions",
+                              "        model: backup-model"])
     with Env(routes(a, a2, b)) as env:
         env.behave(0, {"fail": "status:500"})
         env.behave(1, {"fail": "status:502"})
         st, h, data = env.chat(dict(CHAT, model="fa-1"))
         assert st == 200, (st, data)
-        assert json.loads(data)["model"] == "fa-1"
         c = env.chats()
         assert c == [1, 1, 1], c
+        # the fallback's own rewrites apply
+        last = env.mocks[2].stats()["last"]
+        assert json.loads(data)["model"] == "backup-model", data
+        assert json.loads(last["body"])["model"] == "backup-model", last["body"]
+        assert {k.lower(): v for k, v in last["headers"].items()}.get("x-via") == "backup", last
         row = env.audit(h["x-request-id"])
         att = attempts_of(row)
         assert [x[1] for x in att] in (["500", "502", "200"], ["502", "500", "200"]), att
