@@ -881,7 +881,10 @@ def test_reload_keeps_an_open_breaker_and_a_changed_url_or_key_starts_fresh():
 
 
 def test_health_ready_is_503_naming_the_route_while_no_upstream_is_available():
-    route = pool_route("    health: {{ path: /v1/models, interval: 1, timeout: 1, healthy: 1, unhealthy: 1 }}\n")
+    route = pool_route("    health: {{ path: /v1/models, interval: 1, timeout: 1, healthy: 1, unhealthy: 1 }}\n",
+                       upstreams=["      - url: {u0}/v1/chat/completions\n        api_key: health-key-0",
+                                  "      - url: {u1}/v1/chat/completions",
+                                  "      - url: {u2}/v1/chat/completions"])
     other = "  - name: other\n    match: {{ path: /other }}\n    upstream: {{ url: \"{u0}\" }}\n"
     with Env(routes(route, other)) as env:
         def ready():
@@ -891,6 +894,12 @@ def test_health_ready_is_503_naming_the_route_while_no_upstream_is_available():
         assert ready()[1] == {"status": "ready"}, ready()
         wait_for(lambda: all(t["health"] == "healthy" for t in env.targets()), timeout=5,
                  what="the health checks to pass")
+        # a check is a GET of path on the upstream's origin, with its key
+        last = env.mocks[0].stats()["last"]
+        assert last["method"] == "GET" and last["uri"] == "/v1/models", last
+        assert {k.lower(): v for k, v in last["headers"].items()}.get("authorization") == \
+            "Bearer health-key-0", last["headers"]
+        assert sum(env.chats()) == 0
 
         for i in range(3):
             env.behave(i, {"fail": "status:500"})
@@ -940,23 +949,46 @@ def test_no_upstream_available_is_503_upstream_unavailable_with_retry_after():
 
         st, _, data = env.gw.request("GET", "/health/ready")
         assert st == 503 and any("pool" in str(r) for r in json.loads(data)["reasons"]), data
+        # only enabled routes count
+        r = env.gw.ctl("route.disable", {"name": "pool"})
+        assert r.get("ok"), r
+        st, _, data = env.gw.request("GET", "/health/ready")
+        assert st == 200, "a disabled route keeps the gateway unready: %r" % data
 
 
 def test_weighted_balance_follows_the_weights_over_real_requests():
-    route = pool_route("    balance: weighted\n",
-                       upstreams=["      - url: {u0}/v1/chat/completions",
-                                  "        weight: 3",
-                                  "      - url: {u1}/v1/chat/completions",
-                                  "        weight: 1"])
-    with Env(routes(route)) as env:
+    r31 = pool_route("    balance: weighted\n", name="w31",
+                     match="{{ path: /v1/chat/completions, body: {{ model: \"w31\" }} }}",
+                     upstreams=["      - url: {u0}/v1/chat/completions",
+                                "        weight: 3",
+                                "      - url: {u1}/v1/chat/completions",
+                                "        weight: 1"])
+    r511 = pool_route("", name="w511",
+                      match="{{ path: /v1/chat/completions, body: {{ model: \"w511\" }} }}",
+                      upstreams=["      - url: {u0}/v1/chat/completions",
+                                 "        weight: 5",
+                                 "      - url: {u1}/v1/chat/completions",
+                                 "      - url: {u2}/v1/chat/completions"])
+    with Env(routes(r31, r511)) as env:
         n = 200
         for _ in range(n):
-            st, _, data = env.chat()
+            st, _, data = env.chat(dict(CHAT, model="w31"))
             assert st == 200, (st, data)
         c = env.chats()
         assert c[0] + c[1] == n and c[2] == 0, c
         share = c[0] / n
         assert abs(share - 0.75) <= 0.075, "weights 3:1 gave %d:%d" % (c[0], c[1])
+
+        # smooth weighted round robin, the default: 5, 1, 1 goes a a b a c a a, never
+        # five in a row
+        order = ""
+        for _ in range(14):
+            before = env.chats()
+            assert env.chat(dict(CHAT, model="w511"))[0] == 200
+            after = env.chats()
+            order += "abc"[[k for k in range(3) if after[k] > before[k]][0]]
+        cycles = {("aabacaa" * 3)[k:k + 7] for k in range(7)}
+        assert order[:7] in cycles and order[7:] == order[:7], "order %s, want a a b a c a a" % order
 
 
 def test_fallback_route_serves_when_every_upstream_failed_with_a_listed_outcome():
@@ -1006,6 +1038,13 @@ def test_fallback_route_serves_when_every_upstream_failed_with_a_listed_outcome(
         assert c[2] == 2 and c[0] + c[1] == 3, c
         att = attempts_of(env.audit(h["x-request-id"]))
         assert len(att) == 1 and att[0][0].startswith(env.urls[2]), att
+
+        # a fallback the client's key may not use is skipped
+        limited = env.gw.create_key("primary-only", routes=["primary"])["key"]
+        st, h, data = env.gw.request("POST", CHAT_PATH, dict(CHAT, model="fa-2b"),
+                                     {"Authorization": "Bearer " + limited})
+        assert st == 503 and error_of(data)["code"] == "upstream_unavailable", (st, data)
+        assert env.chats()[2] == 2, env.chats()
 
         # a disabled fallback is skipped: nothing left, 503 upstream_unavailable
         r = env.gw.ctl("route.disable", {"name": "backup"})
