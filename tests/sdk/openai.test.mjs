@@ -162,6 +162,14 @@ before(async () => {
   - name: models
     match: { path: /v1/models }
     upstream: { url: http://127.0.0.1:${ctx.mockPort} }
+  - name: pool
+    priority: 10
+    match: { path: /v1/chat/completions, methods: [POST], body: { model: "pool-*" } }
+    upstreams:
+      - { url: http://127.0.0.1:${ctx.mockPort}/v1/chat/completions, api_key: pool-key-a }
+      - { url: http://127.0.0.1:${ctx.mockPort}/v1/chat/completions, api_key: pool-key-b }
+    retry: { attempts: 2, on: [connect, reset] }
+    timeout: 5
 `);
   ctx.sock = path.join(ctx.dir, 'ctl.sock');
   ctx.gw = new Child('fastgated', [FASTGATED, '--listen', '127.0.0.1:0', '--routes', routes,
@@ -340,4 +348,53 @@ test('an unknown path raises NotFoundError with the gateway message', async () =
 test('the gateway still answers after the error cases', async () => {
   const r = await ctx.client.chat.completions.create({ model: 'mock-gpt', messages: MESSAGES });
   assert.equal(r.choices[0].message.content, EXPECTED);
+});
+
+// Upstream pools: the one mock behind a route twice (under two keys, so two upstreams), and
+// POST /__mock/behave making its next request misbehave while the retry goes to the other.
+async function behave(plan) {
+  const r = await fetch(`http://127.0.0.1:${ctx.mockPort}/__mock/behave`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(plan),
+    signal: AbortSignal.timeout(5000),
+  });
+  assert.equal(r.status, 200, await r.text());
+}
+
+test('pool: a stream whose upstream closes right after its head arrives whole from the other', async () => {
+  await behave({ fail: 'close-after-head', times: 1 });
+  const stream = await ctx.client.chat.completions.create(
+    { model: 'pool-gpt', messages: MESSAGES, stream: true });
+  let text = '';
+  let roles = 0;
+  let finish = null;
+  for await (const chunk of stream) {
+    const c = chunk.choices[0];
+    if (c?.delta?.role) roles++;
+    if (c?.delta?.content) text += c.delta.content;
+    if (c?.finish_reason) finish = c.finish_reason;
+  }
+  assert.equal(text, EXPECTED);
+  assert.equal(roles, 1, 'one role event: the failed attempt\'s held one is dropped');
+  assert.equal(finish, 'stop');
+});
+
+test('pool: a stream cut after its first content raises in the SDK, not retried', async () => {
+  await behave({ fail: 'fail-after-content', times: 1 });
+  const before = await (await fetch(`http://127.0.0.1:${ctx.mockPort}/__mock/stats`)).json();
+  const stream = await ctx.client.chat.completions.create(
+    { model: 'pool-gpt', messages: MESSAGES, stream: true });
+  let text = '';
+  await assert.rejects(
+    (async () => {
+      for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+    })(),
+    (err) => {
+      assert.ok(err instanceof OpenAI.APIError, `got ${err?.constructor?.name}: ${err?.message}`);
+      assert.match(String(err.message), /upstream/i);
+      return true;
+    },
+  );
+  assert.equal(text, 'Hello');
+  const after = await (await fetch(`http://127.0.0.1:${ctx.mockPort}/__mock/stats`)).json();
+  assert.equal(after.chat - before.chat, 1, 'the cut stream must not be sent again');
 });
