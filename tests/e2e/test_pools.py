@@ -919,6 +919,71 @@ def test_health_ready_is_503_naming_the_route_while_no_upstream_is_available():
         assert st == 200, (st, data)
 
 
+def test_health_checks_run_every_interval_seconds():
+    """health.interval 1: a GET of the health path reaches each upstream once a second, not
+    every other second. Measured over three intervals at one mock (no chats are sent, so
+    every arrival is a check)."""
+    route = pool_route("    health: {{ path: /v1/models, interval: 1, timeout: 1 }}\n")
+    with Env(routes(route)) as env:
+        def checks():
+            st = env.mocks[0].stats()
+            return st["requests"] - st["chat"]
+        wait_for(lambda: checks() >= 1, timeout=3, what="a first health check")
+        n0 = checks()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.6 and checks() < n0 + 3:
+            time.sleep(0.02)
+        took = time.monotonic() - t0
+        n = checks() - n0
+        assert n >= 3, "%d health checks in %.1fs with interval 1" % (n, took)
+        assert took >= 1.7, "%d health checks in %.1fs with interval 1: too often" % (n, took)
+        assert env.mocks[0].stats()["last"]["uri"] == "/v1/models"
+        assert sum(env.chats()) == 0
+
+
+def test_health_passes_close_the_breaker_but_not_before_the_upstreams_retry_after():
+    """fastgate-routes(5), health: 'healthy passes in a row close it again, unless the
+    upstream's own Retry-After is still running'. One upstream answers 429 with
+    Retry-After: 6 and then fails a health check and passes again, all within those 6 s: it
+    stays out until the Retry-After is over, and the passes close its breaker soon after
+    (within two health intervals, not only after breaker.cooldown, 10 s here, and a
+    request probe)."""
+    ra = 6
+    route = pool_route("    retry: {{ attempts: 1 }}\n"
+                       "    breaker: {{ cooldown: 10, max_cooldown: 10 }}\n"
+                       "    health: {{ path: /v1/models, interval: 1, timeout: 1, healthy: 1, unhealthy: 1 }}\n")
+    with Env(routes(route)) as env:
+        wait_for(lambda: all(t["health"] == "healthy" for t in env.targets()), timeout=5,
+                 what="the health checks to pass")
+        t429 = time.monotonic()
+        st, h, data = env.chat(headers={"X-Mock-Fail": "status:429", "X-Mock-Retry-After": str(ra)})
+        assert st == 429 and h.get("retry-after") == str(ra), (st, h, data)
+        out = [i for i, t in enumerate(env.targets()) if t["state"] != "up"]
+        assert len(out) == 1, env.targets()
+        i = out[0]
+        env.behave(i, {"fail": "status:500"})
+        wait_for(lambda: env.targets()[i]["health"] == "unhealthy", timeout=2.6,
+                 what="a failed health check")
+        env.behave(i, {})
+        wait_for(lambda: env.targets()[i]["health"] == "healthy", timeout=2.6,
+                 what="a passed health check")
+        t_healthy = time.monotonic() - t429
+        assert t_healthy < ra - 0.3, "inconclusive: healthy again only %.2fs after the 429" % t_healthy
+        t = env.targets()[i]
+        assert t["state"] != "up" and t["breaker"] != "closed", \
+            "a health pass closed the breaker while Retry-After was running: %r" % t
+        wait_for(lambda: time.monotonic() - t429 >= ra - 0.2, timeout=ra)
+        assert env.targets()[i]["state"] != "up", env.targets()[i]
+        try:
+            wait_for(lambda: env.targets()[i]["breaker"] == "closed", timeout=2.7,
+                     what="healthy passes to close the breaker once Retry-After was over")
+        except AssertionError as e:
+            t = env.targets()[i]
+            raise AssertionError("%s; %.1fs after the 429: state %s, breaker %s, health %s, "
+                                 "retry_in_ms %d" % (e, time.monotonic() - t429, t["state"],
+                                                     t["breaker"], t["health"], t["retry_in_ms"]))
+
+
 def test_no_upstream_available_is_503_upstream_unavailable_with_retry_after():
     cooldown = 5
     route = pool_route("    retry: {{ attempts: 3, on: [connect] }}\n"
@@ -945,7 +1010,8 @@ def test_no_upstream_available_is_503_upstream_unavailable_with_retry_after():
         ra = h.get("retry-after", "")
         assert ra.isdigit() and 1 <= int(ra) <= cooldown, "Retry-After %r (cooldown %d)" % (ra, cooldown)
         row = env.audit(h["x-request-id"])
-        assert row["status"] == 503 and not row["attempts"], row
+        assert row["status"] == 503 and not row["attempts"] and not row["upstream"], row
+        assert row["error"] == "unavailable" and row["retries"] == 0, row
 
         st, _, data = env.gw.request("GET", "/health/ready")
         assert st == 503 and any("pool" in str(r) for r in json.loads(data)["reasons"]), data
@@ -1056,7 +1122,7 @@ def test_fallback_route_serves_when_every_upstream_failed_with_a_listed_outcome(
 
 
 def test_per_upstream_model_is_rewritten_in_the_body_it_is_sent():
-    route = pool_route("    balance: round_robin\n",
+    route = pool_route("    balance: round_robin\n    retry: {{ attempts: 3, on: [5xx] }}\n",
                        upstreams=["      - url: {u0}/v1/chat/completions",
                                   "        model: alpha-model",
                                   "      - url: {u1}/v1/chat/completions",
@@ -1081,6 +1147,15 @@ def test_per_upstream_model_is_rewritten_in_the_body_it_is_sent():
             row = env.audit(h["x-request-id"])
             assert row["model"] == "client-model", row
         assert seen == {0, 1, 2}, seen
+        # one request tried on all three (each fails once): each attempt has its own model
+        for i in range(3):
+            env.behave(i, {"fail": "status:500", "times": 1})
+        st, h, data = env.chat(raw, headers={"Content-Type": "application/json"})
+        assert st == 500 and len(attempts_of(env.audit(h["x-request-id"]))) == 3, (st, data)
+        for i in range(3):
+            got = env.mocks[i].stats()["last"]["body"].encode()
+            assert got == raw.replace(b'"client-model"', ('"%s"' % want[i]).encode()), (i, got)
+
         # a body without a model gets the upstream's model added
         for _ in range(3):
             before = env.chats()
