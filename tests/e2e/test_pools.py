@@ -593,7 +593,7 @@ def test_stream_that_fails_after_content_is_cut_with_an_error_event_and_not_retr
 
 def test_backup_tier_serves_only_when_every_primary_is_down():
     route = pool_route("    retry: {{ attempts: 3, on: [connect, 5xx] }}\n"
-                       "    breaker: {{ failures: 2, error_rate: 0, cooldown: 30 }}\n",
+                       "    breaker: {{ failures: 2, error_rate: 0, cooldown: 1, max_cooldown: 1 }}\n",
                        upstreams=["      - url: {u0}/v1/chat/completions",
                                   "      - url: {u1}/v1/chat/completions",
                                   "      - url: {u2}/v1/chat/completions",
@@ -626,6 +626,21 @@ def test_backup_tier_serves_only_when_every_primary_is_down():
             st, _, data = env.chat()
             assert st == 200, (st, data)
         assert env.mocks[2].stats()["chat"] == 11, env.mocks[2].stats()["chat"]
+
+        # a primary back (its cooldown is 1 s): the traffic returns to it, the backup idles
+        env.restart(0)
+        t_end = time.monotonic() + 4
+        while env.mocks[0].stats()["chat"] == 0 and time.monotonic() < t_end:
+            st, _, data = env.chat()
+            assert st == 200, (st, data)
+            time.sleep(0.02)
+        assert env.mocks[0].stats()["chat"] > 0, "the restarted primary got nothing in 4 s"
+        b = env.mocks[2].stats()["chat"]
+        for _ in range(20):
+            st, _, data = env.chat()
+            assert st == 200, (st, data)
+        assert env.mocks[2].stats()["chat"] == b, "backup used while primary 0 is up again"
+        assert env.mocks[0].stats()["chat"] >= 20
 
 
 def test_retry_attempts_caps_the_tries_each_on_an_upstream_not_yet_tried():
@@ -1055,6 +1070,23 @@ def test_weighted_balance_follows_the_weights_over_real_requests():
             order += "abc"[[k for k in range(3) if after[k] > before[k]][0]]
         cycles = {("aabacaa" * 3)[k:k + 7] for k in range(7)}
         assert order[:7] in cycles and order[7:] == order[:7], "order %s, want a a b a c a a" % order
+
+        # random follows the weights too; round_robin ignores them
+        # (400 random picks: 0.75 +- 0.1 is 4.6 standard deviations)
+        for balance, lo, hi, n in (("random", 0.65, 0.85, 400), ("round_robin", 0.5, 0.5, 200)):
+            fmt = {"u%d" % i: u for i, u in enumerate(env.urls)}
+            with open(os.path.join(env.gw.routes_dir, "10-test.yaml"), "w") as f:
+                f.write(routes(r31.replace("balance: weighted", "balance: " + balance), r511)
+                        .format(**fmt))
+            rc, out, err = env.gw.cli("reload")
+            assert rc == 0, (rc, out, err)
+            assert env.gw.ctl("route.show", {"name": "w31"})["result"]["balance"] == balance
+            before = env.chats()
+            for _ in range(n):
+                assert env.chat(dict(CHAT, model="w31"))[0] == 200
+            c = [a - b for a, b in zip(env.chats(), before)]
+            assert c[0] + c[1] == n and lo <= c[0] / n <= hi, \
+                "%s with weights 3:1 gave %d:%d" % (balance, c[0], c[1])
 
 
 def test_fallback_route_serves_when_every_upstream_failed_with_a_listed_outcome():
