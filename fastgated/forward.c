@@ -383,9 +383,12 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 
 /* ---- the loop ------------------------------------------------------------------------- */
 
+/* The timer the deadline cut short has fired, or the clock says so. The flag, not the
+ * clock alone: the timer may fire a few milliseconds before a coarse clock reaches the
+ * deadline, and another attempt then would be one past it. */
 static bool deadline_passed(const struct proxy_req *px, int64_t now)
 {
-	return px->deadline_ms && now >= px->deadline_ms;
+	return px->deadline_ms && (px->deadline_hit || now >= px->deadline_ms);
 }
 
 /* A fallback route this request may use: enabled, allowed for its key, with a target
@@ -566,14 +569,16 @@ void forward_arm_timer(struct proxy_req *px, int seconds)
 	struct timeval tv = { seconds, 0 };
 
 	/* the deadline bounds the attempts, up to the answer's head; not a running answer */
+	px->timer_is_deadline = false;
 	if (px->deadline_ms && px->att.ttfb_s < 0) {
 		int64_t left = px->deadline_ms - mono_ms();
 
 		if (left < 0)
 			left = 0;
-		if (left < (int64_t)seconds * 1000) {
+		if (left <= (int64_t)seconds * 1000) {
 			tv.tv_sec = left / 1000;
 			tv.tv_usec = (left % 1000) * 1000;
+			px->timer_is_deadline = true;
 		}
 	}
 	evtimer_add(&px->timer_ev, &tv);

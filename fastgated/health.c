@@ -26,6 +26,9 @@ struct check {
 	bool timed_out;
 };
 
+#define TICK_MS       1000
+#define TICK_SLACK_MS 100
+
 struct health {
 	struct gateway *gw;
 	struct event *tick;
@@ -57,13 +60,16 @@ static void verdict(struct check *c, bool ok)
 	if (!s)
 		return;
 	s->health_busy = false;
-	s->health_next_ms = now + (int64_t)r->health.interval_s * 1000;
 	if (ok) {
 		s->health_fail_run = 0;
-		if (++s->health_ok_run >= r->health.healthy && (!s->health_checked || !s->health_ok)) {
+		if (++s->health_ok_run >= r->health.healthy) {
+			if (s->health_checked && !s->health_ok)
+				log_info("upstream %s/%zu (%s) is healthy again", r->name, c->target, s->url);
 			s->health_checked = s->health_ok = true;
-			changed = breaker_health(&s->br, &r->breaker, now, true);
-			log_info("upstream %s/%zu (%s) is healthy again", r->name, c->target, s->url);
+			/* every pass, not only the first: a Retry-After of the upstream's own may
+			 * have held the breaker open at the last one */
+			if (s->br.state != BREAKER_CLOSED)
+				changed = breaker_health(&s->br, &r->breaker, now, true);
 		}
 	} else {
 		s->health_ok_run = 0;
@@ -143,6 +149,8 @@ static void check_start(struct health *h, struct route_table *t, struct route *r
 	                    tg->api_key ? "Authorization: Bearer " : "",
 	                    tg->api_key ? tg->api_key : "", tg->api_key ? "\r\n" : "");
 	s->health_busy = true;
+	/* due an interval after this one started, not after it ended: checks keep their pace */
+	s->health_next_ms = mono_ms() + (int64_t)r->health.interval_s * 1000;
 	c->x.rq.origin = tg->origin;
 	c->x.rq.host = tg->host;
 	c->x.rq.head = c->head;
@@ -177,7 +185,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		for (size_t k = 0; k < r->n_targets; k++) {
 			struct target_state *s = r->targets[k].st;
 
-			if (s && !s->health_busy && !s->drained && now >= s->health_next_ms)
+			/* the tick is no more exact than a check's start: a little early counts */
+			if (s && !s->health_busy && !s->drained && now + TICK_SLACK_MS >= s->health_next_ms)
 				check_start(h, t, r, k);
 		}
 	}
@@ -186,7 +195,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 struct health *health_start(struct gateway *gw)
 {
 	struct health *h = calloc(1, sizeof(*h));
-	struct timeval every = { 1, 0 };
+	struct timeval every = { TICK_MS / 1000, (TICK_MS % 1000) * 1000 };
 
 	if (!h)
 		return NULL;

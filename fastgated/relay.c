@@ -143,16 +143,17 @@ static int64_t answer_retry_after(const struct attempt *a)
 	return -1;
 }
 
-/* Could a stream that fails before its first content be tried again? Then its head and
- * leading content-free events wait for that content. */
+/* Could a stream of this route that fails before its first content be tried again? Then
+ * its head and leading content-free events wait for that content. */
 static bool worth_holding(const struct proxy_req *px)
 {
 	const struct route *r = px->route;
 
 	if (!(r->retry.on & (RETRY_ON_RESET | RETRY_ON_TIMEOUT | RETRY_ON_PROTOCOL)))
 		return false;
-	return px->route_attempts < r->retry.attempts ||
-	       px->next_fallback < px->first_route->n_fallback;
+	/* the last attempt of such a route is held too: failing before content, it gets the
+	 * client a plain 502 like the ones before it, not a 200 with an error event */
+	return r->retry.attempts > 1 || px->first_route->n_fallback > 0;
 }
 
 /* The head is in: how the answer reaches the client. -1: the answer is dropped for a
@@ -526,6 +527,8 @@ void relay_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd; (void)what;
 
 	px->att.timed_out = true;
+	if (px->timer_is_deadline)
+		px->deadline_hit = true;
 	forward_cancel(px);
 	on_done(&px->att, TR_TIMEOUT);
 }

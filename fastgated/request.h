@@ -105,6 +105,8 @@ struct proxy_req {
 	int retries;                      /* attempts started after a failed one */
 	long last_status;                 /* status to report if a retry finds nothing left */
 	int64_t deadline_ms;              /* monotonic end of retry.deadline; 0 = none */
+	bool timer_is_deadline;           /* timer_ev is armed for the deadline */
+	bool deadline_hit;                /* ... and it fired: no attempt after this one */
 	char *attempt_log;                /* "url=outcome:ms;...", for the audit */
 	size_t attempt_log_len, attempt_log_cap;
 	bool holding;                     /* a stream's head and content-free events wait for

@@ -1445,6 +1445,7 @@ static void parse_fallback(struct pctx *c, const yaml_node_t *n, struct route *r
 		return;
 	cap = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
 	r->fallback = xcalloc(cap ? cap : 1, sizeof(*r->fallback));
+	r->fallback_line = (int)node_line(n);
 	for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
 	     it++) {
 		const char *s = get_str(c, node(c, *it), "fallback");
@@ -1947,7 +1948,7 @@ static void check_fallbacks(struct pvec *pv, struct errlist *errs)
 
 			if (r->name && strcmp(r->fallback[f], r->name) == 0) {
 				errlist_add(errs, "%s:%d: route \"%s\": fallback names the route itself",
-				            r->file, r->line, r->name);
+				            r->file, r->fallback_line, r->name);
 				continue;
 			}
 			for (j = 0; j < pv->n; j++)
@@ -1955,7 +1956,7 @@ static void check_fallbacks(struct pvec *pv, struct errlist *errs)
 					break;
 			if (j == pv->n)
 				errlist_add(errs, "%s:%d: route \"%s\": fallback \"%s\" is not a route",
-				            r->file, r->line, r->name ? r->name : "?", r->fallback[f]);
+				            r->file, r->fallback_line, r->name ? r->name : "?", r->fallback[f]);
 		}
 	}
 }

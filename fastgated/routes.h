@@ -97,6 +97,7 @@ struct route {
 	struct route_health health;
 	char **fallback;          /* route names tried in order when this pool has nothing left */
 	size_t n_fallback;
+	int fallback_line;        /* where `fallback:` is written, for its errors */
 	/* live, mutable like `enabled`: the balancer's position and its view of the targets
 	 * (refreshed from each target's state before a pick) */
 	struct balancer bal;

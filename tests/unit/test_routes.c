@@ -1415,8 +1415,8 @@ TEST(pool_mistakes_are_reported_at_their_line)
 	              "    upstream: { url: http://h }\n"
 	              "    fallback: [nowhere]\n", &e);
 	CHECK(t == NULL);
-	CHECK(any_line_has(&e, "r.yaml:2: route \"a\": fallback names the route itself"));
-	CHECK(any_line_has(&e, "r.yaml:5: route \"b\": fallback \"nowhere\" is not a route"));
+	CHECK(any_line_has(&e, "r.yaml:4: route \"a\": fallback names the route itself"));
+	CHECK(any_line_has(&e, "r.yaml:7: route \"b\": fallback \"nowhere\" is not a route"));
 	route_table_unref(t);
 	errlist_clear(&e);
 	tmp_end();
