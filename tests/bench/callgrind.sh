@@ -8,7 +8,8 @@
 # ports, drives `wrk -t1 -c4 -d${CG_SECONDS:-10}s` with tests/bench/post.lua, stops both by
 # PID and prints instructions per request: total, the audit writer thread
 # (audit.c:writer_main, inclusive) and the rest (the event loop). Needs valgrind and wrk.
-# CG_OUT=FILE keeps the profile for callgrind_annotate / kcachegrind.
+# CG_OUT=FILE keeps the profile for callgrind_annotate / kcachegrind. CG_POOL=N (default 1)
+# puts N mock upstreams behind the route as a pool (upstreams:), to weigh the pool's cost.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -23,7 +24,8 @@ W=$(mktemp -d "${TMPDIR:-/tmp}/fastgate-cg.XXXXXX")
 MP="" FP=""
 cleanup() {
 	[[ -n $FP ]] && kill "$FP" 2>/dev/null && wait "$FP" 2>/dev/null
-	[[ -n $MP ]] && kill "$MP" 2>/dev/null && wait "$MP" 2>/dev/null
+	local p
+	for p in $MP; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
 	rm -rf "$W"
 }
 trap cleanup EXIT
@@ -35,11 +37,24 @@ wait_for() { # FILE REGEX SECONDS PID
 	exit 1
 }
 
-"$B/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>&1 &
-MP=$!
-wait_for "$W/mock.out" '^listening ' 10 "$MP"
+POOL=${CG_POOL:-1}
+for (( i = 0; i < POOL; i++ )); do
+	"$B/mock-upstream" --listen 127.0.0.1:0 >"$W/mock$i.out" 2>&1 &
+	MP="$MP $!"
+	wait_for "$W/mock$i.out" '^listening ' 10 "$!"
+done
 mkdir -p "$W/routes"
-bench_chat_route "$W/routes/chat.yaml" "$(bench_mock_port "$W/mock.out")"
+if (( POOL == 1 )); then
+	bench_chat_route "$W/routes/chat.yaml" "$(bench_mock_port "$W/mock0.out")"
+else
+	{
+		printf 'routes:\n  - name: chat\n    match: { path: /v1/chat/completions, methods: [POST] }\n    upstreams:\n'
+		for (( i = 0; i < POOL; i++ )); do
+			printf '      - { url: http://127.0.0.1:%s/v1/chat/completions, api_key: upstream-key }\n' \
+				"$(bench_mock_port "$W/mock$i.out")"
+		done
+	} >"$W/routes/chat.yaml"
+fi
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$B/fastgated" --listen 127.0.0.1:0 \
 	--routes "$W/routes" --keys "$W/keys.db" --audit "$W/audit.db" --control "$W/ctl.sock" \
 	>"$W/fg.out" 2>"$W/fg.log" &

@@ -28,24 +28,23 @@ bench_chat_route() {
 		"$2" >"$1"
 }
 
-# bench_pool_routes FILE PORT_A PORT_B PORT_C PORT_FAILING: /single to A alone, /pool to A,
-# B and C, /poolfail to A, B and the failing one; the pools retry 5xx on another upstream.
+# bench_pool_routes FILE PORT_A PORT_B PORT_FAILING: /single to A alone; /pool to A three
+# times over under three keys (three targets, the same server: the pool's own cost, with
+# nothing else changed); /poolfail to A, B and the failing one. The pools retry 5xx.
 bench_pool_routes() {
-	local f=$1 a=$2 b=$3 c=$4 x=$5 u="/v1/chat/completions"
+	local f=$1 a=$2 b=$3 x=$4 u="/v1/chat/completions" k
 	{
 		printf 'routes:\n'
 		printf '  - name: single\n    match: { path: /single%s, methods: [POST] }\n' "$u"
 		printf '    upstream: { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$a" "$u"
-		for r in pool poolfail; do
-			printf '  - name: %s\n    match: { path: /%s%s, methods: [POST] }\n' "$r" "$r" "$u"
-			printf '    retry: { attempts: 3, on: [connect, 5xx] }\n    upstreams:\n'
-			printf '      - { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$a" "$u" "$b" "$u"
-			if [[ $r == pool ]]; then
-				printf '      - { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$c" "$u"
-			else
-				printf '      - { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$x" "$u"
-			fi
+		printf '  - name: pool\n    match: { path: /pool%s, methods: [POST] }\n' "$u"
+		printf '    retry: { attempts: 3, on: [connect, 5xx] }\n    upstreams:\n'
+		for k in 1 2 3; do
+			printf '      - { url: http://127.0.0.1:%s%s, api_key: upstream-key-%s }\n' "$a" "$u" "$k"
 		done
+		printf '  - name: poolfail\n    match: { path: /poolfail%s, methods: [POST] }\n' "$u"
+		printf '    retry: { attempts: 3, on: [connect, 5xx] }\n    upstreams:\n'
+		printf '      - { url: http://127.0.0.1:%s%s, api_key: upstream-key }\n' "$a" "$u" "$b" "$u" "$x" "$u"
 	} >"$f"
 }
 
