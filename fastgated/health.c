@@ -90,11 +90,21 @@ static int on_line(void *arg, const char *line, size_t len)
 {
 	struct check *c = arg;
 
-	/* "HTTP/1.1 200 OK": the last status line wins (1xx come first) */
+	/* "HTTP/1.1 200 OK": the last status line wins (1xx come first); three digits read
+	 * within the line, which need not end in a NUL */
 	if (len > 12 && memcmp(line, "HTTP/", 5) == 0) {
 		const char *sp = memchr(line, ' ', len);
 
-		c->status = sp && sp + 4 <= line + len ? strtol(sp + 1, NULL, 10) : 0;
+		const char *end = sp && line + len - sp > 4 ? sp + 4 : line + len;
+
+		c->status = 0;
+		for (const char *d = sp ? sp + 1 : end; d < end; d++) {
+			if (*d < '0' || *d > '9') {
+				c->status = 0;
+				break;
+			}
+			c->status = c->status * 10 + (*d - '0');
+		}
 	}
 	return 0;
 }
