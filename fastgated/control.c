@@ -1088,17 +1088,12 @@ static json_t *route_pool_json(const struct route *r)
 {
 	json_t *list = json_array(), *retry_on = json_array(), *o;
 	int64_t now = mono_ms();
-	static const struct { unsigned bit; const char *w; } on_words[] = {
-		{ RETRY_ON_CONNECT, "connect" }, { RETRY_ON_TIMEOUT, "timeout" },
-		{ RETRY_ON_RESET, "reset" }, { RETRY_ON_PROTOCOL, "protocol" },
-		{ RETRY_ON_429, "429" }, { RETRY_ON_5XX, "5xx" },
-	};
 
 	for (size_t i = 0; list && i < r->n_targets; i++)
 		json_array_append_new(list, ctl_upstream_json(r, i, now));
-	for (size_t i = 0; retry_on && i < sizeof(on_words) / sizeof(on_words[0]); i++)
-		if (r->retry.on & on_words[i].bit)
-			json_array_append_new(retry_on, json_string(on_words[i].w));
+	for (size_t i = 0; retry_on && i < N_RETRY_WORDS; i++)
+		if (r->retry.on & retry_words[i].bit)
+			json_array_append_new(retry_on, json_string(retry_words[i].word));
 	for (size_t i = 0; retry_on && i < r->retry.n_codes; i++)
 		json_array_append_new(retry_on, json_sprintf("%d", r->retry.codes[i]));
 	o = json_pack("{s:o, s:s, s:{s:i, s:o, s:i}, s:o, s:o, s:o}",

@@ -541,7 +541,6 @@ bool forward_begin(struct proxy_req *px)
 
 void forward_retry(struct proxy_req *px)
 {
-	px->retries++;
 	/* assigned on first use: most requests never retry */
 	if (!px->retry_ev_set) {
 		event_assign(&px->retry_ev, px->gw->base, -1, 0, forward_retry_cb, px);

@@ -103,7 +103,7 @@ static void emit_done(struct proxy_req *px, double total_s)
 		if (px->forwarded && px->att.target >= 0)
 			row.upstream = empty_to_null(px->route->targets[px->att.target].origin);
 	}
-	row.retries = px->retries;
+	row.retries = px->attempts > 1 ? px->attempts - 1 : 0;
 	row.attempts = px->attempt_log_len ? px->attempt_log : NULL;
 	row.status = (int)px->status;
 	row.latency_ms = total_s * 1000.0;

@@ -102,7 +102,6 @@ struct proxy_req {
 	uint64_t tried;                   /* targets of px->route tried (bit i = targets[i]) */
 	int route_attempts;               /* attempts on px->route */
 	int attempts;                     /* attempts in all */
-	int retries;                      /* attempts started after a failed one */
 	long last_status;                 /* status to report if a retry finds nothing left */
 	int64_t deadline_ms;              /* monotonic end of retry.deadline; 0 = none */
 	bool timer_is_deadline;           /* timer_ev is armed for the deadline */

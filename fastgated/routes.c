@@ -1315,14 +1315,15 @@ static void parse_balance(struct pctx *c, const yaml_node_t *n, struct route *r)
 		     s);
 }
 
+const struct retry_word retry_words[N_RETRY_WORDS] = {
+	{ "connect", RETRY_ON_CONNECT }, { "timeout", RETRY_ON_TIMEOUT },
+	{ "reset", RETRY_ON_RESET }, { "protocol", RETRY_ON_PROTOCOL },
+	{ "429", RETRY_ON_429 }, { "5xx", RETRY_ON_5XX },
+};
+
 /* `on:` words: connect, timeout, reset, protocol, 429, 5xx, or a status from 400 to 599. */
 static void parse_retry_on(struct pctx *c, const yaml_node_t *n, struct route_retry *rt)
 {
-	static const struct { const char *w; unsigned bit; } words[] = {
-		{ "connect", RETRY_ON_CONNECT }, { "timeout", RETRY_ON_TIMEOUT },
-		{ "reset", RETRY_ON_RESET }, { "protocol", RETRY_ON_PROTOCOL },
-		{ "429", RETRY_ON_429 }, { "5xx", RETRY_ON_5XX },
-	};
 
 	rt->on = 0;
 	if (!expect_type(c, n, YAML_SEQUENCE_NODE, "retry on",
@@ -1335,11 +1336,11 @@ static void parse_retry_on(struct pctx *c, const yaml_node_t *n, struct route_re
 		size_t k;
 		int code;
 
-		for (k = 0; w && k < sizeof(words) / sizeof(words[0]); k++)
-			if (strcasecmp(w, words[k].w) == 0)
+		for (k = 0; w && k < N_RETRY_WORDS; k++)
+			if (strcasecmp(w, retry_words[k].word) == 0)
 				break;
-		if (w && k < sizeof(words) / sizeof(words[0])) {
-			rt->on |= words[k].bit;
+		if (w && k < N_RETRY_WORDS) {
+			rt->on |= retry_words[k].bit;
 			continue;
 		}
 		if (!w || scalar_class(e) != SC_INT || (code = atoi(w)) < 400 || code > 599) {
@@ -2066,11 +2067,6 @@ struct route_table *route_table_load(const char *dir, struct errlist *errs)
 
 void route_print_pool(const struct route *r, FILE *out)
 {
-	static const struct { unsigned bit; const char *w; } on_words[] = {
-		{ RETRY_ON_CONNECT, "connect" }, { RETRY_ON_TIMEOUT, "timeout" },
-		{ RETRY_ON_RESET, "reset" }, { RETRY_ON_PROTOCOL, "protocol" },
-		{ RETRY_ON_429, "429" }, { RETRY_ON_5XX, "5xx" },
-	};
 	const char *sep = "";
 
 	fprintf(out, "  %s (%s:%d): %zu upstream%s, %s\n", r->name, r->file, r->line, r->n_targets,
@@ -2083,9 +2079,9 @@ void route_print_pool(const struct route *r, FILE *out)
 		        t->api_key ? " key set" : "");
 	}
 	fprintf(out, "    retry: %d attempt%s on ", r->retry.attempts, r->retry.attempts == 1 ? "" : "s");
-	for (size_t i = 0; i < sizeof(on_words) / sizeof(on_words[0]); i++)
-		if (r->retry.on & on_words[i].bit) {
-			fprintf(out, "%s%s", sep, on_words[i].w);
+	for (size_t i = 0; i < N_RETRY_WORDS; i++)
+		if (r->retry.on & retry_words[i].bit) {
+			fprintf(out, "%s%s", sep, retry_words[i].word);
 			sep = ",";
 		}
 	for (size_t i = 0; i < r->retry.n_codes; i++) {

@@ -57,6 +57,10 @@ enum {
 	RETRY_ON_5XX      = 1u << 5,  /* 500, 502, 503, 504 (not 501, 505...: those are answers) */
 };
 #define RETRY_MAX_CODES 16
+/* The words of `retry.on` for those bits, in their order (parsing, route show, --check). */
+struct retry_word { const char *word; unsigned bit; };
+extern const struct retry_word retry_words[];
+#define N_RETRY_WORDS 6
 
 struct route_retry {
 	int attempts;          /* tries in all, first included: 1..10 */
