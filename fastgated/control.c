@@ -1068,6 +1068,9 @@ json_t *ctl_upstream_json(const struct route *r, size_t i, int64_t now_ms)
 		return NULL;
 	json_object_set_new(o, "id", json_sprintf("%s/%zu", r->name, i));
 	json_object_set_new(o, "host", string_or_null(t->host));
+	json_object_set_new(o, "provider", json_string(provider_name(t->provider)));
+	json_object_set_new(o, "deployment", string_or_null(t->deployment));
+	json_object_set_new(o, "api_version", string_or_null(t->api_version));
 	json_object_set_new(o, "drained", json_boolean(s && s->drained));
 	json_object_set_new(o, "inflight", json_integer(s ? s->inflight : 0));
 	json_object_set_new(o, "latency_ewma_ms", json_real(s ? s->ewma_ms : 0));

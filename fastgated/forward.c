@@ -20,6 +20,7 @@
 
 static const struct hname always_stripped[] = {
 	HNAME("host"), HNAME("x-api-key"), HNAME("authorization"), HNAME("x-forwarded-for"),
+	HNAME("api-key"),     /* Azure's key header: only the route's key may reach an upstream */
 	HNAME("x-request-id"),
 	/* hop-by-hop (RFC 9110 7.6.1) and framing: the transport frames the request itself */
 	HNAME("connection"), HNAME("keep-alive"), HNAME("proxy-connection"),
@@ -91,13 +92,15 @@ static int head_add_header(struct attempt *a, const char *name, size_t nl, const
 	return 0;
 }
 
-/* "METHOD target HTTP/1.1\r\nHost: host\r\n": the target is the route's path (or the
- * client's, less strip_prefix) and the client's query. */
+/* "METHOD target HTTP/1.1\r\nHost: host\r\n": the target is the upstream's path (or the
+ * client's, less strip_prefix) and the client's query. An Azure upstream's path is made
+ * from its deployment and api_version (DESIGN.md, Providers): the client's /v1/X becomes
+ * /openai/deployments/DEP/X?api-version=V, or /openai/v1/X for api_version v1. */
 static int head_start(struct attempt *a, const struct route *r, const struct route_target *t,
                       const struct http_request *in)
 {
-	const char *p = in->path;
-	size_t ml = strlen(in->method_name), hl = strlen(t->host), pl, ql;
+	const char *p = in->path, *pre = "", *dep = "", *ver = NULL;
+	size_t ml = strlen(in->method_name), hl = strlen(t->host), prl, dl, pl, vl = 0, ql;
 	char *w;
 
 	if (!t->path) {
@@ -109,18 +112,41 @@ static int head_start(struct attempt *a, const struct route *r, const struct rou
 	} else {
 		p = t->path;
 	}
+	if (t->provider == PROVIDER_AZURE) {
+		if (strncmp(p, "/v1", 3) == 0 && (p[3] == '/' || p[3] == '\0'))
+			p += 3;
+		if (strcmp(t->api_version, "v1") == 0) {
+			pre = "/openai/v1";
+		} else {
+			pre = "/openai/deployments/";
+			dep = t->deployment;
+			ver = t->api_version;
+			vl = strlen(ver) + sizeof("api-version=") - 1;
+		}
+	}
+	prl = strlen(pre);
+	dl = strlen(dep);
 	pl = strlen(p);
 	ql = in->query ? strlen(in->query) + 1 : 0;
-	if (buf_grow(&a->head, &a->head_cap, ml + pl + ql + hl + 21, 1024) < 0)
+	if (buf_grow(&a->head, &a->head_cap, ml + prl + dl + pl + vl + ql + hl + 22, 1024) < 0)
 		return -1;
 	w = a->head;
 	memcpy(w, in->method_name, ml);
 	w[ml] = ' ';
 	w += ml + 1;
+	memcpy(w, pre, prl);
+	w += prl;
+	memcpy(w, dep, dl);
+	w += dl;
 	memcpy(w, p, pl);
 	w += pl;
+	if (ver) {
+		memcpy(w, "?api-version=", 13);
+		memcpy(w + 13, ver, vl - 12);
+		w += vl + 1;
+	}
 	if (in->query) {
-		*w++ = '?';
+		*w++ = ver ? '&' : '?';
 		memcpy(w, in->query, ql - 1);
 		w += ql - 1;
 	}
@@ -155,10 +181,14 @@ static int head_headers(struct attempt *a, const struct route *r, const struct r
 		if (head_add_header(a, r->add_headers[i].name, strlen(r->add_headers[i].name),
 		                    r->add_headers[i].value, strlen(r->add_headers[i].value)) < 0)
 			return -1;
-	if (t->api_key && (head_add(a, "Authorization: Bearer ", 22) < 0 ||
-	                   head_add(a, t->api_key, strlen(t->api_key)) < 0 ||
-	                   head_add(a, "\r\n", 2) < 0))
+	if (t->api_key && t->provider == PROVIDER_AZURE) {
+		if (head_add_header(a, "api-key", 7, t->api_key, strlen(t->api_key)) < 0)
+			return -1;
+	} else if (t->api_key && (head_add(a, "Authorization: Bearer ", 22) < 0 ||
+	                          head_add(a, t->api_key, strlen(t->api_key)) < 0 ||
+	                          head_add(a, "\r\n", 2) < 0)) {
 		return -1;
+	}
 	if (head_add_header(a, "X-Request-Id", 12, id, REQID_LEN) < 0 ||
 	    head_add(a, "Accept-Encoding: identity\r\n", 27) < 0)
 		return -1;

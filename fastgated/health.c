@@ -156,7 +156,8 @@ static void check_start(struct health *h, struct route_table *t, struct route *r
 	c->timer = evtimer_new(h->gw->base, timeout_cb, c);
 	c->head = xasprintf("GET %s HTTP/1.1\r\nHost: %s\r\n%s%s%sUser-Agent: fastgate-health\r\n"
 	                    "Accept: */*\r\n\r\n", r->health.path, tg->host,
-	                    tg->api_key ? "Authorization: Bearer " : "",
+	                    !tg->api_key ? "" : tg->provider == PROVIDER_AZURE ? "api-key: "
+	                                                                       : "Authorization: Bearer ",
 	                    tg->api_key ? tg->api_key : "", tg->api_key ? "\r\n" : "");
 	s->health_busy = true;
 	/* due an interval after this one started, not after it ended: checks keep their pace */

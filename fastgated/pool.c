@@ -44,10 +44,14 @@ void pool_clear(struct pool *p)
 static struct target_state *state_find(struct pool *p, const char *route,
                                        const struct route_target *t)
 {
-	for (struct target_state *s = p->head; s; s = s->next)
-		if (strcmp(s->route, route) == 0 && strcmp(s->url, t->url) == 0 &&
-		    memcmp(s->key_hash, t->key_hash, sizeof(s->key_hash)) == 0)
+	for (struct target_state *s = p->head; s; s = s->next) {
+		struct route_target had = { .url = s->url, .provider = (enum provider)s->provider,
+		                            .deployment = s->deployment };
+
+		memcpy(had.key_hash, s->key_hash, sizeof(had.key_hash));
+		if (strcmp(s->route, route) == 0 && route_target_same(&had, t))
 			return s;
+	}
 	return NULL;
 }
 
@@ -58,6 +62,8 @@ static struct target_state *state_new(struct pool *p, const char *route,
 
 	s->route = xstrdup(route);
 	s->url = xstrdup(t->url);
+	s->provider = (int)t->provider;
+	s->deployment = xstrdup(t->deployment);
 	memcpy(s->key_hash, t->key_hash, sizeof(s->key_hash));
 	s->pool = p;
 	s->next = p->head;
@@ -103,6 +109,7 @@ void target_state_unref(struct target_state *s)
 	}
 	free(s->route);
 	free(s->url);
+	free(s->deployment);
 	free(s);
 }
 

@@ -7,7 +7,7 @@
  * Ownership: a registry (struct pool, one per event loop) holds the states; a route
  * table's targets reference them (route_target.st, counted). pool_bind gives a newly
  * loaded table the states of the table it replaces wherever a target is the same one --
- * same route, URL, provider and key -- so a reload keeps a tripped breaker tripped; a state
+ * same route, URL, provider, deployment and key -- so a reload keeps a tripped breaker tripped; a state
  * nothing references any more is freed. The registry lives on the loop's thread; nothing
  * here locks.
  *
@@ -42,8 +42,10 @@ struct target_state {
 	unsigned refs;
 	struct pool *pool;           /* NULL once the registry is gone */
 	struct target_state *prev, *next;
-	char *route;                 /* identity: route name, URL, key hash (provider later) */
+	char *route;                 /* identity: route name, URL, provider, deployment, key hash */
 	char *url;
+	int provider;
+	char *deployment;
 	unsigned char key_hash[32];
 
 	struct breaker br;

@@ -134,6 +134,8 @@ static void target_clear(struct route_target *t)
 	free(t->api_key_file);
 	free(t->ca_file);
 	free(t->model);
+	free(t->deployment);
+	free(t->api_version);
 	target_state_unref(t->st);
 }
 
@@ -1202,10 +1204,76 @@ static char *beside_file(struct pctx *c, const char *s)
 	return full;
 }
 
-enum { T_URL, T_API_KEY, T_API_KEY_FILE, T_CA_FILE, T_WEIGHT, T_PRIORITY, T_MODEL, T_COUNT };
-static const char *const target_keys[T_COUNT + 1] = {
-	"url", "api_key", "api_key_file", "ca_file", "weight", "priority", "model", NULL
+enum {
+	T_URL, T_API_KEY, T_API_KEY_FILE, T_CA_FILE, T_WEIGHT, T_PRIORITY, T_MODEL, T_PROVIDER,
+	T_DEPLOYMENT, T_API_VERSION, T_COUNT
 };
+static const char *const target_keys[T_COUNT + 1] = {
+	"url", "api_key", "api_key_file", "ca_file", "weight", "priority", "model", "provider",
+	"deployment", "api_version", NULL
+};
+
+const char *provider_name(enum provider p)
+{
+	return p == PROVIDER_AZURE ? "azure" : "openai";
+}
+
+/* A value that goes into a URL path or query as it is: letters, digits and - . _ only. */
+static bool url_safe(const char *s)
+{
+	if (!*s)
+		return false;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && !strchr("-._", *s))
+			return false;
+	return true;
+}
+
+/* provider:, deployment:, api_version: of one upstream. */
+static void parse_provider(struct pctx *c, const yaml_node_t *un, yaml_node_t **seen,
+                           struct route_target *t)
+{
+	const char *s;
+
+	if (seen[T_PROVIDER] && (s = get_str(c, seen[T_PROVIDER], "provider"))) {
+		if (strcmp(s, "openai") == 0)
+			t->provider = PROVIDER_OPENAI;
+		else if (strcmp(s, "azure") == 0)
+			t->provider = PROVIDER_AZURE;
+		else if (strcmp(s, "anthropic") == 0)
+			perr(c, seen[T_PROVIDER], "provider: anthropic is not available in this version (valid: openai, azure)");
+		else
+			perr(c, seen[T_PROVIDER], "provider: unknown \"%s\" (valid: openai, azure)", s);
+	}
+	if (seen[T_DEPLOYMENT] && (s = get_str(c, seen[T_DEPLOYMENT], "deployment"))) {
+		if (!url_safe(s))
+			perr(c, seen[T_DEPLOYMENT], "deployment: expected a deployment name of letters, digits, '-', '.' and '_'");
+		else
+			t->deployment = xstrdup(s);
+	}
+	if (seen[T_API_VERSION] && (s = get_str(c, seen[T_API_VERSION], "api_version"))) {
+		if (!url_safe(s))
+			perr(c, seen[T_API_VERSION], "api_version: expected a version such as \"2024-10-21\" or v1");
+		else
+			t->api_version = xstrdup(s);
+	}
+	if (t->provider != PROVIDER_AZURE) {
+		if (seen[T_DEPLOYMENT])
+			perr(c, seen[T_DEPLOYMENT], "deployment: only for provider: azure");
+		if (seen[T_API_VERSION])
+			perr(c, seen[T_API_VERSION], "api_version: only for provider: azure");
+		return;
+	}
+	if (t->path)
+		perr(c, seen[T_URL] ? seen[T_URL] : un,
+		     "provider azure: url is the resource alone, such as https://RES.openai.azure.com (the path is made from deployment and api_version)");
+	if (!seen[T_API_VERSION])
+		perr(c, un, "provider azure needs api_version (such as \"2024-10-21\", or v1 for the /openai/v1 API)");
+	else if (t->api_version && strcmp(t->api_version, "v1") == 0 && t->deployment)
+		perr(c, seen[T_DEPLOYMENT], "deployment: not with api_version v1 (the model in the body names the deployment)");
+	else if (t->api_version && strcmp(t->api_version, "v1") != 0 && !seen[T_DEPLOYMENT])
+		perr(c, un, "provider azure needs deployment (unless api_version is v1)");
+}
 
 /* One upstream: `upstream:` or an entry of `upstreams:`. */
 static void parse_target(struct pctx *c, const yaml_node_t *un, const char *what,
@@ -1254,12 +1322,21 @@ static void parse_target(struct pctx *c, const yaml_node_t *un, const char *what
 	if (seen[T_PRIORITY])
 		get_int_in(c, seen[T_PRIORITY], "priority", 0, TARGET_PRIORITY_MAX, "a tier",
 		           &t->priority);
+	parse_provider(c, un, seen, t);
 	if (seen[T_MODEL] && (s = get_str(c, seen[T_MODEL], "model"))) {
 		if (!*s || has_ctl(s, strlen(s), false))
 			perr(c, seen[T_MODEL], "model: expected a model name without control characters or tabs");
 		else
 			t->model = xstrdup(s);
 	}
+}
+
+bool route_target_same(const struct route_target *a, const struct route_target *b)
+{
+	return a->url && b->url && strcmp(a->url, b->url) == 0 && a->provider == b->provider &&
+	       (a->deployment ? b->deployment && strcmp(a->deployment, b->deployment) == 0
+	                      : !b->deployment) &&
+	       memcmp(a->key_hash, b->key_hash, sizeof(a->key_hash)) == 0;
 }
 
 static void parse_targets(struct pctx *c, const yaml_node_t *one, const yaml_node_t *list,
@@ -1298,11 +1375,9 @@ static void parse_targets(struct pctx *c, const yaml_node_t *one, const yaml_nod
 	/* the same URL with the same key twice is one upstream counted twice: use weight */
 	for (size_t i = 0; i < n; i++)
 		for (size_t j = 0; j < i; j++)
-			if (r->targets[i].url && r->targets[j].url &&
-			    strcmp(r->targets[i].url, r->targets[j].url) == 0 &&
-			    memcmp(r->targets[i].key_hash, r->targets[j].key_hash, 32) == 0)
+			if (route_target_same(&r->targets[i], &r->targets[j]))
 				perr_at(c, (size_t)r->targets[i].line,
-				        "upstreams[%zu] repeats upstreams[%zu] (same url and key); give one of them a weight instead",
+				        "upstreams[%zu] repeats upstreams[%zu] (same url, provider, deployment and key); give one of them a weight instead",
 				        i, j);
 }
 
@@ -2074,8 +2149,12 @@ void route_print_pool(const struct route *r, FILE *out)
 	for (size_t i = 0; i < r->n_targets; i++) {
 		const struct route_target *t = &r->targets[i];
 
-		fprintf(out, "    %s/%zu %s weight %d tier %d%s%s%s\n", r->name, i, t->url, t->weight,
-		        t->priority, t->model ? " model " : "", t->model ? t->model : "",
+		fprintf(out, "    %s/%zu %s weight %d tier %d%s%s%s%s%s%s%s%s%s\n", r->name, i, t->url,
+		        t->weight, t->priority, t->model ? " model " : "", t->model ? t->model : "",
+		        t->provider != PROVIDER_OPENAI ? " provider " : "",
+		        t->provider != PROVIDER_OPENAI ? provider_name(t->provider) : "",
+		        t->deployment ? " deployment " : "", t->deployment ? t->deployment : "",
+		        t->api_version ? " api_version " : "", t->api_version ? t->api_version : "",
 		        t->api_key ? " key set" : "");
 	}
 	fprintf(out, "    retry: %d attempt%s on ", r->retry.attempts, r->retry.attempts == 1 ? "" : "s");

@@ -24,6 +24,13 @@ struct route_kv {
 
 struct target_state;   /* pool.h: what a target's state is (breaker, in flight, drained) */
 
+/* What an upstream speaks (DESIGN.md, Providers). Clients always speak OpenAI's API. */
+enum provider {
+	PROVIDER_OPENAI,       /* OpenAI's API as it is: OpenAI, vLLM, every compatible server */
+	PROVIDER_AZURE,        /* Azure OpenAI: deployment URLs, api-version, the api-key header */
+};
+const char *provider_name(enum provider p);
+
 /* One upstream of a route's pool. Immutable once loaded, except `st`, bound by the pool
  * registry (pool.h) when the table is installed; NULL in a table only checked. */
 struct route_target {
@@ -36,15 +43,21 @@ struct route_target {
 	char *api_key_file;    /* as written, or NULL */
 	char *ca_file;         /* CA bundle to verify an https upstream, or NULL: system CAs */
 	char *model;           /* `model:` sent to this upstream instead of the client's, or NULL */
+	enum provider provider;
+	char *deployment;      /* azure: the deployment requests go to; NULL with api_version v1 */
+	char *api_version;     /* azure: the api-version query value, or "v1" for /openai/v1 */
 	int weight;            /* 1..1000, default 1 */
 	int priority;          /* tier, 0..100 default 0: higher tiers serve only while every
 	                        * lower one is unavailable */
 	int line;              /* where it is written */
-	/* who it is, for keeping its state across reloads: url, provider and the SHA-256 of
-	 * its key (never shown) */
+	/* who it is, for keeping its state across reloads: url, provider, deployment and the
+	 * SHA-256 of its key (never shown) */
 	unsigned char key_hash[32];
 	struct target_state *st;
 };
+
+/* The same upstream: url, provider, deployment and key. */
+bool route_target_same(const struct route_target *a, const struct route_target *b);
 
 /* Outcomes `retry.on` may list (bits), beside specific status codes. */
 enum {

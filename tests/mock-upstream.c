@@ -20,6 +20,14 @@
  *                              a usage-only chunk when stream_options.include_usage is
  *                              true, and "data: [DONE]".
  *   GET  /v1/models            a model list (demo-model, mock-gpt).
+ *   POST /openai/deployments/DEP/chat/completions?api-version=V
+ *   POST /openai/v1/chat/completions
+ *                              Azure OpenAI's two forms of chat completions, answered as
+ *                              /v1/chat/completions is, after Azure's checks: no or an empty
+ *                              api-key header is a 401, and the deployment form without an
+ *                              api-version query a 404, in Azure's error shape
+ *                              ({"error":{"code":"401","message":...}}). An Authorization
+ *                              header does not count there (Azure wants api-key).
  *   GET  /__mock/stats         counters, the sticky behaviour and the last request (not
  *                              counted as a request).
  *   POST /__mock/reset         zeros the counters, forgets the last request and clears the
@@ -280,6 +288,27 @@ static const char *request_path(struct evhttp_request *req)
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 
 	return path && *path ? path : "/";
+}
+
+#define AZURE_DEP_PREFIX "/openai/deployments/"
+#define AZURE_V1_CHAT    "/openai/v1/chat/completions"
+
+/* Azure's deployment form of chat completions: /openai/deployments/DEP/chat/completions. */
+static int azure_deployment_chat(const char *path)
+{
+	const char *dep = path + strlen(AZURE_DEP_PREFIX), *slash;
+
+	if (strncmp(path, AZURE_DEP_PREFIX, strlen(AZURE_DEP_PREFIX)) != 0)
+		return 0;
+	slash = strchr(dep, '/');
+	return slash && slash > dep && strcmp(slash, "/chat/completions") == 0;
+}
+
+/* A chat completions path: OpenAI's, or one of Azure's two. */
+static int is_chat_path(const char *path)
+{
+	return strcmp(path, CHAT_PATH) == 0 || strcmp(path, AZURE_V1_CHAT) == 0 ||
+	    azure_deployment_chat(path);
 }
 
 /* Parses a whole decimal number in [min, max]; 0 on success, -1 otherwise. */
@@ -735,13 +764,43 @@ static json_t *models_json(void)
 }
 
 /* Decides how to answer a non-control request. seen is its request_json() (may be NULL). */
+/* Azure's checks of its chat paths: the api-key header, and api-version on the deployment
+ * form. 1 (with ans set to Azure's error) when the request is refused. */
+static int azure_refuses(struct evhttp_request *req, const char *path, struct answer *ans)
+{
+	const char *key = evhttp_find_header(evhttp_request_get_input_headers(req), "api-key");
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *q = uri ? evhttp_uri_get_query(uri) : NULL;
+	const char *code = NULL, *msg = NULL;
+
+	if (!key || !*key) {
+		code = "401";
+		msg = "Access denied due to invalid subscription key or wrong API endpoint. Make sure "
+		    "to provide a valid key for an active subscription and use a correct regional API "
+		    "endpoint for your resource.";
+	} else if (azure_deployment_chat(path) && (!q || (strncmp(q, "api-version=", 12) != 0
+	    && !strstr(q, "&api-version=")))) {
+		code = "404";
+		msg = "Resource not found";
+	}
+	if (!code)
+		return 0;
+	ans->kind = ANS_JSON;
+	ans->status = atoi(code);
+	json_decref(ans->body);
+	ans->body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+	return 1;
+}
+
 static void route(struct mock *m, struct evhttp_request *req, const struct plan *plan,
     const json_t *seen, struct answer *ans)
 {
 	const char *path = request_path(req);
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	int chat = cmd == EVHTTP_REQ_POST && strcmp(path, CHAT_PATH) == 0;
+	int chat = cmd == EVHTTP_REQ_POST && is_chat_path(path);
 
+	if (chat && strcmp(path, CHAT_PATH) != 0 && azure_refuses(req, path, ans))
+		return;
 	switch (plan->fail) {
 	case FAIL_STATUS:
 		answer_forced_status(ans, plan->status);
@@ -1334,7 +1393,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 		return;
 	}
 	m->stats.requests++;
-	if (evhttp_request_get_command(req) == EVHTTP_REQ_POST && strcmp(path, CHAT_PATH) == 0)
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_POST && is_chat_path(path))
 		m->stats.chat++;
 	/* Registered here, not only when an answer is deferred, so open_connections counts
 	 * every connection that has carried a request. */
@@ -1354,7 +1413,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 		}
 	}
 	if (planned && plan.fail == FAIL_SLOW && ans.kind == ANS_JSON && ans.status == 200
-	    && strcmp(path, CHAT_PATH) != 0)
+	    && !is_chat_path(path))
 		plan.first_byte_ms += plan.delay_ms < 0 ? SLOW_DELAY_MS : plan.delay_ms;
 	if (m->verbose)
 		fprintf(stderr, "mock-upstream: %s %s -> %s %d\n",

@@ -170,6 +170,16 @@ before(async () => {
       - { url: http://127.0.0.1:${ctx.mockPort}/v1/chat/completions, api_key: pool-key-b }
     retry: { attempts: 2, on: [connect, reset] }
     timeout: 5
+  - name: azure
+    priority: 10
+    match: { path: /v1/chat/completions, methods: [POST], body: { model: "azure-*" } }
+    upstream:
+      url: http://127.0.0.1:${ctx.mockPort}
+      provider: azure
+      deployment: gpt4o-prod
+      api_version: "2024-10-21"
+      api_key: azure-sdk-key
+    timeout: 5
 `);
   ctx.sock = path.join(ctx.dir, 'ctl.sock');
   ctx.gw = new Child('fastgated', [FASTGATED, '--listen', '127.0.0.1:0', '--routes', routes,
@@ -397,4 +407,27 @@ test('pool: a stream cut after its first content raises in the SDK, not retried'
   assert.equal(text, 'Hello');
   const after = await (await fetch(`http://127.0.0.1:${ctx.mockPort}/__mock/stats`)).json();
   assert.equal(after.chat - before.chat, 1, 'the cut stream must not be sent again');
+});
+
+test('azure: chat and a stream reach the deployment with api-version and api-key, and read as OpenAI', async () => {
+  const r = await ctx.client.chat.completions.create({ model: 'azure-gpt', messages: MESSAGES });
+  assert.equal(r.choices[0].message.content, EXPECTED);
+  let last = (await (await fetch(`http://127.0.0.1:${ctx.mockPort}/__mock/stats`)).json()).last;
+  assert.equal(last.uri, '/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-10-21');
+  const hdr = Object.fromEntries(Object.entries(last.headers).map(([k, v]) => [k.toLowerCase(), v]));
+  assert.equal(hdr['api-key'], 'azure-sdk-key');
+  assert.equal(hdr.authorization, undefined, 'Azure gets api-key, and never the client\'s key');
+
+  const stream = await ctx.client.chat.completions.create(
+    { model: 'azure-gpt', messages: MESSAGES, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let usage = null;
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.delta?.content ?? '';
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, EXPECTED);
+  assert.ok(usage && usage.completion_tokens > 0, `usage chunk: ${JSON.stringify(usage)}`);
+  last = (await (await fetch(`http://127.0.0.1:${ctx.mockPort}/__mock/stats`)).json()).last;
+  assert.match(last.uri, /^\/openai\/deployments\/gpt4o-prod\/chat\/completions\?api-version=2024-10-21$/);
 });

@@ -907,7 +907,8 @@ TEST(error_unknown_key_names_it_and_lists_valid_keys)
 	CHECK_INT(e.n, 2);
 	if (e.n == 2) {
 		CHECK_STR(e.lines[0], where("r.yaml", 5,
-		          "route \"a\": unknown key \"apikey\" in upstream (valid: url, api_key, api_key_file, ca_file, weight, priority, model)"));
+		          "route \"a\": unknown key \"apikey\" in upstream (valid: url, api_key, api_key_file, ca_file, weight, priority, model, "
+		          "provider, deployment, api_version)"));
 		CHECK_STR(e.lines[1], where("r.yaml", 6,
 		          "route \"a\": unknown key \"bogus\" in a route (valid: name, priority, enabled, "
 		          "if_env, match, upstream, strip_prefix, timeout, idle_timeout, strip_headers, "
@@ -1364,7 +1365,7 @@ TEST(pool_mistakes_are_reported_at_their_line)
 	              "      - url: http://h\n"
 	              "      - url: http://h\n", &e);
 	check_one_error(t, &e, "r.yaml", 5,
-	                "route \"a\": upstreams[1] repeats upstreams[0] (same url and key); give one of them a weight instead");
+	                "route \"a\": upstreams[1] repeats upstreams[0] (same url, provider, deployment and key); give one of them a weight instead");
 	errlist_clear(&e);
 	t = load_text("routes:\n"
 	              "  - name: a\n"
@@ -1418,6 +1419,80 @@ TEST(pool_mistakes_are_reported_at_their_line)
 	CHECK(any_line_has(&e, "r.yaml:4: route \"a\": fallback names the route itself"));
 	CHECK(any_line_has(&e, "r.yaml:7: route \"b\": fallback \"nowhere\" is not a route"));
 	route_table_unref(t);
+	errlist_clear(&e);
+	tmp_end();
+}
+
+TEST(azure_upstreams_load_and_their_mistakes_are_named)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+	const struct route *r;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: az\n"
+	              "    upstreams:\n"
+	              "      - url: https://res.openai.azure.com\n"
+	              "        provider: azure\n"
+	              "        deployment: gpt4o-prod\n"
+	              "        api_version: \"2024-10-21\"\n"
+	              "        api_key: k\n"
+	              "      - url: https://res.openai.azure.com\n"
+	              "        provider: azure\n"
+	              "        deployment: gpt4o-mini\n"
+	              "        api_version: \"2024-10-21\"\n"
+	              "        api_key: k\n"
+	              "      - url: https://res.openai.azure.com\n"
+	              "        provider: azure\n"
+	              "        api_version: v1\n"
+	              "        api_key: k\n", &e);
+	CHECK(t != NULL);
+	for (size_t i = 0; i < e.n; i++)
+		fprintf(stderr, "  %s\n", e.lines[i]);
+	r = t ? t->routes[0] : NULL;
+	if (r) {
+		/* two deployments of one resource under one key are two upstreams */
+		CHECK_INT(r->n_targets, 3);
+		CHECK_INT(r->targets[0].provider, PROVIDER_AZURE);
+		CHECK_STR(r->targets[0].deployment, "gpt4o-prod");
+		CHECK_STR(r->targets[0].api_version, "2024-10-21");
+		CHECK(!route_target_same(&r->targets[0], &r->targets[1]));
+		CHECK(r->targets[2].deployment == NULL);
+		CHECK_STR(provider_name(r->targets[2].provider), "azure");
+	}
+	route_table_unref(t);
+	errlist_clear(&e);
+
+	static const struct { const char *target; int line; const char *msg; } bad[] = {
+		{ "      provider: azure\n      deployment: d\n", 4,
+		  "route \"a\": provider azure needs api_version (such as \"2024-10-21\", or v1 for the /openai/v1 API)" },
+		{ "      provider: azure\n      api_version: \"2024-10-21\"\n", 4,
+		  "route \"a\": provider azure needs deployment (unless api_version is v1)" },
+		{ "      provider: azure\n      api_version: v1\n      deployment: d\n", 7,
+		  "route \"a\": deployment: not with api_version v1 (the model in the body names the deployment)" },
+		{ "      deployment: d\n", 5, "route \"a\": deployment: only for provider: azure" },
+		{ "      provider: azure\n      api_version: \"2024/10\"\n      deployment: d\n", 6,
+		  "route \"a\": api_version: expected a version such as \"2024-10-21\" or v1" },
+		{ "      provider: azure\n      api_version: v1\n      deployment: \"a b\"\n", 7,
+		  "route \"a\": deployment: expected a deployment name of letters, digits, '-', '.' and '_'" },
+		{ "      provider: anthropic\n", 5,
+		  "route \"a\": provider: anthropic is not available in this version (valid: openai, azure)" },
+		{ "      provider: bedrock\n", 5, "route \"a\": provider: unknown \"bedrock\" (valid: openai, azure)" },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char text[512];
+
+		snprintf(text, sizeof(text), "routes:\n  - name: a\n    upstream:\n      url: http://h\n%s",
+		         bad[i].target);
+		t = load_text(text, &e);
+		check_one_error(t, &e, "r.yaml", bad[i].line, bad[i].msg);
+		errlist_clear(&e);
+	}
+	t = load_text("routes:\n  - name: a\n    upstream:\n      url: https://res.openai.azure.com/openai\n"
+	              "      provider: azure\n      api_version: v1\n", &e);
+	check_one_error(t, &e, "r.yaml", 4,
+	                "route \"a\": provider azure: url is the resource alone, such as https://RES.openai.azure.com (the path is made from deployment and api_version)");
 	errlist_clear(&e);
 	tmp_end();
 }
