@@ -1,6 +1,7 @@
 /* fastgate.yaml: a flat mapping of settings. Every key is listed in one table with its
  * type, so unknown keys and bad values are reported as FILE:LINE with what was expected. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +22,7 @@ struct setting {
 static const struct setting settings[] = {
 	S("listen", C_STR, listen, 0, 0),
 	S("routes", C_STR, routes_dir, 0, 0),
+	S("models", C_STR, models_path, 0, 0),
 	S("keys", C_STR, keys_path, 0, 0),
 	S("audit", C_STR, audit_path, 0, 0),
 	S("control", C_STR, control_path, 0, 0),
@@ -42,6 +44,7 @@ void config_defaults(struct config *c)
 	memset(c, 0, sizeof(*c));
 	c->listen = strdup("127.0.0.1:8514");
 	c->routes_dir = strdup("./routes.d");
+	c->models_path = strdup("./share/models.yaml");
 	c->keys_path = strdup("./keys/fastgate.db");
 	c->audit_path = strdup("./keys/audit.db");
 	c->control_path = strdup("./fastgate.sock");
@@ -58,6 +61,7 @@ void config_defaults(struct config *c)
 void config_free(struct config *c)
 {
 	free(c->listen);
+	free(c->models_path);
 	free(c->routes_dir);
 	free(c->keys_path);
 	free(c->audit_path);
@@ -97,6 +101,8 @@ static void apply(struct config *c, const struct setting *st, const char *file, 
 	case C_STR:
 		free(*(char **)field);
 		*(char **)field = strdup(value);
+		if (st->offset == offsetof(struct config, models_path))
+			c->models_set = true;   /* named, so it must be there */
 		return;
 	case C_BOOL:
 		if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0)

@@ -10,6 +10,8 @@
 struct config {
 	char *listen;          /* "127.0.0.1:8514" */
 	char *routes_dir;      /* "./routes.d" */
+	char *models_path;     /* "./share/models.yaml": the model table */
+	bool models_set;       /* models_path was given (file or flag): it must exist */
 	char *keys_path;       /* "./keys/fastgate.db" */
 	char *audit_path;      /* "./keys/audit.db" */
 	char *control_path;    /* "./fastgate.sock" */

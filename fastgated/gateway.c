@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "gateway.h"
 #include "log.h"
@@ -38,13 +39,29 @@ static void apply_target_states(struct gateway *gw, struct route_table *t)
 	}
 }
 
+int gateway_load_models(const struct config *cfg, struct model_table **out, struct errlist *errs)
+{
+	*out = NULL;
+	if (!cfg->models_path || (!cfg->models_set && access(cfg->models_path, F_OK) != 0))
+		return 0;   /* the default file is optional; a named one is not */
+	*out = models_load(cfg->models_path, errs);
+	return *out ? 0 : -1;
+}
+
 int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 {
-	struct route_table *t = route_table_load(gw->cfg->routes_dir, errs);
-	struct route_table *old = gw->routes;
+	struct model_table *models;
+	struct route_table *t, *old = gw->routes;
 
-	if (!t)
+	if (gateway_load_models(gw->cfg, &models, errs) < 0)
 		return -1;
+	t = route_table_load(gw->cfg->routes_dir, errs);
+	if (!t) {
+		models_free(models);
+		return -1;
+	}
+	models_free(gw->models);   /* nothing keeps a model_info across an event */
+	gw->models = models;
 	apply_overrides(gw, t);
 	/* before the old table lets go of them: the same targets keep their state */
 	pool_bind(&gw->pool, t);
@@ -52,7 +69,8 @@ int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 	gw->routes = t;   /* in-flight requests hold their own reference to the old table */
 	if (old)
 		route_table_unref(old);
-	log_info("routes loaded from %s: %zu routes", gw->cfg->routes_dir, t->n);
+	log_info("routes loaded from %s: %zu routes; %s", gw->cfg->routes_dir, t->n,
+	         models ? "model table read" : "no model table");
 	return 0;
 }
 

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "errlist.h"
 #include "keys.h"
+#include "models.h"
 #include "pool.h"
 #include "reqdone.h"
 #include "routes.h"
@@ -37,6 +38,7 @@ struct gateway {
 	struct keystore *keys;
 	struct route_table *routes;   /* current table; requests hold their own reference */
 	struct pool pool;             /* the live state of every route's upstreams (pool.h) */
+	struct model_table *models;   /* share/models.yaml, or NULL when there is none */
 	struct transport *transports[2];  /* by enum tr_kind: a route's is fixed at load */
 	struct control *control;
 	struct http_server *http;
@@ -54,5 +56,9 @@ struct gateway {
  * On error: returns -1, adds "FILE:LINE: message" lines to errs, the old table keeps
  * serving. */
 int gateway_reload_routes(struct gateway *gw, struct errlist *errs);
+
+/* The configured model table: 0 with *out set (NULL when the default file is absent: no
+ * table, not an error), or -1 with errs filled. */
+int gateway_load_models(const struct config *cfg, struct model_table **out, struct errlist *errs);
 
 #endif

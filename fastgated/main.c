@@ -25,7 +25,7 @@
 #include "transport_h1.h"
 
 #define USAGE \
-	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--routes DIR] [--keys FILE]\n" \
+	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--routes DIR] [--models FILE] [--keys FILE]\n" \
 	"                 [--audit FILE] [--control PATH] [--check] [--daemon --pidfile FILE]\n" \
 	"                 [-v] [--version]\n"
 
@@ -51,7 +51,7 @@ static void set_str(char **field, const char *value)
 	*field = strdup(value);
 }
 
-enum { OPT_LISTEN = 256, OPT_ROUTES, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
+enum { OPT_LISTEN = 256, OPT_ROUTES, OPT_MODELS, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
        OPT_PIDFILE, OPT_VERSION };
 
 /* Flags override the config file, so they are read twice: first to find -c, then applied
@@ -63,6 +63,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 		{ "config", required_argument, NULL, 'c' },
 		{ "listen", required_argument, NULL, OPT_LISTEN },
 		{ "routes", required_argument, NULL, OPT_ROUTES },
+		{ "models", required_argument, NULL, OPT_MODELS },
 		{ "keys", required_argument, NULL, OPT_KEYS },
 		{ "audit", required_argument, NULL, OPT_AUDIT },
 		{ "control", required_argument, NULL, OPT_CONTROL },
@@ -107,6 +108,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 		switch (c) {
 		case OPT_LISTEN: set_str(&cfg->listen, optarg); break;
 		case OPT_ROUTES: set_str(&cfg->routes_dir, optarg); break;
+		case OPT_MODELS: set_str(&cfg->models_path, optarg); cfg->models_set = true; break;
 		case OPT_KEYS: set_str(&cfg->keys_path, optarg); break;
 		case OPT_AUDIT: set_str(&cfg->audit_path, optarg); break;
 		case OPT_CONTROL: set_str(&cfg->control_path, optarg); break;
@@ -127,13 +129,20 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 static int run_check(struct config *cfg)
 {
 	struct errlist errs = { 0 };
+	struct model_table *models = NULL;
+	int bad_models = gateway_load_models(cfg, &models, &errs) < 0;
 	struct route_table *t = route_table_load(cfg->routes_dir, &errs);
 
-	if (!t) {
+	if (!t || bad_models) {
 		print_errors(&errs);
 		errlist_clear(&errs);
+		route_table_unref(t);
+		models_free(models);
 		return 1;
 	}
+	if (models)
+		printf("%s: %zu models OK\n", models->path, models->n);
+	models_free(models);
 	printf("%s: %zu routes OK\n", cfg->routes_dir, t->n);
 	for (size_t i = 0; i < t->n; i++)
 		route_print_pool(t->routes[i], stdout);
@@ -293,6 +302,7 @@ static void shutdown_all(struct runtime *rt)
 	keystore_close(gw->keys);
 	if (gw->routes)
 		route_table_unref(gw->routes);
+	models_free(gw->models);
 	metrics_free(gw->metrics);
 	struct event *evs[] = { rt->sig_term, rt->sig_int, rt->sig_hup, rt->drain_poll,
 	                        rt->drain_deadline, rt->usage_flush };

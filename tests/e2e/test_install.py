@@ -10,7 +10,7 @@ from harness import ROOT, rmtree, run_tests, tmpdir  # noqa: E402
 
 EXPECTED = ["usr/sbin/fastgated", "usr/bin/fastgate-cli", "usr/share/man/man1/fastgate-cli.1",
             "usr/share/man/man5/fastgate-routes.5", "usr/share/man/man8/fastgated.8",
-            "usr/share/fastgate/fastgate.yaml.example",
+            "usr/share/fastgate/fastgate.yaml.example", "usr/share/fastgate/models.yaml",
             "usr/share/bash-completion/completions/fastgate-cli"]
 
 

@@ -9,7 +9,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import Gateway, Mock, run_tests, tmpdir, rmtree, wait_for  # noqa: E402
+from harness import FASTGATED, Gateway, Mock, run_tests, tmpdir, rmtree, wait_for  # noqa: E402
+import subprocess  # noqa: E402
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -117,6 +118,35 @@ def test_health_checks_send_api_key_and_two_deployments_are_two_upstreams(c):
     assert all("azure-health-key" not in json.dumps(u) for u in ups), "a key in route.show"
     rc, out, err = c.gw.cli("upstream", "list", "--route", "az", "--json")
     assert rc == 0 and json.loads(out)[0]["deployment"] == "gpt4o-prod", (rc, out, err)
+
+
+def test_model_table_is_checked_loaded_and_a_bad_one_keeps_the_old_set(c):
+    d = tmpdir()
+    try:
+        models = os.path.join(d, "models.yaml")
+        with open(models, "w") as f:
+            f.write("models:\n  - { match: \"m-*\", context_window: 1000, max_output_tokens: 100 }\n")
+        p = subprocess.run([FASTGATED, "--check", "--routes", c.gw.routes_dir, "--models", models],
+                           capture_output=True, timeout=20)
+        assert p.returncode == 0 and b"models.yaml: 1 models OK" in p.stdout, (p.stdout, p.stderr)
+        # a named model file that is missing, or wrong, is an error naming FILE:LINE
+        p = subprocess.run([FASTGATED, "--check", "--routes", c.gw.routes_dir, "--models",
+                            os.path.join(d, "none.yaml")], capture_output=True, timeout=20)
+        assert p.returncode == 1 and b"none.yaml: No such file or directory" in p.stderr, p.stderr
+        g = Gateway(os.path.join(d, "gw"), routes(c.mock), extra_args=["--models", models])
+        try:
+            with open(models, "w") as f:
+                f.write("models:\n  - { match: \"m-*\", context_window: 10, max_output_tokens: 100 }\n")
+            rc, out, err = g.cli("reload")
+            assert rc == 1 and "models.yaml:2: max_output_tokens (100) is more than context_window (10)" \
+                in out + err, (rc, out, err)
+            key = g.create_key()["key"]
+            st, _, _ = g.request("POST", "/v1/chat/completions", CHAT, {"X-API-Key": key})
+            assert st == 200, "the old set keeps serving after a failed reload"
+        finally:
+            g.stop()
+    finally:
+        rmtree(d)
 
 
 if __name__ == "__main__":
