@@ -117,7 +117,7 @@ static int add_texts(struct req *r, json_t *into, const json_t *content, const c
 	size_t i;
 	json_t *part;
 
-	if (json_is_null(content))
+	if (!content || json_is_null(content))   /* absent: an assistant turn of tool calls */
 		return 0;
 	if (json_is_string(content)) {
 		if (json_string_length(content) == 0)
@@ -204,7 +204,7 @@ static int add_user(struct req *r, const json_t *content, const char *where)
 	size_t i;
 	json_t *part;
 
-	if (json_is_string(content) || json_is_null(content)) {
+	if (!content || json_is_string(content) || json_is_null(content)) {
 		json_t *tmp = json_array();
 
 		if (!tmp)
