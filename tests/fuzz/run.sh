@@ -10,14 +10,14 @@
 #                                                 same edges (when it grows past ~200 files)
 #   tests/fuzz/run.sh coverage [TARGET...]        line coverage of the modules by the corpus (llvm-cov)
 #
-# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson. Corpus: tests/fuzz/corpus/TARGET/.
+# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic. Corpus: tests/fuzz/corpus/TARGET/.
 # A crash found while fuzzing is saved as build-fuzz/artifacts/TARGET/crash-*; once fixed,
 # copy it into the corpus as crash-WHAT (minimize keeps seed-* and crash-* files) so the
 # replay keeps checking it.
 set -u
 cd "$(dirname "$0")/../.."
 
-ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson)
+ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic)
 FUZZ_DIR=tests/fuzz
 WARN="-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2"
 BASE="-std=gnu11 -D_GNU_SOURCE -g -fno-omit-frame-pointer -Ifastgated"
@@ -35,6 +35,7 @@ sources_of() {
     sse)       echo fastgated/usage.c ;;
     h1resp)    echo fastgated/h1resp.c ;;
     reqjson)   echo fastgated/reqjson.c ;;
+    anthropic) echo fastgated/anthropic.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
   esac
 }
@@ -43,10 +44,11 @@ sources_of() {
 # the format needs room (a route file, an SSE stream with several events).
 fuzz_flags() {
   local f="-max_len=4096"
-  case $1 in routes|sse) f="-max_len=16384" ;; esac
+  case $1 in routes|sse|anthropic) f="-max_len=16384" ;; esac
   case $1 in
     reqcheck|routes) f="$f -dict=$FUZZ_DIR/$1.dict" ;;
     h1resp)          f="$f -dict=$FUZZ_DIR/reqcheck.dict" ;;
+    anthropic)       f="$f -dict=$FUZZ_DIR/anthropic.dict" ;;
     *)               f="$f -dict=$FUZZ_DIR/json.dict" ;;
   esac
   echo "$f"
