@@ -739,13 +739,14 @@ static int answer_message(const json_t *in, long created, json_t **res, struct a
 		goto done;
 	usage_set(u, tok(usage, "input_tokens", &seen), tok(usage, "cache_read_input_tokens", NULL),
 	          tok(usage, "cache_creation_input_tokens", NULL), tok(usage, "output_tokens", &seen));
-	u->found = seen;
 	*res = json_pack("{s:o,s:s,s:I,s:o,s:[{s:i,s:O,s:s}]}", "id", str_or_empty(in, "id"),
 	                 "object", "chat.completion", "created", (json_int_t)created,
 	                 "model", str_or_empty(in, "model"), "choices", "index", 0, "message", msg,
 	                 "finish_reason", finish_reason(str_of(in, "stop_reason", NULL)));
 	if (!*res || set_new(*res, "usage", usage_json(u)) < 0)
 		goto done;
+	if (!seen)
+		usage_unknown(u);   /* the client sees zeros; the audit knows they are not counts */
 	rc = ANTH_OK;
 done:
 	if (rc == ANTH_NOMEM)
@@ -1040,8 +1041,7 @@ static int on_event(struct anth_stream *s, struct sink *k, const json_t *ev)
 		if (!s->id || !s->model)
 			return ANTH_NOMEM;
 		s->started = true;
-		take_usage(s, json_object_get(m, "usage"));
-		stream_usage(s);
+		take_usage(s, json_object_get(m, "usage"));   /* none: the usage stays unknown */
 		return emit_chunk(s, k, json_pack("{s:s,s:s}", "role", "assistant", "content", ""), NULL);
 	}
 	if (strncmp(type, "message_", 8) != 0 && strncmp(type, "content_block_", 14) != 0)

@@ -483,6 +483,32 @@ TEST(stream_that_is_not_anthropic_gives_one_clean_error)
 	check_invalid("", "stream_truncated");
 }
 
+TEST(stream_without_usage_leaves_it_unknown)
+{
+	const char *in = "data: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"x\"}}\n\n"
+	                 "data: {\"type\":\"message_stop\"}\n\n";
+	struct run r = translate(in, strlen(in), 1, true);
+
+	CHECK(!r.usage.found);
+	CHECK_INT(r.usage.prompt_tokens, -1);
+	CHECK_INT(r.finish_rc, ANTH_OK);
+	CHECK(strstr(r.out, "[DONE]") != NULL);
+	free(r.out);
+}
+
+TEST(answer_without_usage_leaves_it_unknown)
+{
+	const char *in = "{\"type\":\"message\",\"id\":\"m\",\"content\":[{\"type\":\"text\",\"text\":\"hi\"}]}";
+	char *out = NULL, err[100];
+	size_t len;
+	struct anth_usage u;
+
+	CHECK_INT(anth_answer(in, strlen(in), CREATED, &out, &len, &u, err, sizeof(err)), ANTH_OK);
+	CHECK(!u.found);
+	CHECK_INT(u.prompt_tokens, -1);
+	free(out);
+}
+
 TEST(stream_event_over_the_cap_is_refused_without_holding_it)
 {
 	struct anth_stream s;
@@ -644,6 +670,8 @@ TEST(answer_refusal_is_content_filter_with_null_content)
 	CHECK(json_is_null(json_object_get(message_of(res), "content")));
 	CHECK_STR(get_str(choice0(res), "finish_reason", NULL), "content_filter");
 	json_decref(res);
+	CHECK(u.found);
+	CHECK_INT(u.completion_tokens, 0);
 }
 
 TEST(answer_errors_take_the_openai_shape)
