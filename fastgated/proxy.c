@@ -524,7 +524,7 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	px->client_ip[n] = '\0';
 	memcpy(px->id, req->id, REQID_LEN + 1);
 	sse_scan_init(&px->scan, false);
-	px->usage.prompt_tokens = px->usage.completion_tokens = -1;
+	usage_reset(&px->usage);
 	px->table = gw->routes;
 	route_table_ref(px->table);
 	px->out = evbuffer_new();

@@ -383,20 +383,64 @@ static bool js_members(struct jscan *j, void (*fn)(void *, const char *, size_t,
 	}
 }
 
-static void usage_field(void *arg, const char *k, size_t kn, struct jscan *v)
+void usage_reset(struct usage *u)
 {
-	struct usage *u = arg;
-	long *dst = key_is(k, kn, "prompt_tokens") ? &u->prompt_tokens
-	          : key_is(k, kn, "completion_tokens") ? &u->completion_tokens : NULL;
+	u->prompt_tokens = u->completion_tokens = -1;
+	u->cached_tokens = u->cache_write_tokens = u->reasoning_tokens = -1;
+	u->found = false;
+}
+
+/* A usage count: a plain non-negative integer (anything else, null included, leaves *dst
+ * as it was: unknown). */
+static void read_count(const struct jscan *v, long *dst)
+{
 	long n = 0;
 	const char *p = v->p;
 
-	if (!dst || p >= v->end || *p < '0' || *p > '9')
+	if (p >= v->end || *p < '0' || *p > '9')
 		return;
 	for (; p < v->end && *p >= '0' && *p <= '9' && n < 1000000000000L; p++)
 		n = n * 10 + (*p - '0');
-	if (p == v->end) /* a plain non-negative integer, as usage counts are */
+	if (p == v->end)
 		*dst = n;
+}
+
+/* One count inside a *_tokens_details object; its other members are skipped. */
+struct detail {
+	const char *name;
+	long *dst;
+};
+
+static void detail_field(void *arg, const char *k, size_t kn, struct jscan *v)
+{
+	struct detail *d = arg;
+
+	if (key_is(k, kn, d->name))
+		read_count(v, d->dst);
+}
+
+static void read_detail(const struct jscan *v, const char *name, long *dst)
+{
+	struct detail d = { name, dst };
+	struct jscan obj = *v;
+
+	/* js_members walked the value already: it is well formed, null or an object */
+	if (obj.p < obj.end && *obj.p == '{')
+		js_members(&obj, detail_field, &d);
+}
+
+static void usage_field(void *arg, const char *k, size_t kn, struct jscan *v)
+{
+	struct usage *u = arg;
+
+	if (key_is(k, kn, "prompt_tokens"))
+		read_count(v, &u->prompt_tokens);
+	else if (key_is(k, kn, "completion_tokens"))
+		read_count(v, &u->completion_tokens);
+	else if (key_is(k, kn, "prompt_tokens_details"))
+		read_detail(v, "cached_tokens", &u->cached_tokens);
+	else if (key_is(k, kn, "completion_tokens_details"))
+		read_detail(v, "reasoning_tokens", &u->reasoning_tokens);
 }
 
 static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
@@ -406,7 +450,7 @@ static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
 
 	if (!key_is(k, kn, "usage") || v->p >= v->end || *v->p != '{')
 		return;
-	u->prompt_tokens = u->completion_tokens = -1;
+	usage_reset(u);
 	if (js_members(&obj, usage_field, u))
 		u->found = true;
 }
@@ -419,7 +463,7 @@ static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
 static int usage_at_tail(const char *body, size_t len, struct usage *u)
 {
 	const char *hit = NULL, *p, *b, *end = body + len;
-	struct usage got = { .prompt_tokens = -1, .completion_tokens = -1 };
+	struct usage got;
 	struct jscan j;
 
 	/* the last "usage" key, looked for from the end, where answers put it */
@@ -430,6 +474,7 @@ static int usage_at_tail(const char *body, size_t len, struct usage *u)
 		}
 	if (!hit)
 		return -1;   /* no "usage" anywhere: nothing to walk for */
+	usage_reset(&got);
 	for (b = hit; b > body && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\n' || b[-1] == '\r'); b--)
 		;
 	if (b == body || (b[-1] != ',' && b[-1] != '{'))
@@ -452,8 +497,7 @@ static int usage_at_tail(const char *body, size_t len, struct usage *u)
 	js_ws(&j);
 	if (j.p != j.end)
 		return 0;
-	u->prompt_tokens = got.prompt_tokens;
-	u->completion_tokens = got.completion_tokens;
+	*u = got;
 	u->found = true;
 	return 1;
 }
@@ -462,8 +506,7 @@ bool usage_from_json(const char *body, size_t len, struct usage *u)
 {
 	struct jscan j = { body, body + len };
 
-	u->found = false;
-	u->prompt_tokens = u->completion_tokens = -1;
+	usage_reset(u);
 	if (len == 0)
 		return false;
 	switch (usage_at_tail(body, len, u)) {
@@ -472,8 +515,7 @@ bool usage_from_json(const char *body, size_t len, struct usage *u)
 	case -1:
 		return false;
 	}
-	u->found = false;
-	u->prompt_tokens = u->completion_tokens = -1;
+	usage_reset(u);
 	js_members(&j, usage_member, u);
 	return u->found;
 }
@@ -482,7 +524,7 @@ void sse_scan_init(struct sse_scan *s, bool strip_usage)
 {
 	memset(s, 0, sizeof(*s));
 	s->strip_usage = strip_usage;
-	s->usage.prompt_tokens = s->usage.completion_tokens = -1;
+	usage_reset(&s->usage);
 }
 
 void sse_scan_free(struct sse_scan *s)

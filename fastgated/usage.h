@@ -13,11 +13,22 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* Normalised as DESIGN.md has it (Providers), every count -1 when unknown. From an OpenAI
+ * `usage` object: prompt_tokens and completion_tokens, prompt_tokens_details.cached_tokens
+ * and completion_tokens_details.reasoning_tokens; cache_write_tokens has no OpenAI field
+ * and stays -1 (a provider translator fills it). Each usage object read replaces all five:
+ * a count the last one lacks is unknown. */
 struct usage {
-	long prompt_tokens;       /* -1 when unknown */
-	long completion_tokens;
+	long prompt_tokens;       /* OpenAI's meaning: cached tokens included */
+	long completion_tokens;   /* reasoning tokens included */
+	long cached_tokens;       /* prompt tokens read from the provider's cache */
+	long cache_write_tokens;  /* prompt tokens written to it */
+	long reasoning_tokens;    /* completion tokens spent reasoning */
 	bool found;
 };
+
+/* Every count unknown, found false. */
+void usage_reset(struct usage *u);
 
 /* Usage from a whole JSON answer. Returns true when found. */
 bool usage_from_json(const char *body, size_t len, struct usage *u);

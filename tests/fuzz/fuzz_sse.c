@@ -6,7 +6,8 @@
  *  - strip off, the output is the input byte for byte (the client sees the upstream);
  *  - strip on, the output does not depend on where the pieces were cut, is the input with
  *    whole events left out, and every event left out is a usage-only chunk;
- *  - the usage found is the same in both modes and for every cut.
+ *  - the usage found (every count: prompt, completion, cached, cache-write, reasoning) is
+ *    the same in both modes and for every cut.
  * sse_first_content, as the relay calls it on a growing held stream, gives the same answer
  * as on the whole, never moves backwards or past the end, and stops only at an event's end.
  * (The request side, the body's one reading and its splice, is fuzz_reqjson.c.) */
@@ -63,7 +64,9 @@ static void scan(const uint8_t *data, size_t size, bool strip, int pieces, uint6
 static bool same_usage(const struct usage *a, const struct usage *b)
 {
 	return a->found == b->found && a->prompt_tokens == b->prompt_tokens &&
-	       a->completion_tokens == b->completion_tokens;
+	       a->completion_tokens == b->completion_tokens && a->cached_tokens == b->cached_tokens &&
+	       a->cache_write_tokens == b->cache_write_tokens &&
+	       a->reasoning_tokens == b->reasoning_tokens;
 }
 
 /* A usage-only chunk: some "data:" line holds {"usage":{...},"choices":[]}. */
@@ -180,7 +183,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (usage_from_json((const char *)data, size, &u))
 		FUZZ_CHECK(u.found, "usage reported without found");
 	else
-		FUZZ_CHECK(!u.found && u.prompt_tokens == -1 && u.completion_tokens == -1,
+		FUZZ_CHECK(!u.found && u.prompt_tokens == -1 && u.completion_tokens == -1 &&
+		           u.cached_tokens == -1 && u.reasoning_tokens == -1,
 		           "no usage but counts set");
+	/* no OpenAI field carries it: only a provider translator sets it */
+	FUZZ_CHECK(u.cache_write_tokens == -1 && on_whole.usage.cache_write_tokens == -1,
+	           "cache_write_tokens read from an OpenAI usage object");
 	return 0;
 }

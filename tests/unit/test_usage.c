@@ -165,6 +165,195 @@ TEST(an_endless_event_is_not_held_forever)
 	free(junk);
 }
 
+/* ---- the normalised counts: OpenAI's details objects ---- */
+
+/* A usage object as OpenAI sends it (and what it may look like in other hands), and the
+ * counts it gives: prompt, completion, cached, cache write, reasoning; -1 = unknown. */
+static const struct usage_case {
+	const char *usage;
+	long p, c, cached, cw, r;
+} usage_cases[] = {
+	/* no details objects (older models, many OpenAI-compatible servers) */
+	{ "{\"prompt_tokens\":19,\"completion_tokens\":10,\"total_tokens\":29}", 19, 10, -1, -1, -1 },
+	/* the full shape of a reasoning model's answer with a cache hit */
+	{ "{\"prompt_tokens\":2006,\"completion_tokens\":300,\"total_tokens\":2306,"
+	  "\"prompt_tokens_details\":{\"cached_tokens\":1920,\"audio_tokens\":0},"
+	  "\"completion_tokens_details\":{\"reasoning_tokens\":192,\"audio_tokens\":0,"
+	  "\"accepted_prediction_tokens\":0,\"rejected_prediction_tokens\":0}}",
+	  2006, 300, 1920, -1, 192 },
+	/* none cached, none spent reasoning: 0 is known, not unknown */
+	{ "{\"prompt_tokens\":9,\"completion_tokens\":12,\"total_tokens\":21,"
+	  "\"prompt_tokens_details\":{\"cached_tokens\":0,\"audio_tokens\":0},"
+	  "\"completion_tokens_details\":{\"reasoning_tokens\":0}}", 9, 12, 0, -1, 0 },
+	/* details first, counts after */
+	{ "{\"completion_tokens_details\":{\"reasoning_tokens\":64},\"prompt_tokens_details\":"
+	  "{\"cached_tokens\":1024},\"prompt_tokens\":1200,\"completion_tokens\":80}",
+	  1200, 80, 1024, -1, 64 },
+	/* null details objects, null counts, empty objects */
+	{ "{\"prompt_tokens\":5,\"completion_tokens\":6,\"prompt_tokens_details\":null,"
+	  "\"completion_tokens_details\":null}", 5, 6, -1, -1, -1 },
+	{ "{\"prompt_tokens\":5,\"completion_tokens\":6,\"prompt_tokens_details\":"
+	  "{\"cached_tokens\":null,\"audio_tokens\":null},\"completion_tokens_details\":"
+	  "{\"reasoning_tokens\":null}}", 5, 6, -1, -1, -1 },
+	{ "{\"prompt_tokens\":5,\"completion_tokens\":6,\"prompt_tokens_details\":{},"
+	  "\"completion_tokens_details\":{}}", 5, 6, -1, -1, -1 },
+	/* other members around the count, nested values with the same names are not it */
+	{ "{\"prompt_tokens\":50,\"completion_tokens\":7,\"prompt_tokens_details\":"
+	  "{\"audio_tokens\":0,\"x\":{\"cached_tokens\":999},\"y\":[{\"cached_tokens\":998}],"
+	  "\"note\":\"cached_tokens\",\"cached_tokens\":40,\"z\":true},\"completion_tokens_details\":"
+	  "{\"a\":[1,2],\"reasoning_tokens\":3,\"b\":{\"reasoning_tokens\":997}}}", 50, 7, 40, -1, 3 },
+	/* the counts in the wrong places are not taken: only OpenAI's own places */
+	{ "{\"prompt_tokens\":8,\"completion_tokens\":2,\"cached_tokens\":4,\"reasoning_tokens\":1,"
+	  "\"cache_write_tokens\":3,\"prompt_tokens_details\":{\"reasoning_tokens\":5},"
+	  "\"completion_tokens_details\":{\"cached_tokens\":6}}", 8, 2, -1, -1, -1 },
+	/* counts that are not plain non-negative integers, details that are not objects */
+	{ "{\"prompt_tokens\":8,\"completion_tokens\":2,\"prompt_tokens_details\":"
+	  "{\"cached_tokens\":1.5},\"completion_tokens_details\":{\"reasoning_tokens\":-1}}",
+	  8, 2, -1, -1, -1 },
+	{ "{\"prompt_tokens\":8,\"completion_tokens\":2,\"prompt_tokens_details\":"
+	  "{\"cached_tokens\":\"4\"},\"completion_tokens_details\":[{\"reasoning_tokens\":1}]}",
+	  8, 2, -1, -1, -1 },
+	{ "{\"prompt_tokens\":8,\"completion_tokens\":2,\"prompt_tokens_details\":\"cached\","
+	  "\"completion_tokens_details\":7}", 8, 2, -1, -1, -1 },
+	/* pretty-printed, as some servers send it */
+	{ "{\n  \"prompt_tokens\": 31,\n  \"completion_tokens\": 4,\n  \"prompt_tokens_details\": "
+	  "{\n    \"cached_tokens\": 16\n  },\n  \"completion_tokens_details\" : { "
+	  "\"reasoning_tokens\" : 2 }\n}", 31, 4, 16, -1, 2 },
+};
+
+static void check_counts(const struct usage *u, const struct usage_case *c, const char *how,
+                         size_t i)
+{
+	if (!u->found || u->prompt_tokens != c->p || u->completion_tokens != c->c ||
+	    u->cached_tokens != c->cached || u->cache_write_tokens != c->cw ||
+	    u->reasoning_tokens != c->r)
+		fprintf(stderr, "  case %zu, %s: found %d, %ld/%ld/%ld/%ld/%ld\n", i, how, u->found,
+		        u->prompt_tokens, u->completion_tokens, u->cached_tokens,
+		        u->cache_write_tokens, u->reasoning_tokens);
+	CHECK(u->found);
+	CHECK_INT(u->prompt_tokens, c->p);
+	CHECK_INT(u->completion_tokens, c->c);
+	CHECK_INT(u->cached_tokens, c->cached);
+	CHECK_INT(u->cache_write_tokens, c->cw);   /* no OpenAI field: always unknown here */
+	CHECK_INT(u->reasoning_tokens, c->r);
+}
+
+/* The same counts from a non-stream answer whose usage is last (the tail path), one whose
+ * usage comes before other members (the full walk), and a pretty-printed one. */
+TEST(usage_details_are_read_from_a_json_answer_on_both_paths)
+{
+	char body[2048];
+
+	for (size_t i = 0; i < sizeof(usage_cases) / sizeof(usage_cases[0]); i++) {
+		const struct usage_case *c = &usage_cases[i];
+		struct usage u;
+
+		snprintf(body, sizeof(body), "{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\","
+		         "\"model\":\"o3-mini\",\"choices\":[{\"index\":0,\"message\":{\"role\":"
+		         "\"assistant\",\"content\":\"ok\",\"refusal\":null},\"finish_reason\":"
+		         "\"stop\"}],\"usage\":%s}", c->usage);
+		CHECK(usage_from_json(body, strlen(body), &u));
+		check_counts(&u, c, "usage last", i);
+		snprintf(body, sizeof(body), "{\"id\":\"chatcmpl-1\",\"usage\":%s,\"choices\":[],"
+		         "\"system_fingerprint\":\"fp_44709d6fcb\"}", c->usage);
+		CHECK(usage_from_json(body, strlen(body), &u));
+		check_counts(&u, c, "usage first", i);
+		snprintf(body, sizeof(body), "{\n  \"id\": \"x\",\n  \"usage\": %s\n}\n", c->usage);
+		CHECK(usage_from_json(body, strlen(body), &u));
+		check_counts(&u, c, "pretty", i);
+	}
+}
+
+/* Each case as OpenAI streams it with include_usage: "usage": null on every content chunk,
+ * then a usage-only chunk. Same counts with stripping on and off and at every split; the
+ * stripped output lacks exactly that chunk. */
+TEST(usage_details_are_read_from_a_stream_in_any_split_and_mode)
+{
+	static const char head[] =
+		"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
+		"\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],"
+		"\"usage\":null}\n\n"
+		"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,"
+		"\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n";
+	char stream[4096], usage_ev[2048], flat[1024];
+
+	for (size_t i = 0; i < sizeof(usage_cases) / sizeof(usage_cases[0]); i++) {
+		const struct usage_case *c = &usage_cases[i];
+
+		/* a data line holds no newline: the pretty case goes on one line */
+		snprintf(flat, sizeof(flat), "%s", c->usage);
+		for (char *q = flat; *q; q++)
+			if (*q == '\n')
+				*q = ' ';
+		snprintf(usage_ev, sizeof(usage_ev), "data: {\"id\":\"c\",\"object\":"
+		         "\"chat.completion.chunk\",\"choices\":[],\"usage\":%s}\n\n", flat);
+		snprintf(stream, sizeof(stream), "%s%sdata: [DONE]\n\n", head, usage_ev);
+		for (int strip = 0; strip < 2; strip++) {
+			for (size_t piece = 1; piece < 64; piece += 7) {
+				struct sse_scan s;
+				char *out = NULL, want[4096];
+				size_t len = 0, cap = 0, n = strlen(stream);
+
+				sse_scan_init(&s, strip);
+				for (size_t off = 0; off < n; off += piece)
+					CHECK_INT(sse_scan_feed(&s, stream + off, n - off < piece ? n - off : piece,
+					                        &out, &len, &cap), 0);
+				CHECK_INT(sse_scan_finish(&s, &out, &len, &cap), 0);
+				check_counts(&s.usage, c, strip ? "stream, stripped" : "stream", i);
+				snprintf(want, sizeof(want), "%s%s", head, strip ? "" : usage_ev);
+				strcat(want, "data: [DONE]\n\n");
+				CHECK_INT(len, strlen(want));
+				CHECK(len == strlen(want) && memcmp(out, want, len) == 0);
+				sse_scan_free(&s);
+				free(out);
+			}
+		}
+	}
+}
+
+/* Each usage object replaces the last one whole: a later one without details leaves the
+ * details unknown, not as an earlier chunk had them (servers that send usage on every
+ * chunk, continuous_usage_stats). */
+TEST(a_later_usage_object_replaces_every_count)
+{
+	static const char stream[] =
+		"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":{\"prompt_tokens\":10,"
+		"\"completion_tokens\":1,\"prompt_tokens_details\":{\"cached_tokens\":8},"
+		"\"completion_tokens_details\":{\"reasoning_tokens\":1}}}\n\n"
+		"data: {\"choices\":[{\"delta\":{\"content\":\"b\"}}],\"usage\":{\"prompt_tokens\":10,"
+		"\"completion_tokens\":2}}\n\n";
+	struct sse_scan s;
+	char *out = NULL;
+	size_t len = 0, cap = 0;
+
+	sse_scan_init(&s, false);
+	CHECK_INT(s.usage.cached_tokens, -1);
+	CHECK_INT(s.usage.cache_write_tokens, -1);
+	CHECK_INT(s.usage.reasoning_tokens, -1);
+	CHECK_INT(sse_scan_feed(&s, stream, strlen(stream), &out, &len, &cap), 0);
+	CHECK(s.usage.found);
+	CHECK_INT(s.usage.completion_tokens, 2);
+	CHECK_INT(s.usage.cached_tokens, -1);
+	CHECK_INT(s.usage.reasoning_tokens, -1);
+	sse_scan_free(&s);
+	free(out);
+
+	/* and a JSON answer without usage leaves nothing over from an earlier one */
+	{
+		struct usage u;
+		const char *with = "{\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,"
+		                   "\"prompt_tokens_details\":{\"cached_tokens\":2}}}";
+		CHECK(usage_from_json(with, strlen(with), &u));
+		CHECK_INT(u.cached_tokens, 2);
+		CHECK(!usage_from_json("{\"id\":1}", 8, &u));
+		CHECK_INT(u.cached_tokens, -1);
+		usage_reset(&u);
+		CHECK(!u.found);
+		CHECK_INT(u.prompt_tokens + u.completion_tokens + u.cached_tokens +
+		          u.cache_write_tokens + u.reasoning_tokens, -5);
+	}
+}
+
 /* true when the events of s hold content; *held = bytes found content-free */
 static bool first_content(const char *s, size_t *held)
 {
