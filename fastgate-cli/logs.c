@@ -437,7 +437,11 @@ void cli_print_log_record(const json_t *r)
 	kv(t, "bytes out:", num_or(b[5], sizeof(b[5]), r, "bytes_out", "-"));
 	kv(t, "model:", jstr(r, "model") ? jstr(r, "model") : "none");
 	kv(t, "prompt tokens:", num_or(b[6], sizeof(b[6]), r, "prompt_tokens", "unknown"));
+	kv(t, "cached tokens:", num_or(b[9], sizeof(b[9]), r, "cached_tokens", "unknown"));
+	kv(t, "cache write tokens:",
+	   num_or(b[10], sizeof(b[10]), r, "cache_write_tokens", "unknown"));
 	kv(t, "completion tokens:", num_or(b[7], sizeof(b[7]), r, "completion_tokens", "unknown"));
+	kv(t, "reasoning tokens:", num_or(b[11], sizeof(b[11]), r, "reasoning_tokens", "unknown"));
 	kv(t, "error:", jstr(r, "error") ? jstr(r, "error") : "none");
 	kv(t, "retries:", num_or(b[8], sizeof(b[8]), r, "retries", "0"));
 	kv(t, "attempts:", jstr(r, "attempts") ? jstr(r, "attempts") : "none");

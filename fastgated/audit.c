@@ -57,14 +57,19 @@
  * later goes here at its enum place (the bodies stay last), never into COLUMNS_V2. */
 #define COLUMNS "request_id, started_at, key_id, key_name, client_ip, method, path, " \
 	"route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, " \
-	"model, prompt_tokens, completion_tokens, error, retries, attempts, request_body, " \
-	"response_body"
-/* What a reader selects from a file at schema version 2 to 4, which a daemon of this
- * version has not opened yet: NULL for attempts, so rows come back in the same shape. */
+	"model, prompt_tokens, completion_tokens, error, retries, attempts, cached_tokens, " \
+	"cache_write_tokens, reasoning_tokens, request_body, response_body"
+/* What a reader selects from a file at an older schema version, which a daemon of this
+ * version has not opened yet: NULL for the columns added since, so rows come back in the
+ * same shape. Version 2 to 4: no attempts; version 5: no cache or reasoning tokens. */
 #define COLUMNS_READ_V4 "request_id, started_at, key_id, key_name, client_ip, method, " \
 	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
 	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, NULL, " \
-	"request_body, response_body"
+	"NULL, NULL, NULL, request_body, response_body"
+#define COLUMNS_READ_V5 "request_id, started_at, key_id, key_name, client_ip, method, " \
+	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
+	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, attempts, " \
+	"NULL, NULL, NULL, request_body, response_body"
 
 /* The columns after request_id as version 1 created them. Versions 1 and 4 create the
  * table with them: like every step below, never edit it (add a step instead). */
@@ -123,6 +128,13 @@ static const struct { int version; const char *sql; } migrations[] = {
 	 * written before, as when nothing was forwarded. Adding a column rewrites no row. */
 	{ 5,
 	  "ALTER TABLE audit ADD COLUMN attempts TEXT;" },
+	/* The usage normalised across providers (DESIGN.md, Providers): prompt tokens read from
+	 * and written to the provider's cache, completion tokens spent reasoning. NULL =
+	 * unknown, as in every row written before. */
+	{ 6,
+	  "ALTER TABLE audit ADD COLUMN cached_tokens INTEGER;"
+	  "ALTER TABLE audit ADD COLUMN cache_write_tokens INTEGER;"
+	  "ALTER TABLE audit ADD COLUMN reasoning_tokens INTEGER;" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -130,7 +142,8 @@ const char *const audit_field_names[AUDIT_NFIELDS] = {
 	"request_id", "started_at", "key_id", "key_name", "client_ip", "method", "path", "route",
 	"upstream", "status", "latency_ms", "ttfb_ms", "is_stream", "chunks", "bytes_in",
 	"bytes_out", "model", "prompt_tokens", "completion_tokens", "error", "retries",
-	"attempts", "request_body", "response_body",
+	"attempts", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "request_body",
+	"response_body",
 };
 
 struct audit {
@@ -246,6 +259,9 @@ static void record_init(struct audit_record *r)
 	r->ttfb_ms = -1;
 	r->prompt_tokens = -1;
 	r->completion_tokens = -1;
+	r->cached_tokens = -1;
+	r->cache_write_tokens = -1;
+	r->reasoning_tokens = -1;
 }
 
 struct audit_record *audit_record_new(void)
@@ -438,7 +454,8 @@ int audit_fields_parse(const char *list, int *out, size_t cap, char **err)
 
 static const int default_fields[AUDIT_NDEFAULT_FIELDS] = {
 	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-	AUDIT_F_RETRIES, AUDIT_F_ATTEMPTS,
+	AUDIT_F_RETRIES, AUDIT_F_ATTEMPTS, AUDIT_F_CACHED_TOKENS, AUDIT_F_CACHE_WRITE_TOKENS,
+	AUDIT_F_REASONING_TOKENS,
 };
 
 static void pick_fields(const int **fields, size_t *nfields)
@@ -532,6 +549,15 @@ static double ms3(double v)
 	return round(v * 1000.0) / 1000.0;
 }
 
+/* A token count for CSV: empty when unknown (-1). */
+static const char *count_text(int64_t v, char *buf, size_t cap)
+{
+	if (v < 0)
+		return NULL;
+	snprintf(buf, cap, "%" PRId64, v);
+	return buf;
+}
+
 /* The text of one field for CSV: points into the record or into buf; NULL = empty. */
 static const char *field_text(const struct audit_record *r, int f, char *buf, size_t cap)
 {
@@ -574,6 +600,9 @@ static const char *field_text(const struct audit_record *r, int f, char *buf, si
 	case AUDIT_F_ERROR: return r->error;
 	case AUDIT_F_RETRIES: snprintf(buf, cap, "%d", r->retries); return buf;
 	case AUDIT_F_ATTEMPTS: return r->attempts;
+	case AUDIT_F_CACHED_TOKENS: return count_text(r->cached_tokens, buf, cap);
+	case AUDIT_F_CACHE_WRITE_TOKENS: return count_text(r->cache_write_tokens, buf, cap);
+	case AUDIT_F_REASONING_TOKENS: return count_text(r->reasoning_tokens, buf, cap);
 	case AUDIT_F_REQUEST_BODY: return r->request_body;
 	case AUDIT_F_RESPONSE_BODY: return r->response_body;
 	default: return NULL;
@@ -657,6 +686,9 @@ static json_t *field_json(const struct audit_record *r, int f)
 	case AUDIT_F_ERROR: return json_text(r->error);
 	case AUDIT_F_RETRIES: return json_integer(r->retries);
 	case AUDIT_F_ATTEMPTS: return json_text(r->attempts);
+	case AUDIT_F_CACHED_TOKENS: return int_or_null(r->cached_tokens, 0);
+	case AUDIT_F_CACHE_WRITE_TOKENS: return int_or_null(r->cache_write_tokens, 0);
+	case AUDIT_F_REASONING_TOKENS: return int_or_null(r->reasoning_tokens, 0);
 	case AUDIT_F_REQUEST_BODY: return json_text(r->request_body);
 	case AUDIT_F_RESPONSE_BODY: return json_text(r->response_body);
 	default: return json_null();
@@ -722,6 +754,10 @@ static char *spool_line(const struct audit_record *r)
 	json_object_set_new(o, "error", json_text(r->error));
 	json_object_set_new(o, "retries", json_integer(r->retries));
 	json_object_set_new(o, "attempts", json_text(r->attempts));
+	json_object_set_new(o, "cached_tokens", json_integer((json_int_t)r->cached_tokens));
+	json_object_set_new(o, "cache_write_tokens",
+	                    json_integer((json_int_t)r->cache_write_tokens));
+	json_object_set_new(o, "reasoning_tokens", json_integer((json_int_t)r->reasoning_tokens));
 	if (r->request_body)
 		json_object_set_new(o, "request_body", json_text(r->request_body));
 	if (r->response_body)
@@ -790,6 +826,9 @@ static struct audit_record *spool_parse(const char *line, size_t len)
 	r->error = j_str(o, "error");
 	r->retries = (int)j_int(o, "retries", 0);
 	r->attempts = j_str(o, "attempts");      /* absent from lines spooled before it existed */
+	r->cached_tokens = j_int(o, "cached_tokens", -1);          /* likewise */
+	r->cache_write_tokens = j_int(o, "cache_write_tokens", -1);
+	r->reasoning_tokens = j_int(o, "reasoning_tokens", -1);
 	r->request_body = j_str(o, "request_body");
 	r->response_body = j_str(o, "response_body");
 done:
@@ -952,8 +991,8 @@ _Static_assert(AUDIT_F_REQUEST_BODY == LEAN_FIELDS && AUDIT_F_RESPONSE_BODY == L
                "the body fields are the last two");
 /* SQLite before 3.32 allows at most 999 parameters in a statement. */
 _Static_assert(INSERT_MANY * AUDIT_NFIELDS <= 999, "a multi-row INSERT binds too many");
-/* The single-row INSERTs number their parameters ?1 .. ?24. */
-_Static_assert(AUDIT_NFIELDS == 24, "the single-row INSERTs bind every field");
+/* The single-row INSERTs number their parameters ?1 .. ?27. */
+_Static_assert(AUDIT_NFIELDS == 27, "the single-row INSERTs bind every field");
 
 /* "INSERT ... VALUES (?, ...), ..." for INSERT_MANY rows binding their first `fields`
  * columns (the rest NULL); parameters numbered in order, row k field j = k*fields+j. NULL
@@ -1023,14 +1062,15 @@ static int db_connect(struct audit *a, char **err)
 	if (sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23, ?24)",
+	                       "?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert, NULL) != SQLITE_OK ||
 	    /* a spooled record may have been committed already, by a replay that was cut off
 	     * before the spool shrank: the time index finds it at once */
 	    sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23, ?24 WHERE NOT EXISTS (SELECT 1 FROM audit "
+	                       "?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27 WHERE NOT EXISTS "
+	                       "(SELECT 1 FROM audit "
 	                       "WHERE started_at = ?2 AND request_id = ?1)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert_new, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db,
@@ -1126,10 +1166,13 @@ static void bind_record(sqlite3_stmt *st, int b, const struct audit_record *r, i
 	bind_text(st, b + 20, r->error);
 	sqlite3_bind_int(st, b + 21, r->retries);
 	bind_text(st, b + 22, r->attempts);
+	bind_int_or_null(st, b + 23, r->cached_tokens, 0);
+	bind_int_or_null(st, b + 24, r->cache_write_tokens, 0);
+	bind_int_or_null(st, b + 25, r->reasoning_tokens, 0);
 	if (fields == LEAN_FIELDS)
 		return;
-	bind_text(st, b + 23, r->request_body);
-	bind_text(st, b + 24, r->response_body);
+	bind_text(st, b + 26, r->request_body);
+	bind_text(st, b + 27, r->response_body);
 }
 
 /* INSERT_MANY records from r on, in one statement (less statement overhead per row).
@@ -2009,6 +2052,9 @@ static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
 	r->error = col_text(st, AUDIT_F_ERROR);
 	r->retries = sqlite3_column_int(st, AUDIT_F_RETRIES);
 	r->attempts = col_text(st, AUDIT_F_ATTEMPTS);
+	r->cached_tokens = col_int_or(st, AUDIT_F_CACHED_TOKENS, -1);
+	r->cache_write_tokens = col_int_or(st, AUDIT_F_CACHE_WRITE_TOKENS, -1);
+	r->reasoning_tokens = col_int_or(st, AUDIT_F_REASONING_TOKENS, -1);
 	r->request_body = col_text(st, AUDIT_F_REQUEST_BODY);
 	r->response_body = col_text(st, AUDIT_F_RESPONSE_BODY);
 }
@@ -2017,7 +2063,7 @@ static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
  * this version has opened yet lacks the newer columns, which read as NULL. */
 static const char *read_columns(int version)
 {
-	return version < 5 ? COLUMNS_READ_V4 : COLUMNS;
+	return version < 5 ? COLUMNS_READ_V4 : version < 6 ? COLUMNS_READ_V5 : COLUMNS;
 }
 
 /* A read-only connection: it never takes the write lock, so the writer never waits for

@@ -18,7 +18,8 @@
  * writer (WAL readers and the writer do not wait for each other).
  *
  * Formatting. CSV (RFC 4180 quoting) and JSON, with a selectable field list; the default
- * list is DESIGN.md's CSV column order, then retries and attempts. */
+ * list is DESIGN.md's CSV column order, then retries, attempts and the cache and reasoning
+ * token counts. */
 #ifndef FG_AUDIT_H
 #define FG_AUDIT_H
 
@@ -57,6 +58,12 @@ struct audit_record {
 	                           * joined by ';' (e.g. "http://10.0.0.5:8000=connect:3;
 	                           * http://10.0.0.6:8000=ok:120"); NULL when nothing was
 	                           * forwarded */
+	/* The rest of the usage normalised as DESIGN.md has it (Providers); prompt_tokens
+	 * counts the cached tokens too (OpenAI's meaning), completion_tokens the reasoning. */
+	int64_t cached_tokens;    /* prompt tokens read from the provider's cache; -1 = unknown */
+	int64_t cache_write_tokens; /* prompt tokens written to it; -1 = unknown (no OpenAI
+	                           * upstream reports it) */
+	int64_t reasoning_tokens; /* completion tokens spent reasoning; -1 = unknown */
 	char *request_body;       /* only for routes with log_bodies: truncated, else NULL */
 	char *response_body;
 
@@ -66,7 +73,7 @@ struct audit_record {
 	size_t size_;               /* private: bytes of a packed record's block */
 };
 
-/* A heap record with the "unknown" values set (ttfb and tokens -1); never NULL (out of
+/* A heap record with the "unknown" values set (ttfb and every token count -1); never NULL (out of
  * memory aborts). Free with audit_record_free() unless it is given to audit_submit(). */
 struct audit_record *audit_record_new(void);
 /* One allocation holding a copy of src and of its strings (the request and response
@@ -98,12 +105,13 @@ enum audit_field {
 	AUDIT_F_COMPLETION_TOKENS, AUDIT_F_ERROR,
 	AUDIT_F_RETRIES,          /* after DESIGN.md's 20 CSV columns, still exported by default */
 	AUDIT_F_ATTEMPTS,
+	AUDIT_F_CACHED_TOKENS, AUDIT_F_CACHE_WRITE_TOKENS, AUDIT_F_REASONING_TOKENS,
 	AUDIT_F_REQUEST_BODY,     /* not exported by default: ask with --fields; stored only */
 	AUDIT_F_RESPONSE_BODY,    /* for routes with log_bodies. The bodies stay last (audit.c) */
 	AUDIT_NFIELDS
 };
 /* The default export columns are the first AUDIT_NDEFAULT_FIELDS: DESIGN.md's order, then
- * retries and attempts. */
+ * retries, attempts, cached_tokens, cache_write_tokens and reasoning_tokens. */
 #define AUDIT_NDEFAULT_FIELDS AUDIT_F_REQUEST_BODY
 
 /* Field names as they appear in the CSV header, JSON keys and --fields. */

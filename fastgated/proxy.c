@@ -115,6 +115,9 @@ static void emit_done(struct proxy_req *px, double total_s)
 	row.model = empty_to_null(px->model);
 	row.prompt_tokens = px->usage.found ? px->usage.prompt_tokens : -1;
 	row.completion_tokens = px->usage.found ? px->usage.completion_tokens : -1;
+	row.cached_tokens = px->usage.found ? px->usage.cached_tokens : -1;
+	row.cache_write_tokens = px->usage.found ? px->usage.cache_write_tokens : -1;
+	row.reasoning_tokens = px->usage.found ? px->usage.reasoning_tokens : -1;
 	row.error = empty_to_null(px->error_kind);
 	row.request_body = px->body_log;
 	row.response_body = answer;

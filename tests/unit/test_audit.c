@@ -99,6 +99,12 @@ static const char *attempts_for(int i, char *buf, size_t cap)
 	return buf;
 }
 
+/* The cache and reasoning token counts make_record gives row i: unknown (-1) in some rows,
+ * 0 (known to be none, which is not unknown) in others. */
+static int64_t cached_for(int i) { return i % 4 == 0 ? -1 : i % 4 == 1 ? 0 : 1000 + i; }
+static int64_t cache_write_for(int i) { return i % 5 == 0 ? -1 : 2 * i; }
+static int64_t reasoning_for(int i) { return i % 3 == 0 ? -1 : i % 3 == 1 ? 300 + i : 0; }
+
 /* A record whose every field is derived from `i`, so any row can be checked alone. */
 static struct audit_record *make_record(const char *prefix, int i, double started_at)
 {
@@ -126,6 +132,9 @@ static struct audit_record *make_record(const char *prefix, int i, double starte
 	r->model = dup_s("Qwen3-8B");
 	r->prompt_tokens = 11;
 	r->completion_tokens = 22;
+	r->cached_tokens = cached_for(i);
+	r->cache_write_tokens = cache_write_for(i);
+	r->reasoning_tokens = reasoning_for(i);
 	if (attempts_for(i, buf, sizeof(buf)))
 		r->attempts = dup_s(buf);
 	return r;
@@ -253,8 +262,9 @@ static long count_lines(const char *path)
 }
 
 /* Check that every row prefix000000..prefix(n-1) read back through the query cursor has
- * the attempts make_record gave it. Returns the number of mismatches. */
-static int check_attempts(const char *path, const char *prefix, int n)
+ * the columns added after version 4 as make_record gave them: attempts, the cache and
+ * reasoning token counts. Returns the number of mismatches. */
+static int check_late_columns(const char *path, const char *prefix, int n)
 {
 	struct audit_cursor *c = audit_query_open(path, NULL, NULL);
 	struct audit_record r = { 0 };
@@ -277,6 +287,15 @@ static int check_attempts(const char *path, const char *prefix, int n)
 			if (bad++ < 3)
 				fprintf(stderr, "  %s: attempts %s, expected %s\n", r.request_id,
 				        r.attempts ? r.attempts : "NULL", want ? want : "NULL");
+		}
+		if (r.cached_tokens != cached_for(i) || r.cache_write_tokens != cache_write_for(i) ||
+		    r.reasoning_tokens != reasoning_for(i)) {
+			if (bad++ < 3)
+				fprintf(stderr, "  %s: cached/cache write/reasoning %lld/%lld/%lld, "
+				        "expected %lld/%lld/%lld\n", r.request_id,
+				        (long long)r.cached_tokens, (long long)r.cache_write_tokens,
+				        (long long)r.reasoning_tokens, (long long)cached_for(i),
+				        (long long)cache_write_for(i), (long long)reasoning_for(i));
 		}
 	}
 	audit_record_clear(&r);
@@ -418,7 +437,7 @@ TEST(locked_database_spills_to_memory_then_spool_and_recovers_in_order)
 		audit_submit(a, make_record("s", i, 1.7e9 + i));
 	audit_close(a);
 	CHECK_INT(check_ids_in_order(t.path, "s", 1100, 0), 0);
-	CHECK_INT(check_attempts(t.path, "s", 1100), 0);
+	CHECK_INT(check_late_columns(t.path, "s", 1100), 0);
 	tmpdb_remove(&t);
 }
 
@@ -552,15 +571,20 @@ TEST(records_left_in_the_spool_at_close_are_written_first_at_next_open)
 	audit_close(a);     /* the database stays locked: everything goes to the spool */
 	CHECK_INT(count_lines(t.spool), 300);
 	{
-		/* row 1's line carries its attempts as written, row 0's a null */
+		/* row 1's line carries its attempts as written, row 0's a null; the token counts
+		 * exactly, unknown as -1 */
 		FILE *f = fopen(t.spool, "r");
 		char line[4096], want[160], buf[128];
 
 		CHECK(f != NULL);
-		CHECK(f && fgets(line, sizeof(line), f) && strstr(line, "\"attempts\":null"));
+		CHECK(f && fgets(line, sizeof(line), f) && strstr(line, "\"attempts\":null") &&
+		      strstr(line, "\"cached_tokens\":-1,\"cache_write_tokens\":-1,"
+		             "\"reasoning_tokens\":-1"));
 		snprintf(want, sizeof(want), "\"attempts\":\"%s\"",
 		         attempts_for(1, buf, sizeof(buf)));
-		CHECK(f && fgets(line, sizeof(line), f) && strstr(line, want));
+		CHECK(f && fgets(line, sizeof(line), f) && strstr(line, want) &&
+		      strstr(line, "\"cached_tokens\":0,\"cache_write_tokens\":2,"
+		             "\"reasoning_tokens\":301"));
 		if (f)
 			fclose(f);
 	}
@@ -575,7 +599,7 @@ TEST(records_left_in_the_spool_at_close_are_written_first_at_next_open)
 	CHECK(wait_depth(a, 0, 20));
 	audit_close(a);
 	CHECK_INT(check_ids_in_order(t.path, "p", 350, 0), 0);
-	CHECK_INT(check_attempts(t.path, "p", 350), 0);
+	CHECK_INT(check_late_columns(t.path, "p", 350), 0);
 	CHECK(access(t.spool, F_OK) != 0);
 	tmpdb_remove(&t);
 }
@@ -600,7 +624,8 @@ TEST(spool_replay_skips_bad_lines_repairs_a_torn_end_and_never_duplicates)
 	      "\"ttfb_ms\":-1,\"is_stream\":true,\"prompt_tokens\":-1,"
 	      "\"completion_tokens\":-1,\"error\":\"timeout\",\"retries\":2,"
 	      "\"attempts\":\"http://10.0.0.5:8000=timeout:30000;http://10.0.0.6:8000=reset:2;"
-	      "http://10.0.0.7:8000=timeout:30000\"}\n", f);
+	      "http://10.0.0.7:8000=timeout:30000\",\"cached_tokens\":1920,"
+	      "\"cache_write_tokens\":0}\n", f);
 	fputs("this is not json\n", f);
 	/* a newer format: the fields this version knows are kept */
 	fputs("{\"v\":2,\"request_id\":\"h000002\",\"started_at\":1700000002,\"status\":201,"
@@ -629,10 +654,16 @@ TEST(spool_replay_skips_bad_lines_repairs_a_torn_end_and_never_duplicates)
 	CHECK_INT(r->retries, 2);
 	CHECK_STR(r->attempts, "http://10.0.0.5:8000=timeout:30000;http://10.0.0.6:8000=reset:2;"
 	          "http://10.0.0.7:8000=timeout:30000");
+	CHECK_INT(r->cached_tokens, 1920);
+	CHECK_INT(r->cache_write_tokens, 0);
+	CHECK_INT(r->reasoning_tokens, -1);   /* not in the line: unknown */
 	CHECK(r->route == NULL);
 	CHECK_INT(audit_get(t.path, "h000002", r, NULL), 1);
 	CHECK_INT(r->status, 201);
-	CHECK(r->attempts == NULL);     /* a line without the field, as spooled before it */
+	CHECK(r->attempts == NULL);     /* a line without the fields, as spooled before them */
+	CHECK_INT(r->cached_tokens, -1);
+	CHECK_INT(r->cache_write_tokens, -1);
+	CHECK_INT(r->reasoning_tokens, -1);
 	audit_record_free(r);
 	CHECK(access(t.spool, F_OK) != 0);
 	tmpdb_remove(&t);
@@ -736,12 +767,16 @@ TEST(attempts_is_packed_shared_and_counted_like_every_string)
 	for (int bodies = 0; bodies < 2; bodies++) {
 		packed = audit_record_pack(src, bodies);
 		CHECK_STR(packed->attempts, want);
+		CHECK_INT(packed->cached_tokens, 0);             /* row 1's counts */
+		CHECK_INT(packed->cache_write_tokens, 2);
+		CHECK_INT(packed->reasoning_tokens, 301);
 		CHECK(packed->attempts != src->attempts);
 		CHECK(packed->attempts > (char *)packed &&
 		      packed->attempts < (char *)packed + audit_record_bytes(packed));
 		CHECK(bodies ? packed->request_body != NULL : packed->request_body == NULL);
 		lean = audit_record_share(packed);      /* the same block, or a copy without bodies */
 		CHECK_STR(lean->attempts, want);
+		CHECK_INT(lean->reasoning_tokens, 301);
 		CHECK(lean->attempts > (char *)lean &&
 		      lean->attempts < (char *)lean + audit_record_bytes(lean));
 		audit_record_free(packed);
@@ -775,18 +810,28 @@ static void make_old_store(const char *path, const char *sql)
 	sqlite3_close(db);
 }
 
-/* Schema version 5: one B-tree besides the table, on started_at; no index on request_id
- * (not even a unique one); the attempts column (version 5) after the older ones. */
+/* Schema version 6: one B-tree besides the table, on started_at; no index on request_id
+ * (not even a unique one); the attempts column (version 5) after the older ones, then the
+ * cache and reasoning token columns (version 6). */
 static void check_current_schema(const char *path)
 {
-	CHECK_INT(db_int(path, "PRAGMA user_version"), 5);
+	CHECK_INT(db_int(path, "PRAGMA user_version"), 6);
 	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = 'attempts'"
 	                 " AND type = 'TEXT' AND \"notnull\" = 0 AND dflt_value IS NULL"), 23);
+	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = "
+	                 "'cached_tokens' AND type = 'INTEGER' AND \"notnull\" = 0 AND "
+	                 "dflt_value IS NULL"), 24);
+	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = "
+	                 "'cache_write_tokens' AND type = 'INTEGER' AND \"notnull\" = 0 AND "
+	                 "dflt_value IS NULL"), 25);
+	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = "
+	                 "'reasoning_tokens' AND type = 'INTEGER' AND \"notnull\" = 0 AND "
+	                 "dflt_value IS NULL"), 26);
 	CHECK_INT(db_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
 	                 "tbl_name = 'audit'"), 1);
 	CHECK_INT(db_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
 	                 "name = 'audit_started_at'"), 1);
-	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 24);
+	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 27);
 }
 
 TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
@@ -826,7 +871,9 @@ TEST(a_version_2_store_is_migrated_and_keeps_its_rows)
 	audit_close(a);
 	check_current_schema(t.path);
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id = 'old-1' AND "
-	                 "route = 'chat' AND status = 200 AND attempts IS NULL"), 1);
+	                 "route = 'chat' AND status = 200 AND attempts IS NULL AND "
+	                 "cached_tokens IS NULL AND cache_write_tokens IS NULL AND "
+	                 "reasoning_tokens IS NULL"), 1);
 	tmpdb_remove(&t);
 }
 
@@ -923,6 +970,8 @@ TEST(a_version_4_store_gains_the_attempts_column_and_keeps_its_rows)
 	CHECK((c = audit_query_open(t.path, &q, NULL)) != NULL);
 	while (c && audit_cursor_next(c, &out) == 1) {
 		CHECK(out.attempts == NULL);
+		CHECK_INT(out.cached_tokens, -1);
+		CHECK_INT(out.reasoning_tokens, -1);
 		n++;
 	}
 	audit_cursor_close(c);
@@ -957,7 +1006,103 @@ TEST(a_version_4_store_gains_the_attempts_column_and_keeps_its_rows)
 	CHECK_INT(audit_get(t.path, "v5-000001", &out, NULL), 1);
 	CHECK_STR(out.attempts, "http://10.0.0.5:8000=connect:1;http://10.0.0.6:8000=ok:101");
 	audit_record_clear(&out);
-	CHECK_INT(check_attempts(t.path, "v5-", 1), 0);
+	CHECK_INT(check_late_columns(t.path, "v5-", 1), 0);
+	tmpdb_remove(&t);
+}
+
+/* Version 5 (version 4 plus attempts) gains the cache and reasoning token columns: every
+ * row stays, with its rowid and every value, and reads the new counts as NULL (unknown,
+ * -1 in a record). The read side reads a version 5 file before any daemon of this version
+ * has opened it, without changing it. */
+TEST(a_version_5_store_gains_the_token_columns_and_keeps_its_rows)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_record out = { 0 };
+	struct audit_cursor *c;
+	char timed[REQID_LEN + 1], sql[2048], *line;
+	double now = now_s();
+	sqlite3 *db;
+	int n = 0;
+
+	tmpdb_make(&t);
+	reqid_next(&test_ids, timed);
+	snprintf(sql, sizeof(sql),
+	         "CREATE TABLE audit (request_id TEXT NOT NULL, started_at REAL NOT NULL,"
+	         " key_id INTEGER, key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT,"
+	         " upstream TEXT, status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL,"
+	         " is_stream INTEGER NOT NULL, chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER,"
+	         " model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
+	         " retries INTEGER NOT NULL DEFAULT 0, request_body TEXT, response_body TEXT,"
+	         " attempts TEXT);"
+	         "CREATE TABLE audit_untimed_ids (until REAL NOT NULL);"
+	         "INSERT INTO audit_untimed_ids VALUES (0);"
+	         "CREATE INDEX audit_started_at ON audit(started_at);"
+	         "INSERT INTO audit (rowid, request_id, started_at, key_id, route, upstream, status,"
+	         " is_stream, model, prompt_tokens, completion_tokens, error, retries, request_body,"
+	         " response_body, attempts) VALUES"
+	         " (5, '%s', %.6f, 2, 'chat', 'http://10.0.0.5:8000', 200, 1, 'gpt-4o', 2006, 300,"
+	         " NULL, 1, NULL, '{\"a\":1}',"
+	         " 'http://10.0.0.5:8000=5xx:3;http://10.0.0.6:8000=ok:90'),"
+	         " (6, '98a0cc62000000000009', 1.0, NULL, NULL, NULL, 401, 0, NULL, NULL, NULL,"
+	         " NULL, 0, NULL, NULL, NULL);"
+	         "PRAGMA user_version = 5;", timed, now);
+	CHECK_INT(sqlite3_open_v2(t.path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL),
+	          SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+
+	/* read as it is */
+	CHECK((c = audit_query_open(t.path, NULL, NULL)) != NULL);
+	while (c && audit_cursor_next(c, &out) == 1) {
+		CHECK_INT(out.cached_tokens, -1);
+		CHECK_INT(out.cache_write_tokens, -1);
+		CHECK_INT(out.reasoning_tokens, -1);
+		n++;
+	}
+	audit_cursor_close(c);
+	CHECK_INT(n, 2);
+	CHECK_INT(audit_get(t.path, timed, &out, NULL), 1);
+	CHECK_INT(out.prompt_tokens, 2006);
+	CHECK_STR(out.attempts, "http://10.0.0.5:8000=5xx:3;http://10.0.0.6:8000=ok:90");
+	CHECK_STR(out.response_body, "{\"a\":1}");
+	CHECK_INT(out.cached_tokens, -1);
+	line = audit_record_csv(&out, NULL, 0);         /* unknown: empty fields at the end */
+	{
+		const char *want = ",1,http://10.0.0.5:8000=5xx:3;http://10.0.0.6:8000=ok:90,,,";
+		CHECK(strlen(line) > strlen(want) &&
+		      strcmp(line + strlen(line) - strlen(want), want) == 0);
+	}
+	free(line);
+	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 5);     /* readers changed nothing */
+
+	a = open_ok(t.path, NULL);
+	audit_submit(a, make_record("v6-", 2, now + 1));
+	audit_close(a);
+	check_current_schema(t.path);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 3);
+	snprintf(sql, sizeof(sql),
+	         "SELECT rowid FROM audit WHERE request_id = '%s' AND key_id = 2 AND route = 'chat'"
+	         " AND upstream = 'http://10.0.0.5:8000' AND status = 200 AND is_stream = 1 AND"
+	         " model = 'gpt-4o' AND prompt_tokens = 2006 AND completion_tokens = 300 AND"
+	         " error IS NULL AND retries = 1 AND request_body IS NULL AND"
+	         " response_body = '{\"a\":1}' AND"
+	         " attempts = 'http://10.0.0.5:8000=5xx:3;http://10.0.0.6:8000=ok:90' AND"
+	         " cached_tokens IS NULL AND cache_write_tokens IS NULL AND"
+	         " reasoning_tokens IS NULL", timed);
+	CHECK_INT(db_int(t.path, sql), 5);
+	CHECK_INT(db_int(t.path, "SELECT rowid FROM audit WHERE request_id = "
+	                 "'98a0cc62000000000009' AND status = 401 AND cached_tokens IS NULL"), 6);
+	CHECK_INT(audit_get(t.path, timed, &out, NULL), 1);
+	CHECK_INT(out.retries, 1);
+	CHECK_INT(out.cached_tokens, -1);
+	CHECK_INT(out.reasoning_tokens, -1);
+	CHECK_INT(audit_get(t.path, "v6-000002", &out, NULL), 1);
+	CHECK_INT(out.cached_tokens, 1002);
+	CHECK_INT(out.cache_write_tokens, 4);
+	CHECK_INT(out.reasoning_tokens, 0);
+	audit_record_clear(&out);
+	CHECK_INT(check_late_columns(t.path, "v6-", 1), 0);
 	tmpdb_remove(&t);
 }
 
@@ -1207,6 +1352,9 @@ TEST(every_field_survives_the_multi_row_inserts)
 		CHECK_STR(r.model, "Qwen3-8B");
 		CHECK_INT(r.prompt_tokens, 1000 + i);
 		CHECK_INT(r.completion_tokens, 2000 + i);
+		CHECK_INT(r.cached_tokens, cached_for(i));
+		CHECK_INT(r.cache_write_tokens, cache_write_for(i));
+		CHECK_INT(r.reasoning_tokens, reasoning_for(i));
 		CHECK_INT(r.retries, i % 4);
 		CHECK_OPT_STR(r.attempts, attempts_for(i, buf, sizeof(buf)));
 		snprintf(buf, sizeof(buf), "error-%d", i);
@@ -1386,6 +1534,7 @@ TEST(audit_get_returns_every_field_including_unknowns)
 	in->route = NULL;
 	in->ttfb_ms = -1;
 	in->prompt_tokens = in->completion_tokens = -1;
+	in->cached_tokens = in->cache_write_tokens = in->reasoning_tokens = -1;
 	audit_submit(a, in);
 	audit_close(a);
 
@@ -1409,6 +1558,9 @@ TEST(audit_get_returns_every_field_including_unknowns)
 	CHECK_STR(out.model, "Qwen3-8B");
 	CHECK_INT(out.prompt_tokens, 11);
 	CHECK_INT(out.completion_tokens, 22);
+	CHECK_INT(out.cached_tokens, 0);          /* none: known, not unknown */
+	CHECK_INT(out.cache_write_tokens, 2);
+	CHECK_INT(out.reasoning_tokens, 301);
 	CHECK_STR(out.error, "reset");
 	CHECK_INT(out.retries, 3);
 	CHECK_STR(out.attempts, "http://10.0.0.5:8000=connect:1;http://10.0.0.6:8000=ok:101");
@@ -1420,6 +1572,9 @@ TEST(audit_get_returns_every_field_including_unknowns)
 	CHECK(out.ttfb_ms < 0);
 	CHECK_INT(out.prompt_tokens, -1);
 	CHECK_INT(out.completion_tokens, -1);
+	CHECK_INT(out.cached_tokens, -1);
+	CHECK_INT(out.cache_write_tokens, -1);
+	CHECK_INT(out.reasoning_tokens, -1);
 	CHECK(out.error == NULL);
 	CHECK(out.attempts == NULL);
 
@@ -1497,7 +1652,8 @@ TEST(csv_header_is_the_design_column_order)
 
 	CHECK_STR(h, "request_id,started_at,key_id,key_name,client_ip,method,path,route,upstream,"
 	             "status,latency_ms,ttfb_ms,is_stream,chunks,bytes_in,bytes_out,model,"
-	             "prompt_tokens,completion_tokens,error,retries,attempts");
+	             "prompt_tokens,completion_tokens,error,retries,attempts,cached_tokens,"
+	             "cache_write_tokens,reasoning_tokens");
 	free(h);
 	CHECK_INT(audit_fields_parse("status, retries ,request_id", f, 3, NULL), 3);
 	h = audit_csv_header(f, 3);
@@ -1506,6 +1662,11 @@ TEST(csv_header_is_the_design_column_order)
 	CHECK_INT(audit_fields_parse("attempts,request_body,retries", f, 3, NULL), 3);
 	h = audit_csv_header(f, 3);
 	CHECK_STR(h, "attempts,request_body,retries");
+	free(h);
+	CHECK_INT(audit_fields_parse("reasoning_tokens,cached_tokens,cache_write_tokens", f, 3,
+	                             NULL), 3);
+	h = audit_csv_header(f, 3);
+	CHECK_STR(h, "reasoning_tokens,cached_tokens,cache_write_tokens");
 	free(h);
 }
 
@@ -1534,8 +1695,8 @@ TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
 		r->retries = (int)k;
 		line = audit_record_csv(r, NULL, 0);
 		n = csv_parse(line, fields, 32);
-		CHECK_INT(n, 22);
-		if (n == 22) {
+		CHECK_INT(n, 25);
+		if (n == 25) {
 			CHECK_STR(fields[0], "x000005");
 			CHECK_STR(fields[1], "2025-11-23T11:30:00.123Z");
 			CHECK_STR(fields[2], "3");
@@ -1549,6 +1710,9 @@ TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
 			CHECK_STR(fields[19], "");      /* no error */
 			CHECK_INT(atoi(fields[20]), (int)k);
 			CHECK_STR(fields[21], nasty[(k + 2) % nn]);
+			CHECK_STR(fields[22], "0");     /* row 5's cached, cache write, reasoning */
+			CHECK_STR(fields[23], "");
+			CHECK_STR(fields[24], "0");
 		}
 		for (int i = 0; i < n; i++)
 			free(fields[i]);
@@ -1576,7 +1740,8 @@ TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
 
 	CHECK(r->attempts == NULL);                       /* row 3: nothing forwarded */
 	line = audit_record_csv(r, NULL, 0);
-	CHECK(strlen(line) > 3 && strcmp(line + strlen(line) - 3, ",0,") == 0);
+	/* retries, attempts, then the cache and reasoning token counts (unknown: empty) */
+	CHECK(strlen(line) > 11 && strcmp(line + strlen(line) - 11, ",0,,1003,6,") == 0);
 	free(line);
 	for (size_t k = 0; k < sizeof(values) / sizeof(values[0]); k++) {
 		free(r->attempts);
@@ -1584,17 +1749,18 @@ TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
 		r->retries = 1;
 		line = audit_record_csv(r, NULL, 0);
 		n = csv_parse(line, fields, 32);
-		CHECK_INT(n, 22);
-		if (n == 22) {
+		CHECK_INT(n, 25);
+		if (n == 25) {
 			CHECK_STR(fields[19], "");
 			CHECK_STR(fields[20], "1");
 			CHECK_STR(fields[21], values[k]);
+			CHECK_STR(fields[22], "1003");
 		}
 		for (int i = 0; i < n; i++)
 			free(fields[i]);
-		if (k == 0) {                                 /* verbatim, unquoted, last */
+		if (k == 0) {                                 /* verbatim, unquoted */
 			char want[128];
-			snprintf(want, sizeof(want), ",1,%s", values[0]);
+			snprintf(want, sizeof(want), ",1,%s,1003,6,", values[0]);
 			CHECK(strlen(line) > strlen(want) &&
 			      strcmp(line + strlen(line) - strlen(want), want) == 0);
 		}
@@ -1632,7 +1798,7 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	CHECK(strchr(line, '\n') == NULL);
 	o = json_loads(line, 0, &jerr);
 	CHECK(json_is_object(o));
-	CHECK_INT(json_object_size(o), 22);
+	CHECK_INT(json_object_size(o), 25);
 	CHECK_STR(json_string_value(json_object_get(o, "request_id")), "j000004");
 	CHECK_STR(json_string_value(json_object_get(o, "started_at")), "2025-11-23T11:30:00.500Z");
 	CHECK(json_is_null(json_object_get(o, "key_id")));
@@ -1646,14 +1812,29 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	CHECK_INT(json_integer_value(json_object_get(o, "retries")), 0);
 	CHECK_STR(json_string_value(json_object_get(o, "attempts")),
 	          "http://10.0.0.5:8000=connect:4;http://10.0.0.6:8000=ok:104");
+	/* row 4's counts: cached unknown, the others known */
+	CHECK(json_is_null(json_object_get(o, "cached_tokens")));
+	CHECK_INT(json_integer_value(json_object_get(o, "cache_write_tokens")), 8);
+	CHECK_INT(json_integer_value(json_object_get(o, "reasoning_tokens")), 304);
 	CHECK(json_object_get(o, "request_body") == NULL);  /* not a default column */
 	json_decref(o);
 	free(line);
-	/* the default keys in order: DESIGN.md's, then retries and attempts */
+	/* the default keys in order: DESIGN.md's, then retries, attempts and the token counts */
 	line = audit_record_jsonl(r, NULL, 0);
 	CHECK(strstr(line, "\"error\":\"client_closed\",\"retries\":0,"
 	             "\"attempts\":\"http://10.0.0.5:8000=connect:4;") != NULL);
-	CHECK(line[strlen(line) - 1] == '}' && strstr(line, ":104\"}") != NULL);
+	CHECK(strstr(line, ":104\",\"cached_tokens\":null,\"cache_write_tokens\":8,"
+	             "\"reasoning_tokens\":304}") != NULL);
+	free(line);
+	r->cached_tokens = 0;                    /* none is 0, not null */
+	r->reasoning_tokens = 1234567890123LL;
+	f[0] = audit_field_index("cached_tokens");
+	f[1] = audit_field_index("reasoning_tokens");
+	line = audit_record_jsonl(r, f, 2);
+	CHECK_STR(line, "{\"cached_tokens\":0,\"reasoning_tokens\":1234567890123}");
+	free(line);
+	line = audit_record_csv(r, f, 2);
+	CHECK_STR(line, "0,1234567890123");
 	free(line);
 	free(r->attempts);
 	r->attempts = NULL;
@@ -1681,13 +1862,20 @@ TEST(field_names_parse_and_unknown_names_are_rejected_with_the_valid_list)
 	CHECK_INT(audit_field_index("attempts"), AUDIT_F_ATTEMPTS);
 	CHECK_INT(AUDIT_F_ATTEMPTS, AUDIT_F_RETRIES + 1);
 	CHECK_STR(audit_field_names[AUDIT_F_ATTEMPTS], "attempts");
+	CHECK_INT(audit_field_index("cached_tokens"), AUDIT_F_CACHED_TOKENS);
+	CHECK_INT(audit_field_index("cache_write_tokens"), AUDIT_F_CACHE_WRITE_TOKENS);
+	CHECK_INT(audit_field_index("reasoning_tokens"), AUDIT_F_REASONING_TOKENS);
+	CHECK_INT(AUDIT_F_CACHED_TOKENS, AUDIT_F_ATTEMPTS + 1);
+	CHECK_INT(AUDIT_F_REASONING_TOKENS + 1, AUDIT_F_REQUEST_BODY);
+	CHECK_INT(AUDIT_NDEFAULT_FIELDS, AUDIT_F_REASONING_TOKENS + 1);
 	CHECK_INT(audit_field_index("Request_ID"), -1);
 	CHECK_INT(audit_field_index("bogus"), -1);
 	CHECK_INT(audit_fields_parse("model", f, AUDIT_NFIELDS, &err), 1);
 	CHECK_INT(f[0], AUDIT_F_MODEL);
 	CHECK_INT(audit_fields_parse("model,bogus", f, AUDIT_NFIELDS, &err), -1);
 	CHECK(err && strstr(err, "unknown field \"bogus\"") && strstr(err, "completion_tokens") &&
-	      strstr(err, "retries, attempts, request_body"));
+	      strstr(err, "retries, attempts, cached_tokens, cache_write_tokens, "
+	             "reasoning_tokens, request_body"));
 	free(err);
 	err = NULL;
 	CHECK_INT(audit_fields_parse("model,,status", f, AUDIT_NFIELDS, &err), -1);
