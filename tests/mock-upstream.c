@@ -46,6 +46,12 @@
  *   X-Mock-Retry-After: S           with a forced status (500 or status:NNN), the answer
  *                                   carries "Retry-After: S", S in 0..2147483647; ignored
  *                                   in the other modes
+ *   X-Mock-Cached-Tokens: N         the chat usage object (non-stream and the stream's
+ *                                   usage chunk) also carries OpenAI's details objects,
+ *                                   "prompt_tokens_details": {"cached_tokens": N} and
+ *                                   "completion_tokens_details": {"reasoning_tokens": 0},
+ *                                   N in 0..1000000000; without the header it has only
+ *                                   prompt_tokens, completion_tokens and total_tokens
  *   X-Mock-Fail: 500 | status:NNN | hang | reset | reset-mid | garbage | slow
  *                | close-after-head | fail-after-content
  * A malformed mock header gets a 400 whose error code is "mock_bad_header" (no fault and
@@ -133,6 +139,7 @@
 #define MAX_DELAY_MS    3600000L
 #define MAX_RETRY_AFTER 2147483647L
 #define MAX_TIMES       1000000000L
+#define MAX_CACHED_TOKENS 1000000000L
 #define SLOW_DELAY_MS   1000
 #define ECHO_MAX_CHARS  200
 #define CONN_BUCKETS    4096
@@ -163,6 +170,7 @@ struct plan {
 	long delay_ms;          /* -1 when neither header nor behaviour sets it */
 	long first_byte_ms;
 	long retry_after;       /* -1: no Retry-After on a forced status */
+	long cached_tokens;     /* -1: no details objects in the usage */
 };
 
 /* The sticky behaviour POST /__mock/behave sets: every later non-control request is
@@ -209,6 +217,7 @@ struct answer {
 	int include_usage;
 	json_int_t prompt_tokens;
 	json_int_t completion_tokens;
+	json_int_t cached_tokens;  /* -1: usage without the details objects */
 };
 
 enum pending_state {
@@ -528,6 +537,7 @@ static int plan_parse(struct evhttp_request *req, const struct behave *b, struct
 	plan->chunks = DEFAULT_CHUNKS;
 	plan->delay_ms = -1;
 	plan->retry_after = -1;
+	plan->cached_tokens = -1;
 	if (b->set) {
 		plan->fail = b->skip ? FAIL_NONE : b->fail;
 		plan->status = b->status;
@@ -550,6 +560,9 @@ static int plan_parse(struct evhttp_request *req, const struct behave *b, struct
 	if ((v = evhttp_find_header(h, "X-Mock-Retry-After")) != NULL
 	    && parse_long(v, 0, MAX_RETRY_AFTER, &plan->retry_after) < 0)
 		bad = "X-Mock-Retry-After (want 0..2147483647)";
+	if ((v = evhttp_find_header(h, "X-Mock-Cached-Tokens")) != NULL
+	    && parse_long(v, 0, MAX_CACHED_TOKENS, &plan->cached_tokens) < 0)
+		bad = "X-Mock-Cached-Tokens (want 0..1000000000)";
 	if ((v = evhttp_find_header(h, "X-Mock-Fail")) != NULL && parse_fail(v, plan) < 0)
 		bad = "X-Mock-Fail (want " FAIL_VALUES ")";
 	if (!bad)
@@ -664,6 +677,15 @@ done:
 
 static json_t *usage_json(const struct answer *ans)
 {
+	if (ans->cached_tokens >= 0)
+		return json_pack("{s:I,s:I,s:I,s:{s:I,s:i},s:{s:i,s:i,s:i,s:i}}",
+		    "prompt_tokens", ans->prompt_tokens,
+		    "completion_tokens", ans->completion_tokens,
+		    "total_tokens", ans->prompt_tokens + ans->completion_tokens,
+		    "prompt_tokens_details", "cached_tokens", ans->cached_tokens,
+		    "audio_tokens", 0,
+		    "completion_tokens_details", "reasoning_tokens", 0, "audio_tokens", 0,
+		    "accepted_prediction_tokens", 0, "rejected_prediction_tokens", 0);
 	return json_pack("{s:I,s:I,s:I}", "prompt_tokens", ans->prompt_tokens,
 	    "completion_tokens", ans->completion_tokens,
 	    "total_tokens", ans->prompt_tokens + ans->completion_tokens);
@@ -716,6 +738,7 @@ static void chat_answer(struct mock *m, struct evhttp_request *req, const struct
 	ans->created = (json_int_t)time(NULL);
 	ans->chunks = plan->chunks;
 	ans->delay_ms = plan->delay_ms < 0 ? 0 : plan->delay_ms;
+	ans->cached_tokens = plan->cached_tokens;
 	opts = json_object_get(request, "stream_options");
 	ans->include_usage = json_is_true(json_object_get(opts, "include_usage"));
 	if (plan->fail == FAIL_SLOW) {

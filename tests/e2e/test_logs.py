@@ -1,7 +1,8 @@
 """System test of the audit read side over the control socket: fastgate-cli logs tail
 (filters, -f live, Ctrl-C), logs export (CSV read back with the csv module, JSON lines,
---fields, --since/--until, a closed pipe), logs show, metrics (totals, series, breakdown,
-no database), and a follower that never reads: it gets a dropped count while the
+--fields, --since/--until, a closed pipe), logs show, the cache and reasoning token
+columns (from the mock's usage details, plain and streamed), metrics (totals, series,
+breakdown, no database), and a follower that never reads: it gets a dropped count while the
 daemon's memory stays bounded.
 
 Each test makes its own requests with its own key (or its own paths) and filters on
@@ -38,12 +39,14 @@ ROUTES = """routes:
     timeout: 5
 """
 
-# DESIGN.md's columns, in its order; then the upstream retries and every attempt
+# DESIGN.md's columns, in its order; then the upstream retries, every attempt and the rest
+# of the normalised usage (DESIGN.md, Providers)
 DESIGN_COLUMNS = ["request_id", "started_at", "key_id", "key_name", "client_ip", "method",
                   "path", "route", "upstream", "status", "latency_ms", "ttfb_ms", "is_stream",
                   "chunks", "bytes_in", "bytes_out", "model", "prompt_tokens",
                   "completion_tokens", "error"]
-CSV_COLUMNS = DESIGN_COLUMNS + ["retries", "attempts"]
+CSV_COLUMNS = DESIGN_COLUMNS + ["retries", "attempts", "cached_tokens", "cache_write_tokens",
+                                "reasoning_tokens"]
 # what a pool with retries records: upstream=outcome:ms for each attempt, joined by ';'
 ATTEMPTS = "http://10.0.0.5:8000=connect:3;http://10.0.0.6:8000=ok:120"
 
@@ -364,8 +367,8 @@ def test_export_csv_round_trips_through_the_csv_module(c):
     # RFC 4180: CRLF line ends, quotes doubled, the newline kept inside its quoted field
     rc, out, _ = cli(c, "logs", "export", "--format", "csv", "--key", str(k["id"]))
     assert out.endswith("\r\n") and '"/v1/""odd"",path\nline two"' in out, out
-    # ';' and '=' need no quotes: the attempts are the last column, as written
-    assert out.endswith(",2,%s\r\n" % ATTEMPTS), out[-200:]
+    # ';' and '=' need no quotes: the attempts as written, then the unknown token counts
+    assert out.endswith(",2,%s,,,\r\n" % ATTEMPTS), out[-200:]
     # the same row as JSON, only the fields asked for
     rec = json_lines(cli_ok(c, "logs", "export", "--format", "jsonl", "--key", str(k["id"]),
                             "--fields", "request_id,path,model,retries,attempts"))[-1]
@@ -468,6 +471,114 @@ def test_show_prints_one_record_in_full(c):
     assert rc == 2, (rc, err)
 
 
+# --- the normalised usage: cached and reasoning tokens ------------------------------------
+
+def sse_usage(data):
+    """The usage objects of an SSE answer's chunks, in order."""
+    got = []
+    for line in data.decode().split("\n"):
+        if line.startswith("data: {"):
+            u = json.loads(line[6:]).get("usage")
+            if u is not None:
+                got.append(u)
+    return got
+
+
+def test_cached_and_reasoning_tokens_reach_the_audit_export_and_show(c):
+    """The mock reports OpenAI's prompt_tokens_details.cached_tokens (and a reasoning count
+    of 0) when asked with X-Mock-Cached-Tokens: the row has them, for a plain answer, a
+    stream whose client asked for usage and one whose usage chunk the gateway asked for and
+    strips; an answer without the details objects leaves them unknown (empty, null). No
+    OpenAI field carries cache writes: unknown throughout."""
+    import sqlite3
+    k = new_key(c, "cached-tokens")
+    hdr = {"X-API-Key": k["key"], "X-Mock-Cached-Tokens": "1920"}
+    body = {"model": "demo-model", "messages": [{"role": "user", "content": "cache me"}]}
+    made = {}
+
+    st, hdrs, data = c.gw.request("POST", "/v1/chat/completions", body, hdr)
+    assert st == 200, (st, data)
+    usage = json.loads(data)["usage"]           # the client sees the upstream's usage as is
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 1920, usage
+    made["plain"] = hdrs["x-request-id"]
+
+    st, hdrs, data = c.gw.request("POST", "/v1/chat/completions",
+                                  dict(body, stream=True,
+                                       stream_options={"include_usage": True}), hdr)
+    assert st == 200, (st, data)
+    got = sse_usage(data)
+    assert len(got) == 1 and got[0]["prompt_tokens_details"] == \
+        {"cached_tokens": 1920, "audio_tokens": 0}, got
+    made["stream"] = hdrs["x-request-id"]
+
+    st, hdrs, data = c.gw.request("POST", "/v1/chat/completions", dict(body, stream=True), hdr)
+    assert st == 200, (st, data)
+    assert sse_usage(data) == [] and b"data: [DONE]" in data, data    # stripped again
+    made["injected"] = hdrs["x-request-id"]
+
+    st, hdrs, data = c.gw.request("POST", "/v1/chat/completions", body, {"X-API-Key": k["key"]})
+    assert st == 200 and "prompt_tokens_details" not in json.loads(data)["usage"], data
+    made["no-details"] = hdrs["x-request-id"]
+
+    order = [made[n] for n in ("plain", "stream", "injected", "no-details")]
+    rows = wait_exported(c, order, "--key", str(k["id"]))
+    by_id = {r["request_id"]: r for r in rows}
+    prompt = by_id[made["plain"]]["prompt_tokens"]
+    assert prompt and int(prompt) > 0, by_id[made["plain"]]
+    for name in ("plain", "stream", "injected"):
+        r = by_id[made[name]]
+        assert (r["cached_tokens"], r["cache_write_tokens"], r["reasoning_tokens"]) == \
+            ("1920", "", "0"), (name, r)
+        assert r["prompt_tokens"] == prompt and r["is_stream"] == ("0" if name == "plain"
+                                                                    else "1"), (name, r)
+    r = by_id[made["no-details"]]
+    assert (r["cached_tokens"], r["cache_write_tokens"], r["reasoning_tokens"]) == ("", "", ""), r
+    assert r["prompt_tokens"] == prompt, r
+
+    # the stored row: INTEGER columns, NULL when unknown
+    db = sqlite3.connect("file:%s?mode=ro" % os.path.join(c.dir, "audit.db"), uri=True)
+    try:
+        for name, want in (("plain", (1920, None, 0)), ("stream", (1920, None, 0)),
+                           ("injected", (1920, None, 0)), ("no-details", (None, None, None))):
+            got = db.execute("SELECT cached_tokens, cache_write_tokens, reasoning_tokens FROM "
+                             "audit WHERE request_id = ?", (made[name],)).fetchone()
+            assert got == want, (name, got)
+    finally:
+        db.close()
+
+    recs = json_lines(cli_ok(c, "logs", "export", "--format", "jsonl", "--key", str(k["id"])))
+    assert [r["request_id"] for r in recs] == order, recs
+    assert list(recs[0].keys()) == CSV_COLUMNS, list(recs[0].keys())
+    for r in recs[:3]:
+        assert (r["cached_tokens"], r["cache_write_tokens"], r["reasoning_tokens"]) == \
+            (1920, None, 0), r
+    assert (recs[3]["cached_tokens"], recs[3]["reasoning_tokens"]) == (None, None), recs[3]
+    recs = json_lines(cli_ok(c, "logs", "export", "--format", "jsonl", "--key", str(k["id"]),
+                             "--fields", "cached_tokens,reasoning_tokens,is_stream"))
+    assert recs[1] == {"cached_tokens": 1920, "reasoning_tokens": 0, "is_stream": True}, recs
+    header, rows = export_rows(c, "--key", str(k["id"]), "--fields",
+                               "request_id,cache_write_tokens,cached_tokens")
+    assert header == ["request_id", "cache_write_tokens", "cached_tokens"], header
+    assert rows[2] == {"request_id": made["injected"], "cache_write_tokens": "",
+                       "cached_tokens": "1920"}, rows
+
+    for name in ("plain", "injected"):
+        shown = json.loads(cli_ok(c, "--json", "logs", "show", made[name]))
+        assert (shown["cached_tokens"], shown["cache_write_tokens"],
+                shown["reasoning_tokens"]) == (1920, None, 0), shown
+        out = cli_ok(c, "logs", "show", made[name])
+        assert re.search(r"^cached tokens:\s+1920$", out, re.M), out
+        assert re.search(r"^cache write tokens:\s+unknown$", out, re.M), out
+        assert re.search(r"^reasoning tokens:\s+0$", out, re.M), out
+    out = cli_ok(c, "logs", "show", made["no-details"])
+    assert re.search(r"^cached tokens:\s+unknown$", out, re.M), out
+    assert re.search(r"^reasoning tokens:\s+unknown$", out, re.M), out
+    # the mock refuses a bad value, as its other headers
+    st, _, data = c.gw.request("POST", "/v1/chat/completions", body,
+                               {"X-API-Key": k["key"], "X-Mock-Cached-Tokens": "-1"})
+    assert st == 400 and b"X-Mock-Cached-Tokens" in data, (st, data)
+
+
 # --- metrics -----------------------------------------------------------------------------
 
 def test_metrics_totals_match_the_requests_made(c):
@@ -558,9 +669,11 @@ def test_a_version_4_database_gains_attempts_at_start_and_keeps_its_rows(c):
     try:
         db = sqlite3.connect("file:%s?mode=ro" % os.path.join(d, "audit.db"), uri=True)
         try:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 5
-            assert db.execute("SELECT rowid, retries, request_body, attempts FROM audit "
-                              "WHERE request_id = ?", (old_id,)).fetchone() == (7, 2, "{}", None)
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 6
+            assert db.execute("SELECT rowid, retries, request_body, attempts, cached_tokens, "
+                              "cache_write_tokens, reasoning_tokens FROM audit WHERE "
+                              "request_id = ?", (old_id,)).fetchone() == \
+                (7, 2, "{}", None, None, None, None)
         finally:
             db.close()
         st, hdrs, _ = gw.request("GET", "/echo/after-upgrade", None, {})
@@ -581,6 +694,7 @@ def test_a_version_4_database_gains_attempts_at_start_and_keeps_its_rows(c):
         assert new["status"] == "401" and new["retries"] == "0", new
         shown = json.loads(gw.cli("--json", "logs", "show", old_id)[1])
         assert shown["retries"] == 2 and shown["attempts"] is None, shown
+        assert shown["cached_tokens"] is None and shown["reasoning_tokens"] is None, shown
         assert shown["request_body"] == "{}", shown
     finally:
         try:
