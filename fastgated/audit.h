@@ -42,10 +42,8 @@ struct audit_record {
 	char *path;               /* as the client sent it, without the query (it may hold a credential) */
 	char *route;              /* NULL when no route matched */
 	char *upstream;           /* upstream URL, NULL when nothing was forwarded */
-	int status;               /* status sent to the client */
 	double latency_ms;        /* start to last byte sent */
 	double ttfb_ms;           /* start to first upstream byte; -1 = none */
-	bool is_stream;
 	int64_t chunks;           /* chunks relayed to the client */
 	int64_t bytes_in;         /* request body bytes from the client */
 	int64_t bytes_out;        /* response body bytes to the client */
@@ -53,7 +51,6 @@ struct audit_record {
 	int64_t prompt_tokens;    /* -1 = unknown */
 	int64_t completion_tokens;/* -1 = unknown */
 	char *error;              /* error kind ("timeout", "reset", "client_closed", ...) or NULL */
-	int retries;              /* upstream attempts beyond the first */
 	char *attempts;           /* every upstream attempt, in order, as upstream=outcome:ms
 	                           * joined by ';' (e.g. "http://10.0.0.5:8000=connect:3;
 	                           * http://10.0.0.6:8000=ok:120"); NULL when nothing was
@@ -67,10 +64,17 @@ struct audit_record {
 	char *request_body;       /* only for routes with log_bodies: truncated, else NULL */
 	char *response_body;
 
-	struct audit_record *next_; /* private to audit.c (queue link) */
+	/* the small fields together, so that no padding sits between them: the record is
+	 * allocated per request and sits in queues by the thousand */
+	int status;               /* status sent to the client */
+	int retries;              /* upstream attempts beyond the first */
+	bool is_stream;
+
 	bool packed_;               /* private: strings live in the record's own block */
 	unsigned refs_;             /* private: owners of a packed record (audit_record_share) */
-	size_t size_;               /* private: bytes of a packed record's block */
+	uint32_t size_;             /* private: bytes of a packed record's block (< 4 GiB:
+	                             * a record's bodies are capped at a few MiB) */
+	struct audit_record *next_; /* private to audit.c (queue link) */
 };
 
 /* A heap record with the "unknown" values set (ttfb and every token count -1); never NULL (out of
