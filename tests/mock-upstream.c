@@ -1,7 +1,8 @@
 /*
- * mock-upstream — a fake OpenAI-compatible upstream for fastgate's tests, `make run` and
- * benchmarks. It answers chat completions deterministically, echoes everything else, and
- * misbehaves on request so the gateway's error paths can be exercised.
+ * mock-upstream — a fake OpenAI-compatible (and Anthropic Messages API) upstream for
+ * fastgate's tests, `make run` and benchmarks. It answers chat completions and messages
+ * deterministically, echoes everything else, and misbehaves on request so the gateway's
+ * error paths can be exercised.
  *
  * Usage: mock-upstream [--listen HOST:PORT] [-v]
  *   Default 127.0.0.1:8515; port 0 lets the OS pick. After binding, prints exactly one line
@@ -28,6 +29,7 @@
  *                              api-version query a 404, in Azure's error shape
  *                              ({"error":{"code":"401","message":...}}). An Authorization
  *                              header does not count there (Azure wants api-key).
+ *   POST /v1/messages          Anthropic's Messages API (below).
  *   GET  /__mock/stats         counters, the sticky behaviour and the last request (not
  *                              counted as a request).
  *   POST /__mock/reset         zeros the counters, forgets the last request and clears the
@@ -37,6 +39,60 @@
  *   Every response carries X-Mock-Received-Auth: <Authorization received>, when one was.
  *   Paths under /__mock/ are control requests: never counted, never faulted; other
  *   /__mock/ paths and methods get a 404 "unknown_url".
+ *
+ * Anthropic's Messages API, POST /v1/messages. Every answer on it, errors included, carries
+ * "request-id: req_mock_N" (N counts up per request, shared with the chatcmpl-mock-N ids).
+ * Errors are in Anthropic's shape, {"type":"error","error":{"type":T,"message":M},
+ * "request_id":"req_mock_N"}. The checks, in this order, like the real API's:
+ *   no or an empty x-api-key header    401 authentication_error (an Authorization header
+ *                                      does not count)
+ *   no or an empty anthropic-version   400 invalid_request_error naming the header
+ *   then X-Mock-Fail's status, hang, reset and garbage, if asked for; then the body (so
+ *   its errors win over slow and the stream-cutting modes), each a 400
+ *   invalid_request_error whose message names the field: not JSON, not an object, no (or
+ *   not a non-empty string) "model", no (or not an integer >= 1) "max_tokens", "messages"
+ *   missing, not an array or empty, a message not an object, a role missing or other than
+ *   user|assistant ("system" gets its own message: system goes top level), and two
+ *   consecutive messages with the same role. Nothing else is checked.
+ * The answer: {"id":"msg_mock_N","type":"message","role":"assistant","model":<request's>,
+ *   "content":[{"type":"text","text":T}],"stop_reason":"end_turn","stop_sequence":null,
+ *   "usage":{"input_tokens":I,"output_tokens":O,"cache_read_input_tokens":C,
+ *   "cache_creation_input_tokens":0}}. T is chat's text ("Hello from mock. You said: ..."),
+ *   over the last user message's text: a string content, or its blocks joined by spaces,
+ *   each the "text" of a block that has one or the text of a tool_result block's content
+ *   (so a tool result comes back in the echo). I is ceil(bytes/4) over the text (same rule)
+ *   of "system" and all messages, O over T; C is X-Mock-Cached-Tokens (default 0).
+ * Tool use: when the last user message's text is exactly "use the tool", the content is
+ *   [{"type":"text","text":"Calling."},{"type":"tool_use","id":"toolu_mock_1","name":
+ *   <the first of "tools"' name, or "lookup">,"input":{"q":"mock"}}] and stop_reason
+ *   "tool_use"; O is then over "Calling." plus the input's JSON text, {"q":"mock"}.
+ * "stream": true: Content-Type text/event-stream, events as "event: NAME" + "data: JSON"
+ *   lines: with the head message_start (the message with content [], stop_reason null,
+ *   usage {input_tokens I, output_tokens 1, cache_read_input_tokens C,
+ *   cache_creation_input_tokens 0}), content_block_start (index 0, text ""), ping; then the
+ *   content steps, the first at once and the next ones X-Mock-Delay-Ms apart:
+ *   X-Mock-Chunks content_block_delta text_delta pieces of T (split as chat's chunks are),
+ *   and for a tool call 3 more, the first also carrying content_block_stop 0 and
+ *   content_block_start index 1 {"type":"tool_use","id","name","input":{}}, each a
+ *   content_block_delta input_json_delta with a third of {"q":"mock"}; then
+ *   content_block_stop (the last block), message_delta (stop_reason, stop_sequence null,
+ *   usage {output_tokens O}) and message_stop. "completed" counts it once message_stop is
+ *   queued.
+ * X-Mock-Fail on this path: "500" and "status:NNN" answer Anthropic's error shape with the
+ *   type the API gives that status (400 invalid_request_error, 401 authentication_error,
+ *   403 permission_error, 404 not_found_error, 413 request_too_large, 429 rate_limit_error,
+ *   500 api_error, 504 timeout_error, 529 overloaded_error; other 4xx invalid_request_error,
+ *   anything else api_error); hang, reset, garbage and slow as on chat. The stream modes
+ *   always stream (as on chat): reset-mid sends the head events and the first content
+ *   delta (piece 0 of T), then an RST; fail-after-content the same with the delta "Hello";
+ *   close-after-head the head events in one HTTP chunk, then a plain close; and
+ *   overloaded-mid (this path only; elsewhere it is "reset") the head events and the first
+ *   content delta, then "event: error" with {"type":"error","error":{"type":
+ *   "overloaded_error","message":"Overloaded"}} and a clean end of the response (the
+ *   terminating 0-chunk; the connection stays usable): started, neither completed nor
+ *   aborted. A bad mock header's 400 is in Anthropic's shape here too (invalid_request_error,
+ *   message "mock upstream: bad header ..."). A failing header check is answered even under
+ *   X-Mock-Fail (which still counts as "faulted").
  *
  * Request headers (all optional) that change the answer:
  *   X-Mock-Chunks: N                content chunks in a stream (not counting the role-only
@@ -51,9 +107,11 @@
  *                                   "prompt_tokens_details": {"cached_tokens": N} and
  *                                   "completion_tokens_details": {"reasoning_tokens": 0},
  *                                   N in 0..1000000000; without the header it has only
- *                                   prompt_tokens, completion_tokens and total_tokens
+ *                                   prompt_tokens, completion_tokens and total_tokens.
+ *                                   On /v1/messages it is usage.cache_read_input_tokens
+ *                                   (in the answer and in message_start; 0 without it)
  *   X-Mock-Fail: 500 | status:NNN | hang | reset | reset-mid | garbage | slow
- *                | close-after-head | fail-after-content
+ *                | close-after-head | fail-after-content | overloaded-mid
  * A malformed mock header gets a 400 whose error code is "mock_bad_header" (no fault and
  * no Retry-After then; a valid first-byte delay still comes first).
  * X-Mock-Fail applies to every non-control path. The first-byte delay comes first in
@@ -72,8 +130,9 @@
  *                       role event), then ONE content chunk, delta {"content":"Hello"}
  *                       (whatever X-Mock-Chunks says), then an RST: no [DONE].
  * A cut stream never carries finish_reason "stop"; X-Mock-Delay-Ms spaces its content
- * chunks only (the cut follows the last one once it is written). Elsewhere "slow" delays
- * the answer as much, and reset-mid, close-after-head and fail-after-content are "reset".
+ * chunks only (the cut follows the last one once it is written). For /v1/messages see
+ * above. Elsewhere "slow" delays the answer as much, and reset-mid, close-after-head,
+ * fail-after-content and overloaded-mid are "reset" (overloaded-mid is that on chat too).
  *
  * Sticky behaviour: POST /__mock/behave with a JSON object body
  *   {"fail": F, "times": N, "every": N, "retry_after": S, "first_byte_delay_ms": N,
@@ -96,18 +155,20 @@
  * This lets one of several mocks behind a gateway route misbehave while the others,
  * receiving the same forwarded headers, behave.
  *
- * Stats: "requests" and "chat" count every non-control arrival (faulted ones and ones
- * with a bad mock header too). "faulted" counts the requests planned with an X-Mock-Fail
+ * Stats: "requests" counts every non-control arrival, "chat" those on the chat paths and
+ * "messages" those of POST /v1/messages (faulted ones, refused ones and ones with a bad
+ * mock header too). "faulted" counts the requests planned with an X-Mock-Fail
  * mode, whether the header or the sticky behaviour chose it (delays alone are no fault).
  * A stream is "started" once its head is queued, "completed" once [DONE] is queued,
- * "aborted" when the client leaves before that; reset-mid, close-after-head and
- * fail-after-content streams are started but neither completed nor aborted.
+ * "aborted" when the client leaves before that; reset-mid, close-after-head,
+ * fail-after-content and overloaded-mid streams are started but neither completed nor
+ * aborted.
  * "open_connections" counts live connections that have carried a non-control request,
  * and /__mock/reset leaves it alone. "behave" is the sticky behaviour's fields plus
  * "times_left" (null: unlimited), or null when none is set.
  *
  * Token counts are ceil(bytes / 4): prompt over the text of all messages, completion over
- * the answer text; stream and non-stream report the same numbers.
+ * the answer text; stream and non-stream report the same numbers (on /v1/messages too).
  */
 
 #include <errno.h>
@@ -149,17 +210,26 @@
 #define IO_TIMEOUT_S    3600
 #define MOCK_PREFIX     "/__mock/"
 #define CHAT_PATH       "/v1/chat/completions"
+#define MESSAGES_PATH   "/v1/messages"
 #define MODELS_PATH     "/v1/models"
 #define GARBAGE_BYTES   "\x01\x02 THIS IS NOT HTTP \xff\xfe\r\n\r\n"
 #define PING_COMMENT    ": ping\n\n"
 #define AFTER_CONTENT_TEXT "Hello"
+#define MAX_CACHED_TOKENS 1000000000L
+/* Anthropic's tool-use answer: what it says, the call's id and its input. */
+#define TOOL_TRIGGER    "use the tool"
+#define TOOL_TEXT       "Calling."
+#define TOOL_ID         "toolu_mock_1"
+#define TOOL_INPUT      "{\"q\":\"mock\"}"
+#define TOOL_PIECES     3
+#define TOOL_DEFAULT_NAME "lookup"
 
 #define FAIL_VALUES "500, status:NNN, hang, reset, reset-mid, garbage, slow, " \
-	"close-after-head or fail-after-content"
+	"close-after-head, fail-after-content or overloaded-mid"
 
 enum fail_mode {
 	FAIL_NONE, FAIL_STATUS, FAIL_HANG, FAIL_RESET, FAIL_RESET_MID, FAIL_GARBAGE, FAIL_SLOW,
-	FAIL_CLOSE_AFTER_HEAD, FAIL_FAIL_AFTER_CONTENT
+	FAIL_CLOSE_AFTER_HEAD, FAIL_FAIL_AFTER_CONTENT, FAIL_OVERLOADED_MID
 };
 
 /* What the X-Mock-* headers of one request (over the sticky behaviour) ask for. */
@@ -195,7 +265,8 @@ enum answer_kind { ANS_JSON, ANS_STREAM, ANS_HANG, ANS_RESET, ANS_GARBAGE };
 enum cut_how {
 	CUT_NONE,               /* it is not: content, then [DONE] */
 	CUT_RST,                /* reset-mid, fail-after-content: an RST */
-	CUT_FIN                 /* close-after-head: a plain close, the chunked body unended */
+	CUT_FIN,                /* close-after-head: a plain close, the chunked body unended */
+	CUT_ERROR               /* overloaded-mid (Anthropic): an error event, then a clean end */
 };
 
 /* Everything needed to answer one request, decided when it arrives. */
@@ -218,6 +289,10 @@ struct answer {
 	json_int_t prompt_tokens;
 	json_int_t completion_tokens;
 	json_int_t cached_tokens;  /* -1: usage without the details objects */
+	/* Anthropic's POST /v1/messages */
+	int anthropic;          /* the answer is in Anthropic's shapes */
+	unsigned long req_n;    /* N of msg_mock_N and req_mock_N */
+	char *tool_name;        /* a tool_use answer: the tool it calls; owned; else NULL */
 };
 
 enum pending_state {
@@ -251,6 +326,7 @@ struct conn {
 struct stats {
 	json_int_t requests;
 	json_int_t chat;
+	json_int_t messages;    /* POST /v1/messages */
 	json_int_t streams_started;
 	json_int_t streams_completed;
 	json_int_t streams_aborted;
@@ -271,6 +347,8 @@ struct mock {
 };
 
 static void pending_timer(evutil_socket_t fd, short what, void *arg);
+static void anthropic_stream_begin(struct pending *p);
+static void anthropic_stream_step(struct pending *p);
 
 /* Small helpers. */
 
@@ -485,6 +563,7 @@ static void answer_clear(struct answer *ans)
 	json_decref(ans->body);
 	free(ans->text);
 	free(ans->model);
+	free(ans->tool_name);
 	memset(ans, 0, sizeof(*ans));
 }
 
@@ -516,6 +595,8 @@ static int parse_fail(const char *v, struct plan *plan)
 		plan->fail = FAIL_CLOSE_AFTER_HEAD;
 	} else if (strcmp(v, "fail-after-content") == 0) {
 		plan->fail = FAIL_FAIL_AFTER_CONTENT;
+	} else if (strcmp(v, "overloaded-mid") == 0) {
+		plan->fail = FAIL_OVERLOADED_MID;
 	} else {
 		return -1;
 	}
@@ -628,18 +709,40 @@ static json_int_t tokens_for(size_t bytes)
 	return (json_int_t)((bytes + 3) / 4);
 }
 
+/* "Hello from mock." plus " You said: <the first ECHO_MAX_CHARS characters of user>" when
+ * user is not empty. Caller owns the result; NULL on OOM. */
+static char *reply_text(struct evbuffer *user)
+{
+	struct evbuffer *reply = evbuffer_new();
+	size_t len = evbuffer_get_length(user);
+	char *text = NULL;
+
+	if (!reply)
+		return NULL;
+	evbuffer_add_printf(reply, "Hello from mock.");
+	if (len) {
+		const char *u = (const char *)evbuffer_pullup(user, -1);
+
+		evbuffer_add_printf(reply, " You said: ");
+		evbuffer_add(reply, u, utf8_prefix(u, len, ECHO_MAX_CHARS));
+	}
+	len = evbuffer_get_length(reply);
+	text = strndup((const char *)evbuffer_pullup(reply, -1), len);
+	evbuffer_free(reply);
+	return text;
+}
+
 /* Builds the reply text and token counts from the parsed request into ans. 0 or -1 (OOM). */
 static int chat_text(const json_t *request, struct answer *ans)
 {
 	json_t *messages = json_object_get(request, "messages");
 	struct evbuffer *all = evbuffer_new();
 	struct evbuffer *user = evbuffer_new();
-	struct evbuffer *reply = evbuffer_new();
 	json_t *msg;
-	size_t i, len;
+	size_t i;
 	int rc = -1;
 
-	if (!all || !user || !reply)
+	if (!all || !user)
 		goto done;
 	json_array_foreach(messages, i, msg) {
 		const char *role = json_string_value(json_object_get(msg, "role"));
@@ -650,28 +753,17 @@ static int chat_text(const json_t *request, struct answer *ans)
 			content_text(json_object_get(msg, "content"), user);
 		}
 	}
-	evbuffer_add_printf(reply, "Hello from mock.");
-	len = evbuffer_get_length(user);
-	if (len) {
-		const char *u = (const char *)evbuffer_pullup(user, -1);
-
-		evbuffer_add_printf(reply, " You said: ");
-		evbuffer_add(reply, u, utf8_prefix(u, len, ECHO_MAX_CHARS));
-	}
-	len = evbuffer_get_length(reply);
-	ans->text = strndup((const char *)evbuffer_pullup(reply, -1), len);
+	ans->text = reply_text(user);
 	if (!ans->text)
 		goto done;
 	ans->prompt_tokens = tokens_for(evbuffer_get_length(all));
-	ans->completion_tokens = tokens_for(len);
+	ans->completion_tokens = tokens_for(strlen(ans->text));
 	rc = 0;
 done:
 	if (all)
 		evbuffer_free(all);
 	if (user)
 		evbuffer_free(user);
-	if (reply)
-		evbuffer_free(reply);
 	return rc;
 }
 
@@ -778,6 +870,307 @@ done:
 	json_decref(request);
 }
 
+/* Anthropic's Messages API (POST /v1/messages). */
+
+/* The error type Anthropic's API answers with this status. */
+static const char *anthropic_error_type(int status)
+{
+	switch (status) {
+	case 400: return "invalid_request_error";
+	case 401: return "authentication_error";
+	case 403: return "permission_error";
+	case 404: return "not_found_error";
+	case 413: return "request_too_large";
+	case 429: return "rate_limit_error";
+	case 500: return "api_error";
+	case 504: return "timeout_error";
+	case 529: return "overloaded_error";
+	}
+	return status >= 400 && status < 500 ? "invalid_request_error" : "api_error";
+}
+
+/* Turns ans into an Anthropic-shaped error: {"type":"error","error":{type,message},
+ * "request_id"}. message must not point into ans->body. */
+static void answer_anthropic_error(struct answer *ans, int status, const char *type,
+    const char *message)
+{
+	char rid[40];
+
+	snprintf(rid, sizeof(rid), "req_mock_%lu", ans->req_n);
+	ans->kind = ANS_JSON;
+	ans->status = status;
+	json_decref(ans->body);
+	ans->body = json_pack("{s:s,s:{s:s,s:s},s:s}", "type", "error",
+	    "error", "type", type, "message", message, "request_id", rid);
+}
+
+static void answer_anthropic_status(struct answer *ans, int status)
+{
+	char msg[112];
+
+	snprintf(msg, sizeof(msg), "mock upstream: forced status %d (X-Mock-Fail or /__mock/behave)",
+	    status);
+	answer_anthropic_error(ans, status, anthropic_error_type(status), msg);
+}
+
+/* The real API's header checks: x-api-key (Authorization does not count), then
+ * anthropic-version. 1 (with ans set to the error) when the request is refused. */
+static int anthropic_refuses(struct evhttp_request *req, struct answer *ans)
+{
+	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+	const char *key = evhttp_find_header(h, "x-api-key");
+	const char *version = evhttp_find_header(h, "anthropic-version");
+
+	if (!key || !*key) {
+		answer_anthropic_error(ans, 401, "authentication_error",
+		    "x-api-key header is required");
+		return 1;
+	}
+	if (!version || !*version) {
+		answer_anthropic_error(ans, 400, "invalid_request_error",
+		    "anthropic-version: header is required");
+		return 1;
+	}
+	return 0;
+}
+
+/* Checks a Messages API request body the way the real API does, for the fields the mock
+ * relies on. NULL when it passes, else the message of the 400 (possibly in buf). */
+static const char *messages_invalid(const json_t *r, char *buf, size_t n)
+{
+	json_t *v, *msgs, *msg;
+	const char *prev = NULL;
+	size_t i;
+
+	if (!json_is_object(r))
+		return "body: Input should be a JSON object";
+	v = json_object_get(r, "model");
+	if (!v)
+		return "model: Field required";
+	if (!json_is_string(v) || json_string_length(v) == 0)
+		return "model: Input should be a non-empty string";
+	v = json_object_get(r, "max_tokens");
+	if (!v)
+		return "max_tokens: Field required";
+	if (!json_is_integer(v))
+		return "max_tokens: Input should be a valid integer";
+	if (json_integer_value(v) < 1)
+		return "max_tokens: Input should be greater than or equal to 1";
+	msgs = json_object_get(r, "messages");
+	if (!msgs)
+		return "messages: Field required";
+	if (!json_is_array(msgs))
+		return "messages: Input should be a valid list";
+	if (json_array_size(msgs) == 0)
+		return "messages: at least one message is required";
+	json_array_foreach(msgs, i, msg) {
+		const char *role;
+
+		if (!json_is_object(msg)) {
+			snprintf(buf, n, "messages.%zu: Input should be a valid dictionary", i);
+			return buf;
+		}
+		v = json_object_get(msg, "role");
+		role = json_string_value(v);
+		if (!v) {
+			snprintf(buf, n, "messages.%zu.role: Field required", i);
+			return buf;
+		}
+		if (role && strcmp(role, "system") == 0) {
+			snprintf(buf, n, "messages.%zu.role: Unexpected role \"system\". The Messages "
+			    "API accepts a top-level `system` parameter, not \"system\" as an input "
+			    "message role.", i);
+			return buf;
+		}
+		if (!role || (strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0)) {
+			snprintf(buf, n, "messages.%zu.role: Input should be 'user' or 'assistant'", i);
+			return buf;
+		}
+		if (prev && strcmp(prev, role) == 0) {
+			snprintf(buf, n, "messages: roles must alternate between \"user\" and "
+			    "\"assistant\", but found multiple \"%s\" roles in a row (messages.%zu and "
+			    "messages.%zu)", role, i - 1, i);
+			return buf;
+		}
+		prev = role;
+	}
+	return NULL;
+}
+
+/* Appends the text of an Anthropic content to out: a string, or blocks joined by spaces,
+ * each the "text" of a block that has one or the text of a tool_result block's content
+ * (itself a string or text blocks). */
+static void anthropic_content_text(const json_t *content, struct evbuffer *out)
+{
+	size_t i;
+	json_t *part;
+	int first = 1;
+
+	if (!json_is_array(content)) {
+		content_text(content, out);
+		return;
+	}
+	json_array_foreach(content, i, part) {
+		json_t *text = json_object_get(part, "text");
+		const char *type = json_string_value(json_object_get(part, "type"));
+
+		if (json_is_string(text)) {
+			if (!first)
+				evbuffer_add(out, " ", 1);
+			evbuffer_add(out, json_string_value(text), json_string_length(text));
+		} else if (type && strcmp(type, "tool_result") == 0) {
+			if (!first)
+				evbuffer_add(out, " ", 1);
+			content_text(json_object_get(part, "content"), out);
+		} else {
+			continue;
+		}
+		first = 0;
+	}
+}
+
+/* The answer's text (or tool call) and token counts from a checked request. 0 or -1 (OOM). */
+static int messages_text(const json_t *request, struct answer *ans)
+{
+	json_t *messages = json_object_get(request, "messages");
+	struct evbuffer *all = evbuffer_new();
+	struct evbuffer *user = evbuffer_new();
+	json_t *msg;
+	size_t i, len;
+	int rc = -1;
+
+	if (!all || !user)
+		goto done;
+	anthropic_content_text(json_object_get(request, "system"), all);
+	json_array_foreach(messages, i, msg) {
+		const char *role = json_string_value(json_object_get(msg, "role"));
+
+		anthropic_content_text(json_object_get(msg, "content"), all);
+		if (role && strcmp(role, "user") == 0) {
+			evbuffer_drain(user, evbuffer_get_length(user));
+			anthropic_content_text(json_object_get(msg, "content"), user);
+		}
+	}
+	len = evbuffer_get_length(user);
+	if (len == strlen(TOOL_TRIGGER)
+	    && memcmp(evbuffer_pullup(user, -1), TOOL_TRIGGER, len) == 0) {
+		json_t *tool = json_array_get(json_object_get(request, "tools"), 0);
+		const char *name = json_string_value(json_object_get(tool, "name"));
+
+		ans->tool_name = strdup(name && *name ? name : TOOL_DEFAULT_NAME);
+		ans->text = strdup(TOOL_TEXT);
+		if (!ans->tool_name || !ans->text)
+			goto done;
+		ans->completion_tokens = tokens_for(strlen(TOOL_TEXT) + strlen(TOOL_INPUT));
+	} else {
+		ans->text = reply_text(user);
+		if (!ans->text)
+			goto done;
+		ans->completion_tokens = tokens_for(strlen(ans->text));
+	}
+	ans->prompt_tokens = tokens_for(evbuffer_get_length(all));
+	rc = 0;
+done:
+	if (all)
+		evbuffer_free(all);
+	if (user)
+		evbuffer_free(user);
+	return rc;
+}
+
+static json_t *anthropic_usage(const struct answer *ans, json_int_t output_tokens)
+{
+	return json_pack("{s:I,s:I,s:I,s:I}", "input_tokens", ans->prompt_tokens,
+	    "output_tokens", output_tokens, "cache_read_input_tokens", ans->cached_tokens,
+	    "cache_creation_input_tokens", (json_int_t)0);
+}
+
+/* The whole answer: a text block, then the tool_use block of a tool call. */
+static json_t *message_json(const struct answer *ans)
+{
+	json_t *content = json_pack("[{s:s,s:s}]", "type", "text", "text", ans->text);
+
+	if (content && ans->tool_name
+	    && json_array_append_new(content, json_pack("{s:s,s:s,s:s,s:o}", "type", "tool_use",
+		"id", TOOL_ID, "name", ans->tool_name, "input", json_loads(TOOL_INPUT, 0, NULL)))
+		< 0) {
+		json_decref(content);
+		content = NULL;
+	}
+	return json_pack("{s:s,s:s,s:s,s:s,s:o,s:s,s:n,s:o}", "id", ans->id, "type", "message",
+	    "role", "assistant", "model", ans->model, "content", content,
+	    "stop_reason", ans->tool_name ? "tool_use" : "end_turn", "stop_sequence",
+	    "usage", anthropic_usage(ans, ans->completion_tokens));
+}
+
+/* Decides the answer to a Messages API request that passed the header checks. */
+static void messages_answer(struct evhttp_request *req, const struct plan *plan,
+    struct answer *ans)
+{
+	const char *body, *bad;
+	size_t len;
+	json_t *request;
+	json_error_t err;
+	char msg[JSON_ERROR_TEXT_LENGTH + 256];
+
+	body = request_body(req, &len);
+	request = json_loadb(body ? body : "", len, 0, &err);
+	if (!request) {
+		snprintf(msg, sizeof(msg), "body: not valid JSON: %s (line %d, column %d)",
+		    err.text, err.line, err.column);
+		answer_anthropic_error(ans, 400, "invalid_request_error", msg);
+		return;
+	}
+	bad = messages_invalid(request, msg, sizeof(msg));
+	if (bad) {
+		answer_anthropic_error(ans, 400, "invalid_request_error", bad);
+		goto done;
+	}
+	ans->anthropic = 1;
+	ans->model = strdup(json_string_value(json_object_get(request, "model")));
+	if (!ans->model || messages_text(request, ans) < 0) {
+		answer_anthropic_error(ans, 500, "api_error", "mock upstream: out of memory");
+		goto done;
+	}
+	snprintf(ans->id, sizeof(ans->id), "msg_mock_%lu", ans->req_n);
+	/* Anthropic always reports it: 0 when the header did not say */
+	ans->cached_tokens = plan->cached_tokens < 0 ? 0 : plan->cached_tokens;
+	ans->chunks = plan->chunks;
+	ans->delay_ms = plan->delay_ms < 0 ? 0 : plan->delay_ms;
+	ans->kind = ANS_STREAM;
+	if (plan->fail == FAIL_SLOW) {
+		ans->delay_ms = plan->delay_ms < 0 ? SLOW_DELAY_MS : plan->delay_ms;
+	} else if (plan->fail == FAIL_RESET_MID) {
+		ans->cut = CUT_RST;
+		ans->cut_after = 1;
+	} else if (plan->fail == FAIL_CLOSE_AFTER_HEAD) {
+		ans->cut = CUT_FIN;
+		ans->cut_after = 0;
+	} else if (plan->fail == FAIL_FAIL_AFTER_CONTENT) {
+		/* token counts stay those of the full answer: message_delta is never sent */
+		free(ans->text);
+		free(ans->tool_name);
+		ans->tool_name = NULL;
+		ans->text = strdup(AFTER_CONTENT_TEXT);
+		if (!ans->text) {
+			answer_anthropic_error(ans, 500, "api_error", "mock upstream: out of memory");
+			goto done;
+		}
+		ans->chunks = 1;
+		ans->cut = CUT_RST;
+		ans->cut_after = 1;
+	} else if (plan->fail == FAIL_OVERLOADED_MID) {
+		ans->cut = CUT_ERROR;
+		ans->cut_after = 1;
+	} else if (!json_is_true(json_object_get(request, "stream"))) {
+		ans->kind = ANS_JSON;
+		ans->status = 200;
+		ans->body = message_json(ans);
+	}
+done:
+	json_decref(request);
+}
+
 static json_t *models_json(void)
 {
 	return json_pack("{s:s,s:[{s:s,s:s,s:i,s:s},{s:s,s:s,s:i,s:s}]}",
@@ -821,12 +1214,18 @@ static void route(struct mock *m, struct evhttp_request *req, const struct plan 
 	const char *path = request_path(req);
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 	int chat = cmd == EVHTTP_REQ_POST && is_chat_path(path);
+	int messages = cmd == EVHTTP_REQ_POST && strcmp(path, MESSAGES_PATH) == 0;
 
 	if (chat && strcmp(path, CHAT_PATH) != 0 && azure_refuses(req, path, ans))
 		return;
+	if (messages && anthropic_refuses(req, ans))
+		return;
 	switch (plan->fail) {
 	case FAIL_STATUS:
-		answer_forced_status(ans, plan->status);
+		if (messages)
+			answer_anthropic_status(ans, plan->status);
+		else
+			answer_forced_status(ans, plan->status);
 		return;
 	case FAIL_HANG:
 		ans->kind = ANS_HANG;
@@ -840,7 +1239,13 @@ static void route(struct mock *m, struct evhttp_request *req, const struct plan 
 	case FAIL_RESET_MID:
 	case FAIL_CLOSE_AFTER_HEAD:
 	case FAIL_FAIL_AFTER_CONTENT:
-		if (!chat) {
+		if (!chat && !messages) {
+			ans->kind = ANS_RESET;
+			return;
+		}
+		break;
+	case FAIL_OVERLOADED_MID:
+		if (!messages) {
 			ans->kind = ANS_RESET;
 			return;
 		}
@@ -853,6 +1258,8 @@ static void route(struct mock *m, struct evhttp_request *req, const struct plan 
 	ans->status = 200;
 	if (chat)
 		chat_answer(m, req, plan, ans);
+	else if (messages)
+		messages_answer(req, plan, ans);
 	else if (cmd == EVHTTP_REQ_GET && strcmp(path, MODELS_PATH) == 0)
 		ans->body = models_json();
 	else
@@ -1114,6 +1521,10 @@ static void stream_end(struct pending *p)
 /* Sends the next content chunk (all remaining ones when there is no delay). */
 static void stream_step(struct pending *p)
 {
+	if (p->ans.anthropic) {
+		anthropic_stream_step(p);
+		return;
+	}
 	do {
 		int cut = p->ans.cut != CUT_NONE && p->sent + 1 == p->ans.cut_after;
 
@@ -1139,6 +1550,10 @@ static void stream_begin(struct pending *p)
 	evhttp_send_reply_start(p->req, 200, "OK");
 	p->state = PEND_STREAM;
 	p->conn->mock->stats.streams_started++;
+	if (p->ans.anthropic) {
+		anthropic_stream_begin(p);
+		return;
+	}
 	if (p->ans.cut != CUT_NONE && p->ans.cut_after == 0) {
 		p->state = PEND_CUT;
 		stream_event(p, p->ans.ping ? PING_COMMENT : NULL, role_chunk(p), cut_written);
@@ -1146,6 +1561,175 @@ static void stream_begin(struct pending *p)
 	}
 	stream_event(p, p->ans.ping ? PING_COMMENT : NULL, role_chunk(p), NULL);
 	stream_step(p);
+}
+
+/* Anthropic streams: "event: NAME" and "data: JSON" lines per event. The events before the
+ * first content delta go out with the head; then come the content steps, the first at once
+ * and the next ones X-Mock-Delay-Ms apart: X-Mock-Chunks text_delta pieces of the text
+ * (block 0), and for a tool call TOOL_PIECES input_json_delta pieces (block 1, opened by the
+ * first of them); then the closing events. */
+
+/* Appends one event carrying data (consumed) to buf. */
+static void anthropic_event(struct evbuffer *buf, const char *name, json_t *data)
+{
+	char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+
+	if (text)
+		evbuffer_add_printf(buf, "event: %s\ndata: %s\n\n", name, text);
+	free(text);
+	json_decref(data);
+}
+
+/* message_start, content_block_start (text, block 0) and ping. */
+static void anthropic_head(const struct pending *p, struct evbuffer *buf)
+{
+	const struct answer *a = &p->ans;
+
+	anthropic_event(buf, "message_start", json_pack("{s:s,s:{s:s,s:s,s:s,s:s,s:[],s:n,s:n,s:o}}",
+	    "type", "message_start", "message", "id", a->id, "type", "message",
+	    "role", "assistant", "model", a->model, "content", "stop_reason", "stop_sequence",
+	    "usage", anthropic_usage(a, 1)));
+	anthropic_event(buf, "content_block_start", json_pack("{s:s,s:i,s:{s:s,s:s}}",
+	    "type", "content_block_start", "index", 0, "content_block", "type", "text",
+	    "text", ""));
+	anthropic_event(buf, "ping", json_pack("{s:s}", "type", "ping"));
+}
+
+static int anthropic_steps(const struct answer *a)
+{
+	return a->chunks + (a->tool_name ? TOOL_PIECES : 0);
+}
+
+static json_t *block_stop(int index)
+{
+	return json_pack("{s:s,s:i}", "type", "content_block_stop", "index", index);
+}
+
+/* Content step i. */
+static void anthropic_step(const struct pending *p, struct evbuffer *buf, int i)
+{
+	const struct answer *a = &p->ans;
+	const char *text = a->text;
+	size_t len = strlen(text), from, to;
+	int k = i - a->chunks;
+
+	if (i < a->chunks) {
+		from = piece_start(text, len, i, a->chunks);
+		to = piece_start(text, len, i + 1, a->chunks);
+		anthropic_event(buf, "content_block_delta", json_pack("{s:s,s:i,s:{s:s,s:s%}}",
+		    "type", "content_block_delta", "index", 0, "delta", "type", "text_delta",
+		    "text", text + from, to - from));
+		return;
+	}
+	if (k == 0) {
+		anthropic_event(buf, "content_block_stop", block_stop(0));
+		anthropic_event(buf, "content_block_start", json_pack("{s:s,s:i,s:{s:s,s:s,s:s,s:{}}}",
+		    "type", "content_block_start", "index", 1, "content_block", "type", "tool_use",
+		    "id", TOOL_ID, "name", a->tool_name, "input"));
+	}
+	len = strlen(TOOL_INPUT);
+	from = piece_start(TOOL_INPUT, len, k, TOOL_PIECES);
+	to = piece_start(TOOL_INPUT, len, k + 1, TOOL_PIECES);
+	anthropic_event(buf, "content_block_delta", json_pack("{s:s,s:i,s:{s:s,s:s%}}",
+	    "type", "content_block_delta", "index", 1, "delta", "type", "input_json_delta",
+	    "partial_json", TOOL_INPUT + from, to - from));
+}
+
+/* Queues buf (freed) as one HTTP chunk; written, if set, runs once it is on the wire. */
+static void anthropic_send(struct pending *p, struct evbuffer *buf,
+    void (*written)(struct evhttp_connection *, void *))
+{
+	evhttp_send_reply_chunk_with_cb(p->req, buf, written, p);
+	evbuffer_free(buf);
+}
+
+/* The closing events and the end of the response. */
+static void anthropic_stream_end(struct pending *p)
+{
+	struct evhttp_request *req = p->req;
+	struct evbuffer *buf = evbuffer_new();
+	const struct answer *a = &p->ans;
+
+	if (buf) {
+		anthropic_event(buf, "content_block_stop", block_stop(a->tool_name ? 1 : 0));
+		anthropic_event(buf, "message_delta", json_pack("{s:s,s:{s:s,s:n},s:{s:I}}",
+		    "type", "message_delta", "delta", "stop_reason",
+		    a->tool_name ? "tool_use" : "end_turn", "stop_sequence",
+		    "usage", "output_tokens", a->completion_tokens));
+		anthropic_event(buf, "message_stop", json_pack("{s:s}", "type", "message_stop"));
+		anthropic_send(p, buf, NULL);
+	}
+	p->conn->mock->stats.streams_completed++;
+	pending_free(p);
+	evhttp_send_reply_end(req);
+}
+
+/* overloaded-mid: the error event, then a clean end of the response (no message_stop). */
+static void anthropic_stream_error(struct pending *p)
+{
+	struct evhttp_request *req = p->req;
+	struct evbuffer *buf = evbuffer_new();
+
+	if (buf) {
+		anthropic_event(buf, "error", json_pack("{s:s,s:{s:s,s:s}}", "type", "error",
+		    "error", "type", "overloaded_error", "message", "Overloaded"));
+		anthropic_send(p, buf, NULL);
+	}
+	pending_free(p);
+	evhttp_send_reply_end(req);
+}
+
+/* Sends the next content step (all remaining ones when there is no delay). */
+static void anthropic_stream_step(struct pending *p)
+{
+	int total = anthropic_steps(&p->ans);
+
+	do {
+		int cut = p->ans.cut != CUT_NONE && p->sent + 1 == p->ans.cut_after;
+		struct evbuffer *buf = evbuffer_new();
+
+		if (!buf) {
+			tcp_reset(p->conn);
+			close_later(p);
+			return;
+		}
+		anthropic_step(p, buf, p->sent);
+		p->sent++;
+		if (cut && p->ans.cut == CUT_ERROR) {
+			anthropic_send(p, buf, NULL);
+			anthropic_stream_error(p);
+			return;
+		}
+		if (cut)
+			p->state = PEND_CUT;
+		anthropic_send(p, buf, cut ? cut_written : NULL);
+		if (cut)
+			return;
+	} while (p->ans.delay_ms == 0 && p->sent < total);
+	if (p->sent < total)
+		pending_after(p, p->ans.delay_ms);
+	else
+		anthropic_stream_end(p);
+}
+
+/* After the head is sent: the opening events, then the content. */
+static void anthropic_stream_begin(struct pending *p)
+{
+	struct evbuffer *buf = evbuffer_new();
+
+	if (!buf) {
+		tcp_reset(p->conn);
+		close_later(p);
+		return;
+	}
+	anthropic_head(p, buf);
+	if (p->ans.cut != CUT_NONE && p->ans.cut_after == 0) {
+		p->state = PEND_CUT;
+		anthropic_send(p, buf, cut_written);
+		return;
+	}
+	anthropic_send(p, buf, NULL);
+	anthropic_stream_step(p);
 }
 
 /* Delivers the answer once the first-byte delay (if any) is over. */
@@ -1326,8 +1910,9 @@ static json_t *behave_json(const struct behave *b)
 
 static json_t *stats_json(const struct mock *m)
 {
-	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o?,s:O?}",
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o?,s:O?}",
 	    "requests", m->stats.requests, "chat", m->stats.chat,
+	    "messages", m->stats.messages,
 	    "streams_started", m->stats.streams_started,
 	    "streams_completed", m->stats.streams_completed,
 	    "streams_aborted", m->stats.streams_aborted,
@@ -1404,8 +1989,10 @@ static void on_request(struct evhttp_request *req, void *arg)
 	struct answer ans;
 	struct conn *conn;
 	struct pending *p;
-	char num[24];
+	char num[40];
 	int planned;
+	int messages = evhttp_request_get_command(req) == EVHTTP_REQ_POST
+	    && strcmp(path, MESSAGES_PATH) == 0;
 
 	memset(&ans, 0, sizeof(ans));
 	if (auth)
@@ -1418,6 +2005,13 @@ static void on_request(struct evhttp_request *req, void *arg)
 	m->stats.requests++;
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_POST && is_chat_path(path))
 		m->stats.chat++;
+	if (messages) {
+		/* Anthropic's API puts a request-id on every answer, errors included */
+		m->stats.messages++;
+		ans.req_n = ++m->next_id;
+		snprintf(num, sizeof(num), "req_mock_%lu", ans.req_n);
+		evhttp_add_header(evhttp_request_get_output_headers(req), "request-id", num);
+	}
 	/* Registered here, not only when an answer is deferred, so open_connections counts
 	 * every connection that has carried a request. */
 	conn = conn_get(m, evhttp_request_get_connection(req));
@@ -1426,6 +2020,15 @@ static void on_request(struct evhttp_request *req, void *arg)
 	m->behave.skip = m->behave.every > 1 && ++m->behave.seen % m->behave.every != 0;
 	planned = plan_parse(req, &m->behave, &plan, &ans) == 0;
 	behave_used(&m->behave);
+	if (!planned && messages) {
+		/* the bad-header 400 in Anthropic's shape (its message copied: the body goes) */
+		char msg[224];
+		const char *was = json_string_value(json_object_get(json_object_get(ans.body,
+		    "error"), "message"));
+
+		snprintf(msg, sizeof(msg), "%s", was ? was : "mock upstream: bad header");
+		answer_anthropic_error(&ans, 400, "invalid_request_error", msg);
+	}
 	if (planned) {
 		route(m, req, &plan, m->last, &ans);
 		if (plan.fail != FAIL_NONE)
