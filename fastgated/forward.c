@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <event2/event.h>
 
+#include "anthropic.h"
 #include "log.h"
 
 #include "proxy.h"
@@ -96,21 +97,28 @@ static int head_add_header(struct attempt *a, const char *name, size_t nl, const
  * client's, less strip_prefix) and the client's query. An Azure upstream's path is made
  * from its deployment and api_version (DESIGN.md, Providers): the client's /v1/X becomes
  * /openai/deployments/DEP/X?api-version=V, or /openai/v1/X for api_version v1. */
+/* The client's path less the route's strip_prefix ("/" when nothing is left). */
+static const char *client_path(const struct route *r, const struct http_request *in)
+{
+	const char *p = in->path;
+	size_t sl = r->strip_prefix ? strlen(r->strip_prefix) : 0;
+
+	if (sl && strncmp(p, r->strip_prefix, sl) == 0 && (p[sl] == '/' || p[sl] == '\0'))
+		p += sl;
+	return *p ? p : "/";
+}
+
 static int head_start(struct attempt *a, const struct route *r, const struct route_target *t,
                       const struct http_request *in)
 {
-	const char *p = in->path, *pre = "", *dep = "", *ver = NULL;
+	const char *p, *pre = "", *dep = "", *ver = NULL, *query = in->query;
 	size_t ml = strlen(in->method_name), hl = strlen(t->host), prl, dl, pl, vl = 0, ql;
 	char *w;
 
-	if (!t->path) {
-		size_t sl = r->strip_prefix ? strlen(r->strip_prefix) : 0;
-		if (sl && strncmp(p, r->strip_prefix, sl) == 0 && (p[sl] == '/' || p[sl] == '\0'))
-			p += sl;
-		if (*p == '\0')
-			p = "/";
-	} else {
-		p = t->path;
+	p = t->path ? t->path : client_path(r, in);
+	if (a->xlate == XLATE_ANTHROPIC && !t->path) {
+		p = "/v1/messages";   /* the Messages API, whatever OpenAI path was asked */
+		query = NULL;
 	}
 	if (t->provider == PROVIDER_AZURE) {
 		if (strncmp(p, "/v1", 3) == 0 && (p[3] == '/' || p[3] == '\0'))
@@ -127,7 +135,7 @@ static int head_start(struct attempt *a, const struct route *r, const struct rou
 	prl = strlen(pre);
 	dl = strlen(dep);
 	pl = strlen(p);
-	ql = in->query ? strlen(in->query) + 1 : 0;
+	ql = query ? strlen(query) + 1 : 0;
 	if (buf_grow(&a->head, &a->head_cap, ml + prl + dl + pl + vl + ql + hl + 22, 1024) < 0)
 		return -1;
 	w = a->head;
@@ -145,9 +153,9 @@ static int head_start(struct attempt *a, const struct route *r, const struct rou
 		memcpy(w + 13, ver, vl - 12);
 		w += vl + 1;
 	}
-	if (in->query) {
+	if (query) {
 		*w++ = ver ? '&' : '?';
-		memcpy(w, in->query, ql - 1);
+		memcpy(w, query, ql - 1);
 		w += ql - 1;
 	}
 	memcpy(w, " HTTP/1.1\r\nHost: ", 17);
@@ -181,7 +189,16 @@ static int head_headers(struct attempt *a, const struct route *r, const struct r
 		if (head_add_header(a, r->add_headers[i].name, strlen(r->add_headers[i].name),
 		                    r->add_headers[i].value, strlen(r->add_headers[i].value)) < 0)
 			return -1;
-	if (t->api_key && t->provider == PROVIDER_AZURE) {
+	if (t->provider == PROVIDER_ANTHROPIC) {
+		/* the client's anthropic-version is kept on /v1/messages, which it wrote for */
+		const char *v = a->xlate == XLATE_NONE ? http_find_header(in, "anthropic-version") : NULL;
+
+		if (t->api_key && head_add_header(a, "x-api-key", 9, t->api_key, strlen(t->api_key)) < 0)
+			return -1;
+		if (!v && head_add_header(a, "anthropic-version", 17, t->api_version,
+		                          strlen(t->api_version)) < 0)
+			return -1;
+	} else if (t->api_key && t->provider == PROVIDER_AZURE) {
 		if (head_add_header(a, "api-key", 7, t->api_key, strlen(t->api_key)) < 0)
 			return -1;
 	} else if (t->api_key && (head_add(a, "Authorization: Bearer ", 22) < 0 ||
@@ -197,6 +214,11 @@ static int head_headers(struct attempt *a, const struct route *r, const struct r
 
 /* Safe methods may be sent again if a reused connection dies before any answer; anything
  * else may have been acted on (an LLM run, billed) and is never sent twice on its own. */
+/* Sent to Anthropic as max_tokens when the client asked for no limit and the model table
+ * does not know the model: its API requires one. */
+#define ANTHROPIC_DEFAULT_MAX_TOKENS 4096
+#define CHAT_COMPLETIONS "/v1/chat/completions"
+
 static bool replayable(enum http_method m)
 {
 	return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS;
@@ -334,6 +356,28 @@ void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long stat
 	attempt_log_add(px, r->targets[a->target].url, what, now - a->started_ms);
 }
 
+/* What an attempt holds for its target alone: its body and its translator. */
+static void attempt_drop(struct attempt *a)
+{
+	free(a->body);
+	a->body = NULL;
+	if (a->anth) {
+		anth_stream_free(a->anth);
+		free(a->anth);
+		a->anth = NULL;
+	}
+	free(a->xl);
+	a->xl = NULL;
+}
+
+void forward_attempt_free(struct attempt *a)
+{
+	attempt_drop(a);
+	free(a->head);
+	free(a->up_raw);
+	a->head = a->up_raw = NULL;
+}
+
 /* Make the attempt ready for a new target: the buffers stay, their contents go. */
 static void attempt_reset(struct attempt *a)
 {
@@ -341,7 +385,7 @@ static void attempt_reset(struct attempt *a)
 	char *head = a->head, *up_raw = a->up_raw;
 	size_t head_cap = a->head_cap, up_raw_cap = a->up_raw_cap;
 
-	free(a->body);
+	attempt_drop(a);
 	memset(a, 0, sizeof(*a));
 	a->px = px;
 	a->head = head;
@@ -350,10 +394,31 @@ static void attempt_reset(struct attempt *a)
 	a->up_raw_cap = up_raw_cap;
 	a->target = -1;
 	a->ttfb_s = -1;
+	a->cache_write = -1;
 }
 
 /* Build and start the attempt on target i: 0, or -1 when it could not be started. */
-static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, int64_t now)
+/* The request as Anthropic's Messages API takes it (anthropic.h); its max_tokens, when the
+ * client sent none, from the model table. 0, or -1 with err set for the client (a 400). */
+static int to_anthropic(struct proxy_req *px, const struct route_target *t, const char *body,
+                        size_t len, char *err, size_t errlen)
+{
+	struct attempt *a = &px->att;
+	const struct model_info *mi = models_find(px->gw->models, t->model ? t->model : px->model);
+	struct anth_req_opts o = {
+		.model = t->model,
+		.default_max_tokens = mi ? mi->default_output_tokens : ANTHROPIC_DEFAULT_MAX_TOKENS,
+		.stream = px->client_stream,
+	};
+	int rc = anth_request(&o, body, len, &a->body, &a->body_len, err, errlen);
+
+	if (rc == ANTH_NOMEM)
+		snprintf(err, errlen, "out of memory");
+	return rc == ANTH_OK ? 0 : -1;
+}
+
+static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, int64_t now,
+                         char *err, size_t errlen)
 {
 	const struct route *r = px->route;
 	const struct route_target *t = &r->targets[i];
@@ -366,6 +431,15 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 	size_t n;
 
 	attempt_reset(a);
+	/* chat completions to an Anthropic upstream are translated; a request the translation
+	 * refuses is the client's mistake, answered before anything is sent */
+	if (t->provider == PROVIDER_ANTHROPIC && strcmp(client_path(r, in), CHAT_COMPLETIONS) == 0) {
+		a->xlate = XLATE_ANTHROPIC;
+		if (to_anthropic(px, t, body, body_len, err, errlen) < 0)
+			return -2;
+		body = a->body;
+		body_len = a->body_len;
+	}
 	a->target = i;
 	a->pass = pass;
 	a->started_ms = now;
@@ -374,7 +448,8 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 	px->route_attempts++;
 	px->attempts++;
 	pool_attempt_start((struct route *)r, (size_t)i);
-	if (t->model && body_len > 0 && (a->body = body_with_model(body, body_len, t->model, &n))) {
+	if (!a->xlate && t->model && body_len > 0 &&
+	    (a->body = body_with_model(body, body_len, t->model, &n))) {
 		body = a->body;
 		body_len = n;
 	}
@@ -515,9 +590,17 @@ static bool attempt_next(struct proxy_req *px)
 			int i = pool_pick((struct route *)r, px->tried, now, &pass);
 
 			if (i >= 0) {
-				if (attempt_start(px, i, pass, now) == 0)
+				char err[256] = "";
+				int rc = attempt_start(px, i, pass, now, err, sizeof(err));
+
+				if (rc == 0)
 					return true;
-				px->att.timed_out = false;
+				if (rc == -2) {
+					/* nothing was sent: the target's breaker hears nothing of it */
+					pool_release((struct route *)r, (size_t)i, pass);
+					proxy_reply_error(px, 400, "invalid_request_error", err);
+					return false;
+				}
 				forward_attempt_end(px, OUTCOME_ABANDONED, 0, -1);
 				proxy_reply_error(px, 500, "internal_error", "could not start the upstream request");
 				return false;

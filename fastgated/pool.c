@@ -178,6 +178,14 @@ bool pool_route_available(const struct route *r, int64_t now_ms)
 	return false;
 }
 
+void pool_release(struct route *r, size_t i, enum breaker_pass pass)
+{
+	struct target_state *s = r->targets[i].st;
+
+	if (s && pass != BREAKER_DENY)
+		breaker_abandoned(&s->br, pass);
+}
+
 void pool_attempt_start(struct route *r, size_t i)
 {
 	struct target_state *s = r->targets[i].st;

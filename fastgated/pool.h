@@ -90,6 +90,9 @@ int64_t pool_wait_ms(const struct route *r, int64_t now_ms);
 /* Has r a target that could take a request now (for /health/ready)? */
 bool pool_route_available(const struct route *r, int64_t now_ms);
 
+/* pool_pick's ticket for target i given back unused: nothing was sent to it. */
+void pool_release(struct route *r, size_t i, enum breaker_pass pass);
+
 /* An attempt on target i of r starts / ends. retry_after_s >= 0 when the answer (429 or
  * 503) carried one; ttfb_ms < 0 when no head came. */
 void pool_attempt_start(struct route *r, size_t i);

@@ -150,9 +150,7 @@ void proxy_finish(struct proxy_req *px)
 	          px->route ? px->route->name : "-", px->status, total * 1000, px->chunks,
 	          px->bytes_out, px->error_kind ? " error=" : "", px->error_kind ? px->error_kind : "");
 
-	free(px->att.head);
-	free(px->att.up_raw);
-	free(px->att.body);
+	forward_attempt_free(&px->att);
 	free(px->attempt_log);
 	free(px->body);
 	if (px->out)

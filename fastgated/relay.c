@@ -30,6 +30,8 @@
 /* A stream's leading content-free events are held at most this much: a stream that sends
  * more before any content is not one we understand, so it goes on as it comes. */
 #define HOLD_LIMIT (64 * 1024)
+/* A translated answer is read whole before it is translated: at most this much. */
+#define XLATE_LIMIT (16 * 1024 * 1024)
 
 /* Answer headers that describe the upstream hop rather than the answer, and our own
  * X-Request-Id, which replaces the upstream's. */
@@ -173,9 +175,20 @@ static int head_done(struct proxy_req *px)
 	px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
 	if (!px->sse && px->scan.strip_usage)
 		px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
+	if (a->xlate && px->sse) {
+		/* Anthropic's events become OpenAI's as they come (anth_stream_feed), with the
+		 * usage chunk when the client or the gateway asked for one */
+		a->anth = calloc(1, sizeof(*a->anth));
+		if (!a->anth)
+			return -1;
+		anth_stream_init(a->anth, px->include_usage || px->usage_injected, (long)time(NULL));
+	}
 	if (px->head_request || a->status == 204 || a->status == 304) {
 		/* no body follows: answered whole, with the upstream's length (RFC 9110 9.3.2) */
 		px->sse = false;
+		forward_arm_timer(px, px->route->timeout);
+	} else if (a->xlate && !px->sse) {
+		/* a whole answer (or error) is translated whole: read it all first */
 		forward_arm_timer(px, px->route->timeout);
 	} else if (px->sse || !cl || dec_at(cl, cl + strlen(cl)) > BUFFER_LIMIT) {
 		/* The reply head goes out with the first body bytes (on_body): an upstream that
@@ -285,6 +298,24 @@ static int on_body(void *arg, const char *data, size_t len)
 		evtimer_del(&px->timer_ev);
 		return 1;
 	}
+	if (a->anth) {
+		a->xl_len = 0;
+		if (anth_stream_feed(a->anth, data, len, &a->xl, &a->xl_len, &a->xl_cap) == ANTH_NOMEM)
+			return -1;
+		data = a->xl;
+		len = a->xl_len;
+		if (len == 0) {
+			forward_arm_timer(px, px->route->idle_timeout);
+			return 0;   /* an event not complete yet, or one with nothing to say */
+		}
+	} else if (a->xlate && !px->sse) {
+		if (evbuffer_get_length(px->out) + len > XLATE_LIMIT) {
+			a->bad_answer = true;
+			return -1;
+		}
+		evbuffer_add(px->out, data, len);
+		return 0;   /* translated at its end (on_done) */
+	}
 	if (px->sse) {
 		px->scan_len = 0;
 		if (sse_scan_feed(&px->scan, data, len, &px->scan_out, &px->scan_len, &px->scan_cap) < 0)
@@ -363,6 +394,18 @@ static void answer_complete(struct proxy_req *px)
 	struct attempt *a = &px->att;
 	struct http_request *req;
 
+	if (a->anth) {
+		/* the translator's last words: a truncated stream gets its error event */
+		a->xl_len = 0;
+		anth_stream_finish(a->anth, &a->xl, &a->xl_len, &a->xl_cap);
+		a->cache_write = a->anth->usage.found ? a->anth->usage.cache_write_tokens : -1;
+		px->scan_len = 0;
+		if (a->xl_len && sse_scan_feed(&px->scan, a->xl, a->xl_len, &px->scan_out,
+		                               &px->scan_len, &px->scan_cap) == 0) {
+			evbuffer_add(px->out, px->scan_out, px->scan_len);
+			px->bytes_out += px->scan_len;
+		}
+	}
 	if (px->sse) {
 		px->scan_len = 0;
 		if (sse_scan_finish(&px->scan, &px->scan_out, &px->scan_len, &px->scan_cap) == 0 &&
@@ -373,6 +416,10 @@ static void answer_complete(struct proxy_req *px)
 		usage_from_json((const char *)evbuffer_pullup(px->out, -1),
 		                evbuffer_get_length(px->out), &px->usage);
 	}
+	/* OpenAI's usage has no field for tokens written to the cache: the translation kept
+	 * Anthropic's count aside */
+	if (a->xlate && a->cache_write >= 0)
+		px->usage.cache_write_tokens = a->cache_write;
 	if (px->stream_pending) {
 		px->stream_pending = false;
 		px->holding = false;
@@ -463,6 +510,28 @@ static void stream_error_event(struct proxy_req *px, const struct failure *f)
 	http_abort(req);   /* writes what is queued first */
 }
 
+/* A whole Anthropic answer (or error) in px->out, as OpenAI's: false when it is not one. */
+static bool translate_whole(struct proxy_req *px)
+{
+	struct anth_usage u;
+	char *out = NULL, err[160];
+	size_t n = 0, len = evbuffer_get_length(px->out);
+	int rc = anth_answer((const char *)evbuffer_pullup(px->out, -1), len, (long)time(NULL),
+	                     &out, &n, &u, err, sizeof(err));
+
+	if (rc != ANTH_OK && rc != ANTH_UPSTREAM_ERROR) {
+		log_debug("request %s: anthropic answer not translated: %s", px->id, err);
+		free(out);
+		return false;
+	}
+	evbuffer_drain(px->out, len);
+	evbuffer_add(px->out, out, n);
+	px->bytes_out = n;
+	px->att.cache_write = u.found ? u.cache_write_tokens : -1;
+	free(out);
+	return true;
+}
+
 static void on_done(void *arg, enum tr_result r)
 {
 	struct attempt *a = arg;
@@ -483,6 +552,14 @@ static void on_done(void *arg, enum tr_result r)
 		px->last_status = a->status;
 		px->error_kind = a->status == 429 ? "rate_limited" : "upstream_status";
 		forward_retry(px);
+		return;
+	}
+	if (r == TR_OK && !a->timed_out && a->xlate && !a->anth && !translate_whole(px)) {
+		forward_attempt_end(px, OUTCOME_PROTOCOL, 0, -1);
+		px->error_kind = "protocol";
+		proxy_reply_error(px, 502, "protocol",
+		                  "upstream answered something that is not an Anthropic message");
+		proxy_finish(px);
 		return;
 	}
 	if (r == TR_OK && !a->timed_out) {

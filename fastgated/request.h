@@ -24,6 +24,7 @@
 #include <event2/buffer.h>
 #include <event2/event_struct.h>
 
+#include "anthropic.h"
 #include "gateway.h"
 #include "http.h"
 #include "pool.h"
@@ -43,8 +44,15 @@ struct attempt {
 	                                   * upstream's own time to the head, to the microsecond */
 	bool ended;                       /* its outcome went to the pool */
 	bool dropped;                     /* its answer (a 429 or 5xx) is dropped for a retry */
-	char *body;                       /* the body with this target's model, or NULL: px's */
+	char *body;                       /* the body with this target's model, or translated
+	                                   * for its provider; NULL: px's */
 	size_t body_len;
+	enum { XLATE_NONE, XLATE_ANTHROPIC } xlate;  /* the answer is translated (relay.c) */
+	struct anth_stream *anth;         /* XLATE_ANTHROPIC stream: the translator */
+	char *xl;                         /* its output for one body chunk, reused */
+	size_t xl_len, xl_cap;
+	long cache_write;                 /* Anthropic's cache_creation_input_tokens, kept for
+	                                   * the audit (OpenAI's usage has no place for it) */
 	char *head;                       /* the request head, as the upstream gets it */
 	size_t head_len, head_cap;
 	/* the answer's head, as it arrives */
@@ -162,6 +170,8 @@ void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long stat
 bool forward_may_retry(struct proxy_req *px, enum attempt_outcome o, long status);
 /* Start the next attempt from the loop (after forward_may_retry said yes). */
 void forward_retry(struct proxy_req *px);
+/* Free what the attempt holds (proxy_finish). */
+void forward_attempt_free(struct attempt *a);
 /* Arm the request's timer (first byte, or idle between chunks); never past the deadline. */
 void forward_arm_timer(struct proxy_req *px, int seconds);
 /* Stop the attempt's transfer if it is running; false when there was none. */

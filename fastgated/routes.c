@@ -1215,8 +1215,10 @@ static const char *const target_keys[T_COUNT + 1] = {
 
 const char *provider_name(enum provider p)
 {
-	return p == PROVIDER_AZURE ? "azure" : "openai";
+	return p == PROVIDER_AZURE ? "azure" : p == PROVIDER_ANTHROPIC ? "anthropic" : "openai";
 }
+
+#define ANTHROPIC_VERSION "2023-06-01"
 
 /* A value that goes into a URL path or query as it is: letters, digits and - . _ only. */
 static bool url_safe(const char *s)
@@ -1241,9 +1243,9 @@ static void parse_provider(struct pctx *c, const yaml_node_t *un, yaml_node_t **
 		else if (strcmp(s, "azure") == 0)
 			t->provider = PROVIDER_AZURE;
 		else if (strcmp(s, "anthropic") == 0)
-			perr(c, seen[T_PROVIDER], "provider: anthropic is not available in this version (valid: openai, azure)");
+			t->provider = PROVIDER_ANTHROPIC;
 		else
-			perr(c, seen[T_PROVIDER], "provider: unknown \"%s\" (valid: openai, azure)", s);
+			perr(c, seen[T_PROVIDER], "provider: unknown \"%s\" (valid: openai, anthropic, azure)", s);
 	}
 	if (seen[T_DEPLOYMENT] && (s = get_str(c, seen[T_DEPLOYMENT], "deployment"))) {
 		if (!url_safe(s))
@@ -1257,11 +1259,16 @@ static void parse_provider(struct pctx *c, const yaml_node_t *un, yaml_node_t **
 		else
 			t->api_version = xstrdup(s);
 	}
+	if (t->provider != PROVIDER_AZURE && seen[T_DEPLOYMENT])
+		perr(c, seen[T_DEPLOYMENT], "deployment: only for provider: azure");
+	if (t->provider == PROVIDER_ANTHROPIC) {
+		if (!t->api_version && !seen[T_API_VERSION])
+			t->api_version = xstrdup(ANTHROPIC_VERSION);
+		return;
+	}
 	if (t->provider != PROVIDER_AZURE) {
-		if (seen[T_DEPLOYMENT])
-			perr(c, seen[T_DEPLOYMENT], "deployment: only for provider: azure");
 		if (seen[T_API_VERSION])
-			perr(c, seen[T_API_VERSION], "api_version: only for provider: azure");
+			perr(c, seen[T_API_VERSION], "api_version: only for provider: azure or anthropic");
 		return;
 	}
 	if (t->path)

@@ -28,6 +28,7 @@ struct target_state;   /* pool.h: what a target's state is (breaker, in flight, 
 enum provider {
 	PROVIDER_OPENAI,       /* OpenAI's API as it is: OpenAI, vLLM, every compatible server */
 	PROVIDER_AZURE,        /* Azure OpenAI: deployment URLs, api-version, the api-key header */
+	PROVIDER_ANTHROPIC,    /* Anthropic's Messages API: chat completions translated (anthropic.h) */
 };
 const char *provider_name(enum provider p);
 
@@ -45,7 +46,8 @@ struct route_target {
 	char *model;           /* `model:` sent to this upstream instead of the client's, or NULL */
 	enum provider provider;
 	char *deployment;      /* azure: the deployment requests go to; NULL with api_version v1 */
-	char *api_version;     /* azure: the api-version query value, or "v1" for /openai/v1 */
+	char *api_version;     /* azure: the api-version query value, or "v1" for /openai/v1;
+	                        * anthropic: the anthropic-version header (default 2023-06-01) */
 	int weight;            /* 1..1000, default 1 */
 	int priority;          /* tier, 0..100 default 0: higher tiers serve only while every
 	                        * lower one is unavailable */

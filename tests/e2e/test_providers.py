@@ -1,4 +1,5 @@
-"""Providers (issue 18), Azure OpenAI so far: the URL the upstream gets in both of Azure's
+"""Providers (issue 18): Anthropic behind the OpenAI API (the translation on the wire,
+against the mock's Messages API), /v1/messages passed through, and Azure OpenAI: the URL the upstream gets in both of Azure's
 forms (deployment + api-version, and /openai/v1), the api-key header in place of
 Authorization, what the client sends that must not reach Azure, Azure's own errors passed
 through, health checks with the right header, and the pool's view of provider, deployment
@@ -39,6 +40,13 @@ def routes(m):
       - { url: %(m)s, provider: azure, api_version: v1, api_key: azure-health-key }
       - { url: %(m)s, provider: azure, deployment: other, api_version: "2024-10-21", api_key: azure-health-key }
     health: { path: /openai/v1/models, interval: 1, timeout: 1 }
+  - name: claude
+    priority: 5
+    match: { path: /v1/chat/completions, methods: [POST], body: { model: "claude-*" } }
+    upstream: { url: %(m)s, provider: anthropic, api_key: ant-secret-key-1 }
+  - name: messages
+    match: { path: /v1/messages, methods: [POST] }
+    upstream: { url: %(m)s, provider: anthropic, api_key: ant-secret-key-2 }
 """ % {"m": m.url}
 
 
@@ -120,6 +128,124 @@ def test_health_checks_send_api_key_and_two_deployments_are_two_upstreams(c):
     assert rc == 0 and json.loads(out)[0]["deployment"] == "gpt4o-prod", (rc, out, err)
 
 
+# ---- Anthropic ----------------------------------------------------------------------------
+
+CLAUDE = {"model": "claude-3-5-haiku-20241022",
+          "messages": [{"role": "system", "content": "be brief"},
+                       {"role": "user", "content": "hi there"}]}
+
+
+def sse_events(data):
+    return [e[6:] for e in data.decode().split("\n\n") if e.startswith("data: ")]
+
+
+def audit_row(c, rid):
+    import sqlite3
+    def get():
+        db = sqlite3.connect(os.path.join(c.dir, "audit.db"))
+        db.row_factory = sqlite3.Row
+        r = db.execute("select * from audit where request_id = ?", (rid,)).fetchone()
+        db.close()
+        return dict(r) if r else None
+    return wait_for(get, timeout=10, what="the audit row")
+
+
+def test_anthropic_answer_is_translated_with_the_key_version_and_a_max_tokens(c):
+    st, h, data = c.gw.request("POST", "/v1/chat/completions", CLAUDE, c.auth)
+    assert st == 200, (st, data)
+    d = json.loads(data)
+    assert d["object"] == "chat.completion" and d["choices"][0]["finish_reason"] == "stop", d
+    assert d["choices"][0]["message"] == {"role": "assistant",
+                                          "content": "Hello from mock. You said: hi there"}, d
+    assert d["usage"]["prompt_tokens"] == 4 and d["usage"]["completion_tokens"] == 9, d
+    uri, hd = last(c)
+    sent = json.loads(c.mock.stats()["last"]["body"])
+    assert uri == "/v1/messages", uri
+    assert hd.get("x-api-key") == "ant-secret-key-1" and hd.get("anthropic-version") == "2023-06-01", hd
+    assert "authorization" not in hd and c.key not in json.dumps(hd), hd
+    # system lifted out, and a max_tokens the Messages API requires (no model table here)
+    assert sent["system"] == "be brief" and sent["max_tokens"] == 4096, sent
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hi there"}]}] or \
+        sent["messages"] == [{"role": "user", "content": "hi there"}], sent
+    row = audit_row(c, h["x-request-id"])
+    assert row["prompt_tokens"] == 4 and row["completion_tokens"] == 9 and row["cached_tokens"] == 0 \
+        and row["cache_write_tokens"] == 0, row
+
+
+def test_anthropic_stream_reads_as_openai_chunks_with_usage_and_cached_tokens(c):
+    body = dict(CLAUDE, stream=True, stream_options={"include_usage": True})
+    st, h, data = c.gw.request("POST", "/v1/chat/completions", body,
+                               dict(c.auth, **{"X-Mock-Cached-Tokens": "7"}))
+    assert st == 200 and h["content-type"].startswith("text/event-stream"), (st, h)
+    ev = sse_events(data)
+    assert ev[-1] == "[DONE]", ev[-3:]
+    chunks = [json.loads(e) for e in ev[:-1]]
+    text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"])
+    assert text == "Hello from mock. You said: hi there", text
+    assert [ch["choices"][0]["finish_reason"] for ch in chunks if ch["choices"]][-1] == "stop"
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and usage["prompt_tokens"] == 4 + 7, usage
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 7, usage
+    row = audit_row(c, h["x-request-id"])
+    assert row["prompt_tokens"] == 11 and row["cached_tokens"] == 7 and row["is_stream"], row
+
+
+def test_anthropic_tool_calls_stream_with_their_own_index_and_whole_arguments(c):
+    body = {"model": "claude-3-5-haiku", "stream": True,
+            "messages": [{"role": "user", "content": "use the tool"}],
+            "tools": [{"type": "function", "function": {"name": "lookup",
+                                                         "parameters": {"type": "object"}}}]}
+    st, _, data = c.gw.request("POST", "/v1/chat/completions", body, c.auth)
+    assert st == 200, (st, data)
+    ev = sse_events(data)
+    chunks = [json.loads(e) for e in ev[:-1]]
+    calls = {}
+    for ch in chunks:
+        for tc in (ch["choices"][0]["delta"].get("tool_calls") or []) if ch["choices"] else []:
+            cur = calls.setdefault(tc["index"], {"id": None, "name": None, "args": ""})
+            cur["id"] = tc.get("id") or cur["id"]
+            cur["name"] = (tc.get("function") or {}).get("name") or cur["name"]
+            cur["args"] += (tc.get("function") or {}).get("arguments") or ""
+    assert list(calls) == [0] and calls[0]["name"] == "lookup" and calls[0]["id"], calls
+    assert json.loads(calls[0]["args"]) == {"q": "mock"}, calls
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls", chunks[-1]
+    assert json.loads(c.mock.stats()["last"]["body"])["tools"][0]["name"] == "lookup"
+
+
+def test_anthropic_refusals_and_errors_come_back_in_openais_shape(c):
+    # what the translation refuses is the client's 400, and nothing is sent
+    before = c.mock.stats()["messages"]
+    st, _, data = c.gw.request("POST", "/v1/chat/completions", dict(CLAUDE, n=2), c.auth)
+    assert st == 400 and "n>1" in json.loads(data)["error"]["message"], (st, data)
+    assert c.mock.stats()["messages"] == before
+    # the upstream's own error keeps its status and reads as OpenAI's error
+    st, _, data = c.gw.request("POST", "/v1/chat/completions", CLAUDE,
+                               dict(c.auth, **{"X-Mock-Fail": "status:529"}))
+    assert st == 529 and json.loads(data)["error"]["code"] == "overloaded_error", (st, data)
+    # overloaded in the middle of a stream: an error event, no [DONE]
+    st, _, data = c.gw.request("POST", "/v1/chat/completions", dict(CLAUDE, stream=True),
+                               dict(c.auth, **{"X-Mock-Fail": "overloaded-mid"}))
+    ev = sse_events(data)
+    assert st == 200 and "[DONE]" not in ev and json.loads(ev[-1])["error"]["code"] == "overloaded_error", ev
+
+
+def test_messages_api_is_passed_through_with_the_key_swapped_and_the_version_kept(c):
+    body = {"model": "claude-3-5-haiku", "max_tokens": 50,
+            "messages": [{"role": "user", "content": "hello"}]}
+    st, h, data = c.gw.request("POST", "/v1/messages", body,
+                               {"x-api-key": c.key, "anthropic-version": "2023-01-01"})
+    assert st == 200, (st, data)
+    d = json.loads(data)
+    assert d["type"] == "message" and d["content"][0]["text"] == "Hello from mock. You said: hello", d
+    uri, hd = last(c)
+    assert uri == "/v1/messages" and hd.get("x-api-key") == "ant-secret-key-2", hd
+    assert hd.get("anthropic-version") == "2023-01-01", "the client's version is kept"
+    # an Anthropic client's Bearer fastgate key works too
+    st, _, _ = c.gw.request("POST", "/v1/messages", body,
+                            {"Authorization": "Bearer " + c.key, "anthropic-version": "2023-06-01"})
+    assert st == 200
+
+
 def test_model_table_is_checked_loaded_and_a_bad_one_keeps_the_old_set(c):
     d = tmpdir()
     try:
@@ -133,14 +259,24 @@ def test_model_table_is_checked_loaded_and_a_bad_one_keeps_the_old_set(c):
         p = subprocess.run([FASTGATED, "--check", "--routes", c.gw.routes_dir, "--models",
                             os.path.join(d, "none.yaml")], capture_output=True, timeout=20)
         assert p.returncode == 1 and b"none.yaml: No such file or directory" in p.stderr, p.stderr
+        with open(models, "w") as f:
+            f.write("models:\n  - { match: \"m-*\", context_window: 1000, max_output_tokens: 100 }\n"
+                    "  - { match: \"claude-3-5-*\", context_window: 200000, max_output_tokens: 8192,\n"
+                    "      default_output_tokens: 1234 }\n")
         g = Gateway(os.path.join(d, "gw"), routes(c.mock), extra_args=["--models", models])
         try:
+            # the model table gives an Anthropic request its max_tokens
+            key = g.create_key()["key"]
+            st, _, _ = g.request("POST", "/v1/chat/completions", CLAUDE, {"X-API-Key": key})
+            assert st == 200 and json.loads(c.mock.stats()["last"]["body"])["max_tokens"] == 1234
+            st, _, _ = g.request("POST", "/v1/chat/completions", dict(CLAUDE, max_tokens=77),
+                                 {"X-API-Key": key})
+            assert st == 200 and json.loads(c.mock.stats()["last"]["body"])["max_tokens"] == 77
             with open(models, "w") as f:
                 f.write("models:\n  - { match: \"m-*\", context_window: 10, max_output_tokens: 100 }\n")
             rc, out, err = g.cli("reload")
             assert rc == 1 and "models.yaml:2: max_output_tokens (100) is more than context_window (10)" \
                 in out + err, (rc, out, err)
-            key = g.create_key()["key"]
             st, _, _ = g.request("POST", "/v1/chat/completions", CHAT, {"X-API-Key": key})
             assert st == 200, "the old set keeps serving after a failed reload"
         finally:

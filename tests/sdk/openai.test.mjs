@@ -170,6 +170,11 @@ before(async () => {
       - { url: http://127.0.0.1:${ctx.mockPort}/v1/chat/completions, api_key: pool-key-b }
     retry: { attempts: 2, on: [connect, reset] }
     timeout: 5
+  - name: claude
+    priority: 10
+    match: { path: /v1/chat/completions, methods: [POST], body: { model: "claude-*" } }
+    upstream: { url: http://127.0.0.1:${ctx.mockPort}, provider: anthropic, api_key: anthropic-sdk-key }
+    timeout: 5
   - name: azure
     priority: 10
     match: { path: /v1/chat/completions, methods: [POST], body: { model: "azure-*" } }
@@ -430,4 +435,34 @@ test('azure: chat and a stream reach the deployment with api-version and api-key
   assert.ok(usage && usage.completion_tokens > 0, `usage chunk: ${JSON.stringify(usage)}`);
   last = (await (await fetch(`http://127.0.0.1:${ctx.mockPort}/__mock/stats`)).json()).last;
   assert.match(last.uri, /^\/openai\/deployments\/gpt4o-prod\/chat\/completions\?api-version=2024-10-21$/);
+});
+
+test('anthropic: chat, a stream and streamed tool calls read as OpenAI through the SDK', async () => {
+  const r = await ctx.client.chat.completions.create({ model: 'claude-3-5-haiku', messages: MESSAGES });
+  assert.equal(r.choices[0].message.content, EXPECTED);
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  assert.ok(r.usage.prompt_tokens > 0 && r.usage.completion_tokens > 0);
+
+  const stream = await ctx.client.chat.completions.create(
+    { model: 'claude-3-5-haiku', messages: MESSAGES, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let usage = null;
+  for await (const chunk of stream) {
+    text += chunk.choices[0]?.delta?.content ?? '';
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, EXPECTED);
+  assert.ok(usage && usage.completion_tokens > 0, `usage chunk: ${JSON.stringify(usage)}`);
+
+  // the SDK's stream helper reassembles the tool call from its fragments
+  const runner = ctx.client.beta.chat.completions.stream({
+    model: 'claude-3-5-haiku',
+    messages: [{ role: 'user', content: 'use the tool' }],
+    tools: [{ type: 'function', function: { name: 'lookup', parameters: { type: 'object', properties: { q: { type: 'string' } } } } }],
+  });
+  const done = await runner.finalChatCompletion();
+  const call = done.choices[0].message.tool_calls[0];
+  assert.equal(call.function.name, 'lookup');
+  assert.deepEqual(JSON.parse(call.function.arguments), { q: 'mock' });
+  assert.equal(done.choices[0].finish_reason, 'tool_calls');
 });

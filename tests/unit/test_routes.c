@@ -1464,6 +1464,18 @@ TEST(azure_upstreams_load_and_their_mistakes_are_named)
 	route_table_unref(t);
 	errlist_clear(&e);
 
+	t = load_text("routes:\n  - name: c\n    upstream: { url: https://api.anthropic.com, provider: anthropic }\n"
+	              "  - name: d\n    upstream: { url: https://api.anthropic.com, provider: anthropic,\n"
+	              "                api_version: \"2024-01-01\" }\n", &e);
+	CHECK(t != NULL);
+	if (t) {
+		CHECK_INT(t->routes[0]->targets[0].provider, PROVIDER_ANTHROPIC);
+		CHECK_STR(t->routes[0]->targets[0].api_version, "2023-06-01");
+		CHECK_STR(t->routes[1]->targets[0].api_version, "2024-01-01");
+	}
+	route_table_unref(t);
+	errlist_clear(&e);
+
 	static const struct { const char *target; int line; const char *msg; } bad[] = {
 		{ "      provider: azure\n      deployment: d\n", 4,
 		  "route \"a\": provider azure needs api_version (such as \"2024-10-21\", or v1 for the /openai/v1 API)" },
@@ -1476,9 +1488,11 @@ TEST(azure_upstreams_load_and_their_mistakes_are_named)
 		  "route \"a\": api_version: expected a version such as \"2024-10-21\" or v1" },
 		{ "      provider: azure\n      api_version: v1\n      deployment: \"a b\"\n", 7,
 		  "route \"a\": deployment: expected a deployment name of letters, digits, '-', '.' and '_'" },
-		{ "      provider: anthropic\n", 5,
-		  "route \"a\": provider: anthropic is not available in this version (valid: openai, azure)" },
-		{ "      provider: bedrock\n", 5, "route \"a\": provider: unknown \"bedrock\" (valid: openai, azure)" },
+		{ "      provider: anthropic\n      deployment: d\n", 6,
+		  "route \"a\": deployment: only for provider: azure" },
+		{ "      api_version: \"2024-10-21\"\n", 5,
+		  "route \"a\": api_version: only for provider: azure or anthropic" },
+		{ "      provider: bedrock\n", 5, "route \"a\": provider: unknown \"bedrock\" (valid: openai, anthropic, azure)" },
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char text[512];
