@@ -234,7 +234,9 @@ static int prepare_body(struct proxy_req *px)
 	const struct route *r = px->route;
 	/* a request without a body (GET /v1/models) has nothing to add fields to */
 	bool add_fields = r->n_body_adds > 0 && px->body_len > 0;
-	bool inject = r->stream_usage && px->client_stream && !px->include_usage;
+	/* Anthropic's streams report usage on their own, and its API refuses stream_options */
+	bool inject = r->stream_usage && px->client_stream && !px->include_usage &&
+	              !route_has_provider(r, PROVIDER_ANTHROPIC);
 	size_t len;
 
 	free(px->body_rewritten);
@@ -394,7 +396,6 @@ static void attempt_reset(struct attempt *a)
 	a->up_raw_cap = up_raw_cap;
 	a->target = -1;
 	a->ttfb_s = -1;
-	a->cache_write = -1;
 }
 
 /* Build and start the attempt on target i: 0, or -1 when it could not be started. */
@@ -439,6 +440,8 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 			return -2;
 		body = a->body;
 		body_len = a->body_len;
+	} else if (t->provider == PROVIDER_ANTHROPIC) {
+		a->anth_read = true;   /* Anthropic's own API, passed: its usage read the same way */
 	}
 	a->target = i;
 	a->pass = pass;

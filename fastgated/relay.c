@@ -175,13 +175,14 @@ static int head_done(struct proxy_req *px)
 	px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
 	if (!px->sse && px->scan.strip_usage)
 		px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
-	if (a->xlate && px->sse) {
+	if ((a->xlate || a->anth_read) && px->sse) {
 		/* Anthropic's events become OpenAI's as they come (anth_stream_feed), with the
-		 * usage chunk when the client or the gateway asked for one */
+		 * usage chunk when the client asked for one; passed as they are, the same reading
+		 * gives the usage */
 		a->anth = calloc(1, sizeof(*a->anth));
 		if (!a->anth)
 			return -1;
-		anth_stream_init(a->anth, px->include_usage || px->usage_injected, (long)time(NULL));
+		anth_stream_init(a->anth, px->include_usage, (long)time(NULL));
 	}
 	if (px->head_request || a->status == 204 || a->status == 304) {
 		/* no body follows: answered whole, with the upstream's length (RFC 9110 9.3.2) */
@@ -302,6 +303,8 @@ static int on_body(void *arg, const char *data, size_t len)
 		a->xl_len = 0;
 		if (anth_stream_feed(a->anth, data, len, &a->xl, &a->xl_len, &a->xl_cap) == ANTH_NOMEM)
 			return -1;
+	}
+	if (a->anth && a->xlate) {
 		data = a->xl;
 		len = a->xl_len;
 		if (len == 0) {
@@ -398,13 +401,20 @@ static void answer_complete(struct proxy_req *px)
 		/* the translator's last words: a truncated stream gets its error event */
 		a->xl_len = 0;
 		anth_stream_finish(a->anth, &a->xl, &a->xl_len, &a->xl_cap);
-		a->cache_write = a->anth->usage.found ? a->anth->usage.cache_write_tokens : -1;
+		a->au = a->anth->usage;
 		px->scan_len = 0;
-		if (a->xl_len && sse_scan_feed(&px->scan, a->xl, a->xl_len, &px->scan_out,
-		                               &px->scan_len, &px->scan_cap) == 0) {
+		if (a->xlate && a->xl_len && sse_scan_feed(&px->scan, a->xl, a->xl_len, &px->scan_out,
+		                                           &px->scan_len, &px->scan_cap) == 0) {
 			evbuffer_add(px->out, px->scan_out, px->scan_len);
 			px->bytes_out += px->scan_len;
 		}
+	} else if (a->anth_read && !px->streaming && evbuffer_get_length(px->out)) {
+		char *ignored = NULL;
+		size_t n = 0;
+
+		anth_answer((const char *)evbuffer_pullup(px->out, -1), evbuffer_get_length(px->out),
+		            0, &ignored, &n, &a->au, NULL, 0);
+		free(ignored);
 	}
 	if (px->sse) {
 		px->scan_len = 0;
@@ -416,10 +426,16 @@ static void answer_complete(struct proxy_req *px)
 		usage_from_json((const char *)evbuffer_pullup(px->out, -1),
 		                evbuffer_get_length(px->out), &px->usage);
 	}
-	/* OpenAI's usage has no field for tokens written to the cache: the translation kept
-	 * Anthropic's count aside */
-	if (a->xlate && a->cache_write >= 0)
-		px->usage.cache_write_tokens = a->cache_write;
+	/* Anthropic's own reading, cache writes included (OpenAI's usage has no field for
+	 * them), whether the answer was translated or passed */
+	if ((a->xlate || a->anth_read) && a->au.found) {
+		px->usage.prompt_tokens = a->au.prompt_tokens;
+		px->usage.completion_tokens = a->au.completion_tokens;
+		px->usage.cached_tokens = a->au.cached_tokens;
+		px->usage.cache_write_tokens = a->au.cache_write_tokens;
+		px->usage.reasoning_tokens = a->au.reasoning_tokens;
+		px->usage.found = true;
+	}
 	if (px->stream_pending) {
 		px->stream_pending = false;
 		px->holding = false;
@@ -527,7 +543,7 @@ static bool translate_whole(struct proxy_req *px)
 	evbuffer_drain(px->out, len);
 	evbuffer_add(px->out, out, n);
 	px->bytes_out = n;
-	px->att.cache_write = u.found ? u.cache_write_tokens : -1;
+	px->att.au = u;
 	free(out);
 	return true;
 }

@@ -51,8 +51,10 @@ struct attempt {
 	struct anth_stream *anth;         /* XLATE_ANTHROPIC stream: the translator */
 	char *xl;                         /* its output for one body chunk, reused */
 	size_t xl_len, xl_cap;
-	long cache_write;                 /* Anthropic's cache_creation_input_tokens, kept for
-	                                   * the audit (OpenAI's usage has no place for it) */
+	bool anth_read;                   /* an Anthropic answer passed as it is (/v1/messages):
+	                                   * read for its usage only */
+	struct anth_usage au;             /* Anthropic's usage, read once (translated or not):
+	                                   * the audit's counts, cache writes included */
 	char *head;                       /* the request head, as the upstream gets it */
 	size_t head_len, head_cap;
 	/* the answer's head, as it arrives */

@@ -1338,6 +1338,14 @@ static void parse_target(struct pctx *c, const yaml_node_t *un, const char *what
 	}
 }
 
+bool route_has_provider(const struct route *r, enum provider p)
+{
+	for (size_t i = 0; i < r->n_targets; i++)
+		if (r->targets[i].provider == p)
+			return true;
+	return false;
+}
+
 bool route_target_same(const struct route_target *a, const struct route_target *b)
 {
 	return a->url && b->url && strcmp(a->url, b->url) == 0 && a->provider == b->provider &&

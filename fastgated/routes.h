@@ -194,6 +194,9 @@ enum route_match_result route_match(const struct route_table *t, struct route_re
  * policy, breaker, health checks and fallbacks, a few indented lines. */
 void route_print_pool(const struct route *r, FILE *out);
 
+/* Has r an upstream of that provider? */
+bool route_has_provider(const struct route *r, enum provider p);
+
 /* Path pattern match: exact, `*` within one segment, `**` across segments, `{name}` one
  * non-empty segment; anything else literal. Exposed for tests. */
 bool route_path_match(const char *pattern, const char *path);

@@ -240,10 +240,21 @@ def test_messages_api_is_passed_through_with_the_key_swapped_and_the_version_kep
     uri, hd = last(c)
     assert uri == "/v1/messages" and hd.get("x-api-key") == "ant-secret-key-2", hd
     assert hd.get("anthropic-version") == "2023-01-01", "the client's version is kept"
-    # an Anthropic client's Bearer fastgate key works too
-    st, _, _ = c.gw.request("POST", "/v1/messages", body,
-                            {"Authorization": "Bearer " + c.key, "anthropic-version": "2023-06-01"})
-    assert st == 200
+    # its usage is read as Anthropic counts it: input + cache reads (+ writes), output
+    row = audit_row(c, h["x-request-id"])
+    assert row["route"] == "messages" and row["prompt_tokens"] == d["usage"]["input_tokens"] \
+        and row["completion_tokens"] == d["usage"]["output_tokens"] and row["cached_tokens"] == 0, row
+    # an Anthropic client's Bearer fastgate key works too, and a stream passes as it is, its
+    # usage read from message_start and message_delta (the cumulative output count)
+    st, h, data = c.gw.request("POST", "/v1/messages", dict(body, stream=True),
+                               {"Authorization": "Bearer " + c.key, "anthropic-version": "2023-06-01",
+                                "X-Mock-Cached-Tokens": "5"})
+    text = data.decode()
+    assert st == 200 and "event: message_start" in text and "event: message_stop" in text, text[:300]
+    assert "chat.completion.chunk" not in text and "stream_options" not in c.mock.stats()["last"]["body"]
+    row = audit_row(c, h["x-request-id"])
+    assert row["prompt_tokens"] == 2 + 5 and row["cached_tokens"] == 5 and \
+        row["completion_tokens"] == 8 and row["is_stream"], row
 
 
 def test_model_table_is_checked_loaded_and_a_bad_one_keeps_the_old_set(c):
