@@ -41,7 +41,7 @@ if [ $unit_only -eq 0 ]; then
   done
   run "stress/smoke" python3 tests/stress/run.py --smoke
   if [ -f tests/package.json ]; then
-    run "sdk/openai" tests/sdk/run.sh
+    run "sdk" tests/sdk/run.sh
   fi
 fi
 

@@ -7,222 +7,49 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const BUILD = path.resolve(process.env.FG_BUILD || path.join(HERE, '..', '..', 'build-test'));
-const FASTGATED = path.join(BUILD, 'fastgated');
-const MOCK = path.join(BUILD, 'mock-upstream');
-
-const SANITIZER_MARKS = ['ERROR: AddressSanitizer', 'LeakSanitizer', 'runtime error:',
-  'SUMMARY: UndefinedBehaviorSanitizer'];
-const START_TIMEOUT_MS = 15000;
-const STOP_TIMEOUT_MS = 15000;
-const CTL_TIMEOUT_MS = 10000;
-
-const CHILD_ENV = {
-  ...process.env,
-  ASAN_OPTIONS: process.env.ASAN_OPTIONS || 'detect_leaks=1:abort_on_error=0:exitcode=99',
-  UBSAN_OPTIONS: process.env.UBSAN_OPTIONS || 'print_stacktrace=1:halt_on_error=1',
-};
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// A child whose stdout/stderr go to files in the work dir, readable while it runs.
-class Child {
-  constructor(name, argv, dir) {
-    this.name = name;
-    this.outPath = path.join(dir, `${name}.out`);
-    this.errPath = path.join(dir, `${name}.err`);
-    const out = fs.openSync(this.outPath, 'w');
-    const err = fs.openSync(this.errPath, 'w');
-    this.exitCode = undefined;
-    this.exitSignal = undefined;
-    this.proc = spawn(argv[0], argv.slice(1), { cwd: dir, env: CHILD_ENV, stdio: ['ignore', out, err] });
-    fs.closeSync(out);
-    fs.closeSync(err);
-    this.pid = this.proc.pid;
-    this.exited = new Promise((resolve) => {
-      this.proc.on('exit', (code, signal) => {
-        this.exitCode = code;
-        this.exitSignal = signal;
-        resolve();
-      });
-      this.proc.on('error', (e) => {
-        this.spawnError = e;
-        this.exitCode = -1;
-        resolve();
-      });
-    });
-  }
-
-  alive() { return this.exitCode === undefined; }
-  stdout() { try { return fs.readFileSync(this.outPath, 'utf8'); } catch { return ''; } }
-  stderr() { try { return fs.readFileSync(this.errPath, 'utf8'); } catch { return ''; } }
-
-  // Poll `read()` for `re` until it matches; fail if the process exits or time runs out.
-  async waitFor(read, re, what) {
-    const deadline = Date.now() + START_TIMEOUT_MS;
-    for (;;) {
-      const m = re.exec(read());
-      if (m) return m;
-      if (!this.alive()) {
-        throw new Error(`${this.name} exited (code ${this.exitCode}, signal ${this.exitSignal}` +
-          `${this.spawnError ? ', ' + this.spawnError.message : ''}) before ${what}:\n` + this.stderr().slice(-4000));
-      }
-      if (Date.now() > deadline) {
-        throw new Error(`timed out after ${START_TIMEOUT_MS} ms waiting for ${what}:\n` + this.stderr().slice(-4000));
-      }
-      await sleep(20);
-    }
-  }
-
-  // SIGTERM by PID, wait bounded; SIGKILL if it does not go. Returns {code, signal, timedOut}.
-  async stop() {
-    if (this.alive() && this.pid) process.kill(this.pid, 'SIGTERM');
-    let timer;
-    const timedOut = await Promise.race([
-      this.exited.then(() => false),
-      new Promise((r) => { timer = setTimeout(() => r(true), STOP_TIMEOUT_MS); }),
-    ]);
-    clearTimeout(timer);
-    if (timedOut && this.alive()) {
-      try { process.kill(this.pid, 'SIGKILL'); } catch { /* already gone */ }
-      await Promise.race([this.exited, sleep(5000)]);
-    }
-    return { code: this.exitCode, signal: this.exitSignal, timedOut };
-  }
-
-  sanitizerReport() {
-    const err = this.stderr();
-    for (const mark of SANITIZER_MARKS) {
-      const i = err.indexOf(mark);
-      if (i >= 0) return err.slice(Math.max(0, i - 200), i + 3000);
-    }
-    return null;
-  }
-}
-
-// One request over the control socket, spoken directly (greeting line, then one reply line).
-function ctl(sockPath, cmd, args) {
-  return new Promise((resolve, reject) => {
-    const s = net.createConnection(sockPath);
-    let buf = '';
-    let greeted = false;
-    const timer = setTimeout(() => { s.destroy(); reject(new Error(`control ${cmd}: no reply within ${CTL_TIMEOUT_MS} ms`)); }, CTL_TIMEOUT_MS);
-    const done = (err, val) => { clearTimeout(timer); s.destroy(); err ? reject(err) : resolve(val); };
-    s.setEncoding('utf8');
-    s.on('error', (e) => done(e));
-    s.on('close', () => done(new Error(`control ${cmd}: connection closed early; got ${JSON.stringify(buf)}`)));
-    s.on('data', (d) => {
-      buf += d;
-      let nl;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        let msg;
-        try { msg = JSON.parse(line); } catch (e) { return done(new Error(`control ${cmd}: bad JSON line ${JSON.stringify(line)}`)); }
-        if (!greeted) {
-          greeted = true;
-          if (msg.protocol !== 1) return done(new Error(`control greeting without protocol 1: ${line}`));
-          s.write(JSON.stringify({ id: 1, cmd, args: args || {} }) + '\n');
-        } else if (msg.id === 1) {
-          return done(null, msg);
-        }
-      }
-    });
-  });
-}
+import { startStack, stopStack } from './harness.mjs';
 
 const ctx = {};
 
 before(async () => {
-  for (const bin of [FASTGATED, MOCK]) {
-    assert.ok(fs.existsSync(bin), `missing ${bin} (run make test, or set FG_BUILD)`);
-  }
-  ctx.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fg-sdk-'));
-
-  ctx.mock = new Child('mock', [MOCK, '--listen', '127.0.0.1:0'], ctx.dir);
-  const mm = await ctx.mock.waitFor(() => ctx.mock.stdout(), /listening 127\.0\.0\.1:(\d+)/, 'mock-upstream to listen');
-  ctx.mockPort = Number(mm[1]);
-
-  const routes = path.join(ctx.dir, 'routes');
-  fs.mkdirSync(routes);
-  fs.writeFileSync(path.join(routes, '10-sdk.yaml'), `routes:
+  await startStack(ctx, (mockPort) => `routes:
   - name: chat
     match: { path: /v1/chat/completions, methods: [POST] }
-    upstream: { url: http://127.0.0.1:${ctx.mockPort}/v1/chat/completions, api_key: upstream-key }
+    upstream: { url: http://127.0.0.1:${mockPort}/v1/chat/completions, api_key: upstream-key }
     timeout: 5
   - name: models
     match: { path: /v1/models }
-    upstream: { url: http://127.0.0.1:${ctx.mockPort} }
+    upstream: { url: http://127.0.0.1:${mockPort} }
   - name: pool
     priority: 10
     match: { path: /v1/chat/completions, methods: [POST], body: { model: "pool-*" } }
     upstreams:
-      - { url: http://127.0.0.1:${ctx.mockPort}/v1/chat/completions, api_key: pool-key-a }
-      - { url: http://127.0.0.1:${ctx.mockPort}/v1/chat/completions, api_key: pool-key-b }
+      - { url: http://127.0.0.1:${mockPort}/v1/chat/completions, api_key: pool-key-a }
+      - { url: http://127.0.0.1:${mockPort}/v1/chat/completions, api_key: pool-key-b }
     retry: { attempts: 2, on: [connect, reset] }
     timeout: 5
   - name: claude
     priority: 10
     match: { path: /v1/chat/completions, methods: [POST], body: { model: "claude-*" } }
-    upstream: { url: http://127.0.0.1:${ctx.mockPort}, provider: anthropic, api_key: anthropic-sdk-key }
+    upstream: { url: http://127.0.0.1:${mockPort}, provider: anthropic, api_key: anthropic-sdk-key }
     timeout: 5
   - name: azure
     priority: 10
     match: { path: /v1/chat/completions, methods: [POST], body: { model: "azure-*" } }
     upstream:
-      url: http://127.0.0.1:${ctx.mockPort}
+      url: http://127.0.0.1:${mockPort}
       provider: azure
       deployment: gpt4o-prod
       api_version: "2024-10-21"
       api_key: azure-sdk-key
     timeout: 5
 `);
-  ctx.sock = path.join(ctx.dir, 'ctl.sock');
-  ctx.gw = new Child('fastgated', [FASTGATED, '--listen', '127.0.0.1:0', '--routes', routes,
-    '--keys', path.join(ctx.dir, 'keys.db'), '--audit', path.join(ctx.dir, 'audit.db'),
-    '--control', ctx.sock], ctx.dir);
-  const gm = await ctx.gw.waitFor(() => ctx.gw.stderr(), /listening on http:\/\/127\.0\.0\.1:(\d+)/, 'fastgated to listen');
-  ctx.port = Number(gm[1]);
   ctx.baseURL = `http://127.0.0.1:${ctx.port}/v1`;
-
-  const reply = await ctl(ctx.sock, 'key.create', { name: 'sdk' });
-  assert.equal(reply.ok, true, `key.create failed: ${JSON.stringify(reply)}`);
-  ctx.key = reply.result.key;
-  assert.match(ctx.key, /^fg_[A-Za-z0-9]{32,}/);
-
   ctx.client = new OpenAI({ apiKey: ctx.key, baseURL: ctx.baseURL, maxRetries: 0, timeout: 10000 });
 });
 
-after(async () => {
-  const problems = [];
-  try {
-    if (ctx.gw) {
-      const r = await ctx.gw.stop();
-      if (r.timedOut) problems.push(`fastgated did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM`);
-      else if (r.code !== 0) problems.push(`fastgated exited with code ${r.code}, signal ${r.signal}:\n${ctx.gw.stderr().slice(-3000)}`);
-      const rep = ctx.gw.sanitizerReport();
-      if (rep) problems.push(`fastgated sanitizer report:\n${rep}`);
-    }
-    if (ctx.mock) {
-      const r = await ctx.mock.stop();
-      if (r.timedOut) problems.push(`mock-upstream did not exit within ${STOP_TIMEOUT_MS} ms of SIGTERM`);
-      const rep = ctx.mock.sanitizerReport();
-      if (rep) problems.push(`mock-upstream sanitizer report:\n${rep}`);
-    }
-  } finally {
-    if (ctx.dir && !process.env.FG_KEEP_TMP) fs.rmSync(ctx.dir, { recursive: true, force: true });
-  }
-  assert.deepEqual(problems, []);
-});
+after(() => stopStack(ctx));
 
 const USER_TEXT = 'ping from the openai SDK';
 const EXPECTED = `Hello from mock. You said: ${USER_TEXT}`;

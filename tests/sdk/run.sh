@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Runs the openai-SDK end-to-end tests against build-test/ (or $FG_BUILD) with node's
-# built-in test runner, and closes with "N passed, N failed" from the runner's TAP summary.
+# Runs the SDK end-to-end tests (the openai and @anthropic-ai/sdk packages, sdk/*.test.mjs)
+# against build-test/ (or $FG_BUILD) with node's built-in test runner, and closes with
+# "N passed, N failed" from the runner's TAP summary.
+# node_modules is (re)made with `npm ci` from package-lock.json when a dependency that
+# package.json pins is missing or at another version.
 # Exit status: 0 only if the summary was produced and nothing failed.
 set -u
 
@@ -13,7 +16,19 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 	exit 1
 fi
 
-if [ ! -d node_modules/openai ]; then
+# exit 0 when every dependency in package.json is installed at its pinned version
+deps_installed() {
+	node -e '
+const fs = require("fs");
+const deps = JSON.parse(fs.readFileSync("package.json", "utf8")).dependencies || {};
+for (const [name, want] of Object.entries(deps)) {
+	let have;
+	try { have = JSON.parse(fs.readFileSync(`node_modules/${name}/package.json`, "utf8")).version; } catch { process.exit(1); }
+	if (have !== want) process.exit(1);
+}' 2>/dev/null
+}
+
+if ! deps_installed; then
 	if ! timeout 300 npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>npm-ci.log; then
 		echo "sdk: npm ci failed:" >&2
 		cat npm-ci.log >&2
@@ -27,7 +42,7 @@ fi
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 timeout -k 10 "${FG_SDK_TIMEOUT:-180}" \
-	node --test --test-reporter=tap sdk/openai.test.mjs 2>&1 | tee "$out"
+	node --test --test-reporter=tap sdk/openai.test.mjs sdk/anthropic.test.mjs 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
 
 pass="$(sed -n 's/^# pass \([0-9][0-9]*\)$/\1/p' "$out" | tail -n 1)"
