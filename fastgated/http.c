@@ -579,7 +579,9 @@ void http_reply_buf(struct http_request *req, int status, struct evbuffer *body,
 void http_send_error(struct http_request *req, int status, const char *code, const char *message)
 {
 	char body[640];
-	size_t len = httperr_body(body, sizeof(body), status, code, message);
+	size_t len = req->anthropic_errors
+	             ? httperr_body_anthropic(body, sizeof(body), status, code, message)
+	             : httperr_body(body, sizeof(body), status, code, message);
 
 	http_add_header(req, "Content-Type", "application/json");
 	http_reply(req, status, body, len);
@@ -809,6 +811,7 @@ static void dispatch(struct http_conn *c, bool has_body)
 	c->outhead_len = 0;
 	c->body_st = has_body ? B_WAIT : B_DONE;
 	c->body_fn = NULL;
+	req->anthropic_errors = false;   /* the handler's, per request */
 	disarm_timer(c);
 	reqid_next(&s->ids, req->id);
 	http_add_header(req, "X-Request-Id", req->id);

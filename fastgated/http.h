@@ -51,6 +51,8 @@ struct http_request {
 	const struct http_header *headers;
 	size_t n_headers;
 	bool http11;
+	bool anthropic_errors;        /* http_send_error answers in Anthropic's shape (the
+	                               * handler sets it for clients of its Messages API) */
 	char id[REQID_LEN + 1];       /* X-Request-Id, already on the reply headers */
 	struct http_conn *conn;       /* private */
 };

@@ -65,3 +65,30 @@ size_t httperr_body(char *buf, size_t cap, int status, const char *code, const c
 		return 0;
 	return (size_t)n < cap ? (size_t)n : cap - 1;
 }
+
+static const char *anthropic_type(int status)
+{
+	switch (status) {
+	case 401: return "authentication_error";
+	case 403: return "permission_error";
+	case 404: return "not_found_error";
+	case 413: return "request_too_large";
+	case 429: return "rate_limit_error";
+	case 529: return "overloaded_error";
+	default:  return status >= 500 ? "api_error" : "invalid_request_error";
+	}
+}
+
+size_t httperr_body_anthropic(char *buf, size_t cap, int status, const char *code,
+                              const char *message)
+{
+	char msg[512];
+	int n;
+
+	json_escape(msg, sizeof(msg), message);
+	n = snprintf(buf, cap, "{\"type\":\"error\",\"error\":{\"type\":\"%s\",\"message\":\"%s\",\"code\":\"%s\"}}",
+	             anthropic_type(status), msg, code);
+	if (n < 0)
+		return 0;
+	return (size_t)n < cap ? (size_t)n : cap - 1;
+}

@@ -516,6 +516,8 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	px->started_at = (double)wall.tv_sec + (double)wall.tv_nsec / 1e9;
 	px->method = req->method_name;
 	px->head_request = req->method == HTTP_HEAD;
+	/* Anthropic's SDK reads errors in its own shape: the gateway's too, on its API */
+	req->anthropic_errors = strcmp(req->path, "/v1/messages") == 0;
 	/* the path only: a query string can carry credentials (?api_key=...), and the audit
 	 * trail must never hold one */
 	px->path = dup_or_null(req->path);

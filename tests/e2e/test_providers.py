@@ -244,6 +244,13 @@ def test_messages_api_is_passed_through_with_the_key_swapped_and_the_version_kep
     row = audit_row(c, h["x-request-id"])
     assert row["route"] == "messages" and row["prompt_tokens"] == d["usage"]["input_tokens"] \
         and row["completion_tokens"] == d["usage"]["output_tokens"] and row["cached_tokens"] == 0, row
+    # the gateway's own errors on Anthropic's API come in Anthropic's shape, and the next
+    # request on the same connection gets OpenAI's again elsewhere
+    st, _, data = c.gw.request("POST", "/v1/messages", body, {"x-api-key": "fg_wrong"})
+    err = json.loads(data)
+    assert st == 401 and err["type"] == "error" and err["error"]["type"] == "authentication_error", err
+    st, _, data = c.gw.request("POST", "/v1/chat/completions", CLAUDE, {"X-API-Key": "fg_wrong"})
+    assert st == 401 and "type" not in json.loads(data) and json.loads(data)["error"]["code"], data
     # an Anthropic client's Bearer fastgate key works too, and a stream passes as it is, its
     # usage read from message_start and message_delta (the cumulative output count)
     st, h, data = c.gw.request("POST", "/v1/messages", dict(body, stream=True),

@@ -176,6 +176,9 @@ test('a bad fastgate key raises AuthenticationError (401) from the gateway', asy
     assert.ok(!JSON.stringify(err.error ?? {}).includes(badKey), 'error body must not echo the key');
     assert.ok(err.headers?.['x-request-id'], 'the gateway\'s error carries its X-Request-Id');
     // the gateway's own answer (its error code, no upstream request-id), not the upstream's
+    // in Anthropic's shape, which its SDK reads, with the gateway's code beside the type
+    assert.equal(err.error?.type, 'error');
+    assert.equal(err.error?.error?.type, 'authentication_error');
     assert.equal(err.error?.error?.code, 'invalid_api_key');
     assert.equal(err.request_id, undefined);
     return true;

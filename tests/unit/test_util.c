@@ -2,6 +2,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "httperr.h"
 #include "unit.h"
 #include "util.h"
 
@@ -30,6 +31,27 @@ TEST(fmt_dec_writes_every_digit_and_nothing_more)
 	/* no terminator: the byte after the digits is left alone */
 	CHECK_INT(fmt_dec(out, 42), 2);
 	CHECK(out[0] == '4' && out[1] == '2' && out[2] == 'c');
+}
+
+TEST(gateway_errors_in_openais_and_anthropics_shapes)
+{
+	char b[640];
+	size_t n;
+
+	n = httperr_body(b, sizeof(b), 401, "invalid_api_key", "invalid \"API\" key");
+	CHECK_STR(b, "{\"error\":{\"message\":\"invalid \\\"API\\\" key\",\"type\":\"authentication_error\",\"code\":\"invalid_api_key\"}}");
+	CHECK_INT(n, strlen(b));
+	n = httperr_body_anthropic(b, sizeof(b), 429, "rate_limited", "slow down");
+	CHECK_STR(b, "{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"slow down\",\"code\":\"rate_limited\"}}");
+	CHECK_INT(n, strlen(b));
+	httperr_body_anthropic(b, sizeof(b), 503, "upstream_unavailable", "m");
+	CHECK(strstr(b, "\"type\":\"api_error\"") != NULL);
+	httperr_body_anthropic(b, sizeof(b), 400, "invalid_json", "m");
+	CHECK(strstr(b, "\"type\":\"invalid_request_error\"") != NULL);
+	/* truncated safely */
+	n = httperr_body_anthropic(b, 16, 401, "x", "y");
+	CHECK_INT(n, 15);
+	CHECK_INT(strlen(b), 15);
 }
 
 RUN_TESTS()
