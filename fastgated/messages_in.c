@@ -486,6 +486,13 @@ int msgin_request(const struct msgin_req_opts *o, const char *body, size_t len, 
 			goto done;
 		}
 	}
+	for (i = 0; i < json_array_size(r.messages); i++)
+		if (strcmp(str_of(json_array_get(r.messages, i), "role", NULL), "system") != 0)
+			break;
+	if (i == json_array_size(r.messages)) {
+		INVALID(&r, "messages: no user or assistant message with content");
+		goto done;
+	}
 	if (set_new(res, "messages", json_incref(r.messages)) < 0) {
 		NOMEM(&r);
 		goto done;

@@ -10,14 +10,14 @@
 #                                                 same edges (when it grows past ~200 files)
 #   tests/fuzz/run.sh coverage [TARGET...]        line coverage of the modules by the corpus (llvm-cov)
 #
-# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic. Corpus: tests/fuzz/corpus/TARGET/.
+# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in. Corpus: tests/fuzz/corpus/TARGET/.
 # A crash found while fuzzing is saved as build-fuzz/artifacts/TARGET/crash-*; once fixed,
 # copy it into the corpus as crash-WHAT (minimize keeps seed-* and crash-* files) so the
 # replay keeps checking it.
 set -u
 cd "$(dirname "$0")/../.."
 
-ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic)
+ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in)
 FUZZ_DIR=tests/fuzz
 WARN="-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2"
 BASE="-std=gnu11 -D_GNU_SOURCE -g -fno-omit-frame-pointer -Ifastgated"
@@ -36,6 +36,7 @@ sources_of() {
     h1resp)    echo fastgated/h1resp.c ;;
     reqjson)   echo fastgated/reqjson.c ;;
     anthropic) echo fastgated/anthropic.c ;;
+    messages_in) echo fastgated/messages_in.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
   esac
 }
@@ -44,11 +45,12 @@ sources_of() {
 # the format needs room (a route file, an SSE stream with several events).
 fuzz_flags() {
   local f="-max_len=4096"
-  case $1 in routes|sse|anthropic) f="-max_len=16384" ;; esac
+  case $1 in routes|sse|anthropic|messages_in) f="-max_len=16384" ;; esac
   case $1 in
     reqcheck|routes) f="$f -dict=$FUZZ_DIR/$1.dict" ;;
     h1resp)          f="$f -dict=$FUZZ_DIR/reqcheck.dict" ;;
     anthropic)       f="$f -dict=$FUZZ_DIR/anthropic.dict" ;;
+    messages_in)     f="$f -dict=$FUZZ_DIR/messages_in.dict" ;;
     *)               f="$f -dict=$FUZZ_DIR/json.dict" ;;
   esac
   echo "$f"
