@@ -27,7 +27,8 @@
  *                                 tool_calls[] {id, type function, function {name,
  *                                 arguments: input as compact JSON}}; thinking and
  *                                 redacted_thinking dropped; nothing left: no message
- *   empty text blocks             left out
+ *   empty text blocks             left out; a request left with no user or assistant
+ *                                 message is refused
  *   other blocks, roles, shapes   refused (MSGIN_INVALID, the message says which; the
  *                                 caller answers 400)
  *   tools[]                       {type function, function {name, description,

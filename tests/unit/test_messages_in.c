@@ -224,6 +224,7 @@ TEST(request_invalid_shapes_are_refused_with_a_message)
 		{ "{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"tool_use\",\"id\":\"a\",\"name\":\"f\",\"input\":3}]}]}", "tool_use" },
 		{ "{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{\"type\":\"web_search_20250305\",\"name\":\"web_search\"}]}", "client tools" },
 		{ "{\"model\":\"m\",\"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop_sequences\":\"END\"}", "stop_sequences" },
+		{ "{\"model\":\"m\",\"max_tokens\":5,\"system\":\"s\",\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"thinking\",\"thinking\":\"t\"}]}]}", "no user or assistant" },
 		{ "{\"model\":\"m\",\"max_tokens\":5,\"system\":7,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", "system" },
 	};
 
@@ -627,6 +628,34 @@ TEST(stream_garbage_gives_one_clean_error_and_oversized_events_are_refused)
 	CHECK(r.failed);
 	free(r.out);
 	free(big);
+}
+
+TEST(stream_text_after_a_tool_call_is_held_and_sent_after_the_tool_blocks)
+{
+	const char *in =
+		"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"A\"}}]}\n\n"
+		"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"t\","
+		"\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}}]}\n\n"
+		"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"B\"},\"finish_reason\":\"tool_calls\"}]}\n\n"
+		"data: [DONE]\n\n";
+	struct run r = translate(in, strlen(in), 1), w = translate(in, strlen(in), strlen(in));
+	json_t *evs = events_of(r.out);
+	char types[1024];
+
+	CHECK_STR(r.out, w.out);
+	types_of(evs, types, sizeof(types));
+	CHECK_STR(types, "message_start,ping,content_block_start,content_block_delta,"
+	          "content_block_stop,content_block_start,content_block_delta,content_block_stop,"
+	          "content_block_start,content_block_delta,content_block_stop,message_delta,"
+	          "message_stop");
+	CHECK_STR(s_at(json_array_get(evs, 5), "content_block", "type"), "tool_use");
+	CHECK_STR(s_at(json_array_get(evs, 6), "delta", "partial_json"), "{}");
+	CHECK_INT(i_at(json_array_get(evs, 8), "index", NULL), 2);
+	CHECK_STR(s_at(json_array_get(evs, 9), "delta", "text"), "B");
+	CHECK_STR(s_at(json_array_get(evs, 11), "delta", "stop_reason"), "tool_use");
+	json_decref(evs);
+	free(r.out);
+	free(w.out);
 }
 
 RUN_TESTS()
