@@ -19,6 +19,9 @@
 #include "usage.h"
 #include "util.h"
 
+#define CHAT_COMPLETIONS "/v1/chat/completions"
+#define MESSAGES "/v1/messages"
+
 static const struct hname always_stripped[] = {
 	HNAME("host"), HNAME("x-api-key"), HNAME("authorization"), HNAME("x-forwarded-for"),
 	HNAME("api-key"),     /* Azure's key header: only the route's key may reach an upstream */
@@ -119,6 +122,9 @@ static int head_start(struct attempt *a, const struct route *r, const struct rou
 	if (a->xlate == XLATE_ANTHROPIC && !t->path) {
 		p = "/v1/messages";   /* the Messages API, whatever OpenAI path was asked */
 		query = NULL;
+	} else if (a->xlate == XLATE_MESSAGES && !t->path) {
+		p = CHAT_COMPLETIONS;  /* and the other way: an Azure upstream maps it on below */
+		query = NULL;
 	}
 	if (t->provider == PROVIDER_AZURE) {
 		if (strncmp(p, "/v1", 3) == 0 && (p[3] == '/' || p[3] == '\0'))
@@ -217,7 +223,7 @@ static int head_headers(struct attempt *a, const struct route *r, const struct r
 /* Sent to Anthropic as max_tokens when the client asked for no limit and the model table
  * does not know the model: its API requires one. */
 #define ANTHROPIC_DEFAULT_MAX_TOKENS 4096
-#define CHAT_COMPLETIONS "/v1/chat/completions"
+
 
 static bool replayable(enum http_method m)
 {
@@ -368,6 +374,11 @@ static void attempt_drop(struct attempt *a)
 		free(a->anth);
 		a->anth = NULL;
 	}
+	if (a->msgin) {
+		msgin_stream_free(a->msgin);
+		free(a->msgin);
+		a->msgin = NULL;
+	}
 	free(a->xl);
 	a->xl = NULL;
 }
@@ -442,6 +453,23 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 		body_len = a->body_len;
 	} else if (t->provider == PROVIDER_ANTHROPIC) {
 		a->anth_read = true;   /* Anthropic's own API, passed: its usage read the same way */
+	} else if (strcmp(client_path(r, in), MESSAGES) == 0) {
+		/* Anthropic's API to an OpenAI upstream: the client's bytes as they came, not a
+		 * body the route rewrote for OpenAI's API */
+		struct msgin_req_opts o = { .model = t->model };
+		bool stream;
+		int rc;
+
+		a->xlate = XLATE_MESSAGES;
+		rc = msgin_request(&o, px->body, px->body_len, &a->body, &a->body_len, &stream, err,
+		                   errlen);
+		if (rc != MSGIN_OK) {
+			if (rc == MSGIN_NOMEM)
+				snprintf(err, errlen, "out of memory");
+			return -2;
+		}
+		body = a->body;
+		body_len = a->body_len;
 	}
 	a->target = i;
 	a->pass = pass;

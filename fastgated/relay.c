@@ -175,7 +175,17 @@ static int head_done(struct proxy_req *px)
 	px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
 	if (!px->sse && px->scan.strip_usage)
 		px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
-	if ((a->xlate || a->anth_read) && px->sse) {
+	if (a->xlate == XLATE_MESSAGES) {
+		/* OpenAI's events become Anthropic's (msgin_stream_feed), which carry their usage
+		 * in message_delta: nothing to strip */
+		px->scan.strip_usage = false;
+		if (px->sse) {
+			a->msgin = calloc(1, sizeof(*a->msgin));
+			if (!a->msgin)
+				return -1;
+			msgin_stream_init(a->msgin);
+		}
+	} else if ((a->xlate || a->anth_read) && px->sse) {
 		/* Anthropic's events become OpenAI's as they come (anth_stream_feed), with the
 		 * usage chunk when the client asked for one; passed as they are, the same reading
 		 * gives the usage */
@@ -304,7 +314,12 @@ static int on_body(void *arg, const char *data, size_t len)
 		if (anth_stream_feed(a->anth, data, len, &a->xl, &a->xl_len, &a->xl_cap) == ANTH_NOMEM)
 			return -1;
 	}
-	if (a->anth && a->xlate) {
+	if (a->msgin) {
+		a->xl_len = 0;
+		if (msgin_stream_feed(a->msgin, data, len, &a->xl, &a->xl_len, &a->xl_cap) == MSGIN_NOMEM)
+			return -1;
+	}
+	if ((a->anth && a->xlate) || a->msgin) {
 		data = a->xl;
 		len = a->xl_len;
 		if (len == 0) {
@@ -405,6 +420,16 @@ static void answer_complete(struct proxy_req *px)
 		px->scan_len = 0;
 		if (a->xlate && a->xl_len && sse_scan_feed(&px->scan, a->xl, a->xl_len, &px->scan_out,
 		                                           &px->scan_len, &px->scan_cap) == 0) {
+			evbuffer_add(px->out, px->scan_out, px->scan_len);
+			px->bytes_out += px->scan_len;
+		}
+	} else if (a->msgin) {
+		a->xl_len = 0;
+		msgin_stream_finish(a->msgin, &a->xl, &a->xl_len, &a->xl_cap);
+		a->au = a->msgin->usage;
+		px->scan_len = 0;
+		if (a->xl_len && sse_scan_feed(&px->scan, a->xl, a->xl_len, &px->scan_out,
+		                               &px->scan_len, &px->scan_cap) == 0) {
 			evbuffer_add(px->out, px->scan_out, px->scan_len);
 			px->bytes_out += px->scan_len;
 		}
@@ -526,17 +551,21 @@ static void stream_error_event(struct proxy_req *px, const struct failure *f)
 	http_abort(req);   /* writes what is queued first */
 }
 
-/* A whole Anthropic answer (or error) in px->out, as OpenAI's: false when it is not one. */
+/* A whole translated answer (or error) in px->out, turned into what the client speaks:
+ * false when it is not one. */
 static bool translate_whole(struct proxy_req *px)
 {
 	struct anth_usage u;
 	char *out = NULL, err[160];
 	size_t n = 0, len = evbuffer_get_length(px->out);
-	int rc = anth_answer((const char *)evbuffer_pullup(px->out, -1), len, (long)time(NULL),
-	                     &out, &n, &u, err, sizeof(err));
+	const char *in = (const char *)evbuffer_pullup(px->out, -1);
+	/* the two codecs share their result codes' meaning: OK, an upstream error, invalid */
+	int rc = px->att.xlate == XLATE_MESSAGES
+	         ? msgin_answer(in, len, &out, &n, &u, err, sizeof(err))
+	         : anth_answer(in, len, (long)time(NULL), &out, &n, &u, err, sizeof(err));
 
 	if (rc != ANTH_OK && rc != ANTH_UPSTREAM_ERROR) {
-		log_debug("request %s: anthropic answer not translated: %s", px->id, err);
+		log_debug("request %s: answer not translated: %s", px->id, err);
 		free(out);
 		return false;
 	}
@@ -570,11 +599,14 @@ static void on_done(void *arg, enum tr_result r)
 		forward_retry(px);
 		return;
 	}
-	if (r == TR_OK && !a->timed_out && a->xlate && !a->anth && !translate_whole(px)) {
+	/* a whole translated answer is held until now (never started): translated here */
+	if (r == TR_OK && !a->timed_out && a->xlate && !px->sse && !px->started &&
+	    !translate_whole(px)) {
 		forward_attempt_end(px, OUTCOME_PROTOCOL, 0, -1);
 		px->error_kind = "protocol";
-		proxy_reply_error(px, 502, "protocol",
-		                  "upstream answered something that is not an Anthropic message");
+		proxy_reply_error(px, 502, "protocol", a->xlate == XLATE_MESSAGES
+		                  ? "upstream answered something that is not an OpenAI chat completion"
+		                  : "upstream answered something that is not an Anthropic message");
 		proxy_finish(px);
 		return;
 	}

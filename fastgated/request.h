@@ -25,6 +25,7 @@
 #include <event2/event_struct.h>
 
 #include "anthropic.h"
+#include "messages_in.h"
 #include "gateway.h"
 #include "http.h"
 #include "pool.h"
@@ -47,8 +48,11 @@ struct attempt {
 	char *body;                       /* the body with this target's model, or translated
 	                                   * for its provider; NULL: px's */
 	size_t body_len;
-	enum { XLATE_NONE, XLATE_ANTHROPIC } xlate;  /* the answer is translated (relay.c) */
-	struct anth_stream *anth;         /* XLATE_ANTHROPIC stream: the translator */
+	/* the request and its answer translated (relay.c): OpenAI's chat to an Anthropic
+	 * upstream, or Anthropic's Messages API to an OpenAI one */
+	enum { XLATE_NONE, XLATE_ANTHROPIC, XLATE_MESSAGES } xlate;
+	struct anth_stream *anth;         /* XLATE_ANTHROPIC stream (or anth_read): the translator */
+	struct msgin_stream *msgin;       /* XLATE_MESSAGES stream: the translator */
 	char *xl;                         /* its output for one body chunk, reused */
 	size_t xl_len, xl_cap;
 	bool anth_read;                   /* an Anthropic answer passed as it is (/v1/messages):

@@ -47,6 +47,10 @@ def routes(m):
   - name: messages
     match: { path: /v1/messages, methods: [POST] }
     upstream: { url: %(m)s, provider: anthropic, api_key: ant-secret-key-2 }
+  - name: messages-to-openai
+    priority: 5
+    match: { path: /v1/messages, methods: [POST], body: { model: "gpt-*" } }
+    upstream: { url: %(m)s/v1/chat/completions, api_key: openai-secret-key }
 """ % {"m": m.url}
 
 
@@ -262,6 +266,37 @@ def test_messages_api_is_passed_through_with_the_key_swapped_and_the_version_kep
     row = audit_row(c, h["x-request-id"])
     assert row["prompt_tokens"] == 2 + 5 and row["cached_tokens"] == 5 and \
         row["completion_tokens"] == 8 and row["is_stream"], row
+
+
+def test_messages_api_to_an_openai_upstream_is_translated_both_ways(c):
+    body = {"model": "gpt-4o", "max_tokens": 50, "system": "be brief",
+            "messages": [{"role": "user", "content": "hello"}]}
+    hdr = {"x-api-key": c.key, "anthropic-version": "2023-06-01"}
+    st, h, data = c.gw.request("POST", "/v1/messages", body, hdr)
+    d = json.loads(data)
+    assert st == 200 and d["type"] == "message" and d["stop_reason"] == "end_turn", d
+    assert d["content"] == [{"type": "text", "text": "Hello from mock. You said: hello"}], d
+    uri, hd = last(c)
+    sent = json.loads(c.mock.stats()["last"]["body"])
+    assert uri == "/v1/chat/completions" and hd.get("authorization") == "Bearer openai-secret-key", hd
+    assert sent["messages"][0] == {"role": "system", "content": "be brief"} and sent["max_tokens"] == 50
+    row = audit_row(c, h["x-request-id"])
+    assert row["route"] == "messages-to-openai" and row["prompt_tokens"] == d["usage"]["input_tokens"] \
+        and row["completion_tokens"] == d["usage"]["output_tokens"], (row, d["usage"])
+    # a stream: Anthropic's events, message_delta (with the usage) held for OpenAI's usage chunk
+    st, h, data = c.gw.request("POST", "/v1/messages", dict(body, stream=True), hdr)
+    text = data.decode()
+    names = [l[7:] for l in text.split("\n") if l.startswith("event: ")]
+    assert st == 200 and names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"], names
+    delta = [json.loads(l[6:]) for l in text.split("\n") if l.startswith("data: ") and "message_delta" in l][0]
+    assert delta["usage"]["output_tokens"] > 0 and delta["delta"]["stop_reason"] == "end_turn", delta
+    assert json.loads(c.mock.stats()["last"]["body"])["stream_options"] == {"include_usage": True}
+    # what the translation refuses is a 400 in Anthropic's shape, sent nowhere
+    before = c.mock.stats()["chat"]
+    st, _, data = c.gw.request("POST", "/v1/messages", {"model": "gpt-4o", "messages": []}, hdr)
+    err = json.loads(data)
+    assert st == 400 and err["type"] == "error" and err["error"]["type"] == "invalid_request_error", err
+    assert c.mock.stats()["chat"] == before
 
 
 def test_model_table_is_checked_loaded_and_a_bad_one_keeps_the_old_set(c):

@@ -29,6 +29,11 @@ before(async () => {
       api_key: ${ROUTE_KEY}
       api_version: "${ROUTE_VERSION}"
     timeout: 5
+  - name: messages-to-openai
+    priority: 10
+    match: { path: /v1/messages, methods: [POST], body: { model: "gpt-*" } }
+    upstream: { url: http://127.0.0.1:${mockPort}, api_key: openai-route-key }
+    timeout: 5
 `, 'fg-asdk-');
   ctx.baseURL = `http://127.0.0.1:${ctx.port}`;
   ctx.client = new Anthropic({ apiKey: ctx.key, baseURL: ctx.baseURL, maxRetries: 0, timeout: 10000 });
@@ -224,4 +229,42 @@ test('overloaded-mid: the error event in a stream raises in the SDK', async () =
 test('the gateway still answers after the error cases', async () => {
   const m = await ctx.client.messages.create(PARAMS);
   assert.equal(m.content[0].text, EXPECTED);
+});
+
+// Anthropic's API to an OpenAI upstream: translated both ways by the gateway
+test('to an OpenAI upstream: create and stream read as Anthropic\'s, usage in message_delta', async () => {
+  const params = { ...PARAMS, model: 'gpt-4o' };
+  const msg = await ctx.client.messages.create(params);
+  assert.equal(msg.type, 'message');
+  assert.equal(msg.content[0].text, EXPECTED);
+  assert.equal(msg.stop_reason, 'end_turn');
+  assert.equal(msg.usage.input_tokens, tokens('be brief') + tokens(USER_TEXT));
+  assert.equal(msg.usage.output_tokens, tokens(EXPECTED));
+  const last = (await mockStats(ctx)).last;
+  assert.equal(last.uri, '/v1/chat/completions');
+  assert.equal(lowerKeys(last.headers).authorization, 'Bearer openai-route-key');
+  const sent = JSON.parse(last.body);
+  assert.deepEqual(sent.messages[0], { role: 'system', content: 'be brief' });
+
+  const stream = ctx.client.messages.stream(params);
+  const types = [];
+  stream.on('streamEvent', (ev) => types.push(ev.type));
+  const final = await stream.finalMessage();
+  assert.equal(final.content[0].text, EXPECTED);
+  assert.equal(final.stop_reason, 'end_turn');
+  assert.equal(final.usage.output_tokens, tokens(EXPECTED));
+  assert.equal(types[0], 'message_start');
+  assert.equal(types.at(-1), 'message_stop');
+  assert.equal(types.at(-2), 'message_delta');
+});
+
+test('to an OpenAI upstream: its 500 comes back as Anthropic\'s error with the status kept', async () => {
+  await assert.rejects(
+    ctx.client.messages.create({ ...PARAMS, model: 'gpt-4o' }, { headers: { 'X-Mock-Fail': '500' } }),
+    (err) => {
+      assert.ok(err instanceof Anthropic.APIError, `got ${err?.constructor?.name}`);
+      assert.equal(err.status, 500);
+      assert.equal(err.error?.type, 'error');
+      return true;
+    });
 });
