@@ -20,6 +20,16 @@
  *                              X-Mock-Delay-Ms apart; the last has finish_reason "stop"),
  *                              a usage-only chunk when stream_options.include_usage is
  *                              true, and "data: [DONE]".
+ *                              Tool calls: when the last user message's text is exactly
+ *                              "use the tool", the answer calls the first of "tools"
+ *                              (its function.name, or "lookup"): message content null,
+ *                              tool_calls [{"id":"call_mock_1","type":"function",
+ *                              "function":{"name":N,"arguments":"{\"q\":\"mock\"}"}}],
+ *                              finish_reason "tool_calls"; streamed as the role chunk, a
+ *                              tool_calls delta {index 0, id, type, function {name,
+ *                              arguments ""}}, then the arguments in 3 fragments, the
+ *                              last with finish_reason "tool_calls". Completion tokens are
+ *                              over the arguments' JSON text.
  *   GET  /v1/models            a model list (demo-model, mock-gpt).
  *   POST /openai/deployments/DEP/chat/completions?api-version=V
  *   POST /openai/v1/chat/completions
@@ -223,6 +233,7 @@
 #define TOOL_INPUT      "{\"q\":\"mock\"}"
 #define TOOL_PIECES     3
 #define TOOL_DEFAULT_NAME "lookup"
+#define CALL_ID         "call_mock_1"   /* the same call in OpenAI's shape */
 
 #define FAIL_VALUES "500, status:NNN, hang, reset, reset-mid, garbage, slow, " \
 	"close-after-head, fail-after-content or overloaded-mid"
@@ -753,11 +764,24 @@ static int chat_text(const json_t *request, struct answer *ans)
 			content_text(json_object_get(msg, "content"), user);
 		}
 	}
-	ans->text = reply_text(user);
-	if (!ans->text)
-		goto done;
+	if (evbuffer_get_length(user) == strlen(TOOL_TRIGGER)
+	    && memcmp(evbuffer_pullup(user, -1), TOOL_TRIGGER, strlen(TOOL_TRIGGER)) == 0) {
+		json_t *fn = json_object_get(json_array_get(json_object_get(request, "tools"), 0),
+		    "function");
+		const char *name = json_string_value(json_object_get(fn, "name"));
+
+		ans->tool_name = strdup(name && *name ? name : TOOL_DEFAULT_NAME);
+		ans->text = strdup("");
+		if (!ans->tool_name || !ans->text)
+			goto done;
+		ans->completion_tokens = tokens_for(strlen(TOOL_INPUT));
+	} else {
+		ans->text = reply_text(user);
+		if (!ans->text)
+			goto done;
+		ans->completion_tokens = tokens_for(strlen(ans->text));
+	}
 	ans->prompt_tokens = tokens_for(evbuffer_get_length(all));
-	ans->completion_tokens = tokens_for(strlen(ans->text));
 	rc = 0;
 done:
 	if (all)
@@ -785,6 +809,16 @@ static json_t *usage_json(const struct answer *ans)
 
 static json_t *completion_json(const struct answer *ans)
 {
+	if (ans->tool_name)
+		return json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:n,s:[{s:s,s:s,s:{s:s,s:s}}]},"
+		    "s:n,s:s}],s:o}",
+		    "id", ans->id, "object", "chat.completion", "created", ans->created,
+		    "model", ans->model,
+		    "choices", "index", 0, "message", "role", "assistant", "content",
+		    "tool_calls", "id", CALL_ID, "type", "function", "function", "name", ans->tool_name,
+		    "arguments", TOOL_INPUT,
+		    "logprobs", "finish_reason", "tool_calls",
+		    "usage", usage_json(ans));
 	return json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:s},s:n,s:s}],s:o}",
 	    "id", ans->id, "object", "chat.completion", "created", ans->created,
 	    "model", ans->model,
@@ -828,7 +862,7 @@ static void chat_answer(struct mock *m, struct evhttp_request *req, const struct
 	}
 	snprintf(ans->id, sizeof(ans->id), "chatcmpl-mock-%lu", ++m->next_id);
 	ans->created = (json_int_t)time(NULL);
-	ans->chunks = plan->chunks;
+	ans->chunks = ans->tool_name ? 1 + TOOL_PIECES : plan->chunks;
 	ans->delay_ms = plan->delay_ms < 0 ? 0 : plan->delay_ms;
 	ans->cached_tokens = plan->cached_tokens;
 	opts = json_object_get(request, "stream_options");
@@ -1474,6 +1508,28 @@ static json_t *role_chunk(const struct pending *p)
 	    "delta", "role", "assistant", "content", "", "logprobs", "finish_reason"), NULL);
 }
 
+/* A tool call's chunk p->sent: its head (id, name), then its arguments in fragments. */
+static json_t *tool_chunk(const struct pending *p)
+{
+	int last = p->sent + 1 == p->ans.chunks && p->ans.cut == CUT_NONE;
+	json_t *call;
+
+	if (p->sent == 0) {
+		call = json_pack("{s:i,s:s,s:s,s:{s:s,s:s}}", "index", 0, "id", CALL_ID,
+		    "type", "function", "function", "name", p->ans.tool_name, "arguments", "");
+	} else {
+		size_t len = strlen(TOOL_INPUT);
+		size_t from = piece_start(TOOL_INPUT, len, p->sent - 1, TOOL_PIECES);
+		size_t to = piece_start(TOOL_INPUT, len, p->sent, TOOL_PIECES);
+
+		call = json_pack("{s:i,s:{s:s%}}", "index", 0, "function", "arguments",
+		    TOOL_INPUT + from, to - from);
+	}
+	return chunk_json(p, json_pack("[{s:i,s:{s:[o]},s:n,s:s?}]", "index", 0,
+	    "delta", "tool_calls", call, "logprobs", "finish_reason", last ? "tool_calls" : NULL),
+	    NULL);
+}
+
 /* The chunk carrying content piece p->sent. */
 static json_t *content_chunk(const struct pending *p)
 {
@@ -1530,7 +1586,8 @@ static void stream_step(struct pending *p)
 
 		if (cut)
 			p->state = PEND_CUT;
-		stream_event(p, NULL, content_chunk(p), cut ? cut_written : NULL);
+		stream_event(p, NULL, p->ans.tool_name ? tool_chunk(p) : content_chunk(p),
+		    cut ? cut_written : NULL);
 		p->sent++;
 		if (cut)
 			return;

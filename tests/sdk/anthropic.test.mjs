@@ -268,3 +268,20 @@ test('to an OpenAI upstream: its 500 comes back as Anthropic\'s error with the s
       return true;
     });
 });
+
+test('to an OpenAI upstream: a tool call comes back as a tool_use block, whole and streamed', async () => {
+  const params = { ...PARAMS, model: 'gpt-4o', tools: TOOLS, messages: [{ role: 'user', content: 'use the tool' }] };
+  const msg = await ctx.client.messages.create(params);
+  const block = msg.content.find((b) => b.type === 'tool_use');
+  assert.equal(msg.stop_reason, 'tool_use');
+  assert.equal(block.name, 'lookup');
+  assert.deepEqual(block.input, { q: 'mock' });
+  const final = await ctx.client.messages.stream(params).finalMessage();
+  const streamed = final.content.find((b) => b.type === 'tool_use');
+  assert.equal(final.stop_reason, 'tool_use');
+  assert.deepEqual(streamed.input, { q: 'mock' });
+  // the tool definitions reached the OpenAI upstream as functions
+  const sent = JSON.parse((await mockStats(ctx)).last.body);
+  assert.equal(sent.tools[0].type, 'function');
+  assert.equal(sent.tools[0].function.name, 'lookup');
+});

@@ -293,3 +293,26 @@ test('anthropic: chat, a stream and streamed tool calls read as OpenAI through t
   assert.deepEqual(JSON.parse(call.function.arguments), { q: 'mock' });
   assert.equal(done.choices[0].finish_reason, 'tool_calls');
 });
+
+test('openai and azure: tool calls, whole and reassembled by the SDK\'s stream helper', async () => {
+  const tools = [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { q: { type: 'string' } } } } }];
+  for (const model of ['mock-gpt', 'azure-gpt']) {
+    const r = await ctx.client.chat.completions.create(
+      { model, messages: [{ role: 'user', content: 'use the tool' }], tools });
+    const call = r.choices[0].message.tool_calls[0];
+    assert.equal(r.choices[0].finish_reason, 'tool_calls', model);
+    assert.equal(call.function.name, 'get_weather', model);
+    assert.deepEqual(JSON.parse(call.function.arguments), { q: 'mock' }, model);
+
+    const runner = ctx.client.beta.chat.completions.stream(
+      { model, messages: [{ role: 'user', content: 'use the tool' }], tools });
+    const done = await runner.finalChatCompletion();
+    const streamed = done.choices[0].message.tool_calls[0];
+    assert.equal(streamed.id, call.id, model);
+    assert.equal(streamed.function.name, 'get_weather', model);
+    assert.deepEqual(JSON.parse(streamed.function.arguments), { q: 'mock' }, model);
+    assert.equal(done.choices[0].finish_reason, 'tool_calls', model);
+  }
+  const last = (await (await fetch(`http://127.0.0.1:${ctx.mockPort}/__mock/stats`)).json()).last;
+  assert.match(last.uri, /^\/openai\/deployments\/gpt4o-prod\/chat\/completions/);
+});
