@@ -445,5 +445,6 @@ void cli_print_log_record(const json_t *r)
 	kv(t, "error:", jstr(r, "error") ? jstr(r, "error") : "none");
 	kv(t, "retries:", num_or(b[8], sizeof(b[8]), r, "retries", "0"));
 	kv(t, "attempts:", jstr(r, "attempts") ? jstr(r, "attempts") : "none");
+	kv(t, "upstream request id:", jstr(r, "upstream_request_id") ? jstr(r, "upstream_request_id") : "-");
 	cli_table_print(t, stdout);
 }

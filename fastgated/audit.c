@@ -58,18 +58,23 @@
 #define COLUMNS "request_id, started_at, key_id, key_name, client_ip, method, path, " \
 	"route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, " \
 	"model, prompt_tokens, completion_tokens, error, retries, attempts, cached_tokens, " \
-	"cache_write_tokens, reasoning_tokens, request_body, response_body"
+	"cache_write_tokens, reasoning_tokens, upstream_request_id, request_body, response_body"
 /* What a reader selects from a file at an older schema version, which a daemon of this
  * version has not opened yet: NULL for the columns added since, so rows come back in the
- * same shape. Version 2 to 4: no attempts; version 5: no cache or reasoning tokens. */
+ * same shape. Version 2 to 4: no attempts; version 5: no cache or reasoning tokens;
+ * version 6: no upstream request id. */
 #define COLUMNS_READ_V4 "request_id, started_at, key_id, key_name, client_ip, method, " \
 	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
 	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, NULL, " \
-	"NULL, NULL, NULL, request_body, response_body"
+	"NULL, NULL, NULL, NULL, request_body, response_body"
 #define COLUMNS_READ_V5 "request_id, started_at, key_id, key_name, client_ip, method, " \
 	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
 	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, attempts, " \
-	"NULL, NULL, NULL, request_body, response_body"
+	"NULL, NULL, NULL, NULL, request_body, response_body"
+#define COLUMNS_READ_V6 "request_id, started_at, key_id, key_name, client_ip, method, " \
+	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
+	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, attempts, " \
+	"cached_tokens, cache_write_tokens, reasoning_tokens, NULL, request_body, response_body"
 
 /* The columns after request_id as version 1 created them. Versions 1 and 4 create the
  * table with them: like every step below, never edit it (add a step instead). */
@@ -135,6 +140,9 @@ static const struct { int version; const char *sql; } migrations[] = {
 	  "ALTER TABLE audit ADD COLUMN cached_tokens INTEGER;"
 	  "ALTER TABLE audit ADD COLUMN cache_write_tokens INTEGER;"
 	  "ALTER TABLE audit ADD COLUMN reasoning_tokens INTEGER;" },
+	/* The upstream's own id of the request, for its support: NULL in older rows. */
+	{ 7,
+	  "ALTER TABLE audit ADD COLUMN upstream_request_id TEXT;" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -142,8 +150,8 @@ const char *const audit_field_names[AUDIT_NFIELDS] = {
 	"request_id", "started_at", "key_id", "key_name", "client_ip", "method", "path", "route",
 	"upstream", "status", "latency_ms", "ttfb_ms", "is_stream", "chunks", "bytes_in",
 	"bytes_out", "model", "prompt_tokens", "completion_tokens", "error", "retries",
-	"attempts", "cached_tokens", "cache_write_tokens", "reasoning_tokens", "request_body",
-	"response_body",
+	"attempts", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
+	"upstream_request_id", "request_body", "response_body",
 };
 
 struct audit {
@@ -279,6 +287,7 @@ struct audit_record *audit_record_pack(const struct audit_record *src, bool with
 		offsetof(struct audit_record, path), offsetof(struct audit_record, route),
 		offsetof(struct audit_record, upstream), offsetof(struct audit_record, model),
 		offsetof(struct audit_record, error), offsetof(struct audit_record, attempts),
+		offsetof(struct audit_record, upstream_request_id),
 		/* the bodies last: left out without with_bodies */
 		offsetof(struct audit_record, request_body),
 		offsetof(struct audit_record, response_body),
@@ -332,6 +341,7 @@ void audit_record_clear(struct audit_record *r)
 	free(r->model);
 	free(r->error);
 	free(r->attempts);
+	free(r->upstream_request_id);
 	free(r->request_body);
 	free(r->response_body);
 	record_init(r);
@@ -362,7 +372,7 @@ size_t audit_record_bytes(const struct audit_record *r)
 {
 	const char *s[] = { r->request_id, r->key_name, r->client_ip, r->method, r->path,
 	                    r->route, r->upstream, r->model, r->error, r->attempts,
-	                    r->request_body, r->response_body };
+	                    r->upstream_request_id, r->request_body, r->response_body };
 	size_t n = sizeof(*r);
 
 	if (r->packed_)
@@ -455,7 +465,7 @@ int audit_fields_parse(const char *list, int *out, size_t cap, char **err)
 static const int default_fields[AUDIT_NDEFAULT_FIELDS] = {
 	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
 	AUDIT_F_RETRIES, AUDIT_F_ATTEMPTS, AUDIT_F_CACHED_TOKENS, AUDIT_F_CACHE_WRITE_TOKENS,
-	AUDIT_F_REASONING_TOKENS,
+	AUDIT_F_REASONING_TOKENS, AUDIT_F_UPSTREAM_REQUEST_ID,
 };
 
 static void pick_fields(const int **fields, size_t *nfields)
@@ -603,6 +613,7 @@ static const char *field_text(const struct audit_record *r, int f, char *buf, si
 	case AUDIT_F_CACHED_TOKENS: return count_text(r->cached_tokens, buf, cap);
 	case AUDIT_F_CACHE_WRITE_TOKENS: return count_text(r->cache_write_tokens, buf, cap);
 	case AUDIT_F_REASONING_TOKENS: return count_text(r->reasoning_tokens, buf, cap);
+	case AUDIT_F_UPSTREAM_REQUEST_ID: return r->upstream_request_id;
 	case AUDIT_F_REQUEST_BODY: return r->request_body;
 	case AUDIT_F_RESPONSE_BODY: return r->response_body;
 	default: return NULL;
@@ -689,6 +700,7 @@ static json_t *field_json(const struct audit_record *r, int f)
 	case AUDIT_F_CACHED_TOKENS: return int_or_null(r->cached_tokens, 0);
 	case AUDIT_F_CACHE_WRITE_TOKENS: return int_or_null(r->cache_write_tokens, 0);
 	case AUDIT_F_REASONING_TOKENS: return int_or_null(r->reasoning_tokens, 0);
+	case AUDIT_F_UPSTREAM_REQUEST_ID: return json_text(r->upstream_request_id);
 	case AUDIT_F_REQUEST_BODY: return json_text(r->request_body);
 	case AUDIT_F_RESPONSE_BODY: return json_text(r->response_body);
 	default: return json_null();
@@ -758,6 +770,7 @@ static char *spool_line(const struct audit_record *r)
 	json_object_set_new(o, "cache_write_tokens",
 	                    json_integer((json_int_t)r->cache_write_tokens));
 	json_object_set_new(o, "reasoning_tokens", json_integer((json_int_t)r->reasoning_tokens));
+	json_object_set_new(o, "upstream_request_id", json_text(r->upstream_request_id));
 	if (r->request_body)
 		json_object_set_new(o, "request_body", json_text(r->request_body));
 	if (r->response_body)
@@ -829,6 +842,7 @@ static struct audit_record *spool_parse(const char *line, size_t len)
 	r->cached_tokens = j_int(o, "cached_tokens", -1);          /* likewise */
 	r->cache_write_tokens = j_int(o, "cache_write_tokens", -1);
 	r->reasoning_tokens = j_int(o, "reasoning_tokens", -1);
+	r->upstream_request_id = j_str(o, "upstream_request_id");   /* likewise */
 	r->request_body = j_str(o, "request_body");
 	r->response_body = j_str(o, "response_body");
 done:
@@ -991,8 +1005,8 @@ _Static_assert(AUDIT_F_REQUEST_BODY == LEAN_FIELDS && AUDIT_F_RESPONSE_BODY == L
                "the body fields are the last two");
 /* SQLite before 3.32 allows at most 999 parameters in a statement. */
 _Static_assert(INSERT_MANY * AUDIT_NFIELDS <= 999, "a multi-row INSERT binds too many");
-/* The single-row INSERTs number their parameters ?1 .. ?27. */
-_Static_assert(AUDIT_NFIELDS == 27, "the single-row INSERTs bind every field");
+/* The single-row INSERTs number their parameters ?1 .. ?28. */
+_Static_assert(AUDIT_NFIELDS == 28, "the single-row INSERTs bind every field");
 
 /* "INSERT ... VALUES (?, ...), ..." for INSERT_MANY rows binding their first `fields`
  * columns (the rest NULL); parameters numbered in order, row k field j = k*fields+j. NULL
@@ -1062,14 +1076,14 @@ static int db_connect(struct audit *a, char **err)
 	if (sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+	                       "?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert, NULL) != SQLITE_OK ||
 	    /* a spooled record may have been committed already, by a replay that was cut off
 	     * before the spool shrank: the time index finds it at once */
 	    sqlite3_prepare_v3(a->db,
 	                       "INSERT INTO audit (" COLUMNS ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, "
 	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27 WHERE NOT EXISTS "
+	                       "?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28 WHERE NOT EXISTS "
 	                       "(SELECT 1 FROM audit "
 	                       "WHERE started_at = ?2 AND request_id = ?1)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert_new, NULL) != SQLITE_OK ||
@@ -1169,10 +1183,11 @@ static void bind_record(sqlite3_stmt *st, int b, const struct audit_record *r, i
 	bind_int_or_null(st, b + 23, r->cached_tokens, 0);
 	bind_int_or_null(st, b + 24, r->cache_write_tokens, 0);
 	bind_int_or_null(st, b + 25, r->reasoning_tokens, 0);
+	bind_text(st, b + 26, r->upstream_request_id);
 	if (fields == LEAN_FIELDS)
 		return;
-	bind_text(st, b + 26, r->request_body);
-	bind_text(st, b + 27, r->response_body);
+	bind_text(st, b + 27, r->request_body);
+	bind_text(st, b + 28, r->response_body);
 }
 
 /* INSERT_MANY records from r on, in one statement (less statement overhead per row).
@@ -2055,6 +2070,7 @@ static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
 	r->cached_tokens = col_int_or(st, AUDIT_F_CACHED_TOKENS, -1);
 	r->cache_write_tokens = col_int_or(st, AUDIT_F_CACHE_WRITE_TOKENS, -1);
 	r->reasoning_tokens = col_int_or(st, AUDIT_F_REASONING_TOKENS, -1);
+	r->upstream_request_id = col_text(st, AUDIT_F_UPSTREAM_REQUEST_ID);
 	r->request_body = col_text(st, AUDIT_F_REQUEST_BODY);
 	r->response_body = col_text(st, AUDIT_F_RESPONSE_BODY);
 }
@@ -2063,7 +2079,8 @@ static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
  * this version has opened yet lacks the newer columns, which read as NULL. */
 static const char *read_columns(int version)
 {
-	return version < 5 ? COLUMNS_READ_V4 : version < 6 ? COLUMNS_READ_V5 : COLUMNS;
+	return version < 5 ? COLUMNS_READ_V4 : version < 6 ? COLUMNS_READ_V5
+	     : version < 7 ? COLUMNS_READ_V6 : COLUMNS;
 }
 
 /* A read-only connection: it never takes the write lock, so the writer never waits for

@@ -61,6 +61,8 @@ struct audit_record {
 	int64_t cache_write_tokens; /* prompt tokens written to it; -1 = unknown (no OpenAI
 	                           * upstream reports it) */
 	int64_t reasoning_tokens; /* completion tokens spent reasoning; -1 = unknown */
+	char *upstream_request_id; /* the last upstream's own id of the request (Anthropic's
+	                           * request-id, OpenAI's x-request-id header), or NULL */
 	char *request_body;       /* only for routes with log_bodies: truncated, else NULL */
 	char *response_body;
 
@@ -110,12 +112,14 @@ enum audit_field {
 	AUDIT_F_RETRIES,          /* after DESIGN.md's 20 CSV columns, still exported by default */
 	AUDIT_F_ATTEMPTS,
 	AUDIT_F_CACHED_TOKENS, AUDIT_F_CACHE_WRITE_TOKENS, AUDIT_F_REASONING_TOKENS,
+	AUDIT_F_UPSTREAM_REQUEST_ID,
 	AUDIT_F_REQUEST_BODY,     /* not exported by default: ask with --fields; stored only */
 	AUDIT_F_RESPONSE_BODY,    /* for routes with log_bodies. The bodies stay last (audit.c) */
 	AUDIT_NFIELDS
 };
 /* The default export columns are the first AUDIT_NDEFAULT_FIELDS: DESIGN.md's order, then
- * retries, attempts, cached_tokens, cache_write_tokens and reasoning_tokens. */
+ * retries, attempts, cached_tokens, cache_write_tokens, reasoning_tokens and
+ * upstream_request_id. */
 #define AUDIT_NDEFAULT_FIELDS AUDIT_F_REQUEST_BODY
 
 /* Field names as they appear in the CSV header, JSON keys and --fields. */

@@ -40,9 +40,9 @@ struct logs {
 /* Every field, kept bodies included: tail events and show. */
 static const int all_fields[AUDIT_NFIELDS] = {
 	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-	24, 25, 26,
+	24, 25, 26, 27,
 };
-_Static_assert(AUDIT_NFIELDS == 27, "all_fields lists every audit field");
+_Static_assert(AUDIT_NFIELDS == 28, "all_fields lists every audit field");
 
 static json_t *record_event(const struct audit_record *r)
 {

@@ -105,6 +105,7 @@ static void emit_done(struct proxy_req *px, double total_s)
 	}
 	row.retries = px->attempts > 1 ? px->attempts - 1 : 0;
 	row.attempts = px->attempt_log_len ? px->attempt_log : NULL;
+	row.upstream_request_id = px->forwarded ? (char *)relay_upstream_request_id(&px->att) : NULL;
 	row.status = (int)px->status;
 	row.latency_ms = total_s * 1000.0;
 	row.ttfb_ms = px->att.ttfb_s >= 0 ? px->att.ttfb_s * 1000.0 : -1;

@@ -56,6 +56,11 @@ static uint64_t dec_at(const char *s, const char *end)
 	return v;
 }
 
+const char *relay_upstream_request_id(const struct attempt *a)
+{
+	return a->up_rid && a->up_raw ? a->up_raw + a->up_rid - 1 : NULL;
+}
+
 static const char *up_value(const struct attempt *a, size_t at)
 {
 	return at ? a->up_raw + at - 1 : NULL;
@@ -224,7 +229,7 @@ static int on_line(void *arg, const char *line, size_t len)
 		/* a new status line ("HTTP/1.1 200 OK", "HTTP/2 200"): forget interim (1xx)
 		 * headers, keep the code */
 		const char *sp = memchr(line, ' ', len);
-		a->up_raw_len = a->up_ct = a->up_cl = a->up_conn = a->up_ra = 0;
+		a->up_raw_len = a->up_ct = a->up_cl = a->up_conn = a->up_ra = a->up_rid = 0;
 		a->status = sp ? (long)dec_at(sp + 1, line + len) : 0;
 		if (a->status < 100 || a->status > 599) {
 			a->bad_answer = true;
@@ -266,6 +271,11 @@ static int on_line(void *arg, const char *line, size_t len)
 		a->up_conn = a->up_raw_len - vl;
 	else if (nl == 11 && !a->up_ra && strncasecmp(line, "Retry-After", 11) == 0)
 		a->up_ra = a->up_raw_len - vl;
+	/* the upstream's own id of the request, for the audit: Anthropic's request-id,
+	 * OpenAI's x-request-id */
+	if (!a->up_rid && ((nl == 10 && strncasecmp(line, "request-id", 10) == 0) ||
+	                   (nl == 12 && strncasecmp(line, "x-request-id", 12) == 0)))
+		a->up_rid = a->up_raw_len - vl;
 	return 0;
 }
 

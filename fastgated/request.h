@@ -65,9 +65,9 @@ struct attempt {
 	long status;
 	char *up_raw;                     /* headers, "name\0value\0"...: copied once into the reply */
 	size_t up_raw_len, up_raw_cap;
-	size_t up_ct, up_cl, up_conn, up_ra; /* 1 + offset in up_raw of the first Content-Type,
-	                                   * Content-Length, Connection and Retry-After values;
-	                                   * 0 = none */
+	size_t up_ct, up_cl, up_conn, up_ra, up_rid; /* 1 + offset in up_raw of the first
+	                                   * Content-Type, Content-Length, Connection, Retry-After
+	                                   * and request-id (or x-request-id) values; 0 = none */
 	double ttfb_s;                    /* < 0 until the answer's head is in */
 	bool timed_out;
 	bool bad_answer;                  /* a head line we will not relay (protocol error) */
@@ -187,6 +187,8 @@ void forward_retry_cb(evutil_socket_t fd, short what, void *arg);
 
 /* ---- relay.c ---- */
 extern const struct tr_callbacks relay_callbacks;
+/* The answer's request-id (or x-request-id) header value, or NULL. */
+const char *relay_upstream_request_id(const struct attempt *a);
 /* Forget what a failed attempt's answer left (nothing of it reached the client). */
 void relay_reset(struct proxy_req *px);
 /* http_on_written: ask the transport for more once the client's backlog is low. */

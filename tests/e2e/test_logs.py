@@ -46,7 +46,7 @@ DESIGN_COLUMNS = ["request_id", "started_at", "key_id", "key_name", "client_ip",
                   "chunks", "bytes_in", "bytes_out", "model", "prompt_tokens",
                   "completion_tokens", "error"]
 CSV_COLUMNS = DESIGN_COLUMNS + ["retries", "attempts", "cached_tokens", "cache_write_tokens",
-                                "reasoning_tokens"]
+                                "reasoning_tokens", "upstream_request_id"]
 # what a pool with retries records: upstream=outcome:ms for each attempt, joined by ';'
 ATTEMPTS = "http://10.0.0.5:8000=connect:3;http://10.0.0.6:8000=ok:120"
 
@@ -368,7 +368,7 @@ def test_export_csv_round_trips_through_the_csv_module(c):
     rc, out, _ = cli(c, "logs", "export", "--format", "csv", "--key", str(k["id"]))
     assert out.endswith("\r\n") and '"/v1/""odd"",path\nline two"' in out, out
     # ';' and '=' need no quotes: the attempts as written, then the unknown token counts
-    assert out.endswith(",2,%s,,,\r\n" % ATTEMPTS), out[-200:]
+    assert out.endswith(",2,%s,,,,\r\n" % ATTEMPTS), out[-200:]
     # the same row as JSON, only the fields asked for
     rec = json_lines(cli_ok(c, "logs", "export", "--format", "jsonl", "--key", str(k["id"]),
                             "--fields", "request_id,path,model,retries,attempts"))[-1]
@@ -669,7 +669,7 @@ def test_a_version_4_database_gains_attempts_at_start_and_keeps_its_rows(c):
     try:
         db = sqlite3.connect("file:%s?mode=ro" % os.path.join(d, "audit.db"), uri=True)
         try:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 6
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 7
             assert db.execute("SELECT rowid, retries, request_body, attempts, cached_tokens, "
                               "cache_write_tokens, reasoning_tokens FROM audit WHERE "
                               "request_id = ?", (old_id,)).fetchone() == \

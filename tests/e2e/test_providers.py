@@ -174,6 +174,10 @@ def test_anthropic_answer_is_translated_with_the_key_version_and_a_max_tokens(c)
     row = audit_row(c, h["x-request-id"])
     assert row["prompt_tokens"] == 4 and row["completion_tokens"] == 9 and row["cached_tokens"] == 0 \
         and row["cache_write_tokens"] == 0, row
+    # the upstream's own id of the request, for its support (the mock's request-id header)
+    assert row["upstream_request_id"] and row["upstream_request_id"].startswith("req_mock_"), row
+    rc, out, err = c.gw.cli("logs", "show", h["x-request-id"])
+    assert rc == 0 and row["upstream_request_id"] in out, (rc, out, err)
 
 
 def test_anthropic_stream_reads_as_openai_chunks_with_usage_and_cached_tokens(c):

@@ -137,6 +137,10 @@ static struct audit_record *make_record(const char *prefix, int i, double starte
 	r->reasoning_tokens = reasoning_for(i);
 	if (attempts_for(i, buf, sizeof(buf)))
 		r->attempts = dup_s(buf);
+	if (i % 4 == 1) {                     /* the upstream's own id, when it sent one */
+		snprintf(buf, sizeof(buf), "req_%06d", i);
+		r->upstream_request_id = dup_s(buf);
+	}
 	return r;
 }
 
@@ -287,6 +291,13 @@ static int check_late_columns(const char *path, const char *prefix, int n)
 			if (bad++ < 3)
 				fprintf(stderr, "  %s: attempts %s, expected %s\n", r.request_id,
 				        r.attempts ? r.attempts : "NULL", want ? want : "NULL");
+		}
+		snprintf(buf, sizeof(buf), "req_%06d", i);
+		if (i % 4 == 1 ? !r.upstream_request_id || strcmp(r.upstream_request_id, buf) != 0
+		               : r.upstream_request_id != NULL) {
+			if (bad++ < 3)
+				fprintf(stderr, "  %s: upstream request id %s\n", r.request_id,
+				        r.upstream_request_id ? r.upstream_request_id : "NULL");
 		}
 		if (r.cached_tokens != cached_for(i) || r.cache_write_tokens != cache_write_for(i) ||
 		    r.reasoning_tokens != reasoning_for(i)) {
@@ -810,12 +821,12 @@ static void make_old_store(const char *path, const char *sql)
 	sqlite3_close(db);
 }
 
-/* Schema version 6: one B-tree besides the table, on started_at; no index on request_id
+/* Schema version 7: one B-tree besides the table, on started_at; no index on request_id
  * (not even a unique one); the attempts column (version 5) after the older ones, then the
- * cache and reasoning token columns (version 6). */
+ * cache and reasoning token columns (version 6), then upstream_request_id (version 7). */
 static void check_current_schema(const char *path)
 {
-	CHECK_INT(db_int(path, "PRAGMA user_version"), 6);
+	CHECK_INT(db_int(path, "PRAGMA user_version"), 7);
 	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = 'attempts'"
 	                 " AND type = 'TEXT' AND \"notnull\" = 0 AND dflt_value IS NULL"), 23);
 	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = "
@@ -831,7 +842,10 @@ static void check_current_schema(const char *path)
 	                 "tbl_name = 'audit'"), 1);
 	CHECK_INT(db_int(path, "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND "
 	                 "name = 'audit_started_at'"), 1);
-	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 27);
+	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = "
+	                 "'upstream_request_id' AND type = 'TEXT' AND \"notnull\" = 0 AND "
+	                 "dflt_value IS NULL"), 27);
+	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 28);
 }
 
 TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
@@ -1069,7 +1083,7 @@ TEST(a_version_5_store_gains_the_token_columns_and_keeps_its_rows)
 	CHECK_INT(out.cached_tokens, -1);
 	line = audit_record_csv(&out, NULL, 0);         /* unknown: empty fields at the end */
 	{
-		const char *want = ",1,http://10.0.0.5:8000=5xx:3;http://10.0.0.6:8000=ok:90,,,";
+		const char *want = ",1,http://10.0.0.5:8000=5xx:3;http://10.0.0.6:8000=ok:90,,,,";
 		CHECK(strlen(line) > strlen(want) &&
 		      strcmp(line + strlen(line) - strlen(want), want) == 0);
 	}
@@ -1653,7 +1667,7 @@ TEST(csv_header_is_the_design_column_order)
 	CHECK_STR(h, "request_id,started_at,key_id,key_name,client_ip,method,path,route,upstream,"
 	             "status,latency_ms,ttfb_ms,is_stream,chunks,bytes_in,bytes_out,model,"
 	             "prompt_tokens,completion_tokens,error,retries,attempts,cached_tokens,"
-	             "cache_write_tokens,reasoning_tokens");
+	             "cache_write_tokens,reasoning_tokens,upstream_request_id");
 	free(h);
 	CHECK_INT(audit_fields_parse("status, retries ,request_id", f, 3, NULL), 3);
 	h = audit_csv_header(f, 3);
@@ -1695,8 +1709,8 @@ TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
 		r->retries = (int)k;
 		line = audit_record_csv(r, NULL, 0);
 		n = csv_parse(line, fields, 32);
-		CHECK_INT(n, 25);
-		if (n == 25) {
+		CHECK_INT(n, 26);
+		if (n == 26) {
 			CHECK_STR(fields[0], "x000005");
 			CHECK_STR(fields[1], "2025-11-23T11:30:00.123Z");
 			CHECK_STR(fields[2], "3");
@@ -1741,7 +1755,7 @@ TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
 	CHECK(r->attempts == NULL);                       /* row 3: nothing forwarded */
 	line = audit_record_csv(r, NULL, 0);
 	/* retries, attempts, then the cache and reasoning token counts (unknown: empty) */
-	CHECK(strlen(line) > 11 && strcmp(line + strlen(line) - 11, ",0,,1003,6,") == 0);
+	CHECK(strlen(line) > 12 && strcmp(line + strlen(line) - 12, ",0,,1003,6,,") == 0);
 	free(line);
 	for (size_t k = 0; k < sizeof(values) / sizeof(values[0]); k++) {
 		free(r->attempts);
@@ -1749,8 +1763,8 @@ TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
 		r->retries = 1;
 		line = audit_record_csv(r, NULL, 0);
 		n = csv_parse(line, fields, 32);
-		CHECK_INT(n, 25);
-		if (n == 25) {
+		CHECK_INT(n, 26);
+		if (n == 26) {
 			CHECK_STR(fields[19], "");
 			CHECK_STR(fields[20], "1");
 			CHECK_STR(fields[21], values[k]);
@@ -1760,7 +1774,7 @@ TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
 			free(fields[i]);
 		if (k == 0) {                                 /* verbatim, unquoted */
 			char want[128];
-			snprintf(want, sizeof(want), ",1,%s,1003,6,", values[0]);
+			snprintf(want, sizeof(want), ",1,%s,1003,6,,", values[0]);
 			CHECK(strlen(line) > strlen(want) &&
 			      strcmp(line + strlen(line) - strlen(want), want) == 0);
 		}
@@ -1798,7 +1812,7 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	CHECK(strchr(line, '\n') == NULL);
 	o = json_loads(line, 0, &jerr);
 	CHECK(json_is_object(o));
-	CHECK_INT(json_object_size(o), 25);
+	CHECK_INT(json_object_size(o), 26);
 	CHECK_STR(json_string_value(json_object_get(o, "request_id")), "j000004");
 	CHECK_STR(json_string_value(json_object_get(o, "started_at")), "2025-11-23T11:30:00.500Z");
 	CHECK(json_is_null(json_object_get(o, "key_id")));
@@ -1824,7 +1838,7 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	CHECK(strstr(line, "\"error\":\"client_closed\",\"retries\":0,"
 	             "\"attempts\":\"http://10.0.0.5:8000=connect:4;") != NULL);
 	CHECK(strstr(line, ":104\",\"cached_tokens\":null,\"cache_write_tokens\":8,"
-	             "\"reasoning_tokens\":304}") != NULL);
+	             "\"reasoning_tokens\":304,\"upstream_request_id\":null}") != NULL);
 	free(line);
 	r->cached_tokens = 0;                    /* none is 0, not null */
 	r->reasoning_tokens = 1234567890123LL;
@@ -1866,8 +1880,10 @@ TEST(field_names_parse_and_unknown_names_are_rejected_with_the_valid_list)
 	CHECK_INT(audit_field_index("cache_write_tokens"), AUDIT_F_CACHE_WRITE_TOKENS);
 	CHECK_INT(audit_field_index("reasoning_tokens"), AUDIT_F_REASONING_TOKENS);
 	CHECK_INT(AUDIT_F_CACHED_TOKENS, AUDIT_F_ATTEMPTS + 1);
-	CHECK_INT(AUDIT_F_REASONING_TOKENS + 1, AUDIT_F_REQUEST_BODY);
-	CHECK_INT(AUDIT_NDEFAULT_FIELDS, AUDIT_F_REASONING_TOKENS + 1);
+	CHECK_INT(audit_field_index("upstream_request_id"), AUDIT_F_UPSTREAM_REQUEST_ID);
+	CHECK_INT(AUDIT_F_REASONING_TOKENS + 1, AUDIT_F_UPSTREAM_REQUEST_ID);
+	CHECK_INT(AUDIT_F_UPSTREAM_REQUEST_ID + 1, AUDIT_F_REQUEST_BODY);
+	CHECK_INT(AUDIT_NDEFAULT_FIELDS, AUDIT_F_UPSTREAM_REQUEST_ID + 1);
 	CHECK_INT(audit_field_index("Request_ID"), -1);
 	CHECK_INT(audit_field_index("bogus"), -1);
 	CHECK_INT(audit_fields_parse("model", f, AUDIT_NFIELDS, &err), 1);
@@ -1875,7 +1891,7 @@ TEST(field_names_parse_and_unknown_names_are_rejected_with_the_valid_list)
 	CHECK_INT(audit_fields_parse("model,bogus", f, AUDIT_NFIELDS, &err), -1);
 	CHECK(err && strstr(err, "unknown field \"bogus\"") && strstr(err, "completion_tokens") &&
 	      strstr(err, "retries, attempts, cached_tokens, cache_write_tokens, "
-	             "reasoning_tokens, request_body"));
+	             "reasoning_tokens, upstream_request_id, request_body"));
 	free(err);
 	err = NULL;
 	CHECK_INT(audit_fields_parse("model,,status", f, AUDIT_NFIELDS, &err), -1);
