@@ -1071,60 +1071,19 @@ static int on_event(struct anth_stream *s, struct sink *k, const json_t *ev)
 
 static int dispatch(struct anth_stream *s, struct sink *k)
 {
+	size_t n;
+	const char *data = sse_reader_take(&s->in, &n);
 	json_t *ev;
 	int rc;
 
-	if (!s->has_data)
+	if (!data)
 		return 0;
-	s->has_data = false;
-	/* the data lines joined by \n, the last \n dropped */
-	ev = json_loadb(s->data, s->data_len ? s->data_len - 1 : 0, 0, NULL);
-	s->data_len = 0;
+	ev = json_loadb(data, n, 0, NULL);
 	rc = ev ? on_event(s, k, ev) : invalid_stream(s, k, "event data that is not JSON");
 	json_decref(ev);
 	return rc;
 }
 
-static int end_line(struct anth_stream *s, struct sink *k)
-{
-	const char *colon, *v;
-	size_t name_len, vlen;
-
-	if (s->line_len == 0) {
-		s->event_bytes = 0;
-		return dispatch(s, k);
-	}
-	colon = memchr(s->line, ':', s->line_len);
-	name_len = colon ? (size_t)(colon - s->line) : s->line_len;
-	v = colon ? colon + 1 : s->line + s->line_len;
-	vlen = (size_t)(s->line + s->line_len - v);
-	if (vlen && *v == ' ') {
-		v++;
-		vlen--;
-	}
-	s->line_len = 0;
-	/* comments (":...") and every field but data (event, id, retry) carry nothing we use:
-	 * the type inside the data names the event */
-	if (name_len != 4 || memcmp(s->line, "data", 4) != 0)
-		return 0;
-	if (s->data_len + vlen + 1 > s->data_cap) {
-		size_t cap = s->data_cap ? s->data_cap : 1024;
-		char *p;
-
-		while (cap < s->data_len + vlen + 1)
-			cap *= 2;
-		p = realloc(s->data, cap);
-		if (!p)
-			return ANTH_NOMEM;
-		s->data = p;
-		s->data_cap = cap;
-	}
-	memcpy(s->data + s->data_len, v, vlen);
-	s->data_len += vlen;
-	s->data[s->data_len++] = '\n';
-	s->has_data = true;
-	return 0;
-}
 
 void anth_stream_init(struct anth_stream *s, bool include_usage, long created)
 {
@@ -1136,8 +1095,7 @@ void anth_stream_init(struct anth_stream *s, bool include_usage, long created)
 
 void anth_stream_free(struct anth_stream *s)
 {
-	free(s->line);
-	free(s->data);
+	sse_reader_free(&s->in);
 	free(s->id);
 	free(s->model);
 	free(s->blocks);
@@ -1148,51 +1106,22 @@ int anth_stream_feed(struct anth_stream *s, const char *data, size_t len, char *
                      size_t *out_len, size_t *out_cap)
 {
 	struct sink k = { out, out_len, out_cap };
-	size_t i = 0;
+	size_t at = 0;
 	int rc = 0;
 
-	while (i < len && !s->ended && rc == 0) {
-		const char *p = data + i;
-		size_t rest = len - i, n = 0;
-
-		if (s->after_cr) {
-			s->after_cr = false;
-			if (*p == '\n') {
-				i++;
-				s->event_bytes++;
-				continue;
-			}
-		}
-		while (n < rest && p[n] != '\n' && p[n] != '\r')
-			n++;
-		if (s->event_bytes + n + 1 > ANTH_MAX_EVENT) {
+	while (at < len && !s->ended && rc == 0) {
+		switch (sse_reader_feed(&s->in, data, len, &at, ANTH_MAX_EVENT)) {
+		case SSE_READ_EVENT:
+			rc = dispatch(s, &k);
+			break;
+		case SSE_READ_TOO_BIG:
 			rc = invalid_stream(s, &k, "an event larger than 1 MiB");
 			break;
-		}
-		s->event_bytes += n;
-		if (n) {
-			if (s->line_len + n + 1 > s->line_cap) {
-				size_t cap = s->line_cap ? s->line_cap : 256;
-				char *q;
-
-				while (cap < s->line_len + n + 1)
-					cap *= 2;
-				q = realloc(s->line, cap);
-				if (!q)
-					return ANTH_NOMEM;
-				s->line = q;
-				s->line_cap = cap;
-			}
-			memcpy(s->line + s->line_len, p, n);
-			s->line_len += n;
-		}
-		i += n;
-		if (n == rest)
+		case SSE_READ_NOMEM:
+			return ANTH_NOMEM;
+		default:
 			break;
-		s->after_cr = p[n] == '\r';
-		s->event_bytes++;
-		i++;
-		rc = end_line(s, &k);
+		}
 	}
 	if (rc < 0)
 		return rc;
@@ -1205,8 +1134,8 @@ int anth_stream_finish(struct anth_stream *s, char **out, size_t *out_len, size_
 	int rc = 0;
 
 	/* a last event the upstream did not close with a blank line still counts */
-	if (!s->ended && s->line_len)
-		rc = end_line(s, &k);
+	if (!s->ended && sse_reader_flush(&s->in) < 0)
+		return ANTH_NOMEM;
 	if (rc == 0 && !s->ended)
 		rc = dispatch(s, &k);
 	if (rc < 0)

@@ -107,6 +107,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "sseread.h"
+
 /* Results. Negative: nothing usable was produced. */
 #define ANTH_OK          0
 #define ANTH_INVALID    -1   /* the input is not what it should be; the message says why */
@@ -157,12 +159,7 @@ struct anth_block;
 struct anth_stream {
 	bool include_usage;
 	long created;
-	/* SSE line assembly */
-	char *line; size_t line_len, line_cap;
-	bool after_cr;            /* the last byte ended a line with CR: a LF next is its end */
-	char *data; size_t data_len, data_cap;
-	size_t event_bytes;       /* bytes of the event so far, against ANTH_MAX_EVENT */
-	bool has_data;
+	struct sse_reader in;     /* the upstream's events, read in pieces */
 	/* the message */
 	char *id, *model;
 	bool started, finished, ended, failed, stopped;

@@ -144,12 +144,7 @@ int msgin_answer(const char *body, size_t len, char **out, size_t *out_len,
 
 struct msgin_tool;
 struct msgin_stream {
-	/* SSE line assembly */
-	char *line; size_t line_len, line_cap;
-	bool after_cr;
-	char *data; size_t data_len, data_cap;
-	size_t event_bytes;
-	bool has_data;
+	struct sse_reader in;     /* the upstream's events, read in pieces */
 	/* the message */
 	bool started, finished, ended, failed, stopped;
 	int next_block;           /* the next Anthropic content block index */

@@ -64,7 +64,7 @@ static void run_stream(const uint8_t *data, size_t size, bool include_usage, int
 	FUZZ_CHECK(o->finish_rc == ANTH_OK || o->finish_rc == ANTH_TRUNCATED, "finish returned %d",
 	           o->finish_rc);
 	FUZZ_CHECK(o->finish_rc == ANTH_OK || !before_end, "truncated after the stream had ended");
-	FUZZ_CHECK(s.line_cap <= 2 * ANTH_MAX_EVENT && s.data_cap <= 2 * ANTH_MAX_EVENT,
+	FUZZ_CHECK(s.in.line_cap <= 2 * ANTH_MAX_EVENT && s.in.data_cap <= 2 * ANTH_MAX_EVENT,
 	           "held more than an event's worth");
 	o->failed = s.failed;
 	o->stopped = s.stopped;

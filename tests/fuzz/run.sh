@@ -35,8 +35,8 @@ sources_of() {
     sse)       echo fastgated/usage.c ;;
     h1resp)    echo fastgated/h1resp.c ;;
     reqjson)   echo fastgated/reqjson.c ;;
-    anthropic) echo fastgated/anthropic.c ;;
-    messages_in) echo fastgated/messages_in.c ;;
+    anthropic) echo fastgated/anthropic.c fastgated/sseread.c ;;
+    messages_in) echo fastgated/messages_in.c fastgated/sseread.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
   esac
 }

@@ -25,7 +25,7 @@ dir=${1:-fastgated}
 # layer number: name, then the modules (a module is NAME.c and/or NAME.h)
 layers=(
   "0 base:    util log config errlist reqid httperr"
-  "1 codec:   reqcheck h1resp usage reqjson ctlproto anthropic messages_in"
+  "1 codec:   reqcheck h1resp usage reqjson ctlproto anthropic messages_in sseread"
   "2 io:      http transport transport_h1 transport_curl resolve"
   "3 state:   routes keys keyusage audit metrics reqdone gateway balance breaker pool models"
   "4 flow:    request proxy forward relay endpoints control logs stats health"

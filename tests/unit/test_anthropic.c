@@ -522,7 +522,7 @@ TEST(stream_event_over_the_cap_is_refused_without_holding_it)
 	for (int i = 0; i < 64 && rc == 0; i++)
 		rc = anth_stream_feed(&s, chunk, 65536, &out, &len, &cap);
 	CHECK_INT(rc, ANTH_STREAM_ENDED);
-	CHECK(s.line_cap <= 2 * ANTH_MAX_EVENT);
+	CHECK(s.in.line_cap <= 2 * ANTH_MAX_EVENT);
 	CHECK(out && strstr(out, "invalid_upstream_stream"));
 	CHECK_INT(anth_stream_finish(&s, &out, &len, &cap), ANTH_OK);
 	anth_stream_free(&s);
