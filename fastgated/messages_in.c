@@ -796,10 +796,17 @@ static int emit(struct sink *k, json_t *obj)
 	return rc;
 }
 
+#define STOPPED 1   /* a handler's result: the stream has ended, stop */
+
+/* The stream ends here with an error event. Returns STOPPED (or out of memory), never 0,
+ * so that every caller up to the feed stops: nothing may follow the error event. */
 static int stream_fail(struct msgin_stream *s, struct sink *k, json_t *error)
 {
+	int rc;
+
 	s->ended = s->failed = true;
-	return emit(k, error);
+	rc = emit(k, error);
+	return rc < 0 ? rc : STOPPED;
 }
 
 static int invalid_stream(struct msgin_stream *s, struct sink *k, const char *why)
