@@ -1,0 +1,369 @@
+/* The price table and money arithmetic; see pricing.h. */
+#include <errno.h>
+#include <fnmatch.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "pricing.h"
+#include "util.h"
+
+#define PRICES_MAX      10000
+#define VERSION_MAX     64          /* it goes into every audit row */
+#define USD_MAX         9000000000LL
+
+typedef unsigned __int128 u128;
+
+/* ---- money ---- */
+
+/* A decimal with at most max_dec decimals, as an integer count of 10^-max_dec units, at
+ * most max. Digits, then optionally '.' and one or more digits: nothing else, so "1e3",
+ * " 1", "+1", "1." and ".5" are refused rather than read in some surprising way. */
+static int parse_fixed(const char *s, int max_dec, uint64_t max, int64_t *out)
+{
+	uint64_t scale = 1, whole = 0, frac = 0;
+	int nd = 0;
+
+	for (int i = 0; i < max_dec; i++)
+		scale *= 10;
+	if (!s || *s < '0' || *s > '9')
+		return -1;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		whole = whole * 10 + (uint64_t)(*s - '0');
+		if (whole > max / scale)   /* also keeps whole * 10 from overflowing */
+			return -1;
+	}
+	if (*s == '.') {
+		s++;
+		for (; *s >= '0' && *s <= '9'; s++) {
+			if (++nd > max_dec)
+				return -1;
+			frac = frac * 10 + (uint64_t)(*s - '0');
+		}
+		if (nd == 0)
+			return -1;
+	}
+	if (*s)
+		return -1;
+	for (int i = nd; i < max_dec; i++)
+		frac *= 10;
+	if (whole * scale + frac > max)
+		return -1;
+	*out = (int64_t)(whole * scale + frac);
+	return 0;
+}
+
+int money_parse_usd(const char *s, int64_t *nano)
+{
+	return parse_fixed(s, 9, (uint64_t)USD_MAX * NANO_PER_USD, nano);
+}
+
+int money_parse_multiplier(const char *s, int64_t *ppm)
+{
+	int64_t v;
+
+	if (parse_fixed(s, 6, 1000 * PPM, &v) < 0 || v == 0)
+		return -1;
+	*ppm = v;
+	return 0;
+}
+
+char *money_format_usd(int64_t nano, char *buf, size_t n)
+{
+	/* through unsigned: -INT64_MIN is not an int64_t */
+	uint64_t u = nano < 0 ? (uint64_t)0 - (uint64_t)nano : (uint64_t)nano;
+
+	snprintf(buf, n, "%s%" PRIu64 ".%09" PRIu64, nano < 0 ? "-" : "",
+	         u / (uint64_t)NANO_PER_USD, u % (uint64_t)NANO_PER_USD);
+	return buf;
+}
+
+int64_t money_mul_ppm(int64_t a_ppm, int64_t b_ppm)
+{
+	__int128 p = (__int128)a_ppm * b_ppm;   /* at most 2^126 in magnitude */
+	__int128 q = p >= 0 ? (p + PPM / 2) / PPM : -((-p + PPM / 2) / PPM);
+
+	if (q > INT64_MAX)
+		return INT64_MAX;
+	if (q < INT64_MIN)
+		return INT64_MIN;
+	return (int64_t)q;
+}
+
+static uint64_t count_of(int64_t c)
+{
+	return c > 0 ? (uint64_t)c : 0;
+}
+
+/* A price not given is billed as the fallback (input), and a price with none as 0. */
+static uint64_t rate_of(int64_t r, int64_t fallback)
+{
+	if (r >= 0)
+		return (uint64_t)r;
+	return fallback >= 0 ? (uint64_t)fallback : 0;
+}
+
+int64_t pricing_cost(const struct price *p, const struct usage_counts *u, int64_t multiplier_ppm)
+{
+	/* sum is in nano-USD x tokens per 1M tokens; the cost is sum * m / (1M x PPM) */
+	const u128 div = (u128)1000000 * PPM;
+	u128 prompt, cached, cache_write, uncached, sum, q, r, m, cost;
+
+	if (!p || !u)
+		return -1;
+	prompt = count_of(u->prompt);
+	cached = count_of(u->cached);
+	cache_write = count_of(u->cache_write);
+	uncached = prompt > cached + cache_write ? prompt - cached - cache_write : 0;
+	/* four products of two numbers below 2^63 each: below 4 * 2^126 = 2^128 together */
+	sum = uncached * rate_of(p->input, 0)
+	    + cached * rate_of(p->cached_input, p->input)
+	    + cache_write * rate_of(p->cache_write, p->input)
+	    + (u128)count_of(u->completion) * rate_of(p->output, 0);
+	m = count_of(multiplier_ppm);
+	/* sum * m could pass 2^128; split sum as q * div + r so that each part stays exact:
+	 * round(sum * m / div) = q * m + round(r * m / div), r * m < 10^12 * 2^63 */
+	q = sum / div;
+	r = sum % div;
+	if (m && q > (u128)INT64_MAX / m)
+		return INT64_MAX;
+	cost = q * m + (r * m + div / 2) / div;
+	return cost > (u128)INT64_MAX ? INT64_MAX : (int64_t)cost;
+}
+
+/* ---- the table ---- */
+
+struct pctx {
+	const char *path;
+	yaml_document_t *doc;
+	struct errlist *errs;
+	size_t n_errs;
+};
+
+static void perr(struct pctx *c, const yaml_node_t *n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void perr(struct pctx *c, const yaml_node_t *n, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	/* a quoted YAML value may hold a newline: one problem, one line */
+	for (char *p = msg; *p; p++)
+		if ((unsigned char)*p < 0x20)
+			*p = ' ';
+	errlist_add(c->errs, "%s:%zu: %s", c->path, n ? n->start_mark.line + 1 : 1, msg);
+	c->n_errs++;
+}
+
+static const char *scalar(const yaml_node_t *n)
+{
+	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+/* A price in USD per 1M tokens, read from the scalar's text (never through a double). */
+static int64_t price_value(struct pctx *c, const yaml_node_t *n, const char *key)
+{
+	const char *s = scalar(n);
+	int64_t v;
+
+	if (s && money_parse_usd(s, &v) == 0)
+		return v;
+	if (s && s[0] == '-' && money_parse_usd(s + 1, &v) == 0)
+		perr(c, n, "%s: a price cannot be negative", key);
+	else
+		perr(c, n, "%s: expected USD per 1M tokens as a decimal number such as 2.50 (at most 9 decimals, up to 9000000000)",
+		     key);
+	return -1;
+}
+
+static void parse_price(struct pctx *c, const yaml_node_t *pn, struct price *pr)
+{
+	static const char *const keys[] = { "match", "input", "cached_input", "cache_write",
+	                                    "output", NULL };
+	yaml_node_t *seen[5] = { 0 };
+	const char *s;
+
+	pr->line = (int)pn->start_mark.line + 1;
+	pr->input = pr->cached_input = pr->cache_write = pr->output = -1;
+	if (pn->type != YAML_MAPPING_NODE) {
+		perr(c, pn, "each entry under prices: must be a mapping (- match: ...)");
+		return;
+	}
+	for (yaml_node_pair_t *p = pn->data.mapping.pairs.start; p < pn->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
+		const char *name = scalar(k);
+		size_t i;
+
+		for (i = 0; name && keys[i] && strcmp(name, keys[i]) != 0; i++)
+			;
+		if (!name || !keys[i])
+			perr(c, k, "unknown key \"%s\" in a price (valid: match, input, cached_input, cache_write, output)",
+			     name ? name : "?");
+		else if (seen[i])
+			perr(c, k, "duplicate key \"%s\" in a price", keys[i]);
+		else
+			seen[i] = yaml_document_get_node(c->doc, p->value);
+	}
+	if (!seen[0] || !(s = scalar(seen[0])) || !*s)
+		perr(c, seen[0] ? seen[0] : pn, "a price needs match: (a glob over model names, such as \"gpt-4o-mini*\")");
+	else
+		pr->match = xstrdup(s);
+	if (!seen[1])
+		perr(c, pn, "a price needs input: (USD per 1M tokens)");
+	if (!seen[4])
+		perr(c, pn, "a price needs output: (USD per 1M tokens)");
+	if (seen[1])
+		pr->input = price_value(c, seen[1], "input");
+	if (seen[2])
+		pr->cached_input = price_value(c, seen[2], "cached_input");
+	if (seen[3])
+		pr->cache_write = price_value(c, seen[3], "cache_write");
+	if (seen[4])
+		pr->output = price_value(c, seen[4], "output");
+}
+
+/* A second entry with the same glob could never match: the first always wins. */
+static void check_duplicates(struct pctx *c, const yaml_node_t *list, const struct price_table *t)
+{
+	for (size_t i = 1; i < t->n; i++) {
+		if (!t->prices[i].match)
+			continue;
+		for (size_t j = 0; j < i; j++) {
+			if (t->prices[j].match && strcmp(t->prices[i].match, t->prices[j].match) == 0) {
+				perr(c, yaml_document_get_node(c->doc, list->data.sequence.items.start[i]),
+				     "duplicate match \"%s\" (first at line %d): this entry would never be used",
+				     t->prices[i].match, t->prices[j].line);
+				break;
+			}
+		}
+	}
+}
+
+static int version_ok(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > VERSION_MAX)
+		return 0;
+	for (; *s; s++)
+		if ((unsigned char)*s < 0x20 || *s == 0x7f)
+			return 0;
+	return 1;
+}
+
+static void parse_root(struct pctx *c, const yaml_node_t *root, struct price_table *t)
+{
+	static const char *const keys[] = { "version", "source", "prices", NULL };
+	yaml_node_t *seen[3] = { 0 };
+	const yaml_node_t *list;
+
+	if (!root || root->type != YAML_MAPPING_NODE) {
+		perr(c, root, "expected a mapping with version: and prices: at the top");
+		return;
+	}
+	for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
+		const char *name = scalar(k);
+		size_t i;
+
+		for (i = 0; name && keys[i] && strcmp(name, keys[i]) != 0; i++)
+			;
+		if (!name || !keys[i])
+			perr(c, k, "unknown key \"%s\" at the top (valid: version, source, prices)",
+			     name ? name : "?");
+		else if (seen[i])
+			perr(c, k, "duplicate key \"%s\" at the top", keys[i]);
+		else
+			seen[i] = yaml_document_get_node(c->doc, p->value);
+	}
+	if (!seen[0])
+		perr(c, root, "a price table needs version: (such as \"2026-12-07\"; every cost is recorded with it)");
+	else if (!version_ok(scalar(seen[0])))
+		perr(c, seen[0], "version: expected one line of up to %d characters, such as \"2026-12-07\"",
+		     VERSION_MAX);
+	else
+		t->version = xstrdup(scalar(seen[0]));
+	if (seen[1] && !scalar(seen[1]))
+		perr(c, seen[1], "source: expected a string (where the prices come from)");
+	else if (seen[1])
+		t->source = xstrdup(scalar(seen[1]));
+	list = seen[2];
+	if (!list || list->type != YAML_SEQUENCE_NODE) {
+		perr(c, list ? list : root, "prices: expected a sequence of prices (- match: ...)");
+		return;
+	}
+	t->n = (size_t)(list->data.sequence.items.top - list->data.sequence.items.start);
+	if (t->n > PRICES_MAX) {
+		perr(c, list, "prices: at most %d entries", PRICES_MAX);
+		t->n = 0;
+		return;
+	}
+	t->prices = xcalloc(t->n ? t->n : 1, sizeof(*t->prices));
+	for (size_t i = 0; i < t->n; i++)
+		parse_price(c, yaml_document_get_node(c->doc, list->data.sequence.items.start[i]),
+		            &t->prices[i]);
+	check_duplicates(c, list, t);
+}
+
+struct price_table *pricing_load(const char *path, struct errlist *errs)
+{
+	struct price_table *t = xcalloc(1, sizeof(*t));
+	struct pctx c = { .path = path, .errs = errs };
+	yaml_parser_t parser;
+	yaml_document_t doc;
+	FILE *f = fopen(path, "rb");
+
+	t->path = xstrdup(path);
+	if (!f) {
+		errlist_add(errs, "%s: %s", path, strerror(errno));
+		pricing_free(t);
+		return NULL;
+	}
+	yaml_parser_initialize(&parser);
+	yaml_parser_set_input_file(&parser, f);
+	if (!yaml_parser_load(&parser, &doc)) {
+		errlist_add(errs, "%s:%zu: YAML error: %s", path, parser.problem_mark.line + 1,
+		            parser.problem ? parser.problem : "cannot parse");
+		c.n_errs++;
+	} else {
+		c.doc = &doc;
+		parse_root(&c, yaml_document_get_root_node(&doc), t);
+		yaml_document_delete(&doc);
+	}
+	yaml_parser_delete(&parser);
+	fclose(f);
+	if (c.n_errs) {
+		pricing_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+void pricing_free(struct price_table *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->n; i++)
+		free(t->prices[i].match);
+	free(t->prices);
+	free(t->path);
+	free(t->version);
+	free(t->source);
+	free(t);
+}
+
+const struct price *pricing_find(const struct price_table *t, const char *model)
+{
+	if (!t || !model || !*model)
+		return NULL;
+	for (size_t i = 0; i < t->n; i++)
+		if (fnmatch(t->prices[i].match, model, 0) == 0)
+			return &t->prices[i];
+	return NULL;
+}
