@@ -100,6 +100,7 @@ install: all
 	install -m 0644 man/fastgated.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 	install -m 0644 share/fastgate.yaml $(DESTDIR)$(PREFIX)/share/fastgate/fastgate.yaml.example
 	install -m 0644 share/models.yaml $(DESTDIR)$(PREFIX)/share/fastgate/models.yaml
+	install -m 0644 share/pricing.yaml $(DESTDIR)$(PREFIX)/share/fastgate/pricing.yaml
 	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions
 	install -m 0644 share/fastgate-cli.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/fastgate-cli
 
