@@ -10,14 +10,14 @@
 #                                                 same edges (when it grows past ~200 files)
 #   tests/fuzz/run.sh coverage [TARGET...]        line coverage of the modules by the corpus (llvm-cov)
 #
-# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in. Corpus: tests/fuzz/corpus/TARGET/.
+# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing. Corpus: tests/fuzz/corpus/TARGET/.
 # A crash found while fuzzing is saved as build-fuzz/artifacts/TARGET/crash-*; once fixed,
 # copy it into the corpus as crash-WHAT (minimize keeps seed-* and crash-* files) so the
 # replay keeps checking it.
 set -u
 cd "$(dirname "$0")/../.."
 
-ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in)
+ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing)
 FUZZ_DIR=tests/fuzz
 WARN="-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2"
 BASE="-std=gnu11 -D_GNU_SOURCE -g -fno-omit-frame-pointer -Ifastgated"
@@ -37,20 +37,22 @@ sources_of() {
     reqjson)   echo fastgated/reqjson.c ;;
     anthropic) echo fastgated/anthropic.c fastgated/sseread.c ;;
     messages_in) echo fastgated/messages_in.c fastgated/sseread.c ;;
+    pricing)   echo fastgated/pricing.c fastgated/errlist.c fastgated/util.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
   esac
 }
 
 # Extra libFuzzer flags per target: a dictionary when there is one; larger inputs where
-# the format needs room (a route file, an SSE stream with several events).
+# the format needs room (a route or price file, an SSE stream with several events).
 fuzz_flags() {
   local f="-max_len=4096"
-  case $1 in routes|sse|anthropic|messages_in) f="-max_len=16384" ;; esac
+  case $1 in routes|sse|anthropic|messages_in|pricing) f="-max_len=16384" ;; esac
   case $1 in
     reqcheck|routes) f="$f -dict=$FUZZ_DIR/$1.dict" ;;
     h1resp)          f="$f -dict=$FUZZ_DIR/reqcheck.dict" ;;
     anthropic)       f="$f -dict=$FUZZ_DIR/anthropic.dict" ;;
     messages_in)     f="$f -dict=$FUZZ_DIR/messages_in.dict" ;;
+    pricing)         f="$f -dict=$FUZZ_DIR/pricing.dict" ;;
     *)               f="$f -dict=$FUZZ_DIR/json.dict" ;;
   esac
   echo "$f"
