@@ -291,3 +291,277 @@ char *limits_format(const struct limit *set, size_t n, char *buf, size_t size)
 	}
 	return buf;
 }
+
+/* --- counters --- */
+
+#define DAY_S 86400
+
+/* now inside the range the calendar arithmetic and the buckets are made for: no overflow
+ * and no negative unit anywhere below. */
+static int64_t clamp_time(int64_t t)
+{
+	return t < 0 ? 0 : t > LIMIT_TIME_MAX ? LIMIT_TIME_MAX : t;
+}
+
+/* a + b for counts (a >= 0): at most INT64_MAX, at least 0. */
+static int64_t count_add(int64_t a, int64_t b)
+{
+	if (b > 0 && a > INT64_MAX - b)
+		return INT64_MAX;
+	a += b;
+	return a < 0 ? 0 : a;
+}
+
+/* Would amount more fit under limit with used counted? Written so that nothing overflows. */
+static bool fits(int64_t used, int64_t amount, int64_t limit)
+{
+	return used <= limit && amount <= limit - used;
+}
+
+/* Seconds per bucket of a sliding window; 0 for a calendar one. */
+static int64_t unit_s(const struct limit *l)
+{
+	return l->window == LIMIT_MIN ? 1 : l->window == LIMIT_HOUR ? 60 : 0;
+}
+
+/* The time a call acts at: now, unless the counter has seen a later one. */
+static int64_t acting_time(const struct limit_counter *c, int64_t now)
+{
+	now = clamp_time(now);
+	return now > c->seen ? now : c->seen;
+}
+
+/* Howard Hinnant's days_from_civil: days since 1970-01-01 of y-m-d in the proleptic
+ * Gregorian calendar. Years are counted from March so that the leap day is the last day of
+ * a year and month lengths repeat in a 5-month pattern ((153 * mp + 2) / 5). */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+	int64_t era, yoe, doy, doe;
+
+	y -= m <= 2;
+	era = (y >= 0 ? y : y - 399) / 400;
+	yoe = y - era * 400;
+	doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + doe - 719468;
+}
+
+/* Its inverse, the year and month only. */
+static void civil_from_days(int64_t z, int64_t *y, int *m)
+{
+	int64_t era, doe, yoe, doy, mp;
+
+	z += 719468;
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	*m = (int)(mp < 10 ? mp + 3 : mp - 9);
+	*y = yoe + era * 400 + (*m <= 2);
+}
+
+int64_t limit_month_start(int64_t now)
+{
+	int64_t y;
+	int m;
+
+	civil_from_days(clamp_time(now) / DAY_S, &y, &m);
+	return days_from_civil(y, m, 1) * DAY_S;
+}
+
+int64_t limit_next_month(int64_t now)
+{
+	int64_t y;
+	int m;
+
+	civil_from_days(clamp_time(now) / DAY_S, &y, &m);
+	return m == 12 ? days_from_civil(y + 1, 1, 1) * DAY_S : days_from_civil(y, m + 1, 1) * DAY_S;
+}
+
+int64_t limit_window_start(const struct limit *l, int64_t now)
+{
+	now = clamp_time(now);
+	switch (l->window) {
+	case LIMIT_MIN:
+		return now - (LIMIT_BUCKETS - 1);
+	case LIMIT_HOUR:
+		return (now / 60 - (LIMIT_BUCKETS - 1)) * 60;
+	case LIMIT_DAY:
+		return now - now % DAY_S;
+	case LIMIT_MONTH:
+		break;
+	}
+	return limit_month_start(now);
+}
+
+/* The end of the calendar window containing t: the first second of the next one. */
+static int64_t calendar_end(const struct limit *l, int64_t t)
+{
+	return l->window == LIMIT_DAY ? t - t % DAY_S + DAY_S : limit_next_month(t);
+}
+
+/* Move the counter to the time of this call and return it: sliding buckets of units that
+ * have left the window are emptied for reuse, a calendar count of a past window is
+ * dropped. The only place time moves forward. */
+static int64_t advance(struct limit_counter *c, const struct limit *l, int64_t now)
+{
+	int64_t t = acting_time(c, now), unit = unit_s(l);
+
+	c->seen = t;
+	if (unit) {
+		int64_t u = t / unit;
+
+		/* u < head only if the counter was made for another window: start afresh */
+		if (u - c->head >= LIMIT_BUCKETS || u < c->head) {
+			memset(c->bucket, 0, sizeof(c->bucket));
+		} else {
+			for (int64_t k = c->head + 1; k <= u; k++)
+				c->bucket[k % LIMIT_BUCKETS] = 0;
+		}
+		c->head = u;
+	} else {
+		int64_t start = limit_window_start(l, t);
+
+		if (start != c->head) {
+			c->head = start;
+			c->used = 0;
+		}
+	}
+	return t;
+}
+
+/* The lowest unit of a sliding window's buckets that is still in the window at t (the
+ * newest is c->head): the window at t holds units (t / unit - 60, t / unit], the ring
+ * (head - 60, head], and no unit is below 0. */
+static int64_t oldest_unit(const struct limit_counter *c, const struct limit *l, int64_t t)
+{
+	int64_t lo = t / unit_s(l) - (LIMIT_BUCKETS - 1);
+
+	if (lo < c->head - (LIMIT_BUCKETS - 1))
+		lo = c->head - (LIMIT_BUCKETS - 1);
+	return lo < 0 ? 0 : lo;
+}
+
+/* The usage in the window at t (t >= c->seen), reading only. */
+static int64_t used_at(const struct limit_counter *c, const struct limit *l, int64_t t)
+{
+	int64_t sum = 0;
+
+	if (!unit_s(l))
+		return limit_window_start(l, t) == c->head ? c->used : 0;
+	for (int64_t u = oldest_unit(c, l, t); u <= c->head; u++)
+		sum = count_add(sum, c->bucket[u % LIMIT_BUCKETS]);
+	return sum;
+}
+
+void limit_counter_init(struct limit_counter *c, const struct limit *l, int64_t now)
+{
+	memset(c, 0, sizeof(*c));
+	c->seen = clamp_time(now);
+	c->head = unit_s(l) ? c->seen / unit_s(l) : limit_window_start(l, c->seen);
+}
+
+int64_t limit_used(struct limit_counter *c, const struct limit *l, int64_t now)
+{
+	return used_at(c, l, advance(c, l, now));
+}
+
+/* For a sliding window, usage only leaves as time passes, so the answer is the first
+ * bucket (oldest first) whose leaving brings the rest within reach. The sums of the newer
+ * buckets are made newest first: a saturated sum then stays an upper bound, where
+ * subtracting from a saturated total would not. */
+int64_t limit_wait(const struct limit_counter *c, const struct limit *l, int64_t now,
+                   int64_t amount)
+{
+	int64_t t = acting_time(c, now), unit = unit_s(l), lo, newer[LIMIT_BUCKETS], acc = 0;
+	int n;
+
+	if (amount < 0)
+		amount = 0;
+	if (fits(used_at(c, l, t), amount, l->amount))
+		return 0;
+	if (amount > l->amount)
+		return LIMIT_NEVER;
+	if (!unit)
+		return calendar_end(l, t) - t;
+	lo = oldest_unit(c, l, t);
+	n = (int)(c->head - lo + 1);
+	for (int i = n - 1; i >= 0; i--) {
+		newer[i] = acc;
+		acc = count_add(acc, c->bucket[(lo + i) % LIMIT_BUCKETS]);
+	}
+	/* bucket lo + i leaves at the start of unit lo + i + 60, which is after t */
+	for (int i = 0; i < n; i++)
+		if (fits(newer[i], amount, l->amount))
+			return (lo + i + LIMIT_BUCKETS) * unit - t;
+	return LIMIT_NEVER; /* not reached: with every bucket gone, amount <= limit fits */
+}
+
+int64_t limit_add(struct limit_counter *c, const struct limit *l, int64_t now,
+                  int64_t amount)
+{
+	int64_t t = advance(c, l, now);
+
+	if (amount > 0) {
+		int64_t *count = unit_s(l) ? &c->bucket[c->head % LIMIT_BUCKETS] : &c->used;
+
+		*count = count_add(*count, amount);
+	}
+	return t;
+}
+
+void limit_adjust(struct limit_counter *c, const struct limit *l, int64_t at, int64_t now,
+                  int64_t delta)
+{
+	int64_t t = advance(c, l, now), unit = unit_s(l);
+
+	at = clamp_time(at);
+	if (at > t)
+		at = t;
+	if (unit) {
+		int64_t u = at / unit;
+
+		/* advance made head t's unit, so the ring is exactly the window */
+		if (u > c->head - LIMIT_BUCKETS)
+			c->bucket[u % LIMIT_BUCKETS] = count_add(c->bucket[u % LIMIT_BUCKETS], delta);
+	} else if (limit_window_start(l, at) == c->head) {
+		c->used = count_add(c->used, delta);
+	}
+}
+
+int64_t limit_reset_in(const struct limit_counter *c, const struct limit *l, int64_t now)
+{
+	int64_t t = acting_time(c, now), unit = unit_s(l);
+
+	if (!unit)
+		return calendar_end(l, t) - t;
+	for (int64_t u = oldest_unit(c, l, t); u <= c->head; u++)
+		if (c->bucket[u % LIMIT_BUCKETS] > 0)
+			return (u + LIMIT_BUCKETS) * unit - t;
+	return 0;
+}
+
+int64_t limit_clear_in(const struct limit_counter *c, const struct limit *l, int64_t now)
+{
+	int64_t t = acting_time(c, now), unit = unit_s(l);
+
+	if (!unit)
+		return used_at(c, l, t) > 0 ? calendar_end(l, t) - t : 0;
+	for (int64_t u = c->head; u >= oldest_unit(c, l, t); u--)
+		if (c->bucket[u % LIMIT_BUCKETS] > 0)
+			return (u + LIMIT_BUCKETS) * unit - t;
+	return 0;
+}
+
+int limit_counter_load(struct limit_counter *c, const struct limit *l, int64_t start,
+                       int64_t used, int64_t now)
+{
+	if (unit_s(l))
+		return -1;
+	advance(c, l, now);
+	if (start != c->head)
+		return -1;
+	c->used = used > 0 ? used : 0;
+	return 0;
+}

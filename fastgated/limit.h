@@ -68,4 +68,101 @@ char *limits_format(const struct limit *set, size_t n, char *buf, size_t size);
 const char *limit_kind_name(enum limit_kind k);
 const char *limit_window_name(enum limit_window w);
 
+/* The live counter of one limit.
+ *
+ * Time: every function takes now, Unix seconds (UTC, what time() returns); a time outside
+ * 0 .. LIMIT_TIME_MAX (1970 to the end of 9999) is taken as the nearer end. A counter keeps
+ * the largest now it has seen and takes an earlier one as that (a clock stepping back
+ * counts as no time passed): usage cannot become young again or land before usage already
+ * counted, and no wait comes out negative.
+ *
+ * Sliding windows (min, hour) keep usage in 60 buckets so that it leaves the window as it
+ * ages, not all at once:
+ *   min   one bucket per second. Usage counted at second s is in the window for now in
+ *         [s, s + 59]: it leaves at s + 60.
+ *   hour  one bucket per minute (minute m = s / 60). Usage counted at second s is in the
+ *         window for now in [s, 60 * m + 3599]: it leaves at the start of the 60th minute
+ *         after its own, 3541 to 3600 seconds after it was counted.
+ * limit_window_start(now) is the first second whose usage still counts at now, so the usage
+ * in the window is exactly what was counted (and adjusted) at seconds from it to now.
+ *
+ * Calendar windows (day, month) keep one count and the window's start: a day starts at
+ * 00:00:00 UTC, a month on its 1st at 00:00:00 UTC (leap years by the Gregorian rule; no
+ * leap seconds, as in Unix time). Usage counted in a window all leaves at its end.
+ *
+ * Counts saturate at INT64_MAX and never go below 0. A counter belongs to one limit: pass
+ * the same l (same window) to every call; after a change of window, init it again. */
+#define LIMIT_TIME_MAX 253402300799LL   /* 9999-12-31 23:59:59 UTC */
+#define LIMIT_NEVER (-1)
+#define LIMIT_BUCKETS 60
+
+/* Fixed size (504 bytes), no pointers, nothing to free: a zeroed one is an empty counter
+ * too. The fields are the module's. */
+struct limit_counter {
+	int64_t seen;                   /* the largest now seen */
+	int64_t head;                   /* sliding: the unit (second or minute) of the newest
+	                                 * bucket; calendar: the window's start */
+	int64_t used;                   /* calendar: the usage counted in that window */
+	int64_t bucket[LIMIT_BUCKETS];  /* sliding: bucket[u % 60] is the usage of unit u, for
+	                                 * u in (head - 60, head] */
+};
+
+/* An empty counter for l as of now. */
+void limit_counter_init(struct limit_counter *c, const struct limit *l, int64_t now);
+
+/* The usage in the window at now: reserved and settled, after what has aged out left. */
+int64_t limit_used(struct limit_counter *c, const struct limit *l, int64_t now);
+
+/* Would amount more fit now (usage + amount <= l->amount)? 0 if it would; else the exact
+ * seconds (>= 1) until it would, if nothing else is counted or adjusted meanwhile: for a
+ * sliding window the first second t at which the usage still in the window at t, plus
+ * amount, is within the limit, minus now (what Retry-After should say); for a calendar
+ * window the seconds to the window's end. LIMIT_NEVER if amount alone is more than the
+ * limit: no wait helps. A negative amount counts as 0. Changes nothing. */
+int64_t limit_wait(const struct limit_counter *c, const struct limit *l, int64_t now,
+                   int64_t amount);
+
+/* Count amount (a reservation) at now; a negative amount counts as 0. It does not check
+ * the limit: ask limit_wait first. Returns the second it was counted at: now, or the
+ * later time the counter had seen. Keep it: it is the `at` of limit_adjust. */
+int64_t limit_add(struct limit_counter *c, const struct limit *l, int64_t now,
+                  int64_t amount);
+
+/* Change what was counted at second at (what limit_add returned) by delta: a settlement
+ * (actual - reserved, either sign) or a release (-reserved). It lands where the
+ * reservation did while that is still in the window: a sliding window's bucket of at, a
+ * calendar window's count if at is in the current day or month. Otherwise it is dropped:
+ * that usage has already left the window, and settling it now would charge (or refund)
+ * the wrong window. A count never goes below 0. An at later than the counter's time is
+ * taken as that time. */
+void limit_adjust(struct limit_counter *c, const struct limit *l, int64_t at, int64_t now,
+                  int64_t delta);
+
+/* For x-ratelimit-reset-*: seconds from now until the oldest usage in a sliding window
+ * leaves it (0 if none is counted), or until a calendar window ends (always >= 1). */
+int64_t limit_reset_in(const struct limit_counter *c, const struct limit *l, int64_t now);
+/* Seconds from now until all usage counted now has left the window, the counter back to
+ * empty (0 if it is): OpenAI's meaning of x-ratelimit-reset-*. */
+int64_t limit_clear_in(const struct limit_counter *c, const struct limit *l, int64_t now);
+
+/* The first second whose usage counts in the window at now: for day and month the start of
+ * the day or month containing now; for min now - 59; for hour the start of the minute 59
+ * minutes before now's, between now - 3599 and now - 3540 (usage is kept per minute). Pure:
+ * no counter, so no "largest now seen". */
+int64_t limit_window_start(const struct limit *l, int64_t now);
+
+/* A calendar window's count after a restart: used (negative as 0) for the window starting
+ * at start, as persisted with limit_window_start and limit_used. 0 when loaded; -1, with
+ * the count left as it was, when start is not the current window's start at now (a count
+ * of a past day or month must not come back) or the window slides (its buckets are not
+ * persisted). */
+int limit_counter_load(struct limit_counter *c, const struct limit *l, int64_t start,
+                       int64_t used, int64_t now);
+
+/* The start of the month containing now (its 1st at 00:00:00 UTC), and of the month after;
+ * from the days-from-civil arithmetic, not timegm (no locale or TZ state). Exposed for
+ * tests. */
+int64_t limit_month_start(int64_t now);
+int64_t limit_next_month(int64_t now);
+
 #endif

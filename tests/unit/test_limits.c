@@ -3,9 +3,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "limit.h"
 #include "unit.h"
+
+/* The fake clock: 2026-03-10 00:00:00 UTC, on a minute (and day) boundary */
+#define T0 1773100800LL
+#define DAY 86400LL
 
 /* Parse text, which must succeed, and check what it gave. */
 static void parses_as(const char *text, enum limit_kind kind, int64_t amount,
@@ -291,6 +296,19 @@ TEST(limits_parse_refuses_duplicates_empties_and_too_many_adding_nothing)
 	CHECK_INT(limits_parse("tokens:1/month", set, &n, &err), -1);
 	CHECK_STR(err, "limit \"tokens:1/month\": too many limits (at most 8 on a key or user)");
 	CHECK_INT(n, 8);
+	/* an item longer than any limit is refused without being copied whole */
+	n = 2;
+	{
+		char longer[400];
+
+		memset(longer, '9', sizeof(longer));
+		memcpy(longer, "tokens:", 7);
+		strcpy(longer + sizeof(longer) - 5, "/day");
+		CHECK_INT(limits_parse(longer, set, &n, &err), -1);
+		CHECK_STR(err, "limit \"tokens:999999999999999999999999999999999...\": too long");
+		CHECK_INT(n, 2);
+	}
+	n = 8;
 	/* a caller's count beyond the array is refused, not copied */
 	n = LIMITS_MAX + 1;
 	CHECK_INT(limits_parse("tokens:1/month", set, &n, &err), -1);
@@ -317,6 +335,496 @@ TEST(limits_format_of_a_full_set_fits_and_parses_back)
 	CHECK_INT(limits_parse(buf, back, &nb, NULL), 0);
 	CHECK_INT(nb, n);
 	CHECK(memcmp(set, back, sizeof(set)) == 0);
+}
+
+/* A limit from its text, which must parse. */
+static struct limit L(const char *text)
+{
+	struct limit l = { LIMIT_REQUESTS, LIMIT_MIN, 1 };
+
+	CHECK_INT(limit_parse(text, &l, NULL), 0);
+	return l;
+}
+
+TEST(sliding_minute_fills_and_each_second_ages_out_exactly_at_s_plus_60)
+{
+	struct limit l = L("requests:5/min");
+	struct limit_counter c;
+
+	limit_counter_init(&c, &l, T0);
+	for (int i = 0; i < 5; i++) {
+		CHECK_INT(limit_wait(&c, &l, T0 + i, 1), 0);
+		CHECK_INT(limit_add(&c, &l, T0 + i, 1), T0 + i);
+	}
+	CHECK_INT(limit_used(&c, &l, T0 + 4), 5);
+	/* the usage of second T0 is in the window up to T0 + 59 and leaves at T0 + 60 */
+	CHECK_INT(limit_used(&c, &l, T0 + 59), 5);
+	CHECK_INT(limit_used(&c, &l, T0 + 60), 4);
+	CHECK_INT(limit_used(&c, &l, T0 + 63), 1);
+	CHECK_INT(limit_used(&c, &l, T0 + 64), 0);
+	CHECK_INT(limit_window_start(&l, T0 + 64), T0 + 5);
+}
+
+TEST(sliding_minute_retry_after_is_the_first_second_that_admits)
+{
+	struct limit l = L("requests:5/min");
+	struct limit_counter c;
+
+	limit_counter_init(&c, &l, T0);
+	for (int i = 0; i < 5; i++)
+		limit_add(&c, &l, T0 + i, 1);
+	/* one more fits once the usage of T0 has left, at T0 + 60 */
+	CHECK_INT(limit_wait(&c, &l, T0 + 4, 1), 56);
+	CHECK_INT(limit_wait(&c, &l, T0 + 30, 1), 30);
+	CHECK_INT(limit_wait(&c, &l, T0 + 59, 1), 1);
+	CHECK_INT(limit_wait(&c, &l, T0 + 60, 1), 0);
+	/* three fit once T0, T0 + 1 and T0 + 2 have left: at T0 + 62 */
+	CHECK_INT(limit_wait(&c, &l, T0 + 10, 3), 52);
+	CHECK_INT(limit_wait(&c, &l, T0 + 61, 3), 1);
+	/* the whole limit once everything has left: T0 + 64 */
+	CHECK_INT(limit_wait(&c, &l, T0 + 10, 5), 54);
+	CHECK_INT(limit_wait(&c, &l, T0 + 63, 5), 1);
+	CHECK_INT(limit_wait(&c, &l, T0 + 64, 5), 0);
+	/* limit_wait changed nothing: the counter still holds all five at T0 + 59 */
+	CHECK_INT(limit_used(&c, &l, T0 + 59), 5);
+	/* refill at T0 + 60: the next one waits for T0 + 1 to leave, one second */
+	limit_add(&c, &l, T0 + 60, 1);
+	CHECK_INT(limit_wait(&c, &l, T0 + 60, 1), 1);
+}
+
+TEST(sliding_minute_retry_after_with_uneven_buckets)
+{
+	struct limit l = L("tokens:100/min");
+	struct limit_counter c;
+
+	limit_counter_init(&c, &l, T0);
+	limit_add(&c, &l, T0, 50);
+	limit_add(&c, &l, T0 + 20, 30);
+	limit_add(&c, &l, T0 + 40, 20);
+	/* 100 used; 10 more need 10 gone: the 50 of T0 leave at T0 + 60 */
+	CHECK_INT(limit_wait(&c, &l, T0 + 45, 10), 15);
+	/* 60 need 60 gone: T0's 50 and T0 + 20's 30, gone at T0 + 80 */
+	CHECK_INT(limit_wait(&c, &l, T0 + 45, 60), 35);
+	CHECK_INT(limit_wait(&c, &l, T0 + 60, 60), 20);
+	CHECK_INT(limit_wait(&c, &l, T0 + 60, 50), 0);
+	/* 81 need everything gone: T0 + 100 */
+	CHECK_INT(limit_wait(&c, &l, T0 + 45, 81), 55);
+	CHECK_INT(limit_wait(&c, &l, T0 + 45, 100), 55);
+	CHECK_INT(limit_wait(&c, &l, T0 + 45, 101), LIMIT_NEVER);
+	CHECK_INT(limit_reset_in(&c, &l, T0 + 45), 15);
+	CHECK_INT(limit_clear_in(&c, &l, T0 + 45), 55);
+	CHECK_INT(limit_reset_in(&c, &l, T0 + 70), 10);
+	CHECK_INT(limit_clear_in(&c, &l, T0 + 70), 30);
+	CHECK_INT(limit_reset_in(&c, &l, T0 + 100), 0);
+	CHECK_INT(limit_clear_in(&c, &l, T0 + 100), 0);
+}
+
+TEST(sliding_hour_keeps_minutes_and_ages_out_at_the_60th_minute)
+{
+	struct limit l = L("tokens:100/hour");
+	struct limit_counter c;
+
+	limit_counter_init(&c, &l, T0);
+	limit_add(&c, &l, T0 + 30, 60);         /* minute 0 */
+	limit_add(&c, &l, T0 + 600 + 59, 40);   /* minute 10 */
+	CHECK_INT(limit_used(&c, &l, T0 + 1000), 100);
+	/* minute 0 is in the window up to T0 + 3599: 3570 s after T0 + 30 */
+	CHECK_INT(limit_used(&c, &l, T0 + 3599), 100);
+	CHECK_INT(limit_used(&c, &l, T0 + 3600), 40);
+	CHECK_INT(limit_used(&c, &l, T0 + 4199), 40);
+	CHECK_INT(limit_used(&c, &l, T0 + 4200), 0);
+	CHECK_INT(limit_window_start(&l, T0 + 3600), T0 + 60);
+	CHECK_INT(limit_window_start(&l, T0 + 3659), T0 + 60);
+	CHECK_INT(limit_window_start(&l, T0 + 3660), T0 + 120);
+}
+
+TEST(sliding_hour_retry_after_at_several_points)
+{
+	struct limit l = L("tokens:100/hour");
+	struct limit_counter c;
+
+	limit_counter_init(&c, &l, T0);
+	limit_add(&c, &l, T0 + 30, 60);
+	limit_add(&c, &l, T0 + 659, 40);
+	CHECK_INT(limit_wait(&c, &l, T0 + 1000, 1), 2600);
+	CHECK_INT(limit_wait(&c, &l, T0 + 1000, 60), 2600);
+	CHECK_INT(limit_wait(&c, &l, T0 + 1000, 61), 3200);
+	CHECK_INT(limit_wait(&c, &l, T0 + 3599, 1), 1);
+	CHECK_INT(limit_wait(&c, &l, T0 + 3600, 60), 0);
+	CHECK_INT(limit_wait(&c, &l, T0 + 3600, 61), 600);
+	CHECK_INT(limit_wait(&c, &l, T0 + 4199, 61), 1);
+	CHECK_INT(limit_wait(&c, &l, T0 + 1000, 101), LIMIT_NEVER);
+	CHECK_INT(limit_reset_in(&c, &l, T0 + 1000), 2600);
+	CHECK_INT(limit_clear_in(&c, &l, T0 + 1000), 3200);
+	/* a refill in minute 60 waits for minute 10 */
+	limit_add(&c, &l, T0 + 3600, 60);
+	CHECK_INT(limit_wait(&c, &l, T0 + 3600, 1), 600);
+}
+
+TEST(sliding_counter_survives_a_jump_past_the_window)
+{
+	struct limit m = L("requests:3/min"), h = L("requests:3/hour");
+	struct limit_counter cm, ch;
+
+	limit_counter_init(&cm, &m, T0);
+	limit_counter_init(&ch, &h, T0);
+	limit_add(&cm, &m, T0, 3);
+	limit_add(&ch, &h, T0, 3);
+	/* exactly one ring later the old bucket is reused, not added to */
+	limit_add(&cm, &m, T0 + 60, 1);
+	CHECK_INT(limit_used(&cm, &m, T0 + 60), 1);
+	limit_add(&ch, &h, T0 + 3600, 1);
+	CHECK_INT(limit_used(&ch, &h, T0 + 3600), 1);
+	/* years later */
+	CHECK_INT(limit_used(&cm, &m, T0 + 400 * DAY), 0);
+	CHECK_INT(limit_used(&ch, &h, T0 + 400 * DAY + 7), 0);
+	CHECK_INT(limit_wait(&cm, &m, T0 + 400 * DAY, 3), 0);
+}
+
+TEST(calendar_day_resets_at_midnight_utc)
+{
+	struct limit l = L("requests:3/day");
+	struct limit_counter c;
+	const int64_t d0 = 1768435200;   /* 2026-01-15 00:00:00 */
+
+	limit_counter_init(&c, &l, d0 + 10);
+	limit_add(&c, &l, d0 + 10, 3);
+	CHECK_INT(limit_wait(&c, &l, d0 + 10, 1), DAY - 10);
+	CHECK_INT(limit_wait(&c, &l, d0 + 10, 3), DAY - 10);
+	CHECK_INT(limit_wait(&c, &l, d0 + 10, 4), LIMIT_NEVER);
+	CHECK_INT(limit_used(&c, &l, d0 + DAY - 1), 3);
+	CHECK_INT(limit_wait(&c, &l, d0 + DAY - 1, 1), 1);
+	CHECK_INT(limit_reset_in(&c, &l, d0 + DAY - 1), 1);
+	CHECK_INT(limit_clear_in(&c, &l, d0 + DAY - 1), 1);
+	CHECK_INT(limit_window_start(&l, d0 + DAY - 1), d0);
+	CHECK_INT(limit_wait(&c, &l, d0 + DAY, 3), 0);
+	CHECK_INT(limit_used(&c, &l, d0 + DAY), 0);
+	CHECK_INT(limit_window_start(&l, d0 + DAY), d0 + DAY);
+	CHECK_INT(limit_reset_in(&c, &l, d0 + DAY), DAY);
+	CHECK_INT(limit_clear_in(&c, &l, d0 + DAY), 0);
+}
+
+/* A month limit filled at from: full up to the last second before next, empty at it. */
+static void month_ends_at(int64_t from, int64_t start, int64_t next)
+{
+	struct limit l = L("cost:1/month");
+	struct limit_counter c;
+
+	CHECK_INT(limit_month_start(from), start);
+	CHECK_INT(limit_next_month(from), next);
+	CHECK_INT(limit_month_start(next - 1), start);
+	CHECK_INT(limit_month_start(next), next);
+	CHECK_INT(limit_window_start(&l, from), start);
+	limit_counter_init(&c, &l, from);
+	limit_add(&c, &l, from, 1000000000);
+	CHECK_INT(limit_wait(&c, &l, from, 1), next - from);
+	CHECK_INT(limit_used(&c, &l, next - 1), 1000000000);
+	CHECK_INT(limit_wait(&c, &l, next - 1, 1), 1);
+	CHECK_INT(limit_reset_in(&c, &l, next - 1), 1);
+	CHECK_INT(limit_used(&c, &l, next), 0);
+	CHECK_INT(limit_wait(&c, &l, next, 1000000000), 0);
+	CHECK_INT(limit_wait(&c, &l, next, 1000000001), LIMIT_NEVER);
+}
+
+TEST(calendar_month_across_december_leap_februaries_and_30_31_day_months)
+{
+	/* Dec 2025 -> Jan 2026 */
+	month_ends_at(1764547200 + 17 * DAY + 3, 1764547200, 1767225600);
+	/* Jan (31 days) from its last day */
+	month_ends_at(1769817600 + 5, 1767225600, 1769904000);
+	/* Feb 2026 (28), Feb 2027 (28), Feb 2028 (leap: 29) from the 29th, Feb 2100 (not leap) */
+	month_ends_at(1769904000, 1769904000, 1772323200);
+	month_ends_at(1801440000 + 27 * DAY + 86399, 1801440000, 1803859200);
+	month_ends_at(1835395200 + 43200, 1832976000, 1835481600);
+	month_ends_at(4105123200 + 100, 4105123200, 4107542400);
+	/* Feb 2400 (leap: divisible by 400) from the 29th */
+	month_ends_at(13574563200, 13574563200 - 28 * DAY, 13574649600);
+	/* April (30 days) from its 30th */
+	month_ends_at(1777507200 + 3600, 1775001600, 1777593600);
+	/* past 2^31 s (2038-01-19) and 2^32 s (2106-02-07) */
+	month_ends_at(2147483648LL, 2145916800, 2148595200);
+	month_ends_at(4294967296LL, 4294425600, 4296844800);
+	/* the last month there is: its end is 10000-01-01 */
+	CHECK_INT(limit_month_start(LIMIT_TIME_MAX), 253399622400);
+	CHECK_INT(limit_next_month(LIMIT_TIME_MAX), 253402300800);
+}
+
+TEST(month_boundaries_agree_with_gmtime_for_every_day_1970_to_2500)
+{
+	int bad = 0;
+
+	for (int64_t d = 0; d < 194000; d++) {
+		time_t t = (time_t)(d * DAY + 12345);
+		struct tm tm;
+		int64_t start, next;
+
+		gmtime_r(&t, &tm);
+		start = (d - (tm.tm_mday - 1)) * DAY;
+		tm.tm_mday = 1;
+		tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+		tm.tm_mon += 1;
+		next = (int64_t)timegm(&tm);
+		if (limit_month_start(d * DAY + 12345) != start || limit_next_month(d * DAY + 12345) !=
+		    next) {
+			if (bad++ < 3)
+				fprintf(stderr, "  day %lld: month %lld..%lld, expected %lld..%lld\n",
+				        (long long)d, (long long)limit_month_start(d * DAY + 12345),
+				        (long long)limit_next_month(d * DAY + 12345), (long long)start,
+				        (long long)next);
+		}
+	}
+	CHECK_INT(bad, 0);
+}
+
+TEST(times_outside_1970_to_9999_are_taken_as_the_nearer_end)
+{
+	struct limit d = L("requests:1/day"), m = L("requests:1/min");
+	struct limit_counter c;
+
+	CHECK_INT(limit_month_start(-5), 0);
+	CHECK_INT(limit_next_month(-5), 31 * DAY);
+	CHECK_INT(limit_window_start(&d, INT64_MIN), 0);
+	CHECK_INT(limit_window_start(&d, INT64_MAX), LIMIT_TIME_MAX - DAY + 1);
+	limit_counter_init(&c, &m, -100);
+	CHECK_INT(limit_add(&c, &m, -100, 1), 0);
+	CHECK_INT(limit_wait(&c, &m, 0, 1), 60);
+	CHECK_INT(limit_add(&c, &m, INT64_MAX, 1), LIMIT_TIME_MAX);
+	CHECK_INT(limit_used(&c, &m, INT64_MAX), 1);
+	limit_counter_init(&c, &d, INT64_MAX);
+	limit_add(&c, &d, INT64_MAX, 1);
+	CHECK_INT(limit_wait(&c, &d, INT64_MAX, 1), 1);
+}
+
+TEST(adjust_settles_up_and_down_and_releases_in_the_reservations_bucket)
+{
+	const char *texts[] = { "tokens:1000/min", "tokens:1000/hour", "tokens:1000/day",
+	                        "tokens:1000/month" };
+
+	for (int i = 0; i < 4; i++) {
+		struct limit l = L(texts[i]);
+		struct limit_counter c;
+		int64_t at;
+
+		limit_counter_init(&c, &l, T0);
+		at = limit_add(&c, &l, T0 + 5, 100);
+		limit_add(&c, &l, T0 + 10, 50);
+		limit_adjust(&c, &l, at, T0 + 20, 30);      /* the answer was longer */
+		CHECK_INT(limit_used(&c, &l, T0 + 20), 180);
+		limit_adjust(&c, &l, at, T0 + 21, -70);     /* and then shorter */
+		CHECK_INT(limit_used(&c, &l, T0 + 21), 110);
+		limit_adjust(&c, &l, at, T0 + 22, -60);     /* released: 100 + 30 - 70 - 60 */
+		CHECK_INT(limit_used(&c, &l, T0 + 22), 50);
+	}
+}
+
+TEST(adjust_lands_in_the_bucket_of_at_and_leaves_with_it)
+{
+	struct limit l = L("tokens:1000/min");
+	struct limit_counter c;
+
+	limit_counter_init(&c, &l, T0);
+	limit_add(&c, &l, T0, 100);
+	limit_add(&c, &l, T0 + 30, 10);
+	limit_adjust(&c, &l, T0, T0 + 40, 400);
+	CHECK_INT(limit_wait(&c, &l, T0 + 40, 491), 20);
+	CHECK_INT(limit_wait(&c, &l, T0 + 40, 490), 0);
+	CHECK_INT(limit_used(&c, &l, T0 + 59), 510);
+	/* the settled 500 leave with their reservation, not 60 s after the settlement */
+	CHECK_INT(limit_used(&c, &l, T0 + 60), 10);
+}
+
+TEST(adjust_after_the_reservation_aged_out_is_dropped)
+{
+	struct limit m = L("tokens:1000/min"), h = L("tokens:1000/hour"), d = L("tokens:1000/day"),
+	             mo = L("tokens:1000/month");
+	struct limit_counter c;
+	const int64_t feb1 = 1769904000;
+
+	limit_counter_init(&c, &m, T0);
+	limit_add(&c, &m, T0, 100);
+	limit_add(&c, &m, T0 + 30, 10);
+	limit_adjust(&c, &m, T0, T0 + 60, -100);    /* a release: T0's bucket is gone */
+	CHECK_INT(limit_used(&c, &m, T0 + 60), 10);
+	limit_adjust(&c, &m, T0, T0 + 61, 500);     /* a settlement up: not charged now */
+	CHECK_INT(limit_used(&c, &m, T0 + 61), 10);
+
+	limit_counter_init(&c, &h, T0);
+	limit_add(&c, &h, T0 + 59, 100);
+	limit_add(&c, &h, T0 + 60, 10);
+	limit_adjust(&c, &h, T0 + 59, T0 + 3599, 5);    /* minute 0 still in */
+	CHECK_INT(limit_used(&c, &h, T0 + 3599), 115);
+	limit_adjust(&c, &h, T0 + 59, T0 + 3600, -105); /* minute 0 gone */
+	CHECK_INT(limit_used(&c, &h, T0 + 3600), 10);
+
+	limit_counter_init(&c, &d, T0 + DAY - 5);
+	limit_add(&c, &d, T0 + DAY - 5, 100);
+	limit_add(&c, &d, T0 + DAY, 10);
+	limit_adjust(&c, &d, T0 + DAY - 5, T0 + DAY + 1, 900);   /* yesterday's: dropped */
+	CHECK_INT(limit_used(&c, &d, T0 + DAY + 1), 10);
+	limit_adjust(&c, &d, T0 + DAY, T0 + DAY + 2, 7);         /* today's: counted */
+	CHECK_INT(limit_used(&c, &d, T0 + DAY + 2), 17);
+
+	limit_counter_init(&c, &mo, feb1 - 1);
+	limit_add(&c, &mo, feb1 - 1, 100);
+	limit_adjust(&c, &mo, feb1 - 1, feb1, -100);
+	limit_add(&c, &mo, feb1, 1);
+	CHECK_INT(limit_used(&c, &mo, feb1), 1);
+}
+
+TEST(adjust_never_takes_a_count_below_zero)
+{
+	const char *texts[] = { "tokens:1000/min", "tokens:1000/hour", "tokens:1000/day",
+	                        "tokens:1000/month" };
+
+	for (int i = 0; i < 4; i++) {
+		struct limit l = L(texts[i]);
+		struct limit_counter c;
+		int64_t at;
+
+		limit_counter_init(&c, &l, T0);
+		at = limit_add(&c, &l, T0, 10);
+		limit_adjust(&c, &l, at, T0 + 1, -25);
+		CHECK_INT(limit_used(&c, &l, T0 + 1), 0);
+		limit_adjust(&c, &l, at, T0 + 1, INT64_MIN);
+		CHECK_INT(limit_used(&c, &l, T0 + 1), 0);
+		/* nothing owed: the next reservation counts in full */
+		limit_add(&c, &l, T0 + 2, 4);
+		CHECK_INT(limit_used(&c, &l, T0 + 2), 4);
+		CHECK_INT(limit_reset_in(&c, &l, T0 + 2) > 0, 1);
+	}
+}
+
+TEST(adjust_at_a_later_time_than_the_counter_lands_now)
+{
+	struct limit l = L("tokens:1000/min");
+	struct limit_counter c;
+
+	limit_counter_init(&c, &l, T0);
+	limit_add(&c, &l, T0, 5);
+	limit_adjust(&c, &l, T0 + 500, T0 + 10, 7);
+	CHECK_INT(limit_used(&c, &l, T0 + 10), 12);
+	CHECK_INT(limit_used(&c, &l, T0 + 60), 7);
+	CHECK_INT(limit_used(&c, &l, T0 + 70), 0);
+}
+
+TEST(wait_is_never_for_an_amount_above_the_limit_and_zero_for_the_limit_when_empty)
+{
+	const char *texts[] = { "requests:10/min", "requests:10/hour", "requests:10/day",
+	                        "requests:10/month" };
+
+	for (int i = 0; i < 4; i++) {
+		struct limit l = L(texts[i]);
+		struct limit_counter c;
+
+		limit_counter_init(&c, &l, T0);
+		CHECK_INT(limit_wait(&c, &l, T0, 11), LIMIT_NEVER);
+		CHECK_INT(limit_wait(&c, &l, T0, INT64_MAX), LIMIT_NEVER);
+		CHECK_INT(limit_wait(&c, &l, T0, 10), 0);
+		CHECK_INT(limit_wait(&c, &l, T0, -3), 0);
+		CHECK_INT(limit_reset_in(&c, &l, T0), i < 2 ? 0 : i == 2 ? DAY : 22 * DAY);
+		limit_add(&c, &l, T0, 10);
+		CHECK_INT(limit_wait(&c, &l, T0, 11), LIMIT_NEVER);
+		CHECK_INT(limit_wait(&c, &l, T0, 0), 0);
+		/* over the limit (a settlement above the estimate): even 0 more waits */
+		limit_adjust(&c, &l, T0, T0, 1);
+		CHECK(limit_wait(&c, &l, T0, 0) > 0);
+		CHECK_INT(limit_add(&c, &l, T0, -5), T0);
+		CHECK_INT(limit_used(&c, &l, T0), 11);
+	}
+}
+
+TEST(time_going_backwards_counts_as_no_time_passed)
+{
+	const char *texts[] = { "requests:3/min", "requests:3/hour", "requests:3/day",
+	                        "requests:3/month" };
+	/* just past the end of February 2026: a day and a month boundary behind */
+	const int64_t t = 1772323200 + 100;
+
+	for (int i = 0; i < 4; i++) {
+		struct limit l = L(texts[i]);
+		struct limit_counter c;
+		int64_t at;
+
+		limit_counter_init(&c, &l, t - 200);
+		limit_add(&c, &l, t - 200, 2);      /* before the boundary */
+		at = limit_add(&c, &l, t, 1);
+		/* the clock steps back 200 s, behind the boundary: what left (the minute's usage of
+		 * t - 200, the day's and month's before midnight) does not come back */
+		CHECK_INT(limit_used(&c, &l, t - 200), i == 1 ? 3 : 1);
+		CHECK_INT(limit_add(&c, &l, t - 150, 1), t);
+		CHECK_INT(limit_used(&c, &l, t - 150), i == 1 ? 4 : 2);
+		/* waits are measured from the latest time seen: t's bucket leaves at t + 60 */
+		if (i == 0)
+			CHECK_INT(limit_wait(&c, &l, t - 1000, 2), 60);
+		CHECK(limit_wait(&c, &l, t - 1000, 3) >= 1);
+		CHECK(limit_reset_in(&c, &l, t - 1000) >= 1);
+		/* a release of the reservation made at t still finds it */
+		limit_adjust(&c, &l, at, t - 10, -1);
+		CHECK_INT(limit_used(&c, &l, t - 10), i == 1 ? 3 : 1);
+		/* and time going forward again works as usual */
+		CHECK_INT(limit_used(&c, &l, t + 40 * DAY), 0);
+	}
+}
+
+TEST(load_restores_the_current_calendar_window_only)
+{
+	struct limit d = L("cost:10/day"), m = L("cost:10/min");
+	struct limit_counter c;
+	int64_t start = limit_window_start(&d, T0 + 500);
+
+	limit_counter_init(&c, &d, T0 + 500);
+	CHECK_INT(limit_counter_load(&c, &d, start, 7000000000LL, T0 + 500), 0);
+	CHECK_INT(limit_used(&c, &d, T0 + 600), 7000000000LL);
+	CHECK_INT(limit_wait(&c, &d, T0 + 600, 3000000000LL), 0);
+	CHECK_INT(limit_wait(&c, &d, T0 + 600, 3000000001LL), DAY - 600);
+	/* yesterday's count does not come back */
+	CHECK_INT(limit_counter_load(&c, &d, start - DAY, 1, T0 + 700), -1);
+	CHECK_INT(limit_used(&c, &d, T0 + 700), 7000000000LL);
+	/* nor one for a start that is no window's */
+	CHECK_INT(limit_counter_load(&c, &d, start + 1, 1, T0 + 700), -1);
+	CHECK_INT(limit_counter_load(&c, &d, start, -5, T0 + 700), 0);
+	CHECK_INT(limit_used(&c, &d, T0 + 700), 0);
+	/* sliding windows are not persisted */
+	limit_counter_init(&c, &m, T0);
+	CHECK_INT(limit_counter_load(&c, &m, limit_window_start(&m, T0), 5, T0), -1);
+	CHECK_INT(limit_used(&c, &m, T0), 0);
+}
+
+TEST(a_zeroed_counter_is_an_empty_one)
+{
+	const char *texts[] = { "requests:3/min", "requests:3/hour", "requests:3/day",
+	                        "requests:3/month" };
+
+	for (int i = 0; i < 4; i++) {
+		struct limit l = L(texts[i]);
+		struct limit_counter c;
+
+		memset(&c, 0, sizeof(c));
+		CHECK_INT(limit_used(&c, &l, T0), 0);
+		CHECK_INT(limit_wait(&c, &l, T0, 3), 0);
+		limit_add(&c, &l, T0, 3);
+		CHECK_INT(limit_used(&c, &l, T0), 3);
+	}
+	CHECK_INT(sizeof(struct limit_counter), 504);
+}
+
+TEST(counts_saturate_instead_of_overflowing)
+{
+	const char *texts[] = { "tokens:9223372036854775807/min", "tokens:9223372036854775807/hour",
+	                        "tokens:9223372036854775807/day" };
+
+	for (int i = 0; i < 3; i++) {
+		struct limit l = L(texts[i]);
+		struct limit_counter c;
+
+		limit_counter_init(&c, &l, T0);
+		for (int k = 0; k < 70; k++)
+			limit_add(&c, &l, T0 + k, INT64_MAX - 1);
+		limit_adjust(&c, &l, T0 + 69, T0 + 69, INT64_MAX);
+		CHECK_INT(limit_used(&c, &l, T0 + 69), INT64_MAX);
+		CHECK(limit_wait(&c, &l, T0 + 69, 1) > 0);
+		CHECK_INT(limit_wait(&c, &l, T0 + 69, 0), 0);
+	}
 }
 
 RUN_TESTS()
