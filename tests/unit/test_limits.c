@@ -827,4 +827,243 @@ TEST(counts_saturate_instead_of_overflowing)
 	}
 }
 
+/* --- the property test: the counter against a model that keeps every reservation --- */
+
+/* One reservation as the model keeps it: when it was counted and what it stands at now
+ * (after settlements and releases; never below 0, as a real reservation). */
+struct model_ev {
+	int64_t at;
+	int64_t value;
+	int64_t month;          /* at's year * 12 + month, from gmtime_r */
+};
+
+struct model {
+	enum limit_window window;
+	int64_t limit;
+	struct model_ev ev[1024];
+	int n;
+};
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ULL;
+
+/* xorshift64*: fixed seed, the same run every time */
+static uint64_t rnd(void)
+{
+	rng_state ^= rng_state >> 12;
+	rng_state ^= rng_state << 25;
+	rng_state ^= rng_state >> 27;
+	return rng_state * 2685821657736338717ULL;
+}
+
+static int64_t rnd_in(int64_t lo, int64_t hi)
+{
+	return lo + (int64_t)(rnd() % (uint64_t)(hi - lo + 1));
+}
+
+static int64_t month_of(int64_t t)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	gmtime_r(&tt, &tm);
+	return (int64_t)(tm.tm_year + 1900) * 12 + tm.tm_mon;
+}
+
+/* Is a reservation counted at ev->at in the window at t? Written from the rules in limit.h,
+ * not from the module: min [s, s + 59]; hour while t's minute is less than 60 after s's;
+ * day the same UTC day; month the same UTC month by gmtime. tmonth is month_of(t). */
+static int in_window(const struct model *m, const struct model_ev *ev, int64_t t, int64_t tmonth)
+{
+	if (ev->at > t)
+		return 0;
+	switch (m->window) {
+	case LIMIT_MIN: return t - ev->at <= 59;
+	case LIMIT_HOUR: return t / 60 - ev->at / 60 <= 59;
+	case LIMIT_DAY: return t / DAY == ev->at / DAY;
+	case LIMIT_MONTH: return tmonth == ev->month;
+	}
+	return 0;
+}
+
+static int64_t model_used(const struct model *m, int64_t t)
+{
+	int64_t sum = 0, tmonth = m->window == LIMIT_MONTH ? month_of(t) : 0;
+
+	for (int i = 0; i < m->n; i++)
+		if (in_window(m, &m->ev[i], t, tmonth))
+			sum += m->ev[i].value;
+	return sum;
+}
+
+/* The longest any reservation stays in the window: a wait is never longer. */
+static int64_t model_horizon(const struct model *m)
+{
+	return m->window == LIMIT_MIN ? 60 : m->window == LIMIT_HOUR ? 3600 :
+	       m->window == LIMIT_DAY ? DAY : 31 * DAY;
+}
+
+/* The first second t' >= t at which amount more fits, as t' - t. Nothing is added while
+ * time passes, so the usage only falls: whether it fits is false up to some second and
+ * true from then on, and a binary search over seconds finds that first second exactly. */
+static int64_t model_wait(const struct model *m, int64_t t, int64_t amount)
+{
+	int64_t lo = t, hi = t + model_horizon(m);
+
+	if (amount > m->limit)
+		return LIMIT_NEVER;
+	if (model_used(m, t) + amount <= m->limit)
+		return 0;
+	CHECK(model_used(m, hi) + amount <= m->limit);
+	while (hi - lo > 1) {     /* lo does not fit, hi fits */
+		int64_t mid = lo + (hi - lo) / 2;
+
+		if (model_used(m, mid) + amount <= m->limit)
+			hi = mid;
+		else
+			lo = mid;
+	}
+	return hi - t;
+}
+
+/* Drop reservations that have left the window at t (they never come back), but only when
+ * the list is getting full, so that settlements of aged-out ones are exercised too. */
+static void model_prune(struct model *m, int64_t t)
+{
+	int64_t tmonth = m->window == LIMIT_MONTH ? month_of(t) : 0;
+	int k = 0;
+
+	if (m->n < 200)
+		return;
+	for (int i = 0; i < m->n; i++)
+		if (in_window(m, &m->ev[i], t, tmonth) || rnd() % 8 == 0)
+			m->ev[k++] = m->ev[i];
+	m->n = k;
+}
+
+/* Drive one counter and the model with the same random steps: time moves by small steps,
+ * sometimes not at all, sometimes back, sometimes far ahead; reservations are made when
+ * limit_wait says they fit (and sometimes regardless), settled up or down and released.
+ * After every step the usage, the wait for a random amount, and the reset times must be
+ * exactly the model's. */
+static void run_property(const char *text, int64_t start, int64_t step_max, int steps)
+{
+	struct limit l = L(text);
+	struct limit_counter c;
+	struct model *m = calloc(1, sizeof(*m));
+	int64_t t = start, seen = start;
+	int bad = 0, waited = 0, admitted = 0, live_adjusts = 0, aged_adjusts = 0;
+
+	m->window = l.window;
+	m->limit = l.amount;
+	limit_counter_init(&c, &l, t);
+	for (int step = 0; step < steps && bad < 5; step++) {
+		uint64_t r = rnd() % 100;
+		int64_t now, eff, amount, got, want;
+
+		if (r < 70)
+			t += rnd_in(0, step_max);
+		else if (r < 80)
+			;
+		else if (r < 95)
+			t -= rnd_in(1, 3 * step_max);
+		else
+			t += rnd_in(model_horizon(m) / 2, 2 * model_horizon(m));
+		now = t;
+		eff = now > seen ? now : seen;
+
+		r = rnd() % 100;
+		if (r < 50) {
+			amount = rnd_in(1, m->limit / 3);
+			got = limit_wait(&c, &l, now, amount);
+			want = model_wait(m, eff, amount);
+			if (got != want && bad++ < 5)
+				fprintf(stderr, "  %s step %d t %lld: wait(%lld) %lld, model %lld\n", text,
+				        step, (long long)eff, (long long)amount, (long long)got,
+				        (long long)want);
+			waited += got > 0;
+			if ((got == 0 || rnd() % 20 == 0) && m->n < 1024) {
+				int64_t at = limit_add(&c, &l, now, amount);
+
+				CHECK_INT(at, eff);
+				m->ev[m->n].at = at;
+				m->ev[m->n].value = amount;
+				m->ev[m->n].month = month_of(at);
+				m->n++;
+				admitted++;
+			}
+		} else if (r < 85 && m->n > 0) {
+			/* mostly one of the latest reservations (likely still in the window), else any */
+			int pick = rnd() % 4 ? m->n - 1 - (int)(rnd() % (uint64_t)(m->n < 20 ? m->n : 20))
+			                     : (int)(rnd() % (uint64_t)m->n);
+			struct model_ev *ev = &m->ev[pick];
+			/* settled: up to twice the estimate and a bit, or down to nothing; or released */
+			int64_t actual = r < 75 ? rnd_in(0, 2 * ev->value + 5) : 0;
+
+			if (in_window(m, ev, eff, m->window == LIMIT_MONTH ? month_of(eff) : 0))
+				live_adjusts++;
+			else
+				aged_adjusts++;
+			limit_adjust(&c, &l, ev->at, now, actual - ev->value);
+			ev->value = actual;
+		} else {
+			/* a time check only */
+			limit_used(&c, &l, now);
+		}
+		seen = eff > seen ? eff : seen;
+
+		got = limit_used(&c, &l, now);
+		want = model_used(m, eff);
+		if (got != want && bad++ < 5)
+			fprintf(stderr, "  %s step %d t %lld: used %lld, model %lld\n", text, step,
+			        (long long)eff, (long long)got, (long long)want);
+		amount = rnd_in(0, m->limit + 2);
+		got = limit_wait(&c, &l, now, amount);
+		want = model_wait(m, eff, amount);
+		if (got != want && bad++ < 5)
+			fprintf(stderr, "  %s step %d t %lld: wait(%lld) %lld, model %lld\n", text, step,
+			        (long long)eff, (long long)amount, (long long)got, (long long)want);
+		/* the reset times: when the oldest and the newest counted usage leave, i.e. the
+		 * first second at which usage falls below what it is, and the first it is 0 */
+		if (l.window == LIMIT_MIN || l.window == LIMIT_HOUR) {
+			int64_t u = model_used(m, eff);
+
+			want = u == 0 ? 0 : model_wait(m, eff, m->limit - u + 1);
+			CHECK_INT(limit_reset_in(&c, &l, now), want);
+			want = u == 0 ? 0 : model_wait(m, eff, m->limit);
+			CHECK_INT(limit_clear_in(&c, &l, now), want);
+		}
+		model_prune(m, eff);
+	}
+	CHECK_INT(bad, 0);
+	/* the run did what it is for: it filled the limit, made callers wait, admitted many and
+	 * settled reservations both in the window and after they had aged out */
+	CHECK(waited > steps / 20);
+	CHECK(admitted > steps / 20);
+	CHECK(live_adjusts > steps / 20);
+	CHECK(aged_adjusts > steps / 20);
+	free(m);
+}
+
+TEST(property_minute_window_matches_a_model_of_every_reservation)
+{
+	run_property("tokens:100/min", 2147483000LL, 4, 100000);
+}
+
+TEST(property_hour_window_matches_a_model_of_every_reservation)
+{
+	run_property("tokens:100/hour", 2147483000LL, 150, 100000);
+}
+
+TEST(property_day_window_matches_a_model_of_every_reservation)
+{
+	run_property("tokens:100/day", 1829000000LL, 3500, 100000);
+}
+
+TEST(property_month_window_matches_a_model_of_every_reservation)
+{
+	/* from late 2027, by steps of up to ~1.2 days: across 2028's leap February, the 30- and
+	 * 31-day months, year ends and 2038, for some 150 years */
+	run_property("cost:0.0000001/month", 1825000000LL, 100000, 100000);
+}
+
 RUN_TESTS()
