@@ -609,6 +609,7 @@ void cli_print_error(const struct cli_cmd *cmd, const json_t *error, const char 
 /* The filters logs tail and logs export share. */
 #define LOG_FILTERS \
 	{ "--key", "ID", CLI_ARG_INT, "key_id", false, "only requests made with this key (0: without a key)", CLI_COMPLETE_KEY, NULL }, \
+	{ "--user", "ID", CLI_ARG_INT, "user_id", false, "only requests made with a key of this user (0: without a user)", CLI_COMPLETE_USER, NULL }, \
 	{ "--route", "NAME", CLI_ARG_STRING, "route", false, "only requests this route served", CLI_COMPLETE_ROUTE, NULL }, \
 	{ "--status", "S", CLI_ARG_STRING, "status", false, "only this status (404) or class (5xx)", CLI_COMPLETE_NONE, NULL }, \
 	{ "--stream", NULL, CLI_ARG_FLAG, "stream", false, "only streamed responses", CLI_COMPLETE_NONE, NULL }, \

@@ -27,6 +27,7 @@ enum cli_complete {
 	CLI_COMPLETE_ROUTES,   /* comma-separated route names */
 	CLI_COMPLETE_KEY,      /* a key id */
 	CLI_COMPLETE_UPSTREAM, /* an upstream id, ROUTE/INDEX */
+	CLI_COMPLETE_USER,     /* a user id */
 };
 
 /* Global options, as the command runner sees them. */

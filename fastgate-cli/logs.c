@@ -411,8 +411,10 @@ static const char *num_or(char *buf, size_t size, const json_t *r, const char *k
 void cli_print_log_record(const json_t *r)
 {
 	struct cli_table *t = cli_table_new(2, NULL);
-	char b[12][64], key[256];
+	char b[13][64], key[256], cost[96];
 	const char *name = jstr(r, "key_name");
+
+	snprintf(cost, sizeof(cost), "%s USD", jstr(r, "cost_usd") ? jstr(r, "cost_usd") : "");
 
 	if (jnull(r, "key_id"))
 		snprintf(key, sizeof(key), "none");
@@ -446,5 +448,13 @@ void cli_print_log_record(const json_t *r)
 	kv(t, "retries:", num_or(b[8], sizeof(b[8]), r, "retries", "0"));
 	kv(t, "attempts:", jstr(r, "attempts") ? jstr(r, "attempts") : "none");
 	kv(t, "upstream request id:", jstr(r, "upstream_request_id") ? jstr(r, "upstream_request_id") : "-");
+	kv(t, "user:", num_or(b[12], sizeof(b[12]), r, "user_id", "none"));
+	/* an exact decimal string from the daemon, never a float here */
+	kv(t, "cost:", jstr(r, "cost_usd") ? cost : json_is_true(json_object_get(r, "unpriced"))
+	   ? "none (unpriced model)" : "none");
+	kv(t, "price version:", jstr(r, "price_version") ? jstr(r, "price_version") : "-");
+	kv(t, "billed:", json_is_true(json_object_get(r, "billed")) ? "yes" : "no");
+	kv(t, "tokens estimated:", json_is_true(json_object_get(r, "estimated"))
+	   ? "yes (by the gateway, not the upstream)" : "no");
 	cli_table_print(t, stdout);
 }

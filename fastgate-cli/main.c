@@ -468,7 +468,8 @@ done:
 /* ---- shell completion ----
  * `fastgate-cli --complete WORD...` prints the candidates for the word after WORDs, one a
  * line. Values the daemon knows are requested with a directive the script resolves:
- * @file (a path), @route, @routes (comma list), @key (a key id), @upstream (ROUTE/INDEX). */
+ * @file (a path), @route, @routes (comma list), @key (a key id), @upstream (ROUTE/INDEX),
+ * @user (a user id). */
 
 /* The candidates for an option's value (or the positional argument). */
 static void complete_value(const struct cli_opt *o)
@@ -489,6 +490,7 @@ static void complete_value(const struct cli_opt *o)
 	case CLI_COMPLETE_ROUTES: puts("@routes"); break;
 	case CLI_COMPLETE_KEY: puts("@key"); break;
 	case CLI_COMPLETE_UPSTREAM: puts("@upstream"); break;
+	case CLI_COMPLETE_USER: puts("@user"); break;
 	case CLI_COMPLETE_NONE: break;
 	}
 }

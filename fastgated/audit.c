@@ -47,7 +47,8 @@
  * side by side with nginx (8 rounds of wrk -c64), fastgated's p99 was 7.25 ms at 100 ms,
  * 6.6-6.8 ms at 10, 20 and 50 ms (nginx 5.98). 50 ms keeps most of the saving. */
 #define AUDIT_GATHER_MS        50
-#define INSERT_MANY            32     /* rows per multi-row INSERT in a batch */
+#define INSERT_MANY            29     /* rows per multi-row INSERT in a batch: as many as
+                                       * fit in SQLite's oldest limit of 999 parameters */
 
 /* The columns as of schema version 2, which migration 4 copies: never edit it. */
 #define COLUMNS_V2 "request_id, started_at, key_id, key_name, client_ip, method, path, " \
@@ -58,23 +59,31 @@
 #define COLUMNS "request_id, started_at, key_id, key_name, client_ip, method, path, " \
 	"route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, bytes_out, " \
 	"model, prompt_tokens, completion_tokens, error, retries, attempts, cached_tokens, " \
-	"cache_write_tokens, reasoning_tokens, upstream_request_id, request_body, response_body"
+	"cache_write_tokens, reasoning_tokens, upstream_request_id, user_id, cost_nano, " \
+	"price_version, estimated, billed, unpriced, request_body, response_body"
 /* What a reader selects from a file at an older schema version, which a daemon of this
  * version has not opened yet: NULL for the columns added since, so rows come back in the
  * same shape. Version 2 to 4: no attempts; version 5: no cache or reasoning tokens;
- * version 6: no upstream request id. */
+ * version 6: no upstream request id; version 7: no spend columns (as if no user, no cost,
+ * not estimated, billed or unpriced). */
 #define COLUMNS_READ_V4 "request_id, started_at, key_id, key_name, client_ip, method, " \
 	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
 	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, NULL, " \
-	"NULL, NULL, NULL, NULL, request_body, response_body"
+	"NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, request_body, response_body"
 #define COLUMNS_READ_V5 "request_id, started_at, key_id, key_name, client_ip, method, " \
 	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
 	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, attempts, " \
-	"NULL, NULL, NULL, NULL, request_body, response_body"
+	"NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, 0, request_body, response_body"
 #define COLUMNS_READ_V6 "request_id, started_at, key_id, key_name, client_ip, method, " \
 	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
 	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, attempts, " \
-	"cached_tokens, cache_write_tokens, reasoning_tokens, NULL, request_body, response_body"
+	"cached_tokens, cache_write_tokens, reasoning_tokens, NULL, NULL, NULL, NULL, 0, 0, 0, " \
+	"request_body, response_body"
+#define COLUMNS_READ_V7 "request_id, started_at, key_id, key_name, client_ip, method, " \
+	"path, route, upstream, status, latency_ms, ttfb_ms, is_stream, chunks, bytes_in, " \
+	"bytes_out, model, prompt_tokens, completion_tokens, error, retries, attempts, " \
+	"cached_tokens, cache_write_tokens, reasoning_tokens, upstream_request_id, NULL, NULL, " \
+	"NULL, 0, 0, 0, request_body, response_body"
 
 /* The columns after request_id as version 1 created them. Versions 1 and 4 create the
  * table with them: like every step below, never edit it (add a step instead). */
@@ -143,6 +152,17 @@ static const struct { int version; const char *sql; } migrations[] = {
 	/* The upstream's own id of the request, for its support: NULL in older rows. */
 	{ 7,
 	  "ALTER TABLE audit ADD COLUMN upstream_request_id TEXT;" },
+	/* Spend control (DESIGN.md): the key's user (NULL = none, as key_id), the cost in
+	 * integer nano-USD (NULL = no cost) and the pricing table's version; whether the
+	 * tokens are the gateway's estimate, whether the request was charged against its
+	 * limits and balance, whether its model had no price. Older rows: none of these. */
+	{ 8,
+	  "ALTER TABLE audit ADD COLUMN user_id INTEGER;"
+	  "ALTER TABLE audit ADD COLUMN cost_nano INTEGER;"
+	  "ALTER TABLE audit ADD COLUMN price_version TEXT;"
+	  "ALTER TABLE audit ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;"
+	  "ALTER TABLE audit ADD COLUMN billed INTEGER NOT NULL DEFAULT 0;"
+	  "ALTER TABLE audit ADD COLUMN unpriced INTEGER NOT NULL DEFAULT 0;" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -151,7 +171,8 @@ const char *const audit_field_names[AUDIT_NFIELDS] = {
 	"upstream", "status", "latency_ms", "ttfb_ms", "is_stream", "chunks", "bytes_in",
 	"bytes_out", "model", "prompt_tokens", "completion_tokens", "error", "retries",
 	"attempts", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
-	"upstream_request_id", "request_body", "response_body",
+	"upstream_request_id", "user_id", "cost_usd", "price_version", "estimated", "billed",
+	"unpriced", "request_body", "response_body",
 };
 
 struct audit {
@@ -270,6 +291,7 @@ static void record_init(struct audit_record *r)
 	r->cached_tokens = -1;
 	r->cache_write_tokens = -1;
 	r->reasoning_tokens = -1;
+	r->cost_nano = -1;
 }
 
 struct audit_record *audit_record_new(void)
@@ -288,6 +310,7 @@ struct audit_record *audit_record_pack(const struct audit_record *src, bool with
 		offsetof(struct audit_record, upstream), offsetof(struct audit_record, model),
 		offsetof(struct audit_record, error), offsetof(struct audit_record, attempts),
 		offsetof(struct audit_record, upstream_request_id),
+		offsetof(struct audit_record, price_version),
 		/* the bodies last: left out without with_bodies */
 		offsetof(struct audit_record, request_body),
 		offsetof(struct audit_record, response_body),
@@ -342,6 +365,7 @@ void audit_record_clear(struct audit_record *r)
 	free(r->error);
 	free(r->attempts);
 	free(r->upstream_request_id);
+	free(r->price_version);
 	free(r->request_body);
 	free(r->response_body);
 	record_init(r);
@@ -372,7 +396,8 @@ size_t audit_record_bytes(const struct audit_record *r)
 {
 	const char *s[] = { r->request_id, r->key_name, r->client_ip, r->method, r->path,
 	                    r->route, r->upstream, r->model, r->error, r->attempts,
-	                    r->upstream_request_id, r->request_body, r->response_body };
+	                    r->upstream_request_id, r->price_version, r->request_body,
+	                    r->response_body };
 	size_t n = sizeof(*r);
 
 	if (r->packed_)
@@ -465,7 +490,8 @@ int audit_fields_parse(const char *list, int *out, size_t cap, char **err)
 static const int default_fields[AUDIT_NDEFAULT_FIELDS] = {
 	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
 	AUDIT_F_RETRIES, AUDIT_F_ATTEMPTS, AUDIT_F_CACHED_TOKENS, AUDIT_F_CACHE_WRITE_TOKENS,
-	AUDIT_F_REASONING_TOKENS, AUDIT_F_UPSTREAM_REQUEST_ID,
+	AUDIT_F_REASONING_TOKENS, AUDIT_F_UPSTREAM_REQUEST_ID, AUDIT_F_USER_ID, AUDIT_F_COST_USD,
+	AUDIT_F_PRICE_VERSION, AUDIT_F_ESTIMATED,
 };
 
 static void pick_fields(const int **fields, size_t *nfields)
@@ -614,6 +640,20 @@ static const char *field_text(const struct audit_record *r, int f, char *buf, si
 	case AUDIT_F_CACHE_WRITE_TOKENS: return count_text(r->cache_write_tokens, buf, cap);
 	case AUDIT_F_REASONING_TOKENS: return count_text(r->reasoning_tokens, buf, cap);
 	case AUDIT_F_UPSTREAM_REQUEST_ID: return r->upstream_request_id;
+	case AUDIT_F_USER_ID:
+		if (r->user_id <= 0)
+			return NULL;
+		snprintf(buf, cap, "%" PRId64, r->user_id);
+		return buf;
+	case AUDIT_F_COST_USD:
+		if (r->cost_nano < 0 || cap < FMT_USD_MAX)
+			return NULL;
+		fmt_usd_nano(buf, r->cost_nano);
+		return buf;
+	case AUDIT_F_PRICE_VERSION: return r->price_version;
+	case AUDIT_F_ESTIMATED: return r->estimated ? "1" : "0";
+	case AUDIT_F_BILLED: return r->billed ? "1" : "0";
+	case AUDIT_F_UNPRICED: return r->unpriced ? "1" : "0";
 	case AUDIT_F_REQUEST_BODY: return r->request_body;
 	case AUDIT_F_RESPONSE_BODY: return r->response_body;
 	default: return NULL;
@@ -701,6 +741,17 @@ static json_t *field_json(const struct audit_record *r, int f)
 	case AUDIT_F_CACHE_WRITE_TOKENS: return int_or_null(r->cache_write_tokens, 0);
 	case AUDIT_F_REASONING_TOKENS: return int_or_null(r->reasoning_tokens, 0);
 	case AUDIT_F_UPSTREAM_REQUEST_ID: return json_text(r->upstream_request_id);
+	case AUDIT_F_USER_ID: return int_or_null(r->user_id, 1);
+	case AUDIT_F_COST_USD:
+		/* a string: a JSON number would be read as a double by most parsers */
+		if (r->cost_nano < 0)
+			return json_null();
+		fmt_usd_nano(buf, r->cost_nano);
+		return json_string(buf);
+	case AUDIT_F_PRICE_VERSION: return json_text(r->price_version);
+	case AUDIT_F_ESTIMATED: return json_boolean(r->estimated);
+	case AUDIT_F_BILLED: return json_boolean(r->billed);
+	case AUDIT_F_UNPRICED: return json_boolean(r->unpriced);
 	case AUDIT_F_REQUEST_BODY: return json_text(r->request_body);
 	case AUDIT_F_RESPONSE_BODY: return json_text(r->response_body);
 	default: return json_null();
@@ -771,6 +822,12 @@ static char *spool_line(const struct audit_record *r)
 	                    json_integer((json_int_t)r->cache_write_tokens));
 	json_object_set_new(o, "reasoning_tokens", json_integer((json_int_t)r->reasoning_tokens));
 	json_object_set_new(o, "upstream_request_id", json_text(r->upstream_request_id));
+	json_object_set_new(o, "user_id", json_integer((json_int_t)r->user_id));
+	json_object_set_new(o, "cost_nano", json_integer((json_int_t)r->cost_nano));
+	json_object_set_new(o, "price_version", json_text(r->price_version));
+	json_object_set_new(o, "estimated", json_boolean(r->estimated));
+	json_object_set_new(o, "billed", json_boolean(r->billed));
+	json_object_set_new(o, "unpriced", json_boolean(r->unpriced));
 	if (r->request_body)
 		json_object_set_new(o, "request_body", json_text(r->request_body));
 	if (r->response_body)
@@ -843,6 +900,12 @@ static struct audit_record *spool_parse(const char *line, size_t len)
 	r->cache_write_tokens = j_int(o, "cache_write_tokens", -1);
 	r->reasoning_tokens = j_int(o, "reasoning_tokens", -1);
 	r->upstream_request_id = j_str(o, "upstream_request_id");   /* likewise */
+	r->user_id = j_int(o, "user_id", 0);                         /* likewise */
+	r->cost_nano = j_int(o, "cost_nano", -1);
+	r->price_version = j_str(o, "price_version");
+	r->estimated = json_is_true(json_object_get(o, "estimated"));
+	r->billed = json_is_true(json_object_get(o, "billed"));
+	r->unpriced = json_is_true(json_object_get(o, "unpriced"));
 	r->request_body = j_str(o, "request_body");
 	r->response_body = j_str(o, "response_body");
 done:
@@ -1005,8 +1068,14 @@ _Static_assert(AUDIT_F_REQUEST_BODY == LEAN_FIELDS && AUDIT_F_RESPONSE_BODY == L
                "the body fields are the last two");
 /* SQLite before 3.32 allows at most 999 parameters in a statement. */
 _Static_assert(INSERT_MANY * AUDIT_NFIELDS <= 999, "a multi-row INSERT binds too many");
-/* The single-row INSERTs number their parameters ?1 .. ?28. */
-_Static_assert(AUDIT_NFIELDS == 28, "the single-row INSERTs bind every field");
+
+/* "?1, ?2, ..., ?N" for every field, at sql + n; the new length. */
+static size_t every_parameter(char *sql, size_t cap, size_t n)
+{
+	for (int j = 1; j <= AUDIT_NFIELDS; j++)
+		n += (size_t)snprintf(sql + n, cap - n, "%s?%d", j > 1 ? ", " : "", j);
+	return n;
+}
 
 /* "INSERT ... VALUES (?, ...), ..." for INSERT_MANY rows binding their first `fields`
  * columns (the rest NULL); parameters numbered in order, row k field j = k*fields+j. NULL
@@ -1037,8 +1106,19 @@ static sqlite3_stmt *prepare_insert_many(sqlite3 *db, int fields)
 static int db_connect(struct audit *a, char **err)
 {
 	sqlite3_stmt *st = NULL;
+	char insert[1024], insert_new[1024];
+	size_t n;
 	int rc;
 
+	n = (size_t)snprintf(insert, sizeof(insert), "INSERT INTO audit (" COLUMNS ") VALUES (");
+	n = every_parameter(insert, sizeof(insert), n);
+	snprintf(insert + n, sizeof(insert) - n, ")");
+	/* a spooled record may have been committed already, by a replay that was cut off
+	 * before the spool shrank: the time index finds it at once */
+	n = (size_t)snprintf(insert_new, sizeof(insert_new), "INSERT INTO audit (" COLUMNS ") SELECT ");
+	n = every_parameter(insert_new, sizeof(insert_new), n);
+	snprintf(insert_new + n, sizeof(insert_new) - n, " WHERE NOT EXISTS (SELECT 1 FROM audit "
+	         "WHERE started_at = ?2 AND request_id = ?1)");
 	if (ensure_db_file(a->db_path, err) < 0)
 		return -1;
 	if (sqlite3_open_v2(a->db_path, &a->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
@@ -1073,20 +1153,10 @@ static int db_connect(struct audit *a, char **err)
 
 	if (migrate(a->db, a->db_path, err) < 0)
 		goto fail;
-	if (sqlite3_prepare_v3(a->db,
-	                       "INSERT INTO audit (" COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
-	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
-	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert, NULL) != SQLITE_OK ||
-	    /* a spooled record may have been committed already, by a replay that was cut off
-	     * before the spool shrank: the time index finds it at once */
-	    sqlite3_prepare_v3(a->db,
-	                       "INSERT INTO audit (" COLUMNS ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, "
-	                       "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, "
-	                       "?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28 WHERE NOT EXISTS "
-	                       "(SELECT 1 FROM audit "
-	                       "WHERE started_at = ?2 AND request_id = ?1)",
-	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert_new, NULL) != SQLITE_OK ||
+	if (sqlite3_prepare_v3(a->db, insert, -1, SQLITE_PREPARE_PERSISTENT, &a->st_insert,
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db, insert_new, -1, SQLITE_PREPARE_PERSISTENT,
+	                       &a->st_insert_new, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db,
 	                       "UPDATE audit_untimed_ids SET until = ?1 WHERE until < ?1",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_untimed, NULL) != SQLITE_OK ||
@@ -1184,10 +1254,16 @@ static void bind_record(sqlite3_stmt *st, int b, const struct audit_record *r, i
 	bind_int_or_null(st, b + 24, r->cache_write_tokens, 0);
 	bind_int_or_null(st, b + 25, r->reasoning_tokens, 0);
 	bind_text(st, b + 26, r->upstream_request_id);
+	bind_int_or_null(st, b + 27, r->user_id, 1);
+	bind_int_or_null(st, b + 28, r->cost_nano, 0);
+	bind_text(st, b + 29, r->price_version);
+	sqlite3_bind_int(st, b + 30, r->estimated ? 1 : 0);
+	sqlite3_bind_int(st, b + 31, r->billed ? 1 : 0);
+	sqlite3_bind_int(st, b + 32, r->unpriced ? 1 : 0);
 	if (fields == LEAN_FIELDS)
 		return;
-	bind_text(st, b + 27, r->request_body);
-	bind_text(st, b + 28, r->response_body);
+	bind_text(st, b + 33, r->request_body);
+	bind_text(st, b + 34, r->response_body);
 }
 
 /* INSERT_MANY records from r on, in one statement (less statement overhead per row).
@@ -2026,6 +2102,7 @@ void audit_query_init(struct audit_query *q)
 {
 	memset(q, 0, sizeof(*q));
 	q->key_id = -1;
+	q->user_id = -1;
 	q->is_stream = -1;
 }
 
@@ -2071,6 +2148,12 @@ static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
 	r->cache_write_tokens = col_int_or(st, AUDIT_F_CACHE_WRITE_TOKENS, -1);
 	r->reasoning_tokens = col_int_or(st, AUDIT_F_REASONING_TOKENS, -1);
 	r->upstream_request_id = col_text(st, AUDIT_F_UPSTREAM_REQUEST_ID);
+	r->user_id = col_int_or(st, AUDIT_F_USER_ID, 0);
+	r->cost_nano = col_int_or(st, AUDIT_F_COST_USD, -1);
+	r->price_version = col_text(st, AUDIT_F_PRICE_VERSION);
+	r->estimated = sqlite3_column_int(st, AUDIT_F_ESTIMATED) != 0;
+	r->billed = sqlite3_column_int(st, AUDIT_F_BILLED) != 0;
+	r->unpriced = sqlite3_column_int(st, AUDIT_F_UNPRICED) != 0;
 	r->request_body = col_text(st, AUDIT_F_REQUEST_BODY);
 	r->response_body = col_text(st, AUDIT_F_RESPONSE_BODY);
 }
@@ -2080,7 +2163,7 @@ static void row_to_record(sqlite3_stmt *st, struct audit_record *r)
 static const char *read_columns(int version)
 {
 	return version < 5 ? COLUMNS_READ_V4 : version < 6 ? COLUMNS_READ_V5
-	     : version < 7 ? COLUMNS_READ_V6 : COLUMNS;
+	     : version < 7 ? COLUMNS_READ_V6 : version < 8 ? COLUMNS_READ_V7 : COLUMNS;
 }
 
 /* A read-only connection: it never takes the write lock, so the writer never waits for
@@ -2149,6 +2232,11 @@ struct audit_cursor *audit_query_open(const char *db_path, const struct audit_qu
 		ADD(" AND key_id IS NULL");
 	else if (q->key_id > 0)
 		ADD(" AND key_id = ?");
+	/* a file before version 8 has no users: every row is one without */
+	if (q->user_id == 0 && version >= 8)
+		ADD(" AND user_id IS NULL");
+	else if (q->user_id > 0)
+		ADD(version >= 8 ? " AND user_id = ?" : " AND 0");
 	if (q->route)
 		ADD(" AND route = ?");
 	if (q->status >= 100)
@@ -2180,6 +2268,8 @@ struct audit_cursor *audit_query_open(const char *db_path, const struct audit_qu
 		sqlite3_bind_double(c->st, i++, q->until);
 	if (q->key_id > 0)
 		sqlite3_bind_int64(c->st, i++, q->key_id);
+	if (q->user_id > 0 && version >= 8)
+		sqlite3_bind_int64(c->st, i++, q->user_id);
 	if (q->route)
 		sqlite3_bind_text(c->st, i++, q->route, -1, SQLITE_TRANSIENT);
 	if (q->status >= 100) {

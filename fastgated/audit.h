@@ -18,8 +18,8 @@
  * writer (WAL readers and the writer do not wait for each other).
  *
  * Formatting. CSV (RFC 4180 quoting) and JSON, with a selectable field list; the default
- * list is DESIGN.md's CSV column order, then retries, attempts and the cache and reasoning
- * token counts. */
+ * list is DESIGN.md's CSV column order, then retries, attempts, the cache and reasoning
+ * token counts, the upstream's request id and the spend columns. */
 #ifndef FG_AUDIT_H
 #define FG_AUDIT_H
 
@@ -63,6 +63,11 @@ struct audit_record {
 	int64_t reasoning_tokens; /* completion tokens spent reasoning; -1 = unknown */
 	char *upstream_request_id; /* the last upstream's own id of the request (Anthropic's
 	                           * request-id, OpenAI's x-request-id header), or NULL */
+	/* Spend (DESIGN.md, Spend control). Money is integer nano-USD (1 USD = 1e9). */
+	int64_t user_id;          /* the key's user; 0 = no user */
+	int64_t cost_nano;        /* what the request cost; -1 = no cost (an unpriced model, or
+	                           * nothing was charged) */
+	char *price_version;      /* the version of the pricing table the cost came from, or NULL */
 	char *request_body;       /* only for routes with log_bodies: truncated, else NULL */
 	char *response_body;
 
@@ -71,6 +76,12 @@ struct audit_record {
 	int status;               /* status sent to the client */
 	int retries;              /* upstream attempts beyond the first */
 	bool is_stream;
+	bool billed;              /* charged against its key's and user's limits and balance (its
+	                           * reservation was settled, not released): the spend counters
+	                           * count it */
+	bool estimated;           /* the token counts are the gateway's estimate (the client left
+	                           * mid-stream, or the upstream reported no usage) */
+	bool unpriced;            /* the model had no price */
 
 	bool packed_;               /* private: strings live in the record's own block */
 	unsigned refs_;             /* private: owners of a packed record (audit_record_share) */
@@ -113,14 +124,20 @@ enum audit_field {
 	AUDIT_F_ATTEMPTS,
 	AUDIT_F_CACHED_TOKENS, AUDIT_F_CACHE_WRITE_TOKENS, AUDIT_F_REASONING_TOKENS,
 	AUDIT_F_UPSTREAM_REQUEST_ID,
-	AUDIT_F_REQUEST_BODY,     /* not exported by default: ask with --fields; stored only */
+	AUDIT_F_USER_ID,          /* spend: the key's user, */
+	AUDIT_F_COST_USD,         /* the cost as an exact decimal (9 places) from cost_nano, */
+	AUDIT_F_PRICE_VERSION,    /* the pricing table's version */
+	AUDIT_F_ESTIMATED,        /* and whether the token counts are the gateway's estimate */
+	AUDIT_F_BILLED,           /* not exported by default: ask with --fields */
+	AUDIT_F_UNPRICED,
+	AUDIT_F_REQUEST_BODY,     /* not exported by default either; stored only */
 	AUDIT_F_RESPONSE_BODY,    /* for routes with log_bodies. The bodies stay last (audit.c) */
 	AUDIT_NFIELDS
 };
 /* The default export columns are the first AUDIT_NDEFAULT_FIELDS: DESIGN.md's order, then
- * retries, attempts, cached_tokens, cache_write_tokens, reasoning_tokens and
- * upstream_request_id. */
-#define AUDIT_NDEFAULT_FIELDS AUDIT_F_REQUEST_BODY
+ * retries, attempts, cached_tokens, cache_write_tokens, reasoning_tokens,
+ * upstream_request_id, user_id, cost_usd, price_version and estimated. */
+#define AUDIT_NDEFAULT_FIELDS AUDIT_F_BILLED
 
 /* Field names as they appear in the CSV header, JSON keys and --fields. */
 extern const char *const audit_field_names[AUDIT_NFIELDS];
@@ -202,6 +219,7 @@ struct audit_query {
 	double since;             /* unix seconds, started_at >= since; 0 = open */
 	double until;             /* unix seconds, started_at < until; 0 = open */
 	int64_t key_id;           /* -1 = any, 0 = requests without a key, N = that key */
+	int64_t user_id;          /* -1 = any, 0 = requests without a user, N = that user */
 	const char *route;        /* exact route name; NULL = any */
 	int status;               /* 0 = any; 1..5 = that class (5 = 5xx); 100..599 = exact */
 	int is_stream;            /* -1 = any, 0 = plain answers, 1 = streams */
@@ -209,7 +227,7 @@ struct audit_query {
 	size_t limit;             /* 0 = no limit */
 	bool newest_first;        /* false: oldest first (export); true: newest first */
 };
-/* Sets the "match everything" values (key_id -1, is_stream -1, rest zero). */
+/* Sets the "match everything" values (key_id and user_id -1, is_stream -1, rest zero). */
 void audit_query_init(struct audit_query *q);
 
 struct audit_cursor;

@@ -116,7 +116,7 @@ void endpoints_refused(void *arg, const struct http_refusal *r)
 	struct gateway *gw = arg;
 	struct audit_record row = { .ttfb_ms = -1, .prompt_tokens = -1, .completion_tokens = -1,
 	                            .cached_tokens = -1, .cache_write_tokens = -1,
-	                            .reasoning_tokens = -1 };
+	                            .reasoning_tokens = -1, .cost_nano = -1 };
 	struct request_done d = { .row = &row, .ttfb_s = -1, .refused = 1 };
 	struct timespec now;
 

@@ -40,9 +40,9 @@ struct logs {
 /* Every field, kept bodies included: tail events and show. */
 static const int all_fields[AUDIT_NFIELDS] = {
 	0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-	24, 25, 26, 27,
+	24, 25, 26, 27, 28, 29, 30, 31, 32, 33,
 };
-_Static_assert(AUDIT_NFIELDS == 28, "all_fields lists every audit field");
+_Static_assert(AUDIT_NFIELDS == 34, "all_fields lists every audit field");
 
 static json_t *record_event(const struct audit_record *r)
 {
@@ -108,6 +108,7 @@ static const struct audit_record *ring_find(const struct logs *l, const char *id
 
 struct filter {
 	int64_t key_id;     /* -1 any, 0 requests without a key, N that key */
+	int64_t user_id;    /* -1 any, 0 requests without a user, N that user */
 	char *route;        /* NULL any */
 	int status;         /* 0 any, 1..5 a class, 100..599 exact */
 	int is_stream;      /* -1 any */
@@ -150,18 +151,21 @@ static bool parse_status(json_t *v, int *out)
 /* Read the filter arguments; false after replying. */
 static bool filter_parse(struct ctl_call *call, json_t *args, struct filter *f)
 {
-	json_int_t key_id = -1;
+	json_int_t key_id = -1, user_id = -1;
 	const char *route = NULL;
 	bool stream = false;
 	json_t *v;
 
 	memset(f, 0, sizeof(*f));
 	f->key_id = -1;
+	f->user_id = -1;
 	f->is_stream = -1;
 	if (!ctl_arg_int(call, args, "key_id", false, 0, INT64_MAX, &key_id) ||
+	    !ctl_arg_int(call, args, "user_id", false, 0, INT64_MAX, &user_id) ||
 	    !ctl_arg_string(call, args, "route", false, &route))
 		return false;
 	f->key_id = key_id;
+	f->user_id = user_id;
 	v = json_object_get(args, "status");
 	if (v && !json_is_null(v) && !parse_status(v, &f->status)) {
 		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
@@ -193,6 +197,7 @@ static void filter_query(const struct filter *f, struct audit_query *q)
 {
 	audit_query_init(q);
 	q->key_id = f->key_id;
+	q->user_id = f->user_id;
 	q->route = f->route;
 	q->status = f->status;
 	q->is_stream = f->is_stream;
@@ -204,6 +209,10 @@ static bool filter_match(const struct filter *f, const struct audit_record *r)
 	if (f->key_id == 0 && r->key_id > 0)
 		return false;
 	if (f->key_id > 0 && r->key_id != f->key_id)
+		return false;
+	if (f->user_id == 0 && r->user_id > 0)
+		return false;
+	if (f->user_id > 0 && r->user_id != f->user_id)
 		return false;
 	if (f->route && (!r->route || strcmp(f->route, r->route) != 0))
 		return false;
@@ -445,8 +454,8 @@ static void tail_drain(struct ctl_call *call, void *arg)
 
 void logs_h_tail(struct ctl_call *call, json_t *args)
 {
-	static const char *const allowed[] = { "follow", "lines", "key_id", "route", "status",
-	                                       "stream", "error", NULL };
+	static const char *const allowed[] = { "follow", "lines", "key_id", "user_id", "route",
+	                                       "status", "stream", "error", NULL };
 	struct gateway *gw = ctl_call_gateway(call);
 	struct tail *t;
 	json_int_t lines = 10;
@@ -744,7 +753,8 @@ static void export_cancel(struct ctl_call *call, void *arg)
 void logs_h_export(struct ctl_call *call, json_t *args)
 {
 	static const char *const allowed[] = { "format", "since", "until", "fields", "key_id",
-	                                       "route", "status", "stream", "error", NULL };
+	                                       "user_id", "route", "status", "stream", "error",
+	                                       NULL };
 	struct gateway *gw = ctl_call_gateway(call);
 	const char *format, *fields = NULL;
 	double since = 0, until = 0;

@@ -119,6 +119,7 @@ static void emit_done(struct proxy_req *px, double total_s)
 	row.cached_tokens = px->usage.found ? px->usage.cached_tokens : -1;
 	row.cache_write_tokens = px->usage.found ? px->usage.cache_write_tokens : -1;
 	row.reasoning_tokens = px->usage.found ? px->usage.reasoning_tokens : -1;
+	row.cost_nano = -1;                  /* none until the request is priced (issue 19) */
 	row.error = empty_to_null(px->error_kind);
 	row.request_body = px->body_log;
 	row.response_body = answer;

@@ -117,3 +117,21 @@ size_t fmt_dec(char *out, uint64_t n)
 	memcpy(out, q, k);
 	return k;
 }
+
+size_t fmt_usd_nano(char *out, int64_t nano)
+{
+	/* the magnitude as unsigned, so INT64_MIN has one too */
+	uint64_t mag = nano < 0 ? (uint64_t)0 - (uint64_t)nano : (uint64_t)nano;
+	uint64_t frac = mag % 1000000000u;
+	size_t n = 0;
+
+	if (nano < 0)
+		out[n++] = '-';
+	n += fmt_dec(out + n, mag / 1000000000u);
+	out[n++] = '.';
+	for (int i = 8; i >= 0; i--, frac /= 10)
+		out[n + (size_t)i] = (char)('0' + frac % 10);
+	n += 9;
+	out[n] = '\0';
+	return n;
+}

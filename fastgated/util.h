@@ -25,6 +25,11 @@ int buf_append(char **buf, size_t *len, size_t *cap, const void *p, size_t n, si
 /* Write n in decimal at out (room for 20 digits, no NUL); the number of digits. The
  * request path formats lengths with it: snprintf cost ~800 instructions a request. */
 size_t fmt_dec(char *out, uint64_t n);
+/* Money as an exact decimal of US dollars with nine places, from integer nano-dollars
+ * (1 USD = 1e9): 123450 -> "0.000123450", -1500000000 -> "-1.500000000". Never through
+ * a double. NUL-terminated at out, which has room for FMT_USD_MAX bytes; the length. */
+#define FMT_USD_MAX 24
+size_t fmt_usd_nano(char *out, int64_t nano);
 
 /* A header name with its length, for lists that are checked against every header of
  * every request and answer: only names of the same length are compared. The list ends

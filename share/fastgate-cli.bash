@@ -2,11 +2,12 @@
 #
 # Install: copy to /usr/share/bash-completion/completions/fastgate-cli, or source it.
 # The words come from fastgate-cli itself (`fastgate-cli --complete WORD...`), so this file
-# never goes stale; route names, key ids and upstream ids are asked of the running daemon.
+# never goes stale; route names, key ids, user ids and upstream ids are asked of the running
+# daemon.
 
 _fastgate_cli_daemon() {
-    # $1: noun to list ("route", "key" or "upstream"); remaining args: global options from
-    # the line.
+    # $1: noun to list ("route", "key", "user" or "upstream"); remaining args: global
+    # options from the line. A daemon without that list (an older one) offers nothing.
     local what=$1; shift
     local out
     out=$("${_fastgate_cli_bin}" "$@" --json "$what" list 2>/dev/null) || return 0
@@ -43,7 +44,7 @@ _fastgate_cli() {
             COMPREPLY=($(compgen -f -- "$cur"))
             return 0
             ;;
-        @route | @key | @upstream)
+        @route | @key | @user | @upstream)
             while IFS= read -r w; do candidates+=("$w"); done \
                 < <(_fastgate_cli_daemon "${line#@}" "${globals[@]}")
             ;;

@@ -46,7 +46,8 @@ DESIGN_COLUMNS = ["request_id", "started_at", "key_id", "key_name", "client_ip",
                   "chunks", "bytes_in", "bytes_out", "model", "prompt_tokens",
                   "completion_tokens", "error"]
 CSV_COLUMNS = DESIGN_COLUMNS + ["retries", "attempts", "cached_tokens", "cache_write_tokens",
-                                "reasoning_tokens", "upstream_request_id"]
+                                "reasoning_tokens", "upstream_request_id", "user_id", "cost_usd",
+                                "price_version", "estimated"]
 # what a pool with retries records: upstream=outcome:ms for each attempt, joined by ';'
 ATTEMPTS = "http://10.0.0.5:8000=connect:3;http://10.0.0.6:8000=ok:120"
 
@@ -367,8 +368,9 @@ def test_export_csv_round_trips_through_the_csv_module(c):
     # RFC 4180: CRLF line ends, quotes doubled, the newline kept inside its quoted field
     rc, out, _ = cli(c, "logs", "export", "--format", "csv", "--key", str(k["id"]))
     assert out.endswith("\r\n") and '"/v1/""odd"",path\nline two"' in out, out
-    # ';' and '=' need no quotes: the attempts as written, then the unknown token counts
-    assert out.endswith(",2,%s,,,,\r\n" % ATTEMPTS), out[-200:]
+    # ';' and '=' need no quotes: the attempts as written, then the unknown token counts, no
+    # upstream id, no user, cost or price version, not estimated
+    assert out.endswith(",2,%s,,,,,,,,0\r\n" % ATTEMPTS), out[-200:]
     # the same row as JSON, only the fields asked for
     rec = json_lines(cli_ok(c, "logs", "export", "--format", "jsonl", "--key", str(k["id"]),
                             "--fields", "request_id,path,model,retries,attempts"))[-1]
@@ -457,11 +459,18 @@ def test_show_prints_one_record_in_full(c):
     rid = chat(c, k["key"], stream=True)
     rec = json.loads(cli_ok(c, "--json", "logs", "show", rid))
     assert rec["request_id"] == rid and rec["key_name"] == "show-me" and rec["is_stream"]
-    assert set(CSV_COLUMNS + ["request_body", "response_body"]) == set(rec.keys()), rec.keys()
+    assert set(CSV_COLUMNS + ["billed", "unpriced", "request_body", "response_body"]) == \
+        set(rec.keys()), rec.keys()
     out = cli_ok(c, "logs", "show", rid)
     assert re.search(r"^request id:\s+%s$" % rid, out, re.M), out
     assert re.search(r"^stream:\s+yes$", out, re.M) and re.search(r"^retries:\s+0$", out, re.M)
     assert re.search(r"^attempts:\s+\S+$", out, re.M), out
+    # the spend columns: nothing is priced or charged yet on this daemon
+    assert (rec["user_id"], rec["cost_usd"], rec["price_version"], rec["estimated"],
+            rec["billed"], rec["unpriced"]) == (None, None, None, False, False, False), rec
+    for label, value in (("user", "none"), ("cost", "none"), ("price version", "-"),
+                         ("billed", "no"), ("tokens estimated", "no")):
+        assert re.search(r"^%s:\s+%s$" % (label, re.escape(value)), out, re.M), (label, out)
     # still found once the writer has committed it
     wait_exported(c, [rid], "--key", str(k["id"]))
     assert json.loads(cli_ok(c, "--json", "logs", "show", rid))["request_id"] == rid
@@ -669,7 +678,7 @@ def test_a_version_4_database_gains_attempts_at_start_and_keeps_its_rows(c):
     try:
         db = sqlite3.connect("file:%s?mode=ro" % os.path.join(d, "audit.db"), uri=True)
         try:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 7
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 8
             assert db.execute("SELECT rowid, retries, request_body, attempts, cached_tokens, "
                               "cache_write_tokens, reasoning_tokens FROM audit WHERE "
                               "request_id = ?", (old_id,)).fetchone() == \

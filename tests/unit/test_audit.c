@@ -22,6 +22,7 @@
 
 #include "audit.h"
 #include "reqid.h"
+#include "util.h"
 
 static struct reqid_gen test_ids;
 #include "unit.h"
@@ -105,6 +106,16 @@ static int64_t cached_for(int i) { return i % 4 == 0 ? -1 : i % 4 == 1 ? 0 : 100
 static int64_t cache_write_for(int i) { return i % 5 == 0 ? -1 : 2 * i; }
 static int64_t reasoning_for(int i) { return i % 3 == 0 ? -1 : i % 3 == 1 ? 300 + i : 0; }
 
+/* The spend columns make_record gives row i: no user in some rows; no cost (-1) in every
+ * sixth, a cost with nine significant decimals in the others (more than a double keeps at
+ * ten dollars and up); rows without a cost are unpriced or not charged. */
+static int64_t user_for(int i) { return i % 5 == 0 ? 0 : 100 + i % 2; }
+static int64_t cost_for(int i) { return i % 6 == 0 ? -1 : (int64_t)i * 1000000007LL + 123450; }
+static const char *price_version_for(int i) { return i % 3 == 0 ? NULL : "2026-12-01.1"; }
+static bool estimated_for(int i) { return i % 7 == 3; }
+static bool billed_for(int i) { return i % 6 != 0 && i % 4 != 2; }
+static bool unpriced_for(int i) { return i % 12 == 6; }
+
 /* A record whose every field is derived from `i`, so any row can be checked alone. */
 static struct audit_record *make_record(const char *prefix, int i, double started_at)
 {
@@ -141,6 +152,13 @@ static struct audit_record *make_record(const char *prefix, int i, double starte
 		snprintf(buf, sizeof(buf), "req_%06d", i);
 		r->upstream_request_id = dup_s(buf);
 	}
+	r->user_id = user_for(i);
+	r->cost_nano = cost_for(i);
+	if (price_version_for(i))
+		r->price_version = dup_s(price_version_for(i));
+	r->estimated = estimated_for(i);
+	r->billed = billed_for(i);
+	r->unpriced = unpriced_for(i);
 	return r;
 }
 
@@ -267,7 +285,8 @@ static long count_lines(const char *path)
 
 /* Check that every row prefix000000..prefix(n-1) read back through the query cursor has
  * the columns added after version 4 as make_record gave them: attempts, the cache and
- * reasoning token counts. Returns the number of mismatches. */
+ * reasoning token counts, the upstream's id, the spend columns. Returns the number of
+ * mismatches. */
 static int check_late_columns(const char *path, const char *prefix, int n)
 {
 	struct audit_cursor *c = audit_query_open(path, NULL, NULL);
@@ -298,6 +317,17 @@ static int check_late_columns(const char *path, const char *prefix, int n)
 			if (bad++ < 3)
 				fprintf(stderr, "  %s: upstream request id %s\n", r.request_id,
 				        r.upstream_request_id ? r.upstream_request_id : "NULL");
+		}
+		if (r.user_id != user_for(i) || r.cost_nano != cost_for(i) ||
+		    (price_version_for(i) ? !r.price_version ||
+		     strcmp(r.price_version, price_version_for(i)) != 0 : r.price_version != NULL) ||
+		    r.estimated != estimated_for(i) || r.billed != billed_for(i) ||
+		    r.unpriced != unpriced_for(i)) {
+			if (bad++ < 3)
+				fprintf(stderr, "  %s: user %lld cost %lld price version %s estimated %d "
+				        "billed %d unpriced %d\n", r.request_id, (long long)r.user_id,
+				        (long long)r.cost_nano, r.price_version ? r.price_version : "NULL",
+				        r.estimated, r.billed, r.unpriced);
 		}
 		if (r.cached_tokens != cached_for(i) || r.cache_write_tokens != cache_write_for(i) ||
 		    r.reasoning_tokens != reasoning_for(i)) {
@@ -590,12 +620,19 @@ TEST(records_left_in_the_spool_at_close_are_written_first_at_next_open)
 		CHECK(f != NULL);
 		CHECK(f && fgets(line, sizeof(line), f) && strstr(line, "\"attempts\":null") &&
 		      strstr(line, "\"cached_tokens\":-1,\"cache_write_tokens\":-1,"
-		             "\"reasoning_tokens\":-1"));
+		             "\"reasoning_tokens\":-1") &&
+		      /* row 0: no user, no cost (-1 in the spool, not null) */
+		      strstr(line, "\"user_id\":0,\"cost_nano\":-1,\"price_version\":null,"
+		             "\"estimated\":false,\"billed\":false,\"unpriced\":false"));
 		snprintf(want, sizeof(want), "\"attempts\":\"%s\"",
 		         attempts_for(1, buf, sizeof(buf)));
 		CHECK(f && fgets(line, sizeof(line), f) && strstr(line, want) &&
 		      strstr(line, "\"cached_tokens\":0,\"cache_write_tokens\":2,"
-		             "\"reasoning_tokens\":301"));
+		             "\"reasoning_tokens\":301") &&
+		      /* row 1: the cost as an exact integer of nano-USD */
+		      strstr(line, "\"user_id\":101,\"cost_nano\":1000123457,"
+		             "\"price_version\":\"2026-12-01.1\",\"estimated\":false,"
+		             "\"billed\":true,\"unpriced\":false"));
 		if (f)
 			fclose(f);
 	}
@@ -636,7 +673,8 @@ TEST(spool_replay_skips_bad_lines_repairs_a_torn_end_and_never_duplicates)
 	      "\"completion_tokens\":-1,\"error\":\"timeout\",\"retries\":2,"
 	      "\"attempts\":\"http://10.0.0.5:8000=timeout:30000;http://10.0.0.6:8000=reset:2;"
 	      "http://10.0.0.7:8000=timeout:30000\",\"cached_tokens\":1920,"
-	      "\"cache_write_tokens\":0}\n", f);
+	      "\"cache_write_tokens\":0,\"user_id\":42,\"cost_nano\":9007199254740993,"
+	      "\"price_version\":\"p1\",\"estimated\":true,\"billed\":true}\n", f);
 	fputs("this is not json\n", f);
 	/* a newer format: the fields this version knows are kept */
 	fputs("{\"v\":2,\"request_id\":\"h000002\",\"started_at\":1700000002,\"status\":201,"
@@ -668,6 +706,10 @@ TEST(spool_replay_skips_bad_lines_repairs_a_torn_end_and_never_duplicates)
 	CHECK_INT(r->cached_tokens, 1920);
 	CHECK_INT(r->cache_write_tokens, 0);
 	CHECK_INT(r->reasoning_tokens, -1);   /* not in the line: unknown */
+	CHECK_INT(r->user_id, 42);
+	CHECK_INT(r->cost_nano, 9007199254740993LL);   /* 2^53 + 1: exact, never a double */
+	CHECK_STR(r->price_version, "p1");
+	CHECK(r->estimated && r->billed && !r->unpriced);
 	CHECK(r->route == NULL);
 	CHECK_INT(audit_get(t.path, "h000002", r, NULL), 1);
 	CHECK_INT(r->status, 201);
@@ -675,6 +717,9 @@ TEST(spool_replay_skips_bad_lines_repairs_a_torn_end_and_never_duplicates)
 	CHECK_INT(r->cached_tokens, -1);
 	CHECK_INT(r->cache_write_tokens, -1);
 	CHECK_INT(r->reasoning_tokens, -1);
+	CHECK_INT(r->user_id, 0);
+	CHECK_INT(r->cost_nano, -1);
+	CHECK(r->price_version == NULL && !r->estimated && !r->billed && !r->unpriced);
 	audit_record_free(r);
 	CHECK(access(t.spool, F_OK) != 0);
 	tmpdb_remove(&t);
@@ -821,12 +866,20 @@ static void make_old_store(const char *path, const char *sql)
 	sqlite3_close(db);
 }
 
-/* Schema version 7: one B-tree besides the table, on started_at; no index on request_id
+/* Schema version 8: one B-tree besides the table, on started_at; no index on request_id
  * (not even a unique one); the attempts column (version 5) after the older ones, then the
- * cache and reasoning token columns (version 6), then upstream_request_id (version 7). */
+ * cache and reasoning token columns (version 6), then upstream_request_id (version 7),
+ * then the spend columns (version 8). */
 static void check_current_schema(const char *path)
 {
-	CHECK_INT(db_int(path, "PRAGMA user_version"), 7);
+	static const struct { const char *name, *type; int notnull; const char *dflt; } spend[] = {
+		{ "user_id", "INTEGER", 0, NULL }, { "cost_nano", "INTEGER", 0, NULL },
+		{ "price_version", "TEXT", 0, NULL }, { "estimated", "INTEGER", 1, "0" },
+		{ "billed", "INTEGER", 1, "0" }, { "unpriced", "INTEGER", 1, "0" },
+	};
+	char sql[300];
+
+	CHECK_INT(db_int(path, "PRAGMA user_version"), 8);
 	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = 'attempts'"
 	                 " AND type = 'TEXT' AND \"notnull\" = 0 AND dflt_value IS NULL"), 23);
 	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = "
@@ -845,7 +898,14 @@ static void check_current_schema(const char *path)
 	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = "
 	                 "'upstream_request_id' AND type = 'TEXT' AND \"notnull\" = 0 AND "
 	                 "dflt_value IS NULL"), 27);
-	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 28);
+	for (int i = 0; i < 6; i++) {
+		snprintf(sql, sizeof(sql), "SELECT cid FROM pragma_table_info('audit') WHERE name = "
+		         "'%s' AND type = '%s' AND \"notnull\" = %d AND dflt_value IS %s%s%s",
+		         spend[i].name, spend[i].type, spend[i].notnull, spend[i].dflt ? "'" : "",
+		         spend[i].dflt ? spend[i].dflt : "NULL", spend[i].dflt ? "'" : "");
+		CHECK_INT(db_int(path, sql), 28 + i);
+	}
+	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 34);
 }
 
 TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
@@ -1083,7 +1143,9 @@ TEST(a_version_5_store_gains_the_token_columns_and_keeps_its_rows)
 	CHECK_INT(out.cached_tokens, -1);
 	line = audit_record_csv(&out, NULL, 0);         /* unknown: empty fields at the end */
 	{
-		const char *want = ",1,http://10.0.0.5:8000=5xx:3;http://10.0.0.6:8000=ok:90,,,,";
+		/* ... the token counts, no upstream id, no user, cost or price version, not
+		 * estimated */
+		const char *want = ",1,http://10.0.0.5:8000=5xx:3;http://10.0.0.6:8000=ok:90,,,,,,,,0";
 		CHECK(strlen(line) > strlen(want) &&
 		      strcmp(line + strlen(line) - strlen(want), want) == 0);
 	}
@@ -1117,6 +1179,84 @@ TEST(a_version_5_store_gains_the_token_columns_and_keeps_its_rows)
 	CHECK_INT(out.reasoning_tokens, 0);
 	audit_record_clear(&out);
 	CHECK_INT(check_late_columns(t.path, "v6-", 1), 0);
+	tmpdb_remove(&t);
+}
+
+static int run_query(const char *path, const struct audit_query *q, int *idx, int cap);
+
+/* Version 7 (version 6 plus the upstream's request id) gains the spend columns: every row
+ * stays with its values and reads as a request without a user or a cost, not estimated,
+ * billed or unpriced; so does the read side before any daemon of this version opened it,
+ * also when asked for one user's requests. */
+TEST(a_version_7_store_gains_the_spend_columns_and_keeps_its_rows)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_record out = { 0 };
+	struct audit_query q;
+	char timed[REQID_LEN + 1], sql[2048], *line;
+	int idx[4];
+	double now = now_s();
+	sqlite3 *db;
+
+	tmpdb_make(&t);
+	reqid_next(&test_ids, timed);
+	snprintf(sql, sizeof(sql),
+	         "CREATE TABLE audit (request_id TEXT NOT NULL, started_at REAL NOT NULL,"
+	         " key_id INTEGER, key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT,"
+	         " upstream TEXT, status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL,"
+	         " is_stream INTEGER NOT NULL, chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER,"
+	         " model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
+	         " retries INTEGER NOT NULL DEFAULT 0, request_body TEXT, response_body TEXT,"
+	         " attempts TEXT, cached_tokens INTEGER, cache_write_tokens INTEGER,"
+	         " reasoning_tokens INTEGER, upstream_request_id TEXT);"
+	         "CREATE TABLE audit_untimed_ids (until REAL NOT NULL);"
+	         "INSERT INTO audit_untimed_ids VALUES (0);"
+	         "CREATE INDEX audit_started_at ON audit(started_at);"
+	         "INSERT INTO audit (rowid, request_id, started_at, key_id, route, status, is_stream,"
+	         " model, prompt_tokens, completion_tokens, retries, cached_tokens,"
+	         " upstream_request_id) VALUES (3, '%s', %.6f, 2, 'chat', 200, 0, 'gpt-4o', 2006,"
+	         " 300, 0, 7, 'req_old');"
+	         "PRAGMA user_version = 7;", timed, now);
+	CHECK_INT(sqlite3_open_v2(t.path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL),
+	          SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+
+	/* read as it is */
+	CHECK_INT(audit_get(t.path, timed, &out, NULL), 1);
+	CHECK_INT(out.prompt_tokens, 2006);
+	CHECK_STR(out.upstream_request_id, "req_old");
+	CHECK_INT(out.user_id, 0);
+	CHECK_INT(out.cost_nano, -1);
+	CHECK(out.price_version == NULL && !out.estimated && !out.billed && !out.unpriced);
+	line = audit_record_csv(&out, NULL, 0);        /* no user, cost, price version */
+	CHECK(strlen(line) > 13 && strcmp(line + strlen(line) - 13, ",req_old,,,,0") == 0);
+	free(line);
+	audit_query_init(&q);
+	q.user_id = 0;
+	CHECK_INT(run_query(t.path, &q, idx, 4), 1);   /* every old row is one without a user */
+	q.user_id = 5;
+	CHECK_INT(run_query(t.path, &q, idx, 4), 0);
+	CHECK_INT(db_int(t.path, "PRAGMA user_version"), 7);     /* readers changed nothing */
+
+	a = open_ok(t.path, NULL);
+	audit_submit(a, make_record("v8-", 7, now + 1));
+	audit_close(a);
+	check_current_schema(t.path);
+	snprintf(sql, sizeof(sql),
+	         "SELECT rowid FROM audit WHERE request_id = '%s' AND key_id = 2 AND model = 'gpt-4o'"
+	         " AND prompt_tokens = 2006 AND cached_tokens = 7 AND upstream_request_id = 'req_old'"
+	         " AND user_id IS NULL AND cost_nano IS NULL AND price_version IS NULL AND"
+	         " estimated = 0 AND billed = 0 AND unpriced = 0", timed);
+	CHECK_INT(db_int(t.path, sql), 3);
+	/* stored as integers, NULL for none: row 7 has user 101 and a cost */
+	CHECK_INT(db_int(t.path, "SELECT user_id FROM audit WHERE request_id = 'v8-000007' AND "
+	                 "typeof(user_id) = 'integer' AND typeof(cost_nano) = 'integer'"), 101);
+	CHECK_INT(db_int(t.path, "SELECT cost_nano FROM audit WHERE request_id = 'v8-000007'"),
+	          7000000049LL + 123450);
+	CHECK_INT(check_late_columns(t.path, "v8-", 1), 0);
+	audit_record_clear(&out);
 	tmpdb_remove(&t);
 }
 
@@ -1370,6 +1510,12 @@ TEST(every_field_survives_the_multi_row_inserts)
 		CHECK_INT(r.cache_write_tokens, cache_write_for(i));
 		CHECK_INT(r.reasoning_tokens, reasoning_for(i));
 		CHECK_INT(r.retries, i % 4);
+		CHECK_INT(r.user_id, user_for(i));
+		CHECK_INT(r.cost_nano, cost_for(i));
+		CHECK_OPT_STR(r.price_version, price_version_for(i));
+		CHECK_INT(r.estimated, estimated_for(i));
+		CHECK_INT(r.billed, billed_for(i));
+		CHECK_INT(r.unpriced, unpriced_for(i));
 		CHECK_OPT_STR(r.attempts, attempts_for(i, buf, sizeof(buf)));
 		snprintf(buf, sizeof(buf), "error-%d", i);
 		CHECK_OPT_STR(r.error, i % 5 == 0 ? buf : NULL);
@@ -1418,6 +1564,24 @@ TEST(query_filters_by_time_key_route_status_class_stream_and_error)
 	n = run_query(t.path, &q, idx, 64);
 	CHECK_INT(n, 1);
 	CHECK_INT(idx[0], 39);
+
+	audit_query_init(&q);
+	q.user_id = 101;               /* odd rows but every fifth */
+	n = run_query(t.path, &q, idx, 64);
+	CHECK_INT(n, 16);
+	for (int i = 0; i < n && i < 64; i++)
+		CHECK(idx[i] % 2 == 1 && idx[i] % 5 != 0);
+	q.user_id = 0;                 /* requests without a user */
+	n = run_query(t.path, &q, idx, 64);
+	CHECK_INT(n, 8);
+	for (int i = 0; i < n && i < 64; i++)
+		CHECK_INT(idx[i] % 5, 0);
+	q.user_id = 100;
+	q.key_id = 1;                  /* with the key filter: both hold */
+	n = run_query(t.path, &q, idx, 64);
+	for (int i = 0; i < n && i < 64; i++)
+		CHECK(idx[i] % 2 == 0 && idx[i] % 5 != 0 && idx[i] % 3 == 0);
+	CHECK_INT(n, 5);               /* 6, 12, 18, 24, 36 (0 and 30 have no user) */
 
 	audit_query_init(&q);
 	q.route = "qwen3";
@@ -1549,6 +1713,12 @@ TEST(audit_get_returns_every_field_including_unknowns)
 	in->ttfb_ms = -1;
 	in->prompt_tokens = in->completion_tokens = -1;
 	in->cached_tokens = in->cache_write_tokens = in->reasoning_tokens = -1;
+	in->user_id = 0;
+	in->cost_nano = -1;
+	free(in->price_version);
+	in->price_version = NULL;
+	in->billed = false;
+	in->estimated = in->unpriced = true;
 	audit_submit(a, in);
 	audit_close(a);
 
@@ -1578,8 +1748,16 @@ TEST(audit_get_returns_every_field_including_unknowns)
 	CHECK_STR(out.error, "reset");
 	CHECK_INT(out.retries, 3);
 	CHECK_STR(out.attempts, "http://10.0.0.5:8000=connect:1;http://10.0.0.6:8000=ok:101");
+	CHECK_INT(out.user_id, 101);
+	CHECK_INT(out.cost_nano, 1000123457);
+	CHECK_STR(out.price_version, "2026-12-01.1");
+	CHECK(!out.estimated && out.billed && !out.unpriced);
 
 	CHECK_INT(audit_get(t.path, "g000002", &out, &err), 1);   /* reuses out */
+	CHECK_INT(out.user_id, 0);
+	CHECK_INT(out.cost_nano, -1);
+	CHECK(out.price_version == NULL);
+	CHECK(out.estimated && !out.billed && out.unpriced);
 	CHECK_INT(out.key_id, 0);
 	CHECK(out.key_name == NULL);
 	CHECK(out.route == NULL);
@@ -1667,7 +1845,8 @@ TEST(csv_header_is_the_design_column_order)
 	CHECK_STR(h, "request_id,started_at,key_id,key_name,client_ip,method,path,route,upstream,"
 	             "status,latency_ms,ttfb_ms,is_stream,chunks,bytes_in,bytes_out,model,"
 	             "prompt_tokens,completion_tokens,error,retries,attempts,cached_tokens,"
-	             "cache_write_tokens,reasoning_tokens,upstream_request_id");
+	             "cache_write_tokens,reasoning_tokens,upstream_request_id,user_id,cost_usd,"
+	             "price_version,estimated");
 	free(h);
 	CHECK_INT(audit_fields_parse("status, retries ,request_id", f, 3, NULL), 3);
 	h = audit_csv_header(f, 3);
@@ -1706,11 +1885,13 @@ TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
 		r->ttfb_ms = -1;
 		free(r->attempts);
 		r->attempts = dup_s(nasty[(k + 2) % nn]);
+		free(r->price_version);
+		r->price_version = dup_s(nasty[(k + 3) % nn]);
 		r->retries = (int)k;
 		line = audit_record_csv(r, NULL, 0);
 		n = csv_parse(line, fields, 32);
-		CHECK_INT(n, 26);
-		if (n == 26) {
+		CHECK_INT(n, 30);
+		if (n == 30) {
 			CHECK_STR(fields[0], "x000005");
 			CHECK_STR(fields[1], "2025-11-23T11:30:00.123Z");
 			CHECK_STR(fields[2], "3");
@@ -1727,6 +1908,11 @@ TEST(csv_quotes_commas_quotes_and_newlines_and_parses_back)
 			CHECK_STR(fields[22], "0");     /* row 5's cached, cache write, reasoning */
 			CHECK_STR(fields[23], "");
 			CHECK_STR(fields[24], "0");
+			CHECK_STR(fields[25], "req_000005");
+			CHECK_STR(fields[26], "");      /* row 5: no user; its exact cost, price version */
+			CHECK_STR(fields[27], "5.000123485");
+			CHECK_STR(fields[28], nasty[(k + 3) % nn]);
+			CHECK_STR(fields[29], "0");     /* not estimated */
 		}
 		for (int i = 0; i < n; i++)
 			free(fields[i]);
@@ -1754,8 +1940,13 @@ TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
 
 	CHECK(r->attempts == NULL);                       /* row 3: nothing forwarded */
 	line = audit_record_csv(r, NULL, 0);
-	/* retries, attempts, then the cache and reasoning token counts (unknown: empty) */
-	CHECK(strlen(line) > 12 && strcmp(line + strlen(line) - 12, ",0,,1003,6,,") == 0);
+	/* retries, attempts, then the cache and reasoning token counts (unknown: empty), no
+	 * upstream id, then row 3's user, cost, no price version, estimated */
+	{
+		const char *want = ",0,,1003,6,,,101,3.000123471,,1";
+		CHECK(strlen(line) > strlen(want) &&
+		      strcmp(line + strlen(line) - strlen(want), want) == 0);
+	}
 	free(line);
 	for (size_t k = 0; k < sizeof(values) / sizeof(values[0]); k++) {
 		free(r->attempts);
@@ -1763,8 +1954,8 @@ TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
 		r->retries = 1;
 		line = audit_record_csv(r, NULL, 0);
 		n = csv_parse(line, fields, 32);
-		CHECK_INT(n, 26);
-		if (n == 26) {
+		CHECK_INT(n, 30);
+		if (n == 30) {
 			CHECK_STR(fields[19], "");
 			CHECK_STR(fields[20], "1");
 			CHECK_STR(fields[21], values[k]);
@@ -1774,7 +1965,7 @@ TEST(csv_attempts_column_is_quoted_only_when_it_must_be)
 			free(fields[i]);
 		if (k == 0) {                                 /* verbatim, unquoted */
 			char want[128];
-			snprintf(want, sizeof(want), ",1,%s,1003,6,,", values[0]);
+			snprintf(want, sizeof(want), ",1,%s,1003,6,,,101,3.000123471,,1", values[0]);
 			CHECK(strlen(line) > strlen(want) &&
 			      strcmp(line + strlen(line) - strlen(want), want) == 0);
 		}
@@ -1812,7 +2003,7 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	CHECK(strchr(line, '\n') == NULL);
 	o = json_loads(line, 0, &jerr);
 	CHECK(json_is_object(o));
-	CHECK_INT(json_object_size(o), 26);
+	CHECK_INT(json_object_size(o), 30);
 	CHECK_STR(json_string_value(json_object_get(o, "request_id")), "j000004");
 	CHECK_STR(json_string_value(json_object_get(o, "started_at")), "2025-11-23T11:30:00.500Z");
 	CHECK(json_is_null(json_object_get(o, "key_id")));
@@ -1830,15 +2021,24 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	CHECK(json_is_null(json_object_get(o, "cached_tokens")));
 	CHECK_INT(json_integer_value(json_object_get(o, "cache_write_tokens")), 8);
 	CHECK_INT(json_integer_value(json_object_get(o, "reasoning_tokens")), 304);
+	/* row 4's spend: the cost an exact decimal string, not a float */
+	CHECK_INT(json_integer_value(json_object_get(o, "user_id")), 100);
+	CHECK_STR(json_string_value(json_object_get(o, "cost_usd")), "4.000123478");
+	CHECK_STR(json_string_value(json_object_get(o, "price_version")), "2026-12-01.1");
+	CHECK(json_is_false(json_object_get(o, "estimated")));
 	CHECK(json_object_get(o, "request_body") == NULL);  /* not a default column */
+	CHECK(json_object_get(o, "billed") == NULL && json_object_get(o, "unpriced") == NULL);
 	json_decref(o);
 	free(line);
-	/* the default keys in order: DESIGN.md's, then retries, attempts and the token counts */
+	/* the default keys in order: DESIGN.md's, then retries, attempts and the token counts,
+	 * the upstream's id and the spend columns */
 	line = audit_record_jsonl(r, NULL, 0);
 	CHECK(strstr(line, "\"error\":\"client_closed\",\"retries\":0,"
 	             "\"attempts\":\"http://10.0.0.5:8000=connect:4;") != NULL);
 	CHECK(strstr(line, ":104\",\"cached_tokens\":null,\"cache_write_tokens\":8,"
-	             "\"reasoning_tokens\":304,\"upstream_request_id\":null}") != NULL);
+	             "\"reasoning_tokens\":304,\"upstream_request_id\":null,\"user_id\":100,"
+	             "\"cost_usd\":\"4.000123478\",\"price_version\":\"2026-12-01.1\","
+	             "\"estimated\":false}") != NULL);
 	free(line);
 	r->cached_tokens = 0;                    /* none is 0, not null */
 	r->reasoning_tokens = 1234567890123LL;
@@ -1865,6 +2065,48 @@ TEST(jsonl_lines_are_valid_json_with_nulls_for_unknowns_and_clean_utf8)
 	audit_record_free(r);
 }
 
+/* Money is printed from integer nano-USD digit by digit: nine places always, a sign when
+ * negative, and no value is rounded, however large. */
+TEST(cost_usd_is_an_exact_decimal_of_the_integer_nano_dollars)
+{
+	static const struct { int64_t nano; const char *text; } cases[] = {
+		{ 0, "0.000000000" }, { 1, "0.000000001" }, { 123450, "0.000123450" },
+		{ 1000000000, "1.000000000" }, { 9007199254740993LL, "9007199.254740993" },
+		{ -1500000000, "-1.500000000" }, { INT64_MAX, "9223372036.854775807" },
+		{ INT64_MIN, "-9223372036.854775808" },
+	};
+	struct audit_record *r = make_record("m", 1, 1763897400.0);
+	int f[2] = { AUDIT_F_COST_USD, AUDIT_F_ESTIMATED };
+	char buf[FMT_USD_MAX], *line;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		CHECK_INT(fmt_usd_nano(buf, cases[i].nano), strlen(cases[i].text));
+		CHECK_STR(buf, cases[i].text);
+	}
+	r->cost_nano = 9007199254740993LL;
+	r->estimated = true;
+	line = audit_record_csv(r, f, 2);
+	CHECK_STR(line, "9007199.254740993,1");
+	free(line);
+	line = audit_record_jsonl(r, f, 2);
+	CHECK_STR(line, "{\"cost_usd\":\"9007199.254740993\",\"estimated\":true}");
+	free(line);
+	r->cost_nano = -1;                      /* no cost: empty, null */
+	r->estimated = false;
+	line = audit_record_csv(r, f, 2);
+	CHECK_STR(line, ",0");
+	free(line);
+	line = audit_record_jsonl(r, f, 2);
+	CHECK_STR(line, "{\"cost_usd\":null,\"estimated\":false}");
+	free(line);
+	r->cost_nano = 0;                       /* free is a cost of 0, not none */
+	f[1] = AUDIT_F_BILLED;
+	line = audit_record_csv(r, f, 2);
+	CHECK_STR(line, "0.000000000,1");      /* row 1 is billed */
+	free(line);
+	audit_record_free(r);
+}
+
 TEST(field_names_parse_and_unknown_names_are_rejected_with_the_valid_list)
 {
 	int f[AUDIT_NFIELDS];
@@ -1882,8 +2124,17 @@ TEST(field_names_parse_and_unknown_names_are_rejected_with_the_valid_list)
 	CHECK_INT(AUDIT_F_CACHED_TOKENS, AUDIT_F_ATTEMPTS + 1);
 	CHECK_INT(audit_field_index("upstream_request_id"), AUDIT_F_UPSTREAM_REQUEST_ID);
 	CHECK_INT(AUDIT_F_REASONING_TOKENS + 1, AUDIT_F_UPSTREAM_REQUEST_ID);
-	CHECK_INT(AUDIT_F_UPSTREAM_REQUEST_ID + 1, AUDIT_F_REQUEST_BODY);
-	CHECK_INT(AUDIT_NDEFAULT_FIELDS, AUDIT_F_UPSTREAM_REQUEST_ID + 1);
+	CHECK_INT(audit_field_index("user_id"), AUDIT_F_USER_ID);
+	CHECK_INT(audit_field_index("cost_usd"), AUDIT_F_COST_USD);
+	CHECK_INT(audit_field_index("price_version"), AUDIT_F_PRICE_VERSION);
+	CHECK_INT(audit_field_index("estimated"), AUDIT_F_ESTIMATED);
+	CHECK_INT(audit_field_index("billed"), AUDIT_F_BILLED);
+	CHECK_INT(audit_field_index("unpriced"), AUDIT_F_UNPRICED);
+	CHECK_INT(audit_field_index("cost_nano"), -1);     /* the column's name, not a field's */
+	CHECK_INT(AUDIT_F_UPSTREAM_REQUEST_ID + 1, AUDIT_F_USER_ID);
+	CHECK_INT(AUDIT_F_ESTIMATED + 1, AUDIT_F_BILLED);
+	CHECK_INT(AUDIT_F_UNPRICED + 1, AUDIT_F_REQUEST_BODY);
+	CHECK_INT(AUDIT_NDEFAULT_FIELDS, AUDIT_F_ESTIMATED + 1);
 	CHECK_INT(audit_field_index("Request_ID"), -1);
 	CHECK_INT(audit_field_index("bogus"), -1);
 	CHECK_INT(audit_fields_parse("model", f, AUDIT_NFIELDS, &err), 1);
@@ -1891,7 +2142,8 @@ TEST(field_names_parse_and_unknown_names_are_rejected_with_the_valid_list)
 	CHECK_INT(audit_fields_parse("model,bogus", f, AUDIT_NFIELDS, &err), -1);
 	CHECK(err && strstr(err, "unknown field \"bogus\"") && strstr(err, "completion_tokens") &&
 	      strstr(err, "retries, attempts, cached_tokens, cache_write_tokens, "
-	             "reasoning_tokens, upstream_request_id, request_body"));
+	             "reasoning_tokens, upstream_request_id, user_id, cost_usd, price_version, "
+	             "estimated, billed, unpriced, request_body"));
 	free(err);
 	err = NULL;
 	CHECK_INT(audit_fields_parse("model,,status", f, AUDIT_NFIELDS, &err), -1);
