@@ -163,6 +163,17 @@ static const struct { int version; const char *sql; } migrations[] = {
 	  "ALTER TABLE audit ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0;"
 	  "ALTER TABLE audit ADD COLUMN billed INTEGER NOT NULL DEFAULT 0;"
 	  "ALTER TABLE audit ADD COLUMN unpriced INTEGER NOT NULL DEFAULT 0;" },
+	/* What the billed rows add up to, per key and user, for all time, per day and per
+	 * month (audit.h, spend counters): kept in the transaction that inserts the rows.
+	 * spend_mark holds the rowid up to which every billed row is counted; 0 here, so the
+	 * first open counts the billed rows already there (none before version 8). */
+	{ 9,
+	  "CREATE TABLE spend (scope TEXT NOT NULL, period TEXT NOT NULL,"
+	  " start INTEGER NOT NULL, requests INTEGER NOT NULL, tokens INTEGER NOT NULL,"
+	  " cost_nano INTEGER NOT NULL, PRIMARY KEY (scope, period, start)) WITHOUT ROWID;"
+	  "CREATE TABLE spend_mark (one INTEGER PRIMARY KEY CHECK (one = 1),"
+	  " last_rowid INTEGER NOT NULL);"
+	  "INSERT INTO spend_mark VALUES (1, 0);" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -173,6 +184,25 @@ const char *const audit_field_names[AUDIT_NFIELDS] = {
 	"attempts", "cached_tokens", "cache_write_tokens", "reasoning_tokens",
 	"upstream_request_id", "user_id", "cost_usd", "price_version", "estimated", "billed",
 	"unpriced", "request_body", "response_body",
+};
+
+/* Counters being added up in memory (a batch's, or what audit_spend_load reads): open
+ * addressing, keyed by scope, id, period and start. */
+struct spend_key {
+	char scope;               /* 'k' or 'u' */
+	unsigned char period;     /* enum spend_period */
+	int64_t id, start;
+};
+
+struct spend_ent {
+	struct spend_key k;
+	int64_t requests, tokens, cost_nano;
+	bool used;
+};
+
+struct spend_map {
+	struct spend_ent *e;
+	size_t cap, n;            /* cap: a power of two, or 0 */
 };
 
 struct audit {
@@ -189,6 +219,7 @@ struct audit {
 	size_t mem_n;             /* q_n + w_n */
 	size_t depth;             /* mem_n + spool_n: submitted, not committed */
 	int64_t progress_ms;      /* monotonic: the last commit, or when depth left 0 */
+	size_t spool_left;        /* the writer's spool_n, for audit_spend_load */
 	bool stop;
 	bool writer_waiting;
 	bool backoff;             /* the database is failing: wake the writer only to spill */
@@ -207,6 +238,16 @@ struct audit {
 	sqlite3_stmt *st_insert_new;          /* one row, unless it is there already (replay) */
 	sqlite3_stmt *st_untimed;             /* raise the bound in audit_untimed_ids */
 	sqlite3_stmt *st_begin, *st_commit;   /* prepared once: sqlite3_exec parses each time */
+	sqlite3_stmt *st_top;                 /* the last rowid of the audit table */
+	sqlite3_stmt *st_spend_rows;          /* billed rows above a rowid */
+	sqlite3_stmt *st_spend_add;           /* add to one counter */
+	sqlite3_stmt *st_spend_new;           /* make one */
+	sqlite3_stmt *st_mark_set;            /* set the mark */
+	struct spend_map spend;               /* this batch's counts, not written yet */
+	int64_t mark_db;                      /* spend_mark as committed */
+	int64_t mark_mem;                     /* every row up to this rowid is counted or known
+	                                       * not to be billed: ahead of mark_db while only
+	                                       * unbilled rows came (written lazily) */
 	bool reconnect;           /* the connection may be stuck read-only: reopen on retry */
 	struct audit_record *w_head, *w_tail;
 	size_t w_n, w_bytes;      /* w_bytes: memory the held records take (audit_record_bytes) */
@@ -913,6 +954,192 @@ done:
 	return r;
 }
 
+/* ---- spend counters in memory ---- */
+
+static const char *const period_names[] = { [SPEND_ALL] = "all", [SPEND_DAY] = "day",
+                                            [SPEND_MONTH] = "month" };
+
+static size_t spend_hash(const struct spend_key *k)
+{
+	uint64_t h = (uint64_t)k->id * 0x9e3779b97f4a7c15u;
+
+	h ^= (uint64_t)k->start * 0xc2b2ae3d27d4eb4fu;
+	h ^= ((uint64_t)(unsigned char)k->scope << 8 | k->period) * 0x165667b19e3779f9u;
+	h ^= h >> 31;
+	return (size_t)h;
+}
+
+static bool spend_key_eq(const struct spend_key *a, const struct spend_key *b)
+{
+	return a->id == b->id && a->start == b->start && a->scope == b->scope &&
+	       a->period == b->period;
+}
+
+/* Room for `want` entries with the table at most half full (short probe runs). */
+static void spend_reserve(struct spend_map *m, size_t want)
+{
+	struct spend_map bigger = { NULL, m->cap ? m->cap : 64, 0 };
+
+	if (want * 2 <= m->cap)
+		return;
+	while (want * 2 > bigger.cap)
+		bigger.cap *= 2;
+	bigger.e = xcalloc(bigger.cap, sizeof(*bigger.e));
+	for (size_t j = 0; j < m->cap; j++) {
+		size_t i;
+
+		if (!m->e[j].used)
+			continue;
+		for (i = spend_hash(&m->e[j].k) & (bigger.cap - 1); bigger.e[i].used;
+		     i = (i + 1) & (bigger.cap - 1))
+			;
+		bigger.e[i] = m->e[j];
+		bigger.n++;
+	}
+	free(m->e);
+	*m = bigger;
+}
+
+/* The entry for k, made (zero) if there is none. Never NULL (out of memory aborts). */
+static struct spend_ent *spend_get(struct spend_map *m, const struct spend_key *k)
+{
+	size_t i;
+
+	spend_reserve(m, m->n + 1);
+	for (i = spend_hash(k) & (m->cap - 1); m->e[i].used; i = (i + 1) & (m->cap - 1))
+		if (spend_key_eq(&m->e[i].k, k))
+			return &m->e[i];
+	m->e[i].k = *k;
+	m->e[i].requests = m->e[i].tokens = m->e[i].cost_nano = 0;
+	m->e[i].used = true;
+	m->n++;
+	return &m->e[i];
+}
+
+static void spend_add(struct spend_map *m, const struct spend_key *k, int64_t requests,
+                      int64_t tokens, int64_t cost_nano)
+{
+	struct spend_ent *e = spend_get(m, k);
+
+	e->requests += requests;
+	e->tokens += tokens;
+	e->cost_nano += cost_nano;
+}
+
+/* Empty it, keeping the table for the next batch unless a large one grew it. */
+static void spend_clear(struct spend_map *m)
+{
+	if (m->cap > 4096) {
+		free(m->e);
+		m->e = NULL;
+		m->cap = 0;
+	} else if (m->n) {
+		memset(m->e, 0, m->cap * sizeof(*m->e));
+	}
+	m->n = 0;
+}
+
+static void spend_free(struct spend_map *m)
+{
+	free(m->e);
+	memset(m, 0, sizeof(*m));
+}
+
+/* 00:00 UTC of the day that holds t (unix seconds). */
+static int64_t day_start(double t)
+{
+	return (int64_t)floor(t / 86400.0) * 86400;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date, and back (H. Hinnant's
+ * algorithms): no libc, whose timegm costs a thousand instructions and more. */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+	int64_t era, yoe, doy, doe;
+
+	y -= m <= 2;
+	era = (y >= 0 ? y : y - 399) / 400;
+	yoe = y - era * 400;
+	doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + doe - 719468;
+}
+
+static void civil_from_days(int64_t z, int64_t *y, int *m)
+{
+	int64_t era, doe, yoe, doy, mp;
+
+	z += 719468;
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	*m = (int)(mp < 10 ? mp + 3 : mp - 9);
+	*y = yoe + era * 400 + (*m <= 2);
+}
+
+/* 00:00 UTC of the first of the month that holds t (unix seconds), or of the next month. */
+static int64_t month_start(int64_t t, bool next)
+{
+	int64_t days = t >= 0 ? t / 86400 : -((-t + 86399) / 86400), y;
+	int m;
+
+	civil_from_days(days, &y, &m);
+	if (next && ++m > 12) {
+		m = 1;
+		y++;
+	}
+	return days_from_civil(y, m, 1) * 86400;
+}
+
+/* One inserted row, if it is billed and has a key: its key's and its user's day. The
+ * month and all-time counters follow from the days in spend_roll_up. */
+static void spend_count(struct spend_map *m, bool billed, int64_t key_id, int64_t user_id,
+                        double started_at, int64_t prompt, int64_t completion,
+                        int64_t cost_nano)
+{
+	struct spend_key k;
+	int64_t tokens;
+
+	if (!billed || key_id <= 0)
+		return;
+	tokens = (prompt > 0 ? prompt : 0) + (completion > 0 ? completion : 0);
+	if (cost_nano < 0)
+		cost_nano = 0;
+	k.scope = 'k';
+	k.period = SPEND_DAY;
+	k.id = key_id;
+	k.start = day_start(started_at);
+	spend_add(m, &k, 1, tokens, cost_nano);
+	if (user_id > 0) {
+		k.scope = 'u';
+		k.id = user_id;
+		spend_add(m, &k, 1, tokens, cost_nano);
+	}
+}
+
+/* Add every day entry to its month's and to the all-time entry of the same scope. */
+static void spend_roll_up(struct spend_map *m)
+{
+	/* room for a month and an all-time entry per day: nothing moves while we walk */
+	spend_reserve(m, m->n * 3);
+	for (size_t i = 0; i < m->cap; i++) {
+		const struct spend_ent *d = &m->e[i];
+		struct spend_key k;
+
+		if (!d->used || d->k.period != SPEND_DAY)
+			continue;
+		k = d->k;
+		k.period = SPEND_MONTH;
+		k.start = month_start(d->k.start, false);
+		spend_add(m, &k, d->requests, d->tokens, d->cost_nano);
+		k.period = SPEND_ALL;
+		k.start = 0;
+		spend_add(m, &k, d->requests, d->tokens, d->cost_nano);
+	}
+}
+
 /* ---- database ---- */
 
 /* Create the file ourselves so it is 0600 whatever the umask; SQLite gives the -wal and
@@ -1057,6 +1284,12 @@ static void db_disconnect(struct audit *a)
 	a->st_begin = a->st_commit = NULL;
 	sqlite3_finalize(a->st_prune);
 	a->st_insert = a->st_prune = NULL;
+	sqlite3_finalize(a->st_top);
+	sqlite3_finalize(a->st_spend_rows);
+	sqlite3_finalize(a->st_spend_add);
+	sqlite3_finalize(a->st_mark_set);
+	sqlite3_finalize(a->st_spend_new);
+	a->st_top = a->st_spend_rows = a->st_spend_add = a->st_mark_set = a->st_spend_new = NULL;
 	if (a->db && sqlite3_close(a->db) != SQLITE_OK)
 		log_warn("audit database %s: close failed: %s", a->db_path, sqlite3_errmsg(a->db));
 	a->db = NULL;
@@ -1099,6 +1332,8 @@ static sqlite3_stmt *prepare_insert_many(sqlite3 *db, int fields)
 	}
 	return st;
 }
+
+static void spend_catch_up_now(struct audit *a);
 
 /* Open the writer's connection and its statements, creating the file (0600) and the schema
  * if needed: at open, and again after a failure that may have left the connection unable
@@ -1167,7 +1402,25 @@ static int db_connect(struct audit *a, char **err)
 	    sqlite3_prepare_v3(a->db, "BEGIN IMMEDIATE", -1, SQLITE_PREPARE_PERSISTENT,
 	                       &a->st_begin, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &a->st_commit,
-	                       NULL) != SQLITE_OK) {
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db, "SELECT coalesce(max(rowid), 0) FROM audit", -1,
+	                       SQLITE_PREPARE_PERSISTENT, &a->st_top, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db, "SELECT key_id, user_id, started_at, prompt_tokens, "
+	                       "completion_tokens, cost_nano FROM audit WHERE rowid > ?1 AND "
+	                       "billed = 1 AND key_id > 0", -1, SQLITE_PREPARE_PERSISTENT,
+	                       &a->st_spend_rows, NULL) != SQLITE_OK ||
+	    /* a counter is made once and then added to every batch: UPDATE first, which costs
+	     * about half of an INSERT ... ON CONFLICT DO UPDATE that finds the row */
+	    sqlite3_prepare_v3(a->db, "UPDATE spend SET requests = requests + ?4, tokens = "
+	                       "tokens + ?5, cost_nano = cost_nano + ?6 WHERE scope = ?1 AND "
+	                       "period = ?2 AND start = ?3", -1, SQLITE_PREPARE_PERSISTENT,
+	                       &a->st_spend_add, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db, "INSERT INTO spend (scope, period, start, requests, tokens, "
+	                       "cost_nano) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", -1,
+	                       SQLITE_PREPARE_PERSISTENT, &a->st_spend_new, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db, "INSERT INTO spend_mark (one, last_rowid) VALUES (1, ?1) "
+	                       "ON CONFLICT (one) DO UPDATE SET last_rowid = excluded.last_rowid",
+	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_mark_set, NULL) != SQLITE_OK) {
 		set_err(err, "audit database %s: %s", a->db_path, sqlite3_errmsg(a->db));
 		goto fail;
 	}
@@ -1177,6 +1430,20 @@ static int db_connect(struct audit *a, char **err)
 	 * Without the statements every batch goes row by row: slower, not wrong. */
 	a->st_insert_many = prepare_insert_many(a->db, AUDIT_NFIELDS);
 	a->st_insert_lean = prepare_insert_many(a->db, LEAN_FIELDS);
+	if (sqlite3_prepare_v2(a->db, "SELECT last_rowid FROM spend_mark", -1, &st, NULL) !=
+	    SQLITE_OK) {
+		set_err(err, "audit database %s: %s", a->db_path, sqlite3_errmsg(a->db));
+		goto fail;
+	}
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		set_err(err, "audit database %s: cannot read the spend mark: %s", a->db_path,
+		        sqlite3_errmsg(a->db));
+		goto fail;
+	}
+	a->mark_db = a->mark_mem = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	sqlite3_finalize(st);
+	spend_catch_up_now(a);
 	return 0;
 fail:
 	sqlite3_finalize(st);
@@ -1217,6 +1484,138 @@ static bool poison_error(int rc)
 	rc &= 0xff;
 	return rc == SQLITE_CONSTRAINT || rc == SQLITE_MISMATCH || rc == SQLITE_TOOBIG ||
 	       rc == SQLITE_RANGE;
+}
+
+/* ---- spend counters in the database ----
+ * mark_mem is where the counters stand in the rowids of the audit table: every row up to
+ * it is counted or not billed. At the start of each batch the writer reads the last rowid;
+ * rows beyond mark_mem that it did not insert itself (sqlite3, another build) are counted
+ * then. The mark is written in the transaction of any batch that counts something, so
+ * the counters and the mark move together; a run of batches that count nothing lets it lag
+ * (a reconcile at the next open reads those rows again and finds nothing to add), up to
+ * MARK_LAG_ROWS rows, and audit_close writes it. */
+#define MARK_LAG_ROWS 100000
+
+/* Write the counters in m to the spend table, inside the open transaction. */
+static int spend_write(struct audit *a, const struct spend_map *m)
+{
+	for (size_t i = 0; i < m->cap; i++) {
+		const struct spend_ent *e = &m->e[i];
+		sqlite3_stmt *st = a->st_spend_add;
+		char scope[24];
+		size_t n = 2;
+
+		if (!e->used)
+			continue;
+		scope[0] = e->k.scope;
+		scope[1] = ':';
+		n += fmt_dec(scope + 2, (uint64_t)e->k.id);   /* ids are positive */
+		for (int pass = 0; pass < 2; pass++, st = a->st_spend_new) {
+			sqlite3_bind_text(st, 1, scope, (int)n, SQLITE_STATIC);
+			sqlite3_bind_text(st, 2, period_names[e->k.period],
+			                  (int)strlen(period_names[e->k.period]), SQLITE_STATIC);
+			sqlite3_bind_int64(st, 3, e->k.start);
+			sqlite3_bind_int64(st, 4, e->requests);
+			sqlite3_bind_int64(st, 5, e->tokens);
+			sqlite3_bind_int64(st, 6, e->cost_nano);
+			if (step_once(st) != SQLITE_OK)
+				return -1;
+			if (pass == 0 && sqlite3_changes(a->db) > 0)
+				break;       /* there already: added to */
+		}
+	}
+	return 0;
+}
+
+static int mark_write(struct audit *a, int64_t mark)
+{
+	sqlite3_bind_int64(a->st_mark_set, 1, mark);
+	return step_once(a->st_mark_set) == SQLITE_OK ? 0 : -1;
+}
+
+/* Inside the batch's transaction, before its inserts: count the billed rows that others
+ * inserted beyond mark_mem into a->spend. The number counted, or -1. */
+static int64_t spend_catch_up(struct audit *a)
+{
+	int64_t top, n = 0;
+	int rc;
+
+	rc = sqlite3_step(a->st_top);
+	top = sqlite3_column_int64(a->st_top, 0);
+	sqlite3_reset(a->st_top);
+	if (rc != SQLITE_ROW)
+		return -1;
+	if (top < a->mark_mem) {
+		/* the newest rows were deleted: what is left is counted, and a row inserted by
+		 * someone else from now on gets a rowid above top */
+		a->mark_mem = top;
+		return 0;
+	}
+	if (top == a->mark_mem)
+		return 0;
+	sqlite3_bind_int64(a->st_spend_rows, 1, a->mark_mem);
+	while ((rc = sqlite3_step(a->st_spend_rows)) == SQLITE_ROW) {
+		sqlite3_stmt *st = a->st_spend_rows;
+
+		spend_count(&a->spend, true, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+		            sqlite3_column_double(st, 2), sqlite3_column_int64(st, 3),
+		            sqlite3_column_int64(st, 4), sqlite3_column_int64(st, 5));
+		n++;
+	}
+	sqlite3_reset(a->st_spend_rows);
+	if (rc != SQLITE_DONE)
+		return -1;
+	a->mark_mem = top;
+	return n;
+}
+
+/* Inside the batch's transaction, after its inserts: write what it counted and, when it
+ * must (or has lagged long enough), the mark. *mark_to: the mark once committed, or -1. */
+static int spend_finish(struct audit *a, bool counted, int64_t *mark_to)
+{
+	*mark_to = -1;
+	if (a->spend.n) {
+		spend_roll_up(&a->spend);
+		if (spend_write(a, &a->spend) < 0)
+			return -1;
+	}
+	if (counted || a->mark_mem < a->mark_db || a->mark_mem - a->mark_db >= MARK_LAG_ROWS) {
+		if (mark_write(a, a->mark_mem) < 0)
+			return -1;
+		*mark_to = a->mark_mem;
+	}
+	spend_clear(&a->spend);
+	return 0;
+}
+
+/* At connect: count the billed rows beyond the mark in a transaction of their own, so the
+ * counters agree with the rows before anything new is written. A database that cannot be
+ * written now is caught up by the writer's first batch instead. */
+static void spend_catch_up_now(struct audit *a)
+{
+	int64_t mark_was = a->mark_mem, n, mark_to, top;
+	int rc = sqlite3_step(a->st_top);
+
+	/* a read first: no write lock (nor a wait for one) when there is nothing to do */
+	top = sqlite3_column_int64(a->st_top, 0);
+	sqlite3_reset(a->st_top);
+	if (rc != SQLITE_ROW || top == a->mark_mem)
+		return;
+	if (step_once(a->st_begin) != SQLITE_OK)
+		goto fail;
+	if ((n = spend_catch_up(a)) < 0 || spend_finish(a, n > 0, &mark_to) < 0 ||
+	    step_once(a->st_commit) != SQLITE_OK)
+		goto fail;
+	if (mark_to >= 0)
+		a->mark_db = mark_to;
+	if (n > 0)
+		log_info("audit database %s: %" PRId64 " billed rows were not in the spend counters; "
+		         "they are now", a->db_path, n);
+	return;
+fail:
+	rollback(a->db);
+	spend_clear(&a->spend);
+	a->mark_mem = mark_was;
 }
 
 /* Bind one record's first `fields` columns (all, or LEAN_FIELDS) at parameters b+1 ..
@@ -1295,8 +1694,9 @@ static int insert_many(struct audit *a, const struct audit_record *r)
 }
 
 /* Insert one record inside the open transaction: with st_insert, or on replay with
- * st_insert_new, which skips a record already there. 0 = written (or already there),
- * 1 = this record can never be written (logged, to be dropped), -1 = the database failed. */
+ * st_insert_new, which skips a record already there. 0 = written, 2 = it was there already
+ * (a replay), 1 = this record can never be written (logged, to be dropped), -1 = the
+ * database failed. */
 static int insert_record(struct audit *a, const struct audit_record *r, bool replay)
 {
 	sqlite3_stmt *st = replay ? a->st_insert_new : a->st_insert;
@@ -1306,7 +1706,7 @@ static int insert_record(struct audit *a, const struct audit_record *r, bool rep
 	rc = sqlite3_step(st);
 	sqlite3_reset(st);
 	if (rc == SQLITE_DONE)
-		return 0;
+		return replay && sqlite3_changes(a->db) == 0 ? 2 : 0;
 	if (poison_error(rc)) {
 		char *line = spool_line(r);
 		log_error("audit: request %s cannot be stored (%s); dropped: %s",
@@ -1317,12 +1717,22 @@ static int insert_record(struct audit *a, const struct audit_record *r, bool rep
 	return -1;
 }
 
+/* Count an inserted record (if billed) into the batch's spend. */
+static void spend_count_record(struct audit *a, const struct audit_record *r)
+{
+	if (r->billed)      /* the common case, cheap: most rows are not billed */
+		spend_count(&a->spend, true, r->key_id, r->user_id, r->started_at,
+		            r->prompt_tokens, r->completion_tokens, r->cost_nano);
+}
+
 /* Write the first n records of a list in one transaction; replay: they come from the
  * spool and may be there already, so they go row by row through st_insert_new. 0 on
  * success; -1 if the database failed (nothing of the batch is committed). */
 static int commit_list(struct audit *a, const struct audit_record *r, size_t n, bool replay)
 {
 	const struct audit_record *p = r;
+	int64_t mark_was = a->mark_mem, mark_to, caught;
+	bool inserted = false;
 	double untimed = 0;
 	size_t i = 0;
 
@@ -1338,6 +1748,8 @@ static int commit_list(struct audit *a, const struct audit_record *r, size_t n, 
 		if (step_once(a->st_untimed) != SQLITE_OK)
 			goto fail;
 	}
+	if ((caught = spend_catch_up(a)) < 0)
+		goto fail;
 	while (i < n && r) {
 		size_t group = 1;
 		if (!replay && a->st_insert_many && n - i >= INSERT_MANY) {
@@ -1345,22 +1757,41 @@ static int commit_list(struct audit *a, const struct audit_record *r, size_t n, 
 			if (rc < 0)
 				goto fail;
 			if (rc == 0) {
-				for (int k = 0; k < INSERT_MANY; k++)
-					r = r->next_;
+				for (int k = 0; k < INSERT_MANY; k++, r = r->next_)
+					spend_count_record(a, r);
 				i += INSERT_MANY;
+				inserted = true;
 				continue;
 			}
 			group = INSERT_MANY; /* one of them is bad: find it row by row */
 		}
-		for (size_t k = 0; k < group && r; k++, i++, r = r->next_)
-			if (insert_record(a, r, replay) < 0)
+		for (size_t k = 0; k < group && r; k++, i++, r = r->next_) {
+			int rc = insert_record(a, r, replay);
+
+			if (rc < 0)
 				goto fail;
+			if (rc == 0) {      /* a replayed row that was there already was counted then */
+				spend_count_record(a, r);
+				inserted = true;
+			}
+		}
 	}
-	if (step_once(a->st_commit) != SQLITE_OK)
+	/* the rows just inserted are the last ones: nobody else writes inside the transaction */
+	if (inserted)
+		a->mark_mem = sqlite3_last_insert_rowid(a->db);
+	if (spend_finish(a, caught > 0 || a->spend.n > 0, &mark_to) < 0 ||
+	    step_once(a->st_commit) != SQLITE_OK)
 		goto fail;
+	if (mark_to >= 0)
+		a->mark_db = mark_to;
+	if (caught > 0)
+		log_info("audit database %s: %" PRId64 " billed rows written by something else were "
+		         "not in the spend counters; they are now", a->db_path, caught);
 	return 0;
 fail:
 	rollback(a->db);
+	spend_clear(&a->spend);
+	a->mark_mem = mark_was;
 	return -1;
 }
 
@@ -1401,6 +1832,7 @@ static void account_done(struct audit *a, size_t from_mem, size_t from_spool)
 	pthread_mutex_lock(&a->mu);
 	a->mem_n -= from_mem;
 	a->depth -= from_mem + from_spool;
+	a->spool_left -= from_spool;
 	a->progress_ms = mono_ms();
 	pthread_mutex_unlock(&a->mu);
 }
@@ -1628,6 +2060,7 @@ static int spill_chunk(struct audit *a, size_t count)
 	a->spool_written = true;
 	pthread_mutex_lock(&a->mu);
 	a->mem_n -= n;           /* depth is unchanged: the records still wait */
+	a->spool_left += n;
 	pthread_mutex_unlock(&a->mu);
 	return 0;
 fail:
@@ -1665,17 +2098,41 @@ static void spill(struct audit *a, size_t count)
 static int prune_batch(struct audit *a)
 {
 	double cutoff = wall_seconds() - (double)a->retention_days * 86400.0;
-	int rc;
+	int64_t mark_was = a->mark_mem, top;
+	int rc, changes;
 
+	if (step_once(a->st_begin) != SQLITE_OK)
+		goto fail;
 	sqlite3_bind_double(a->st_prune, 1, cutoff);
 	sqlite3_bind_int(a->st_prune, 2, PRUNE_BATCH);
 	rc = sqlite3_step(a->st_prune);
 	sqlite3_reset(a->st_prune);
-	if (rc != SQLITE_DONE) {
-		db_failed(a, "prune old rows");
-		return -1;
+	if (rc != SQLITE_DONE)
+		goto fail;
+	changes = sqlite3_changes(a->db);
+	/* The counters stay: they are what was spent. But when the newest rows went too, the
+	 * mark comes down to the last one left, in this transaction: a row someone else
+	 * inserts next gets a rowid above it, and is counted. */
+	rc = sqlite3_step(a->st_top);
+	top = sqlite3_column_int64(a->st_top, 0);
+	sqlite3_reset(a->st_top);
+	if (rc != SQLITE_ROW)
+		goto fail;
+	if (top < a->mark_mem) {
+		a->mark_mem = top;
+		if (mark_write(a, top) < 0)
+			goto fail;
 	}
-	return sqlite3_changes(a->db) < PRUNE_BATCH ? 1 : 0;
+	if (step_once(a->st_commit) != SQLITE_OK)
+		goto fail;
+	if (a->mark_mem != mark_was)
+		a->mark_db = a->mark_mem;
+	return changes < PRUNE_BATCH ? 1 : 0;
+fail:
+	rollback(a->db);
+	a->mark_mem = mark_was;
+	db_failed(a, "prune old rows");
+	return -1;
 }
 
 static void deadline_ts(int64_t at_ms, struct timespec *ts)
@@ -1980,7 +2437,7 @@ struct audit *audit_open(const char *db_path, const struct audit_options *opt, c
 
 	if (db_connect(a, err) < 0 || spool_scan(a, err) < 0)
 		goto fail;
-	a->depth = a->spool_n;
+	a->depth = a->spool_left = a->spool_n;
 	a->progress_ms = mono_ms();
 	if ((errno = pthread_create(&a->thread, NULL, writer_main, a)) != 0) {
 		set_err(err, "audit: cannot start the writer thread: %s", strerror(errno));
@@ -1989,6 +2446,7 @@ struct audit *audit_open(const char *db_path, const struct audit_options *opt, c
 	return a;
 fail:
 	db_disconnect(a);
+	spend_free(&a->spend);
 	pthread_cond_destroy(&a->wake);
 	pthread_mutex_destroy(&a->mu);
 	free(a->db_path);
@@ -2079,6 +2537,10 @@ void audit_close(struct audit *a)
 	pthread_mutex_unlock(&a->mu);
 	pthread_join(a->thread, NULL);
 
+	/* the counters lag nothing now: the next open need not read these rows again */
+	if (a->db && a->mark_mem != a->mark_db && mark_write(a, a->mark_mem) == 0)
+		a->mark_db = a->mark_mem;
+	spend_free(&a->spend);
 	spool_forget(a);
 	db_disconnect(a);
 	free_list(a->q_head);   /* only if audit_submit raced audit_close */
@@ -2391,5 +2853,155 @@ int audit_get(const char *db_path, const char *request_id, struct audit_record *
 		st = NULL;
 	}
 	sqlite3_close(db);
+	return rc;
+}
+
+/* ---- spend counters, read ---- */
+
+/* "k:12" into *scope and *id; false if it is not of that form. */
+static bool parse_scope(const char *s, char *scope, int64_t *id)
+{
+	char *end;
+
+	if (!s || (s[0] != 'k' && s[0] != 'u') || s[1] != ':' || s[2] < '0' || s[2] > '9')
+		return false;
+	errno = 0;
+	*id = strtoll(s + 2, &end, 10);
+	*scope = s[0];
+	return errno == 0 && *end == '\0';
+}
+
+static int parse_period(const char *s)
+{
+	for (int p = SPEND_ALL; p <= SPEND_MONTH; p++)
+		if (s && strcmp(s, period_names[p]) == 0)
+			return p;
+	return -1;
+}
+
+/* The window ended before `since` (0: none has). */
+static bool window_over(const struct spend_key *k, int64_t since)
+{
+	if (since <= 0 || k->period == SPEND_ALL)
+		return false;
+	if (k->period == SPEND_DAY)
+		return k->start + 86400 <= since;
+	return month_start(k->start, true) <= since;
+}
+
+int audit_spend_load(struct audit *a, int64_t since,
+                     void (*cb)(void *arg, const struct spend_row *r), void *arg, char **err)
+{
+	struct spend_map all = { 0 }, fresh = { 0 };
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	int64_t mark = 0, idle;
+	size_t left;
+	int rc = -1, step;
+
+	if (!a || !cb) {
+		set_err(err, "no audit store to load the spend counters from");
+		return -1;
+	}
+	/* The spool of the previous run holds requests it charged: wait for the writer to
+	 * commit it, as long as it makes progress. */
+	for (;;) {
+		struct timespec tick = { 0, 10 * 1000000L };
+
+		pthread_mutex_lock(&a->mu);
+		left = a->spool_left;
+		idle = mono_ms() - a->progress_ms;
+		pthread_mutex_unlock(&a->mu);
+		if (!left || idle >= (int64_t)a->close_wait_ms)
+			break;
+		nanosleep(&tick, NULL);
+	}
+	if (left)
+		log_warn("audit: %zu records wait in %s because %s cannot be written; the spend "
+		         "counters loaded now do not include them", left, a->spool_path, a->db_path);
+
+	/* one read transaction: the counters and the rows beyond the mark as of one moment */
+	if (!(db = open_reader(a->db_path, err)))
+		return -1;
+	if (exec_sql(db, "BEGIN") != SQLITE_OK ||
+	    sqlite3_prepare_v2(db, "SELECT last_rowid FROM spend_mark", -1, &st, NULL) != SQLITE_OK)
+		goto sql_fail;
+	if ((step = sqlite3_step(st)) == SQLITE_ROW)
+		mark = sqlite3_column_int64(st, 0);
+	else if (step != SQLITE_DONE)
+		goto sql_fail;
+	sqlite3_finalize(st);
+	st = NULL;
+
+	if (sqlite3_prepare_v2(db, "SELECT scope, period, start, requests, tokens, cost_nano "
+	                       "FROM spend WHERE period = 'all' OR start > ?1", -1, &st,
+	                       NULL) != SQLITE_OK)
+		goto sql_fail;
+	/* a month is at most 31 days: anything that ended before since started before this */
+	sqlite3_bind_int64(st, 1, since > 0 ? since - 31 * 86400 : INT64_MIN);
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		struct spend_key k;
+		int period = parse_period((const char *)sqlite3_column_text(st, 1));
+
+		if (period < 0 || !parse_scope((const char *)sqlite3_column_text(st, 0), &k.scope,
+		                               &k.id))
+			continue;            /* not ours: written by hand */
+		k.period = (unsigned char)period;
+		k.start = sqlite3_column_int64(st, 2);
+		spend_add(&all, &k, sqlite3_column_int64(st, 3), sqlite3_column_int64(st, 4),
+		          sqlite3_column_int64(st, 5));
+	}
+	if (step != SQLITE_DONE)
+		goto sql_fail;
+	sqlite3_finalize(st);
+	st = NULL;
+
+	/* billed rows the counters do not hold yet (sqlite3, an older build, or a batch the
+	 * writer has not caught up with): as the writer will count them */
+	if (sqlite3_prepare_v2(db, "SELECT key_id, user_id, started_at, prompt_tokens, "
+	                       "completion_tokens, cost_nano FROM audit WHERE rowid > ?1 AND "
+	                       "billed = 1 AND key_id > 0", -1, &st, NULL) != SQLITE_OK)
+		goto sql_fail;
+	sqlite3_bind_int64(st, 1, mark);
+	while ((step = sqlite3_step(st)) == SQLITE_ROW)
+		spend_count(&fresh, true, sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1),
+		            sqlite3_column_double(st, 2), sqlite3_column_int64(st, 3),
+		            sqlite3_column_int64(st, 4), sqlite3_column_int64(st, 5));
+	if (step != SQLITE_DONE)
+		goto sql_fail;
+	sqlite3_finalize(st);
+	st = NULL;
+	exec_sql(db, "COMMIT");
+	spend_roll_up(&fresh);
+	for (size_t i = 0; i < fresh.cap; i++)
+		if (fresh.e[i].used)
+			spend_add(&all, &fresh.e[i].k, fresh.e[i].requests, fresh.e[i].tokens,
+			          fresh.e[i].cost_nano);
+
+	for (size_t i = 0; i < all.cap; i++) {
+		const struct spend_ent *e = &all.e[i];
+		struct spend_row r;
+
+		if (!e->used || window_over(&e->k, since))
+			continue;
+		r.scope = e->k.scope;
+		r.id = e->k.id;
+		r.period = (enum spend_period)e->k.period;
+		r.start = e->k.start;
+		r.requests = e->requests;
+		r.tokens = e->tokens;
+		r.cost_nano = e->cost_nano;
+		cb(arg, &r);
+	}
+	rc = 0;
+	goto done;
+sql_fail:
+	set_err(err, "cannot read the spend counters in audit database %s: %s", a->db_path,
+	        sqlite3_errmsg(db));
+done:
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	spend_free(&all);
+	spend_free(&fresh);
 	return rc;
 }

@@ -210,6 +210,37 @@ int64_t audit_stalled_ms(struct audit *a);
  * audit_submit. */
 void audit_close(struct audit *a);
 
+/* ---- spend counters ----
+ * The audit database also holds what the billed requests add up to, per key ("k:ID") and
+ * per user ("u:ID"): requests, tokens (prompt + completion) and cost in nano-USD, for all
+ * time (start 0), per UTC day (start = its midnight, unix seconds) and per UTC month
+ * (start = the 1st, 00:00). The writer adds every row it inserts with billed set and a
+ * key to them in the transaction that inserts the row, so after a crash the rows and the
+ * counters still agree; a row inserted by anything else (sqlite3, an older build) is
+ * added at the next open, or by the writer's next batch. Pruning rows (retention) does
+ * not change the counters: they are what was spent, not what is still on file. */
+
+enum spend_period { SPEND_ALL, SPEND_DAY, SPEND_MONTH };
+
+struct spend_row {
+	char scope;               /* 'k' (a key) or 'u' (a user) */
+	int64_t id;
+	enum spend_period period;
+	int64_t start;            /* unix seconds; 0 for SPEND_ALL */
+	int64_t requests, tokens, cost_nano;
+};
+
+/* Every counter of a's database, one cb call each (on the calling thread, in no particular
+ * order), for the daemon's start: call it once, on the loop thread, after audit_open and
+ * before serving. It first waits for the writer to commit the spool a previous run left
+ * (while that makes progress; with the database locked or failing, for at most
+ * close_wait_ms), so that the counters include those requests; then it reads on a
+ * read-only connection of its own, adding any billed rows the counters do not include yet,
+ * so it never waits for the write lock. Day and month windows that ended before `since`
+ * may be skipped (0: none are). 0, or -1 with *err set (caller frees). */
+int audit_spend_load(struct audit *a, int64_t since,
+                     void (*cb)(void *arg, const struct spend_row *r), void *arg, char **err);
+
 /* Live tail: not provided here. The loop thread already holds each record before
  * audit_submit(); it formats it for tail subscribers with audit_record_json() first. */
 

@@ -678,7 +678,7 @@ def test_a_version_4_database_gains_attempts_at_start_and_keeps_its_rows(c):
     try:
         db = sqlite3.connect("file:%s?mode=ro" % os.path.join(d, "audit.db"), uri=True)
         try:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 8
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 9
             assert db.execute("SELECT rowid, retries, request_body, attempts, cached_tokens, "
                               "cache_write_tokens, reasoning_tokens FROM audit WHERE "
                               "request_id = ?", (old_id,)).fetchone() == \

@@ -12,8 +12,10 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -866,10 +868,10 @@ static void make_old_store(const char *path, const char *sql)
 	sqlite3_close(db);
 }
 
-/* Schema version 8: one B-tree besides the table, on started_at; no index on request_id
+/* Schema version 9: one B-tree besides the table, on started_at; no index on request_id
  * (not even a unique one); the attempts column (version 5) after the older ones, then the
  * cache and reasoning token columns (version 6), then upstream_request_id (version 7),
- * then the spend columns (version 8). */
+ * then the spend columns (version 8); the spend counters and their mark (version 9). */
 static void check_current_schema(const char *path)
 {
 	static const struct { const char *name, *type; int notnull; const char *dflt; } spend[] = {
@@ -879,7 +881,7 @@ static void check_current_schema(const char *path)
 	};
 	char sql[300];
 
-	CHECK_INT(db_int(path, "PRAGMA user_version"), 8);
+	CHECK_INT(db_int(path, "PRAGMA user_version"), 9);
 	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = 'attempts'"
 	                 " AND type = 'TEXT' AND \"notnull\" = 0 AND dflt_value IS NULL"), 23);
 	CHECK_INT(db_int(path, "SELECT cid FROM pragma_table_info('audit') WHERE name = "
@@ -906,6 +908,10 @@ static void check_current_schema(const char *path)
 		CHECK_INT(db_int(path, sql), 28 + i);
 	}
 	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('audit')"), 34);
+	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_table_info('spend')"), 6);
+	CHECK_INT(db_int(path, "SELECT count(*) FROM pragma_index_info('sqlite_autoindex_spend_1')"),
+	          3);                         /* the key: scope, period, start */
+	CHECK_INT(db_int(path, "SELECT count(*) FROM spend_mark"), 1);
 }
 
 TEST(database_is_created_mode_0600_with_schema_version_and_indexes)
@@ -1380,6 +1386,398 @@ TEST(retention_prunes_only_rows_older_than_the_limit_in_batches)
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id LIKE 'old%'"), 0);
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id LIKE 'edge%'"), 3);
 	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id LIKE 'new%'"), 3);
+	tmpdb_remove(&t);
+}
+
+/* ---- spend counters ---- */
+
+/* The counters as they should be, from the billed rows of the audit table, computed by
+ * SQLite's own date functions (not audit.c's): a key's and its user's requests, tokens
+ * and cost for all time, per day and per month. */
+#define SPEND_EXPECTED \
+	"WITH b AS (SELECT key_id, user_id, started_at," \
+	"  max(coalesce(prompt_tokens, 0), 0) + max(coalesce(completion_tokens, 0), 0) AS tok," \
+	"  max(coalesce(cost_nano, 0), 0) AS cost FROM audit WHERE billed = 1 AND key_id > 0)," \
+	" s AS (SELECT 'k:' || key_id AS scope, started_at, tok, cost FROM b" \
+	"  UNION ALL SELECT 'u:' || user_id, started_at, tok, cost FROM b WHERE user_id > 0)," \
+	" e AS (SELECT scope, 'all' AS period, 0 AS start, count(*) AS requests," \
+	"  sum(tok) AS tokens, sum(cost) AS cost_nano FROM s GROUP BY scope" \
+	"  UNION ALL SELECT scope, 'day', CAST(started_at / 86400 AS INTEGER) * 86400, count(*)," \
+	"  sum(tok), sum(cost) FROM s GROUP BY 1, 3" \
+	"  UNION ALL SELECT scope, 'month', CAST(strftime('%s', started_at, 'unixepoch'," \
+	"  'start of month') AS INTEGER), count(*), sum(tok), sum(cost) FROM s GROUP BY 1, 3) "
+
+/* Counter rows that differ from what the billed rows add up to, both ways (0: they
+ * agree); the first few are shown. */
+static long long spend_mismatches(const char *path)
+{
+	sqlite3 *db = raw_open(path);
+	sqlite3_stmt *st = NULL;
+	long long n = 0;
+
+	if (sqlite3_prepare_v2(db, SPEND_EXPECTED "SELECT 'expected', * FROM (SELECT * FROM e "
+	                       "EXCEPT SELECT * FROM spend) UNION ALL SELECT 'counted', * FROM "
+	                       "(SELECT * FROM spend EXCEPT SELECT * FROM e)", -1, &st, NULL) !=
+	    SQLITE_OK) {
+		fprintf(stderr, "  spend_mismatches: %s\n", sqlite3_errmsg(db));
+		n = -1;
+	}
+	while (st && sqlite3_step(st) == SQLITE_ROW)
+		if (n++ < 6)
+			fprintf(stderr, "  %s: %s %s %lld requests %lld tokens %lld cost %lld\n",
+			        sqlite3_column_text(st, 0), sqlite3_column_text(st, 1),
+			        sqlite3_column_text(st, 2), (long long)sqlite3_column_int64(st, 3),
+			        (long long)sqlite3_column_int64(st, 4),
+			        (long long)sqlite3_column_int64(st, 5),
+			        (long long)sqlite3_column_int64(st, 6));
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return n;
+}
+
+/* The whole spend table as text, in order, for before/after comparisons; caller frees. */
+static char *spend_text(const char *path)
+{
+	sqlite3 *db = raw_open(path);
+	sqlite3_stmt *st = NULL;
+	char *out = NULL;
+
+	if (sqlite3_prepare_v2(db, "SELECT group_concat(x, ';') FROM (SELECT scope || ',' || period"
+	                       " || ',' || start || ',' || requests || ',' || tokens || ',' || "
+	                       "cost_nano AS x FROM spend ORDER BY scope, period, start)", -1, &st,
+	                       NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW &&
+	    sqlite3_column_text(st, 0))
+		out = dup_s((const char *)sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	return out ? out : dup_s("");
+}
+
+static long long spend_get(const char *path, const char *scope, const char *period,
+                           long long start, const char *what)
+{
+	char sql[256];
+
+	snprintf(sql, sizeof(sql), "SELECT coalesce((SELECT %s FROM spend WHERE scope = '%s' AND "
+	         "period = '%s' AND start = %lld), -1)", what, scope, period, start);
+	return db_int(path, sql);
+}
+
+#define DEC_1 1796083200LL      /* 2026-12-01T00:00:00Z */
+#define NOV_1 1793491200LL
+#define NOV_30 1795996800LL
+
+/* What audit_spend_load reported, as "scope:id,period,start,requests,tokens,cost" lines. */
+struct loaded {
+	char rows[256][96];
+	int n;
+};
+
+static void collect(void *arg, const struct spend_row *r)
+{
+	struct loaded *l = arg;
+	static const char *const names[] = { "all", "day", "month" };
+
+	if (l->n < 256)
+		snprintf(l->rows[l->n++], sizeof(l->rows[0]), "%c:%lld,%s,%lld,%lld,%lld,%lld",
+		         r->scope, (long long)r->id, names[r->period], (long long)r->start,
+		         (long long)r->requests, (long long)r->tokens, (long long)r->cost_nano);
+}
+
+static int cmp_line(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* The loaded rows in the order spend_text lists the table's, joined the same way. */
+static char *loaded_text(struct loaded *l)
+{
+	size_t cap = 1, n = 0;
+	char *s;
+
+	qsort(l->rows, (size_t)l->n, sizeof(l->rows[0]), cmp_line);
+	for (int i = 0; i < l->n; i++)
+		cap += strlen(l->rows[i]) + 1;
+	s = calloc(1, cap);
+	for (int i = 0; i < l->n; i++)
+		n += (size_t)snprintf(s + n, cap - n, "%s%s", i ? ";" : "", l->rows[i]);
+	return s;
+}
+
+/* 3000 records, one a second across midnight into December, in batches of 100: the
+ * counters of every key and user, for all time, both days and both months, equal what
+ * the billed rows add up to; rows billed without a key, and unbilled rows, count nowhere. */
+TEST(spend_counters_equal_the_billed_rows_across_batches_days_and_months)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct loaded *l = calloc(1, sizeof(*l));
+	char *table, *loaded;
+	long long k1 = 0, k1_tok = 0, k1_cost = 0;
+	char *err = NULL;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, &(struct audit_options){ .batch_size = 100 });
+	for (int i = 0; i < 3000; i++) {
+		struct audit_record *r = make_record("s", i, (double)DEC_1 - 1500 + i + 0.25);
+
+		if (i % 97 == 0)
+			r->key_id = 0;           /* a billed row without a key: nothing to count */
+		if (i % 11 == 0)
+			r->prompt_tokens = -1;   /* unknown counts as none */
+		if (r->billed && r->key_id == 1) {
+			k1++;
+			k1_tok += (r->prompt_tokens > 0 ? r->prompt_tokens : 0) + r->completion_tokens;
+			k1_cost += r->cost_nano > 0 ? r->cost_nano : 0;
+		}
+		audit_submit(a, r);
+	}
+	CHECK(wait_depth(a, 0, 30));
+	CHECK_INT(spend_mismatches(t.path), 0);     /* before close: every commit agrees */
+	CHECK_INT(audit_spend_load(a, 0, collect, l, &err), 0);
+	audit_close(a);
+	CHECK_INT(spend_mismatches(t.path), 0);
+
+	CHECK(k1 > 400);
+	CHECK_INT(spend_get(t.path, "k:1", "all", 0, "requests"), k1);
+	CHECK_INT(spend_get(t.path, "k:1", "all", 0, "tokens"), k1_tok);
+	CHECK_INT(spend_get(t.path, "k:1", "all", 0, "cost_nano"), k1_cost);
+	CHECK_INT(spend_get(t.path, "k:1", "day", NOV_30, "requests") +
+	          spend_get(t.path, "k:1", "day", DEC_1, "requests"), k1);
+	CHECK_INT(spend_get(t.path, "k:1", "month", NOV_1, "requests") +
+	          spend_get(t.path, "k:1", "month", DEC_1, "requests"), k1);
+	CHECK(spend_get(t.path, "u:100", "month", NOV_1, "requests") > 0);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM spend WHERE scope = 'k:0' OR scope = 'u:0'"),
+	          0);
+	/* 3 keys and 2 users, each with 1 + 2 days + 2 months */
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM spend"), 25);
+	CHECK_INT(db_int(t.path, "SELECT last_rowid FROM spend_mark"), 3000);
+
+	/* what the daemon loads at start is the table */
+	table = spend_text(t.path);
+	loaded = loaded_text(l);
+	CHECK_STR(loaded, table);
+	free(loaded);
+	free(table);
+
+	/* since December: November's day and month are over, and may be left out */
+	a = open_ok(t.path, NULL);
+	l->n = 0;
+	CHECK_INT(audit_spend_load(a, DEC_1, collect, l, &err), 0);
+	audit_close(a);
+	CHECK_INT(l->n, 15);
+	for (int i = 0; i < l->n; i++)
+		CHECK(strstr(l->rows[i], ",1795996800,") == NULL &&
+		      strstr(l->rows[i], ",1793491200,") == NULL);
+	/* since 2027: December is over too (its month ends on January 1st): all time only */
+	a = open_ok(t.path, NULL);
+	l->n = 0;
+	CHECK_INT(audit_spend_load(a, 1798761600, collect, l, &err), 0);
+	audit_close(a);
+	CHECK_INT(l->n, 5);
+	for (int i = 0; i < l->n; i++)
+		CHECK(strstr(l->rows[i], ",all,0,") != NULL);
+	free(err);
+	free(l);
+	tmpdb_remove(&t);
+}
+
+/* The spool's records are counted when they reach the database, once: a line whose row is
+ * there already (a replay cut short) is skipped and not counted again; and the daemon's
+ * start waits for the spool before it loads the counters. */
+TEST(spend_counters_count_a_replayed_spool_once)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct audit_options opt = { .mem_cap = 1000, .busy_timeout_ms = 20,
+	                             .close_wait_ms = 300 };
+	struct loaded *l = calloc(1, sizeof(*l));
+	sqlite3 *lock;
+	long long want = 0;
+	FILE *f;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, &opt);
+	lock = lock_db(t.path);
+	for (int i = 0; i < 200; i++) {
+		struct audit_record *r = make_record("r", i, 1.7e9 + i);
+
+		want += r->billed && r->key_id == 2;
+		audit_submit(a, r);
+	}
+	audit_close(a);             /* still locked: all 200 in the spool */
+	unlock_db(lock);
+	CHECK_INT(count_lines(t.spool), 200);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM spend"), 0);
+
+	/* a line the database has already, as if the last replay was cut off after its
+	 * commit: r000001 (billed, key 2) */
+	f = fopen(t.spool, "a");
+	fputs("{\"v\":1,\"request_id\":\"r000001\",\"started_at\":1700000001,\"key_id\":2,"
+	      "\"status\":200,\"prompt_tokens\":11,\"completion_tokens\":22,\"cost_nano\":5,"
+	      "\"billed\":true}\n", f);
+	fclose(f);
+
+	a = open_ok(t.path, &opt);
+	CHECK_INT(audit_spend_load(a, 0, collect, l, NULL), 0);   /* waits for the replay */
+	CHECK_INT(audit_queue_depth(a), 0);
+	audit_close(a);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 200);
+	CHECK_INT(spend_mismatches(t.path), 0);
+	CHECK_INT(spend_get(t.path, "k:2", "all", 0, "requests"), want);
+	{
+		char want_row[64];
+		bool found = false;
+
+		snprintf(want_row, sizeof(want_row), "k:2,all,0,%lld,", want);
+		for (int i = 0; i < l->n; i++)
+			found |= strncmp(l->rows[i], want_row, strlen(want_row)) == 0;
+		CHECK(found);
+	}
+	free(l);
+	tmpdb_remove(&t);
+}
+
+/* Billed rows that the writer did not insert (sqlite3, an older build) are counted at the
+ * next open, or by the writer's next batch while it runs; audit_spend_load includes them
+ * even before either has happened, and never twice. */
+TEST(spend_counters_catch_up_with_rows_inserted_behind_the_writer)
+{
+	struct tmpdb t;
+	struct audit *a;
+	struct loaded *l = calloc(1, sizeof(*l));
+	char *table, *loaded;
+	sqlite3 *db;
+
+#define HAND_ROW(id, key, user, t0, cost) \
+	"INSERT INTO audit (request_id, started_at, key_id, user_id, status, is_stream," \
+	" prompt_tokens, completion_tokens, cost_nano, billed) VALUES ('" id "', " #t0 ", " \
+	#key ", " #user ", 200, 0, 100, 20, " #cost ", 1);"
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	for (int i = 0; i < 50; i++)
+		audit_submit(a, make_record("w", i, 1.7e9 + i));
+	audit_close(a);
+	CHECK_INT(spend_mismatches(t.path), 0);
+
+	db = raw_open(t.path);
+	CHECK_INT(sqlite3_exec(db, HAND_ROW("hand1", 7, 70, 1700000100.5, 1000000001)
+	                           HAND_ROW("hand2", 7, 0, 1700086500, 3), NULL, NULL, NULL),
+	          SQLITE_OK);
+	sqlite3_close(db);
+	CHECK_INT(spend_mismatches(t.path), 4 + 3);   /* k:7: all, 2 days, 1 month; u:70 */
+
+	a = open_ok(t.path, NULL);                    /* counted at open */
+	CHECK_INT(spend_mismatches(t.path), 0);
+	CHECK_INT(spend_get(t.path, "k:7", "all", 0, "requests"), 2);
+	CHECK_INT(spend_get(t.path, "k:7", "all", 0, "tokens"), 240);
+	CHECK_INT(spend_get(t.path, "k:7", "all", 0, "cost_nano"), 1000000004LL);
+	CHECK_INT(spend_get(t.path, "u:70", "all", 0, "cost_nano"), 1000000001LL);
+
+	/* behind the running writer: load sees it at once, the next batch counts it */
+	db = raw_open(t.path);
+	CHECK_INT(sqlite3_exec(db, HAND_ROW("hand3", 8, 80, 1700000200, 42), NULL, NULL, NULL),
+	          SQLITE_OK);
+	sqlite3_close(db);
+	CHECK_INT(audit_spend_load(a, 0, collect, l, NULL), 0);
+	{
+		bool found = false;
+
+		for (int i = 0; i < l->n; i++)
+			found |= strcmp(l->rows[i], "k:8,all,0,1,120,42") == 0;
+		CHECK(found);
+	}
+	audit_submit(a, make_record("w", 50, 1.7e9 + 50));
+	CHECK(wait_depth(a, 0, 10));
+	CHECK_INT(spend_mismatches(t.path), 0);
+	CHECK_INT(spend_get(t.path, "u:80", "all", 0, "cost_nano"), 42);
+	l->n = 0;
+	CHECK_INT(audit_spend_load(a, 0, collect, l, NULL), 0);
+	audit_close(a);
+	table = spend_text(t.path);                   /* counted once: load is the table */
+	loaded = loaded_text(l);
+	CHECK_STR(loaded, table);
+	free(loaded);
+	free(table);
+	free(l);
+	tmpdb_remove(&t);
+}
+
+/* Retention deletes rows, not what they cost: the counters stay as they were. When every
+ * row is gone, a row inserted by hand afterwards (rowid 1 again) is still counted. */
+TEST(pruning_rows_leaves_the_spend_counters_alone)
+{
+	struct tmpdb t;
+	struct audit *a;
+	double now = now_s(), until;
+	char *before, *after;
+	long long left = -1;
+	sqlite3 *db;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, NULL);
+	for (int i = 0; i < 1500; i++)
+		audit_submit(a, make_record("old", i, now - 20 * 86400.0 + i));
+	audit_close(a);
+	CHECK_INT(spend_mismatches(t.path), 0);
+	before = spend_text(t.path);
+	CHECK(strlen(before) > 0);
+
+	a = open_ok(t.path, &(struct audit_options){ .retention_days = 7,
+	                                             .prune_interval_ms = 50 });
+	until = mono_s() + 10;
+	while (mono_s() < until && (left = db_int(t.path, "SELECT count(*) FROM audit")) != 0)
+		sleep_ms(20);
+	audit_close(a);
+	CHECK_INT(left, 0);
+	after = spend_text(t.path);
+	CHECK_STR(after, before);
+	CHECK_INT(db_int(t.path, "SELECT last_rowid FROM spend_mark"), 0);
+
+	db = raw_open(t.path);
+	CHECK_INT(sqlite3_exec(db, HAND_ROW("late", 9, 0, 1700000000, 7), NULL, NULL, NULL),
+	          SQLITE_OK);
+	CHECK_INT(raw_int(db, "SELECT rowid FROM audit WHERE request_id = 'late'"), 1);
+	sqlite3_close(db);
+	a = open_ok(t.path, NULL);
+	audit_close(a);
+	CHECK_INT(spend_get(t.path, "k:9", "all", 0, "cost_nano"), 7);
+	free(before);
+	free(after);
+	tmpdb_remove(&t);
+#undef HAND_ROW
+}
+
+/* A writer killed (SIGKILL) at any moment leaves rows and counters that agree: they are
+ * committed together. */
+TEST(spend_counters_and_rows_agree_after_sigkill)
+{
+	struct tmpdb t;
+	pid_t pid;
+	int status = 0;
+
+	tmpdb_make(&t);
+	pid = fork();
+	if (pid == 0) {
+		struct audit *a = audit_open(t.path, &(struct audit_options){ .batch_size = 50 },
+		                             NULL);
+
+		for (int i = 0; a; i++) {
+			audit_submit(a, make_record("k", i, 1.7e9 + i * 0.01));
+			if (i % 50 == 0)
+				sleep_ms(1);
+		}
+		_exit(1);
+	}
+	CHECK(pid > 0);
+	sleep_ms(700);
+	kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+	CHECK(db_int(t.path, "SELECT count(*) FROM audit") > 0);
+	CHECK_INT(spend_mismatches(t.path), 0);       /* as the kill left them */
+	audit_close(open_ok(t.path, NULL));
+	CHECK_INT(spend_mismatches(t.path), 0);
 	tmpdb_remove(&t);
 }
 
