@@ -108,6 +108,41 @@ static void kv(struct cli_table *t, const char *label, const char *value)
 	cli_table_add(t, row);
 }
 
+/* ---- spend: limits, multiplier, what was spent (keys and users) ---- */
+
+/* "12 requests, 3400 tokens, 0.012300000 USD" for one of a spend object's periods. */
+static const char *fmt_spend(char *buf, const json_t *spend, const char *period)
+{
+	const json_t *p = json_object_get(spend, period);
+
+	if (!p)
+		return "-";
+	snprintf(buf, FMT_SZ, "%" JSON_INTEGER_FORMAT " requests, %" JSON_INTEGER_FORMAT
+	         " tokens, %s USD", jint(p, "requests"), jint(p, "tokens"),
+	         jstr(p, "cost_usd") ? jstr(p, "cost_usd") : "?");
+	return buf;
+}
+
+static void spend_rows(struct cli_table *t, const json_t *o)
+{
+	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ];
+	char *limits = join(json_object_get(o, "limits"), ", ", "none");
+	const json_t *spend = json_object_get(o, "spend");
+
+	if (json_object_get(o, "user_id")) {
+		if (json_is_integer(json_object_get(o, "user_id")))
+			snprintf(b4, sizeof(b4), "%" JSON_INTEGER_FORMAT " (%s)", jint(o, "user_id"),
+			         jstr(o, "user") ? jstr(o, "user") : "?");
+		kv(t, "user:", json_is_integer(json_object_get(o, "user_id")) ? b4 : "none");
+	}
+	kv(t, "limits:", limits);
+	kv(t, "multiplier:", jstr(o, "multiplier") ? jstr(o, "multiplier") : "1");
+	kv(t, "spent today:", fmt_spend(b1, spend, "day"));
+	kv(t, "this month:", fmt_spend(b2, spend, "month"));
+	kv(t, "in all:", fmt_spend(b3, spend, "total"));
+	free(limits);
+}
+
 /* ---- keys ---- */
 
 static void print_key_detail(const json_t *k)
@@ -126,6 +161,7 @@ static void print_key_detail(const json_t *k)
 	kv(t, "last used:", fmt_time(b5, json_object_get(k, "last_used"), "never", FULL_FMT));
 	kv(t, "rpm:", fmt_rpm(b6, jint(k, "rpm")));
 	kv(t, "routes:", routes);
+	spend_rows(t, k);
 	cli_table_print(t, stdout);
 	free(routes);
 }
@@ -203,6 +239,65 @@ static void print_key_revoked(const json_t *k)
 /* ---- routes ---- */
 
 /* "enabled", "disabled" or "unavailable" (its if_env variable is unset); "*" when the run-time state differs from the file. */
+/* ---- users ---- */
+
+static void print_user_detail(const json_t *u)
+{
+	struct cli_table *t = cli_table_new(2, NULL);
+	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ];
+	const json_t *bal = json_object_get(u, "balance_usd");
+
+	kv(t, "id:", fmt_int(b1, jint(u, "id")));
+	kv(t, "name:", jstr(u, "name"));
+	kv(t, "status:", jstr(u, "status"));
+	kv(t, "created:", fmt_time(b2, json_object_get(u, "created"), "-", FULL_FMT));
+	kv(t, "keys:", fmt_int(b3, jint(u, "keys")));
+	if (json_is_string(bal))
+		snprintf(b4, sizeof(b4), "%s USD (topped up %s, spent %s, held by requests %s)",
+		         json_string_value(bal), jstr(u, "credit_usd"), jstr(u, "spent_usd"),
+		         jstr(u, "reserved_usd"));
+	kv(t, "balance:", json_is_string(bal) ? b4 : "not kept (no balance limit)");
+	spend_rows(t, u);
+	cli_table_print(t, stdout);
+}
+
+static void print_user_changed(const json_t *u)
+{
+	printf("User %" JSON_INTEGER_FORMAT " (%s); its keys' next requests see the change.\n\n",
+	       jint(u, "id"), jstr(u, "name") ? jstr(u, "name") : "?");
+	print_user_detail(u);
+}
+
+static void print_user_list(const json_t *a)
+{
+	static const char *const head[] = { "ID", "NAME", "STATUS", "KEYS", "BALANCE",
+	                                     "SPENT", "LIMITS" };
+	struct cli_table *t = cli_table_new(7, head);
+	size_t i;
+	json_t *u;
+
+	json_array_foreach(a, i, u) {
+		char b1[FMT_SZ], b2[FMT_SZ];
+		char *limits = join(json_object_get(u, "limits"), ",", "none");
+		const json_t *bal = json_object_get(u, "balance_usd");
+		const char *row[7] = {
+			fmt_int(b1, jint(u, "id")), jstr(u, "name"), jstr(u, "status"),
+			fmt_int(b2, jint(u, "keys")),
+			json_is_string(bal) ? json_string_value(bal) : "-",
+			jstr(u, "spent_usd"), limits,
+		};
+
+		cli_table_add(t, row);
+		free(limits);
+	}
+	if (cli_table_rows(t) == 0) {
+		cli_table_free(t);
+		printf("No users. Create one with: fastgate-cli user create --name NAME\n");
+		return;
+	}
+	cli_table_print(t, stdout);
+}
+
 static const char *route_state(char *buf, const json_t *r)
 {
 	bool on = jbool(r, "enabled");
@@ -624,6 +719,9 @@ const struct cli_cmd cli_commands[] = {
 		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes (default: all)", CLI_COMPLETE_ROUTES, NULL },
 		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (default: unlimited)", CLI_COMPLETE_NONE, NULL },
 		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire after N days (default: never)", CLI_COMPLETE_NONE, NULL },
+		{ "--user", "ID", CLI_ARG_INT, "user", false, "the user who owns the key (its limits and balance apply too)", CLI_COMPLETE_NONE, NULL },
+		{ "--limit", "KIND:N/WIN", CLI_ARG_MULTI, "limits", false, "a limit, repeatable: requests:100/min, tokens:1M/day, cost:25/month", CLI_COMPLETE_NONE, NULL },
+		{ "--multiplier", "X", CLI_ARG_STRING, "multiplier", false, "prices times X for this key (default 1)", CLI_COMPLETE_NONE, NULL },
 		OPT_END }, print_key_created, false, NULL, 0 },
 	{ "key", "list", "key.list", "list keys (never their secrets)",
 	  NO_POS, {
@@ -635,14 +733,45 @@ const struct cli_cmd cli_commands[] = {
 	{ "key", "revoke", "key.revoke", "revoke a key; it stops working at once",
 	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL },
 	  { OPT_END }, print_key_revoked, false, NULL, 0 },
-	{ "key", "update", "key.update", "change a key's routes, rpm limit or expiry, at once",
+	{ "key", "update", "key.update", "change a key's routes, limits, multiplier or expiry, at once",
 	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL }, {
 		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes", CLI_COMPLETE_ROUTES, NULL },
 		{ "--all-routes", NULL, CLI_ARG_CLEAR, "routes", false, "allow every route", CLI_COMPLETE_NONE, NULL },
 		{ "--rpm", "N", CLI_ARG_INT, "rpm", false, "requests per minute (0: unlimited)", CLI_COMPLETE_NONE, NULL },
 		{ "--expires-days", "N", CLI_ARG_INT, "expires_days", false, "expire N days from now", CLI_COMPLETE_NONE, NULL },
 		{ "--no-expiry", NULL, CLI_ARG_CLEAR, "expires_days", false, "never expire", CLI_COMPLETE_NONE, NULL },
+		{ "--limit", "KIND:N/WIN", CLI_ARG_MULTI, "limits", false, "replace the limits with these (repeatable)", CLI_COMPLETE_NONE, NULL },
+		{ "--no-limits", NULL, CLI_ARG_CLEAR, "limits", false, "remove every limit", CLI_COMPLETE_NONE, NULL },
+		{ "--multiplier", "X", CLI_ARG_STRING, "multiplier", false, "prices times X for this key", CLI_COMPLETE_NONE, NULL },
 		OPT_END }, print_key_updated, true, NULL, 0 },
+	{ "user", "create", "user.create", "create a user, with a balance and limits if given",
+	  NO_POS, {
+		{ "--name", "N", CLI_ARG_STRING, "name", true, "who the user is", CLI_COMPLETE_NONE, NULL },
+		{ "--balance", "USD", CLI_ARG_STRING, "balance", false, "keep a balance, starting at USD (default: no balance kept)", CLI_COMPLETE_NONE, NULL },
+		{ "--multiplier", "X", CLI_ARG_STRING, "multiplier", false, "prices times X for this user's keys (default 1)", CLI_COMPLETE_NONE, NULL },
+		{ "--limit", "KIND:N/WIN", CLI_ARG_MULTI, "limits", false, "a limit for all the user's keys together, repeatable", CLI_COMPLETE_NONE, NULL },
+		OPT_END }, print_user_changed, false, NULL, 0 },
+	{ "user", "list", "user.list", "list users with their balances and limits",
+	  NO_POS, { OPT_END }, print_user_list, false, NULL, 0 },
+	{ "user", "show", "user.show", "show one user: balance, limits, spend",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the user's id (see user list)", CLI_COMPLETE_NONE, NULL },
+	  { OPT_END }, print_user_detail, false, NULL, 0 },
+	{ "user", "update", "user.update", "change a user's limits or multiplier, at once",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the user's id (see user list)", CLI_COMPLETE_NONE, NULL }, {
+		{ "--limit", "KIND:N/WIN", CLI_ARG_MULTI, "limits", false, "replace the limits with these (repeatable)", CLI_COMPLETE_NONE, NULL },
+		{ "--no-limits", NULL, CLI_ARG_CLEAR, "limits", false, "remove every limit", CLI_COMPLETE_NONE, NULL },
+		{ "--multiplier", "X", CLI_ARG_STRING, "multiplier", false, "prices times X", CLI_COMPLETE_NONE, NULL },
+		OPT_END }, print_user_changed, true, NULL, 0 },
+	{ "user", "topup", "user.topup", "add USD to a user's balance (negative to take off)",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the user's id (see user list)", CLI_COMPLETE_NONE, NULL }, {
+		{ "--amount", "USD", CLI_ARG_STRING, "amount", true, "dollars, such as 25 or 12.50", CLI_COMPLETE_NONE, NULL },
+		OPT_END }, print_user_changed, false, NULL, 0 },
+	{ "user", "suspend", "user.suspend", "refuse the user's keys (403) until resumed",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the user's id (see user list)", CLI_COMPLETE_NONE, NULL },
+	  { OPT_END }, print_user_changed, false, NULL, 0 },
+	{ "user", "resume", "user.resume", "let a suspended user's keys work again",
+	  { NULL, "ID", CLI_ARG_INT, "id", true, "the user's id (see user list)", CLI_COMPLETE_NONE, NULL },
+	  { OPT_END }, print_user_changed, false, NULL, 0 },
 	{ "key", "rotate", "key.rotate", "replace a key's secret (printed once); the old one stops working",
 	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL },
 	  { OPT_END }, print_key_rotated, false, NULL, 0 },
@@ -711,6 +840,7 @@ const struct cli_noun cli_nouns[] = {
 	{ "key", "manage client API keys" },
 	{ "route", "inspect routes and switch them on and off" },
 	{ "upstream", "inspect the upstreams of the routes' pools and drain them" },
+	{ "user", "manage users: balances, limits, suspension" },
 	{ "logs", "read the audit log: follow requests live, export rows, show one" },
 };
 const size_t cli_nnouns = sizeof(cli_nouns) / sizeof(cli_nouns[0]);

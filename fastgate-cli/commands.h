@@ -15,6 +15,7 @@ enum cli_argtype {
 	CLI_ARG_CLEAR,    /* --all-routes      -> "routes": [], --no-expiry -> "expires_days": 0:
 	                   * lifts a restriction by sending the empty value of its alternative */
 	CLI_ARG_FALSE,    /* --no-stream       -> "stream": false (the opposite of a FLAG) */
+	CLI_ARG_MULTI,    /* --limit X, repeatable -> "limits": ["X", ...] */
 	CLI_ARG_TIME,     /* --since T         -> "since": unix seconds; T is ISO 8601
 	                   * (2026-11-23T10:00:00Z, 2026-11-23), unix seconds, or an age
 	                   * (30m, 1h, 7d: that long ago); see cli_parse_time */

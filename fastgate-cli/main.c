@@ -307,12 +307,18 @@ static json_t *opt_value(const struct cli_cmd *c, const struct cli_opt *o, const
 		for (const struct cli_opt *alt = c->opts; alt->flag; alt++) {
 			if (strcmp(alt->key, o->key) != 0 || alt == o)
 				continue;
-			if (alt->type == CLI_ARG_LIST)
+			if (alt->type == CLI_ARG_LIST || alt->type == CLI_ARG_MULTI)
 				return json_array();
 			if (alt->type == CLI_ARG_INT)
 				return json_integer(0);
 		}
 		abort();      /* the command table gave it no alternative: a bug, not input */
+	case CLI_ARG_MULTI:
+		if (!*v) {
+			usage_error(c, NULL, "%s must not be empty", what);
+			return NULL;
+		}
+		return json_string(v);
 	case CLI_ARG_LIST: {
 		json_t *a = json_array();
 		char *copy = strdup(v), *save = NULL, *tok;
@@ -395,7 +401,8 @@ static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
 				            c->verb ? c->verb : "");
 				goto done;
 			}
-			if (json_object_get(args, o->key)) {
+			if (json_object_get(args, o->key) &&
+			    !(o->type == CLI_ARG_MULTI && given[o - c->opts])) {
 				const struct cli_opt *other = c->opts;
 
 				while (other->flag && !(other != o && given[other - c->opts] &&
@@ -435,6 +442,16 @@ static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
 		v = opt_value(c, o, val ? val : "");
 		if (!v)
 			goto done;
+		if (o->type == CLI_ARG_MULTI) {
+			json_t *arr = json_object_get(args, o->key);
+
+			if (!arr) {
+				arr = json_array();
+				json_object_set_new(args, o->key, arr);
+			}
+			json_array_append_new(arr, v);
+			continue;
+		}
 		json_object_set_new(args, o->key, v);
 	}
 	if (c->pos.key && c->pos.required && !json_object_get(args, c->pos.key)) {

@@ -976,7 +976,7 @@ static bool spend_key_eq(const struct spend_key *a, const struct spend_key *b)
 }
 
 /* Room for `want` entries with the table at most half full (short probe runs). */
-static void spend_reserve(struct spend_map *m, size_t want)
+static void spend_map_grow(struct spend_map *m, size_t want)
 {
 	struct spend_map bigger = { NULL, m->cap ? m->cap : 64, 0 };
 
@@ -1005,7 +1005,7 @@ static struct spend_ent *spend_get(struct spend_map *m, const struct spend_key *
 {
 	size_t i;
 
-	spend_reserve(m, m->n + 1);
+	spend_map_grow(m, m->n + 1);
 	for (i = spend_hash(k) & (m->cap - 1); m->e[i].used; i = (i + 1) & (m->cap - 1))
 		if (spend_key_eq(&m->e[i].k, k))
 			return &m->e[i];
@@ -1123,7 +1123,7 @@ static void spend_count(struct spend_map *m, bool billed, int64_t key_id, int64_
 static void spend_roll_up(struct spend_map *m)
 {
 	/* room for a month and an all-time entry per day: nothing moves while we walk */
-	spend_reserve(m, m->n * 3);
+	spend_map_grow(m, m->n * 3);
 	for (size_t i = 0; i < m->cap; i++) {
 		const struct spend_ent *d = &m->e[i];
 		struct spend_key k;

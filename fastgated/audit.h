@@ -29,6 +29,8 @@
 
 #include <jansson.h>
 
+#include "spend.h"      /* enum spend_period */
+
 /* One finished request. Every string is owned by the record (malloc'd, NULL = none) and
  * freed by audit_record_free()/audit_record_clear(). Numbers use -1 for "unknown" where
  * noted; the exports print unknown as an empty CSV field / JSON null. */
@@ -219,8 +221,6 @@ void audit_close(struct audit *a);
  * counters still agree; a row inserted by anything else (sqlite3, an older build) is
  * added at the next open, or by the writer's next batch. Pruning rows (retention) does
  * not change the counters: they are what was spent, not what is still on file. */
-
-enum spend_period { SPEND_ALL, SPEND_DAY, SPEND_MONTH };
 
 struct spend_row {
 	char scope;               /* 'k' (a key) or 'u' (a user) */

@@ -23,6 +23,8 @@ static const struct setting settings[] = {
 	S("listen", C_STR, listen, 0, 0),
 	S("routes", C_STR, routes_dir, 0, 0),
 	S("models", C_STR, models_path, 0, 0),
+	S("pricing", C_STR, pricing_path, 0, 0),
+	S("require_price", C_BOOL, require_price, 0, 0),
 	S("keys", C_STR, keys_path, 0, 0),
 	S("audit", C_STR, audit_path, 0, 0),
 	S("control", C_STR, control_path, 0, 0),
@@ -45,6 +47,7 @@ void config_defaults(struct config *c)
 	c->listen = strdup("127.0.0.1:8514");
 	c->routes_dir = strdup("./routes.d");
 	c->models_path = strdup("./share/models.yaml");
+	c->pricing_path = strdup("./share/pricing.yaml");
 	c->keys_path = strdup("./keys/fastgate.db");
 	c->audit_path = strdup("./keys/audit.db");
 	c->control_path = strdup("./fastgate.sock");
@@ -62,6 +65,7 @@ void config_free(struct config *c)
 {
 	free(c->listen);
 	free(c->models_path);
+	free(c->pricing_path);
 	free(c->routes_dir);
 	free(c->keys_path);
 	free(c->audit_path);
@@ -103,6 +107,8 @@ static void apply(struct config *c, const struct setting *st, const char *file, 
 		*(char **)field = strdup(value);
 		if (st->offset == offsetof(struct config, models_path))
 			c->models_set = true;   /* named, so it must be there */
+		if (st->offset == offsetof(struct config, pricing_path))
+			c->pricing_set = true;
 		return;
 	case C_BOOL:
 		if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0)

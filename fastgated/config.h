@@ -12,6 +12,9 @@ struct config {
 	char *routes_dir;      /* "./routes.d" */
 	char *models_path;     /* "./share/models.yaml": the model table */
 	bool models_set;       /* models_path was given (file or flag): it must exist */
+	char *pricing_path;    /* "./share/pricing.yaml": the price table */
+	bool pricing_set;      /* ... given (file or flag): it must exist */
+	bool require_price;    /* a model without a price is refused (403 model_not_priced) */
 	char *keys_path;       /* "./keys/fastgate.db" */
 	char *audit_path;      /* "./keys/audit.db" */
 	char *control_path;    /* "./fastgate.sock" */

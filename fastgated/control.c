@@ -1008,10 +1008,58 @@ static const char *key_status(const struct key *k, int64_t now)
 	return "active";
 }
 
+/* Money as JSON: an exact decimal string (nano-USD inside), never a double. */
+static json_t *usd_json(int64_t nano)
+{
+	char buf[40];
+
+	return json_string(money_format_usd(nano, buf, sizeof(buf)));
+}
+
+/* A multiplier (parts per million) as its shortest decimal: "1", "1.25". */
+static json_t *multiplier_json(int64_t ppm)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%lld.%06lld", (long long)(ppm / 1000000),
+	                 (long long)(ppm % 1000000));
+
+	while (n > 0 && buf[n - 1] == '0')
+		buf[--n] = '\0';
+	if (n > 0 && buf[n - 1] == '.')
+		buf[--n] = '\0';
+	return json_string(buf);
+}
+
+static json_t *limit_texts(const struct spend_account *a)
+{
+	json_t *arr = json_array();
+	char buf[LIMIT_TEXT_MAX];
+
+	for (size_t i = 0; arr && i < a->n_lim; i++)
+		json_array_append_new(arr, json_string(limit_format(&a->lim[i], buf, sizeof(buf))));
+	return arr;
+}
+
+static json_t *spend_totals_json(const struct spend_account *a, int64_t now)
+{
+	struct spend_totals t[3] = { spend_account_totals(a, SPEND_DAY, now),
+	                             spend_account_totals(a, SPEND_MONTH, now),
+	                             spend_account_totals(a, SPEND_ALL, now) };
+	const char *names[3] = { "day", "month", "total" };
+	json_t *o = json_object();
+
+	for (size_t i = 0; o && i < 3; i++)
+		json_object_set_new(o, names[i], json_pack("{s:I, s:I, s:o}",
+		                    "requests", (json_int_t)t[i].requests,
+		                    "tokens", (json_int_t)t[i].tokens, "cost_usd", usd_json(t[i].cost)));
+	return o;
+}
+
 /* Everything about a key except its secret, which the store does not even hold. */
 static json_t *key_json(const struct key *k, int64_t now)
 {
-	return json_pack("{s:I, s:s, s:s, s:I, s:o, s:o, s:o, s:o, s:i, s:s}",
+	return json_pack("{s:I, s:s, s:s, s:I, s:o, s:o, s:o, s:o, s:i, s:s, s:o, s:o, s:o, "
+	                 "s:o, s:o}",
 	                 "id", (json_int_t)k->id,
 	                 "name", k->name ? k->name : "",
 	                 "display", k->display,
@@ -1021,7 +1069,38 @@ static json_t *key_json(const struct key *k, int64_t now)
 	                 "last_used", time_or_null(k->last_used),
 	                 "routes", string_array(k->routes, k->n_routes),
 	                 "rpm", k->rpm,
-	                 "status", key_status(k, now));
+	                 "status", key_status(k, now),
+	                 "user_id", k->user ? json_integer(k->user->id) : json_null(),
+	                 "user", k->user ? json_string(k->user->name) : json_null(),
+	                 "limits", limit_texts(&k->acct),
+	                 "multiplier", multiplier_json(k->multiplier_ppm),
+	                 "spend", spend_totals_json(&k->acct, now));
+}
+
+static json_t *user_json(struct gateway *gw, const struct user *u, int64_t now)
+{
+	size_t keys = 0;
+	json_t *o;
+
+	for (size_t i = 0; i < keystore_count(gw->keys); i++) {
+		const struct key *k = keystore_at(gw->keys, i);
+
+		keys += k->user == u && !k->revoked;
+	}
+	o = json_pack("{s:I, s:s, s:I, s:s, s:o, s:o, s:I, s:o}",
+	              "id", (json_int_t)u->id, "name", u->name, "created", (json_int_t)u->created,
+	              "status", u->suspended ? "suspended" : "active",
+	              "multiplier", multiplier_json(u->multiplier_ppm),
+	              "limits", limit_texts(&u->acct), "keys", (json_int_t)keys,
+	              "spend", spend_totals_json(&u->acct, now));
+	if (!o)
+		return NULL;
+	json_object_set_new(o, "balance_usd", u->bal.kept ? usd_json(spend_balance_left(&u->bal))
+	                                                 : json_null());
+	json_object_set_new(o, "credit_usd", usd_json(u->bal.credit));
+	json_object_set_new(o, "spent_usd", usd_json(u->bal.spent));
+	json_object_set_new(o, "reserved_usd", usd_json(u->bal.reserved));
+	return o;
 }
 
 /* "host", or "host +2" for a pool: the list's column stays one word wide. */
@@ -1266,6 +1345,104 @@ fail:
 	return false;
 }
 
+/* args.limits, if present: an array of limit texts ("requests:100/min", or several
+ * joined by commas), [] for none. False after replying. */
+static bool arg_limits(struct ctl_call *call, json_t *args, bool *given, struct limit *lim,
+                       size_t *n)
+{
+	json_t *jl = json_object_get(args, "limits"), *v;
+	size_t i;
+	char *err = NULL;
+
+	*given = false;
+	*n = 0;
+	if (!jl || json_is_null(jl))
+		return true;
+	if (!json_is_array(jl)) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'limits' must be an array of limits "
+		                "such as [\"requests:100/min\", \"cost:25/month\"]");
+		return false;
+	}
+	json_array_foreach(jl, i, v) {
+		if (!json_is_string(v)) {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'limits' must be an array of strings");
+			return false;
+		}
+		if (limits_parse(json_string_value(v), lim, n, &err) < 0) {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "%s", err);
+			free(err);
+			return false;
+		}
+	}
+	*given = true;
+	return true;
+}
+
+/* An amount of US dollars (a decimal string such as "12.50", or a whole number) into
+ * nano-USD; negative only if allowed. False after replying. */
+static bool arg_usd(struct ctl_call *call, json_t *args, const char *key, bool required,
+                    bool negative, bool *given, int64_t *nano)
+{
+	json_t *v = json_object_get(args, key);
+	const char *s;
+	char buf[32];
+	bool minus = false;
+
+	*given = false;
+	if (!v || json_is_null(v)) {
+		if (required)
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "missing argument '%s'", key);
+		return !required;
+	}
+	if (json_is_integer(v)) {
+		snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		s = buf;
+	} else if (json_is_string(v)) {
+		s = json_string_value(v);
+	} else {
+		s = NULL;
+	}
+	if (s && *s == '-' && negative) {
+		minus = true;
+		s++;
+	}
+	if (!s || money_parse_usd(s, nano) < 0) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'%s' must be an amount of US dollars "
+		                "such as \"12.50\" (at most 9 decimals%s)", key,
+		                negative ? "; a leading - to take money off" : ", not negative");
+		return false;
+	}
+	if (minus)
+		*nano = -*nano;
+	*given = true;
+	return true;
+}
+
+/* args.multiplier: "1.25" (or a whole number). False after replying. */
+static bool arg_multiplier(struct ctl_call *call, json_t *args, bool *given, int64_t *ppm)
+{
+	json_t *v = json_object_get(args, "multiplier");
+	char buf[32];
+	const char *s = NULL;
+
+	*given = false;
+	if (!v || json_is_null(v))
+		return true;
+	if (json_is_integer(v)) {
+		snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+		s = buf;
+	} else if (json_is_string(v)) {
+		s = json_string_value(v);
+	}
+	if (!s || money_parse_multiplier(s, ppm) < 0) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'multiplier' must be a number more than "
+		                "0 and at most 1000 with at most 6 decimals, such as \"1.25\"");
+		return false;
+	}
+	*given = true;
+	return true;
+}
+
 /* Expiry time for expires_days counted from now; 0 days = never. */
 static int64_t expires_from_days(json_int_t days, int64_t now)
 {
@@ -1291,6 +1468,7 @@ struct change_job {
 	                               * upstream commands: drained before, and asked for */
 	bool secret;                  /* the answer carries the new secret (create, rotate) */
 	bool created;                 /* the log line gets the new key's id */
+	bool user;                    /* a user command: the answer is the user */
 };
 
 static void change_job_free(struct change_job *j)
@@ -1349,7 +1527,7 @@ static struct route *target_state_apply(struct gateway *gw, struct change_job *j
 
 /* The answer to a change applied: the key, or the route r (NULL: gone meanwhile). */
 static void change_answer(struct change_job *j, struct key *k, struct route *r,
-                          const char *secret)
+                          int64_t user_id, const char *secret)
 {
 	struct ctl_call *call = j->call;
 	json_t *res;
@@ -1363,6 +1541,11 @@ static void change_answer(struct change_job *j, struct key *k, struct route *r,
 		res = ctl_upstream_json(r, j->index, mono_ms());
 		if (res)
 			json_object_set_new(res, "changed", json_boolean(j->was != j->want));
+	} else if (j->user) {
+		struct gateway *gw = j->ctl->gw;
+		const struct user *u = keystore_user_get(gw->keys, user_id);
+
+		res = u ? user_json(gw, u, time(NULL)) : NULL;
 	} else if (j->route) {
 		if (!r) {
 			ctl_stream_fail(call, CTL_E_INTERNAL, "the route vanished (reloaded meanwhile)");
@@ -1387,6 +1570,7 @@ static void change_done(void *arg, bool cancelled)
 	char *err = NULL;
 	struct key_change *c = j->change;
 	struct route *r = NULL;
+	int64_t user_id = keystore_change_user_id(c);   /* c is freed by the apply */
 	int rc;
 
 	/* Cancelled only when the daemon stops: a change written is applied all the same,
@@ -1410,7 +1594,9 @@ static void change_done(void *arg, bool cancelled)
 	} else if (j->call) {
 		if (k && j->created)
 			call_detail(j->call, "id=%lld name=\"%s\"", (long long)k->id, k->name);
-		change_answer(j, k, r, secret);
+		else if (j->user && j->created)
+			call_detail(j->call, "user id=%lld", (long long)user_id);
+		change_answer(j, k, r, user_id, secret);
 	} else {
 		if (rc < 0)
 			log_info("control: %s: failed after the client left (%s: %s)", j->who, j->fail,
@@ -1455,22 +1641,48 @@ static void change_submit(struct change_job *j)
 
 static void h_key_create(struct ctl_call *call, json_t *args)
 {
-	static const char *const allowed[] = { "name", "routes", "rpm", "expires_days", NULL };
+	static const char *const allowed[] = { "name", "routes", "rpm", "expires_days", "user",
+	                                       "limits", "multiplier", NULL };
 	struct gateway *gw = ctl_call_gateway(call);
 	const char *name;
-	json_int_t rpm = 0, days = 0;
+	json_int_t rpm = 0, days = 0, user = 0;
 	char **routes = NULL;
-	size_t n_routes = 0;
-	bool routes_given;
+	size_t n_routes = 0, n_lim = 0;
+	bool routes_given, given;
 	char *err = NULL;
 	struct key_change *c;
 	struct change_job *j;
-	int64_t now = time(NULL);
+	int64_t now = time(NULL), mult = MULTIPLIER_ONE;
+	struct limit lim[LIMITS_MAX];
 
 	if (!ctl_args_only(call, args, allowed) || !ctl_arg_string(call, args, "name", true, &name) ||
 	    !ctl_arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
-	    !ctl_arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days))
+	    !ctl_arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days) ||
+	    !ctl_arg_int(call, args, "user", false, 1, INT64_MAX, &user) ||
+	    !arg_limits(call, args, &given, lim, &n_lim) ||
+	    !arg_multiplier(call, args, &given, &mult))
 		return;
+	if (rpm > 0) {
+		for (size_t i = 0; i < n_lim; i++)
+			if (lim[i].kind == LIMIT_REQUESTS && lim[i].window == LIMIT_MIN) {
+				ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "give rpm or a requests/min "
+				                "limit, not both");
+				return;
+			}
+	}
+	if (rpm > 0) {
+		if (n_lim == LIMITS_MAX) {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "at most %d limits", LIMITS_MAX);
+			return;
+		}
+		lim[n_lim++] = (struct limit){ .kind = LIMIT_REQUESTS, .window = LIMIT_MIN,
+		                               .amount = rpm };
+	}
+	if (user && !keystore_user_get(gw->keys, user)) {
+		ctl_reply_error(call, CTL_E_NOT_FOUND, NULL, "no user with id %" JSON_INTEGER_FORMAT
+		                " (fastgate-cli user list shows them)", user);
+		return;
+	}
 	call_detail(call, "name=\"%s\"", name);
 	/* The name's rules belong to the key store; breaking them is the caller's mistake,
 	 * while a failure of keystore_create below is the daemon's. */
@@ -1480,8 +1692,8 @@ static void h_key_create(struct ctl_call *call, json_t *args)
 	}
 	if (!arg_routes(call, args, &routes_given, &routes, &n_routes))
 		goto done;
-	c = keystore_change_create(gw->keys, name, routes, n_routes, (int)rpm,
-	                           expires_from_days(days, now), &err);
+	c = keystore_change_create_for(gw->keys, name, routes, n_routes,
+	                               expires_from_days(days, now), user, lim, n_lim, mult, &err);
 	if (!c) {
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot create key: %s",
 		                err ? err : "key store error");
@@ -1588,16 +1800,19 @@ static bool key_not_revoked(struct ctl_call *call, const struct key *k, const ch
 
 static void h_key_update(struct ctl_call *call, json_t *args)
 {
-	static const char *const allowed[] = { "id", "routes", "rpm", "expires_days", NULL };
+	static const char *const allowed[] = { "id", "routes", "rpm", "expires_days", "limits",
+	                                       "multiplier", NULL };
 	struct gateway *gw = ctl_call_gateway(call);
 	struct key *k = arg_key(call, args, allowed);
 	struct key_changes ch = { 0 };
 	json_int_t rpm = -1, days = -1;
 	char **routes = NULL;
-	size_t n_routes = 0;
-	bool routes_given = false;
+	size_t n_routes = 0, n_lim = 0;
+	bool routes_given = false, lim_given = false, mult_given = false;
 	char *err = NULL, routes_s[160] = "", rpm_s[32] = "", exp_s[48] = "";
-	int64_t id, now = time(NULL);
+	char lim_s[LIMITS_TEXT_MAX + 16] = "";
+	int64_t id, now = time(NULL), mult = 0;
+	struct limit lim[LIMITS_MAX];
 	struct key_change *c;
 
 	if (!k)
@@ -1606,12 +1821,27 @@ static void h_key_update(struct ctl_call *call, json_t *args)
 	call_detail(call, "id=%lld name=\"%s\"", (long long)id, k->name);
 	if (!ctl_arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
 	    !ctl_arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days) ||
+	    !arg_limits(call, args, &lim_given, lim, &n_lim) ||
+	    !arg_multiplier(call, args, &mult_given, &mult) ||
 	    !arg_routes(call, args, &routes_given, &routes, &n_routes))
 		goto done;
-	if (!routes_given && rpm < 0 && days < 0) {
-		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
-		                "nothing to change: give routes, rpm or expires_days");
+	if (!routes_given && rpm < 0 && days < 0 && !lim_given && !mult_given) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "nothing to change: give routes, rpm, "
+		                "limits, multiplier or expires_days");
 		goto done;
+	}
+	if (lim_given) {
+		char buf[LIMITS_TEXT_MAX];
+
+		ch.set |= KEY_CHANGE_LIMITS;
+		ch.lim = lim;
+		ch.n_lim = n_lim;
+		snprintf(lim_s, sizeof(lim_s), " limits=%s",
+		         n_lim ? limits_format(lim, n_lim, buf, sizeof(buf)) : "none");
+	}
+	if (mult_given) {
+		ch.set |= KEY_CHANGE_MULTIPLIER;
+		ch.multiplier_ppm = mult;
 	}
 	if (!key_not_revoked(call, k, "changed"))
 		goto done;
@@ -1636,8 +1866,8 @@ static void h_key_update(struct ctl_call *call, json_t *args)
 		ch.expires = expires_from_days(days, now);
 		snprintf(exp_s, sizeof(exp_s), " expires_days=%" JSON_INTEGER_FORMAT, days);
 	}
-	call_detail(call, "id=%lld name=\"%s\"%s%s%s", (long long)id, k->name, routes_s, rpm_s,
-	            exp_s);
+	call_detail(call, "id=%lld name=\"%s\"%s%s%s%s", (long long)id, k->name, routes_s, rpm_s,
+	            exp_s, lim_s);
 	c = keystore_change_update(gw->keys, id, &ch, &err);
 	if (!c)
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot update key %lld: %s",
@@ -1672,6 +1902,161 @@ static void h_key_rotate(struct ctl_call *call, json_t *args)
 		j->secret = true;
 		change_submit(j);
 	}
+	free(err);
+}
+
+/* ---- users ---- */
+
+/* The user named by args.id, or NULL after replying. */
+static struct user *arg_user(struct ctl_call *call, json_t *args, const char *const *allowed)
+{
+	static const char *const id_only[] = { "id", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	json_int_t id = 0;
+	struct user *u;
+
+	if (!ctl_args_only(call, args, allowed ? allowed : id_only) ||
+	    !ctl_arg_int(call, args, "id", true, 1, INT64_MAX, &id))
+		return NULL;
+	call_detail(call, "user id=%" JSON_INTEGER_FORMAT, id);
+	u = gw->keys ? keystore_user_get(gw->keys, id) : NULL;
+	if (!u)
+		ctl_reply_error(call, CTL_E_NOT_FOUND, NULL, "no user with id %" JSON_INTEGER_FORMAT
+		                " (fastgate-cli user list shows them)", id);
+	return u;
+}
+
+static void user_submit(struct ctl_call *call, struct key_change *c, char *err, char *fail,
+                        bool created)
+{
+	struct change_job *j;
+
+	if (!c) {
+		ctl_reply_error(call, err && strstr(err, "already") ? CTL_E_BAD_ARGS : CTL_E_INTERNAL,
+		                NULL, "%s: %s", fail, err ? err : "key store error");
+		free(fail);
+		return;
+	}
+	j = change_job_new(call, c, fail);
+	j->user = true;
+	j->created = created;
+	change_submit(j);
+}
+
+static void h_user_create(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "name", "balance", "multiplier", "limits", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	const char *name;
+	int64_t balance = 0, mult = MULTIPLIER_ONE;
+	bool has_balance = false, given;
+	struct limit lim[LIMITS_MAX];
+	size_t n_lim = 0;
+	char *err = NULL;
+	struct key_change *c;
+
+	if (!ctl_args_only(call, args, allowed) || !ctl_arg_string(call, args, "name", true, &name) ||
+	    !arg_usd(call, args, "balance", false, false, &has_balance, &balance) ||
+	    !arg_multiplier(call, args, &given, &mult) || !arg_limits(call, args, &given, lim, &n_lim))
+		return;
+	call_detail(call, "user name=\"%s\"", name);
+	if (user_name_check(name, &err) < 0) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "cannot create user: %s", err);
+		free(err);
+		return;
+	}
+	c = keystore_change_user_create(gw->keys, name, has_balance, balance, mult, lim, n_lim,
+	                                &err);
+	user_submit(call, c, err, xasprintf("cannot create user"), true);
+	free(err);
+}
+
+static void h_user_list(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	int64_t now = time(NULL);
+	json_t *a;
+
+	if (!ctl_args_only(call, args, allowed))
+		return;
+	a = json_array();
+	for (size_t i = 0; a && i < keystore_user_count(gw->keys); i++)
+		if (json_array_append_new(a, user_json(gw, keystore_user_at(gw->keys, i), now)) < 0) {
+			json_decref(a);
+			a = NULL;
+		}
+	reply_json(call, a);
+}
+
+static void h_user_show(struct ctl_call *call, json_t *args)
+{
+	struct user *u = arg_user(call, args, NULL);
+
+	if (u)
+		reply_json(call, user_json(ctl_call_gateway(call), u, time(NULL)));
+}
+
+static void h_user_update(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "id", "multiplier", "limits", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	struct user *u = arg_user(call, args, allowed);
+	struct user_changes ch = { 0 };
+	struct limit lim[LIMITS_MAX];
+	size_t n_lim = 0;
+	bool lim_given, mult_given;
+	char *err = NULL;
+
+	if (!u || !arg_multiplier(call, args, &mult_given, &ch.multiplier_ppm) ||
+	    !arg_limits(call, args, &lim_given, lim, &n_lim))
+		return;
+	if (!lim_given && !mult_given) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "nothing to change: give limits or "
+		                "multiplier");
+		return;
+	}
+	ch.set = (lim_given ? USER_CHANGE_LIMITS : 0) | (mult_given ? USER_CHANGE_MULTIPLIER : 0);
+	ch.lim = lim;
+	ch.n_lim = n_lim;
+	user_submit(call, keystore_change_user_update(gw->keys, u->id, &ch, &err), err,
+	            xasprintf("cannot update user %lld", (long long)u->id), false);
+	free(err);
+}
+
+static void user_suspend(struct ctl_call *call, json_t *args, bool suspend)
+{
+	struct gateway *gw = ctl_call_gateway(call);
+	struct user *u = arg_user(call, args, NULL);
+	struct user_changes ch = { .set = USER_CHANGE_SUSPENDED, .suspended = suspend };
+	char *err = NULL;
+
+	if (!u)
+		return;
+	user_submit(call, keystore_change_user_update(gw->keys, u->id, &ch, &err), err,
+	            xasprintf("cannot %s user %lld", suspend ? "suspend" : "resume",
+	                      (long long)u->id), false);
+	free(err);
+}
+
+static void h_user_suspend(struct ctl_call *call, json_t *args) { user_suspend(call, args, true); }
+static void h_user_resume(struct ctl_call *call, json_t *args) { user_suspend(call, args, false); }
+
+static void h_user_topup(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "id", "amount", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	struct user *u = arg_user(call, args, allowed);
+	int64_t amount = 0;
+	bool given;
+	char *err = NULL, buf[40];
+
+	if (!u || !arg_usd(call, args, "amount", true, true, &given, &amount))
+		return;
+	call_detail(call, "user id=%lld amount=%s", (long long)u->id,
+	            money_format_usd(amount, buf, sizeof(buf)));
+	user_submit(call, keystore_change_user_topup(gw->keys, u->id, amount, &err), err,
+	            xasprintf("cannot top up user %lld", (long long)u->id), false);
 	free(err);
 }
 
@@ -2006,18 +2391,36 @@ static void h_status(struct ctl_call *call, json_t *args)
 
 /* Every command the daemon answers, declared once: dispatch and "help" both read it. */
 static const struct ctl_command commands[] = {
-	{ "key.create", "{name, routes?: [route...], rpm?: int, expires_days?: int}",
+	{ "key.create", "{name, routes?: [route...], rpm?: int, expires_days?: int, user?: int, "
+	  "limits?: [\"kind:amount/window\"...], multiplier?: \"1.25\"}",
 	  "create a key; the reply holds the secret, shown only this once", true, h_key_create },
 	{ "key.list", "{all?: bool}", "list keys (revoked ones only with all)", false, h_key_list },
 	{ "key.show", "{id: int}", "show one key", false, h_key_show },
 	{ "key.revoke", "{id: int}", "revoke a key; requests with it get 401 at once", true,
 	  h_key_revoke },
-	{ "key.update", "{id: int, routes?: [route...], rpm?: int, expires_days?: int}",
-	  "change a key's routes ([] = all), rpm limit (0 = none) or expiry (days from now, "
-	  "0 = never); only the given fields change, at once", true, h_key_update },
+	{ "key.update", "{id: int, routes?: [route...], rpm?: int, expires_days?: int, "
+	  "limits?: [...], multiplier?}",
+	  "change a key's routes ([] = all), rpm limit (0 = none), limits ([] = none), price "
+	  "multiplier or expiry (days from now, 0 = never); only the given fields change, at once",
+	  true, h_key_update },
 	{ "key.rotate", "{id: int}",
 	  "give a key a new secret (same id and policy); the old one stops working at once and "
 	  "the reply holds the new one, shown only this once", true, h_key_rotate },
+	{ "user.create", "{name, balance?: \"USD\", multiplier?: \"1.25\", limits?: [...]}",
+	  "create a user (keys are given to it with key.create user); with balance, its "
+	  "requests stop with 429 insufficient_quota once it is spent", true, h_user_create },
+	{ "user.list", "{}", "list users with their balances, limits and spend", false,
+	  h_user_list },
+	{ "user.show", "{id: int}", "show one user", false, h_user_show },
+	{ "user.update", "{id: int, limits?: [...], multiplier?}",
+	  "change a user's limits ([] = none) or price multiplier", true, h_user_update },
+	{ "user.topup", "{id: int, amount: \"USD\"}",
+	  "add to a user's balance (a negative amount takes off); kept in the topups ledger",
+	  true, h_user_topup },
+	{ "user.suspend", "{id: int}", "refuse every request of the user's keys (403)", true,
+	  h_user_suspend },
+	{ "user.resume", "{id: int}", "let a suspended user's keys work again", true,
+	  h_user_resume },
 	{ "route.list", "{}", "list routes in match order", false, h_route_list },
 	{ "route.show", "{name}", "show one route (never its upstream key)", false, h_route_show },
 	{ "route.enable", "{name}", "enable a route (persists across restarts)", true,

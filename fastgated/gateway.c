@@ -48,20 +48,35 @@ int gateway_load_models(const struct config *cfg, struct model_table **out, stru
 	return *out ? 0 : -1;
 }
 
+int gateway_load_prices(const struct config *cfg, struct price_table **out, struct errlist *errs)
+{
+	*out = NULL;
+	if (!cfg->pricing_path || (!cfg->pricing_set && access(cfg->pricing_path, F_OK) != 0))
+		return 0;
+	*out = pricing_load(cfg->pricing_path, errs);
+	return *out ? 0 : -1;
+}
+
 int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 {
 	struct model_table *models;
+	struct price_table *prices = NULL;
 	struct route_table *t, *old = gw->routes;
+	int bad_models = gateway_load_models(gw->cfg, &models, errs) < 0;
+	int bad_prices = gateway_load_prices(gw->cfg, &prices, errs) < 0;
 
-	if (gateway_load_models(gw->cfg, &models, errs) < 0)
-		return -1;
-	t = route_table_load(gw->cfg->routes_dir, errs);
+	t = bad_models || bad_prices ? NULL : route_table_load(gw->cfg->routes_dir, errs);
 	if (!t) {
 		models_free(models);
+		pricing_free(prices);
 		return -1;
 	}
 	models_free(gw->models);   /* nothing keeps a model_info across an event */
 	gw->models = models;
+	/* requests copy the price they were admitted with: the old table may go */
+	pricing_free(gw->prices);
+	gw->prices = prices;
+	gw->price_memo.table = NULL;
 	apply_overrides(gw, t);
 	/* before the old table lets go of them: the same targets keep their state */
 	pool_bind(&gw->pool, t);
@@ -69,8 +84,9 @@ int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 	gw->routes = t;   /* in-flight requests hold their own reference to the old table */
 	if (old)
 		route_table_unref(old);
-	log_info("routes loaded from %s: %zu routes; %s", gw->cfg->routes_dir, t->n,
-	         models ? "model table read" : "no model table");
+	log_info("routes loaded from %s: %zu routes; %s; %s", gw->cfg->routes_dir, t->n,
+	         models ? "model table read" : "no model table",
+	         prices ? "price table read" : "no price table");
 	return 0;
 }
 

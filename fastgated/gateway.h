@@ -16,6 +16,7 @@
 #include "keys.h"
 #include "models.h"
 #include "pool.h"
+#include "pricing.h"
 #include "reqdone.h"
 #include "routes.h"
 
@@ -39,6 +40,12 @@ struct gateway {
 	struct route_table *routes;   /* current table; requests hold their own reference */
 	struct pool pool;             /* the live state of every route's upstreams (pool.h) */
 	struct model_table *models;   /* share/models.yaml, or NULL when there is none */
+	struct price_table *prices;   /* share/pricing.yaml, or NULL when there is none */
+	struct price_memo {           /* the last model priced (proxy.c) */
+		const struct price_table *table;
+		char model[128];
+		const struct price *price;
+	} price_memo;
 	struct transport *transports[2];  /* by enum tr_kind: a route's is fixed at load */
 	struct control *control;
 	struct http_server *http;
@@ -60,5 +67,7 @@ int gateway_reload_routes(struct gateway *gw, struct errlist *errs);
 /* The configured model table: 0 with *out set (NULL when the default file is absent: no
  * table, not an error), or -1 with errs filled. */
 int gateway_load_models(const struct config *cfg, struct model_table **out, struct errlist *errs);
+/* The same for the price table (share/pricing.yaml). */
+int gateway_load_prices(const struct config *cfg, struct price_table **out, struct errlist *errs);
 
 #endif

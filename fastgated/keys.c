@@ -51,9 +51,12 @@ struct keystore {
 	size_t n, cap;
 	struct key **slots;        /* hash table by SHA-256; power of two, load <= 0.5 */
 	size_t nslots;
+	struct user **users;       /* id order; each its own allocation, never freed early */
+	size_t n_users, cap_users;
 	sqlite3_stmt *st_rs_get, *st_ts_get;                      /* on db */
 	sqlite3_stmt *st_insert, *st_revoke, *st_rs_set, *st_ts_set, *st_update,
-	             *st_rotate;                                  /* on wdb */
+	             *st_rotate, *st_user_insert, *st_user_update, *st_topup,
+	             *st_credit;                                  /* on wdb */
 	EVP_MD_CTX *md_ctx;        /* lookups reuse it: EVP_Digest allocates a context per call */
 	/* Changes whenever a secret may stop leading to the key it led to (a key rotated or
 	 * added, the table rebuilt): a key_memo made before then is not trusted. Starts at 1,
@@ -95,6 +98,28 @@ static const struct migration migrations[] = {
 	  " drained INTEGER NOT NULL,"
 	  " updated INTEGER,"
 	  " PRIMARY KEY (route, url));" },
+	/* spend control: users own keys; limits as "kind:amount/window,..." (limits.h); a
+	 * key's old rpm becomes its requests/min limit. credit is what was topped up in all
+	 * (topups keeps each top-up); what was spent is counted with the audit rows. */
+	{ 3,
+	  "CREATE TABLE users ("
+	  " id INTEGER PRIMARY KEY,"
+	  " name TEXT NOT NULL UNIQUE,"
+	  " created INTEGER,"
+	  " suspended INTEGER NOT NULL DEFAULT 0,"
+	  " balance_kept INTEGER NOT NULL DEFAULT 0,"
+	  " credit_nano INTEGER NOT NULL DEFAULT 0,"
+	  " multiplier_ppm INTEGER NOT NULL DEFAULT 1000000,"
+	  " limits TEXT NOT NULL DEFAULT '');"
+	  "CREATE TABLE topups ("
+	  " id INTEGER PRIMARY KEY,"
+	  " user_id INTEGER NOT NULL,"
+	  " amount_nano INTEGER NOT NULL,"
+	  " at INTEGER NOT NULL);"
+	  "ALTER TABLE keys ADD COLUMN user_id INTEGER;"
+	  "ALTER TABLE keys ADD COLUMN limits TEXT NOT NULL DEFAULT '';"
+	  "ALTER TABLE keys ADD COLUMN multiplier_ppm INTEGER NOT NULL DEFAULT 1000000;"
+	  "UPDATE keys SET limits = 'requests:' || rpm || '/min' WHERE rpm > 0;" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -242,7 +267,54 @@ static void key_free(struct key *k)
 		return;
 	free(k->name);
 	free_routes(k->routes, k->n_routes);
+	spend_account_free(&k->acct);
 	free(k);
+}
+
+static void user_free(struct user *u)
+{
+	if (!u)
+		return;
+	free(u->name);
+	spend_account_free(&u->acct);
+	free(u);
+}
+
+/* The requests/min limit's amount: what `rpm` has always meant. */
+static int rpm_of(const struct limit *lim, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (lim[i].kind == LIMIT_REQUESTS && lim[i].window == LIMIT_MIN)
+			return lim[i].amount > INT32_MAX ? INT32_MAX : (int)lim[i].amount;
+	return 0;
+}
+
+/* lim[0..*n) with its requests/min limit set to rpm (0: removed). */
+static void limits_with_rpm(struct limit *lim, size_t *n, int rpm)
+{
+	size_t i;
+
+	for (i = 0; i < *n; i++)
+		if (lim[i].kind == LIMIT_REQUESTS && lim[i].window == LIMIT_MIN)
+			break;
+	if (rpm > 0 && i < *n) {
+		lim[i].amount = rpm;
+	} else if (rpm > 0 && *n < LIMITS_MAX) {
+		lim[*n] = (struct limit){ .kind = LIMIT_REQUESTS, .window = LIMIT_MIN,
+		                          .amount = rpm };
+		(*n)++;
+	} else if (rpm == 0 && i < *n) {
+		memmove(lim + i, lim + i + 1, (*n - i - 1) * sizeof(*lim));
+		(*n)--;
+	}
+}
+
+/* Limits as stored. */
+static char *limits_text(const struct limit *lim, size_t n)
+{
+	char buf[LIMITS_MAX * 48 + 1];
+
+	return xstrdup(n ? limits_format(lim, n, buf, sizeof(buf)) : "");
 }
 
 /* Split the stored "a,b,c" into k->routes; NULL or "" means all routes. */
@@ -366,6 +438,23 @@ static void index_add(struct keystore *ks, struct key *k)
 	ks->n++;
 	table_put(ks->slots, ks->nslots, k);
 	ks->gen++;
+}
+
+static void user_index_add(struct keystore *ks, struct user *u)
+{
+	size_t pos = ks->n_users;
+
+	if (ks->n_users == ks->cap_users) {
+		ks->cap_users = ks->cap_users ? ks->cap_users * 2 : 16;
+		ks->users = realloc(ks->users, ks->cap_users * sizeof(*ks->users));
+		if (!ks->users)
+			abort();
+	}
+	while (pos > 0 && ks->users[pos - 1]->id > u->id)
+		pos--;
+	memmove(ks->users + pos + 1, ks->users + pos, (ks->n_users - pos) * sizeof(*ks->users));
+	ks->users[pos] = u;
+	ks->n_users++;
 }
 
 /* ---- SQLite plumbing ---- */
@@ -505,6 +594,68 @@ fail:
 	return -1;
 }
 
+/* Stored limits, or -1 with *err naming the row: a limit that does not parse is not
+ * dropped quietly (that would lift it). */
+static int load_limits(struct keystore *ks, const char *what, int64_t id, const char *text,
+                       struct spend_account *a, char **err)
+{
+	struct limit lim[LIMITS_MAX];
+	size_t n = 0;
+	char *why = NULL;
+
+	if (text && *text && limits_parse(text, lim, &n, &why) < 0) {
+		set_err(err, "key store %s: %s %lld has limits the daemon cannot read (%s); fix "
+		        "them with fastgate-cli %s update", ks->path, what, (long long)id,
+		        why ? why : "?", what);
+		free(why);
+		return -1;
+	}
+	spend_account_set_limits(a, lim, n, (int64_t)time(NULL));
+	return 0;
+}
+
+static int load_users(struct keystore *ks, char **err)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = -1, step;
+
+	if (sqlite3_prepare_v2(ks->db,
+	                       "SELECT id, name, created, suspended, balance_kept, credit_nano, "
+	                       "multiplier_ppm, limits FROM users ORDER BY id",
+	                       -1, &st, NULL) != SQLITE_OK) {
+		set_err(err, "key store %s: cannot read users: %s", ks->path, sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	while ((step = sqlite3_step(st)) == SQLITE_ROW) {
+		struct user *u = xcalloc(1, sizeof(*u));
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+
+		u->id = sqlite3_column_int64(st, 0);
+		u->name = xstrdup(name ? name : "");
+		u->created = sqlite3_column_int64(st, 2);
+		u->suspended = sqlite3_column_int(st, 3) != 0;
+		u->bal.kept = sqlite3_column_int(st, 4) != 0;
+		u->bal.credit = sqlite3_column_int64(st, 5);
+		u->multiplier_ppm = sqlite3_column_int64(st, 6);
+		if (u->multiplier_ppm <= 0)
+			u->multiplier_ppm = MULTIPLIER_ONE;
+		spend_account_init(&u->acct);
+		user_index_add(ks, u);
+		if (load_limits(ks, "user", u->id, (const char *)sqlite3_column_text(st, 7), &u->acct,
+		                err) < 0)
+			goto done;
+	}
+	if (step != SQLITE_DONE) {
+		set_err(err, "key store %s: reading users failed: %s", ks->path,
+		        sqlite3_errmsg(ks->db));
+		goto done;
+	}
+	rc = 0;
+done:
+	sqlite3_finalize(st);
+	return rc;
+}
+
 static int load_keys(struct keystore *ks, char **err)
 {
 	sqlite3_stmt *st = NULL;
@@ -527,7 +678,8 @@ static int load_keys(struct keystore *ks, char **err)
 
 	if (sqlite3_prepare_v2(ks->db,
 	                       "SELECT id, name, display, hash, created, expires, revoked, "
-	                       "last_used, routes, rpm FROM keys ORDER BY id",
+	                       "last_used, routes, rpm, user_id, limits, multiplier_ppm "
+	                       "FROM keys ORDER BY id",
 	                       -1, &st, NULL) != SQLITE_OK) {
 		set_err(err, "key store %s: cannot read keys: %s", ks->path, sqlite3_errmsg(ks->db));
 		goto done;
@@ -555,10 +707,21 @@ static int load_keys(struct keystore *ks, char **err)
 		k->revoked = sqlite3_column_int64(st, 6);
 		k->last_used = sqlite3_column_int64(st, 7);
 		key_set_routes_text(k, (const char *)sqlite3_column_text(st, 8));
-		k->rpm = sqlite3_column_int(st, 9);
-		if (k->rpm < 0)
-			k->rpm = 0;
+		k->user_id = sqlite3_column_int64(st, 10);
+		k->user = k->user_id ? keystore_user_get(ks, k->user_id) : NULL;
+		k->multiplier_ppm = sqlite3_column_int64(st, 12);
+		if (k->multiplier_ppm <= 0)
+			k->multiplier_ppm = MULTIPLIER_ONE;
+		spend_account_init(&k->acct);
 		index_add(ks, k);
+		if (k->user_id && !k->user)
+			log_warn("key store %s: key %lld belongs to user %lld, who is not in the store; "
+			         "the key is used without a user", ks->path, (long long)id,
+			         (long long)k->user_id);
+		if (load_limits(ks, "key", id, (const char *)sqlite3_column_text(st, 11), &k->acct,
+		                err) < 0)
+			goto done;
+		k->rpm = rpm_of(k->acct.lim, k->acct.n_lim);
 	}
 	if (step != SQLITE_DONE) {
 		set_err(err, "key store %s: reading keys failed: %s", ks->path,
@@ -618,7 +781,7 @@ struct keystore *keystore_open(const char *path, char **err)
 	sqlite3_finalize(st);
 	st = NULL;
 
-	if (migrate(ks, err) < 0 || load_keys(ks, err) < 0)
+	if (migrate(ks, err) < 0 || load_users(ks, err) < 0 || load_keys(ks, err) < 0)
 		goto fail;
 	if (prepare(ks, ks->db, &ks->st_rs_get, "SELECT enabled FROM route_state WHERE name = ?1",
 	            err) < 0 ||
@@ -633,7 +796,8 @@ struct keystore *keystore_open(const char *path, char **err)
 	if (store_connect(path, &ks->wdb, err) < 0 ||
 	    prepare(ks, ks->wdb, &ks->st_insert,
 	            "INSERT INTO keys (name, display, hash, created, expires, revoked, last_used, "
-	            "routes, rpm) VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7)", err) < 0 ||
+	            "routes, rpm, user_id, limits, multiplier_ppm) "
+	            "VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7, ?10, ?11, ?12)", err) < 0 ||
 	    prepare(ks, ks->wdb, &ks->st_revoke,
 	            "UPDATE keys SET revoked = CASE WHEN revoked > 0 THEN revoked ELSE ?1 END "
 	            "WHERE id = ?9", err) < 0 ||
@@ -646,8 +810,22 @@ struct keystore *keystore_open(const char *path, char **err)
 	    prepare(ks, ks->wdb, &ks->st_update,
 	            "UPDATE keys SET routes = CASE WHEN ?1 THEN ?2 ELSE routes END, "
 	            "rpm = CASE WHEN ?3 THEN ?4 ELSE rpm END, "
-	            "expires = CASE WHEN ?5 THEN ?6 ELSE expires END "
+	            "expires = CASE WHEN ?5 THEN ?6 ELSE expires END, "
+	            "limits = CASE WHEN ?3 THEN ?7 ELSE limits END, "
+	            "multiplier_ppm = CASE WHEN ?10 THEN ?11 ELSE multiplier_ppm END "
 	            "WHERE id = ?9 AND coalesce(revoked, 0) = 0", err) < 0 ||
+	    prepare(ks, ks->wdb, &ks->st_user_insert,
+	            "INSERT INTO users (name, created, balance_kept, credit_nano, multiplier_ppm, "
+	            "limits) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", err) < 0 ||
+	    prepare(ks, ks->wdb, &ks->st_user_update,
+	            "UPDATE users SET limits = CASE WHEN ?1 THEN ?2 ELSE limits END, "
+	            "multiplier_ppm = CASE WHEN ?3 THEN ?4 ELSE multiplier_ppm END, "
+	            "suspended = CASE WHEN ?5 THEN ?6 ELSE suspended END WHERE id = ?9", err) < 0 ||
+	    prepare(ks, ks->wdb, &ks->st_topup,
+	            "INSERT INTO topups (user_id, amount_nano, at) VALUES (?9, ?1, ?2)", err) < 0 ||
+	    prepare(ks, ks->wdb, &ks->st_credit,
+	            "UPDATE users SET credit_nano = credit_nano + ?1, balance_kept = 1 "
+	            "WHERE id = ?9", err) < 0 ||
 	    prepare(ks, ks->wdb, &ks->st_rotate,
 	            "UPDATE keys SET hash = ?1, display = ?2 "
 	            "WHERE id = ?9 AND coalesce(revoked, 0) = 0", err) < 0)
@@ -672,6 +850,10 @@ void keystore_close(struct keystore *ks)
 	sqlite3_finalize(ks->st_ts_set);
 	sqlite3_finalize(ks->st_update);
 	sqlite3_finalize(ks->st_rotate);
+	sqlite3_finalize(ks->st_user_insert);
+	sqlite3_finalize(ks->st_user_update);
+	sqlite3_finalize(ks->st_topup);
+	sqlite3_finalize(ks->st_credit);
 	if (sqlite3_close(ks->wdb) != SQLITE_OK)
 		log_warn("key store %s: close failed: %s", ks->path, sqlite3_errmsg(ks->wdb));
 	if (sqlite3_close(ks->db) != SQLITE_OK)
@@ -679,6 +861,9 @@ void keystore_close(struct keystore *ks)
 	for (size_t i = 0; i < ks->n; i++)
 		key_free(ks->keys[i]);
 	free(ks->keys);
+	for (size_t i = 0; i < ks->n_users; i++)
+		user_free(ks->users[i]);
+	free(ks->users);
 	free(ks->slots);
 	free(ks->path);
 	EVP_MD_CTX_free(ks->md_ctx);
@@ -741,6 +926,52 @@ struct key *keystore_get(struct keystore *ks, int64_t id)
 	return NULL;
 }
 
+struct user *keystore_user_get(struct keystore *ks, int64_t id)
+{
+	size_t lo = 0, hi = ks ? ks->n_users : 0;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (ks->users[mid]->id == id)
+			return ks->users[mid];
+		if (ks->users[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+size_t keystore_user_count(const struct keystore *ks)
+{
+	return ks ? ks->n_users : 0;
+}
+
+struct user *keystore_user_at(struct keystore *ks, size_t i)
+{
+	return ks && i < ks->n_users ? ks->users[i] : NULL;
+}
+
+void keystore_spend_load(struct keystore *ks, char scope, int64_t id, enum spend_period p,
+                         int64_t start, const struct spend_totals *t, int64_t now)
+{
+	struct spend_account *a = NULL;
+	struct user *u = NULL;
+
+	if (scope == 'k') {
+		struct key *k = keystore_get(ks, id);
+
+		a = k ? &k->acct : NULL;
+	} else if (scope == 'u' && (u = keystore_user_get(ks, id))) {
+		a = &u->acct;
+		if (p == SPEND_ALL)
+			u->bal.spent = t->cost;
+	}
+	if (a)
+		spend_account_load(a, p, start, t, now);
+}
+
 size_t keystore_count(const struct keystore *ks)
 {
 	return ks ? ks->n : 0;
@@ -789,14 +1020,15 @@ static size_t utf8_decode(const unsigned char *s, size_t len, uint32_t *cp)
 	return n;
 }
 
-/* Names end up in tables, CSV and JSON (jansson wants valid UTF-8): printable text only. */
-int key_name_check(const char *name, char **err)
+/* Names end up in tables, CSV and JSON (jansson wants valid UTF-8): printable text only.
+ * `what` is "key" or "user". */
+static int name_check(const char *what, const char *name, char **err)
 {
 	const unsigned char *s = (const unsigned char *)name;
 	size_t len, chars = 0;
 
 	if (!name || !*name) {
-		set_err(err, "key name must not be empty");
+		set_err(err, "%s name must not be empty", what);
 		return -1;
 	}
 	len = strlen(name);
@@ -805,26 +1037,36 @@ int key_name_check(const char *name, char **err)
 		size_t n = utf8_decode(s + i, len - i, &cp);
 
 		if (!n) {
-			set_err(err, "key name is not valid UTF-8 (byte %zu)", i + 1);
+			set_err(err, "%s name is not valid UTF-8 (byte %zu)", what, i + 1);
 			return -1;
 		}
 		if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) {
-			set_err(err, "key name must not contain control characters (character %zu)",
-			        chars + 1);
+			set_err(err, "%s name must not contain control characters (character %zu)",
+			        what, chars + 1);
 			return -1;
 		}
 		i += n;
 	}
 	if (chars > KEY_NAME_MAX) {
-		set_err(err, "key name is %zu characters long; the limit is %d", chars,
+		set_err(err, "%s name is %zu characters long; the limit is %d", what, chars,
 		        KEY_NAME_MAX);
 		return -1;
 	}
 	if (s[0] == ' ' || s[len - 1] == ' ') {
-		set_err(err, "key name must not start or end with a space");
+		set_err(err, "%s name must not start or end with a space", what);
 		return -1;
 	}
 	return 0;
+}
+
+int key_name_check(const char *name, char **err)
+{
+	return name_check("key", name, err);
+}
+
+int user_name_check(const char *name, char **err)
+{
+	return name_check("user", name, err);
 }
 
 static int check_route_name(const char *r, char **err)
@@ -851,7 +1093,7 @@ static int check_route_name(const char *r, char **err)
 /* ---- changes: prepared and applied on the loop, written on the writer thread ---- */
 
 enum change_kind { CHANGE_CREATE, CHANGE_REVOKE, CHANGE_UPDATE, CHANGE_ROTATE, CHANGE_ROUTE,
-                   CHANGE_TARGET };
+                   CHANGE_TARGET, CHANGE_USER_CREATE, CHANGE_USER_UPDATE, CHANGE_USER_TOPUP };
 
 struct key_change {
 	struct keystore *ks;
@@ -875,6 +1117,15 @@ struct key_change {
 	int enabled;
 	char *url;                         /* target state: the upstream's URL */
 	int drained;
+	/* spend control: key create and update, user changes */
+	struct limit lim[LIMITS_MAX];      /* the whole new list */
+	size_t n_lim;
+	char *limits_text;                 /* as stored */
+	int64_t multiplier_ppm;
+	int64_t user_id;                   /* key create: its user; user changes: the user */
+	struct user *fresh_user;           /* user create: ours until applied */
+	int64_t amount;                    /* top-up, nano-USD */
+	bool suspended;
 };
 
 /* Completes a failed write's message when the cause is another process's lock. */
@@ -901,6 +1152,8 @@ void keystore_change_free(struct key_change *c)
 	if (!c)
 		return;
 	key_free(c->fresh);
+	user_free(c->fresh_user);
+	free(c->limits_text);
 	free_routes(c->routes, c->n_routes);
 	free(c->routes_text);
 	free(c->route);
@@ -942,22 +1195,85 @@ static int copy_routes(char *const *routes, size_t n, char ***out, char **err)
 	return 0;
 }
 
+/* A multiplier as stored: more than 0, at most 1000x. */
+static int check_multiplier(int64_t ppm, char **err)
+{
+	if (ppm <= 0 || ppm > 1000 * (int64_t)MULTIPLIER_ONE) {
+		set_err(err, "multiplier must be more than 0 and at most 1000");
+		return -1;
+	}
+	return 0;
+}
+
+static int check_limit_list(const struct limit *lim, size_t n, char **err)
+{
+	if (n > LIMITS_MAX) {
+		set_err(err, "at most %d limits, not %zu", LIMITS_MAX, n);
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (lim[i].amount <= 0) {
+			set_err(err, "a limit's amount must be more than 0");
+			return -1;
+		}
+		for (size_t j = 0; j < i; j++)
+			if (lim[j].kind == lim[i].kind && lim[j].window == lim[i].window) {
+				set_err(err, "two %s limits per %s: give each kind and window once",
+				        limit_kind_name(lim[i].kind), limit_window_name(lim[i].window));
+				return -1;
+			}
+	}
+	return 0;
+}
+
 struct key_change *keystore_change_create(struct keystore *ks, const char *name,
                                           char *const *routes, size_t n_routes, int rpm,
                                           int64_t expires, char **err)
 {
+	struct limit lim[1];
+	size_t n = 0;
+
+	if (check_limits(rpm, expires, err) < 0)
+		return NULL;
+	limits_with_rpm(lim, &n, rpm);
+	return keystore_change_create_for(ks, name, routes, n_routes, expires, 0, lim, n,
+	                                  MULTIPLIER_ONE, err);
+}
+
+struct key_change *keystore_change_create_for(struct keystore *ks, const char *name,
+                                              char *const *routes, size_t n_routes,
+                                              int64_t expires, int64_t user_id,
+                                              const struct limit *lim, size_t n_lim,
+                                              int64_t multiplier_ppm, char **err)
+{
 	struct key_change *c;
 	struct key *k;
 	char **copy = NULL;
+	struct user *u = NULL;
 
 	if (!ks) {
 		set_err(err, "internal error: no key store");
 		return NULL;
 	}
-	if (key_name_check(name, err) < 0 || check_limits(rpm, expires, err) < 0 ||
+	if (user_id && !(u = keystore_user_get(ks, user_id))) {
+		set_err(err, "no user with id %lld", (long long)user_id);
+		return NULL;
+	}
+	if (u && u->suspended) {
+		set_err(err, "user %lld (%s) is suspended; resume it first", (long long)u->id,
+		        u->name);
+		return NULL;
+	}
+	if (key_name_check(name, err) < 0 || check_limits(0, expires, err) < 0 ||
+	    check_limit_list(lim, n_lim, err) < 0 || check_multiplier(multiplier_ppm, err) < 0 ||
 	    copy_routes(routes, n_routes, &copy, err) < 0)
 		return NULL;
 	c = change_new(ks, CHANGE_CREATE, 0);
+	memcpy(c->lim, lim, n_lim * sizeof(*lim));
+	c->n_lim = n_lim;
+	c->limits_text = limits_text(lim, n_lim);
+	c->multiplier_ppm = multiplier_ppm;
+	c->user_id = user_id;
 	c->fresh = k = xcalloc(1, sizeof(*k));
 	k->routes = copy;
 	k->n_routes = n_routes;
@@ -972,7 +1288,12 @@ struct key_change *keystore_change_create(struct keystore *ks, const char *name,
 	key_hash(c->secret, KEY_SECRET_LEN, k->hash);
 	k->created = (int64_t)time(NULL);
 	k->expires = expires;
-	k->rpm = rpm;
+	k->rpm = rpm_of(lim, n_lim);
+	k->user_id = user_id;
+	k->user = u;
+	k->multiplier_ppm = multiplier_ppm;
+	spend_account_init(&k->acct);
+	spend_account_set_limits(&k->acct, lim, n_lim, k->created);
 	c->routes_text = routes_join(k->routes, k->n_routes);
 	return c;
 }
@@ -1016,15 +1337,35 @@ struct key_change *keystore_change_update(struct keystore *ks, int64_t id,
 		set_err(err, "internal error: keystore_update called without a store or changes");
 		return NULL;
 	}
-	if (!changeable_key(ks, id, "changed", err) ||
+	struct key *k;
+
+	if (!(k = changeable_key(ks, id, "changed", err)) ||
 	    check_limits(ch->set & KEY_CHANGE_RPM ? ch->rpm : 0,
 	                 ch->set & KEY_CHANGE_EXPIRES ? ch->expires : 0, err) < 0 ||
+	    ((ch->set & KEY_CHANGE_LIMITS) && check_limit_list(ch->lim, ch->n_lim, err) < 0) ||
+	    ((ch->set & KEY_CHANGE_MULTIPLIER) && check_multiplier(ch->multiplier_ppm, err) < 0) ||
 	    ((ch->set & KEY_CHANGE_ROUTES) && copy_routes(ch->routes, ch->n_routes, &copy, err) < 0))
 		return NULL;
 	c = change_new(ks, CHANGE_UPDATE, id);
-	c->set = ch->set & (KEY_CHANGE_ROUTES | KEY_CHANGE_RPM | KEY_CHANGE_EXPIRES);
-	c->rpm = ch->rpm;
+	c->set = ch->set & (KEY_CHANGE_ROUTES | KEY_CHANGE_RPM | KEY_CHANGE_EXPIRES |
+	                    KEY_CHANGE_LIMITS | KEY_CHANGE_MULTIPLIER);
 	c->expires = ch->expires;
+	c->multiplier_ppm = ch->multiplier_ppm;
+	/* rpm is the requests/min limit: both become one new list, stored whole */
+	if (c->set & (KEY_CHANGE_LIMITS | KEY_CHANGE_RPM)) {
+		if (c->set & KEY_CHANGE_LIMITS) {
+			memcpy(c->lim, ch->lim, ch->n_lim * sizeof(*ch->lim));
+			c->n_lim = ch->n_lim;
+		} else {
+			memcpy(c->lim, k->acct.lim, k->acct.n_lim * sizeof(*c->lim));
+			c->n_lim = k->acct.n_lim;
+		}
+		if (c->set & KEY_CHANGE_RPM)
+			limits_with_rpm(c->lim, &c->n_lim, ch->rpm);
+		c->set |= KEY_CHANGE_LIMITS;
+		c->limits_text = limits_text(c->lim, c->n_lim);
+	}
+	c->rpm = rpm_of(c->lim, c->n_lim);
 	if (c->set & KEY_CHANGE_ROUTES) {
 		c->routes = copy;
 		c->n_routes = ch->n_routes;
@@ -1107,10 +1448,140 @@ struct key_change *keystore_change_target_state(struct keystore *ks, const char 
 	return c;
 }
 
-/* Changes that name no key: a route's or an upstream's state. */
+struct key_change *keystore_change_user_create(struct keystore *ks, const char *name,
+                                               bool balance_kept, int64_t credit,
+                                               int64_t multiplier_ppm, const struct limit *lim,
+                                               size_t n_lim, char **err)
+{
+	struct key_change *c;
+	struct user *u;
+
+	if (!ks) {
+		set_err(err, "internal error: no key store");
+		return NULL;
+	}
+	if (user_name_check(name, err) < 0 || check_limit_list(lim, n_lim, err) < 0 ||
+	    check_multiplier(multiplier_ppm, err) < 0)
+		return NULL;
+	for (size_t i = 0; i < ks->n_users; i++)
+		if (strcmp(ks->users[i]->name, name) == 0) {
+			set_err(err, "there is a user named \"%s\" already (id %lld)", name,
+			        (long long)ks->users[i]->id);
+			return NULL;
+		}
+	if (credit < 0) {
+		set_err(err, "a new user's balance must not be negative");
+		return NULL;
+	}
+	c = change_new(ks, CHANGE_USER_CREATE, 0);
+	c->fresh_user = u = xcalloc(1, sizeof(*u));
+	u->name = xstrdup(name);
+	u->created = (int64_t)time(NULL);
+	u->multiplier_ppm = multiplier_ppm;
+	u->bal.kept = balance_kept;
+	u->bal.credit = balance_kept ? credit : 0;
+	spend_account_init(&u->acct);
+	spend_account_set_limits(&u->acct, lim, n_lim, u->created);
+	c->limits_text = limits_text(lim, n_lim);
+	return c;
+}
+
+static struct user *known_user(struct keystore *ks, int64_t id, char **err)
+{
+	struct user *u = keystore_user_get(ks, id);
+
+	if (!u)
+		set_err(err, "no user with id %lld", (long long)id);
+	return u;
+}
+
+struct key_change *keystore_change_user_update(struct keystore *ks, int64_t id,
+                                               const struct user_changes *ch, char **err)
+{
+	struct key_change *c;
+
+	if (!ks || !ch) {
+		set_err(err, "internal error: user update without a store or changes");
+		return NULL;
+	}
+	if (!known_user(ks, id, err) ||
+	    ((ch->set & USER_CHANGE_LIMITS) && check_limit_list(ch->lim, ch->n_lim, err) < 0) ||
+	    ((ch->set & USER_CHANGE_MULTIPLIER) && check_multiplier(ch->multiplier_ppm, err) < 0))
+		return NULL;
+	c = change_new(ks, CHANGE_USER_UPDATE, 0);
+	c->user_id = id;
+	c->set = ch->set & (USER_CHANGE_LIMITS | USER_CHANGE_MULTIPLIER | USER_CHANGE_SUSPENDED);
+	if (c->set & USER_CHANGE_LIMITS) {
+		memcpy(c->lim, ch->lim, ch->n_lim * sizeof(*ch->lim));
+		c->n_lim = ch->n_lim;
+		c->limits_text = limits_text(c->lim, c->n_lim);
+	}
+	c->multiplier_ppm = ch->multiplier_ppm;
+	c->suspended = ch->suspended;
+	return c;
+}
+
+struct key_change *keystore_change_user_topup(struct keystore *ks, int64_t id, int64_t amount,
+                                              char **err)
+{
+	struct key_change *c;
+	const int64_t cap = (int64_t)1000000000 * 1000000000;   /* $1e9 in nano-USD */
+	struct user *u;
+
+	if (!ks || !(u = known_user(ks, id, err)))
+		return NULL;
+	if (amount == 0 || amount > cap || amount < -cap) {
+		set_err(err, "a top-up must be a non-zero amount of at most 1000000000 USD");
+		return NULL;
+	}
+	if (u->bal.credit > cap || u->bal.credit < -cap) {
+		set_err(err, "user %lld's credit is at its limit of 1000000000 USD", (long long)id);
+		return NULL;
+	}
+	c = change_new(ks, CHANGE_USER_TOPUP, 0);
+	c->user_id = id;
+	c->amount = amount;
+	c->when = (int64_t)time(NULL);
+	return c;
+}
+
+int64_t keystore_change_user_id(const struct key_change *c)
+{
+	return c && (c->kind == CHANGE_USER_CREATE || c->kind == CHANGE_USER_UPDATE ||
+	             c->kind == CHANGE_USER_TOPUP) ? c->user_id : 0;
+}
+
+/* Changes that name no key: a route's or an upstream's state, a user. */
 static bool change_of_state(const struct key_change *c)
 {
-	return c->kind == CHANGE_ROUTE || c->kind == CHANGE_TARGET;
+	return c->kind == CHANGE_ROUTE || c->kind == CHANGE_TARGET ||
+	       c->kind == CHANGE_USER_CREATE || c->kind == CHANGE_USER_UPDATE ||
+	       c->kind == CHANGE_USER_TOPUP;
+}
+
+/* A top-up is two statements (the ledger row, the credit) in one transaction. */
+static int write_topup(struct key_change *c)
+{
+	struct keystore *ks = c->ks;
+	int rc = SQLITE_ERROR;
+
+	if (sqlite3_exec(ks->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+		return sqlite3_errcode(ks->wdb);
+	sqlite3_bind_int64(ks->st_topup, 1, c->amount);
+	sqlite3_bind_int64(ks->st_topup, 2, c->when);
+	sqlite3_bind_int64(ks->st_topup, 9, c->user_id);
+	sqlite3_bind_int64(ks->st_credit, 1, c->amount);
+	sqlite3_bind_int64(ks->st_credit, 9, c->user_id);
+	if (sqlite3_step(ks->st_topup) == SQLITE_DONE && sqlite3_step(ks->st_credit) == SQLITE_DONE)
+		rc = sqlite3_changes(ks->wdb) == 1 ? SQLITE_DONE : SQLITE_NOTFOUND;
+	sqlite3_reset(ks->st_topup);
+	sqlite3_clear_bindings(ks->st_topup);
+	sqlite3_reset(ks->st_credit);
+	sqlite3_clear_bindings(ks->st_credit);
+	if (rc == SQLITE_DONE && sqlite3_exec(ks->wdb, "COMMIT", NULL, NULL, NULL) == SQLITE_OK)
+		return SQLITE_DONE;
+	sqlite3_exec(ks->wdb, "ROLLBACK", NULL, NULL, NULL);
+	return rc == SQLITE_DONE ? SQLITE_ERROR : rc;
 }
 
 void keystore_change_write(struct key_change *c)
@@ -1136,6 +1607,32 @@ void keystore_change_write(struct key_change *c)
 		sqlite3_bind_int64(st, 5, k->expires);
 		sqlite3_bind_text(st, 6, c->routes_text, -1, SQLITE_STATIC);
 		sqlite3_bind_int(st, 7, k->rpm);
+		if (c->user_id)
+			sqlite3_bind_int64(st, 10, c->user_id);
+		sqlite3_bind_text(st, 11, c->limits_text, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 12, c->multiplier_ppm);
+		break;
+	case CHANGE_USER_CREATE:
+		st = ks->st_user_insert;
+		sqlite3_bind_text(st, 1, c->fresh_user->name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, c->fresh_user->created);
+		sqlite3_bind_int(st, 3, c->fresh_user->bal.kept);
+		sqlite3_bind_int64(st, 4, c->fresh_user->bal.credit);
+		sqlite3_bind_int64(st, 5, c->fresh_user->multiplier_ppm);
+		sqlite3_bind_text(st, 6, c->limits_text, -1, SQLITE_STATIC);
+		break;
+	case CHANGE_USER_UPDATE:
+		st = ks->st_user_update;
+		sqlite3_bind_int(st, 1, !!(c->set & USER_CHANGE_LIMITS));
+		sqlite3_bind_text(st, 2, c->limits_text ? c->limits_text : "", -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 3, !!(c->set & USER_CHANGE_MULTIPLIER));
+		sqlite3_bind_int64(st, 4, c->multiplier_ppm);
+		sqlite3_bind_int(st, 5, !!(c->set & USER_CHANGE_SUSPENDED));
+		sqlite3_bind_int(st, 6, c->suspended);
+		sqlite3_bind_int64(st, 9, c->user_id);
+		break;
+	case CHANGE_USER_TOPUP:
+		st = NULL;
 		break;
 	case CHANGE_ROUTE:
 		st = ks->st_rs_set;
@@ -1158,10 +1655,13 @@ void keystore_change_write(struct key_change *c)
 		st = ks->st_update;
 		sqlite3_bind_int(st, 1, !!(c->set & KEY_CHANGE_ROUTES));
 		sqlite3_bind_text(st, 2, c->routes_text, -1, SQLITE_STATIC);
-		sqlite3_bind_int(st, 3, !!(c->set & KEY_CHANGE_RPM));
+		sqlite3_bind_int(st, 3, !!(c->set & KEY_CHANGE_LIMITS));
 		sqlite3_bind_int(st, 4, c->rpm);
 		sqlite3_bind_int(st, 5, !!(c->set & KEY_CHANGE_EXPIRES));
 		sqlite3_bind_int64(st, 6, c->expires);
+		sqlite3_bind_text(st, 7, c->limits_text ? c->limits_text : "", -1, SQLITE_STATIC);
+		sqlite3_bind_int(st, 10, !!(c->set & KEY_CHANGE_MULTIPLIER));
+		sqlite3_bind_int64(st, 11, c->multiplier_ppm);
 		break;
 	case CHANGE_ROTATE:
 	default:
@@ -1172,9 +1672,16 @@ void keystore_change_write(struct key_change *c)
 	}
 	if (c->kind != CHANGE_CREATE && !change_of_state(c))
 		sqlite3_bind_int64(st, 9, c->id);
-	rc = sqlite3_step(st);
+	rc = st ? sqlite3_step(st) : write_topup(c);
 	if (rc != SQLITE_DONE) {
-		if (c->kind == CHANGE_CREATE)
+		if (c->kind == CHANGE_USER_CREATE || c->kind == CHANGE_USER_UPDATE ||
+		    c->kind == CHANGE_USER_TOPUP)
+			set_err(&c->err, "cannot %s in %s: %s%s",
+			        c->kind == CHANGE_USER_CREATE ? "store the new user"
+			        : c->kind == CHANGE_USER_UPDATE ? "change the user" : "top the user up",
+			        ks->path, rc == SQLITE_NOTFOUND ? "the user is not in the store"
+			        : sqlite3_errmsg(db), busy_hint(db));
+		else if (c->kind == CHANGE_CREATE)
 			set_err(&c->err, "cannot store the new key in %s: %s%s", ks->path,
 			        sqlite3_errmsg(db), busy_hint(db));
 		else if (c->kind == CHANGE_ROUTE)
@@ -1197,13 +1704,20 @@ void keystore_change_write(struct key_change *c)
 		        ? "key %lld is no longer in %s; was the database changed by hand?"
 		        : "key %lld was revoked meanwhile (or is no longer in %s); nothing was changed",
 		        (long long)c->id, ks->path);
+	} else if (c->kind == CHANGE_USER_UPDATE && sqlite3_changes(db) == 0) {
+		set_err(&c->err, "user %lld is no longer in %s; was the database changed by hand?",
+		        (long long)c->user_id, ks->path);
 	} else {
 		if (c->kind == CHANGE_CREATE)
 			c->id = sqlite3_last_insert_rowid(db);
+		if (c->kind == CHANGE_USER_CREATE)
+			c->user_id = sqlite3_last_insert_rowid(db);
 		c->written = true;
 	}
-	sqlite3_reset(st);
-	sqlite3_clear_bindings(st);
+	if (st) {
+		sqlite3_reset(st);
+		sqlite3_clear_bindings(st);
+	}
 }
 
 int keystore_change_apply(struct key_change *c, struct key **out, char *secret_out, char **err)
@@ -1226,6 +1740,14 @@ int keystore_change_apply(struct key_change *c, struct key **out, char *secret_o
 		c->fresh = NULL;
 		k->id = c->id;
 		index_add(ks, k);
+	} else if (c->kind == CHANGE_USER_CREATE) {
+		c->fresh_user->id = c->user_id;
+		user_index_add(ks, c->fresh_user);
+		c->fresh_user = NULL;
+	} else if ((c->kind == CHANGE_USER_UPDATE || c->kind == CHANGE_USER_TOPUP) &&
+	           !keystore_user_get(ks, c->user_id)) {
+		set_err(err, "user %lld vanished from memory", (long long)c->user_id);
+		goto done;
 	} else if (!change_of_state(c) && !(k = keystore_get(ks, c->id))) {
 		set_err(err, "key %lld vanished from memory", (long long)c->id);  /* keys stay */
 		goto done;
@@ -1247,11 +1769,33 @@ int keystore_change_apply(struct key_change *c, struct key **out, char *secret_o
 		}
 		/* The window in progress stays: lowering a limit must not hand out a fresh
 		 * minute. */
-		if (c->set & KEY_CHANGE_RPM)
+		if (c->set & KEY_CHANGE_LIMITS) {
+			spend_account_set_limits(&k->acct, c->lim, c->n_lim, (int64_t)time(NULL));
 			k->rpm = c->rpm;
+		}
+		if (c->set & KEY_CHANGE_MULTIPLIER)
+			k->multiplier_ppm = c->multiplier_ppm;
 		if (c->set & KEY_CHANGE_EXPIRES)
 			k->expires = c->expires;
 		break;
+	case CHANGE_USER_UPDATE: {
+		struct user *u = keystore_user_get(ks, c->user_id);
+
+		if (c->set & USER_CHANGE_LIMITS)
+			spend_account_set_limits(&u->acct, c->lim, c->n_lim, (int64_t)time(NULL));
+		if (c->set & USER_CHANGE_MULTIPLIER)
+			u->multiplier_ppm = c->multiplier_ppm;
+		if (c->set & USER_CHANGE_SUSPENDED)
+			u->suspended = c->suspended;
+		break;
+	}
+	case CHANGE_USER_TOPUP: {
+		struct user *u = keystore_user_get(ks, c->user_id);
+
+		u->bal.kept = true;
+		u->bal.credit += c->amount;
+		break;
+	}
 	case CHANGE_ROTATE:
 		/* Out under the old hash, back in under the new: from here the old secret is
 		 * unknown. */
@@ -1362,25 +1906,6 @@ size_t keystore_take_usage(struct keystore *ks, struct key_use **out)
 		k->usage_dirty = false;
 	}
 	return n;
-}
-
-/* Fixed window that starts at the first request after the previous one ended: cheap, one
- * pair of fields per key, and Retry-After is exact for it. Bursts of up to 2*rpm across a
- * window boundary are possible; that is the accepted price. */
-int key_rate_check(struct key *k, int64_t now)
-{
-	if (!k || k->rpm <= 0)
-		return 0;
-	if (k->window_count == 0 || now >= k->window_start + KEY_RATE_WINDOW ||
-	    now < k->window_start) {             /* the clock went back: start afresh */
-		k->window_start = now;
-		k->window_count = 0;
-	}
-	if (k->window_count < k->rpm) {
-		k->window_count++;
-		return 0;
-	}
-	return (int)(k->window_start + KEY_RATE_WINDOW - now);
 }
 
 /* ---- run-time route state ---- */

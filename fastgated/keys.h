@@ -16,13 +16,30 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "limit.h"
+#include "spend.h"
+
 #define KEY_PREFIX        "fg_"
 #define KEY_RANDOM_LEN    40
 #define KEY_CHECKSUM_LEN  6
 #define KEY_SECRET_LEN    (3 + KEY_RANDOM_LEN + KEY_CHECKSUM_LEN)   /* 49 */
 #define KEY_DISPLAY_LEN   (3 + 8)                                   /* "fg_AbCdEfGh" */
 #define KEY_HASH_LEN      32
-#define KEY_RATE_WINDOW   60    /* seconds; rpm limits count requests per window */
+#define USER_NAME_MAX     64    /* characters, as for keys */
+#define MULTIPLIER_ONE    1000000  /* multipliers are parts per million: 1x */
+
+/* A user owns keys (DESIGN.md, Spend control): its limits and balance apply to all of
+ * them together, on top of each key's own. Users are never deleted (the audit names
+ * them), only suspended. */
+struct user {
+	int64_t id;
+	char *name;
+	int64_t created;          /* unix seconds */
+	bool suspended;           /* its keys get 403 account_suspended */
+	int64_t multiplier_ppm;   /* prices times this; MULTIPLIER_ONE = 1x */
+	struct spend_balance bal; /* credit from the store; spent from the audit's counters */
+	struct spend_account acct;
+};
 
 struct key {
 	int64_t id;
@@ -35,10 +52,11 @@ struct key {
 	int64_t last_used;    /* unix seconds, 0 = never; in memory, persisted lazily */
 	char **routes;        /* allowed route names; n_routes == 0 = all */
 	size_t n_routes;
-	int rpm;              /* requests per minute, 0 = unlimited */
-	/* rate-limit window state (in memory only) */
-	int64_t window_start; /* unix seconds of the current minute window */
-	int window_count;
+	int rpm;              /* the requests/min limit's amount, 0 = none (the old --rpm) */
+	int64_t user_id;      /* 0 = no user */
+	struct user *user;    /* NULL = no user; users stay in memory until the store closes */
+	int64_t multiplier_ppm;
+	struct spend_account acct;  /* the key's limits and settled totals */
 	bool usage_dirty;     /* last_used changed since the last keystore_take_usage */
 };
 
@@ -83,6 +101,14 @@ struct key *keystore_get(struct keystore *ks, int64_t id);
 /* 1 if usable now (not revoked, not expired). */
 bool key_usable(const struct key *k, int64_t now);
 
+/* The rules for a user's name: as for a key's (key_name_check). */
+int user_name_check(const char *name, char **err);
+
+/* Users, in id order; valid until the next change to the store. */
+size_t keystore_user_count(const struct keystore *ks);
+struct user *keystore_user_at(struct keystore *ks, size_t i);
+struct user *keystore_user_get(struct keystore *ks, int64_t id);
+
 /* Create a key. routes may be NULL/0 (all routes). expires 0 = never. On success writes the
  * secret (KEY_SECRET_LEN + 1 bytes) into secret_out, sets *out and returns 0; on failure
  * returns -1 with *err set (caller frees). */
@@ -101,12 +127,17 @@ int key_name_check(const char *name, char **err);
 #define KEY_CHANGE_ROUTES  0x1u
 #define KEY_CHANGE_RPM     0x2u
 #define KEY_CHANGE_EXPIRES 0x4u
+#define KEY_CHANGE_LIMITS  0x8u     /* the whole list; with RPM, rpm is applied after it */
+#define KEY_CHANGE_MULTIPLIER 0x10u
 struct key_changes {
 	unsigned set;
 	char *const *routes;  /* borrowed; n_routes == 0 = all routes */
 	size_t n_routes;
-	int rpm;              /* 0 = unlimited */
+	int rpm;              /* the requests/min limit; 0 = none */
 	int64_t expires;      /* unix seconds, 0 = never */
+	const struct limit *lim;  /* borrowed */
+	size_t n_lim;
+	int64_t multiplier_ppm;
 };
 /* Change a key's policy: SQLite first, then the in-memory key (so a running daemon applies
  * it to the next request). The rate-limit window in progress is kept. -1 with *err set
@@ -133,9 +164,11 @@ struct key_use {
  * NULL when there are none); their marks are cleared. Returns how many. */
 size_t keystore_take_usage(struct keystore *ks, struct key_use **out);
 
-/* Rate limit: 0 if the request may go, else the seconds until the window resets
- * (for Retry-After). Counts the request when allowed. */
-int key_rate_check(struct key *k, int64_t now);
+/* Spend (settled totals from the audit database's counters, at start): scope 'k' or
+ * 'u' and id name the account; unknown ids are ignored (a key or user the store no
+ * longer has). */
+void keystore_spend_load(struct keystore *ks, char scope, int64_t id, enum spend_period p,
+                         int64_t start, const struct spend_totals *t, int64_t now);
 
 /* Route/state persistence shared with the control channel: the run-time enabled flag of
  * routes, kept in the same database. -1 = no override stored. */
@@ -169,6 +202,13 @@ struct key_change;
 struct key_change *keystore_change_create(struct keystore *ks, const char *name,
                                           char *const *routes, size_t n_routes, int rpm,
                                           int64_t expires, char **err);
+/* The same with spend control: an owning user (0 = none), limits and a multiplier
+ * (MULTIPLIER_ONE = 1x). The user must exist and not be suspended. */
+struct key_change *keystore_change_create_for(struct keystore *ks, const char *name,
+                                              char *const *routes, size_t n_routes,
+                                              int64_t expires, int64_t user_id,
+                                              const struct limit *lim, size_t n_lim,
+                                              int64_t multiplier_ppm, char **err);
 struct key_change *keystore_change_revoke(struct keystore *ks, int64_t id, char **err);
 struct key_change *keystore_change_update(struct keystore *ks, int64_t id,
                                           const struct key_changes *ch, char **err);
@@ -177,6 +217,30 @@ struct key_change *keystore_change_route_state(struct keystore *ks, const char *
                                                bool enabled, char **err);
 struct key_change *keystore_change_target_state(struct keystore *ks, const char *route,
                                                 const char *url, bool drained, char **err);
+/* Users: create (balance_kept: the user has a balance, starting at credit nano-USD),
+ * change, top up (amount in nano-USD, negative to correct; keeps a balance from then on).
+ * keystore_change_apply answers these with *out NULL; keystore_change_user_id() names
+ * the user once the change is written. */
+#define USER_CHANGE_LIMITS     0x1u
+#define USER_CHANGE_MULTIPLIER 0x2u
+#define USER_CHANGE_SUSPENDED  0x4u
+struct user_changes {
+	unsigned set;
+	const struct limit *lim;   /* borrowed: the whole list */
+	size_t n_lim;
+	int64_t multiplier_ppm;
+	bool suspended;
+};
+struct key_change *keystore_change_user_create(struct keystore *ks, const char *name,
+                                               bool balance_kept, int64_t credit,
+                                               int64_t multiplier_ppm, const struct limit *lim,
+                                               size_t n_lim, char **err);
+struct key_change *keystore_change_user_update(struct keystore *ks, int64_t id,
+                                               const struct user_changes *ch, char **err);
+struct key_change *keystore_change_user_topup(struct keystore *ks, int64_t id, int64_t amount,
+                                              char **err);
+/* The user a user change is about (its new id for a create, once written); 0 for others. */
+int64_t keystore_change_user_id(const struct key_change *c);
 void keystore_change_write(struct key_change *c);
 int keystore_change_apply(struct key_change *c, struct key **out, char *secret_out, char **err);
 /* Drop a change without applying it (one that was never written). NULL is fine. */

@@ -25,8 +25,8 @@
 #include "transport_h1.h"
 
 #define USAGE \
-	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--routes DIR] [--models FILE] [--keys FILE]\n" \
-	"                 [--audit FILE] [--control PATH] [--check] [--daemon --pidfile FILE]\n" \
+	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--routes DIR] [--models FILE] [--pricing FILE]\n" \
+	"                 [--keys FILE] [--audit FILE] [--control PATH] [--check] [--daemon --pidfile FILE]\n" \
 	"                 [-v] [--version]\n"
 
 struct runtime {
@@ -51,7 +51,7 @@ static void set_str(char **field, const char *value)
 	*field = strdup(value);
 }
 
-enum { OPT_LISTEN = 256, OPT_ROUTES, OPT_MODELS, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
+enum { OPT_LISTEN = 256, OPT_ROUTES, OPT_MODELS, OPT_PRICING, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
        OPT_PIDFILE, OPT_VERSION };
 
 /* Flags override the config file, so they are read twice: first to find -c, then applied
@@ -64,6 +64,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 		{ "listen", required_argument, NULL, OPT_LISTEN },
 		{ "routes", required_argument, NULL, OPT_ROUTES },
 		{ "models", required_argument, NULL, OPT_MODELS },
+		{ "pricing", required_argument, NULL, OPT_PRICING },
 		{ "keys", required_argument, NULL, OPT_KEYS },
 		{ "audit", required_argument, NULL, OPT_AUDIT },
 		{ "control", required_argument, NULL, OPT_CONTROL },
@@ -109,6 +110,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 		case OPT_LISTEN: set_str(&cfg->listen, optarg); break;
 		case OPT_ROUTES: set_str(&cfg->routes_dir, optarg); break;
 		case OPT_MODELS: set_str(&cfg->models_path, optarg); cfg->models_set = true; break;
+		case OPT_PRICING: set_str(&cfg->pricing_path, optarg); cfg->pricing_set = true; break;
 		case OPT_KEYS: set_str(&cfg->keys_path, optarg); break;
 		case OPT_AUDIT: set_str(&cfg->audit_path, optarg); break;
 		case OPT_CONTROL: set_str(&cfg->control_path, optarg); break;
@@ -130,24 +132,49 @@ static int run_check(struct config *cfg)
 {
 	struct errlist errs = { 0 };
 	struct model_table *models = NULL;
+	struct price_table *prices = NULL;
 	int bad_models = gateway_load_models(cfg, &models, &errs) < 0;
+	int bad_prices = gateway_load_prices(cfg, &prices, &errs) < 0;
 	struct route_table *t = route_table_load(cfg->routes_dir, &errs);
 
-	if (!t || bad_models) {
+	if (!t || bad_models || bad_prices) {
 		print_errors(&errs);
 		errlist_clear(&errs);
 		route_table_unref(t);
 		models_free(models);
+		pricing_free(prices);
 		return 1;
 	}
 	if (models)
 		printf("%s: %zu models OK\n", models->path, models->n);
+	if (prices)
+		printf("%s: %zu prices OK (version %s)\n", prices->path, prices->n, prices->version);
 	models_free(models);
+	pricing_free(prices);
 	printf("%s: %zu routes OK\n", cfg->routes_dir, t->n);
 	for (size_t i = 0; i < t->n; i++)
 		route_print_pool(t->routes[i], stdout);
 	route_table_unref(t);
 	return 0;
+}
+
+static void spend_row_cb(void *arg, const struct spend_row *r)
+{
+	struct gateway *gw = arg;
+	struct spend_totals t = { r->requests, r->tokens, r->cost_nano };
+
+	keystore_spend_load(gw->keys, r->scope, r->id, r->period, r->start, &t, time(NULL));
+}
+
+/* What keys and users spent, from the audit database's counters, which are written in the
+ * same transactions as the audit rows: the balances and the day and month windows go on
+ * where they stood, however the last run ended. Before the first request. */
+static int load_spend(struct gateway *gw, char **err)
+{
+	int64_t now = time(NULL);
+	int64_t since = now - 31 * 86400;
+
+	return audit_spend_load(gw->audit, since, spend_row_cb, gw, err);
 }
 
 static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
@@ -303,6 +330,7 @@ static void shutdown_all(struct runtime *rt)
 	if (gw->routes)
 		route_table_unref(gw->routes);
 	models_free(gw->models);
+	pricing_free(gw->prices);
 	metrics_free(gw->metrics);
 	struct event *evs[] = { rt->sig_term, rt->sig_int, rt->sig_hup, rt->drain_poll,
 	                        rt->drain_deadline, rt->usage_flush };
@@ -374,6 +402,10 @@ int main(int argc, char **argv)
 			log_error("audit store %s: %s", rt.cfg.audit_path, err ? err : "cannot open");
 			goto out;
 		}
+	}
+	if (load_spend(gw, &err) < 0) {
+		log_error("audit store %s: %s", rt.cfg.audit_path, err ? err : "cannot read spend");
+		goto out;
 	}
 	if (gateway_reload_routes(gw, &errs) < 0) {
 		print_errors(&errs);

@@ -73,11 +73,10 @@ int money_parse_multiplier(const char *s, int64_t *ppm)
 
 char *money_format_usd(int64_t nano, char *buf, size_t n)
 {
-	/* through unsigned: -INT64_MIN is not an int64_t */
-	uint64_t u = nano < 0 ? (uint64_t)0 - (uint64_t)nano : (uint64_t)nano;
+	char text[FMT_USD_MAX];
 
-	snprintf(buf, n, "%s%" PRIu64 ".%09" PRIu64, nano < 0 ? "-" : "",
-	         u / (uint64_t)NANO_PER_USD, u % (uint64_t)NANO_PER_USD);
+	fmt_usd_nano(text, nano);   /* util.c's, which the audit writer uses too */
+	snprintf(buf, n, "%s", text);
 	return buf;
 }
 
@@ -259,8 +258,8 @@ static int version_ok(const char *s)
 
 static void parse_root(struct pctx *c, const yaml_node_t *root, struct price_table *t)
 {
-	static const char *const keys[] = { "version", "source", "prices", NULL };
-	yaml_node_t *seen[3] = { 0 };
+	static const char *const keys[] = { "version", "source", "prices", "multiplier", NULL };
+	yaml_node_t *seen[4] = { 0 };
 	const yaml_node_t *list;
 
 	if (!root || root->type != YAML_MAPPING_NODE) {
@@ -275,7 +274,8 @@ static void parse_root(struct pctx *c, const yaml_node_t *root, struct price_tab
 		for (i = 0; name && keys[i] && strcmp(name, keys[i]) != 0; i++)
 			;
 		if (!name || !keys[i])
-			perr(c, k, "unknown key \"%s\" at the top (valid: version, source, prices)",
+			perr(c, k, "unknown key \"%s\" at the top (valid: version, source, prices, "
+			     "multiplier)",
 			     name ? name : "?");
 		else if (seen[i])
 			perr(c, k, "duplicate key \"%s\" at the top", keys[i]);
@@ -293,6 +293,13 @@ static void parse_root(struct pctx *c, const yaml_node_t *root, struct price_tab
 		perr(c, seen[1], "source: expected a string (where the prices come from)");
 	else if (seen[1])
 		t->source = xstrdup(scalar(seen[1]));
+	t->multiplier_ppm = PPM;
+	if (seen[3] && (!scalar(seen[3]) ||
+	                money_parse_multiplier(scalar(seen[3]), &t->multiplier_ppm) < 0)) {
+		perr(c, seen[3], "multiplier: expected a number more than 0 and at most 1000 with at "
+		     "most 6 decimals, such as 1.2 (every price is multiplied by it)");
+		t->multiplier_ppm = PPM;
+	}
 	list = seen[2];
 	if (!list || list->type != YAML_SEQUENCE_NODE) {
 		perr(c, list ? list : root, "prices: expected a sequence of prices (- match: ...)");

@@ -38,6 +38,8 @@ struct price_table {
 	char *path;
 	char *version;          /* recorded with every cost as its price version */
 	char *source;           /* where the prices come from; NULL when not said */
+	int64_t multiplier_ppm; /* `multiplier:` every price times this (PPM = 1x): the
+	                         * global one, times the user's and the key's */
 };
 
 /* Read a price file. NULL on any problem, with one "FILE:LINE: message" per problem in

@@ -28,6 +28,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "request.h"
+#include "selfserve.h"
 #include "util.h"
 
 enum phase_rc {
@@ -121,6 +122,12 @@ static void emit_done(struct proxy_req *px, double total_s)
 	row.reasoning_tokens = px->usage.found ? px->usage.reasoning_tokens : -1;
 	row.cost_nano = -1;                  /* none until the request is priced (issue 19) */
 	row.error = empty_to_null(px->error_kind);
+	row.user_id = px->key && px->key->user ? px->key->user->id : 0;
+	row.cost_nano = px->charged ? px->cost_nano : -1;
+	row.price_version = px->charged && px->priced ? px->price_version : NULL;
+	row.billed = px->charged;
+	row.estimated = px->usage_estimated;
+	row.unpriced = px->charged && px->model[0] && !px->priced;
 	row.request_body = px->body_log;
 	row.response_body = answer;
 	d.row = &row;
@@ -147,6 +154,7 @@ void proxy_finish(struct proxy_req *px)
 	if (px->req)
 		proxy_take_req(px);
 	gw->stats.inflight--;
+	proxy_bill(px);
 	emit_done(px, total);
 	log_debug("request %s route=%s status=%ld %.1fms chunks=%u bytes=%zu%s%s", px->id,
 	          px->route ? px->route->name : "-", px->status, total * 1000, px->chunks,
@@ -191,6 +199,17 @@ static void client_closed_cb(void *arg)
 	px->req = NULL;
 	if (!px->status || px->status < 400)
 		px->status = 499; /* nginx's "client closed request" */
+	/* on_disconnect: drain: a stream under way is read to its end (bounded by the idle
+	 * timeout and DRAIN_MAX_BYTES), so that the upstream's own usage is billed rather than
+	 * an estimate; relay.c discards what it reads and finishes the request */
+	if (px->route && px->route->drain_on_disconnect && px->streaming && px->att.x.active) {
+		px->draining = true;
+		px->error_kind = "client_closed";
+		if (px->paused)
+			event_active(&px->resume_ev, 0, 0);
+		forward_arm_timer(px, px->route->idle_timeout);
+		return;
+	}
 	event_active(&px->finish_ev, 0, 0);
 }
 
@@ -424,6 +443,8 @@ static enum phase_rc ph_match(struct proxy_req *px)
 		proxy_reply_error(px, 400, "invalid_json", "request body must be a JSON object");
 		return PH_END;
 	default:
+		if (selfserve_answer(px))
+			return PH_END;
 		proxy_reply_error(px, 404, "no_route", "no route matches this request");
 		return PH_END;
 	}
@@ -434,21 +455,229 @@ static enum phase_rc ph_match(struct proxy_req *px)
 	return PH_NEXT;
 }
 
-static enum phase_rc ph_policy(struct proxy_req *px)
-{
-	int64_t now = time(NULL);
-	int retry = key_rate_check(px->key, now);
+/* ---- policy: spend control ------------------------------------------------------------ */
 
-	if (retry > 0) {
-		char ra[16];
-		snprintf(ra, sizeof(ra), "%d", retry);
+/* A request that names no model is no model call: it costs nothing and reserves no tokens,
+ * only a request. One that names a model is estimated as DESIGN.md says: its prompt by
+ * its size (a token per 4 bytes, OpenAI's rule of thumb) and its answer by max_tokens,
+ * else the model's output cap from the model table, else this. */
+#define ESTIMATE_OUTPUT_TOKENS 4096
+
+/* Go's duration form, as OpenAI's x-ratelimit-reset-* headers have it: "0s", "59s",
+ * "6m0s", "1h2m3s". */
+static void duration_text(int64_t s, char *buf, size_t n)
+{
+	if (s < 0)
+		s = 0;
+	if (s >= 3600)
+		snprintf(buf, n, "%lldh%lldm%llds", (long long)(s / 3600), (long long)(s / 60 % 60),
+		         (long long)(s % 60));
+	else if (s >= 60)
+		snprintf(buf, n, "%lldm%llds", (long long)(s / 60), (long long)(s % 60));
+	else
+		snprintf(buf, n, "%llds", (long long)s);
+}
+
+/* OpenAI's x-ratelimit-{limit,remaining,reset}-{requests,tokens} for the tightest limit of
+ * each kind on the key and its user, and the same for cost (in USD, fastgate's own), so
+ * that SDKs and people see where they stand on every answer. */
+static void ratelimit_headers(struct proxy_req *px, int64_t now)
+{
+	static const enum limit_kind kinds[] = { LIMIT_REQUESTS, LIMIT_TOKENS, LIMIT_COST };
+
+	for (size_t i = 0; i < 3; i++) {
+		struct spend_headroom hr;
+		const char *kn = limit_kind_name(kinds[i]);
+		char name[48], v1[40], v2[40], v3[24];
+
+		if (!spend_headroom(&px->hold, kinds[i], now, &hr))
+			continue;
+		if (kinds[i] == LIMIT_COST) {
+			money_format_usd(hr.lim.amount, v1, sizeof(v1));
+			money_format_usd(hr.remaining, v2, sizeof(v2));
+		} else {
+			snprintf(v1, sizeof(v1), "%lld", (long long)hr.lim.amount);
+			snprintf(v2, sizeof(v2), "%lld", (long long)hr.remaining);
+		}
+		duration_text(hr.reset_s, v3, sizeof(v3));
+		snprintf(name, sizeof(name), "x-ratelimit-limit-%s", kn);
+		http_add_header(px->req, name, v1);
+		snprintf(name, sizeof(name), "x-ratelimit-remaining-%s", kn);
+		http_add_header(px->req, name, v2);
+		snprintf(name, sizeof(name), "x-ratelimit-reset-%s", kn);
+		http_add_header(px->req, name, v3);
+	}
+}
+
+/* The model's price, from a one-entry memo: most traffic names the same model again, and
+ * a walk of the table's globs is dozens of fnmatch calls. */
+static const struct price *find_price(struct gateway *gw, const char *model)
+{
+	struct price_memo *m = &gw->price_memo;
+
+	if (!gw->prices || !*model)
+		return NULL;
+	if (m->table != gw->prices || strcmp(m->model, model) != 0) {
+		m->table = gw->prices;
+		snprintf(m->model, sizeof(m->model), "%s", model);
+		m->price = pricing_find(gw->prices, model);
+	}
+	return m->price;
+}
+
+static const char *party_word(char kind)
+{
+	return kind == 'u' ? "user" : "API key";
+}
+
+/* Refused: the answer says which limit or balance, with the exact wait. */
+static enum phase_rc spend_refused(struct proxy_req *px, const struct spend_refusal *why)
+{
+	char msg[320], lt[LIMIT_TEXT_MAX], ra[24], a[40], b[40];
+
+	switch (why->v) {
+	case SPEND_UNPRICED:
+		snprintf(msg, sizeof(msg), "model \"%s\" has no price, and the %s (id %lld) has "
+		         "%s; add the model to the price table", px->model, party_word(why->kind),
+		         (long long)why->id, why->lim.amount ? "a cost limit" : "a balance");
+		proxy_reply_error(px, 403, "model_not_priced", msg);
+		return PH_END;
+	case SPEND_NO_BALANCE:
+		http_add_header(px->req, "x-should-retry", "false");
+		if (why->left <= 0) {
+			snprintf(msg, sizeof(msg), "the balance of this key's user (id %lld) is spent; "
+			         "ask an operator for a top-up", (long long)why->id);
+		} else {
+			money_format_usd(why->left, a, sizeof(a));
+			money_format_usd(why->want, b, sizeof(b));
+			snprintf(msg, sizeof(msg), "the balance of this key's user (id %lld) is %s USD, "
+			         "less than this request may cost (%s USD: its prompt and max_tokens); "
+			         "send a lower max_tokens or ask for a top-up", (long long)why->id, a, b);
+		}
+		proxy_reply_error(px, 429, "insufficient_quota", msg);
+		return PH_END;
+	case SPEND_TOO_LARGE:
+		http_add_header(px->req, "x-should-retry", "false");
+		limit_format(&why->lim, lt, sizeof(lt));
+		snprintf(msg, sizeof(msg), "this request needs %lld%s of the %s limit %s on its own; "
+		         "it can never fit (send a lower max_tokens)", (long long)why->want,
+		         why->lim.kind == LIMIT_COST ? " nano-USD" : "", party_word(why->kind), lt);
+		proxy_reply_error(px, 429, "request_too_large", msg);
+		return PH_END;
+	default:
+		limit_format(&why->lim, lt, sizeof(lt));
+		snprintf(ra, sizeof(ra), "%lld", (long long)why->retry_after);
 		http_add_header(px->req, "Retry-After", ra);
-		proxy_reply_error(px, 429, "rate_limited",
-		                  "this API key is over its requests-per-minute limit");
+		snprintf(msg, sizeof(msg), "the %s (id %lld) is over its limit %s; retry in %lld s",
+		         party_word(why->kind), (long long)why->id, lt, (long long)why->retry_after);
+		proxy_reply_error(px, 429, "rate_limited", msg);
 		return PH_END;
 	}
-	key_touch(px->key, now);
+}
+
+static enum phase_rc ph_policy(struct proxy_req *px)
+{
+	struct gateway *gw = px->gw;
+	struct key *k = px->key;
+	struct user *u = k->user;
+	int64_t now = time(NULL);
+	const struct price *p;
+	struct spend_refusal why;
+	bool model = px->model[0] != '\0';
+
+	if (u && u->suspended) {
+		proxy_reply_error(px, 403, "account_suspended",
+		                  "the user this API key belongs to is suspended");
+		return PH_END;
+	}
+	px->cost_nano = -1;
+	px->multiplier_ppm = k->multiplier_ppm;
+	if (u)
+		px->multiplier_ppm = money_mul_ppm(px->multiplier_ppm, u->multiplier_ppm);
+	if (gw->prices)
+		px->multiplier_ppm = money_mul_ppm(px->multiplier_ppm, gw->prices->multiplier_ppm);
+	if ((p = find_price(gw, px->model))) {
+		px->price = *p;
+		px->price.match = NULL;
+		px->priced = true;
+		snprintf(px->price_version, sizeof(px->price_version), "%s", gw->prices->version);
+	} else if (model && (px->route->require_price || gw->cfg->require_price)) {
+		char msg[300];
+
+		snprintf(msg, sizeof(msg), "model \"%s\" has no price, and %s requires one; add it "
+		         "to the price table", px->model, px->route->require_price
+		         ? "this route" : "this gateway");
+		proxy_reply_error(px, 403, "model_not_priced", msg);
+		return PH_END;
+	}
+	if (model) {
+		const struct model_info *mi = models_find(gw->models, px->model);
+
+		px->est_prompt = ((int64_t)px->body_len + 3) / 4;
+		px->est_output = px->rj.has_max_tokens ? px->rj.max_tokens
+		                 : mi && mi->max_output_tokens > 0 ? mi->max_output_tokens
+		                 : ESTIMATE_OUTPUT_TOKENS;
+	}
+	px->hold.n = 0;
+	px->hold.p[px->hold.n++] = (struct spend_party){ &k->acct, NULL, 'k', k->id };
+	if (u)
+		px->hold.p[px->hold.n++] = (struct spend_party){ &u->acct, &u->bal, 'u', u->id };
+	px->hold.est.tokens = px->est_prompt + px->est_output;
+	px->hold.est.cost = !model ? 0 : px->priced
+	                    ? pricing_cost(&px->price, &(struct usage_counts){
+	                              .prompt = px->est_prompt, .completion = px->est_output },
+	                              px->multiplier_ppm)
+	                    : -1;
+	if (spend_reserve(&px->hold, now, &why) != SPEND_OK) {
+		ratelimit_headers(px, now);
+		return spend_refused(px, &why);
+	}
+	ratelimit_headers(px, now);
+	key_touch(k, now);
 	return PH_NEXT;
+}
+
+/* The bill: what the request used, at the price it was admitted with. Usage the upstream
+ * reported is billed as it is; without it (a stream the client left, an upstream that
+ * sent none) the gateway's estimate is billed and flagged: the prompt's estimate and a
+ * token per event relayed. Nothing served (no answer from any upstream) costs nothing and
+ * gives the reservation back. */
+void proxy_bill(struct proxy_req *px)
+{
+	struct usage_counts uc = { 0 };
+	bool served = px->forwarded && px->att.status > 0 && px->att.ttfb_s >= 0;
+	int64_t now = time(NULL);
+
+	if (px->billed)
+		return;
+	px->billed = true;
+	if (!served || !px->route) {
+		spend_release(&px->hold, now);
+		return;
+	}
+	if (px->usage.found) {
+		uc.prompt = px->usage.prompt_tokens > 0 ? px->usage.prompt_tokens : 0;
+		uc.completion = px->usage.completion_tokens > 0 ? px->usage.completion_tokens : 0;
+		uc.cached = px->usage.cached_tokens > 0 ? px->usage.cached_tokens : 0;
+		uc.cache_write = px->usage.cache_write_tokens > 0 ? px->usage.cache_write_tokens : 0;
+	} else if (px->model[0] && px->att.status < 400) {
+		/* a served model call without usage: our estimate, flagged as one */
+		uc.prompt = px->est_prompt;
+		uc.completion = px->sse ? (int64_t)px->scan.events : px->est_output;
+		if (px->sse && uc.completion > 0)
+			uc.completion--;   /* the role chunk or [DONE] carries no token */
+		px->usage_estimated = true;
+		px->usage.prompt_tokens = uc.prompt;
+		px->usage.completion_tokens = uc.completion;
+		px->usage.found = true;
+	}
+	if (px->priced)
+		px->cost_nano = pricing_cost(&px->price, &uc, px->multiplier_ppm);
+	else if (!px->model[0])
+		px->cost_nano = 0;
+	px->charged = true;
+	spend_settle(&px->hold, now, uc.prompt + uc.completion,
+	             px->cost_nano > 0 ? px->cost_nano : 0);
 }
 
 /* No response cache yet: the seam where its lookup goes. */

@@ -32,6 +32,8 @@
 #define HOLD_LIMIT (64 * 1024)
 /* A translated answer is read whole before it is translated: at most this much. */
 #define XLATE_LIMIT (16 * 1024 * 1024)
+/* on_disconnect: drain reads at most this much of a stream the client left */
+#define DRAIN_MAX_BYTES (8 * 1024 * 1024)
 
 /* Answer headers that describe the upstream hop rather than the answer, and our own
  * X-Request-Id, which replaces the upstream's. */
@@ -310,9 +312,11 @@ static int on_body(void *arg, const char *data, size_t len)
 	struct attempt *a = arg;
 	struct proxy_req *px = a->px;
 
-	if (!px->req)
+	if (!px->req && !px->draining)
 		return -1; /* client gone: abort */
-	if (px->streaming && http_backlog(px->req) > CLIENT_HIGH_WATER) {
+	if (px->draining && (px->drained += len) > DRAIN_MAX_BYTES)
+		return -1; /* enough: billed by the estimate */
+	if (px->req && px->streaming && http_backlog(px->req) > CLIENT_HIGH_WATER) {
 		/* the client is slow, not the upstream: no idle timer while paused */
 		px->paused = true;
 		px->gw->stats.upstream_pauses++;
@@ -336,7 +340,17 @@ static int on_body(void *arg, const char *data, size_t len)
 			forward_arm_timer(px, px->route->idle_timeout);
 			return 0;   /* an event not complete yet, or one with nothing to say */
 		}
-	} else if (a->xlate && !px->sse) {
+	}
+	if (px->draining) {
+		/* read for its usage only: nobody is there to get it */
+		px->scan_len = 0;
+		if (px->sse && sse_scan_feed(&px->scan, data, len, &px->scan_out, &px->scan_len,
+		                             &px->scan_cap) < 0)
+			return -1;
+		forward_arm_timer(px, px->route->idle_timeout);
+		return 0;
+	}
+	if (a->xlate && !px->sse && !a->anth && !a->msgin) {
 		if (evbuffer_get_length(px->out) + len > XLATE_LIMIT) {
 			a->bad_answer = true;
 			return -1;
@@ -471,6 +485,8 @@ static void answer_complete(struct proxy_req *px)
 		px->usage.reasoning_tokens = a->au.reasoning_tokens;
 		px->usage.found = true;
 	}
+	if (!px->req)
+		return;   /* drained for its usage: nobody to send the end to */
 	if (px->stream_pending) {
 		px->stream_pending = false;
 		px->holding = false;
@@ -487,6 +503,14 @@ static void answer_complete(struct proxy_req *px)
 		int64_t head_len = cl ? (int64_t)dec_at(cl, cl + strlen(cl)) : -1;
 
 		copy_response_headers(px);
+		/* the answer is whole: its cost is known before its head goes */
+		proxy_bill(px);
+		if (px->cost_nano >= 0 && px->charged) {
+			char cost[40];
+
+			http_add_header(px->req, "X-Fastgate-Cost", money_format_usd(px->cost_nano, cost,
+			                                                              sizeof(cost)));
+		}
 		req = proxy_take_req(px);
 		http_reply_buf(req, (int)px->status, px->out, head_len);
 	}
@@ -595,6 +619,13 @@ static void on_done(void *arg, enum tr_result r)
 	struct failure f;
 
 	evtimer_del(&px->timer_ev);
+	if (px->draining && r == TR_OK && !a->timed_out) {
+		/* drained to the end: the upstream's own usage, read as for a whole answer */
+		forward_attempt_end(px, attempt_outcome_of_status(a->status), a->status, -1);
+		answer_complete(px);
+		proxy_finish(px);
+		return;
+	}
 	if (!px->req) {
 		forward_attempt_end(px, OUTCOME_ABANDONED, 0, -1);
 		proxy_finish(px);

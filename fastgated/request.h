@@ -29,7 +29,9 @@
 #include "gateway.h"
 #include "http.h"
 #include "pool.h"
+#include "pricing.h"
 #include "reqid.h"
+#include "spend.h"
 #include "reqjson.h"
 #include "transport.h"
 #include "usage.h"
@@ -126,6 +128,19 @@ struct proxy_req {
 	                                   * content, so that a failure before it can be retried */
 	size_t hold_seen;                 /* bytes of out already found content-free */
 
+	/* spend control (proxy.c: policy phase, then the bill at the end) */
+	struct spend_hold hold;           /* the estimate reserved against limits and balance */
+	struct price price;               /* the model's price, copied: a reload may free the
+	                                   * table while the request runs (match is NULL) */
+	bool priced;                      /* price holds the model's price */
+	bool billed;                      /* bill() ran: cost_nano and the flags are final */
+	bool charged;                     /* ... and the hold was settled, not released */
+	bool usage_estimated;             /* the bill's tokens are the gateway's estimate */
+	char price_version[32];
+	int64_t multiplier_ppm;           /* global x user x key */
+	int64_t est_prompt, est_output;   /* tokens: the estimate's two parts */
+	int64_t cost_nano;                /* the bill; -1 = none (unpriced, or not charged) */
+
 	/* the answer, on its way to the client (relay.c) */
 	struct evbuffer *out;             /* buffered answer, or one chunk to relay */
 	bool sse;                         /* the answer is an event stream being scanned */
@@ -138,6 +153,9 @@ struct proxy_req {
 	bool streaming;
 	bool stream_pending;              /* a stream whose head waits for its first bytes */
 	bool paused;
+	bool draining;                    /* the client left a stream on an on_disconnect: drain
+	                                   * route: the upstream is read on for its usage */
+	size_t drained;                   /* bytes read since (bounded: DRAIN_MAX_BYTES) */
 	bool finished;
 	const char *error_kind;           /* upstream failure kind for metrics, or NULL */
 	unsigned chunks;
@@ -154,6 +172,10 @@ struct proxy_req {
 /* ---- proxy.c ---- */
 /* Answer with a gateway error (OpenAI shape); the request is not the client's any more. */
 void proxy_reply_error(struct proxy_req *px, int status, const char *code, const char *message);
+/* The request's cost from its usage (or the estimate when the usage is unknown), and
+ * its reservation settled or released; once (later calls return at once). relay.c calls
+ * it before a whole answer's head, for X-Fastgate-Cost; proxy_finish in any case. */
+void proxy_bill(struct proxy_req *px);
 /* May this key use the route (its allowed-routes list)? */
 bool proxy_key_allows_route(const struct key *k, const char *route);
 /* Stop watching the client before an ending reply; returns the request to end. */

@@ -162,6 +162,9 @@ static void route_free(struct route *r)
 	for (size_t i = 0; i < r->n_strip_headers; i++)
 		free(r->strip_headers[i]);
 	free(r->strip_headers);
+	for (size_t i = 0; i < r->n_models; i++)
+		free(r->models[i]);
+	free(r->models);
 	for (size_t i = 0; i < r->n_add_headers; i++) {
 		free(r->add_headers[i].name);
 		free(r->add_headers[i].value);
@@ -1548,6 +1551,43 @@ static void parse_fallback(struct pctx *c, const yaml_node_t *n, struct route *r
 
 /* ---- loading: a route ---- */
 
+/* `models:` model ids as clients send them (GET /v1/models lists them): printable, no
+ * spaces, at most 256 bytes, each once. */
+static char **model_list(struct pctx *c, const yaml_node_t *n, size_t *count)
+{
+	char **v;
+	size_t k = 0;
+
+	*count = 0;
+	if (!expect_type(c, n, YAML_SEQUENCE_NODE, "models",
+	                 "a sequence of model ids such as [gpt-4o, gpt-4o-mini]"))
+		return NULL;
+	v = xcalloc((size_t)(n->data.sequence.items.top - n->data.sequence.items.start) + 1,
+	            sizeof(*v));
+	for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+	     it++) {
+		yaml_node_t *e = node(c, *it);
+		const char *s = get_str(c, e, "models");
+		bool ok = s && *s && strlen(s) <= 256, dup = false;
+
+		if (!s)
+			continue;
+		for (const char *q = s; ok && *q; q++)
+			ok = (unsigned char)*q > 0x20 && *q != 0x7f;
+		for (size_t i = 0; ok && i < k; i++)
+			dup |= strcmp(v[i], s) == 0;
+		if (!ok)
+			perr(c, e, "models: \"%s\" is not a model id (1 to 256 printable characters, "
+			     "no spaces)", s);
+		else if (dup)
+			perr(c, e, "models: \"%s\" is listed twice", s);
+		else
+			v[k++] = xstrdup(s);
+	}
+	*count = k;
+	return v;
+}
+
 static char **str_list(struct pctx *c, const yaml_node_t *n, const char *key, bool upper,
                        size_t *count)
 {
@@ -1690,12 +1730,14 @@ static void parse_add_headers(struct pctx *c, const yaml_node_t *n, struct route
 enum {
 	K_NAME, K_PRIORITY, K_ENABLED, K_IF_ENV, K_MATCH, K_UPSTREAM, K_STRIP_PREFIX, K_TIMEOUT,
 	K_IDLE_TIMEOUT, K_STRIP_HEADERS, K_ADD_HEADERS, K_ADD_BODY_FIELDS, K_STREAM_USAGE,
-	K_LOG_BODIES, K_UPSTREAMS, K_BALANCE, K_RETRY, K_BREAKER, K_HEALTH, K_FALLBACK, K_COUNT
+	K_LOG_BODIES, K_UPSTREAMS, K_BALANCE, K_RETRY, K_BREAKER, K_HEALTH, K_FALLBACK,
+	K_REQUIRE_PRICE, K_ON_DISCONNECT, K_MODELS, K_COUNT
 };
 static const char *const route_keys[K_COUNT + 1] = {
 	"name", "priority", "enabled", "if_env", "match", "upstream", "strip_prefix", "timeout",
 	"idle_timeout", "strip_headers", "add_headers", "add_body_fields", "stream_usage", "log_bodies",
-	"upstreams", "balance", "retry", "breaker", "health", "fallback", NULL
+	"upstreams", "balance", "retry", "breaker", "health", "fallback", "require_price",
+	"on_disconnect", "models", NULL
 };
 
 static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struct pvec *out)
@@ -1834,6 +1876,17 @@ static void parse_route(struct pctx *c, const yaml_node_t *rn, size_t pos, struc
 	if (seen[K_STRIP_HEADERS])
 		r->strip_headers = str_list(c, seen[K_STRIP_HEADERS], "strip_headers", false,
 		                            &r->n_strip_headers);
+	if (seen[K_REQUIRE_PRICE])
+		get_bool(c, seen[K_REQUIRE_PRICE], "require_price", &r->require_price);
+	if (seen[K_ON_DISCONNECT] && (s = get_str(c, seen[K_ON_DISCONNECT], "on_disconnect"))) {
+		if (strcmp(s, "drain") == 0)
+			r->drain_on_disconnect = true;
+		else if (strcmp(s, "cancel") != 0)
+			perr(c, seen[K_ON_DISCONNECT], "on_disconnect: expected cancel or drain, not "
+			     "\"%s\"", s);
+	}
+	if (seen[K_MODELS])
+		r->models = model_list(c, seen[K_MODELS], &r->n_models);
 	if (seen[K_ADD_HEADERS])
 		parse_add_headers(c, seen[K_ADD_HEADERS], r);
 	if (seen[K_ADD_BODY_FIELDS] &&

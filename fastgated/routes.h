@@ -129,6 +129,11 @@ struct route {
 	int idle_timeout;      /* seconds between stream chunks; default = timeout */
 	char **strip_headers;  /* lower-cased */
 	size_t n_strip_headers;
+	bool require_price;    /* a model without a price gets 403 model_not_priced */
+	bool drain_on_disconnect; /* on_disconnect: drain (read the upstream on, bounded, for
+	                        * its usage) rather than cancel (the default) */
+	char **models;         /* `models:` the model ids this route serves, for GET /v1/models */
+	size_t n_models;
 	struct route_kv *add_headers;
 	size_t n_add_headers;
 	json_t *add_body_fields; /* object, or NULL */

@@ -625,6 +625,8 @@ int sse_scan_feed(struct sse_scan *s, const char *data, size_t len, char **out, 
 	while ((end = event_end(s->buf + done, s->len - done)) > 0) {
 		const char *ev = s->buf + done;
 		bool drop = inspect_event(s, ev, end);
+
+		s->events += !drop;
 		if (s->strip_usage && !drop && append(out, out_len, out_cap, ev, end) < 0)
 			return -1;
 		done += end;

@@ -38,6 +38,8 @@ struct sse_scan {
 	char *buf;           /* bytes of the event being assembled */
 	size_t len, cap;
 	bool strip_usage;    /* drop usage-only events from the output */
+	unsigned long events; /* complete events passed on: a stream cut short is billed by
+	                       * them (one token per chunk, as OpenAI's streams and vLLM's send) */
 	struct usage usage;
 };
 

@@ -822,6 +822,20 @@ out:
 	tmpdb_remove(&t);
 }
 
+/* One request through the key's limits (spend.h), as the policy phase does. */
+static enum spend_verdict one_request(struct key *k, int64_t now, int64_t *retry)
+{
+	struct spend_hold h = { .n = 1 };
+	struct spend_refusal why;
+	enum spend_verdict v;
+
+	h.p[0] = (struct spend_party){ &k->acct, NULL, 'k', k->id };
+	v = spend_reserve(&h, now, &why);
+	*retry = why.retry_after;
+	spend_settle(&h, now, 0, 0);
+	return v;
+}
+
 /* Lowering the limit mid-minute counts the requests already made in that minute. */
 TEST(update_of_rpm_keeps_the_current_rate_window)
 {
@@ -831,20 +845,23 @@ TEST(update_of_rpm_keeps_the_current_rate_window)
 	char secret[KEY_SECRET_LEN + 1];
 	char *err = NULL;
 	struct key_changes ch = { .set = KEY_CHANGE_RPM, .rpm = 2 };
-	int64_t t0 = 1700000000;
+	int64_t t0 = time(NULL), ra = 0;
 
 	tmpdb_make(&t);
 	ks = open_ok(t.path);
 	if (ks) {
 		CHECK_INT(keystore_create(ks, "a", NULL, 0, 10, 0, secret, &k, &err), 0);
 		if (k) {
+			CHECK_INT(k->acct.n_lim, 1);
 			for (int i = 0; i < 3; i++)
-				CHECK_INT(key_rate_check(k, t0 + i), 0);
+				CHECK_INT(one_request(k, t0 + i, &ra), SPEND_OK);
 			CHECK_INT(keystore_update(ks, k->id, &ch, &err), 0);
-			CHECK_INT(key_rate_check(k, t0 + 5), 55);
-			CHECK_INT(key_rate_check(k, t0 + 60), 0);          /* next window, new limit */
-			CHECK_INT(key_rate_check(k, t0 + 61), 0);
-			CHECK_INT(key_rate_check(k, t0 + 62), 58);
+			CHECK_INT(k->rpm, 2);
+			/* 3 counted, 2 allowed: the first two must leave the minute first */
+			CHECK_INT(one_request(k, t0 + 5, &ra), SPEND_LIMITED);
+			CHECK_INT(ra, 56);
+			CHECK_INT(one_request(k, t0 + 61, &ra), SPEND_OK);
+			CHECK_INT(one_request(k, t0 + 61, &ra), SPEND_LIMITED);
 		}
 		keystore_close(ks);
 	}
@@ -852,40 +869,127 @@ TEST(update_of_rpm_keeps_the_current_rate_window)
 	tmpdb_remove(&t);
 }
 
-TEST(rate_limit_allows_rpm_then_returns_retry_after_and_resets)
+/* A store written before users and limits (schema version 2) keeps its keys, and a key's
+ * rpm becomes its requests/min limit. */
+TEST(a_version_2_store_migrates_rpm_into_a_limit)
 {
-	struct key k;
-	int64_t t0 = 1700000000;
+	struct tmpdb t;
+	sqlite3 *db = NULL;
+	struct keystore *ks;
+	struct key *k;
+	char secret[KEY_SECRET_LEN + 1];
+	unsigned char hash[KEY_HASH_LEN];
+	sqlite3_stmt *st = NULL;
 
-	memset(&k, 0, sizeof(k));
-	k.rpm = 3;
-	CHECK_INT(key_rate_check(&k, t0), 0);
-	CHECK_INT(key_rate_check(&k, t0 + 1), 0);
-	CHECK_INT(key_rate_check(&k, t0 + 2), 0);
-	CHECK_INT(key_rate_check(&k, t0 + 10), 50);          /* window began at t0 */
-	CHECK_INT(key_rate_check(&k, t0 + 59), 1);
-	for (int64_t now = t0; now < t0 + 60; now++) {
-		int ra = key_rate_check(&k, now);
-		CHECK(ra >= 1 && ra <= 60);
+	tmpdb_make(&t);
+	CHECK_INT(key_generate(secret), 0);
+	key_hash(secret, KEY_SECRET_LEN, hash);
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db,
+		"CREATE TABLE keys (id INTEGER PRIMARY KEY, name TEXT NOT NULL, display TEXT NOT NULL,"
+		" hash BLOB NOT NULL UNIQUE, created INTEGER, expires INTEGER, revoked INTEGER,"
+		" last_used INTEGER, routes TEXT, rpm INTEGER);"
+		"CREATE TABLE route_state (name TEXT PRIMARY KEY, enabled INTEGER NOT NULL,"
+		" updated INTEGER);"
+		"CREATE TABLE target_state (route TEXT NOT NULL, url TEXT NOT NULL,"
+		" drained INTEGER NOT NULL, updated INTEGER, PRIMARY KEY (route, url));"
+		"PRAGMA user_version = 2;", NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db, "INSERT INTO keys VALUES (5, 'old', 'fg_AAAAAAAA', ?1, "
+	                             "1700000000, 0, 0, 0, 'a,b', 30)", -1, &st, NULL), SQLITE_OK);
+	sqlite3_bind_blob(st, 1, hash, KEY_HASH_LEN, SQLITE_STATIC);
+	CHECK_INT(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	ks = open_ok(t.path);
+	if (ks) {
+		k = keystore_lookup(ks, secret, KEY_SECRET_LEN);
+		CHECK(k != NULL);
+		if (k) {
+			char buf[LIMITS_TEXT_MAX];
+
+			CHECK_INT(k->id, 5);
+			CHECK_INT(k->rpm, 30);
+			CHECK_INT(k->n_routes, 2);
+			CHECK_STR(limits_format(k->acct.lim, k->acct.n_lim, buf, sizeof(buf)),
+			          "requests:30/min");
+			CHECK(k->user == NULL);
+			CHECK_INT(k->multiplier_ppm, MULTIPLIER_ONE);
+		}
+		keystore_close(ks);
 	}
-	CHECK_INT(key_rate_check(&k, t0 + 60), 0);           /* next window */
-	CHECK_INT(key_rate_check(&k, t0 + 61), 0);
-	CHECK_INT(key_rate_check(&k, t0 + 62), 0);
-	CHECK_INT(key_rate_check(&k, t0 + 63), 57);
-	/* A window starts at the first request after a quiet spell. */
-	CHECK_INT(key_rate_check(&k, t0 + 500), 0);
-	CHECK_INT(key_rate_check(&k, t0 + 500), 0);
-	CHECK_INT(key_rate_check(&k, t0 + 500), 0);
-	CHECK_INT(key_rate_check(&k, t0 + 500), 60);
+	tmpdb_remove(&t);
 }
 
-TEST(rate_limit_zero_rpm_is_unlimited)
+/* Users, their top-ups and their keys are stored: a store opened again has them all. */
+TEST(users_balances_limits_and_owned_keys_survive_reopening)
 {
-	struct key k;
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key_change *c;
+	struct key *k = NULL;
+	struct user *u;
+	struct limit l[2];
+	size_t n = 0;
+	char *err = NULL, secret[KEY_SECRET_LEN + 1], buf[LIMITS_TEXT_MAX];
+	int64_t uid = 0, kid = 0;
 
-	memset(&k, 0, sizeof(k));
-	for (int i = 0; i < 10000; i++)
-		CHECK_INT(key_rate_check(&k, 1700000000), 0);
+	tmpdb_make(&t);
+	CHECK_INT(limits_parse("cost:25/month,tokens:1M/day", l, &n, &err), 0);
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	c = keystore_change_user_create(ks, "alice", true, 10 * 1000000000LL, 1250000, l, n, &err);
+	CHECK(c != NULL);
+	keystore_change_write(c);
+	uid = keystore_change_user_id(c);
+	CHECK(uid > 0);
+	CHECK_INT(keystore_change_apply(c, NULL, NULL, &err), 0);
+	/* the same name twice is refused before any write */
+	CHECK(keystore_change_user_create(ks, "alice", false, 0, MULTIPLIER_ONE, NULL, 0,
+	                                  &err) == NULL);
+	CHECK(err && strstr(err, "already"));
+	free(err);
+	err = NULL;
+	c = keystore_change_user_topup(ks, uid, -2500000000LL, &err);
+	CHECK(c != NULL);
+	keystore_change_write(c);
+	CHECK_INT(keystore_change_apply(c, NULL, NULL, &err), 0);
+	c = keystore_change_create_for(ks, "alice-laptop", NULL, 0, 0, uid, l, 1, 2000000, &err);
+	CHECK(c != NULL);
+	keystore_change_write(c);
+	CHECK_INT(keystore_change_apply(c, &k, secret, &err), 0);
+	kid = k ? k->id : 0;
+	/* a key for a user that does not exist is refused */
+	CHECK(keystore_change_create_for(ks, "x", NULL, 0, 0, uid + 100, NULL, 0, MULTIPLIER_ONE,
+	                                 &err) == NULL);
+	free(err);
+	err = NULL;
+	keystore_close(ks);
+
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	u = keystore_user_get(ks, uid);
+	CHECK(u != NULL);
+	if (u) {
+		CHECK_STR(u->name, "alice");
+		CHECK(u->bal.kept);
+		CHECK_INT(u->bal.credit, 7500000000LL);
+		CHECK_INT(u->multiplier_ppm, 1250000);
+		CHECK_STR(limits_format(u->acct.lim, u->acct.n_lim, buf, sizeof(buf)),
+		          "cost:25/month,tokens:1000000/day");
+	}
+	k = keystore_get(ks, kid);
+	CHECK(k && k->user == u && k->user_id == uid);
+	if (k) {
+		CHECK_INT(k->multiplier_ppm, 2000000);
+		CHECK_STR(limits_format(k->acct.lim, k->acct.n_lim, buf, sizeof(buf)),
+		          "cost:25/month");
+	}
+	keystore_close(ks);
+out:
+	free(err);
+	tmpdb_remove(&t);
 }
 
 TEST(db_file_is_created_mode_0600)
@@ -1085,8 +1189,11 @@ TEST(version_1_store_is_migrated_and_keeps_its_keys_and_route_states)
 	}
 	/* back to what version 1 had */
 	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
-	CHECK_INT(sqlite3_exec(db, "DROP TABLE target_state; PRAGMA user_version = 1", NULL, NULL,
-	                       NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, "DROP TABLE target_state; DROP TABLE users; DROP TABLE topups;"
+	                       "ALTER TABLE keys DROP COLUMN user_id;"
+	                       "ALTER TABLE keys DROP COLUMN limits;"
+	                       "ALTER TABLE keys DROP COLUMN multiplier_ppm;"
+	                       "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	db = NULL;
 
@@ -1102,7 +1209,7 @@ TEST(version_1_store_is_migrated_and_keeps_its_keys_and_route_states)
 	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
 	CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
 	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
-	CHECK_INT(sqlite3_column_int(st, 0), 2);
+	CHECK_INT(sqlite3_column_int(st, 0), 3);
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	ks = open_ok(t.path);
@@ -1228,8 +1335,9 @@ TEST(hundred_thousand_keys_load_and_one_is_found)
 	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
 	CHECK_INT(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), SQLITE_OK);
 	CHECK_INT(sqlite3_prepare_v2(db, "INSERT INTO keys (id, name, display, hash, created, "
-	                             "expires, revoked, last_used, routes, rpm) "
-	                             "VALUES (?1, ?2, ?3, ?4, 1700000000, 0, 0, 0, ?5, 60)",
+	                             "expires, revoked, last_used, routes, rpm, limits) "
+	                             "VALUES (?1, ?2, ?3, ?4, 1700000000, 0, 0, 0, ?5, 60, "
+	                             "'requests:60/min')",
 	                             -1, &st, NULL), SQLITE_OK);
 	for (int i = 1; i <= N; i++) {
 		char name[32], display[KEY_DISPLAY_LEN + 1];

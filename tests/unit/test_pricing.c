@@ -240,7 +240,7 @@ TEST(mistakes_are_named_by_line)
 	one_error(load_text("- version\n", &e), &e, 1, "expected a mapping with version: and prices: at the top");
 	one_error(load_text("", &e), &e, 1, "expected a mapping with version: and prices: at the top");
 	one_error(load_text("version: v\ncurrency: USD\nprices: []\n", &e),
-	          &e, 2, "unknown key \"currency\" at the top (valid: version, source, prices)");
+	          &e, 2, "unknown key \"currency\" at the top (valid: version, source, prices, multiplier)");
 	one_error(load_text("version: v\nprices: []\nversion: w\n", &e),
 	          &e, 3, "duplicate key \"version\" at the top");
 	one_error(load_text("source: x\nprices: []\n", &e),

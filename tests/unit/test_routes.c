@@ -913,13 +913,60 @@ TEST(error_unknown_key_names_it_and_lists_valid_keys)
 		          "route \"a\": unknown key \"bogus\" in a route (valid: name, priority, enabled, "
 		          "if_env, match, upstream, strip_prefix, timeout, idle_timeout, strip_headers, "
 		          "add_headers, add_body_fields, stream_usage, log_bodies, upstreams, balance, retry, "
-		          "breaker, health, fallback)"));
+		          "breaker, health, fallback, require_price, on_disconnect, models)"));
 	}
 	errlist_clear(&e);
 	t = load_text("route:\n  - name: a\n", &e);
 	check_one_error(t, &e, "r.yaml", 1, "unknown key \"route\" in the top level (valid: routes)");
 	errlist_clear(&e);
 	tmp_end();
+}
+
+/* Spend control's route keys: require_price, on_disconnect and the models list. */
+TEST(spend_keys_are_read_and_their_mistakes_named)
+{
+	struct errlist e = { 0 };
+	struct route_table *t;
+
+	tmp_begin();
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: \"http://h\" }\n"
+	              "    require_price: true\n"
+	              "    on_disconnect: drain\n"
+	              "    models: [gpt-4o, \"Qwen/Qwen3-8B\"]\n"
+	              "  - name: b\n"
+	              "    upstream: { url: \"http://h\" }\n", &e);
+	CHECK(t != NULL);
+	if (t) {
+		const struct route *a = route_table_find(t, "a"), *b = route_table_find(t, "b");
+
+		CHECK(a && a->require_price && a->drain_on_disconnect && a->n_models == 2);
+		if (a && a->n_models == 2) {
+			CHECK_STR(a->models[0], "gpt-4o");
+			CHECK_STR(a->models[1], "Qwen/Qwen3-8B");
+		}
+		CHECK(b && !b->require_price && !b->drain_on_disconnect && b->n_models == 0);
+		route_table_unref(t);
+	}
+	errlist_clear(&e);
+	t = load_text("routes:\n"
+	              "  - name: a\n"
+	              "    upstream: { url: \"http://h\" }\n"
+	              "    on_disconnect: keep\n"
+	              "    models: [gpt-4o, gpt-4o, \"a b\"]\n", &e);
+	CHECK(t == NULL);
+	CHECK_INT(e.n, 3);
+	if (e.n == 3) {
+		CHECK_STR(e.lines[0], where("r.yaml", 4,
+		          "route \"a\": on_disconnect: expected cancel or drain, not \"keep\""));
+		CHECK_STR(e.lines[1], where("r.yaml", 5,
+		          "route \"a\": models: \"gpt-4o\" is listed twice"));
+		CHECK_STR(e.lines[2], where("r.yaml", 5,
+		          "route \"a\": models: \"a b\" is not a model id (1 to 256 printable "
+		          "characters, no spaces)"));
+	}
+	errlist_clear(&e);
 }
 
 TEST(error_wrong_types_say_what_was_expected)
