@@ -10,7 +10,7 @@
  *   body          read up to the limit                                      (waits)
  *   parse         one reading of the JSON body: model, stream
  *   match         route by path, method, body; the key's permissions
- *   policy        rate limit
+ *   policy        spend control: the estimate reserved against limits and balance
  *   cache         response cache lookup (none yet)
  *   forward       forward.c: the attempt: the upstream request through its transport (waits)
  * then relay.c carries the answer to the client, and proxy_finish emits the request-done
@@ -610,10 +610,14 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 		proxy_reply_error(px, 403, "model_not_priced", msg);
 		return PH_END;
 	}
-	if (model) {
-		const struct model_info *mi = models_find(gw->models, px->model);
-
+	if (model)
 		px->est_prompt = ((int64_t)px->body_len + 3) / 4;
+	/* the output's estimate only where something is limited: the model table is a walk
+	 * of globs, and most keys have no limit */
+	if (model && (k->acct.n_lim || (u && (u->acct.n_lim || u->bal.kept)))) {
+		const struct model_info *mi = px->rj.has_max_tokens ? NULL
+		                              : models_find(gw->models, px->model);
+
 		px->est_output = px->rj.has_max_tokens ? px->rj.max_tokens
 		                 : mi && mi->max_output_tokens > 0 ? mi->max_output_tokens
 		                 : ESTIMATE_OUTPUT_TOKENS;
@@ -663,7 +667,8 @@ void proxy_bill(struct proxy_req *px)
 	} else if (px->model[0] && px->att.status < 400) {
 		/* a served model call without usage: our estimate, flagged as one */
 		uc.prompt = px->est_prompt;
-		uc.completion = px->sse ? (int64_t)px->scan.events : px->est_output;
+		uc.completion = px->sse ? (int64_t)px->scan.events
+		                        : ((int64_t)px->bytes_out + 3) / 4;
 		if (px->sse && uc.completion > 0)
 			uc.completion--;   /* the role chunk or [DONE] carries no token */
 		px->usage_estimated = true;

@@ -465,11 +465,12 @@ def test_show_prints_one_record_in_full(c):
     assert re.search(r"^request id:\s+%s$" % rid, out, re.M), out
     assert re.search(r"^stream:\s+yes$", out, re.M) and re.search(r"^retries:\s+0$", out, re.M)
     assert re.search(r"^attempts:\s+\S+$", out, re.M), out
-    # the spend columns: nothing is priced or charged yet on this daemon
+    # the spend columns: the demo model has no price, so the request is charged (its
+    # tokens count against limits) with an empty cost, never $0
     assert (rec["user_id"], rec["cost_usd"], rec["price_version"], rec["estimated"],
-            rec["billed"], rec["unpriced"]) == (None, None, None, False, False, False), rec
-    for label, value in (("user", "none"), ("cost", "none"), ("price version", "-"),
-                         ("billed", "no"), ("tokens estimated", "no")):
+            rec["billed"], rec["unpriced"]) == (None, None, None, False, True, True), rec
+    for label, value in (("user", "none"), ("cost", "none (unpriced model)"),
+                         ("price version", "-"), ("billed", "yes"), ("tokens estimated", "no")):
         assert re.search(r"^%s:\s+%s$" % (label, re.escape(value)), out, re.M), (label, out)
     # still found once the writer has committed it
     wait_exported(c, [rid], "--key", str(k["id"]))
