@@ -909,16 +909,19 @@ void key_memo_clear(struct key_memo *m)
 	OPENSSL_cleanse(m, sizeof(*m));
 }
 
-struct key *keystore_get(struct keystore *ks, int64_t id)
+/* Keys and users both start with their int64_t id and are kept in id order: one binary
+ * search for both (a pointer to a struct is a pointer to its first member). */
+static void *find_by_id(void *const *v, size_t n, int64_t id)
 {
-	size_t lo = 0, hi = ks ? ks->n : 0;
+	size_t lo = 0, hi = n;
 
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
+		int64_t at = *(const int64_t *)v[mid];
 
-		if (ks->keys[mid]->id == id)
-			return ks->keys[mid];
-		if (ks->keys[mid]->id < id)
+		if (at == id)
+			return v[mid];
+		if (at < id)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -926,21 +929,14 @@ struct key *keystore_get(struct keystore *ks, int64_t id)
 	return NULL;
 }
 
+struct key *keystore_get(struct keystore *ks, int64_t id)
+{
+	return ks ? find_by_id((void *const *)ks->keys, ks->n, id) : NULL;
+}
+
 struct user *keystore_user_get(struct keystore *ks, int64_t id)
 {
-	size_t lo = 0, hi = ks ? ks->n_users : 0;
-
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-
-		if (ks->users[mid]->id == id)
-			return ks->users[mid];
-		if (ks->users[mid]->id < id)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return NULL;
+	return ks ? find_by_id((void *const *)ks->users, ks->n_users, id) : NULL;
 }
 
 size_t keystore_user_count(const struct keystore *ks)

@@ -32,7 +32,7 @@
  * them together, on top of each key's own. Users are never deleted (the audit names
  * them), only suspended. */
 struct user {
-	int64_t id;
+	int64_t id;               /* first, as in struct key: keys.c searches both by it */
 	char *name;
 	int64_t created;          /* unix seconds */
 	bool suspended;           /* its keys get 403 account_suspended */
@@ -42,7 +42,7 @@ struct user {
 };
 
 struct key {
-	int64_t id;
+	int64_t id;           /* first, as in struct user: keys.c searches both by it */
 	char *name;
 	char display[KEY_DISPLAY_LEN + 1];
 	unsigned char hash[KEY_HASH_LEN];
