@@ -1,6 +1,8 @@
 /* Request counters and latency histograms, rendered as Prometheus text. Small linear
  * tables: the number of distinct (route, status) pairs is the number of routes times a
- * handful of statuses, so a scan is cheaper than a hash at this size. */
+ * handful of statuses, so a scan is cheaper than a hash at this size. Tokens and cost are
+ * by route and model, and the model comes from the client's request: those series are in
+ * a hash, at most MODELS_PER_ROUTE models a route (the rest count as model="other"). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,8 @@
 
 #define MAX_SERIES 1024
 #define NAME_MAX_LEN 64
+#define MODELS_PER_ROUTE 256
+#define MODEL_LABEL_MAX 128     /* bytes of a model name kept in its label */
 
 /* Buckets for LLM traffic: sub-millisecond gateway errors up to multi-minute streams. */
 static const double buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
@@ -36,6 +40,31 @@ struct series {
 	unsigned long long value;
 };
 
+enum token_kind { TOK_PROMPT, TOK_COMPLETION, TOK_CACHED, TOK_CACHE_WRITE, TOK_REASONING,
+                  TOK_KINDS };
+static const char *const token_kind_names[TOK_KINDS] = {
+	"prompt", "completion", "cached", "cache_write", "reasoning",
+};
+
+/* The tokens and cost of one route and model. */
+struct usage_series {
+	struct usage_series *chain;  /* next in its hash bucket */
+	struct usage_series *next;   /* next in the order first seen (the output's order) */
+	size_t hash;
+	char *route, *model;         /* the label values, model cleaned and capped */
+	unsigned long long tokens[TOK_KINDS];
+	unsigned long long cost_nano;
+	bool priced;                 /* a request with a cost came: the cost series exists */
+};
+
+/* Per route: how many models it has series for, and its unpriced requests. */
+struct route_usage {
+	struct route_usage *next;
+	char *route;
+	unsigned models;
+	unsigned long long unpriced;
+};
+
 struct metrics {
 	struct series requests[MAX_SERIES];
 	size_t n_requests;
@@ -43,6 +72,10 @@ struct metrics {
 	size_t n_upstream_errors;
 	struct histogram duration, ttfb;
 	unsigned long long rejected;
+	struct usage_series **usage;        /* hash of (route, model), usage_cap buckets */
+	size_t usage_cap, usage_n;
+	struct usage_series *usage_first, *usage_last;
+	struct route_usage *route_usage;
 };
 
 struct metrics *metrics_new(void)
@@ -52,6 +85,20 @@ struct metrics *metrics_new(void)
 
 void metrics_free(struct metrics *m)
 {
+	if (!m)
+		return;
+	for (struct usage_series *u = m->usage_first, *next; u; u = next) {
+		next = u->next;
+		free(u->route);
+		free(u->model);
+		free(u);
+	}
+	for (struct route_usage *r = m->route_usage, *next; r; r = next) {
+		next = r->next;
+		free(r->route);
+		free(r);
+	}
+	free(m->usage);
 	free(m);
 }
 
@@ -99,6 +146,154 @@ static void record(struct metrics *m, const char *route, int status, double tota
 		series_add(m->upstream_errors, &m->n_upstream_errors, route ? route : "", upstream_error);
 }
 
+static struct route_usage *route_usage(struct metrics *m, const char *route)
+{
+	struct route_usage *r;
+
+	for (r = m->route_usage; r; r = r->next)
+		if (strcmp(r->route, route) == 0)
+			return r;
+	r = xcalloc(1, sizeof(*r));
+	r->route = xstrdup(route);
+	r->next = m->route_usage;
+	m->route_usage = r;
+	return r;
+}
+
+/* The model as a label value: at most MODEL_LABEL_MAX bytes (cut at a character's start),
+ * bytes that are not UTF-8 and control characters as '?', so the text stays valid
+ * whatever a client sends. Into out (MODEL_LABEL_MAX + 1 bytes). */
+static void model_label(const char *model, char *out)
+{
+	const unsigned char *p = (const unsigned char *)(model ? model : "");
+	size_t n = 0;
+
+	while (*p) {
+		unsigned c = *p, cp = 0;
+		size_t len = c < 0x80 ? 1 : c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3
+		           : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+
+		cp = len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
+		for (size_t k = 1; k < len; k++) {
+			if ((p[k] & 0xc0) != 0x80) {
+				len = 0;
+				break;
+			}
+			cp = (cp << 6) | (p[k] & 0x3f);
+		}
+		if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+		    (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+		    (len == 1 && (c < 0x20 || c == 0x7f)))
+			len = 0;
+		if (n + (len ? len : 1) > MODEL_LABEL_MAX)
+			break;
+		if (len) {
+			memcpy(out + n, p, len);
+			n += len;
+			p += len;
+		} else {
+			out[n++] = '?';
+			p++;
+		}
+	}
+	out[n] = '\0';
+}
+
+static size_t usage_hash(const char *route, const char *model)
+{
+	size_t h = 14695981039346656037u;
+
+	for (const char *p = route; *p; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211u;
+	h = (h ^ 0xff) * 1099511628211u;      /* a separator no label has */
+	for (const char *p = model; *p; p++)
+		h = (h ^ (unsigned char)*p) * 1099511628211u;
+	return h;
+}
+
+static struct usage_series *usage_find(struct metrics *m, const char *route, const char *model,
+                                       size_t h)
+{
+	if (!m->usage_cap)
+		return NULL;
+	for (struct usage_series *u = m->usage[h & (m->usage_cap - 1)]; u; u = u->chain)
+		if (u->hash == h && strcmp(u->route, route) == 0 && strcmp(u->model, model) == 0)
+			return u;
+	return NULL;
+}
+
+static struct usage_series *usage_add(struct metrics *m, const char *route, const char *model,
+                                      size_t h)
+{
+	struct usage_series *u = xcalloc(1, sizeof(*u));
+
+	if (m->usage_n >= m->usage_cap) {      /* chains of one on average */
+		size_t cap = m->usage_cap ? m->usage_cap * 2 : 64;
+		struct usage_series **t = xcalloc(cap, sizeof(*t));
+
+		for (struct usage_series *v = m->usage_first; v; v = v->next) {
+			v->chain = t[v->hash & (cap - 1)];
+			t[v->hash & (cap - 1)] = v;
+		}
+		free(m->usage);
+		m->usage = t;
+		m->usage_cap = cap;
+	}
+	u->hash = h;
+	u->route = xstrdup(route);
+	u->model = xstrdup(model);
+	u->chain = m->usage[h & (m->usage_cap - 1)];
+	m->usage[h & (m->usage_cap - 1)] = u;
+	if (m->usage_last)
+		m->usage_last->next = u;
+	else
+		m->usage_first = u;
+	m->usage_last = u;
+	m->usage_n++;
+	return u;
+}
+
+/* Tokens and cost by route and model; unpriced requests by route. */
+static void record_usage(struct metrics *m, const char *route, const struct audit_record *r)
+{
+	const int64_t counts[TOK_KINDS] = { r->prompt_tokens, r->completion_tokens,
+	                                    r->cached_tokens, r->cache_write_tokens,
+	                                    r->reasoning_tokens };
+	char model[MODEL_LABEL_MAX + 1];
+	struct usage_series *u;
+	bool any = r->cost_nano >= 0;
+	size_t h;
+
+	if (r->unpriced)
+		route_usage(m, route)->unpriced++;
+	for (int k = 0; k < TOK_KINDS; k++)
+		any |= counts[k] > 0;
+	if (!any)            /* nothing to add: no series for a client's made-up model */
+		return;
+	model_label(r->model, model);
+	h = usage_hash(route, model);
+	if (!(u = usage_find(m, route, model, h))) {
+		struct route_usage *ru = route_usage(m, route);
+
+		if (ru->models >= MODELS_PER_ROUTE) {
+			snprintf(model, sizeof(model), "other");
+			h = usage_hash(route, model);
+			u = usage_find(m, route, model, h);
+		} else {
+			ru->models++;
+		}
+		if (!u)
+			u = usage_add(m, route, model, h);
+	}
+	for (int k = 0; k < TOK_KINDS; k++)
+		if (counts[k] > 0)
+			u->tokens[k] += (unsigned long long)counts[k];
+	if (r->cost_nano >= 0) {
+		u->cost_nano += (unsigned long long)r->cost_nano;
+		u->priced = true;
+	}
+}
+
 void metrics_on_done(void *arg, const struct request_done *d)
 {
 	struct gateway *gw = arg;
@@ -109,9 +304,11 @@ void metrics_on_done(void *arg, const struct request_done *d)
 		if (r->status >= 500 || r->error)
 			gw->stats.errors++;
 	}
-	if (gw->metrics)
+	if (gw->metrics) {
 		record(gw->metrics, r->route ? r->route : "", r->status, d->total_s, d->ttfb_s,
 		       d->upstream_error);
+		record_usage(gw->metrics, r->route ? r->route : "", r);
+	}
 }
 
 static void print_histogram(struct evbuffer *b, const char *name, const char *help,
@@ -136,6 +333,44 @@ static void add_label_value(struct evbuffer *b, const char *v)
 		if (!*p)
 			break;
 		evbuffer_add(b, *p == '\\' ? "\\\\" : *p == '"' ? "\\\"" : "\\n", 2);
+	}
+}
+
+/* fastgate_tokens_total, fastgate_cost_usd_total and fastgate_unpriced_requests_total. */
+static void render_usage(const struct metrics *m, struct evbuffer *b)
+{
+	char usd[FMT_USD_MAX];
+
+	evbuffer_add_printf(b, "# HELP fastgate_tokens_total Tokens of finished requests as the upstream reported them, by route, model and kind (prompt includes cached, completion includes reasoning).\n"
+	                       "# TYPE fastgate_tokens_total counter\n");
+	for (const struct usage_series *u = m->usage_first; u; u = u->next)
+		for (int k = 0; k < TOK_KINDS; k++) {
+			evbuffer_add_printf(b, "fastgate_tokens_total{route=\"");
+			add_label_value(b, u->route);
+			evbuffer_add_printf(b, "\",model=\"");
+			add_label_value(b, u->model);
+			evbuffer_add_printf(b, "\",kind=\"%s\"} %llu\n", token_kind_names[k], u->tokens[k]);
+		}
+	evbuffer_add_printf(b, "# HELP fastgate_cost_usd_total What finished requests cost, in US dollars, by route and model (exact to the nano-dollar).\n"
+	                       "# TYPE fastgate_cost_usd_total counter\n");
+	for (const struct usage_series *u = m->usage_first; u; u = u->next) {
+		if (!u->priced)
+			continue;
+		fmt_usd_nano(usd, (int64_t)u->cost_nano);
+		evbuffer_add_printf(b, "fastgate_cost_usd_total{route=\"");
+		add_label_value(b, u->route);
+		evbuffer_add_printf(b, "\",model=\"");
+		add_label_value(b, u->model);
+		evbuffer_add_printf(b, "\"} %s\n", usd);
+	}
+	evbuffer_add_printf(b, "# HELP fastgate_unpriced_requests_total Requests whose model had no price, by route.\n"
+	                       "# TYPE fastgate_unpriced_requests_total counter\n");
+	for (const struct route_usage *r = m->route_usage; r; r = r->next) {
+		if (!r->unpriced)
+			continue;
+		evbuffer_add_printf(b, "fastgate_unpriced_requests_total{route=\"");
+		add_label_value(b, r->route);
+		evbuffer_add_printf(b, "\"} %llu\n", r->unpriced);
 	}
 }
 
@@ -276,6 +511,7 @@ int metrics_render(struct gateway *gw, struct evbuffer *b)
 		evbuffer_add_printf(b, "fastgate_upstream_errors_total{route=\"%s\",kind=\"%s\"} %llu\n",
 		                    m->upstream_errors[i].route, m->upstream_errors[i].label2,
 		                    m->upstream_errors[i].value);
+	render_usage(m, b);
 	evbuffer_add_printf(b, "# HELP fastgate_inflight_requests Requests being served now.\n"
 	                       "# TYPE fastgate_inflight_requests gauge\nfastgate_inflight_requests %llu\n",
 	                    (unsigned long long)gw->stats.inflight);

@@ -16,7 +16,9 @@ struct metrics *metrics_new(void);
 void metrics_free(struct metrics *m);
 
 /* The request-done subscriber (arg: the gateway): counts the request by route and status,
- * its duration and TTFB, and an upstream failure by kind. */
+ * its duration and TTFB, an upstream failure by kind, its tokens by kind and its cost by
+ * route and model (at most 256 models a route, the rest as "other"), and an unpriced
+ * request by route. */
 void metrics_on_done(void *arg, const struct request_done *d);
 /* The Prometheus text of everything counted, appended to b. -1 when out of memory. */
 int metrics_render(struct gateway *gw, struct evbuffer *b);
