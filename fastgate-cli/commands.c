@@ -831,8 +831,15 @@ const struct cli_cmd cli_commands[] = {
 		{ "--hours", "N", CLI_ARG_INT, "hours", false, "hourly rows for the last N hours (default 24)", CLI_COMPLETE_NONE, NULL },
 		{ "--daily", NULL, CLI_ARG_FLAG, "daily", false, "add one row per day (UTC)", CLI_COMPLETE_NONE, NULL },
 		{ "--days", "N", CLI_ARG_INT, "days", false, "daily rows for the last N days (default 7)", CLI_COMPLETE_NONE, NULL },
-		{ "--by", "route|key|model|upstream", CLI_ARG_STRING, "by", false, "add a breakdown by route, key or model; or the upstreams' live counters", CLI_COMPLETE_NONE, "route,key,model,upstream" },
+		{ "--by", "route|key|user|model|upstream", CLI_ARG_STRING, "by", false, "add a breakdown by route, key, user or model; or the upstreams' live counters", CLI_COMPLETE_NONE, "route,key,user,model,upstream" },
 		OPT_END }, cli_print_metrics, false, NULL, 120 },
+	{ "report", NULL, "report", "spend by user, key or model: requests, tokens, cost; this month by default",
+	  NO_POS, {
+		{ "--since", "T", CLI_ARG_TIME, "since", false, "from T (default: the 1st of this month, 00:00 UTC; same forms as logs export)", CLI_COMPLETE_NONE, NULL },
+		{ "--until", "T", CLI_ARG_TIME, "until", false, "up to, not including, T (default: now)", CLI_COMPLETE_NONE, NULL },
+		{ "--by", "user|key|model", CLI_ARG_STRING, "by", false, "one row per user (default), key or model", CLI_COMPLETE_NONE, "user,key,model" },
+		{ "--csv", NULL, CLI_ARG_FLAG, "csv", false, "CSV (RFC 4180, header first, the total last) instead of a table", CLI_COMPLETE_NONE, NULL },
+		OPT_END }, NULL, false, cli_run_report, 120 },
 };
 const size_t cli_ncommands = sizeof(cli_commands) / sizeof(cli_commands[0]);
 

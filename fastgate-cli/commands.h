@@ -99,4 +99,8 @@ bool cli_parse_time(const char *s, double now, double *out);
 /* ---- metrics.c ---- */
 void cli_print_metrics(const json_t *r);
 
+/* ---- report.c ---- */
+int cli_run_report(const struct cli_cmd *c, const json_t *args, const struct cli_ctx *ctx);
+void cli_print_report(const json_t *r);
+
 #endif

@@ -82,7 +82,7 @@ static void print_summary(const json_t *r)
 	const json_t *lat = json_object_get(r, "latency_ms"), *st = json_object_get(r, "status");
 	const json_t *tok = json_object_get(r, "tokens");
 	char b1[SZ], b2[SZ], win[SZ * 3], req[SZ * 2], err[SZ * 2], stat[SZ * 3], latb[PCTS_SZ + 3 * SZ];
-	char ttfb[PCTS_SZ], tokb[SZ * 2], b3[SZ], b4[SZ], b5[SZ], b6[SZ];
+	char ttfb[PCTS_SZ], tokb[SZ * 2], b3[SZ], b4[SZ], b5[SZ], b6[SZ], costb[SZ];
 	double secs = json_number_value(json_object_get(r, "until")) -
 	              json_number_value(json_object_get(r, "since"));
 
@@ -114,6 +114,9 @@ static void print_summary(const json_t *r)
 	kv(t, "latency:", latb);
 	kv(t, "ttfb:", fmt_pcts(ttfb, json_object_get(r, "ttfb_ms")));
 	kv(t, "tokens:", tokb);
+	snprintf(costb, sizeof(costb), "%s USD", json_string_value(json_object_get(r, "cost_usd"))
+	         ? json_string_value(json_object_get(r, "cost_usd")) : "-");
+	kv(t, "cost:", costb);
 	kv(t, "active keys:", fmt_count(b1, jint(r, "active_keys")));
 	kv(t, "active routes:", fmt_count(b2, jint(r, "active_routes")));
 	cli_table_print(t, stdout);
@@ -189,10 +192,11 @@ static void print_breakdown(const json_t *bd)
 {
 	const char *by = json_string_value(json_object_get(bd, "by"));
 	const char *const head[] = { by && strcmp(by, "key") == 0 ? "KEY" :
+	                             by && strcmp(by, "user") == 0 ? "USER" :
 	                             by && strcmp(by, "model") == 0 ? "MODEL" : "ROUTE",
 	                             "REQUESTS", "ERRORS", "SUCCESS", "P50 MS", "P95 MS", "P99 MS",
-	                             "TOKENS IN/OUT" };
-	struct cli_table *t = cli_table_new(8, head);
+	                             "TOKENS IN/OUT", "COST USD" };
+	struct cli_table *t = cli_table_new(9, head);
 	const json_t *rows = json_object_get(bd, "rows");
 	size_t i;
 	json_t *row;
@@ -202,7 +206,13 @@ static void print_breakdown(const json_t *bd)
 		char b[8][SZ * 2];
 		const char *label;
 
-		if (by && strcmp(by, "key") == 0) {
+		if (by && strcmp(by, "user") == 0) {
+			if (json_is_null(json_object_get(row, "user_id")))
+				snprintf(b[0], sizeof(b[0]), "(no user)");
+			else
+				snprintf(b[0], sizeof(b[0]), "%" JSON_INTEGER_FORMAT, jint(row, "user_id"));
+			label = b[0];
+		} else if (by && strcmp(by, "key") == 0) {
 			if (json_is_null(json_object_get(row, "key_id")))
 				snprintf(b[0], sizeof(b[0]), "(no key)");
 			else
@@ -218,12 +228,13 @@ static void print_breakdown(const json_t *bd)
 		snprintf(b[7], sizeof(b[7]), "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
 		         jint(tok, "prompt"), jint(tok, "completion"));
 		{
-			const char *cells[8] = {
+			const char *cells[9] = {
 				label, fmt_count(b[1], jint(row, "requests")),
 				fmt_count(b[2], jint(row, "errors")),
 				fmt_rate(b[3], json_object_get(row, "success_rate")),
 				fmt_ms(b[4], json_object_get(lat, "p50")), fmt_ms(b[5], json_object_get(lat, "p95")),
 				fmt_ms(b[6], json_object_get(lat, "p99")), b[7],
+				json_string_value(json_object_get(row, "cost_usd")),
 			};
 
 			cli_table_add(t, cells);

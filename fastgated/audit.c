@@ -746,6 +746,18 @@ char *audit_record_csv(const struct audit_record *r, const int *fields, size_t n
 	return sb_take(&b);
 }
 
+char *audit_csv_line(const char *const *cells, size_t n)
+{
+	struct sbuf b = { 0 };
+
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			sb_putc(&b, ',');
+		csv_put(&b, cells[i]);
+	}
+	return sb_take(&b);
+}
+
 static json_t *int_or_null(int64_t v, int64_t unknown_below)
 {
 	return v < unknown_below ? json_null() : json_integer((json_int_t)v);

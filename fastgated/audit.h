@@ -163,6 +163,9 @@ char *audit_csv_header(const int *fields, size_t nfields);
 /* One record as an RFC 4180 line: a field containing a comma, quote, CR or LF is quoted
  * and its quotes doubled. */
 char *audit_record_csv(const struct audit_record *r, const int *fields, size_t nfields);
+/* Any cells as one RFC 4180 line, quoted as above (NULL = an empty field): for other
+ * tables of the audit data (fastgate-cli report) written the same way. */
+char *audit_csv_line(const char *const *cells, size_t n);
 /* One record as a JSON object (new reference) keyed by field name, for embedding in a
  * control-channel event. Strings that are not valid UTF-8 get U+FFFD for the bad bytes. */
 json_t *audit_record_json(const struct audit_record *r, const int *fields, size_t nfields);

@@ -2458,6 +2458,11 @@ static const struct ctl_command commands[] = {
 	  "request totals, errors, success rate, latency and TTFB percentiles, active keys and "
 	  "routes from the audit database; optional hourly/daily series and a breakdown", false,
 	  stats_h_metrics },
+	{ "report", "{since?: unix-seconds, until?: unix-seconds, by?: \"user\"|\"key\"|\"model\", "
+	  "format?: \"json\"|\"csv\"}",
+	  "spend from the audit database by user (default), key or model: requests, tokens, cost, "
+	  "unpriced, estimated and billed requests, and a total; default window: this month",
+	  false, stats_h_report },
 	{ "help", "{}", "list the commands", false, h_help },
 };
 

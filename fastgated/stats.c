@@ -1,4 +1,5 @@
-/* Off-loop audit-database queries (the dbq worker pool) and the "metrics" command.
+/* Off-loop audit-database queries (the dbq worker pool) and the "metrics" and "report"
+ * commands.
  *
  * Threads: the loop thread owns every struct ctl_call and all of struct dbq except what
  * the mutex guards (the two job lists). A job's arg belongs to the worker while work()
@@ -20,6 +21,7 @@
 #include <event2/event.h>
 #include <sqlite3.h>
 
+#include "audit.h"
 #include "config.h"
 #include "control.h"
 #include "gateway.h"
@@ -266,6 +268,18 @@ bool stats_arg_time(struct ctl_call *call, json_t *args, const char *key, double
 	return true;
 }
 
+int stats_schema_version(sqlite3 *db)
+{
+	sqlite3_stmt *st = NULL;
+	int v = 0;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW)
+		v = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return v;
+}
+
 /* ---- metrics ---- */
 
 #define HOURS_MAX   2160     /* 90 days of hourly rows */
@@ -275,7 +289,7 @@ bool stats_arg_time(struct ctl_call *call, json_t *args, const char *key, double
 #define BUCKET_SQL  "CAST((started_at - ?3) / ?4 AS INTEGER)"
 
 /* BY_UPSTREAM is not read from the audit database: it is the upstreams' live counters. */
-enum by { BY_NONE, BY_ROUTE, BY_KEY, BY_MODEL, BY_UPSTREAM };
+enum by { BY_NONE, BY_ROUTE, BY_KEY, BY_MODEL, BY_UPSTREAM, BY_USER };
 
 struct metrics_job {
 	struct ctl_call *call;   /* NULL once the client went away */
@@ -286,6 +300,8 @@ struct metrics_job {
 	double first;            /* start of the first bucket */
 	int nbuckets;
 	enum by by;
+	const char *cost_col;    /* "cost_nano", or "NULL" in a file before schema 8 */
+	const char *user_col;    /* "user_id", or "NULL" likewise */
 	json_t *result;
 	char *err;
 };
@@ -405,22 +421,26 @@ static json_t *pcts_json(const struct pcts *p, int n)
 /* One-row aggregate over the window. */
 static json_t *summary(struct metrics_job *m, sqlite3 *db)
 {
-	static const char sql[] =
-		"SELECT COUNT(*), SUM(" ERR_SQL "),"
-		" SUM(status BETWEEN 100 AND 199), SUM(status BETWEEN 200 AND 299),"
-		" SUM(status BETWEEN 300 AND 399), SUM(status BETWEEN 400 AND 499),"
-		" SUM(status >= 500), SUM(is_stream), COUNT(latency_ms), AVG(latency_ms),"
-		" MAX(latency_ms), COUNT(ttfb_ms), SUM(prompt_tokens), SUM(completion_tokens),"
-		" COUNT(DISTINCT key_id), COUNT(DISTINCT route), SUM(bytes_in), SUM(bytes_out),"
-		" SUM(key_id IS NULL)"
-		" FROM audit WHERE started_at >= ?1 AND started_at < ?2";
+#define SUMMARY_SQL \
+		"SELECT COUNT(*), SUM(" ERR_SQL ")," \
+		" SUM(status BETWEEN 100 AND 199), SUM(status BETWEEN 200 AND 299)," \
+		" SUM(status BETWEEN 300 AND 399), SUM(status BETWEEN 400 AND 499)," \
+		" SUM(status >= 500), SUM(is_stream), COUNT(latency_ms), AVG(latency_ms)," \
+		" MAX(latency_ms), COUNT(ttfb_ms), SUM(prompt_tokens), SUM(completion_tokens)," \
+		" COUNT(DISTINCT key_id), COUNT(DISTINCT route), SUM(bytes_in), SUM(bytes_out)," \
+		" SUM(key_id IS NULL), SUM(%s)" \
+		" FROM audit WHERE started_at >= ?1 AND started_at < ?2"
 	struct pcts lat = { 0 }, ttfb = { 0 };
 	sqlite3_stmt *st = NULL;
-	sqlite3_int64 v[19] = { 0 };
+	sqlite3_int64 v[20] = { 0 };
+	char usd[FMT_USD_MAX], q[sizeof(SUMMARY_SQL) + 16];
 	double avg, max;
 	json_t *jl;
 
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+	/* integers summed by SQLite (an error on overflow, never a float) */
+	snprintf(q, sizeof(q), SUMMARY_SQL, m->cost_col);
+#undef SUMMARY_SQL
+	if (sqlite3_prepare_v2(db, q, -1, &st, NULL) != SQLITE_OK) {
 		set_sql_err(m, db, "cannot query");
 		return NULL;
 	}
@@ -430,7 +450,7 @@ static json_t *summary(struct metrics_job *m, sqlite3 *db)
 		sqlite3_finalize(st);
 		return NULL;
 	}
-	for (int i = 0; i < 19; i++)
+	for (int i = 0; i < 20; i++)
 		v[i] = sqlite3_column_int64(st, i);
 	avg = sqlite3_column_double(st, 9);
 	max = sqlite3_column_double(st, 10);
@@ -442,8 +462,9 @@ static json_t *summary(struct metrics_job *m, sqlite3 *db)
 	jl = pcts_json(&lat, NPCT);
 	json_object_set_new(jl, "avg", ms_or_null(v[8] > 0, avg));
 	json_object_set_new(jl, "max", ms_or_null(v[8] > 0, max));
+	fmt_usd_nano(usd, v[19]);
 	return json_pack("{s:I, s:I, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:o, s:o, s:{s:I, s:I},"
-	                 " s:{s:I, s:I}, s:I, s:I, s:I}",
+	                 " s:{s:I, s:I}, s:I, s:I, s:I, s:s}",
 	                 "requests", (json_int_t)v[0],
 	                 "errors", (json_int_t)v[1],
 	                 "success_rate", rate_or_null(v[0], v[1]),
@@ -456,7 +477,8 @@ static json_t *summary(struct metrics_job *m, sqlite3 *db)
 	                 "bytes", "in", (json_int_t)v[16], "out", (json_int_t)v[17],
 	                 "active_keys", (json_int_t)v[14],
 	                 "active_routes", (json_int_t)v[15],
-	                 "requests_without_key", (json_int_t)v[18]);
+	                 "requests_without_key", (json_int_t)v[18],
+	                 "cost_usd", usd);
 }
 
 static json_int_t count_since(struct metrics_job *m, sqlite3 *db, double since, double until)
@@ -551,7 +573,7 @@ done:
 static const char *by_name(enum by by)
 {
 	return by == BY_ROUTE ? "route" : by == BY_KEY ? "key" : by == BY_UPSTREAM ? "upstream"
-	       : "model";
+	       : by == BY_USER ? "user" : "model";
 }
 
 struct group {
@@ -559,7 +581,7 @@ struct group {
 	sqlite3_int64 gi;         /* BY_KEY */
 	char *gs;                 /* BY_ROUTE, BY_MODEL */
 	char *key_name;
-	sqlite3_int64 requests, errors, lat_n, prompt, completion;
+	sqlite3_int64 requests, errors, lat_n, prompt, completion, cost_nano;
 	double avg;
 	struct pcts lat;
 };
@@ -591,10 +613,11 @@ static void pct_group(void *ctx, sqlite3_stmt *st, int which, double v)
 /* The busiest GROUPS_MAX groups of the window, busiest first. */
 static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 {
-	const char *col = m->by == BY_ROUTE ? "route" : m->by == BY_KEY ? "key_id" : "model";
+	const char *col = m->by == BY_ROUTE ? "route" : m->by == BY_KEY ? "key_id"
+	                : m->by == BY_USER ? m->user_col : "model";
 	struct groups *gs = calloc(1, sizeof(*gs));
 	sqlite3_stmt *st = NULL;
-	char sql[600];
+	char sql[600], usd[FMT_USD_MAX];
 	json_t *rows = NULL, *res = NULL;
 	json_int_t ngroups = 0;
 	int rc = SQLITE_DONE;
@@ -603,14 +626,14 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 		m->err = xasprintf("out of memory");
 		return NULL;
 	}
-	gs->by_int = m->by == BY_KEY;
+	gs->by_int = m->by == BY_KEY || m->by == BY_USER;
 	if (db) {
 		snprintf(sql, sizeof(sql),
 		         "SELECT %s, COUNT(*), SUM(" ERR_SQL "), COUNT(latency_ms), AVG(latency_ms),"
 		         " SUM(prompt_tokens), SUM(completion_tokens), MAX(key_name),"
-		         " COUNT(*) OVER () FROM audit WHERE started_at >= ?1 AND started_at < ?2"
-		         " GROUP BY %s ORDER BY COUNT(*) DESC, %s LIMIT %d", col, col, col,
-		         GROUPS_MAX);
+		         " COUNT(*) OVER (), SUM(%s) FROM audit WHERE started_at >= ?1 AND"
+		         " started_at < ?2 GROUP BY %s ORDER BY COUNT(*) DESC, %s LIMIT %d", col,
+		         m->cost_col, col, col, GROUPS_MAX);
 		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 			set_sql_err(m, db, "cannot query");
 			goto done;
@@ -632,6 +655,7 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 			g->prompt = sqlite3_column_int64(st, 5);
 			g->completion = sqlite3_column_int64(st, 6);
 			ngroups = sqlite3_column_int64(st, 8);
+			g->cost_nano = sqlite3_column_int64(st, 9);
 			if ((!g->gnull && !gs->by_int && !g->gs) || (kn && !g->key_name)) {
 				m->err = xasprintf("out of memory");
 				goto done;
@@ -655,6 +679,8 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 			json_object_set_new(row, "key_id", g->gnull ? json_null() : json_integer(g->gi));
 			json_object_set_new(row, "key_name", g->key_name ? json_string(g->key_name)
 			                                                 : json_null());
+		} else if (m->by == BY_USER) {
+			json_object_set_new(row, "user_id", g->gnull ? json_null() : json_integer(g->gi));
 		} else {
 			json_object_set_new(row, by_name(m->by), g->gnull ? json_null()
 			                                                  : json_string(g->gs));
@@ -667,6 +693,8 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 		json_object_set_new(row, "tokens", json_pack("{s:I, s:I}",
 		                    "prompt", (json_int_t)g->prompt,
 		                    "completion", (json_int_t)g->completion));
+		fmt_usd_nano(usd, g->cost_nano);
+		json_object_set_new(row, "cost_usd", json_string(usd));
 		json_array_append_new(rows, row);
 	}
 	res = json_pack("{s:s, s:O, s:I, s:b}", "by", by_name(m->by), "rows", rows,
@@ -730,6 +758,9 @@ static void metrics_work(struct dbq_job *job, void *arg)
 			db = NULL;
 			break;
 		}
+		/* a file no daemon of this version has opened yet: no spend columns */
+		if (db && stats_schema_version(db) < 8)
+			m->cost_col = m->user_col = "NULL";
 	} else if (errno != ENOENT) {
 		m->err = xasprintf("cannot open audit database %s: %s", m->db_path,
 		                       strerror(errno));
@@ -747,7 +778,7 @@ static void metrics_work(struct dbq_job *job, void *arg)
 		/* No database yet: the same shape, all zeros. */
 		res = json_pack("{s:i, s:i, s:n, s:{s:i, s:i, s:i, s:i, s:i}, s:i,"
 		                " s:{s:n, s:n, s:n, s:n, s:n}, s:{s:n, s:n, s:n}, s:{s:i, s:i},"
-		                " s:{s:i, s:i}, s:i, s:i, s:i}",
+		                " s:{s:i, s:i}, s:i, s:i, s:i, s:s}",
 		                "requests", 0, "errors", 0, "success_rate",
 		                "status", "1xx", 0, "2xx", 0, "3xx", 0, "4xx", 0, "5xx", 0,
 		                "streams", 0,
@@ -755,7 +786,8 @@ static void metrics_work(struct dbq_job *job, void *arg)
 		                "ttfb_ms", "p50", "p95", "p99",
 		                "tokens", "prompt", 0, "completion", 0,
 		                "bytes", "in", 0, "out", 0,
-		                "active_keys", 0, "active_routes", 0, "requests_without_key", 0);
+		                "active_keys", 0, "active_routes", 0, "requests_without_key", 0,
+		                "cost_usd", "0.000000000");
 		if (!res) {
 			m->err = xasprintf("out of memory");
 			goto done;
@@ -900,9 +932,11 @@ void stats_h_metrics(struct ctl_call *call, json_t *args)
 			byv = BY_MODEL;
 		else if (strcmp(by, "upstream") == 0)
 			byv = BY_UPSTREAM;
+		else if (strcmp(by, "user") == 0)
+			byv = BY_USER;
 		else {
-			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
-			                "'by' must be \"route\", \"key\", \"model\" or \"upstream\"");
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'by' must be \"route\", \"key\", "
+			                "\"user\", \"model\" or \"upstream\"");
 			return;
 		}
 	}
@@ -917,6 +951,8 @@ void stats_h_metrics(struct ctl_call *call, json_t *args)
 	m->now = now;
 	m->until = until;
 	m->by = byv;
+	m->cost_col = "cost_nano";
+	m->user_col = "user_id";
 	if (hourly || daily) {
 		int step = hourly ? 3600 : 86400;
 		json_int_t n = hourly ? (hours ? hours : 24) : (days ? days : 7);
@@ -949,4 +985,340 @@ void stats_h_metrics(struct ctl_call *call, json_t *args)
 	m->call = call;
 	ctl_stream_begin(call, metrics_cancel, NULL, m);
 	m->job = dbq_submit(ctl_call_dbq(call), metrics_work, metrics_done, m);
+}
+
+/* ---- report: spend by user, key or model ----
+ * One grouped pass over the window on a worker thread: requests, prompt, completion and
+ * cached tokens, cost (SQLite sums the integer nano-dollars: exact, never a double) and
+ * the unpriced, estimated and billed requests of each group, busiest spender first, and
+ * their total. As JSON rows, or with format "csv" as RFC 4180 text in the result. */
+
+/* Rows listed; past this many groups they are still counted and in the total. */
+#define REPORT_GROUPS_MAX 100000
+
+/* What a group (or the total) adds up to. */
+struct tally {
+	int64_t requests, prompt, completion, cached, cost_nano, unpriced, estimated, billed;
+};
+#define TALLY_N 8
+
+struct report_job {
+	struct ctl_call *call;    /* NULL once the client went away */
+	struct dbq_job *job;
+	char *db_path;
+	double since, until;
+	enum by by;             /* BY_USER, BY_KEY or BY_MODEL */
+	bool csv;
+	json_t *result;
+	char *err;
+};
+
+static int64_t *tally_at(struct tally *t, int i)
+{
+	int64_t *v[TALLY_N] = { &t->requests, &t->prompt, &t->completion, &t->cached,
+	                        &t->cost_nano, &t->unpriced, &t->estimated, &t->billed };
+	return v[i];
+}
+
+/* The tally's members after the group's, as JSON (into o) or as CSV cells (into cells,
+ * whose texts live in buf), in struct tally's order. */
+static void tally_json(json_t *o, const struct tally *t)
+{
+	char usd[FMT_USD_MAX];
+
+	fmt_usd_nano(usd, t->cost_nano);
+	json_object_set_new(o, "requests", json_integer(t->requests));
+	json_object_set_new(o, "prompt_tokens", json_integer(t->prompt));
+	json_object_set_new(o, "completion_tokens", json_integer(t->completion));
+	json_object_set_new(o, "cached_tokens", json_integer(t->cached));
+	json_object_set_new(o, "cost_usd", json_string(usd));
+	json_object_set_new(o, "cost_nano", json_integer(t->cost_nano));
+	json_object_set_new(o, "unpriced", json_integer(t->unpriced));
+	json_object_set_new(o, "estimated", json_integer(t->estimated));
+	json_object_set_new(o, "billed", json_integer(t->billed));
+}
+
+static const char *const tally_names[] = { "requests", "prompt_tokens", "completion_tokens",
+                                           "cached_tokens", "cost_usd", "unpriced",
+                                           "estimated", "billed" };
+#define TALLY_COLS 8
+
+static void tally_cells(struct tally *t, char buf[TALLY_COLS][FMT_USD_MAX],
+                        const char **cells)
+{
+	for (int i = 0; i < TALLY_COLS; i++) {
+		if (tally_at(t, i) == &t->cost_nano)
+			fmt_usd_nano(buf[i], t->cost_nano);
+		else
+			snprintf(buf[i], FMT_USD_MAX, "%lld", (long long)*tally_at(t, i));
+		cells[i] = buf[i];
+	}
+}
+
+/* Add one CSV line (and its CR LF) to *csv. */
+static void csv_add(char **csv, size_t *len, size_t *cap, const char *const *cells, size_t n)
+{
+	char *line = audit_csv_line(cells, n);
+
+	if (buf_append(csv, len, cap, line, strlen(line), 4096) < 0 ||
+	    buf_append(csv, len, cap, "\r\n", 3, 4096) < 0)    /* with the NUL, not counted */
+		abort();
+	(*len)--;
+	free(line);
+}
+
+/* Worker thread: one grouped pass over the window. */
+static void report_work(struct dbq_job *job, void *arg)
+{
+	struct report_job *r = arg;
+	struct tally total = { 0 };
+	struct stat stt;
+	sqlite3 *db = NULL;
+	sqlite3_stmt *st = NULL;
+	json_t *rows = json_array();
+	char *csv = NULL, sql[1024], buf[TALLY_COLS][FMT_USD_MAX];
+	size_t len = 0, cap = 0;
+	int64_t groups = 0;
+	int version, rc;
+	const char *g, *cost, *cached, *flag_unpriced, *flag_estimated, *flag_billed;
+
+	if (!rows)
+		abort();
+	if (stat(r->db_path, &stt) == 0) {
+		if (sqlite3_open_v2(r->db_path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+		                    NULL) != SQLITE_OK) {
+			r->err = xasprintf("cannot open audit database %s: %s", r->db_path,
+			                   db ? sqlite3_errmsg(db) : "out of memory");
+			goto done;
+		}
+		sqlite3_busy_timeout(db, 2000);
+		sqlite3_progress_handler(db, 10000, progress_cb, job);
+	} else if (errno != ENOENT) {
+		r->err = xasprintf("cannot open audit database %s: %s", r->db_path, strerror(errno));
+		goto done;
+	}
+
+	if (r->csv) {
+		const char *head[2 + TALLY_COLS] = { NULL };
+		size_t n = 0;
+
+		if (r->by == BY_USER)
+			head[n++] = "user_id";
+		else if (r->by == BY_KEY)
+			head[n++] = "key_id", head[n++] = "key_name";
+		else
+			head[n++] = "model";
+		for (int i = 0; i < TALLY_COLS; i++)
+			head[n++] = tally_names[i];
+		csv_add(&csv, &len, &cap, head, n);
+	}
+
+	/* a file no daemon of this version has opened yet lacks the newer columns */
+	version = db ? stats_schema_version(db) : 0;
+	cached = version >= 6 ? "cached_tokens" : "NULL";
+	cost = version >= 8 ? "cost_nano" : "NULL";
+	flag_unpriced = version >= 8 ? "unpriced" : "0";
+	flag_estimated = version >= 8 ? "estimated" : "0";
+	flag_billed = version >= 8 ? "billed" : "0";
+	g = r->by == BY_USER ? (version >= 8 ? "user_id" : "NULL")
+	  : r->by == BY_KEY ? "key_id" : "model";
+	/* SQLite sums integers exactly (and fails on an overflow): the cost is never a float */
+	snprintf(sql, sizeof(sql),
+	         "SELECT %s AS g, MAX(key_name), COUNT(*), coalesce(SUM(prompt_tokens), 0),"
+	         " coalesce(SUM(completion_tokens), 0), coalesce(SUM(%s), 0),"
+	         " coalesce(SUM(%s), 0) AS c, SUM(%s), SUM(%s), SUM(%s) FROM audit"
+	         " WHERE started_at >= ?1 AND started_at < ?2 GROUP BY g"
+	         " ORDER BY c DESC, COUNT(*) DESC, g", g, cached, cost, flag_unpriced,
+	         flag_estimated, flag_billed);
+	if (db && sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		r->err = xasprintf("cannot query audit database %s: %s", r->db_path,
+		                   sqlite3_errmsg(db));
+		goto done;
+	}
+	if (st) {
+		sqlite3_bind_double(st, 1, r->since);
+		sqlite3_bind_double(st, 2, r->until);
+	}
+	while (st && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct tally t;
+		bool null = sqlite3_column_type(st, 0) == SQLITE_NULL;
+		const char *name = (const char *)sqlite3_column_text(st, 1);
+
+		for (int i = 0; i < TALLY_N; i++) {
+			*tally_at(&t, i) = sqlite3_column_int64(st, 2 + i);
+			if (__builtin_add_overflow(*tally_at(&total, i), *tally_at(&t, i),
+			                           tally_at(&total, i))) {
+				r->err = xasprintf("the report's total is too large to add up");
+				goto done;
+			}
+		}
+		if (++groups > REPORT_GROUPS_MAX)
+			continue;
+		if (r->csv) {
+			const char *cells[2 + TALLY_COLS] = { NULL };
+			char id[24];
+			size_t n = 0;
+
+			if (r->by == BY_MODEL) {
+				cells[n++] = null ? NULL : (const char *)sqlite3_column_text(st, 0);
+			} else {
+				snprintf(id, sizeof(id), "%lld", (long long)sqlite3_column_int64(st, 0));
+				cells[n++] = null ? NULL : id;
+				if (r->by == BY_KEY)
+					cells[n++] = null ? NULL : name;
+			}
+			tally_cells(&t, buf, cells + n);
+			csv_add(&csv, &len, &cap, cells, n + TALLY_COLS);
+		} else {
+			json_t *row = json_object();
+
+			if (r->by == BY_MODEL) {
+				json_object_set_new(row, "model", null ? json_null() :
+				                    json_string((const char *)sqlite3_column_text(st, 0)));
+			} else {
+				json_t *id = null ? json_null() : json_integer(sqlite3_column_int64(st, 0));
+
+				json_object_set_new(row, r->by == BY_USER ? "user_id" : "key_id", id);
+				if (r->by == BY_KEY)
+					json_object_set_new(row, "key_name", null || !name ? json_null()
+					                                                   : json_string(name));
+			}
+			tally_json(row, &t);
+			json_array_append_new(rows, row);
+		}
+	}
+	if (st && rc != SQLITE_DONE) {
+		r->err = xasprintf("cannot read audit database %s: %s", r->db_path,
+		                   sqlite3_errmsg(db));
+		goto done;
+	}
+	r->result = json_pack("{s:s, s:f, s:f, s:I, s:b, s:b}", "by", by_name(r->by),
+	                      "since", r->since, "until", r->until, "groups", (json_int_t)groups,
+	                      "truncated", groups > REPORT_GROUPS_MAX, "database", db != NULL);
+	if (!r->result)
+		abort();
+	if (r->csv) {
+		const char *cells[2 + TALLY_COLS] = { "total" };
+		size_t n = r->by == BY_KEY ? 2 : 1;
+
+		tally_cells(&total, buf, cells + n);
+		csv_add(&csv, &len, &cap, cells, n + TALLY_COLS);
+		json_object_set_new(r->result, "format", json_string("csv"));
+		json_object_set_new(r->result, "csv", json_string(csv));
+	} else {
+		json_t *t = json_object();
+
+		tally_json(t, &total);
+		json_object_set_new(r->result, "rows", rows);
+		json_object_set_new(r->result, "total", t);
+		rows = NULL;
+	}
+done:
+	if (!r->result && !r->err)
+		r->err = xasprintf("query interrupted");
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	json_decref(rows);
+	free(csv);
+}
+
+static void report_free(struct report_job *r)
+{
+	json_decref(r->result);
+	free(r->err);
+	free(r->db_path);
+	free(r);
+}
+
+/* Loop thread. */
+static void report_done(void *arg, bool cancelled)
+{
+	struct report_job *r = arg;
+
+	if (!cancelled && r->call) {
+		if (r->result) {
+			ctl_stream_result(r->call, r->result);
+			r->result = NULL;
+		} else {
+			ctl_stream_fail(r->call, CTL_E_INTERNAL, r->err ? r->err : "query failed");
+		}
+	}
+	report_free(r);
+}
+
+static void report_cancel(struct ctl_call *call, void *arg)
+{
+	struct report_job *r = arg;
+
+	(void)call;
+	r->call = NULL;
+	dbq_cancel(r->job);
+}
+
+/* 00:00 UTC on the 1st of the month that holds t. */
+static double month_start_utc(double t)
+{
+	time_t tt = (time_t)t;
+	struct tm tm;
+
+	if (!gmtime_r(&tt, &tm))
+		return 0;
+	tm.tm_mday = 1;
+	tm.tm_hour = tm.tm_min = tm.tm_sec = 0;
+	return (double)timegm(&tm);
+}
+
+void stats_h_report(struct ctl_call *call, json_t *args)
+{
+	static const char *const allowed[] = { "since", "until", "by", "format", NULL };
+	struct gateway *gw = ctl_call_gateway(call);
+	const char *by = NULL, *format = NULL;
+	double since = -1, until = -1;
+	enum by byv = BY_USER;
+	struct report_job *r;
+
+	if (!ctl_args_only(call, args, allowed) ||
+	    !stats_arg_time(call, args, "since", &since) ||
+	    !stats_arg_time(call, args, "until", &until) ||
+	    !ctl_arg_string(call, args, "by", false, &by) ||
+	    !ctl_arg_string(call, args, "format", false, &format))
+		return;
+	if (by) {
+		if (strcmp(by, "user") == 0)
+			byv = BY_USER;
+		else if (strcmp(by, "key") == 0)
+			byv = BY_KEY;
+		else if (strcmp(by, "model") == 0)
+			byv = BY_MODEL;
+		else {
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL,
+			                "'by' must be \"user\", \"key\" or \"model\"");
+			return;
+		}
+	}
+	if (format && strcmp(format, "json") != 0 && strcmp(format, "csv") != 0) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'format' must be \"json\" or \"csv\"");
+		return;
+	}
+	if (until < 0)
+		until = stats_now();
+	if (since < 0) {
+		/* the billing month so far; the month before when until is its first second */
+		since = month_start_utc(until);
+		if (since >= until)
+			since = month_start_utc(until - 1);
+	}
+	if (since >= until) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'since' must be before 'until'");
+		return;
+	}
+	r = xcalloc(1, sizeof(*r));
+	r->db_path = xstrdup(gw->cfg->audit_path ? gw->cfg->audit_path : "");
+	r->since = since;
+	r->until = until;
+	r->by = byv;
+	r->csv = format && strcmp(format, "csv") == 0;
+	r->call = call;
+	ctl_stream_begin(call, report_cancel, NULL, r);
+	r->job = dbq_submit(ctl_call_dbq(call), report_work, report_done, r);
 }

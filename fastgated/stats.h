@@ -4,12 +4,13 @@
  * reads the audit database on its own read-only connection and fills the job's state);
  * when it is done, its `done` callback runs back on the loop thread, woken through a
  * pipe. So a percentile over a million rows, or a filter that scans a large table, never
- * stalls proxying. logs.c uses it for tail, export and show; this file for `metrics`;
- * control.c also runs a one-thread queue of its own for key-store writes.
+ * stalls proxying. logs.c uses it for tail, export and show; this file for `metrics` and
+ * `report`; control.c also runs a one-thread queue of its own for key-store writes.
  *
  * metrics: totals, errors, success rate, latency/TTFB percentiles (nearest rank, with
- * ORDER BY ... LIMIT 1 OFFSET k), active keys and routes, requests in the last hour, an
- * optional hourly or daily series and a breakdown by route, key or model, all computed
+ * ORDER BY ... LIMIT 1 OFFSET k), tokens and cost, active keys and routes, requests in the
+ * last hour, an optional hourly or daily series and a breakdown by route, key, user or
+ * model, all computed
  * with SQL on a read-only connection to gw->cfg->audit_path. A database that does not
  * exist yet answers zeros. The breakdown by upstream is the exception: the upstreams' live
  * counters (pool.h), read on the loop thread when the answer goes out. */
@@ -50,8 +51,18 @@ bool dbq_job_cancelled(const struct dbq_job *job);
 
 /* Control handler for "metrics" (see the command table in control.c). */
 void stats_h_metrics(struct ctl_call *call, json_t *args);
+/* Control handler for "report": {since?: unix-seconds (default: 00:00 UTC on the 1st of
+ * the month that holds until), until?: unix-seconds (default: now), by?: "user"|"key"|
+ * "model" (default "user"), format?: "json"|"csv"}. Spend over the window from the audit
+ * database, on a worker thread: per group its requests, prompt, completion and cached
+ * tokens, cost_usd (and cost_nano) summed in integers, and its unpriced, estimated and
+ * billed requests, busiest spender first; then the total. */
+void stats_h_report(struct ctl_call *call, json_t *args);
 
-/* Helpers shared with logs.c. */
+/* Helpers shared with logs.c and report.c. */
+struct sqlite3;
+/* The audit database's schema version (PRAGMA user_version); 0 if it cannot be read. */
+int stats_schema_version(struct sqlite3 *db);
 /* Current time as unix seconds with sub-second precision. */
 double stats_now(void);
 /* args[key] as unix seconds (an integer or a real, >= 0) into *out; absent or null leaves
