@@ -76,6 +76,10 @@ struct metrics {
 	size_t usage_cap, usage_n;
 	struct usage_series *usage_first, *usage_last;
 	struct route_usage *route_usage;
+	/* The series the last request went to, and its route and model as the request had
+	 * them: most requests repeat the one before, and skip the cleaning and the hash. */
+	struct usage_series *last;
+	char last_model[MODEL_LABEL_MAX + 1];
 };
 
 struct metrics *metrics_new(void)
@@ -270,6 +274,9 @@ static void record_usage(struct metrics *m, const char *route, const struct audi
 		any |= counts[k] > 0;
 	if (!any)            /* nothing to add: no series for a client's made-up model */
 		return;
+	if ((u = m->last) && strcmp(u->route, route) == 0 &&
+	    strcmp(m->last_model, r->model ? r->model : "") == 0)
+		goto add;
 	model_label(r->model, model);
 	h = usage_hash(route, model);
 	if (!(u = usage_find(m, route, model, h))) {
@@ -285,6 +292,13 @@ static void record_usage(struct metrics *m, const char *route, const struct audi
 		if (!u)
 			u = usage_add(m, route, model, h);
 	}
+	/* a model too long to keep here is looked up each time (its label is cut) */
+	m->last = NULL;
+	if (!r->model || strnlen(r->model, MODEL_LABEL_MAX + 1) <= MODEL_LABEL_MAX) {
+		snprintf(m->last_model, sizeof(m->last_model), "%s", r->model ? r->model : "");
+		m->last = u;
+	}
+add:
 	for (int k = 0; k < TOK_KINDS; k++)
 		if (counts[k] > 0)
 			u->tokens[k] += (unsigned long long)counts[k];
