@@ -25,6 +25,7 @@
 #include <sqlite3.h>
 
 #include "audit.h"
+#include "limit.h"
 #include "log.h"
 #include "reqid.h"
 #include "util.h"
@@ -1057,52 +1058,19 @@ static void spend_free(struct spend_map *m)
 	memset(m, 0, sizeof(*m));
 }
 
-/* 00:00 UTC of the day that holds t (unix seconds). */
+/* 00:00 UTC of the day that holds t (unix seconds): the calendar of the limits (limit.h),
+ * so that the counters written here and the windows counted in memory agree. */
 static int64_t day_start(double t)
 {
-	return (int64_t)floor(t / 86400.0) * 86400;
-}
+	static const struct limit day = { .window = LIMIT_DAY };
 
-/* Days since 1970-01-01 of a proleptic Gregorian date, and back (H. Hinnant's
- * algorithms): no libc, whose timegm costs a thousand instructions and more. */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-	int64_t era, yoe, doy, doe;
-
-	y -= m <= 2;
-	era = (y >= 0 ? y : y - 399) / 400;
-	yoe = y - era * 400;
-	doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-	return era * 146097 + doe - 719468;
-}
-
-static void civil_from_days(int64_t z, int64_t *y, int *m)
-{
-	int64_t era, doe, yoe, doy, mp;
-
-	z += 719468;
-	era = (z >= 0 ? z : z - 146096) / 146097;
-	doe = z - era * 146097;
-	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-	mp = (5 * doy + 2) / 153;
-	*m = (int)(mp < 10 ? mp + 3 : mp - 9);
-	*y = yoe + era * 400 + (*m <= 2);
+	return limit_window_start(&day, (int64_t)floor(t));
 }
 
 /* 00:00 UTC of the first of the month that holds t (unix seconds), or of the next month. */
 static int64_t month_start(int64_t t, bool next)
 {
-	int64_t days = t >= 0 ? t / 86400 : -((-t + 86399) / 86400), y;
-	int m;
-
-	civil_from_days(days, &y, &m);
-	if (next && ++m > 12) {
-		m = 1;
-		y++;
-	}
-	return days_from_civil(y, m, 1) * 86400;
+	return next ? limit_next_month(t) : limit_month_start(t);
 }
 
 /* One inserted row, if it is billed and has a key: its key's and its user's day. The

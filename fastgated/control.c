@@ -2442,19 +2442,20 @@ static const struct ctl_command commands[] = {
 	  h_reload },
 	{ "status", "{}", "version, uptime, listen address, route and key counts", false,
 	  h_status },
-	{ "logs.tail", "{follow?: bool, lines?: int, key_id?: int, route?, status?: int|\"5xx\", "
+	{ "logs.tail", "{follow?: bool, lines?: int, key_id?: int, user_id?: int, route?, "
+	  "status?: int|\"5xx\", "
 	  "stream?: bool, error?: string|true}",
 	  "stream the last `lines` (default 10) matching requests, oldest first, as events; "
 	  "with follow, then every new one until the client hangs up ({\"dropped\":N} events "
 	  "count what a slow reader missed)", false, logs_h_tail },
 	{ "logs.export", "{format: \"csv\"|\"jsonl\", since?: unix-seconds, until?: unix-seconds, "
-	  "fields?: \"a,b\", key_id?, route?, status?, stream?, error?}",
+	  "fields?: \"a,b\", key_id?, user_id?, route?, status?, stream?, error?}",
 	  "stream audit rows oldest first: csv as {\"line\":...} events, header first; jsonl as "
 	  "record objects", false, logs_h_export },
 	{ "logs.show", "{id: request-id}", "one audit record in full, retries, attempts and kept bodies included", false,
 	  logs_h_show },
 	{ "metrics", "{since?: unix-seconds, until?: unix-seconds, hourly?: bool, hours?: int, "
-	  "daily?: bool, days?: int, by?: \"route\"|\"key\"|\"model\"|\"upstream\"}",
+	  "daily?: bool, days?: int, by?: \"route\"|\"key\"|\"user\"|\"model\"|\"upstream\"}",
 	  "request totals, errors, success rate, latency and TTFB percentiles, active keys and "
 	  "routes from the audit database; optional hourly/daily series and a breakdown", false,
 	  stats_h_metrics },

@@ -580,7 +580,9 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 	struct gateway *gw = px->gw;
 	struct key *k = px->key;
 	struct user *u = k->user;
-	int64_t now = time(NULL);
+	/* the second the request started in, as its audit row and the counters written with it
+	 * have it: a request at 23:59:59 counts in that day, here and after a restart */
+	int64_t now = (int64_t)px->started_at;
 	const struct price *p;
 	struct spend_refusal why;
 	bool model = px->model[0] != '\0';

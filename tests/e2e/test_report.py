@@ -368,9 +368,9 @@ def test_prometheus_tokens_by_route_model_and_kind_with_a_bounded_model_set(c):
     assert 'fastgate_tokens_total{route="chat",model="prom-a",kind="cached"} 0' in text
     # quote and backslash escaped as the format wants; a control character is not kept
     assert 'model="we\\"ird\\\\mo?del"' in text, text
-    # nothing is priced yet: no cost series, no unpriced count
-    assert "fastgate_cost_usd_total{" not in text and "fastgate_unpriced_requests_total{" \
-        not in text, text
+    # the test daemon has no price table: no cost series, and every request is unpriced
+    assert "fastgate_cost_usd_total{" not in text, text
+    assert 'fastgate_unpriced_requests_total{route="chat"} 3' in text.splitlines(), text
     # a client that makes up a model per request: 256 models a route, then "other"
     for i in range(300):
         chat("made-up-%03d" % i)
