@@ -12,7 +12,7 @@
 #include "util.h"
 
 #define PRICES_MAX      10000
-#define VERSION_MAX     64          /* it goes into every audit row */
+#define VERSION_MAX     PRICE_VERSION_MAX
 #define USD_MAX         9000000000LL
 
 typedef unsigned __int128 u128;

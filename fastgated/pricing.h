@@ -32,6 +32,10 @@ struct price {
 	int line;
 };
 
+/* A table's version goes into every audit row and is copied into each request: one short
+ * line, such as a date. */
+#define PRICE_VERSION_MAX 31
+
 struct price_table {
 	struct price *prices;   /* in file order: the first match wins */
 	size_t n;

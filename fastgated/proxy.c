@@ -177,8 +177,8 @@ void proxy_finish(struct proxy_req *px)
 	event_del(&px->timer_ev);
 	event_del(&px->resume_ev);
 	event_del(&px->finish_ev);
-	if (px->retry_ev_set)
-		event_del(&px->retry_ev);
+	if (px->retry_ev)
+		event_free(px->retry_ev);
 	if (px->table)
 		route_table_unref(px->table);
 	free(px);
@@ -586,6 +586,7 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 	const struct price *p;
 	struct spend_refusal why;
 	bool model = px->model[0] != '\0';
+	int64_t est_output = 0;
 
 	if (u && u->suspended) {
 		proxy_reply_error(px, 403, "account_suspended",
@@ -620,7 +621,7 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 		const struct model_info *mi = px->rj.has_max_tokens ? NULL
 		                              : models_find(gw->models, px->model);
 
-		px->est_output = px->rj.has_max_tokens ? px->rj.max_tokens
+		est_output = px->rj.has_max_tokens ? px->rj.max_tokens
 		                 : mi && mi->max_output_tokens > 0 ? mi->max_output_tokens
 		                 : ESTIMATE_OUTPUT_TOKENS;
 	}
@@ -628,10 +629,10 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 	px->hold.p[px->hold.n++] = (struct spend_party){ &k->acct, NULL, 'k', k->id };
 	if (u)
 		px->hold.p[px->hold.n++] = (struct spend_party){ &u->acct, &u->bal, 'u', u->id };
-	px->hold.est.tokens = px->est_prompt + px->est_output;
+	px->hold.est.tokens = px->est_prompt + est_output;
 	px->hold.est.cost = !model ? 0 : px->priced
 	                    ? pricing_cost(&px->price, &(struct usage_counts){
-	                              .prompt = px->est_prompt, .completion = px->est_output },
+	                              .prompt = px->est_prompt, .completion = est_output },
 	                              px->multiplier_ppm)
 	                    : -1;
 	if (spend_reserve(&px->hold, now, &why) != SPEND_OK) {

@@ -136,9 +136,9 @@ struct proxy_req {
 	bool billed;                      /* bill() ran: cost_nano and the flags are final */
 	bool charged;                     /* ... and the hold was settled, not released */
 	bool usage_estimated;             /* the bill's tokens are the gateway's estimate */
-	char price_version[32];
+	char price_version[PRICE_VERSION_MAX + 1];
 	int64_t multiplier_ppm;           /* global x user x key */
-	int64_t est_prompt, est_output;   /* tokens: the estimate's two parts */
+	int64_t est_prompt;               /* tokens: the prompt's estimate */
 	int64_t cost_nano;                /* the bill; -1 = none (unpriced, or not charged) */
 
 	/* the answer, on its way to the client (relay.c) */
@@ -165,8 +165,8 @@ struct proxy_req {
 	struct event timer_ev;            /* first byte, then idle between chunks */
 	struct event resume_ev;           /* deferred transport resume */
 	struct event finish_ev;           /* deferred finish after the client vanished */
-	struct event retry_ev;            /* the next attempt, started from the loop */
-	bool retry_ev_set;                /* retry_ev is assigned (on the first retry) */
+	struct event *retry_ev;           /* the next attempt, started from the loop (allocated
+	                                   * on the first retry) */
 };
 
 /* ---- proxy.c ---- */

@@ -17,11 +17,21 @@ void spend_account_free(struct spend_account *a)
 	a->n_lim = 0;
 }
 
+/* t falls in the day the totals hold (a month changes only with a day). */
+static bool in_day(const struct spend_account *a, int64_t t)
+{
+	return a->month_start && t >= a->day_start && t < a->day_start + 86400;
+}
+
 /* The settled totals' windows follow the clock: a new day or month starts from zero. */
 static void totals_roll(struct spend_account *a, int64_t now)
 {
-	int64_t day = limit_window_start(&(struct limit){ .window = LIMIT_DAY }, now);
-	int64_t month = limit_month_start(now);
+	int64_t day, month;
+
+	if (in_day(a, now))
+		return;   /* most calls: the month's arithmetic only once a day */
+	day = limit_window_start(&(struct limit){ .window = LIMIT_DAY }, now);
+	month = limit_month_start(now);
 
 	if (a->day_start != day) {
 		a->day_start = day;
@@ -229,9 +239,8 @@ void spend_settle(struct spend_hold *h, int64_t now, int64_t tokens, int64_t cos
 		/* the totals of the day the request started in, as the audit's counters have it */
 		totals_roll(a, now);
 		t[0] = &a->all;
-		t[1] = a->day_start == limit_window_start(&(struct limit){ .window = LIMIT_DAY },
-		                                          h->at) ? &a->day : NULL;
-		t[2] = a->month_start == limit_month_start(h->at) ? &a->month : NULL;
+		t[1] = in_day(a, h->at) ? &a->day : NULL;
+		t[2] = t[1] || a->month_start == limit_month_start(h->at) ? &a->month : NULL;
 		for (size_t k = 0; k < 3; k++) {
 			if (!t[k])
 				continue;

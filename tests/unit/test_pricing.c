@@ -246,9 +246,11 @@ TEST(mistakes_are_named_by_line)
 	one_error(load_text("source: x\nprices: []\n", &e),
 	          &e, 1, "a price table needs version: (such as \"2026-12-07\"; every cost is recorded with it)");
 	one_error(load_text("version: \"a\\nb\"\nprices: []\n", &e),
-	          &e, 1, "version: expected one line of up to 64 characters, such as \"2026-12-07\"");
+	          &e, 1, "version: expected one line of up to 31 characters, such as \"2026-12-07\"");
+	one_error(load_text("version: \"0123456789012345678901234567890123\"\nprices: []\n", &e),
+	          &e, 1, "version: expected one line of up to 31 characters, such as \"2026-12-07\"");
 	one_error(load_text("version: [1]\nprices: []\n", &e),
-	          &e, 1, "version: expected one line of up to 64 characters, such as \"2026-12-07\"");
+	          &e, 1, "version: expected one line of up to 31 characters, such as \"2026-12-07\"");
 	one_error(load_text("version: v\nsource: { a: b }\nprices: []\n", &e),
 	          &e, 2, "source: expected a string (where the prices come from)");
 	one_error(load_text("version: v\nprices: { match: a }\n", &e),
