@@ -48,11 +48,19 @@ bench_pool_routes() {
 	} >"$f"
 }
 
-# bench_key CLI SOCKET NAME: create a key through the control socket, print its secret.
+# bench_key CLI SOCKET NAME [OPTION...]: create a key through the control socket (with
+# the options of `key create` given, e.g. --limit requests:100/min), print its secret.
 bench_key() {
-	"$1" --socket "$2" --json key create --name "$3" |
+	"$1" --socket "$2" --json key create --name "$3" "${@:4}" |
 		python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
 }
+
+# The three limits of the spend-control benchmarks (run.sh section 7, callgrind.sh
+# CG_LIMITS=1), one of each kind, as `key create` options: far above what any run sends
+# (a minute at 30,000 req/s is 1.8M requests; a request is estimated at ~150 tokens and
+# ~$0.00005 of gpt-4o-mini), so none trips and every request is reserved and settled.
+BENCH_SPEND_LIMITS=(--limit requests:100000000/min --limit tokens:100000000000/day
+                    --limit cost:1000000/month)
 
 # bench_nginx_conf DIR PORT MOCK_PORT WORKERS [NOFILE] [NGINX]: print the configuration of
 # the nginx that fastgated is compared with: proxy_pass to the mock with upstream keepalive.

@@ -1,12 +1,16 @@
 -- wrk script for tests/bench/run.sh: POST a ~300-byte non-stream chat completion with the
 -- bench key (BENCH_KEY from the environment) on keep-alive connections, and print one
 -- machine-readable summary line ("BENCHJSON {...}") that run.sh hands to bench.py.
+-- BENCH_MODEL (default mock-gpt, which no price table lists) names the model: the spend
+-- control section and callgrind.sh CG_LIMITS ask for a priced one (gpt-4o-mini).
 local key = os.getenv("BENCH_KEY") or "missing-key"
+local model = os.getenv("BENCH_MODEL") or ""
+if model == "" then model = "mock-gpt" end
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. key
-wrk.body = '{"model":"mock-gpt","temperature":0.2,"max_tokens":64,"messages":[' ..
+wrk.body = '{"model":"' .. model .. '","temperature":0.2,"max_tokens":64,"messages":[' ..
            '{"role":"system","content":"You are a terse assistant. Answer in one sentence."},' ..
            '{"role":"user","content":"Summarise the benefits of keep-alive connections ' ..
            'between a gateway and its upstream in a few words, please."}]}'
