@@ -10,6 +10,15 @@
 # (audit.c:writer_main, inclusive) and the rest (the event loop). Needs valgrind and wrk.
 # CG_OUT=FILE keeps the profile for callgrind_annotate / kcachegrind. CG_POOL=N (default 1)
 # puts N mock upstreams behind the route as a pool (upstreams:), to weigh the pool's cost.
+#
+# Spend control (issue #19), the policy phase's cost of a key's limits: CG_LIMITS=0 and
+# CG_LIMITS=1 send the same priced request (model gpt-4o-mini, max_tokens 64; fastgated
+# gets --pricing share/pricing.yaml), under a key without limits (0) or with three that
+# never trip in the run (1: requests:100000000/min, tokens:100000000000/day,
+# cost:1000000/month, BENCH_SPEND_LIMITS in lib.sh). Compare the two event-loop figures:
+#   CG_SECONDS=6 CG_LIMITS=0 tests/bench/callgrind.sh
+#   CG_SECONDS=6 CG_LIMITS=1 tests/bench/callgrind.sh
+# Unset, as before: model mock-gpt (unpriced), fastgated's default price table, no limits.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -38,6 +47,17 @@ wait_for() { # FILE REGEX SECONDS PID
 }
 
 POOL=${CG_POOL:-1}
+LIMITS=${CG_LIMITS:-}
+case $LIMITS in
+'') MODEL=mock-gpt; FG_PRICING=(); KEY_LIMITS=() ;;
+0) MODEL=gpt-4o-mini; FG_PRICING=(--pricing "$ROOT/share/pricing.yaml"); KEY_LIMITS=() ;;
+1)
+	MODEL=gpt-4o-mini
+	FG_PRICING=(--pricing "$ROOT/share/pricing.yaml")
+	KEY_LIMITS=("${BENCH_SPEND_LIMITS[@]}")
+	;;
+*) echo "callgrind.sh: CG_LIMITS must be 0 or 1 (got '$LIMITS')" >&2; exit 2 ;;
+esac
 for (( i = 0; i < POOL; i++ )); do
 	"$B/mock-upstream" --listen 127.0.0.1:0 >"$W/mock$i.out" 2>&1 &
 	MP="$MP $!"
@@ -57,20 +77,25 @@ else
 fi
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$B/fastgated" --listen 127.0.0.1:0 \
 	--routes "$W/routes" --keys "$W/keys.db" --audit "$W/audit.db" --control "$W/ctl.sock" \
-	>"$W/fg.out" 2>"$W/fg.log" &
+	${FG_PRICING[@]+"${FG_PRICING[@]}"} >"$W/fg.out" 2>"$W/fg.log" &
 FP=$!
 wait_for "$W/fg.log" 'listening on http://' 60 "$FP"
 fport=$(bench_fg_port "$W/fg.log")
-key=$(bench_key "$B/fastgate-cli" "$W/ctl.sock" callgrind)
-BENCH_KEY=$key wrk -t1 -c4 -d"${SECS}s" -s "$ROOT/tests/bench/post.lua" \
+key=$(bench_key "$B/fastgate-cli" "$W/ctl.sock" callgrind ${KEY_LIMITS[@]+"${KEY_LIMITS[@]}"})
+BENCH_KEY=$key BENCH_MODEL=$MODEL wrk -t1 -c4 -d"${SECS}s" -s "$ROOT/tests/bench/post.lua" \
 	"http://127.0.0.1:$fport/v1/chat/completions" >"$W/wrk.out" 2>&1
 n=$(grep -o '"requests":[0-9]*' "$W/wrk.out" | cut -d: -f2)
+non2xx=$(grep -o '"err_status":[0-9]*' "$W/wrk.out" | cut -d: -f2)
+if [[ ${non2xx:-0} != 0 ]]; then
+	echo "callgrind.sh: $non2xx of $n answers were not 2xx (a limit refused them?): the count is not of proxied requests" >&2
+	exit 1
+fi
 kill "$FP"
 wait "$FP" 2>/dev/null || true
 FP=""
 total=$(callgrind_annotate "$W/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
 writer=$(callgrind_annotate --inclusive=yes "$W/cg.out" 2>/dev/null |
 	awk '/audit.c:writer_main/ && !done { gsub(",", "", $1); print $1; done = 1 }')
-echo "requests $n (wrk -t1 -c4 -d${SECS}s through $B/fastgated under callgrind)"
+echo "requests $n (wrk -t1 -c4 -d${SECS}s through $B/fastgated under callgrind; model $MODEL, key limits: ${KEY_LIMITS[*]:-none})"
 [[ -n ${CG_OUT:-} ]] && cp "$W/cg.out" "$CG_OUT"
 echo "instructions per request: total $(( total / n )), audit writer $(( ${writer:-0} / n )), event loop $(( (total - ${writer:-0}) / n ))"
