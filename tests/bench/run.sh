@@ -9,6 +9,7 @@
 #   3. 1,000 concurrent open streams through fastgated: RSS and CPU
 #   4. audit rows written against requests forwarded under load (when fastgated audits)
 #   5. micro: start-up with 1,000 routes + 100,000 keys; route_match and keystore_lookup
+#   6. upstream pools: a pool of three upstreams against one, and one failing 10%
 # and prints a table (also written to tests/bench/RESULTS.md).
 #
 # Settings (environment):
@@ -28,6 +29,10 @@
 #   BENCH_RESULTS=tests/bench/RESULTS.md  where the table goes
 #   BENCH_NO_BUILD=1        do not run `make programs` first
 #   BENCH_KEEP=1            keep the work directory (logs, configs) after the run
+#   BENCH_ONLY=6            run only these sections (numbers, comma- or space-separated;
+#                           1 brings 4, its audit, and 2 brings 3: they measure the same
+#                           fastgated). The table is then printed, and written only where
+#                           BENCH_RESULTS says (RESULTS.md keeps the last full run)
 # Needs wrk and nginx (installed with apt-get when run as root), python3, cc, pkg-config.
 set -euo pipefail
 
@@ -56,7 +61,23 @@ OPEN_STREAMS=$(int_setting BENCH_OPEN_STREAMS 1000 1)
 FG_THREADS=$(int_setting BENCH_FG_THREADS 1 1)
 N_ROUTES=$(int_setting BENCH_ROUTES 1000 1)
 N_KEYS=$(int_setting BENCH_KEYS 100000 1)
-RESULTS_MD=${BENCH_RESULTS:-$HERE/RESULTS.md}
+ONLY=${BENCH_ONLY:-}
+ONLY=${ONLY//[ ,]/ }
+SECTIONS=" "
+for n in ${ONLY:-1 2 3 4 5 6}; do
+	case $n in
+	1 | 4) SECTIONS+="1 4 " ;;
+	2 | 3) SECTIONS+="2 3 " ;;
+	5 | 6) SECTIONS+="$n " ;;
+	*) echo "run.sh: BENCH_ONLY lists section numbers 1 to 6 (got '$n')" >&2; exit 2 ;;
+	esac
+done
+want() { [[ $SECTIONS == *" $1 "* ]]; }
+if [[ -n $ONLY ]]; then
+	RESULTS_MD=${BENCH_RESULTS:-}
+else
+	RESULTS_MD=${BENCH_RESULTS:-$HERE/RESULTS.md}
+fi
 if (( WRK_T > CONNS )); then WRK_T=$CONNS; fi
 
 COMMAND="tests/bench/run.sh${*:+ $*}"
@@ -71,7 +92,7 @@ die() { log "ERROR: $*"; exit 1; }
 NGINX=$(command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true)
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-[[ -n $NGINX ]] || missing+=(nginx-light)
+[[ -n $NGINX ]] || ! want 1 || missing+=(nginx-light)
 if (( ${#missing[@]} )); then
 	if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
 		log "installing ${missing[*]} (wrk nginx-light)"
@@ -195,8 +216,8 @@ src=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- fastgated 2>/dev/null &&
 	[[ -z $(git -C "$ROOT" status --porcelain -- fastgated 2>/dev/null) ]] || src="$src + uncommitted changes in fastgated/"
 info source "git $src; binaries built $BIN_BUILT"
-info tools "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), $("$NGINX" -v 2>&1 | sed 's/.*: //'), Python $("$PYTHON" -c 'import platform; print(platform.python_version())')"
-info settings "wrk -t$WRK_T -c$CONNS -d${RUN_S}s (+ -t1 -c1 -d${LAT_S}s), $ROUNDS rounds, ${WARM_S}s warm-up; $STREAMS TTFB streams per side; $OPEN_STREAMS open streams; $N_ROUTES routes, $N_KEYS keys; ulimit -n $nofile"
+info tools "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), ${NGINX:+$("$NGINX" -v 2>&1 | sed 's/.*: //'), }Python $("$PYTHON" -c 'import platform; print(platform.python_version())')"
+info settings "wrk -t$WRK_T -c$CONNS -d${RUN_S}s (+ -t1 -c1 -d${LAT_S}s), $ROUNDS rounds, ${WARM_S}s warm-up; $STREAMS TTFB streams per side; $OPEN_STREAMS open streams; $N_ROUTES routes, $N_KEYS keys; ulimit -n $nofile${ONLY:+; sections$SECTIONS only (BENCH_ONLY)}"
 
 # ---------------------------------------------------------------- mock upstream
 "$BUILD/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>"$W/mock.err" &
@@ -305,8 +326,9 @@ bench_target() { # TARGET CONNS THREADS SECONDS ROUND
 }
 
 # ================================================================ 1. throughput
-log "== 1. non-stream throughput and latency (wrk -t$WRK_T -c$CONNS -d${RUN_S}s, $ROUNDS rounds)"
 declare -A URL
+if want 1; then
+log "== 1. non-stream throughput and latency (wrk -t$WRK_T -c$CONNS -d${RUN_S}s, $ROUNDS rounds)"
 URL[direct]=http://127.0.0.1:$MOCK_PORT/v1/chat/completions
 TPIDS[direct]=$MOCK_PID
 start_nginx nginx1 1
@@ -360,8 +382,10 @@ stop_fg "$FG1" "load run"
 for pid in "${NGX_PIDS[@]}"; do
 	stop_pid "$pid" 10
 done
+fi # sections 1 and 4
 
 # ================================================================ 2. streams
+if want 2; then
 log "== 2. streams: time to first byte and inter-chunk gaps"
 FG2=$W/fg-streams
 start_fg "$FG2"
@@ -380,6 +404,7 @@ else
 	flag "fastgated serves a request after $OPEN_STREAMS clients hung up" "no answer within 10 s (CPU $(ps -o pcpu= -p "$FG_PID" | tr -d ' ')%)" "200" FAIL
 fi
 stop_fg "$FG2" "stream runs"
+fi # sections 2 and 3
 
 # ================================================================ 6. upstream pools
 # One fastgated, three routes side by side: /single (one mock), /pool (three targets on
@@ -388,6 +413,7 @@ stop_fg "$FG2" "stream runs"
 # pools retrying on 5xx. Rounds alternate the three, so the pool's cost is a per-round
 # ratio against /single; the failing pool's client errors are counted by wrk (non-2xx and
 # socket errors).
+if want 6; then
 log "== 6. upstream pools: three upstreams against one, and one failing 10% of its requests"
 POOL_MOCKS=()
 for n in 2 3; do
@@ -425,8 +451,10 @@ done
 "$PYTHON" -c 'import json,sys,urllib.request; print(json.dumps({"kind":"poolstats","faulted":json.load(urllib.request.urlopen("http://127.0.0.1:%s/__mock/stats" % sys.argv[1]))["faulted"]}))' \
 	"${POOL_MOCKS[1]}" >>"$RES" || note "cannot read mock 3's stats"
 stop_fg "$FG6" "pool runs"
+fi # section 6
 
 # ================================================================ 5. micro
+if want 5; then
 log "== 5. start-up with $N_ROUTES routes + $N_KEYS keys; route_match, keystore_lookup"
 M=$W/micro
 mkdir -p "$M"
@@ -457,9 +485,14 @@ else
 	done
 	log "$why"
 fi
+fi # section 5
 
 # ================================================================ report
 info load "load average $LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at the end ($(nproc) CPUs)"
 log "== results"
-mkdir -p "$(dirname "$RESULTS_MD")"
-"${PY[@]}" report --results "$RES" --md "$RESULTS_MD"
+if [[ -n $RESULTS_MD ]]; then
+	mkdir -p "$(dirname "$RESULTS_MD")"
+	"${PY[@]}" report --results "$RES" --md "$RESULTS_MD"
+else
+	"${PY[@]}" report --results "$RES"
+fi
