@@ -6,7 +6,9 @@ Every measuring subcommand appends one JSON object per result to the results fil
 
   freeport                          print a free 127.0.0.1 TCP port
   genroutes DIR N MOCKPORT          write DIR/bench.yaml with N routes (r0 .. rN-1)
-  check URL KEY                     one non-stream chat completion must answer 200
+  check URL KEY [--model M] [--header H]...
+                                    one non-stream chat completion must answer 200;
+                                    prints the value of each header asked for
   mockstat PORT                     print the mock's "chat" counter
   metrics URL                       fastgated /metrics summary as JSON
   wrk FILE --out R --target T ...   parse a wrk run (post.lua's BENCHJSON line)
@@ -107,15 +109,25 @@ def http_json(url, data=None, headers=None, timeout=10):
 
 
 def cmd_check(a):
+    import urllib.request
+    body = BODY
+    if a.model:
+        d = json.loads(BODY)
+        d["model"] = a.model
+        body = json.dumps(d, separators=(",", ":"))
+    req = urllib.request.Request(a.url, data=body.encode(), method="POST", headers={
+        "Authorization": "Bearer " + a.key, "Content-Type": "application/json"})
     try:
-        st, body = http_json(a.url, BODY.encode(), {"Authorization": "Bearer " + a.key,
-                                                    "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            st, body, hdrs = r.status, r.read(), r.headers
     except Exception as e:  # noqa: BLE001 - report any failure
         print("check %s: %s" % (a.url, e), file=sys.stderr)
         sys.exit(1)
     if st != 200 or b"chat.completion" not in body:
         print("check %s: status %d body %r" % (a.url, st, body[:200]), file=sys.stderr)
         sys.exit(1)
+    for h in a.header or []:  # one line each, empty when the answer has no such header
+        print(hdrs.get(h, ""))
 
 
 def cmd_mockstat(a):
@@ -799,6 +811,78 @@ def cmd_report(a):
             rows.append(("p99 with one failing / all healthy", "%s / %s" % (fmt_ms(p / 1e3), fmt_ms(q / 1e3)),
                          "(info)", ""))
 
+    # spend control (section 7): one fastgated, key A without limits and key B with three
+    # that never trip, back to back in every round; B against A round by round, as the
+    # shared machine's speed drifts between rounds more than the 2% looked for.
+    def by_round_c(target, c, field):
+        return {r["round"]: r[field] for r in recs if r["kind"] == "wrk" and r["target"] == target
+                and r["conns"] == c and r.get(field) is not None}
+
+    def spread(xs, f):
+        return "spread %s .. %s: %s" % (f % min(xs), f % max(xs), " ".join(f % x for x in xs))
+
+    spend_recs = [r for r in recs if r["kind"] == "wrk" and r["target"] in ("spend-a", "spend-b")]
+    if spend_recs:
+        ra, rb = by_round_c("spend-a", conns, "rps"), by_round_c("spend-b", conns, "rps")
+        a_rps, na = wrk_med("spend-a", conns, "rps")
+        b_rps, _ = wrk_med("spend-b", conns, "rps")
+        if a_rps and b_rps:
+            rows.append(("spend control, c=%d: req/s key without limits / with 3 limits (median of %d)"
+                         % (conns, na), "%.0f / %.0f" % (a_rps, b_rps), "(info)", ""))
+        both = sorted(k for k in set(ra) & set(rb) if ra[k] > 0)
+        if both:
+            ratios = [rb[k] / ra[k] for k in both]
+            ratio = statistics.median(ratios)
+            rows.append(("throughput, key with 3 limits / without, c=%d, median of %d per-round ratios"
+                         % (conns, len(both)), "%.3fx (%s)" % (ratio, spread(ratios, "%.3f")),
+                         ">= 0.98x (cost <= 2%)", "PASS" if ratio >= 0.98 else "FAIL"))
+        ca, cb = by_round_c("spend-a", conns, "cpu_us_per_req"), by_round_c("spend-b", conns, "cpu_us_per_req")
+        both = sorted(k for k in set(ca) & set(cb) if ca[k] > 0)
+        if both:
+            ratios = [cb[k] / ca[k] for k in both]
+            rows.append(("CPU per request, key with 3 limits / without, c=%d, median of per-round ratios"
+                         % conns, "%.3fx (%s; without limits %.1f us)" % (
+                             statistics.median(ratios), spread(ratios, "%.3f"),
+                             statistics.median(ca.values())), "(info)", ""))
+        qa, qb = by_round_c("spend-a", 1, "p99_us"), by_round_c("spend-b", 1, "p99_us")
+        both = sorted(set(qa) & set(qb))
+        if both:
+            deltas = [(qb[k] - qa[k]) / 1e3 for k in both]
+            delta = statistics.median(deltas)
+            rows.append(("p99 latency, key with 3 limits minus without, c=1, median of %d per-round "
+                         "differences" % len(both), "%+.3f ms (%s)" % (delta, spread(deltas, "%+.3f")),
+                         "<= 0.05 ms", "PASS" if delta <= 0.05 else "FAIL"))
+            ma, mb = by_round_c("spend-a", 1, "p50_us"), by_round_c("spend-b", 1, "p50_us")
+            both50 = sorted(set(ma) & set(mb))
+            if both50:
+                d50 = [(mb[k] - ma[k]) / 1e3 for k in both50]
+                rows.append(("p50 latency, key with 3 limits minus without, c=1, median of "
+                             "per-round differences", "%+.3f ms (%s)" % (
+                                 statistics.median(d50), spread(d50, "%+.3f")), "(info)", ""))
+            pa, _ = wrk_med("spend-a", 1, "p50_us")
+            pb, _ = wrk_med("spend-b", 1, "p50_us")
+            p99a, _ = wrk_med("spend-a", 1, "p99_us")
+            p99b, _ = wrk_med("spend-b", 1, "p99_us")
+            rows.append(("c=1 p50 / p99: key without limits; with 3 limits (medians)",
+                         "%s / %s; %s / %s" % (fmt_ms(pa / 1e3), fmt_ms(p99a / 1e3),
+                                               fmt_ms(pb / 1e3), fmt_ms(p99b / 1e3)), "(info)", ""))
+        else:
+            rows.append(("p99 latency, key with 3 limits minus without, c=1",
+                         "not measured: BENCH_LAT_SECONDS=0", "<= 0.05 ms", "SKIP"))
+        qa, qb = by_round_c("spend-a", conns, "p99_us"), by_round_c("spend-b", conns, "p99_us")
+        both = sorted(set(qa) & set(qb))
+        if both:
+            deltas = [(qb[k] - qa[k]) / 1e3 for k in both]
+            rows.append(("p99 latency, key with 3 limits minus without, c=%d (mostly queueing), "
+                         "median of per-round differences" % conns,
+                         "%+.3f ms (%s)" % (statistics.median(deltas), spread(deltas, "%+.3f")),
+                         "(info)", ""))
+        sent = sum(r["requests"] for r in spend_recs)
+        errs = sum(r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"]
+                   + r["err_timeout"] for r in spend_recs)
+        rows.append(("spend control runs: non-2xx answers and socket errors (%d requests)" % sent,
+                     "%d" % errs, "0 (no limit trips)", "PASS" if errs == 0 and sent > 0 else "FAIL"))
+
     for r in recs:
         if r["kind"] == "ttfb":
             rows.append(("stream TTFB added over direct: median (%d+%d streams)" % (
@@ -941,7 +1025,16 @@ def cmd_report(a):
            "- audit: rows in the audit table after SIGTERM (queue drained) against requests the "
            "mock received from fastgated during its runs (the mock's own counter)",
            "- micro: tests/bench/micro.c linked against build/libfg.a; keys inserted with direct "
-           "SQL in one transaction into a store created by keystore_open", ""]
+           "SQL in one transaction into a store created by keystore_open",
+           "- spend control: one fastgated with `--pricing share/pricing.yaml` and the chat route, "
+           "two keys: A without limits, B with requests:100000000/min, tokens:100000000000/day and "
+           "cost:1000000/month (none trips: every request is reserved and settled, and answered "
+           "with x-ratelimit-* headers); wrk sends post.lua naming gpt-4o-mini (priced) with "
+           "max_tokens 64 under either key, so both pay the price lookup and the estimate and B "
+           "adds its limits. Each round runs A and B back to back at c=%d in a rotating order, "
+           "then both at c=1; the verdicts are the median of the per-round ratio B/A of req/s "
+           "and of the per-round difference B-A of the c=1 p99 (at c=%d p99 is mostly queueing)"
+           % (conns, conns), ""]
     fails = sum(1 for r in rows if r[3].startswith("FAIL"))
     if a.md:
         with open(a.md, "w") as f:
@@ -965,6 +1058,9 @@ def main():
     s = sp.add_parser("check")
     s.add_argument("url")
     s.add_argument("key")
+    s.add_argument("--model", default=None, help="the model the request names (default mock-gpt)")
+    s.add_argument("--header", action="append",
+                   help="print this response header's value (repeatable; empty line if absent)")
     s.set_defaults(fn=cmd_check)
     s = sp.add_parser("mockstat")
     s.add_argument("port", type=int)

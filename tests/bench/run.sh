@@ -10,6 +10,8 @@
 #   4. audit rows written against requests forwarded under load (when fastgated audits)
 #   5. micro: start-up with 1,000 routes + 100,000 keys; route_match and keystore_lookup
 #   6. upstream pools: a pool of three upstreams against one, and one failing 10%
+#   7. spend control (issue #19): the policy phase's cost of three limits on the key, key A
+#      (none) and key B (three that never trip) taking turns on one fastgated
 # and prints a table (also written to tests/bench/RESULTS.md).
 #
 # Settings (environment):
@@ -29,7 +31,7 @@
 #   BENCH_RESULTS=tests/bench/RESULTS.md  where the table goes
 #   BENCH_NO_BUILD=1        do not run `make programs` first
 #   BENCH_KEEP=1            keep the work directory (logs, configs) after the run
-#   BENCH_ONLY=6            run only these sections (numbers, comma- or space-separated;
+#   BENCH_ONLY=7            run only these sections (numbers, comma- or space-separated;
 #                           1 brings 4, its audit, and 2 brings 3: they measure the same
 #                           fastgated). The table is then printed, and written only where
 #                           BENCH_RESULTS says (RESULTS.md keeps the last full run)
@@ -64,12 +66,12 @@ N_KEYS=$(int_setting BENCH_KEYS 100000 1)
 ONLY=${BENCH_ONLY:-}
 ONLY=${ONLY//[ ,]/ }
 SECTIONS=" "
-for n in ${ONLY:-1 2 3 4 5 6}; do
+for n in ${ONLY:-1 2 3 4 5 6 7}; do
 	case $n in
 	1 | 4) SECTIONS+="1 4 " ;;
 	2 | 3) SECTIONS+="2 3 " ;;
-	5 | 6) SECTIONS+="$n " ;;
-	*) echo "run.sh: BENCH_ONLY lists section numbers 1 to 6 (got '$n')" >&2; exit 2 ;;
+	5 | 6 | 7) SECTIONS+="$n " ;;
+	*) echo "run.sh: BENCH_ONLY lists section numbers 1 to 7 (got '$n')" >&2; exit 2 ;;
 	esac
 done
 want() { [[ $SECTIONS == *" $1 "* ]]; }
@@ -298,7 +300,7 @@ run_wrk() { # TARGET URL CONNS THREADS SECONDS ROUND(-1 = warm-up); prints compl
 	local out=$W/wrk-$1-c$3-r$6.txt c0 c1
 	# shellcheck disable=SC2086
 	c0=$(cpu_ticks ${TPIDS[$1]:-})
-	BENCH_KEY=$KEY timeout $(( $5 + 30 )) wrk -t"$4" -c"$3" -d"$5"s --timeout 5s --latency \
+	BENCH_KEY=$KEY BENCH_MODEL=$WRK_MODEL timeout $(( $5 + 30 )) wrk -t"$4" -c"$3" -d"$5"s --timeout 5s --latency \
 		-s "$HERE/post.lua" "$2" >"$out" 2>&1 || die "wrk $1 failed: $(tail -5 "$out")"
 	# shellcheck disable=SC2086
 	c1=$(cpu_ticks ${TPIDS[$1]:-})
@@ -306,6 +308,7 @@ run_wrk() { # TARGET URL CONNS THREADS SECONDS ROUND(-1 = warm-up); prints compl
 		--cpu-ticks "$(( c1 - c0 ))" --clk-tck "$(getconf CLK_TCK)"
 }
 
+WRK_MODEL=mock-gpt   # the model post.lua's requests name (section 7: a priced one)
 FG_FWD=0    # requests fastgated forwarded to the mock during its runs (mock's own counter)
 FG_DONE=0   # requests wrk completed through fastgated
 mock_chat() { "${PY[@]}" mockstat "$MOCK_PORT"; }
@@ -452,6 +455,82 @@ done
 	"${POOL_MOCKS[1]}" >>"$RES" || note "cannot read mock 3's stats"
 stop_fg "$FG6" "pool runs"
 fi # section 6
+
+# ================================================================ 7. spend control
+# One fastgated with the price table (--pricing share/pricing.yaml) and the chat route, two
+# keys: A without limits, B with the three of BENCH_SPEND_LIMITS (lib.sh: one per kind),
+# which no run comes near, so each of B's requests is reserved, settled and answered with
+# x-ratelimit-* headers, and none is refused. wrk's requests name gpt-4o-mini (priced) with
+# max_tokens, so both keys pay for the price lookup and the estimate and B for its limits on
+# top. Each round runs A and B back to back at c=$CONNS in a rotating order, then both at
+# c=1 (the latency run, as in section 1); the report takes B against A round by round.
+if want 7; then
+log "== 7. spend control: a key with three limits against a key without"
+SPEND_MODEL=gpt-4o-mini
+FG7=$W/fg-spend
+mkdir -p "$FG7/routes"
+bench_chat_route "$FG7/routes/chat.yaml" "$MOCK_PORT"
+"$BUILD/fastgated" --listen 127.0.0.1:0 --routes "$FG7/routes" --keys "$FG7/keys.db" \
+	--audit "$FG7/audit.db" --control "$FG7/ctl.sock" --pricing "$ROOT/share/pricing.yaml" \
+	>"$FG7/stdout.log" 2>"$FG7/fastgated.log" &
+FG_PID=$!
+PIDS+=("$FG_PID")
+bench_wait_line "$FG7/fastgated.log" 'listening on http://' 15 "$FG_PID" ||
+	die "fastgated (spend) did not start: $(tail -20 "$FG7/fastgated.log")"
+FG_PORT=$(bench_fg_port "$FG7/fastgated.log")
+declare -A SKEY
+SKEY[spend-a]=$(bench_key "$BUILD/fastgate-cli" "$FG7/ctl.sock" spend-a) ||
+	die "fastgate-cli key create failed"
+SKEY[spend-b]=$(bench_key "$BUILD/fastgate-cli" "$FG7/ctl.sock" spend-b "${BENCH_SPEND_LIMITS[@]}") ||
+	die "fastgate-cli key create ${BENCH_SPEND_LIMITS[*]} failed"
+for t in spend-a spend-b; do
+	URL[$t]=http://127.0.0.1:$FG_PORT/v1/chat/completions
+	TPIDS[$t]=$FG_PID
+	# the model must be priced (else B's cost limit refuses it), and only B has limits
+	hdr=$("${PY[@]}" check "${URL[$t]}" "${SKEY[$t]}" --model "$SPEND_MODEL" \
+		--header X-Fastgate-Cost --header x-ratelimit-limit-requests) ||
+		die "fastgated (spend) does not proxy a $SPEND_MODEL request with key $t"
+	{ read -r cost || true; read -r lim || true; } <<<"$hdr"
+	[[ -n $cost ]] || die "no X-Fastgate-Cost on a $SPEND_MODEL answer: fastgated has no price for it ($ROOT/share/pricing.yaml)"
+	if [[ $t == spend-a && -n $lim ]] || [[ $t == spend-b && $lim != 100000000 ]]; then
+		die "key $t: x-ratelimit-limit-requests is '$lim'"
+	fi
+done
+WRK_MODEL=$SPEND_MODEL
+SPEND_TARGETS=(spend-a spend-b)
+SPEND_B_DONE=1   # the check above
+if (( WARM_S > 0 )); then
+	for t in "${SPEND_TARGETS[@]}"; do
+		KEY=${SKEY[$t]}
+		n=$(run_wrk "$t" "${URL[$t]}" "$CONNS" "$WRK_T" "$WARM_S" -1 | tail -1)
+		[[ $t == spend-b ]] && SPEND_B_DONE=$(( SPEND_B_DONE + ${n:-0} ))
+	done
+fi
+for (( r = 1; r <= ROUNDS; r++ )); do
+	log "spend round $r/$ROUNDS"
+	for c in "$CONNS" 1; do
+		(( c == 1 && (LAT_S == 0 || CONNS == 1) )) && continue
+		for (( i = 0; i < 2; i++ )); do
+			t=${SPEND_TARGETS[$(( (i + r - 1) % 2 ))]}
+			KEY=${SKEY[$t]}
+			if (( c == 1 )); then
+				n=$(run_wrk "$t" "${URL[$t]}" 1 1 "$LAT_S" "$r" | tail -1)
+			else
+				n=$(run_wrk "$t" "${URL[$t]}" "$CONNS" "$WRK_T" "$RUN_S" "$r" | tail -1)
+			fi
+			[[ $t == spend-b ]] && SPEND_B_DONE=$(( SPEND_B_DONE + ${n:-0} ))
+		done
+	done
+done
+WRK_MODEL=mock-gpt
+# key B's settled spend (a fresh key store: A is id 1, B id 2), against what it completed
+spent=$("$BUILD/fastgate-cli" --socket "$FG7/ctl.sock" --json key show 2 |
+	"$PYTHON" -c 'import json,sys; k=json.load(sys.stdin); print(k["name"], k["spend"]["total"]["requests"], k["spend"]["total"]["cost_usd"])') ||
+	spent="? ? ?"
+read -r sname sreq scost <<<"$spent"
+note "spend control: key $sname (three limits) settled $sreq requests (\$$scost) against $SPEND_B_DONE that wrk and the check completed with it"
+stop_fg "$FG7" "spend runs"
+fi # section 7
 
 # ================================================================ 5. micro
 if want 5; then
