@@ -8,14 +8,21 @@
 # ports, drives `wrk -t1 -c4 -d${CG_SECONDS:-10}s` with tests/bench/post.lua, stops both by
 # PID and prints instructions per request: total, the audit writer thread
 # (audit.c:writer_main, inclusive) and the rest (the event loop). Needs valgrind and wrk.
-# CG_OUT=FILE keeps the profile for callgrind_annotate / kcachegrind. CG_POOL=N (default 1)
+# That first line divides the whole run, start-up included, by the requests, so it moves
+# with how many requests the run got through (start-up is ~47M instructions, ~5,000 a
+# request at 10,000 requests); the second line, "after start-up", leaves out what ran
+# before wrk (callgrind_control --dump on fastgated's PID once its key exists), and is the
+# one to compare between runs that got through different numbers of requests.
+# CG_OUT=FILE keeps the profile for callgrind_annotate / kcachegrind (the part after
+# start-up; FILE.start-up the part before). CG_POOL=N (default 1)
 # puts N mock upstreams behind the route as a pool (upstreams:), to weigh the pool's cost.
 #
 # Spend control (issue #19), the policy phase's cost of a key's limits: CG_LIMITS=0 and
 # CG_LIMITS=1 send the same priced request (model gpt-4o-mini, max_tokens 64; fastgated
 # gets --pricing share/pricing.yaml), under a key without limits (0) or with three that
 # never trip in the run (1: requests:100000000/min, tokens:100000000000/day,
-# cost:1000000/month, BENCH_SPEND_LIMITS in lib.sh). Compare the two event-loop figures:
+# cost:1000000/month, BENCH_SPEND_LIMITS in lib.sh). Compare the two "after start-up"
+# event-loop figures:
 #   CG_SECONDS=6 CG_LIMITS=0 tests/bench/callgrind.sh
 #   CG_SECONDS=6 CG_LIMITS=1 tests/bench/callgrind.sh
 # Unset, as before: model mock-gpt (unpriced), fastgated's default price table, no limits.
@@ -82,6 +89,12 @@ FP=$!
 wait_for "$W/fg.log" 'listening on http://' 60 "$FP"
 fport=$(bench_fg_port "$W/fg.log")
 key=$(bench_key "$B/fastgate-cli" "$W/ctl.sock" callgrind ${KEY_LIMITS[@]+"${KEY_LIMITS[@]}"})
+# start-up so far into cg.out.1, counters zeroed: cg.out gets the requests (and the exit)
+split=1
+callgrind_control --dump=start-up "$FP" >"$W/cgctl.out" 2>&1 && [[ -s $W/cg.out.1 ]] || {
+	echo "callgrind.sh: callgrind_control --dump $FP failed, no after-start-up figure: $(tail -2 "$W/cgctl.out")" >&2
+	split=0
+}
 BENCH_KEY=$key BENCH_MODEL=$MODEL wrk -t1 -c4 -d"${SECS}s" -s "$ROOT/tests/bench/post.lua" \
 	"http://127.0.0.1:$fport/v1/chat/completions" >"$W/wrk.out" 2>&1
 n=$(grep -o '"requests":[0-9]*' "$W/wrk.out" | cut -d: -f2)
@@ -93,9 +106,24 @@ fi
 kill "$FP"
 wait "$FP" 2>/dev/null || true
 FP=""
-total=$(callgrind_annotate "$W/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
-writer=$(callgrind_annotate --inclusive=yes "$W/cg.out" 2>/dev/null |
-	awk '/audit.c:writer_main/ && !done { gsub(",", "", $1); print $1; done = 1 }')
+cg_total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'; }
+cg_writer() {
+	callgrind_annotate --inclusive=yes "$1" 2>/dev/null |
+		awk '/audit.c:writer_main/ && !done { gsub(",", "", $1); print $1; done = 1 }'
+}
+run_total=$(cg_total "$W/cg.out") run_writer=$(cg_writer "$W/cg.out")
+run_writer=${run_writer:-0}
+total=$run_total writer=$run_writer
+if (( split )); then
+	start_writer=$(cg_writer "$W/cg.out.1")
+	total=$(( total + $(cg_total "$W/cg.out.1") )) writer=$(( writer + ${start_writer:-0} ))
+fi
 echo "requests $n (wrk -t1 -c4 -d${SECS}s through $B/fastgated under callgrind; model $MODEL, key limits: ${KEY_LIMITS[*]:-none})"
-[[ -n ${CG_OUT:-} ]] && cp "$W/cg.out" "$CG_OUT"
-echo "instructions per request: total $(( total / n )), audit writer $(( ${writer:-0} / n )), event loop $(( (total - ${writer:-0}) / n ))"
+if [[ -n ${CG_OUT:-} ]]; then
+	cp "$W/cg.out" "$CG_OUT"
+	if (( split )); then cp "$W/cg.out.1" "$CG_OUT.start-up"; fi
+fi
+echo "instructions per request: total $(( total / n )), audit writer $(( writer / n )), event loop $(( (total - writer) / n ))"
+if (( split )); then
+	echo "after start-up: total $(( run_total / n )), audit writer $(( run_writer / n )), event loop $(( (run_total - run_writer) / n ))"
+fi
