@@ -219,7 +219,7 @@ git -C "$ROOT" diff --quiet HEAD -- fastgated 2>/dev/null &&
 	[[ -z $(git -C "$ROOT" status --porcelain -- fastgated 2>/dev/null) ]] || src="$src + uncommitted changes in fastgated/"
 info source "git $src; binaries built $BIN_BUILT"
 info tools "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2), ${NGINX:+$("$NGINX" -v 2>&1 | sed 's/.*: //'), }Python $("$PYTHON" -c 'import platform; print(platform.python_version())')"
-info settings "wrk -t$WRK_T -c$CONNS -d${RUN_S}s (+ -t1 -c1 -d${LAT_S}s), $ROUNDS rounds, ${WARM_S}s warm-up; $STREAMS TTFB streams per side; $OPEN_STREAMS open streams; $N_ROUTES routes, $N_KEYS keys; ulimit -n $nofile${ONLY:+; sections$SECTIONS only (BENCH_ONLY)}"
+info settings "wrk -t$WRK_T -c$CONNS -d${RUN_S}s (+ -t1 -c1 -d${LAT_S}s), $ROUNDS rounds, ${WARM_S}s warm-up; $STREAMS TTFB streams per side; $OPEN_STREAMS open streams; $N_ROUTES routes, $N_KEYS keys; ulimit -n $nofile${ONLY:+; sections${SECTIONS% } only (BENCH_ONLY)}"
 
 # ---------------------------------------------------------------- mock upstream
 "$BUILD/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>"$W/mock.err" &
