@@ -541,6 +541,16 @@ void http_add_header(struct http_request *req, const char *name, const char *val
 	c->outhead_len += nl + vl + 4;
 }
 
+void http_add_header_lines(struct http_request *req, const char *lines, size_t len)
+{
+	struct http_conn *c = req->conn;
+
+	if (buf_grow(&c->outhead, &c->outhead_cap, c->outhead_len + len, 512) < 0)
+		return;
+	memcpy(c->outhead + c->outhead_len, lines, len);
+	c->outhead_len += len;
+}
+
 void http_close_after(struct http_request *req)
 {
 	req->conn->close_after = true;

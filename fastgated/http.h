@@ -120,6 +120,10 @@ void http_watch_client(struct http_request *req, void (*gone)(void *), void *arg
 
 /* Add a reply header (name and value are copied). */
 void http_add_header(struct http_request *req, const char *name, const char *value);
+/* Add reply header lines the gateway made itself, "Name: value\r\n" each, in one copy:
+ * for a set of headers built per request (x-ratelimit-*), where checking each name and
+ * value again would cost more than making them. */
+void http_add_header_lines(struct http_request *req, const char *lines, size_t len);
 /* Close the connection after this reply. */
 void http_close_after(struct http_request *req);
 

@@ -401,6 +401,16 @@ static int64_t calendar_end(const struct limit *l, int64_t t)
 	return l->window == LIMIT_DAY ? t - t % DAY_S + DAY_S : limit_next_month(t);
 }
 
+/* A calendar counter keeps its window's end in bucket[0] (its buckets are otherwise
+ * unused), so that a call within the window needs no calendar arithmetic: a month's is
+ * a hundred instructions, and every request makes several calls. */
+#define CAL_END(c) ((c)->bucket[0])
+
+static bool in_window(const struct limit_counter *c, int64_t t)
+{
+	return t >= c->head && t < CAL_END(c);
+}
+
 /* Move the counter to the time of this call and return it: sliding buckets of units that
  * have left the window are emptied for reuse, a calendar count of a past window is
  * dropped. The only place time moves forward. */
@@ -420,13 +430,13 @@ static int64_t advance(struct limit_counter *c, const struct limit *l, int64_t n
 				c->bucket[k % LIMIT_BUCKETS] = 0;
 		}
 		c->head = u;
-	} else {
+	} else if (!in_window(c, t)) {
 		int64_t start = limit_window_start(l, t);
 
-		if (start != c->head) {
-			c->head = start;
+		if (start != c->head)
 			c->used = 0;
-		}
+		c->head = start;
+		CAL_END(c) = calendar_end(l, t);
 	}
 	return t;
 }
@@ -449,7 +459,15 @@ static int64_t used_at(const struct limit_counter *c, const struct limit *l, int
 	int64_t sum = 0;
 
 	if (!unit_s(l))
-		return limit_window_start(l, t) == c->head ? c->used : 0;
+		return in_window(c, t) ? c->used : 0;
+	if (t / unit_s(l) == c->head) {
+		/* the usual case (the counter was just advanced): the window is the whole ring.
+		 * Counts are >= 0, so the sum saturates exactly when an add overflows. */
+		for (int i = 0; i < LIMIT_BUCKETS; i++)
+			if (__builtin_add_overflow(sum, c->bucket[i], &sum))
+				return INT64_MAX;
+		return sum;
+	}
 	for (int64_t u = oldest_unit(c, l, t); u <= c->head; u++)
 		sum = count_add(sum, c->bucket[u % LIMIT_BUCKETS]);
 	return sum;
@@ -460,6 +478,8 @@ void limit_counter_init(struct limit_counter *c, const struct limit *l, int64_t 
 	memset(c, 0, sizeof(*c));
 	c->seen = clamp_time(now);
 	c->head = unit_s(l) ? c->seen / unit_s(l) : limit_window_start(l, c->seen);
+	if (!unit_s(l))
+		CAL_END(c) = calendar_end(l, c->seen);
 }
 
 int64_t limit_used(struct limit_counter *c, const struct limit *l, int64_t now)
@@ -484,7 +504,7 @@ int64_t limit_wait(const struct limit_counter *c, const struct limit *l, int64_t
 	if (amount > l->amount)
 		return LIMIT_NEVER;
 	if (!unit)
-		return calendar_end(l, t) - t;
+		return (in_window(c, t) ? CAL_END(c) : calendar_end(l, t)) - t;
 	lo = oldest_unit(c, l, t);
 	n = (int)(c->head - lo + 1);
 	for (int i = n - 1; i >= 0; i--) {
@@ -525,7 +545,7 @@ void limit_adjust(struct limit_counter *c, const struct limit *l, int64_t at, in
 		/* advance made head t's unit, so the ring is exactly the window */
 		if (u > c->head - LIMIT_BUCKETS)
 			c->bucket[u % LIMIT_BUCKETS] = count_add(c->bucket[u % LIMIT_BUCKETS], delta);
-	} else if (limit_window_start(l, at) == c->head) {
+	} else if (in_window(c, at)) {
 		c->used = count_add(c->used, delta);
 	}
 }
@@ -535,7 +555,7 @@ int64_t limit_reset_in(const struct limit_counter *c, const struct limit *l, int
 	int64_t t = acting_time(c, now), unit = unit_s(l);
 
 	if (!unit)
-		return calendar_end(l, t) - t;
+		return (in_window(c, t) ? CAL_END(c) : calendar_end(l, t)) - t;
 	for (int64_t u = oldest_unit(c, l, t); u <= c->head; u++)
 		if (c->bucket[u % LIMIT_BUCKETS] > 0)
 			return (u + LIMIT_BUCKETS) * unit - t;
@@ -547,7 +567,7 @@ int64_t limit_clear_in(const struct limit_counter *c, const struct limit *l, int
 	int64_t t = acting_time(c, now), unit = unit_s(l);
 
 	if (!unit)
-		return used_at(c, l, t) > 0 ? calendar_end(l, t) - t : 0;
+		return used_at(c, l, t) > 0 ? CAL_END(c) - t : 0;
 	for (int64_t u = c->head; u >= oldest_unit(c, l, t); u--)
 		if (c->bucket[u % LIMIT_BUCKETS] > 0)
 			return (u + LIMIT_BUCKETS) * unit - t;

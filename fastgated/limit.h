@@ -103,7 +103,8 @@ struct limit_counter {
 	int64_t head;                   /* sliding: the unit (second or minute) of the newest
 	                                 * bucket; calendar: the window's start */
 	int64_t used;                   /* calendar: the usage counted in that window */
-	int64_t bucket[LIMIT_BUCKETS];  /* sliding: bucket[u % 60] is the usage of unit u, for
+	int64_t bucket[LIMIT_BUCKETS];  /* calendar: bucket[0] is the window's end (0: not
+	                                 * known yet); sliding: bucket[u % 60] is the usage of unit u, for
 	                                 * u in (head - 60, head] */
 };
 

@@ -506,10 +506,10 @@ static void answer_complete(struct proxy_req *px)
 		/* the answer is whole: its cost is known before its head goes */
 		proxy_bill(px);
 		if (px->cost_nano >= 0 && px->charged) {
-			char cost[40];
+			char cost[FMT_USD_MAX];
 
-			http_add_header(px->req, "X-Fastgate-Cost", money_format_usd(px->cost_nano, cost,
-			                                                              sizeof(cost)));
+			fmt_usd_nano(cost, px->cost_nano);
+			http_add_header(px->req, "X-Fastgate-Cost", cost);
 		}
 		req = proxy_take_req(px);
 		http_reply_buf(req, (int)px->status, px->out, head_len);

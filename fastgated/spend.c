@@ -260,30 +260,31 @@ void spend_release(struct spend_hold *h, int64_t now)
 	h->active = false;
 }
 
-bool spend_headroom(const struct spend_hold *h, enum limit_kind kind, int64_t now,
-                    struct spend_headroom *out)
+unsigned spend_headroom(const struct spend_hold *h, int64_t now, struct spend_headroom out[3])
 {
-	bool found = false;
+	const struct limit_counter *best[3] = { NULL, NULL, NULL };
+	unsigned found = 0;
 
 	for (size_t i = 0; i < h->n; i++) {
 		struct spend_account *a = h->p[i].acct;
 
 		for (size_t j = 0; a && j < a->n_lim; j++) {
 			const struct limit *l = &a->lim[j];
-			int64_t left;
+			int64_t left = l->amount - limit_used(&a->ctr[j], l, now);
 
-			if (l->kind != kind)
-				continue;
-			left = l->amount - limit_used(&a->ctr[j], l, now);
 			if (left < 0)
 				left = 0;
-			if (found && left >= out->remaining)
+			if ((found & (1u << l->kind)) && left >= out[l->kind].remaining)
 				continue;
-			out->lim = *l;
-			out->remaining = left;
-			out->reset_s = limit_clear_in(&a->ctr[j], l, now);
-			found = true;
+			out[l->kind].lim = *l;
+			out[l->kind].remaining = left;
+			best[l->kind] = &a->ctr[j];
+			found |= 1u << l->kind;
 		}
 	}
+	/* the reset of the tightest only: it walks the buckets again */
+	for (int k = 0; k < 3; k++)
+		if (best[k])
+			out[k].reset_s = limit_clear_in(best[k], &out[k].lim, now);
 	return found;
 }

@@ -117,14 +117,14 @@ void spend_settle(struct spend_hold *h, int64_t now, int64_t tokens, int64_t cos
  * the request counted nowhere. No-op unless h->active. */
 void spend_release(struct spend_hold *h, int64_t now);
 
-/* For the x-ratelimit-* headers: among the parties' limits of `kind`, the one with the
- * least left now. false when there is none. */
+/* For the x-ratelimit-* headers: for each kind (out[LIMIT_REQUESTS], out[LIMIT_TOKENS],
+ * out[LIMIT_COST]), the parties' limit of that kind with the least left now. Returns the
+ * kinds found as bits (1 << kind); 0 when the parties have no limit. */
 struct spend_headroom {
 	struct limit lim;
 	int64_t remaining;                /* >= 0 */
 	int64_t reset_s;                  /* seconds until it is fully free again */
 };
-bool spend_headroom(const struct spend_hold *h, enum limit_kind kind, int64_t now,
-                    struct spend_headroom *out);
+unsigned spend_headroom(const struct spend_hold *h, int64_t now, struct spend_headroom out[3]);
 
 #endif

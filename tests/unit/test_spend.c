@@ -287,19 +287,18 @@ TEST(headroom_names_the_tightest_limit_of_a_kind)
 	struct spend_account k, u;
 	struct spend_balance b = { 0 };
 	struct spend_hold h;
-	struct spend_headroom hr;
+	struct spend_headroom hr[3];
 
 	account(&k, "requests:100/min", "tokens:5000/day", T0);
 	account(&u, "requests:3/min", NULL, T0);
 	h = hold(&k, &u, &b, 100, 0);
 	CHECK_INT(spend_reserve(&h, T0, NULL), SPEND_OK);
-	CHECK(spend_headroom(&h, LIMIT_REQUESTS, T0, &hr));
-	CHECK_INT(hr.lim.amount, 3);
-	CHECK_INT(hr.remaining, 2);
-	CHECK_INT(hr.reset_s, 60);
-	CHECK(spend_headroom(&h, LIMIT_TOKENS, T0, &hr));
-	CHECK_INT(hr.remaining, 4900);
-	CHECK(!spend_headroom(&h, LIMIT_COST, T0, &hr));
+	CHECK_INT(spend_headroom(&h, T0, hr), (1u << LIMIT_REQUESTS) | (1u << LIMIT_TOKENS));
+	CHECK_INT(hr[LIMIT_REQUESTS].lim.amount, 3);
+	CHECK_INT(hr[LIMIT_REQUESTS].remaining, 2);
+	CHECK_INT(hr[LIMIT_REQUESTS].reset_s, 60);
+	CHECK_INT(hr[LIMIT_TOKENS].remaining, 4900);
+	CHECK_INT(hr[LIMIT_TOKENS].reset_s, 86400);
 	spend_account_free(&k);
 	spend_account_free(&u);
 }

@@ -28,6 +28,13 @@ TEST(fmt_dec_writes_every_digit_and_nothing_more)
 	check_dec(303, "303");
 	check_dec(1234567890, "1234567890");
 	check_dec(UINT64_MAX, "18446744073709551615");
+	/* digits two at a time: every length and every pair against snprintf */
+	for (uint64_t n = 0, step = 1; n < UINT64_MAX / 3; n += step, step += step / 7 + 1) {
+		char want[24];
+
+		snprintf(want, sizeof(want), "%llu", (unsigned long long)n);
+		check_dec(n, want);
+	}
 	/* no terminator: the byte after the digits is left alone */
 	CHECK_INT(fmt_dec(out, 42), 2);
 	CHECK(out[0] == '4' && out[1] == '2' && out[2] == 'c');
