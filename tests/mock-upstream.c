@@ -45,6 +45,16 @@
  *   POST /__mock/reset         zeros the counters, forgets the last request and clears the
  *                              sticky behaviour.
  *   POST /__mock/behave        sets the sticky behaviour (below).
+ *   POST /__mock/hold          closes the gate: from now on every non-control request is
+ *                              counted as it arrives, then held, unanswered, until
+ *                              POST /__mock/release (its first-byte delay, if any, runs
+ *                              from then). The stats' "held" is how many wait now (a
+ *                              client that leaves takes its request out), "holding"
+ *                              whether the gate is closed. Lets a test know that N
+ *                              requests are in flight at once, however fast it sends them.
+ *   POST /__mock/release       opens the gate and answers every held request, in turn.
+ *                              /__mock/reset opens it too. Answer (both): 200
+ *                              {"ok":true,"released":N} (N: requests let go; 0 for hold).
  *   anything else              200 echo: {method, uri, path, headers, body}.
  *   Every response carries X-Mock-Received-Auth: <Authorization received>, when one was.
  *   Paths under /__mock/ are control requests: never counted, never faulted; other
@@ -311,7 +321,8 @@ enum pending_state {
 	PEND_HANG,              /* never answered; waits for the client to leave */
 	PEND_STREAM,            /* headers sent, chunks going out */
 	PEND_CUT,               /* cut stream: last chunk queued, RST or close once written */
-	PEND_CLOSING            /* connection already dead or doomed; free it next turn */
+	PEND_CLOSING,           /* connection already dead or doomed; free it next turn */
+	PEND_HELD               /* the gate is closed: waits for POST /__mock/release */
 };
 
 struct conn;
@@ -324,6 +335,7 @@ struct pending {
 	enum pending_state state;
 	struct answer ans;
 	int sent;               /* content chunks sent */
+	long first_byte_ms;     /* PEND_HELD: the first-byte delay to run once released */
 };
 
 /* One client connection that has sent at least one request. Freed in conn_closed(). */
@@ -344,6 +356,7 @@ struct stats {
 	json_int_t open_connections;
 	json_int_t connections_total;   /* ever accepted (that sent a request): shows reuse */
 	json_int_t faulted;     /* requests answered in an X-Mock-Fail mode (header or sticky) */
+	json_int_t held;        /* requests waiting behind the closed gate now */
 };
 
 struct mock {
@@ -353,6 +366,7 @@ struct mock {
 	struct stats stats;
 	json_t *last;           /* the last non-control request, or NULL */
 	struct behave behave;
+	int holding;            /* POST /__mock/hold: new requests wait for /__mock/release */
 	unsigned long next_id;
 	int verbose;
 };
@@ -1321,6 +1335,8 @@ static void conn_closed(struct evhttp_connection *evcon, void *arg)
 	if (p) {
 		if (p->state == PEND_STREAM)
 			m->stats.streams_aborted++;
+		if (p->state == PEND_HELD)
+			m->stats.held--;
 		/* libevent detaches an unanswered request from a connection the client closed
 		 * and leaves freeing it to us; one still attached is freed with the connection. */
 		if (!evhttp_request_get_connection(p->req))
@@ -1840,8 +1856,31 @@ static void pending_timer(evutil_socket_t fd, short what, void *arg)
 		break;
 	case PEND_HANG:
 	case PEND_CUT:
+	case PEND_HELD:
 		break;
 	}
+}
+
+/* Opens the gate: every held request goes on (after its first-byte delay, if it has one)
+ * from its own timer, so nothing is freed while the connections are walked. */
+static json_int_t release_held(struct mock *m)
+{
+	json_int_t n = 0;
+
+	m->holding = 0;
+	for (size_t b = 0; b < CONN_BUCKETS; b++) {
+		for (struct conn *c = m->conns[b]; c; c = c->next) {
+			struct pending *p = c->pending;
+
+			if (!p || p->state != PEND_HELD)
+				continue;
+			p->state = PEND_WAIT;
+			pending_after(p, p->first_byte_ms);
+			m->stats.held--;
+			n++;
+		}
+	}
+	return n;
 }
 
 /* The sticky behaviour. */
@@ -1967,7 +2006,7 @@ static json_t *behave_json(const struct behave *b)
 
 static json_t *stats_json(const struct mock *m)
 {
-	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o?,s:O?}",
+	return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:o?,s:O?}",
 	    "requests", m->stats.requests, "chat", m->stats.chat,
 	    "messages", m->stats.messages,
 	    "streams_started", m->stats.streams_started,
@@ -1976,6 +2015,7 @@ static json_t *stats_json(const struct mock *m)
 	    "open_connections", m->stats.open_connections,
 	    "connections_total", m->stats.connections_total,
 	    "faulted", m->stats.faulted,
+	    "held", m->stats.held, "holding", m->holding,
 	    "behave", behave_json(&m->behave),
 	    "last", m->last);
 }
@@ -1992,6 +2032,7 @@ static void control(struct mock *m, struct evhttp_request *req, const char *path
 	} else if (cmd == EVHTTP_REQ_POST && strcmp(path, MOCK_PREFIX "reset") == 0) {
 		json_int_t open = m->stats.open_connections;
 
+		release_held(m);
 		/* open_connections is a gauge of live sockets, not a counter: keep it. */
 		memset(&m->stats, 0, sizeof(m->stats));
 		m->stats.open_connections = open;
@@ -1999,6 +2040,11 @@ static void control(struct mock *m, struct evhttp_request *req, const char *path
 		m->last = NULL;
 		behave_clear(&m->behave);
 		reply = json_pack("{s:b}", "ok", 1);
+	} else if (cmd == EVHTTP_REQ_POST && strcmp(path, MOCK_PREFIX "hold") == 0) {
+		m->holding = 1;
+		reply = json_pack("{s:b,s:I}", "ok", 1, "released", (json_int_t)0);
+	} else if (cmd == EVHTTP_REQ_POST && strcmp(path, MOCK_PREFIX "release") == 0) {
+		reply = json_pack("{s:b,s:I}", "ok", 1, "released", release_held(m));
 	} else if (cmd == EVHTTP_REQ_POST && strcmp(path, MOCK_PREFIX "behave") == 0) {
 		struct behave b;
 		char bad[192], msg[224];
@@ -2017,7 +2063,8 @@ static void control(struct mock *m, struct evhttp_request *req, const char *path
 	} else {
 		status = 404;
 		reply = error_json("mock upstream: unknown control endpoint "
-		    "(GET /__mock/stats, POST /__mock/reset, POST /__mock/behave)",
+		    "(GET /__mock/stats, POST /__mock/reset, POST /__mock/behave, "
+		    "POST /__mock/hold, POST /__mock/release)",
 		    "invalid_request_error", "unknown_url");
 	}
 	send_json(req, status, reply);
@@ -2102,7 +2149,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 		fprintf(stderr, "mock-upstream: %s %s -> %s %d\n",
 		    method_name(evhttp_request_get_command(req)), evhttp_request_get_uri(req),
 		    kind_name(&ans), ans.status);
-	if (ans.kind == ANS_JSON && plan.first_byte_ms == 0) {
+	if (ans.kind == ANS_JSON && plan.first_byte_ms == 0 && !m->holding) {
 		send_json(req, ans.status, ans.body);
 		goto done;
 	}
@@ -2111,7 +2158,12 @@ static void on_request(struct evhttp_request *req, void *arg)
 		evhttp_send_error(req, 500, "mock-upstream: out of memory");
 		goto done;
 	}
-	if (plan.first_byte_ms > 0) {
+	if (m->holding) {
+		p->state = PEND_HELD;
+		p->first_byte_ms = plan.first_byte_ms;
+		m->stats.held++;
+		watch_close(conn);
+	} else if (plan.first_byte_ms > 0) {
 		p->state = PEND_WAIT;
 		watch_close(conn);
 		pending_after(p, plan.first_byte_ms);
