@@ -590,8 +590,11 @@ def test_sigkill_under_load_then_restart_balances_equal_audit_and_day_windows_ho
                 n += 1
             return n
         ts, res = hammer(load, 6)
-        # some rows committed, and more on their way, when the kill comes
-        wait_for(lambda: len(env.rows()) >= 40, timeout=30, what="rows written under load")
+        # a top-up in the middle of the load, some rows committed and more on their way
+        wait_for(lambda: len(env.rows()) >= 20, timeout=30, what="rows written under load")
+        env.cli_json("user", "topup", str(u["id"]), "--amount", "0.000000007")
+        credit += 7
+        wait_for(lambda: len(env.rows()) >= 40, timeout=30, what="more rows written under load")
         os.kill(env.gw.proc.pid, signal.SIGKILL)
         env.gw.proc.p.wait(10)
         stop.set()
@@ -966,6 +969,73 @@ def test_old_rpm_flag_is_requests_per_minute_with_exact_retry_after():
         assert env.mock.stats()["chat"] == 2
         shown = env.cli_json("key", "show", str(k["id"]))
         assert shown["limits"] == ["requests:2/min"], shown
+
+
+def test_retry_after_is_the_wait_of_the_limit_that_frees_last():
+    # Fails if Retry-After is not exact for an hour window (usage leaves at the start of the
+    # 60th minute after its own) or, with a key and a user limit both full, is not the wait
+    # of the one that frees last (waiting less would only meet the other limit).
+    with Env() as env:
+        body = body_of("gpt-4o-mini", "wait", max_tokens=5)
+        k = env.key("hourly", limits=["requests:1/hour"])
+        t_first = int(time.time())
+        assert env.post(k["key"], body)[0] == 200
+        t_done = int(time.time())
+        t0 = int(time.time())
+        s, h, j = env.post(k["key"], body)
+        t1 = int(time.time())
+        assert s == 429 and "requests:1/hour" in error_of(j)["message"], j
+        ra = int(h["retry-after"])
+        assert (t_first // 60) * 60 + 3600 - t1 <= ra <= (t_done // 60) * 60 + 3600 - t0, (ra, t_first, t1)
+        u = env.user("daily", limits=["requests:1/day"])
+        k2 = env.key("minutely", user=u["id"], limits=["requests:1/min"])
+        assert env.post(k2["key"], body)[0] == 200
+        t0 = int(time.time())
+        s, h, j = env.post(k2["key"], body)
+        t1 = int(time.time())
+        assert s == 429, j
+        ra = int(h["retry-after"])
+        assert next_day_start(t1) - t1 <= ra <= next_day_start(t0) - t0, (ra, t0)
+        msg = error_of(j)["message"]
+        assert "requests:1/day" in msg and "user" in msg, msg
+
+
+def test_price_table_reload_takes_new_prices_and_a_bad_one_keeps_the_old():
+    # Fails if SIGHUP does not re-read the price table (cost and price_version stay old), or
+    # if a bad table replaces a good one.
+    d = tmpdir("fg-spend-reload-")
+    try:
+        path = os.path.join(d, "pricing.yaml")
+        with open(path, "w") as f:
+            f.write('version: "one"\nprices:\n  - { match: "gpt-4o-mini", input: 1, output: 3 }\n')
+        with Env(args=["--pricing", path]) as env:
+            k = env.key("k")["key"]
+
+            def cost_now():
+                s, h, j = env.post(k, body_of("gpt-4o-mini", "reload"))
+                assert s == 200, j
+                u_ = j["usage"]
+                return nano_of(h["x-fastgate-cost"]), u_["prompt_tokens"], u_["completion_tokens"]
+
+            def reload_and_wait(marker, n):
+                os.kill(env.gw.proc.pid, signal.SIGHUP)
+                wait_for(lambda: env.gw.proc.stderr().count(marker) >= n, timeout=10,
+                         what="the reload to be logged")
+            c, p, o = cost_now()
+            assert c == (p * 1 + o * 3) * 1000, (c, p, o)
+            with open(path, "w") as f:
+                f.write('version: "two"\nprices:\n  - { match: "gpt-4o-mini", input: 2, output: 5 }\n')
+            reload_and_wait("price table read", 2)
+            c, p, o = cost_now()
+            assert c == (p * 2 + o * 5) * 1000, (c, p, o)
+            with open(path, "w") as f:
+                f.write('version: "three"\nprices:\n  - { match: "gpt-4o-mini", input: x, output: 5 }\n')
+            reload_and_wait("reload failed", 1)
+            c, p, o = cost_now()
+            assert c == (p * 2 + o * 5) * 1000, (c, p, o)
+            assert [r["price_version"] for r in env.rows_when(3)] == ["one", "two", "two"]
+    finally:
+        rmtree(d)
 
 
 def test_v2_key_store_keeps_working():
