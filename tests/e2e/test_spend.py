@@ -134,6 +134,21 @@ def next_month_start(t):
     return calendar.timegm((y, mo, 1, 0, 0, 0, 0, 0, 0))
 
 
+# The daemon reads time() (glibc: the coarse real-time clock, a few ms behind): a second
+# read here just before a request may still be the previous one there.
+CLOCK_LAG = 0.05
+
+
+def before_s():
+    """The earliest second the daemon's clock can show from now on."""
+    return int(time.time() - CLOCK_LAG)
+
+
+def after_s():
+    """The latest second the daemon's clock can have shown until now."""
+    return int(time.time())
+
+
 def next_day_start(t):
     return (int(t) // 86400 + 1) * 86400
 
@@ -327,14 +342,14 @@ def test_concurrent_burst_admits_exactly_floor_limit_over_estimate():
         assert limit // e == admit
         k = env.key("burst", limits=["cost:%s/month" % usd(limit)])
         env.mock_post("/__mock/hold")
-        t_before = int(time.time())
+        t_before = before_s()
         ts, res = hammer(lambda i: env.post(k["key"], body), 200)
         # decided: refused at the gateway, or waiting at the mock's gate
         wait_for(lambda: sum(1 for r in res if r is not None) + env.mock.stats()["held"] >= 200,
                  timeout=30, what="all 200 requests to be decided")
         st = env.mock.stats()
         refused = [r for r in res if r is not None]
-        t_after = int(time.time())
+        t_after = after_s()
         assert st["held"] == admit, "admitted (at the mock) %d, expected floor(%d/%d) = %d" % (
             st["held"], limit, e, admit)
         assert st["chat"] == admit, st
@@ -688,9 +703,9 @@ def test_usage_endpoint_numbers_match_the_audit():
         rows = env.rows_when(3)
         cost = sum(nano_of(r["cost_usd"]) for r in rows)
         tokens = sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in rows)
-        t0 = int(time.time())
+        t0 = before_s()
         s, _, us = env.get(k["key"], "/v1/usage")
-        t1 = int(time.time())
+        t1 = after_s()
         assert s == 200 and us["object"] == "usage", us
         assert us["key"]["id"] == k["id"] and us["key"]["name"] == "reader-key"
         for period in ("day", "month", "total"):
@@ -947,25 +962,24 @@ def test_old_rpm_flag_is_requests_per_minute_with_exact_retry_after():
         k = env.key("legacy", rpm=2)
         assert k["limits"] == ["requests:2/min"] and k["rpm"] == 2, k
         body = body_of("gpt-4o-mini", "rpm")
-        t_first = time.time()
+        t_first = before_s()
         s1, h1, _ = env.post(k["key"], body)
-        t_first_done = time.time()
+        t_first_done = after_s()
         s2, h2, _ = env.post(k["key"], body)
         assert (s1, s2) == (200, 200)
         assert (h1["x-ratelimit-limit-requests"], h1["x-ratelimit-remaining-requests"]) == ("2", "1"), h1
         assert h2["x-ratelimit-remaining-requests"] == "0", h2
         # a second later on the clock, so that a fixed "60" cannot pass for the exact wait
-        wait_for(lambda: int(time.time()) > int(t_first_done), timeout=3, interval=0.05,
+        wait_for(lambda: before_s() > t_first_done, timeout=3, interval=0.05,
                  what="the next second")
-        t0 = time.time()
+        t0 = before_s()
         s, h, j = env.post(k["key"], body)
-        t1 = time.time()
+        t1 = after_s()
         assert s == 429 and error_of(j)["code"] == "rate_limited", (s, j)
         assert "requests:2/min" in error_of(j)["message"], j
         ra = int(h["retry-after"])
         # counted at second s leaves at s + 60
-        assert int(t_first) + 60 - int(t1) <= ra <= int(t_first_done) + 60 - int(t0) <= 59, \
-            (ra, t_first, t1)
+        assert t_first + 60 - t1 <= ra <= t_first_done + 60 - t0 <= 59, (ra, t_first, t1)
         assert env.mock.stats()["chat"] == 2
         shown = env.cli_json("key", "show", str(k["id"]))
         assert shown["limits"] == ["requests:2/min"], shown
@@ -978,21 +992,21 @@ def test_retry_after_is_the_wait_of_the_limit_that_frees_last():
     with Env() as env:
         body = body_of("gpt-4o-mini", "wait", max_tokens=5)
         k = env.key("hourly", limits=["requests:1/hour"])
-        t_first = int(time.time())
+        t_first = before_s()
         assert env.post(k["key"], body)[0] == 200
-        t_done = int(time.time())
-        t0 = int(time.time())
+        t_done = after_s()
+        t0 = before_s()
         s, h, j = env.post(k["key"], body)
-        t1 = int(time.time())
+        t1 = after_s()
         assert s == 429 and "requests:1/hour" in error_of(j)["message"], j
         ra = int(h["retry-after"])
         assert (t_first // 60) * 60 + 3600 - t1 <= ra <= (t_done // 60) * 60 + 3600 - t0, (ra, t_first, t1)
         u = env.user("daily", limits=["requests:1/day"])
         k2 = env.key("minutely", user=u["id"], limits=["requests:1/min"])
         assert env.post(k2["key"], body)[0] == 200
-        t0 = int(time.time())
+        t0 = before_s()
         s, h, j = env.post(k2["key"], body)
-        t1 = int(time.time())
+        t1 = after_s()
         assert s == 429, j
         ra = int(h["retry-after"])
         assert next_day_start(t1) - t1 <= ra <= next_day_start(t0) - t0, (ra, t0)
