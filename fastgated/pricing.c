@@ -105,23 +105,60 @@ static uint64_t rate_of(int64_t r, int64_t fallback)
 	return fallback >= 0 ? (uint64_t)fallback : 0;
 }
 
-int64_t pricing_cost(const struct price *p, const struct usage_counts *u, int64_t multiplier_ppm)
+/* Each count times its rate: nano-USD x tokens per 1M tokens. */
+static u128 rated_sum(const struct price *p, const struct usage_counts *u)
 {
-	/* sum is in nano-USD x tokens per 1M tokens; the cost is sum * m / (1M x PPM) */
-	const u128 div = (u128)1000000 * PPM;
-	u128 prompt, cached, cache_write, uncached, sum, q, r, m, cost;
+	u128 prompt, cached, cache_write, uncached;
 
-	if (!p || !u)
-		return -1;
 	prompt = count_of(u->prompt);
 	cached = count_of(u->cached);
 	cache_write = count_of(u->cache_write);
 	uncached = prompt > cached + cache_write ? prompt - cached - cache_write : 0;
 	/* four products of two numbers below 2^63 each: below 4 * 2^126 = 2^128 together */
-	sum = uncached * rate_of(p->input, 0)
-	    + cached * rate_of(p->cached_input, p->input)
-	    + cache_write * rate_of(p->cache_write, p->input)
-	    + (u128)count_of(u->completion) * rate_of(p->output, 0);
+	return uncached * rate_of(p->input, 0)
+	     + cached * rate_of(p->cached_input, p->input)
+	     + cache_write * rate_of(p->cache_write, p->input)
+	     + (u128)count_of(u->completion) * rate_of(p->output, 0);
+}
+
+int64_t pricing_cost_n(const struct price *p, const struct usage_counts *u,
+                       const int64_t *mult_ppm, size_t n)
+{
+	u128 num, den = 1000000, next, cost;
+
+	if (!p || !u)
+		return -1;
+	if (n == 1)
+		return pricing_cost(p, u, mult_ppm[0]);
+	/* the exact product num / den, multiplier by multiplier (den reaches 10^6 x PPM^n,
+	 * 10^24 for three); only a product past 2^128 (a request costing millions at a
+	 * thousandfold price) is rounded to the nano-dollar on the way */
+	num = rated_sum(p, u);
+	for (size_t i = 0; i < n; i++) {
+		u128 m = count_of(mult_ppm[i]);
+
+		if (__builtin_mul_overflow(num, m, &next) || den > ((u128)1 << 100)) {
+			num = (num + den / 2) / den;
+			den = 1;
+			if (__builtin_mul_overflow(num, m, &next))
+				return INT64_MAX;
+		}
+		num = next;
+		den *= PPM;
+	}
+	cost = num / den + (num % den >= den - den / 2 ? 1 : 0);
+	return cost > (u128)INT64_MAX ? INT64_MAX : (int64_t)cost;
+}
+
+int64_t pricing_cost(const struct price *p, const struct usage_counts *u, int64_t multiplier_ppm)
+{
+	/* sum is in nano-USD x tokens per 1M tokens; the cost is sum * m / (1M x PPM) */
+	const u128 div = (u128)1000000 * PPM;
+	u128 sum, q, r, m, cost;
+
+	if (!p || !u)
+		return -1;
+	sum = rated_sum(p, u);
 	m = count_of(multiplier_ppm);
 	/* sum * m could pass 2^128; split sum as q * div + r so that each part stays exact:
 	 * round(sum * m / div) = q * m + round(r * m / div), r * m < 10^12 * 2^63 */

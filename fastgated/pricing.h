@@ -67,6 +67,10 @@ struct usage_counts { int64_t prompt, cached, cache_write, completion; };
  * nano (9.2 billion USD) is INT64_MAX. -1 when p or u is NULL: unpriced, never $0. */
 int64_t pricing_cost(const struct price *p, const struct usage_counts *u, int64_t multiplier_ppm);
 
+/* The same with several multipliers (ppm each: the global, the user's, the key's), their
+ * product taken exactly and the cost rounded once, half up. -1 when p or u is NULL. */
+int64_t pricing_cost_n(const struct price *p, const struct usage_counts *u,
+                       const int64_t *mult_ppm, size_t n);
 /* Parse a decimal USD amount ("25", "0.15", "2.5", "0.000000001") into nano: one or more
  * digits, then optionally '.' and one to nine digits; no sign, exponent or spaces. 0, or -1
  * on anything else or on more than 9,000,000,000 USD. */

@@ -622,11 +622,11 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 		return PH_END;
 	}
 	px->cost_nano = -1;
-	px->multiplier_ppm = k->multiplier_ppm;
+	px->mult[px->n_mult++] = k->multiplier_ppm;
 	if (u)
-		px->multiplier_ppm = money_mul_ppm(px->multiplier_ppm, u->multiplier_ppm);
+		px->mult[px->n_mult++] = u->multiplier_ppm;
 	if (gw->prices)
-		px->multiplier_ppm = money_mul_ppm(px->multiplier_ppm, gw->prices->multiplier_ppm);
+		px->mult[px->n_mult++] = gw->prices->multiplier_ppm;
 	if ((p = find_price(gw, px->model))) {
 		px->price = *p;
 		px->price.match = NULL;
@@ -654,14 +654,19 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 		                 : ESTIMATE_OUTPUT_TOKENS;
 	}
 	px->hold.n = 0;
-	px->hold.p[px->hold.n++] = (struct spend_party){ &k->acct, NULL, 'k', k->id };
+	px->hold.p[px->hold.n++] = (struct spend_party){ .acct = &k->acct, .kind = 'k',
+	                                                 .id = k->id };
 	if (u)
-		px->hold.p[px->hold.n++] = (struct spend_party){ &u->acct, &u->bal, 'u', u->id };
-	px->hold.est.tokens = px->est_prompt + est_output;
+		px->hold.p[px->hold.n++] = (struct spend_party){ .acct = &u->acct, .bal = &u->bal,
+		                                                 .kind = 'u', .id = u->id };
+	/* max_tokens may be any JSON integer: the sum saturates, and an estimate that large
+	 * is over any limit (request_too_large), never a wrapped negative that fits */
+	px->hold.est.tokens = est_output > INT64_MAX - px->est_prompt ? INT64_MAX
+	                      : px->est_prompt + est_output;
 	px->hold.est.cost = !model ? 0 : px->priced
-	                    ? pricing_cost(&px->price, &(struct usage_counts){
+	                    ? pricing_cost_n(&px->price, &(struct usage_counts){
 	                              .prompt = px->est_prompt, .completion = est_output },
-	                              px->multiplier_ppm)
+	                              px->mult, px->n_mult)
 	                    : -1;
 	if (spend_reserve(&px->hold, now, &why) != SPEND_OK) {
 		ratelimit_headers(px, now);
@@ -708,11 +713,12 @@ void proxy_bill(struct proxy_req *px)
 		px->usage.found = true;
 	}
 	if (px->priced)
-		px->cost_nano = pricing_cost(&px->price, &uc, px->multiplier_ppm);
+		px->cost_nano = pricing_cost_n(&px->price, &uc, px->mult, px->n_mult);
 	else if (!px->model[0])
 		px->cost_nano = 0;
 	px->charged = true;
-	spend_settle(&px->hold, now, uc.prompt + uc.completion,
+	spend_settle(&px->hold, now, uc.prompt > INT64_MAX - uc.completion ? INT64_MAX
+	             : uc.prompt + uc.completion,
 	             px->cost_nano > 0 ? px->cost_nano : 0);
 }
 

@@ -137,7 +137,9 @@ struct proxy_req {
 	bool charged;                     /* ... and the hold was settled, not released */
 	bool usage_estimated;             /* the bill's tokens are the gateway's estimate */
 	char price_version[PRICE_VERSION_MAX + 1];
-	int64_t multiplier_ppm;           /* global x user x key */
+	int64_t mult[3];                  /* the key's, the user's and the global multiplier
+	                                   * (ppm): their product is taken exactly */
+	unsigned n_mult;
 	int64_t est_prompt;               /* tokens: the prompt's estimate */
 	int64_t cost_nano;                /* the bill; -1 = none (unpriced, or not charged) */
 

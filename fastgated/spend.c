@@ -89,7 +89,8 @@ void spend_account_set_limits(struct spend_account *a, const struct limit *l, si
 	}
 	free(a->ctr);
 	a->ctr = ctr;
-	memcpy(a->lim, l, n * sizeof(*l));
+	if (n)
+		memcpy(a->lim, l, n * sizeof(*l));
 	a->n_lim = n;
 }
 
@@ -118,6 +119,12 @@ void spend_account_load(struct spend_account *a, enum spend_period period, int64
 int64_t spend_balance_left(const struct spend_balance *b)
 {
 	return b->credit - b->spent - b->reserved;
+}
+
+/* A limit's place in spend_party.held: one bit per kind and window. */
+static unsigned limit_bit(const struct limit *l)
+{
+	return 1u << (l->kind * 4 + l->window);
 }
 
 /* What the estimate asks of a limit of this kind. */
@@ -180,8 +187,11 @@ enum spend_verdict spend_reserve(struct spend_hold *h, int64_t now, struct spend
 	for (size_t i = 0; i < h->n; i++) {
 		struct spend_account *a = h->p[i].acct;
 
-		for (size_t j = 0; a && j < a->n_lim; j++)
+		h->p[i].held = 0;
+		for (size_t j = 0; a && j < a->n_lim; j++) {
 			limit_add(&a->ctr[j], &a->lim[j], now, want_of(&h->est, a->lim[j].kind));
+			h->p[i].held |= limit_bit(&a->lim[j]);
+		}
 		if (h->p[i].bal && h->est.cost > 0)
 			h->p[i].bal->reserved += h->est.cost;
 	}
@@ -207,7 +217,18 @@ static void adjust(struct spend_hold *h, int64_t now, int64_t requests, int64_t 
 
 		for (size_t j = 0; a && j < a->n_lim; j++) {
 			const struct limit *l = &a->lim[j];
-			int64_t delta = l->kind == LIMIT_REQUESTS ? requests - 1
+			int64_t delta;
+
+			if (!(h->p[i].held & limit_bit(l))) {
+				/* added after the reservation: it started from the settled totals, so
+				 * only what this request used, if anything, is new to it */
+				delta = l->kind == LIMIT_REQUESTS ? requests : l->kind == LIMIT_TOKENS
+				        ? tokens : cost;
+				if (delta)
+					limit_add(&a->ctr[j], l, now, delta);
+				continue;
+			}
+			delta = l->kind == LIMIT_REQUESTS ? requests - 1
 			                : l->kind == LIMIT_TOKENS ? tokens - h->est.tokens
 			                : cost - est_cost;
 

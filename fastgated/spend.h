@@ -76,6 +76,9 @@ struct spend_party {
 	struct spend_balance *bal;        /* NULL: no balance (keys) */
 	char kind;                        /* 'k' key, 'u' user: for messages */
 	int64_t id;
+	unsigned held;                    /* spend.c: the limits reserved against, by kind and
+	                                   * window, so that one added meanwhile (key update)
+	                                   * is not settled for what it never held */
 };
 
 struct spend_hold {

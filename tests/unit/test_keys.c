@@ -829,7 +829,7 @@ static enum spend_verdict one_request(struct key *k, int64_t now, int64_t *retry
 	struct spend_refusal why;
 	enum spend_verdict v;
 
-	h.p[0] = (struct spend_party){ &k->acct, NULL, 'k', k->id };
+	h.p[0] = (struct spend_party){ .acct = &k->acct, .kind = 'k', .id = k->id };
 	v = spend_reserve(&h, now, &why);
 	*retry = why.retry_after;
 	spend_settle(&h, now, 0, 0);

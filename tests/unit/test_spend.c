@@ -40,9 +40,9 @@ static struct spend_hold hold(struct spend_account *k, struct spend_account *u,
 {
 	struct spend_hold h = { .n = 0 };
 
-	h.p[h.n++] = (struct spend_party){ k, NULL, 'k', 1 };
+	h.p[h.n++] = (struct spend_party){ .acct = k, .kind = 'k', .id = 1 };
 	if (u)
-		h.p[h.n++] = (struct spend_party){ u, b, 'u', 7 };
+		h.p[h.n++] = (struct spend_party){ .acct = u, .bal = b, .kind = 'u', .id = 7 };
 	h.est.tokens = tokens;
 	h.est.cost = cost;
 	return h;
@@ -279,6 +279,34 @@ TEST(persisted_totals_restore_calendar_limits_and_a_limit_added_later)
 	spend_account_set_limits(&k, l, 2, now);
 	CHECK_INT(used(&k, 0, now), 2 * USD);
 	CHECK_INT(used(&k, 1, now), 20 * USD);
+	spend_account_free(&k);
+}
+
+/* A limit added while a request is in flight starts from the settled totals; the request
+ * settling or failing afterwards must not take its estimate off that new counter. */
+TEST(a_limit_added_meanwhile_is_not_settled_for_what_it_never_held)
+{
+	struct spend_account k;
+	struct spend_hold h1, h2;
+	struct limit l = lim("tokens:1000/day");
+
+	account(&k, NULL, NULL, T0);
+	h1 = hold(&k, NULL, NULL, 500, 0);
+	CHECK_INT(spend_reserve(&h1, T0, NULL), SPEND_OK);
+	spend_settle(&h1, T0, 157, 0);
+	h2 = hold(&k, NULL, NULL, 700, 0);
+	CHECK_INT(spend_reserve(&h2, T0 + 1, NULL), SPEND_OK);
+	spend_account_set_limits(&k, &l, 1, T0 + 2);
+	CHECK_INT(used(&k, 0, T0 + 2), 157);
+	spend_release(&h2, T0 + 3);
+	CHECK_INT(used(&k, 0, T0 + 3), 157);
+	/* and one that settles adds what it used */
+	h2 = hold(&k, NULL, NULL, 700, 0);
+	spend_account_set_limits(&k, NULL, 0, T0 + 4);
+	CHECK_INT(spend_reserve(&h2, T0 + 4, NULL), SPEND_OK);
+	spend_account_set_limits(&k, &l, 1, T0 + 5);
+	spend_settle(&h2, T0 + 6, 40, 0);
+	CHECK_INT(used(&k, 0, T0 + 6), 157 + 40);
 	spend_account_free(&k);
 }
 
