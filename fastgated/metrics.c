@@ -270,6 +270,8 @@ static void record_usage(struct metrics *m, const char *route, const struct audi
 
 	if (r->unpriced)
 		route_usage(m, route)->unpriced++;
+	if (!r->model || !*r->model)
+		return;   /* no model call (a GET passed through): no token or cost series */
 	for (int k = 0; k < TOK_KINDS; k++)
 		any |= counts[k] > 0;
 	if (!any)            /* nothing to add: no series for a client's made-up model */

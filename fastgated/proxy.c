@@ -199,15 +199,18 @@ static void client_closed_cb(void *arg)
 	px->req = NULL;
 	if (!px->status || px->status < 400)
 		px->status = 499; /* nginx's "client closed request" */
-	/* on_disconnect: drain: a stream under way is read to its end (bounded by the idle
+	/* the upstream has the request: its prompt is billed at least (relay.c: a cut stream) */
+	px->left_in_flight = px->att.x.active;
+	/* on_disconnect: drain: an answer under way is read to its end (bounded by the idle
 	 * timeout and DRAIN_MAX_BYTES), so that the upstream's own usage is billed rather than
 	 * an estimate; relay.c discards what it reads and finishes the request */
-	if (px->route && px->route->drain_on_disconnect && px->streaming && px->att.x.active) {
+	if (px->route && px->route->drain_on_disconnect && px->att.x.active) {
 		px->draining = true;
 		px->error_kind = "client_closed";
 		if (px->paused)
 			event_active(&px->resume_ev, 0, 0);
-		forward_arm_timer(px, px->route->idle_timeout);
+		if (px->streaming)   /* before the head, the first-byte timer stays */
+			forward_arm_timer(px, px->route->idle_timeout);
 		return;
 	}
 	event_active(&px->finish_ev, 0, 0);
@@ -553,6 +556,27 @@ static const struct price *find_price(struct gateway *gw, const char *model)
 	return m->price;
 }
 
+/* OpenAI's "n": that many answers, each up to max_tokens. */
+static int64_t times_choices(const struct reqjson *rj, const char *body, int64_t out)
+{
+	for (size_t i = 0; i < rj->n_fields; i++) {
+		const struct rj_field *f = &rj->fields[i];
+		uint64_t n = 0;
+		const char *p, *end;
+
+		if (f->key_len != 1 || f->key[0] != 'n' || f->type != RJ_NUMBER)
+			continue;
+		p = body + f->val_off;
+		end = p + f->val_len;
+		for (; p < end && *p >= '0' && *p <= '9' && n < 1000000; p++)
+			n = n * 10 + (uint64_t)(*p - '0');
+		if (p != end || n <= 1)
+			return out;   /* not a whole number above 1: the upstream refuses it */
+		return out > INT64_MAX / (int64_t)n ? INT64_MAX : out * (int64_t)n;
+	}
+	return out;
+}
+
 static const char *party_word(char kind)
 {
 	return kind == 'u' ? "user" : "API key";
@@ -584,12 +608,23 @@ static enum phase_rc spend_refused(struct proxy_req *px, const struct spend_refu
 		}
 		proxy_reply_error(px, 429, "insufficient_quota", msg);
 		return PH_END;
+	case SPEND_BALANCE_HELD:
+		/* not spent: requests in flight hold it, and settle at their real cost */
+		http_add_header(px->req, "Retry-After", "1");
+		money_format_usd(why->left, a, sizeof(a));
+		money_format_usd(why->want, b, sizeof(b));
+		snprintf(msg, sizeof(msg), "the balance of this key's user (id %lld) left after the "
+		         "requests in flight is %s USD, less than this request may cost (%s USD); "
+		         "retry when they finish", (long long)why->id, a, b);
+		proxy_reply_error(px, 429, "rate_limited", msg);
+		return PH_END;
 	case SPEND_TOO_LARGE:
 		http_add_header(px->req, "x-should-retry", "false");
 		limit_format(&why->lim, lt, sizeof(lt));
-		snprintf(msg, sizeof(msg), "this request needs %lld%s of the %s limit %s on its own; "
-		         "it can never fit (send a lower max_tokens)", (long long)why->want,
-		         why->lim.kind == LIMIT_COST ? " nano-USD" : "", party_word(why->kind), lt);
+		snprintf(msg, sizeof(msg), "this request needs %lld%s of the %s (id %lld) limit %s on "
+		         "its own; it can never fit (send a lower max_tokens)", (long long)why->want,
+		         why->lim.kind == LIMIT_COST ? " nano-USD" : "", party_word(why->kind),
+		         (long long)why->id, lt);
 		proxy_reply_error(px, 429, "request_too_large", msg);
 		return PH_END;
 	default:
@@ -645,13 +680,14 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 		px->est_prompt = ((int64_t)px->body_len + 3) / 4;
 	/* the output's estimate only where something is limited: the model table is a walk
 	 * of globs, and most keys have no limit */
-	if (model && (k->acct.n_lim || (u && (u->acct.n_lim || u->bal.kept)))) {
+	if (model && (k->acct.n_lim || (u && (u->acct.n_lim || u->bal.kept))) && px->body) {
 		const struct model_info *mi = px->rj.has_max_tokens ? NULL
 		                              : models_find(gw->models, px->model);
 
 		est_output = px->rj.has_max_tokens ? px->rj.max_tokens
 		                 : mi && mi->max_output_tokens > 0 ? mi->max_output_tokens
 		                 : ESTIMATE_OUTPUT_TOKENS;
+		est_output = times_choices(&px->rj, px->body, est_output);
 	}
 	px->hold.n = 0;
 	px->hold.p[px->hold.n++] = (struct spend_party){ .acct = &k->acct, .kind = 'k',
@@ -685,7 +721,8 @@ static enum phase_rc ph_policy(struct proxy_req *px)
 void proxy_bill(struct proxy_req *px)
 {
 	struct usage_counts uc = { 0 };
-	bool served = px->forwarded && px->att.status > 0 && px->att.ttfb_s >= 0;
+	bool served = px->forwarded && ((px->att.status > 0 && px->att.ttfb_s >= 0) ||
+	                                px->left_in_flight);
 	int64_t now = time(NULL);
 
 	if (px->billed)

@@ -173,7 +173,8 @@ static int head_done(struct proxy_req *px)
 	const char *ct = up_value(a, a->up_ct), *cl = up_value(a, a->up_cl);
 	enum attempt_outcome o = attempt_outcome_of_status(a->status);
 
-	if ((o != OUTCOME_OK || px->route->retry.n_codes) && forward_may_retry(px, o, a->status)) {
+	if ((o != OUTCOME_OK || px->route->retry.n_codes) && !px->draining &&
+	    forward_may_retry(px, o, a->status)) {
 		a->dropped = true;
 		return -1;
 	}
@@ -244,8 +245,17 @@ static int on_line(void *arg, const char *line, size_t len)
 			return 0;
 		if (a->ttfb_s < 0)
 			a->ttfb_s = proxy_elapsed(px);
-		if (!px->req)
+		if (!px->req && !px->draining)
 			return -1; /* client gone: abort the transfer */
+		if (px->draining) {
+			/* read on for the usage: the head as for a client, then back to 499 */
+			long st = px->status;
+			int rc = head_done(px);
+
+			px->status = st;
+			px->stream_pending = px->holding = false;
+			return rc;
+		}
 		return head_done(px);
 	}
 	colon = memchr(line, ':', len);
@@ -342,11 +352,14 @@ static int on_body(void *arg, const char *data, size_t len)
 		}
 	}
 	if (px->draining) {
-		/* read for its usage only: nobody is there to get it */
+		/* read for its usage only: nobody is there to get it; a whole answer is kept
+		 * (bounded by DRAIN_MAX_BYTES) to read its usage at the end */
 		px->scan_len = 0;
 		if (px->sse && sse_scan_feed(&px->scan, data, len, &px->scan_out, &px->scan_len,
 		                             &px->scan_cap) < 0)
 			return -1;
+		if (!px->sse && !px->streaming)
+			evbuffer_add(px->out, data, len);
 		forward_arm_timer(px, px->route->idle_timeout);
 		return 0;
 	}

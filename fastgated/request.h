@@ -158,6 +158,7 @@ struct proxy_req {
 	bool draining;                    /* the client left a stream on an on_disconnect: drain
 	                                   * route: the upstream is read on for its usage */
 	size_t drained;                   /* bytes read since (bounded: DRAIN_MAX_BYTES) */
+	bool left_in_flight;              /* the client left while the upstream had the request */
 	bool finished;
 	const char *error_kind;           /* upstream failure kind for metrics, or NULL */
 	unsigned chunks;

@@ -173,11 +173,16 @@ enum spend_verdict spend_reserve(struct spend_hold *h, int64_t now, struct spend
 				                            .id = p->id };
 				goto refused;
 			}
-			/* a balance does not come back by waiting: it outranks a full limit */
+			/* a balance does not come back by waiting: it outranks a full limit; unless
+			 * what is missing is held by requests in flight, which settle soon */
 			if (left <= 0 || left < h->est.cost) {
-				r = (struct spend_refusal){ .v = SPEND_NO_BALANCE, .kind = p->kind,
-				                            .id = p->id, .left = left,
-				                            .want = h->est.cost };
+				bool held = p->bal->credit - p->bal->spent >= h->est.cost &&
+				            p->bal->credit - p->bal->spent > 0;
+
+				r = (struct spend_refusal){ .v = held ? SPEND_BALANCE_HELD
+				                                      : SPEND_NO_BALANCE,
+				                            .kind = p->kind, .id = p->id, .left = left,
+				                            .want = h->est.cost, .retry_after = 1 };
 				goto refused;
 			}
 		}

@@ -94,6 +94,7 @@ enum spend_verdict {
 	SPEND_LIMITED,        /* a limit is full now: wait retry_after seconds */
 	SPEND_TOO_LARGE,      /* the estimate alone is over a limit: waiting never helps */
 	SPEND_NO_BALANCE,     /* the balance left is below the estimate */
+	SPEND_BALANCE_HELD,   /* ... only because requests in flight hold it: retry soon */
 	SPEND_UNPRICED,       /* a cost limit or a balance applies and the cost is unknown */
 };
 

@@ -626,7 +626,9 @@ int sse_scan_feed(struct sse_scan *s, const char *data, size_t len, char **out, 
 		const char *ev = s->buf + done;
 		bool drop = inspect_event(s, ev, end);
 
-		s->events += !drop;
+		/* a token a chunk: not the usage-only chunk, not the closing [DONE] */
+		s->events += !drop && !(end >= 12 && (memcmp(ev, "data: [DONE]", 12) == 0 ||
+		                                      memcmp(ev, "data:[DONE]", 11) == 0));
 		if (s->strip_usage && !drop && append(out, out_len, out_cap, ev, end) < 0)
 			return -1;
 		done += end;

@@ -475,13 +475,82 @@ def test_stream_cut_by_client_drain_bills_upstream_usage():
         assert nano_of(show["spent_usd"]) == 2 * c, (show, c)
 
 
+def send_then_close_when_held(env, secret, body):
+    """Send a request while the mock holds every request, close the connection once the
+    mock has it (the upstream has the request, nothing has come back), then release."""
+    env.mock_post("/__mock/hold")
+    s = socket.create_connection(("127.0.0.1", env.gw.port), timeout=15)
+    try:
+        s.sendall(("POST %s HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer %s\r\n"
+                   "Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                   % (CHAT, secret, len(body))).encode() + body)
+        wait_for(lambda: env.mock.stats()["held"] == 1, what="the request at the mock")
+    finally:
+        s.close()
+    env.mock_post("/__mock/release")
+
+
+def test_client_leaving_before_the_first_byte_is_billed_its_prompt_or_drained():
+    # The upstream had the request when the client left, before any byte came back.
+    # cancel: billed the prompt's estimate and no completion, flagged estimated. drain: the
+    # gateway waits for the answer and bills the upstream's own usage. Fails if such a
+    # request is billed nothing (its reservation released as if no upstream had it), or if
+    # drain does not read the answer (estimated=1, or the estimate's tokens).
+    with Env(BASE_ROUTES + """    on_disconnect: cancel
+""") as env:
+        u = env.user("leaver", balance="1")
+        k = env.key("leave", user=u["id"])
+        body = body_of("gpt-4o-mini", "who reads this " * 6, max_tokens=50)
+        send_then_close_when_held(env, k["key"], body)
+        row = env.rows_when(1)[0]
+        prompt, _ = estimate("gpt-4o-mini", len(body), 50)
+        assert row["status"] == "499" and row["billed"] == "1" and row["estimated"] == "1", row
+        assert int(row["prompt_tokens"]) == prompt and int(row["completion_tokens"]) == 0, row
+        c = cost_nano("gpt-4o-mini", prompt, 0)
+        assert row["cost_usd"] == usd(c), (row["cost_usd"], usd(c))
+        show = env.user_show(u["id"])
+        assert nano_of(show["spent_usd"]) == c and nano_of(show["reserved_usd"]) == 0, show
+    with Env(BASE_ROUTES + """    on_disconnect: drain
+""") as env:
+        u = env.user("waiter", balance="1")
+        k = env.key("wait", user=u["id"])
+        content = "wait for me " * 6
+        s, _, ref = env.post(k["key"], body_of("gpt-4o-mini", content))
+        assert s == 200, ref
+        send_then_close_when_held(env, k["key"], body_of("gpt-4o-mini", content))
+        rows = env.rows_when(2)
+        row = rows[1]
+        assert row["status"] == "499" and row["billed"] == "1" and row["estimated"] == "0", row
+        assert int(row["prompt_tokens"]) == ref["usage"]["prompt_tokens"], row
+        assert int(row["completion_tokens"]) == ref["usage"]["completion_tokens"], row
+        c = cost_nano("gpt-4o-mini", ref["usage"]["prompt_tokens"],
+                      ref["usage"]["completion_tokens"])
+        assert row["cost_usd"] == usd(c), (row["cost_usd"], usd(c))
+
+
+def test_n_choices_multiply_the_output_estimate():
+    # OpenAI's "n" asks for n answers of up to max_tokens each. Fails if the estimate
+    # ignores it (a request for two answers fits a limit made for one).
+    with Env() as env:
+        body1 = body_of("gpt-4o-mini", "two answers please", max_tokens=100)
+        prompt, _ = estimate("gpt-4o-mini", len(body1) + len(b',"n":2'), 100)
+        k = env.key("choices", limits=["tokens:%d/day" % (prompt + 150)])["key"]
+        s, _, j = env.post(k, body_of("gpt-4o-mini", "two answers please", max_tokens=100, n=2))
+        assert s == 429 and error_of(j)["code"] == "request_too_large", (s, j)
+        assert env.mock.stats()["chat"] == 0
+        s, _, j = env.post(k, body1)
+        assert s == 200, j
+
+
 # --- issue #19, 3: a balance runs out mid-burst -------------------------------------------
 
 def test_balance_runs_out_mid_burst_and_nothing_past_it_is_served():
     # Fails if the balance is not reserved against (more is served than the credit pays
     # for), if settlement is not exact (balance != credit - sum of the audit's costs), if a
     # request is served once the balance is below an estimate, if the refusal is not 429
-    # insufficient_quota with x-should-retry: false, or if a refused request is forwarded.
+    # insufficient_quota with x-should-retry: false once the balance is spent (and 429
+    # rate_limited with Retry-After: 1 while requests in flight only hold it), or if a
+    # refused request is forwarded.
     with Env() as env:
         body = body_of("gpt-4o", "x" * 120, max_tokens=200)
         e = est_cost("gpt-4o", len(body), 200)
@@ -515,7 +584,13 @@ def test_balance_runs_out_mid_burst_and_nothing_past_it_is_served():
             served_after.append(env.post(k["key"], body))
         first_no = next(i for i, r in enumerate(served_after) if r[0] == 429)
         assert all(r[0] == 429 for r in served_after[first_no:]), [r[0] for r in served_after]
-        for s, h, j in [r for r in res if r[0] == 429] + served_after[first_no:]:
+        # in the burst the balance was not spent, only held by the 12 in flight: a
+        # temporary refusal with Retry-After: 1 (they settle at their real, lower cost)
+        for s, h, j in [r for r in res if r[0] == 429]:
+            err = error_of(j)
+            assert err["code"] == "rate_limited" and "in flight" in err["message"], err
+            assert h.get("retry-after") == "1" and "x-should-retry" not in h, h
+        for s, h, j in served_after[first_no:]:
             err = error_of(j)
             assert err["code"] == "insufficient_quota", err
             assert h.get("x-should-retry") == "false", h

@@ -139,9 +139,13 @@ TEST(a_balance_admits_estimates_up_to_what_is_left_and_settles_to_the_real_cost)
 	h2 = hold(&k, &u, &b, 10, 600);
 	CHECK_INT(spend_reserve(&h1, T0, &why), SPEND_OK);
 	CHECK_INT(b.reserved, 600);
-	CHECK_INT(spend_reserve(&h2, T0, &why), SPEND_NO_BALANCE);
+	/* 400 left, but only because the first holds 600: a wait, not a spent balance */
+	CHECK_INT(spend_reserve(&h2, T0, &why), SPEND_BALANCE_HELD);
 	CHECK_INT(why.left, 400);
 	CHECK_INT(why.want, 600);
+	CHECK_INT(why.retry_after, 1);
+	h3 = hold(&k, &u, &b, 10, 1200);
+	CHECK_INT(spend_reserve(&h3, T0, &why), SPEND_NO_BALANCE);   /* more than the credit */
 	spend_settle(&h1, T0 + 1, 5, 300);
 	CHECK_INT(b.reserved, 0);
 	CHECK_INT(b.spent, 300);
