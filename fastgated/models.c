@@ -9,6 +9,7 @@
 
 #include "models.h"
 #include "util.h"
+#include "yamlfile.h"
 
 #define MODELS_MAX      10000
 #define TOKENS_MAX      100000000L   /* a hundred million: beyond any model's window */
@@ -150,29 +151,16 @@ struct model_table *models_load(const char *path, struct errlist *errs)
 {
 	struct model_table *t = xcalloc(1, sizeof(*t));
 	struct mctx c = { .path = path, .errs = errs };
-	yaml_parser_t parser;
 	yaml_document_t doc;
-	FILE *f = fopen(path, "rb");
 
 	t->path = xstrdup(path);
-	if (!f) {
-		errlist_add(errs, "%s: %s", path, strerror(errno));
-		models_free(t);
-		return NULL;
-	}
-	yaml_parser_initialize(&parser);
-	yaml_parser_set_input_file(&parser, f);
-	if (!yaml_parser_load(&parser, &doc)) {
-		errlist_add(errs, "%s:%zu: YAML error: %s", path, parser.problem_mark.line + 1,
-		            parser.problem ? parser.problem : "cannot parse");
+	if (yamlfile_load(path, &doc, errs) < 0) {
 		c.n_errs++;
 	} else {
 		c.doc = &doc;
 		parse_root(&c, yaml_document_get_root_node(&doc), t);
 		yaml_document_delete(&doc);
 	}
-	yaml_parser_delete(&parser);
-	fclose(f);
 	if (c.n_errs) {
 		models_free(t);
 		return NULL;

@@ -1,5 +1,4 @@
 /* The price table and money arithmetic; see pricing.h. */
-#include <errno.h>
 #include <fnmatch.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -10,6 +9,7 @@
 
 #include "pricing.h"
 #include "util.h"
+#include "yamlfile.h"
 
 #define PRICES_MAX      10000
 #define VERSION_MAX     PRICE_VERSION_MAX
@@ -359,29 +359,16 @@ struct price_table *pricing_load(const char *path, struct errlist *errs)
 {
 	struct price_table *t = xcalloc(1, sizeof(*t));
 	struct pctx c = { .path = path, .errs = errs };
-	yaml_parser_t parser;
 	yaml_document_t doc;
-	FILE *f = fopen(path, "rb");
 
 	t->path = xstrdup(path);
-	if (!f) {
-		errlist_add(errs, "%s: %s", path, strerror(errno));
-		pricing_free(t);
-		return NULL;
-	}
-	yaml_parser_initialize(&parser);
-	yaml_parser_set_input_file(&parser, f);
-	if (!yaml_parser_load(&parser, &doc)) {
-		errlist_add(errs, "%s:%zu: YAML error: %s", path, parser.problem_mark.line + 1,
-		            parser.problem ? parser.problem : "cannot parse");
+	if (yamlfile_load(path, &doc, errs) < 0) {
 		c.n_errs++;
 	} else {
 		c.doc = &doc;
 		parse_root(&c, yaml_document_get_root_node(&doc), t);
 		yaml_document_delete(&doc);
 	}
-	yaml_parser_delete(&parser);
-	fclose(f);
 	if (c.n_errs) {
 		pricing_free(t);
 		return NULL;

@@ -37,7 +37,7 @@ sources_of() {
     reqjson)   echo fastgated/reqjson.c ;;
     anthropic) echo fastgated/anthropic.c fastgated/sseread.c ;;
     messages_in) echo fastgated/messages_in.c fastgated/sseread.c ;;
-    pricing)   echo fastgated/pricing.c fastgated/errlist.c fastgated/util.c ;;
+    pricing)   echo fastgated/pricing.c fastgated/errlist.c fastgated/util.c fastgated/yamlfile.c ;;
     limit)     echo fastgated/limit.c fastgated/util.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
   esac
