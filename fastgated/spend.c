@@ -133,10 +133,28 @@ static int64_t want_of(const struct spend_estimate *e, enum limit_kind k)
 	return k == LIMIT_REQUESTS ? 1 : k == LIMIT_TOKENS ? e->tokens : e->cost;
 }
 
+/* Note limit j of party i for the headers: the least left of each kind wins. */
+static void room_note(struct spend_hold *h, size_t i, size_t j, int64_t left)
+{
+	const struct limit *l = &h->p[i].acct->lim[j];
+
+	if (left < 0)
+		left = 0;
+	if ((h->room_found & (1u << l->kind)) && left >= h->room_left[l->kind])
+		return;
+	h->room_left[l->kind] = left;
+	h->room_p[l->kind] = (uint8_t)i;
+	h->room_j[l->kind] = (uint8_t)j;
+	h->room_found |= (uint8_t)(1u << l->kind);
+}
+
 enum spend_verdict spend_reserve(struct spend_hold *h, int64_t now, struct spend_refusal *why)
 {
 	struct spend_refusal r = { .v = SPEND_OK };
+	int64_t used[SPEND_PARTIES][LIMITS_MAX];
 
+	h->room_found = 0;
+	h->room_at = now;
 	/* every check first, so that a refusal leaves nothing reserved */
 	for (size_t i = 0; i < h->n; i++) {
 		struct spend_party *p = &h->p[i];
@@ -144,26 +162,29 @@ enum spend_verdict spend_reserve(struct spend_hold *h, int64_t now, struct spend
 
 		for (size_t j = 0; a && j < a->n_lim; j++) {
 			const struct limit *l = &a->lim[j];
-			int64_t want = want_of(&h->est, l->kind), wait;
+			int64_t want = want_of(&h->est, l->kind), u, wait;
 
 			if (l->kind == LIMIT_COST && h->est.cost < 0) {
 				r = (struct spend_refusal){ .v = SPEND_UNPRICED, .kind = p->kind,
 				                            .id = p->id, .lim = *l };
 				goto refused;
 			}
-			wait = limit_wait(&a->ctr[j], l, now, want);
+			/* the usual case fits: the exact wait is worked out only when it does not */
+			u = used[i][j] = limit_used(&a->ctr[j], l, now);
+			wait = u <= l->amount && want <= l->amount - u ? 0
+			       : limit_wait(&a->ctr[j], l, now, want);
 			if (wait == 0)
 				continue;
 			if (wait < 0) {
 				r = (struct spend_refusal){ .v = SPEND_TOO_LARGE, .kind = p->kind,
 				                            .id = p->id, .lim = *l, .want = want,
-				                            .used = limit_used(&a->ctr[j], l, now) };
+				                            .used = u };
 				goto refused;
 			}
 			if (r.v == SPEND_OK || wait > r.retry_after)
 				r = (struct spend_refusal){ .v = SPEND_LIMITED, .kind = p->kind, .id = p->id,
 				                            .lim = *l, .retry_after = wait, .want = want,
-				                            .used = limit_used(&a->ctr[j], l, now) };
+				                            .used = u };
 		}
 		if (p->bal && p->bal->kept) {
 			int64_t left = spend_balance_left(p->bal);
@@ -194,8 +215,11 @@ enum spend_verdict spend_reserve(struct spend_hold *h, int64_t now, struct spend
 
 		h->p[i].held = 0;
 		for (size_t j = 0; a && j < a->n_lim; j++) {
-			limit_add(&a->ctr[j], &a->lim[j], now, want_of(&h->est, a->lim[j].kind));
+			int64_t want = want_of(&h->est, a->lim[j].kind);
+
+			limit_add(&a->ctr[j], &a->lim[j], now, want);
 			h->p[i].held |= limit_bit(&a->lim[j]);
+			room_note(h, i, j, a->lim[j].amount - used[i][j] - (want > 0 ? want : 0));
 		}
 		if (h->p[i].bal && h->est.cost > 0)
 			h->p[i].bal->reserved += h->est.cost;
@@ -206,6 +230,12 @@ enum spend_verdict spend_reserve(struct spend_hold *h, int64_t now, struct spend
 		*why = r;
 	return SPEND_OK;
 refused:
+	/* the headers of a refusal: what is left without this request */
+	for (size_t i = 0; i < h->n && r.v == SPEND_LIMITED; i++)
+		for (size_t j = 0; h->p[i].acct && j < h->p[i].acct->n_lim; j++)
+			room_note(h, i, j, h->p[i].acct->lim[j].amount - used[i][j]);
+	if (r.v != SPEND_LIMITED)
+		h->room_at = now - 1;   /* not every counter was read: spend_headroom reads them */
 	if (why)
 		*why = r;
 	return r.v;
@@ -291,21 +321,34 @@ unsigned spend_headroom(const struct spend_hold *h, int64_t now, struct spend_he
 	const struct limit_counter *best[3] = { NULL, NULL, NULL };
 	unsigned found = 0;
 
-	for (size_t i = 0; i < h->n; i++) {
-		struct spend_account *a = h->p[i].acct;
+	if (h->room_at == now) {
+		/* what spend_reserve saw a moment ago */
+		found = h->room_found;
+		for (int k = 0; k < 3; k++)
+			if (found & (1u << k)) {
+				const struct spend_account *a = h->p[h->room_p[k]].acct;
 
-		for (size_t j = 0; a && j < a->n_lim; j++) {
-			const struct limit *l = &a->lim[j];
-			int64_t left = l->amount - limit_used(&a->ctr[j], l, now);
+				out[k].lim = a->lim[h->room_j[k]];
+				out[k].remaining = h->room_left[k];
+				best[k] = &a->ctr[h->room_j[k]];
+			}
+	} else {
+		for (size_t i = 0; i < h->n; i++) {
+			struct spend_account *a = h->p[i].acct;
 
-			if (left < 0)
-				left = 0;
-			if ((found & (1u << l->kind)) && left >= out[l->kind].remaining)
-				continue;
-			out[l->kind].lim = *l;
-			out[l->kind].remaining = left;
-			best[l->kind] = &a->ctr[j];
-			found |= 1u << l->kind;
+			for (size_t j = 0; a && j < a->n_lim; j++) {
+				const struct limit *l = &a->lim[j];
+				int64_t left = l->amount - limit_used(&a->ctr[j], l, now);
+
+				if (left < 0)
+					left = 0;
+				if ((found & (1u << l->kind)) && left >= out[l->kind].remaining)
+					continue;
+				out[l->kind].lim = *l;
+				out[l->kind].remaining = left;
+				best[l->kind] = &a->ctr[j];
+				found |= 1u << l->kind;
+			}
 		}
 	}
 	/* the reset of the tightest only: it walks the buckets again */

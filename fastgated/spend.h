@@ -81,12 +81,26 @@ struct spend_party {
 	                                   * is not settled for what it never held */
 };
 
+/* For the x-ratelimit-* headers: for each kind (out[LIMIT_REQUESTS], out[LIMIT_TOKENS],
+ * out[LIMIT_COST]), the parties' limit of that kind with the least left now. */
+struct spend_headroom {
+	struct limit lim;
+	int64_t remaining;                /* >= 0 */
+	int64_t reset_s;                  /* seconds until it is fully free again */
+};
+
 struct spend_hold {
 	struct spend_party p[SPEND_PARTIES];
 	size_t n;
 	int64_t at;                       /* when it was reserved: settlement lands there */
 	struct spend_estimate est;
 	bool active;                      /* reserved, neither settled nor released yet */
+	/* spend.c: the headroom as spend_reserve saw it, for spend_headroom at the same time
+	 * (one pass over the counters, not two): by kind, what is left and which limit */
+	int64_t room_at;
+	int64_t room_left[3];
+	uint8_t room_p[3], room_j[3];     /* party and limit of the tightest of each kind */
+	uint8_t room_found;
 };
 
 enum spend_verdict {
@@ -121,14 +135,8 @@ void spend_settle(struct spend_hold *h, int64_t now, int64_t tokens, int64_t cos
  * the request counted nowhere. No-op unless h->active. */
 void spend_release(struct spend_hold *h, int64_t now);
 
-/* For the x-ratelimit-* headers: for each kind (out[LIMIT_REQUESTS], out[LIMIT_TOKENS],
- * out[LIMIT_COST]), the parties' limit of that kind with the least left now. Returns the
- * kinds found as bits (1 << kind); 0 when the parties have no limit. */
-struct spend_headroom {
-	struct limit lim;
-	int64_t remaining;                /* >= 0 */
-	int64_t reset_s;                  /* seconds until it is fully free again */
-};
+/* The headroom of the hold's parties now (after spend_reserve at the same time, what it
+ * saw). Returns the kinds found as bits (1 << kind); 0 when the parties have no limit. */
 unsigned spend_headroom(const struct spend_hold *h, int64_t now, struct spend_headroom out[3]);
 
 #endif
