@@ -361,6 +361,23 @@ static bool any_given(const bool given[CLI_MAX_OPTS])
 	return false;
 }
 
+/* A second bare argument stands for the command's one required option when it is not
+ * given yet: `user topup 3 25` is `user topup 3 --amount 25`, as DESIGN.md writes it. NULL
+ * when the command has no such option. */
+static const struct cli_opt *second_positional(const struct cli_cmd *c, const json_t *args)
+{
+	const struct cli_opt *found = NULL;
+
+	for (const struct cli_opt *o = c->opts; o->flag; o++) {
+		if (!o->required)
+			continue;
+		if (found)
+			return NULL;   /* two required options: which one would be ambiguous */
+		found = o;
+	}
+	return found && !json_object_get(args, found->key) ? found : NULL;
+}
+
 /* Parse a command's arguments from argv[i..] into a new args object. Returns
  * CLI_EXIT_OK with *out set, CLI_EXIT_USAGE after reporting, or -1 if help was printed. */
 static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
@@ -434,7 +451,9 @@ static int parse_cmd_args(const struct cli_cmd *c, int argc, char **argv, int i,
 		} else {
 			o = &c->pos;
 			val = a;
-			if (!o->key || json_object_get(args, o->key)) {
+			if (o->key && json_object_get(args, o->key))
+				o = second_positional(c, args);
+			if (!o || !o->key || json_object_get(args, o->key)) {
 				usage_error(c, NULL, "unexpected argument '%s'", a);
 				goto done;
 			}

@@ -1192,6 +1192,10 @@ def test_topups_add_exactly():
         r = env.gw.ctl("user.topup", {"id": int(uid), "amount": "1.000000001"})
         assert r.get("ok"), r
         assert nano_of(env.user_show(uid)["balance_usd"]) == want - c + NANO + 1
+        # DESIGN.md's form, the amount as a second argument (-- before a negative one)
+        env.cli_json("user", "topup", uid, "2")
+        env.cli_json("user", "topup", uid, "--", "-0.5")
+        assert nano_of(env.user_show(uid)["balance_usd"]) == want - c + NANO + 1 + NANO * 3 // 2
         assert env.user("no-balance")["balance_usd"] is None
 
 
