@@ -17,6 +17,7 @@
 
 #include "log.h"
 #include "proxy.h"
+#include "policy.h"
 #include "request.h"
 #include "util.h"
 
@@ -517,7 +518,7 @@ static void answer_complete(struct proxy_req *px)
 
 		copy_response_headers(px);
 		/* the answer is whole: its cost is known before its head goes */
-		proxy_bill(px);
+		policy_bill(px);
 		if (px->cost_nano >= 0 && px->charged) {
 			char cost[FMT_USD_MAX];
 

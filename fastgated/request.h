@@ -175,10 +175,6 @@ struct proxy_req {
 /* ---- proxy.c ---- */
 /* Answer with a gateway error (OpenAI shape); the request is not the client's any more. */
 void proxy_reply_error(struct proxy_req *px, int status, const char *code, const char *message);
-/* The request's cost from its usage (or the estimate when the usage is unknown), and
- * its reservation settled or released; once (later calls return at once). relay.c calls
- * it before a whole answer's head, for X-Fastgate-Cost; proxy_finish in any case. */
-void proxy_bill(struct proxy_req *px);
 /* May this key use the route (its allowed-routes list)? */
 bool proxy_key_allows_route(const struct key *k, const char *route);
 /* Stop watching the client before an ending reply; returns the request to end. */
