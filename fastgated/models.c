@@ -14,52 +14,22 @@
 #define MODELS_MAX      10000
 #define TOKENS_MAX      100000000L   /* a hundred million: beyond any model's window */
 
-struct mctx {
-	const char *path;
-	yaml_document_t *doc;
-	struct errlist *errs;
-	size_t n_errs;
-};
-
-static void merr(struct mctx *c, const yaml_node_t *n, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void merr(struct mctx *c, const yaml_node_t *n, const char *fmt, ...)
+static long tokens(struct yaml_ctx *c, const yaml_node_t *n, const char *key)
 {
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	/* a quoted YAML value may hold a newline: one problem, one line */
-	for (char *p = msg; *p; p++)
-		if ((unsigned char)*p < 0x20)
-			*p = ' ';
-	errlist_add(c->errs, "%s:%zu: %s", c->path, n ? n->start_mark.line + 1 : 1, msg);
-	c->n_errs++;
-}
-
-static const char *scalar(const yaml_node_t *n)
-{
-	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
-}
-
-static long tokens(struct mctx *c, const yaml_node_t *n, const char *key)
-{
-	const char *s = scalar(n);
+	const char *s = yamlfile_scalar(n);
 	char *end;
 	long v;
 
 	errno = 0;
 	v = s ? strtol(s, &end, 10) : 0;
 	if (!s || !*s || *end || errno || v < 1 || v > TOKENS_MAX) {
-		merr(c, n, "%s: expected a number of tokens from 1 to %ld", key, TOKENS_MAX);
+		yamlfile_err(c, n, "%s: expected a number of tokens from 1 to %ld", key, TOKENS_MAX);
 		return 0;
 	}
 	return v;
 }
 
-static void parse_model(struct mctx *c, const yaml_node_t *mn, struct model_info *m)
+static void parse_model(struct yaml_ctx *c, const yaml_node_t *mn, struct model_info *m)
 {
 	static const char *const keys[] = { "match", "provider", "context_window",
 	                                    "max_output_tokens", "default_output_tokens", NULL };
@@ -68,37 +38,37 @@ static void parse_model(struct mctx *c, const yaml_node_t *mn, struct model_info
 
 	m->line = (int)mn->start_mark.line + 1;
 	if (mn->type != YAML_MAPPING_NODE) {
-		merr(c, mn, "each entry under models: must be a mapping (- match: ...)");
+		yamlfile_err(c, mn, "each entry under models: must be a mapping (- match: ...)");
 		return;
 	}
 	for (yaml_node_pair_t *p = mn->data.mapping.pairs.start; p < mn->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
-		const char *name = scalar(k);
+		const char *name = yamlfile_scalar(k);
 		size_t i;
 
 		for (i = 0; name && keys[i] && strcmp(name, keys[i]) != 0; i++)
 			;
 		if (!name || !keys[i])
-			merr(c, k, "unknown key \"%s\" in a model (valid: match, provider, context_window, max_output_tokens, default_output_tokens)",
+			yamlfile_err(c, k, "unknown key \"%s\" in a model (valid: match, provider, context_window, max_output_tokens, default_output_tokens)",
 			     name ? name : "?");
 		else if (seen[i])
-			merr(c, k, "duplicate key \"%s\" in a model", keys[i]);
+			yamlfile_err(c, k, "duplicate key \"%s\" in a model", keys[i]);
 		else
 			seen[i] = yaml_document_get_node(c->doc, p->value);
 	}
-	if (!seen[0] || !(s = scalar(seen[0])) || !*s)
-		merr(c, seen[0] ? seen[0] : mn, "a model needs match: (a glob over model names, such as \"gpt-4o*\")");
+	if (!seen[0] || !(s = yamlfile_scalar(seen[0])) || !*s)
+		yamlfile_err(c, seen[0] ? seen[0] : mn, "a model needs match: (a glob over model names, such as \"gpt-4o*\")");
 	else
 		m->match = xstrdup(s);
 	if (seen[1]) {
-		s = scalar(seen[1]);
+		s = yamlfile_scalar(seen[1]);
 		if (!s || (strcmp(s, "openai") && strcmp(s, "anthropic") && strcmp(s, "azure")))
-			merr(c, seen[1], "provider: expected openai, anthropic or azure");
+			yamlfile_err(c, seen[1], "provider: expected openai, anthropic or azure");
 		else
 			m->provider = xstrdup(s);
 	}
 	if (!seen[2] || !seen[3])
-		merr(c, mn, "a model needs context_window: and max_output_tokens:");
+		yamlfile_err(c, mn, "a model needs context_window: and max_output_tokens:");
 	if (seen[2])
 		m->context_window = tokens(c, seen[2], "context_window");
 	if (seen[3])
@@ -106,38 +76,38 @@ static void parse_model(struct mctx *c, const yaml_node_t *mn, struct model_info
 	m->default_output_tokens = seen[4] ? tokens(c, seen[4], "default_output_tokens")
 	                                   : m->max_output_tokens;
 	if (m->max_output_tokens > m->context_window && m->context_window)
-		merr(c, seen[3], "max_output_tokens (%ld) is more than context_window (%ld)",
+		yamlfile_err(c, seen[3], "max_output_tokens (%ld) is more than context_window (%ld)",
 		     m->max_output_tokens, m->context_window);
 	if (m->default_output_tokens > m->max_output_tokens && m->max_output_tokens)
-		merr(c, seen[4], "default_output_tokens (%ld) is more than max_output_tokens (%ld)",
+		yamlfile_err(c, seen[4], "default_output_tokens (%ld) is more than max_output_tokens (%ld)",
 		     m->default_output_tokens, m->max_output_tokens);
 }
 
-static void parse_root(struct mctx *c, const yaml_node_t *root, struct model_table *t)
+static void parse_root(struct yaml_ctx *c, const yaml_node_t *root, struct model_table *t)
 {
 	const yaml_node_t *list = NULL;
 
 	if (!root || root->type != YAML_MAPPING_NODE) {
-		merr(c, root, "expected a mapping with a models: key at the top");
+		yamlfile_err(c, root, "expected a mapping with a models: key at the top");
 		return;
 	}
 	for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
-		const char *name = scalar(k);
+		const char *name = yamlfile_scalar(k);
 
 		if (name && strcmp(name, "models") == 0)
 			list = yaml_document_get_node(c->doc, p->value);
 		else if (!name || (strcmp(name, "updated") && strcmp(name, "source")))
-			merr(c, k, "unknown key \"%s\" at the top (valid: models, updated, source)",
+			yamlfile_err(c, k, "unknown key \"%s\" at the top (valid: models, updated, source)",
 			     name ? name : "?");
 	}
 	if (!list || list->type != YAML_SEQUENCE_NODE) {
-		merr(c, list ? list : root, "models: expected a sequence of models (- match: ...)");
+		yamlfile_err(c, list ? list : root, "models: expected a sequence of models (- match: ...)");
 		return;
 	}
 	t->n = (size_t)(list->data.sequence.items.top - list->data.sequence.items.start);
 	if (t->n > MODELS_MAX) {
-		merr(c, list, "models: at most %d entries", MODELS_MAX);
+		yamlfile_err(c, list, "models: at most %d entries", MODELS_MAX);
 		t->n = 0;
 		return;
 	}
@@ -150,7 +120,7 @@ static void parse_root(struct mctx *c, const yaml_node_t *root, struct model_tab
 struct model_table *models_load(const char *path, struct errlist *errs)
 {
 	struct model_table *t = xcalloc(1, sizeof(*t));
-	struct mctx c = { .path = path, .errs = errs };
+	struct yaml_ctx c = { .path = path, .errs = errs };
 	yaml_document_t doc;
 
 	t->path = xstrdup(path);

@@ -172,53 +172,23 @@ int64_t pricing_cost(const struct price *p, const struct usage_counts *u, int64_
 
 /* ---- the table ---- */
 
-struct pctx {
-	const char *path;
-	yaml_document_t *doc;
-	struct errlist *errs;
-	size_t n_errs;
-};
-
-static void perr(struct pctx *c, const yaml_node_t *n, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static void perr(struct pctx *c, const yaml_node_t *n, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	/* a quoted YAML value may hold a newline: one problem, one line */
-	for (char *p = msg; *p; p++)
-		if ((unsigned char)*p < 0x20)
-			*p = ' ';
-	errlist_add(c->errs, "%s:%zu: %s", c->path, n ? n->start_mark.line + 1 : 1, msg);
-	c->n_errs++;
-}
-
-static const char *scalar(const yaml_node_t *n)
-{
-	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
-}
-
 /* A price in USD per 1M tokens, read from the scalar's text (never through a double). */
-static int64_t price_value(struct pctx *c, const yaml_node_t *n, const char *key)
+static int64_t price_value(struct yaml_ctx *c, const yaml_node_t *n, const char *key)
 {
-	const char *s = scalar(n);
+	const char *s = yamlfile_scalar(n);
 	int64_t v;
 
 	if (s && money_parse_usd(s, &v) == 0)
 		return v;
 	if (s && s[0] == '-' && money_parse_usd(s + 1, &v) == 0)
-		perr(c, n, "%s: a price cannot be negative", key);
+		yamlfile_err(c, n, "%s: a price cannot be negative", key);
 	else
-		perr(c, n, "%s: expected USD per 1M tokens as a decimal number such as 2.50 (at most 9 decimals, up to 9000000000)",
+		yamlfile_err(c, n, "%s: expected USD per 1M tokens as a decimal number such as 2.50 (at most 9 decimals, up to 9000000000)",
 		     key);
 	return -1;
 }
 
-static void parse_price(struct pctx *c, const yaml_node_t *pn, struct price *pr)
+static void parse_price(struct yaml_ctx *c, const yaml_node_t *pn, struct price *pr)
 {
 	static const char *const keys[] = { "match", "input", "cached_input", "cache_write",
 	                                    "output", NULL };
@@ -228,32 +198,32 @@ static void parse_price(struct pctx *c, const yaml_node_t *pn, struct price *pr)
 	pr->line = (int)pn->start_mark.line + 1;
 	pr->input = pr->cached_input = pr->cache_write = pr->output = -1;
 	if (pn->type != YAML_MAPPING_NODE) {
-		perr(c, pn, "each entry under prices: must be a mapping (- match: ...)");
+		yamlfile_err(c, pn, "each entry under prices: must be a mapping (- match: ...)");
 		return;
 	}
 	for (yaml_node_pair_t *p = pn->data.mapping.pairs.start; p < pn->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
-		const char *name = scalar(k);
+		const char *name = yamlfile_scalar(k);
 		size_t i;
 
 		for (i = 0; name && keys[i] && strcmp(name, keys[i]) != 0; i++)
 			;
 		if (!name || !keys[i])
-			perr(c, k, "unknown key \"%s\" in a price (valid: match, input, cached_input, cache_write, output)",
+			yamlfile_err(c, k, "unknown key \"%s\" in a price (valid: match, input, cached_input, cache_write, output)",
 			     name ? name : "?");
 		else if (seen[i])
-			perr(c, k, "duplicate key \"%s\" in a price", keys[i]);
+			yamlfile_err(c, k, "duplicate key \"%s\" in a price", keys[i]);
 		else
 			seen[i] = yaml_document_get_node(c->doc, p->value);
 	}
-	if (!seen[0] || !(s = scalar(seen[0])) || !*s)
-		perr(c, seen[0] ? seen[0] : pn, "a price needs match: (a glob over model names, such as \"gpt-4o-mini*\")");
+	if (!seen[0] || !(s = yamlfile_scalar(seen[0])) || !*s)
+		yamlfile_err(c, seen[0] ? seen[0] : pn, "a price needs match: (a glob over model names, such as \"gpt-4o-mini*\")");
 	else
 		pr->match = xstrdup(s);
 	if (!seen[1])
-		perr(c, pn, "a price needs input: (USD per 1M tokens)");
+		yamlfile_err(c, pn, "a price needs input: (USD per 1M tokens)");
 	if (!seen[4])
-		perr(c, pn, "a price needs output: (USD per 1M tokens)");
+		yamlfile_err(c, pn, "a price needs output: (USD per 1M tokens)");
 	if (seen[1])
 		pr->input = price_value(c, seen[1], "input");
 	if (seen[2])
@@ -265,14 +235,14 @@ static void parse_price(struct pctx *c, const yaml_node_t *pn, struct price *pr)
 }
 
 /* A second entry with the same glob could never match: the first always wins. */
-static void check_duplicates(struct pctx *c, const yaml_node_t *list, const struct price_table *t)
+static void check_duplicates(struct yaml_ctx *c, const yaml_node_t *list, const struct price_table *t)
 {
 	for (size_t i = 1; i < t->n; i++) {
 		if (!t->prices[i].match)
 			continue;
 		for (size_t j = 0; j < i; j++) {
 			if (t->prices[j].match && strcmp(t->prices[i].match, t->prices[j].match) == 0) {
-				perr(c, yaml_document_get_node(c->doc, list->data.sequence.items.start[i]),
+				yamlfile_err(c, yaml_document_get_node(c->doc, list->data.sequence.items.start[i]),
 				     "duplicate match \"%s\" (first at line %d): this entry would never be used",
 				     t->prices[i].match, t->prices[j].line);
 				break;
@@ -293,58 +263,58 @@ static int version_ok(const char *s)
 	return 1;
 }
 
-static void parse_root(struct pctx *c, const yaml_node_t *root, struct price_table *t)
+static void parse_root(struct yaml_ctx *c, const yaml_node_t *root, struct price_table *t)
 {
 	static const char *const keys[] = { "version", "source", "prices", "multiplier", NULL };
 	yaml_node_t *seen[4] = { 0 };
 	const yaml_node_t *list;
 
 	if (!root || root->type != YAML_MAPPING_NODE) {
-		perr(c, root, "expected a mapping with version: and prices: at the top");
+		yamlfile_err(c, root, "expected a mapping with version: and prices: at the top");
 		return;
 	}
 	for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
 		yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
-		const char *name = scalar(k);
+		const char *name = yamlfile_scalar(k);
 		size_t i;
 
 		for (i = 0; name && keys[i] && strcmp(name, keys[i]) != 0; i++)
 			;
 		if (!name || !keys[i])
-			perr(c, k, "unknown key \"%s\" at the top (valid: version, source, prices, "
+			yamlfile_err(c, k, "unknown key \"%s\" at the top (valid: version, source, prices, "
 			     "multiplier)",
 			     name ? name : "?");
 		else if (seen[i])
-			perr(c, k, "duplicate key \"%s\" at the top", keys[i]);
+			yamlfile_err(c, k, "duplicate key \"%s\" at the top", keys[i]);
 		else
 			seen[i] = yaml_document_get_node(c->doc, p->value);
 	}
 	if (!seen[0])
-		perr(c, root, "a price table needs version: (such as \"2026-12-07\"; every cost is recorded with it)");
-	else if (!version_ok(scalar(seen[0])))
-		perr(c, seen[0], "version: expected one line of up to %d characters, such as \"2026-12-07\"",
+		yamlfile_err(c, root, "a price table needs version: (such as \"2026-12-07\"; every cost is recorded with it)");
+	else if (!version_ok(yamlfile_scalar(seen[0])))
+		yamlfile_err(c, seen[0], "version: expected one line of up to %d characters, such as \"2026-12-07\"",
 		     VERSION_MAX);
 	else
-		t->version = xstrdup(scalar(seen[0]));
-	if (seen[1] && !scalar(seen[1]))
-		perr(c, seen[1], "source: expected a string (where the prices come from)");
+		t->version = xstrdup(yamlfile_scalar(seen[0]));
+	if (seen[1] && !yamlfile_scalar(seen[1]))
+		yamlfile_err(c, seen[1], "source: expected a string (where the prices come from)");
 	else if (seen[1])
-		t->source = xstrdup(scalar(seen[1]));
+		t->source = xstrdup(yamlfile_scalar(seen[1]));
 	t->multiplier_ppm = PPM;
-	if (seen[3] && (!scalar(seen[3]) ||
-	                money_parse_multiplier(scalar(seen[3]), &t->multiplier_ppm) < 0)) {
-		perr(c, seen[3], "multiplier: expected a number more than 0 and at most 1000 with at "
+	if (seen[3] && (!yamlfile_scalar(seen[3]) ||
+	                money_parse_multiplier(yamlfile_scalar(seen[3]), &t->multiplier_ppm) < 0)) {
+		yamlfile_err(c, seen[3], "multiplier: expected a number more than 0 and at most 1000 with at "
 		     "most 6 decimals, such as 1.2 (every price is multiplied by it)");
 		t->multiplier_ppm = PPM;
 	}
 	list = seen[2];
 	if (!list || list->type != YAML_SEQUENCE_NODE) {
-		perr(c, list ? list : root, "prices: expected a sequence of prices (- match: ...)");
+		yamlfile_err(c, list ? list : root, "prices: expected a sequence of prices (- match: ...)");
 		return;
 	}
 	t->n = (size_t)(list->data.sequence.items.top - list->data.sequence.items.start);
 	if (t->n > PRICES_MAX) {
-		perr(c, list, "prices: at most %d entries", PRICES_MAX);
+		yamlfile_err(c, list, "prices: at most %d entries", PRICES_MAX);
 		t->n = 0;
 		return;
 	}
@@ -358,7 +328,7 @@ static void parse_root(struct pctx *c, const yaml_node_t *root, struct price_tab
 struct price_table *pricing_load(const char *path, struct errlist *errs)
 {
 	struct price_table *t = xcalloc(1, sizeof(*t));
-	struct pctx c = { .path = path, .errs = errs };
+	struct yaml_ctx c = { .path = path, .errs = errs };
 	yaml_document_t doc;
 
 	t->path = xstrdup(path);

@@ -1,5 +1,6 @@
 /* See yamlfile.h. */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -25,4 +26,25 @@ int yamlfile_load(const char *path, yaml_document_t *doc, struct errlist *errs)
 	yaml_parser_delete(&parser);
 	fclose(f);
 	return rc;
+}
+
+void yamlfile_err(struct yaml_ctx *c, const yaml_node_t *n, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	/* a quoted YAML value may hold a newline: one problem, one line */
+	for (char *p = msg; *p; p++)
+		if ((unsigned char)*p < 0x20)
+			*p = ' ';
+	errlist_add(c->errs, "%s:%zu: %s", c->path, n ? n->start_mark.line + 1 : 1, msg);
+	c->n_errs++;
+}
+
+const char *yamlfile_scalar(const yaml_node_t *n)
+{
+	return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
 }

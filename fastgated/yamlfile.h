@@ -14,4 +14,19 @@
  * it is not YAML. */
 int yamlfile_load(const char *path, yaml_document_t *doc, struct errlist *errs);
 
+/* Walking a loaded file: its path and document, where the errors go and how many. */
+struct yaml_ctx {
+	const char *path;
+	yaml_document_t *doc;
+	struct errlist *errs;
+	size_t n_errs;
+};
+
+/* One "FILE:LINE: message" for node n (line 1 when n is NULL), on one line whatever the
+ * message holds; counts it in c->n_errs. */
+void yamlfile_err(struct yaml_ctx *c, const yaml_node_t *n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+/* A scalar node's text, or NULL for any other node (or NULL). */
+const char *yamlfile_scalar(const yaml_node_t *n);
+
 #endif
