@@ -69,7 +69,8 @@ void cli_print_report(const json_t *r)
 	json_array_foreach(rows, i, row) {
 		char label[SZ * 3];
 		const json_t *id = json_object_get(row, key ? "key_id" : "user_id");
-		const char *name = json_string_value(json_object_get(row, "key_name"));
+		const char *name = json_string_value(json_object_get(row, key ? "key_name"
+		                                                                : "user_name"));
 
 		if (model)
 			snprintf(label, sizeof(label), "%s",
@@ -80,6 +81,9 @@ void cli_print_report(const json_t *r)
 		else if (key)
 			snprintf(label, sizeof(label), "%" JSON_INTEGER_FORMAT " (%s)",
 			         json_integer_value(id), name ? name : "?");
+		else if (name)
+			snprintf(label, sizeof(label), "%" JSON_INTEGER_FORMAT " (%s)",
+			         json_integer_value(id), name);
 		else
 			snprintf(label, sizeof(label), "%" JSON_INTEGER_FORMAT, json_integer_value(id));
 		add_row(t, label, row);

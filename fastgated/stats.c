@@ -1236,6 +1236,21 @@ static void report_done(void *arg, bool cancelled)
 	struct report_job *r = arg;
 
 	if (!cancelled && r->call) {
+		if (r->result && r->by == BY_USER) {
+			/* users' names are the key store's, which lives on this thread */
+			struct gateway *gw = ctl_call_gateway(r->call);
+			json_t *row;
+			size_t i;
+
+			json_array_foreach(json_object_get(r->result, "rows"), i, row) {
+				json_t *id = json_object_get(row, "user_id");
+				const struct user *u = json_is_integer(id) && gw->keys
+				                       ? keystore_user_get(gw->keys, json_integer_value(id))
+				                       : NULL;
+
+				json_object_set_new(row, "user_name", u ? json_string(u->name) : json_null());
+			}
+		}
 		if (r->result) {
 			ctl_stream_result(r->call, r->result);
 			r->result = NULL;

@@ -145,10 +145,21 @@ def test_report_by_user_json_is_exact(c):
     r = report_json(c)
     assert r["by"] == "user" and r["groups"] == 3 and r["truncated"] is False, r
     assert r["since"] == T0 and r["until"] == T0 + 2 * DAY, r
-    rows = {row["user_id"]: {k: v for k, v in row.items() if k != "user_id"} for row in r["rows"]}
+    rows = {row["user_id"]: {k: v for k, v in row.items() if k not in ("user_id", "user_name")}
+            for row in r["rows"]}
     assert rows == {5: USER5, 6: USER6, None: NO_USER}, rows
+    # names come from the key store: users 5 and 6 are not in it (yet)
+    assert all(row["user_name"] is None for row in r["rows"]), r["rows"]
     assert [row["user_id"] for row in r["rows"]] == [5, None, 6], r["rows"]   # by cost
     assert r["total"] == TOTAL, r["total"]
+    # once users 1..6 exist, 5 and 6 are named, in JSON and in the table
+    for i in range(1, 7):
+        cli_ok(c, "user", "create", "--name", "person-%d" % i)
+    r = report_json(c)
+    names = {row["user_id"]: row["user_name"] for row in r["rows"]}
+    assert names == {5: "person-5", 6: "person-6", None: None}, names
+    out = cli_ok(c, "report", "--since", SINCE, "--until", UNTIL)
+    assert re.search(r"^5 \(person-5\)\s+3\s", out, re.M), out
     # the window: only the first day
     r = json.loads(cli_ok(c, "--json", "report", "--since", SINCE, "--until", "2026-11-20"))
     assert r["total"] == tally(3, 3500, 350, 300, 2000123450, 0, 1, 3), r["total"]
@@ -176,7 +187,9 @@ def test_report_table_and_csv(c):
     assert lines[0] == "window: 2026-11-19T00:00:00Z .. 2026-11-21T00:00:00Z (by user)", out
     assert re.match(r"^USER\s+REQUESTS\s+PROMPT\s+COMPLETION\s+CACHED\s+COST USD\s+UNPRICED"
                     r"\s+ESTIMATED\s+BILLED$", lines[1]), out
-    assert re.match(r"^5\s+3\s+3500\s+350\s+300\s+2\.000123450\s+0\s+1\s+3$", lines[2]), out
+    # (named once a test before has created the users: the daemon is shared)
+    assert re.match(r"^5( \(person-5\))?\s+3\s+3500\s+350\s+300\s+2\.000123450\s+0\s+1\s+3$",
+                    lines[2]), out
     assert re.match(r"^\(no user\)\s+2\s+100\s+10\s+0\s+0\.000000030\s+0\s+0\s+1$", lines[3]), out
     assert re.match(r"^TOTAL\s+8\s+3650\s+367\s+300\s+2\.000123487\s+1\s+1\s+5$", lines[5]), out
 
