@@ -201,26 +201,30 @@ static void print_key_updated(const json_t *k)
 
 static void print_key_list(const json_t *a)
 {
-	static const char *const head[] = { "ID", "NAME", "PREFIX", "STATUS", "CREATED",
-	                                    "EXPIRES", "LAST USED", "RPM", "ROUTES" };
-	struct cli_table *t = cli_table_new(9, head);
+	static const char *const head[] = { "ID", "NAME", "PREFIX", "STATUS", "USER", "CREATED",
+	                                    "EXPIRES", "LAST USED", "LIMITS", "ROUTES" };
+	struct cli_table *t = cli_table_new(10, head);
 	size_t i;
 	json_t *k;
 
 	json_array_foreach(a, i, k) {
 		char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ];
 		char *routes = join(json_object_get(k, "routes"), ",", "all");
-		const char *row[9] = {
+		char *limits = join(json_object_get(k, "limits"), ",", "none");
+		const char *row[10] = {
 			fmt_int(b1, jint(k, "id")), jstr(k, "name"), jstr(k, "display"),
 			jstr(k, "status"),
+			json_is_integer(json_object_get(k, "user_id")) ? fmt_int(b5, jint(k, "user_id"))
+			                                               : "-",
 			fmt_time(b2, json_object_get(k, "created"), "-", DATE_FMT),
 			fmt_time(b3, json_object_get(k, "expires"), "never", DATE_FMT),
 			fmt_time(b4, json_object_get(k, "last_used"), "never", MINUTE_FMT),
-			fmt_rpm(b5, jint(k, "rpm")), routes,
+			limits, routes,
 		};
 
 		cli_table_add(t, row);
 		free(routes);
+		free(limits);
 	}
 	if (cli_table_rows(t) == 0) {
 		cli_table_free(t);

@@ -1036,6 +1036,9 @@ def test_old_rpm_flag_is_requests_per_minute_with_exact_retry_after():
     with Env() as env:
         k = env.key("legacy", rpm=2)
         assert k["limits"] == ["requests:2/min"] and k["rpm"] == 2, k
+        rc, out, err = env.gw.cli("key", "list")
+        assert rc == 0 and re.search(r"^ID .* USER .* LIMITS +ROUTES$", out, re.M), (out, err)
+        assert re.search(r"\blegacy\b.*\brequests:2/min\s+all$", out, re.M), out
         body = body_of("gpt-4o-mini", "rpm")
         t_first = before_s()
         s1, h1, _ = env.post(k["key"], body)
