@@ -825,7 +825,9 @@ static void dispatch(struct http_conn *c, bool has_body)
 	disarm_timer(c);
 	reqid_next(&s->ids, req->id);
 	http_add_header(req, "X-Request-Id", req->id);
-	if (req->method == HTTP_GET && !req->query)
+	/* the gateway's own endpoints answer HEAD as GET (a load balancer's probe), and a
+	 * query string (a cache-buster) changes nothing in them */
+	if (req->method == HTTP_GET || req->method == HTTP_HEAD)
 		for (size_t i = 0; i < s->n_paths; i++)
 			if (strcmp(req->path, s->paths[i].path) == 0) {
 				s->paths[i].fn(s->paths[i].arg, req);

@@ -797,6 +797,13 @@ def test_health_and_metrics_are_served(c):
     assert chat(c)[0] == 200
     st, _, data = c.gw.request("GET", "/health")
     assert st == 200 and json.loads(data)["status"] == "ok"
+    # a load balancer's HEAD probe and a query string get the same answer, no key needed
+    st, h, data = c.gw.request("HEAD", "/health")
+    assert st == 200 and data == b"" and int(h["content-length"]) > 0, (st, h, data)
+    st, _, data = c.gw.request("GET", "/health?probe=1")
+    assert st == 200 and json.loads(data)["status"] == "ok", (st, data)
+    st, _, _ = c.gw.request("HEAD", "/health/ready?x")
+    assert st == 200, st
     st, h, data = c.gw.request("GET", "/metrics")
     text = data.decode()
     assert st == 200 and "fastgate_requests_total{route=\"chat\",status=\"200\"}" in text, text[:500]
