@@ -442,6 +442,37 @@ bool proxy_key_allows_route(const struct key *k, const char *route)
 	return false;
 }
 
+/* src as printable ASCII for a message: other bytes become '?', and a long one ends in
+ * "..." (an echo of the client's bytes must stay valid JSON and one line). */
+static const char *printable(char *out, size_t cap, const char *src)
+{
+	size_t n = 0;
+
+	for (; *src && n + 4 < cap; src++)
+		out[n++] = *src >= 0x20 && *src < 0x7f ? *src : '?';
+	if (*src) {
+		memcpy(out + n, "...", 3);
+		n += 3;
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/* The 404 says what found no route: the model when the body named one, and the method and
+ * the path. */
+static void no_route(struct proxy_req *px)
+{
+	char msg[400], path[160], model[136];
+
+	printable(path, sizeof(path), px->req->path);
+	if (px->model[0])
+		snprintf(msg, sizeof(msg), "no route for model \"%s\" on %s %s",
+		         printable(model, sizeof(model), px->model), px->method, path);
+	else
+		snprintf(msg, sizeof(msg), "no route matches %s %s", px->method, path);
+	proxy_reply_error(px, 404, "no_route", msg);
+}
+
 static enum phase_rc ph_match(struct proxy_req *px)
 {
 	switch (route_match(px->table, &px->rq, &px->route)) {
@@ -453,7 +484,7 @@ static enum phase_rc ph_match(struct proxy_req *px)
 	default:
 		if (selfserve_answer(px))
 			return PH_END;
-		proxy_reply_error(px, 404, "no_route", "no route matches this request");
+		no_route(px);
 		return PH_END;
 	}
 	if (!proxy_key_allows_route(px->key, px->route->name)) {

@@ -711,6 +711,13 @@ def test_rate_limited_key_gets_429_with_retry_after(c):
 def test_no_route_is_404(c):
     st, _, data = c.gw.request("GET", "/nothing/here", None, c.auth)
     assert st == 404 and error_of(data)["code"] == "no_route", data
+    assert error_of(data)["message"] == "no route matches GET /nothing/here", data
+    # the model the body named, when there was one (issue 20: an operator needs it)
+    st, _, data = c.gw.request("POST", "/v1/embeddings", {"model": "no-such-model", "input": "x"},
+                               c.auth)
+    assert st == 404, data
+    assert error_of(data)["message"] == \
+        'no route for model "no-such-model" on POST /v1/embeddings', data
 
 
 def test_body_not_json_where_a_route_reads_it_is_400(c):

@@ -180,7 +180,7 @@ test('an unknown path raises NotFoundError with the gateway message', async () =
     (err) => {
       assert.ok(err instanceof OpenAI.NotFoundError, `got ${err?.constructor?.name}: ${err?.message}`);
       assert.equal(err.status, 404);
-      assert.match(err.message, /no route matches this request/);
+      assert.match(err.message, /no route for model "mock-embed" on POST \/v1\/embeddings/);
       assert.equal(err.code, 'no_route');
       return true;
     },
