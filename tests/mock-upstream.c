@@ -56,7 +56,9 @@
  *                              /__mock/reset opens it too. Answer (both): 200
  *                              {"ok":true,"released":N} (N: requests let go; 0 for hold).
  *   anything else              200 echo: {method, uri, path, headers, body}.
- *   Every response carries X-Mock-Received-Auth: <Authorization received>, when one was.
+ *   Every response carries X-Mock-Received-Auth-SHA256: <hex SHA-256 of the Authorization
+ *   received>, when one was: a test can check the key the gateway sent without the mock
+ *   echoing a secret back (a newcomer reading the demo's answers took that for a leak).
  *   Paths under /__mock/ are control requests: never counted, never faulted; other
  *   /__mock/ paths and methods get a 404 "unknown_url".
  *
@@ -213,6 +215,7 @@
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #define DEFAULT_LISTEN  "127.0.0.1:8515"
 #define DEFAULT_CHUNKS  5
@@ -2099,9 +2102,18 @@ static void on_request(struct evhttp_request *req, void *arg)
 	    && strcmp(path, MESSAGES_PATH) == 0;
 
 	memset(&ans, 0, sizeof(ans));
-	if (auth)
-		evhttp_add_header(evhttp_request_get_output_headers(req),
-		    "X-Mock-Received-Auth", auth);
+	if (auth) {
+		unsigned char md[EVP_MAX_MD_SIZE];
+		unsigned int mdlen = 0;
+		char hex[2 * EVP_MAX_MD_SIZE + 1];
+
+		if (EVP_Digest(auth, strlen(auth), md, &mdlen, EVP_sha256(), NULL)) {
+			for (unsigned int i = 0; i < mdlen; i++)
+				snprintf(hex + 2 * i, 3, "%02x", md[i]);
+			evhttp_add_header(evhttp_request_get_output_headers(req),
+			    "X-Mock-Received-Auth-SHA256", hex);
+		}
+	}
 	if (strncmp(path, MOCK_PREFIX, strlen(MOCK_PREFIX)) == 0) {
 		control(m, req, path);
 		return;

@@ -7,6 +7,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import OpenAI from 'openai';
 import { startStack, stopStack } from './harness.mjs';
 
@@ -61,8 +62,11 @@ test('non-stream chat completion returns the mock text and usage', async () => {
     .withResponse();
   assert.equal(response.status, 200);
   assert.ok(response.headers.get('x-request-id'), 'response has an X-Request-Id');
-  // The gateway replaced the client's fg_ key with the route's upstream key.
-  assert.equal(response.headers.get('x-mock-received-auth'), 'Bearer upstream-key');
+  // The gateway replaced the client's fg_ key with the route's upstream key (the mock
+  // answers with its SHA-256, never the key itself).
+  assert.equal(response.headers.get('x-mock-received-auth-sha256'),
+    createHash('sha256').update('Bearer upstream-key').digest('hex'));
+  assert.equal(response.headers.get('x-mock-received-auth'), null);
   assert.equal(data.object, 'chat.completion');
   assert.equal(data.choices.length, 1);
   assert.equal(data.choices[0].message.role, 'assistant');
