@@ -9,7 +9,7 @@
 
 #include "config.h"
 
-enum ctype { C_STR, C_INT, C_SIZE, C_BOOL };
+enum ctype { C_STR, C_INT, C_SIZE, C_BOOL, C_CIDRS };
 
 struct setting {
 	const char *name;
@@ -25,6 +25,7 @@ static const struct setting settings[] = {
 	S("models", C_STR, models_path, 0, 0),
 	S("pricing", C_STR, pricing_path, 0, 0),
 	S("require_price", C_BOOL, require_price, 0, 0),
+	S("trusted_proxies", C_CIDRS, trusted_proxies, 0, 0),
 	S("keys", C_STR, keys_path, 0, 0),
 	S("audit", C_STR, audit_path, 0, 0),
 	S("control", C_STR, control_path, 0, 0),
@@ -72,6 +73,7 @@ void config_free(struct config *c)
 	free(c->control_path);
 	free(c->control_group);
 	free(c->pidfile);
+	free(c->trusted_proxies);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -126,6 +128,8 @@ static void apply(struct config *c, const struct setting *st, const char *file, 
 			return;
 		}
 		break;
+	case C_CIDRS:
+		return;   /* apply_cidrs: a list, not one value */
 	case C_SIZE:
 		if (parse_size(value, &v) < 0) {
 			errlist_add(errs, "%s:%d: %s: expected a size like 1048576, 512K or 10M",
@@ -143,6 +147,57 @@ static void apply(struct config *c, const struct setting *st, const char *file, 
 		*(size_t *)field = (size_t)v;
 	else
 		*(int *)field = (int)v;
+}
+
+/* One range into the list, or an error naming it. */
+static void add_cidr(struct config *c, const char *s, const char *file, size_t line,
+                     struct errlist *errs)
+{
+	struct cidr r;
+
+	if (cidr_parse(s, &r) < 0) {
+		errlist_add(errs, "%s:%zu: trusted_proxies: \"%s\" is not an address or a range "
+		            "such as 10.0.0.0/8 or fd00::/8 (no bits set past the prefix)", file, line,
+		            s);
+		return;
+	}
+	c->trusted_proxies = realloc(c->trusted_proxies,
+	                             (c->n_trusted_proxies + 1) * sizeof(*c->trusted_proxies));
+	if (!c->trusted_proxies)
+		abort();
+	c->trusted_proxies[c->n_trusted_proxies++] = r;
+}
+
+/* trusted_proxies: a sequence of ranges, or one scalar of them separated by commas. A
+ * later setting replaces an earlier one, as for every setting. */
+static void apply_cidrs(struct config *c, yaml_document_t *doc, const yaml_node_t *v,
+                        const char *file, struct errlist *errs)
+{
+	c->n_trusted_proxies = 0;
+	if (v->type == YAML_SEQUENCE_NODE) {
+		for (yaml_node_item_t *it = v->data.sequence.items.start;
+		     it < v->data.sequence.items.top; it++) {
+			yaml_node_t *e = yaml_document_get_node(doc, *it);
+
+			if (e->type != YAML_SCALAR_NODE)
+				errlist_add(errs, "%s:%zu: trusted_proxies: expected addresses or ranges",
+				            file, e->start_mark.line + 1);
+			else
+				add_cidr(c, (char *)e->data.scalar.value, file, e->start_mark.line + 1,
+				         errs);
+		}
+	} else if (v->type == YAML_SCALAR_NODE) {
+		char *copy = strdup((char *)v->data.scalar.value), *save = NULL;
+
+		if (!copy)
+			abort();
+		for (char *tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+			add_cidr(c, tok, file, v->start_mark.line + 1, errs);
+		free(copy);
+	} else {
+		errlist_add(errs, "%s:%zu: trusted_proxies: expected a list such as [10.0.0.0/8]",
+		            file, v->start_mark.line + 1);
+	}
 }
 
 int config_load_file(struct config *c, const char *path, struct errlist *errs)
@@ -188,6 +243,10 @@ int config_load_file(struct config *c, const char *path, struct errlist *errs)
 				st = &settings[i];
 		if (!st) {
 			errlist_add(errs, "%s:%d: unknown setting '%s'", path, line, (char *)k->data.scalar.value);
+			continue;
+		}
+		if (st->type == C_CIDRS) {
+			apply_cidrs(c, &doc, v, path, errs);
 			continue;
 		}
 		if (v->type != YAML_SCALAR_NODE) {

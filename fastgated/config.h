@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "cidr.h"
 #include "errlist.h"
 
 struct config {
@@ -15,6 +16,8 @@ struct config {
 	char *pricing_path;    /* "./share/pricing.yaml": the price table */
 	bool pricing_set;      /* ... given (file or flag): it must exist */
 	bool require_price;    /* a model without a price is refused (403 model_not_priced) */
+	struct cidr *trusted_proxies; /* peers whose X-Forwarded-For is believed (and kept) */
+	size_t n_trusted_proxies;
 	char *keys_path;       /* "./keys/fastgate.db" */
 	char *audit_path;      /* "./keys/audit.db" */
 	char *control_path;    /* "./fastgate.sock" */

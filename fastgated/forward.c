@@ -14,6 +14,7 @@
 #include "anthropic.h"
 #include "log.h"
 
+#include "forwarded.h"
 #include "proxy.h"
 #include "request.h"
 #include "usage.h"
@@ -24,6 +25,7 @@
 
 static const struct hname always_stripped[] = {
 	HNAME("host"), HNAME("x-api-key"), HNAME("authorization"), HNAME("x-forwarded-for"),
+	HNAME("x-forwarded-proto"),   /* both replaced by the gateway's (forwarded.h) */
 	HNAME("api-key"),     /* Azure's key header: only the route's key may reach an upstream */
 	HNAME("x-request-id"),
 	/* hop-by-hop (RFC 9110 7.6.1) and framing: the transport frames the request itself */
@@ -215,7 +217,17 @@ static int head_headers(struct attempt *a, const struct route *r, const struct r
 	if (head_add_header(a, "X-Request-Id", 12, id, REQID_LEN) < 0 ||
 	    head_add(a, "Accept-Encoding: identity\r\n", 27) < 0)
 		return -1;
-	return 0;
+	{
+		const struct config *cfg = a->px->gw->cfg;
+		char *chain = forwarded_for(cfg, in);
+		const char *xff = chain ? chain : http_client_ip(in);
+		const char *xfp = forwarded_proto(cfg, in);
+		int rc = head_add_header(a, "X-Forwarded-For", 15, xff, strlen(xff)) == 0 &&
+		         head_add_header(a, "X-Forwarded-Proto", 17, xfp, strlen(xfp)) == 0 ? 0 : -1;
+
+		free(chain);
+		return rc;
+	}
 }
 
 /* Safe methods may be sent again if a reused connection dies before any answer; anything

@@ -25,6 +25,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "forwarded.h"
 #include "log.h"
 #include "policy.h"
 #include "proxy.h"
@@ -572,10 +573,14 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	/* the path only: a query string can carry credentials (?api_key=...), and the audit
 	 * trail must never hold one */
 	px->path = dup_or_null(req->path);
-	ip = http_client_ip(req);
-	n = strnlen(ip, sizeof(px->client_ip) - 1);
-	memcpy(px->client_ip, ip, n);
-	px->client_ip[n] = '\0';
+	if (gw->cfg->n_trusted_proxies) {
+		forwarded_client_ip(gw->cfg, req, px->client_ip, sizeof(px->client_ip));
+	} else {
+		ip = http_client_ip(req);
+		n = strnlen(ip, sizeof(px->client_ip) - 1);
+		memcpy(px->client_ip, ip, n);
+		px->client_ip[n] = '\0';
+	}
 	memcpy(px->id, req->id, REQID_LEN + 1);
 	sse_scan_init(&px->scan, false);
 	usage_reset(&px->usage);

@@ -1,0 +1,114 @@
+"""End to end: who the client is behind proxies (issue 20, item 3). The upstream gets
+X-Forwarded-For and X-Forwarded-Proto; a client's own X-Forwarded-For is believed (kept,
+with the peer appended, and its client taken for the audit's client_ip) only when the
+connecting peer is in trusted_proxies, and dropped otherwise. A bad range in fastgate.yaml
+is a FILE:LINE error. Every test starts its own gateway and mock."""
+
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import FASTGATED, Gateway, Mock, rmtree, run_tests, tmpdir, wait_for  # noqa: E402
+
+ROUTES = """routes:
+  - name: chat
+    match: { path: /v1/chat/completions, methods: [POST] }
+    upstream: { url: %(m)s, api_key: upstream-key }
+"""
+CHAT = {"model": "fwd-model", "messages": [{"role": "user", "content": "who am i"}]}
+
+
+class Env:
+    def __init__(self, config=None):
+        self.dir = tmpdir("fg-fwd-")
+        self.mock = Mock(self.dir)
+        args = []
+        if config is not None:
+            path = os.path.join(self.dir, "fastgate.yaml")
+            with open(path, "w") as f:
+                f.write(config)
+            args = ["-c", path]
+        self.gw = Gateway(self.dir, ROUTES % {"m": self.mock.url}, extra_args=args)
+        self.key = self.gw.create_key("fwd")["key"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.gw.stop()
+        self.mock.stop()
+        rmtree(self.dir)
+
+    def chat(self, headers=None):
+        h = {"X-API-Key": self.key}
+        h.update(headers or {})
+        st, rh, data = self.gw.request("POST", "/v1/chat/completions", CHAT, h)
+        assert st == 200, (st, data)
+        last = self.mock.stats()["last"]
+        return rh["x-request-id"], {k.lower(): v for k, v in last["headers"].items()}
+
+    def client_ip_of(self, rid):
+        def row():
+            out = subprocess.run([os.path.join(os.path.dirname(FASTGATED), "fastgate-cli"),
+                                  "--socket", self.gw.sock, "--json", "logs", "show", rid],
+                                 capture_output=True, text=True, timeout=10)
+            return json.loads(out.stdout) if out.returncode == 0 else None
+        return wait_for(row, what="the audit row")["client_ip"]
+
+
+def test_without_trusted_proxies_the_client_header_is_dropped():
+    # Fails if a client's X-Forwarded-For reaches the upstream or the audit (anyone can
+    # write one), or if the gateway's own headers are missing.
+    with Env() as env:
+        rid, up = env.chat({"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https"})
+        assert up["x-forwarded-for"] == "127.0.0.1", up
+        assert up["x-forwarded-proto"] == "http", up
+        assert env.client_ip_of(rid) == "127.0.0.1"
+
+
+def test_a_trusted_proxy_chain_is_kept_and_names_the_client():
+    # The peer (127.0.0.1) is a trusted proxy, and so is 10.1.1.1 in the chain: the client
+    # is the last untrusted hop, 203.0.113.7. Fails if the chain is dropped, the peer not
+    # appended, the proxy's X-Forwarded-Proto not kept, or the audit keeps the peer.
+    with Env("trusted_proxies: [127.0.0.1, 10.0.0.0/8]\n") as env:
+        rid, up = env.chat({"X-Forwarded-For": "198.51.100.9, 203.0.113.7, 10.1.1.1",
+                            "X-Forwarded-Proto": "https"})
+        assert up["x-forwarded-for"] == "198.51.100.9, 203.0.113.7, 10.1.1.1, 127.0.0.1", up
+        assert up["x-forwarded-proto"] == "https", up
+        assert env.client_ip_of(rid) == "203.0.113.7"
+        # without a header from the proxy: the peer itself
+        rid, up = env.chat()
+        assert up["x-forwarded-for"] == "127.0.0.1" and up["x-forwarded-proto"] == "http", up
+        assert env.client_ip_of(rid) == "127.0.0.1"
+        # garbage in the chain ends the belief: the hop after it is the client
+        rid, up = env.chat({"X-Forwarded-For": "not-an-ip, 10.2.2.2"})
+        assert env.client_ip_of(rid) == "10.2.2.2"
+
+
+def test_an_untrusted_peer_is_not_believed_even_with_ranges_set():
+    # trusted_proxies names other networks: the loopback peer's header is dropped.
+    with Env("trusted_proxies: 10.0.0.0/8, fd00::/8\n") as env:
+        rid, up = env.chat({"X-Forwarded-For": "203.0.113.7"})
+        assert up["x-forwarded-for"] == "127.0.0.1", up
+        assert env.client_ip_of(rid) == "127.0.0.1"
+
+
+def test_a_bad_range_is_named_by_file_and_line():
+    d = tmpdir("fg-fwd-bad-")
+    try:
+        path = os.path.join(d, "fastgate.yaml")
+        with open(path, "w") as f:
+            f.write("listen: 127.0.0.1:0\ntrusted_proxies:\n  - 10.0.0.0/8\n  - 10.0.0.1/8\n")
+        p = subprocess.run([FASTGATED, "-c", path, "--check", "--routes", d],
+                           capture_output=True, text=True, timeout=20)
+        assert p.returncode != 0, p
+        assert '%s:4: trusted_proxies: "10.0.0.1/8" is not an address or a range' % path \
+            in p.stderr, p.stderr
+    finally:
+        rmtree(d)
+
+
+if __name__ == "__main__":
+    run_tests(globals())
