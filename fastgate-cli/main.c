@@ -14,8 +14,10 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "audit.h"
 #include "client.h"
 #include "commands.h"
+#include "ctlproto.h"
 
 #define DEFAULT_SOCKET "./fastgate.sock"
 
@@ -359,6 +361,52 @@ static bool any_given(const bool given[CLI_MAX_OPTS])
 		if (given[i])
 			return true;
 	return false;
+}
+
+/* The option of c that sets args member key, for messages. */
+static const char *flag_of(const struct cli_cmd *c, const char *key)
+{
+	for (const struct cli_opt *o = c->opts; o->flag; o++)
+		if (strcmp(o->key, key) == 0)
+			return o->flag;
+	return key;
+}
+
+/* What the CLI can tell is wrong without the daemon: the limits the control protocol sets
+ * on numbers, options that exclude each other, export columns that do not exist. A usage
+ * error (exit 2, nothing sent), even when the daemon is down. */
+static int check_args(const struct cli_cmd *c, const json_t *args)
+{
+	static const struct { const char *key; json_int_t max; } maxima[] = {
+		{ "rpm", CTL_RPM_MAX }, { "expires_days", CTL_EXPIRES_DAYS_MAX },
+		{ "lines", CTL_TAIL_LINES_MAX }, { "hours", CTL_HOURS_MAX }, { "days", CTL_DAYS_MAX },
+	};
+	const char *fields = json_string_value(json_object_get(args, "fields"));
+
+	for (size_t i = 0; i < sizeof(maxima) / sizeof(maxima[0]); i++) {
+		const json_t *v = json_object_get(args, maxima[i].key);
+
+		if (json_is_integer(v) && json_integer_value(v) > maxima[i].max)
+			return usage_error(c, NULL, "%s must be at most %" JSON_INTEGER_FORMAT ", not %"
+			                   JSON_INTEGER_FORMAT, flag_of(c, maxima[i].key), maxima[i].max,
+			                   json_integer_value(v));
+	}
+	if ((json_object_get(args, "hourly") || json_object_get(args, "hours")) &&
+	    (json_object_get(args, "daily") || json_object_get(args, "days")))
+		return usage_error(c, NULL, "choose --hourly (or --hours) or --daily (or --days), "
+		                   "not both");
+	if (fields) {
+		int cols[64];
+		char *err = NULL;
+
+		if (audit_fields_parse(fields, cols, sizeof(cols) / sizeof(cols[0]), &err) < 0) {
+			int rc = usage_error(c, NULL, "--fields: %s", err ? err : "bad list");
+
+			free(err);
+			return rc;
+		}
+	}
+	return CLI_EXIT_OK;
 }
 
 /* A second bare argument stands for the command's one required option when it is not
@@ -743,8 +791,12 @@ int main(int argc, char **argv)
 	r = parse_cmd_args(c, argc, argv, i, &g, &args);
 	if (r < 0)
 		return CLI_EXIT_OK;
-	if (r != CLI_EXIT_OK)
+	if (r == CLI_EXIT_OK)
+		r = check_args(c, args);
+	if (r != CLI_EXIT_OK) {
+		json_decref(args);
 		return r;
+	}
 	ret = run(c, args, &g);
 	json_decref(args);
 	return ret;

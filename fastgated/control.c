@@ -1289,8 +1289,8 @@ static bool route_name_valid(const char *s)
 static void h_help(struct ctl_call *call, json_t *args);
 
 /* Key limits the control channel accepts (the store itself takes any non-negative value). */
-#define KEY_RPM_MAX          1000000
-#define KEY_EXPIRES_DAYS_MAX 36500
+#define KEY_RPM_MAX          CTL_RPM_MAX
+#define KEY_EXPIRES_DAYS_MAX CTL_EXPIRES_DAYS_MAX
 
 /* args.routes, if present and not null, as names of routes loaded now: *given is set and
  * *routes is a new array (caller frees it; the strings belong to args), NULL for []. False

@@ -135,4 +135,13 @@ void ctl_reply_clear(struct ctl_reply *rp);
 int ctl_parse_greeting(const char *line, size_t len, char *version, size_t vsize, int *protocol,
                        struct ctl_error *err);
 
+/* Limits on command arguments, in one place for both programs: the daemon checks them, and
+ * fastgate-cli checks them first so that a mistake exits 2 without asking the daemon
+ * (even when it is down). */
+#define CTL_RPM_MAX          1000000   /* key rpm */
+#define CTL_EXPIRES_DAYS_MAX 36500     /* key expires_days */
+#define CTL_TAIL_LINES_MAX   10000     /* logs.tail lines */
+#define CTL_HOURS_MAX        2160      /* metrics hours: 90 days of hourly rows */
+#define CTL_DAYS_MAX         3660      /* metrics days */
+
 #endif

@@ -22,6 +22,8 @@
 
 #include <jansson.h>
 
+#include "ctlproto.h"
+
 struct gateway;
 struct dbq;
 struct ctl_call;
@@ -29,7 +31,7 @@ struct audit_record;
 struct logs;
 
 #define LOGS_RECENT        1024       /* recent records kept for tail/show */
-#define LOGS_TAIL_MAX      10000      /* most lines a tail may ask for */
+#define LOGS_TAIL_MAX      CTL_TAIL_LINES_MAX  /* most lines a tail may ask for */
 #define LOGS_TAIL_BUDGET   (4 << 20)  /* and at most about this many bytes of them */
 #define LOGS_EXPORT_BATCH  256        /* rows per export batch */
 

@@ -24,6 +24,7 @@
 #include "audit.h"
 #include "config.h"
 #include "control.h"
+#include "ctlproto.h"
 #include "gateway.h"
 #include "log.h"
 #include "pool.h"
@@ -282,8 +283,8 @@ int stats_schema_version(sqlite3 *db)
 
 /* ---- metrics ---- */
 
-#define HOURS_MAX   2160     /* 90 days of hourly rows */
-#define DAYS_MAX    3660
+#define HOURS_MAX   CTL_HOURS_MAX
+#define DAYS_MAX    CTL_DAYS_MAX
 #define GROUPS_MAX  100      /* breakdown rows; the rest are counted, not listed */
 #define ERR_SQL     "(status >= 500 OR error IS NOT NULL)"
 #define BUCKET_SQL  "CAST((started_at - ?3) / ?4 AS INTEGER)"

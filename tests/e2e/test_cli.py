@@ -339,5 +339,27 @@ def test_client_hanging_up_mid_reply_does_not_hurt(c):
     assert cli_json(c, "status")["version"] and c.gw.proc.alive()
 
 
+
+def test_mistakes_the_cli_can_see_exit_2_with_the_daemon_down(c):
+    # Issue 20: arguments the CLI can check itself are usage errors (exit 2) with nothing
+    # sent, whether or not the daemon runs; valid ones reach for the socket (exit 3 here).
+    # Fails if any of these is sent to the daemon (exit 3) or answered by it (exit 1).
+    down = ["--socket", "/nonexistent/fastgate.sock"]
+    cases = [
+        (["key", "create", "--name", "x", "--expires-days", "36501"], 2, "at most 36500"),
+        (["key", "create", "--name", "x", "--rpm", "1000001"], 2, "at most 1000000"),
+        (["key", "update", "1", "--expires-days", "99999"], 2, "at most 36500"),
+        (["logs", "tail", "-n", "10001"], 2, "at most 10000"),
+        (["metrics", "--hourly", "--daily"], 2, "not both"),
+        (["metrics", "--hours", "3", "--days", "2"], 2, "not both"),
+        (["metrics", "--hours", "2161"], 2, "at most 2160"),
+        (["logs", "export", "--format", "csv", "--fields", "status,foo"], 2, "foo"),
+        (["key", "create", "--name", "x", "--expires-days", "36500"], 3, "fastgated running"),
+        (["metrics", "--hourly"], 3, "fastgated running"),
+    ]
+    for args, want, text in cases:
+        p = subprocess.run([CLI] + down + args, capture_output=True, text=True, timeout=10)
+        assert p.returncode == want and text in p.stderr, (args, p.returncode, p.stderr)
+
 if __name__ == "__main__":
     run_tests(globals(), setup, teardown)
