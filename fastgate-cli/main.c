@@ -688,6 +688,17 @@ static int run(const struct cli_cmd *c, const json_t *args, const struct globals
 		ret = CLI_EXIT_OK;
 		break;
 	case CTL_REPLY_ERROR:
+		if (g->json && rp.error) {
+			/* a script reads the refusal as it reads results: the daemon's error object
+			 * (code, message, and reload's errors) on stdout; people read stderr */
+			json_t *o = json_pack("{s:O}", "error", rp.error);
+
+			if (o) {
+				json_dumpf(o, stdout, JSON_COMPACT);
+				fputc('\n', stdout);
+				json_decref(o);
+			}
+		}
 		cli_print_error(c, rp.error, rp.message);
 		ret = CLI_EXIT_REFUSED;
 		break;

@@ -361,5 +361,29 @@ def test_mistakes_the_cli_can_see_exit_2_with_the_daemon_down(c):
         p = subprocess.run([CLI] + down + args, capture_output=True, text=True, timeout=10)
         assert p.returncode == want and text in p.stderr, (args, p.returncode, p.stderr)
 
+
+def test_json_refusals_are_json_on_stdout_too(c):
+    # Issue 20: with --json a script gets the daemon's error object on stdout (reload's
+    # errors list included), and people still get the message on stderr. Fails if stdout
+    # is empty or not that object.
+    p = subprocess.run([CLI, "--socket", c.gw.sock, "--json", "key", "show", "999999"],
+                       capture_output=True, text=True, timeout=10)
+    assert p.returncode == 1, p
+    err = json.loads(p.stdout)["error"]
+    assert err["code"] == "not_found" and "999999" in err["message"], p.stdout
+    assert "999999" in p.stderr, p.stderr
+    bad = os.path.join(c.gw.routes_dir, "99-broken.yaml")
+    with open(bad, "w") as f:
+        f.write("routes:\n  - name: broken\n    upstream: { url: nope }\n")
+    try:
+        p = subprocess.run([CLI, "--socket", c.gw.sock, "--json", "reload"],
+                           capture_output=True, text=True, timeout=10)
+        assert p.returncode == 1, p
+        err = json.loads(p.stdout)["error"]
+        assert err["code"] == "reload_failed", err
+        assert any("99-broken.yaml:3" in e for e in err["errors"]), err
+    finally:
+        os.unlink(bad)
+
 if __name__ == "__main__":
     run_tests(globals(), setup, teardown)
