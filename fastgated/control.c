@@ -2130,8 +2130,11 @@ static void route_set(struct ctl_call *call, json_t *args, enum route_op op)
 	            want ? "enabled" : "disabled");
 	if (want && r->unavailable) {
 		ctl_reply_error(call, CTL_E_ROUTE_UNAVAILABLE, NULL,
-		                "route %s cannot be enabled: %s (set it and run fastgate-cli reload)",
-		                r->name, r->unavailable);
+		                "route %s cannot be enabled: %s. fastgated reads its environment "
+		                "when it starts, so a reload does not see a new value: set it where "
+		                "fastgated is started (systemd: Environment= or EnvironmentFile=) "
+		                "and restart it, or give the key in api_key_file, which reload "
+		                "re-reads", r->name, r->unavailable);
 		return;
 	}
 	c = keystore_change_route_state(gw->keys, r->name, want, &err);

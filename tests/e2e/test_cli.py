@@ -385,5 +385,31 @@ def test_json_refusals_are_json_on_stdout_too(c):
     finally:
         os.unlink(bad)
 
+
+def test_enabling_a_route_whose_variable_is_unset_tells_the_truth(c):
+    # Issue 20: the environment is read at start; the refusal must not send the operator
+    # to `reload` (which cannot see a new value). Fails if it does, or names no way out.
+    d = tmpdir("fg-cli-env-")
+    m = Mock(d)
+    env = dict(os.environ)
+    env.pop("FG_TEST_NEVER_SET", None)
+    gw = Gateway(d, """routes:
+  - name: optional
+    if_env: FG_TEST_NEVER_SET
+    match: { path: /v1/chat/completions }
+    upstream: { url: %s, api_key: "${FG_TEST_NEVER_SET}" }
+""" % m.url, env=env)
+    try:
+        p = subprocess.run([CLI, "--socket", gw.sock, "route", "enable", "optional"],
+                           capture_output=True, text=True, timeout=10)
+        assert p.returncode == 1, p
+        assert "FG_TEST_NEVER_SET is not set" in p.stderr, p.stderr
+        assert "restart" in p.stderr and "api_key_file" in p.stderr, p.stderr
+        assert "run fastgate-cli reload" not in p.stderr, p.stderr
+    finally:
+        gw.stop()
+        m.stop()
+        rmtree(d)
+
 if __name__ == "__main__":
     run_tests(globals(), setup, teardown)
