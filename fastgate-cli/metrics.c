@@ -108,6 +108,13 @@ static void print_summary(const json_t *r)
 	kv(t, "window:", win);
 	kv(t, "requests:", req);
 	kv(t, "errors:", err);
+	if (json_is_integer(json_object_get(r, "refused"))) {
+		char refb[64];
+
+		snprintf(refb, sizeof(refb), "%" JSON_INTEGER_FORMAT " (answered by the gateway: "
+		         "bad key, no route, a limit)", jint(r, "refused"));
+		kv(t, "refused:", refb);
+	}
 	kv(t, "success rate:", fmt_rate(b5, json_object_get(r, "success_rate")));
 	kv(t, "status:", stat);
 	kv(t, "streams:", fmt_count(b6, jint(r, "streams")));

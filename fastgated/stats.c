@@ -287,6 +287,10 @@ int stats_schema_version(sqlite3 *db)
 #define DAYS_MAX    CTL_DAYS_MAX
 #define GROUPS_MAX  100      /* breakdown rows; the rest are counted, not listed */
 #define ERR_SQL     "(status >= 500 OR error IS NOT NULL)"
+/* Refused by the gateway itself, nothing forwarded: a bad key, no route, a key not allowed,
+ * a limit (401, 403, 404, 429...). Not counted in the success rate, which is the
+ * upstreams' and the gateway's own failures among the requests it took on. */
+#define REFUSED_SQL "(upstream IS NULL AND status BETWEEN 400 AND 499)"
 #define BUCKET_SQL  "CAST((started_at - ?3) / ?4 AS INTEGER)"
 
 /* BY_UPSTREAM is not read from the audit database: it is the upstreams' live counters. */
@@ -340,9 +344,12 @@ static json_t *ms_or_null(bool have, double v)
 	return have ? json_real(round3(v)) : json_null();
 }
 
-static json_t *rate_or_null(sqlite3_int64 n, sqlite3_int64 errs)
+/* The share of the requests the gateway took on (all less those it refused itself) that
+ * ended without an error; null when there were none. */
+static json_t *rate_or_null(sqlite3_int64 n, sqlite3_int64 refused, sqlite3_int64 errs)
 {
-	return n ? json_real(round((double)(n - errs) / (double)n * 1e6) / 1e6) : json_null();
+	n -= refused;
+	return n > 0 ? json_real(round((double)(n - errs) / (double)n * 1e6) / 1e6) : json_null();
 }
 
 static void bind_window(sqlite3_stmt *st, const struct metrics_job *m)
@@ -429,11 +436,11 @@ static json_t *summary(struct metrics_job *m, sqlite3 *db)
 		" SUM(status >= 500), SUM(is_stream), COUNT(latency_ms), AVG(latency_ms)," \
 		" MAX(latency_ms), COUNT(ttfb_ms), SUM(prompt_tokens), SUM(completion_tokens)," \
 		" COUNT(DISTINCT key_id), COUNT(DISTINCT route), SUM(bytes_in), SUM(bytes_out)," \
-		" SUM(key_id IS NULL), SUM(%s)" \
+		" SUM(key_id IS NULL), SUM(%s), SUM(" REFUSED_SQL ")" \
 		" FROM audit WHERE started_at >= ?1 AND started_at < ?2"
 	struct pcts lat = { 0 }, ttfb = { 0 };
 	sqlite3_stmt *st = NULL;
-	sqlite3_int64 v[20] = { 0 };
+	sqlite3_int64 v[21] = { 0 };
 	char usd[FMT_USD_MAX], q[sizeof(SUMMARY_SQL) + 16];
 	double avg, max;
 	json_t *jl;
@@ -451,7 +458,7 @@ static json_t *summary(struct metrics_job *m, sqlite3 *db)
 		sqlite3_finalize(st);
 		return NULL;
 	}
-	for (int i = 0; i < 20; i++)
+	for (int i = 0; i < 21; i++)
 		v[i] = sqlite3_column_int64(st, i);
 	avg = sqlite3_column_double(st, 9);
 	max = sqlite3_column_double(st, 10);
@@ -464,11 +471,12 @@ static json_t *summary(struct metrics_job *m, sqlite3 *db)
 	json_object_set_new(jl, "avg", ms_or_null(v[8] > 0, avg));
 	json_object_set_new(jl, "max", ms_or_null(v[8] > 0, max));
 	fmt_usd_nano(usd, v[19]);
-	return json_pack("{s:I, s:I, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:o, s:o, s:{s:I, s:I},"
-	                 " s:{s:I, s:I}, s:I, s:I, s:I, s:s}",
+	return json_pack("{s:I, s:I, s:I, s:o, s:{s:I, s:I, s:I, s:I, s:I}, s:I, s:o, s:o,"
+	                 " s:{s:I, s:I}, s:{s:I, s:I}, s:I, s:I, s:I, s:s}",
 	                 "requests", (json_int_t)v[0],
 	                 "errors", (json_int_t)v[1],
-	                 "success_rate", rate_or_null(v[0], v[1]),
+	                 "refused", (json_int_t)v[20],
+	                 "success_rate", rate_or_null(v[0], v[20], v[1]),
 	                 "status", "1xx", (json_int_t)v[2], "2xx", (json_int_t)v[3],
 	                 "3xx", (json_int_t)v[4], "4xx", (json_int_t)v[5], "5xx", (json_int_t)v[6],
 	                 "streams", (json_int_t)v[7],
@@ -582,7 +590,7 @@ struct group {
 	sqlite3_int64 gi;         /* BY_KEY */
 	char *gs;                 /* BY_ROUTE, BY_MODEL */
 	char *key_name;
-	sqlite3_int64 requests, errors, lat_n, prompt, completion, cost_nano;
+	sqlite3_int64 requests, errors, lat_n, prompt, completion, cost_nano, refused;
 	double avg;
 	struct pcts lat;
 };
@@ -632,7 +640,8 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 		snprintf(sql, sizeof(sql),
 		         "SELECT %s, COUNT(*), SUM(" ERR_SQL "), COUNT(latency_ms), AVG(latency_ms),"
 		         " SUM(prompt_tokens), SUM(completion_tokens), MAX(key_name),"
-		         " COUNT(*) OVER (), SUM(%s) FROM audit WHERE started_at >= ?1 AND"
+		         " COUNT(*) OVER (), SUM(%s), SUM(" REFUSED_SQL ") FROM audit"
+		         " WHERE started_at >= ?1 AND"
 		         " started_at < ?2 GROUP BY %s ORDER BY COUNT(*) DESC, %s LIMIT %d", col,
 		         m->cost_col, col, col, GROUPS_MAX);
 		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
@@ -657,6 +666,7 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 			g->completion = sqlite3_column_int64(st, 6);
 			ngroups = sqlite3_column_int64(st, 8);
 			g->cost_nano = sqlite3_column_int64(st, 9);
+			g->refused = sqlite3_column_int64(st, 10);
 			if ((!g->gnull && !gs->by_int && !g->gs) || (kn && !g->key_name)) {
 				m->err = xasprintf("out of memory");
 				goto done;
@@ -689,7 +699,9 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 		json_object_set_new(lat, "avg", ms_or_null(g->lat_n > 0, g->avg));
 		json_object_set_new(row, "requests", json_integer(g->requests));
 		json_object_set_new(row, "errors", json_integer(g->errors));
-		json_object_set_new(row, "success_rate", rate_or_null(g->requests, g->errors));
+		json_object_set_new(row, "refused", json_integer(g->refused));
+		json_object_set_new(row, "success_rate", rate_or_null(g->requests, g->refused,
+		                                                      g->errors));
 		json_object_set_new(row, "latency_ms", lat);
 		json_object_set_new(row, "tokens", json_pack("{s:I, s:I}",
 		                    "prompt", (json_int_t)g->prompt,
@@ -777,10 +789,10 @@ static void metrics_work(struct dbq_job *job, void *arg)
 			goto done;
 	} else {
 		/* No database yet: the same shape, all zeros. */
-		res = json_pack("{s:i, s:i, s:n, s:{s:i, s:i, s:i, s:i, s:i}, s:i,"
+		res = json_pack("{s:i, s:i, s:i, s:n, s:{s:i, s:i, s:i, s:i, s:i}, s:i,"
 		                " s:{s:n, s:n, s:n, s:n, s:n}, s:{s:n, s:n, s:n}, s:{s:i, s:i},"
 		                " s:{s:i, s:i}, s:i, s:i, s:i, s:s}",
-		                "requests", 0, "errors", 0, "success_rate",
+		                "requests", 0, "errors", 0, "refused", 0, "success_rate",
 		                "status", "1xx", 0, "2xx", 0, "3xx", 0, "4xx", 0, "5xx", 0,
 		                "streams", 0,
 		                "latency_ms", "p50", "p95", "p99", "avg", "max",

@@ -607,7 +607,9 @@ def test_metrics_totals_match_the_requests_made(c):
         return m if m["requests"] == len(made) else None
     m = wait_for(settled, timeout=15, interval=0.1, what="metrics to count every request")
     assert m["errors"] == 1, m
-    assert abs(m["success_rate"] - 6 / 7) < 1e-5, m
+    # the 401 was the gateway's own refusal: not in the success rate (issue 20)
+    assert m["refused"] == 1, m
+    assert abs(m["success_rate"] - 5 / 6) < 1e-5, m
     assert m["status"] == {"1xx": 0, "2xx": 5, "3xx": 0, "4xx": 1, "5xx": 1}, m
     assert m["streams"] == 1 and m["active_keys"] == 1 and m["active_routes"] == 2, m
     assert m["requests_last_hour"] >= len(made), m
@@ -620,7 +622,8 @@ def test_metrics_totals_match_the_requests_made(c):
     rows = {r["route"]: r for r in bd["rows"]}
     assert rows["chat"]["requests"] == 5 and rows["chat"]["errors"] == 0, bd
     assert rows["dead"]["requests"] == 1 and rows["dead"]["errors"] == 1, bd
-    assert rows[None]["requests"] == 1, bd
+    assert rows[None]["requests"] == 1 and rows[None]["refused"] == 1, bd
+    assert rows[None]["success_rate"] is None and rows["chat"]["success_rate"] == 1, bd
     bd = json.loads(cli_ok(c, "--json", "metrics", "--since", since, "--by", "key"))["breakdown"]
     assert {(r["key_id"], r["requests"]) for r in bd["rows"]} == {(k["id"], 6), (None, 1)}, bd
 
