@@ -28,19 +28,27 @@ for p in "$GW_PORT" "$MOCK_PORT"; do
 done
 
 pids=()
+# Ctrl-C reaches the whole process group, fastgated too: a second signal from here would
+# cut its drain short ("second signal: exiting now"), so only other endings send one.
 cleanup() {
   trap - INT TERM EXIT
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  if [ "$1" != INT ]; then
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  fi
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
   echo; echo "make run: stopped."
   exit 0
 }
-trap cleanup INT TERM EXIT
+trap 'cleanup INT' INT
+trap 'cleanup TERM' TERM
+trap 'cleanup EXIT' EXIT
 
 build/mock-upstream --listen "127.0.0.1:$MOCK_PORT" > "$RUN/mock.out" 2> "$RUN/mock.log" &
 pids+=($!)
+# tee ignores Ctrl-C (an ignored signal stays ignored across exec): it must outlive
+# fastgated to write its shutdown lines into the log
 build/fastgated --listen "127.0.0.1:$GW_PORT" --control "$SOCK" "${STORE_ARGS[@]}" \
-  2> >(tee "$RUN/fastgated.log" >&2) &
+  2> >(trap '' INT TERM; exec tee "$RUN/fastgated.log" >&2) &
 pids+=($!)
 
 # Wait (bounded) for the control socket to answer.

@@ -53,6 +53,12 @@ def test_make_run_prints_a_curl_line_that_streams_and_ctrl_c_stops_everything():
             time.sleep(0.1)
         assert not subprocess.run(["pgrep", "-g", str(p.pid)], capture_output=True).stdout, \
             "a process of make run outlived Ctrl-C"
+        # the log keeps fastgated's last words (issue 20: tee died with Ctrl-C first)
+        with open(os.path.join(run_dir, "fastgated.log"), "rb") as f:
+            last = f.read().decode("utf-8", "replace")
+        assert "signal 2: no new connections" in last, last[-800:]
+        assert "all requests finished; exiting" in last and "second signal" not in last, \
+            last[-800:]
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
