@@ -26,6 +26,7 @@ static const struct setting settings[] = {
 	S("pricing", C_STR, pricing_path, 0, 0),
 	S("require_price", C_BOOL, require_price, 0, 0),
 	S("trusted_proxies", C_CIDRS, trusted_proxies, 0, 0),
+	S("allow_ips", C_CIDRS, allow_ips, 0, 0),
 	S("keys", C_STR, keys_path, 0, 0),
 	S("audit", C_STR, audit_path, 0, 0),
 	S("control", C_STR, control_path, 0, 0),
@@ -74,6 +75,7 @@ void config_free(struct config *c)
 	free(c->control_group);
 	free(c->pidfile);
 	free(c->trusted_proxies);
+	free(c->allow_ips);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -149,42 +151,56 @@ static void apply(struct config *c, const struct setting *st, const char *file, 
 		*(int *)field = (int)v;
 }
 
-/* One range into the list, or an error naming it. */
-static void add_cidr(struct config *c, const char *s, const char *file, size_t line,
-                     struct errlist *errs)
+/* The list a C_CIDRS setting fills: its array and its count. */
+static void cidr_list(struct config *c, const struct setting *st, struct cidr ***list,
+                      size_t **n)
 {
-	struct cidr r;
-
-	if (cidr_parse(s, &r) < 0) {
-		errlist_add(errs, "%s:%zu: trusted_proxies: \"%s\" is not an address or a range "
-		            "such as 10.0.0.0/8 or fd00::/8 (no bits set past the prefix)", file, line,
-		            s);
-		return;
-	}
-	c->trusted_proxies = realloc(c->trusted_proxies,
-	                             (c->n_trusted_proxies + 1) * sizeof(*c->trusted_proxies));
-	if (!c->trusted_proxies)
-		abort();
-	c->trusted_proxies[c->n_trusted_proxies++] = r;
+	*list = (struct cidr **)((char *)c + st->offset);
+	*n = st->offset == offsetof(struct config, allow_ips) ? &c->n_allow_ips
+	                                                      : &c->n_trusted_proxies;
 }
 
-/* trusted_proxies: a sequence of ranges, or one scalar of them separated by commas. A
- * later setting replaces an earlier one, as for every setting. */
-static void apply_cidrs(struct config *c, yaml_document_t *doc, const yaml_node_t *v,
-                        const char *file, struct errlist *errs)
+/* One range into the setting's list, or an error naming it. */
+static void add_cidr(struct config *c, const struct setting *st, const char *s,
+                     const char *file, size_t line, struct errlist *errs)
 {
-	c->n_trusted_proxies = 0;
+	struct cidr r, **list;
+	size_t *n;
+
+	if (cidr_parse(s, &r) < 0) {
+		errlist_add(errs, "%s:%zu: %s: \"%s\" is not an address or a range such as "
+		            "10.0.0.0/8 or fd00::/8 (no bits set past the prefix)", file, line,
+		            st->name, s);
+		return;
+	}
+	cidr_list(c, st, &list, &n);
+	*list = realloc(*list, (*n + 1) * sizeof(**list));
+	if (!*list)
+		abort();
+	(*list)[(*n)++] = r;
+}
+
+/* A list of ranges: a sequence of them, or one scalar of them separated by commas. A later
+ * setting replaces an earlier one, as for every setting. */
+static void apply_cidrs(struct config *c, const struct setting *st, yaml_document_t *doc,
+                        const yaml_node_t *v, const char *file, struct errlist *errs)
+{
+	struct cidr **list;
+	size_t *n;
+
+	cidr_list(c, st, &list, &n);
+	*n = 0;
 	if (v->type == YAML_SEQUENCE_NODE) {
 		for (yaml_node_item_t *it = v->data.sequence.items.start;
 		     it < v->data.sequence.items.top; it++) {
 			yaml_node_t *e = yaml_document_get_node(doc, *it);
 
 			if (e->type != YAML_SCALAR_NODE)
-				errlist_add(errs, "%s:%zu: trusted_proxies: expected addresses or ranges",
-				            file, e->start_mark.line + 1);
+				errlist_add(errs, "%s:%zu: %s: expected addresses or ranges", file,
+				            e->start_mark.line + 1, st->name);
 			else
-				add_cidr(c, (char *)e->data.scalar.value, file, e->start_mark.line + 1,
-				         errs);
+				add_cidr(c, st, (char *)e->data.scalar.value, file,
+				         e->start_mark.line + 1, errs);
 		}
 	} else if (v->type == YAML_SCALAR_NODE) {
 		char *copy = strdup((char *)v->data.scalar.value), *save = NULL;
@@ -192,11 +208,11 @@ static void apply_cidrs(struct config *c, yaml_document_t *doc, const yaml_node_
 		if (!copy)
 			abort();
 		for (char *tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
-			add_cidr(c, tok, file, v->start_mark.line + 1, errs);
+			add_cidr(c, st, tok, file, v->start_mark.line + 1, errs);
 		free(copy);
 	} else {
-		errlist_add(errs, "%s:%zu: trusted_proxies: expected a list such as [10.0.0.0/8]",
-		            file, v->start_mark.line + 1);
+		errlist_add(errs, "%s:%zu: %s: expected a list such as [10.0.0.0/8]", file,
+		            v->start_mark.line + 1, st->name);
 	}
 }
 
@@ -246,7 +262,7 @@ int config_load_file(struct config *c, const char *path, struct errlist *errs)
 			continue;
 		}
 		if (st->type == C_CIDRS) {
-			apply_cidrs(c, &doc, v, path, errs);
+			apply_cidrs(c, st, &doc, v, path, errs);
 			continue;
 		}
 		if (v->type != YAML_SCALAR_NODE) {

@@ -18,6 +18,8 @@ struct config {
 	bool require_price;    /* a model without a price is refused (403 model_not_priced) */
 	struct cidr *trusted_proxies; /* peers whose X-Forwarded-For is believed (and kept) */
 	size_t n_trusted_proxies;
+	struct cidr *allow_ips;  /* NULL: any client; else only these (403 ip_not_allowed) */
+	size_t n_allow_ips;
 	char *keys_path;       /* "./keys/fastgate.db" */
 	char *audit_path;      /* "./keys/audit.db" */
 	char *control_path;    /* "./fastgate.sock" */

@@ -25,6 +25,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "cidr.h"
 #include "forwarded.h"
 #include "log.h"
 #include "policy.h"
@@ -323,6 +324,13 @@ static enum phase_rc ph_authenticate(struct proxy_req *px)
 	}
 	if (!req->path || !*req->path || !proxy_path_is_clean(req->path)) {
 		proxy_reply_error(px, 400, "invalid_path", "request path is malformed");
+		return PH_END;
+	}
+	/* before any key is looked at: from elsewhere, a key is not even tried */
+	if (px->gw->cfg->n_allow_ips &&
+	    !cidr_match(px->gw->cfg->allow_ips, px->gw->cfg->n_allow_ips, px->client_ip)) {
+		proxy_reply_error(px, 403, "ip_not_allowed",
+		                  "requests from this address are not allowed (allow_ips)");
 		return PH_END;
 	}
 	if (find_credential(req, &px->secret, &px->secret_len) < 0) {

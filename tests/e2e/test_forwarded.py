@@ -110,5 +110,26 @@ def test_a_bad_range_is_named_by_file_and_line():
         rmtree(d)
 
 
+
+def test_allow_ips_refuses_other_addresses_before_any_key_is_tried():
+    # Issue 20, item 9 (the global part): a client outside allow_ips gets 403
+    # ip_not_allowed, audited, nothing forwarded, even with a valid key; the address is the
+    # one trusted_proxies decides. Fails if such a request is served or not audited.
+    with Env("allow_ips: [10.0.0.0/8]\ntrusted_proxies: [127.0.0.1]\n") as env:
+        st, h, data = env.gw.request("POST", "/v1/chat/completions", CHAT,
+                                     {"X-API-Key": env.key})
+        assert st == 403 and json.loads(data)["error"]["code"] == "ip_not_allowed", (st, data)
+        assert env.mock.stats()["chat"] == 0
+        assert env.client_ip_of(h["x-request-id"]) == "127.0.0.1"
+        # through the trusted proxy, from inside the range: served
+        rid, up = env.chat({"X-Forwarded-For": "10.9.8.7"})
+        assert env.client_ip_of(rid) == "10.9.8.7"
+        # no key at all from outside: still the address first
+        st, _, data = env.gw.request("POST", "/v1/chat/completions", CHAT, {})
+        assert st == 403, (st, data)
+        # the gateway's own endpoints stay open (a load balancer's health probe)
+        st, _, _ = env.gw.request("GET", "/health")
+        assert st == 200
+
 if __name__ == "__main__":
     run_tests(globals())
