@@ -9,7 +9,7 @@
 
 #include "config.h"
 
-enum ctype { C_STR, C_INT, C_SIZE, C_BOOL, C_CIDRS };
+enum ctype { C_STR, C_INT, C_SIZE, C_BOOL, C_CIDRS, C_ORIGINS };
 
 struct setting {
 	const char *name;
@@ -27,6 +27,7 @@ static const struct setting settings[] = {
 	S("require_price", C_BOOL, require_price, 0, 0),
 	S("trusted_proxies", C_CIDRS, trusted_proxies, 0, 0),
 	S("allow_ips", C_CIDRS, allow_ips, 0, 0),
+	S("cors_origins", C_ORIGINS, cors_origins, 0, 0),
 	S("keys", C_STR, keys_path, 0, 0),
 	S("audit", C_STR, audit_path, 0, 0),
 	S("control", C_STR, control_path, 0, 0),
@@ -76,6 +77,9 @@ void config_free(struct config *c)
 	free(c->pidfile);
 	free(c->trusted_proxies);
 	free(c->allow_ips);
+	for (size_t i = 0; i < c->n_cors_origins; i++)
+		free(c->cors_origins[i]);
+	free(c->cors_origins);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -131,7 +135,8 @@ static void apply(struct config *c, const struct setting *st, const char *file, 
 		}
 		break;
 	case C_CIDRS:
-		return;   /* apply_cidrs: a list, not one value */
+	case C_ORIGINS:
+		return;   /* apply_cidrs, apply_origins: lists, not one value */
 	case C_SIZE:
 		if (parse_size(value, &v) < 0) {
 			errlist_add(errs, "%s:%d: %s: expected a size like 1048576, 512K or 10M",
@@ -216,6 +221,75 @@ static void apply_cidrs(struct config *c, const struct setting *st, yaml_documen
 	}
 }
 
+/* An origin as browsers send it: "*", or scheme://host[:port] with no path. */
+static bool origin_ok(const char *s)
+{
+	const char *host;
+
+	if (strcmp(s, "*") == 0)
+		return true;
+	if (strncmp(s, "https://", 8) == 0)
+		host = s + 8;
+	else if (strncmp(s, "http://", 7) == 0)
+		host = s + 7;
+	else
+		return false;
+	if (!*host)
+		return false;
+	for (; *host; host++)
+		if (!((*host >= 'a' && *host <= 'z') || (*host >= '0' && *host <= '9') ||
+		      *host == '.' || *host == '-' || *host == ':' || *host == '[' || *host == ']'))
+			return false;   /* upper case, a path, a slash: browsers never send those */
+	return true;
+}
+
+/* cors_origins: a sequence of origins (or one, or several separated by commas). */
+static void apply_origins(struct config *c, yaml_document_t *doc, const yaml_node_t *v,
+                          const char *file, struct errlist *errs)
+{
+	const yaml_node_t *one[1] = { v };
+	const yaml_node_t *const *items = one;
+	size_t n = 1;
+	yaml_node_t *seq[256];
+
+	for (size_t i = 0; i < c->n_cors_origins; i++)
+		free(c->cors_origins[i]);
+	c->n_cors_origins = 0;
+	if (v->type == YAML_SEQUENCE_NODE) {
+		n = 0;
+		for (yaml_node_item_t *it = v->data.sequence.items.start;
+		     it < v->data.sequence.items.top && n < 256; it++)
+			seq[n++] = yaml_document_get_node(doc, *it);
+		items = (const yaml_node_t *const *)seq;
+	}
+	for (size_t i = 0; i < n; i++) {
+		char *copy, *save = NULL;
+
+		if (items[i]->type != YAML_SCALAR_NODE) {
+			errlist_add(errs, "%s:%zu: cors_origins: expected origins such as "
+			            "https://app.example.com, or \"*\"", file, items[i]->start_mark.line + 1);
+			continue;
+		}
+		copy = strdup((char *)items[i]->data.scalar.value);
+		if (!copy)
+			abort();
+		for (char *tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+			if (!origin_ok(tok)) {
+				errlist_add(errs, "%s:%zu: cors_origins: \"%s\" is not an origin (scheme://"
+				            "host[:port] in lower case, no path; or \"*\")", file,
+				            items[i]->start_mark.line + 1, tok);
+				continue;
+			}
+			c->cors_origins = realloc(c->cors_origins,
+			                          (c->n_cors_origins + 1) * sizeof(*c->cors_origins));
+			if (!c->cors_origins || !(c->cors_origins[c->n_cors_origins] = strdup(tok)))
+				abort();
+			c->n_cors_origins++;
+		}
+		free(copy);
+	}
+}
+
 int config_load_file(struct config *c, const char *path, struct errlist *errs)
 {
 	FILE *f = fopen(path, "r");
@@ -263,6 +337,10 @@ int config_load_file(struct config *c, const char *path, struct errlist *errs)
 		}
 		if (st->type == C_CIDRS) {
 			apply_cidrs(c, st, &doc, v, path, errs);
+			continue;
+		}
+		if (st->type == C_ORIGINS) {
+			apply_origins(c, &doc, v, path, errs);
 			continue;
 		}
 		if (v->type != YAML_SCALAR_NODE) {

@@ -20,6 +20,8 @@ struct config {
 	size_t n_trusted_proxies;
 	struct cidr *allow_ips;  /* NULL: any client; else only these (403 ip_not_allowed) */
 	size_t n_allow_ips;
+	char **cors_origins;     /* browser origins allowed ("*": any); none: CORS off */
+	size_t n_cors_origins;
 	char *keys_path;       /* "./keys/fastgate.db" */
 	char *audit_path;      /* "./keys/audit.db" */
 	char *control_path;    /* "./fastgate.sock" */

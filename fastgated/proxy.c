@@ -26,6 +26,7 @@
 #include <event2/event.h>
 
 #include "cidr.h"
+#include "cors.h"
 #include "forwarded.h"
 #include "log.h"
 #include "policy.h"
@@ -324,6 +325,13 @@ static enum phase_rc ph_authenticate(struct proxy_req *px)
 	}
 	if (!req->path || !*req->path || !proxy_path_is_clean(req->path)) {
 		proxy_reply_error(px, 400, "invalid_path", "request path is malformed");
+		return PH_END;
+	}
+	/* a browser's preflight carries no key: answered here, audited like any request */
+	if (cors_headers(px->gw->cfg, req)) {
+		req = proxy_take_req(px);
+		px->status = 204;
+		http_reply_buf(req, 204, NULL, -1);
 		return PH_END;
 	}
 	/* before any key is looked at: from elsewhere, a key is not even tried */

@@ -2,7 +2,8 @@
 X-Forwarded-For and X-Forwarded-Proto; a client's own X-Forwarded-For is believed (kept,
 with the peer appended, and its client taken for the audit's client_ip) only when the
 connecting peer is in trusted_proxies, and dropped otherwise. A bad range in fastgate.yaml
-is a FILE:LINE error. Every test starts its own gateway and mock."""
+is a FILE:LINE error. Also who may call at all (allow_ips) and browsers (cors_origins).
+Every test starts its own gateway and mock."""
 
 import json
 import os
@@ -130,6 +131,57 @@ def test_allow_ips_refuses_other_addresses_before_any_key_is_tried():
         # the gateway's own endpoints stay open (a load balancer's health probe)
         st, _, _ = env.gw.request("GET", "/health")
         assert st == 200
+
+
+def test_cors_preflight_without_a_key_and_headers_on_answers_for_listed_origins_only():
+    # Issue 20, item 9: off by default; with cors_origins, a preflight from a listed origin
+    # is answered 204 without a key (and audited), and answers (errors too) carry
+    # Access-Control-Allow-Origin and expose X-Request-Id; another origin gets nothing.
+    # Fails if a preflight needs a key, if an unlisted origin is named, or if CORS is on
+    # by default.
+    with Env() as env:
+        st, h, _ = env.gw.request("OPTIONS", "/v1/chat/completions", None,
+                                  {"Origin": "https://app.example.com",
+                                   "Access-Control-Request-Method": "POST"})
+        assert st == 401 and "access-control-allow-origin" not in h, (st, h)
+    with Env("cors_origins: [https://app.example.com]\n") as env:
+        pre = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": "authorization, content-type"}
+        st, h, data = env.gw.request("OPTIONS", "/v1/chat/completions", None, pre)
+        assert st == 204 and data == b"", (st, h, data)
+        assert h["access-control-allow-origin"] == "https://app.example.com", h
+        assert "POST" in h["access-control-allow-methods"], h
+        assert h["access-control-allow-headers"] == "authorization, content-type", h
+        assert h["vary"] == "Origin", h
+        assert env.mock.stats()["requests"] == 0
+        wait_for(lambda: env.client_ip_of(h["x-request-id"]), what="the preflight's row")
+        # an answer, and an error, from that origin carry the headers
+        st, h, _ = env.gw.request("POST", "/v1/chat/completions", CHAT,
+                                  {"X-API-Key": env.key, "Origin": "https://app.example.com"})
+        assert st == 200 and h["access-control-allow-origin"] == "https://app.example.com", h
+        assert "X-Request-Id" in h["access-control-expose-headers"], h
+        st, h, _ = env.gw.request("POST", "/v1/chat/completions", CHAT,
+                                  {"Origin": "https://app.example.com"})
+        assert st == 401 and h["access-control-allow-origin"] == "https://app.example.com", h
+        # another origin: nothing, and its preflight is no preflight (401 without a key)
+        st, h, _ = env.gw.request("OPTIONS", "/v1/chat/completions", None,
+                                  dict(pre, Origin="https://evil.example"))
+        assert st == 401 and "access-control-allow-origin" not in h, (st, h)
+
+
+def test_a_bad_origin_is_named_by_file_and_line():
+    d = tmpdir("fg-cors-bad-")
+    try:
+        path = os.path.join(d, "fastgate.yaml")
+        with open(path, "w") as f:
+            f.write("cors_origins:\n  - https://ok.example\n  - https://app.example.com/path\n")
+        p = subprocess.run([FASTGATED, "-c", path, "--check", "--routes", d],
+                           capture_output=True, text=True, timeout=20)
+        assert p.returncode == 1, p
+        assert '%s:3: cors_origins: "https://app.example.com/path" is not an origin' % path \
+            in p.stderr, p.stderr
+    finally:
+        rmtree(d)
 
 if __name__ == "__main__":
     run_tests(globals())

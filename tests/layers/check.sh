@@ -28,7 +28,7 @@ layers=(
   "1 codec:   reqcheck h1resp usage reqjson ctlproto anthropic messages_in sseread"
   "2 io:      http transport transport_h1 transport_curl resolve"
   "3 state:   routes keys keyusage audit metrics reqdone gateway balance breaker pool models spend limit pricing"
-  "4 flow:    request proxy forward relay endpoints control logs stats health selfserve policy forwarded"
+  "4 flow:    request proxy forward relay endpoints control logs stats health selfserve policy forwarded cors"
   "5 wiring:  main"
 )
 
