@@ -10,14 +10,14 @@
 #                                                 same edges (when it grows past ~200 files)
 #   tests/fuzz/run.sh coverage [TARGET...]        line coverage of the modules by the corpus (llvm-cov)
 #
-# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit. Corpus: tests/fuzz/corpus/TARGET/.
+# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit cidr. Corpus: tests/fuzz/corpus/TARGET/.
 # A crash found while fuzzing is saved as build-fuzz/artifacts/TARGET/crash-*; once fixed,
 # copy it into the corpus as crash-WHAT (minimize keeps seed-* and crash-* files) so the
 # replay keeps checking it.
 set -u
 cd "$(dirname "$0")/../.."
 
-ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit)
+ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit cidr)
 FUZZ_DIR=tests/fuzz
 WARN="-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2"
 BASE="-std=gnu11 -D_GNU_SOURCE -g -fno-omit-frame-pointer -Ifastgated"
@@ -39,6 +39,7 @@ sources_of() {
     messages_in) echo fastgated/messages_in.c fastgated/sseread.c ;;
     pricing)   echo fastgated/pricing.c fastgated/errlist.c fastgated/util.c fastgated/yamlfile.c ;;
     limit)     echo fastgated/limit.c fastgated/util.c ;;
+    cidr)      echo fastgated/cidr.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
   esac
 }
