@@ -206,14 +206,18 @@ class Env:
     def close(self):
         errors = []
         try:
-            if self.gw and self.gw.proc.alive():
-                rc = self.gw.stop()
-                if rc != 0:
-                    errors.append("fastgated exit code %d" % rc)
-            elif self.gw:
-                rep = self.gw.proc.sanitizer_report()
-                if rep:
-                    errors.append("fastgated sanitizer report:\n" + rep)
+            try:
+                if self.gw and self.gw.proc.alive():
+                    rc = self.gw.stop()
+                    if rc != 0:
+                        errors.append("fastgated exit code %d" % rc)
+                elif self.gw:
+                    self.gw.proc.stop()         # reaps it, closes its files
+                    rep = self.gw.proc.sanitizer_report()
+                    errors.append("fastgated died (exit %s)%s" % (
+                        self.gw.proc.p.returncode, ":\n" + rep if rep else ""))
+            except AssertionError as e:         # a sanitizer report: the mock still goes
+                errors.append(str(e))
             if self.mock:
                 try:
                     self.mock.stop()
