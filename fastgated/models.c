@@ -83,8 +83,10 @@ static void parse_model(struct yaml_ctx *c, const yaml_node_t *mn, struct model_
 		     m->default_output_tokens, m->max_output_tokens);
 }
 
-static void parse_root(struct yaml_ctx *c, const yaml_node_t *root, struct model_table *t)
+/* The file's root into the table (yamlfile_read's walk). */
+static void parse_root(struct yaml_ctx *c, const yaml_node_t *root, void *table)
 {
+	struct model_table *t = table;
 	const yaml_node_t *list = NULL;
 
 	if (!root || root->type != YAML_MAPPING_NODE) {
@@ -120,18 +122,9 @@ static void parse_root(struct yaml_ctx *c, const yaml_node_t *root, struct model
 struct model_table *models_load(const char *path, struct errlist *errs)
 {
 	struct model_table *t = xcalloc(1, sizeof(*t));
-	struct yaml_ctx c = { .path = path, .errs = errs };
-	yaml_document_t doc;
 
 	t->path = xstrdup(path);
-	if (yamlfile_load(path, &doc, errs) < 0) {
-		c.n_errs++;
-	} else {
-		c.doc = &doc;
-		parse_root(&c, yaml_document_get_root_node(&doc), t);
-		yaml_document_delete(&doc);
-	}
-	if (c.n_errs) {
+	if (yamlfile_read(path, errs, parse_root, t) < 0) {
 		models_free(t);
 		return NULL;
 	}

@@ -263,8 +263,10 @@ static int version_ok(const char *s)
 	return 1;
 }
 
-static void parse_root(struct yaml_ctx *c, const yaml_node_t *root, struct price_table *t)
+/* The file's root into the table (yamlfile_read's walk). */
+static void parse_root(struct yaml_ctx *c, const yaml_node_t *root, void *table)
 {
+	struct price_table *t = table;
 	static const char *const keys[] = { "version", "source", "prices", "multiplier", NULL };
 	yaml_node_t *seen[4] = { 0 };
 	const yaml_node_t *list;
@@ -328,18 +330,9 @@ static void parse_root(struct yaml_ctx *c, const yaml_node_t *root, struct price
 struct price_table *pricing_load(const char *path, struct errlist *errs)
 {
 	struct price_table *t = xcalloc(1, sizeof(*t));
-	struct yaml_ctx c = { .path = path, .errs = errs };
-	yaml_document_t doc;
 
 	t->path = xstrdup(path);
-	if (yamlfile_load(path, &doc, errs) < 0) {
-		c.n_errs++;
-	} else {
-		c.doc = &doc;
-		parse_root(&c, yaml_document_get_root_node(&doc), t);
-		yaml_document_delete(&doc);
-	}
-	if (c.n_errs) {
+	if (yamlfile_read(path, errs, parse_root, t) < 0) {
 		pricing_free(t);
 		return NULL;
 	}

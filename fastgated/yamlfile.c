@@ -6,11 +6,14 @@
 
 #include "yamlfile.h"
 
-int yamlfile_load(const char *path, yaml_document_t *doc, struct errlist *errs)
+int yamlfile_read(const char *path, struct errlist *errs,
+                  void (*walk)(struct yaml_ctx *c, const yaml_node_t *root, void *arg),
+                  void *arg)
 {
+	struct yaml_ctx c = { .path = path, .errs = errs };
 	yaml_parser_t parser;
+	yaml_document_t doc;
 	FILE *f = fopen(path, "rb");
-	int rc = 0;
 
 	if (!f) {
 		errlist_add(errs, "%s: %s", path, strerror(errno));
@@ -18,14 +21,18 @@ int yamlfile_load(const char *path, yaml_document_t *doc, struct errlist *errs)
 	}
 	yaml_parser_initialize(&parser);
 	yaml_parser_set_input_file(&parser, f);
-	if (!yaml_parser_load(&parser, doc)) {
+	if (!yaml_parser_load(&parser, &doc)) {
 		errlist_add(errs, "%s:%zu: YAML error: %s", path, parser.problem_mark.line + 1,
 		            parser.problem ? parser.problem : "cannot parse");
-		rc = -1;
+		c.n_errs++;
+	} else {
+		c.doc = &doc;
+		walk(&c, yaml_document_get_root_node(&doc), arg);
+		yaml_document_delete(&doc);
 	}
 	yaml_parser_delete(&parser);
 	fclose(f);
-	return rc;
+	return c.n_errs ? -1 : 0;
 }
 
 void yamlfile_err(struct yaml_ctx *c, const yaml_node_t *n, const char *fmt, ...)

@@ -9,10 +9,14 @@
 
 #include "errlist.h"
 
-/* 0 with *doc loaded (the caller deletes it with yaml_document_delete), or -1 with one line
- * in errs: "FILE: reason" when the file cannot be read, "FILE:LINE: YAML error: ..." when
- * it is not YAML. */
-int yamlfile_load(const char *path, yaml_document_t *doc, struct errlist *errs);
+/* Read the file at path and hand its root node to walk (which reports its mistakes with
+ * yamlfile_err). 0 when neither the reading nor the walk found a mistake; -1 otherwise,
+ * with one line per mistake in errs ("FILE: reason" when the file cannot be read,
+ * "FILE:LINE: YAML error: ..." when it is not YAML). */
+struct yaml_ctx;
+int yamlfile_read(const char *path, struct errlist *errs,
+                  void (*walk)(struct yaml_ctx *c, const yaml_node_t *root, void *arg),
+                  void *arg);
 
 /* Walking a loaded file: its path and document, where the errors go and how many. */
 struct yaml_ctx {
