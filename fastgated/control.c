@@ -32,6 +32,7 @@
 #include "logs.h"
 #include "pool.h"
 #include "routes.h"
+#include "selfserve.h"
 #include "stats.h"
 
 struct ctl_command;
@@ -1008,14 +1009,6 @@ static const char *key_status(const struct key *k, int64_t now)
 	return "active";
 }
 
-/* Money as JSON: an exact decimal string (nano-USD inside), never a double. */
-static json_t *usd_json(int64_t nano)
-{
-	char buf[40];
-
-	return json_string(money_format_usd(nano, buf, sizeof(buf)));
-}
-
 /* A multiplier (parts per million) as its shortest decimal: "1", "1.25". */
 static json_t *multiplier_json(int64_t ppm)
 {
@@ -1040,21 +1033,6 @@ static json_t *limit_texts(const struct spend_account *a)
 	return arr;
 }
 
-static json_t *spend_totals_json(const struct spend_account *a, int64_t now)
-{
-	struct spend_totals t[3] = { spend_account_totals(a, SPEND_DAY, now),
-	                             spend_account_totals(a, SPEND_MONTH, now),
-	                             spend_account_totals(a, SPEND_ALL, now) };
-	const char *names[3] = { "day", "month", "total" };
-	json_t *o = json_object();
-
-	for (size_t i = 0; o && i < 3; i++)
-		json_object_set_new(o, names[i], json_pack("{s:I, s:I, s:o}",
-		                    "requests", (json_int_t)t[i].requests,
-		                    "tokens", (json_int_t)t[i].tokens, "cost_usd", usd_json(t[i].cost)));
-	return o;
-}
-
 /* Everything about a key except its secret, which the store does not even hold. */
 static json_t *key_json(const struct key *k, int64_t now)
 {
@@ -1074,7 +1052,7 @@ static json_t *key_json(const struct key *k, int64_t now)
 	                 "user", k->user ? json_string(k->user->name) : json_null(),
 	                 "limits", limit_texts(&k->acct),
 	                 "multiplier", multiplier_json(k->multiplier_ppm),
-	                 "spend", spend_totals_json(&k->acct, now));
+	                 "spend", selfserve_spend_json(&k->acct, now));
 }
 
 static json_t *user_json(struct gateway *gw, const struct user *u, int64_t now)
@@ -1092,14 +1070,14 @@ static json_t *user_json(struct gateway *gw, const struct user *u, int64_t now)
 	              "status", u->suspended ? "suspended" : "active",
 	              "multiplier", multiplier_json(u->multiplier_ppm),
 	              "limits", limit_texts(&u->acct), "keys", (json_int_t)keys,
-	              "spend", spend_totals_json(&u->acct, now));
+	              "spend", selfserve_spend_json(&u->acct, now));
 	if (!o)
 		return NULL;
-	json_object_set_new(o, "balance_usd", u->bal.kept ? usd_json(spend_balance_left(&u->bal))
-	                                                 : json_null());
-	json_object_set_new(o, "credit_usd", usd_json(u->bal.credit));
-	json_object_set_new(o, "spent_usd", usd_json(u->bal.spent));
-	json_object_set_new(o, "reserved_usd", usd_json(u->bal.reserved));
+	json_object_set_new(o, "balance_usd",
+	                    u->bal.kept ? selfserve_usd(spend_balance_left(&u->bal)) : json_null());
+	json_object_set_new(o, "credit_usd", selfserve_usd(u->bal.credit));
+	json_object_set_new(o, "spent_usd", selfserve_usd(u->bal.spent));
+	json_object_set_new(o, "reserved_usd", selfserve_usd(u->bal.reserved));
 	return o;
 }
 

@@ -11,8 +11,7 @@
 #include "request.h"
 #include "selfserve.h"
 
-/* Money as JSON: an exact decimal string, never a double. */
-static json_t *usd(int64_t nano)
+json_t *selfserve_usd(int64_t nano)
 {
 	char buf[40];
 
@@ -22,10 +21,10 @@ static json_t *usd(int64_t nano)
 static json_t *totals_json(const struct spend_totals *t)
 {
 	return json_pack("{s:I, s:I, s:o}", "requests", (json_int_t)t->requests,
-	                 "tokens", (json_int_t)t->tokens, "cost_usd", usd(t->cost));
+	                 "tokens", (json_int_t)t->tokens, "cost_usd", selfserve_usd(t->cost));
 }
 
-static json_t *spend_json(const struct spend_account *a, int64_t now)
+json_t *selfserve_spend_json(const struct spend_account *a, int64_t now)
 {
 	struct spend_totals d = spend_account_totals(a, SPEND_DAY, now);
 	struct spend_totals m = spend_account_totals(a, SPEND_MONTH, now);
@@ -52,9 +51,9 @@ static json_t *limits_json(struct spend_account *a, int64_t now)
 			"{s:s, s:s, s:s, s:o, s:o, s:o, s:I, s:I}",
 			"limit", limit_format(l, text, sizeof(text)),
 			"kind", limit_kind_name(l->kind), "window", limit_window_name(l->window),
-			"amount", cost ? usd(l->amount) : json_integer(l->amount),
-			"used", cost ? usd(used) : json_integer(used),
-			"remaining", cost ? usd(left) : json_integer(left),
+			"amount", cost ? selfserve_usd(l->amount) : json_integer(l->amount),
+			"used", cost ? selfserve_usd(used) : json_integer(used),
+			"remaining", cost ? selfserve_usd(left) : json_integer(left),
 			"reset_seconds", (json_int_t)reset, "reset_at", (json_int_t)(now + reset)));
 	}
 	return arr;
@@ -87,12 +86,13 @@ static void usage_answer(struct proxy_req *px)
 	if (u) {
 		user = json_pack("{s:I, s:s, s:b, s:o, s:o}", "id", (json_int_t)u->id, "name", u->name,
 		                 "suspended", u->suspended, "limits", limits_json(&u->acct, now),
-		                 "spend", spend_json(&u->acct, now));
+		                 "spend", selfserve_spend_json(&u->acct, now));
 		if (user && u->bal.kept) {
-			json_object_set_new(user, "balance_usd", usd(spend_balance_left(&u->bal)));
-			json_object_set_new(user, "credit_usd", usd(u->bal.credit));
-			json_object_set_new(user, "spent_usd", usd(u->bal.spent));
-			json_object_set_new(user, "reserved_usd", usd(u->bal.reserved));
+			json_object_set_new(user, "balance_usd",
+			                    selfserve_usd(spend_balance_left(&u->bal)));
+			json_object_set_new(user, "credit_usd", selfserve_usd(u->bal.credit));
+			json_object_set_new(user, "spent_usd", selfserve_usd(u->bal.spent));
+			json_object_set_new(user, "reserved_usd", selfserve_usd(u->bal.reserved));
 		} else if (user) {
 			json_object_set_new(user, "balance_usd", json_null());
 		}
@@ -100,7 +100,7 @@ static void usage_answer(struct proxy_req *px)
 	body = json_pack("{s:s, s:I, s:{s:I, s:s, s:s, s:o, s:o}, s:o}", "object", "usage",
 	                 "at", (json_int_t)now, "key", "id", (json_int_t)k->id, "name", k->name,
 	                 "display", k->display, "limits", limits_json(&k->acct, now),
-	                 "spend", spend_json(&k->acct, now), "user", user ? user : json_null());
+	                 "spend", selfserve_spend_json(&k->acct, now), "user", user ? user : json_null());
 	answer(px, body);
 }
 
