@@ -316,44 +316,27 @@ void spend_release(struct spend_hold *h, int64_t now)
 	h->active = false;
 }
 
-unsigned spend_headroom(const struct spend_hold *h, int64_t now, struct spend_headroom out[3])
+unsigned spend_headroom(struct spend_hold *h, int64_t now, struct spend_headroom out[3])
 {
-	const struct limit_counter *best[3] = { NULL, NULL, NULL };
-	unsigned found = 0;
-
-	if (h->room_at == now) {
-		/* what spend_reserve saw a moment ago */
-		found = h->room_found;
-		for (int k = 0; k < 3; k++)
-			if (found & (1u << k)) {
-				const struct spend_account *a = h->p[h->room_p[k]].acct;
-
-				out[k].lim = a->lim[h->room_j[k]];
-				out[k].remaining = h->room_left[k];
-				best[k] = &a->ctr[h->room_j[k]];
-			}
-	} else {
-		for (size_t i = 0; i < h->n; i++) {
-			struct spend_account *a = h->p[i].acct;
-
-			for (size_t j = 0; a && j < a->n_lim; j++) {
-				const struct limit *l = &a->lim[j];
-				int64_t left = l->amount - limit_used(&a->ctr[j], l, now);
-
-				if (left < 0)
-					left = 0;
-				if ((found & (1u << l->kind)) && left >= out[l->kind].remaining)
-					continue;
-				out[l->kind].lim = *l;
-				out[l->kind].remaining = left;
-				best[l->kind] = &a->ctr[j];
-				found |= 1u << l->kind;
-			}
-		}
+	if (h->room_at != now) {
+		/* not what spend_reserve saw a moment ago: read the counters again */
+		h->room_found = 0;
+		h->room_at = now;
+		for (size_t i = 0; i < h->n; i++)
+			for (size_t j = 0; h->p[i].acct && j < h->p[i].acct->n_lim; j++)
+				room_note(h, i, j, h->p[i].acct->lim[j].amount -
+				          limit_used(&h->p[i].acct->ctr[j], &h->p[i].acct->lim[j], now));
 	}
-	/* the reset of the tightest only: it walks the buckets again */
-	for (int k = 0; k < 3; k++)
-		if (best[k])
-			out[k].reset_s = limit_clear_in(best[k], &out[k].lim, now);
-	return found;
+	for (int k = 0; k < 3; k++) {
+		const struct spend_account *a;
+
+		if (!(h->room_found & (1u << k)))
+			continue;
+		a = h->p[h->room_p[k]].acct;
+		out[k].lim = a->lim[h->room_j[k]];
+		out[k].remaining = h->room_left[k];
+		/* the reset of the tightest only: it walks the buckets again */
+		out[k].reset_s = limit_clear_in(&a->ctr[h->room_j[k]], &out[k].lim, now);
+	}
+	return h->room_found;
 }

@@ -137,6 +137,6 @@ void spend_release(struct spend_hold *h, int64_t now);
 
 /* The headroom of the hold's parties now (after spend_reserve at the same time, what it
  * saw). Returns the kinds found as bits (1 << kind); 0 when the parties have no limit. */
-unsigned spend_headroom(const struct spend_hold *h, int64_t now, struct spend_headroom out[3]);
+unsigned spend_headroom(struct spend_hold *h, int64_t now, struct spend_headroom out[3]);
 
 #endif
