@@ -21,6 +21,8 @@ struct setting {
 #define S(name, type, field, min, max) { name, type, offsetof(struct config, field), min, max }
 static const struct setting settings[] = {
 	S("listen", C_STR, listen, 0, 0),
+	S("tls_cert", C_STR, tls_cert, 0, 0),
+	S("tls_key", C_STR, tls_key, 0, 0),
 	S("routes", C_STR, routes_dir, 0, 0),
 	S("models", C_STR, models_path, 0, 0),
 	S("pricing", C_STR, pricing_path, 0, 0),
@@ -67,6 +69,8 @@ void config_defaults(struct config *c)
 void config_free(struct config *c)
 {
 	free(c->listen);
+	free(c->tls_cert);
+	free(c->tls_key);
 	free(c->models_path);
 	free(c->pricing_path);
 	free(c->routes_dir);

@@ -10,6 +10,8 @@
 
 struct config {
 	char *listen;          /* "127.0.0.1:8514" */
+	char *tls_cert;        /* PEM certificate chain; with tls_key: the listener speaks TLS */
+	char *tls_key;         /* PEM private key */
 	char *routes_dir;      /* "./routes.d" */
 	char *models_path;     /* "./share/models.yaml": the model table */
 	bool models_set;       /* models_path was given (file or flag): it must exist */

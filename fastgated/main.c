@@ -25,9 +25,9 @@
 #include "transport_h1.h"
 
 #define USAGE \
-	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--routes DIR] [--models FILE] [--pricing FILE]\n" \
-	"                 [--keys FILE] [--audit FILE] [--control PATH] [--check] [--daemon --pidfile FILE]\n" \
-	"                 [-v] [--version]\n"
+	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--tls-cert FILE --tls-key FILE] [--routes DIR]\n" \
+	"                 [--models FILE] [--pricing FILE] [--keys FILE] [--audit FILE] [--control PATH]\n" \
+	"                 [--check] [--daemon --pidfile FILE] [-v] [--version]\n"
 
 struct runtime {
 	struct gateway gw;
@@ -51,7 +51,7 @@ static void set_str(char **field, const char *value)
 	*field = strdup(value);
 }
 
-enum { OPT_LISTEN = 256, OPT_ROUTES, OPT_MODELS, OPT_PRICING, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
+enum { OPT_LISTEN = 256, OPT_TLS_CERT, OPT_TLS_KEY, OPT_ROUTES, OPT_MODELS, OPT_PRICING, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
        OPT_PIDFILE, OPT_VERSION };
 
 /* Flags override the config file, so they are read twice: first to find -c, then applied
@@ -62,6 +62,8 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "listen", required_argument, NULL, OPT_LISTEN },
+		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
+		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
 		{ "routes", required_argument, NULL, OPT_ROUTES },
 		{ "models", required_argument, NULL, OPT_MODELS },
 		{ "pricing", required_argument, NULL, OPT_PRICING },
@@ -108,6 +110,8 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 	while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_LISTEN: set_str(&cfg->listen, optarg); break;
+		case OPT_TLS_CERT: set_str(&cfg->tls_cert, optarg); break;
+		case OPT_TLS_KEY: set_str(&cfg->tls_key, optarg); break;
 		case OPT_ROUTES: set_str(&cfg->routes_dir, optarg); break;
 		case OPT_MODELS: set_str(&cfg->models_path, optarg); cfg->models_set = true; break;
 		case OPT_PRICING: set_str(&cfg->pricing_path, optarg); cfg->pricing_set = true; break;
@@ -120,6 +124,10 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 		case 'v': cfg->verbose++; break;
 		default: break;
 		}
+	}
+	if (!cfg->tls_cert != !cfg->tls_key) {
+		fprintf(stderr, "fastgated: TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)\n");
+		return -2;
 	}
 	if (cfg->daemonize && !cfg->pidfile) {
 		fprintf(stderr, "fastgated: --daemon needs --pidfile FILE\n");
