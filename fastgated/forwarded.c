@@ -65,5 +65,5 @@ const char *forwarded_proto(const struct config *cfg, const struct http_request 
 
 	if (p && (strcmp(p, "https") == 0 || strcmp(p, "http") == 0))
 		return p;
-	return "http";   /* the listener speaks plain HTTP */
+	return http_request_tls(req) ? "https" : "http";
 }

@@ -9,7 +9,9 @@
  * Input: bytes go into `in`; reqcheck validates them line by line and byte count by byte
  * count; a head is held in `in` until it is complete, then copied and parsed in place; body
  * bytes are copied into a buffer the handler can take. The next pipelined request is looked
- * at only after the current one has ended. */
+ * at only after the current one has ended.
+ *
+ * Bytes move through the connection's conn_io (connio.h): the socket itself, or TLS. */
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -28,11 +30,13 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include "connio.h"
 #include "http.h"
 #include "httperr.h"
 #include "log.h"
 #include "reqcheck.h"
 #include "reqid.h"
+#include "tls.h"
 #include "util.h"
 
 #define LINGER_SECONDS 1
@@ -57,6 +61,10 @@ enum body_state {
 struct http_conn {
 	struct http_server *srv;
 	int fd;
+	const struct conn_io *io;
+	void *ioh;                    /* io's state (TLS), NULL on a plain connection */
+	bool read_wants_write;        /* TLS: a read waits for the socket to take bytes */
+	bool write_wants_read;        /* TLS: a write waits for bytes from the client */
 	char ip[INET6_ADDRSTRLEN];
 	struct event rev, wev, timer, kick, flush;
 	enum timer_kind timer_kind;
@@ -121,6 +129,7 @@ struct http_server {
 	bool stopping;
 	char addr[128];
 	int lfd;
+	struct tls_server *tls;       /* NULL: plain HTTP */
 	struct event lev;
 	struct event resume_accept;   /* after EMFILE: accept again a little later */
 	bool listening;
@@ -167,6 +176,66 @@ static void disarm_timer(struct http_conn *c)
 	c->timer_kind = T_NONE;    /* a pending libevent timer finds nothing due */
 }
 
+/* ---- plain connections ------------------------------------------------------------ */
+
+static ssize_t plain_read(void *h, int fd, void *buf, size_t n, enum io_want *want)
+{
+	(void)h;
+	*want = IO_WANT_READ;
+	return read(fd, buf, n);
+}
+
+static int plain_write(void *h, int fd, struct evbuffer *out, enum io_want *want)
+{
+	(void)h;
+	*want = IO_WANT_WRITE;
+	return evbuffer_write(out, fd);
+}
+
+static bool plain_pending(void *h)
+{
+	(void)h;
+	return false;
+}
+
+static void plain_close_write(void *h, int fd)
+{
+	(void)h;
+	shutdown(fd, SHUT_WR);
+}
+
+static void plain_free(void *h)
+{
+	(void)h;
+}
+
+static const struct conn_io plain_io = {
+	.read = plain_read,
+	.write = plain_write,
+	.pending = plain_pending,
+	.close_write = plain_close_write,
+	.free = plain_free,
+};
+
+/* Read events again after a pause; bytes TLS already holds would raise no event. */
+static void resume_reading(struct http_conn *c)
+{
+	c->read_paused = false;
+	event_add(&c->rev, NULL);
+	if (c->io->pending(c->ioh))
+		event_active(&c->rev, EV_READ, 1);
+}
+
+/* Stop the socket (the connection may live on until its handler lets go of it). */
+static void close_socket(struct http_conn *c)
+{
+	c->io->free(c->ioh);
+	c->ioh = NULL;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+}
+
 /* ---- closing ---------------------------------------------------------------------- */
 
 /* The client is gone or failed: tell the handler holding its request, then free. */
@@ -184,9 +253,7 @@ static void conn_gone(struct http_conn *c)
 		event_del(&c->rev);
 		event_del(&c->wev);
 		disarm_timer(c);
-		if (c->fd >= 0)
-			close(c->fd);
-		c->fd = -1;
+		close_socket(c);
 		return;
 	}
 	conn_free(c);
@@ -199,12 +266,10 @@ static void begin_linger(struct http_conn *c)
 	if (c->lingering)
 		return;
 	c->lingering = true;
-	shutdown(c->fd, SHUT_WR);
+	c->io->close_write(c->ioh, c->fd);
 	c->len = c->pos = c->scan = 0;
-	if (c->read_paused) {
-		c->read_paused = false;
-		event_add(&c->rev, NULL);
-	}
+	if (c->read_paused)
+		resume_reading(c);
 	arm_timer(c, T_LINGER, LINGER_SECONDS);
 }
 
@@ -215,12 +280,20 @@ static void begin_linger(struct http_conn *c)
 static int write_out(struct http_conn *c)
 {
 	while (evbuffer_get_length(c->out) > 0) {
-		int n = evbuffer_write(c->out, c->fd);
+		enum io_want want;
+		int n = c->io->write(c->ioh, c->fd, c->out, &want);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
 				struct timeval tv = { c->srv->cfg->idle_timeout, 0 };
+				if (want == IO_WANT_READ) {
+					/* rev runs the write again (wev) when the client sends */
+					c->write_wants_read = true;
+					if (c->read_paused)
+						resume_reading(c);
+					return 0;
+				}
 				event_add(&c->wev, &tv); /* a client that stops reading is dropped */
 				return 0;
 			}
@@ -259,6 +332,12 @@ static void wev_cb(evutil_socket_t fd, short what, void *arg)
 		log_debug("connection fd %d: client stopped reading; closing", c->fd);
 		conn_gone(c);
 		return;
+	}
+	if (c->read_wants_write) {
+		c->read_wants_write = false;
+		event_active(&c->rev, EV_READ, 1);
+		if (evbuffer_get_length(c->out) == 0)
+			return;      /* only the read was waiting */
 	}
 	if (write_out(c) < 0) {
 		conn_gone(c);
@@ -406,10 +485,8 @@ static void end_request(struct http_conn *c)
 		conn_free(c);
 		return;
 	}
-	if (c->read_paused) {
-		c->read_paused = false;
-		event_add(&c->rev, NULL);
-	}
+	if (c->read_paused)
+		resume_reading(c);
 	after_answer(c);
 }
 
@@ -478,10 +555,8 @@ int http_read_body(struct http_request *req, void (*done)(void *arg, int status)
 	}
 	c->body_fn = done;
 	c->body_arg = arg;
-	if (c->read_paused) {     /* the head's buffer filled up with body bytes meanwhile */
-		c->read_paused = false;
-		event_add(&c->rev, NULL);
-	}
+	if (c->read_paused)       /* the head's buffer filled up with body bytes meanwhile */
+		resume_reading(c);
 	/* only now: a client the handler refused never gets a 100 to send its body on */
 	ex = http_find_header(req, "Expect");
 	if (req->http11 && ex && strcasecmp(ex, "100-continue") == 0) {
@@ -936,9 +1011,15 @@ static void rev_cb(evutil_socket_t fd, short what, void *arg)
 	struct http_conn *c = arg;
 	ssize_t n;
 	size_t max = c->srv->cfg->max_headers + 65536;
+	enum io_want want;
 	(void)what;
 
+	if (c->write_wants_read) {
+		c->write_wants_read = false;
+		event_active(&c->wev, EV_WRITE, 1);
+	}
 	if (c->lingering) {
+		/* the raw socket: after close_notify nothing the client sends is read as TLS */
 		char sink[4096];
 		n = read(fd, sink, sizeof(sink));
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
@@ -951,8 +1032,8 @@ static void rev_cb(evutil_socket_t fd, short what, void *arg)
 		c->pos = 0;
 	}
 	if (c->cap - c->len < 4096 && c->cap < max) {
-		size_t want = c->cap ? c->cap * 2 : IN_START;
-		buf_grow(&c->in, &c->cap, want > max ? max : want, IN_START);
+		size_t grow = c->cap ? c->cap * 2 : IN_START;
+		buf_grow(&c->in, &c->cap, grow > max ? max : grow, IN_START);
 	}
 	if (c->len == c->cap) {
 		/* full: a request in the handler has pipelined bytes behind it; read on later */
@@ -960,10 +1041,17 @@ static void rev_cb(evutil_socket_t fd, short what, void *arg)
 		c->read_paused = true;
 		return;
 	}
-	n = read(fd, c->in + c->len, c->cap - c->len);
+	n = c->io->read(c->ioh, fd, c->in + c->len, c->cap - c->len, &want);
 	if (n <= 0) {
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+			if (want == IO_WANT_WRITE) {
+				struct timeval tv = { c->srv->cfg->idle_timeout, 0 };
+
+				c->read_wants_write = true;
+				event_add(&c->wev, &tv);
+			}
 			return;
+		}
 		/* hang-up or error: while a request is in flight this aborts its upstream */
 		if (c->in_handler)
 			log_debug("connection fd %d: client closed during request", c->fd);
@@ -971,6 +1059,10 @@ static void rev_cb(evutil_socket_t fd, short what, void *arg)
 		return;
 	}
 	c->len += (size_t)n;
+	/* TLS may hold more of the record than fitted; the socket will not signal it. Come
+	 * back for it from the loop (conn_free cancels this if process() frees c). */
+	if (c->io->pending(c->ioh))
+		event_active(&c->rev, EV_READ, 1);
 	if (!c->in_handler || c->body_st == B_READING)
 		process(c);
 }
@@ -1033,8 +1125,7 @@ static void conn_free(struct http_conn *c)
 	event_del(&c->timer);
 	event_del(&c->kick);
 	event_del(&c->flush);
-	if (c->fd >= 0)
-		close(c->fd);
+	close_socket(c);
 	LIST_REMOVE(c, link);
 	s->n_conns--;
 	evbuffer_free(c->out);
@@ -1054,13 +1145,17 @@ static void conn_new(struct http_server *s, int fd, const struct sockaddr_storag
 	struct http_conn *c = calloc(1, sizeof(*c) + s->h.conn_data_size);
 	int one = 1;
 
-	if (!c || !(c->out = evbuffer_new())) {
+	if (!c || !(c->out = evbuffer_new()) ||
+	    (s->tls && !(c->ioh = tls_conn_new(s->tls, fd)))) {
+		if (c && c->out)
+			evbuffer_free(c->out);
 		free(c);
 		close(fd);
 		return;
 	}
 	c->srv = s;
 	c->fd = fd;
+	c->io = s->tls ? &tls_conn_io : &plain_io;
 	c->req.conn = c;
 	if (ss->ss_family == AF_INET6)
 		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
@@ -1225,6 +1320,11 @@ struct http_server *http_server_start(struct event_base *base, struct config *cf
 			*err = NULL;
 		goto err;
 	}
+	if (cfg->tls_cert && cfg->tls_key) {
+		s->tls = tls_server_new(cfg->tls_cert, cfg->tls_key, err);
+		if (!s->tls)
+			goto err;
+	}
 	max_conns = fd_capacity() - 64;
 	if (cfg->max_connections > max_conns) {
 		log_warn("max_connections %d exceeds what the fd limit allows; using %d",
@@ -1269,6 +1369,34 @@ int http_server_route(struct http_server *s, const char *path, http_handler_fn f
 const char *http_server_addr(const struct http_server *s)
 {
 	return s->addr;
+}
+
+const char *http_server_tls(const struct http_server *s)
+{
+	return s->tls ? tls_server_describe(s->tls) : NULL;
+}
+
+int http_server_reload_tls(struct http_server *s, char **err)
+{
+	const struct config *cfg = s->cfg;
+	bool want = cfg->tls_cert && cfg->tls_key;
+
+	*err = NULL;
+	if (want != (s->tls != NULL)) {
+		*err = strdup(want ? "tls_cert: the listener speaks plain HTTP; restart fastgated to "
+		                     "turn TLS on"
+		                   : "tls_cert: the listener speaks TLS; restart fastgated to turn "
+		                     "TLS off");
+		return -1;
+	}
+	if (!want)
+		return 0;
+	return tls_server_reload(s->tls, cfg->tls_cert, cfg->tls_key, err);
+}
+
+bool http_request_tls(const struct http_request *req)
+{
+	return req->conn->ioh != NULL;
 }
 
 void http_server_stop_accepting(struct http_server *s)
@@ -1316,5 +1444,6 @@ void http_server_free(struct http_server *s)
 	}
 	for (int i = 0; i < 4; i++)
 		event_base_loop(s->base, EVLOOP_NONBLOCK);
+	tls_server_free(s->tls);
 	free(s);
 }

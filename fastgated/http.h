@@ -88,6 +88,13 @@ struct http_server *http_server_start(struct event_base *base, struct config *cf
 int http_server_route(struct http_server *s, const char *path, http_handler_fn fn, void *arg);
 /* The address as bound, e.g. "127.0.0.1:8514". */
 const char *http_server_addr(const struct http_server *s);
+/* NULL when the listener speaks plain HTTP; else a line about the certificate serving. */
+const char *http_server_tls(const struct http_server *s);
+/* Read cfg->tls_cert and cfg->tls_key again (SIGHUP, reload). New connections get the new
+ * certificate; open ones keep theirs. -1 with *err set (caller frees) when they cannot be
+ * loaded (the old certificate keeps serving) or TLS would be turned on or off, which needs
+ * a restart. */
+int http_server_reload_tls(struct http_server *s, char **err);
 /* SIGTERM: stop accepting, close idle keep-alive connections, answer further requests on
  * open connections with Connection: close. In-flight requests go on. */
 void http_server_stop_accepting(struct http_server *s);
@@ -110,6 +117,8 @@ int http_read_body(struct http_request *req, void (*done)(void *arg, int status)
 /* The request body once read; the caller takes it (free() it). NULL with *len 0 when there
  * is none. */
 char *http_take_body(struct http_request *req, size_t *len);
+/* The client connected over TLS. */
+bool http_request_tls(const struct http_request *req);
 /* Peer address as text ("127.0.0.1"). */
 const char *http_client_ip(const struct http_request *req);
 /* The handler's per-connection memory (http_handlers.conn_data_size bytes). */

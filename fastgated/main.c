@@ -21,6 +21,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "proxy.h"
+#include "tls.h"
 #include "transport_curl.h"
 #include "transport_h1.h"
 
@@ -144,15 +145,28 @@ static int run_check(struct config *cfg)
 	int bad_models = gateway_load_models(cfg, &models, &errs) < 0;
 	int bad_prices = gateway_load_prices(cfg, &prices, &errs) < 0;
 	struct route_table *t = route_table_load(cfg->routes_dir, &errs);
+	struct tls_server *tls = NULL;
 
-	if (!t || bad_models || bad_prices) {
+	if (cfg->tls_cert && cfg->tls_key) {
+		char *err = NULL;
+
+		tls = tls_server_new(cfg->tls_cert, cfg->tls_key, &err);
+		if (!tls)
+			errlist_add(&errs, "%s", err ? err : "out of memory");
+		free(err);
+	}
+	if (!t || bad_models || bad_prices || (cfg->tls_cert && !tls)) {
 		print_errors(&errs);
 		errlist_clear(&errs);
 		route_table_unref(t);
 		models_free(models);
 		pricing_free(prices);
+		tls_server_free(tls);
 		return 1;
 	}
+	if (tls)
+		printf("%s: TLS certificate OK (%s)\n", cfg->tls_cert, tls_server_describe(tls));
+	tls_server_free(tls);
 	if (models)
 		printf("%s: %zu models OK\n", models->path, models->n);
 	if (prices)
@@ -229,6 +243,7 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct runtime *rt = arg;
 	struct errlist errs = { 0 };
+	char *err = NULL;
 	(void)sig; (void)what;
 
 	if (gateway_reload_routes(&rt->gw, &errs) < 0) {
@@ -237,6 +252,11 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 			log_error("  %s", errs.lines[i]);
 	}
 	errlist_clear(&errs);
+	if (http_server_reload_tls(rt->gw.http, &err) < 0)
+		log_error("TLS certificate not reloaded; the previous one keeps serving: %s", err);
+	else if (http_server_tls(rt->gw.http))
+		log_info("TLS certificate: %s", http_server_tls(rt->gw.http));
+	free(err);
 }
 
 static void usage_flush_cb(evutil_socket_t fd, short what, void *arg)
@@ -472,9 +492,11 @@ int main(int argc, char **argv)
 	event_add(rt.sig_hup, NULL);
 	event_add(rt.usage_flush, &flush_every);
 
-	log_info("fastgated %s listening on http://%s (%zu routes, %zu keys, control %s)",
-	         FG_VERSION, gw->listen_addr, gw->routes->n, keystore_count(gw->keys),
-	         rt.cfg.control_path);
+	log_info("fastgated %s listening on %s://%s (%zu routes, %zu keys, control %s)",
+	         FG_VERSION, http_server_tls(gw->http) ? "https" : "http", gw->listen_addr,
+	         gw->routes->n, keystore_count(gw->keys), rt.cfg.control_path);
+	if (http_server_tls(gw->http))
+		log_info("TLS certificate: %s", http_server_tls(gw->http));
 	event_base_dispatch(gw->base);
 	rc = 0;
 out:

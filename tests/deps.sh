@@ -12,6 +12,7 @@ pc_pkgs=(
   "yaml-0.1:libyaml-dev"
   "sqlite3:libsqlite3-dev"
   "jansson:libjansson-dev"
+  "libssl:libssl-dev"
   "libcrypto:libssl-dev"
 )
 # command -> Debian package

@@ -174,10 +174,10 @@ class Gateway:
         def listening():
             if not self.proc.alive():
                 raise AssertionError("fastgated exited at start:\n" + self.proc.stderr())
-            return re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.proc.stderr())
+            return re.search(r"listening on (https?)://127\.0\.0\.1:(\d+)", self.proc.stderr())
         m = wait_for(listening, what="fastgated to listen")
-        self.port = int(m.group(1))
-        self.base = "http://127.0.0.1:%d" % self.port
+        self.port = int(m.group(2))
+        self.base = "%s://127.0.0.1:%d" % (m.group(1), self.port)
 
     def stop(self, sig=signal.SIGTERM, timeout=40.0):
         rc = self.proc.stop(sig, timeout)

@@ -139,8 +139,9 @@ export function ctl(sockPath, cmd, args) {
 
 // Starts the mock, then fastgated with `routesYaml(mockPort)` as its one routes file, and
 // creates a key through the control socket. Fills and returns `ctx`: dir, mock, mockPort,
-// gw, port, sock, key. `prefix` names the temp dir.
-export async function startStack(ctx, routesYaml, prefix = 'fg-sdk-') {
+// gw, port, scheme, sock, key. `prefix` names the temp dir; `extraArgs(dir)` gives more
+// fastgated flags (made in the temp dir, e.g. a TLS certificate).
+export async function startStack(ctx, routesYaml, prefix = 'fg-sdk-', extraArgs = () => []) {
   for (const bin of [FASTGATED, MOCK]) {
     assert.ok(fs.existsSync(bin), `missing ${bin} (run make test, or set FG_BUILD)`);
   }
@@ -156,9 +157,10 @@ export async function startStack(ctx, routesYaml, prefix = 'fg-sdk-') {
   ctx.sock = path.join(ctx.dir, 'ctl.sock');
   ctx.gw = new Child('fastgated', [FASTGATED, '--listen', '127.0.0.1:0', '--routes', routes,
     '--keys', path.join(ctx.dir, 'keys.db'), '--audit', path.join(ctx.dir, 'audit.db'),
-    '--control', ctx.sock], ctx.dir);
-  const gm = await ctx.gw.waitFor(() => ctx.gw.stderr(), /listening on http:\/\/127\.0\.0\.1:(\d+)/, 'fastgated to listen');
-  ctx.port = Number(gm[1]);
+    '--control', ctx.sock, ...extraArgs(ctx.dir)], ctx.dir);
+  const gm = await ctx.gw.waitFor(() => ctx.gw.stderr(), /listening on (https?):\/\/127\.0\.0\.1:(\d+)/, 'fastgated to listen');
+  ctx.scheme = gm[1];
+  ctx.port = Number(gm[2]);
 
   const reply = await ctl(ctx.sock, 'key.create', { name: 'sdk' });
   assert.equal(reply.ok, true, `key.create failed: ${JSON.stringify(reply)}`);

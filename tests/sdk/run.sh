@@ -42,7 +42,7 @@ fi
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
 timeout -k 10 "${FG_SDK_TIMEOUT:-180}" \
-	node --test --test-reporter=tap sdk/openai.test.mjs sdk/anthropic.test.mjs sdk/spend.test.mjs 2>&1 | tee "$out"
+	node --test --test-reporter=tap sdk/openai.test.mjs sdk/anthropic.test.mjs sdk/spend.test.mjs sdk/tls.test.mjs 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
 
 pass="$(sed -n 's/^# pass \([0-9][0-9]*\)$/\1/p' "$out" | tail -n 1)"
