@@ -17,9 +17,11 @@
 #include "audit.h"
 #include "client.h"
 #include "commands.h"
+#include "config.h"
 #include "ctlproto.h"
 
-#define DEFAULT_SOCKET "./fastgate.sock"
+/* The daemon's own default, so that an installed CLI finds an installed daemon unasked. */
+#define DEFAULT_SOCKET FG_DEFAULT_CONTROL
 
 struct globals {
 	const char *socket;

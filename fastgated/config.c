@@ -50,12 +50,12 @@ void config_defaults(struct config *c)
 {
 	memset(c, 0, sizeof(*c));
 	c->listen = strdup("127.0.0.1:8514");
-	c->routes_dir = strdup("./routes.d");
-	c->models_path = strdup("./share/models.yaml");
-	c->pricing_path = strdup("./share/pricing.yaml");
-	c->keys_path = strdup("./keys/fastgate.db");
-	c->audit_path = strdup("./keys/audit.db");
-	c->control_path = strdup("./fastgate.sock");
+	c->routes_dir = strdup(FG_DEFAULT_ROUTES);
+	c->models_path = strdup(FG_DEFAULT_MODELS);
+	c->pricing_path = strdup(FG_DEFAULT_PRICING);
+	c->keys_path = strdup(FG_DEFAULT_KEYS);
+	c->audit_path = strdup(FG_DEFAULT_AUDIT);
+	c->control_path = strdup(FG_DEFAULT_CONTROL);
 	c->max_body = 10 * 1024 * 1024;
 	c->max_headers = 32 * 1024;
 	c->header_timeout = 10;

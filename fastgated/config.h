@@ -8,6 +8,32 @@
 #include "cidr.h"
 #include "errlist.h"
 
+/* Built-in default paths. Run from a source tree they are relative to the working directory;
+ * `make install` compiles its own copy with each one defined from PREFIX, SYSCONFDIR,
+ * LOCALSTATEDIR and RUNSTATEDIR, so that an installed fastgated (and the fastgate-cli beside
+ * it) never depends on where it was started. FG_DEFAULT_CONFIG "": no file is read without -c. */
+#ifndef FG_DEFAULT_CONFIG
+#define FG_DEFAULT_CONFIG ""
+#endif
+#ifndef FG_DEFAULT_ROUTES
+#define FG_DEFAULT_ROUTES "./routes.d"
+#endif
+#ifndef FG_DEFAULT_MODELS
+#define FG_DEFAULT_MODELS "./share/models.yaml"
+#endif
+#ifndef FG_DEFAULT_PRICING
+#define FG_DEFAULT_PRICING "./share/pricing.yaml"
+#endif
+#ifndef FG_DEFAULT_KEYS
+#define FG_DEFAULT_KEYS "./keys/fastgate.db"
+#endif
+#ifndef FG_DEFAULT_AUDIT
+#define FG_DEFAULT_AUDIT "./keys/audit.db"
+#endif
+#ifndef FG_DEFAULT_CONTROL
+#define FG_DEFAULT_CONTROL "./fastgate.sock"
+#endif
+
 struct config {
 	char *listen;          /* "127.0.0.1:8514" */
 	char *tls_cert;        /* PEM certificate chain; with tls_key: the listener speaks TLS */

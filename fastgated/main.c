@@ -52,6 +52,21 @@ static void set_str(char **field, const char *value)
 	*field = strdup(value);
 }
 
+/* The version, then the paths this build uses where neither a flag nor the file names one,
+ * because an installed fastgated's are not a source tree's and an operator must see which. */
+static void print_version(void)
+{
+	printf("fastgated %s\n", FG_VERSION);
+	printf("defaults:\n");
+	printf("  config   %s\n", FG_DEFAULT_CONFIG[0] ? FG_DEFAULT_CONFIG : "(none; -c FILE)");
+	printf("  routes   %s\n", FG_DEFAULT_ROUTES);
+	printf("  models   %s\n", FG_DEFAULT_MODELS);
+	printf("  pricing  %s\n", FG_DEFAULT_PRICING);
+	printf("  keys     %s\n", FG_DEFAULT_KEYS);
+	printf("  audit    %s\n", FG_DEFAULT_AUDIT);
+	printf("  control  %s\n", FG_DEFAULT_CONTROL);
+}
+
 enum { OPT_LISTEN = 256, OPT_TLS_CERT, OPT_TLS_KEY, OPT_ROUTES, OPT_MODELS, OPT_PRICING, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
        OPT_PIDFILE, OPT_VERSION };
 
@@ -82,6 +97,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 	const char *config_file = NULL;
 	struct errlist errs = { 0 };
 	int c, check = 0;
+	bool by_default = false;
 
 	opterr = 1;
 	while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
@@ -91,7 +107,7 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 			printf(USAGE);
 			return 2;
 		} else if (c == OPT_VERSION) {
-			printf("fastgated %s\n", FG_VERSION);
+			print_version();
 			return 2;
 		} else if (c == '?') {
 			fprintf(stderr, USAGE);
@@ -102,9 +118,18 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 		fprintf(stderr, "fastgated: unexpected argument '%s'\n" USAGE, argv[optind]);
 		return -1;
 	}
+	/* An installed daemon always reads its own file, so a missing one is an error: running
+	 * on built-in defaults instead would hide an operator's settings without a word. */
+	if (!config_file && FG_DEFAULT_CONFIG[0]) {
+		config_file = FG_DEFAULT_CONFIG;
+		by_default = true;
+	}
 	if (config_file && config_load_file(cfg, config_file, &errs) < 0) {
 		print_errors(&errs);
 		errlist_clear(&errs);
+		if (by_default && access(config_file, F_OK) < 0)
+			fprintf(stderr, "fastgated: %s is the default configuration file; name another "
+			        "with -c FILE (-c /dev/null: the built-in defaults)\n", config_file);
 		return -2; /* a bad configuration, not a usage error: exit 1 */
 	}
 	optind = 1;
