@@ -19,7 +19,8 @@ pc_pkgs=(
 cmd_pkgs=("cc:gcc" "make:make" "pkg-config:pkg-config")
 if [ "$mode" = test ]; then
   cmd_pkgs+=("curl:curl" "python3:python3" "node:nodejs" "npm:npm" "sqlite3:sqlite3" "groff:groff-base"
-             "promtool:prometheus" "openssl:openssl" "valgrind:valgrind")
+             "promtool:prometheus" "openssl:openssl" "valgrind:valgrind"
+             "systemd-analyze:systemd")
 fi
 
 missing=()
