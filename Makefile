@@ -139,8 +139,8 @@ run: all
 install-programs: build-install/fastgated build-install/fastgate-cli $(INSTALL_GEN)
 
 # An operator's fastgate.yaml is never overwritten: when it differs from this version's, the
-# new one goes beside it as fastgate.yaml.dist. The example routes go in only when routes.d/ does not exist yet, so a
-# route file the operator removed does not come back.
+# new one goes beside it as fastgate.yaml.dist. The example routes go in only when routes.d/
+# does not exist yet, so a route file the operator removed does not come back.
 install: deps
 	@test -f man/fastgated.8 || { echo 'man pages missing' >&2; exit 1; }
 	@$(MAKE) --no-print-directory install-programs
