@@ -8,6 +8,7 @@ import contextlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -18,7 +19,7 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import FASTGATED, Gateway, Mock, rmtree, run_tests, tmpdir, wait_for  # noqa: E402
+from harness import FASTGATED, Gateway, Mock, Proc, rmtree, run_tests, tmpdir, wait_for  # noqa: E402
 
 ROUTES = """routes:
   - name: chat
@@ -339,6 +340,87 @@ def test_bad_certificate_on_reload_keeps_the_old_one_serving():
         with contextlib.closing(e.conn()) as c:
             st, body = e.chat_on(c)
         assert st == 200, body
+
+
+def health_answer(t):
+    """One whole answer to GET /health read from t."""
+    got = b""
+    deadline = time.monotonic() + 30
+    while not got.endswith(b"}\n") and time.monotonic() < deadline:
+        d = t.recv(4096)
+        if not d:
+            break
+        got += d
+    return got
+
+
+def test_release_build_under_valgrind_serves_tls_reloads_and_stops_cleanly():
+    """OpenSSL is not instrumented for ASan: the TLS connection life (handshakes, a client
+    that is not TLS, a client gone mid-handshake, keep-alive, a certificate swap with a
+    connection open, shutdown) runs under valgrind in the optimised build users run."""
+    release = os.path.join(os.path.dirname(os.path.dirname(FASTGATED)), "build", "fastgated")
+    d = tmpdir("fg-tls-vg-")
+    mock = Mock(d)
+    proc = None
+    try:
+        certs = Certs(d)
+        cert_a, key_a = certs.server("vg-a")
+        cert_b, key_b = certs.server("vg-b")
+        live_cert, live_key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+        for src, dst in ((cert_a, live_cert), (key_a, live_key)):
+            with open(src, "rb") as f, open(dst, "wb") as g:
+                g.write(f.read())
+        routes = os.path.join(d, "routes.d")
+        os.makedirs(routes)
+        with open(os.path.join(routes, "r.yaml"), "w") as f:
+            f.write(ROUTES % {"m": mock.url})
+        sock = os.path.join(d, "ctl.sock")
+        proc = Proc(["valgrind", "--error-exitcode=42", "--leak-check=full",
+                             "--errors-for-leak-kinds=definite", "--num-callers=30", release,
+                             "--listen", "127.0.0.1:0", "--routes", routes,
+                             "--keys", os.path.join(d, "k.db"), "--audit", os.path.join(d, "a.db"),
+                             "--control", sock, "--tls-cert", live_cert, "--tls-key", live_key], d,
+                    "fastgated-vg")
+        m = wait_for(lambda: re.search(r"listening on https://127\.0\.0\.1:(\d+)", proc.stderr()),
+                     timeout=60, what="fastgated under valgrind to listen")
+        port = int(m.group(1))
+        ctx = ssl.create_default_context(cafile=certs.ca)
+        health = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+        held = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                               server_hostname="127.0.0.1")
+        held.sendall(health)
+        assert health_answer(held).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\n\r\n")   # not TLS
+            try:
+                s.recv(100)
+            except ConnectionResetError:
+                pass
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"\x16\x03\x01\x00\xff\x01")          # gone mid-handshake
+        for src, dst in ((cert_b, live_cert), (key_b, live_key)):
+            with open(src, "rb") as f, open(dst + ".new", "wb") as g:
+                g.write(f.read())
+            os.rename(dst + ".new", dst)
+        proc.p.send_signal(signal.SIGHUP)
+        wait_for(lambda: "TLS certificate: CN=vg-b" in proc.stderr(), timeout=60,
+                 what="the reload under valgrind")
+        held.sendall(health)                               # the old connection serves on
+        assert health_answer(held).startswith(b"HTTP/1.1 200")
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                             server_hostname="127.0.0.1") as t:
+            assert dict(x[0] for x in t.getpeercert()["subject"])["commonName"] == "vg-b"
+            t.sendall(health)
+            assert health_answer(t).startswith(b"HTTP/1.1 200")
+        rc = proc.stop(signal.SIGTERM, timeout=60)
+        held.close()
+        err = proc.stderr()
+        assert rc == 0 and "ERROR SUMMARY: 0 errors" in err, err[-6000:]
+    finally:
+        if proc and proc.alive():
+            proc.stop(signal.SIGKILL, timeout=10)
+        mock.stop()
+        rmtree(d)
 
 
 def check(args, cwd):
