@@ -59,6 +59,23 @@ class Certs:
         return os.path.join(self.dir, name + ".pem"), os.path.join(self.dir, name + ".key")
 
 
+def read_until(s, seconds, done=lambda got: False):
+    """What s gives until it closes, done(bytes so far) holds, or seconds pass. A reset
+    ends it too: a server closing with the client's bytes unread resets."""
+    got = b""
+    deadline = time.monotonic() + seconds
+    try:
+        while not done(got) and time.monotonic() < deadline:
+            s.settimeout(max(0.05, deadline - time.monotonic()))
+            d = s.recv(65536)
+            if not d:
+                break
+            got += d
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return got
+
+
 class Env:
     def __init__(self, extra_args=()):
         self.dir = tmpdir("fg-tls-")
@@ -201,16 +218,7 @@ def test_plain_http_on_the_tls_port_is_closed_and_the_gateway_serves_on():
     with Env() as e:
         s = socket.create_connection(("127.0.0.1", e.gw.port), timeout=5)
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        got = b""
-        deadline = time.monotonic() + 5
-        try:
-            while time.monotonic() < deadline:
-                d = s.recv(4096)
-                if not d:
-                    break
-                got += d
-        except ConnectionResetError:
-            pass   # closed with the client's bytes unread: a reset is the expected end
+        got = read_until(s, 5)
         s.close()
         assert not got.startswith(b"HTTP/"), got   # no plaintext answer on a TLS port
         with contextlib.closing(e.conn()) as c:
@@ -236,13 +244,7 @@ def test_large_bodies_and_pipelined_requests_cross_tls_intact():
         with socket.create_connection(("127.0.0.1", e.gw.port), timeout=5) as s:
             with e.context().wrap_socket(s, server_hostname="127.0.0.1") as t:
                 t.sendall(one * 5 + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                got = b""
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    d = t.recv(65536)
-                    if not d:
-                        break
-                    got += d
+                got = read_until(t, 10)
         assert got.count(b"HTTP/1.1 200") == 6, got
         # a request pipelined behind one the upstream is slow to answer piles up in the read
         # buffer toward its cap; sizes around the cap make the last record sometimes not
@@ -259,16 +261,7 @@ def test_large_bodies_and_pipelined_requests_cross_tls_intact():
             with socket.create_connection(("127.0.0.1", e.gw.port), timeout=5) as s:
                 with e.context().wrap_socket(s, server_hostname="127.0.0.1") as t:
                     t.sendall(slow + post(b"Connection: close\r\n", "y" * size))
-                    got = b""
-                    deadline = time.monotonic() + 8
-                    try:
-                        while time.monotonic() < deadline:
-                            d = t.recv(65536)
-                            if not d:
-                                break
-                            got += d
-                    except socket.timeout:
-                        pass
+                    got = read_until(t, 8)
             assert got.count(b"HTTP/1.1 200") == 2, (size, got[:300])
 
 
@@ -344,14 +337,7 @@ def test_bad_certificate_on_reload_keeps_the_old_one_serving():
 
 def health_answer(t):
     """One whole answer to GET /health read from t."""
-    got = b""
-    deadline = time.monotonic() + 30
-    while not got.endswith(b"}\n") and time.monotonic() < deadline:
-        d = t.recv(4096)
-        if not d:
-            break
-        got += d
-    return got
+    return read_until(t, 30, lambda got: got.endswith(b"}\n"))
 
 
 def test_release_build_under_valgrind_serves_tls_reloads_and_stops_cleanly():
