@@ -1,5 +1,6 @@
 /* See cidr.h. */
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -73,4 +74,18 @@ bool cidr_match(const struct cidr *list, size_t n, const char *ip)
 			return true;
 	}
 	return false;
+}
+
+char *cidr_format(const struct cidr *c, char *buf, size_t size)
+{
+	char addr[INET6_ADDRSTRLEN];
+	int max = c->family == AF_INET ? 32 : 128;
+
+	if (!inet_ntop(c->family, c->addr, addr, sizeof(addr)))
+		addr[0] = '\0';
+	if (c->bits == max)
+		snprintf(buf, size, "%s", addr);
+	else
+		snprintf(buf, size, "%s/%d", addr, c->bits);
+	return buf;
 }

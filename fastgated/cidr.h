@@ -21,5 +21,10 @@ int cidr_parse(const char *s, struct cidr *out);
  * "::ffff:10.1.2.3") in one of the ranges? An IPv4-mapped IPv6 address matches IPv4
  * ranges. False for text that is no address. */
 bool cidr_match(const struct cidr *list, size_t n, const char *ip);
+/* The canonical text of c into buf (CIDR_TEXT_MAX bytes is always enough): the address as
+ * inet_ntop writes it, and "/BITS" unless it is one address. cidr_parse gives c back from
+ * it. Returns buf. */
+#define CIDR_TEXT_MAX 52   /* INET6_ADDRSTRLEN (46) + "/128" + NUL */
+char *cidr_format(const struct cidr *c, char *buf, size_t size);
 
 #endif

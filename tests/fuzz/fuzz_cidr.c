@@ -3,7 +3,8 @@
  *
  * Any bytes: cidr_parse refuses them or gives a range whose prefix fits its family and
  * has no bit set past it; that range contains its own network address (written back with
- * inet_ntop), and a /32 or /128 of that address is inside it. The input is also matched
+ * inet_ntop), and a /32 or /128 of that address is inside it; its cidr_format text (how a
+ * key's allow_ips is stored) parses back to the same range. The input is also matched
  * as an address against a few fixed ranges: no crash, and a match only for an address. */
 #include <arpa/inet.h>
 #include <string.h>
@@ -14,8 +15,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	char text[128], addr[INET6_ADDRSTRLEN], host[INET6_ADDRSTRLEN + 8];
-	struct cidr c, fixed[3], self;
+	char text[128], addr[INET6_ADDRSTRLEN], host[INET6_ADDRSTRLEN + 8], canon[CIDR_TEXT_MAX];
+	struct cidr c, fixed[3], self, again;
 	size_t n = size < sizeof(text) - 1 ? size : sizeof(text) - 1;
 	unsigned char probe[16];
 
@@ -30,6 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(cidr_match(&c, 1, addr), "%s not in %s", addr, text);
 		snprintf(host, sizeof(host), "%s", addr);
 		FUZZ_CHECK(cidr_parse(host, &self) == 0 && self.bits == max, "%s as a host", host);
+		cidr_format(&c, canon, sizeof(canon));
+		FUZZ_CHECK(cidr_parse(canon, &again) == 0 && memcmp(&c, &again, sizeof(c)) == 0,
+		           "\"%s\" (from \"%s\") does not parse back", canon, text);
 	}
 	cidr_parse("10.0.0.0/8", &fixed[0]);
 	cidr_parse("fd00::/8", &fixed[1]);

@@ -66,4 +66,23 @@ TEST(a_list_matches_any_of_its_ranges)
 	CHECK(!cidr_match(l, 0, "10.9.9.9"));
 }
 
+/* The text a key's allow_ips is stored and shown in: canonical, and read back the same. */
+TEST(a_range_formats_to_text_that_parses_back_to_it)
+{
+	const char *cases[][2] = { { "10.0.0.0/8", "10.0.0.0/8" }, { "192.168.1.7", "192.168.1.7" },
+	                           { "192.168.1.7/32", "192.168.1.7" },
+	                           { "2001:DB8:0:0::/32", "2001:db8::/32" }, { "::1", "::1" },
+	                           { "0.0.0.0/0", "0.0.0.0/0" } };
+	char buf[CIDR_TEXT_MAX];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct cidr c, again;
+
+		CHECK_INT(cidr_parse(cases[i][0], &c), 0);
+		CHECK_STR(cidr_format(&c, buf, sizeof(buf)), cases[i][1]);
+		CHECK_INT(cidr_parse(buf, &again), 0);
+		CHECK(memcmp(&c, &again, sizeof(c)) == 0);
+	}
+}
+
 RUN_TESTS()
