@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -120,6 +121,9 @@ static const struct migration migrations[] = {
 	  "ALTER TABLE keys ADD COLUMN limits TEXT NOT NULL DEFAULT '';"
 	  "ALTER TABLE keys ADD COLUMN multiplier_ppm INTEGER NOT NULL DEFAULT 1000000;"
 	  "UPDATE keys SET limits = 'requests:' || rpm || '/min' WHERE rpm > 0;" },
+	/* who may call with a key: address ranges as "10.0.0.0/8,192.168.1.7"; '' = anyone */
+	{ 4,
+	  "ALTER TABLE keys ADD COLUMN allow_ips TEXT NOT NULL DEFAULT '';" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -267,6 +271,7 @@ static void key_free(struct key *k)
 		return;
 	free(k->name);
 	free_routes(k->routes, k->n_routes);
+	free(k->allow_ips);
 	spend_account_free(&k->acct);
 	free(k);
 }
@@ -358,6 +363,58 @@ static char *routes_join(char *const *routes, size_t n)
 	}
 	*p = '\0';
 	return out;
+}
+
+/* Address ranges as stored: "10.0.0.0/8,192.168.1.7", "" for none. Caller frees. */
+static char *allow_ips_join(const struct cidr *ips, size_t n)
+{
+	char *out = xmalloc(n * CIDR_TEXT_MAX + 1), *p = out;
+
+	*p = '\0';
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			*p++ = ',';
+		cidr_format(&ips[i], p, CIDR_TEXT_MAX);
+		p += strlen(p);
+	}
+	return out;
+}
+
+/* The stored text back into ranges (a new array in *out, NULL for none), or -1 when an
+ * item does not parse: a range dropped quietly would widen who may call. */
+static int allow_ips_split(const char *text, struct cidr **out, size_t *n)
+{
+	size_t cap = 1;
+	const char *p;
+
+	*out = NULL;
+	*n = 0;
+	if (!text || !*text)
+		return 0;
+	for (p = text; *p; p++)
+		cap += *p == ',';
+	if (cap > KEY_ALLOW_IPS_MAX)
+		return -1;
+	*out = xcalloc(cap, sizeof(**out));
+	for (p = text; ; ) {
+		char item[CIDR_TEXT_MAX];
+		size_t len = strcspn(p, ",");
+
+		if (len == 0 || len >= sizeof(item))
+			goto bad;
+		memcpy(item, p, len);
+		item[len] = '\0';
+		if (cidr_parse(item, &(*out)[(*n)++]) < 0)
+			goto bad;
+		if (!p[len])
+			return 0;
+		p += len + 1;
+	}
+bad:
+	free(*out);
+	*out = NULL;
+	*n = 0;
+	return -1;
 }
 
 /* ---- the in-memory index ---- */
@@ -678,7 +735,7 @@ static int load_keys(struct keystore *ks, char **err)
 
 	if (sqlite3_prepare_v2(ks->db,
 	                       "SELECT id, name, display, hash, created, expires, revoked, "
-	                       "last_used, routes, rpm, user_id, limits, multiplier_ppm "
+	                       "last_used, routes, rpm, user_id, limits, multiplier_ppm, allow_ips "
 	                       "FROM keys ORDER BY id",
 	                       -1, &st, NULL) != SQLITE_OK) {
 		set_err(err, "key store %s: cannot read keys: %s", ks->path, sqlite3_errmsg(ks->db));
@@ -722,6 +779,13 @@ static int load_keys(struct keystore *ks, char **err)
 		                err) < 0)
 			goto done;
 		k->rpm = rpm_of(k->acct.lim, k->acct.n_lim);
+		if (allow_ips_split((const char *)sqlite3_column_text(st, 13), &k->allow_ips,
+		                    &k->n_allow_ips) < 0) {
+			set_err(err, "key store %s: key %lld has allow_ips the daemon cannot read (\"%s\"); "
+			        "fix them with fastgate-cli key update %lld --allow-ips", ks->path,
+			        (long long)id, sqlite3_column_text(st, 13), (long long)id);
+			goto done;
+		}
 	}
 	if (step != SQLITE_DONE) {
 		set_err(err, "key store %s: reading keys failed: %s", ks->path,
@@ -796,8 +860,8 @@ struct keystore *keystore_open(const char *path, char **err)
 	if (store_connect(path, &ks->wdb, err) < 0 ||
 	    prepare(ks, ks->wdb, &ks->st_insert,
 	            "INSERT INTO keys (name, display, hash, created, expires, revoked, last_used, "
-	            "routes, rpm, user_id, limits, multiplier_ppm) "
-	            "VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7, ?10, ?11, ?12)", err) < 0 ||
+	            "routes, rpm, user_id, limits, multiplier_ppm, allow_ips) "
+	            "VALUES (?1, ?2, ?3, ?4, ?5, 0, 0, ?6, ?7, ?10, ?11, ?12, ?13)", err) < 0 ||
 	    prepare(ks, ks->wdb, &ks->st_revoke,
 	            "UPDATE keys SET revoked = CASE WHEN revoked > 0 THEN revoked ELSE ?1 END "
 	            "WHERE id = ?9", err) < 0 ||
@@ -812,7 +876,8 @@ struct keystore *keystore_open(const char *path, char **err)
 	            "rpm = CASE WHEN ?3 THEN ?4 ELSE rpm END, "
 	            "expires = CASE WHEN ?5 THEN ?6 ELSE expires END, "
 	            "limits = CASE WHEN ?3 THEN ?7 ELSE limits END, "
-	            "multiplier_ppm = CASE WHEN ?10 THEN ?11 ELSE multiplier_ppm END "
+	            "multiplier_ppm = CASE WHEN ?10 THEN ?11 ELSE multiplier_ppm END, "
+	            "allow_ips = CASE WHEN ?12 THEN ?13 ELSE allow_ips END "
 	            "WHERE id = ?9 AND coalesce(revoked, 0) = 0", err) < 0 ||
 	    prepare(ks, ks->wdb, &ks->st_user_insert,
 	            "INSERT INTO users (name, created, balance_kept, credit_nano, multiplier_ppm, "
@@ -1122,6 +1187,9 @@ struct key_change {
 	struct user *fresh_user;           /* user create: ours until applied */
 	int64_t amount;                    /* top-up, nano-USD */
 	bool suspended;
+	struct cidr *allow_ips;            /* update: the new list (applied by swapping) */
+	size_t n_allow_ips;
+	char *allow_ips_text;              /* create, update: as stored */
 };
 
 /* Completes a failed write's message when the cause is another process's lock. */
@@ -1154,6 +1222,8 @@ void keystore_change_free(struct key_change *c)
 	free(c->routes_text);
 	free(c->route);
 	free(c->url);
+	free(c->allow_ips);
+	free(c->allow_ips_text);
 	free(c->err);
 	OPENSSL_cleanse(c->secret, sizeof(c->secret));
 	OPENSSL_cleanse(c->hash, sizeof(c->hash));
@@ -1220,6 +1290,37 @@ static int check_limit_list(const struct limit *lim, size_t n, char **err)
 			}
 	}
 	return 0;
+}
+
+/* An address list a key can have: 0, or -1 with *err set. */
+static int check_allow_ips(const struct cidr *ips, size_t n, char **err)
+{
+	if (n > KEY_ALLOW_IPS_MAX) {
+		set_err(err, "at most %d address ranges on a key, not %zu", KEY_ALLOW_IPS_MAX, n);
+		return -1;
+	}
+	if (n && !ips) {
+		set_err(err, "internal error: %zu address ranges given without a list", n);
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++)
+		if ((ips[i].family != AF_INET || ips[i].bits > 32) &&
+		    (ips[i].family != AF_INET6 || ips[i].bits > 128)) {
+			set_err(err, "internal error: address range %zu is not one", i + 1);
+			return -1;
+		}
+	return 0;
+}
+
+/* A copy of a checked list, NULL for none: taken when the change is prepared, so that
+ * nothing can fail between the write and the swap in memory. */
+static struct cidr *dup_allow_ips(const struct cidr *ips, size_t n)
+{
+	struct cidr *out = n ? xcalloc(n, sizeof(*out)) : NULL;
+
+	if (n)
+		memcpy(out, ips, n * sizeof(*out));
+	return out;
 }
 
 struct key_change *keystore_change_create(struct keystore *ks, const char *name,
@@ -1294,6 +1395,23 @@ struct key_change *keystore_change_create_for(struct keystore *ks, const char *n
 	return c;
 }
 
+int keystore_change_create_allow_ips(struct key_change *c, const struct cidr *ips, size_t n,
+                                     char **err)
+{
+	if (!c || c->kind != CHANGE_CREATE || !c->fresh) {
+		set_err(err, "internal error: address ranges for a change that creates no key");
+		return -1;
+	}
+	if (check_allow_ips(ips, n, err) < 0)
+		return -1;
+	free(c->fresh->allow_ips);
+	c->fresh->allow_ips = dup_allow_ips(ips, n);
+	c->fresh->n_allow_ips = n;
+	free(c->allow_ips_text);
+	c->allow_ips_text = allow_ips_join(ips, n);
+	return 0;
+}
+
 struct key_change *keystore_change_revoke(struct keystore *ks, int64_t id, char **err)
 {
 	struct key_change *c;
@@ -1340,11 +1458,18 @@ struct key_change *keystore_change_update(struct keystore *ks, int64_t id,
 	                 ch->set & KEY_CHANGE_EXPIRES ? ch->expires : 0, err) < 0 ||
 	    ((ch->set & KEY_CHANGE_LIMITS) && check_limit_list(ch->lim, ch->n_lim, err) < 0) ||
 	    ((ch->set & KEY_CHANGE_MULTIPLIER) && check_multiplier(ch->multiplier_ppm, err) < 0) ||
+	    ((ch->set & KEY_CHANGE_ALLOW_IPS) &&
+	     check_allow_ips(ch->allow_ips, ch->n_allow_ips, err) < 0) ||
 	    ((ch->set & KEY_CHANGE_ROUTES) && copy_routes(ch->routes, ch->n_routes, &copy, err) < 0))
 		return NULL;
 	c = change_new(ks, CHANGE_UPDATE, id);
 	c->set = ch->set & (KEY_CHANGE_ROUTES | KEY_CHANGE_RPM | KEY_CHANGE_EXPIRES |
-	                    KEY_CHANGE_LIMITS | KEY_CHANGE_MULTIPLIER);
+	                    KEY_CHANGE_LIMITS | KEY_CHANGE_MULTIPLIER | KEY_CHANGE_ALLOW_IPS);
+	if (c->set & KEY_CHANGE_ALLOW_IPS) {
+		c->allow_ips = dup_allow_ips(ch->allow_ips, ch->n_allow_ips);
+		c->n_allow_ips = ch->n_allow_ips;
+		c->allow_ips_text = allow_ips_join(ch->allow_ips, ch->n_allow_ips);
+	}
 	c->expires = ch->expires;
 	c->multiplier_ppm = ch->multiplier_ppm;
 	/* rpm is the requests/min limit: both become one new list, stored whole */
@@ -1607,6 +1732,8 @@ void keystore_change_write(struct key_change *c)
 			sqlite3_bind_int64(st, 10, c->user_id);
 		sqlite3_bind_text(st, 11, c->limits_text, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 12, c->multiplier_ppm);
+		sqlite3_bind_text(st, 13, c->allow_ips_text ? c->allow_ips_text : "", -1,
+		                  SQLITE_STATIC);
 		break;
 	case CHANGE_USER_CREATE:
 		st = ks->st_user_insert;
@@ -1658,6 +1785,9 @@ void keystore_change_write(struct key_change *c)
 		sqlite3_bind_text(st, 7, c->limits_text ? c->limits_text : "", -1, SQLITE_STATIC);
 		sqlite3_bind_int(st, 10, !!(c->set & KEY_CHANGE_MULTIPLIER));
 		sqlite3_bind_int64(st, 11, c->multiplier_ppm);
+		sqlite3_bind_int(st, 12, !!(c->set & KEY_CHANGE_ALLOW_IPS));
+		sqlite3_bind_text(st, 13, c->allow_ips_text ? c->allow_ips_text : "", -1,
+		                  SQLITE_STATIC);
 		break;
 	case CHANGE_ROTATE:
 	default:
@@ -1771,6 +1901,13 @@ int keystore_change_apply(struct key_change *c, struct key **out, char *secret_o
 		}
 		if (c->set & KEY_CHANGE_MULTIPLIER)
 			k->multiplier_ppm = c->multiplier_ppm;
+		if (c->set & KEY_CHANGE_ALLOW_IPS) {
+			struct cidr *old = k->allow_ips;
+
+			k->allow_ips = c->allow_ips;
+			k->n_allow_ips = c->n_allow_ips;
+			c->allow_ips = old;        /* freed with c */
+		}
 		if (c->set & KEY_CHANGE_EXPIRES)
 			k->expires = c->expires;
 		break;

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "cidr.h"
 #include "limit.h"
 #include "spend.h"
 
@@ -27,6 +28,7 @@
 #define KEY_HASH_LEN      32
 #define USER_NAME_MAX     64    /* characters, as for keys */
 #define MULTIPLIER_ONE    1000000  /* multipliers are parts per million: 1x */
+#define KEY_ALLOW_IPS_MAX 64    /* address ranges a key may be limited to */
 
 /* A user owns keys (DESIGN.md, Spend control): its limits and balance apply to all of
  * them together, on top of each key's own. Users are never deleted (the audit names
@@ -57,6 +59,8 @@ struct key {
 	struct user *user;    /* NULL = no user; users stay in memory until the store closes */
 	int64_t multiplier_ppm;
 	struct spend_account acct;  /* the key's limits and settled totals */
+	struct cidr *allow_ips;     /* n_allow_ips == 0: any client; else only these (403) */
+	size_t n_allow_ips;
 	bool usage_dirty;     /* last_used changed since the last keystore_take_usage */
 };
 
@@ -129,6 +133,7 @@ int key_name_check(const char *name, char **err);
 #define KEY_CHANGE_EXPIRES 0x4u
 #define KEY_CHANGE_LIMITS  0x8u     /* the whole list; with RPM, rpm is applied after it */
 #define KEY_CHANGE_MULTIPLIER 0x10u
+#define KEY_CHANGE_ALLOW_IPS  0x20u  /* the whole list; 0 ranges = any client */
 struct key_changes {
 	unsigned set;
 	char *const *routes;  /* borrowed; n_routes == 0 = all routes */
@@ -138,6 +143,8 @@ struct key_changes {
 	const struct limit *lim;  /* borrowed */
 	size_t n_lim;
 	int64_t multiplier_ppm;
+	const struct cidr *allow_ips;  /* borrowed; at most KEY_ALLOW_IPS_MAX */
+	size_t n_allow_ips;
 };
 /* Change a key's policy: SQLite first, then the in-memory key (so a running daemon applies
  * it to the next request). The rate-limit window in progress is kept. -1 with *err set
@@ -209,6 +216,11 @@ struct key_change *keystore_change_create_for(struct keystore *ks, const char *n
                                               int64_t expires, int64_t user_id,
                                               const struct limit *lim, size_t n_lim,
                                               int64_t multiplier_ppm, char **err);
+/* A create change just prepared (by either call above) with its key limited to clients in
+ * these ranges (copied). 0; or -1 with *err set (caller frees) when there are more than
+ * KEY_ALLOW_IPS_MAX or c is no create, and c as it was. */
+int keystore_change_create_allow_ips(struct key_change *c, const struct cidr *ips, size_t n,
+                                     char **err);
 struct key_change *keystore_change_revoke(struct keystore *ks, int64_t id, char **err);
 struct key_change *keystore_change_update(struct keystore *ks, int64_t id,
                                           const struct key_changes *ch, char **err);

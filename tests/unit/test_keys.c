@@ -920,6 +920,229 @@ TEST(a_version_2_store_migrates_rpm_into_a_limit)
 	tmpdb_remove(&t);
 }
 
+/* A store written before per-key address lists (schema version 3, with users, limits and
+ * multipliers) keeps every key and all of its policy, and its keys may call from anywhere
+ * until given a list. */
+TEST(a_version_3_store_migrates_and_keeps_every_key)
+{
+	struct tmpdb t;
+	sqlite3 *db = NULL;
+	struct keystore *ks;
+	struct key *k;
+	char secret[KEY_SECRET_LEN + 1], other[KEY_SECRET_LEN + 1], buf[LIMITS_TEXT_MAX];
+	unsigned char hash[KEY_HASH_LEN], hash2[KEY_HASH_LEN];
+	sqlite3_stmt *st = NULL;
+
+	tmpdb_make(&t);
+	CHECK_INT(key_generate(secret), 0);
+	CHECK_INT(key_generate(other), 0);
+	key_hash(secret, KEY_SECRET_LEN, hash);
+	key_hash(other, KEY_SECRET_LEN, hash2);
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	/* the schema as steps 1 to 3 left it */
+	CHECK_INT(sqlite3_exec(db,
+		"CREATE TABLE keys (id INTEGER PRIMARY KEY, name TEXT NOT NULL, display TEXT NOT NULL,"
+		" hash BLOB NOT NULL UNIQUE, created INTEGER, expires INTEGER, revoked INTEGER,"
+		" last_used INTEGER, routes TEXT, rpm INTEGER, user_id INTEGER,"
+		" limits TEXT NOT NULL DEFAULT '', multiplier_ppm INTEGER NOT NULL DEFAULT 1000000);"
+		"CREATE TABLE route_state (name TEXT PRIMARY KEY, enabled INTEGER NOT NULL,"
+		" updated INTEGER);"
+		"CREATE TABLE target_state (route TEXT NOT NULL, url TEXT NOT NULL,"
+		" drained INTEGER NOT NULL, updated INTEGER, PRIMARY KEY (route, url));"
+		"CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,"
+		" created INTEGER, suspended INTEGER NOT NULL DEFAULT 0,"
+		" balance_kept INTEGER NOT NULL DEFAULT 0, credit_nano INTEGER NOT NULL DEFAULT 0,"
+		" multiplier_ppm INTEGER NOT NULL DEFAULT 1000000, limits TEXT NOT NULL DEFAULT '');"
+		"CREATE TABLE topups (id INTEGER PRIMARY KEY, user_id INTEGER NOT NULL,"
+		" amount_nano INTEGER NOT NULL, at INTEGER NOT NULL);"
+		"INSERT INTO users (id, name, created, multiplier_ppm, limits)"
+		" VALUES (2, 'team', 1700000000, 1500000, 'cost:10/day');"
+		"INSERT INTO route_state VALUES ('chat', 0, 1700000000);"
+		"PRAGMA user_version = 3;", NULL, NULL, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db, "INSERT INTO keys VALUES (7, 'ci', 'fg_AAAAAAAA', ?1, "
+	                             "1700000000, 0, 0, 0, 'chat', 0, 2, 'tokens:1000/day', "
+	                             "2000000), (9, 'gone', 'fg_BBBBBBBB', ?2, 1700000000, 0, "
+	                             "1700000100, 0, '', 0, NULL, '', 1000000)", -1, &st, NULL),
+	          SQLITE_OK);
+	sqlite3_bind_blob(st, 1, hash, KEY_HASH_LEN, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 2, hash2, KEY_HASH_LEN, SQLITE_STATIC);
+	CHECK_INT(sqlite3_step(st), SQLITE_DONE);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	db = NULL;
+
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_count(ks), 2);
+		k = keystore_lookup(ks, secret, KEY_SECRET_LEN);
+		CHECK(k != NULL);
+		if (k) {
+			CHECK_INT(k->id, 7);
+			CHECK_STR(k->name, "ci");
+			CHECK(k->n_routes == 1 && strcmp(k->routes[0], "chat") == 0);
+			CHECK(k->user && k->user->id == 2);
+			CHECK_INT(k->multiplier_ppm, 2000000);
+			CHECK_STR(limits_format(k->acct.lim, k->acct.n_lim, buf, sizeof(buf)),
+			          "tokens:1000/day");
+			CHECK_INT(k->n_allow_ips, 0);
+			CHECK(k->allow_ips == NULL);
+		}
+		k = keystore_lookup(ks, other, KEY_SECRET_LEN);
+		CHECK(k && k->id == 9 && k->revoked == 1700000100 && k->n_allow_ips == 0);
+		CHECK_INT(keystore_route_state_get(ks, "chat"), 0);
+		keystore_close(ks);
+	}
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
+	CHECK_INT(sqlite3_column_int(st, 0), 4);
+	sqlite3_finalize(st);
+	sqlite3_close(db);
+	tmpdb_remove(&t);
+}
+
+static size_t ranges(const char *text, struct cidr *out)
+{
+	char copy[512], *save = NULL;
+	size_t n = 0;
+
+	snprintf(copy, sizeof(copy), "%s", text);
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		CHECK_INT(cidr_parse(tok, &out[n]), 0);
+		n++;
+	}
+	return n;
+}
+
+static const char *key_ips(const struct key *k, char *buf, size_t size)
+{
+	size_t used = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < k->n_allow_ips && used < size; i++) {
+		char one[CIDR_TEXT_MAX];
+
+		used += (size_t)snprintf(buf + used, size - used, "%s%s", i ? "," : "",
+		                         cidr_format(&k->allow_ips[i], one, sizeof(one)));
+	}
+	return buf;
+}
+
+/* A key's address list is stored with it: set at creation, replaced and cleared by an
+ * update, kept by a rotation and by other updates, and read back after a restart. */
+TEST(a_keys_allow_ips_are_stored_updated_cleared_and_kept_by_rotation)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	struct key_change *c;
+	struct key *k = NULL;
+	struct cidr ips[KEY_ALLOW_IPS_MAX + 1];
+	struct key_changes ch = { 0 };
+	char secret[KEY_SECRET_LEN + 1], fresh[KEY_SECRET_LEN + 1], buf[1024], *err = NULL;
+	int64_t id = 0;
+	size_t n;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	n = ranges("10.0.0.0/8,192.168.1.7,2001:db8::/32", ips);
+	c = keystore_change_create(ks, "office", NULL, 0, 0, 0, &err);
+	CHECK(c != NULL);
+	CHECK_INT(keystore_change_create_allow_ips(c, ips, n, &err), 0);
+	keystore_change_write(c);
+	CHECK_INT(keystore_change_apply(c, &k, secret, &err), 0);
+	id = k ? k->id : 0;
+	CHECK(k && k->n_allow_ips == 3);
+	keystore_close(ks);
+
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	k = keystore_lookup(ks, secret, KEY_SECRET_LEN);
+	CHECK(k != NULL);
+	if (k)
+		CHECK_STR(key_ips(k, buf, sizeof(buf)), "10.0.0.0/8,192.168.1.7,2001:db8::/32");
+	/* another update leaves the list alone; a rotation keeps it */
+	ch.set = KEY_CHANGE_RPM;
+	ch.rpm = 5;
+	CHECK_INT(keystore_update(ks, id, &ch, &err), 0);
+	CHECK_INT(keystore_rotate(ks, id, fresh, &err), 0);
+	k = keystore_lookup(ks, fresh, KEY_SECRET_LEN);
+	CHECK(k && k->n_allow_ips == 3);
+	/* replaced */
+	ch.set = KEY_CHANGE_ALLOW_IPS;
+	ch.allow_ips = ips;
+	ch.n_allow_ips = ranges("203.0.113.0/24", ips);
+	CHECK_INT(keystore_update(ks, id, &ch, &err), 0);
+	keystore_close(ks);
+
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	k = keystore_get(ks, id);
+	CHECK(k != NULL);
+	if (k) {
+		CHECK_STR(key_ips(k, buf, sizeof(buf)), "203.0.113.0/24");
+		CHECK_INT(k->rpm, 5);
+	}
+	/* too many: refused, and the key keeps its list */
+	for (size_t i = 0; i <= KEY_ALLOW_IPS_MAX; i++)
+		ips[i] = ips[0];
+	ch.n_allow_ips = KEY_ALLOW_IPS_MAX + 1;
+	CHECK_INT(keystore_update(ks, id, &ch, &err), -1);
+	CHECK(err && strstr(err, "at most 64"));
+	c = keystore_change_create(ks, "many", NULL, 0, 0, 0, &err);
+	CHECK(c != NULL);
+	CHECK_INT(keystore_change_create_allow_ips(c, ips, KEY_ALLOW_IPS_MAX + 1, &err), -1);
+	keystore_change_free(c);
+	k = keystore_get(ks, id);
+	CHECK(k && k->n_allow_ips == 1);
+	/* cleared: anyone */
+	ch.n_allow_ips = 0;
+	ch.allow_ips = NULL;
+	CHECK_INT(keystore_update(ks, id, &ch, &err), 0);
+	keystore_close(ks);
+
+	ks = open_ok(t.path);
+	if (!ks)
+		goto out;
+	k = keystore_get(ks, id);
+	CHECK(k && k->n_allow_ips == 0 && k->allow_ips == NULL);
+	keystore_close(ks);
+out:
+	free(err);
+	tmpdb_remove(&t);
+}
+
+/* A list the daemon cannot read back is an error at open, not a key that works from
+ * anywhere. */
+TEST(a_stored_allow_ips_that_does_not_parse_fails_the_open)
+{
+	struct tmpdb t;
+	struct keystore *ks;
+	sqlite3 *db = NULL;
+	char secret[KEY_SECRET_LEN + 1], *err = NULL;
+	struct key *k = NULL;
+
+	tmpdb_make(&t);
+	ks = open_ok(t.path);
+	if (ks) {
+		CHECK_INT(keystore_create(ks, "x", NULL, 0, 0, 0, secret, &k, &err), 0);
+		keystore_close(ks);
+	}
+	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
+	CHECK_INT(sqlite3_exec(db, "UPDATE keys SET allow_ips = '10.0.0.0/8,10.0.0.1/8'", NULL,
+	                       NULL, NULL), SQLITE_OK);
+	sqlite3_close(db);
+	ks = keystore_open(t.path, &err);
+	CHECK(ks == NULL);
+	CHECK(err && strstr(err, "allow_ips") && strstr(err, "10.0.0.1/8"));
+	keystore_close(ks);
+	free(err);
+	tmpdb_remove(&t);
+}
+
 /* Users, their top-ups and their keys are stored: a store opened again has them all. */
 TEST(users_balances_limits_and_owned_keys_survive_reopening)
 {
@@ -1193,6 +1416,7 @@ TEST(version_1_store_is_migrated_and_keeps_its_keys_and_route_states)
 	                       "ALTER TABLE keys DROP COLUMN user_id;"
 	                       "ALTER TABLE keys DROP COLUMN limits;"
 	                       "ALTER TABLE keys DROP COLUMN multiplier_ppm;"
+	                       "ALTER TABLE keys DROP COLUMN allow_ips;"
 	                       "PRAGMA user_version = 1", NULL, NULL, NULL), SQLITE_OK);
 	sqlite3_close(db);
 	db = NULL;
@@ -1209,7 +1433,7 @@ TEST(version_1_store_is_migrated_and_keeps_its_keys_and_route_states)
 	CHECK_INT(sqlite3_open(t.path, &db), SQLITE_OK);
 	CHECK_INT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
 	CHECK_INT(sqlite3_step(st), SQLITE_ROW);
-	CHECK_INT(sqlite3_column_int(st, 0), 3);
+	CHECK_INT(sqlite3_column_int(st, 0), 4);
 	sqlite3_finalize(st);
 	sqlite3_close(db);
 	ks = open_ok(t.path);
