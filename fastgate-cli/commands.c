@@ -150,6 +150,7 @@ static void print_key_detail(const json_t *k)
 	struct cli_table *t = cli_table_new(2, NULL);
 	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ], b6[FMT_SZ];
 	char *routes = join(json_object_get(k, "routes"), ", ", "all");
+	char *ips = join(json_object_get(k, "allow_ips"), ", ", "any");
 
 	kv(t, "id:", fmt_int(b1, jint(k, "id")));
 	kv(t, "name:", jstr(k, "name"));
@@ -161,9 +162,11 @@ static void print_key_detail(const json_t *k)
 	kv(t, "last used:", fmt_time(b5, json_object_get(k, "last_used"), "never", FULL_FMT));
 	kv(t, "rpm:", fmt_rpm(b6, jint(k, "rpm")));
 	kv(t, "routes:", routes);
+	kv(t, "allow ips:", ips);
 	spend_rows(t, k);
 	cli_table_print(t, stdout);
 	free(routes);
+	free(ips);
 }
 
 /* The secret and what it grants, then the one reminder that it will not be shown again. */
@@ -172,6 +175,7 @@ static void print_key_created(const json_t *k)
 	struct cli_table *t = cli_table_new(2, NULL);
 	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ];
 	char *routes = join(json_object_get(k, "routes"), ", ", "all");
+	char *ips = join(json_object_get(k, "allow_ips"), ", ", "any");
 
 	kv(t, "key:", jstr(k, "key"));
 	kv(t, "id:", fmt_int(b1, jint(k, "id")));
@@ -180,9 +184,11 @@ static void print_key_created(const json_t *k)
 	kv(t, "routes:", routes);
 	kv(t, "rpm:", fmt_rpm(b2, jint(k, "rpm")));
 	kv(t, "expires:", fmt_time(b3, json_object_get(k, "expires"), "never", FULL_FMT));
+	kv(t, "allow ips:", ips);
 	cli_table_print(t, stdout);
 	printf("\nStore this key now: it is shown only once; fastgate keeps only its hash.\n");
 	free(routes);
+	free(ips);
 }
 
 static void print_key_rotated(const json_t *k)
@@ -202,8 +208,8 @@ static void print_key_updated(const json_t *k)
 static void print_key_list(const json_t *a)
 {
 	static const char *const head[] = { "ID", "NAME", "PREFIX", "STATUS", "USER", "CREATED",
-	                                    "EXPIRES", "LAST USED", "LIMITS", "ROUTES" };
-	struct cli_table *t = cli_table_new(10, head);
+	                                    "EXPIRES", "LAST USED", "LIMITS", "ALLOW", "ROUTES" };
+	struct cli_table *t = cli_table_new(11, head);
 	size_t i;
 	json_t *k;
 
@@ -211,7 +217,8 @@ static void print_key_list(const json_t *a)
 		char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ];
 		char *routes = join(json_object_get(k, "routes"), ",", "all");
 		char *limits = join(json_object_get(k, "limits"), ",", "none");
-		const char *row[10] = {
+		char *ips = join(json_object_get(k, "allow_ips"), ",", "any");
+		const char *row[11] = {
 			fmt_int(b1, jint(k, "id")), jstr(k, "name"), jstr(k, "display"),
 			jstr(k, "status"),
 			json_is_integer(json_object_get(k, "user_id")) ? fmt_int(b5, jint(k, "user_id"))
@@ -219,12 +226,13 @@ static void print_key_list(const json_t *a)
 			fmt_time(b2, json_object_get(k, "created"), "-", DATE_FMT),
 			fmt_time(b3, json_object_get(k, "expires"), "never", DATE_FMT),
 			fmt_time(b4, json_object_get(k, "last_used"), "never", MINUTE_FMT),
-			limits, routes,
+			limits, ips, routes,
 		};
 
 		cli_table_add(t, row);
 		free(routes);
 		free(limits);
+		free(ips);
 	}
 	if (cli_table_rows(t) == 0) {
 		cli_table_free(t);
@@ -726,6 +734,7 @@ const struct cli_cmd cli_commands[] = {
 		{ "--user", "ID", CLI_ARG_INT, "user", false, "the user who owns the key (its limits and balance apply too)", CLI_COMPLETE_NONE, NULL },
 		{ "--limit", "KIND:N/WIN", CLI_ARG_MULTI, "limits", false, "a limit, repeatable: requests:100/min, tokens:1M/day, cost:25/month", CLI_COMPLETE_NONE, NULL },
 		{ "--multiplier", "X", CLI_ARG_STRING, "multiplier", false, "prices times X for this key (default 1)", CLI_COMPLETE_NONE, NULL },
+		{ "--allow-ips", "a,b", CLI_ARG_ADDRS, "allow_ips", false, "only clients at these addresses or ranges, such as 10.0.0.0/8,192.168.1.7 (default: any; at most 64)", CLI_COMPLETE_NONE, NULL },
 		OPT_END }, print_key_created, false, NULL, 0 },
 	{ "key", "list", "key.list", "list keys (never their secrets)",
 	  NO_POS, {
@@ -737,7 +746,7 @@ const struct cli_cmd cli_commands[] = {
 	{ "key", "revoke", "key.revoke", "revoke a key; it stops working at once",
 	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL },
 	  { OPT_END }, print_key_revoked, false, NULL, 0 },
-	{ "key", "update", "key.update", "change a key's routes, limits, multiplier or expiry, at once",
+	{ "key", "update", "key.update", "change a key's routes, limits, multiplier, client addresses or expiry, at once",
 	  { NULL, "ID", CLI_ARG_INT, "id", true, "the key's id (see key list)", CLI_COMPLETE_KEY, NULL }, {
 		{ "--routes", "a,b", CLI_ARG_LIST, "routes", false, "allow only these routes", CLI_COMPLETE_ROUTES, NULL },
 		{ "--all-routes", NULL, CLI_ARG_CLEAR, "routes", false, "allow every route", CLI_COMPLETE_NONE, NULL },
@@ -747,6 +756,8 @@ const struct cli_cmd cli_commands[] = {
 		{ "--limit", "KIND:N/WIN", CLI_ARG_MULTI, "limits", false, "replace the limits with these (repeatable)", CLI_COMPLETE_NONE, NULL },
 		{ "--no-limits", NULL, CLI_ARG_CLEAR, "limits", false, "remove every limit", CLI_COMPLETE_NONE, NULL },
 		{ "--multiplier", "X", CLI_ARG_STRING, "multiplier", false, "prices times X for this key", CLI_COMPLETE_NONE, NULL },
+		{ "--allow-ips", "a,b", CLI_ARG_ADDRS, "allow_ips", false, "replace the addresses or ranges clients may call from (empty: any)", CLI_COMPLETE_NONE, NULL },
+		{ "--any-ip", NULL, CLI_ARG_CLEAR, "allow_ips", false, "let clients call from any address", CLI_COMPLETE_NONE, NULL },
 		OPT_END }, print_key_updated, true, NULL, 0 },
 	{ "user", "create", "user.create", "create a user, with a balance and limits if given",
 	  NO_POS, {

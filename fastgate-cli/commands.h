@@ -12,6 +12,7 @@ enum cli_argtype {
 	CLI_ARG_INT,      /* --rpm N           -> "rpm": N (a non-negative integer) */
 	CLI_ARG_FLAG,     /* --all             -> "all": true */
 	CLI_ARG_LIST,     /* --routes a,b      -> "routes": ["a","b"] */
+	CLI_ARG_ADDRS,    /* --allow-ips a,b   -> "allow_ips": ["a","b"]; "" -> [] (no list) */
 	CLI_ARG_CLEAR,    /* --all-routes      -> "routes": [], --no-expiry -> "expires_days": 0:
 	                   * lifts a restriction by sending the empty value of its alternative */
 	CLI_ARG_FALSE,    /* --no-stream       -> "stream": false (the opposite of a FLAG) */
@@ -39,7 +40,8 @@ struct cli_ctx {
 
 /* Options next to each other that share a key are alternatives: at most one of them may be
  * given, and the synopsis shows them as [--a X|--b]. A CLI_ARG_CLEAR option needs one
- * (CLI_ARG_LIST or CLI_ARG_INT) to take its empty value from. */
+ * (CLI_ARG_LIST, CLI_ARG_ADDRS, CLI_ARG_MULTI or CLI_ARG_INT) to take its empty value
+ * from. */
 struct cli_opt {
 	const char *flag;      /* "--name"; NULL for the positional argument */
 	const char *metavar;   /* "N"; NULL for flags */

@@ -15,6 +15,7 @@
 #include <sys/time.h>
 
 #include "audit.h"
+#include "cidr.h"
 #include "client.h"
 #include "commands.h"
 #include "config.h"
@@ -311,7 +312,8 @@ static json_t *opt_value(const struct cli_cmd *c, const struct cli_opt *o, const
 		for (const struct cli_opt *alt = c->opts; alt->flag; alt++) {
 			if (strcmp(alt->key, o->key) != 0 || alt == o)
 				continue;
-			if (alt->type == CLI_ARG_LIST || alt->type == CLI_ARG_MULTI)
+			if (alt->type == CLI_ARG_LIST || alt->type == CLI_ARG_MULTI ||
+			    alt->type == CLI_ARG_ADDRS)
 				return json_array();
 			if (alt->type == CLI_ARG_INT)
 				return json_integer(0);
@@ -323,7 +325,8 @@ static json_t *opt_value(const struct cli_cmd *c, const struct cli_opt *o, const
 			return NULL;
 		}
 		return json_string(v);
-	case CLI_ARG_LIST: {
+	case CLI_ARG_LIST:
+	case CLI_ARG_ADDRS: {
 		json_t *a = json_array();
 		char *copy = strdup(v), *save = NULL, *tok;
 
@@ -338,7 +341,8 @@ static json_t *opt_value(const struct cli_cmd *c, const struct cli_opt *o, const
 				json_array_append_new(a, json_string(tok));
 		}
 		free(copy);
-		if (json_array_size(a) == 0) {
+		/* an empty address list lifts the restriction; an empty route list means nothing */
+		if (json_array_size(a) == 0 && o->type != CLI_ARG_ADDRS) {
 			json_decref(a);
 			usage_error(c, NULL, "%s needs at least one name (a,b,...)", what);
 			return NULL;
@@ -384,8 +388,21 @@ static int check_args(const struct cli_cmd *c, const json_t *args)
 		{ "lines", CTL_TAIL_LINES_MAX }, { "hours", CTL_HOURS_MAX }, { "days", CTL_DAYS_MAX },
 	};
 	const char *fields = json_string_value(json_object_get(args, "fields"));
+	const json_t *ips = json_object_get(args, "allow_ips"), *ip;
+	size_t i;
 
-	for (size_t i = 0; i < sizeof(maxima) / sizeof(maxima[0]); i++) {
+	json_array_foreach(ips, i, ip) {
+		struct cidr r;
+
+		if (cidr_parse(json_string_value(ip), &r) < 0)
+			return usage_error(c, NULL, "%s: \"%s\" is not an address or a range such as "
+			                   "10.0.0.0/8 or fd00::/8 (no bits set past the prefix)",
+			                   flag_of(c, "allow_ips"), json_string_value(ip));
+	}
+	if (json_array_size(ips) > CTL_ALLOW_IPS_MAX)
+		return usage_error(c, NULL, "%s: at most %d addresses or ranges on a key, not %zu",
+		                   flag_of(c, "allow_ips"), CTL_ALLOW_IPS_MAX, json_array_size(ips));
+	for (i = 0; i < sizeof(maxima) / sizeof(maxima[0]); i++) {
 		const json_t *v = json_object_get(args, maxima[i].key);
 
 		if (json_is_integer(v) && json_integer_value(v) > maxima[i].max)

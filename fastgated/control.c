@@ -1033,11 +1033,21 @@ static json_t *limit_texts(const struct spend_account *a)
 	return arr;
 }
 
+static json_t *allow_ips_json(const struct key *k)
+{
+	json_t *a = json_array();
+	char buf[CIDR_TEXT_MAX];
+
+	for (size_t i = 0; a && i < k->n_allow_ips; i++)
+		json_array_append_new(a, json_string(cidr_format(&k->allow_ips[i], buf, sizeof(buf))));
+	return a;
+}
+
 /* Everything about a key except its secret, which the store does not even hold. */
 static json_t *key_json(const struct key *k, int64_t now)
 {
 	return json_pack("{s:I, s:s, s:s, s:I, s:o, s:o, s:o, s:o, s:i, s:s, s:o, s:o, s:o, "
-	                 "s:o, s:o}",
+	                 "s:o, s:o, s:o}",
 	                 "id", (json_int_t)k->id,
 	                 "name", k->name ? k->name : "",
 	                 "display", k->display,
@@ -1052,6 +1062,7 @@ static json_t *key_json(const struct key *k, int64_t now)
 	                 "user", k->user ? json_string(k->user->name) : json_null(),
 	                 "limits", limit_texts(&k->acct),
 	                 "multiplier", multiplier_json(k->multiplier_ppm),
+	                 "allow_ips", allow_ips_json(k),
 	                 "spend", selfserve_spend_json(&k->acct, now));
 }
 
@@ -1269,6 +1280,51 @@ static void h_help(struct ctl_call *call, json_t *args);
 /* Key limits the control channel accepts (the store itself takes any non-negative value). */
 #define KEY_RPM_MAX          CTL_RPM_MAX
 #define KEY_EXPIRES_DAYS_MAX CTL_EXPIRES_DAYS_MAX
+_Static_assert(CTL_ALLOW_IPS_MAX <= KEY_ALLOW_IPS_MAX, "the store must hold what the CLI sends");
+
+/* args.allow_ips, if present and not null: an array of addresses and ranges
+ * ("10.0.0.0/8"), [] for any client. *given is set and ips[0 .. *n) filled (room for
+ * CTL_ALLOW_IPS_MAX). False after replying, naming the entry that is wrong. */
+static bool arg_allow_ips(struct ctl_call *call, json_t *args, bool *given, struct cidr *ips,
+                          size_t *n)
+{
+	json_t *ja = json_object_get(args, "allow_ips"), *v;
+	size_t i;
+
+	*given = false;
+	*n = 0;
+	if (!ja || json_is_null(ja))
+		return true;
+	if (!json_is_array(ja)) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'allow_ips' must be an array of "
+		                "addresses and ranges such as [\"10.0.0.0/8\", \"192.168.1.7\"]");
+		return false;
+	}
+	if (json_array_size(ja) > CTL_ALLOW_IPS_MAX) {
+		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'allow_ips' has %zu entries; at most %d "
+		                "on a key", json_array_size(ja), CTL_ALLOW_IPS_MAX);
+		return false;
+	}
+	json_array_foreach(ja, i, v) {
+		const char *s = json_string_value(v);
+
+		if (!s || cidr_parse(s, &ips[i]) < 0) {
+			char shown[80];
+
+			snprintf(shown, sizeof(shown), "%s", s ? s : "(not a string)");
+			for (char *p = shown; *p; p++)
+				if ((unsigned char)*p < 0x20 || *p == 0x7f)
+					*p = '?';
+			ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "'allow_ips': \"%s\" is not an "
+			                "address or a range such as 10.0.0.0/8 or fd00::/8 (no bits set "
+			                "past the prefix)", shown);
+			return false;
+		}
+	}
+	*n = json_array_size(ja);
+	*given = true;
+	return true;
+}
 
 /* args.routes, if present and not null, as names of routes loaded now: *given is set and
  * *routes is a new array (caller frees it; the strings belong to args), NULL for []. False
@@ -1620,7 +1676,7 @@ static void change_submit(struct change_job *j)
 static void h_key_create(struct ctl_call *call, json_t *args)
 {
 	static const char *const allowed[] = { "name", "routes", "rpm", "expires_days", "user",
-	                                       "limits", "multiplier", NULL };
+	                                       "limits", "multiplier", "allow_ips", NULL };
 	struct gateway *gw = ctl_call_gateway(call);
 	const char *name;
 	json_int_t rpm = 0, days = 0, user = 0;
@@ -1632,13 +1688,16 @@ static void h_key_create(struct ctl_call *call, json_t *args)
 	struct change_job *j;
 	int64_t now = time(NULL), mult = MULTIPLIER_ONE;
 	struct limit lim[LIMITS_MAX];
+	struct cidr ips[CTL_ALLOW_IPS_MAX];
+	size_t n_ips = 0;
 
 	if (!ctl_args_only(call, args, allowed) || !ctl_arg_string(call, args, "name", true, &name) ||
 	    !ctl_arg_int(call, args, "rpm", false, 0, KEY_RPM_MAX, &rpm) ||
 	    !ctl_arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days) ||
 	    !ctl_arg_int(call, args, "user", false, 1, INT64_MAX, &user) ||
 	    !arg_limits(call, args, &given, lim, &n_lim) ||
-	    !arg_multiplier(call, args, &given, &mult))
+	    !arg_multiplier(call, args, &given, &mult) ||
+	    !arg_allow_ips(call, args, &given, ips, &n_ips))
 		return;
 	if (rpm > 0) {
 		for (size_t i = 0; i < n_lim; i++)
@@ -1672,6 +1731,10 @@ static void h_key_create(struct ctl_call *call, json_t *args)
 		goto done;
 	c = keystore_change_create_for(gw->keys, name, routes, n_routes,
 	                               expires_from_days(days, now), user, lim, n_lim, mult, &err);
+	if (c && keystore_change_create_allow_ips(c, ips, n_ips, &err) < 0) {
+		keystore_change_free(c);
+		c = NULL;
+	}
 	if (!c) {
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot create key: %s",
 		                err ? err : "key store error");
@@ -1779,18 +1842,20 @@ static bool key_not_revoked(struct ctl_call *call, const struct key *k, const ch
 static void h_key_update(struct ctl_call *call, json_t *args)
 {
 	static const char *const allowed[] = { "id", "routes", "rpm", "expires_days", "limits",
-	                                       "multiplier", NULL };
+	                                       "multiplier", "allow_ips", NULL };
 	struct gateway *gw = ctl_call_gateway(call);
 	struct key *k = arg_key(call, args, allowed);
 	struct key_changes ch = { 0 };
 	json_int_t rpm = -1, days = -1;
 	char **routes = NULL;
 	size_t n_routes = 0, n_lim = 0;
-	bool routes_given = false, lim_given = false, mult_given = false;
-	char *err = NULL, routes_s[160] = "", rpm_s[32] = "", exp_s[48] = "";
+	bool routes_given = false, lim_given = false, mult_given = false, ips_given = false;
+	char *err = NULL, routes_s[160] = "", rpm_s[32] = "", exp_s[48] = "", ips_s[40] = "";
 	char lim_s[LIMITS_TEXT_MAX + 16] = "";
 	int64_t id, now = time(NULL), mult = 0;
 	struct limit lim[LIMITS_MAX];
+	struct cidr ips[CTL_ALLOW_IPS_MAX];
+	size_t n_ips = 0;
 	struct key_change *c;
 
 	if (!k)
@@ -1801,12 +1866,22 @@ static void h_key_update(struct ctl_call *call, json_t *args)
 	    !ctl_arg_int(call, args, "expires_days", false, 0, KEY_EXPIRES_DAYS_MAX, &days) ||
 	    !arg_limits(call, args, &lim_given, lim, &n_lim) ||
 	    !arg_multiplier(call, args, &mult_given, &mult) ||
+	    !arg_allow_ips(call, args, &ips_given, ips, &n_ips) ||
 	    !arg_routes(call, args, &routes_given, &routes, &n_routes))
 		goto done;
-	if (!routes_given && rpm < 0 && days < 0 && !lim_given && !mult_given) {
+	if (!routes_given && rpm < 0 && days < 0 && !lim_given && !mult_given && !ips_given) {
 		ctl_reply_error(call, CTL_E_BAD_ARGS, NULL, "nothing to change: give routes, rpm, "
-		                "limits, multiplier or expires_days");
+		                "limits, multiplier, allow_ips or expires_days");
 		goto done;
+	}
+	if (ips_given) {
+		ch.set |= KEY_CHANGE_ALLOW_IPS;
+		ch.allow_ips = ips;
+		ch.n_allow_ips = n_ips;
+		if (n_ips)
+			snprintf(ips_s, sizeof(ips_s), " allow_ips=%zu ranges", n_ips);
+		else
+			snprintf(ips_s, sizeof(ips_s), " allow_ips=any");
 	}
 	if (lim_given) {
 		char buf[LIMITS_TEXT_MAX];
@@ -1844,8 +1919,8 @@ static void h_key_update(struct ctl_call *call, json_t *args)
 		ch.expires = expires_from_days(days, now);
 		snprintf(exp_s, sizeof(exp_s), " expires_days=%" JSON_INTEGER_FORMAT, days);
 	}
-	call_detail(call, "id=%lld name=\"%s\"%s%s%s%s", (long long)id, k->name, routes_s, rpm_s,
-	            exp_s, lim_s);
+	call_detail(call, "id=%lld name=\"%s\"%s%s%s%s%s", (long long)id, k->name, routes_s,
+	            rpm_s, exp_s, lim_s, ips_s);
 	c = keystore_change_update(gw->keys, id, &ch, &err);
 	if (!c)
 		ctl_reply_error(call, CTL_E_INTERNAL, NULL, "cannot update key %lld: %s",
@@ -2373,16 +2448,18 @@ static void h_status(struct ctl_call *call, json_t *args)
 /* Every command the daemon answers, declared once: dispatch and "help" both read it. */
 static const struct ctl_command commands[] = {
 	{ "key.create", "{name, routes?: [route...], rpm?: int, expires_days?: int, user?: int, "
-	  "limits?: [\"kind:amount/window\"...], multiplier?: \"1.25\"}",
+	  "limits?: [\"kind:amount/window\"...], multiplier?: \"1.25\", "
+	  "allow_ips?: [\"10.0.0.0/8\"...]}",
 	  "create a key; the reply holds the secret, shown only this once", true, h_key_create },
 	{ "key.list", "{all?: bool}", "list keys (revoked ones only with all)", false, h_key_list },
 	{ "key.show", "{id: int}", "show one key", false, h_key_show },
 	{ "key.revoke", "{id: int}", "revoke a key; requests with it get 401 at once", true,
 	  h_key_revoke },
 	{ "key.update", "{id: int, routes?: [route...], rpm?: int, expires_days?: int, "
-	  "limits?: [...], multiplier?}",
+	  "limits?: [...], multiplier?, allow_ips?: [...]}",
 	  "change a key's routes ([] = all), rpm limit (0 = none), limits ([] = none), price "
-	  "multiplier or expiry (days from now, 0 = never); only the given fields change, at once",
+	  "multiplier, client addresses ([] = any) or expiry (days from now, 0 = never); only "
+	  "the given fields change, at once",
 	  true, h_key_update },
 	{ "key.rotate", "{id: int}",
 	  "give a key a new secret (same id and policy); the old one stops working at once and "

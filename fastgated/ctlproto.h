@@ -143,5 +143,6 @@ int ctl_parse_greeting(const char *line, size_t len, char *version, size_t vsize
 #define CTL_TAIL_LINES_MAX   10000     /* logs.tail lines */
 #define CTL_HOURS_MAX        2160      /* metrics hours: 90 days of hourly rows */
 #define CTL_DAYS_MAX         3660      /* metrics days */
+#define CTL_ALLOW_IPS_MAX    64        /* key allow_ips: address ranges on one key */
 
 #endif

@@ -296,9 +296,10 @@ bool proxy_path_is_clean(const char *path)
 	return true;
 }
 
-/* 401 when the key is revoked or expired. Run again once the body is in: the key may
- * have been revoked meanwhile (a key found stays in memory until the store closes, so the
- * pointer needs no second look-up). */
+/* 401 when the key is revoked or expired, 403 when it may not be used from the client's
+ * address. Run again once the body is in: the key may have been revoked or narrowed
+ * meanwhile (a key found stays in memory until the store closes, so the pointer needs no
+ * second look-up). */
 static enum phase_rc check_key(struct proxy_req *px)
 {
 	const struct key *k = px->key;
@@ -309,6 +310,11 @@ static enum phase_rc check_key(struct proxy_req *px)
 	}
 	if (!key_usable(k, time(NULL))) {
 		proxy_reply_error(px, 401, "expired_api_key", "API key has expired");
+		return PH_END;
+	}
+	if (k->n_allow_ips && !cidr_match(k->allow_ips, k->n_allow_ips, px->client_ip)) {
+		proxy_reply_error(px, 403, "ip_not_allowed",
+		                  "this API key may not be used from this address (its allow_ips)");
 		return PH_END;
 	}
 	return PH_NEXT;
