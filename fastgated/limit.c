@@ -182,6 +182,53 @@ int limit_parse(const char *text, struct limit *l, char **err)
 	return 0;
 }
 
+/* The amount's parser is the limits' own, so "1k" means the same in both places. */
+int limit_rate_parse(const char *text, struct limit_rate *r, char **err)
+{
+	static const struct { const char *word; int64_t s; } units[] = {
+		{ "s", 1 }, { "sec", 1 }, { "second", 1 }, { "min", 60 }, { "minute", 60 },
+		{ "hour", 3600 },
+	};
+	const char *slash, *unit;
+	struct limit_rate v = { 0, 0 };
+	size_t amt_n, unit_n;
+
+	if (!text)
+		text = "";
+	slash = strchr(text, '/');
+	if (!slash) {
+		set_err(err, "rate \"%s\": expected AMOUNT/UNIT, e.g. 20/min (or off)", text);
+		return -1;
+	}
+	amt_n = (size_t)(slash - text);
+	unit = slash + 1;
+	unit_n = strlen(unit);
+	for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+		if (word_is(unit, unit_n, units[i].word))
+			v.per_s = units[i].s;
+	if (!v.per_s) {
+		set_err(err, "rate \"%s\": unknown unit \"%s\" (s, min or hour)", text, unit);
+		return -1;
+	}
+	switch (parse_amount(text, amt_n, true, 0, &v.amount)) {
+	case AMOUNT_OK:
+		break;
+	case AMOUNT_ZERO:
+		set_err(err, "rate \"%s\": the amount must be more than 0 (to turn it off, say "
+		        "off)", text);
+		return -1;
+	case AMOUNT_TOO_LARGE:
+		set_err(err, "rate \"%s\": amount \"%.*s\" is too large", text, (int)amt_n, text);
+		return -1;
+	default:
+		set_err(err, "rate \"%s\": bad amount \"%.*s\" (a whole number, optionally with "
+		        "k, M or B)", text, (int)amt_n, text);
+		return -1;
+	}
+	*r = v;
+	return 0;
+}
+
 char *limit_format(const struct limit *l, char *buf, size_t n)
 {
 	const char *kind = limit_kind_name(l->kind), *win = limit_window_name(l->window);

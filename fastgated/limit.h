@@ -9,7 +9,10 @@
  *
  * Ownership: the caller owns every struct (a counter lives inside its key or user); no
  * function keeps a pointer to one. There is no lock: calls on one counter must come from
- * one thread at a time. */
+ * one thread at a time.
+ *
+ * Layer: base (pure, as cidr.c: the configuration file's auth_fail_limit is read with
+ * limit_rate_parse). */
 #ifndef FG_LIMIT_H
 #define FG_LIMIT_H
 
@@ -61,6 +64,17 @@ int limits_parse(const char *text, struct limit *set, size_t *n, char **err);
  * (size bytes; LIMITS_TEXT_MAX is always enough). limits_parse gives back the set from it.
  * Returns buf. */
 char *limits_format(const struct limit *set, size_t n, char *buf, size_t size);
+
+/* A rate of events in a short window, as fastgate.yaml's auth_fail_limit takes it. */
+struct limit_rate {
+	int64_t amount;   /* > 0 */
+	int64_t per_s;    /* the window: 1, 60 or 3600 seconds */
+};
+
+/* Parse AMOUNT/UNIT with no spaces: AMOUNT as for a count limit ("20", "1k"), UNIT s,
+ * sec, second, min, minute or hour: "20/min", "3/s". 0 with *r filled; or -1 with *r
+ * untouched and *err (as for limit_parse) naming the text and what is wrong with it. */
+int limit_rate_parse(const char *text, struct limit_rate *r, char **err);
 
 /* "requests", "tokens", "cost"; "min", "hour", "day", "month": as they appear in a limit's
  * text (and in the x-ratelimit-*-requests/-tokens header names). Static strings; "unknown"

@@ -6,12 +6,37 @@
  * same set, at most LIMITS_MAX limits, each amount > 0, no two with the same kind and
  * window. Then the counters: the input drives reservations and adjustments on each limit
  * (times from the input), and the usage never goes below 0, a
- * wait of 0 means the amount fits, and what limit_wait promises holds at that time. */
+ * wait of 0 means the amount fits, and what limit_wait promises holds at that time.
+ *
+ * The same bytes as a rate (limit_rate_parse, fastgate.yaml's auth_fail_limit): refused
+ * with a message and *r untouched, or an amount > 0 per 1, 60 or 3600 seconds that reads
+ * back the same from its plain text. */
 #include <stdbool.h>
 #include <string.h>
 
 #include "fuzz.h"
 #include "limit.h"
+
+static void check_rate(const char *text)
+{
+	struct limit_rate r = { -5, -5 }, back = { 0, 0 };
+	char *err = NULL, plain[48];
+
+	if (limit_rate_parse(text, &r, &err) < 0) {
+		FUZZ_CHECK(err && *err, "rate refused without a message: %s", text);
+		FUZZ_CHECK(r.amount == -5 && r.per_s == -5, "a refused rate was changed");
+		free(err);
+		return;
+	}
+	FUZZ_CHECK(r.amount > 0, "rate amount %lld", (long long)r.amount);
+	FUZZ_CHECK(r.per_s == 1 || r.per_s == 60 || r.per_s == 3600, "per %lld s",
+	           (long long)r.per_s);
+	snprintf(plain, sizeof(plain), "%lld/%s", (long long)r.amount,
+	         r.per_s == 1 ? "s" : r.per_s == 60 ? "min" : "hour");
+	FUZZ_CHECK(limit_rate_parse(plain, &back, &err) == 0 && back.amount == r.amount &&
+	           back.per_s == r.per_s, "\"%s\" does not read back", plain);
+	free(err);
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -21,6 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	memcpy(text, data, len);
 	text[len] = '\0';
+	check_rate(text);
 	if (limits_parse(text, set, &n, &err) < 0) {
 		FUZZ_CHECK(err && *err, "refused without a message: %s", text);
 		FUZZ_CHECK(n == 0, "a refused list added %zu limits", n);

@@ -197,6 +197,44 @@ TEST(parse_error_replaces_an_old_message_and_err_may_be_null)
 	CHECK_INT(limit_parse(NULL, &l, NULL), -1);
 }
 
+/* auth_fail_limit's rate: the limits' amounts, a short window, and a message for each
+ * mistake that names the text. */
+TEST(rate_parse_reads_amount_and_unit_and_refuses_mistakes)
+{
+	static const struct { const char *text; int64_t amount, per_s; } good[] = {
+		{ "20/min", 20, 60 }, { "20/minute", 20, 60 }, { "3/s", 3, 1 }, { "3/sec", 3, 1 },
+		{ "3/second", 3, 1 }, { "1k/hour", 1000, 3600 }, { "1/hour", 1, 3600 },
+	};
+	static const struct { const char *text, *says; } bad[] = {
+		{ "20", "expected AMOUNT/UNIT" }, { "", "expected AMOUNT/UNIT" },
+		{ "20/day", "unknown unit \"day\"" }, { "20/", "unknown unit" },
+		{ "/min", "bad amount" }, { "0/min", "more than 0" }, { "-1/min", "bad amount" },
+		{ "2.5/min", "bad amount" }, { "20 /min", "bad amount" }, { "20/min ", "unknown unit" },
+		{ "99999999999999999999/s", "too large" }, { "off/min", "bad amount" },
+	};
+	struct limit_rate r;
+	char *err = NULL;
+
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		r.amount = r.per_s = -1;
+		CHECK_INT(limit_rate_parse(good[i].text, &r, &err), 0);
+		CHECK_INT(r.amount, good[i].amount);
+		CHECK_INT(r.per_s, good[i].per_s);
+	}
+	CHECK(err == NULL);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		r.amount = r.per_s = 7;
+		CHECK_INT(limit_rate_parse(bad[i].text, &r, &err), -1);
+		if (!err || !strstr(err, bad[i].says) || !strstr(err, "rate \"")) {
+			unit_failed_checks++;
+			fprintf(stderr, "  \"%s\": message \"%s\", expected \"%s\"\n", bad[i].text,
+			        err ? err : "(none)", bad[i].says);
+		}
+		CHECK(r.amount == 7 && r.per_s == 7);
+	}
+	free(err);
+}
+
 TEST(format_is_canonical_and_parses_back)
 {
 	formats_as("requests:100/min", "requests:100/min");
