@@ -208,7 +208,7 @@ static void print_key_updated(const json_t *k)
 static void print_key_list(const json_t *a)
 {
 	static const char *const head[] = { "ID", "NAME", "PREFIX", "STATUS", "USER", "CREATED",
-	                                    "EXPIRES", "LAST USED", "LIMITS", "ALLOW", "ROUTES" };
+	                                    "EXPIRES", "LAST USED", "ALLOW", "LIMITS", "ROUTES" };
 	struct cli_table *t = cli_table_new(11, head);
 	size_t i;
 	json_t *k;
@@ -226,7 +226,7 @@ static void print_key_list(const json_t *a)
 			fmt_time(b2, json_object_get(k, "created"), "-", DATE_FMT),
 			fmt_time(b3, json_object_get(k, "expires"), "never", DATE_FMT),
 			fmt_time(b4, json_object_get(k, "last_used"), "never", MINUTE_FMT),
-			limits, ips, routes,
+			ips, limits, routes,
 		};
 
 		cli_table_add(t, row);
