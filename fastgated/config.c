@@ -9,7 +9,7 @@
 
 #include "config.h"
 
-enum ctype { C_STR, C_INT, C_SIZE, C_BOOL, C_CIDRS, C_ORIGINS };
+enum ctype { C_STR, C_INT, C_SIZE, C_BOOL, C_CIDRS, C_ORIGINS, C_RATE };
 
 struct setting {
 	const char *name;
@@ -30,6 +30,7 @@ static const struct setting settings[] = {
 	S("trusted_proxies", C_CIDRS, trusted_proxies, 0, 0),
 	S("allow_ips", C_CIDRS, allow_ips, 0, 0),
 	S("cors_origins", C_ORIGINS, cors_origins, 0, 0),
+	S("auth_fail_limit", C_RATE, auth_fail_limit, 1, 1000000),
 	S("keys", C_STR, keys_path, 0, 0),
 	S("audit", C_STR, audit_path, 0, 0),
 	S("control", C_STR, control_path, 0, 0),
@@ -64,6 +65,7 @@ void config_defaults(struct config *c)
 	c->drain_timeout = 30;
 	c->audit_retention_days = 90;
 	c->audit_memory_cap = 100000;
+	c->auth_fail_limit = (struct limit_rate){ .amount = 20, .per_s = 60 };
 }
 
 void config_free(struct config *c)
@@ -141,6 +143,21 @@ static void apply(struct config *c, const struct setting *st, const char *file, 
 	case C_CIDRS:
 	case C_ORIGINS:
 		return;   /* apply_cidrs, apply_origins: lists, not one value */
+	case C_RATE: {
+		struct limit_rate r = { 0, 0 };
+		char *why = NULL;
+
+		if (strcmp(value, "off") != 0 && strcmp(value, "0") != 0 &&
+		    limit_rate_parse(value, &r, &why) < 0)
+			errlist_add(errs, "%s:%d: %s: %s", file, line, st->name, why);
+		else if (r.amount > st->max)
+			errlist_add(errs, "%s:%d: %s: %lld is out of range (%ld..%ld, or off)", file,
+			            line, st->name, (long long)r.amount, st->min, st->max);
+		else
+			*(struct limit_rate *)field = r;
+		free(why);
+		return;
+	}
 	case C_SIZE:
 		if (parse_size(value, &v) < 0) {
 			errlist_add(errs, "%s:%d: %s: expected a size like 1048576, 512K or 10M",

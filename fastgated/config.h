@@ -7,6 +7,7 @@
 
 #include "cidr.h"
 #include "errlist.h"
+#include "limit.h"
 
 /* Built-in default paths. Run from a source tree they are relative to the working directory;
  * `make install` compiles its own copy with each one defined from PREFIX, SYSCONFDIR,
@@ -50,6 +51,8 @@ struct config {
 	size_t n_allow_ips;
 	char **cors_origins;     /* browser origins allowed ("*": any); none: CORS off */
 	size_t n_cors_origins;
+	struct limit_rate auth_fail_limit; /* failed authentications per client address before
+	                                    * 429; amount 0: off; 20/min */
 	char *keys_path;       /* "./keys/fastgate.db" */
 	char *audit_path;      /* "./keys/audit.db" */
 	char *control_path;    /* "./fastgate.sock" */

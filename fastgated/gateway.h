@@ -25,6 +25,7 @@ struct control;       /* control.h: the control socket */
 struct http_server;   /* http.h: listener and request checks */
 struct metrics;       /* metrics.h: counters and histograms */
 struct audit;         /* audit.h: the audit trail's writer */
+struct authfail;      /* authfail.h: failed authentications per client address */
 
 struct gateway_stats {
 	uint64_t requests;        /* finished requests */
@@ -51,6 +52,7 @@ struct gateway {
 	struct http_server *http;
 	struct metrics *metrics;
 	struct audit *audit;
+	struct authfail *authfail;    /* made at the first failure counted (proxy.c) */
 	struct reqdone_hooks done;    /* told of every finished request (reqdone.h) */
 	time_t started;
 	char listen_addr[128];        /* as bound, e.g. "127.0.0.1:8514" */

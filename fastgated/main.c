@@ -11,6 +11,7 @@
 #include <event2/event.h>
 
 #include "audit.h"
+#include "authfail.h"
 #include "config.h"
 #include "control.h"
 #include "endpoints.h"
@@ -385,6 +386,7 @@ static void shutdown_all(struct runtime *rt)
 	models_free(gw->models);
 	pricing_free(gw->prices);
 	metrics_free(gw->metrics);
+	authfail_free(gw->authfail);
 	struct event *evs[] = { rt->sig_term, rt->sig_int, rt->sig_hup, rt->drain_poll,
 	                        rt->drain_deadline, rt->usage_flush };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)

@@ -25,6 +25,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "authfail.h"
 #include "cidr.h"
 #include "cors.h"
 #include "forwarded.h"
@@ -296,6 +297,39 @@ bool proxy_path_is_clean(const char *path)
 	return true;
 }
 
+/* auth_fail_limit: a key that is unknown, revoked or expired counts against its client's
+ * address (a missing key does not: see ph_authenticate). */
+static void auth_failed(struct proxy_req *px)
+{
+	const struct limit_rate *r = &px->gw->cfg->auth_fail_limit;
+
+	if (!r->amount)
+		return;
+	if (!px->gw->authfail)
+		px->gw->authfail = authfail_new(AUTHFAIL_CAP);
+	authfail_count(px->gw->authfail, px->client_ip, r->per_s * 1000, mono_ms());
+}
+
+/* An address at its auth_fail_limit gets 429 until its window ends, whatever key it
+ * sends: looking the key up would cost what the limit saves, and a 429 that lifted for a
+ * good key would tell a guesser when it had found one. */
+static bool auth_failures_refused(struct proxy_req *px)
+{
+	const struct limit_rate *r = &px->gw->cfg->auth_fail_limit;
+	int64_t wait = r->amount ? authfail_wait(px->gw->authfail, px->client_ip, r->amount,
+	                                         r->per_s * 1000, mono_ms()) : 0;
+	char ra[24], msg[160];
+
+	if (wait <= 0)
+		return false;
+	snprintf(ra, sizeof(ra), "%lld", (long long)((wait + 999) / 1000));
+	http_add_header(px->req, "Retry-After", ra);
+	snprintf(msg, sizeof(msg), "too many requests from this address failed authentication; "
+	         "retry in %s s", ra);
+	proxy_reply_error(px, 429, "too_many_auth_failures", msg);
+	return true;
+}
+
 /* 401 when the key is revoked or expired, 403 when it may not be used from the client's
  * address. Run again once the body is in: the key may have been revoked or narrowed
  * meanwhile (a key found stays in memory until the store closes, so the pointer needs no
@@ -305,10 +339,12 @@ static enum phase_rc check_key(struct proxy_req *px)
 	const struct key *k = px->key;
 
 	if (k->revoked) {
+		auth_failed(px);
 		proxy_reply_error(px, 401, "revoked_api_key", "API key has been revoked");
 		return PH_END;
 	}
 	if (!key_usable(k, time(NULL))) {
+		auth_failed(px);
 		proxy_reply_error(px, 401, "expired_api_key", "API key has expired");
 		return PH_END;
 	}
@@ -347,6 +383,10 @@ static enum phase_rc ph_authenticate(struct proxy_req *px)
 		                  "requests from this address are not allowed (allow_ips)");
 		return PH_END;
 	}
+	if (auth_failures_refused(px))
+		return PH_END;
+	/* not counted as failures: no key (a browser's preflight, a health probe, a client
+	 * not yet set up) and two keys are mistakes, not guesses */
 	if (find_credential(req, &px->secret, &px->secret_len) < 0) {
 		proxy_reply_error(px, 401, "ambiguous_credentials",
 		                  "send exactly one API key (X-API-Key or Authorization: Bearer)");
@@ -360,6 +400,7 @@ static enum phase_rc ph_authenticate(struct proxy_req *px)
 	px->key = keystore_lookup_memo(px->gw->keys, px->secret, px->secret_len,
 	                               http_conn_data(req));
 	if (!px->key) {
+		auth_failed(px);
 		proxy_reply_error(px, 401, "invalid_api_key", "invalid API key");
 		return PH_END;
 	}

@@ -6,13 +6,12 @@ mock."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import CLI, Gateway, Mock, rmtree, run_tests, tmpdir, wait_for  # noqa: E402
+from harness import CLI, FASTGATED, Gateway, Mock, rmtree, run_tests, tmpdir, wait_for  # noqa: E402
 
 ROUTES = """routes:
   - name: chat
@@ -212,6 +211,132 @@ def test_the_cli_checks_the_list_itself_with_the_daemon_down():
     for args, want, text in cases:
         p = subprocess.run([CLI] + down + args, capture_output=True, text=True, timeout=10)
         assert p.returncode == want and text in p.stderr, (args, p.returncode, p.stderr)
+
+
+# --- auth_fail_limit ------------------------------------------------------------------
+
+BAD = "fg_" + "A" * 46          # the right shape, a wrong checksum: refused without a lookup
+UNKNOWN_BODY = "not-a-fastgate-key"
+
+
+def metric_line(env, needle):
+    st, _, data = env.gw.request("GET", "/metrics")
+    assert st == 200
+    return [ln for ln in data.decode().splitlines() if ln.startswith(needle)]
+
+
+def test_an_address_with_too_many_failed_keys_gets_429_before_its_key_is_looked_at():
+    # auth_fail_limit 3/min: an address's 4th request after 3 failed keys gets 429
+    # too_many_auth_failures with Retry-After, audited and counted as a refusal, whatever
+    # key it sends (a valid one too); another address is not affected; a missing key is no
+    # failure; a revoked key is one; loopback clients are not counted. Fails if the limit
+    # does not act, acts on the wrong address, or lets a good key through a block.
+    with Env(PROXIED + "auth_fail_limit: 3/min\n") as env:
+        good = env.gw.create_key("good")
+        revoked = env.gw.create_key("gone")
+        assert env.gw.ctl("key.revoke", {"id": revoked["id"]})["ok"]
+        since = str(int(time.time()) - 1)
+        guesser = "203.0.113.9"
+        for key in (BAD, UNKNOWN_BODY, "fg_" + "x" * 10):
+            st, _, code = env.chat(key, guesser)
+            assert st == 401 and code == "invalid_api_key", (key, st, code)
+        st, h, code = env.chat(BAD, guesser)
+        assert st == 429 and code == "too_many_auth_failures", (st, code)
+        assert 1 <= int(h["retry-after"]) <= 60, h
+        blocked_rid = h["x-request-id"]
+        # a good key from the blocked address: refused all the same, and nothing forwarded
+        st, h, code = env.chat(good["key"], guesser)
+        assert st == 429 and code == "too_many_auth_failures", (st, code)
+        assert env.mock.stats()["chat"] == 0
+        r = env.row(blocked_rid)
+        assert r["status"] == 429 and r["client_ip"] == guesser and r["key_id"] is None, r
+
+        # another address: its own count
+        assert env.chat(good["key"], "198.51.100.4")[0] == 200
+        assert env.chat(BAD, "198.51.100.4")[2] == "invalid_api_key"
+        assert env.chat(good["key"], "198.51.100.4")[0] == 200
+        # no key is a mistake, not a guess: never counted
+        for _ in range(5):
+            assert env.chat(None, "192.0.2.50")[2] == "missing_api_key"
+        assert env.chat(good["key"], "192.0.2.50")[0] == 200
+        # a revoked key is a failure like any other
+        for _ in range(3):
+            assert env.chat(revoked["key"], "192.0.2.60")[2] == "revoked_api_key"
+        assert env.chat(revoked["key"], "192.0.2.60")[2] == "too_many_auth_failures"
+        # loopback (no proxy header): never counted
+        for _ in range(5):
+            assert env.chat(BAD)[2] == "invalid_api_key"
+        assert env.chat(good["key"])[0] == 200
+
+        def counted():
+            m = env.cli_json("metrics", "--since", since)
+            return m if m["requests"] == 24 else None
+        m = wait_for(counted, what="metrics to count every request")
+        # refused: 3 + 2 from the guesser, 1, 5, 3 + 1, 5 from loopback; 4 served
+        assert m["refused"] == 20 and m["status"]["4xx"] == 20, m
+        assert metric_line(env, 'fastgate_requests_total{route="",status="429"} 3'), \
+            metric_line(env, "fastgate_requests_total")
+
+
+def test_a_blocked_address_is_served_again_once_its_window_has_passed():
+    # A short window (2/s) so the test need not wait a minute: blocked, then served again
+    # within a bounded time, without sleeping a fixed guess. Fails if the block never
+    # lifts or there was none.
+    with Env(PROXIED + "auth_fail_limit: 2/s\n") as env:
+        good = env.gw.create_key("good")
+        who = "203.0.113.77"
+        deadline = time.monotonic() + 15
+        h = None
+        while time.monotonic() < deadline:
+            st, h, code = env.chat(BAD, who)
+            if st == 429:
+                break
+            assert code == "invalid_api_key", (st, code)
+        assert h is not None and h.get("retry-after") == "1", h
+        assert env.chat(good["key"], who)[2] == "too_many_auth_failures"
+        wait_for(lambda: env.chat(good["key"], who)[0] == 200, timeout=10, interval=0.1,
+                 what="the address to be served once its window passed")
+
+
+def test_auth_fail_limit_is_on_at_20_a_minute_by_default_and_off_turns_it_off():
+    # Fails if the default is not 20 failures a minute, or `off` leaves a limit.
+    with Env(PROXIED) as env:
+        for i in range(20):
+            st, _, code = env.chat(BAD, "203.0.113.20")
+            assert st == 401, (i, st, code)
+        st, _, code = env.chat(BAD, "203.0.113.20")
+        assert st == 429 and code == "too_many_auth_failures", (st, code)
+    for off in ("off", "0"):
+        with Env(PROXIED + "auth_fail_limit: %s\n" % off) as env:
+            for i in range(30):
+                st, _, code = env.chat(BAD, "203.0.113.21")
+                assert st == 401, (off, i, st, code)
+
+
+def test_a_bad_auth_fail_limit_is_named_by_file_and_line():
+    # Fails if a rate the gateway cannot read is taken (or taken as something else).
+    d = tmpdir("fg-authfail-bad-")
+    routes = os.path.join(d, "routes.d")
+    os.mkdir(routes)
+    try:
+        for value, says in (("20/day", 'unknown unit "day"'), ("20", "expected AMOUNT/UNIT"),
+                            ("0/min", "more than 0"), ("2000000/min", "out of range"),
+                            ("[20/min]", "expected a single value")):
+            path = os.path.join(d, "fastgate.yaml")
+            with open(path, "w") as f:
+                f.write("listen: 127.0.0.1:0\n\nauth_fail_limit: %s\n" % value)
+            p = subprocess.run([FASTGATED, "-c", path, "--check", "--routes", routes],
+                               capture_output=True, text=True, timeout=20)
+            assert p.returncode == 1, (value, p)
+            assert "%s:3: auth_fail_limit: " % path in p.stderr and says in p.stderr, \
+                (value, p.stderr)
+        with open(path, "w") as f:
+            f.write("auth_fail_limit: 1k/hour\n")
+        p = subprocess.run([FASTGATED, "-c", path, "--check", "--routes", routes],
+                           capture_output=True, text=True, timeout=20)
+        assert p.returncode == 0, p
+    finally:
+        rmtree(d)
 
 
 if __name__ == "__main__":
