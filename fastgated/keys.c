@@ -782,8 +782,9 @@ static int load_keys(struct keystore *ks, char **err)
 		if (allow_ips_split((const char *)sqlite3_column_text(st, 13), &k->allow_ips,
 		                    &k->n_allow_ips) < 0) {
 			set_err(err, "key store %s: key %lld has allow_ips the daemon cannot read (\"%s\"); "
-			        "fix them with fastgate-cli key update %lld --allow-ips", ks->path,
-			        (long long)id, sqlite3_column_text(st, 13), (long long)id);
+			        "correct that column of the keys table with sqlite3 (addresses and "
+			        "ranges separated by commas; '' lets any client use the key)", ks->path,
+			        (long long)id, sqlite3_column_text(st, 13));
 			goto done;
 		}
 	}
