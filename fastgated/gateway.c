@@ -57,25 +57,36 @@ int gateway_load_prices(const struct config *cfg, struct price_table **out, stru
 	return *out ? 0 : -1;
 }
 
-int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
+int gateway_tables_load(const struct config *cfg, struct gateway_tables *t, struct errlist *errs)
 {
-	struct model_table *models;
-	struct price_table *prices = NULL;
-	struct route_table *t, *old = gw->routes;
-	int bad_models = gateway_load_models(gw->cfg, &models, errs) < 0;
-	int bad_prices = gateway_load_prices(gw->cfg, &prices, errs) < 0;
+	int bad_models = gateway_load_models(cfg, &t->models, errs) < 0;
+	int bad_prices = gateway_load_prices(cfg, &t->prices, errs) < 0;
 
-	t = bad_models || bad_prices ? NULL : route_table_load(gw->cfg->routes_dir, errs);
-	if (!t) {
-		models_free(models);
-		pricing_free(prices);
+	t->routes = bad_models || bad_prices ? NULL : route_table_load(cfg->routes_dir, errs);
+	if (!t->routes) {
+		gateway_tables_free(t);
 		return -1;
 	}
+	return 0;
+}
+
+void gateway_tables_free(struct gateway_tables *t)
+{
+	route_table_unref(t->routes);
+	models_free(t->models);
+	pricing_free(t->prices);
+	memset(t, 0, sizeof(*t));
+}
+
+void gateway_tables_install(struct gateway *gw, struct gateway_tables *in)
+{
+	struct route_table *t = in->routes, *old = gw->routes;
+
 	models_free(gw->models);   /* nothing keeps a model_info across an event */
-	gw->models = models;
+	gw->models = in->models;
 	/* requests copy the price they were admitted with: the old table may go */
 	pricing_free(gw->prices);
-	gw->prices = prices;
+	gw->prices = in->prices;
 	gw->price_memo.table = NULL;
 	apply_overrides(gw, t);
 	/* before the old table lets go of them: the same targets keep their state */
@@ -85,8 +96,17 @@ int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
 	if (old)
 		route_table_unref(old);
 	log_info("routes loaded from %s: %zu routes; %s; %s", gw->cfg->routes_dir, t->n,
-	         models ? "model table read" : "no model table",
-	         prices ? "price table read" : "no price table");
-	return 0;
+	         gw->models ? "model table read" : "no model table",
+	         gw->prices ? "price table read" : "no price table");
+	memset(in, 0, sizeof(*in));
 }
 
+int gateway_reload_routes(struct gateway *gw, struct errlist *errs)
+{
+	struct gateway_tables t = { 0 };
+
+	if (gateway_tables_load(gw->cfg, &t, errs) < 0)
+		return -1;
+	gateway_tables_install(gw, &t);
+	return 0;
+}

@@ -60,10 +60,25 @@ struct gateway {
 	struct gateway_stats stats;
 };
 
-/* Parse routes_dir into a new table, apply stored enable/disable overrides, bind its
- * targets' live states (pool.h), apply the stored drained flags and swap it in.
- * On error: returns -1, adds "FILE:LINE: message" lines to errs, the old table keeps
- * serving. */
+/* The tables a reload replaces: read together, all of them before any is swapped in. */
+struct gateway_tables {
+	struct route_table *routes;
+	struct model_table *models;   /* NULL: no model table (the default file is absent) */
+	struct price_table *prices;   /* NULL: no price table */
+};
+
+/* Read the model table, the price table and routes_dir as cfg names them, touching nothing
+ * of a running gateway. 0 with t filled, or -1 with "FILE:LINE: message" lines in errs and
+ * t empty. */
+int gateway_tables_load(const struct config *cfg, struct gateway_tables *t, struct errlist *errs);
+/* Swap loaded tables in, taking them over (t is left empty): apply stored enable/disable
+ * overrides, bind the targets' live states (pool.h), apply the stored drained flags. The
+ * old route table goes when the last request holding it ends. Cannot fail. */
+void gateway_tables_install(struct gateway *gw, struct gateway_tables *t);
+/* Free what t holds (after a load that is not installed); t is left empty. */
+void gateway_tables_free(struct gateway_tables *t);
+/* gateway_tables_load with gw->cfg, then gateway_tables_install: the start's first load.
+ * On error: -1 with errs filled, the old tables (if any) stay. */
 int gateway_reload_routes(struct gateway *gw, struct errlist *errs);
 
 /* The configured model table: 0 with *out set (NULL when the default file is absent: no
