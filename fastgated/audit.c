@@ -223,6 +223,8 @@ struct audit {
 	size_t spool_left;        /* the writer's spool_n, for audit_spend_load */
 	bool stop;
 	bool writer_waiting;
+	bool retention_new;       /* audit_set_retention: the writer takes retention_next */
+	unsigned retention_next;
 	bool backoff;             /* the database is failing: wake the writer only to spill */
 	/* Committed records go back to the submitting side to be freed there (a few per
 	 * audit_submit): they were allocated there, and a burst of frees from the writer took
@@ -2139,6 +2141,11 @@ static bool take_queue(struct audit *a)
 		a->q_head = a->q_tail = NULL;
 		a->q_n = a->q_bytes = 0;
 	}
+	if (a->retention_new) {
+		a->retention_days = a->retention_next;
+		a->next_prune_ms = a->retention_days ? mono_ms() : 0;   /* a pass by it now */
+		a->retention_new = false;
+	}
 	stop = a->stop;
 	pthread_mutex_unlock(&a->mu);
 	return stop;
@@ -2311,7 +2318,7 @@ static void *writer_main(void *arg)
 			continue;
 		pthread_mutex_lock(&a->mu);
 		a->backoff = a->next_retry_ms > now;
-		if (a->q_n == 0 && a->stop == stopping) {
+		if (a->q_n == 0 && a->stop == stopping && !a->retention_new) {
 			a->writer_waiting = true;
 			if (due == INT64_MAX) {
 				pthread_cond_wait(&a->wake, &a->mu);
@@ -2433,6 +2440,15 @@ fail:
 	free(a->spool_path);
 	free(a);
 	return NULL;
+}
+
+void audit_set_retention(struct audit *a, unsigned days)
+{
+	pthread_mutex_lock(&a->mu);
+	a->retention_next = days;
+	a->retention_new = true;
+	pthread_cond_signal(&a->wake);
+	pthread_mutex_unlock(&a->mu);
 }
 
 void audit_submit(struct audit *a, struct audit_record *rec)

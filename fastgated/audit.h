@@ -195,6 +195,11 @@ struct audit;
  * (caller frees): missing directory, not a database, newer schema, spool unreadable. */
 struct audit *audit_open(const char *db_path, const struct audit_options *opt, char **err);
 
+/* Keep rows for `days` from now on (0: forever), as a reload of audit_retention_days asks:
+ * the writer takes it at its next turn and, unless 0, prunes by it right away, then at
+ * its interval. Any thread. */
+void audit_set_retention(struct audit *a, unsigned days);
+
 /* Queue a finished record. Takes ownership of rec (and all its strings) whatever happens.
  * Never blocks on disk: it takes a mutex the writer holds only to move list pointers.
  * Safe to call from several threads (one event loop per thread later). A record without

@@ -1389,6 +1389,47 @@ TEST(retention_prunes_only_rows_older_than_the_limit_in_batches)
 	tmpdb_remove(&t);
 }
 
+/* A reload hands the running writer a new retention: pruning starts (or stops) without a
+ * restart. */
+TEST(retention_set_at_run_time_prunes_from_then_on_and_0_stops_it)
+{
+	struct tmpdb t;
+	struct audit *a;
+	double now = now_s(), until;
+	long long left = -1;
+
+	tmpdb_make(&t);
+	a = open_ok(t.path, &(struct audit_options){ .prune_interval_ms = 50 });   /* keep forever */
+	for (int i = 0; i < 5; i++)
+		audit_submit(a, make_record("old", i, now - 10 * 86400.0 + i));
+	for (int i = 0; i < 3; i++)
+		audit_submit(a, make_record("new", i, now - i));
+	until = mono_s() + 10;
+	while (mono_s() < until && (left = db_int(t.path, "SELECT count(*) FROM audit")) != 8)
+		sleep_ms(20);
+	CHECK_INT(left, 8);
+	sleep_ms(200);   /* four prune intervals: nothing goes while retention is 0 */
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 8);
+
+	audit_set_retention(a, 7);
+	until = mono_s() + 10;
+	while (mono_s() < until && (left = db_int(t.path, "SELECT count(*) FROM audit")) != 3)
+		sleep_ms(20);
+	CHECK_INT(left, 3);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit WHERE request_id LIKE 'new%'"), 3);
+
+	audit_set_retention(a, 0);
+	for (int i = 5; i < 8; i++)
+		audit_submit(a, make_record("old", i, now - 10 * 86400.0 + i));
+	until = mono_s() + 10;
+	while (mono_s() < until && (left = db_int(t.path, "SELECT count(*) FROM audit")) != 6)
+		sleep_ms(20);
+	sleep_ms(200);
+	CHECK_INT(db_int(t.path, "SELECT count(*) FROM audit"), 6);
+	audit_close(a);
+	tmpdb_remove(&t);
+}
+
 /* ---- spend counters ---- */
 
 /* The counters as they should be, from the billed rows of the audit table, computed by
