@@ -47,6 +47,13 @@ static const struct setting settings[] = {
 };
 #undef S
 
+/* What a running daemon cannot take over from a reload: the listening socket, the stores
+ * and the control socket are opened once, at start, and the audit writer sizes its memory
+ * then. Every other setting is read where it is used, so a reload applies it. */
+static const char *const restart_only[] = {
+	"listen", "keys", "audit", "control", "control_group", "audit_memory_cap",
+};
+
 void config_defaults(struct config *c)
 {
 	memset(c, 0, sizeof(*c));
@@ -376,4 +383,60 @@ out:
 	yaml_parser_delete(&parser);
 	fclose(f);
 	return errs->n > before ? -1 : 0;
+}
+
+static const struct setting *setting_named(const char *name)
+{
+	for (size_t i = 0; i < sizeof(settings) / sizeof(settings[0]); i++)
+		if (strcmp(settings[i].name, name) == 0)
+			return &settings[i];
+	return NULL;
+}
+
+void config_keep_restart_only(struct config *next, struct config *running, const char *file,
+                              struct errlist *warns)
+{
+	for (size_t i = 0; i < sizeof(restart_only) / sizeof(restart_only[0]); i++) {
+		const struct setting *st = setting_named(restart_only[i]);
+		char *a = (char *)next + st->offset, *b = (char *)running + st->offset;
+		char now[64];
+		const char *shown = now;
+		bool same;
+
+		switch (st->type) {
+		case C_STR: {
+			char *x = *(char **)a, *y = *(char **)b;
+
+			same = (!x && !y) || (x && y && strcmp(x, y) == 0);
+			shown = y ? y : "unset";
+			/* swapped, not copied: the running value keeps its allocation */
+			*(char **)a = y;
+			*(char **)b = x;
+			break;
+		}
+		case C_INT: {
+			int x = *(int *)a;
+
+			same = x == *(int *)b;
+			snprintf(now, sizeof(now), "%d", *(int *)b);
+			*(int *)a = *(int *)b;
+			*(int *)b = x;
+			break;
+		}
+		case C_SIZE: {
+			size_t x = *(size_t *)a;
+
+			same = x == *(size_t *)b;
+			snprintf(now, sizeof(now), "%zu", *(size_t *)b);
+			*(size_t *)a = *(size_t *)b;
+			*(size_t *)b = x;
+			break;
+		}
+		default:
+			abort();   /* a list or a flag in restart_only: compare it here first */
+		}
+		if (!same)
+			errlist_add(warns, "%s: changed in %s; restart fastgated to apply (still %s)",
+			            st->name, file ? file : "the configuration", shown);
+	}
 }
