@@ -698,7 +698,8 @@ void cli_print_error(const struct cli_cmd *cmd, const json_t *error, const char 
 				fprintf(stderr, "%s\n", json_string_value(e) ? json_string_value(e) : "?");
 		else
 			fprintf(stderr, "%s\n", message);
-		cli_err("reload failed; fastgated keeps serving the previous routes");
+		cli_err("reload failed; fastgated keeps serving with the previous configuration "
+		        "and routes");
 		return;
 	}
 	if (code && strcmp(code, "unknown_command") == 0) {
@@ -817,7 +818,7 @@ const struct cli_cmd cli_commands[] = {
 	{ "upstream", "undrain", "upstream.undrain", "let a drained upstream take requests again",
 	  { NULL, "ID", CLI_ARG_STRING, "id", true, "ROUTE/INDEX, as upstream list shows it", CLI_COMPLETE_UPSTREAM, NULL },
 	  { OPT_END }, print_upstream_changed, false, NULL, 0 },
-	{ "reload", NULL, "reload", "re-read the route files; on error the old routes keep serving",
+	{ "reload", NULL, "reload", "re-read fastgate.yaml and the route files; on error nothing changes",
 	  NO_POS, { OPT_END }, print_reload, false, NULL, 0 },
 	{ "status", NULL, "status", "version, uptime, listen address, route and key counts",
 	  NO_POS, { OPT_END }, print_status, false, NULL, 0 },

@@ -2376,16 +2376,22 @@ static json_t *errlist_json(const struct errlist *e)
 	return a;
 }
 
+/* The same reload as SIGHUP (gw->reload: fastgate.yaml, then the tables). A failure
+ * answers with the "FILE:LINE: message" lines in an `errors` array, and the daemon goes on
+ * as it was; a success names what a restart would still have to apply in `warnings`. */
 static void h_reload(struct ctl_call *call, json_t *args)
 {
 	static const char *const allowed[] = { NULL };
 	struct gateway *gw = ctl_call_gateway(call);
-	struct errlist errs = { 0 };
+	struct errlist errs = { 0 }, warns = { 0 };
 	json_t *res;
+	int rc;
 
 	if (!ctl_args_only(call, args, allowed))
 		return;
-	if (gateway_reload_routes(gw, &errs) < 0) {
+	rc = gw->reload ? gw->reload(gw->reload_arg, &errs, &warns)
+	                : gateway_reload_routes(gw, &errs);
+	if (rc < 0) {
 		size_t total = 1;
 		char *msg;
 
@@ -2397,23 +2403,25 @@ static void h_reload(struct ctl_call *call, json_t *args)
 				strcat(msg, "\n");
 			strcat(msg, errs.lines[i]);
 		}
-		call_detail(call, "(%zu error%s; old routes keep serving)", errs.n,
-		            errs.n == 1 ? "" : "s");
+		call_detail(call, "(%zu error%s; the old configuration and routes keep serving)",
+		            errs.n, errs.n == 1 ? "" : "s");
 		reply_error_str(call, CTL_E_RELOAD_FAILED,
 		                json_pack("{s:o}", "errors", errlist_json(&errs)),
-		                msg && *msg ? msg : "reload failed; the old routes keep serving");
+		                msg && *msg ? msg : "reload failed; the old configuration and "
+		                "routes keep serving");
 		free(msg);
 		goto done;
 	}
-	call_detail(call, "(%zu routes, %zu enabled)", gw->routes ? gw->routes->n : 0,
-	            routes_enabled(gw->routes));
+	call_detail(call, "(%zu routes, %zu enabled%s)", gw->routes ? gw->routes->n : 0,
+	            routes_enabled(gw->routes), warns.n ? "; restart needed to apply all" : "");
 	res = json_pack("{s:I, s:I}", "routes", (json_int_t)(gw->routes ? gw->routes->n : 0),
 	                "routes_enabled", (json_int_t)routes_enabled(gw->routes));
-	if (res && errs.n)
-		json_object_set_new(res, "warnings", errlist_json(&errs));
+	if (res && warns.n)
+		json_object_set_new(res, "warnings", errlist_json(&warns));
 	reply_json(call, res);
 done:
 	errlist_clear(&errs);
+	errlist_clear(&warns);
 }
 
 static void h_status(struct ctl_call *call, json_t *args)
@@ -2496,7 +2504,8 @@ static const struct ctl_command commands[] = {
 	  h_upstream_drain },
 	{ "upstream.undrain", "{id: \"ROUTE/INDEX\"}",
 	  "let a drained upstream take requests again (persists)", true, h_upstream_undrain },
-	{ "reload", "{}", "re-read the route files; on error the old routes keep serving", true,
+	{ "reload", "{}", "re-read fastgate.yaml, the route files and the model and price tables; "
+	  "on error everything stays as it was", true,
 	  h_reload },
 	{ "status", "{}", "version, uptime, listen address, route and key counts", false,
 	  h_status },

@@ -58,6 +58,11 @@ struct gateway {
 	char listen_addr[128];        /* as bound, e.g. "127.0.0.1:8514" */
 	bool stopping;                /* SIGTERM seen: no new requests */
 	struct gateway_stats stats;
+	/* What SIGHUP does, for the control channel's reload to do the same (main.c sets it:
+	 * it owns the flags and the config file). 0, or -1 with errs filled and nothing
+	 * changed; warns gets what was read but cannot apply without a restart. */
+	int (*reload)(void *arg, struct errlist *errs, struct errlist *warns);
+	void *reload_arg;
 };
 
 /* The tables a reload replaces: read together, all of them before any is swapped in. */

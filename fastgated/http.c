@@ -1235,6 +1235,11 @@ static int fd_capacity(void)
 	return 1024;
 }
 
+int http_conn_capacity(void)
+{
+	return fd_capacity() - 64;   /* the rest: listener, stores, upstreams, control */
+}
+
 static int parse_listen(const char *spec, char *host, size_t hostcap, int *port)
 {
 	const char *colon = strrchr(spec, ':');
@@ -1325,7 +1330,7 @@ struct http_server *http_server_start(struct event_base *base, struct config *cf
 		if (!s->tls)
 			goto err;
 	}
-	max_conns = fd_capacity() - 64;
+	max_conns = http_conn_capacity();
 	if (cfg->max_connections > max_conns) {
 		log_warn("max_connections %d exceeds what the fd limit allows; using %d",
 		         cfg->max_connections, max_conns);

@@ -100,6 +100,9 @@ int http_server_reload_tls(struct http_server *s, char **err);
 void http_server_stop_accepting(struct http_server *s);
 void http_server_free(struct http_server *s);
 int http_server_connections(const struct http_server *s);
+/* The most client connections the fd limit leaves room for (raising the soft limit to
+ * the hard one first): max_connections is cut to it, at start and on reload. */
+int http_conn_capacity(void);
 
 /* First header of that name (case-insensitive), or NULL. */
 const char *http_find_header(const struct http_request *req, const char *name);

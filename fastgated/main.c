@@ -34,6 +34,9 @@
 struct runtime {
 	struct gateway gw;
 	struct config cfg;
+	int argc;                  /* the command line: a reload applies its flags again */
+	char **argv;
+	const char *config_file;   /* -c FILE (in argv), or NULL: what a reload re-reads */
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *drain_poll, *drain_deadline, *usage_flush;
 	struct keyusage *usage;    /* saves the keys' last-used times off the loop */
@@ -71,68 +74,33 @@ static void print_version(void)
 enum { OPT_LISTEN = 256, OPT_TLS_CERT, OPT_TLS_KEY, OPT_ROUTES, OPT_MODELS, OPT_PRICING, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
        OPT_PIDFILE, OPT_VERSION };
 
-/* Flags override the config file, so they are read twice: first to find -c, then applied
- * on top of it. Returns -1 after printing a usage error, -2 after printing configuration
- * errors, 1 for --check, 2 for --version or --help (already printed), 0 to run. */
-static int parse_args(int argc, char **argv, struct config *cfg)
-{
-	static const struct option opts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "listen", required_argument, NULL, OPT_LISTEN },
-		{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
-		{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
-		{ "routes", required_argument, NULL, OPT_ROUTES },
-		{ "models", required_argument, NULL, OPT_MODELS },
-		{ "pricing", required_argument, NULL, OPT_PRICING },
-		{ "keys", required_argument, NULL, OPT_KEYS },
-		{ "audit", required_argument, NULL, OPT_AUDIT },
-		{ "control", required_argument, NULL, OPT_CONTROL },
-		{ "check", no_argument, NULL, OPT_CHECK },
-		{ "daemon", no_argument, NULL, OPT_DAEMON },
-		{ "pidfile", required_argument, NULL, OPT_PIDFILE },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "version", no_argument, NULL, OPT_VERSION },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
-	};
-	const char *config_file = NULL;
-	struct errlist errs = { 0 };
-	int c, check = 0;
-	bool by_default = false;
+static const struct option opts[] = {
+	{ "config", required_argument, NULL, 'c' },
+	{ "listen", required_argument, NULL, OPT_LISTEN },
+	{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
+	{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
+	{ "routes", required_argument, NULL, OPT_ROUTES },
+	{ "models", required_argument, NULL, OPT_MODELS },
+	{ "pricing", required_argument, NULL, OPT_PRICING },
+	{ "keys", required_argument, NULL, OPT_KEYS },
+	{ "audit", required_argument, NULL, OPT_AUDIT },
+	{ "control", required_argument, NULL, OPT_CONTROL },
+	{ "check", no_argument, NULL, OPT_CHECK },
+	{ "daemon", no_argument, NULL, OPT_DAEMON },
+	{ "pidfile", required_argument, NULL, OPT_PIDFILE },
+	{ "verbose", no_argument, NULL, 'v' },
+	{ "version", no_argument, NULL, OPT_VERSION },
+	{ "help", no_argument, NULL, 'h' },
+	{ NULL, 0, NULL, 0 },
+};
 
-	opterr = 1;
-	while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
-		if (c == 'c')
-			config_file = optarg;
-		else if (c == 'h') {
-			printf(USAGE);
-			return 2;
-		} else if (c == OPT_VERSION) {
-			print_version();
-			return 2;
-		} else if (c == '?') {
-			fprintf(stderr, USAGE);
-			return -1;
-		}
-	}
-	if (optind < argc) {
-		fprintf(stderr, "fastgated: unexpected argument '%s'\n" USAGE, argv[optind]);
-		return -1;
-	}
-	/* An installed daemon always reads its own file, so a missing one is an error: running
-	 * on built-in defaults instead would hide an operator's settings without a word. */
-	if (!config_file && FG_DEFAULT_CONFIG[0]) {
-		config_file = FG_DEFAULT_CONFIG;
-		by_default = true;
-	}
-	if (config_file && config_load_file(cfg, config_file, &errs) < 0) {
-		print_errors(&errs);
-		errlist_clear(&errs);
-		if (by_default && access(config_file, F_OK) < 0)
-			fprintf(stderr, "fastgated: %s is the default configuration file; name another "
-			        "with -c FILE (-c /dev/null: the built-in defaults)\n", config_file);
-		return -2; /* a bad configuration, not a usage error: exit 1 */
-	}
+/* The flags over what the file said; at start and again at each reload, so that a flag
+ * keeps overriding the file. The command line was checked at start: nothing is printed. */
+static void apply_flags(int argc, char **argv, struct config *cfg, int *check)
+{
+	int c;
+
+	opterr = 0;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
 		switch (c) {
@@ -147,16 +115,74 @@ static int parse_args(int argc, char **argv, struct config *cfg)
 		case OPT_CONTROL: set_str(&cfg->control_path, optarg); break;
 		case OPT_PIDFILE: set_str(&cfg->pidfile, optarg); break;
 		case OPT_DAEMON: cfg->daemonize = true; break;
-		case OPT_CHECK: check = 1; break;
+		case OPT_CHECK: if (check) *check = 1; break;
 		case 'v': cfg->verbose++; break;
 		default: break;
 		}
 	}
+}
+
+/* The configuration as start and every reload make it: built-in defaults, then the file,
+ * then the flags. 0, or -1 with the problems in errs (cfg is still the caller's to free). */
+static int config_build(struct config *cfg, const char *file, int argc, char **argv,
+                        int *check, struct errlist *errs)
+{
+	config_defaults(cfg);
+	if (file && config_load_file(cfg, file, errs) < 0)
+		return -1;
+	apply_flags(argc, argv, cfg, check);
 	if (!cfg->tls_cert != !cfg->tls_key) {
-		fprintf(stderr, "fastgated: TLS needs both tls_cert and tls_key (--tls-cert, --tls-key)\n");
-		return -2;
+		errlist_add(errs, "fastgated: TLS needs both tls_cert and tls_key (--tls-cert, "
+		            "--tls-key)");
+		return -1;
 	}
-	if (cfg->daemonize && !cfg->pidfile) {
+	return 0;
+}
+
+/* Returns -1 after printing a usage error, -2 after printing configuration errors, 1 for
+ * --check, 2 for --version or --help (already printed), 0 to run. rt->cfg is built either
+ * way (the caller frees it). */
+static int parse_args(struct runtime *rt)
+{
+	struct errlist errs = { 0 };
+	int c, check = 0;
+	bool by_default = false;
+
+	rt->config_file = NULL;
+	opterr = 1;
+	while ((c = getopt_long(rt->argc, rt->argv, "c:vh", opts, NULL)) != -1) {
+		if (c == 'c')
+			rt->config_file = optarg;
+		else if (c == 'h') {
+			printf(USAGE);
+			return 2;
+		} else if (c == OPT_VERSION) {
+			print_version();
+			return 2;
+		} else if (c == '?') {
+			fprintf(stderr, USAGE);
+			return -1;
+		}
+	}
+	if (optind < rt->argc) {
+		fprintf(stderr, "fastgated: unexpected argument '%s'\n" USAGE, rt->argv[optind]);
+		return -1;
+	}
+	/* An installed daemon always reads its own file, so a missing one is an error: running
+	 * on built-in defaults instead would hide an operator's settings without a word. */
+	if (!rt->config_file && FG_DEFAULT_CONFIG[0]) {
+		rt->config_file = FG_DEFAULT_CONFIG;
+		by_default = true;
+	}
+	if (config_build(&rt->cfg, rt->config_file, rt->argc, rt->argv, &check, &errs) < 0) {
+		print_errors(&errs);
+		errlist_clear(&errs);
+		if (by_default && access(rt->config_file, F_OK) < 0)
+			fprintf(stderr, "fastgated: %s is the default configuration file; name another "
+			        "with -c FILE (-c /dev/null: the built-in defaults)\n", rt->config_file);
+		return -2; /* a bad configuration, not a usage error: exit 1 */
+	}
+	if (rt->cfg.daemonize && !rt->cfg.pidfile) {
 		fprintf(stderr, "fastgated: --daemon needs --pidfile FILE\n");
 		return -1;
 	}
@@ -265,24 +291,73 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_add(rt->drain_deadline, &deadline);
 }
 
+/* What SIGHUP and the control channel's `reload` do, all or nothing, in this order:
+ *  1. read the configuration as at start: defaults, fastgate.yaml, then the flags again;
+ *  2. settings that need a restart keep their running value (a warning says so), and
+ *     max_connections is cut to what the fd limit allows, as at start;
+ *  3. read the model and price tables and the routes, from the paths step 1 gave;
+ *  4. swap in the settings, then the tables; tell the audit writer its retention.
+ * Nothing changes before step 4, so an error anywhere leaves the daemon as it was. Every
+ * reader of a setting runs on this thread and holds no pointer into the configuration
+ * across an event (the ranges and origins are read and done with inside one callback),
+ * so the old one is freed at once. Returns 0 with warns filled, or -1 with errs filled
+ * (what warns holds then describes a reload that did not happen). */
+static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errlist *warns)
+{
+	struct config next, old;
+	struct gateway_tables tables = { 0 };
+	int cap = http_conn_capacity(), rc = -1;
+
+	/* 1 */
+	if (config_build(&next, rt->config_file, rt->argc, rt->argv, NULL, errs) < 0)
+		goto out;
+	/* 2 */
+	config_keep_restart_only(&next, &rt->cfg, rt->config_file, warns);
+	if (next.max_connections > cap) {
+		errlist_add(warns, "max_connections: %d exceeds what the fd limit allows; using %d",
+		            next.max_connections, cap);
+		next.max_connections = cap;
+	}
+	/* 3 */
+	if (gateway_tables_load(&next, &tables, errs) < 0)
+		goto out;
+	/* 4 */
+	old = rt->cfg;
+	rt->cfg = next;
+	next = old;   /* freed below */
+	gateway_tables_install(&rt->gw, &tables);
+	if (rt->gw.audit && rt->cfg.audit_retention_days != next.audit_retention_days)
+		audit_set_retention(rt->gw.audit, (unsigned)rt->cfg.audit_retention_days);
+	if (rt->config_file)
+		log_info("configuration re-read from %s", rt->config_file);
+	rc = 0;
+out:
+	config_free(&next);
+	gateway_tables_free(&tables);
+	return rc;
+}
+
+static int reload_hook(void *arg, struct errlist *errs, struct errlist *warns)
+{
+	return runtime_reload(arg, errs, warns);
+}
+
 static void hup_cb(evutil_socket_t sig, short what, void *arg)
 {
 	struct runtime *rt = arg;
-	struct errlist errs = { 0 };
-	char *err = NULL;
+	struct errlist errs = { 0 }, warns = { 0 };
 	(void)sig; (void)what;
 
-	if (gateway_reload_routes(&rt->gw, &errs) < 0) {
-		log_error("reload failed; the previous routes keep serving:");
+	if (runtime_reload(rt, &errs, &warns) < 0) {
+		log_error("reload failed; the previous configuration and routes keep serving:");
 		for (size_t i = 0; i < errs.n; i++)
 			log_error("  %s", errs.lines[i]);
+	} else {
+		for (size_t i = 0; i < warns.n; i++)
+			log_warn("reload: %s", warns.lines[i]);
 	}
 	errlist_clear(&errs);
-	if (http_server_reload_tls(rt->gw.http, &err) < 0)
-		log_error("TLS certificate not reloaded; the previous one keeps serving: %s", err);
-	else if (http_server_tls(rt->gw.http))
-		log_info("TLS certificate: %s", http_server_tls(rt->gw.http));
-	free(err);
+	errlist_clear(&warns);
 }
 
 static void usage_flush_cb(evutil_socket_t fd, short what, void *arg)
@@ -405,8 +480,9 @@ int main(int argc, char **argv)
 	char *err = NULL;
 	int rc = 1, mode;
 
-	config_defaults(&rt.cfg);
-	mode = parse_args(argc, argv, &rt.cfg);
+	rt.argc = argc;
+	rt.argv = argv;
+	mode = parse_args(&rt);
 	if (mode < 0) {
 		config_free(&rt.cfg);
 		return mode == -2 ? 1 : 2;
@@ -431,6 +507,8 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	gw->cfg = &rt.cfg;
+	gw->reload = reload_hook;
+	gw->reload_arg = &rt;
 	gw->started = time(NULL);
 	gw->base = make_base();
 	gw->metrics = metrics_new();
