@@ -14,16 +14,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import ROOT, rmtree, run_tests, tmpdir, wait_for  # noqa: E402
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """n different ports free now (held together while picked, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def test_make_run_prints_a_curl_line_that_streams_and_ctrl_c_stops_everything():
     run_dir = tmpdir("fg-demo-")
     log = open(os.path.join(run_dir, "demo.out"), "w+b")
-    env = dict(os.environ, FASTGATE_PORT=str(free_port()), FASTGATE_RUN_DIR=run_dir)
+    # Its own ports and directory: a `make run` on the default ones may be up (issue 20).
+    gw_port, mock_port = free_ports(2)
+    env = dict(os.environ, FASTGATE_PORT=str(gw_port), FASTGATE_MOCK_PORT=str(mock_port),
+               FASTGATE_RUN_DIR=run_dir)
     p = subprocess.Popen(["bash", os.path.join(ROOT, "tests", "run-demo.sh")], cwd=ROOT, env=env,
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -64,6 +73,28 @@ def test_make_run_prints_a_curl_line_that_streams_and_ctrl_c_stops_everything():
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(10)
         log.close()
+        rmtree(run_dir)
+
+
+def test_a_taken_port_fails_clearly_and_names_the_variable_to_change():
+    # Fails if the demo starts anyway (its route would point at someone else's server) or
+    # exits without saying which port and which variable moves it.
+    run_dir = tmpdir("fg-demo-")
+    gw_port, = free_ports(1)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    try:
+        env = dict(os.environ, FASTGATE_PORT=str(gw_port), FASTGATE_MOCK_PORT=str(taken),
+                   FASTGATE_RUN_DIR=run_dir)
+        p = subprocess.run(["bash", os.path.join(ROOT, "tests", "run-demo.sh")], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+        assert "port %d on 127.0.0.1 is already in use" % taken in p.stderr, p.stderr
+        assert "FASTGATE_MOCK_PORT" in p.stderr, p.stderr
+    finally:
+        holder.close()
         rmtree(run_dir)
 
 
