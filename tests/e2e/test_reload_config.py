@@ -14,7 +14,7 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (CLI, FASTGATED, Gateway, Mock, Proc, rmtree, run_tests,  # noqa: E402
+from harness import (FASTGATED, Gateway, Mock, Proc, rmtree, run_tests,  # noqa: E402
                      tmpdir, wait_for)
 
 ROUTES = """routes:
