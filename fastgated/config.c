@@ -393,45 +393,40 @@ static const struct setting *setting_named(const char *name)
 	return NULL;
 }
 
-void config_keep_restart_only(struct config *next, struct config *running, const char *file,
-                              struct errlist *warns)
+void config_keep_restart_only(struct config *next, const struct config *running,
+                              const char *file, struct errlist *warns)
 {
 	for (size_t i = 0; i < sizeof(restart_only) / sizeof(restart_only[0]); i++) {
 		const struct setting *st = setting_named(restart_only[i]);
-		char *a = (char *)next + st->offset, *b = (char *)running + st->offset;
+		char *a = (char *)next + st->offset;
+		const char *b = (const char *)running + st->offset;
 		char now[64];
 		const char *shown = now;
 		bool same;
 
 		switch (st->type) {
 		case C_STR: {
-			char *x = *(char **)a, *y = *(char **)b;
+			char *x = *(char **)a;
+			const char *y = *(char *const *)b;
 
 			same = (!x && !y) || (x && y && strcmp(x, y) == 0);
 			shown = y ? y : "unset";
-			/* swapped, not copied: the running value keeps its allocation */
-			*(char **)a = y;
-			*(char **)b = x;
+			free(x);
+			*(char **)a = NULL;
+			if (y && !(*(char **)a = strdup(y)))
+				abort();
 			break;
 		}
-		case C_INT: {
-			int x = *(int *)a;
-
-			same = x == *(int *)b;
-			snprintf(now, sizeof(now), "%d", *(int *)b);
-			*(int *)a = *(int *)b;
-			*(int *)b = x;
+		case C_INT:
+			same = *(int *)a == *(const int *)b;
+			snprintf(now, sizeof(now), "%d", *(const int *)b);
+			*(int *)a = *(const int *)b;
 			break;
-		}
-		case C_SIZE: {
-			size_t x = *(size_t *)a;
-
-			same = x == *(size_t *)b;
-			snprintf(now, sizeof(now), "%zu", *(size_t *)b);
-			*(size_t *)a = *(size_t *)b;
-			*(size_t *)b = x;
+		case C_SIZE:
+			same = *(size_t *)a == *(const size_t *)b;
+			snprintf(now, sizeof(now), "%zu", *(const size_t *)b);
+			*(size_t *)a = *(const size_t *)b;
 			break;
-		}
 		default:
 			abort();   /* a list or a flag in restart_only: compare it here first */
 		}

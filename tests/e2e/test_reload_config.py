@@ -206,6 +206,26 @@ def test_a_bad_route_file_keeps_a_good_config_from_applying():
         assert env.status() == 403
 
 
+def test_a_failed_reload_leaves_the_restart_only_settings_as_they_ran():
+    # listen changed, and a route file broken: the reload fails. With the route file fixed,
+    # the same file must still warn that listen changed. Fails if the failed reload took
+    # the new address as the running one (or anything else of it).
+    port, other = free_port(), free_port()
+    with Env("listen: 127.0.0.1:%d\n" % port, listen_from_file=True) as env:
+        bad = os.path.join(env.gw.routes_dir, "20-bad.yaml")
+        with open(bad, "w") as f:
+            f.write("routes:\n  - name: broken\n    upstream: { url: nope }\n")
+        env.write("listen: 127.0.0.1:%d\n" % other)
+        r = env.gw.ctl("reload")
+        assert not r["ok"], r
+        os.unlink(bad)
+        r = env.gw.ctl("reload")
+        assert r["ok"] and r["result"].get("warnings") == [
+            "listen: changed in %s; restart fastgated to apply (still 127.0.0.1:%d)"
+            % (env.cfg, port)], r
+        assert env.status() == 200
+
+
 def test_a_flag_still_overrides_the_file_after_reload():
     # The harness gives --routes DIR; the file names another routes dir and changes
     # max_body. After the reload max_body applies (fails without a re-read of the file)
