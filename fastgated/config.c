@@ -434,4 +434,18 @@ void config_keep_restart_only(struct config *next, const struct config *running,
 			errlist_add(warns, "%s: changed in %s; restart fastgated to apply (still %s)",
 			            st->name, file ? file : "the configuration", shown);
 	}
+	/* The listener's connections are all plain or all TLS, so only a restart turns TLS on
+	 * or off; while it stays on, the certificate and key are read again from the paths
+	 * next names. */
+	if (!next->tls_cert != !running->tls_cert) {
+		errlist_add(warns, "tls_cert: %s in %s; restart fastgated to turn TLS %s",
+		            next->tls_cert ? "set" : "unset", file ? file : "the configuration",
+		            next->tls_cert ? "on" : "off");
+		free(next->tls_cert);
+		free(next->tls_key);
+		next->tls_cert = running->tls_cert ? strdup(running->tls_cert) : NULL;
+		next->tls_key = running->tls_key ? strdup(running->tls_key) : NULL;
+		if (running->tls_cert && (!next->tls_cert || !next->tls_key))
+			abort();
+	}
 }

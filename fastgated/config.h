@@ -77,9 +77,10 @@ void config_defaults(struct config *c);
 int config_load_file(struct config *c, const char *path, struct errlist *errs);
 void config_free(struct config *c);
 /* For a reload: each setting that needs a restart (listen, keys, audit, control,
- * control_group, audit_memory_cap) gets a copy of its running value in next, with a line
- * in warns ("listen: changed in FILE; restart fastgated to apply") where next read
- * another. running is not touched, so a reload that fails later leaves it as it was. */
+ * control_group, audit_memory_cap, and TLS turned on or off) gets a copy of its running
+ * value in next, with a line in warns ("listen: changed in FILE; restart fastgated to
+ * apply") where next read another. running is not touched, so a reload that fails later
+ * leaves it as it was. */
 void config_keep_restart_only(struct config *next, const struct config *running,
                               const char *file, struct errlist *warns);
 

@@ -1381,22 +1381,11 @@ const char *http_server_tls(const struct http_server *s)
 	return s->tls ? tls_server_describe(s->tls) : NULL;
 }
 
-int http_server_reload_tls(struct http_server *s, char **err)
+void http_server_swap_tls(struct http_server *s, struct tls_server *t)
 {
-	const struct config *cfg = s->cfg;
-	bool want = cfg->tls_cert && cfg->tls_key;
-
-	*err = NULL;
-	if (want != (s->tls != NULL)) {
-		*err = strdup(want ? "tls_cert: the listener speaks plain HTTP; restart fastgated to "
-		                     "turn TLS on"
-		                   : "tls_cert: the listener speaks TLS; restart fastgated to turn "
-		                     "TLS off");
-		return -1;
-	}
-	if (!want)
-		return 0;
-	return tls_server_reload(s->tls, cfg->tls_cert, cfg->tls_key, err);
+	/* open connections hold their own reference to the old certificate's context */
+	tls_server_free(s->tls);
+	s->tls = t;
 }
 
 bool http_request_tls(const struct http_request *req)

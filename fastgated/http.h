@@ -90,11 +90,10 @@ int http_server_route(struct http_server *s, const char *path, http_handler_fn f
 const char *http_server_addr(const struct http_server *s);
 /* NULL when the listener speaks plain HTTP; else a line about the certificate serving. */
 const char *http_server_tls(const struct http_server *s);
-/* Read cfg->tls_cert and cfg->tls_key again (SIGHUP, reload). New connections get the new
- * certificate; open ones keep theirs. -1 with *err set (caller frees) when they cannot be
- * loaded (the old certificate keeps serving) or TLS would be turned on or off, which needs
- * a restart. */
-int http_server_reload_tls(struct http_server *s, char **err);
+/* A reloaded certificate (the server takes t) for a listener that speaks TLS: new
+ * connections get it; open ones keep theirs until they close. */
+struct tls_server;
+void http_server_swap_tls(struct http_server *s, struct tls_server *t);
 /* SIGTERM: stop accepting, close idle keep-alive connections, answer further requests on
  * open connections with Connection: close. In-flight requests go on. */
 void http_server_stop_accepting(struct http_server *s);

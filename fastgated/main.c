@@ -295,8 +295,10 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
  *  1. read the configuration as at start: defaults, fastgate.yaml, then the flags again;
  *  2. settings that need a restart keep their running value (a warning says so), and
  *     max_connections is cut to what the fd limit allows, as at start;
- *  3. read the model and price tables and the routes, from the paths step 1 gave;
- *  4. swap in the settings, then the tables; tell the audit writer its retention.
+ *  3. read the model and price tables and the routes, from the paths step 1 gave, and the
+ *     TLS certificate and key;
+ *  4. swap in the settings, then the tables and the certificate; tell the audit writer its
+ *     retention.
  * Nothing changes before step 4, so an error anywhere leaves the daemon as it was. Every
  * reader of a setting runs on this thread and holds no pointer into the configuration
  * across an event (the ranges and origins are read and done with inside one callback),
@@ -306,6 +308,7 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 {
 	struct config next, old;
 	struct gateway_tables tables = { 0 };
+	struct tls_server *tls = NULL;
 	int cap = http_conn_capacity(), rc = -1;
 
 	/* 1 */
@@ -321,11 +324,26 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 	/* 3 */
 	if (gateway_tables_load(&next, &tables, errs) < 0)
 		goto out;
+	if (next.tls_cert) {   /* TLS stays on (step 2): the certificate and key, read again */
+		char *err = NULL;
+
+		tls = tls_server_new(next.tls_cert, next.tls_key, &err);
+		if (!tls) {
+			errlist_add(errs, "%s", err ? err : "out of memory");
+			free(err);
+			goto out;
+		}
+	}
 	/* 4 */
 	old = rt->cfg;
 	rt->cfg = next;
 	next = old;   /* freed below */
 	gateway_tables_install(&rt->gw, &tables);
+	if (tls) {
+		http_server_swap_tls(rt->gw.http, tls);
+		tls = NULL;
+		log_info("TLS certificate: %s", http_server_tls(rt->gw.http));
+	}
 	if (rt->gw.audit && rt->cfg.audit_retention_days != next.audit_retention_days)
 		audit_set_retention(rt->gw.audit, (unsigned)rt->cfg.audit_retention_days);
 	if (rt->config_file)
@@ -334,6 +352,7 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 out:
 	config_free(&next);
 	gateway_tables_free(&tables);
+	tls_server_free(tls);
 	return rc;
 }
 

@@ -178,19 +178,6 @@ struct tls_server *tls_server_new(const char *cert, const char *key, char **err)
 	return t;
 }
 
-int tls_server_reload(struct tls_server *t, const char *cert, const char *key, char **err)
-{
-	SSL_CTX *ctx = load(cert, key, err);
-
-	if (!ctx)
-		return -1;
-	/* connections accepted with the old context hold their own reference to it */
-	SSL_CTX_free(t->ctx);
-	t->ctx = ctx;
-	describe(t);
-	return 0;
-}
-
 void tls_server_free(struct tls_server *t)
 {
 	if (!t)

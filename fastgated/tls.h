@@ -3,8 +3,9 @@
  *
  * TLS 1.2 and later; ALPN offers http/1.1 only (a client that offers only other protocols
  * is refused with the RFC 7301 alert instead of speaking a protocol it did not ask for).
- * A reload builds a new context; connections open at that moment keep the one they were
- * accepted with (OpenSSL counts the references), so a certificate swap drops nothing.
+ * A reload loads a new tls_server and swaps it in; connections open at that moment keep the
+ * context they were accepted with (each SSL holds a reference to its SSL_CTX), so a
+ * certificate swap drops nothing.
  *
  * Layer: io. Used from the event loop thread only. */
 #ifndef FG_TLS_H
@@ -18,9 +19,6 @@ struct tls_server;
  * and what is wrong: unreadable, not PEM, a key with a pass phrase, a key that does not
  * belong to the certificate. */
 struct tls_server *tls_server_new(const char *cert, const char *key, char **err);
-/* Load them again; on failure the old certificate keeps serving and -1 comes back with
- * *err set. */
-int tls_server_reload(struct tls_server *t, const char *cert, const char *key, char **err);
 void tls_server_free(struct tls_server *t);
 
 /* One line about the certificate serving now: "CN=api.example.com, valid until 2027-12-07"

@@ -326,13 +326,56 @@ def test_bad_certificate_on_reload_keeps_the_old_one_serving():
         with open(e.live_cert, "w") as f:
             f.write("not a certificate\n")
         e.gw.proc.p.send_signal(signal.SIGHUP)
-        wait_for(lambda: "TLS certificate not reloaded" in e.gw.proc.stderr(), timeout=15,
+        wait_for(lambda: "reload failed" in e.gw.proc.stderr(), timeout=15,
                  what="the reload error")
-        assert "tls_cert %s: not a PEM certificate chain" % e.live_cert in e.gw.proc.stderr()
+        assert "  tls_cert %s: not a PEM certificate chain" % e.live_cert in e.gw.proc.stderr()
+        # the control channel's reload says the same, in its errors, and exits 1
+        rc, out, err = e.gw.cli("reload")
+        assert rc == 1 and "tls_cert %s: not a PEM certificate chain" % e.live_cert in err, (rc, out, err)
         assert e.peer_cn() == "fastgate-a"
         with contextlib.closing(e.conn()) as c:
             st, body = e.chat_on(c)
         assert st == 200, body
+
+
+def test_cli_reload_swaps_the_certificate_and_tls_cannot_be_turned_off_by_reload():
+    cfg_dir = tmpdir("fg-tls-cfg-")
+    try:
+        cfg = os.path.join(cfg_dir, "fastgate.yaml")
+        with open(cfg, "w") as f:
+            f.write("# the flags name the certificate\n")
+        with Env(extra_args=["-c", cfg]) as e:
+            cert_b, key_b = e.certs.server("fastgate-b")
+            # the flags name the live files; the file names nothing yet
+            e.install(cert_b, key_b)
+            rc, out, err = e.gw.cli("reload")
+            assert rc == 0, (rc, out, err)
+            assert e.peer_cn() == "fastgate-b"
+            assert "TLS certificate: CN=fastgate-b" in e.gw.proc.stderr()
+        # a gateway whose TLS comes from the file: a reload that drops it keeps TLS on
+        with open(cfg, "w") as f:
+            f.write("tls_cert: %s\ntls_key: %s\n" % (os.path.join(cfg_dir, "c.pem"),
+                                                     os.path.join(cfg_dir, "k.pem")))
+        certs = Certs(cfg_dir)
+        c_pem, k_pem = certs.server("from-file")
+        os.rename(c_pem, os.path.join(cfg_dir, "c.pem"))
+        os.rename(k_pem, os.path.join(cfg_dir, "k.pem"))
+        mock = Mock(cfg_dir)
+        gw = Gateway(cfg_dir, ROUTES % {"m": mock.url}, extra_args=["-c", cfg])
+        try:
+            assert gw.base.startswith("https://")
+            with open(cfg, "w") as f:
+                f.write("# TLS off?\n")
+            rc, out, err = gw.cli("reload")
+            assert rc == 0 and "tls_cert: unset in %s; restart fastgated to turn TLS off" % cfg in err, (rc, out, err)
+            p = subprocess.run(["curl", "-sS", "--cacert", certs.ca, gw.base + "/health"],
+                               capture_output=True, timeout=30)
+            assert p.returncode == 0 and b'"status"' in p.stdout, p
+        finally:
+            gw.stop()
+            mock.stop()
+    finally:
+        rmtree(cfg_dir)
 
 
 def health_answer(t):
