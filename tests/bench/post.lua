@@ -3,6 +3,8 @@
 -- machine-readable summary line ("BENCHJSON {...}") that run.sh hands to bench.py.
 -- BENCH_MODEL (default mock-gpt, which no price table lists) names the model: the spend
 -- control section and callgrind.sh CG_LIMITS ask for a priced one (gpt-4o-mini).
+-- BENCH_HEADER ("Name: value", optional) adds one request header: shape C of run.sh sends
+-- X-Mock-First-Byte-Delay-Ms: 20 with it when its upstream is the mock.
 local key = os.getenv("BENCH_KEY") or "missing-key"
 local model = os.getenv("BENCH_MODEL") or ""
 if model == "" then model = "mock-gpt" end
@@ -10,6 +12,9 @@ if model == "" then model = "mock-gpt" end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. key
+local extra = os.getenv("BENCH_HEADER") or ""
+local hname, hvalue = extra:match("^([%w-]+):%s*(.-)%s*$")
+if hname then wrk.headers[hname] = hvalue end
 wrk.body = '{"model":"' .. model .. '","temperature":0.2,"max_tokens":64,"messages":[' ..
            '{"role":"system","content":"You are a terse assistant. Answer in one sentence."},' ..
            '{"role":"user","content":"Summarise the benefits of keep-alive connections ' ..
