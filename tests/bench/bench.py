@@ -13,9 +13,11 @@ Every measuring subcommand appends one JSON object per result to the results fil
   metrics URL                       fastgated /metrics summary as JSON
   wrk FILE --out R --target T ...   parse a wrk run (post.lua's BENCHJSON line)
   ttfb / gaps / hold                stream measurements (see each function)
+  ttfbn / gapsn --target N:PORT...  ttfb / gaps across several targets (sections 8-12)
   auditcount DB --out R ...         audit rows against requests forwarded
   startup --out R ...               fastgated exec -> "listening on" line, median of N
-  report --results R --md FILE      print the table and write RESULTS.md
+  report --results R --md FILE [--blocks B]
+                                    print the tables and write RESULTS.md
 """
 import argparse
 import json
@@ -333,23 +335,37 @@ class Client:
 
 # ---------------------------------------------------------------- stream measurements
 
-def cmd_ttfb(a):
-    """Alternate direct / gateway streams on one keep-alive connection each; time from the
-    request written to the first body byte. Reports medians, p99 and the added time."""
+def parse_targets(specs):
+    """["direct:8000", "nginx:8001"] -> [("direct", 8000), ("nginx", 8001)]"""
+    out = []
+    for s in specs:
+        name, _, port = s.rpartition(":")
+        out.append((name, int(port)))
+    return out
+
+
+def ttfb_collect(targets, key, n, chunks, max_seconds, rounds=1):
+    """Streams on one keep-alive connection per target, the targets taking turns request
+    by request in a rotating order; time from the request written to the first body byte.
+    Returns ({name: [ms]}, {name: failures}, {name: {round: [ms]}}): round k holds the
+    k-th of `rounds` equal slices of the n turns."""
     body = stream_body()
-    targets = [("direct", a.direct_port), ("gateway", a.gateway_port)]
     clients = {name: Client(port) for name, port in targets}
-    raws = {name: request_bytes(port, a.key, body, {"X-Mock-Chunks": str(a.chunks)})
+    raws = {name: request_bytes(port, key, body, {"X-Mock-Chunks": str(chunks)})
             for name, port in targets}
-    ttfb = {"direct": [], "gateway": []}
-    bad = {"direct": 0, "gateway": 0}
-    deadline = time.monotonic() + a.max_seconds
+    ttfb = {name: [] for name, _ in targets}
+    bad = {name: 0 for name, _ in targets}
+    per_round = {name: {} for name, _ in targets}
+    deadline = time.monotonic() + max_seconds
     for name, _ in targets:  # warm-up: connections, caches
         for _i in range(20):
             clients[name].roundtrip(raws[name])
+    per = max(1, -(-n // max(1, rounds)))
     i = 0
-    while i < a.n and time.monotonic() < deadline:
-        order = targets if i % 2 == 0 else targets[::-1]
+    while i < n and time.monotonic() < deadline:
+        k = i % len(targets)
+        order = targets[k:] + targets[:k]
+        rnd = i // per + 1
         for name, _ in order:
             try:
                 t0, r = clients[name].roundtrip(raws[name])
@@ -360,10 +376,20 @@ def cmd_ttfb(a):
             if r.status != 200 or r.t_first is None or not r.events:
                 bad[name] += 1
                 continue
-            ttfb[name].append((r.t_first - t0) * 1e3)
+            ms = (r.t_first - t0) * 1e3
+            ttfb[name].append(ms)
+            per_round[name].setdefault(rnd, []).append(ms)
         i += 1
     for c in clients.values():
         c.close()
+    return ttfb, bad, per_round
+
+
+def cmd_ttfb(a):
+    """Alternate direct / gateway streams on one keep-alive connection each; time from the
+    request written to the first body byte. Reports medians, p99 and the added time."""
+    ttfb, bad, _ = ttfb_collect([("direct", a.direct_port), ("gateway", a.gateway_port)],
+                                a.key, a.n, a.chunks, a.max_seconds)
     rec = {"kind": "ttfb", "n_direct": len(ttfb["direct"]), "n_gateway": len(ttfb["gateway"]),
            "bad_direct": bad["direct"], "bad_gateway": bad["gateway"]}
     for name in ("direct", "gateway"):
@@ -377,6 +403,35 @@ def cmd_ttfb(a):
           "%d+%d bad" % (rec["direct_p50_ms"], rec["direct_p99_ms"], rec["gateway_p50_ms"],
                          rec["gateway_p99_ms"], rec["n_direct"], rec["n_gateway"],
                          rec["bad_direct"], rec["bad_gateway"]), file=sys.stderr)
+
+
+def cmd_ttfbn(a):
+    """ttfb for several targets (the first is the baseline, direct): per target the
+    median and p99 of all its streams, and the time added over the baseline: for the
+    median, the median over rounds of each round's median minus the baseline's in that
+    round; for p99, the p99 of all streams minus the baseline's."""
+    targets = parse_targets(a.target)
+    base = targets[0][0]
+    ttfb, bad, per_round = ttfb_collect(targets, a.key, a.n, a.chunks, a.max_seconds, a.rounds)
+    rec = {"kind": "shape_ttfb", "label": a.label, "targets": [t for t, _ in targets],
+           "base": base, "chunks": a.chunks, "rounds": a.rounds, "by": {}}
+    for name, _ in targets:
+        v = ttfb[name] or [float("nan")]
+        added = [statistics.median(per_round[name][k]) - statistics.median(per_round[base][k])
+                 for k in sorted(set(per_round[name]) & set(per_round[base]))]
+        rec["by"][name] = {"n": len(ttfb[name]), "bad": bad[name],
+                           "p50_ms": statistics.median(v), "p99_ms": pct(v, 99),
+                           "added_round_p50_ms": added}
+    for name, _ in targets:
+        d = rec["by"][name]
+        d["added_p50_ms"] = (statistics.median(d["added_round_p50_ms"])
+                             if d["added_round_p50_ms"] else float("nan"))
+        d["added_p99_ms"] = d["p99_ms"] - rec["by"][base]["p99_ms"]
+    emit(a.out, rec)
+    print("  ttfb: " + " | ".join(
+        "%s p50 %.3f p99 %.3f ms (+%.3f / +%.3f), %d streams, %d bad" % (
+            name, d["p50_ms"], d["p99_ms"], d["added_p50_ms"], d["added_p99_ms"], d["n"],
+            d["bad"]) for name, d in rec["by"].items()), file=sys.stderr)
 
 
 def content_event_times(r):
@@ -396,39 +451,55 @@ def content_event_times(r):
     return out
 
 
-def cmd_gaps(a):
-    """Inter-chunk gaps with X-Mock-Chunks/X-Mock-Delay-Ms, direct and through the gateway.
-    Both sides use one keep-alive connection (warmed up first), which is what the gateway's
-    own upstream connection is, so an upstream's TCP behaviour on a reused connection shows
-    on both sides alike."""
+def gaps_collect(targets, key, n, chunks, delay):
+    """Inter-chunk gaps with X-Mock-Chunks/X-Mock-Delay-Ms through each target, one
+    keep-alive connection each (warmed up first), which is what a gateway's own upstream
+    connection is, so an upstream's TCP behaviour on a reused connection shows on every
+    side alike. Returns {name: stats}."""
     body = stream_body()
-    hdr = {"X-Mock-Chunks": str(a.chunks), "X-Mock-Delay-Ms": str(a.delay)}
-    targets = [("direct", a.direct_port), ("gateway", a.gateway_port)]
+    hdr = {"X-Mock-Chunks": str(chunks), "X-Mock-Delay-Ms": str(delay)}
     clients = {name: Client(port) for name, port in targets}
-    raws = {name: request_bytes(port, a.key, body, hdr) for name, port in targets}
+    raws = {name: request_bytes(port, key, body, hdr) for name, port in targets}
     for name, _ in targets:
         clients[name].roundtrip(raws[name])
-    gaps = {"direct": [], "gateway": []}
-    chunks_seen = {"direct": [], "gateway": []}
-    for i in range(a.n):
-        order = targets if i % 2 == 0 else targets[::-1]
-        for name, _ in order:
+    gaps = {name: [] for name, _ in targets}
+    chunks_seen = {name: [] for name, _ in targets}
+    for i in range(n):
+        k = i % len(targets)
+        for name, _ in targets[k:] + targets[:k]:
             _, r = clients[name].roundtrip(raws[name])
             ts = content_event_times(r)
             chunks_seen[name].append(len(ts))
-            gaps[name] += [(ts[k + 1] - ts[k]) * 1e3 for k in range(len(ts) - 1)]
+            gaps[name] += [(ts[j + 1] - ts[j]) * 1e3 for j in range(len(ts) - 1)]
     for c in clients.values():
         c.close()
-    rec = {"kind": "gaps", "delay_ms": a.delay, "chunks": a.chunks, "streams": a.n}
+    out = {}
     for name in gaps:
         v = gaps[name] or [float("nan")]
-        rec[name + "_median_ms"] = statistics.median(v)
-        rec[name + "_min_ms"] = min(v)
-        rec[name + "_max_ms"] = max(v)
-        rec[name + "_gaps"] = len(gaps[name])
-        # a gap under a quarter of the asked delay: two chunks arrived together
-        rec[name + "_coalesced"] = sum(1 for g in gaps[name] if g < a.delay / 4.0)
-        rec[name + "_chunks_min"] = min(chunks_seen[name]) if chunks_seen[name] else 0
+        out[name] = {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
+                     "gaps": len(gaps[name]),
+                     # a gap under a quarter of the asked delay: two chunks arrived together
+                     "coalesced": sum(1 for g in gaps[name] if g < delay / 4.0),
+                     "chunks_min": min(chunks_seen[name]) if chunks_seen[name] else 0}
+    return out
+
+
+def gaps_kept(s, base, delay, chunks):
+    """Preserved: every chunk arrives, the typical gap is the asked one, and the gateway
+    merges no more chunks than the upstream connection itself does (base: direct)."""
+    return (abs(s["median_ms"] - delay) <= 2.0 and
+            s["coalesced"] <= base["coalesced"] + max(1, s["gaps"] // 50) and
+            s["chunks_min"] >= chunks)
+
+
+def cmd_gaps(a):
+    """Inter-chunk gaps, direct and through the gateway (gaps_collect)."""
+    st = gaps_collect([("direct", a.direct_port), ("gateway", a.gateway_port)], a.key, a.n,
+                      a.chunks, a.delay)
+    rec = {"kind": "gaps", "delay_ms": a.delay, "chunks": a.chunks, "streams": a.n}
+    for name, s in st.items():
+        for k, v in s.items():
+            rec[name + "_" + k] = v
     emit(a.out, rec)
     print("  gaps (%d ms asked): direct median %.2f min %.2f max %.2f coalesced %d/%d | "
           "gateway median %.2f min %.2f max %.2f coalesced %d/%d" % (
@@ -436,6 +507,21 @@ def cmd_gaps(a):
               rec["direct_coalesced"], rec["direct_gaps"], rec["gateway_median_ms"],
               rec["gateway_min_ms"], rec["gateway_max_ms"], rec["gateway_coalesced"],
               rec["gateway_gaps"]), file=sys.stderr)
+
+
+def cmd_gapsn(a):
+    """gaps for several targets, the first (direct) the baseline each is judged against."""
+    targets = parse_targets(a.target)
+    st = gaps_collect(targets, a.key, a.n, a.chunks, a.delay)
+    base = targets[0][0]
+    for name, s in st.items():
+        s["kept"] = gaps_kept(s, st[base], a.delay, a.chunks)
+    emit(a.out, {"kind": "shape_gaps", "label": a.label, "targets": [t for t, _ in targets],
+                 "base": base, "delay_ms": a.delay, "chunks": a.chunks, "streams": a.n, "by": st})
+    print("  gaps (%d ms asked): " % a.delay + " | ".join(
+        "%s median %.2f min %.2f max %.2f coalesced %d/%d%s" % (
+            name, s["median_ms"], s["min_ms"], s["max_ms"], s["coalesced"], s["gaps"],
+            "" if s["kept"] else " NOT KEPT") for name, s in st.items()), file=sys.stderr)
 
 
 def proc_status(pid, field):
@@ -454,14 +540,22 @@ def proc_cpu_ticks(pid):
 
 def cmd_hold(a):
     """Open N slow streams through the gateway at once, keep them open, and measure the
-    gateway's VmRSS and CPU while they are open; then close them and check it recovers."""
-    pid = a.pid
+    gateway's VmRSS and CPU while they are open; then close them and check it recovers.
+    With several --pid (nginx's master and workers) RSS and CPU are their sums; with
+    --no-metrics (not a fastgated) the drain after the close is not checked."""
+    pids = a.pid
     clk = os.sysconf("SC_CLK_TCK")
     body = stream_body()
     raw = request_bytes(a.port, a.key, body, {"X-Mock-Chunks": str(a.chunks),
                                               "X-Mock-Delay-Ms": str(a.delay)})
-    metrics_url = "http://127.0.0.1:%d/metrics" % a.port
-    rss_before = proc_status(pid, "VmRSS")
+    metrics_url = None if a.no_metrics else "http://127.0.0.1:%d/metrics" % a.port
+
+    def rss_now(field="VmRSS"):
+        return sum(proc_status(p, field) or 0 for p in pids)
+
+    def ticks_now():
+        return sum(proc_cpu_ticks(p) for p in pids)
+    rss_before = rss_now()
     sel = selectors.DefaultSelector()
     conns = {}
     t_start = time.monotonic()
@@ -524,20 +618,20 @@ def cmd_hold(a):
     end = time.monotonic() + 1.0
     while time.monotonic() < end:
         service(0.1)
-    rss = [proc_status(pid, "VmRSS")]
-    c0, w0 = proc_cpu_ticks(pid), time.monotonic()
+    rss = [rss_now()]
+    c0, w0 = ticks_now(), time.monotonic()
     end = w0 + a.cpu_seconds
     while time.monotonic() < end:
         service(0.1)
-        rss.append(proc_status(pid, "VmRSS"))
-    c1, w1 = proc_cpu_ticks(pid), time.monotonic()
+        rss.append(rss_now())
+    c1, w1 = ticks_now(), time.monotonic()
     open_after = sum(1 for st in conns.values() if st["resp"].t_first is not None
                      and not st["dead"] and not st["resp"].done)
     try:
-        m_open = metrics_summary(metrics_url)
+        m_open = metrics_summary(metrics_url) if metrics_url else {}
     except Exception:  # noqa: BLE001
         m_open = {}
-    hwm = proc_status(pid, "VmHWM")
+    hwm = rss_now("VmHWM")
     # close every client stream; the gateway must abort the upstream transfers
     for s in socks:
         try:
@@ -548,7 +642,7 @@ def cmd_hold(a):
     t_close = time.monotonic()
     drained_s = None
     m_after = {}
-    while time.monotonic() - t_close < a.drain_timeout:
+    while metrics_url and time.monotonic() - t_close < a.drain_timeout:
         try:
             m_after = metrics_summary(metrics_url)
         except Exception:  # noqa: BLE001
@@ -557,18 +651,22 @@ def cmd_hold(a):
             drained_s = time.monotonic() - t_close
             break
         time.sleep(0.2)
-    rss_after = proc_status(pid, "VmRSS")
-    rec = {"kind": "hold", "n": a.n, "started": started, "open_at_start": open_now,
+    if not metrics_url:  # nothing to ask: give the server the same time to close
+        time.sleep(1.0)
+    rss_after = rss_now()
+    rec = {"kind": a.kind, "label": a.label, "pids": len(pids), "n": a.n, "started": started,
+           "open_at_start": open_now,
            "open_at_end": open_after, "connect_failed": failed, "statuses": statuses,
            "ramp_s": ramp_s, "rss_before_kb": rss_before, "rss_open_kb": max(rss),
            "rss_hwm_kb": hwm, "rss_after_close_kb": rss_after,
            "cpu_pct": (c1 - c0) / clk / (w1 - w0) * 100.0, "cpu_seconds": w1 - w0,
+           "cpu_ticks": c1 - c0, "clk_tck": clk,
            "metrics_while_open": m_open, "metrics_after_close": m_after,
            "drained_s": drained_s, "chunks": a.chunks, "delay_ms": a.delay}
     emit(a.out, rec)
-    print("  hold: %d/%d streams open (ramp %.1f s), RSS %.1f MB (before %.1f, after close %.1f), "
+    print("  hold %s: %d/%d streams open (ramp %.1f s), RSS %.1f MB (before %.1f, after close %.1f), "
           "CPU %.1f%%, inflight drained %s" % (
-              open_after, a.n, ramp_s, max(rss) / 1024, rss_before / 1024, rss_after / 1024,
+              a.label, open_after, a.n, ramp_s, max(rss) / 1024, rss_before / 1024, rss_after / 1024,
               rec["cpu_pct"], "in %.1f s" % drained_s if drained_s is not None else "NOT"),
           file=sys.stderr)
 
@@ -970,7 +1068,8 @@ def cmd_report(a):
     table = [line(("metric", "value", "target", "result")),
              "|" + "|".join("-" * (w[i] + 2) for i in range(4)) + "|"]
     table += [line(r) for r in rows]
-    print("\n".join(table))
+    if len(rows) > 0:
+        print("\n".join(table))
     cpu = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -1036,12 +1135,368 @@ def cmd_report(a):
            "and of the per-round difference B-A of the c=1 p99 (at c=%d p99 is mostly queueing)"
            % (conns, conns), ""]
     fails = sum(1 for r in rows if r[3].startswith("FAIL"))
-    if a.md:
-        with open(a.md, "w") as f:
-            f.write("\n".join(md))
-        print("\n%d target(s) failed; written to %s" % (fails, a.md))
+    shape_md, misses = report_shapes(recs, info)
+    if shape_md:
+        print("\n" + "\n".join(ln for ln in shape_md if ln.startswith(("|", "## "))))
+    blocks = {}
+    wanted = set((a.blocks or "legacy,shapes").split(","))
+    if len(rows) > 0 and "legacy" in wanted:
+        blocks["legacy"] = "\n".join(md)
+    if shape_md and "shapes" in wanted:
+        blocks["shapes"] = "\n".join(shape_md)
+    summary = "%d target(s) failed in sections 1-7, %d missed in sections 8-12" % (fails, misses)
+    if a.md and blocks:
+        write_blocks(a.md, blocks)
+        print("\n%s; written to %s (%s)" % (summary, a.md, ", ".join(BLOCK_WHO[k] for k in blocks)))
     else:
-        print("\n%d target(s) failed (no results file written)" % fails)
+        print("\n%s (no results file written)" % summary)
+
+
+# ---------------------------------------------------------------- report: issue 21's shapes
+
+# Issue 21 item 4: the targets each shape is judged by, in one run on the 2-core machine.
+SHAPES = [
+    ("8", "A", "light upstream, c=64: req/s, p50, p99, CPU per request",
+     "req/s >= 1.0x nginx and p99 <= nginx's"),
+    ("9", "B", "one client (c=1): latency added over direct",
+     "added p50 <= nginx's"),
+    ("10", "C", "20 ms upstream, c=1,000: req/s and p99",
+     "req/s >= 1.0x nginx and p99 <= nginx's"),
+    ("11", "D", "streams: TTFB added, inter-chunk gaps, RSS and idle CPU with open streams",
+     "10,000 open streams <= 256 MB RSS and TTFB added median <= 0.1 ms"),
+    ("12", "E", "workers = cores against nginx with as many workers",
+     "req/s >= nginx with equal workers"),
+]
+
+
+def md_table(rows):
+    head = ("metric", "value", "target (issue 21)", "result")
+    w = [max(len(x[i]) for x in rows + [head]) for i in range(4)]
+
+    def line(c):
+        return "| " + " | ".join(c[i].ljust(w[i]) for i in range(4)) + " |"
+    return [line(head), "|" + "|".join("-" * (w[i] + 2) for i in range(4)) + "|"] + \
+        [line(r) for r in rows]
+
+
+def report_shapes(recs, info):
+    """The tables of sections 8-12, one per shape: (markdown lines, misses). Every verdict
+    is fastgated against nginx round by round (the two run back to back in each round) or,
+    for the absolute targets, on fastgated's own figure; MISS marks a target not met."""
+    wrk = [r for r in recs if r["kind"] == "wrk"]
+
+    def by_round(t, c, f):
+        return {r["round"]: r[f] for r in wrk if r["target"] == t and r["conns"] == c
+                and r.get(f) is not None}
+
+    def med(t, c, f):
+        v = list(by_round(t, c, f).values())
+        return statistics.median(v) if v else None
+
+    def n_rounds(t, c):
+        return len(by_round(t, c, "rps"))
+
+    def per_round(a, b, c, f, op):
+        ra, rb = by_round(a, c, f), by_round(b, c, f)
+        return [op(ra[k], rb[k]) for k in sorted(set(ra) & set(rb)) if rb[k] or op is not div]
+
+    def div(x, y):
+        return x / y
+
+    def sub(x, y):
+        return x - y
+
+    def errors(t):
+        return sum(r["err_connect"] + r["err_read"] + r["err_write"] + r["err_status"]
+                   + r["err_timeout"] for r in recs if r["kind"] == "wrk" and r["target"] == t)
+
+    def ms(us):
+        return "-" if us is None else "%.3f ms" % (us / 1e3)
+
+    def cpu(v):
+        return "-" if v is None else "%.1f us" % v
+
+    def ratios(xs):
+        return "%.3fx (rounds: %s)" % (statistics.median(xs), " ".join("%.2f" % x for x in xs))
+
+    def verdict(ok):
+        return "PASS" if ok else "MISS"
+
+    def three(shape, c, f, fmt):
+        return " / ".join(fmt(med("%s-%s" % (shape, t), c, f))
+                          for t in ("direct", "nginx", "fastgated"))
+
+    def versus_rows(shape, c, workers, p99_target=True, rps_target=True):
+        """req/s, p50, p99, CPU per request of direct, nginx and fastgated, and fastgated
+        against nginx round by round."""
+        fg, ng = shape + "-fastgated", shape + "-nginx"
+        rows = []
+        n = n_rounds(fg, c)
+        if not n:
+            return [("runs at c=%d" % c, "none measured", "", "MISS")]
+        rows.append(("req/s: direct / nginx / fastgated (medians of %d rounds)" % n,
+                     three(shape, c, "rps", lambda v: "-" if v is None else "%.0f" % v), "", ""))
+        rows.append(("p50: direct / nginx / fastgated", three(shape, c, "p50_us", ms), "", ""))
+        rows.append(("p99: direct / nginx / fastgated", three(shape, c, "p99_us", ms), "", ""))
+        rows.append(("CPU per request: upstream (direct) / nginx %s / fastgated" % workers,
+                     three(shape, c, "cpu_us_per_req", cpu), "(info)", ""))
+        x = per_round(fg, ng, c, "rps", div)
+        if x:
+            rows.append(("req/s fastgated / nginx, median of per-round ratios", ratios(x),
+                         ">= 1.00x" if rps_target else "(info)",
+                         verdict(statistics.median(x) >= 1.0) if rps_target else ""))
+        x = per_round(fg, ng, c, "p99_us", div)
+        if x:
+            rows.append(("p99 fastgated / nginx, median of per-round ratios", ratios(x),
+                         "<= 1.00x (p99 <= nginx's)" if p99_target else "(info)",
+                         verdict(statistics.median(x) <= 1.0) if p99_target else ""))
+            d = per_round(fg, ng, c, "p99_us", sub)
+            rows.append(("p99 fastgated minus nginx, median of per-round differences",
+                         "%+.3f ms" % (statistics.median(d) / 1e3), "(info)", ""))
+        x = per_round(fg, ng, c, "p50_us", div)
+        if x:
+            rows.append(("p50 fastgated / nginx, median of per-round ratios", ratios(x),
+                         "(info)", ""))
+        x = per_round(fg, ng, c, "cpu_us_per_req", div)
+        if x:
+            rows.append(("CPU per request fastgated / nginx, median of per-round ratios",
+                         ratios(x) + "; fastgated counts its audit writer", "(info)", ""))
+        errs = [errors("%s-%s" % (shape, t)) for t in ("direct", "nginx", "fastgated")]
+        rows.append(("socket errors + non-2xx answers: direct / nginx / fastgated (all runs)",
+                     " / ".join(str(e) for e in errs), "0", "" if not any(errs) else "WARN"))
+        return rows
+
+    def flags(shape):
+        return [(r["what"], r["value"], r["target"], r["result"]) for r in recs
+                if r["kind"] == "shape_flag" and r.get("shape") == shape]
+
+    def skipped(shape):
+        return [r for r in recs if r["kind"] == "shape_skip" and r["shape"] == shape]
+
+    out, misses, any_shape = [], 0, False
+    for sec, shape, title, target in SHAPES:
+        rows = []
+        for r in skipped(shape):
+            rows.append((r["what"], "skipped: " + r["why"], target, "SKIP"))
+        if shape == "A" and n_rounds("A-fastgated", int(info.get("shape_conns_a", 64))):
+            rows += versus_rows("A", int(info.get("shape_conns_a", 64)), "(1 worker)")
+        elif shape == "B" and n_rounds("B-fastgated", 1):
+            rows.append(("p50: direct / nginx / fastgated (medians of %d rounds)"
+                         % n_rounds("B-fastgated", 1), three("B", 1, "p50_us", ms), "", ""))
+            rows.append(("p99: direct / nginx / fastgated", three("B", 1, "p99_us", ms), "", ""))
+            add = {}
+            for t in ("nginx", "fastgated"):
+                for f in ("p50_us", "p99_us"):
+                    add[t, f] = per_round("B-" + t, "B-direct", 1, f, sub)
+            rows.append(("added p50 over direct: nginx / fastgated (medians of per-round "
+                         "differences)", "%s / %s" % (ms(statistics.median(add["nginx", "p50_us"])),
+                                                      ms(statistics.median(add["fastgated", "p50_us"]))),
+                         "(info)", ""))
+            rows.append(("added p99 over direct: nginx / fastgated",
+                         "%s / %s" % (ms(statistics.median(add["nginx", "p99_us"])),
+                                      ms(statistics.median(add["fastgated", "p99_us"]))),
+                         "(info)", ""))
+            d = per_round("B-fastgated", "B-nginx", 1, "p50_us", sub)
+            dm = statistics.median(d)
+            rows.append(("added p50, fastgated minus nginx, median of per-round differences",
+                         "%+.3f ms (rounds: %s)" % (dm / 1e3, " ".join("%+.3f" % (x / 1e3) for x in d)),
+                         "<= 0 (added p50 <= nginx's)", verdict(dm <= 0)))
+            ga, na = add["fastgated", "p50_us"], add["nginx", "p50_us"]
+            rr = [g / n for g, n in zip(ga, na) if n > 0]
+            if rr:
+                rows.append(("added p50 fastgated / nginx, median of per-round ratios",
+                             ratios(rr), "(info)", ""))
+            errs = [errors("B-" + t) for t in ("direct", "nginx", "fastgated")]
+            rows.append(("socket errors + non-2xx answers: direct / nginx / fastgated",
+                         " / ".join(str(e) for e in errs), "0", "" if not any(errs) else "WARN"))
+        elif shape == "C":
+            rows += versus_rows("C", int(info.get("shape_conns_c", 1000)), "(1 worker)") \
+                if n_rounds("C-fastgated", int(info.get("shape_conns_c", 1000))) else []
+        elif shape == "D":
+            for r in recs:
+                if r["kind"] == "shape_ttfb":
+                    b = r["by"]
+                    rows.append(("stream TTFB added over direct, median (median of %d per-round "
+                                 "differences): fastgated" % r["rounds"],
+                                 ms(b["fastgated"]["added_p50_ms"] * 1e3), "<= 0.100 ms",
+                                 verdict(b["fastgated"]["added_p50_ms"] <= 0.1
+                                         and not b["fastgated"]["bad"])))
+                    rows.append(("stream TTFB added over direct, median: nginx",
+                                 ms(b["nginx"]["added_p50_ms"] * 1e3), "(info)", ""))
+                    rows.append(("stream TTFB added over direct, p99: nginx / fastgated",
+                                 "%s / %s" % (ms(b["nginx"]["added_p99_ms"] * 1e3),
+                                              ms(b["fastgated"]["added_p99_ms"] * 1e3)), "(info)", ""))
+                    rows.append(("stream TTFB median / p99: direct; nginx; fastgated (%s streams)"
+                                 % "+".join(str(b[t]["n"]) for t in r["targets"]),
+                                 "; ".join("%s / %s" % (ms(b[t]["p50_ms"] * 1e3), ms(b[t]["p99_ms"] * 1e3))
+                                           for t in r["targets"]), "(info)",
+                                 "" if not any(b[t]["bad"] for t in b) else
+                                 "%s failed" % "+".join(str(b[t]["bad"]) for t in r["targets"])))
+                elif r["kind"] == "shape_gaps":
+                    b = r["by"]
+                    for t in r["targets"]:
+                        s = b[t]
+                        what = "inter-chunk gap %s (asked %d ms, %d streams): median / min / max; merged" % (
+                            t, r["delay_ms"], r["streams"])
+                        val = "%.1f / %.1f / %.1f ms; %d of %d" % (s["median_ms"], s["min_ms"],
+                                                                   s["max_ms"], s["coalesced"], s["gaps"])
+                        if t == r["base"]:
+                            rows.append((what, val, "(baseline)", ""))
+                        else:
+                            rows.append((what, val, "kept, as direct" if t == "fastgated" else "(info)",
+                                         verdict(s["kept"]) if t == "fastgated" else
+                                         ("" if s["kept"] else "not kept")))
+            holds = {r["label"]: r for r in recs if r["kind"] == "shape_hold"}
+            asked = int(info.get("shape_streams_asked", 10000))
+            for t in ("nginx", "fastgated"):
+                r = holds.get(t)
+                if not r:
+                    continue
+                mb = r["rss_open_kb"] / 1024.0
+                what = "%s RSS with %d open streams%s" % (
+                    t, r["n"], " (master + worker)" if t == "nginx" else "")
+                val = "%.1f MB (%d open at the end; %.1f MB before; %.1f KB a stream)" % (
+                    mb, r["open_at_end"], r["rss_before_kb"] / 1024.0,
+                    (r["rss_open_kb"] - r["rss_before_kb"]) / max(1, r["open_at_end"]))
+                if t == "fastgated" and r["n"] >= asked:
+                    ok = r["open_at_end"] >= asked and mb <= 256
+                    rows.append((what, val, "<= 256 MB with %d streams" % asked, verdict(ok)))
+                elif t == "fastgated":
+                    # fewer streams than asked (the fd limit): the verdict is on the RSS
+                    # extrapolated to the asked count from the growth per stream measured
+                    per = (r["rss_open_kb"] - r["rss_before_kb"]) / max(1, r["open_at_end"])
+                    est = (r["rss_before_kb"] + per * asked) / 1024.0
+                    ok = r["open_at_end"] >= r["n"] and est <= 256
+                    rows.append((what, val, "<= 256 MB with %d streams" % asked, ""))
+                    rows.append(("fastgated RSS extrapolated to %d streams (%d measured: fd limit)"
+                                 % (asked, r["n"]), "%.1f MB" % est,
+                                 "<= 256 MB with %d streams" % asked, verdict(ok)))
+                else:
+                    rows.append((what, val, "(info)", "" if r["open_at_end"] >= r["n"] else "WARN"))
+            for t in ("nginx", "fastgated"):
+                r = holds.get(t)
+                if r:
+                    rows.append(("%s CPU while %d streams stay open and quiet (%.0f s)" % (
+                        t, r["open_at_end"], r["cpu_seconds"]),
+                        "%.2f%% of one core (%d ticks of %.0f ms)" % (
+                            r["cpu_pct"], r.get("cpu_ticks", -1), 1000.0 / r.get("clk_tck", 100)),
+                        "(info)", ""))
+            if "nginx" in holds and "fastgated" in holds:
+                rows.append(("RSS after the clients hung up: nginx / fastgated",
+                             "%.1f MB / %.1f MB" % (holds["nginx"]["rss_after_close_kb"] / 1024.0,
+                                                    holds["fastgated"]["rss_after_close_kb"] / 1024.0),
+                             "(info)", ""))
+            if "nginx" in holds and "fastgated" in holds and holds["nginx"]["rss_open_kb"]:
+                rows.append(("RSS with the streams open, fastgated / nginx",
+                             "%.2fx" % (holds["fastgated"]["rss_open_kb"] / holds["nginx"]["rss_open_kb"]),
+                             "(info)", ""))
+            r = holds.get("fastgated")
+            if r:
+                rows.append(("fastgated inflight after the %d clients hung up" % r["open_at_end"],
+                             "0 after %.1f s" % r["drained_s"] if r["drained_s"] is not None else
+                             "still %s" % r["metrics_after_close"].get("inflight"), "(info)",
+                             "" if r["drained_s"] is not None else "WARN"))
+        elif shape == "E":
+            c = int(info.get("shape_conns_e", 64))
+            if n_rounds("E-fastgated", c):
+                wk = info.get("shape_workers", "?")
+                rows += versus_rows("E", c, "(%s workers)" % wk, p99_target=False)
+        rows += flags(shape)
+        if not rows:
+            continue
+        any_shape = True
+        misses += sum(1 for r in rows if r[3] == "MISS")
+        out += ["## Section %s, shape %s: %s" % (sec, shape, title), "",
+                "Target (issue 21 item 4): %s." % target, ""]
+        for k in ("shape_cmd_" + sec, "shape_load_" + sec):
+            if k in info:
+                out += ["- %s: %s" % ("command" if "cmd" in k else "load average", info[k])]
+        out += [""] + md_table(rows) + [""]
+    if not any_shape:
+        return [], 0
+    head = ["# fastgate against nginx in issue 21's shapes (sections 8-12)", "",
+            "Generated by `tests/bench/run.sh`. Each shape runs direct (wrk straight at the "
+            "upstream), nginx (reverse proxy: `proxy_pass` to an `upstream` with `keepalive`, "
+            "`proxy_http_version 1.1`, `Connection \"\"`, buffered access log) and fastgated "
+            "(auth on, audit on) against the same upstream, with as many nginx workers as "
+            "fastgated has event loops; the targets take turns within each round in a rotating "
+            "order, and fastgated is judged against nginx by the median of per-round ratios. "
+            "Everything on 127.0.0.1; wrk, the upstream and the proxy share the machine's cores.",
+            "",
+            "- date: %s" % info.get("date", "?"),
+            "- machine: %s" % machine(),
+            "- command: `%s`" % info.get("command", "?"),
+            "- source: %s" % info.get("source", "?"),
+            "- tools: %s" % info.get("tools", "?"),
+            "- settings: %s" % info.get("shape_settings", "?"),
+            "- load: %s" % info.get("load", "?"),
+            "- upstreams: %s" % info.get("shape_upstreams", "?"), ""]
+    notes = [n for k, n in sorted(info.items()) if k.startswith("snote")]
+    tail = []
+    if notes:
+        tail = ["Notes:", ""] + ["- " + n for n in notes] + [""]
+    tail += ["Method:", "",
+             "- req/s, p50, p99: wrk's own figures for each run (tests/bench/post.lua, a "
+             "~300-byte POST with `Authorization: Bearer <key>`, keep-alive); medians over rounds",
+             "- CPU per request: utime+stime from /proc of the processes serving the run (the "
+             "upstream's master and workers for direct, nginx's master and workers, fastgated "
+             "with all its threads) over the requests wrk completed",
+             "- added latency (B): each round's p50 (p99) of nginx or fastgated minus direct's in "
+             "the same round; the verdict is the median of fastgated's minus nginx's",
+             "- stream TTFB (D): request written -> first body byte of a stream from the mock "
+             "(the light upstream does not stream), direct, nginx (`proxy_buffering off`) and "
+             "fastgated taking turns request by request on one keep-alive connection each; the "
+             "added median is the median over rounds of each round's median minus direct's",
+             "- open streams (D): slow SSE streams from the mock (one content chunk, then "
+             "nothing for 10 minutes) held open at once through each proxy in turn; VmRSS (summed "
+             "over nginx's master and worker) and utime+stime while they stay open and quiet",
+             ""]
+    return head + out + tail, misses
+
+
+def machine():
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name"):
+                    cpu = ln.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return "%s, nproc %s, %s, kernel %s" % (cpu, os.cpu_count(), platform.machine(),
+                                            platform.release())
+
+
+BLOCK_RE = re.compile(r"<!-- bench block (\w+) .*?-->\n(.*?)<!-- end of bench block \1 -->\n?",
+                      re.S)
+BLOCK_WHO = {"legacy": "sections 1-7", "shapes": "sections 8-12"}
+
+
+def write_blocks(path, new):
+    """Write the blocks of `new` ({name: markdown text}) into the results file at `path`,
+    keeping its other blocks: a run of sections 8-12 only leaves the last run of 1-7 in
+    place, and the other way round. A file without block marks is one legacy block."""
+    old = {}
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    found = BLOCK_RE.findall(text)
+    if found:
+        old = {k: v for k, v in found}
+    elif text.strip():
+        old = {"legacy": text if text.endswith("\n") else text + "\n"}
+    old.update(new)
+    parts = []
+    for k in ("legacy", "shapes"):
+        if k in old:
+            parts.append("<!-- bench block %s (%s): written by tests/bench/run.sh; a run of all "
+                         "of %s replaces it -->\n%s<!-- end of bench block %s -->\n" % (
+                             k, BLOCK_WHO[k], BLOCK_WHO[k], old[k], k))
+    with open(path, "w") as f:
+        f.write("\n".join(parts))
 
 
 def main():
@@ -1087,6 +1542,27 @@ def main():
     s.add_argument("--chunks", type=int, default=5)
     s.add_argument("--max-seconds", type=float, default=60)
     s.set_defaults(fn=cmd_ttfb)
+    s = sp.add_parser("ttfbn")
+    s.add_argument("--out", required=True)
+    s.add_argument("--target", action="append", required=True,
+                   help="NAME:PORT (repeatable; the first is the baseline)")
+    s.add_argument("--label", default="")
+    s.add_argument("--key", required=True)
+    s.add_argument("--n", type=int, default=600)
+    s.add_argument("--rounds", type=int, default=1)
+    s.add_argument("--chunks", type=int, default=5)
+    s.add_argument("--max-seconds", type=float, default=60)
+    s.set_defaults(fn=cmd_ttfbn)
+    s = sp.add_parser("gapsn")
+    s.add_argument("--out", required=True)
+    s.add_argument("--target", action="append", required=True,
+                   help="NAME:PORT (repeatable; the first is the baseline)")
+    s.add_argument("--label", default="")
+    s.add_argument("--key", required=True)
+    s.add_argument("--n", type=int, default=20)
+    s.add_argument("--chunks", type=int, default=5)
+    s.add_argument("--delay", type=int, default=20)
+    s.set_defaults(fn=cmd_gapsn)
     s = sp.add_parser("gaps")
     s.add_argument("--out", required=True)
     s.add_argument("--direct-port", type=int, required=True)
@@ -1099,8 +1575,13 @@ def main():
     s = sp.add_parser("hold")
     s.add_argument("--out", required=True)
     s.add_argument("--port", type=int, required=True)
-    s.add_argument("--pid", type=int, required=True)
+    s.add_argument("--pid", type=int, action="append", required=True,
+                   help="a process of the server (repeatable: RSS and CPU are summed)")
     s.add_argument("--key", required=True)
+    s.add_argument("--kind", default="hold", help="the record's kind (shape_hold: section 11)")
+    s.add_argument("--label", default="fastgated")
+    s.add_argument("--no-metrics", action="store_true",
+                   help="the server has no fastgate /metrics: skip the drain check")
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--chunks", type=int, default=30)
     s.add_argument("--delay", type=int, default=1000)
@@ -1127,6 +1608,9 @@ def main():
     s = sp.add_parser("report")
     s.add_argument("--results", required=True)
     s.add_argument("--md", default=None, help="write the table and notes here (default: print only)")
+    s.add_argument("--blocks", default=None,
+                   help="which parts of --md to replace: legacy (sections 1-7), shapes (8-12); "
+                        "comma-separated, default both (the others are kept)")
     s.set_defaults(fn=cmd_report)
     a = p.parse_args()
     a.fn(a)
