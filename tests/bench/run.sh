@@ -44,6 +44,8 @@
 #   BENCH_STREAMS scale them too):
 #   BENCH_SHAPE_CONNS=64 BENCH_SHAPE_WRK_THREADS=1   wrk of shapes A and C
 #   BENCH_SLOW_CONNS=1000   connections of shape C
+#   BENCH_SLOW_UPSTREAM=nginx  shape C's 20 ms upstream: nginx (echo_sleep; the mock when
+#                           the echo module is missing) or mock
 #   BENCH_SHAPE_STREAMS=10000  open streams of shape D (cut to what the fd limit allows)
 #   BENCH_IDLE_SECONDS=5    how long shape D measures CPU with the streams open and quiet
 #   BENCH_FG_WORKERS=$(nproc)  fastgated's `workers:` and nginx's workers in shape E
@@ -147,7 +149,11 @@ if (( ${#missing[@]} )); then
 fi
 # shape C's 20 ms upstream: nginx's echo module (echo_sleep), else the mock
 ECHO_SO=
-if want 10 && [[ -n $NGINX ]]; then
+case ${BENCH_SLOW_UPSTREAM:-nginx} in
+nginx | mock) ;;
+*) echo "run.sh: BENCH_SLOW_UPSTREAM is nginx or mock (got '$BENCH_SLOW_UPSTREAM')" >&2; exit 2 ;;
+esac
+if want 10 && [[ -n $NGINX && ${BENCH_SLOW_UPSTREAM:-nginx} == nginx ]]; then
 	mods=$("$NGINX" -V 2>&1 | sed -n 's/.*--modules-path=\([^ ]*\).*/\1/p')
 	mods=${mods:-/usr/lib/nginx/modules}
 	if [[ ! -e $mods/ngx_http_echo_module.so && $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
@@ -767,7 +773,12 @@ if want 10; then
 	else
 		SLOW_PORT=$MOCK_PORT SLOW_PIDS=$MOCK_PID
 		WRK_HEADER="X-Mock-First-Byte-Delay-Ms: 20"
-		note "shape C: nginx's echo module (libnginx-mod-http-echo) is not installed, so the 20 ms upstream is the mock (X-Mock-First-Byte-Delay-Ms: 20), whose CPU (~35 us a request) is part of every run"
+		if [[ ${BENCH_SLOW_UPSTREAM:-nginx} == mock ]]; then
+			why="BENCH_SLOW_UPSTREAM=mock"
+		else
+			why="nginx's echo module (libnginx-mod-http-echo) is not installed"
+		fi
+		note "shape C: $why, so the 20 ms upstream is the mock (X-Mock-First-Byte-Delay-Ms: 20), whose CPU (~35 us a request) is part of every run"
 	fi
 	wc=$(( 2 * SLOW_CONNS + 1024 ))
 	(( wc < 8192 )) && wc=8192
