@@ -1273,7 +1273,7 @@ def report_shapes(recs, info):
     def skipped(shape):
         return [r for r in recs if r["kind"] == "shape_skip" and r["shape"] == shape]
 
-    out, misses, any_shape = [], 0, False
+    out, misses, any_shape, summary = [], 0, False, []
     for sec, shape, title, target in SHAPES:
         rows = []
         for r in skipped(shape):
@@ -1406,6 +1406,9 @@ def report_shapes(recs, info):
             continue
         any_shape = True
         misses += sum(1 for r in rows if r[3] == "MISS")
+        summary += [("%s (%s): %s" % (shape, sec, r[0]), r[1], r[2], r[3]) for r in rows
+                    if r[3] in ("PASS", "MISS", "SKIP") and "(issue 21)" not in r[2]
+                    and not r[0].startswith("fastgated serves") and "SIGTERM" not in r[0]]
         out += ["## Section %s, shape %s: %s" % (sec, shape, title), "",
                 "Target (issue 21 item 4): %s." % target, ""]
         for k in ("shape_cmd_" + sec, "shape_load_" + sec):
@@ -1430,7 +1433,8 @@ def report_shapes(recs, info):
             "- tools: %s" % info.get("tools", "?"),
             "- settings: %s" % info.get("shape_settings", "?"),
             "- load: %s" % info.get("load", "?"),
-            "- upstreams: %s" % info.get("shape_upstreams", "?"), ""]
+            "- upstreams: %s" % info.get("shape_upstreams", "?"), "",
+            "Summary (the verdicts of the sections below):", ""] + md_table(summary) + [""]
     notes = [n for k, n in sorted(info.items()) if k.startswith("snote")]
     tail = []
     if notes:

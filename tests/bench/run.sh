@@ -271,6 +271,8 @@ info date "$(date '+%Y-%m-%d %H:%M:%S %Z')"
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l >= n / 2) }'; then
 	note "the machine was busy when the run started (load average $LOAD_START on $(nproc) CPUs): other processes compete with the benchmark, so figures are noisier"
+	info "snote$(printf '%02d' "$NOTE_N")" "the machine was busy when the run started (load average $LOAD_START on $(nproc) CPUs): other processes compete with the benchmark, so figures are noisier"
+	NOTE_N=$(( NOTE_N + 1 ))
 fi
 info command "$COMMAND"
 info conns "$CONNS"
