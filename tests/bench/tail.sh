@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Where a proxy's tail latency comes from (issue #21, item 2): fastgated and nginx side by
-# side in front of the same light upstream (an nginx answering a static chat completion),
-# each under wrk -t1 -c${TAIL_CONNS:-64} POST for ${TAIL_SECONDS:-6} s, alternating for
-# ${TAIL_ROUNDS:-3} rounds. Per round and target it prints wrk's p50/p99 and req/s, CPU
+# side in front of the same light upstream (an nginx answering a static chat completion:
+# lib.sh's bench_light_conf, as in make bench's shapes A-C), each under wrk -t1
+# -c${TAIL_CONNS:-64} POST for ${TAIL_SECONDS:-6} s, alternating for ${TAIL_ROUNDS:-3} rounds. Per round and target it prints wrk's p50/p99 and req/s, CPU
 # per request of the proxy and of the upstream, and, with `perf sched` (package
 # linux-perf; skipped without it or without permission), each proxy thread's run time and
 # its average and worst wait for a CPU while runnable during the middle 2 s. For fastgated
@@ -47,28 +47,10 @@ cleanup() {
 }
 trap cleanup EXIT
 freeport() { python3 "$ROOT/tests/bench/bench.py" freeport; }
-user_line() { [[ $(id -u) == 0 ]] && echo "user $(id -un) $(id -gn);" || true; }
 
 UP=$(freeport)
 mkdir -p "$W/up/logs" "$W/up/tmp" "$W/px/logs" "$W/px/tmp" "$W/fg/routes"
-cat >"$W/up/nginx.conf" <<EOF
-$(user_line)
-worker_processes 1; daemon off; master_process on; pid $W/up/nginx.pid;
-error_log $W/up/logs/error.log warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    client_body_temp_path $W/up/tmp;
-    server {
-        listen 127.0.0.1:$UP;
-        keepalive_requests 10000000;
-        location / {
-            default_type application/json;
-            return 200 '{"id":"chatcmpl-tail","object":"chat.completion","created":1,"model":"mock-gpt","choices":[{"index":0,"message":{"role":"assistant","content":"Keep-alive saves a handshake per request."},"finish_reason":"stop"}],"usage":{"prompt_tokens":40,"completion_tokens":9,"total_tokens":49}}';
-        }
-    }
-}
-EOF
+bench_light_conf "$W/up" "$UP" "" 1 "$(ulimit -n)" nginx >"$W/up/nginx.conf"
 PX=$(freeport)
 bench_nginx_conf "$W/px" "$PX" "$UP" 1 "" nginx >"$W/px/nginx.conf"
 nginx -p "$W/up" -c "$W/up/nginx.conf" -e "$W/up/logs/error.log" >"$W/up/out" 2>&1 &
