@@ -680,6 +680,15 @@ void http_reply_start(struct http_request *req, int status)
 	c->streaming = true;
 	write_head(c, status, c->chunked ? F_CHUNKED : F_CLOSE, 0);
 	event_active(&c->flush, 0, 0);
+	/* A stream can stay open for minutes while its client sends nothing: the input
+	 * buffer, empty (the head was copied, the body taken), goes back to the allocator
+	 * instead of sitting in each of thousands of open streams. rev_cb makes a new one
+	 * if the client sends more. */
+	if (c->pos == c->len && c->scan == 0 && c->body_st != B_READING) {
+		free(c->in);
+		c->in = NULL;
+		c->len = c->pos = c->cap = 0;
+	}
 }
 
 void http_reply_chunk(struct http_request *req, struct evbuffer *data)

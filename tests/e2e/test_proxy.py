@@ -855,6 +855,32 @@ def test_pipelined_requests_are_answered_in_order(c):
     assert data.rfind(b'"status":"ok"') > data.rfind(b"demo-model")
 
 
+def test_a_request_sent_during_a_stream_is_answered_after_it(c):
+    # the input buffer goes back to the allocator while a stream is relayed; bytes the
+    # client sends meanwhile must still be read, in order, once the stream ends
+    body = json.dumps(dict(CHAT, stream=True)).encode()
+    stream = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+              c.key.encode() + b"\r\nContent-Type: application/json\r\nX-Mock-Chunks: 4\r\n"
+              b"X-Mock-Delay-Ms: 100\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    s = socket.create_connection(("127.0.0.1", c.gw.port), timeout=5)
+    try:
+        s.sendall(stream)
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 "), first[:200]
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        rest = first
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            d = s.recv(65536)
+            if not d:
+                break
+            rest += d
+    finally:
+        s.close()
+    assert rest.count(b"HTTP/1.1 200 ") == 2, rest[-400:]
+    assert rest.index(b"data: [DONE]") < rest.index(b'"status":"ok"'), rest[-400:]
+
+
 def test_chunked_request_body_reaches_the_upstream_whole(c):
     body = json.dumps(CHAT).encode()
     parts = [body[:7], body[7:50], body[50:]]
