@@ -3,7 +3,7 @@
 # side in front of the same light upstream (an nginx answering a static chat completion:
 # lib.sh's bench_light_conf, as in make bench's shapes A-C), each under wrk -t1
 # -c${TAIL_CONNS:-64} POST for ${TAIL_SECONDS:-6} s, alternating for ${TAIL_ROUNDS:-3} rounds. Per round and target it prints wrk's p50/p99 and req/s, CPU
-# per request of the proxy and of the upstream, and, with `perf sched` (package
+# per request of the proxy (and how much of it in the kernel) and of the upstream, and, with `perf sched` (package
 # linux-perf; skipped without it or without permission), each proxy thread's run time and
 # its average and worst wait for a CPU while runnable during the middle 2 s. For fastgated
 # it adds the gateway's own latency (head in to request done) from the audit trail, so
@@ -81,10 +81,11 @@ UPW=$(pgrep -P "$UP_PID" | head -1)
 PXW=$(pgrep -P "$PX_PID" | head -1)
 
 ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+sys_ticks() { awk '{ sub(/.*\) /, ""); print $13 }' "/proc/$1/stat"; }
 # run_one NAME PORT PROXY_PID: one wrk run, with perf sched over its middle 2 s
 run_one() {
-	local name=$1 port=$2 pp=$3 a u t0 out n b u2 lat sched=""
-	a=$(ticks "$pp"); u=$(ticks "$UPW"); t0=$(date +%s.%N)
+	local name=$1 port=$2 pp=$3 a u t0 out n b u2 lat sched="" s0 s1
+	a=$(ticks "$pp"); u=$(ticks "$UPW"); s0=$(sys_ticks "$pp"); t0=$(date +%s.%N)
 	wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s "$ROOT/tests/bench/post.lua" \
 		"http://127.0.0.1:$port/v1/chat/completions" >"$W/wrk.out" 2>&1 &
 	local wp=$!
@@ -103,13 +104,14 @@ run_one() {
 			done || true)
 	fi
 	wait "$wp"
-	b=$(ticks "$pp"); u2=$(ticks "$UPW")
+	b=$(ticks "$pp"); u2=$(ticks "$UPW"); s1=$(sys_ticks "$pp")
 	out=$(cat "$W/wrk.out")
 	n=$(awk '/requests in/ { print $1 }' <<<"$out")
-	printf '%-9s %9s req/s  p50 %-7s p99 %-7s  cpu/req proxy %5.1f us, upstream %5.1f us\n' "$name" \
-		"$(awk '/Requests\/sec/ { printf "%.0f", $2 }' <<<"$out")" \
+	printf '%-9s %9s req/s  p50 %-7s p99 %-7s  cpu/req proxy %5.1f us (%.1f in the kernel), upstream %5.1f us\n' \
+		"$name" "$(awk '/Requests\/sec/ { printf "%.0f", $2 }' <<<"$out")" \
 		"$(awk '$1 == "50%" { print $2 }' <<<"$out")" "$(awk '$1 == "99%" { print $2 }' <<<"$out")" \
-		"$(python3 -c "print(($b - $a) * 10000 / $n)")" "$(python3 -c "print(($u2 - $u) * 10000 / $n)")"
+		"$(python3 -c "print(($b - $a) * 10000 / $n)")" "$(python3 -c "print(($s1 - $s0) * 10000 / $n)")" \
+		"$(python3 -c "print(($u2 - $u) * 10000 / $n)")"
 	if [[ $name == fastgated ]]; then
 		sleep 1.5   # the audit writer's next commit
 		lat=$(sqlite3 "$W/fg/audit.db" "with x as (select latency_ms l, row_number() over (order by latency_ms) rn, count(*) over () c from audit where started_at > $t0) select printf('%.2f ms, p99 %.2f ms, max %.2f ms (%d rows)', (select l from x where rn = c / 2), (select l from x where rn = c * 99 / 100), (select max(l) from x), (select count(*) from x));")
