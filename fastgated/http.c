@@ -135,6 +135,7 @@ struct http_server {
 	bool listening;
 	LIST_HEAD(, http_conn) conns;
 	int n_conns;
+	int peak_conns;               /* most open at once since http_server_take_peak */
 	time_t last_accept_warn;
 };
 
@@ -1179,6 +1180,8 @@ static void conn_new(struct http_server *s, int fd, const struct sockaddr_storag
 	event_assign(&c->flush, base, -1, 0, flush_cb, c);
 	LIST_INSERT_HEAD(&s->conns, c, link);
 	s->n_conns++;
+	if (s->n_conns > s->peak_conns)
+		s->peak_conns = s->n_conns;
 	event_add(&c->rev, NULL);
 	if (s->n_conns > s->cfg->max_connections || s->stopping) {
 		reject(c, 503, s->stopping ? "gateway is shutting down" : "too many open connections");
@@ -1425,6 +1428,14 @@ void http_server_stop_accepting(struct http_server *s)
 int http_server_connections(const struct http_server *s)
 {
 	return s->n_conns;
+}
+
+int http_server_take_peak(struct http_server *s)
+{
+	int peak = s->peak_conns;
+
+	s->peak_conns = s->n_conns;
+	return peak;
 }
 
 void http_server_free(struct http_server *s)

@@ -99,6 +99,8 @@ void http_server_swap_tls(struct http_server *s, struct tls_server *t);
 void http_server_stop_accepting(struct http_server *s);
 void http_server_free(struct http_server *s);
 int http_server_connections(const struct http_server *s);
+/* The most connections open at once since the last call (or the start). */
+int http_server_take_peak(struct http_server *s);
 /* The most client connections the fd limit leaves room for (raising the soft limit to
  * the hard one first): max_connections is cut to it, at start and on reload. */
 int http_conn_capacity(void);

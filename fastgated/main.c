@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,7 +39,8 @@ struct runtime {
 	char **argv;
 	const char *config_file;   /* -c FILE (in argv), or NULL: what a reload re-reads */
 	struct event *sig_term, *sig_int, *sig_hup;
-	struct event *drain_poll, *drain_deadline, *usage_flush;
+	struct event *drain_poll, *drain_deadline, *usage_flush, *trim;
+	int conn_high;             /* most connections open at once since the last trim */
 	struct keyusage *usage;    /* saves the keys' last-used times off the loop */
 	struct health *health;     /* active health checks of the routes that ask for them */
 	int signals_seen;
@@ -379,6 +381,29 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 	errlist_clear(&warns);
 }
 
+/* After a burst of connections (thousands of open streams) has closed, glibc keeps the
+ * memory they freed in its heap, and the daemon's RSS stays where the burst left it. Once
+ * most of them are gone, hand the free pages back (malloc_trim releases free pages inside
+ * the heap, not only its top). It walks the heap on the loop, a few milliseconds after a
+ * burst of hundreds of megabytes, so only then. */
+#define TRIM_FROM_CONNS 512
+
+static void trim_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct runtime *rt = arg;
+	int peak = http_server_take_peak(rt->gw.http), now = http_server_connections(rt->gw.http);
+	(void)fd; (void)what;
+
+	if (peak > rt->conn_high)
+		rt->conn_high = peak;
+	if (rt->conn_high >= TRIM_FROM_CONNS && now <= rt->conn_high / 4) {
+		malloc_trim(0);
+		log_debug("%d connections at most since the last trim, %d now: heap trimmed",
+		          rt->conn_high, now);
+		rt->conn_high = now;
+	}
+}
+
 static void usage_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct runtime *rt = arg;
@@ -482,7 +507,7 @@ static void shutdown_all(struct runtime *rt)
 	metrics_free(gw->metrics);
 	authfail_free(gw->authfail);
 	struct event *evs[] = { rt->sig_term, rt->sig_int, rt->sig_hup, rt->drain_poll,
-	                        rt->drain_deadline, rt->usage_flush };
+	                        rt->drain_deadline, rt->usage_flush, rt->trim };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
 		if (evs[i])
 			event_free(evs[i]);
@@ -495,7 +520,7 @@ int main(int argc, char **argv)
 	static struct runtime rt;
 	struct gateway *gw = &rt.gw;
 	struct errlist errs = { 0 };
-	struct timeval flush_every = { 10, 0 };
+	struct timeval every_10s = { 10, 0 };
 	char *err = NULL;
 	int rc = 1, mode;
 
@@ -606,15 +631,17 @@ int main(int argc, char **argv)
 	rt.drain_poll = event_new(gw->base, -1, EV_PERSIST, drain_poll_cb, &rt);
 	rt.drain_deadline = evtimer_new(gw->base, drain_deadline_cb, &rt);
 	rt.usage_flush = event_new(gw->base, -1, EV_PERSIST, usage_flush_cb, &rt);
+	rt.trim = event_new(gw->base, -1, EV_PERSIST, trim_cb, &rt);
 	if (!rt.sig_term || !rt.sig_int || !rt.sig_hup || !rt.drain_poll || !rt.drain_deadline ||
-	    !rt.usage_flush) {
+	    !rt.usage_flush || !rt.trim) {
 		log_error("out of memory");
 		goto out;
 	}
 	event_add(rt.sig_term, NULL);
 	event_add(rt.sig_int, NULL);
 	event_add(rt.sig_hup, NULL);
-	event_add(rt.usage_flush, &flush_every);
+	event_add(rt.usage_flush, &every_10s);
+	event_add(rt.trim, &every_10s);
 
 	log_info("fastgated %s listening on %s://%s (%zu routes, %zu keys, control %s)",
 	         FG_VERSION, http_server_tls(gw->http) ? "https" : "http", gw->listen_addr,
