@@ -86,10 +86,15 @@ class Env:
         self.live_key = os.path.join(self.dir, "live.key")
         self.install(self.cert, self.key_file)
         self.mock = Mock(self.dir)
-        self.gw = Gateway(self.dir, ROUTES % {"m": self.mock.url},
-                          extra_args=["--tls-cert", self.live_cert, "--tls-key", self.live_key]
-                          + list(extra_args))
-        self.api_key = self.gw.create_key("tls")["key"]
+        try:
+            self.gw = Gateway(self.dir, ROUTES % {"m": self.mock.url},
+                              extra_args=["--tls-cert", self.live_cert, "--tls-key", self.live_key]
+                              + list(extra_args))
+            self.api_key = self.gw.create_key("tls")["key"]
+        except BaseException:
+            self.mock.stop()   # __exit__ does not run when __init__ fails
+            rmtree(self.dir)
+            raise
 
     def install(self, cert, key):
         """Replace the live files the way an operator's renewal does: write, then rename."""
@@ -361,8 +366,9 @@ def test_cli_reload_swaps_the_certificate_and_tls_cannot_be_turned_off_by_reload
         os.rename(c_pem, os.path.join(cfg_dir, "c.pem"))
         os.rename(k_pem, os.path.join(cfg_dir, "k.pem"))
         mock = Mock(cfg_dir)
-        gw = Gateway(cfg_dir, ROUTES % {"m": mock.url}, extra_args=["-c", cfg])
+        gw = None
         try:
+            gw = Gateway(cfg_dir, ROUTES % {"m": mock.url}, extra_args=["-c", cfg])
             assert gw.base.startswith("https://")
             with open(cfg, "w") as f:
                 f.write("# TLS off?\n")
@@ -372,7 +378,8 @@ def test_cli_reload_swaps_the_certificate_and_tls_cannot_be_turned_off_by_reload
                                capture_output=True, timeout=30)
             assert p.returncode == 0 and b'"status"' in p.stdout, p
         finally:
-            gw.stop()
+            if gw:
+                gw.stop()
             mock.stop()
     finally:
         rmtree(cfg_dir)
