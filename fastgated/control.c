@@ -2389,8 +2389,7 @@ static void h_reload(struct ctl_call *call, json_t *args)
 
 	if (!ctl_args_only(call, args, allowed))
 		return;
-	rc = gw->reload ? gw->reload(gw->reload_arg, &errs, &warns)
-	                : gateway_reload_routes(gw, &errs);
+	rc = gw->reload(gw->reload_arg, &errs, &warns);
 	if (rc < 0) {
 		size_t total = 1;
 		char *msg;
