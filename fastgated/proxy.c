@@ -316,8 +316,11 @@ static void auth_failed(struct proxy_req *px)
 static bool auth_failures_refused(struct proxy_req *px)
 {
 	const struct limit_rate *r = &px->gw->cfg->auth_fail_limit;
-	int64_t wait = r->amount ? authfail_wait(px->gw->authfail, px->client_ip, r->amount,
-	                                         r->per_s * 1000, mono_ms()) : 0;
+	/* no table yet: no address has failed, and no clock read on every request */
+	int64_t wait = r->amount && px->gw->authfail
+	             ? authfail_wait(px->gw->authfail, px->client_ip, r->amount, r->per_s * 1000,
+	                             mono_ms())
+	             : 0;
 	char ra[24], msg[160];
 
 	if (wait <= 0)
