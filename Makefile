@@ -50,6 +50,8 @@ LIBS    = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -levent_pthreads -lpthr
 
 REL_CFLAGS  := -O2 -g
 TEST_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+# ThreadSanitizer, for the event loops (workers) and the threads beside them
+TSAN_CFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=thread
 
 DAEMON_SRC := $(filter-out fastgated/main.c,$(wildcard fastgated/*.c))
 CLI_SRC    := $(wildcard fastgate-cli/*.c)
@@ -87,6 +89,7 @@ $(1)/tests/unit/%: $(1)/obj/tests/unit/%.o $(1)/libfg.a
 endef
 $(eval $(call variant,build,$(REL_CFLAGS)))
 $(eval $(call variant,build-test,$(TEST_CFLAGS)))
+$(eval $(call variant,build-tsan,$(TSAN_CFLAGS)))
 $(eval $(call variant,build-install,$(REL_CFLAGS) $$(INSTALL_DEFS)))
 
 # Rewritten only when the paths change, so a second `make install` with another PREFIX
@@ -104,7 +107,8 @@ build-install/%: share/%.in build-install/paths.stamp
 UNIT_BINS := $(patsubst tests/unit/%.c,build-test/tests/unit/%,$(UNIT_SRC))
 .SECONDARY:
 
-test-programs: programs build-test/fastgated build-test/fastgate-cli build-test/mock-upstream $(UNIT_BINS)
+test-programs: programs build-test/fastgated build-test/fastgate-cli build-test/mock-upstream $(UNIT_BINS) \
+  build-tsan/fastgated build-tsan/fastgate-cli build-tsan/mock-upstream
 
 test: test-deps
 	@$(MAKE) --no-print-directory test-programs
@@ -185,4 +189,4 @@ install: deps
 	  "  systemctl daemon-reload && systemctl enable --now fastgated"
 
 clean:
-	rm -rf build build-test build-fuzz build-install
+	rm -rf build build-test build-tsan build-fuzz build-install

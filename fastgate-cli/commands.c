@@ -664,7 +664,7 @@ static const char *fmt_duration(char *buf, json_int_t s)
 static void print_status(const json_t *r)
 {
 	struct cli_table *t = cli_table_new(2, NULL);
-	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ], b6[FMT_SZ];
+	char b1[FMT_SZ], b2[FMT_SZ], b3[FMT_SZ], b4[FMT_SZ], b5[FMT_SZ], b6[FMT_SZ], b7[FMT_SZ], b8[FMT_SZ];
 
 	snprintf(b2, sizeof(b2), "%" JSON_INTEGER_FORMAT " (%" JSON_INTEGER_FORMAT " enabled)",
 	         jint(r, "routes"), jint(r, "routes_enabled"));
@@ -675,8 +675,12 @@ static void print_status(const json_t *r)
 		kv(t, "pid:", fmt_int(b6, jint(r, "pid")));
 	kv(t, "uptime:", fmt_duration(b1, jint(r, "uptime_s")));
 	kv(t, "listen:", jstr(r, "listen"));
+	if (json_object_get(r, "workers"))
+		kv(t, "workers:", fmt_int(b7, jint(r, "workers")));
 	kv(t, "routes:", b2);
 	kv(t, "keys:", b3);
+	if (json_object_get(r, "connections"))
+		kv(t, "connections:", fmt_int(b8, jint(r, "connections")));
 	kv(t, "inflight:", fmt_int(b4, jint(r, "inflight")));
 	kv(t, "requests:", fmt_int(b5, jint(r, "requests")));
 	if (jbool(r, "stopping"))

@@ -206,32 +206,48 @@ struct spend_map {
 	size_t cap, n;            /* cap: a power of two, or 0 */
 };
 
+/* One event loop's way into the writer: its own queue and lock, so that loops never wait
+ * for each other to submit, only (rarely, for a pointer swap) for the writer. */
+struct audit_lane {
+	pthread_mutex_t mu;
+	struct audit *a;
+	unsigned idx;
+	/* under mu */
+	struct audit_record *q_head, *q_tail;
+	size_t q_n;               /* also read without mu by the writer (atomic) */
+	size_t q_bytes;
+	/* Committed records go back to the lane that submitted them, to be freed there (a
+	 * few per audit_submit): they were allocated on that loop's thread, and a burst of
+	 * frees from the writer took the allocator's lock for that heap again and again,
+	 * which the event loop then waited for (issue #6: ~20 futex waits a second at 20k
+	 * req/s, with the writer SCHED_IDLE). */
+	struct audit_record *done_head, *done_tail;
+	size_t done_bytes;
+};
+
 struct audit {
 	char *db_path, *spool_path;
 	size_t mem_cap, batch_size;
 	unsigned retention_days, prune_interval_ms, busy_timeout_ms, close_wait_ms;
 
+	struct audit_lane *lanes;
+	unsigned n_lanes;
+	/* atomics: every lane and the writer change them */
+	size_t mem_n;             /* records in the lanes and the writer's hands */
+	size_t depth;             /* mem_n + spool_n: submitted, not committed */
+	int64_t progress_ms;      /* monotonic: the last commit, or when depth left 0 */
+	bool writer_waiting;      /* written under mu; read by submitters without it */
+	bool backoff;             /* the database is failing: wake the writer only to spill
+	                           * (written under mu, read without it) */
+
 	pthread_mutex_t mu;
 	pthread_cond_t wake;
 	pthread_t thread;
 	/* under mu */
-	struct audit_record *q_head, *q_tail;
-	size_t q_n, q_bytes;
-	size_t mem_n;             /* q_n + w_n */
-	size_t depth;             /* mem_n + spool_n: submitted, not committed */
-	int64_t progress_ms;      /* monotonic: the last commit, or when depth left 0 */
 	size_t spool_left;        /* the writer's spool_n, for audit_spend_load */
 	bool stop;
-	bool writer_waiting;
 	bool retention_new;       /* audit_set_retention: the writer takes retention_next */
 	unsigned retention_next;
-	bool backoff;             /* the database is failing: wake the writer only to spill */
-	/* Committed records go back to the submitting side to be freed there (a few per
-	 * audit_submit): they were allocated there, and a burst of frees from the writer took
-	 * the allocator's lock for that heap again and again, which the event loop then waited
-	 * for (issue #6: ~20 futex waits a second at 20k req/s, with the writer SCHED_IDLE). */
-	struct audit_record *done_head, *done_tail;
-	size_t done_bytes;
 
 	/* writer thread only (and audit_open/audit_close around it) */
 	sqlite3 *db;
@@ -1811,11 +1827,11 @@ static void db_succeeded(struct audit *a)
 /* Records left the queue for good (committed or dropped). */
 static void account_done(struct audit *a, size_t from_mem, size_t from_spool)
 {
+	__atomic_sub_fetch(&a->mem_n, from_mem, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&a->progress_ms, mono_ms(), __ATOMIC_RELAXED);
+	__atomic_sub_fetch(&a->depth, from_mem + from_spool, __ATOMIC_SEQ_CST);
 	pthread_mutex_lock(&a->mu);
-	a->mem_n -= from_mem;
-	a->depth -= from_mem + from_spool;
 	a->spool_left -= from_spool;
-	a->progress_ms = mono_ms();
 	pthread_mutex_unlock(&a->mu);
 }
 
@@ -1826,29 +1842,65 @@ static void account_done(struct audit *a, size_t from_mem, size_t from_spool)
  * before the next one comes back. */
 #define FREE_PER_SUBMIT 4
 
-/* The n records from first to last (linked) are committed: account for them, and hand
- * them back to be freed by audit_submit. */
-static void account_done_list(struct audit *a, struct audit_record *first,
-                              struct audit_record *last, size_t n, size_t bytes)
+/* Hand a committed list back to the lane it came from, to be freed by audit_submit. */
+static void lane_give_back(struct audit_lane *l, struct audit_record *first,
+                           struct audit_record *last, size_t bytes)
 {
 	bool keep;
 
-	pthread_mutex_lock(&a->mu);
-	a->mem_n -= n;
-	a->depth -= n;
-	a->progress_ms = mono_ms();
-	keep = a->done_bytes < DONE_MAX_BYTES;
+	pthread_mutex_lock(&l->mu);
+	keep = l->done_bytes < DONE_MAX_BYTES;
 	if (keep) {
-		if (a->done_tail)
-			a->done_tail->next_ = first;
+		if (l->done_tail)
+			l->done_tail->next_ = first;
 		else
-			a->done_head = first;
-		a->done_tail = last;
-		a->done_bytes += bytes;
+			l->done_head = first;
+		l->done_tail = last;
+		l->done_bytes += bytes;
 	}
-	pthread_mutex_unlock(&a->mu);
+	pthread_mutex_unlock(&l->mu);
 	if (!keep)
 		free_list(first);
+}
+
+/* The n records from first to last (linked, bytes in all) are committed: account for
+ * them, and hand each back to its lane, a lane's records as one list. */
+static void account_done_list(struct audit *a, struct audit_record *first,
+                              struct audit_record *last, size_t n, size_t bytes)
+{
+	__atomic_sub_fetch(&a->mem_n, n, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&a->progress_ms, mono_ms(), __ATOMIC_RELAXED);
+	__atomic_sub_fetch(&a->depth, n, __ATOMIC_SEQ_CST);
+	if (a->n_lanes == 1) {
+		lane_give_back(&a->lanes[0], first, last, bytes);
+		return;
+	}
+	while (first) {   /* one lane per pass: its records leave the list */
+		struct audit_lane *l = &a->lanes[first->lane_ < a->n_lanes ? first->lane_ : 0];
+		struct audit_record *head = NULL, *tail = NULL, *rest = NULL, *rest_tail = NULL;
+		size_t lane_bytes = 0;
+
+		for (struct audit_record *r = first, *next; r; r = next) {
+			next = r->next_;
+			r->next_ = NULL;
+			if (&a->lanes[r->lane_ < a->n_lanes ? r->lane_ : 0] == l) {
+				lane_bytes += audit_record_bytes(r);
+				if (tail)
+					tail->next_ = r;
+				else
+					head = r;
+				tail = r;
+			} else {
+				if (rest_tail)
+					rest_tail->next_ = r;
+				else
+					rest = r;
+				rest_tail = r;
+			}
+		}
+		lane_give_back(l, head, tail, lane_bytes);
+		first = rest;
+	}
 }
 
 static void spool_forget(struct audit *a)
@@ -2040,8 +2092,8 @@ static int spill_chunk(struct audit *a, size_t count)
 	a->w_n -= n;
 	a->spool_n += n;
 	a->spool_written = true;
+	__atomic_sub_fetch(&a->mem_n, n, __ATOMIC_SEQ_CST);  /* depth is unchanged: they still wait */
 	pthread_mutex_lock(&a->mu);
-	a->mem_n -= n;           /* depth is unchanged: the records still wait */
 	a->spool_left += n;
 	pthread_mutex_unlock(&a->mu);
 	return 0;
@@ -2123,24 +2175,42 @@ static void deadline_ts(int64_t at_ms, struct timespec *ts)
 	ts->tv_nsec = (long)(at_ms % 1000) * 1000000L;
 }
 
+/* Has any lane records the writer has not taken? */
+static bool lanes_pending(struct audit *a)
+{
+	for (unsigned i = 0; i < a->n_lanes; i++)
+		if (__atomic_load_n(&a->lanes[i].q_n, __ATOMIC_SEQ_CST))
+			return true;
+	return false;
+}
+
 /* Move everything submitted so far behind the records the writer already holds.
  * Returns whether audit_close() has asked the writer to stop. */
 static bool take_queue(struct audit *a)
 {
 	bool stop;
 
-	pthread_mutex_lock(&a->mu);
-	if (a->q_head) {
-		if (a->w_tail)
-			a->w_tail->next_ = a->q_head;
-		else
-			a->w_head = a->q_head;
-		a->w_tail = a->q_tail;
-		a->w_n += a->q_n;
-		a->w_bytes += a->q_bytes;
-		a->q_head = a->q_tail = NULL;
-		a->q_n = a->q_bytes = 0;
+	for (unsigned i = 0; i < a->n_lanes; i++) {
+		struct audit_lane *l = &a->lanes[i];
+
+		if (!__atomic_load_n(&l->q_n, __ATOMIC_SEQ_CST))
+			continue;
+		pthread_mutex_lock(&l->mu);
+		if (l->q_head) {
+			if (a->w_tail)
+				a->w_tail->next_ = l->q_head;
+			else
+				a->w_head = l->q_head;
+			a->w_tail = l->q_tail;
+			a->w_n += l->q_n;
+			a->w_bytes += l->q_bytes;
+			l->q_head = l->q_tail = NULL;
+			__atomic_store_n(&l->q_n, 0, __ATOMIC_SEQ_CST);
+			l->q_bytes = 0;
+		}
+		pthread_mutex_unlock(&l->mu);
 	}
+	pthread_mutex_lock(&a->mu);
 	if (a->retention_new) {
 		a->retention_days = a->retention_next;
 		a->next_prune_ms = a->retention_days ? mono_ms() : 0;   /* a pass by it now */
@@ -2281,11 +2351,8 @@ static void *writer_main(void *arg)
 			spill(a, a->w_n - a->mem_cap * 3 / 4);
 
 		if (stopping) {
-			bool empty;
+			bool empty = !lanes_pending(a);
 
-			pthread_mutex_lock(&a->mu);
-			empty = a->q_n == 0;
-			pthread_mutex_unlock(&a->mu);
 			if (empty && a->w_n == 0 && a->spool_n == 0)
 				break;
 			if (empty && mono_ms() >= close_deadline) {
@@ -2317,9 +2384,12 @@ static void *writer_main(void *arg)
 		if (due <= now)
 			continue;
 		pthread_mutex_lock(&a->mu);
-		a->backoff = a->next_retry_ms > now;
-		if (a->q_n == 0 && a->stop == stopping && !a->retention_new) {
-			a->writer_waiting = true;
+		__atomic_store_n(&a->backoff, a->next_retry_ms > now, __ATOMIC_RELAXED);
+		/* waiting is announced before the lanes are looked at, and a submit counts its
+		 * record before it looks at waiting (both sequentially consistent): one of the
+		 * two sees the other, so no record waits for a wake-up that never comes */
+		__atomic_store_n(&a->writer_waiting, true, __ATOMIC_SEQ_CST);
+		if (!lanes_pending(a) && a->stop == stopping && !a->retention_new) {
 			if (due == INT64_MAX) {
 				pthread_cond_wait(&a->wake, &a->mu);
 			} else {
@@ -2327,9 +2397,9 @@ static void *writer_main(void *arg)
 				deadline_ts(due, &ts);
 				pthread_cond_timedwait(&a->wake, &a->mu, &ts);
 			}
-			a->writer_waiting = false;
-			woken = a->q_n > 0 && !a->stop;
+			woken = lanes_pending(a) && !a->stop;
 		}
+		__atomic_store_n(&a->writer_waiting, false, __ATOMIC_SEQ_CST);
 		pthread_mutex_unlock(&a->mu);
 		/* Woken by a submit: let a few milliseconds of records gather, so that under load
 		 * one transaction carries many rows and the loop thread is not made to wake us
@@ -2388,6 +2458,18 @@ static int spool_scan(struct audit *a, char **err)
 	return 0;
 }
 
+/* Free what the lanes hold: records given back, and any submitted after the writer's last
+ * look (only if audit_submit raced audit_close). */
+static void lanes_free(struct audit *a)
+{
+	for (unsigned i = 0; i < a->n_lanes; i++) {
+		free_list(a->lanes[i].q_head);
+		free_list(a->lanes[i].done_head);
+		pthread_mutex_destroy(&a->lanes[i].mu);
+	}
+	free(a->lanes);
+}
+
 struct audit *audit_open(const char *db_path, const struct audit_options *opt, char **err)
 {
 	static const struct audit_options defaults;
@@ -2416,6 +2498,13 @@ struct audit *audit_open(const char *db_path, const struct audit_options *opt, c
 	a->busy_timeout_ms = opt->busy_timeout_ms ? opt->busy_timeout_ms : DEFAULT_BUSY_MS;
 	a->close_wait_ms = opt->close_wait_ms ? opt->close_wait_ms : DEFAULT_CLOSE_WAIT_MS;
 
+	a->n_lanes = opt->lanes ? opt->lanes : 1;
+	a->lanes = xcalloc(a->n_lanes, sizeof(*a->lanes));
+	for (unsigned i = 0; i < a->n_lanes; i++) {
+		pthread_mutex_init(&a->lanes[i].mu, NULL);
+		a->lanes[i].a = a;
+		a->lanes[i].idx = i;
+	}
 	pthread_mutex_init(&a->mu, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -2436,6 +2525,7 @@ fail:
 	spend_free(&a->spend);
 	pthread_cond_destroy(&a->wake);
 	pthread_mutex_destroy(&a->mu);
+	lanes_free(a);
 	free(a->db_path);
 	free(a->spool_path);
 	free(a);
@@ -2451,9 +2541,16 @@ void audit_set_retention(struct audit *a, unsigned days)
 	pthread_mutex_unlock(&a->mu);
 }
 
-void audit_submit(struct audit *a, struct audit_record *rec)
+struct audit_lane *audit_lane(struct audit *a, unsigned i)
 {
+	return a ? &a->lanes[i < a->n_lanes ? i : 0] : NULL;
+}
+
+void audit_lane_submit(struct audit_lane *l, struct audit_record *rec)
+{
+	struct audit *a = l ? l->a : NULL;
 	struct audit_record *done;
+	size_t mem;
 
 	if (!rec)
 		return;
@@ -2465,61 +2562,62 @@ void audit_submit(struct audit *a, struct audit_record *rec)
 		return;
 	}
 	rec->next_ = NULL;
-	pthread_mutex_lock(&a->mu);
-	if (a->q_tail)
-		a->q_tail->next_ = rec;
+	rec->lane_ = (uint8_t)l->idx;
+	pthread_mutex_lock(&l->mu);
+	if (l->q_tail)
+		l->q_tail->next_ = rec;
 	else
-		a->q_head = rec;
-	a->q_tail = rec;
-	a->q_n++;
-	a->q_bytes += audit_record_bytes(rec);
-	a->mem_n++;
-	if (a->depth++ == 0)
-		a->progress_ms = mono_ms();   /* the wait starts now, not at the last commit */
-	/* While the database is failing, the writer only needs waking to spill. */
-	if (a->writer_waiting && (!a->backoff || a->mem_n > a->mem_cap)) {
-		a->writer_waiting = false;
-		pthread_cond_signal(&a->wake);
-	}
-	if ((done = a->done_head)) {
+		l->q_head = rec;
+	l->q_tail = rec;
+	l->q_bytes += audit_record_bytes(rec);
+	if ((done = l->done_head)) {
 		struct audit_record *last = done;
 
-		a->done_bytes -= audit_record_bytes(last);
+		l->done_bytes -= audit_record_bytes(last);
 		for (int k = 1; k < FREE_PER_SUBMIT && last->next_; k++) {
 			last = last->next_;
-			a->done_bytes -= audit_record_bytes(last);
+			l->done_bytes -= audit_record_bytes(last);
 		}
-		a->done_head = last->next_;
-		if (!a->done_head)
-			a->done_tail = NULL;
+		l->done_head = last->next_;
+		if (!l->done_head)
+			l->done_tail = NULL;
 		last->next_ = NULL;
 	}
-	pthread_mutex_unlock(&a->mu);
+	__atomic_store_n(&l->q_n, l->q_n + 1, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&l->mu);
+	mem = __atomic_add_fetch(&a->mem_n, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_fetch_add(&a->depth, 1, __ATOMIC_SEQ_CST) == 0)   /* the wait starts now */
+		__atomic_store_n(&a->progress_ms, mono_ms(), __ATOMIC_RELAXED);
+	/* While the database is failing, the writer only needs waking to spill. */
+	if (__atomic_load_n(&a->writer_waiting, __ATOMIC_SEQ_CST) &&
+	    (!__atomic_load_n(&a->backoff, __ATOMIC_RELAXED) || mem > a->mem_cap)) {
+		pthread_mutex_lock(&a->mu);
+		pthread_cond_signal(&a->wake);
+		pthread_mutex_unlock(&a->mu);
+	}
 	free_list(done);
+}
+
+void audit_submit(struct audit *a, struct audit_record *rec)
+{
+	if (!a) {
+		audit_lane_submit(NULL, rec);
+		return;
+	}
+	audit_lane_submit(&a->lanes[0], rec);
 }
 
 size_t audit_queue_depth(struct audit *a)
 {
-	size_t d;
-
-	if (!a)
-		return 0;
-	pthread_mutex_lock(&a->mu);
-	d = a->depth;
-	pthread_mutex_unlock(&a->mu);
-	return d;
+	return a ? __atomic_load_n(&a->depth, __ATOMIC_SEQ_CST) : 0;
 }
 
 int64_t audit_stalled_ms(struct audit *a)
 {
 	int64_t ms = 0;
 
-	if (!a)
-		return 0;
-	pthread_mutex_lock(&a->mu);
-	if (a->depth > 0)
-		ms = mono_ms() - a->progress_ms;
-	pthread_mutex_unlock(&a->mu);
+	if (a && __atomic_load_n(&a->depth, __ATOMIC_SEQ_CST) > 0)
+		ms = mono_ms() - __atomic_load_n(&a->progress_ms, __ATOMIC_RELAXED);
 	return ms > 0 ? ms : 0;
 }
 
@@ -2539,10 +2637,9 @@ void audit_close(struct audit *a)
 	spend_free(&a->spend);
 	spool_forget(a);
 	db_disconnect(a);
-	free_list(a->q_head);   /* only if audit_submit raced audit_close */
-	free_list(a->done_head);
 	pthread_cond_destroy(&a->wake);
 	pthread_mutex_destroy(&a->mu);
+	lanes_free(a);
 	free(a->db_path);
 	free(a->spool_path);
 	free(a);
@@ -2906,7 +3003,7 @@ int audit_spend_load(struct audit *a, int64_t since,
 
 		pthread_mutex_lock(&a->mu);
 		left = a->spool_left;
-		idle = mono_ms() - a->progress_ms;
+		idle = mono_ms() - __atomic_load_n(&a->progress_ms, __ATOMIC_RELAXED);
 		pthread_mutex_unlock(&a->mu);
 		if (!left || idle >= (int64_t)a->close_wait_ms)
 			break;

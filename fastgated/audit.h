@@ -86,6 +86,7 @@ struct audit_record {
 	bool unpriced;            /* the model had no price */
 
 	bool packed_;               /* private: strings live in the record's own block */
+	uint8_t lane_;              /* private: the audit lane it was submitted on */
 	unsigned refs_;             /* private: owners of a packed record (audit_record_share) */
 	uint32_t size_;             /* private: bytes of a packed record's block (< 4 GiB:
 	                             * a record's bodies are capped at a few MiB) */
@@ -183,7 +184,10 @@ struct audit_options {
 	unsigned busy_timeout_ms; /* how long one write waits for a lock; 0 = 1000 */
 	unsigned close_wait_ms;   /* how long audit_close keeps retrying a failing database
 	                           * before leaving the rest in the spool; 0 = 10000 */
+	unsigned lanes;           /* producers (event loops), each with a lane; 0 = 1; at
+	                           * most AUDIT_LANES_MAX */
 };
+#define AUDIT_LANES_MAX 255
 
 struct audit;
 
@@ -200,10 +204,17 @@ struct audit *audit_open(const char *db_path, const struct audit_options *opt, c
  * its interval. Any thread. */
 void audit_set_retention(struct audit *a, unsigned days);
 
-/* Queue a finished record. Takes ownership of rec (and all its strings) whatever happens.
- * Never blocks on disk: it takes a mutex the writer holds only to move list pointers.
- * Safe to call from several threads (one event loop per thread later). A record without
- * a request_id cannot be stored: it is logged and freed. */
+/* One producer's way in: lane i (< opt.lanes) belongs to one thread (an event loop),
+ * which alone submits on it. */
+struct audit_lane;
+struct audit_lane *audit_lane(struct audit *a, unsigned i);
+/* Queue a finished record on the caller's lane. Takes ownership of rec (and all its
+ * strings) whatever happens. Never blocks on disk, and takes no lock another loop takes:
+ * the lane's own mutex, which the writer holds only to move list pointers, then atomic
+ * counters; the writer's mutex only to wake it when it sleeps. A record without a
+ * request_id cannot be stored: it is logged and freed. */
+void audit_lane_submit(struct audit_lane *l, struct audit_record *rec);
+/* audit_lane_submit on lane 0 (a single producer: start-up, tests). */
 void audit_submit(struct audit *a, struct audit_record *rec);
 
 /* Records submitted and not yet committed to SQLite: in memory plus in the spool

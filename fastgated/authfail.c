@@ -4,6 +4,7 @@
  * window restarts only at now (a monotonic clock), so moving it to the tail then keeps
  * the list in order. Indexes are kept plus one, so that 0 ends a list. */
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +36,9 @@ struct authfail {
 	uint32_t mask;
 	uint32_t free;           /* entries given back */
 	uint32_t oldest, newest;
-	size_t live;
+	size_t live;             /* read without the lock: the common case is none */
 	uint64_t k0, k1;         /* the hash key: random, so clients cannot aim at one chain */
+	pthread_mutex_t mu;      /* every loop counts and checks here */
 };
 
 static const unsigned char v4_mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
@@ -153,7 +155,7 @@ static void drop(struct authfail *af, uint32_t i)
 	age_unlink(af, i);
 	at(af, i)->next = af->free;
 	af->free = i;
-	af->live--;
+	__atomic_store_n(&af->live, af->live - 1, __ATOMIC_RELAXED);
 }
 
 /* Twice the room (up to max) and twice the chains, every entry in use chained again. */
@@ -212,6 +214,7 @@ struct authfail *authfail_new(size_t cap)
 	}
 	af->k0 = k[0];
 	af->k1 = k[1];
+	pthread_mutex_init(&af->mu, NULL);
 	return af;
 }
 
@@ -221,6 +224,7 @@ void authfail_free(struct authfail *af)
 		return;
 	free(af->e);
 	free(af->head);
+	pthread_mutex_destroy(&af->mu);
 	free(af);
 }
 
@@ -229,15 +233,20 @@ int64_t authfail_wait(struct authfail *af, const char *ip, int64_t limit, int64_
 {
 	unsigned char key[16];
 	const struct entry *x;
+	int64_t wait = 0;
 	uint32_t i;
 
-	/* the common case, no failures held: no hashing at all */
-	if (!af || !af->live || !addr_key(ip, key) || !(i = find(af, key)))
+	/* the common case, no failures held: no hashing and no lock */
+	if (!authfail_size(af) || !addr_key(ip, key))
 		return 0;
-	x = at(af, i);
-	if (now_ms - x->start >= window_ms || x->fails < limit)
-		return 0;
-	return x->start + window_ms - now_ms;
+	pthread_mutex_lock(&af->mu);
+	if ((i = find(af, key))) {
+		x = at(af, i);
+		if (now_ms - x->start < window_ms && x->fails >= limit)
+			wait = x->start + window_ms - now_ms;
+	}
+	pthread_mutex_unlock(&af->mu);
+	return wait;
 }
 
 void authfail_count(struct authfail *af, const char *ip, int64_t window_ms, int64_t now_ms)
@@ -248,6 +257,7 @@ void authfail_count(struct authfail *af, const char *ip, int64_t window_ms, int6
 
 	if (!af || !addr_key(ip, key))
 		return;
+	pthread_mutex_lock(&af->mu);
 	for (int n = 0; n < TRIM_PER_COUNT && af->oldest &&
 	                now_ms - at(af, af->oldest)->start >= window_ms; n++)
 		drop(af, af->oldest);
@@ -270,14 +280,15 @@ void authfail_count(struct authfail *af, const char *ip, int64_t window_ms, int6
 		x->next = *chain;
 		*chain = i;
 		age_push(af, i);
-		af->live++;
+		__atomic_store_n(&af->live, af->live + 1, __ATOMIC_RELAXED);
 	}
 	x = at(af, i);
 	if (x->fails < UINT32_MAX)
 		x->fails++;
+	pthread_mutex_unlock(&af->mu);
 }
 
 size_t authfail_size(const struct authfail *af)
 {
-	return af ? af->live : 0;
+	return af ? __atomic_load_n(&af->live, __ATOMIC_RELAXED) : 0;
 }

@@ -13,8 +13,9 @@
  *
  * Memory is bounded: at most `cap` addresses are held (a table grown as needed), and a new
  * one beyond that takes the place of the one whose window started first, so a client
- * rotating through source addresses cannot grow it. Owned by the event loop's thread: no
- * locks. The clock is the caller's (milliseconds, monotonic), so a test can drive it.
+ * rotating through source addresses cannot grow it. One table serves every event loop
+ * behind a mutex, which a check skips while no address is held (the common case). The
+ * clock is the caller's (milliseconds, monotonic), so a test can drive it.
  *
  * Layer: state. */
 #ifndef FG_AUTHFAIL_H

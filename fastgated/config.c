@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "config.h"
@@ -40,6 +41,7 @@ static const struct setting settings[] = {
 	S("header_timeout", C_INT, header_timeout, 1, 3600),
 	S("idle_timeout", C_INT, idle_timeout, 1, 86400),
 	S("max_connections", C_INT, max_connections, 1, 1000000),
+	S("workers", C_INT, workers, 1, CONFIG_WORKERS_MAX),   /* or auto: 0 */
 	S("drain_timeout", C_INT, drain_timeout, 0, 3600),
 	S("metrics_public", C_BOOL, metrics_public, 0, 0),
 	S("audit_retention_days", C_INT, audit_retention_days, 0, 36500),
@@ -51,7 +53,7 @@ static const struct setting settings[] = {
  * and the control socket are opened once, at start, and the audit writer sizes its memory
  * then. Every other setting is read where it is used, so a reload applies it. */
 static const char *const restart_only[] = {
-	"listen", "keys", "audit", "control", "control_group", "audit_memory_cap",
+	"listen", "keys", "audit", "control", "control_group", "audit_memory_cap", "workers",
 };
 
 void config_defaults(struct config *c)
@@ -69,10 +71,20 @@ void config_defaults(struct config *c)
 	c->header_timeout = 10;
 	c->idle_timeout = 60;
 	c->max_connections = 4096;
+	c->workers = 0;   /* auto */
 	c->drain_timeout = 30;
 	c->audit_retention_days = 90;
 	c->audit_memory_cap = 100000;
 	c->auth_fail_limit = (struct limit_rate){ .amount = 20, .per_s = 60 };
+}
+
+int config_workers(const struct config *c)
+{
+	long n = c->workers;
+
+	if (n <= 0)
+		n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n < 1 ? 1 : n > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX : (int)n;
 }
 
 void config_free(struct config *c)
@@ -140,10 +152,15 @@ static void apply(struct config *c, const struct setting *st, const char *file, 
 			errlist_add(errs, "%s:%d: %s: expected true or false", file, line, st->name);
 		return;
 	case C_INT:
+		if (st->offset == offsetof(struct config, workers) && strcmp(value, "auto") == 0) {
+			*(int *)field = 0;
+			return;
+		}
 		errno = 0;
 		v = strtol(value, &end, 10);
 		if (errno || end == value || *end) {
-			errlist_add(errs, "%s:%d: %s: expected a whole number", file, line, st->name);
+			errlist_add(errs, "%s:%d: %s: expected a whole number%s", file, line, st->name,
+			            st->offset == offsetof(struct config, workers) ? " or auto" : "");
 			return;
 		}
 		break;

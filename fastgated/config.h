@@ -65,14 +65,21 @@ struct config {
 	size_t max_headers;     /* bytes of the whole request head; 32 KiB */
 	int header_timeout;     /* seconds for the whole request head (slowloris); 10 */
 	int idle_timeout;       /* seconds of client silence: body reads, keep-alive; 60 */
-	int max_connections;    /* open client connections; 4096 */
+	int max_connections;    /* open client connections, on all loops together; 4096 */
+	int workers;            /* event-loop threads; 0 = auto: one per online core
+	                         * (config_workers), at most CONFIG_WORKERS_MAX */
 	int drain_timeout;      /* seconds SIGTERM waits for in-flight requests; 30 */
 	bool metrics_public;    /* serve /metrics to non-loopback clients */
 	int audit_retention_days; /* audit rows older than this are pruned; 0 = keep; 90 */
 	int audit_memory_cap;   /* audit records held in memory before spooling; 100000 */
 };
 
+#define CONFIG_WORKERS_MAX 64
+
 void config_defaults(struct config *c);
+/* The number of event loops c asks for: workers, or with auto one per online core (at
+ * most CONFIG_WORKERS_MAX). */
+int config_workers(const struct config *c);
 /* Read fastgate.yaml; unknown keys and bad values are errors ("FILE:LINE: message"). */
 int config_load_file(struct config *c, const char *path, struct errlist *errs);
 void config_free(struct config *c);

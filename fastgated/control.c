@@ -26,6 +26,7 @@
 #include "ctlproto.h"
 #include "errlist.h"
 #include "gateway.h"
+#include "http.h"
 #include "keys.h"
 #include "log.h"
 #include "util.h"
@@ -449,7 +450,12 @@ static void handle_line(struct ctl_client *c, const char *line, size_t len)
 	call->has_id = true;
 	call->id = rq.id;
 	call->in_handler = true;
+	/* A command reads and changes what every loop uses (keys, routes, spend, target
+	 * states): the other loops wait the few microseconds it takes. What it leaves to later
+	 * events (key store writes, queries) pauses them again if it changes anything. */
+	gateway_pause(c->ctl->gw);
 	cmd->fn(call, rq.args);
+	gateway_resume(c->ctl->gw);
 	call->in_handler = false;
 	if (!call->answered && !call->streaming) {
 		log_error("control: handler for %s returned without answering", cmd->name);
@@ -1611,6 +1617,7 @@ static void change_done(void *arg, bool cancelled)
 	 * one never written says so. */
 	(void)cancelled;
 	j->change = NULL;
+	gateway_pause(j->ctl->gw);   /* the keys, routes and targets every loop reads */
 	rc = keystore_change_apply(c, &k, secret, &err);
 	if (j->url) {
 		if (rc == 0)
@@ -1638,6 +1645,7 @@ static void change_done(void *arg, bool cancelled)
 		else
 			log_info("control: %s: done after the client left", j->who);
 	}
+	gateway_resume(j->ctl->gw);
 	explicit_bzero(secret, sizeof(secret));
 	free(err);
 	change_job_free(j);
@@ -2429,15 +2437,20 @@ static void h_status(struct ctl_call *call, json_t *args)
 	struct gateway *gw = ctl_call_gateway(call);
 	int64_t now = time(NULL);
 	size_t nkeys = 0, active = 0;
+	struct gateway_stats st = gateway_stats_sum(gw);
+	int conns = 0;
 
 	if (!ctl_args_only(call, args, allowed))
 		return;
+	for (unsigned i = 0; i < (gw->n_loops ? gw->n_loops : 1); i++)
+		if (gateway_loop(gw, i)->http)
+			conns += http_server_connections(gateway_loop(gw, i)->http);
 	if (gw->keys) {
 		nkeys = keystore_count(gw->keys);
 		for (size_t i = 0; i < nkeys; i++)
 			active += key_usable(keystore_at(gw->keys, i), now);
 	}
-	reply_json(call, json_pack("{s:s, s:I, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
+	reply_json(call, json_pack("{s:s, s:I, s:I, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:b}",
 	                           "version", FG_VERSION,
 	                           "pid", (json_int_t)getpid(),
 	                           "uptime_s", (json_int_t)(gw->started ? now - gw->started : 0),
@@ -2446,9 +2459,11 @@ static void h_status(struct ctl_call *call, json_t *args)
 	                           "routes_enabled", (json_int_t)routes_enabled(gw->routes),
 	                           "keys", (json_int_t)nkeys,
 	                           "keys_active", (json_int_t)active,
-	                           "inflight", (json_int_t)gw->stats.inflight,
-	                           "requests", (json_int_t)gw->stats.requests,
-	                           "errors", (json_int_t)gw->stats.errors,
+	                           "workers", (json_int_t)(gw->n_loops ? gw->n_loops : 1),
+	                           "connections", (json_int_t)conns,
+	                           "inflight", (json_int_t)st.inflight,
+	                           "requests", (json_int_t)st.requests,
+	                           "errors", (json_int_t)st.errors,
 	                           "stopping", gw->stopping));
 }
 

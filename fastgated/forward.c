@@ -558,7 +558,7 @@ static bool something_left(const struct proxy_req *px, int64_t now)
 
 	if (px->route_attempts < r->retry.attempts)
 		for (size_t i = 0; i < r->n_targets; i++)
-			if (!(px->tried & ((uint64_t)1 << i)) && target_available(r->targets[i].st, now))
+			if (!(px->tried & ((uint64_t)1 << i)) && pool_target_available(r, i, now))
 				return true;
 	for (size_t k = px->next_fallback; k < px->first_route->n_fallback; k++)
 		if (fallback_usable(px, k, now))

@@ -6,6 +6,7 @@
 
 #include "gateway.h"
 #include "log.h"
+#include "util.h"
 
 /* Run-time enable/disable overrides live in the key store and win over the file, except
  * for a route that cannot run (its if_env variable is unset). */
@@ -78,23 +79,67 @@ void gateway_tables_free(struct gateway_tables *t)
 	memset(t, 0, sizeof(*t));
 }
 
+void gateway_pause(struct gateway *gw)
+{
+	if (gw->pause)
+		gw->pause(gw->pause_arg, true);
+}
+
+void gateway_resume(struct gateway *gw)
+{
+	if (gw->pause)
+		gw->pause(gw->pause_arg, false);
+}
+
+struct gateway *gateway_loop(struct gateway *gw, unsigned i)
+{
+	return gw->all ? gw->all[i] : gw;
+}
+
+struct gateway_stats gateway_stats_sum(struct gateway *gw)
+{
+	struct gateway_stats t = { 0 };
+
+	for (unsigned i = 0; i < (gw->n_loops ? gw->n_loops : 1); i++) {
+		const struct gateway_stats *s = &gateway_loop(gw, i)->stats;
+
+		t.requests += CTR_GET(s->requests);
+		t.errors += CTR_GET(s->errors);
+		t.inflight += CTR_GET(s->inflight);
+		t.upstream_pauses += CTR_GET(s->upstream_pauses);
+	}
+	return t;
+}
+
 void gateway_tables_install(struct gateway *gw, struct gateway_tables *in)
 {
-	struct route_table *t = in->routes, *old = gw->routes;
+	struct route_table *t = in->routes;
+	struct model_table *old_models = gw->models;
+	struct price_table *old_prices = gw->prices;
 
-	models_free(gw->models);   /* nothing keeps a model_info across an event */
-	gw->models = in->models;
-	/* requests copy the price they were admitted with: the old table may go */
-	pricing_free(gw->prices);
-	gw->prices = in->prices;
-	gw->price_memo.table = NULL;
 	apply_overrides(gw, t);
+	gateway_pause(gw);
 	/* before the old table lets go of them: the same targets keep their state */
 	pool_bind(&gw->pool, t);
 	apply_target_states(gw, t);
-	gw->routes = t;   /* in-flight requests hold their own reference to the old table */
-	if (old)
-		route_table_unref(old);
+	for (unsigned i = 0; i < (gw->n_loops ? gw->n_loops : 1); i++) {
+		struct gateway *l = gateway_loop(gw, i);
+		struct route_table *old = l->routes;
+
+		/* nothing keeps a model_info across an event; requests copy the price they were
+		 * admitted with: the old tables may go */
+		l->models = in->models;
+		l->prices = in->prices;
+		l->price_memo.table = NULL;
+		route_table_ref(t);
+		l->routes = t;   /* in-flight requests hold their own reference to the old table */
+		if (old)
+			route_table_unref(old);
+	}
+	gateway_resume(gw);
+	route_table_unref(t);   /* the loops hold it now */
+	models_free(old_models);
+	pricing_free(old_prices);
 	log_info("routes loaded from %s: %zu routes; %s; %s", gw->cfg->routes_dir, t->n,
 	         gw->models ? "model table read" : "no model table",
 	         gw->prices ? "price table read" : "no price table");

@@ -59,6 +59,8 @@ static void verdict(struct check *c, bool ok)
 
 	if (!s)
 		return;
+	/* the breaker is shared with every loop's requests; the health fields are this loop's */
+	target_state_lock(s);
 	s->health_busy = false;
 	if (ok) {
 		s->health_fail_run = 0;
@@ -84,6 +86,7 @@ static void verdict(struct check *c, bool ok)
 	}
 	if (changed && (unsigned)s->br.state < 3)
 		s->transitions[s->br.state]++;
+	target_state_unlock(s);
 }
 
 static int on_line(void *arg, const char *line, size_t len)

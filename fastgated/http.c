@@ -134,8 +134,11 @@ struct http_server {
 	struct event resume_accept;   /* after EMFILE: accept again a little later */
 	bool listening;
 	LIST_HEAD(, http_conn) conns;
-	int n_conns;
-	int peak_conns;               /* most open at once since http_server_take_peak */
+	int n_conns;                  /* CTR_ADD: metrics on other loops read it */
+	int peak_conns;               /* most open at once since http_server_take_peak (atomic:
+	                               * loop 0 takes every loop's) */
+	int *conn_total;              /* open on every loop (atomic): own_total with one loop */
+	int own_total;
 	time_t last_accept_warn;
 };
 
@@ -1137,7 +1140,8 @@ static void conn_free(struct http_conn *c)
 	event_del(&c->flush);
 	close_socket(c);
 	LIST_REMOVE(c, link);
-	s->n_conns--;
+	CTR_ADD(s->n_conns, -1);
+	__atomic_sub_fetch(s->conn_total, 1, __ATOMIC_RELAXED);
 	evbuffer_free(c->out);
 	free(c->in);
 	free(c->head);
@@ -1179,11 +1183,12 @@ static void conn_new(struct http_server *s, int fd, const struct sockaddr_storag
 	event_assign(&c->kick, base, -1, 0, kick_cb, c);
 	event_assign(&c->flush, base, -1, 0, flush_cb, c);
 	LIST_INSERT_HEAD(&s->conns, c, link);
-	s->n_conns++;
-	if (s->n_conns > s->peak_conns)
-		s->peak_conns = s->n_conns;
+	CTR_ADD(s->n_conns, 1);
+	if (s->n_conns > CTR_GET(s->peak_conns))
+		__atomic_store_n(&s->peak_conns, s->n_conns, __ATOMIC_RELAXED);
 	event_add(&c->rev, NULL);
-	if (s->n_conns > s->cfg->max_connections || s->stopping) {
+	if (__atomic_add_fetch(s->conn_total, 1, __ATOMIC_RELAXED) > s->cfg->max_connections ||
+	    s->stopping) {
 		reject(c, 503, s->stopping ? "gateway is shutting down" : "too many open connections");
 		return;
 	}
@@ -1277,8 +1282,11 @@ static int parse_listen(const char *spec, char *host, size_t hostcap, int *port)
 	return 0;
 }
 
-/* Names are resolved once, at start-up, where blocking is fine. */
-static int listen_on(const char *host, int port)
+/* Names are resolved once, at start-up, where blocking is fine. reuseport: one of several
+ * loops' sockets on the address; probe: bind it alone first (the first loop), which fails
+ * while another socket holds it, even one that allows sharing, and picks the port when
+ * port is 0 (the server reads the port back with getsockname). */
+static int listen_on(const char *host, int port, bool reuseport, bool probe)
 {
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
 	                          .ai_flags = AI_PASSIVE | AI_NUMERICSERV };
@@ -1291,13 +1299,37 @@ static int listen_on(const char *host, int port)
 		errno = e == EAI_SYSTEM ? errno : EADDRNOTAVAIL;
 		return -1;
 	}
+	if (probe) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int pfd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		if (pfd < 0 || setsockopt(pfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+		    bind(pfd, res->ai_addr, res->ai_addrlen) < 0 ||
+		    getsockname(pfd, (struct sockaddr *)&ss, &sl) < 0) {
+			e = errno;
+			if (pfd >= 0)
+				close(pfd);
+			freeaddrinfo(res);
+			errno = e;
+			return -1;
+		}
+		close(pfd);
+		/* port 0 asked: the loops share the port the probe was given */
+		if (ss.ss_family == AF_INET6)
+			((struct sockaddr_in6 *)res->ai_addr)->sin6_port =
+				((struct sockaddr_in6 *)&ss)->sin6_port;
+		else
+			((struct sockaddr_in *)res->ai_addr)->sin_port = ((struct sockaddr_in *)&ss)->sin_port;
+	}
 	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		freeaddrinfo(res);
 		return -1;
 	}
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
+	if ((reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
+	    bind(fd, res->ai_addr, res->ai_addrlen) < 0 || listen(fd, 4096) < 0) {
 		e = errno;
 		close(fd);
 		freeaddrinfo(res);
@@ -1309,8 +1341,10 @@ static int listen_on(const char *host, int port)
 }
 
 struct http_server *http_server_start(struct event_base *base, struct config *cfg,
-                                      const struct http_handlers *h, char **err)
+                                      const struct http_handlers *h,
+                                      const struct http_server_opts *opts, char **err)
 {
+	static const struct http_server_opts alone;
 	struct http_server *s = calloc(1, sizeof(*s));
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
@@ -1327,12 +1361,15 @@ struct http_server *http_server_start(struct event_base *base, struct config *cf
 	s->h = *h;
 	s->lfd = -1;
 	s->date_at = -1;
-	if (reqid_init(&s->ids) < 0) {
+	if (!opts)
+		opts = &alone;
+	s->conn_total = opts->conn_total ? opts->conn_total : &s->own_total;
+	if (reqid_init(&s->ids, opts->loop) < 0) {
 		*err = strdup("cannot seed request ids from the random generator");
 		goto err;
 	}
 	LIST_INIT(&s->conns);
-	if (parse_listen(cfg->listen, host, sizeof(host), &port) < 0) {
+	if (parse_listen(opts->bind ? opts->bind : cfg->listen, host, sizeof(host), &port) < 0) {
 		if (asprintf(err, "invalid listen address '%s' (expected ADDR:PORT)", cfg->listen) < 0)
 			*err = NULL;
 		goto err;
@@ -1348,7 +1385,7 @@ struct http_server *http_server_start(struct event_base *base, struct config *cf
 		         cfg->max_connections, max_conns);
 		cfg->max_connections = max_conns;
 	}
-	s->lfd = listen_on(host, port);
+	s->lfd = listen_on(host, port, opts->reuseport, opts->reuseport && !opts->bind);
 	if (s->lfd < 0) {
 		if (asprintf(err, "cannot listen on %s: %s", cfg->listen, strerror(errno)) < 0)
 			*err = NULL;
@@ -1427,15 +1464,12 @@ void http_server_stop_accepting(struct http_server *s)
 
 int http_server_connections(const struct http_server *s)
 {
-	return s->n_conns;
+	return CTR_GET(s->n_conns);
 }
 
 int http_server_take_peak(struct http_server *s)
 {
-	int peak = s->peak_conns;
-
-	s->peak_conns = s->n_conns;
-	return peak;
+	return __atomic_exchange_n(&s->peak_conns, CTR_GET(s->n_conns), __ATOMIC_RELAXED);
 }
 
 void http_server_free(struct http_server *s)

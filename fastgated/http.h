@@ -79,10 +79,23 @@ struct http_handlers {
 	void *arg;
 };
 
-/* Bind cfg->listen and start serving on base. NULL with *err set (caller frees) on
- * failure. cfg->max_connections is lowered to what the descriptor limit allows. */
+/* One event loop's server among several (`workers`), all listening on one address. */
+struct http_server_opts {
+	unsigned loop;            /* the loop's index: its request ids carry it (reqid.h) */
+	bool reuseport;           /* several loops accept on the address (SO_REUSEPORT) */
+	const char *bind;         /* ADDR:PORT to bind instead of cfg->listen: the address the
+	                           * first loop bound (its port, where cfg asked for port 0) */
+	int *conn_total;          /* connections open on every loop (atomic), against
+	                           * max_connections */
+};
+
+/* Bind cfg->listen and start serving on base. opts NULL: the only loop. NULL with *err
+ * set (caller frees) on failure. cfg->max_connections is lowered to what the descriptor
+ * limit allows. The first of several loops (opts->reuseport without opts->bind) first
+ * binds the address alone, so that a port another process holds is refused, not shared. */
 struct http_server *http_server_start(struct event_base *base, struct config *cfg,
-                                      const struct http_handlers *h, char **err);
+                                      const struct http_handlers *h,
+                                      const struct http_server_opts *opts, char **err);
 /* GET requests without a query for exactly this path go to fn instead (/health, /metrics).
  * -1 when the table is full. */
 int http_server_route(struct http_server *s, const char *path, http_handler_fn fn, void *arg);
@@ -98,8 +111,9 @@ void http_server_swap_tls(struct http_server *s, struct tls_server *t);
  * open connections with Connection: close. In-flight requests go on. */
 void http_server_stop_accepting(struct http_server *s);
 void http_server_free(struct http_server *s);
+/* Connections open on this server now; any thread. */
 int http_server_connections(const struct http_server *s);
-/* The most connections open at once since the last call (or the start). */
+/* The most connections open at once since the last call (or the start); any thread. */
 int http_server_take_peak(struct http_server *s);
 /* The most client connections the fd limit leaves room for (raising the soft limit to
  * the hard one first): max_connections is cut to it, at start and on reload. */

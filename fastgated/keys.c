@@ -58,7 +58,11 @@ struct keystore {
 	sqlite3_stmt *st_insert, *st_revoke, *st_rs_set, *st_ts_set, *st_update,
 	             *st_rotate, *st_user_insert, *st_user_update, *st_topup,
 	             *st_credit;                                  /* on wdb */
-	EVP_MD_CTX *md_ctx;        /* lookups reuse it: EVP_Digest allocates a context per call */
+	EVP_MD_CTX *md_ctx;        /* loop 0's lookups reuse it: EVP_Digest allocates a context
+	                            * per call (other loops bring their own: key_hasher) */
+	/* Held around every reservation, settlement and read of a spend account by the
+	 * request path, which runs on every loop: the limits and balances stay exact. */
+	pthread_mutex_t spend_mu;
 	/* Changes whenever a secret may stop leading to the key it led to (a key rotated or
 	 * added, the table rebuilt): a key_memo made before then is not trusted. Starts at 1,
 	 * so a zeroed memo never matches. */
@@ -828,6 +832,7 @@ struct keystore *keystore_open(const char *path, char **err)
 	ks = xcalloc(1, sizeof(*ks));
 	ks->gen = 1;
 	ks->path = xstrndup(path, strlen(path));
+	pthread_mutex_init(&ks->spend_mu, NULL);
 	pthread_once(&sha256_once, sha256_fetch);
 	if (sha256_md)
 		ks->md_ctx = EVP_MD_CTX_new();   /* NULL: lookups fall back to key_hash() */
@@ -933,34 +938,72 @@ void keystore_close(struct keystore *ks)
 	free(ks->slots);
 	free(ks->path);
 	EVP_MD_CTX_free(ks->md_ctx);
+	pthread_mutex_destroy(&ks->spend_mu);
 	free(ks);
+}
+
+void keystore_spend_lock(struct keystore *ks)
+{
+	pthread_mutex_lock(&ks->spend_mu);
+}
+
+void keystore_spend_unlock(struct keystore *ks)
+{
+	pthread_mutex_unlock(&ks->spend_mu);
 }
 
 /* ---- lookups ---- */
 
-struct key *keystore_lookup(struct keystore *ks, const char *secret, size_t len)
+struct key_hasher {
+	EVP_MD_CTX *ctx;
+};
+
+struct key_hasher *key_hasher_new(void)
+{
+	struct key_hasher *h = calloc(1, sizeof(*h));
+
+	pthread_once(&sha256_once, sha256_fetch);
+	if (h)
+		h->ctx = EVP_MD_CTX_new();   /* NULL: lookups fall back to key_hash() */
+	return h;
+}
+
+void key_hasher_free(struct key_hasher *h)
+{
+	if (h)
+		EVP_MD_CTX_free(h->ctx);
+	free(h);
+}
+
+static struct key *lookup_with(struct keystore *ks, EVP_MD_CTX *ctx, const char *secret,
+                               size_t len)
 {
 	unsigned char hash[KEY_HASH_LEN];
 	size_t i;
 
 	if (!ks || !ks->nslots || !key_format_valid(secret, len))
 		return NULL;
-	key_hash_with(ks->md_ctx, secret, len, hash);
+	key_hash_with(ctx, secret, len, hash);
 	for (i = hash_slot(hash, ks->nslots); ks->slots[i]; i = (i + 1) & (ks->nslots - 1))
 		if (CRYPTO_memcmp(ks->slots[i]->hash, hash, KEY_HASH_LEN) == 0)
 			return ks->slots[i];
 	return NULL;
 }
 
+struct key *keystore_lookup(struct keystore *ks, const char *secret, size_t len)
+{
+	return lookup_with(ks, ks ? ks->md_ctx : NULL, secret, len);
+}
+
 struct key *keystore_lookup_memo(struct keystore *ks, const char *secret, size_t len,
-                                 struct key_memo *m)
+                                 struct key_memo *m, struct key_hasher *h)
 {
 	struct key *k;
 
 	if (ks && m->key && m->gen == ks->gen && m->len == len &&
 	    CRYPTO_memcmp(m->secret, secret, len) == 0)
 		return m->key;
-	k = keystore_lookup(ks, secret, len);
+	k = lookup_with(ks, h ? h->ctx : ks ? ks->md_ctx : NULL, secret, len);
 	if (k && len <= sizeof(m->secret)) {
 		m->gen = ks->gen;
 		m->key = k;
@@ -2009,12 +2052,14 @@ int keystore_target_state_set(struct keystore *ks, const char *route, const char
 
 /* ---- usage and rate limits (memory only on the request path) ---- */
 
+/* Every loop touches keys and loop 0 takes the marks: relaxed atomics, as a second more or
+ * less in last_used is all a race could cost. */
 void key_touch(struct key *k, int64_t now)
 {
-	if (!k || now == k->last_used)
+	if (!k || now == __atomic_load_n(&k->last_used, __ATOMIC_RELAXED))
 		return;
-	k->last_used = now;
-	k->usage_dirty = true;
+	__atomic_store_n(&k->last_used, now, __ATOMIC_RELAXED);
+	__atomic_store_n(&k->usage_dirty, true, __ATOMIC_RELAXED);
 }
 
 size_t keystore_take_usage(struct keystore *ks, struct key_use **out)
@@ -2025,19 +2070,18 @@ size_t keystore_take_usage(struct keystore *ks, struct key_use **out)
 	if (!ks)
 		return 0;
 	for (size_t i = 0; i < ks->n; i++)
-		dirty += ks->keys[i]->usage_dirty;
+		dirty += __atomic_load_n(&ks->keys[i]->usage_dirty, __ATOMIC_RELAXED);
 	if (!dirty)
 		return 0;
 	*out = xmalloc(dirty * sizeof(**out));
 	for (size_t i = 0; i < ks->n && n < dirty; i++) {
 		struct key *k = ks->keys[i];
 
-		if (!k->usage_dirty)
+		if (!__atomic_exchange_n(&k->usage_dirty, false, __ATOMIC_RELAXED))
 			continue;
 		(*out)[n].id = k->id;
-		(*out)[n].last_used = k->last_used;
+		(*out)[n].last_used = __atomic_load_n(&k->last_used, __ATOMIC_RELAXED);
 		n++;
-		k->usage_dirty = false;
 	}
 	return n;
 }

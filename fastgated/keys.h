@@ -95,10 +95,17 @@ struct key_memo {
 	size_t len;
 	char secret[KEY_SECRET_LEN];
 };
+/* A SHA-256 context for one event loop's lookups (EVP_Digest would allocate one per
+ * call). NULL when out of memory; lookups without one fall back to the store's, which
+ * belongs to loop 0. */
+struct key_hasher;
+struct key_hasher *key_hasher_new(void);
+void key_hasher_free(struct key_hasher *h);
 /* keystore_lookup, answered from m when the same secret comes again and the store has not
- * changed since in a way that could send it elsewhere; remembers a found key in m. */
+ * changed since in a way that could send it elsewhere; remembers a found key in m. h:
+ * the calling loop's hasher (NULL on loop 0). */
 struct key *keystore_lookup_memo(struct keystore *ks, const char *secret, size_t len,
-                                 struct key_memo *m);
+                                 struct key_memo *m, struct key_hasher *h);
 void key_memo_clear(struct key_memo *m);
 struct key *keystore_get(struct keystore *ks, int64_t id);
 
@@ -170,6 +177,12 @@ struct key_use {
 /* The keys touched since the previous call, as pairs in a new array *out (caller frees;
  * NULL when there are none); their marks are cleared. Returns how many. */
 size_t keystore_take_usage(struct keystore *ks, struct key_use **out);
+
+/* Held by the request path (any loop) around spend_reserve, spend_settle, spend_release
+ * and reads of a key's or user's spend account, so that limits and balances are exact
+ * across loops. Loop 0 changes the store with the other loops paused and needs no lock. */
+void keystore_spend_lock(struct keystore *ks);
+void keystore_spend_unlock(struct keystore *ks);
 
 /* Spend (settled totals from the audit database's counters, at start): scope 'k' or
  * 'u' and id name the account; unknown ids are ignored (a key or user the store no

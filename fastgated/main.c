@@ -26,11 +26,12 @@
 #include "tls.h"
 #include "transport_curl.h"
 #include "transport_h1.h"
+#include "workers.h"
 
 #define USAGE \
 	"usage: fastgated [-c FILE] [--listen ADDR:PORT] [--tls-cert FILE --tls-key FILE] [--routes DIR]\n" \
 	"                 [--models FILE] [--pricing FILE] [--keys FILE] [--audit FILE] [--control PATH]\n" \
-	"                 [--check] [--daemon --pidfile FILE] [-v] [--version]\n"
+	"                 [--workers N|auto] [--check] [--daemon --pidfile FILE] [-v] [--version]\n"
 
 struct runtime {
 	struct gateway gw;
@@ -43,6 +44,8 @@ struct runtime {
 	int conn_high;             /* most connections open at once since the last trim */
 	struct keyusage *usage;    /* saves the keys' last-used times off the loop */
 	struct health *health;     /* active health checks of the routes that ask for them */
+	struct workers *workers;   /* loops 1..n-1, or NULL with one loop */
+	int conn_total;            /* client connections open on every loop (atomic) */
 	int signals_seen;
 };
 
@@ -74,7 +77,7 @@ static void print_version(void)
 }
 
 enum { OPT_LISTEN = 256, OPT_TLS_CERT, OPT_TLS_KEY, OPT_ROUTES, OPT_MODELS, OPT_PRICING, OPT_KEYS, OPT_AUDIT, OPT_CONTROL, OPT_CHECK, OPT_DAEMON,
-       OPT_PIDFILE, OPT_VERSION };
+       OPT_PIDFILE, OPT_VERSION, OPT_WORKERS };
 
 static const struct option opts[] = {
 	{ "config", required_argument, NULL, 'c' },
@@ -87,6 +90,7 @@ static const struct option opts[] = {
 	{ "keys", required_argument, NULL, OPT_KEYS },
 	{ "audit", required_argument, NULL, OPT_AUDIT },
 	{ "control", required_argument, NULL, OPT_CONTROL },
+	{ "workers", required_argument, NULL, OPT_WORKERS },
 	{ "check", no_argument, NULL, OPT_CHECK },
 	{ "daemon", no_argument, NULL, OPT_DAEMON },
 	{ "pidfile", required_argument, NULL, OPT_PIDFILE },
@@ -95,6 +99,19 @@ static const struct option opts[] = {
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
+
+/* --workers: N (1..CONFIG_WORKERS_MAX) or auto (0); -1 for anything else. */
+static int parse_workers(const char *s)
+{
+	char *end;
+	long n;
+
+	if (strcmp(s, "auto") == 0)
+		return 0;
+	errno = 0;
+	n = strtol(s, &end, 10);
+	return errno || end == s || *end || n < 1 || n > CONFIG_WORKERS_MAX ? -1 : (int)n;
+}
 
 /* The flags over what the file said; at start and again at each reload, so that a flag
  * keeps overriding the file. The command line was checked at start: nothing is printed. */
@@ -116,6 +133,7 @@ static void apply_flags(int argc, char **argv, struct config *cfg, int *check)
 		case OPT_AUDIT: set_str(&cfg->audit_path, optarg); break;
 		case OPT_CONTROL: set_str(&cfg->control_path, optarg); break;
 		case OPT_PIDFILE: set_str(&cfg->pidfile, optarg); break;
+		case OPT_WORKERS: cfg->workers = parse_workers(optarg); break;
 		case OPT_DAEMON: cfg->daemonize = true; break;
 		case OPT_CHECK: if (check) *check = 1; break;
 		case 'v': cfg->verbose++; break;
@@ -163,6 +181,10 @@ static int parse_args(struct runtime *rt)
 			return 2;
 		} else if (c == '?') {
 			fprintf(stderr, USAGE);
+			return -1;
+		} else if (c == OPT_WORKERS && parse_workers(optarg) < 0) {
+			fprintf(stderr, "fastgated: --workers: expected a number of event loops from 1 to "
+			        "%d, or auto (one per core), not '%s'\n", CONFIG_WORKERS_MAX, optarg);
 			return -1;
 		}
 	}
@@ -258,7 +280,7 @@ static void drain_poll_cb(evutil_socket_t fd, short what, void *arg)
 	struct runtime *rt = arg;
 	(void)fd; (void)what;
 
-	if (rt->gw.stats.inflight == 0) {
+	if (gateway_stats_sum(&rt->gw).inflight == 0) {
 		log_info("all requests finished; exiting");
 		event_base_loopexit(rt->gw.base, NULL);
 	}
@@ -270,7 +292,7 @@ static void drain_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd; (void)what;
 
 	log_warn("drain timeout: %llu requests still in flight are cut",
-	         (unsigned long long)rt->gw.stats.inflight);
+	         (unsigned long long)gateway_stats_sum(&rt->gw).inflight);
 	event_base_loopexit(rt->gw.base, NULL);
 }
 
@@ -286,9 +308,10 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
 		return;
 	}
 	log_info("signal %d: no new connections; draining %llu requests (at most %ds)", (int)sig,
-	         (unsigned long long)rt->gw.stats.inflight, rt->cfg.drain_timeout);
+	         (unsigned long long)gateway_stats_sum(&rt->gw).inflight, rt->cfg.drain_timeout);
 	rt->gw.stopping = true;
 	http_server_stop_accepting(rt->gw.http);
+	workers_stop_accepting(rt->workers);
 	event_add(rt->drain_poll, &poll);
 	event_add(rt->drain_deadline, &deadline);
 }
@@ -310,7 +333,8 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 {
 	struct config next, old;
 	struct gateway_tables tables = { 0 };
-	struct tls_server *tls = NULL;
+	struct tls_server *tls[CONFIG_WORKERS_MAX] = { 0 };   /* one per loop */
+	unsigned loops = rt->gw.n_loops ? rt->gw.n_loops : 1;
 	int cap = http_conn_capacity(), rc = -1;
 
 	/* 1 */
@@ -326,26 +350,30 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 	/* 3 */
 	if (gateway_tables_load(&next, &tables, errs) < 0)
 		goto out;
-	if (next.tls_cert) {   /* TLS stays on (step 2): the certificate and key, read again */
+	/* TLS stays on (step 2): the certificate and key, read again, for every loop */
+	for (unsigned i = 0; next.tls_cert && i < loops; i++) {
 		char *err = NULL;
 
-		tls = tls_server_new(next.tls_cert, next.tls_key, &err);
-		if (!tls) {
+		tls[i] = tls_server_new(next.tls_cert, next.tls_key, &err);
+		if (!tls[i]) {
 			errlist_add(errs, "%s", err ? err : "out of memory");
 			free(err);
 			goto out;
 		}
 	}
-	/* 4 */
+	/* 4, with the other loops paused: they read the settings and the tables */
+	gateway_pause(&rt->gw);
 	old = rt->cfg;
 	rt->cfg = next;
 	next = old;   /* freed below */
 	gateway_tables_install(&rt->gw, &tables);
-	if (tls) {
-		http_server_swap_tls(rt->gw.http, tls);
-		tls = NULL;
-		log_info("TLS certificate: %s", http_server_tls(rt->gw.http));
+	for (unsigned i = 0; tls[0] && i < loops; i++) {
+		http_server_swap_tls(gateway_loop(&rt->gw, i)->http, tls[i]);
+		tls[i] = NULL;
 	}
+	gateway_resume(&rt->gw);
+	if (next.tls_cert)
+		log_info("TLS certificate: %s", http_server_tls(rt->gw.http));
 	if (rt->gw.audit && rt->cfg.audit_retention_days != next.audit_retention_days)
 		audit_set_retention(rt->gw.audit, (unsigned)rt->cfg.audit_retention_days);
 	if (rt->config_file)
@@ -354,7 +382,8 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 out:
 	config_free(&next);
 	gateway_tables_free(&tables);
-	tls_server_free(tls);
+	for (unsigned i = 0; i < loops; i++)
+		tls_server_free(tls[i]);
 	return rc;
 }
 
@@ -391,9 +420,16 @@ static void hup_cb(evutil_socket_t sig, short what, void *arg)
 static void trim_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct runtime *rt = arg;
-	int peak = http_server_take_peak(rt->gw.http), now = http_server_connections(rt->gw.http);
+	int peak = 0, now = 0;
 	(void)fd; (void)what;
 
+	/* every loop's, as their memory is one heap to trim (glibc trims every arena) */
+	for (unsigned i = 0; i < (rt->gw.n_loops ? rt->gw.n_loops : 1); i++) {
+		struct http_server *h = gateway_loop(&rt->gw, i)->http;
+
+		peak += http_server_take_peak(h);
+		now += http_server_connections(h);
+	}
 	if (peak > rt->conn_high)
 		rt->conn_high = peak;
 	if (rt->conn_high >= TRIM_FROM_CONNS && now <= rt->conn_high / 4) {
@@ -423,8 +459,19 @@ static void audit_on_done(void *arg, const struct request_done *d)
 	if (!gw->audit)
 		return;
 	rec = audit_record_pack(d->row, d->with_bodies);
-	control_publish_audit(gw->control, rec);
-	audit_submit(gw->audit, rec);
+	if (gw->loop == 0)
+		control_publish_audit(gw->control, rec);
+	else   /* the tail is loop 0's: a reference travels there */
+		workers_publish(gw->workers, gw->loop, audit_record_share(rec));
+	audit_lane_submit(gw->lane, rec);
+}
+
+/* Loop 0's side of workers_publish. */
+static void publish_on_loop0(void *arg, struct audit_record *rec)
+{
+	struct runtime *rt = arg;
+
+	control_publish_audit(rt->gw.control, rec);
 }
 
 static int daemonize(const char *pidfile)
@@ -454,25 +501,82 @@ static int daemonize(const char *pidfile)
 	return 0;
 }
 
-static struct event_base *make_base(void)
+/* What loop gw has of its own (the parts every loop has alike; loop 0's base, metrics
+ * and the shared parts are made before): transports, audit lane, request-done hooks,
+ * HTTP server with its probes. Loops after the first listen on the address loop 0 bound. */
+static int loop_setup(struct runtime *rt, struct gateway *gw, char **err)
 {
-	struct event_config *ec = event_config_new();
-	struct event_base *base = NULL;
+	struct http_server_opts ho = {
+		.loop = gw->loop, .reuseport = gw->n_loops > 1, .conn_total = &rt->conn_total,
+		.bind = gw->loop ? rt->gw.listen_addr : NULL,
+	};
+	struct http_handlers h = {
+		.request = proxy_request, .refused = endpoints_refused,
+		.conn_data_size = proxy_conn_data_size(), .conn_closed = proxy_conn_closed,
+		.arg = gw,
+	};
 
-	/* EV_CLOSED lets us see a client hang up while its request is in flight. */
-	if (ec) {
-		event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
-		/* curl changes its interest in a socket several times per transfer; the
-		 * changelist folds each loop turn's changes into one epoll_ctl per fd */
-		event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-		base = event_base_new_with_config(ec);
-		event_config_free(ec);
+	if (gw->loop > 0) {
+		pool_init(&gw->pool);
+	gw->base = workers_make_base();
+		gw->metrics = metrics_new();
+		gw->hasher = key_hasher_new();
+		if (!gw->base || !gw->metrics || !gw->hasher) {
+			*err = strdup("out of memory");
+			return -1;
+		}
+		gw->routes = rt->gw.routes;
+		route_table_ref(gw->routes);
 	}
-	if (!base) {
-		log_warn("event backend without early-close detection; hang-ups are seen at the next write");
-		base = event_base_new();
+	gw->lane = audit_lane(gw->audit, gw->loop);
+	gw->transports[TR_KIND_CURL] = transport_curl_new(gw->base, err);
+	if (!gw->transports[TR_KIND_CURL])
+		return -1;
+	gw->transports[TR_KIND_NATIVE] = transport_h1_new(gw->base, err);
+	if (!gw->transports[TR_KIND_NATIVE])
+		return -1;
+	if (reqdone_subscribe(&gw->done, metrics_on_done, gw) < 0 ||
+	    reqdone_subscribe(&gw->done, audit_on_done, gw) < 0) {
+		*err = strdup("too many request-done subscribers");
+		return -1;
 	}
-	return base;
+	gw->http = http_server_start(gw->base, gw->cfg, &h, &ho, err);
+	if (!gw->http)
+		return -1;
+	if (endpoints_register(gw) < 0) {
+		*err = strdup("cannot register /health and /metrics");
+		return -1;
+	}
+	if (gw->loop == 0)
+		snprintf(gw->listen_addr, sizeof(gw->listen_addr), "%s", http_server_addr(gw->http));
+	else
+		memcpy(gw->listen_addr, rt->gw.listen_addr, sizeof(gw->listen_addr));
+	return 0;
+}
+
+/* Free what loop_setup made (and, for loops after the first, their base and the rest of
+ * their own). Frees every client connection and lets their requests finish first. */
+static void loop_teardown(struct gateway *gw)
+{
+	if (gw->http) {
+		http_server_free(gw->http);
+		gw->http = NULL;
+	}
+	transport_curl_free(gw->transports[TR_KIND_CURL]);
+	transport_h1_free(gw->transports[TR_KIND_NATIVE]);
+	gw->transports[TR_KIND_CURL] = gw->transports[TR_KIND_NATIVE] = NULL;
+	if (gw->loop == 0)
+		return;
+	if (gw->routes)
+		route_table_unref(gw->routes);
+	gw->routes = NULL;
+	metrics_free(gw->metrics);
+	gw->metrics = NULL;
+	key_hasher_free(gw->hasher);
+	gw->hasher = NULL;
+	if (gw->base)
+		event_base_free(gw->base);
+	gw->base = NULL;
 }
 
 static void shutdown_all(struct runtime *rt)
@@ -483,6 +587,10 @@ static void shutdown_all(struct runtime *rt)
 		control_stop(gw->control);
 		gw->control = NULL;   /* requests finishing below publish to nobody */
 	}
+	/* the other loops first: their requests end on their own bases, from here */
+	workers_join(rt->workers);
+	for (unsigned i = 1; rt->workers && i < gw->n_loops; i++)
+		loop_teardown(workers_loop(rt->workers, i));
 	if (gw->http) {
 		/* Frees every client connection and lets their requests finish. */
 		http_server_free(gw->http);
@@ -497,8 +605,9 @@ static void shutdown_all(struct runtime *rt)
 		audit_close(gw->audit);
 	health_stop(rt->health);   /* its checks use the transports */
 	rt->health = NULL;
-	transport_curl_free(gw->transports[TR_KIND_CURL]);
-	transport_h1_free(gw->transports[TR_KIND_NATIVE]);
+	loop_teardown(gw);
+	workers_free(rt->workers);
+	rt->workers = NULL;
 	keystore_close(gw->keys);
 	if (gw->routes)
 		route_table_unref(gw->routes);
@@ -506,6 +615,7 @@ static void shutdown_all(struct runtime *rt)
 	pricing_free(gw->prices);
 	metrics_free(gw->metrics);
 	authfail_free(gw->authfail);
+	pool_clear(&gw->pool);
 	struct event *evs[] = { rt->sig_term, rt->sig_int, rt->sig_hup, rt->drain_poll,
 	                        rt->drain_deadline, rt->usage_flush, rt->trim };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)
@@ -554,9 +664,11 @@ int main(int argc, char **argv)
 	gw->reload = reload_hook;
 	gw->reload_arg = &rt;
 	gw->started = time(NULL);
-	gw->base = make_base();
+	gw->base = workers_make_base();
 	gw->metrics = metrics_new();
-	if (!gw->base || !gw->metrics) {
+	gw->authfail = authfail_new(AUTHFAIL_CAP);
+	gw->n_loops = (unsigned)config_workers(&rt.cfg);
+	if (!gw->base || !gw->metrics || !gw->authfail) {
 		log_error("out of memory");
 		goto out;
 	}
@@ -574,6 +686,7 @@ int main(int argc, char **argv)
 		struct audit_options ao = { 0 };
 		ao.retention_days = (unsigned)rt.cfg.audit_retention_days;
 		ao.mem_cap = (size_t)rt.cfg.audit_memory_cap;
+		ao.lanes = gw->n_loops;
 		gw->audit = audit_open(rt.cfg.audit_path, &ao, &err);
 		if (!gw->audit) {
 			log_error("audit store %s: %s", rt.cfg.audit_path, err ? err : "cannot open");
@@ -589,37 +702,28 @@ int main(int argc, char **argv)
 		log_error("no valid route set in %s; not starting", rt.cfg.routes_dir);
 		goto out;
 	}
-	gw->transports[TR_KIND_CURL] = transport_curl_new(gw->base, &err);
-	if (!gw->transports[TR_KIND_CURL]) {
-		log_error("%s", err);
-		goto out;
+	if (gw->n_loops > 1) {
+		rt.workers = workers_new(gw, gw->n_loops, &err);
+		if (!rt.workers) {
+			log_error("%s", err);
+			goto out;
+		}
+		workers_on_publish(rt.workers, publish_on_loop0, &rt);
+	} else {
+		gw->n_loops = 1;
 	}
-	gw->transports[TR_KIND_NATIVE] = transport_h1_new(gw->base, &err);
-	if (!gw->transports[TR_KIND_NATIVE]) {
-		log_error("%s", err);
-		goto out;
+	/* loop 0 first: the others listen on the address it bound */
+	for (unsigned i = 0; i < gw->n_loops; i++) {
+		if (loop_setup(&rt, gateway_loop(gw, i), &err) < 0) {
+			log_error("%s", err ? err : "cannot start the HTTP server");
+			goto out;
+		}
 	}
 	rt.health = health_start(gw);
 	if (!rt.health) {
 		log_error("out of memory");
 		goto out;
 	}
-	if (reqdone_subscribe(&gw->done, metrics_on_done, gw) < 0 ||
-	    reqdone_subscribe(&gw->done, audit_on_done, gw) < 0)
-		goto out;
-	{
-		struct http_handlers h = {
-			.request = proxy_request, .refused = endpoints_refused,
-			.conn_data_size = proxy_conn_data_size(), .conn_closed = proxy_conn_closed,
-			.arg = gw,
-		};
-		gw->http = http_server_start(gw->base, gw->cfg, &h, &err);
-	}
-	if (!gw->http || endpoints_register(gw) < 0) {
-		log_error("%s", err ? err : "cannot start the HTTP server");
-		goto out;
-	}
-	snprintf(gw->listen_addr, sizeof(gw->listen_addr), "%s", http_server_addr(gw->http));
 	gw->control = control_start(gw, rt.cfg.control_path, rt.cfg.control_group, &err);
 	if (!gw->control) {
 		log_error("control socket %s: %s", rt.cfg.control_path, err ? err : "cannot start");
@@ -642,10 +746,15 @@ int main(int argc, char **argv)
 	event_add(rt.sig_hup, NULL);
 	event_add(rt.usage_flush, &every_10s);
 	event_add(rt.trim, &every_10s);
+	if (rt.workers && workers_start(rt.workers, &err) < 0) {
+		log_error("%s", err ? err : "cannot start the event-loop threads");
+		goto out;
+	}
 
-	log_info("fastgated %s listening on %s://%s (%zu routes, %zu keys, control %s)",
+	log_info("fastgated %s listening on %s://%s (%zu routes, %zu keys, %u worker%s, control %s)",
 	         FG_VERSION, http_server_tls(gw->http) ? "https" : "http", gw->listen_addr,
-	         gw->routes->n, keystore_count(gw->keys), rt.cfg.control_path);
+	         gw->routes->n, keystore_count(gw->keys), gw->n_loops, gw->n_loops == 1 ? "" : "s",
+	         rt.cfg.control_path);
 	if (http_server_tls(gw->http))
 		log_info("TLS certificate: %s", http_server_tls(gw->http));
 	event_base_dispatch(gw->base);

@@ -3,6 +3,7 @@
  * handful of statuses, so a scan is cheaper than a hash at this size. Tokens and cost are
  * by route and model, and the model comes from the client's request: those series are in
  * a hash, at most MODELS_PER_ROUTE models a route (the rest count as model="other"). */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,10 @@ struct route_usage {
 	unsigned long long unpriced;
 };
 
+/* One per event loop (a shard): its loop counts into it under mu, which only a scrape
+ * (metrics_render, on any loop) takes besides, to add the shards up. */
 struct metrics {
+	pthread_mutex_t mu;
 	struct series requests[MAX_SERIES];
 	size_t n_requests;
 	struct series upstream_errors[MAX_SERIES];
@@ -84,13 +88,18 @@ struct metrics {
 
 struct metrics *metrics_new(void)
 {
-	return calloc(1, sizeof(struct metrics));
+	struct metrics *m = calloc(1, sizeof(struct metrics));
+
+	if (m)
+		pthread_mutex_init(&m->mu, NULL);
+	return m;
 }
 
 void metrics_free(struct metrics *m)
 {
 	if (!m)
 		return;
+	pthread_mutex_destroy(&m->mu);
 	for (struct usage_series *u = m->usage_first, *next; u; u = next) {
 		next = u->next;
 		free(u->route);
@@ -106,7 +115,8 @@ void metrics_free(struct metrics *m)
 	free(m);
 }
 
-static void series_add(struct series *tab, size_t *n, const char *route, const char *label2)
+static void series_add_n(struct series *tab, size_t *n, const char *route, const char *label2,
+                         unsigned long long count)
 {
 	size_t i;
 
@@ -120,7 +130,12 @@ static void series_add(struct series *tab, size_t *n, const char *route, const c
 		snprintf(tab[i].label2, sizeof(tab[i].label2), "%s", label2);
 		(*n)++;
 	}
-	tab[i].value++;
+	tab[i].value += count;
+}
+
+static void series_add(struct series *tab, size_t *n, const char *route, const char *label2)
+{
+	series_add_n(tab, n, route, label2, 1);
 }
 
 static void histogram_observe(struct histogram *h, double v)
@@ -316,15 +331,68 @@ void metrics_on_done(void *arg, const struct request_done *d)
 	const struct audit_record *r = d->row;
 
 	if (!d->refused) {
-		gw->stats.requests++;
+		CTR_ADD(gw->stats.requests, 1);
 		if (r->status >= 500 || r->error)
-			gw->stats.errors++;
+			CTR_ADD(gw->stats.errors, 1);
 	}
 	if (gw->metrics) {
+		pthread_mutex_lock(&gw->metrics->mu);
 		record(gw->metrics, r->route ? r->route : "", r->status, d->total_s, d->ttfb_s,
 		       d->upstream_error);
 		record_usage(gw->metrics, r->route ? r->route : "", r);
+		pthread_mutex_unlock(&gw->metrics->mu);
 	}
+}
+
+static void histogram_merge(struct histogram *dst, const struct histogram *src)
+{
+	for (size_t i = 0; i < NBUCKETS; i++)
+		dst->counts[i] += src->counts[i];
+	dst->count += src->count;
+	dst->sum += src->sum;
+}
+
+/* Add shard src into dst (a scrape's sum of every loop's shard). */
+static void metrics_merge(struct metrics *dst, const struct metrics *src)
+{
+	for (size_t i = 0; i < src->n_requests; i++)
+		series_add_n(dst->requests, &dst->n_requests, src->requests[i].route,
+		             src->requests[i].label2, src->requests[i].value);
+	for (size_t i = 0; i < src->n_upstream_errors; i++)
+		series_add_n(dst->upstream_errors, &dst->n_upstream_errors,
+		             src->upstream_errors[i].route, src->upstream_errors[i].label2,
+		             src->upstream_errors[i].value);
+	histogram_merge(&dst->duration, &src->duration);
+	histogram_merge(&dst->ttfb, &src->ttfb);
+	dst->rejected += src->rejected;
+	for (const struct usage_series *u = src->usage_first; u; u = u->next) {
+		struct usage_series *v = usage_find(dst, u->route, u->model, u->hash);
+
+		if (!v) {
+			/* each shard keeps MODELS_PER_ROUTE a route; so does their sum, the rest of
+			 * the models counting as "other" as they would on one loop */
+			struct route_usage *ru = route_usage(dst, u->route);
+			const char *model = u->model;
+			size_t h = u->hash;
+
+			if (strcmp(model, "other") != 0) {
+				if (ru->models >= MODELS_PER_ROUTE) {
+					model = "other";
+					h = usage_hash(u->route, model);
+				} else {
+					ru->models++;
+				}
+			}
+			if (!(v = usage_find(dst, u->route, model, h)))
+				v = usage_add(dst, u->route, model, h);
+		}
+		for (int k = 0; k < TOK_KINDS; k++)
+			v->tokens[k] += u->tokens[k];
+		v->cost_nano += u->cost_nano;
+		v->priced |= u->priced;
+	}
+	for (const struct route_usage *r = src->route_usage; r; r = r->next)
+		route_usage(dst, r->route)->unpriced += r->unpriced;
 }
 
 static void print_histogram(struct evbuffer *b, const char *name, const char *help,
@@ -422,6 +490,7 @@ static bool target_sum(const struct route *r, size_t i, int64_t now_ms, struct t
 	for (size_t k = 0; k < i; k++)
 		if (r->targets[k].url && strcmp(r->targets[k].url, url) == 0)
 			return false;
+	pool_lock(r);   /* every loop's attempts change these */
 	for (size_t k = i; k < r->n_targets; k++) {
 		const struct target_state *s = r->targets[k].st;
 
@@ -434,6 +503,7 @@ static bool target_sum(const struct route *r, size_t i, int64_t now_ms, struct t
 		for (int t = 0; t < 3; t++)
 			out->transitions[t] += s->transitions[t];
 	}
+	pool_unlock(r);
 	return true;
 }
 
@@ -506,12 +576,69 @@ static void render_upstreams(struct gateway *gw, struct evbuffer *b)
 	render_upstream_family(b, gw->routes, FAM_TRANSITIONS, now);
 }
 
+/* What every loop counts alike, summed: the loops' own counters and their servers' and
+ * transports' gauges. */
+struct loop_sums {
+	uint64_t inflight, pauses;
+	int conns;
+	unsigned up_open, up_idle;
+};
+
+static void loops_sum(struct gateway *gw, struct evbuffer *b, struct loop_sums *s)
+{
+	unsigned n = gw->n_loops ? gw->n_loops : 1;
+
+	memset(s, 0, sizeof(*s));
+	evbuffer_add_printf(b, "# HELP fastgate_workers Event-loop threads serving requests (workers).\n"
+	                       "# TYPE fastgate_workers gauge\nfastgate_workers %u\n"
+	                       "# HELP fastgate_worker_requests_total Requests finished, by the event loop that served them.\n"
+	                       "# TYPE fastgate_worker_requests_total counter\n", n);
+	for (unsigned i = 0; i < n; i++)
+		evbuffer_add_printf(b, "fastgate_worker_requests_total{worker=\"%u\"} %llu\n", i,
+		                    (unsigned long long)CTR_GET(gateway_loop(gw, i)->stats.requests));
+	evbuffer_add_printf(b, "# HELP fastgate_worker_connections Client connections open now, by the event loop that holds them.\n"
+	                       "# TYPE fastgate_worker_connections gauge\n");
+	for (unsigned i = 0; i < n; i++) {
+		struct gateway *l = gateway_loop(gw, i);
+		const struct transport *t = l->transports[TR_KIND_NATIVE];
+		int c = l->http ? http_server_connections(l->http) : 0;
+
+		evbuffer_add_printf(b, "fastgate_worker_connections{worker=\"%u\"} %d\n", i, c);
+		s->conns += c;
+		s->inflight += CTR_GET(l->stats.inflight);
+		s->pauses += CTR_GET(l->stats.upstream_pauses);
+		if (t && t->ops->counts) {
+			unsigned open = 0, idle = 0;
+
+			t->ops->counts(t, &open, &idle);
+			s->up_open += open;
+			s->up_idle += idle;
+		}
+	}
+}
+
 int metrics_render(struct gateway *gw, struct evbuffer *b)
 {
-	struct metrics *m = gw->metrics;
+	unsigned n = gw->n_loops ? gw->n_loops : 1;
+	struct metrics *m = gw->metrics, *sum = NULL;
+	struct loop_sums ls;
 
 	if (!m)
 		return -1;
+	if (n > 1) {   /* the shards added up, each held only while it is read */
+		if (!(sum = metrics_new()))
+			return -1;
+		for (unsigned i = 0; i < n; i++) {
+			struct metrics *sh = gateway_loop(gw, i)->metrics;
+
+			pthread_mutex_lock(&sh->mu);
+			metrics_merge(sum, sh);
+			pthread_mutex_unlock(&sh->mu);
+		}
+		m = sum;
+	} else {
+		pthread_mutex_lock(&m->mu);
+	}
 	evbuffer_add_printf(b, "# HELP fastgate_requests_total Requests finished, by route and status.\n"
 	                       "# TYPE fastgate_requests_total counter\n");
 	for (size_t i = 0; i < m->n_requests; i++)
@@ -528,29 +655,28 @@ int metrics_render(struct gateway *gw, struct evbuffer *b)
 		                    m->upstream_errors[i].route, m->upstream_errors[i].label2,
 		                    m->upstream_errors[i].value);
 	render_usage(m, b);
+	if (sum)
+		metrics_free(sum);
+	else
+		pthread_mutex_unlock(&m->mu);
+	loops_sum(gw, b, &ls);
 	evbuffer_add_printf(b, "# HELP fastgate_inflight_requests Requests being served now.\n"
 	                       "# TYPE fastgate_inflight_requests gauge\nfastgate_inflight_requests %llu\n",
-	                    (unsigned long long)gw->stats.inflight);
+	                    (unsigned long long)ls.inflight);
 	evbuffer_add_printf(b, "# HELP fastgate_audit_queue_depth Audit records not yet committed (memory and spool).\n"
 	                       "# TYPE fastgate_audit_queue_depth gauge\nfastgate_audit_queue_depth %zu\n",
 	                    gw->audit ? audit_queue_depth(gw->audit) : (size_t)0);
 	evbuffer_add_printf(b, "# HELP fastgate_open_connections Client connections open now.\n"
 	                       "# TYPE fastgate_open_connections gauge\nfastgate_open_connections %d\n",
-	                    gw->http ? http_server_connections(gw->http) : 0);
-	{
-		unsigned open = 0, idle = 0;
-		const struct transport *t = gw->transports[TR_KIND_NATIVE];
-		if (t && t->ops->counts)
-			t->ops->counts(t, &open, &idle);
-		evbuffer_add_printf(b, "# HELP fastgate_upstream_connections Plain-HTTP upstream connections open now, by state.\n"
-		                       "# TYPE fastgate_upstream_connections gauge\n"
-		                       "fastgate_upstream_connections{state=\"busy\"} %u\n"
-		                       "fastgate_upstream_connections{state=\"idle\"} %u\n",
-		                    open - idle, idle);
-	}
+	                    ls.conns);
+	evbuffer_add_printf(b, "# HELP fastgate_upstream_connections Plain-HTTP upstream connections open now, by state.\n"
+	                       "# TYPE fastgate_upstream_connections gauge\n"
+	                       "fastgate_upstream_connections{state=\"busy\"} %u\n"
+	                       "fastgate_upstream_connections{state=\"idle\"} %u\n",
+	                    ls.up_open - ls.up_idle, ls.up_idle);
 	evbuffer_add_printf(b, "# HELP fastgate_upstream_pauses_total Streams paused because the client read slower than the upstream sent.\n"
 	                       "# TYPE fastgate_upstream_pauses_total counter\nfastgate_upstream_pauses_total %llu\n",
-	                    (unsigned long long)gw->stats.upstream_pauses);
+	                    (unsigned long long)ls.pauses);
 	render_upstreams(gw, b);
 	return 0;
 }

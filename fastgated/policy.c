@@ -64,11 +64,10 @@ static size_t amount_text(char *out, enum limit_kind k, int64_t v)
  * that SDKs and people see where they stand on every answer. Made into one block of
  * lines: nine headers through snprintf and http_add_header cost 20,000 instructions a
  * request. */
-static void ratelimit_headers(struct proxy_req *px, int64_t now)
+static void ratelimit_headers(struct proxy_req *px, const struct spend_headroom hr[3],
+                              unsigned found)
 {
 	static const char *const kn[3] = { "requests", "tokens", "cost" };
-	struct spend_headroom hr[3];
-	unsigned found = spend_headroom(&px->hold, now, hr);
 	char buf[3 * 3 * 80];   /* a line is at most 32 + 24 + 2 bytes */
 	size_t n = 0;
 
@@ -205,6 +204,9 @@ bool policy_admit(struct proxy_req *px)
 	int64_t now = (int64_t)px->started_at;
 	const struct price *p;
 	struct spend_refusal why;
+	enum spend_verdict verdict;
+	struct spend_headroom hr[3];
+	unsigned found;
 	bool model = px->model[0] != '\0';
 	int64_t est_output = 0;
 
@@ -261,12 +263,16 @@ bool policy_admit(struct proxy_req *px)
 	                              .prompt = px->est_prompt, .completion = est_output },
 	                              px->mult, px->n_mult)
 	                    : -1;
-	if (spend_reserve(&px->hold, now, &why) != SPEND_OK) {
-		ratelimit_headers(px, now);
+	/* the reservation and the headroom it leaves, as one step across loops */
+	keystore_spend_lock(gw->keys);
+	verdict = spend_reserve(&px->hold, now, &why);
+	found = spend_headroom(&px->hold, now, hr);
+	keystore_spend_unlock(gw->keys);
+	ratelimit_headers(px, hr, found);
+	if (verdict != SPEND_OK) {
 		spend_refused(px, &why);
 		return false;
 	}
-	ratelimit_headers(px, now);
 	key_touch(k, now);
 	return true;
 }
@@ -287,7 +293,9 @@ void policy_bill(struct proxy_req *px)
 		return;
 	px->billed = true;
 	if (!served || !px->route) {
+		keystore_spend_lock(px->gw->keys);
 		spend_release(&px->hold, now);
+		keystore_spend_unlock(px->gw->keys);
 		return;
 	}
 	if (px->usage.found) {
@@ -312,7 +320,9 @@ void policy_bill(struct proxy_req *px)
 	else if (!px->model[0])
 		px->cost_nano = 0;
 	px->charged = true;
+	keystore_spend_lock(px->gw->keys);
 	spend_settle(&px->hold, now, uc.prompt > INT64_MAX - uc.completion ? INT64_MAX
 	             : uc.prompt + uc.completion,
 	             px->cost_nano > 0 ? px->cost_nano : 0);
+	keystore_spend_unlock(px->gw->keys);
 }

@@ -27,10 +27,13 @@ enum attempt_outcome attempt_outcome_of_status(long status)
 
 void pool_init(struct pool *p)
 {
+	pthread_mutex_init(&p->mu, NULL);
 	p->head = NULL;
 	p->n = 0;
 }
 
+/* At shutdown, after every loop has stopped: the tables still holding states free them
+ * without a registry (and without its lock). */
 void pool_clear(struct pool *p)
 {
 	for (struct target_state *s = p->head, *next; s; s = next) {
@@ -38,7 +41,33 @@ void pool_clear(struct pool *p)
 		s->pool = NULL;
 		s->prev = s->next = NULL;
 	}
-	pool_init(p);
+	p->head = NULL;
+	p->n = 0;
+	pthread_mutex_destroy(&p->mu);
+}
+
+void pool_lock(const struct route *r)
+{
+	if (r && r->pool)
+		pthread_mutex_lock(&r->pool->mu);
+}
+
+void pool_unlock(const struct route *r)
+{
+	if (r && r->pool)
+		pthread_mutex_unlock(&r->pool->mu);
+}
+
+void target_state_lock(const struct target_state *s)
+{
+	if (s && s->pool)
+		pthread_mutex_lock(&s->pool->mu);
+}
+
+void target_state_unlock(const struct target_state *s)
+{
+	if (s && s->pool)
+		pthread_mutex_unlock(&s->pool->mu);
 }
 
 static struct target_state *state_find(struct pool *p, const char *route,
@@ -76,8 +105,11 @@ static struct target_state *state_new(struct pool *p, const char *route,
 
 void pool_bind(struct pool *p, struct route_table *t)
 {
+	pthread_mutex_lock(&p->mu);
 	for (size_t i = 0; i < t->n; i++) {
 		struct route *r = t->routes[i];
+
+		r->pool = p;
 
 		for (size_t k = 0; k < r->n_targets; k++) {
 			struct route_target *tg = &r->targets[k];
@@ -92,21 +124,33 @@ void pool_bind(struct pool *p, struct route_table *t)
 			tg->st = s;
 		}
 	}
+	pthread_mutex_unlock(&p->mu);
 }
 
+/* The last table holding a state may go on any loop. */
 void target_state_unref(struct target_state *s)
 {
-	if (!s || --s->refs > 0)
+	struct pool *p = s ? s->pool : NULL;
+	bool last;
+
+	if (!s)
 		return;
-	if (s->pool) {
+	if (p)
+		pthread_mutex_lock(&p->mu);
+	last = --s->refs == 0;
+	if (last && p) {
 		if (s->prev)
 			s->prev->next = s->next;
 		else
-			s->pool->head = s->next;
+			p->head = s->next;
 		if (s->next)
 			s->next->prev = s->prev;
-		s->pool->n--;
+		p->n--;
 	}
+	if (p)
+		pthread_mutex_unlock(&p->mu);
+	if (!last)
+		return;
 	free(s->route);
 	free(s->url);
 	free(s->deployment);
@@ -118,13 +162,23 @@ bool target_available(const struct target_state *s, int64_t now_ms)
 	return s && !s->drained && breaker_wait_ms(&s->br, now_ms) == 0;
 }
 
+bool pool_target_available(const struct route *r, size_t i, int64_t now_ms)
+{
+	bool ok;
+
+	pool_lock(r);
+	ok = target_available(r->targets[i].st, now_ms);
+	pool_unlock(r);
+	return ok;
+}
+
 static void note_transition(struct target_state *s, bool changed)
 {
 	if (changed && (unsigned)s->br.state < 3)
 		s->transitions[s->br.state]++;
 }
 
-int pool_pick(struct route *r, uint64_t tried, int64_t now_ms, enum breaker_pass *pass)
+static int pick_locked(struct route *r, uint64_t tried, int64_t now_ms, enum breaker_pass *pass)
 {
 	*pass = BREAKER_DENY;
 	for (size_t i = 0; i < r->n_targets; i++) {
@@ -153,10 +207,21 @@ int pool_pick(struct route *r, uint64_t tried, int64_t now_ms, enum breaker_pass
 	return -1;
 }
 
+int pool_pick(struct route *r, uint64_t tried, int64_t now_ms, enum breaker_pass *pass)
+{
+	int i;
+
+	pool_lock(r);
+	i = pick_locked(r, tried, now_ms, pass);
+	pool_unlock(r);
+	return i;
+}
+
 int64_t pool_wait_ms(const struct route *r, int64_t now_ms)
 {
 	int64_t best = -1;
 
+	pool_lock(r);
 	for (size_t i = 0; i < r->n_targets; i++) {
 		const struct target_state *s = r->targets[i].st;
 		int64_t w;
@@ -167,41 +232,47 @@ int64_t pool_wait_ms(const struct route *r, int64_t now_ms)
 		if (best < 0 || w < best)
 			best = w;
 	}
+	pool_unlock(r);
 	return best;
 }
 
 bool pool_route_available(const struct route *r, int64_t now_ms)
 {
-	for (size_t i = 0; i < r->n_targets; i++)
-		if (target_available(r->targets[i].st, now_ms))
-			return true;
-	return false;
+	bool ok = false;
+
+	pool_lock(r);
+	for (size_t i = 0; i < r->n_targets && !ok; i++)
+		ok = target_available(r->targets[i].st, now_ms);
+	pool_unlock(r);
+	return ok;
 }
 
 void pool_release(struct route *r, size_t i, enum breaker_pass pass)
 {
 	struct target_state *s = r->targets[i].st;
 
+	pool_lock(r);
 	if (s && pass != BREAKER_DENY)
 		breaker_abandoned(&s->br, pass);
+	pool_unlock(r);
 }
 
 void pool_attempt_start(struct route *r, size_t i)
 {
 	struct target_state *s = r->targets[i].st;
 
+	pool_lock(r);
 	if (s)
 		s->inflight++;
+	pool_unlock(r);
 }
 
-void pool_attempt_end(struct route *r, size_t i, int64_t now_ms, enum breaker_pass pass,
-                      enum attempt_outcome o, int64_t retry_after_s, double ttfb_ms)
+static void attempt_end_locked(struct route *r, struct target_state *s, int64_t now_ms,
+                               enum breaker_pass pass, enum attempt_outcome o,
+                               int64_t retry_after_s, double ttfb_ms)
 {
-	struct target_state *s = r->targets[i].st;
 	bool changed;
 
-	if (!s)
-		return;
 	if (s->inflight)
 		s->inflight--;
 	s->attempts[o < OUTCOME_COUNT ? o : OUTCOME_RESET]++;
@@ -233,4 +304,16 @@ void pool_attempt_end(struct route *r, size_t i, int64_t now_ms, enum breaker_pa
 		break;
 	}
 	note_transition(s, changed);
+}
+
+void pool_attempt_end(struct route *r, size_t i, int64_t now_ms, enum breaker_pass pass,
+                      enum attempt_outcome o, int64_t retry_after_s, double ttfb_ms)
+{
+	struct target_state *s = r->targets[i].st;
+
+	if (!s)
+		return;
+	pool_lock(r);
+	attempt_end_locked(r, s, now_ms, pass, o, retry_after_s, ttfb_ms);
+	pool_unlock(r);
 }

@@ -8,8 +8,11 @@
  * table's targets reference them (route_target.st, counted). pool_bind gives a newly
  * loaded table the states of the table it replaces wherever a target is the same one --
  * same route, URL, provider, deployment and key -- so a reload keeps a tripped breaker tripped; a state
- * nothing references any more is freed. The registry lives on the loop's thread; nothing
- * here locks.
+ * nothing references any more is freed. There is one registry for all event loops, so a
+ * target has one breaker and one count of requests in flight however many loops send to
+ * it: its mutex guards every state, and each route's balancer (routes.h: bal, bt), for
+ * the few hundred instructions of a pick or an attempt's end. The functions below take
+ * it themselves; pool_lock is for readers of the states (metrics, health checks).
  *
  * Layer: state. */
 #ifndef FG_POOL_H
@@ -18,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 
 #include "breaker.h"
 
@@ -64,6 +68,7 @@ struct target_state {
 };
 
 struct pool {
+	pthread_mutex_t mu;
 	struct target_state *head;
 	size_t n;
 };
@@ -71,13 +76,22 @@ struct pool {
 void pool_init(struct pool *p);
 /* Detach every state (the tables still holding them free them). */
 void pool_clear(struct pool *p);
+/* Hold the lock of the registry the route's (or the state's) targets belong to, to read
+ * their states; NULL-safe. */
+void pool_lock(const struct route *r);
+void pool_unlock(const struct route *r);
+void target_state_lock(const struct target_state *s);
+void target_state_unlock(const struct target_state *s);
 
 /* Give every target of t a state: the existing one of the same identity, else a new one. */
 void pool_bind(struct pool *p, struct route_table *t);
 void target_state_unref(struct target_state *s);   /* NULL is fine */
 
-/* May the target take an attempt now (not drained, breaker would let one through)? */
+/* May the target take an attempt now (not drained, breaker would let one through)? The
+ * caller holds the lock. */
 bool target_available(const struct target_state *s, int64_t now_ms);
+/* The same for target i of r, taking the lock. */
+bool pool_target_available(const struct route *r, size_t i, int64_t now_ms);
 
 /* The target of r for the next attempt, skipping those in `tried` (bit i = targets[i]):
  * its index, or -1 when none is available. *pass is the breaker's ticket for the attempt,

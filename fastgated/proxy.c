@@ -162,7 +162,7 @@ void proxy_finish(struct proxy_req *px)
 		forward_attempt_end(px, OUTCOME_ABANDONED, 0, -1);   /* no-op once it has ended */
 	if (px->req)
 		proxy_take_req(px);
-	gw->stats.inflight--;
+	CTR_ADD(gw->stats.inflight, -1);
 	policy_bill(px);
 	emit_done(px, total);
 	log_debug("request %s route=%s status=%ld %.1fms chunks=%u bytes=%zu%s%s", px->id,
@@ -305,8 +305,6 @@ static void auth_failed(struct proxy_req *px)
 
 	if (!r->amount)
 		return;
-	if (!px->gw->authfail)
-		px->gw->authfail = authfail_new(AUTHFAIL_CAP);
 	authfail_count(px->gw->authfail, px->client_ip, r->per_s * 1000, mono_ms());
 }
 
@@ -316,8 +314,8 @@ static void auth_failed(struct proxy_req *px)
 static bool auth_failures_refused(struct proxy_req *px)
 {
 	const struct limit_rate *r = &px->gw->cfg->auth_fail_limit;
-	/* no table yet: no address has failed, and no clock read on every request */
-	int64_t wait = r->amount && px->gw->authfail
+	/* no address held: no clock read on every request */
+	int64_t wait = r->amount && authfail_size(px->gw->authfail)
 	             ? authfail_wait(px->gw->authfail, px->client_ip, r->amount, r->per_s * 1000,
 	                             mono_ms())
 	             : 0;
@@ -401,7 +399,7 @@ static enum phase_rc ph_authenticate(struct proxy_req *px)
 		return PH_END;
 	}
 	px->key = keystore_lookup_memo(px->gw->keys, px->secret, px->secret_len,
-	                               http_conn_data(req));
+	                               http_conn_data(req), px->gw->hasher);
 	if (!px->key) {
 		auth_failed(px);
 		proxy_reply_error(px, 401, "invalid_api_key", "invalid API key");
@@ -656,7 +654,7 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	evtimer_assign(&px->timer_ev, gw->base, relay_timer_cb, px);
 	event_assign(&px->resume_ev, gw->base, -1, 0, relay_resume_cb, px);
 	event_assign(&px->finish_ev, gw->base, -1, 0, finish_cb, px);
-	gw->stats.inflight++;
+	CTR_ADD(gw->stats.inflight, 1);
 	if (!px->out) {
 		px->status = 500;   /* what the caller answers */
 		proxy_finish(px);

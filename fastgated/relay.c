@@ -330,7 +330,7 @@ static int on_body(void *arg, const char *data, size_t len)
 	if (px->req && px->streaming && http_backlog(px->req) > CLIENT_HIGH_WATER) {
 		/* the client is slow, not the upstream: no idle timer while paused */
 		px->paused = true;
-		px->gw->stats.upstream_pauses++;
+		CTR_ADD(px->gw->stats.upstream_pauses, 1);
 		evtimer_del(&px->timer_ev);
 		return 1;
 	}

@@ -4,13 +4,19 @@
 
 #include "reqid.h"
 
-#define COUNTER_MASK 0xffffffffffffULL   /* 48 bits */
+/* The 48-bit counter: the event loop's index in the top REQID_LOOP_BITS, then a count that
+ * starts at random and wraps within its own bits, so no two loops ever make the same id. */
+#define COUNT_BITS (48 - REQID_LOOP_BITS)
+#define COUNT_MASK ((1ULL << COUNT_BITS) - 1)
 
-int reqid_init(struct reqid_gen *g)
+int reqid_init(struct reqid_gen *g, unsigned loop)
 {
-	if (RAND_bytes((unsigned char *)&g->counter, sizeof(g->counter)) != 1)
+	uint64_t r;
+
+	if (RAND_bytes((unsigned char *)&r, sizeof(r)) != 1)
 		return -1;
-	g->counter &= COUNTER_MASK;
+	g->counter = ((uint64_t)(loop & ((1u << REQID_LOOP_BITS) - 1)) << COUNT_BITS) |
+	             (r & COUNT_MASK);
 	return 0;
 }
 
@@ -25,7 +31,7 @@ void reqid_next(struct reqid_gen *g, char out[REQID_LEN + 1])
 	 * (they look a few seconds around the id's second). */
 	clock_gettime(CLOCK_REALTIME_COARSE, &now);
 	sec = (uint32_t)now.tv_sec;
-	g->counter = (g->counter + 1) & COUNTER_MASK;
+	g->counter = (g->counter & ~COUNT_MASK) | ((g->counter + 1) & COUNT_MASK);
 	/* "%08x%012llx" by hand: one per request, and printf was a visible share of it */
 	for (int i = 7; i >= 0; i--, sec >>= 4)
 		out[i] = hex[sec & 0xf];

@@ -22,6 +22,7 @@ struct route_kv {
 	char *value;
 };
 
+struct pool;           /* pool.h: the registry of target states */
 struct target_state;   /* pool.h: what a target's state is (breaker, in flight, drained) */
 
 /* What an upstream speaks (DESIGN.md, Providers). Clients always speak OpenAI's API. */
@@ -121,6 +122,8 @@ struct route {
 	 * (refreshed from each target's state before a pick) */
 	struct balancer bal;
 	struct balance_target *bt;
+	struct pool *pool;        /* the registry of its targets' states (pool_bind): its lock
+	                           * guards bal, bt and those states across event loops */
 	bool stream_usage;     /* ask streams for usage and strip it if the client did not; default true */
 	int log_bodies;        /* keep this many bytes of request and response body in the audit
 	                        * row, for debugging; 0 (default) keeps none */

@@ -83,6 +83,8 @@ static void usage_answer(struct proxy_req *px)
 	int64_t now = time(NULL);
 	json_t *user = json_null(), *body;
 
+	/* other loops reserve and settle against the same accounts */
+	keystore_spend_lock(px->gw->keys);
 	if (u) {
 		user = json_pack("{s:I, s:s, s:b, s:o, s:o}", "id", (json_int_t)u->id, "name", u->name,
 		                 "suspended", u->suspended, "limits", limits_json(&u->acct, now),
@@ -101,6 +103,7 @@ static void usage_answer(struct proxy_req *px)
 	                 "at", (json_int_t)now, "key", "id", (json_int_t)k->id, "name", k->name,
 	                 "display", k->display, "limits", limits_json(&k->acct, now),
 	                 "spend", selfserve_spend_json(&k->acct, now), "user", user ? user : json_null());
+	keystore_spend_unlock(px->gw->keys);
 	answer(px, body);
 }
 

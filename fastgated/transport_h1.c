@@ -22,6 +22,7 @@
 #include "h1resp.h"
 #include "resolve.h"
 #include "transport_h1.h"
+#include "util.h"
 
 #define IDLE_MAX_PER_ORIGIN 256
 #define BUF_START (16 * 1024)
@@ -102,7 +103,7 @@ static void conn_close(struct conn *c)
 	if (c->idle) {
 		LIST_REMOVE(c, idle_link);
 		c->origin->n_idle--;
-		p->idle--;
+		CTR_ADD(p->idle, -1);
 	}
 	LIST_REMOVE(c, all_link);
 	event_del(&c->rev);
@@ -110,7 +111,7 @@ static void conn_close(struct conn *c)
 	close(c->fd);
 	free(c->buf);
 	free(c);
-	p->open--;
+	CTR_ADD(p->open, -1);
 }
 
 /* A new non-blocking socket with its connect to address i started, bounded by timeout_ms.
@@ -140,7 +141,7 @@ static struct conn *conn_open(struct pool *p, struct origin *o, size_t i, int64_
 	event_assign(&c->rev, p->base, c->fd, EV_READ | EV_PERSIST, read_cb, c);
 	event_assign(&c->wev, p->base, c->fd, EV_WRITE, write_cb, c);
 	LIST_INSERT_HEAD(&p->all, c, all_link);
-	p->open++;
+	CTR_ADD(p->open, 1);
 	c->connecting = true;
 	if (connect(c->fd, (struct sockaddr *)&o->addr[i], o->addrlen[i]) < 0) {
 		if (errno == EINPROGRESS) {
@@ -228,7 +229,7 @@ static void conclude(struct conn *c, enum tr_result r, bool reusable)
 		c->idle_since = coarse_ms();
 		LIST_INSERT_HEAD(&o->idle, c, idle_link);
 		o->n_idle++;
-		c->pool->idle++;
+		CTR_ADD(c->pool->idle, 1);
 	} else {
 		conn_close(c);
 	}
@@ -539,7 +540,7 @@ static struct conn *conn_for(struct origin *o, const struct tr_xfer *x)
 	c->idle = false;
 	c->reused = true;
 	o->n_idle--;
-	p->idle--;
+	CTR_ADD(p->idle, -1);
 	return c;
 }
 
@@ -634,8 +635,8 @@ static void h1_counts(const struct transport *t, unsigned *open, unsigned *idle)
 {
 	const struct pool *p = (const struct pool *)t;
 
-	*open = p->open;
-	*idle = p->idle;
+	*open = CTR_GET(p->open);   /* read from any loop (metrics) */
+	*idle = CTR_GET(p->idle);
 }
 
 static const struct transport_ops h1_ops = {

@@ -31,6 +31,13 @@ size_t fmt_dec(char *out, uint64_t n);
 #define FMT_USD_MAX 24
 size_t fmt_usd_nano(char *out, int64_t nano);
 
+/* A counter that one thread (its event loop) changes and any thread may read (metrics,
+ * the drain at shutdown): relaxed loads and stores, which compile to plain moves, so the
+ * writer pays nothing for a reader elsewhere and the reader sees a whole value. Never for
+ * a counter two threads change. */
+#define CTR_GET(c) __atomic_load_n(&(c), __ATOMIC_RELAXED)
+#define CTR_ADD(c, n) __atomic_store_n(&(c), CTR_GET(c) + (n), __ATOMIC_RELAXED)
+
 /* A header name with its length, for lists that are checked against every header of
  * every request and answer: only names of the same length are compared. The list ends
  * with { NULL, 0 }. */

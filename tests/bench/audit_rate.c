@@ -56,7 +56,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: audit_rate DB ROWS RATE\n");
 		return 2;
 	}
-	if (reqid_init(&test_ids) < 0 || !(a = audit_open(argv[1], NULL, &err))) {
+	if (reqid_init(&test_ids, 0) < 0 || !(a = audit_open(argv[1], NULL, &err))) {
 		fprintf(stderr, "audit_rate: %s\n", err ? err : "cannot start");
 		return 1;
 	}

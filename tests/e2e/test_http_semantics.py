@@ -548,9 +548,14 @@ def test_post_is_not_resent_when_a_reused_upstream_connection_closes_under_it(c)
     marker = "post-two-%d" % time.monotonic_ns()
     with Upstream(reused_connection_drops_second_request) as up, \
             routes(c, route("postonce", "/postonce/**", up.url)):
-        r1 = call(c, "POST", "/postonce/x", body={"model": "m", "marker": "post-one"})
-        assert r1.status == 200 and r1.json() == {"conn": 0, "n": 0}, r1
-        r2 = call(c, "POST", "/postonce/x", body={"model": "m", "marker": marker})
+        # one client connection: it stays on one event loop, whose upstream connection the
+        # second request reuses (each loop keeps its own)
+        with Client(c) as cl:
+            r1 = cl.exchange(request(c, "POST", "/postonce/x", (),
+                                     {"model": "m", "marker": "post-one"}, True), 10.0)
+            assert r1.status == 200 and r1.json() == {"conn": 0, "n": 0}, r1
+            r2 = cl.exchange(request(c, "POST", "/postonce/x", (),
+                                     {"model": "m", "marker": marker}, True), 10.0)
         n = up.arrivals(marker.encode())
         assert r2.status == 502 and n == 1, (
             "POST #2: status %d (want 502), reached the upstream %d times (want 1): %s"
@@ -561,9 +566,10 @@ def test_post_is_not_resent_when_a_reused_upstream_connection_closes_under_it(c)
 def test_idempotent_get_may_be_retried_on_a_new_connection_when_a_reused_one_closes(c):
     with Upstream(reused_connection_drops_second_request) as up, \
             routes(c, route("getretry", "/getretry/**", up.url)):
-        r1 = call(c, "GET", "/getretry/one")
-        assert r1.status == 200 and r1.json() == {"conn": 0, "n": 0}, r1
-        r2 = call(c, "GET", "/getretry/two")
+        with Client(c) as cl:   # one client connection, one loop (as above)
+            r1 = cl.exchange(request(c, "GET", "/getretry/one", (), None, True), 10.0)
+            assert r1.status == 200 and r1.json() == {"conn": 0, "n": 0}, r1
+            r2 = cl.exchange(request(c, "GET", "/getretry/two", (), None, True), 10.0)
         got = [q for q in up.requests if q.path == "/getretry/two"]
         assert r2.status == 200 and r2.json()["conn"] != 0, r2
         assert 1 <= len(got) <= 2, got

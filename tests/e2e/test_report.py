@@ -392,7 +392,10 @@ def test_prometheus_tokens_by_route_model_and_kind_with_a_bounded_model_set(c):
                         r'kind="prompt"\}', text, re.M)
     assert len(models) == len(set(models)) == 257 and "other" in models, len(models)
     made_up = sorted(m for m in models if m.startswith("made-up-"))
-    assert len(made_up) == 256 - 2 and made_up[-1] == "made-up-253", made_up[-3:]
+    # which 254 keep a series depends, with several event loops, on the loop each request
+    # met; that 254 do and the other 46 add up under "other" does not
+    assert len(made_up) == 256 - 2 and set(made_up) <= {"made-up-%03d" % i for i in range(300)}, \
+        made_up[-3:]
     other = re.search(r'^fastgate_tokens_total\{route="chat",model="other",kind="prompt"\} (\d+)$',
                       text, re.M)
     assert other and int(other.group(1)) == 46 * u["prompt_tokens"], other

@@ -29,7 +29,7 @@ layers=(
   "2 io:      http connio tls transport transport_h1 transport_curl resolve"
   "3 state:   routes keys keyusage audit metrics reqdone gateway balance breaker pool models spend pricing authfail"
   "4 flow:    request proxy forward relay endpoints control logs stats health selfserve policy forwarded cors"
-  "5 wiring:  main"
+  "5 wiring:  main workers"
 )
 
 declare -A level name_of

@@ -175,7 +175,7 @@ static void rig_up(struct rig *r)
 	reqdone_subscribe(&r->gw.done, on_done, r);
 	h.conn_data_size = proxy_conn_data_size();
 	h.arg = &r->gw;
-	r->gw.http = http_server_start(r->base, &r->cfg, &h, &err);
+	r->gw.http = http_server_start(r->base, &r->cfg, &h, NULL, &err);
 	CHECK(r->gw.http != NULL);
 	r->port = atoi(strrchr(http_server_addr(r->gw.http), ':') + 1);
 	errlist_clear(&errs);
