@@ -335,6 +335,7 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 	struct gateway_tables tables = { 0 };
 	struct tls_server *tls[CONFIG_WORKERS_MAX] = { 0 };   /* one per loop */
 	unsigned loops = rt->gw.n_loops ? rt->gw.n_loops : 1;
+	bool swap_tls;
 	int cap = http_conn_capacity(), rc = -1;
 
 	/* 1 */
@@ -362,17 +363,18 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 		}
 	}
 	/* 4, with the other loops paused: they read the settings and the tables */
+	swap_tls = tls[0] != NULL;
 	gateway_pause(&rt->gw);
 	old = rt->cfg;
 	rt->cfg = next;
 	next = old;   /* freed below */
 	gateway_tables_install(&rt->gw, &tables);
-	for (unsigned i = 0; tls[0] && i < loops; i++) {
+	for (unsigned i = 0; swap_tls && i < loops; i++) {
 		http_server_swap_tls(gateway_loop(&rt->gw, i)->http, tls[i]);
 		tls[i] = NULL;
 	}
 	gateway_resume(&rt->gw);
-	if (next.tls_cert)
+	if (swap_tls)
 		log_info("TLS certificate: %s", http_server_tls(rt->gw.http));
 	if (rt->gw.audit && rt->cfg.audit_retention_days != next.audit_retention_days)
 		audit_set_retention(rt->gw.audit, (unsigned)rt->cfg.audit_retention_days);

@@ -79,8 +79,10 @@ i=0
 for b in "${BUILDS[@]}"; do
 	d=$W/fg$i
 	mkdir -p "$d"
+	# shellcheck disable=SC2046 # one event loop each, so builds with and without workers compare
 	"$b/fastgated" --listen 127.0.0.1:0 --routes "$W/routes" --keys "$d/keys.db" \
-		--audit "$d/audit.db" --control "$d/ctl.sock" >"$d/out" 2>"$d/log" &
+		--audit "$d/audit.db" --control "$d/ctl.sock" $(bench_workers_flag "$b/fastgated" 1) \
+		>"$d/out" 2>"$d/log" &
 	PIDS+=($!)
 	PP[fg$i]=$!
 	wait_for "$d/log" 'listening on http://' 20 "${PP[fg$i]}"

@@ -26,6 +26,7 @@
 #   CG_SECONDS=6 CG_LIMITS=0 tests/bench/callgrind.sh
 #   CG_SECONDS=6 CG_LIMITS=1 tests/bench/callgrind.sh
 # Unset, as before: model mock-gpt (unpriced), fastgated's default price table, no limits.
+# CG_WORKERS=N (default 1) event loops: "event loop" is then all of them together.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -82,9 +83,14 @@ else
 		done
 	} >"$W/routes/chat.yaml"
 fi
+# One event loop (CG_WORKERS to change it), so that builds with and without workers compare.
+FG_WORKERS=()
+if "$B/fastgated" --help 2>&1 | grep -q -- --workers; then
+	FG_WORKERS=(--workers "${CG_WORKERS:-1}")
+fi
 valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$B/fastgated" --listen 127.0.0.1:0 \
 	--routes "$W/routes" --keys "$W/keys.db" --audit "$W/audit.db" --control "$W/ctl.sock" \
-	${FG_PRICING[@]+"${FG_PRICING[@]}"} >"$W/fg.out" 2>"$W/fg.log" &
+	${FG_PRICING[@]+"${FG_PRICING[@]}"} ${FG_WORKERS[@]+"${FG_WORKERS[@]}"} >"$W/fg.out" 2>"$W/fg.log" &
 FP=$!
 wait_for "$W/fg.log" 'listening on http://' 60 "$FP"
 fport=$(bench_fg_port "$W/fg.log")

@@ -175,3 +175,11 @@ $tp
 }
 EOF
 }
+
+# `--workers N` for a fastgated binary that has the flag (a build from before `workers`
+# runs one loop and has none): for comparing builds at equal event loops.
+bench_workers_flag() { # BIN N
+	if "$1" --help 2>&1 | grep -q -- --workers; then
+		echo "--workers $2"
+	fi
+}

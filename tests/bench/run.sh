@@ -295,13 +295,15 @@ MOCK_PORT=$(bench_mock_port "$W/mock.out")
 log "mock-upstream pid $MOCK_PID on 127.0.0.1:$MOCK_PORT"
 
 # ---------------------------------------------------------------- fastgated
+# fastgated runs FG_THREADS event loops (nginx gets as many workers), FG_LOOPS in shape E
 start_fg() { # DIR [UPSTREAM_PORT] [CONFIG_FILE]: sets FG_PID FG_PORT KEY
 	local d=$1 cfg=()
 	mkdir -p "$d/routes"
 	bench_chat_route "$d/routes/chat.yaml" "${2:-$MOCK_PORT}"
 	[[ -n ${3:-} ]] && cfg=(-c "$3")
 	"$BUILD/fastgated" ${cfg[@]+"${cfg[@]}"} --listen 127.0.0.1:0 --routes "$d/routes" --keys "$d/keys.db" \
-		--audit "$d/audit.db" --control "$d/ctl.sock" >"$d/stdout.log" 2>"$d/fastgated.log" &
+		--audit "$d/audit.db" --control "$d/ctl.sock" --workers "${FG_LOOPS:-$FG_THREADS}" \
+		>"$d/stdout.log" 2>"$d/fastgated.log" &
 	FG_PID=$!
 	PIDS+=("$FG_PID")
 	bench_wait_line "$d/fastgated.log" 'listening on http://' 15 "$FG_PID" ||
@@ -497,7 +499,8 @@ FG6=$W/fg-pool
 mkdir -p "$FG6/routes"
 bench_pool_routes "$FG6/routes/pool.yaml" "$MOCK_PORT" "${POOL_MOCKS[0]}" "${POOL_MOCKS[1]}"
 "$BUILD/fastgated" --listen 127.0.0.1:0 --routes "$FG6/routes" --keys "$FG6/keys.db" \
-	--audit "$FG6/audit.db" --control "$FG6/ctl.sock" >"$FG6/stdout.log" 2>"$FG6/fastgated.log" &
+	--audit "$FG6/audit.db" --control "$FG6/ctl.sock" --workers "$FG_THREADS" \
+	>"$FG6/stdout.log" 2>"$FG6/fastgated.log" &
 FG_PID=$!
 PIDS+=("$FG_PID")
 bench_wait_line "$FG6/fastgated.log" 'listening on http://' 15 "$FG_PID" || die "fastgated (pools) did not start"
@@ -537,6 +540,7 @@ mkdir -p "$FG7/routes"
 bench_chat_route "$FG7/routes/chat.yaml" "$MOCK_PORT"
 "$BUILD/fastgated" --listen 127.0.0.1:0 --routes "$FG7/routes" --keys "$FG7/keys.db" \
 	--audit "$FG7/audit.db" --control "$FG7/ctl.sock" --pricing "$ROOT/share/pricing.yaml" \
+	--workers "$FG_THREADS" \
 	>"$FG7/stdout.log" 2>"$FG7/fastgated.log" &
 FG_PID=$!
 PIDS+=("$FG_PID")
@@ -881,7 +885,7 @@ if want 12; then
 		info shape_workers "$FG_WORKERS"
 		start_light light-e "$FG_WORKERS"
 		start_nginx ngx-e "$FG_WORKERS" "$LIGHT_PORT"
-		start_fg "$FGE" "$LIGHT_PORT" "$FGE/fastgated.yaml"
+		FG_LOOPS=$FG_WORKERS start_fg "$FGE" "$LIGHT_PORT" "$FGE/fastgated.yaml"
 		shape_targets E "$LIGHT_PORT" "$LIGHT_PIDS" "$NGX_PORT" "$NGX_PID" "$FG_PORT" "$FG_PID"
 		log "fastgated (workers: $FG_WORKERS) runs $(awk '/^Threads:/{print $2}' "/proc/$FG_PID/status") OS threads"
 		shape_rounds "$CONNS" "$WRK_T" "$RUN_S" E-direct E-nginx E-fastgated

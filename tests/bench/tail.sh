@@ -60,8 +60,10 @@ nginx -p "$W/px" -c "$W/px/nginx.conf" -e "$W/px/logs/error.log" >"$W/px/out" 2>
 PIDS+=($!)
 PX_PID=$!
 bench_chat_route "$W/fg/routes/chat.yaml" "$UP"
+# shellcheck disable=SC2046 # one event loop, as nginx here has one worker
 "$B/fastgated" --listen 127.0.0.1:0 --routes "$W/fg/routes" --keys "$W/fg/keys.db" \
-	--audit "$W/fg/audit.db" --control "$W/fg/ctl.sock" >"$W/fg/out" 2>"$W/fg/log" &
+	--audit "$W/fg/audit.db" --control "$W/fg/ctl.sock" $(bench_workers_flag "$B/fastgated" 1) \
+	>"$W/fg/out" 2>"$W/fg/log" &
 PIDS+=($!)
 FG_PID=$!
 bench_wait_line "$W/fg/log" 'listening on http://' 15 "$FG_PID" || { echo "fastgated did not start" >&2; exit 1; }
