@@ -63,6 +63,7 @@ struct keystore {
 	/* Held around every reservation, settlement and read of a spend account by the
 	 * request path, which runs on every loop: the limits and balances stay exact. */
 	pthread_mutex_t spend_mu;
+	bool spend_locking;        /* several loops (keystore_share): take spend_mu */
 	/* Changes whenever a secret may stop leading to the key it led to (a key rotated or
 	 * added, the table rebuilt): a key_memo made before then is not trusted. Starts at 1,
 	 * so a zeroed memo never matches. */
@@ -942,14 +943,21 @@ void keystore_close(struct keystore *ks)
 	free(ks);
 }
 
+void keystore_share(struct keystore *ks)
+{
+	ks->spend_locking = true;
+}
+
 void keystore_spend_lock(struct keystore *ks)
 {
-	pthread_mutex_lock(&ks->spend_mu);
+	if (ks->spend_locking)
+		pthread_mutex_lock(&ks->spend_mu);
 }
 
 void keystore_spend_unlock(struct keystore *ks)
 {
-	pthread_mutex_unlock(&ks->spend_mu);
+	if (ks->spend_locking)
+		pthread_mutex_unlock(&ks->spend_mu);
 }
 
 /* ---- lookups ---- */

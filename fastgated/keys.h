@@ -182,6 +182,9 @@ size_t keystore_take_usage(struct keystore *ks, struct key_use **out);
  * and reads of a key's or user's spend account, so that limits and balances are exact
  * across loops. Loop 0 changes the store with the other loops paused and needs no lock. */
 void keystore_spend_lock(struct keystore *ks);
+/* Several event loops will use the store: keystore_spend_lock locks from now on (with one
+ * loop it costs nothing). Before the other loops start. */
+void keystore_share(struct keystore *ks);
 void keystore_spend_unlock(struct keystore *ks);
 
 /* Spend (settled totals from the audit database's counters, at start): scope 'k' or

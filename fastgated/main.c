@@ -530,6 +530,8 @@ static int loop_setup(struct runtime *rt, struct gateway *gw, char **err)
 		gw->routes = rt->gw.routes;
 		route_table_ref(gw->routes);
 	}
+	if (gw->n_loops > 1)
+		metrics_share(gw->metrics);   /* any loop's scrape adds it up */
 	gw->lane = audit_lane(gw->audit, gw->loop);
 	gw->transports[TR_KIND_CURL] = transport_curl_new(gw->base, err);
 	if (!gw->transports[TR_KIND_CURL])
@@ -711,6 +713,9 @@ int main(int argc, char **argv)
 			goto out;
 		}
 		workers_on_publish(rt.workers, publish_on_loop0, &rt);
+		/* what requests change on every loop: locked from now on */
+		pool_share(&gw->pool);
+		keystore_share(gw->keys);
 	} else {
 		gw->n_loops = 1;
 	}

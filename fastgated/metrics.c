@@ -70,6 +70,7 @@ struct route_usage {
  * (metrics_render, on any loop) takes besides, to add the shards up. */
 struct metrics {
 	pthread_mutex_t mu;
+	bool locking;               /* other loops scrape it (metrics_share): take mu */
 	struct series requests[MAX_SERIES];
 	size_t n_requests;
 	struct series upstream_errors[MAX_SERIES];
@@ -93,6 +94,11 @@ struct metrics *metrics_new(void)
 	if (m)
 		pthread_mutex_init(&m->mu, NULL);
 	return m;
+}
+
+void metrics_share(struct metrics *m)
+{
+	m->locking = true;
 }
 
 void metrics_free(struct metrics *m)
@@ -336,11 +342,15 @@ void metrics_on_done(void *arg, const struct request_done *d)
 			CTR_ADD(gw->stats.errors, 1);
 	}
 	if (gw->metrics) {
-		pthread_mutex_lock(&gw->metrics->mu);
-		record(gw->metrics, r->route ? r->route : "", r->status, d->total_s, d->ttfb_s,
+		struct metrics *m = gw->metrics;
+
+		if (m->locking)
+			pthread_mutex_lock(&m->mu);
+		record(m, r->route ? r->route : "", r->status, d->total_s, d->ttfb_s,
 		       d->upstream_error);
-		record_usage(gw->metrics, r->route ? r->route : "", r);
-		pthread_mutex_unlock(&gw->metrics->mu);
+		record_usage(m, r->route ? r->route : "", r);
+		if (m->locking)
+			pthread_mutex_unlock(&m->mu);
 	}
 }
 
@@ -636,7 +646,7 @@ int metrics_render(struct gateway *gw, struct evbuffer *b)
 			pthread_mutex_unlock(&sh->mu);
 		}
 		m = sum;
-	} else {
+	} else if (m->locking) {
 		pthread_mutex_lock(&m->mu);
 	}
 	evbuffer_add_printf(b, "# HELP fastgate_requests_total Requests finished, by route and status.\n"
@@ -657,7 +667,7 @@ int metrics_render(struct gateway *gw, struct evbuffer *b)
 	render_usage(m, b);
 	if (sum)
 		metrics_free(sum);
-	else
+	else if (m->locking)
 		pthread_mutex_unlock(&m->mu);
 	loops_sum(gw, b, &ls);
 	evbuffer_add_printf(b, "# HELP fastgate_inflight_requests Requests being served now.\n"

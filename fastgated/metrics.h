@@ -14,6 +14,9 @@ struct metrics;
 
 struct metrics *metrics_new(void);
 void metrics_free(struct metrics *m);
+/* The shard of one of several loops: any loop's scrape reads it, so it is locked from now
+ * on (with one loop it is not). Before the other loops start. */
+void metrics_share(struct metrics *m);
 
 /* The request-done subscriber (arg: the gateway): counts the request by route and status,
  * its duration and TTFB, an upstream failure by kind, its tokens by kind and its cost by

@@ -28,6 +28,7 @@ enum attempt_outcome attempt_outcome_of_status(long status)
 void pool_init(struct pool *p)
 {
 	pthread_mutex_init(&p->mu, NULL);
+	p->locking = false;
 	p->head = NULL;
 	p->n = 0;
 }
@@ -46,27 +47,32 @@ void pool_clear(struct pool *p)
 	pthread_mutex_destroy(&p->mu);
 }
 
+void pool_share(struct pool *p)
+{
+	p->locking = true;
+}
+
 void pool_lock(const struct route *r)
 {
-	if (r && r->pool)
+	if (r && r->pool && r->pool->locking)
 		pthread_mutex_lock(&r->pool->mu);
 }
 
 void pool_unlock(const struct route *r)
 {
-	if (r && r->pool)
+	if (r && r->pool && r->pool->locking)
 		pthread_mutex_unlock(&r->pool->mu);
 }
 
 void target_state_lock(const struct target_state *s)
 {
-	if (s && s->pool)
+	if (s && s->pool && s->pool->locking)
 		pthread_mutex_lock(&s->pool->mu);
 }
 
 void target_state_unlock(const struct target_state *s)
 {
-	if (s && s->pool)
+	if (s && s->pool && s->pool->locking)
 		pthread_mutex_unlock(&s->pool->mu);
 }
 

@@ -69,11 +69,15 @@ struct target_state {
 
 struct pool {
 	pthread_mutex_t mu;
+	bool locking;            /* several loops share it (pool_share): take mu */
 	struct target_state *head;
 	size_t n;
 };
 
 void pool_init(struct pool *p);
+/* Several event loops will use the registry: from now on its functions take the lock
+ * (with one loop they skip it). Before the other loops start. */
+void pool_share(struct pool *p);
 /* Detach every state (the tables still holding them free them). */
 void pool_clear(struct pool *p);
 /* Hold the lock of the registry the route's (or the state's) targets belong to, to read
