@@ -437,6 +437,8 @@ void config_keep_restart_only(struct config *next, const struct config *running,
 		case C_INT:
 			same = *(int *)a == *(const int *)b;
 			snprintf(now, sizeof(now), "%d", *(const int *)b);
+			if (st->offset == offsetof(struct config, workers) && *(const int *)b == 0)
+				snprintf(now, sizeof(now), "auto");
 			*(int *)a = *(const int *)b;
 			break;
 		case C_SIZE:
