@@ -39,6 +39,10 @@ if [ $unit_only -eq 0 ]; then
   for t in tests/e2e/test_*.py; do
     run "e2e/$(basename "$t")" python3 "$t"
   done
+  # the shared state (limits, balances, breakers, health) again with two event loops
+  for t in tests/e2e/test_spend.py tests/e2e/test_pools.py; do
+    run "e2e/$(basename "$t") (workers 2)" env FG_WORKERS=2 python3 "$t"
+  done
   run "stress/smoke" python3 tests/stress/run.py --smoke
   if [ -f tests/package.json ]; then
     run "sdk" tests/sdk/run.sh

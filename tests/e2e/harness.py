@@ -169,6 +169,10 @@ class Gateway:
         argv = [FASTGATED, "--listen", "127.0.0.1:0", "--routes", self.routes_dir,
                 "--keys", self.keys, "--audit", os.path.join(self.workdir, "audit.db"),
                 "--control", self.sock] + self.extra_args
+        # FG_WORKERS=N runs every gateway with N event loops, unless the test chose itself
+        workers = os.environ.get("FG_WORKERS")
+        if workers and "--workers" not in self.extra_args:
+            argv += ["--workers", workers]
         self.proc = Proc(argv, self.workdir, self.name, env=self.env)
 
         def listening():
