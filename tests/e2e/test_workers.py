@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (CLI, FASTGATED, Gateway, Mock, demo_routes, rmtree,  # noqa: E402
@@ -417,6 +418,8 @@ def test_requests_spread_over_both_loops_and_every_count_is_their_sum():
             assert all(c > 0 for c in conns), "every connection on one loop: %r" % conns
             assert s1.value("fastgate_open_connections") == n_conns + 1, \
                 (s1.value("fastgate_open_connections"), conns)
+            st = env.gw.ctl("status")["result"]
+            assert st["workers"] == WORKERS and st["connections"] == n_conns + 1, st
         finally:
             hold.wait()
         results = [r for rs in b.join() for r in rs]
@@ -488,10 +491,21 @@ def test_a_key_requests_limit_is_exact_across_loops():
         # one more, on a new connection on either loop: still refused
         st, _, data = env.gw.request("POST", CHAT_PATH, CHAT, env.auth(k["key"]))
         assert st == 429, (st, data)
-        rows = env.audit(202)   # and the GET /v1/usage
-        chats = [r["status"] for r in rows if r["path"] == CHAT_PATH]
-        assert len(rows) == 202 and len(chats) == 201, len(rows)
-        assert chats.count(200) == 50 and chats.count(429) == 151, chats
+        # raised to 70 with key update: exactly 20 more, wherever they land
+        r = env.gw.ctl("key.update", {"id": k["id"], "limits": ["requests:70/min"]})
+        assert r.get("ok"), r
+        a = env.scraper.snap()
+        results = [r_ for rs in burst(env.gw.port, 40, lambda c, i: [
+            send(c, "POST", CHAT_PATH, CHAT, env.auth(k["key"])) for _ in range(2)]) for r_ in rs]
+        statuses = [st for st, _, _ in results]
+        assert statuses.count(200) == 20 and statuses.count(429) == 60, statuses
+        _, traffic = env.scraper.wait_traffic(a, 80)
+        both_served(traffic, "80 requests over 40 connections")
+        assert env.mock.stats()["chat"] == 70
+        rows = env.audit(282)   # and the GET /v1/usage
+        chats = [r_["status"] for r_ in rows if r_["path"] == CHAT_PATH]
+        assert len(rows) == 282 and len(chats) == 281, len(rows)
+        assert chats.count(200) == 70 and chats.count(429) == 211, chats
 
 
 # --- 3. an exact balance --------------------------------------------------------------------
@@ -583,6 +597,9 @@ def test_a_user_balance_admits_exactly_what_it_pays_for_across_loops():
             assert nano_of(show["balance_usd"]) == credit - admit * c, (show, usd(credit - admit * c))
             assert nano_of(show["reserved_usd"]) == 0, show
             assert env.mock.stats()["chat"] == admit
+            m = re.search(r'^fastgate_cost_usd_total\{route="chat",model="%s"\} (\S+)$' % W_MODEL,
+                          env.scraper.snap().text, re.M)
+            assert m and Fraction(m.group(1)) == Fraction(admit * c, NANO), (m and m.group(0), usd(admit * c))
             rows = env.audit(60)
             assert len(rows) == 60, len(rows)
             billed = [r for r in rows if r["billed"]]
@@ -795,6 +812,40 @@ def test_control_changes_are_seen_by_every_loop_as_soon_as_they_answer():
         res = wave("POST", CHAT_PATH, k2, CHAT, "an enabled route")
         assert all(st == 200 for st, _, _ in res), [st for st, _, _ in res]
 
+        # the route's only upstream drained, then back
+        rc, out, err = env.gw.cli("upstream", "drain", "chat/0")
+        assert rc == 0, (rc, out, err)
+        res = wave("POST", CHAT_PATH, k2, CHAT, "a drained upstream")
+        assert all(st == 503 and error_code(d) == "upstream_unavailable" for st, _, d in res), \
+            [st for st, _, _ in res]
+        rc, out, err = env.gw.cli("upstream", "undrain", "chat/0")
+        assert rc == 0, (rc, out, err)
+        res = wave("POST", CHAT_PATH, k2, CHAT, "an undrained upstream")
+        assert all(st == 200 for st, _, _ in res), [st for st, _, _ in res]
+
+        # a rotated key: the old secret nowhere, the new one everywhere
+        k3 = env.gw.create_key("rotated")
+        r = env.gw.ctl("key.rotate", {"id": k3["id"]})
+        assert r.get("ok") and r["result"]["key"] != k3["key"], r
+        res = wave("POST", CHAT_PATH, k3["key"], CHAT, "a rotated key's old secret")
+        assert all(st == 401 for st, _, _ in res), [st for st, _, _ in res]
+        res = wave("POST", CHAT_PATH, r["result"]["key"], CHAT, "a rotated key's new secret")
+        assert all(st == 200 for st, _, _ in res), [st for st, _, _ in res]
+
+        # a suspended user's key, then resumed
+        u = env.gw.ctl("user.create", {"name": "pausing"})
+        assert u.get("ok"), u
+        k4 = env.gw.create_key("pausing-key", user=u["result"]["id"])["key"]
+        r = env.gw.ctl("user.suspend", {"id": u["result"]["id"]})
+        assert r.get("ok"), r
+        res = wave("POST", CHAT_PATH, k4, CHAT, "a suspended user")
+        assert all(st == 403 and error_code(d) == "account_suspended" for st, _, d in res), \
+            [st for st, _, _ in res]
+        r = env.gw.ctl("user.resume", {"id": u["result"]["id"]})
+        assert r.get("ok"), r
+        res = wave("POST", CHAT_PATH, k4, CHAT, "a resumed user")
+        assert all(st == 200 for st, _, _ in res), [st for st, _, _ in res]
+
         # a route added by SIGHUP ...
         added = os.path.join(env.gw.routes_dir, "20-added.yaml")
         with open(added, "w") as f:
@@ -815,6 +866,15 @@ def test_control_changes_are_seen_by_every_loop_as_soon_as_they_answer():
         assert rc == 0, (rc, out, err)
         res = wave("GET", "/added/seen", k2, None, "a route removed by reload")
         assert all(st == 404 for st, _, _ in res), [st for st, _, _ in res]
+
+        # the number of loops is read at start only: a reload that changes it says so
+        with open(env.config, "w") as f:
+            f.write("workers: 3\n")
+        rc, out, err = env.gw.cli("reload")
+        assert rc == 0, (rc, out, err)
+        assert "workers: changed in %s; restart fastgated to apply (still 2)" % env.config in err, err
+        assert env.gw.ctl("status")["result"]["workers"] == WORKERS
+        assert env.scraper.snap().value("fastgate_workers") == WORKERS
 
 
 # --- 6. SIGTERM with streams on both loops --------------------------------------------------
@@ -968,6 +1028,232 @@ def test_live_tail_shows_the_requests_of_every_loop():
             p.stderr.close()
 
 
+# --- 9. the other state that is one for all loops -------------------------------------------
+
+def raw_get(port, path, headers=None, timeout=10):
+    """A GET on a new raw connection, left open: (socket or None, status or the error)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    extra = "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
+    try:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: gw\r\n%s\r\n" % (path, extra)).encode())
+        buf = b""
+        while True:
+            head, sep, body = buf.partition(b"\r\n\r\n")
+            if sep:
+                m = re.search(rb"(?im)^content-length: *(\d+)", head)
+                if m and len(body) >= int(m.group(1)):
+                    return s, int(head.split(b" ", 2)[1])
+            d = s.recv(65536)
+            if not d:
+                s.close()
+                return None, int(head.split(b" ", 2)[1]) if buf.startswith(b"HTTP/1.1 ") else "closed"
+            buf += d
+    except (ConnectionResetError, BrokenPipeError) as e:
+        s.close()
+        return None, type(e).__name__
+
+
+def test_max_connections_is_one_cap_over_all_loops():
+    # max_connections: 20 and 40 clients connecting at once, each keeping its connection.
+    # Fails if each loop counts only its own (up to 40 served), if the count is not exact
+    # when loops accept at the same moment (more or fewer than 19 beside the scraper), or
+    # if a refused one is served.
+    with Env(config="max_connections: 20\n") as env:
+        hold = threading.Barrier(41, timeout=60)
+        ready = threading.Barrier(40, timeout=20)
+        results = [None] * 40
+
+        def client(i):
+            s = None
+            try:
+                ready.wait()
+                s, results[i] = raw_get(env.gw.port, "/health")
+            except Exception as e:  # noqa: BLE001 - a failed client is a result here
+                results[i] = repr(e)
+            try:
+                hold.wait()      # every client has its answer ...
+                hold.wait()      # ... and keeps a served connection open until the test has counted
+            except threading.BrokenBarrierError:
+                pass
+            if s is not None:
+                s.close()
+        ts = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(40)]
+        for t in ts:
+            t.start()
+        try:
+            hold.wait()
+            served = [r for r in results if r == 200]
+            refused = [r for r in results if r != 200]
+            assert len(served) == 19, "%d served with max_connections 20 (one is the scraper's): %r" % (
+                len(served), results)
+            assert all(r in (503, "closed", "ConnectionResetError", "BrokenPipeError") for r in refused), refused
+            # the refused ones are closed by the gateway as it answers them
+            wait_for(lambda: env.gw.ctl("status")["result"]["connections"] == 20, timeout=5,
+                     what="status to count 20 connections")
+            conns = env.scraper.client_conns(env.scraper.snap())
+            assert sum(conns) == 19 and all(c > 0 for c in conns), conns
+        finally:
+            try:
+                hold.wait()
+            except threading.BrokenBarrierError:
+                pass
+            for t in ts:
+                t.join(10)
+        # the slots come back, on whichever loop
+        wait_for(lambda: env.scraper.client_conns(env.scraper.snap()) == [0] * WORKERS, timeout=10,
+                 what="the closed connections to be counted off")
+        res = burst(env.gw.port, 19, lambda c, i: send(c, "GET", "/health"))
+        assert all(r[0] == 200 for r in res), [r[0] for r in res]
+
+
+def test_auth_failure_limit_is_exact_across_loops():
+    # auth_fail_limit: 10/min and 40 requests at once with an unknown key from one address
+    # (loopback is never counted, so the address comes through a trusted proxy's
+    # X-Forwarded-For). Fails if each loop keeps its own table (up to 20 get 401), if the
+    # count races (other than exactly 10), or if the address is not refused everywhere
+    # afterwards, a valid key included.
+    with Env(config="auth_fail_limit: 10/min\ntrusted_proxies: [127.0.0.1]\n") as env:
+        who = {"X-Forwarded-For": "203.0.113.41"}
+        good = dict(env.auth(env.gw.create_key("good")["key"]), **who)
+        bad = dict({"Authorization": "Bearer fg_" + "A" * 46}, **who)
+        a = env.scraper.snap()
+        res = burst(env.gw.port, 40, lambda c, i: send(c, "GET", "/v1/models", None, bad))
+        statuses = [r[0] for r in res]
+        assert statuses.count(401) == 10 and statuses.count(429) == 30, statuses
+        assert all(error_code(d) == "too_many_auth_failures" for st, _, d in res if st == 429)
+        _, traffic = env.scraper.wait_traffic(a, 40)
+        both_served(traffic, "40 requests over 40 connections")
+        res = burst(env.gw.port, 40, lambda c, i: send(c, "GET", "/v1/models", None, good))
+        assert all(r[0] == 429 for r in res), [r[0] for r in res]
+        # another address is not affected, on any loop
+        other = dict(good, **{"X-Forwarded-For": "198.51.100.8"})
+        res = burst(env.gw.port, 40, lambda c, i: send(c, "GET", "/v1/models", None, other))
+        assert all(r[0] == 200 for r in res), [r[0] for r in res]
+
+
+def test_a_port_held_elsewhere_is_refused_not_shared():
+    # Every loop binds with SO_REUSEPORT, which would let fastgated share a port with any
+    # socket of the same user that set it too, and take part of its connections. Fails
+    # if a second fastgated, or a socket with SO_REUSEPORT, on the port does not make
+    # fastgated refuse to start, or if the first gateway loses connections to the second.
+    with Env() as env:
+        d = tmpdir("fg-workers-second-")
+        held = None
+        try:
+            def start_on(port):
+                p = subprocess.run([FASTGATED, "--listen", "127.0.0.1:%d" % port, "--routes",
+                                    env.gw.routes_dir, "--keys", os.path.join(d, "k.db"),
+                                    "--audit", os.path.join(d, "a.db"), "--control",
+                                    os.path.join(d, "c.sock"), "--workers", str(WORKERS)],
+                                   capture_output=True, timeout=20, cwd=d)
+                return p.returncode, p.stderr.decode()
+            rc, err = start_on(env.gw.port)
+            assert rc != 0 and "Address already in use" in err, (rc, err[-800:])
+            res = burst(env.gw.port, 40, lambda c, i: send(c, "GET", "/health"))
+            assert all(r[0] == 200 for r in res), [r[0] for r in res]
+            held = socket.socket()
+            held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            held.bind(("127.0.0.1", 0))
+            held.listen(16)
+            rc, err = start_on(held.getsockname()[1])
+            assert rc != 0 and "Address already in use" in err, (rc, err[-800:])
+        finally:
+            if held is not None:
+                held.close()
+            rmtree(d)
+
+
+# --- 10. control commands and reloads under load --------------------------------------------
+
+def test_control_commands_and_reloads_under_load_lose_nothing_and_spend_stays_exact():
+    # Clients on both loops send priced requests without a pause while the control socket
+    # reloads, creates keys, tops the user up, toggles a route, drains an upstream and
+    # SIGHUP reloads, over and over: the loops are parked for each. Fails if a parked loop
+    # drops or fails a request, if a command hangs (every control call is bounded), if
+    # the audit loses or doubles a row, or if the balance is not exactly credit plus
+    # top-ups minus the sum of what each answer said it cost.
+    d = tmpdir("fg-workers-pricing-")
+    try:
+        pricing = os.path.join(d, "pricing.yaml")
+        with open(pricing, "w") as f:
+            f.write(PRICING_TEXT)
+        with Env(config="idle_timeout: 60\n", args=["--pricing", pricing]) as env:
+            credit = 1000 * NANO
+            u = env.cli_json("user", "create", "--name", "loaded", "--balance", usd(credit))
+            k = env.cli_json("key", "create", "--name", "loaded-key", "--user", str(u["id"]))
+            body = json.dumps({"model": W_MODEL, "max_tokens": 20,
+                               "messages": [{"role": "user", "content": "under load"}]}).encode()
+            hdr = dict(env.auth(k["key"]), **{"Content-Type": "application/json"})
+            stop = threading.Event()
+            lock = threading.Lock()
+            done = []        # (status, request id, cost header or None, detail)
+            hard_end = time.monotonic() + 90
+
+            def client(n):
+                while not stop.is_set() and time.monotonic() < hard_end:
+                    c = http.client.HTTPConnection("127.0.0.1", env.gw.port, timeout=30)
+                    try:
+                        for _ in range(4):
+                            try:
+                                st, h, data = send(c, "POST", CHAT_PATH, body, hdr)
+                                r = (st, h.get("x-request-id"), h.get("x-fastgate-cost"), data[:200])
+                            except Exception as e:  # noqa: BLE001 - counted as a failure
+                                r = (None, None, None, repr(e))
+                            with lock:
+                                done.append(r)
+                    finally:
+                        c.close()
+            a = env.scraper.snap()
+            ts = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(12)]
+            for t in ts:
+                t.start()
+            topups = 0
+            mark = "configuration re-read from"
+            try:
+                wait_for(lambda: len(done) >= 50, timeout=20, what="traffic to start")
+                for i in range(8):
+                    rc, out, err = env.gw.cli("reload")
+                    assert rc == 0, (rc, out, err)
+                    env.gw.create_key("made-under-load-%d" % i)
+                    r = env.gw.ctl("user.topup", {"id": u["id"], "amount": "0.000000007"})
+                    assert r.get("ok"), r
+                    topups += 7
+                    for cmd in ("route.disable", "route.enable"):
+                        r = env.gw.ctl(cmd, {"name": "echo"})
+                        assert r.get("ok"), r
+                    for cmd in ("upstream.drain", "upstream.undrain"):
+                        r = env.gw.ctl(cmd, {"id": "models/0"})
+                        assert r.get("ok"), r
+                    n = env.gw.proc.stderr().count(mark)
+                    os.kill(env.gw.proc.pid, signal.SIGHUP)
+                    wait_for(lambda: env.gw.proc.stderr().count(mark) > n, timeout=10,
+                             what="SIGHUP reload %d to be done" % i)
+                n0 = len(done)
+                wait_for(lambda: len(done) >= n0 + 50, timeout=20, what="traffic after the commands")
+            finally:
+                stop.set()
+                for t in ts:
+                    t.join(40)
+            assert not any(t.is_alive() for t in ts), "a client thread is stuck"
+            bad = [r for r in done if r[0] != 200]
+            assert not bad, "%d of %d requests failed, e.g. %r" % (len(bad), len(done), bad[:3])
+            total = len(done)
+            _, traffic = env.scraper.wait_traffic(a, total)
+            both_served(traffic, "%d requests from 12 clients" % total)
+            assert sum(traffic) == total, (traffic, total)
+            spent = sum(nano_of(r[2]) for r in done)
+            show = env.cli_json("user", "show", str(u["id"]))
+            assert nano_of(show["reserved_usd"]) == 0, show
+            assert nano_of(show["spent_usd"]) == spent, (show, usd(spent))
+            assert nano_of(show["balance_usd"]) == credit + topups - spent, (show, usd(credit + topups - spent))
+            rows = [r for r in env.audit(total) if r["path"] == CHAT_PATH]
+            assert len(rows) == total, (len(rows), total)
+            assert sorted(r["request_id"] for r in rows) == sorted(r[1] for r in done)
+            assert sum(r["cost_nano"] for r in rows) == spent
+    finally:
+        rmtree(d)
+
+
 # --- 8. the setting's values ----------------------------------------------------------------
 
 def test_bad_worker_counts_are_refused_and_good_ones_accepted():
@@ -1022,11 +1308,33 @@ def test_bad_worker_counts_are_refused_and_good_ones_accepted():
     with Env(config="workers: auto\n", workers=None, loops=cores) as env:
         assert env.start_line()[2] == cores, (env.start_line(), cores)
         assert env.scraper.snap().value("fastgate_workers") == cores
+        assert env.gw.ctl("status")["result"]["workers"] == cores
     with Env(config="workers: 1\n", workers=3, loops=3) as env:
         assert env.start_line()[2] == 3, env.start_line()
         s = env.scraper.snap()
         assert s.value("fastgate_workers") == 3
         assert len(s.workers("fastgate_worker_requests_total", 3)) == 3
+
+
+def test_a_reload_asking_for_other_workers_keeps_the_loops_and_names_the_running_value():
+    # `workers:` is read at start only (fastgated(8)); a reload that changes it warns, as
+    # RELOAD shows for listen: "listen: changed in FILE; restart fastgated to apply (still
+    # 127.0.0.1:8514)", the value still in use. Fails if the loops change, or if the
+    # warning for a daemon started with `workers: auto` names anything but auto or the
+    # number of loops auto made (it must not show the internal 0).
+    cores = os.sysconf("SC_NPROCESSORS_ONLN")
+    with Env(config="workers: auto\n", workers=None, loops=cores) as env:
+        with open(env.config, "w") as f:
+            f.write("workers: %d\n" % (cores + 1))
+        rc, out, err = env.gw.cli("reload")
+        assert rc == 0, (rc, out, err)
+        assert env.gw.ctl("status")["result"]["workers"] == cores
+        assert env.scraper.snap().value("fastgate_workers") == cores
+        m = re.search(r"workers: changed in %s; restart fastgated to apply \(still ([^)]*)\)"
+                      % re.escape(env.config), err)
+        assert m, err
+        assert m.group(1) in ("auto", str(cores)), \
+            "the warning names %r as the running value, not auto or %d: %r" % (m.group(1), cores, err)
 
 
 if __name__ == "__main__":
