@@ -6,10 +6,11 @@ What is checked: that connections really spread over both loops (read from the p
 metrics fastgate_worker_requests_total{worker} and fastgate_worker_connections{worker}),
 that every other count is the sum over the loops, and that the state shared between loops
 stays exact: one audit row per request, rate limits and balances admitting exactly what
-they allow, one breaker and one health state per upstream target (not one per loop), and
-control changes (key create and revoke, route disable and enable, reload) seen by every
-loop as soon as the command has answered. Then SIGTERM with streams open on both loops,
-the live tail, and the bad values of the setting.
+they allow, one breaker, half-open probe, balancer and health state per upstream target
+(not one per loop), one max_connections and auth_fail_limit count, and control changes
+(keys, users, routes, upstream drains, reloads) seen by every loop as soon as the command
+has answered, also under load. Then SIGTERM with streams open on both loops, the live
+tail, a port held by another socket, and the values of the setting.
 
 Which loop a connection lands on is the kernel's choice (a hash of the addresses), so the
 tests open many connections (40 or more) and, where their meaning depends on both loops
@@ -234,6 +235,29 @@ def burst(port, n, fn, timeout=60, conns=None):
     return Burst(port, n, fn, timeout, conns).join()
 
 
+def raw_get(port, path, headers=None, timeout=10):
+    """A GET on a new raw connection, left open: (socket or None, status or the error)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    extra = "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
+    try:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: gw\r\n%s\r\n" % (path, extra)).encode())
+        buf = b""
+        while True:
+            head, sep, body = buf.partition(b"\r\n\r\n")
+            if sep:
+                m = re.search(rb"(?im)^content-length: *(\d+)", head)
+                if m and len(body) >= int(m.group(1)):
+                    return s, int(head.split(b" ", 2)[1])
+            d = s.recv(65536)
+            if not d:
+                s.close()
+                return None, int(head.split(b" ", 2)[1]) if buf.startswith(b"HTTP/1.1 ") else "closed"
+            buf += d
+    except (ConnectionResetError, BrokenPipeError) as e:
+        s.close()
+        return None, type(e).__name__
+
+
 def error_code(data):
     e = json.loads(data)["error"]
     assert set(e) >= {"message", "type", "code"}, e
@@ -375,6 +399,33 @@ class Env:
             return rows()
         return wait_for(settled, timeout=timeout, interval=0.1,
                         what="%d audit rows and an empty audit queue" % count)
+
+
+def conns_by_loop(env, n, path, headers):
+    """n kept-alive connections, each with one GET of path on it and the loop that counted
+    it: {loop: [connection, ...]} and the list of all of them (for the caller to close)."""
+    by_loop = {i: [] for i in range(env.loops)}
+    conns = []
+    try:
+        for _ in range(n):
+            c = http.client.HTTPConnection("127.0.0.1", env.gw.port, timeout=15)
+            conns.append(c)
+            a = env.scraper.snap()
+            st, _, data = send(c, "GET", path, headers=headers)
+            assert st == 200, (st, data)
+            _, t = env.scraper.wait_traffic(a, 1)
+            assert sorted(t) == [0] * (env.loops - 1) + [1], t
+            by_loop[t.index(1)].append(c)
+    except BaseException:
+        for c in conns:
+            c.close()
+        raise
+    if not all(by_loop.values()):
+        for c in conns:
+            c.close()
+        raise AssertionError("%d connections, none on some loop: %r" % (
+            n, {i: len(v) for i, v in by_loop.items()}))
+    return by_loop, conns
 
 
 def both_served(traffic, what):
@@ -636,22 +687,9 @@ def test_breaker_is_one_per_target_not_one_per_loop():
     with Env(routes) as env:
         key = env.gw.create_key("breaker")["key"]
         auth = env.auth(key)
-        # connections whose loop is known: a request on each (to the echo route, never the
-        # pool), and the loop whose count went up
-        by_loop = {i: [] for i in range(WORKERS)}
-        conns = []
+        # connections whose loop is known (found with the echo route, never the pool)
+        by_loop, conns = conns_by_loop(env, 24, "/echo/where", auth)
         try:
-            for _ in range(24):
-                c = http.client.HTTPConnection("127.0.0.1", env.gw.port, timeout=15)
-                conns.append(c)
-                a = env.scraper.snap()
-                st, _, data = send(c, "GET", "/echo/where", headers=auth)
-                assert st == 200, (st, data)
-                _, t = env.scraper.wait_traffic(a, 1)
-                assert sorted(t) == [0] * (WORKERS - 1) + [1], t
-                by_loop[t.index(1)].append(c)
-            assert all(by_loop.values()), "24 connections, none on some loop: %r" % {
-                i: len(v) for i, v in by_loop.items()}
             a = env.scraper.snap()
             dead_failed_after = []
             for n in range(4 * failures):
@@ -698,6 +736,78 @@ def test_breaker_is_one_per_target_not_one_per_loop():
         assert len(rows) == 24 + 4 * failures + 120, len(rows)
         dead_attempts = sum(r["attempts"].count(dead + "=") for r in rows if r["attempts"])
         assert dead_attempts == failures, "the audit shows %d attempts at the dead target" % dead_attempts
+
+
+def test_half_open_lets_one_probe_through_for_all_loops():
+    # An upstream that always answers 500 opens after one failure for 1 s; when the
+    # cooldown is over, 40 requests at once over 40 connections. Fails if each loop lets a
+    # probe of its own through (two or more reach the failing upstream) or none does.
+    routes = ("routes:\n"
+              "  - name: pool\n"
+              "    match: {{ path: /v1/chat/completions, methods: [POST] }}\n"
+              "    upstreams:\n"
+              "      - url: {m0}/v1/chat/completions\n"
+              "      - url: {m1}/v1/chat/completions\n"
+              "    retry: {{ attempts: 2, on: [5xx] }}\n"
+              "    breaker: {{ failures: 1, error_rate: 0, cooldown: 1, max_cooldown: 30 }}\n"
+              "    timeout: 5\n")
+    with Env(routes, mocks=2) as env:
+        key = env.gw.create_key("probe")["key"]
+        mock_post(env.mocks[0], "/__mock/behave", {"fail": "status:500"})
+        for _ in range(4):
+            st, _, data = env.gw.request("POST", CHAT_PATH, CHAT, env.auth(key))
+            assert st == 200, (st, data)
+        target = lambda: env.gw.ctl("route.show", {"name": "pool"})["result"]["upstreams"][0]  # noqa: E731
+        assert target()["breaker"] == "open", target()
+        assert env.mocks[0].stats()["chat"] == 1, env.mocks[0].stats()["chat"]
+        wait_for(lambda: target()["retry_in_ms"] == 0, timeout=3, interval=0.02,
+                 what="the cooldown to be over")
+        a = env.scraper.snap()
+        res = [r for rs in burst(env.gw.port, 40, lambda c, i: [
+            send(c, "POST", CHAT_PATH, CHAT, env.auth(key)) for _ in range(2)]) for r in rs]
+        assert all(r[0] == 200 for r in res), [r[0] for r in res]
+        _, traffic = env.scraper.wait_traffic(a, 80)
+        both_served(traffic, "80 requests over 40 connections")
+        assert env.mocks[0].stats()["chat"] == 2, \
+            "%d probes reached the failing upstream after one cooldown, want 1" % (
+                env.mocks[0].stats()["chat"] - 1)
+        assert target()["breaker"] == "open", target()
+
+
+def test_round_robin_goes_round_across_loops():
+    # Two upstreams, balance round_robin, requests one at a time alternating between a
+    # connection on loop 0 and one on loop 1. Fails if each loop has a balancer of its own
+    # (the same upstream twice in a row: A A B B ...) rather than one for the route.
+    routes = ("routes:\n"
+              "  - name: pool\n"
+              "    match: {{ path: /v1/chat/completions, methods: [POST] }}\n"
+              "    upstreams:\n"
+              "      - url: {m0}/v1/chat/completions\n"
+              "      - url: {m1}/v1/chat/completions\n"
+              "    balance: round_robin\n"
+              "    timeout: 5\n"
+              "  - name: echo\n"
+              "    match: {{ path: /echo/** }}\n"
+              "    upstream: {{ url: {m0} }}\n"
+              "    strip_prefix: /echo\n")
+    with Env(routes, mocks=2) as env:
+        key = env.gw.create_key("rr")["key"]
+        by_loop, conns = conns_by_loop(env, 16, "/echo/where", env.auth(key))
+        try:
+            served = []
+            for n in range(16):
+                before = [m.stats()["chat"] for m in env.mocks]
+                st, _, data = send(by_loop[n % WORKERS][0], "POST", CHAT_PATH, CHAT, env.auth(key))
+                assert st == 200, (st, data)
+                after = [m.stats()["chat"] for m in env.mocks]
+                delta = [y - x for x, y in zip(before, after)]
+                assert sorted(delta) == [0, 1], delta
+                served.append(delta.index(1))
+        finally:
+            for c in conns:
+                c.close()
+        assert all(x != y for x, y in zip(served, served[1:])), \
+            "upstreams in the order served, loops alternating: %r" % served
 
 
 # --- 4b. one health state per target --------------------------------------------------------
@@ -918,12 +1028,20 @@ def test_sigterm_waits_for_streams_on_every_loop_then_exits_0_with_all_audited()
         key = env.gw.create_key("streams")["key"]
         n, chunks, delay = 20, 12, 400
         streams = []
+        idle = []
         try:
             for _ in range(n):
                 streams.append(open_stream(env.gw.port, key, chunks, delay))
             conns = env.scraper.client_conns(env.scraper.snap())
             assert sum(conns) == n and all(c > 0 for c in conns), \
                 "streams per loop %r, want %d over both" % (conns, n)
+            for _ in range(n):    # and kept-alive connections, idle after one request each
+                s, st = raw_get(env.gw.port, "/health")
+                assert s is not None and st == 200, st
+                idle.append(s)
+            conns2 = env.scraper.client_conns(env.scraper.snap())
+            assert all(y - x > 0 for x, y in zip(conns, conns2)), \
+                "idle connections per loop %r" % [y - x for x, y in zip(conns, conns2)]
             t_term = time.monotonic()
             env.gw.proc.p.send_signal(signal.SIGTERM)
 
@@ -937,11 +1055,18 @@ def test_sigterm_waits_for_streams_on_every_loop_then_exits_0_with_all_audited()
             wait_for(refused_everywhere, timeout=3, interval=0.05,
                      what="both loops to stop accepting")
             assert env.gw.proc.alive(), "fastgated exited with %d streams open" % n
+            # the idle connections are closed on every loop, while the streams go on
+            for s in idle:
+                data, closed = read_to_close(s, b"", timeout=5)
+                assert closed and data == b"", "an idle connection kept open: %r" % data[:200]
+            assert env.gw.proc.alive()
             outs = []
             for s, buf in streams:
                 outs.append(read_to_close(s, buf))
         finally:
             for s, _ in streams:
+                s.close()
+            for s in idle:
                 s.close()
         ids = []
         for data, closed in outs:
@@ -1030,29 +1155,6 @@ def test_live_tail_shows_the_requests_of_every_loop():
 
 # --- 9. the other state that is one for all loops -------------------------------------------
 
-def raw_get(port, path, headers=None, timeout=10):
-    """A GET on a new raw connection, left open: (socket or None, status or the error)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    extra = "".join("%s: %s\r\n" % kv for kv in (headers or {}).items())
-    try:
-        s.sendall(("GET %s HTTP/1.1\r\nHost: gw\r\n%s\r\n" % (path, extra)).encode())
-        buf = b""
-        while True:
-            head, sep, body = buf.partition(b"\r\n\r\n")
-            if sep:
-                m = re.search(rb"(?im)^content-length: *(\d+)", head)
-                if m and len(body) >= int(m.group(1)):
-                    return s, int(head.split(b" ", 2)[1])
-            d = s.recv(65536)
-            if not d:
-                s.close()
-                return None, int(head.split(b" ", 2)[1]) if buf.startswith(b"HTTP/1.1 ") else "closed"
-            buf += d
-    except (ConnectionResetError, BrokenPipeError) as e:
-        s.close()
-        return None, type(e).__name__
-
-
 def test_max_connections_is_one_cap_over_all_loops():
     # max_connections: 20 and 40 clients connecting at once, each keeping its connection.
     # Fails if each loop counts only its own (up to 40 served), if the count is not exact
@@ -1086,7 +1188,8 @@ def test_max_connections_is_one_cap_over_all_loops():
             refused = [r for r in results if r != 200]
             assert len(served) == 19, "%d served with max_connections 20 (one is the scraper's): %r" % (
                 len(served), results)
-            assert all(r in (503, "closed", "ConnectionResetError", "BrokenPipeError") for r in refused), refused
+            assert all(r in (503, "closed", "ConnectionResetError", "BrokenPipeError")
+                       for r in refused), refused
             # the refused ones are closed by the gateway as it answers them
             wait_for(lambda: env.gw.ctl("status")["result"]["connections"] == 20, timeout=5,
                      what="status to count 20 connections")
@@ -1245,7 +1348,8 @@ def test_control_commands_and_reloads_under_load_lose_nothing_and_spend_stays_ex
             show = env.cli_json("user", "show", str(u["id"]))
             assert nano_of(show["reserved_usd"]) == 0, show
             assert nano_of(show["spent_usd"]) == spent, (show, usd(spent))
-            assert nano_of(show["balance_usd"]) == credit + topups - spent, (show, usd(credit + topups - spent))
+            assert nano_of(show["balance_usd"]) == credit + topups - spent, \
+                (show, usd(credit + topups - spent))
             rows = [r for r in env.audit(total) if r["path"] == CHAT_PATH]
             assert len(rows) == total, (len(rows), total)
             assert sorted(r["request_id"] for r in rows) == sorted(r[1] for r in done)
