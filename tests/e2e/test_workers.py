@@ -28,6 +28,7 @@ import re
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -103,11 +104,14 @@ class Scraper:
     scrape may itself count as a finished request there (self.overhead, measured): traffic()
     takes both off, so a per-loop figure is exactly the test's own requests."""
 
-    def __init__(self, gw, n):
+    def __init__(self, gw, n, context=None):
         self.gw = gw
         self.n = n
         self.seq = 0
-        self.conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=15)
+        if context is not None:
+            self.conn = http.client.HTTPSConnection("127.0.0.1", gw.port, timeout=15, context=context)
+        else:
+            self.conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=15)
         self.conn.connect()
         self.sock = self.conn.sock
         a = self.snap()
@@ -192,7 +196,7 @@ class Burst:
     raised) as soon as thread i is done, so a test can watch them come in. With `conns`,
     thread i uses conns[i] (kept open) instead of a new connection."""
 
-    def __init__(self, port, n, fn, timeout=60, conns=None):
+    def __init__(self, port, n, fn, timeout=60, conns=None, context=None):
         self.results = [None] * n
         self.done = [False] * n
         self.timeout = timeout
@@ -203,6 +207,9 @@ class Burst:
             try:
                 if conns is not None:
                     c = conns[i]
+                elif context is not None:
+                    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+                    c.connect()
                 else:
                     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                     c.connect()
@@ -231,8 +238,8 @@ class Burst:
         return self.results
 
 
-def burst(port, n, fn, timeout=60, conns=None):
-    return Burst(port, n, fn, timeout, conns).join()
+def burst(port, n, fn, timeout=60, conns=None, context=None):
+    return Burst(port, n, fn, timeout, conns, context).join()
 
 
 def raw_get(port, path, headers=None, timeout=10):
@@ -280,7 +287,8 @@ class Env:
     harness.demo_routes (chat, models, echo) on the first mock. `config` is written to
     fastgate.yaml and passed with -c; `workers` None leaves the number to the config."""
 
-    def __init__(self, routes=None, config=None, workers=WORKERS, args=(), mocks=1, loops=None):
+    def __init__(self, routes=None, config=None, workers=WORKERS, args=(), mocks=1, loops=None,
+                 context=None):
         self.dir = tmpdir("fg-workers-")
         self.mocks = []
         self.killed = set()
@@ -308,7 +316,7 @@ class Env:
             extra += list(args)
             self.gw = Gateway(self.dir, text, extra_args=extra)
             self.loops = loops or workers
-            self.scraper = Scraper(self.gw, self.loops)
+            self.scraper = Scraper(self.gw, self.loops, context)
         except BaseException:
             self.close()
             raise
@@ -1354,6 +1362,73 @@ def test_control_commands_and_reloads_under_load_lose_nothing_and_spend_stays_ex
             assert len(rows) == total, (len(rows), total)
             assert sorted(r["request_id"] for r in rows) == sorted(r[1] for r in done)
             assert sum(r["cost_nano"] for r in rows) == spent
+    finally:
+        rmtree(d)
+
+
+
+# --- 11. a TLS certificate reloaded on every loop -------------------------------------------
+
+def self_signed(d, name):
+    """(cert, key) of a self-signed certificate with CN=name, made with the openssl command."""
+    cert, key = os.path.join(d, name + ".pem"), os.path.join(d, name + ".key")
+    p = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", "-subj", "/CN=" + name,
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr.decode()
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def test_a_reloaded_certificate_is_served_by_every_loop():
+    # TLS on the listener, two loops; the certificate files are replaced and
+    # `fastgate-cli reload` answers. Fails if a loop keeps serving the old certificate to
+    # new connections (each loop has its own TLS context to swap), or if a loop stops
+    # serving TLS.
+    d = tmpdir("fg-workers-tls-")
+    try:
+        one = self_signed(d, "loop-cert-one")
+        two = self_signed(d, "loop-cert-two")
+        cert, key = os.path.join(d, "live.pem"), os.path.join(d, "live.key")
+
+        def install(pair):
+            for src, dst in zip(pair, (cert, key)):
+                with open(src, "rb") as f, open(dst + ".tmp", "wb") as g:
+                    g.write(f.read())
+                os.chmod(dst + ".tmp", 0o600)
+                os.replace(dst + ".tmp", dst)
+        install(one)
+        ders = {}
+        for name, pair in (("one", one), ("two", two)):
+            with open(pair[0]) as f:
+                ders[ssl.PEM_cert_to_DER_cert(f.read())] = name
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with Env(config="tls_cert: %s\ntls_key: %s\n" % (cert, key), context=ctx) as env:
+            assert env.gw.base.startswith("https://"), env.gw.base
+            key_ = env.gw.create_key("tls")["key"]
+
+            def wave(what):
+                a = env.scraper.snap()
+
+                def one_request(c, i):
+                    st, _, data = send(c, "POST", CHAT_PATH, CHAT, env.auth(key_))
+                    return st, ders.get(c.sock.getpeercert(binary_form=True), "unknown")
+                res = burst(env.gw.port, 40, one_request, context=ctx)
+                _, traffic = env.scraper.wait_traffic(a, 40)
+                both_served(traffic, what)
+                return res
+            res = wave("TLS before the reload")
+            assert all(r == (200, "one") for r in res), res
+            install(two)
+            rc, out, err = env.gw.cli("reload")
+            assert rc == 0, (rc, out, err)
+            res = wave("TLS after the reload")
+            assert all(r == (200, "two") for r in res), \
+                "certificates served after the reload: %r" % sorted({r[1] for r in res})
     finally:
         rmtree(d)
 
