@@ -40,16 +40,17 @@ if [ $unit_only -eq 0 ]; then
     run "e2e/$(basename "$t")" python3 "$t"
   done
   # The suites above run with the default: one event loop per core. The shared state
-  # (limits, balances, breakers, health) and the request path again with the other count:
-  # one loop on a machine with several cores, two on a machine with one.
+  # (limits, balances, breakers, health) again with the other count: one loop on a
+  # machine with several cores, two on a machine with one.
   other=1
   [ "$(nproc)" -le 1 ] && other=2
-  for t in tests/e2e/test_spend.py tests/e2e/test_pools.py tests/e2e/test_proxy.py; do
+  for t in tests/e2e/test_spend.py tests/e2e/test_pools.py; do
     run "e2e/$(basename "$t") (workers $other)" env FG_WORKERS=$other python3 "$t"
   done
-  # ThreadSanitizer (build-tsan) where the loops share the most: any report fails the run
+  # ThreadSanitizer (build-tsan) where the loops share the most (test_workers has spend
+  # under concurrent load and control changes): any report fails the run
   tsan="halt_on_error=1 exitcode=66 suppressions=$PWD/tests/tsan/suppressions.txt"
-  for t in tests/e2e/test_workers.py tests/e2e/test_spend.py tests/e2e/test_pools.py; do
+  for t in tests/e2e/test_workers.py tests/e2e/test_pools.py; do
     run "e2e/$(basename "$t") (tsan, workers 2)" \
       env FG_BUILD=build-tsan FG_WORKERS=2 TSAN_OPTIONS="$tsan" python3 "$t"
   done

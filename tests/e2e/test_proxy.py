@@ -638,8 +638,10 @@ def test_upstream_framings_reach_the_client_intact(c):
     answers = [
         # read until close, no length
         [b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" + body],
-        # an interim 100 before the answer, chunked with a trailer
+        # an interim 100 before the answer, chunked with a trailer; Connection: close, as
+        # this upstream closes after it: a kept connection would race the next request
         [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+         b"Connection: close\r\n"
          b"Transfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;x=y\r\n:1}\r\n0\r\nX-T: 1\r\n\r\n"],
         # not HTTP at all
         [b"SSH-2.0-OpenSSH_9.2\r\n\r\n"],
