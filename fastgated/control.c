@@ -2442,7 +2442,7 @@ static void h_status(struct ctl_call *call, json_t *args)
 
 	if (!ctl_args_only(call, args, allowed))
 		return;
-	for (unsigned i = 0; i < (gw->n_loops ? gw->n_loops : 1); i++)
+	for (unsigned i = 0; i < gateway_loops(gw); i++)
 		if (gateway_loop(gw, i)->http)
 			conns += http_server_connections(gateway_loop(gw, i)->http);
 	if (gw->keys) {
@@ -2459,7 +2459,7 @@ static void h_status(struct ctl_call *call, json_t *args)
 	                           "routes_enabled", (json_int_t)routes_enabled(gw->routes),
 	                           "keys", (json_int_t)nkeys,
 	                           "keys_active", (json_int_t)active,
-	                           "workers", (json_int_t)(gw->n_loops ? gw->n_loops : 1),
+	                           "workers", (json_int_t)gateway_loops(gw),
 	                           "connections", (json_int_t)conns,
 	                           "inflight", (json_int_t)st.inflight,
 	                           "requests", (json_int_t)st.requests,

@@ -96,11 +96,16 @@ struct gateway *gateway_loop(struct gateway *gw, unsigned i)
 	return gw->all ? gw->all[i] : gw;
 }
 
+unsigned gateway_loops(const struct gateway *gw)
+{
+	return gw->all ? gw->n_loops : 1;
+}
+
 struct gateway_stats gateway_stats_sum(struct gateway *gw)
 {
 	struct gateway_stats t = { 0 };
 
-	for (unsigned i = 0; i < (gw->n_loops ? gw->n_loops : 1); i++) {
+	for (unsigned i = 0; i < gateway_loops(gw); i++) {
 		const struct gateway_stats *s = &gateway_loop(gw, i)->stats;
 
 		t.requests += CTR_GET(s->requests);
@@ -122,7 +127,7 @@ void gateway_tables_install(struct gateway *gw, struct gateway_tables *in)
 	/* before the old table lets go of them: the same targets keep their state */
 	pool_bind(&gw->pool, t);
 	apply_target_states(gw, t);
-	for (unsigned i = 0; i < (gw->n_loops ? gw->n_loops : 1); i++) {
+	for (unsigned i = 0; i < gateway_loops(gw); i++) {
 		struct gateway *l = gateway_loop(gw, i);
 		struct route_table *old = l->routes;
 

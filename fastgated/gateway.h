@@ -98,8 +98,10 @@ struct gateway {
  * no-op with one loop; nestable. Never while holding a lock another loop may wait for. */
 void gateway_pause(struct gateway *gw);
 void gateway_resume(struct gateway *gw);
-/* The gateway of loop i (i < n_loops). */
+/* The gateway of loop i (i < gateway_loops), and how many loops there are now (1 until
+ * the other loops' gateways exist: main.c sets n_loops before it makes them). */
 struct gateway *gateway_loop(struct gateway *gw, unsigned i);
+unsigned gateway_loops(const struct gateway *gw);
 /* Every loop's counters added up (any loop may call it). */
 struct gateway_stats gateway_stats_sum(struct gateway *gw);
 

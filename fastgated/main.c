@@ -334,7 +334,7 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 	struct config next, old;
 	struct gateway_tables tables = { 0 };
 	struct tls_server *tls[CONFIG_WORKERS_MAX] = { 0 };   /* one per loop */
-	unsigned loops = rt->gw.n_loops ? rt->gw.n_loops : 1;
+	unsigned loops = gateway_loops(&rt->gw);
 	bool swap_tls;
 	int cap = http_conn_capacity(), rc = -1;
 
@@ -426,7 +426,7 @@ static void trim_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd; (void)what;
 
 	/* every loop's, as their memory is one heap to trim (glibc trims every arena) */
-	for (unsigned i = 0; i < (rt->gw.n_loops ? rt->gw.n_loops : 1); i++) {
+	for (unsigned i = 0; i < gateway_loops(&rt->gw); i++) {
 		struct http_server *h = gateway_loop(&rt->gw, i)->http;
 
 		peak += http_server_take_peak(h);

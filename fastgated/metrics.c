@@ -596,7 +596,7 @@ struct loop_sums {
 
 static void loops_sum(struct gateway *gw, struct evbuffer *b, struct loop_sums *s)
 {
-	unsigned n = gw->n_loops ? gw->n_loops : 1;
+	unsigned n = gateway_loops(gw);
 
 	memset(s, 0, sizeof(*s));
 	evbuffer_add_printf(b, "# HELP fastgate_workers Event-loop threads serving requests (workers).\n"
@@ -629,7 +629,7 @@ static void loops_sum(struct gateway *gw, struct evbuffer *b, struct loop_sums *
 
 int metrics_render(struct gateway *gw, struct evbuffer *b)
 {
-	unsigned n = gw->n_loops ? gw->n_loops : 1;
+	unsigned n = gateway_loops(gw);
 	struct metrics *m = gw->metrics, *sum = NULL;
 	struct loop_sums ls;
 
