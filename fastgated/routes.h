@@ -119,7 +119,7 @@ struct route {
 	size_t n_fallback;
 	int fallback_line;        /* where `fallback:` is written, for its errors */
 	/* live, mutable like `enabled`: the balancer's position and its view of the targets
-	 * (refreshed from each target's state before a pick) */
+	 * (refreshed from each target's state before a pick), under the pool's lock (pool.h) */
 	struct balancer bal;
 	struct balance_target *bt;
 	struct pool *pool;        /* the registry of its targets' states (pool_bind): its lock
