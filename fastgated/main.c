@@ -519,8 +519,7 @@ static int loop_setup(struct runtime *rt, struct gateway *gw, char **err)
 	};
 
 	if (gw->loop > 0) {
-		pool_init(&gw->pool);
-	gw->base = workers_make_base();
+		gw->base = workers_make_base();
 		gw->metrics = metrics_new();
 		gw->hasher = key_hasher_new();
 		if (!gw->base || !gw->metrics || !gw->hasher) {
@@ -668,6 +667,7 @@ int main(int argc, char **argv)
 	gw->reload = reload_hook;
 	gw->reload_arg = &rt;
 	gw->started = time(NULL);
+	pool_init(&gw->pool);   /* the one registry of target states, for every loop */
 	gw->base = workers_make_base();
 	gw->metrics = metrics_new();
 	gw->authfail = authfail_new(AUTHFAIL_CAP);
