@@ -21,6 +21,7 @@ start of each test, before any other client connects, so every per-loop figure i
 Every wait is bounded and waits for something observable. Each test says in a comment what
 would make it fail."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -576,6 +577,20 @@ NANO = 10 ** 9
 NANO_PER_TOKEN = 1000 * NANO // 10 ** 6
 
 
+@contextlib.contextmanager
+def priced_env(**kw):
+    """An Env whose gateway prices W_MODEL with PRICING_TEXT (--pricing)."""
+    d = tmpdir("fg-workers-pricing-")
+    try:
+        pricing = os.path.join(d, "pricing.yaml")
+        with open(pricing, "w") as f:
+            f.write(PRICING_TEXT)
+        with Env(args=["--pricing", pricing], **kw) as env:
+            yield env
+    finally:
+        rmtree(d)
+
+
 def usd(nano):
     return "%d.%09d" % (nano // NANO, nano % NANO)
 
@@ -604,68 +619,61 @@ def test_a_user_balance_admits_exactly_what_it_pays_for_across_loops():
     # (more than 12 reach the mock), if a reservation is lost or doubled (reserved is not
     # 12 estimates), or if settlement is not exact (spent is not 12 times the cost of one
     # answer to the nano-dollar, reserved not back to 0).
-    d = tmpdir("fg-workers-pricing-")
-    try:
-        pricing = os.path.join(d, "pricing.yaml")
-        with open(pricing, "w") as f:
-            f.write(PRICING_TEXT)
-        with Env(args=["--pricing", pricing]) as env:
-            body = json.dumps({"model": W_MODEL, "max_tokens": 200,
-                               "messages": [{"role": "user", "content": "x" * 120}]},
-                              separators=(",", ":")).encode()
-            # fastgated(8), SPEND CONTROL: the estimate is ceil(body bytes / 4) prompt
-            # tokens plus max_tokens output tokens
-            e = ((len(body) + 3) // 4 + 200) * NANO_PER_TOKEN
-            admit = 12
-            credit = admit * e + e // 2
-            u = env.cli_json("user", "create", "--name", "payer", "--balance", usd(credit))
-            k = env.cli_json("key", "create", "--name", "payer-key", "--user", str(u["id"]))
-            hdr = dict(env.auth(k["key"]), **{"Content-Type": "application/json"})
-            a = env.scraper.snap()
-            mock_post(env.mock, "/__mock/hold")
-            b = Burst(env.gw.port, 60, lambda c, i: send(c, "POST", CHAT_PATH, body, hdr))
-            try:
-                wait_for(lambda: b.finished() + env.mock.stats()["held"] >= 60, timeout=30,
-                         what="all 60 requests to be refused or held at the mock")
-                held = env.mock.stats()["held"]
-                show = env.cli_json("user", "show", str(u["id"]))
-            finally:
-                mock_post(env.mock, "/__mock/release")
-            results = b.join()
-            assert held == admit, "%d requests admitted for a balance of %d estimates and a half" % (
-                held, admit)
-            assert nano_of(show["reserved_usd"]) == admit * e, (show, usd(admit * e))
-            assert nano_of(show["balance_usd"]) == credit - admit * e, show
-            ok = [r for r in results if r[0] == 200]
-            refused = [r for r in results if r[0] == 429]
-            assert len(ok) == admit and len(refused) == 60 - admit, [r[0] for r in results]
-            for _, _, data in refused:
-                assert error_code(data) in ("rate_limited", "insufficient_quota"), data
-            usages = {(j["usage"]["prompt_tokens"], j["usage"]["completion_tokens"])
-                      for j in (json.loads(d_) for _, _, d_ in ok)}
-            assert len(usages) == 1, usages
-            p, o = usages.pop()
-            c = (p + o) * NANO_PER_TOKEN
-            assert all(h["x-fastgate-cost"] == usd(c) for _, h, _ in ok), \
-                [h.get("x-fastgate-cost") for _, h, _ in ok]
-            _, traffic = env.scraper.wait_traffic(a, 60)
-            both_served(traffic, "60 requests over 60 connections")
-            assert sum(traffic) == 60, traffic
+    with priced_env() as env:
+        body = json.dumps({"model": W_MODEL, "max_tokens": 200,
+                           "messages": [{"role": "user", "content": "x" * 120}]},
+                          separators=(",", ":")).encode()
+        # fastgated(8), SPEND CONTROL: the estimate is ceil(body bytes / 4) prompt
+        # tokens plus max_tokens output tokens
+        e = ((len(body) + 3) // 4 + 200) * NANO_PER_TOKEN
+        admit = 12
+        credit = admit * e + e // 2
+        u = env.cli_json("user", "create", "--name", "payer", "--balance", usd(credit))
+        k = env.cli_json("key", "create", "--name", "payer-key", "--user", str(u["id"]))
+        hdr = dict(env.auth(k["key"]), **{"Content-Type": "application/json"})
+        a = env.scraper.snap()
+        mock_post(env.mock, "/__mock/hold")
+        b = Burst(env.gw.port, 60, lambda c, i: send(c, "POST", CHAT_PATH, body, hdr))
+        try:
+            wait_for(lambda: b.finished() + env.mock.stats()["held"] >= 60, timeout=30,
+                     what="all 60 requests to be refused or held at the mock")
+            held = env.mock.stats()["held"]
             show = env.cli_json("user", "show", str(u["id"]))
-            assert nano_of(show["spent_usd"]) == admit * c, (show, usd(admit * c))
-            assert nano_of(show["balance_usd"]) == credit - admit * c, (show, usd(credit - admit * c))
-            assert nano_of(show["reserved_usd"]) == 0, show
-            assert env.mock.stats()["chat"] == admit
-            m = re.search(r'^fastgate_cost_usd_total\{route="chat",model="%s"\} (\S+)$' % W_MODEL,
-                          env.scraper.snap().text, re.M)
-            assert m and Fraction(m.group(1)) == Fraction(admit * c, NANO), (m and m.group(0), usd(admit * c))
-            rows = env.audit(60)
-            assert len(rows) == 60, len(rows)
-            billed = [r for r in rows if r["billed"]]
-            assert len(billed) == admit and sum(r["cost_nano"] for r in billed) == admit * c, \
-                [(r["status"], r["cost_nano"]) for r in billed]
-    finally:
-        rmtree(d)
+        finally:
+            mock_post(env.mock, "/__mock/release")
+        results = b.join()
+        assert held == admit, "%d requests admitted for a balance of %d estimates and a half" % (
+            held, admit)
+        assert nano_of(show["reserved_usd"]) == admit * e, (show, usd(admit * e))
+        assert nano_of(show["balance_usd"]) == credit - admit * e, show
+        ok = [r for r in results if r[0] == 200]
+        refused = [r for r in results if r[0] == 429]
+        assert len(ok) == admit and len(refused) == 60 - admit, [r[0] for r in results]
+        for _, _, data in refused:
+            assert error_code(data) in ("rate_limited", "insufficient_quota"), data
+        usages = {(j["usage"]["prompt_tokens"], j["usage"]["completion_tokens"])
+                  for j in (json.loads(d_) for _, _, d_ in ok)}
+        assert len(usages) == 1, usages
+        p, o = usages.pop()
+        c = (p + o) * NANO_PER_TOKEN
+        assert all(h["x-fastgate-cost"] == usd(c) for _, h, _ in ok), \
+            [h.get("x-fastgate-cost") for _, h, _ in ok]
+        _, traffic = env.scraper.wait_traffic(a, 60)
+        both_served(traffic, "60 requests over 60 connections")
+        assert sum(traffic) == 60, traffic
+        show = env.cli_json("user", "show", str(u["id"]))
+        assert nano_of(show["spent_usd"]) == admit * c, (show, usd(admit * c))
+        assert nano_of(show["balance_usd"]) == credit - admit * c, (show, usd(credit - admit * c))
+        assert nano_of(show["reserved_usd"]) == 0, show
+        assert env.mock.stats()["chat"] == admit
+        m = re.search(r'^fastgate_cost_usd_total\{route="chat",model="%s"\} (\S+)$' % W_MODEL,
+                      env.scraper.snap().text, re.M)
+        assert m and Fraction(m.group(1)) == Fraction(admit * c, NANO), (m and m.group(0), usd(admit * c))
+        rows = env.audit(60)
+        assert len(rows) == 60, len(rows)
+        billed = [r for r in rows if r["billed"]]
+        assert len(billed) == admit and sum(r["cost_nano"] for r in billed) == admit * c, \
+            [(r["status"], r["cost_nano"]) for r in billed]
 
 
 # --- 4. one breaker per target --------------------------------------------------------------
@@ -1283,87 +1291,80 @@ def test_control_commands_and_reloads_under_load_lose_nothing_and_spend_stays_ex
     # drops or fails a request, if a command hangs (every control call is bounded), if
     # the audit loses or doubles a row, or if the balance is not exactly credit plus
     # top-ups minus the sum of what each answer said it cost.
-    d = tmpdir("fg-workers-pricing-")
-    try:
-        pricing = os.path.join(d, "pricing.yaml")
-        with open(pricing, "w") as f:
-            f.write(PRICING_TEXT)
-        with Env(config="idle_timeout: 60\n", args=["--pricing", pricing]) as env:
-            credit = 1000 * NANO
-            u = env.cli_json("user", "create", "--name", "loaded", "--balance", usd(credit))
-            k = env.cli_json("key", "create", "--name", "loaded-key", "--user", str(u["id"]))
-            body = json.dumps({"model": W_MODEL, "max_tokens": 20,
-                               "messages": [{"role": "user", "content": "under load"}]}).encode()
-            hdr = dict(env.auth(k["key"]), **{"Content-Type": "application/json"})
-            stop = threading.Event()
-            lock = threading.Lock()
-            done = []        # (status, request id, cost header or None, detail)
-            hard_end = time.monotonic() + 90
+    with priced_env(config="idle_timeout: 60\n") as env:
+        credit = 1000 * NANO
+        u = env.cli_json("user", "create", "--name", "loaded", "--balance", usd(credit))
+        k = env.cli_json("key", "create", "--name", "loaded-key", "--user", str(u["id"]))
+        body = json.dumps({"model": W_MODEL, "max_tokens": 20,
+                           "messages": [{"role": "user", "content": "under load"}]}).encode()
+        hdr = dict(env.auth(k["key"]), **{"Content-Type": "application/json"})
+        stop = threading.Event()
+        lock = threading.Lock()
+        done = []        # (status, request id, cost header or None, detail)
+        hard_end = time.monotonic() + 90
 
-            def client(n):
-                while not stop.is_set() and time.monotonic() < hard_end:
-                    c = http.client.HTTPConnection("127.0.0.1", env.gw.port, timeout=30)
-                    try:
-                        for _ in range(4):
-                            try:
-                                st, h, data = send(c, "POST", CHAT_PATH, body, hdr)
-                                r = (st, h.get("x-request-id"), h.get("x-fastgate-cost"), data[:200])
-                            except Exception as e:  # noqa: BLE001 - counted as a failure
-                                r = (None, None, None, repr(e))
-                            with lock:
-                                done.append(r)
-                    finally:
-                        c.close()
-            a = env.scraper.snap()
-            ts = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(12)]
-            for t in ts:
-                t.start()
-            topups = 0
-            mark = "configuration re-read from"
-            try:
-                wait_for(lambda: len(done) >= 50, timeout=20, what="traffic to start")
-                for i in range(8):
-                    rc, out, err = env.gw.cli("reload")
-                    assert rc == 0, (rc, out, err)
-                    env.gw.create_key("made-under-load-%d" % i)
-                    r = env.gw.ctl("user.topup", {"id": u["id"], "amount": "0.000000007"})
+        def client(n):
+            while not stop.is_set() and time.monotonic() < hard_end:
+                c = http.client.HTTPConnection("127.0.0.1", env.gw.port, timeout=30)
+                try:
+                    for _ in range(4):
+                        try:
+                            st, h, data = send(c, "POST", CHAT_PATH, body, hdr)
+                            r = (st, h.get("x-request-id"), h.get("x-fastgate-cost"), data[:200])
+                        except Exception as e:  # noqa: BLE001 - counted as a failure
+                            r = (None, None, None, repr(e))
+                        with lock:
+                            done.append(r)
+                finally:
+                    c.close()
+        a = env.scraper.snap()
+        ts = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(12)]
+        for t in ts:
+            t.start()
+        topups = 0
+        mark = "configuration re-read from"
+        try:
+            wait_for(lambda: len(done) >= 50, timeout=20, what="traffic to start")
+            for i in range(8):
+                rc, out, err = env.gw.cli("reload")
+                assert rc == 0, (rc, out, err)
+                env.gw.create_key("made-under-load-%d" % i)
+                r = env.gw.ctl("user.topup", {"id": u["id"], "amount": "0.000000007"})
+                assert r.get("ok"), r
+                topups += 7
+                for cmd in ("route.disable", "route.enable"):
+                    r = env.gw.ctl(cmd, {"name": "echo"})
                     assert r.get("ok"), r
-                    topups += 7
-                    for cmd in ("route.disable", "route.enable"):
-                        r = env.gw.ctl(cmd, {"name": "echo"})
-                        assert r.get("ok"), r
-                    for cmd in ("upstream.drain", "upstream.undrain"):
-                        r = env.gw.ctl(cmd, {"id": "models/0"})
-                        assert r.get("ok"), r
-                    n = env.gw.proc.stderr().count(mark)
-                    os.kill(env.gw.proc.pid, signal.SIGHUP)
-                    wait_for(lambda: env.gw.proc.stderr().count(mark) > n, timeout=10,
-                             what="SIGHUP reload %d to be done" % i)
-                n0 = len(done)
-                wait_for(lambda: len(done) >= n0 + 50, timeout=20, what="traffic after the commands")
-            finally:
-                stop.set()
-                for t in ts:
-                    t.join(40)
-            assert not any(t.is_alive() for t in ts), "a client thread is stuck"
-            bad = [r for r in done if r[0] != 200]
-            assert not bad, "%d of %d requests failed, e.g. %r" % (len(bad), len(done), bad[:3])
-            total = len(done)
-            _, traffic = env.scraper.wait_traffic(a, total)
-            both_served(traffic, "%d requests from 12 clients" % total)
-            assert sum(traffic) == total, (traffic, total)
-            spent = sum(nano_of(r[2]) for r in done)
-            show = env.cli_json("user", "show", str(u["id"]))
-            assert nano_of(show["reserved_usd"]) == 0, show
-            assert nano_of(show["spent_usd"]) == spent, (show, usd(spent))
-            assert nano_of(show["balance_usd"]) == credit + topups - spent, \
-                (show, usd(credit + topups - spent))
-            rows = [r for r in env.audit(total) if r["path"] == CHAT_PATH]
-            assert len(rows) == total, (len(rows), total)
-            assert sorted(r["request_id"] for r in rows) == sorted(r[1] for r in done)
-            assert sum(r["cost_nano"] for r in rows) == spent
-    finally:
-        rmtree(d)
+                for cmd in ("upstream.drain", "upstream.undrain"):
+                    r = env.gw.ctl(cmd, {"id": "models/0"})
+                    assert r.get("ok"), r
+                n = env.gw.proc.stderr().count(mark)
+                os.kill(env.gw.proc.pid, signal.SIGHUP)
+                wait_for(lambda: env.gw.proc.stderr().count(mark) > n, timeout=10,
+                         what="SIGHUP reload %d to be done" % i)
+            n0 = len(done)
+            wait_for(lambda: len(done) >= n0 + 50, timeout=20, what="traffic after the commands")
+        finally:
+            stop.set()
+            for t in ts:
+                t.join(40)
+        assert not any(t.is_alive() for t in ts), "a client thread is stuck"
+        bad = [r for r in done if r[0] != 200]
+        assert not bad, "%d of %d requests failed, e.g. %r" % (len(bad), len(done), bad[:3])
+        total = len(done)
+        _, traffic = env.scraper.wait_traffic(a, total)
+        both_served(traffic, "%d requests from 12 clients" % total)
+        assert sum(traffic) == total, (traffic, total)
+        spent = sum(nano_of(r[2]) for r in done)
+        show = env.cli_json("user", "show", str(u["id"]))
+        assert nano_of(show["reserved_usd"]) == 0, show
+        assert nano_of(show["spent_usd"]) == spent, (show, usd(spent))
+        assert nano_of(show["balance_usd"]) == credit + topups - spent, \
+            (show, usd(credit + topups - spent))
+        rows = [r for r in env.audit(total) if r["path"] == CHAT_PATH]
+        assert len(rows) == total, (len(rows), total)
+        assert sorted(r["request_id"] for r in rows) == sorted(r[1] for r in done)
+        assert sum(r["cost_nano"] for r in rows) == spent
 
 
 
