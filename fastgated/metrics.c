@@ -278,6 +278,30 @@ static struct usage_series *usage_add(struct metrics *m, const char *route, cons
 	return u;
 }
 
+/* The series of route and model (a label, hashed as h), made if new: past
+ * MODELS_PER_ROUTE models a route, a new one counts as "other", itself no model. */
+static struct usage_series *usage_series(struct metrics *m, const char *route,
+                                         const char *model, size_t h)
+{
+	struct usage_series *u = usage_find(m, route, model, h);
+	struct route_usage *ru;
+
+	if (u)
+		return u;
+	ru = route_usage(m, route);
+	if (strcmp(model, "other") != 0) {
+		if (ru->models >= MODELS_PER_ROUTE) {
+			model = "other";
+			h = usage_hash(route, model);
+			if ((u = usage_find(m, route, model, h)))
+				return u;
+		} else {
+			ru->models++;
+		}
+	}
+	return usage_add(m, route, model, h);
+}
+
 /* Tokens and cost by route and model; unpriced requests by route. */
 static void record_usage(struct metrics *m, const char *route, const struct audit_record *r)
 {
@@ -302,19 +326,7 @@ static void record_usage(struct metrics *m, const char *route, const struct audi
 		goto add;
 	model_label(r->model, model);
 	h = usage_hash(route, model);
-	if (!(u = usage_find(m, route, model, h))) {
-		struct route_usage *ru = route_usage(m, route);
-
-		if (ru->models >= MODELS_PER_ROUTE) {
-			snprintf(model, sizeof(model), "other");
-			h = usage_hash(route, model);
-			u = usage_find(m, route, model, h);
-		} else {
-			ru->models++;
-		}
-		if (!u)
-			u = usage_add(m, route, model, h);
-	}
+	u = usage_series(m, route, model, h);
 	/* a model too long to keep here is looked up each time (its label is cut) */
 	m->last = NULL;
 	if (!r->model || strnlen(r->model, MODEL_LABEL_MAX + 1) <= MODEL_LABEL_MAX) {
@@ -376,26 +388,9 @@ static void metrics_merge(struct metrics *dst, const struct metrics *src)
 	histogram_merge(&dst->ttfb, &src->ttfb);
 	dst->rejected += src->rejected;
 	for (const struct usage_series *u = src->usage_first; u; u = u->next) {
-		struct usage_series *v = usage_find(dst, u->route, u->model, u->hash);
+		/* each shard keeps MODELS_PER_ROUTE a route; so does their sum */
+		struct usage_series *v = usage_series(dst, u->route, u->model, u->hash);
 
-		if (!v) {
-			/* each shard keeps MODELS_PER_ROUTE a route; so does their sum, the rest of
-			 * the models counting as "other" as they would on one loop */
-			struct route_usage *ru = route_usage(dst, u->route);
-			const char *model = u->model;
-			size_t h = u->hash;
-
-			if (strcmp(model, "other") != 0) {
-				if (ru->models >= MODELS_PER_ROUTE) {
-					model = "other";
-					h = usage_hash(u->route, model);
-				} else {
-					ru->models++;
-				}
-			}
-			if (!(v = usage_find(dst, u->route, model, h)))
-				v = usage_add(dst, u->route, model, h);
-		}
 		for (int k = 0; k < TOK_KINDS; k++)
 			v->tokens[k] += u->tokens[k];
 		v->cost_nano += u->cost_nano;
