@@ -105,6 +105,19 @@ static unsigned live(const struct workers *ws)
 	return n;
 }
 
+/* Ask every running loop to do cmd (WK_*) at its next turn; under ws->mu. */
+static void post_locked(struct workers *ws, unsigned cmd)
+{
+	for (unsigned i = 0; i + 1 < ws->n; i++) {
+		struct worker *w = &ws->w[i];
+
+		if (w->running && !w->gone) {
+			w->cmds |= cmd;
+			ring(w->efd);
+		}
+	}
+}
+
 /* gw->pause on loop 0. */
 static void pause_hook(void *arg, bool stop)
 {
@@ -115,14 +128,7 @@ static void pause_hook(void *arg, bool stop)
 			return;
 		pthread_mutex_lock(&ws->mu);
 		ws->holding = true;
-		for (unsigned i = 0; i + 1 < ws->n; i++) {
-			struct worker *w = &ws->w[i];
-
-			if (w->running && !w->gone) {
-				w->cmds |= WK_PAUSE;
-				ring(w->efd);
-			}
-		}
+		post_locked(ws, WK_PAUSE);
 		while (ws->parked < live(ws))
 			pthread_cond_wait(&ws->cv, &ws->mu);
 		pthread_mutex_unlock(&ws->mu);
@@ -171,14 +177,7 @@ static void inbox_cb(evutil_socket_t fd, short what, void *arg)
 static void post(struct workers *ws, unsigned cmd)
 {
 	pthread_mutex_lock(&ws->mu);
-	for (unsigned i = 0; i + 1 < ws->n; i++) {
-		struct worker *w = &ws->w[i];
-
-		if (w->running && !w->gone) {
-			w->cmds |= cmd;
-			ring(w->efd);
-		}
-	}
+	post_locked(ws, cmd);
 	pthread_mutex_unlock(&ws->mu);
 }
 
