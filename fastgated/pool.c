@@ -52,28 +52,38 @@ void pool_share(struct pool *p)
 	p->locking = true;
 }
 
+/* The registry's mutex when several loops share it, else NULL (nothing to take). */
+static pthread_mutex_t *mutex_of(struct pool *p)
+{
+	return p && p->locking ? &p->mu : NULL;
+}
+
+static void take(pthread_mutex_t *mu, bool on)
+{
+	if (mu && on)
+		pthread_mutex_lock(mu);
+	else if (mu)
+		pthread_mutex_unlock(mu);
+}
+
 void pool_lock(const struct route *r)
 {
-	if (r && r->pool && r->pool->locking)
-		pthread_mutex_lock(&r->pool->mu);
+	take(mutex_of(r ? r->pool : NULL), true);
 }
 
 void pool_unlock(const struct route *r)
 {
-	if (r && r->pool && r->pool->locking)
-		pthread_mutex_unlock(&r->pool->mu);
+	take(mutex_of(r ? r->pool : NULL), false);
 }
 
 void target_state_lock(const struct target_state *s)
 {
-	if (s && s->pool && s->pool->locking)
-		pthread_mutex_lock(&s->pool->mu);
+	take(mutex_of(s ? s->pool : NULL), true);
 }
 
 void target_state_unlock(const struct target_state *s)
 {
-	if (s && s->pool && s->pool->locking)
-		pthread_mutex_unlock(&s->pool->mu);
+	take(mutex_of(s ? s->pool : NULL), false);
 }
 
 static struct target_state *state_find(struct pool *p, const char *route,
