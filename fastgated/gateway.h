@@ -62,7 +62,7 @@ struct gateway {
 		char model[128];
 		const struct price *price;
 	} price_memo;
-	struct transport *transports[2];  /* by enum tr_kind: a route's is fixed at load */
+	struct transport *transports[TR_KIND_COUNT];  /* a route's kind is fixed at load */
 	struct control *control;
 	struct http_server *http;
 	struct metrics *metrics;

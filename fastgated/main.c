@@ -316,6 +316,14 @@ static void stop_cb(evutil_socket_t sig, short what, void *arg)
 	event_add(rt->drain_deadline, &deadline);
 }
 
+/* The loop's upstream transports keep up to max_connections idle connections (transport.h,
+ * tr_set_idle_max), at start and after a reload that changes it. */
+static void loop_idle_max(struct gateway *gw)
+{
+	for (int k = 0; k < TR_KIND_COUNT; k++)
+		tr_set_idle_max(gw->transports[k], (unsigned)gw->cfg->max_connections);
+}
+
 /* What SIGHUP and the control channel's `reload` do, all or nothing, in this order:
  *  1. read the configuration as at start: defaults, fastgate.yaml, then the flags again;
  *  2. settings that need a restart keep their running value (a warning says so), and
@@ -369,6 +377,8 @@ static int runtime_reload(struct runtime *rt, struct errlist *errs, struct errli
 	rt->cfg = next;
 	next = old;   /* freed below */
 	gateway_tables_install(&rt->gw, &tables);
+	for (unsigned i = 0; i < loops; i++)
+		loop_idle_max(gateway_loop(&rt->gw, i));
 	for (unsigned i = 0; swap_tls && i < loops; i++) {
 		http_server_swap_tls(gateway_loop(&rt->gw, i)->http, tls[i]);
 		tls[i] = NULL;
@@ -538,6 +548,7 @@ static int loop_setup(struct runtime *rt, struct gateway *gw, char **err)
 	gw->transports[TR_KIND_NATIVE] = transport_h1_new(gw->base, err);
 	if (!gw->transports[TR_KIND_NATIVE])
 		return -1;
+	loop_idle_max(gw);
 	if (reqdone_subscribe(&gw->done, metrics_on_done, gw) < 0 ||
 	    reqdone_subscribe(&gw->done, audit_on_done, gw) < 0) {
 		*err = strdup("too many request-done subscribers");

@@ -42,7 +42,7 @@ enum tr_result {
 /* "connect", "resolve", ... : the error kinds of metrics and the audit */
 const char *tr_result_kind(enum tr_result r);
 
-enum tr_kind { TR_KIND_NATIVE, TR_KIND_CURL };
+enum tr_kind { TR_KIND_NATIVE, TR_KIND_CURL, TR_KIND_COUNT };
 
 struct tr_callbacks {
 	/* a status or header line, or the blank line that ends the head: 0 goes on, -1 aborts */
@@ -93,6 +93,9 @@ struct transport_ops {
 	void (*cancel)(struct tr_xfer *x);
 	/* connections open (busy + idle) and idle now, for metrics; NULL: not counted */
 	void (*counts)(const struct transport *t, unsigned *open, unsigned *idle);
+	/* how many finished connections may wait idle for reuse (per origin where the
+	 * transport keeps them per origin); NULL: the transport's own fixed number */
+	void (*set_idle_max)(struct transport *t, unsigned n);
 };
 
 struct transport {
@@ -110,6 +113,16 @@ static inline void tr_resume(struct tr_xfer *x)
 {
 	if (x->active)
 		x->t->ops->resume(x);
+}
+
+/* The gateway keeps as many idle upstream connections as it admits client connections
+ * (max_connections): a client connection has at most one transfer at a time, so no more
+ * than that many can ever be reused at once, and with fewer a busy gateway closes
+ * connections only to open them again on the next requests. */
+static inline void tr_set_idle_max(struct transport *t, unsigned n)
+{
+	if (t && t->ops->set_idle_max)
+		t->ops->set_idle_max(t, n);
 }
 
 /* Abandon a transfer: `done` will not run. Safe when it already finished. Never from

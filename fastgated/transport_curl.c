@@ -210,7 +210,7 @@ struct transport *transport_curl_new(struct event_base *base, char **err)
 	curl_multi_setopt(u->multi, CURLMOPT_SOCKETDATA, u);
 	curl_multi_setopt(u->multi, CURLMOPT_TIMERFUNCTION, timer_function);
 	curl_multi_setopt(u->multi, CURLMOPT_TIMERDATA, u);
-	/* Enough idle upstream connections for a busy gateway to reuse rather than reconnect. */
+	/* until the gateway sets it (tr_set_idle_max): curl's cache is one for all origins */
 	curl_multi_setopt(u->multi, CURLMOPT_MAXCONNECTS, 512L);
 	return &u->t;
 }
@@ -435,6 +435,12 @@ static void curl_cancel(struct tr_xfer *x)
 	x->paused = false;
 }
 
+static void curl_set_idle_max(struct transport *t, unsigned n)
+{
+	curl_multi_setopt(((struct upstream *)t)->multi, CURLMOPT_MAXCONNECTS, (long)n);
+}
+
 static const struct transport_ops curl_ops = {
 	.name = "curl", .start = curl_start, .resume = curl_resume, .cancel = curl_cancel,
+	.set_idle_max = curl_set_idle_max,
 };

@@ -24,7 +24,7 @@
 #include "transport_h1.h"
 #include "util.h"
 
-#define IDLE_MAX_PER_ORIGIN 256
+#define IDLE_MAX_DEFAULT 256       /* until the gateway sets it (tr_set_idle_max) */
 #define BUF_START (16 * 1024)
 #define BUF_MAX   (H1_HEAD_MAX + 16 * 1024)
 #define NAME_TTL_SECONDS 60
@@ -79,6 +79,7 @@ struct pool {
 	struct origin *origins;
 	LIST_HEAD(, conn) all;
 	unsigned open, idle;
+	unsigned idle_max;                /* per origin */
 };
 
 static const struct transport_ops h1_ops;
@@ -223,7 +224,7 @@ static void conclude(struct conn *c, enum tr_result r, bool reusable)
 	x->impl = NULL;
 	x->active = false;
 	x->paused = false;
-	if (reusable && c->len == 0 && o->n_idle < IDLE_MAX_PER_ORIGIN) {
+	if (reusable && c->len == 0 && o->n_idle < c->pool->idle_max) {
 		c->idle = true;
 		c->reused = false;
 		c->idle_since = coarse_ms();
@@ -639,9 +640,14 @@ static void h1_counts(const struct transport *t, unsigned *open, unsigned *idle)
 	*idle = CTR_GET(p->idle);
 }
 
+static void h1_set_idle_max(struct transport *t, unsigned n)
+{
+	((struct pool *)t)->idle_max = n;
+}
+
 static const struct transport_ops h1_ops = {
 	.name = "http", .start = h1_start, .resume = h1_resume, .cancel = h1_cancel,
-	.counts = h1_counts,
+	.counts = h1_counts, .set_idle_max = h1_set_idle_max,
 };
 
 /* ---- the pool ------------------------------------------------------------------- */
@@ -658,6 +664,7 @@ struct transport *transport_h1_new(struct event_base *base, char **err)
 	}
 	p->t.ops = &h1_ops;
 	p->base = base;
+	p->idle_max = IDLE_MAX_DEFAULT;
 	LIST_INIT(&p->all);
 	return &p->t;
 }

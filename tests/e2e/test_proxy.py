@@ -269,6 +269,61 @@ def test_upstream_connections_are_kept_alive_and_reused(c):
     assert idle and int(idle.group(1)) >= 1 and busy and int(busy.group(1)) == 0, data
 
 
+def burst(port, key, n, delay_ms):
+    """n requests in flight at once, each on its own client connection (all sent before any
+    answer is read; the mock holds each answer delay_ms): their statuses."""
+    body = json.dumps(CHAT).encode()
+    req = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+           "X-Mock-First-Byte-Delay-Ms: %d\r\nContent-Length: %d\r\n\r\n"
+           % (key, delay_ms, len(body))).encode() + body
+    socks, statuses = [], []
+    try:
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=20)
+            s.sendall(req)
+            socks.append(s)
+        for s in socks:
+            f = s.makefile("rb")
+            status = int(f.readline().split()[1])
+            length = 0
+            while True:
+                line = f.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            f.read(length)
+            f.close()
+            statuses.append(status)
+    finally:
+        for s in socks:
+            s.close()
+    return statuses
+
+
+def test_a_burst_wider_than_256_keeps_all_its_upstream_connections(c):
+    # 300 requests at once on one event loop need 300 upstream connections; once answered,
+    # every one of them stays idle for the next burst (up to max_connections), rather than
+    # the 256 a fixed cap kept, which made a busy gateway close connections only to open
+    # them again a moment later
+    d = tmpdir()
+    gw = Gateway(d, demo_routes(c.mock.url, ""), extra_args=["--workers", "1"], name="burst")
+    try:
+        key = gw.create_key("burst")["key"]
+        assert burst(gw.port, key, 300, 300) == [200] * 300
+        idle = lambda: int(re.search(r'^fastgate_upstream_connections\{state="idle"\} (\d+)$',
+                                     gw.request("GET", "/metrics")[2].decode(), re.M).group(1))
+        assert idle() == 300, idle()
+        before = c.mock.stats()["connections_total"]
+        assert burst(gw.port, key, 300, 300) == [200] * 300
+        opened = c.mock.stats()["connections_total"] - before
+        assert opened == 0, "the second burst opened %d upstream connections" % opened
+    finally:
+        assert gw.stop() == 0
+        rmtree(d)
+
+
 def test_x_api_key_header_authenticates_too(c):
     st, _, _ = c.gw.request("POST", "/v1/chat/completions", CHAT, {"X-API-Key": c.key})
     assert st == 200
