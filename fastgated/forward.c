@@ -395,6 +395,11 @@ static void attempt_drop(struct attempt *a)
 	a->xl = NULL;
 }
 
+void forward_attempt_clear(struct attempt *a)
+{
+	attempt_drop(a);
+}
+
 void forward_attempt_free(struct attempt *a)
 {
 	attempt_drop(a);

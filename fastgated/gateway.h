@@ -69,6 +69,8 @@ struct gateway {
 	struct audit *audit;
 	struct authfail *authfail;    /* shared by every loop; its table grows at the first failure */
 	struct reqdone_hooks done;    /* told of every finished request (reqdone.h) */
+	struct proxy_req *spares;     /* finished requests' memory for the next ones (proxy.c) */
+	unsigned n_spares;
 	time_t started;
 	char listen_addr[128];        /* as bound, e.g. "127.0.0.1:8514" */
 	bool stopping;                /* SIGTERM seen: no new requests */

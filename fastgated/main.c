@@ -576,6 +576,7 @@ static void loop_teardown(struct gateway *gw)
 		http_server_free(gw->http);
 		gw->http = NULL;
 	}
+	proxy_spares_free(gw);
 	transport_curl_free(gw->transports[TR_KIND_CURL]);
 	transport_h1_free(gw->transports[TR_KIND_NATIVE]);
 	gw->transports[TR_KIND_CURL] = gw->transports[TR_KIND_NATIVE] = NULL;

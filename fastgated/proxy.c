@@ -148,6 +148,74 @@ static void emit_done(struct proxy_req *px, double total_s)
 	free(answer);
 }
 
+/* A request's memory (~2 KB, past glibc's per-thread cache of small blocks) and its two
+ * attempt buffers are kept by the loop for the next request rather than freed: malloc and
+ * free of them, and the coalescing of free blocks behind them, were ~5% of the loop's CPU
+ * at 1,000 concurrent requests (perf). Bounded in count, and a request that grew a buffer
+ * past what a usual one needs frees it. */
+#define SPARES_MAX 256
+#define SPARE_BUF_MAX (16 * 1024)
+
+static struct proxy_req *spare_take(struct gateway *gw)
+{
+	struct proxy_req *px = gw->spares;
+	char *head, *up_raw;
+	size_t head_cap, up_raw_cap;
+
+	if (!px)
+		return calloc(1, sizeof(*px));
+	MEM_UNPOISON(px, sizeof(*px));
+	gw->spares = px->next_spare;
+	gw->n_spares--;
+	head = px->att.head;
+	head_cap = px->att.head_cap;
+	up_raw = px->att.up_raw;
+	up_raw_cap = px->att.up_raw_cap;
+	MEM_UNPOISON(head, head_cap);
+	MEM_UNPOISON(up_raw, up_raw_cap);
+	memset(px, 0, sizeof(*px));
+	px->att.head = head;
+	px->att.head_cap = head_cap;
+	px->att.up_raw = up_raw;
+	px->att.up_raw_cap = up_raw_cap;
+	return px;
+}
+
+/* The end of a finished request's memory: kept as a spare, or freed. */
+static void spare_give(struct gateway *gw, struct proxy_req *px)
+{
+	struct attempt *a = &px->att;
+
+	if (gw->n_spares >= SPARES_MAX || a->head_cap > SPARE_BUF_MAX ||
+	    a->up_raw_cap > SPARE_BUF_MAX) {
+		forward_attempt_free(a);
+		free(px);
+		return;
+	}
+	forward_attempt_clear(a);
+	MEM_POISON(a->head, a->head_cap);
+	MEM_POISON(a->up_raw, a->up_raw_cap);
+	px->next_spare = gw->spares;
+	gw->spares = px;
+	gw->n_spares++;
+	MEM_POISON(px, sizeof(*px));
+}
+
+void proxy_spares_free(struct gateway *gw)
+{
+	while (gw->spares) {
+		struct proxy_req *px = gw->spares;
+
+		MEM_UNPOISON(px, sizeof(*px));
+		MEM_UNPOISON(px->att.head, px->att.head_cap);
+		MEM_UNPOISON(px->att.up_raw, px->att.up_raw_cap);
+		gw->spares = px->next_spare;
+		forward_attempt_free(&px->att);
+		free(px);
+	}
+	gw->n_spares = 0;
+}
+
 void proxy_finish(struct proxy_req *px)
 {
 	struct gateway *gw = px->gw;
@@ -169,7 +237,6 @@ void proxy_finish(struct proxy_req *px)
 	          px->route ? px->route->name : "-", px->status, total * 1000, px->chunks,
 	          px->bytes_out, px->error_kind ? " error=" : "", px->error_kind ? px->error_kind : "");
 
-	forward_attempt_free(&px->att);
 	free(px->attempt_log);
 	free(px->body);
 	if (px->out)
@@ -190,7 +257,7 @@ void proxy_finish(struct proxy_req *px)
 		event_free(px->retry_ev);
 	if (px->table)
 		route_table_unref(px->table);
-	free(px);
+	spare_give(gw, px);
 }
 
 static void finish_cb(evutil_socket_t fd, short what, void *arg)
@@ -615,7 +682,7 @@ static void run_phases(struct proxy_req *px)
 
 static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *req)
 {
-	struct proxy_req *px = calloc(1, sizeof(*px));
+	struct proxy_req *px = spare_take(gw);
 	struct timespec wall;
 	const char *ip;
 	size_t n;

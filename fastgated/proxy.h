@@ -18,6 +18,8 @@ void proxy_request(void *arg, struct http_request *req);
  * http_handlers.conn_data_size and .conn_closed (which wipes the secret). */
 size_t proxy_conn_data_size(void);
 void proxy_conn_closed(void *arg, void *conn_data);
+/* Free the memory the loop keeps from finished requests for the next ones (at its end). */
+void proxy_spares_free(struct gateway *gw);
 
 /* Header cleaning, exposed for tests: true if a client header must not be forwarded
  * (always stripped, hop-by-hop, named in the client's Connection header, or listed in the

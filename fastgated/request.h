@@ -76,6 +76,7 @@ struct attempt {
 };
 
 struct proxy_req {
+	struct proxy_req *next_spare;     /* first: the loop's spares are linked through it */
 	struct gateway *gw;
 	struct http_request *req;         /* NULL once ended or the client is gone */
 	unsigned phase;                   /* the phase to run next (proxy.c) */
@@ -199,6 +200,9 @@ bool forward_may_retry(struct proxy_req *px, enum attempt_outcome o, long status
 void forward_retry(struct proxy_req *px);
 /* Free what the attempt holds (proxy_finish). */
 void forward_attempt_free(struct attempt *a);
+/* Free what the attempt holds for its target, keeping its two buffers (head, up_raw) for
+ * the next request made in the same memory (proxy.c's spares). */
+void forward_attempt_clear(struct attempt *a);
 /* Arm the request's timer (first byte, or idle between chunks); never past the deadline. */
 void forward_arm_timer(struct proxy_req *px, int seconds);
 /* Stop the attempt's transfer if it is running; false when there was none. */

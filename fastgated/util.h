@@ -9,6 +9,24 @@
 #include <stdint.h>
 #include <strings.h>
 
+/* Memory kept for reuse instead of freed (proxy.c's spare requests) is poisoned under
+ * AddressSanitizer, so a use after its owner finished is still reported as one. */
+#if defined(__SANITIZE_ADDRESS__)
+#define FG_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FG_ASAN 1
+#endif
+#endif
+#ifdef FG_ASAN
+#include <sanitizer/asan_interface.h>
+#define MEM_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define MEM_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define MEM_POISON(p, n) ((void)(p), (void)(n))
+#define MEM_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
