@@ -16,20 +16,25 @@
 # (/proc/net/snmp OutSegs: data and pure ACKs of every hop). Then, per build, the median over
 # rounds of its req/s ratio and p99 difference to nginx in the same round, and in how many
 # rounds its p99 was lower. Ends only the processes it started.
-# Settings: AB_CONNS (64), AB_WRK_THREADS (2). Needs wrk, nginx, python3, /usr/bin/time.
+# Settings: AB_CONNS (64), AB_WRK_THREADS (2), AB_UPSTREAM (mock; light: the nginx answering
+# from memory of run.sh's shapes A, B and E, whose CPU is then the "mock" column's).
+# Needs wrk, nginx, python3, /usr/bin/time.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=tests/bench/lib.sh
 . "$ROOT/tests/bench/lib.sh"
 if (( $# < 3 )); then
-	sed -n '2,19p' "$0" >&2
+	sed -n '2,21p' "$0" >&2
 	exit 2
 fi
 R=$1 S=$2
 shift 2
 BUILDS=("$@")
 CONNS=${AB_CONNS:-64}
+UPSTREAM=${AB_UPSTREAM:-mock}
+[[ $UPSTREAM == mock || $UPSTREAM == light ]] ||
+	{ echo "ab.sh: AB_UPSTREAM is mock or light (got '$UPSTREAM')" >&2; exit 2; }
 WRK_T=${AB_WRK_THREADS:-2}
 for t in wrk nginx python3 /usr/bin/time; do
 	command -v "$t" >/dev/null 2>&1 || { echo "ab.sh: $t is required" >&2; exit 1; }
@@ -65,11 +70,29 @@ switches_of() {
 		awk '/^voluntary_ctxt/ { v += $2 } /^nonvoluntary_ctxt/ { n += $2 } END { print v + 0, n + 0 }'
 }
 
-"$ROOT/build/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>&1 &
-MOCKP=$!
-PIDS+=("$MOCKP")
-wait_for "$W/mock.out" '^listening ' 10 "$MOCKP"
-mport=$(bench_mock_port "$W/mock.out")
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+if [[ $UPSTREAM == light ]]; then
+	# the light upstream of run.sh's shapes A, B and E: nginx answering from memory
+	mport=$(free_port)
+	mkdir -p "$W/light/tmp" "$W/light/logs"
+	bench_light_conf "$W/light" "$mport" "" 1 20000 nginx >"$W/light/nginx.conf"
+	nginx -p "$W/light" -c "$W/light/nginx.conf" -e "$W/light/logs/error.log" \
+		>"$W/light/stdout" 2>&1 &
+	PIDS+=($!)
+	MOCKP=""
+	for _ in $(seq 50); do
+		MOCKP=$(pgrep -P "${PIDS[-1]}" | head -1 || true)
+		[[ -n $MOCKP ]] && break
+		sleep 0.1
+	done
+	[[ -n $MOCKP ]] || { echo "ab.sh: the light upstream did not start" >&2; exit 1; }
+else
+	"$ROOT/build/mock-upstream" --listen 127.0.0.1:0 >"$W/mock.out" 2>&1 &
+	MOCKP=$!
+	PIDS+=("$MOCKP")
+	wait_for "$W/mock.out" '^listening ' 10 "$MOCKP"
+	mport=$(bench_mock_port "$W/mock.out")
+fi
 mkdir -p "$W/routes"
 bench_chat_route "$W/routes/chat.yaml" "$mport"
 
@@ -93,7 +116,7 @@ for b in "${BUILDS[@]}"; do
 	i=$((i + 1))
 done
 
-NP=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+NP=$(free_port)
 mkdir -p "$W/ngx/tmp" "$W/ngx/logs"
 bench_nginx_conf "$W/ngx" "$NP" "$mport" 1 >"$W/ngx/nginx.conf"
 nginx -p "$W/ngx" -c "$W/ngx/nginx.conf" -e "$W/ngx/logs/error.log" >"$W/ngx/stdout" 2>&1 &
