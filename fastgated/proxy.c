@@ -148,19 +148,21 @@ static void emit_done(struct proxy_req *px, double total_s)
 	free(answer);
 }
 
-/* A request's memory (~2 KB, past glibc's per-thread cache of small blocks) and its two
- * attempt buffers are kept by the loop for the next request rather than freed: malloc and
- * free of them, and the coalescing of free blocks behind them, were ~5% of the loop's CPU
- * at 1,000 concurrent requests (perf). Bounded in count, and a request that grew a buffer
- * past what a usual one needs frees it. */
-#define SPARES_MAX 256
-#define SPARE_BUF_MAX (16 * 1024)
+/* A request's memory (~2 KB, past glibc's per-thread cache of small blocks), its two
+ * attempt buffers and its answer buffer are kept by the loop for the next request rather
+ * than freed: malloc and free of them, and the coalescing of free blocks behind them, were
+ * ~5% of the loop's CPU at 1,000 concurrent requests (perf). Few, and small: what a burst
+ * of thousands of streams leaves behind is given back to the system (main.c's trim), and
+ * every block kept here holds a page of it; a buffer grown past a usual request's is freed. */
+#define SPARES_MAX 64
+#define SPARE_BUF_MAX 4096
 
 static struct proxy_req *spare_take(struct gateway *gw)
 {
 	struct proxy_req *px = gw->spares;
 	char *head, *up_raw;
 	size_t head_cap, up_raw_cap;
+	struct evbuffer *out;
 
 	if (!px)
 		return calloc(1, sizeof(*px));
@@ -171,9 +173,11 @@ static struct proxy_req *spare_take(struct gateway *gw)
 	head_cap = px->att.head_cap;
 	up_raw = px->att.up_raw;
 	up_raw_cap = px->att.up_raw_cap;
+	out = px->out;
 	MEM_UNPOISON(head, head_cap);
 	MEM_UNPOISON(up_raw, up_raw_cap);
 	memset(px, 0, sizeof(*px));
+	px->out = out;
 	px->att.head = head;
 	px->att.head_cap = head_cap;
 	px->att.up_raw = up_raw;
@@ -187,12 +191,15 @@ static void spare_give(struct gateway *gw, struct proxy_req *px)
 	struct attempt *a = &px->att;
 
 	if (gw->n_spares >= SPARES_MAX || a->head_cap > SPARE_BUF_MAX ||
-	    a->up_raw_cap > SPARE_BUF_MAX) {
+	    a->up_raw_cap > SPARE_BUF_MAX || !px->out) {
 		forward_attempt_free(a);
+		if (px->out)
+			evbuffer_free(px->out);
 		free(px);
 		return;
 	}
 	forward_attempt_clear(a);
+	evbuffer_drain(px->out, evbuffer_get_length(px->out));
 	MEM_POISON(a->head, a->head_cap);
 	MEM_POISON(a->up_raw, a->up_raw_cap);
 	px->next_spare = gw->spares;
@@ -211,6 +218,7 @@ void proxy_spares_free(struct gateway *gw)
 		MEM_UNPOISON(px->att.up_raw, px->att.up_raw_cap);
 		gw->spares = px->next_spare;
 		forward_attempt_free(&px->att);
+		evbuffer_free(px->out);
 		free(px);
 	}
 	gw->n_spares = 0;
@@ -239,8 +247,6 @@ void proxy_finish(struct proxy_req *px)
 
 	free(px->attempt_log);
 	free(px->body);
-	if (px->out)
-		evbuffer_free(px->out);
 	free(px->body_rewritten);
 	free(px->key_name);
 	free(px->body_log);
@@ -717,7 +723,8 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 	usage_reset(&px->usage);
 	px->table = gw->routes;
 	route_table_ref(px->table);
-	px->out = evbuffer_new();
+	if (!px->out)
+		px->out = evbuffer_new();   /* a spare brings its own, emptied */
 	evtimer_assign(&px->timer_ev, gw->base, relay_timer_cb, px);
 	event_assign(&px->resume_ev, gw->base, -1, 0, relay_resume_cb, px);
 	event_assign(&px->finish_ev, gw->base, -1, 0, finish_cb, px);
