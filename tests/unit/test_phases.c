@@ -187,6 +187,7 @@ static void rig_down(struct rig *r)
 	char cmd[128];
 
 	http_server_free(r->gw.http);
+	proxy_spares_free(&r->gw);   /* what finished requests left for the next ones */
 	event_del(&r->fake.ev);
 	route_table_unref(r->gw.routes);
 	keystore_close(r->gw.keys);
