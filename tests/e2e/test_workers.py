@@ -928,26 +928,21 @@ def test_control_changes_are_seen_by_every_loop_as_soon_as_they_answer():
         assert all(st == 401 for st, _, _ in res), [st for st, _, _ in res]
 
         k2 = env.gw.create_key("routes")["key"]
-        rc, out, err = env.gw.cli("route", "disable", "chat")
-        assert rc == 0, (rc, out, err)
-        res = wave("POST", CHAT_PATH, k2, CHAT, "a disabled route")
-        assert all(st == 404 and error_code(d) == "no_route" for st, _, d in res), \
-            [st for st, _, _ in res]
-        rc, out, err = env.gw.cli("route", "enable", "chat")
-        assert rc == 0, (rc, out, err)
-        res = wave("POST", CHAT_PATH, k2, CHAT, "an enabled route")
-        assert all(st == 200 for st, _, _ in res), [st for st, _, _ in res]
 
+        def after(cmd, what, answered):
+            """fastgate-cli cmd, then a wave under k2: every answer as answered(status, body) says"""
+            rc, out, err = env.gw.cli(*cmd)
+            assert rc == 0, (rc, out, err)
+            res = wave("POST", CHAT_PATH, k2, CHAT, what)
+            assert all(answered(st, d) for st, _, d in res), [st for st, _, _ in res]
+
+        after(("route", "disable", "chat"), "a disabled route",
+              lambda st, d: st == 404 and error_code(d) == "no_route")
+        after(("route", "enable", "chat"), "an enabled route", lambda st, d: st == 200)
         # the route's only upstream drained, then back
-        rc, out, err = env.gw.cli("upstream", "drain", "chat/0")
-        assert rc == 0, (rc, out, err)
-        res = wave("POST", CHAT_PATH, k2, CHAT, "a drained upstream")
-        assert all(st == 503 and error_code(d) == "upstream_unavailable" for st, _, d in res), \
-            [st for st, _, _ in res]
-        rc, out, err = env.gw.cli("upstream", "undrain", "chat/0")
-        assert rc == 0, (rc, out, err)
-        res = wave("POST", CHAT_PATH, k2, CHAT, "an undrained upstream")
-        assert all(st == 200 for st, _, _ in res), [st for st, _, _ in res]
+        after(("upstream", "drain", "chat/0"), "a drained upstream",
+              lambda st, d: st == 503 and error_code(d) == "upstream_unavailable")
+        after(("upstream", "undrain", "chat/0"), "an undrained upstream", lambda st, d: st == 200)
 
         # a rotated key: the old secret nowhere, the new one everywhere
         k3 = env.gw.create_key("rotated")
