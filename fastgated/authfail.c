@@ -249,14 +249,15 @@ int64_t authfail_wait(struct authfail *af, const char *ip, int64_t limit, int64_
 	return wait;
 }
 
-void authfail_count(struct authfail *af, const char *ip, int64_t window_ms, int64_t now_ms)
+uint32_t authfail_count(struct authfail *af, const char *ip, int64_t window_ms,
+                        int64_t now_ms)
 {
 	unsigned char key[16];
 	struct entry *x;
-	uint32_t i;
+	uint32_t i, fails;
 
 	if (!af || !addr_key(ip, key))
-		return;
+		return 0;
 	pthread_mutex_lock(&af->mu);
 	for (int n = 0; n < TRIM_PER_COUNT && af->oldest &&
 	                now_ms - at(af, af->oldest)->start >= window_ms; n++)
@@ -285,7 +286,9 @@ void authfail_count(struct authfail *af, const char *ip, int64_t window_ms, int6
 	x = at(af, i);
 	if (x->fails < UINT32_MAX)
 		x->fails++;
+	fails = x->fails;
 	pthread_mutex_unlock(&af->mu);
+	return fails;
 }
 
 size_t authfail_size(const struct authfail *af)

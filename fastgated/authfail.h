@@ -38,8 +38,12 @@ void authfail_free(struct authfail *af);
  * again: > 0 once it has failed `limit` times in the window that holds now, 0 otherwise. */
 int64_t authfail_wait(struct authfail *af, const char *ip, int64_t limit, int64_t window_ms,
                       int64_t now_ms);
-/* Count one failed authentication of the client at ip at now_ms. */
-void authfail_count(struct authfail *af, const char *ip, int64_t window_ms, int64_t now_ms);
+/* Count one failed authentication of the client at ip at now_ms: the address's failures
+ * in the window, this one included (0 for loopback, never counted). With several event
+ * loops, requests that all passed authfail_wait can fail together: the count tells the
+ * ones past the limit, so that exactly `limit` of them are answered as failures. */
+uint32_t authfail_count(struct authfail *af, const char *ip, int64_t window_ms,
+                        int64_t now_ms);
 
 /* Addresses held now, expired windows included until their place is needed: for tests. */
 size_t authfail_size(const struct authfail *af);

@@ -370,17 +370,6 @@ bool proxy_path_is_clean(const char *path)
 	return true;
 }
 
-/* auth_fail_limit: a key that is unknown, revoked or expired counts against its client's
- * address (a missing key does not: see ph_authenticate). */
-static void auth_failed(struct proxy_req *px)
-{
-	const struct limit_rate *r = &px->gw->cfg->auth_fail_limit;
-
-	if (!r->amount)
-		return;
-	authfail_count(px->gw->authfail, px->client_ip, r->per_s * 1000, mono_ms());
-}
-
 /* An address at its auth_fail_limit gets 429 until its window ends, whatever key it
  * sends: looking the key up would cost what the limit saves, and a 429 that lifted for a
  * good key would tell a guesser when it had found one. */
@@ -404,6 +393,23 @@ static bool auth_failures_refused(struct proxy_req *px)
 	return true;
 }
 
+/* auth_fail_limit: a key that is unknown, revoked or expired counts against its client's
+ * address (a missing key does not: see ph_authenticate). True when this failure is past
+ * the limit, reached meanwhile by requests on other loops: it is then answered 429 as
+ * auth_failures_refused does, so exactly the limit's number get 401; false: the caller
+ * answers 401. */
+static bool auth_failed(struct proxy_req *px)
+{
+	const struct limit_rate *r = &px->gw->cfg->auth_fail_limit;
+
+	if (!r->amount)
+		return false;
+	if (authfail_count(px->gw->authfail, px->client_ip, r->per_s * 1000, mono_ms()) <=
+	    (uint64_t)r->amount)
+		return false;
+	return auth_failures_refused(px);
+}
+
 /* 401 when the key is revoked or expired, 403 when it may not be used from the client's
  * address. Run again once the body is in: the key may have been revoked or narrowed
  * meanwhile (a key found stays in memory until the store closes, so the pointer needs no
@@ -413,13 +419,13 @@ static enum phase_rc check_key(struct proxy_req *px)
 	const struct key *k = px->key;
 
 	if (k->revoked) {
-		auth_failed(px);
-		proxy_reply_error(px, 401, "revoked_api_key", "API key has been revoked");
+		if (!auth_failed(px))
+			proxy_reply_error(px, 401, "revoked_api_key", "API key has been revoked");
 		return PH_END;
 	}
 	if (!key_usable(k, time(NULL))) {
-		auth_failed(px);
-		proxy_reply_error(px, 401, "expired_api_key", "API key has expired");
+		if (!auth_failed(px))
+			proxy_reply_error(px, 401, "expired_api_key", "API key has expired");
 		return PH_END;
 	}
 	if (k->n_allow_ips && !cidr_match(k->allow_ips, k->n_allow_ips, px->client_ip)) {
@@ -474,8 +480,8 @@ static enum phase_rc ph_authenticate(struct proxy_req *px)
 	px->key = keystore_lookup_memo(px->gw->keys, px->secret, px->secret_len,
 	                               http_conn_data(req), px->gw->hasher);
 	if (!px->key) {
-		auth_failed(px);
-		proxy_reply_error(px, 401, "invalid_api_key", "invalid API key");
+		if (!auth_failed(px))
+			proxy_reply_error(px, 401, "invalid_api_key", "invalid API key");
 		return PH_END;
 	}
 	px->key_id = px->key->id;

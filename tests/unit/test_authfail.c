@@ -21,11 +21,16 @@ TEST(an_address_is_refused_from_its_limit_to_the_end_of_its_window)
 
 	fail_n(af, "203.0.113.7", 19, 1000);
 	CHECK_INT(authfail_wait(af, "203.0.113.7", 20, WIN, 1500), 0);
-	authfail_count(af, "203.0.113.7", WIN, 2000);
+	/* the count says which failure this one is: the 20th is within a limit of 20 */
+	CHECK_INT(authfail_count(af, "203.0.113.7", WIN, 2000), 20);
 	/* the window started at the first failure, 1000: it ends at 61000 */
 	CHECK_INT(authfail_wait(af, "203.0.113.7", 20, WIN, 2000), 59000);
 	CHECK_INT(authfail_wait(af, "203.0.113.7", 20, WIN, 60999), 1);
 	CHECK_INT(authfail_wait(af, "203.0.113.7", 20, WIN, 61000), 0);
+	/* one more that passed authfail_wait before the 20th was counted (another loop's
+	 * request) is the 21st: past the limit, the caller answers it 429 */
+	CHECK_INT(authfail_count(af, "203.0.113.7", WIN, 2001), 21);
+	CHECK_INT(authfail_count(af, "127.0.0.1", WIN, 2001), 0);
 	/* a lower limit (a reload) applies to what was counted */
 	CHECK_INT(authfail_wait(af, "203.0.113.7", 5, WIN, 30000), 31000);
 	authfail_free(af);
