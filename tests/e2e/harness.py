@@ -234,6 +234,25 @@ class Gateway:
         return r.status, hdrs, data
 
 
+class Closing:
+    """A test environment used as `with Env(...) as env:`: its close() runs on leaving,
+    whatever the block raised (which still propagates)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def free_port():
+    """A loopback port nothing listens on (bound, then closed): connecting is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def raw_exchange(port, payload, timeout=5.0, read_until_close=True):
     """Send raw bytes, read until the server closes (or timeout). Returns (bytes, closed)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import CLI, Gateway, Mock, rmtree, run_tests, tmpdir, wait_for  # noqa: E402
+from harness import CLI, Gateway, Mock, free_port, rmtree, run_tests, tmpdir, wait_for  # noqa: E402
 
 ROUTES = """routes:
   - name: chat
@@ -56,15 +56,6 @@ ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 class Ctx:
     pass
-
-
-def free_port():
-    """A loopback port nothing listens on (bound, then closed): connecting is refused."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def setup():

@@ -21,7 +21,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (MOCK, Gateway, Mock, Proc, raw_exchange, rmtree,  # noqa: E402
+from harness import (MOCK, Closing, Gateway, Mock, Proc, raw_exchange, rmtree,  # noqa: E402
                      run_tests, tmpdir, wait_for)
 
 CHAT_PATH = "/v1/chat/completions"
@@ -47,7 +47,7 @@ def mock_on_port(workdir, port, name):
     return m
 
 
-class Env:
+class Env(Closing):
     """Three mocks (each in a directory of its own, so their output files do not collide)
     and a gateway whose route file is `routes` formatted with u0..u2 (mock origins)."""
 
@@ -71,13 +71,6 @@ class Env:
             raise
         self.auth = {"Authorization": "Bearer " + self.key}
         self.db = os.path.join(self.dir, "audit.db")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def close(self):
         errors = []

@@ -13,7 +13,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (CLI, FASTGATED, Gateway, Mock, demo_routes, raw_exchange,  # noqa: E402
+from harness import (CLI, FASTGATED, Gateway, Mock, demo_routes, free_port, raw_exchange,  # noqa: E402
                      rmtree, run_tests, tmpdir, wait_for)
 
 EXTRA_ROUTES = """  - name: slow
@@ -47,14 +47,6 @@ EXTRA_ROUTES = """  - name: slow
 CHAT = {"model": "demo-model", "messages": [{"role": "user", "content": "hi there"}]}
 
 
-def dead_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Ctx:
     pass
 
@@ -65,7 +57,7 @@ def setup():
     c.mock = Mock(c.dir)
     with open(os.path.join(c.dir, "fastgate.yaml"), "w") as f:
         f.write("max_body: 64K\nmax_headers: 8K\nheader_timeout: 2\nidle_timeout: 10\n")
-    extra = EXTRA_ROUTES % {"m": c.mock.url, "dead": dead_port()}
+    extra = EXTRA_ROUTES % {"m": c.mock.url, "dead": free_port()}
     try:
         c.gw = Gateway(c.dir, demo_routes(c.mock.url, extra),
                        extra_args=["-c", os.path.join(c.dir, "fastgate.yaml")])

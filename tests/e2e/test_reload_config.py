@@ -14,7 +14,7 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (FASTGATED, Gateway, Mock, Proc, rmtree, run_tests,  # noqa: E402
+from harness import (FASTGATED, Gateway, Mock, Proc, free_port, rmtree, run_tests,  # noqa: E402
                      tmpdir, wait_for)
 
 ROUTES = """routes:
@@ -24,12 +24,6 @@ ROUTES = """routes:
 """
 CHAT = {"model": "reload-model", "messages": [{"role": "user", "content": "hi"}]}
 ORIGIN = "https://app.example.com"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FileListenGateway(Gateway):

@@ -34,7 +34,7 @@ import time
 from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ROOT, Gateway, Mock, rmtree, run_tests, tmpdir,  # noqa: E402
+from harness import (ROOT, Closing, Gateway, Mock, rmtree, run_tests, tmpdir,  # noqa: E402
                      wait_for)
 
 PRICING = os.path.join(ROOT, "share", "pricing.yaml")
@@ -175,7 +175,7 @@ BASE_ROUTES = """routes:
 """
 
 
-class Env:
+class Env(Closing):
     """A mock and a gateway with the shipped prices and models; `routes` is formatted with
     {m} = the mock's origin."""
 
@@ -195,13 +195,6 @@ class Env:
         except BaseException:
             self.close()
             raise
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def close(self):
         errors = []

@@ -37,8 +37,8 @@ import time
 from fractions import Fraction
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (CLI, FASTGATED, Gateway, Mock, demo_routes, rmtree,  # noqa: E402
-                     run_tests, tmpdir, wait_for)
+from harness import (CLI, FASTGATED, Closing, Gateway, Mock, demo_routes,  # noqa: E402
+                     free_port, rmtree, run_tests, tmpdir, wait_for)
 
 # Every test here picks its own number of loops; FG_WORKERS (harness.py) would override it.
 os.environ.pop("FG_WORKERS", None)
@@ -272,17 +272,9 @@ def error_code(data):
     return e["code"]
 
 
-def dead_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 # --- environment ----------------------------------------------------------------------------
 
-class Env:
+class Env(Closing):
     """Mocks (each in a directory of its own) and a gateway with `workers` loops. `routes`
     is formatted with m = the first mock's origin and m0, m1, ... = each mock's; None means
     harness.demo_routes (chat, models, echo) on the first mock. `config` is written to
@@ -322,13 +314,6 @@ class Env:
             self.close()
             raise
         self.db = os.path.join(self.dir, "audit.db")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def close(self):
         errors = []
@@ -685,7 +670,7 @@ def test_breaker_is_one_per_target_not_one_per_loop():
     # two transitions to open), if the failures seen by one loop do not count for the
     # other, or if once open a loop still tries the dead target.
     failures = 4
-    dead = "http://127.0.0.1:%d/v1/chat/completions" % dead_port()
+    dead = "http://127.0.0.1:%d/v1/chat/completions" % free_port()
     routes = ("routes:\n"
               "  - name: pool\n"
               "    match: {{ path: /v1/chat/completions, methods: [POST] }}\n"
