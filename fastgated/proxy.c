@@ -185,6 +185,15 @@ static struct proxy_req *spare_take(struct gateway *gw)
 	return px;
 }
 
+/* What a finished request's memory still holds once proxy_finish is done with it. */
+static void px_free(struct proxy_req *px)
+{
+	forward_attempt_free(&px->att);
+	if (px->out)
+		evbuffer_free(px->out);
+	free(px);
+}
+
 /* The end of a finished request's memory: kept as a spare, or freed. */
 static void spare_give(struct gateway *gw, struct proxy_req *px)
 {
@@ -192,10 +201,7 @@ static void spare_give(struct gateway *gw, struct proxy_req *px)
 
 	if (gw->n_spares >= SPARES_MAX || a->head_cap > SPARE_BUF_MAX ||
 	    a->up_raw_cap > SPARE_BUF_MAX || !px->out) {
-		forward_attempt_free(a);
-		if (px->out)
-			evbuffer_free(px->out);
-		free(px);
+		px_free(px);
 		return;
 	}
 	forward_attempt_clear(a);
@@ -217,9 +223,7 @@ void proxy_spares_free(struct gateway *gw)
 		MEM_UNPOISON(px->att.head, px->att.head_cap);
 		MEM_UNPOISON(px->att.up_raw, px->att.up_raw_cap);
 		gw->spares = px->next_spare;
-		forward_attempt_free(&px->att);
-		evbuffer_free(px->out);
-		free(px);
+		px_free(px);
 	}
 	gw->n_spares = 0;
 }
@@ -393,21 +397,19 @@ static bool auth_failures_refused(struct proxy_req *px)
 	return true;
 }
 
-/* auth_fail_limit: a key that is unknown, revoked or expired counts against its client's
- * address (a missing key does not: see ph_authenticate). True when this failure is past
- * the limit, reached meanwhile by requests on other loops: it is then answered 429 as
- * auth_failures_refused does, so exactly the limit's number get 401; false: the caller
- * answers 401. */
-static bool auth_failed(struct proxy_req *px)
+/* A key that is unknown, revoked or expired: 401 with code and message. Under
+ * auth_fail_limit it counts against its client's address (a missing key does not: see
+ * ph_authenticate), and a failure past the limit, reached meanwhile by requests on other
+ * loops, is answered 429 as auth_failures_refused does: exactly the limit's number get 401. */
+static void auth_failed(struct proxy_req *px, const char *code, const char *message)
 {
 	const struct limit_rate *r = &px->gw->cfg->auth_fail_limit;
 
-	if (!r->amount)
-		return false;
-	if (authfail_count(px->gw->authfail, px->client_ip, r->per_s * 1000, mono_ms()) <=
-	    (uint64_t)r->amount)
-		return false;
-	return auth_failures_refused(px);
+	if (r->amount &&
+	    authfail_count(px->gw->authfail, px->client_ip, r->per_s * 1000, mono_ms()) >
+	    (uint64_t)r->amount && auth_failures_refused(px))
+		return;
+	proxy_reply_error(px, 401, code, message);
 }
 
 /* 401 when the key is revoked or expired, 403 when it may not be used from the client's
@@ -419,13 +421,11 @@ static enum phase_rc check_key(struct proxy_req *px)
 	const struct key *k = px->key;
 
 	if (k->revoked) {
-		if (!auth_failed(px))
-			proxy_reply_error(px, 401, "revoked_api_key", "API key has been revoked");
+		auth_failed(px, "revoked_api_key", "API key has been revoked");
 		return PH_END;
 	}
 	if (!key_usable(k, time(NULL))) {
-		if (!auth_failed(px))
-			proxy_reply_error(px, 401, "expired_api_key", "API key has expired");
+		auth_failed(px, "expired_api_key", "API key has expired");
 		return PH_END;
 	}
 	if (k->n_allow_ips && !cidr_match(k->allow_ips, k->n_allow_ips, px->client_ip)) {
@@ -480,8 +480,7 @@ static enum phase_rc ph_authenticate(struct proxy_req *px)
 	px->key = keystore_lookup_memo(px->gw->keys, px->secret, px->secret_len,
 	                               http_conn_data(req), px->gw->hasher);
 	if (!px->key) {
-		if (!auth_failed(px))
-			proxy_reply_error(px, 401, "invalid_api_key", "invalid API key");
+		auth_failed(px, "invalid_api_key", "invalid API key");
 		return PH_END;
 	}
 	px->key_id = px->key->id;
