@@ -27,7 +27,7 @@ layers=(
   "0 base:    util log config errlist reqid httperr yamlfile cidr limit"
   "1 codec:   reqcheck h1resp usage reqjson ctlproto anthropic messages_in sseread"
   "2 io:      http connio tls transport transport_h1 transport_curl resolve"
-  "3 state:   routes keys keyusage audit metrics reqdone gateway balance breaker pool models spend pricing authfail"
+  "3 state:   routes keys keyusage audit auditblock blockrows metrics reqdone gateway balance breaker pool models spend pricing authfail"
   "4 flow:    request proxy forward relay endpoints control logs stats health selfserve policy forwarded cors"
   "5 wiring:  main workers"
 )
