@@ -10,14 +10,16 @@
 #                                                 same edges (when it grows past ~200 files)
 #   tests/fuzz/run.sh coverage [TARGET...]        line coverage of the modules by the corpus (llvm-cov)
 #
-# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit cidr. Corpus: tests/fuzz/corpus/TARGET/.
+# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit cidr
+# auditblock blockrows. Corpus: tests/fuzz/corpus/TARGET/.
 # A crash found while fuzzing is saved as build-fuzz/artifacts/TARGET/crash-*; once fixed,
 # copy it into the corpus as crash-WHAT (minimize keeps seed-* and crash-* files) so the
 # replay keeps checking it.
 set -u
 cd "$(dirname "$0")/../.."
 
-ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit cidr)
+ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit cidr
+  auditblock blockrows)
 FUZZ_DIR=tests/fuzz
 WARN="-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2"
 BASE="-std=gnu11 -D_GNU_SOURCE -g -fno-omit-frame-pointer -Ifastgated"
@@ -40,7 +42,17 @@ sources_of() {
     pricing)   echo fastgated/pricing.c fastgated/errlist.c fastgated/util.c fastgated/yamlfile.c ;;
     limit)     echo fastgated/limit.c fastgated/util.c ;;
     cidr)      echo fastgated/cidr.c ;;
+    auditblock) echo fastgated/auditblock.c fastgated/util.c ;;
+    blockrows) echo fastgated/blockrows.c fastgated/util.c ;;
     *) die "unknown target '$1' (targets: ${ALL_TARGETS[*]})" ;;
+  esac
+}
+
+# Libraries a target needs beyond pkg_flags': the audit block targets read blocks back with
+# SQLite.
+libs_of() {
+  case $1 in
+    auditblock|blockrows) echo -lsqlite3 -lm ;;
   esac
 }
 
@@ -48,7 +60,7 @@ sources_of() {
 # the format needs room (a route or price file, an SSE stream with several events).
 fuzz_flags() {
   local f="-max_len=4096"
-  case $1 in routes|sse|anthropic|messages_in|pricing) f="-max_len=16384" ;; esac
+  case $1 in routes|sse|anthropic|messages_in|pricing|auditblock|blockrows) f="-max_len=16384" ;; esac
   case $1 in
     reqcheck|routes) f="$f -dict=$FUZZ_DIR/$1.dict" ;;
     h1resp)          f="$f -dict=$FUZZ_DIR/reqcheck.dict" ;;
@@ -96,7 +108,7 @@ build_fuzzer() {   # build_fuzzer TARGET
   echo "clang fuzz_$t"
   # shellcheck disable=SC2086
   clang $BASE $WARN -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -o "$out" "$FUZZ_DIR/fuzz_$t.c" $srcs $(pkg_flags) \
+    -o "$out" "$FUZZ_DIR/fuzz_$t.c" $srcs $(pkg_flags) $(libs_of "$t") \
     || die "building $out failed (libFuzzer comes with libclang-rt-dev)"
 }
 
@@ -108,7 +120,7 @@ build_replay() {   # build_replay TARGET
   mkdir -p build-test/fuzz
   # shellcheck disable=SC2086
   ${CC:-cc} $BASE $WARN -O1 -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-    -o "$out" "$FUZZ_DIR/replay.c" "$FUZZ_DIR/fuzz_$t.c" $srcs $(pkg_flags)
+    -o "$out" "$FUZZ_DIR/replay.c" "$FUZZ_DIR/fuzz_$t.c" $srcs $(pkg_flags) $(libs_of "$t")
 }
 
 cmd_fuzz() {
@@ -170,7 +182,8 @@ cmd_coverage() {
     srcs=$(sources_of "$t") out=build-fuzz/cov/replay_$t prof=build-fuzz/cov/$t
     # shellcheck disable=SC2086
     clang $BASE -O0 -fprofile-instr-generate -fcoverage-mapping -o "$out" \
-      "$FUZZ_DIR/replay.c" "$FUZZ_DIR/fuzz_$t.c" $srcs $(pkg_flags) || die "building $out failed"
+      "$FUZZ_DIR/replay.c" "$FUZZ_DIR/fuzz_$t.c" $srcs $(pkg_flags) $(libs_of "$t") \
+      || die "building $out failed"
     rm -f "$prof".profraw
     LLVM_PROFILE_FILE=$prof.profraw "$out" "$FUZZ_DIR/corpus/$t" >/dev/null 2>&1 \
       || die "replaying the $t corpus failed (run: $0 replay $t)"
