@@ -25,6 +25,8 @@
 #include <sqlite3.h>
 
 #include "audit.h"
+#include "auditblock.h"
+#include "blockrows.h"
 #include "limit.h"
 #include "log.h"
 #include "reqid.h"
@@ -36,6 +38,7 @@
 #define DEFAULT_BUSY_MS        1000
 #define DEFAULT_CLOSE_WAIT_MS  10000
 #define PRUNE_BATCH            1000   /* rows per DELETE: keeps each prune transaction short */
+#define PRUNE_BLOCKS           4      /* blocks per DELETE, likewise (a few thousand rows) */
 #define BACKOFF_MIN_MS         50
 #define BACKOFF_MAX_MS         2000
 #define READ_BUSY_MS           2000
@@ -48,8 +51,9 @@
  * side by side with nginx (8 rounds of wrk -c64), fastgated's p99 was 7.25 ms at 100 ms,
  * 6.6-6.8 ms at 10, 20 and 50 ms (nginx 5.98). 50 ms keeps most of the saving. */
 #define AUDIT_GATHER_MS        50
-#define INSERT_MANY            29     /* rows per multi-row INSERT in a batch: as many as
-                                       * fit in SQLite's oldest limit of 999 parameters */
+/* A block is cut here (auditblock.h): big enough that a block costs its rows little,
+ * small enough that the writer's buffer stays small when a route logs bodies. */
+#define BLOCK_BYTES_MAX        (256u << 10)
 
 /* The columns as of schema version 2, which migration 4 copies: never edit it. */
 #define COLUMNS_V2 "request_id, started_at, key_id, key_name, client_ip, method, path, " \
@@ -62,6 +66,40 @@
 	"model, prompt_tokens, completion_tokens, error, retries, attempts, cached_tokens, " \
 	"cache_write_tokens, reasoning_tokens, upstream_request_id, user_id, cost_nano, " \
 	"price_version, estimated, billed, unpriced, request_body, response_body"
+/* The columns of a block's row array (auditblock.h), in COLUMNS order, as SQLite reads
+ * them back: json_extract rather than the ->> of SQLite 3.38, so that an older sqlite3(1)
+ * can still read the schema. */
+#define JX(n) "json_extract(j.value, '$[" #n "]')"
+#define BLOCK_COLUMNS JX(0) ", " JX(1) ", " JX(2) ", " JX(3) ", " JX(4) ", " JX(5) ", " \
+	JX(6) ", " JX(7) ", " JX(8) ", " JX(9) ", " JX(10) ", " JX(11) ", " JX(12) ", " \
+	JX(13) ", " JX(14) ", " JX(15) ", " JX(16) ", " JX(17) ", " JX(18) ", " JX(19) ", " \
+	JX(20) ", " JX(21) ", " JX(22) ", " JX(23) ", " JX(24) ", " JX(25) ", " JX(26) ", " \
+	JX(27) ", " JX(28) ", " JX(29) ", " JX(30) ", " JX(31) ", " JX(32) ", " JX(33)
+_Static_assert(AUDIT_NFIELDS == 34, "BLOCK_COLUMNS names every field");
+/* ABLOCK_SPAN_S as SQL text: a block holding a row of a time range began at most this
+ * long before it. */
+#define SPAN_SQL "1.0"
+/* The rows that started in [lo, hi) (SQL parameters), from the row table (through its
+ * time index) and from the blocks that can hold such rows (through theirs, decoded by
+ * audit_block_rows, blockrows.h: a connection of the daemon's), with two more columns
+ * that order rows which started in the same microsecond as they were written: seq_ (the
+ * rowid, or the place in the block) and blk_ (0 for the row table, else the block). */
+#define ROWS_IN(lo, hi) \
+	"(SELECT " COLUMNS ", rowid AS seq_, 0 AS blk_ FROM audit_rows" \
+	" WHERE started_at >= " lo " AND started_at < " hi \
+	" UNION ALL SELECT r.*, b.id FROM audit_block b, audit_block_rows(b.rows) r" \
+	" WHERE b.first_started >= " lo " - " SPAN_SQL " AND b.first_started < " hi \
+	" AND b.last_started >= " lo " AND r.c1 >= " lo " AND r.c1 < " hi ")"
+/* The v9 columns of the INSTEAD OF INSERT trigger: what a row inserted into the view by
+ * hand puts into the row table, with the defaults the table has for omitted columns. */
+#define NEW_COLUMNS "NEW.request_id, NEW.started_at, NEW.key_id, NEW.key_name, " \
+	"NEW.client_ip, NEW.method, NEW.path, NEW.route, NEW.upstream, NEW.status, " \
+	"NEW.latency_ms, NEW.ttfb_ms, NEW.is_stream, NEW.chunks, NEW.bytes_in, NEW.bytes_out, " \
+	"NEW.model, NEW.prompt_tokens, NEW.completion_tokens, NEW.error, " \
+	"coalesce(NEW.retries, 0), NEW.attempts, NEW.cached_tokens, NEW.cache_write_tokens, " \
+	"NEW.reasoning_tokens, NEW.upstream_request_id, NEW.user_id, NEW.cost_nano, " \
+	"NEW.price_version, coalesce(NEW.estimated, 0), coalesce(NEW.billed, 0), " \
+	"coalesce(NEW.unpriced, 0), NEW.request_body, NEW.response_body"
 /* What a reader selects from a file at an older schema version, which a daemon of this
  * version has not opened yet: NULL for the columns added since, so rows come back in the
  * same shape. Version 2 to 4: no attempts; version 5: no cache or reasoning tokens;
@@ -175,6 +213,23 @@ static const struct { int version; const char *sql; } migrations[] = {
 	  "CREATE TABLE spend_mark (one INTEGER PRIMARY KEY CHECK (one = 1),"
 	  " last_rowid INTEGER NOT NULL);"
 	  "INSERT INTO spend_mark VALUES (1, 0);" },
+	/* Rows in blocks (auditblock.h): the writer stores a transaction's rows as one row of
+	 * audit_block instead of one row each, for a tenth of the CPU (issue #21: the writer
+	 * taking a core from the event loop was most of the tail latency). The rows written
+	 * before stay in the table, renamed audit_rows, with their rowids (the spend mark
+	 * counts in them; a spool replay and rows inserted by hand go there too). `audit` is
+	 * now a view of both, with the same columns, so a query of it reads as before (every
+	 * block of the file, though: see fastgated(8) for bounding one by time), and an
+	 * INSERT into it lands in audit_rows. */
+	{ 10,
+	  "ALTER TABLE audit RENAME TO audit_rows;"
+	  "CREATE TABLE audit_block (id INTEGER PRIMARY KEY, first_started REAL NOT NULL,"
+	  " last_started REAL NOT NULL, n INTEGER NOT NULL, rows TEXT NOT NULL);"
+	  "CREATE INDEX audit_block_first ON audit_block(first_started);"
+	  "CREATE VIEW audit (" COLUMNS ") AS SELECT " COLUMNS " FROM audit_rows"
+	  " UNION ALL SELECT " BLOCK_COLUMNS " FROM audit_block b, json_each(b.rows) j;"
+	  "CREATE TRIGGER audit_insert INSTEAD OF INSERT ON audit BEGIN"
+	  " INSERT INTO audit_rows (" COLUMNS ") VALUES (" NEW_COLUMNS "); END;" },
 };
 #define SCHEMA_VERSION (migrations[sizeof(migrations) / sizeof(migrations[0]) - 1].version)
 
@@ -252,17 +307,21 @@ struct audit {
 	/* writer thread only (and audit_open/audit_close around it) */
 	sqlite3 *db;
 	sqlite3_stmt *st_insert, *st_prune;
-	sqlite3_stmt *st_insert_many;         /* INSERT_MANY rows in one statement */
-	sqlite3_stmt *st_insert_lean;         /* the same for rows without logged bodies */
+	sqlite3_stmt *st_block;               /* one block of rows (auditblock.h) */
+	sqlite3_stmt *st_prune_blocks;        /* blocks whose rows have all expired */
 	sqlite3_stmt *st_insert_new;          /* one row, unless it is there already (replay) */
 	sqlite3_stmt *st_untimed;             /* raise the bound in audit_untimed_ids */
 	sqlite3_stmt *st_begin, *st_commit;   /* prepared once: sqlite3_exec parses each time */
-	sqlite3_stmt *st_top;                 /* the last rowid of the audit table */
+	sqlite3_stmt *st_top;                 /* the last rowid of audit_rows */
 	sqlite3_stmt *st_spend_rows;          /* billed rows above a rowid */
 	sqlite3_stmt *st_spend_add;           /* add to one counter */
 	sqlite3_stmt *st_spend_new;           /* make one */
 	sqlite3_stmt *st_mark_set;            /* set the mark */
 	struct spend_map spend;               /* this batch's counts, not written yet */
+	struct ablock block;                  /* the block being encoded */
+	struct timed *sorted;                 /* a batch in started_at order, to cut blocks,
+	                                       * then its records in that order */
+	size_t sorted_cap;
 	int64_t mark_db;                      /* spend_mark as committed */
 	int64_t mark_mem;                     /* every row up to this rowid is counted or known
 	                                       * not to be billed: ahead of mark_db while only
@@ -1272,11 +1331,11 @@ fail:
 static void db_disconnect(struct audit *a)
 {
 	sqlite3_finalize(a->st_insert);
-	sqlite3_finalize(a->st_insert_many);
-	sqlite3_finalize(a->st_insert_lean);
+	sqlite3_finalize(a->st_block);
+	sqlite3_finalize(a->st_prune_blocks);
 	sqlite3_finalize(a->st_insert_new);
 	sqlite3_finalize(a->st_untimed);
-	a->st_insert_many = a->st_insert_lean = a->st_insert_new = a->st_untimed = NULL;
+	a->st_block = a->st_prune_blocks = a->st_insert_new = a->st_untimed = NULL;
 	sqlite3_finalize(a->st_begin);
 	sqlite3_finalize(a->st_commit);
 	a->st_begin = a->st_commit = NULL;
@@ -1293,42 +1352,12 @@ static void db_disconnect(struct audit *a)
 	a->db = NULL;
 }
 
-/* The fields a lean row binds: all but request_body and response_body, the last two. */
-#define LEAN_FIELDS (AUDIT_NFIELDS - 2)
-_Static_assert(AUDIT_F_REQUEST_BODY == LEAN_FIELDS && AUDIT_F_RESPONSE_BODY == LEAN_FIELDS + 1,
-               "the body fields are the last two");
-/* SQLite before 3.32 allows at most 999 parameters in a statement. */
-_Static_assert(INSERT_MANY * AUDIT_NFIELDS <= 999, "a multi-row INSERT binds too many");
-
 /* "?1, ?2, ..., ?N" for every field, at sql + n; the new length. */
 static size_t every_parameter(char *sql, size_t cap, size_t n)
 {
 	for (int j = 1; j <= AUDIT_NFIELDS; j++)
 		n += (size_t)snprintf(sql + n, cap - n, "%s?%d", j > 1 ? ", " : "", j);
 	return n;
-}
-
-/* "INSERT ... VALUES (?, ...), ..." for INSERT_MANY rows binding their first `fields`
- * columns (the rest NULL); parameters numbered in order, row k field j = k*fields+j. NULL
- * if it cannot be prepared. */
-static sqlite3_stmt *prepare_insert_many(sqlite3 *db, int fields)
-{
-	char sql[16384];
-	sqlite3_stmt *st = NULL;
-	size_t n = (size_t)snprintf(sql, sizeof(sql), "INSERT INTO audit (" COLUMNS ") VALUES ");
-
-	for (int k = 0; k < INSERT_MANY; k++) {
-		n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s(", k ? "," : "");
-		for (int j = 0; j < AUDIT_NFIELDS; j++)
-			n += (size_t)snprintf(sql + n, sizeof(sql) - n, "%s%s", j ? "," : "",
-			                      j < fields ? "?" : "NULL");
-		n += (size_t)snprintf(sql + n, sizeof(sql) - n, ")");
-	}
-	if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
-		sqlite3_finalize(st);
-		st = NULL;
-	}
-	return st;
 }
 
 static void spend_catch_up_now(struct audit *a);
@@ -1343,14 +1372,16 @@ static int db_connect(struct audit *a, char **err)
 	size_t n;
 	int rc;
 
-	n = (size_t)snprintf(insert, sizeof(insert), "INSERT INTO audit (" COLUMNS ") VALUES (");
+	n = (size_t)snprintf(insert, sizeof(insert), "INSERT INTO audit_rows (" COLUMNS ") VALUES (");
 	n = every_parameter(insert, sizeof(insert), n);
 	snprintf(insert + n, sizeof(insert) - n, ")");
 	/* a spooled record may have been committed already, by a replay that was cut off
-	 * before the spool shrank: the time index finds it at once */
-	n = (size_t)snprintf(insert_new, sizeof(insert_new), "INSERT INTO audit (" COLUMNS ") SELECT ");
+	 * before the spool shrank: the time index finds it at once. Only a replay writes a
+	 * spooled record, and only into audit_rows, so that is the one place to look. */
+	n = (size_t)snprintf(insert_new, sizeof(insert_new),
+	                     "INSERT INTO audit_rows (" COLUMNS ") SELECT ");
 	n = every_parameter(insert_new, sizeof(insert_new), n);
-	snprintf(insert_new + n, sizeof(insert_new) - n, " WHERE NOT EXISTS (SELECT 1 FROM audit "
+	snprintf(insert_new + n, sizeof(insert_new) - n, " WHERE NOT EXISTS (SELECT 1 FROM audit_rows "
 	         "WHERE started_at = ?2 AND request_id = ?1)");
 	if (ensure_db_file(a->db_path, err) < 0)
 		return -1;
@@ -1394,18 +1425,29 @@ static int db_connect(struct audit *a, char **err)
 	                       "UPDATE audit_untimed_ids SET until = ?1 WHERE until < ?1",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_untimed, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db,
-	                       "DELETE FROM audit WHERE rowid IN (SELECT rowid FROM audit "
-	                       "WHERE started_at < ?1 ORDER BY started_at LIMIT ?2)",
+	                       "DELETE FROM audit_rows WHERE rowid IN (SELECT rowid FROM "
+	                       "audit_rows WHERE started_at < ?1 ORDER BY started_at LIMIT ?2)",
 	                       -1, SQLITE_PREPARE_PERSISTENT, &a->st_prune, NULL) != SQLITE_OK ||
+	    /* a block whose first row started a span before the cutoff has no row left to
+	     * keep (auditblock.h) */
+	    sqlite3_prepare_v3(a->db,
+	                       "DELETE FROM audit_block WHERE id IN (SELECT id FROM audit_block "
+	                       "WHERE first_started < ?1 - " SPAN_SQL " ORDER BY first_started "
+	                       "LIMIT ?2)", -1, SQLITE_PREPARE_PERSISTENT, &a->st_prune_blocks,
+	                       NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v3(a->db,
+	                       "INSERT INTO audit_block (first_started, last_started, n, rows) "
+	                       "VALUES (?1, ?2, ?3, ?4)", -1, SQLITE_PREPARE_PERSISTENT,
+	                       &a->st_block, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db, "BEGIN IMMEDIATE", -1, SQLITE_PREPARE_PERSISTENT,
 	                       &a->st_begin, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &a->st_commit,
 	                       NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v3(a->db, "SELECT coalesce(max(rowid), 0) FROM audit", -1,
+	    sqlite3_prepare_v3(a->db, "SELECT coalesce(max(rowid), 0) FROM audit_rows", -1,
 	                       SQLITE_PREPARE_PERSISTENT, &a->st_top, NULL) != SQLITE_OK ||
 	    sqlite3_prepare_v3(a->db, "SELECT key_id, user_id, started_at, prompt_tokens, "
-	                       "completion_tokens, cost_nano FROM audit WHERE rowid > ?1 AND "
-	                       "billed = 1 AND key_id > 0", -1, SQLITE_PREPARE_PERSISTENT,
+	                       "completion_tokens, cost_nano FROM audit_rows WHERE rowid > ?1 "
+	                       "AND billed = 1 AND key_id > 0", -1, SQLITE_PREPARE_PERSISTENT,
 	                       &a->st_spend_rows, NULL) != SQLITE_OK ||
 	    /* a counter is made once and then added to every batch: UPDATE first, which costs
 	     * about half of an INSERT ... ON CONFLICT DO UPDATE that finds the row */
@@ -1422,12 +1464,6 @@ static int db_connect(struct audit *a, char **err)
 		set_err(err, "audit database %s: %s", a->db_path, sqlite3_errmsg(a->db));
 		goto fail;
 	}
-	/* INSERT_MANY rows in one statement: with all columns bound, and without the two body
-	 * columns (NULL unless a route logs bodies): not binding those saves ~170 of the
-	 * ~10,500 instructions a row costs the writer (tests/bench/audit_rate under callgrind).
-	 * Without the statements every batch goes row by row: slower, not wrong. */
-	a->st_insert_many = prepare_insert_many(a->db, AUDIT_NFIELDS);
-	a->st_insert_lean = prepare_insert_many(a->db, LEAN_FIELDS);
 	if (sqlite3_prepare_v2(a->db, "SELECT last_rowid FROM spend_mark", -1, &st, NULL) !=
 	    SQLITE_OK) {
 		set_err(err, "audit database %s: %s", a->db_path, sqlite3_errmsg(a->db));
@@ -1485,10 +1521,11 @@ static bool poison_error(int rc)
 }
 
 /* ---- spend counters in the database ----
- * mark_mem is where the counters stand in the rowids of the audit table: every row up to
- * it is counted or not billed. At the start of each batch the writer reads the last rowid;
- * rows beyond mark_mem that it did not insert itself (sqlite3, another build) are counted
- * then. The mark is written in the transaction of any batch that counts something, so
+ * mark_mem is where the counters stand in the rowids of audit_rows: every row up to it is
+ * counted or not billed. At the start of each batch the writer reads the last rowid; rows
+ * beyond mark_mem that it did not insert itself (sqlite3, another build) are counted then.
+ * Blocks need no mark: only the writer makes them, and counts their rows in the
+ * transaction that inserts them. The mark is written in the transaction of any batch that counts something, so
  * the counters and the mark move together; a run of batches that count nothing lets it lag
  * (a reconcile at the next open reads those rows again and finds nothing to add), up to
  * MARK_LAG_ROWS rows, and audit_close writes it. */
@@ -1616,95 +1653,69 @@ fail:
 	a->mark_mem = mark_was;
 }
 
-/* Bind one record's first `fields` columns (all, or LEAN_FIELDS) at parameters b+1 ..
- * b+fields. Every parameter is bound each time (NULLs too), so the statements are never
- * stepped with the SQLITE_STATIC pointers of a record already freed, and no
- * sqlite3_clear_bindings pass is needed between steps. */
-static void bind_record(sqlite3_stmt *st, int b, const struct audit_record *r, int fields)
+/* Bind one record at parameters 1 .. AUDIT_NFIELDS. Every parameter is bound each time
+ * (NULLs too), so the statements are never stepped with the SQLITE_STATIC pointers of a
+ * record already freed, and no sqlite3_clear_bindings pass is needed between steps. */
+static void bind_record(sqlite3_stmt *st, const struct audit_record *r)
 {
-	bind_text(st, b + 1, r->request_id);
-	sqlite3_bind_double(st, b + 2, r->started_at);
-	bind_int_or_null(st, b + 3, r->key_id, 1);
-	bind_text(st, b + 4, r->key_name);
-	bind_text(st, b + 5, r->client_ip);
-	bind_text(st, b + 6, r->method);
-	bind_text(st, b + 7, r->path);
-	bind_text(st, b + 8, r->route);
-	bind_text(st, b + 9, r->upstream);
-	sqlite3_bind_int(st, b + 10, r->status);
-	sqlite3_bind_double(st, b + 11, r->latency_ms);
+	bind_text(st, 1, r->request_id);
+	sqlite3_bind_double(st, 2, r->started_at);
+	bind_int_or_null(st, 3, r->key_id, 1);
+	bind_text(st, 4, r->key_name);
+	bind_text(st, 5, r->client_ip);
+	bind_text(st, 6, r->method);
+	bind_text(st, 7, r->path);
+	bind_text(st, 8, r->route);
+	bind_text(st, 9, r->upstream);
+	sqlite3_bind_int(st, 10, r->status);
+	sqlite3_bind_double(st, 11, r->latency_ms);
 	if (r->ttfb_ms < 0)
-		sqlite3_bind_null(st, b + 12);
+		sqlite3_bind_null(st, 12);
 	else
-		sqlite3_bind_double(st, b + 12, r->ttfb_ms);
-	sqlite3_bind_int(st, b + 13, r->is_stream ? 1 : 0);
-	sqlite3_bind_int64(st, b + 14, r->chunks);
-	sqlite3_bind_int64(st, b + 15, r->bytes_in);
-	sqlite3_bind_int64(st, b + 16, r->bytes_out);
-	bind_text(st, b + 17, r->model);
-	bind_int_or_null(st, b + 18, r->prompt_tokens, 0);
-	bind_int_or_null(st, b + 19, r->completion_tokens, 0);
-	bind_text(st, b + 20, r->error);
-	sqlite3_bind_int(st, b + 21, r->retries);
-	bind_text(st, b + 22, r->attempts);
-	bind_int_or_null(st, b + 23, r->cached_tokens, 0);
-	bind_int_or_null(st, b + 24, r->cache_write_tokens, 0);
-	bind_int_or_null(st, b + 25, r->reasoning_tokens, 0);
-	bind_text(st, b + 26, r->upstream_request_id);
-	bind_int_or_null(st, b + 27, r->user_id, 1);
-	bind_int_or_null(st, b + 28, r->cost_nano, 0);
-	bind_text(st, b + 29, r->price_version);
-	sqlite3_bind_int(st, b + 30, r->estimated ? 1 : 0);
-	sqlite3_bind_int(st, b + 31, r->billed ? 1 : 0);
-	sqlite3_bind_int(st, b + 32, r->unpriced ? 1 : 0);
-	if (fields == LEAN_FIELDS)
-		return;
-	bind_text(st, b + 33, r->request_body);
-	bind_text(st, b + 34, r->response_body);
+		sqlite3_bind_double(st, 12, r->ttfb_ms);
+	sqlite3_bind_int(st, 13, r->is_stream ? 1 : 0);
+	sqlite3_bind_int64(st, 14, r->chunks);
+	sqlite3_bind_int64(st, 15, r->bytes_in);
+	sqlite3_bind_int64(st, 16, r->bytes_out);
+	bind_text(st, 17, r->model);
+	bind_int_or_null(st, 18, r->prompt_tokens, 0);
+	bind_int_or_null(st, 19, r->completion_tokens, 0);
+	bind_text(st, 20, r->error);
+	sqlite3_bind_int(st, 21, r->retries);
+	bind_text(st, 22, r->attempts);
+	bind_int_or_null(st, 23, r->cached_tokens, 0);
+	bind_int_or_null(st, 24, r->cache_write_tokens, 0);
+	bind_int_or_null(st, 25, r->reasoning_tokens, 0);
+	bind_text(st, 26, r->upstream_request_id);
+	bind_int_or_null(st, 27, r->user_id, 1);
+	bind_int_or_null(st, 28, r->cost_nano, 0);
+	bind_text(st, 29, r->price_version);
+	sqlite3_bind_int(st, 30, r->estimated ? 1 : 0);
+	sqlite3_bind_int(st, 31, r->billed ? 1 : 0);
+	sqlite3_bind_int(st, 32, r->unpriced ? 1 : 0);
+	bind_text(st, 33, r->request_body);
+	bind_text(st, 34, r->response_body);
 }
 
-/* INSERT_MANY records from r on, in one statement (less statement overhead per row).
- * 0 = written; 1 = some record in the group cannot be written (the caller goes row by
- * row to find it); -1 = the database failed. */
-static int insert_many(struct audit *a, const struct audit_record *r)
-{
-	sqlite3_stmt *st = a->st_insert_many;
-	const struct audit_record *p = r;
-	int fields = AUDIT_NFIELDS, rc;
-
-	if (a->st_insert_lean) {
-		int k = 0;
-
-		for (; k < INSERT_MANY && !p->request_body && !p->response_body; k++, p = p->next_)
-			;
-		if (k == INSERT_MANY) {
-			st = a->st_insert_lean;
-			fields = LEAN_FIELDS;
-		}
-	}
-	for (int k = 0; k < INSERT_MANY; k++, r = r->next_)
-		bind_record(st, k * fields, r, fields);
-	rc = sqlite3_step(st);
-	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
-		return 0;
-	return poison_error(rc) ? 1 : -1;
-}
-
-/* Insert one record inside the open transaction: with st_insert, or on replay with
- * st_insert_new, which skips a record already there. 0 = written, 2 = it was there already
- * (a replay), 1 = this record can never be written (logged, to be dropped), -1 = the
- * database failed. */
-static int insert_record(struct audit *a, const struct audit_record *r, bool replay)
+/* Insert one record into audit_rows inside the open transaction: with st_insert, or on
+ * replay with st_insert_new, which skips a record already there. *rowid: its rowid once
+ * written. 0 = written, 2 = it was there already (a replay), 1 = this record can never be
+ * written (logged, to be dropped), -1 = the database failed. */
+static int insert_record(struct audit *a, const struct audit_record *r, bool replay,
+                         int64_t *rowid)
 {
 	sqlite3_stmt *st = replay ? a->st_insert_new : a->st_insert;
 	int rc;
 
-	bind_record(st, 0, r, AUDIT_NFIELDS);
+	bind_record(st, r);
 	rc = sqlite3_step(st);
 	sqlite3_reset(st);
-	if (rc == SQLITE_DONE)
-		return replay && sqlite3_changes(a->db) == 0 ? 2 : 0;
+	if (rc == SQLITE_DONE) {
+		if (replay && sqlite3_changes(a->db) == 0)
+			return 2;
+		*rowid = sqlite3_last_insert_rowid(a->db);
+		return 0;
+	}
 	if (poison_error(rc)) {
 		char *line = spool_line(r);
 		log_error("audit: request %s cannot be stored (%s); dropped: %s",
@@ -1723,22 +1734,125 @@ static void spend_count_record(struct audit *a, const struct audit_record *r)
 		            r->prompt_tokens, r->completion_tokens, r->cost_nano);
 }
 
-/* Write the first n records of a list in one transaction; replay: they come from the
- * spool and may be there already, so they go row by row through st_insert_new. 0 on
+/* Insert records one by one into audit_rows (a replay, or a block SQLite refused);
+ * *row_top: the last rowid written. 0, or -1 if the database failed. */
+static int insert_rows(struct audit *a, const struct audit_record *const *r, size_t n,
+                       bool replay, int64_t *row_top)
+{
+	for (size_t i = 0; i < n; i++) {
+		int rc = insert_record(a, r[i], replay, row_top);
+
+		if (rc < 0)
+			return -1;
+		if (rc == 0)        /* a replayed row that was there already was counted then */
+			spend_count_record(a, r[i]);
+	}
+	return 0;
+}
+
+/* Insert the block encoded in a->block, which holds r[0..n). 0, or -1 if the database
+ * failed. */
+static int insert_block(struct audit *a, const struct audit_record *const *r, size_t n,
+                        int64_t *row_top)
+{
+	const char *text;
+	size_t len;
+	int rc;
+
+	text = ablock_text(&a->block, &len);
+	sqlite3_bind_double(a->st_block, 1, a->block.first);
+	sqlite3_bind_double(a->st_block, 2, a->block.last);
+	sqlite3_bind_int64(a->st_block, 3, (int64_t)n);
+	sqlite3_bind_text(a->st_block, 4, text, (int)len, SQLITE_STATIC);
+	rc = sqlite3_step(a->st_block);
+	sqlite3_reset(a->st_block);
+	ablock_reset(&a->block);
+	if (rc == SQLITE_DONE) {
+		for (size_t i = 0; i < n; i++)
+			spend_count_record(a, r[i]);
+		return 0;
+	}
+	/* refused for what it holds (too big, say): row by row, which drops only the record
+	 * at fault */
+	return poison_error(rc) ? insert_rows(a, r, n, false, row_top) : -1;
+}
+
+struct timed {
+	double t;                 /* started_at as a block stores it */
+	const struct audit_record *r;
+};
+
+/* Ascending started_at; records that started in the same microsecond keep their order
+ * (the array is filled in list order, so comparing addresses keeps it). */
+static int by_started(const void *x, const void *y)
+{
+	const struct timed *a = x, *b = y;
+
+	if (a->t != b->t)
+		return a->t < b->t ? -1 : 1;
+	return a < b ? -1 : a > b;
+}
+
+/* Insert the first n records of a list as blocks: in started_at order, cut where the rows
+ * would span more than ABLOCK_SPAN_S (a long stream ending now started long before the
+ * others of its batch) or once the text reaches BLOCK_BYTES_MAX. */
+static int insert_blocks(struct audit *a, const struct audit_record *r, size_t n,
+                         int64_t *row_top)
+{
+	struct timed *v;
+	const struct audit_record **recs;
+	size_t from = 0;
+
+	if (a->sorted_cap < n) {
+		a->sorted_cap = n < 64 ? 64 : n;
+		free(a->sorted);
+		a->sorted = xmalloc(a->sorted_cap * (sizeof(*v) + sizeof(*recs)));
+	}
+	v = a->sorted;
+	recs = (const struct audit_record **)(v + a->sorted_cap);
+	for (size_t i = 0; i < n && r; i++, r = r->next_) {
+		v[i].t = ablock_time(r->started_at);
+		v[i].r = r;
+	}
+	qsort(v, n, sizeof(*v), by_started);
+	ablock_reset(&a->block);
+	for (size_t i = 0; i < n; i++) {
+		recs[i] = v[i].r;
+		if (i > from && v[i].t - v[from].t > ABLOCK_SPAN_S) {
+			if (insert_block(a, recs + from, i - from, row_top) < 0)
+				return -1;
+			from = i;
+		}
+		ablock_add(&a->block, recs[i]);
+		if (a->block.len >= BLOCK_BYTES_MAX) {
+			if (insert_block(a, recs + from, i + 1 - from, row_top) < 0)
+				return -1;
+			from = i + 1;
+		}
+	}
+	return n > from ? insert_block(a, recs + from, n - from, row_top) : 0;
+}
+
+/* Write the first n records of a list in one transaction: as blocks, or on replay (they
+ * come from the spool and may be there already) row by row through st_insert_new. 0 on
  * success; -1 if the database failed (nothing of the batch is committed). */
 static int commit_list(struct audit *a, const struct audit_record *r, size_t n, bool replay)
 {
 	const struct audit_record *p = r;
-	int64_t mark_was = a->mark_mem, mark_to, caught;
-	bool inserted = false;
+	int64_t mark_was = a->mark_mem, mark_to, caught, row_top = -1;
 	double untimed = 0;
-	size_t i = 0;
+	int rc;
 
 	/* Rows whose id does not carry the second they started in (made by a version before
-	 * schema 4, replayed from its spool) are found by audit_get through this bound. */
-	for (size_t k = 0; k < n && p; k++, p = p->next_)
-		if (p->started_at > untimed && id_untimed(p->request_id, p->started_at))
-			untimed = p->started_at;
+	 * schema 4 and replayed from its spool, or when the clock stepped between the id and
+	 * the start) are found by audit_get through this bound: at least the time as stored,
+	 * in the row table or rounded to the microsecond in a block. */
+	for (size_t k = 0; k < n && p; k++, p = p->next_) {
+		double t = fmax(p->started_at, ablock_time(p->started_at));
+
+		if (t > untimed && id_untimed(p->request_id, p->started_at))
+			untimed = t;
+	}
 	if (step_once(a->st_begin) != SQLITE_OK)
 		goto fail;
 	if (untimed > 0) {
@@ -1748,35 +1862,26 @@ static int commit_list(struct audit *a, const struct audit_record *r, size_t n, 
 	}
 	if ((caught = spend_catch_up(a)) < 0)
 		goto fail;
-	while (i < n && r) {
-		size_t group = 1;
-		if (!replay && a->st_insert_many && n - i >= INSERT_MANY) {
-			int rc = insert_many(a, r);
-			if (rc < 0)
-				goto fail;
-			if (rc == 0) {
-				for (int k = 0; k < INSERT_MANY; k++, r = r->next_)
-					spend_count_record(a, r);
-				i += INSERT_MANY;
-				inserted = true;
-				continue;
-			}
-			group = INSERT_MANY; /* one of them is bad: find it row by row */
-		}
-		for (size_t k = 0; k < group && r; k++, i++, r = r->next_) {
-			int rc = insert_record(a, r, replay);
+	if (replay) {
+		const struct audit_record *one[64];
+		size_t i = 0;
 
-			if (rc < 0)
-				goto fail;
-			if (rc == 0) {      /* a replayed row that was there already was counted then */
-				spend_count_record(a, r);
-				inserted = true;
-			}
+		for (rc = 0; rc == 0 && i < n && r; ) {
+			size_t k = 0;
+
+			for (; k < 64 && i < n && r; k++, i++, r = r->next_)
+				one[k] = r;
+			rc = insert_rows(a, one, k, true, &row_top);
 		}
+	} else {
+		rc = insert_blocks(a, r, n, &row_top);
 	}
-	/* the rows just inserted are the last ones: nobody else writes inside the transaction */
-	if (inserted)
-		a->mark_mem = sqlite3_last_insert_rowid(a->db);
+	if (rc < 0)
+		goto fail;
+	/* the rows just inserted into audit_rows are its last ones: nobody else writes inside
+	 * the transaction */
+	if (row_top >= 0)
+		a->mark_mem = row_top;
 	if (spend_finish(a, caught > 0 || a->spend.n > 0, &mark_to) < 0 ||
 	    step_once(a->st_commit) != SQLITE_OK)
 		goto fail;
@@ -2133,7 +2238,7 @@ static int prune_batch(struct audit *a)
 {
 	double cutoff = wall_seconds() - (double)a->retention_days * 86400.0;
 	int64_t mark_was = a->mark_mem, top;
-	int rc, changes;
+	int rc, changes, blocks;
 
 	if (step_once(a->st_begin) != SQLITE_OK)
 		goto fail;
@@ -2144,6 +2249,13 @@ static int prune_batch(struct audit *a)
 	if (rc != SQLITE_DONE)
 		goto fail;
 	changes = sqlite3_changes(a->db);
+	sqlite3_bind_double(a->st_prune_blocks, 1, cutoff);
+	sqlite3_bind_int(a->st_prune_blocks, 2, PRUNE_BLOCKS);
+	rc = sqlite3_step(a->st_prune_blocks);
+	sqlite3_reset(a->st_prune_blocks);
+	if (rc != SQLITE_DONE)
+		goto fail;
+	blocks = sqlite3_changes(a->db);
 	/* The counters stay: they are what was spent. But when the newest rows went too, the
 	 * mark comes down to the last one left, in this transaction: a row someone else
 	 * inserts next gets a rowid above it, and is counted. */
@@ -2161,7 +2273,7 @@ static int prune_batch(struct audit *a)
 		goto fail;
 	if (a->mark_mem != mark_was)
 		a->mark_db = a->mark_mem;
-	return changes < PRUNE_BATCH ? 1 : 0;
+	return changes < PRUNE_BATCH && blocks < PRUNE_BLOCKS ? 1 : 0;
 fail:
 	rollback(a->db);
 	a->mark_mem = mark_was;
@@ -2523,6 +2635,8 @@ struct audit *audit_open(const char *db_path, const struct audit_options *opt, c
 fail:
 	db_disconnect(a);
 	spend_free(&a->spend);
+	ablock_free(&a->block);
+	free(a->sorted);
 	pthread_cond_destroy(&a->wake);
 	pthread_mutex_destroy(&a->mu);
 	lanes_free(a);
@@ -2635,6 +2749,8 @@ void audit_close(struct audit *a)
 	if (a->db && a->mark_mem != a->mark_db && mark_write(a, a->mark_mem) == 0)
 		a->mark_db = a->mark_mem;
 	spend_free(&a->spend);
+	ablock_free(&a->block);
+	free(a->sorted);
 	spool_forget(a);
 	db_disconnect(a);
 	pthread_cond_destroy(&a->wake);
@@ -2647,10 +2763,35 @@ void audit_close(struct audit *a)
 
 /* ---- read side ---- */
 
+/* From schema 10 on, a query reads its range in windows of time: the statement sorts one
+ * window at a time (a block's rows come out of audit_block_rows, not an index), and a
+ * LIMIT stops it after a few windows instead of after decoding every block of the range.
+ * The first window holds the start of one block (or WINDOW_ROWS rows of audit_rows), and
+ * each next one twice as many, up to WINDOW_BLOCKS_MAX: the newest 20 rows cost one
+ * block's decoding, an export of millions a window of 64 blocks at a time. */
+#define WINDOW_BLOCKS_MAX 64
+#define WINDOW_ROWS       500
+#define EDGE_SQL(agg, cmp, rcmp, dir) \
+	"SELECT " agg "(e) FROM (SELECT (SELECT first_started FROM audit_block" \
+	" WHERE first_started " cmp " ?1 AND first_started " rcmp " ?2 ORDER BY first_started " \
+	dir " LIMIT 1 OFFSET ?3 - 1) AS e UNION ALL SELECT (SELECT started_at" \
+	" FROM audit_rows WHERE started_at " cmp " ?1 AND started_at " rcmp " ?2" \
+	" ORDER BY started_at " dir " LIMIT 1 OFFSET ?3 * " STR(WINDOW_ROWS) " - 1))"
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
 struct audit_cursor {
 	sqlite3 *db;
 	sqlite3_stmt *st;
 	char *errmsg;
+	/* windows (schema 10 on): st reads [?1, ?2); edge finds the next window's far end */
+	sqlite3_stmt *edge;       /* NULL: st reads the whole range at once */
+	double lo, hi;            /* the range asked for */
+	double at;                /* where the next window begins (newest first: ends) */
+	bool newest_first, done;
+	int wblocks;              /* blocks in the next window */
+	int limit_param;          /* the LIMIT's parameter number; 0 = no limit */
+	uint64_t left;            /* rows the limit still allows */
 };
 
 void audit_query_init(struct audit_query *q)
@@ -2745,7 +2886,52 @@ static sqlite3 *open_reader(const char *path, char **err)
 	}
 	sqlite3_extended_result_codes(db, 1);
 	sqlite3_busy_timeout(db, READ_BUSY_MS);
+	if (blockrows_register(db) != SQLITE_OK) {
+		set_err(err, "audit database %s: %s", path, sqlite3_errmsg(db));
+		sqlite3_close(db);
+		return NULL;
+	}
 	return db;
+}
+
+/* Point c->st at the next window of its range: false when the range is read, or on an
+ * error (c->errmsg set). */
+static bool next_window(struct audit_cursor *c)
+{
+	double w_lo, w_hi, far;
+	int rc;
+
+	if (c->done || c->left == 0)
+		return false;
+	sqlite3_bind_double(c->edge, 1, c->at);
+	sqlite3_bind_double(c->edge, 2, c->newest_first ? c->lo : c->hi);
+	sqlite3_bind_int(c->edge, 3, c->wblocks);
+	if (c->wblocks < WINDOW_BLOCKS_MAX)
+		c->wblocks *= 2;
+	rc = sqlite3_step(c->edge);
+	if (rc != SQLITE_ROW) {
+		if (asprintf(&c->errmsg, "reading the audit database: %s", sqlite3_errmsg(c->db)) < 0)
+			abort();
+		sqlite3_reset(c->edge);
+		return false;
+	}
+	if (sqlite3_column_type(c->edge, 0) == SQLITE_NULL) {
+		far = c->newest_first ? c->lo : c->hi;
+		c->done = true;         /* this window reaches the end of the range */
+	} else {
+		far = sqlite3_column_double(c->edge, 0);
+	}
+	sqlite3_reset(c->edge);
+	w_lo = c->newest_first ? far : c->at;
+	w_hi = c->newest_first ? c->at : far;
+	c->at = far;
+	sqlite3_reset(c->st);
+	sqlite3_bind_double(c->st, 1, w_lo);
+	sqlite3_bind_double(c->st, 2, w_hi);
+	if (c->limit_param)
+		sqlite3_bind_int64(c->st, c->limit_param,
+		                   c->left > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)c->left);
+	return true;
 }
 
 struct audit_cursor *audit_query_open(const char *db_path, const struct audit_query *q,
@@ -2756,6 +2942,7 @@ struct audit_cursor *audit_query_open(const char *db_path, const struct audit_qu
 	struct sbuf sql = { 0 };
 	const char *dir;
 	int i = 1, version = SCHEMA_VERSION;
+	bool blocks;
 
 	if (!q) {
 		audit_query_init(&all);
@@ -2768,21 +2955,34 @@ struct audit_cursor *audit_query_open(const char *db_path, const struct audit_qu
 	}
 	c = xmalloc(sizeof(*c));
 	memset(c, 0, sizeof(*c));
+	c->left = q->limit ? q->limit : UINT64_MAX;
+	c->newest_first = q->newest_first;
+	c->lo = q->since > 0 ? q->since : -INFINITY;
+	c->hi = q->until > 0 ? q->until : INFINITY;
+	c->at = q->newest_first ? c->hi : c->lo;
+	c->wblocks = 1;
 	if (!(c->db = open_reader(db_path, err)))
 		goto fail;
 	if (read_user_version(c->db, &version) < 0)
 		version = SCHEMA_VERSION;   /* the query below reports what is wrong */
+	blocks = version >= 10;
 
 	/* Placeholders are numbered in the order the conditions are added; bound below in
-	 * the same order. */
+	 * the same order. With blocks, ?1 and ?2 are the window, and the range is the
+	 * windows'. */
 #define ADD(s) sb_putn(&sql, s, strlen(s))
 	ADD("SELECT ");
 	ADD(read_columns(version));
-	ADD(" FROM audit WHERE 1");
-	if (q->since > 0)
-		ADD(" AND started_at >= ?");
-	if (q->until > 0)
-		ADD(" AND started_at < ?");
+	if (blocks) {
+		ADD(" FROM " ROWS_IN("?1", "?2") " WHERE 1");
+		i = 3;
+	} else {
+		ADD(" FROM audit WHERE 1");
+		if (q->since > 0)
+			ADD(" AND started_at >= ?");
+		if (q->until > 0)
+			ADD(" AND started_at < ?");
+	}
 	if (q->key_id == 0)
 		ADD(" AND key_id IS NULL");
 	else if (q->key_id > 0)
@@ -2807,19 +3007,27 @@ struct audit_cursor *audit_query_open(const char *db_path, const struct audit_qu
 	dir = q->newest_first ? " DESC" : "";
 	ADD(" ORDER BY started_at");
 	ADD(dir);
-	ADD(", rowid");
+	ADD(blocks ? ", blk_" : ", rowid");
 	ADD(dir);
+	if (blocks) {
+		ADD(", seq_");
+		ADD(dir);
+	}
 	if (q->limit)
 		ADD(" LIMIT ?");
 #undef ADD
 
-	if (sqlite3_prepare_v2(c->db, sql.s, -1, &c->st, NULL) != SQLITE_OK) {
+	if (sqlite3_prepare_v2(c->db, sql.s, -1, &c->st, NULL) != SQLITE_OK ||
+	    (blocks && sqlite3_prepare_v2(c->db, q->newest_first
+	                                  ? EDGE_SQL("max", "<", ">", "DESC")
+	                                  : EDGE_SQL("min", ">", "<", "ASC"),
+	                                  -1, &c->edge, NULL) != SQLITE_OK)) {
 		set_err(err, "cannot query audit database %s: %s", db_path, sqlite3_errmsg(c->db));
 		goto fail;
 	}
-	if (q->since > 0)
+	if (!blocks && q->since > 0)
 		sqlite3_bind_double(c->st, i++, q->since);
-	if (q->until > 0)
+	if (!blocks && q->until > 0)
 		sqlite3_bind_double(c->st, i++, q->until);
 	if (q->key_id > 0)
 		sqlite3_bind_int64(c->st, i++, q->key_id);
@@ -2837,9 +3045,18 @@ struct audit_cursor *audit_query_open(const char *db_path, const struct audit_qu
 		sqlite3_bind_int(c->st, i++, q->is_stream ? 1 : 0);
 	if (q->error && *q->error)
 		sqlite3_bind_text(c->st, i++, q->error, -1, SQLITE_TRANSIENT);
-	if (q->limit)
+	if (q->limit) {
+		c->limit_param = i;
 		sqlite3_bind_int64(c->st, i++,
 		                   q->limit > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)q->limit);
+	}
+	/* every window reads the same snapshot of the file: a row committed meanwhile is
+	 * neither missed between two windows nor read twice */
+	if (blocks && (exec_sql(c->db, "BEGIN") != SQLITE_OK || !next_window(c))) {
+		set_err(err, "cannot query audit database %s: %s", db_path,
+		        c->errmsg ? c->errmsg : sqlite3_errmsg(c->db));
+		goto fail;
+	}
 	free(sql.s);
 	return c;
 fail:
@@ -2856,13 +3073,19 @@ int audit_cursor_next(struct audit_cursor *c, struct audit_record *out)
 		return 0;
 	free(c->errmsg);
 	c->errmsg = NULL;
-	rc = sqlite3_step(c->st);
-	if (rc == SQLITE_ROW) {
-		row_to_record(c->st, out);
-		return 1;
+	for (;;) {
+		rc = sqlite3_step(c->st);
+		if (rc == SQLITE_ROW) {
+			row_to_record(c->st, out);
+			if (c->limit_param)
+				c->left--;
+			return 1;
+		}
+		if (rc != SQLITE_DONE)
+			break;
+		if (!c->edge || !next_window(c))
+			return c->errmsg ? -1 : 0;
 	}
-	if (rc == SQLITE_DONE)
-		return 0;
 	if (asprintf(&c->errmsg, "reading the audit database: %s", sqlite3_errmsg(c->db)) < 0)
 		abort();
 	return -1;
@@ -2878,7 +3101,8 @@ void audit_cursor_close(struct audit_cursor *c)
 	if (!c)
 		return;
 	sqlite3_finalize(c->st);
-	sqlite3_close(c->db);
+	sqlite3_finalize(c->edge);
+	sqlite3_close(c->db);       /* a read transaction still open ends with it */
 	free(c->errmsg);
 	free(c);
 }
@@ -2893,6 +3117,18 @@ static const char *const get_where[] = {
 	"started_at <= (SELECT max(until) FROM audit_untimed_ids) AND request_id = ?1",
 	"request_id = ?1",
 };
+/* Where each of those looks from schema 10 on: the rows and blocks of the id's seconds;
+ * the rows and blocks up to the bound; everything. */
+static const char *const get_from_v10[] = {
+	ROWS_IN("?2", "?3"),
+	ROWS_IN("-1e300", "(SELECT max(until) FROM audit_untimed_ids) + 1"),
+	"audit",
+};
+
+const char *audit_rows_source(int version)
+{
+	return version >= 10 ? ROWS_IN("?1", "?2") : "audit";
+}
 
 int audit_get(const char *db_path, const char *request_id, struct audit_record *out,
               char **err)
@@ -2921,7 +3157,8 @@ int audit_get(const char *db_path, const char *request_id, struct audit_record *
 
 		if (skip)
 			continue;
-		sql = xasprintf("SELECT %s FROM audit WHERE %s", read_columns(version), get_where[i]);
+		sql = xasprintf("SELECT %s FROM %s WHERE %s", read_columns(version),
+		                version >= 10 ? get_from_v10[i] : "audit", get_where[i]);
 		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 			set_err(err, "cannot query audit database %s: %s", db_path, sqlite3_errmsg(db));
 			free(sql);
@@ -3052,8 +3289,8 @@ int audit_spend_load(struct audit *a, int64_t since,
 	/* billed rows the counters do not hold yet (sqlite3, an older build, or a batch the
 	 * writer has not caught up with): as the writer will count them */
 	if (sqlite3_prepare_v2(db, "SELECT key_id, user_id, started_at, prompt_tokens, "
-	                       "completion_tokens, cost_nano FROM audit WHERE rowid > ?1 AND "
-	                       "billed = 1 AND key_id > 0", -1, &st, NULL) != SQLITE_OK)
+	                       "completion_tokens, cost_nano FROM audit_rows WHERE rowid > ?1 "
+	                       "AND billed = 1 AND key_id > 0", -1, &st, NULL) != SQLITE_OK)
 		goto sql_fail;
 	sqlite3_bind_int64(st, 1, mark);
 	while ((step = sqlite3_step(st)) == SQLITE_ROW)

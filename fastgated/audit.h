@@ -3,14 +3,16 @@
  * Write side. The event loop fills a struct audit_record when a request ends and hands it
  * to audit_submit(), which only appends it to an in-memory queue under a mutex. A writer
  * thread owns the SQLite connection (WAL) and inserts the queue in batches, one
- * transaction per batch, in submission order. When the database cannot be written
+ * transaction per batch, in submission order; a batch's rows are stored as blocks
+ * (auditblock.h: a few rows of audit_block in started_at order, read back through the
+ * `audit` view). When the database cannot be written
  * (locked, read-only, disk full, I/O error) the writer keeps the records in memory up to
  * a cap and moves the oldest of the overflow into an append-only spool file beside the
  * database (default DB + ".spool", mode 0600, one JSON object per line); once SQLite
  * accepts writes again it writes the spool first, then memory, so order is kept. A spool
- * left by a previous run is replayed by the next audit_open(). Rows are keyed by
- * request_id and inserted with "ON CONFLICT DO NOTHING", so a replay that is interrupted
- * and repeated never duplicates a row. The writer also prunes rows older than the
+ * left by a previous run is replayed by the next audit_open(), row by row into the row
+ * table audit_rows, skipping a row that is there already (by request_id in its second),
+ * so a replay that is interrupted and repeated never duplicates a row. The writer also prunes rows older than the
  * retention period, in small batches between inserts.
  *
  * Read side. audit_query_open()/audit_get() open their own read-only connection, so an
@@ -298,5 +300,12 @@ void audit_cursor_close(struct audit_cursor *c);
  * 1 = found, 0 = no such request, -1 = error with *err set (caller frees). */
 int audit_get(const char *db_path, const char *request_id, struct audit_record *out,
               char **err);
+
+/* For other readers of the file (stats.c): what to select the rows that started in
+ * [?1, ?2) FROM, in a file at schema `version`. From schema 10 on, a subquery over the
+ * row table and the blocks (the `audit` view would decode every block of the file); the
+ * caller still writes "WHERE started_at >= ?1 AND started_at < ?2", which an older file's
+ * table "audit" needs. */
+const char *audit_rows_source(int version);
 
 #endif

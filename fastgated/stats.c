@@ -22,6 +22,7 @@
 #include <sqlite3.h>
 
 #include "audit.h"
+#include "blockrows.h"
 #include "config.h"
 #include "control.h"
 #include "ctlproto.h"
@@ -281,6 +282,23 @@ int stats_schema_version(sqlite3 *db)
 	return v;
 }
 
+/* Prepare the statement fmt formats to (printf-style), on db. SQLITE_OK or SQLite's error. */
+static int __attribute__((format(printf, 3, 4)))
+prepare_fmt(sqlite3 *db, sqlite3_stmt **st, const char *fmt, ...)
+{
+	va_list ap;
+	char *sql;
+	int rc;
+
+	va_start(ap, fmt);
+	if (vasprintf(&sql, fmt, ap) < 0)
+		abort();
+	va_end(ap);
+	rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+	free(sql);
+	return rc;
+}
+
 /* ---- metrics ---- */
 
 #define HOURS_MAX   CTL_HOURS_MAX
@@ -307,6 +325,7 @@ struct metrics_job {
 	enum by by;
 	const char *cost_col;    /* "cost_nano", or "NULL" in a file before schema 8 */
 	const char *user_col;    /* "user_id", or "NULL" likewise */
+	const char *rows;        /* what to read the rows of [?1, ?2) from (audit_rows_source) */
 	json_t *result;
 	char *err;
 };
@@ -371,20 +390,19 @@ typedef void (*pct_fn)(void *ctx, sqlite3_stmt *st, int which, double v);
 static int group_percentiles(struct metrics_job *m, sqlite3 *db, const char *gexpr,
                              const char *col, pct_fn fn, void *ctx)
 {
-	char part[160] = "", sql[1024];
+	char part[160] = "";
 	sqlite3_stmt *st = NULL;
 	int rc;
 
 	if (gexpr)
 		snprintf(part, sizeof(part), "PARTITION BY %s ", gexpr);
-	snprintf(sql, sizeof(sql),
+	if (prepare_fmt(db, &st,
 	         "SELECT g, rn, cnt, v FROM (SELECT %s AS g, %s AS v,"
 	         " ROW_NUMBER() OVER (%sORDER BY %s) AS rn, COUNT(*) OVER (%s) AS cnt"
-	         " FROM audit WHERE started_at >= ?1 AND started_at < ?2 AND %s IS NOT NULL)"
+	         " FROM %s WHERE started_at >= ?1 AND started_at < ?2 AND %s IS NOT NULL)"
 	         " WHERE rn IN ((cnt * %d + 99) / 100, (cnt * %d + 99) / 100, (cnt * %d + 99) / 100)",
-	         gexpr ? gexpr : "0", col, part, col, gexpr ? part : "", col, pct_of[0], pct_of[1],
-	         pct_of[2]);
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+	         gexpr ? gexpr : "0", col, part, col, gexpr ? part : "", m->rows, col, pct_of[0],
+	         pct_of[1], pct_of[2]) != SQLITE_OK) {
 		set_sql_err(m, db, "cannot query");
 		return -1;
 	}
@@ -437,18 +455,17 @@ static json_t *summary(struct metrics_job *m, sqlite3 *db)
 		" MAX(latency_ms), COUNT(ttfb_ms), SUM(prompt_tokens), SUM(completion_tokens)," \
 		" COUNT(DISTINCT key_id), COUNT(DISTINCT route), SUM(bytes_in), SUM(bytes_out)," \
 		" SUM(key_id IS NULL), SUM(%s), SUM(" REFUSED_SQL ")" \
-		" FROM audit WHERE started_at >= ?1 AND started_at < ?2"
+		" FROM %s WHERE started_at >= ?1 AND started_at < ?2"
 	struct pcts lat = { 0 }, ttfb = { 0 };
 	sqlite3_stmt *st = NULL;
 	sqlite3_int64 v[21] = { 0 };
-	char usd[FMT_USD_MAX], q[sizeof(SUMMARY_SQL) + 16];
+	char usd[FMT_USD_MAX];
 	double avg, max;
 	json_t *jl;
 
 	/* integers summed by SQLite (an error on overflow, never a float) */
-	snprintf(q, sizeof(q), SUMMARY_SQL, m->cost_col);
+	if (prepare_fmt(db, &st, SUMMARY_SQL, m->cost_col, m->rows) != SQLITE_OK) {
 #undef SUMMARY_SQL
-	if (sqlite3_prepare_v2(db, q, -1, &st, NULL) != SQLITE_OK) {
 		set_sql_err(m, db, "cannot query");
 		return NULL;
 	}
@@ -495,8 +512,8 @@ static json_int_t count_since(struct metrics_job *m, sqlite3 *db, double since, 
 	sqlite3_stmt *st = NULL;
 	json_int_t n = -1;
 
-	if (sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM audit WHERE started_at >= ?1 AND "
-	                       "started_at < ?2", -1, &st, NULL) != SQLITE_OK) {
+	if (prepare_fmt(db, &st, "SELECT COUNT(*) FROM %s WHERE started_at >= ?1 AND "
+	                "started_at < ?2", m->rows) != SQLITE_OK) {
 		set_sql_err(m, db, "cannot query");
 		return -1;
 	}
@@ -532,9 +549,6 @@ static void pct_bucket(void *ctx, sqlite3_stmt *st, int which, double v)
 /* One row per bucket from m->first, empty buckets included. db may be NULL (no data). */
 static json_t *series(struct metrics_job *m, sqlite3 *db)
 {
-	static const char sql[] =
-		"SELECT " BUCKET_SQL " AS b, COUNT(*), SUM(" ERR_SQL ") FROM audit"
-		" WHERE started_at >= ?1 AND started_at < ?2 GROUP BY b";
 	struct buckets bs = { calloc((size_t)m->nbuckets, sizeof(struct bucket)), m->nbuckets };
 	sqlite3_stmt *st = NULL;
 	json_t *a = NULL;
@@ -545,7 +559,9 @@ static json_t *series(struct metrics_job *m, sqlite3 *db)
 		return NULL;
 	}
 	if (db) {
-		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		if (prepare_fmt(db, &st, "SELECT " BUCKET_SQL " AS b, COUNT(*), SUM(" ERR_SQL ")"
+		                " FROM %s WHERE started_at >= ?1 AND started_at < ?2 GROUP BY b",
+		                m->rows) != SQLITE_OK) {
 			set_sql_err(m, db, "cannot query");
 			goto done;
 		}
@@ -626,7 +642,7 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 	                : m->by == BY_USER ? m->user_col : "model";
 	struct groups *gs = calloc(1, sizeof(*gs));
 	sqlite3_stmt *st = NULL;
-	char sql[600], usd[FMT_USD_MAX];
+	char usd[FMT_USD_MAX];
 	json_t *rows = NULL, *res = NULL;
 	json_int_t ngroups = 0;
 	int rc = SQLITE_DONE;
@@ -637,14 +653,13 @@ static json_t *breakdown(struct metrics_job *m, sqlite3 *db)
 	}
 	gs->by_int = m->by == BY_KEY || m->by == BY_USER;
 	if (db) {
-		snprintf(sql, sizeof(sql),
+		if (prepare_fmt(db, &st,
 		         "SELECT %s, COUNT(*), SUM(" ERR_SQL "), COUNT(latency_ms), AVG(latency_ms),"
 		         " SUM(prompt_tokens), SUM(completion_tokens), MAX(key_name),"
-		         " COUNT(*) OVER (), SUM(%s), SUM(" REFUSED_SQL ") FROM audit"
+		         " COUNT(*) OVER (), SUM(%s), SUM(" REFUSED_SQL ") FROM %s"
 		         " WHERE started_at >= ?1 AND"
 		         " started_at < ?2 GROUP BY %s ORDER BY COUNT(*) DESC, %s LIMIT %d", col,
-		         m->cost_col, col, col, GROUPS_MAX);
-		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		         m->cost_col, m->rows, col, col, GROUPS_MAX) != SQLITE_OK) {
 			set_sql_err(m, db, "cannot query");
 			goto done;
 		}
@@ -729,8 +744,9 @@ static int have_table(struct metrics_job *m, sqlite3 *db)
 	sqlite3_stmt *st = NULL;
 	int rc, ret = -1;
 
-	if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-	                       "name = 'audit'", -1, &st, NULL) != SQLITE_OK) {
+	/* a view from schema 10 on */
+	if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type IN ('table', 'view')"
+	                       " AND name = 'audit'", -1, &st, NULL) != SQLITE_OK) {
 		set_sql_err(m, db, "cannot read the schema");
 		return -1;
 	}
@@ -763,6 +779,7 @@ static void metrics_work(struct dbq_job *job, void *arg)
 		}
 		sqlite3_busy_timeout(db, 2000);
 		sqlite3_progress_handler(db, 10000, progress_cb, job);
+		blockrows_register(db);   /* without it, a query of blocks fails and says so */
 		switch (have_table(m, db)) {
 		case -1:
 			goto done;
@@ -771,9 +788,14 @@ static void metrics_work(struct dbq_job *job, void *arg)
 			db = NULL;
 			break;
 		}
-		/* a file no daemon of this version has opened yet: no spend columns */
-		if (db && stats_schema_version(db) < 8)
-			m->cost_col = m->user_col = "NULL";
+		if (db) {
+			int version = stats_schema_version(db);
+
+			/* a file no daemon of this version has opened yet: no spend columns */
+			if (version < 8)
+				m->cost_col = m->user_col = "NULL";
+			m->rows = audit_rows_source(version);
+		}
 	} else if (errno != ENOENT) {
 		m->err = xasprintf("cannot open audit database %s: %s", m->db_path,
 		                       strerror(errno));
@@ -966,6 +988,7 @@ void stats_h_metrics(struct ctl_call *call, json_t *args)
 	m->by = byv;
 	m->cost_col = "cost_nano";
 	m->user_col = "user_id";
+	m->rows = "audit";
 	if (hourly || daily) {
 		int step = hourly ? 3600 : 86400;
 		json_int_t n = hourly ? (hours ? hours : 24) : (days ? days : 7);
@@ -1089,7 +1112,7 @@ static void report_work(struct dbq_job *job, void *arg)
 	sqlite3 *db = NULL;
 	sqlite3_stmt *st = NULL;
 	json_t *rows = json_array();
-	char *csv = NULL, sql[1024], buf[TALLY_COLS][FMT_USD_MAX];
+	char *csv = NULL, buf[TALLY_COLS][FMT_USD_MAX];
 	size_t len = 0, cap = 0;
 	int64_t groups = 0;
 	int version, rc;
@@ -1106,6 +1129,7 @@ static void report_work(struct dbq_job *job, void *arg)
 		}
 		sqlite3_busy_timeout(db, 2000);
 		sqlite3_progress_handler(db, 10000, progress_cb, job);
+		blockrows_register(db);   /* without it, a query of blocks fails and says so */
 	} else if (errno != ENOENT) {
 		r->err = xasprintf("cannot open audit database %s: %s", r->db_path, strerror(errno));
 		goto done;
@@ -1136,14 +1160,13 @@ static void report_work(struct dbq_job *job, void *arg)
 	g = r->by == BY_USER ? (version >= 8 ? "user_id" : "NULL")
 	  : r->by == BY_KEY ? "key_id" : "model";
 	/* SQLite sums integers exactly (and fails on an overflow): the cost is never a float */
-	snprintf(sql, sizeof(sql),
+	if (db && prepare_fmt(db, &st,
 	         "SELECT %s AS g, MAX(key_name), COUNT(*), coalesce(SUM(prompt_tokens), 0),"
 	         " coalesce(SUM(completion_tokens), 0), coalesce(SUM(%s), 0),"
-	         " coalesce(SUM(%s), 0) AS c, SUM(%s), SUM(%s), SUM(%s) FROM audit"
+	         " coalesce(SUM(%s), 0) AS c, SUM(%s), SUM(%s), SUM(%s) FROM %s"
 	         " WHERE started_at >= ?1 AND started_at < ?2 GROUP BY g"
 	         " ORDER BY c DESC, COUNT(*) DESC, g", g, cached, cost, flag_unpriced,
-	         flag_estimated, flag_billed);
-	if (db && sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+	         flag_estimated, flag_billed, audit_rows_source(version)) != SQLITE_OK) {
 		r->err = xasprintf("cannot query audit database %s: %s", r->db_path,
 		                   sqlite3_errmsg(db));
 		goto done;

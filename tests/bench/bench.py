@@ -683,7 +683,7 @@ def cmd_auditcount(a):
     else:
         try:
             db = sqlite3.connect("file:%s?mode=ro" % a.db, uri=True, timeout=10)
-            tables = [r[0] for r in db.execute("select name from sqlite_master where type='table'")]
+            tables = [r[0] for r in db.execute("select name from sqlite_master where type in ('table', 'view')")]
             if "audit" not in tables:
                 rec.update(available=False, note="%s has no table 'audit' (tables: %s)" % (
                     os.path.basename(a.db), ", ".join(tables) or "none"))

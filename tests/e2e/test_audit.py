@@ -143,6 +143,57 @@ def test_every_request_leaves_exactly_one_row_under_concurrent_load(c):
     assert by_status.get(499, 0) > 0 and by_status.get(401, 0) > 0 and by_status.get(502, 0) > 0, by_status
 
 
+def test_rows_are_written_as_blocks_and_read_back_by_the_cli_the_view_and_sql(c):
+    """Schema 10 (fastgated(8), Storage): the daemon writes a batch as blocks of
+    audit_block, none into audit_rows; logs export, logs show, metrics and the audit view
+    read them all back, and the man page's bounded query over audit_block counts them."""
+    t0 = time.time()
+    ids = load(c, 8, 25, ["json", "json", "stream", "error"])
+    wait_for(lambda: queue_depth(c) == 0 and len(rows(c, "started_at >= ?", (t0 - 1,))) >= 200,
+             timeout=30, what="the rows")
+    db = sqlite3.connect("file:%s?mode=ro" % c.db, uri=True, timeout=10)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 10
+        assert db.execute("SELECT type FROM sqlite_master WHERE name = 'audit'").fetchone() == \
+            ("view",)
+        assert db.execute("SELECT count(*) FROM audit_rows").fetchone()[0] == 0
+        # every row of the file (this test's and the earlier tests') is in a block, and no
+        # block spans more than a second
+        nblocks, nrows, spread = db.execute(
+            "SELECT count(*), sum(n), max(last_started - first_started) FROM audit_block"
+        ).fetchone()
+        assert nblocks >= 1 and spread <= 1.0, (nblocks, spread)
+        assert nrows == db.execute("SELECT count(*) FROM audit").fetchone()[0], nrows
+        # the man page's query: bounded by the blocks' first start, one second before
+        bounded = db.execute(
+            "SELECT count(*) FROM audit_block b, json_each(b.rows) j "
+            "WHERE b.first_started >= ? - 1 AND json_extract(j.value, '$[1]') >= ?",
+            (t0, t0)).fetchone()[0]
+        assert bounded == 200, bounded
+        viewed = {r[0]: r[1:] for r in db.execute(
+            "SELECT request_id, status, typeof(started_at), typeof(latency_ms) FROM audit "
+            "WHERE started_at >= ?", (t0,))}
+    finally:
+        db.close()
+    assert set(ids) == set(viewed), (len(ids), len(viewed))
+    assert {v[1:] for v in viewed.values()} == {("real", "real")}, set(viewed.values())
+    rc, out, err = c.gw.cli("logs", "export", "--format", "jsonl", "--since", "%d" % int(t0))
+    assert rc == 0, (rc, err)
+    # --since takes whole seconds: an earlier test's last rows may come before this one's
+    every = [json.loads(line) for line in out.splitlines()]
+    starts = [e["started_at"] for e in every]
+    assert starts == sorted(starts), "export in started_at order"
+    exported = [e for e in every if e["request_id"] in viewed]
+    assert len(exported) == len(ids) and {e["request_id"] for e in exported} == set(ids)
+    assert {e["request_id"]: e["status"] for e in exported} == \
+        {k: v[0] for k, v in viewed.items()}
+    rc, out, err = c.gw.cli("--json", "logs", "show", ids[0])
+    assert rc == 0 and json.loads(out)["request_id"] == ids[0], (rc, out, err)
+    rc, out, err = c.gw.cli("--json", "metrics", "--since", "%d" % int(t0))
+    assert rc == 0, (rc, err)
+    assert json.loads(out)["requests"] == len(every), (out, len(every))
+
+
 def test_request_ids_start_with_their_second_and_threads_are_named(c):
     # the audit table has no index on request_id: a row is found by the second its id
     # carries (fastgated(8), Request ids)

@@ -674,9 +674,10 @@ def test_a_version_4_database_gains_attempts_at_start_and_keeps_its_rows(c):
     try:
         db = sqlite3.connect("file:%s?mode=ro" % os.path.join(d, "audit.db"), uri=True)
         try:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 9
+            # schema 10: the old rows stay in the row table (renamed), with their rowids
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 10
             assert db.execute("SELECT rowid, retries, request_body, attempts, cached_tokens, "
-                              "cache_write_tokens, reasoning_tokens FROM audit WHERE "
+                              "cache_write_tokens, reasoning_tokens FROM audit_rows WHERE "
                               "request_id = ?", (old_id,)).fetchone() == \
                 (7, 2, "{}", None, None, None, None)
         finally:
