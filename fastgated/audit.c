@@ -2232,30 +2232,30 @@ static void spill(struct audit *a, size_t count)
 		         held, a->mem_cap, moved, a->spool_path);
 }
 
-/* One pass of pruning: at most PRUNE_BATCH rows. 1 = done for now, 0 = more to delete,
- * -1 = database failed. */
+/* Run a prune statement (?1 the cutoff, ?2 the limit): what it deleted, or -1. */
+static int prune_step(struct audit *a, sqlite3_stmt *st, double cutoff, int limit)
+{
+	int rc;
+
+	sqlite3_bind_double(st, 1, cutoff);
+	sqlite3_bind_int(st, 2, limit);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	return rc == SQLITE_DONE ? sqlite3_changes(a->db) : -1;
+}
+
+/* One pass of pruning: at most PRUNE_BATCH rows and PRUNE_BLOCKS blocks. 1 = done for
+ * now, 0 = more to delete, -1 = database failed. */
 static int prune_batch(struct audit *a)
 {
 	double cutoff = wall_seconds() - (double)a->retention_days * 86400.0;
 	int64_t mark_was = a->mark_mem, top;
 	int rc, changes, blocks;
 
-	if (step_once(a->st_begin) != SQLITE_OK)
+	if (step_once(a->st_begin) != SQLITE_OK ||
+	    (changes = prune_step(a, a->st_prune, cutoff, PRUNE_BATCH)) < 0 ||
+	    (blocks = prune_step(a, a->st_prune_blocks, cutoff, PRUNE_BLOCKS)) < 0)
 		goto fail;
-	sqlite3_bind_double(a->st_prune, 1, cutoff);
-	sqlite3_bind_int(a->st_prune, 2, PRUNE_BATCH);
-	rc = sqlite3_step(a->st_prune);
-	sqlite3_reset(a->st_prune);
-	if (rc != SQLITE_DONE)
-		goto fail;
-	changes = sqlite3_changes(a->db);
-	sqlite3_bind_double(a->st_prune_blocks, 1, cutoff);
-	sqlite3_bind_int(a->st_prune_blocks, 2, PRUNE_BLOCKS);
-	rc = sqlite3_step(a->st_prune_blocks);
-	sqlite3_reset(a->st_prune_blocks);
-	if (rc != SQLITE_DONE)
-		goto fail;
-	blocks = sqlite3_changes(a->db);
 	/* The counters stay: they are what was spent. But when the newest rows went too, the
 	 * mark comes down to the last one left, in this transaction: a row someone else
 	 * inserts next gets a rowid above it, and is counted. */

@@ -1586,6 +1586,17 @@ TEST(a_version_5_store_gains_the_token_columns_and_keeps_its_rows)
 	tmpdb_remove(&t);
 }
 
+
+/* The audit table as schema version 7 left it (in version 5's column order, then the
+ * ones added by ALTER TABLE): the older stores the migration tests build by hand. */
+#define V7_COLUMN_DDL "request_id TEXT NOT NULL, started_at REAL NOT NULL, key_id INTEGER," \
+	" key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT, upstream TEXT," \
+	" status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL, is_stream INTEGER NOT NULL," \
+	" chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER, model TEXT, prompt_tokens INTEGER," \
+	" completion_tokens INTEGER, error TEXT, retries INTEGER NOT NULL DEFAULT 0," \
+	" request_body TEXT, response_body TEXT, attempts TEXT, cached_tokens INTEGER," \
+	" cache_write_tokens INTEGER, reasoning_tokens INTEGER, upstream_request_id TEXT"
+
 static int run_query(const char *path, const struct audit_query *q, int *idx, int cap);
 
 /* Version 7 (version 6 plus the upstream's request id) gains the spend columns: every row
@@ -1606,14 +1617,7 @@ TEST(a_version_7_store_gains_the_spend_columns_and_keeps_its_rows)
 	tmpdb_make(&t);
 	reqid_next(&test_ids, timed);
 	snprintf(sql, sizeof(sql),
-	         "CREATE TABLE audit (request_id TEXT NOT NULL, started_at REAL NOT NULL,"
-	         " key_id INTEGER, key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT,"
-	         " upstream TEXT, status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL,"
-	         " is_stream INTEGER NOT NULL, chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER,"
-	         " model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
-	         " retries INTEGER NOT NULL DEFAULT 0, request_body TEXT, response_body TEXT,"
-	         " attempts TEXT, cached_tokens INTEGER, cache_write_tokens INTEGER,"
-	         " reasoning_tokens INTEGER, upstream_request_id TEXT);"
+	         "CREATE TABLE audit (" V7_COLUMN_DDL ");"
 	         "CREATE TABLE audit_untimed_ids (until REAL NOT NULL);"
 	         "INSERT INTO audit_untimed_ids VALUES (0);"
 	         "CREATE INDEX audit_started_at ON audit(started_at);"
@@ -1703,14 +1707,7 @@ TEST(a_version_9_store_keeps_its_rows_in_the_row_table_and_new_ones_go_to_blocks
 
 	tmpdb_make(&t);
 	len = (size_t)snprintf(sql, sizeof(sql),
-	         "CREATE TABLE audit (request_id TEXT NOT NULL, started_at REAL NOT NULL,"
-	         " key_id INTEGER, key_name TEXT, client_ip TEXT, method TEXT, path TEXT, route TEXT,"
-	         " upstream TEXT, status INTEGER NOT NULL, latency_ms REAL, ttfb_ms REAL,"
-	         " is_stream INTEGER NOT NULL, chunks INTEGER, bytes_in INTEGER, bytes_out INTEGER,"
-	         " model TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, error TEXT,"
-	         " retries INTEGER NOT NULL DEFAULT 0, request_body TEXT, response_body TEXT,"
-	         " attempts TEXT, cached_tokens INTEGER, cache_write_tokens INTEGER,"
-	         " reasoning_tokens INTEGER, upstream_request_id TEXT, user_id INTEGER,"
+	         "CREATE TABLE audit (" V7_COLUMN_DDL ", user_id INTEGER,"
 	         " cost_nano INTEGER, price_version TEXT, estimated INTEGER NOT NULL DEFAULT 0,"
 	         " billed INTEGER NOT NULL DEFAULT 0, unpriced INTEGER NOT NULL DEFAULT 0);"
 	         "CREATE TABLE audit_untimed_ids (until REAL NOT NULL);"
