@@ -1586,7 +1586,6 @@ TEST(a_version_5_store_gains_the_token_columns_and_keeps_its_rows)
 	tmpdb_remove(&t);
 }
 
-
 /* The audit table as schema version 7 left it (in version 5's column order, then the
  * ones added by ALTER TABLE): the older stores the migration tests build by hand. */
 #define V7_COLUMN_DDL "request_id TEXT NOT NULL, started_at REAL NOT NULL, key_id INTEGER," \
