@@ -214,7 +214,7 @@ static const struct { int version; const char *sql; } migrations[] = {
 	  " last_rowid INTEGER NOT NULL);"
 	  "INSERT INTO spend_mark VALUES (1, 0);" },
 	/* Rows in blocks (auditblock.h): the writer stores a transaction's rows as one row of
-	 * audit_block instead of one row each, for a tenth of the CPU (issue #21: the writer
+	 * audit_block instead of one row each, for a third of the CPU (issue #21: the writer
 	 * taking a core from the event loop was most of the tail latency). The rows written
 	 * before stay in the table, renamed audit_rows, with their rowids (the spend mark
 	 * counts in them; a spool replay and rows inserted by hand go there too). `audit` is

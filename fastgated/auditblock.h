@@ -6,9 +6,9 @@
  * program needs ours to read the file.
  *
  * Why: one SQLite row per request cost the writer 16,000 instructions (binding 34 values,
- * building the record, two B-tree inserts); one block of rows costs it the encoding
- * below, a tenth of that, so the writer takes a core from the event loops far less
- * often (issue #21).
+ * building the record, two B-tree inserts); in blocks a request costs it about 5,700, the
+ * encoding below most of that (tests/bench/callgrind.sh), so the writer takes a core from
+ * the event loops less often (issue #21).
  *
  * Values as the row table held them, except times: started_at is kept to the
  * microsecond (six decimals; a time that is not finite, or too far out for an int64 of
