@@ -1525,10 +1525,10 @@ static bool poison_error(int rc)
  * counted or not billed. At the start of each batch the writer reads the last rowid; rows
  * beyond mark_mem that it did not insert itself (sqlite3, another build) are counted then.
  * Blocks need no mark: only the writer makes them, and counts their rows in the
- * transaction that inserts them. The mark is written in the transaction of any batch that counts something, so
- * the counters and the mark move together; a run of batches that count nothing lets it lag
- * (a reconcile at the next open reads those rows again and finds nothing to add), up to
- * MARK_LAG_ROWS rows, and audit_close writes it. */
+ * transaction that inserts them. The mark is written in the transaction of any batch
+ * that counts something, so the counters and the mark move together; a run of batches
+ * that count nothing lets it lag (a reconcile at the next open reads those rows again and
+ * finds nothing to add), up to MARK_LAG_ROWS rows, and audit_close writes it. */
 #define MARK_LAG_ROWS 100000
 
 /* Write the counters in m to the spend table, inside the open transaction. */
@@ -1793,31 +1793,49 @@ static int by_started(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
-/* Insert the first n records of a list as blocks: in started_at order, cut where the rows
- * would span more than ABLOCK_SPAN_S (a long stream ending now started long before the
- * others of its batch) or once the text reaches BLOCK_BYTES_MAX. */
-static int insert_blocks(struct audit *a, const struct audit_record *r, size_t n,
-                         int64_t *row_top)
+/* The first n records of a list into a->sorted, each with its time as a block stores it;
+ * how many there were (n, unless the list is shorter). */
+static size_t batch_fill(struct audit *a, const struct audit_record *r, size_t n)
 {
-	struct timed *v;
-	const struct audit_record **recs;
-	size_t from = 0;
+	size_t i = 0;
 
 	if (a->sorted_cap < n) {
 		a->sorted_cap = n < 64 ? 64 : n;
 		free(a->sorted);
-		a->sorted = xmalloc(a->sorted_cap * (sizeof(*v) + sizeof(*recs)));
+		a->sorted = xmalloc(a->sorted_cap * (sizeof(struct timed) +
+		                                     sizeof(const struct audit_record *)));
 	}
-	v = a->sorted;
-	recs = (const struct audit_record **)(v + a->sorted_cap);
-	for (size_t i = 0; i < n && r; i++, r = r->next_) {
-		v[i].t = ablock_time(r->started_at);
-		v[i].r = r;
+	for (; i < n && r; i++, r = r->next_) {
+		a->sorted[i].t = ablock_time(r->started_at);
+		a->sorted[i].r = r;
 	}
-	qsort(v, n, sizeof(*v), by_started);
+	return i;
+}
+
+/* The n records of a->sorted, in its order, as an array (in the same allocation). */
+static const struct audit_record **batch_records(struct audit *a, size_t n)
+{
+	const struct audit_record **recs =
+		(const struct audit_record **)(a->sorted + a->sorted_cap);
+
+	for (size_t i = 0; i < n; i++)
+		recs[i] = a->sorted[i].r;
+	return recs;
+}
+
+/* Insert the n records of a->sorted as blocks: in started_at order, cut where the rows
+ * would span more than ABLOCK_SPAN_S (a long stream ending now started long before the
+ * others of its batch) or once the text reaches BLOCK_BYTES_MAX. */
+static int insert_blocks(struct audit *a, size_t n, int64_t *row_top)
+{
+	const struct timed *v = a->sorted;
+	const struct audit_record **recs;
+	size_t from = 0;
+
+	qsort(a->sorted, n, sizeof(*a->sorted), by_started);
+	recs = batch_records(a, n);
 	ablock_reset(&a->block);
 	for (size_t i = 0; i < n; i++) {
-		recs[i] = v[i].r;
 		if (i > from && v[i].t - v[from].t > ABLOCK_SPAN_S) {
 			if (insert_block(a, recs + from, i - from, row_top) < 0)
 				return -1;
@@ -1841,7 +1859,6 @@ static int commit_list(struct audit *a, const struct audit_record *r, size_t n, 
 	const struct audit_record *p = r;
 	int64_t mark_was = a->mark_mem, mark_to, caught, row_top = -1;
 	double untimed = 0;
-	int rc;
 
 	/* Rows whose id does not carry the second they started in (made by a version before
 	 * schema 4 and replayed from its spool, or when the clock stepped between the id and
@@ -1862,21 +1879,9 @@ static int commit_list(struct audit *a, const struct audit_record *r, size_t n, 
 	}
 	if ((caught = spend_catch_up(a)) < 0)
 		goto fail;
-	if (replay) {
-		const struct audit_record *one[64];
-		size_t i = 0;
-
-		for (rc = 0; rc == 0 && i < n && r; ) {
-			size_t k = 0;
-
-			for (; k < 64 && i < n && r; k++, i++, r = r->next_)
-				one[k] = r;
-			rc = insert_rows(a, one, k, true, &row_top);
-		}
-	} else {
-		rc = insert_blocks(a, r, n, &row_top);
-	}
-	if (rc < 0)
+	n = batch_fill(a, r, n);
+	if ((replay ? insert_rows(a, batch_records(a, n), n, true, &row_top)
+	            : insert_blocks(a, n, &row_top)) < 0)
 		goto fail;
 	/* the rows just inserted into audit_rows are its last ones: nobody else writes inside
 	 * the transaction */
