@@ -4,6 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "bytescan.h"
 #include "reqcheck.h"
 
 static const char *const known_methods[] = {
@@ -93,33 +94,17 @@ enum reqcheck_result reqcheck_line_too_long(struct reqcheck *rc)
 	return reject(rc, 400, "malformed chunked body");
 }
 
-/* What a line holds besides printable ASCII, found 8 bytes per step: the byte loops below
- * (NUL and CR search, value and target checks) then run only on the rare line that has
- * such bytes. LINE_CTL: a control byte (< 0x20, tab included) or DEL; LINE_HIGH: a byte
- * above ASCII. The word tricks are exact about whether a word has such a byte. */
+/* What a line holds besides printable ASCII: LINE_CTL, a control byte (< 0x20, tab
+ * included) or DEL; LINE_HIGH, a byte above ASCII. line_scan() (bytescan.h) finds most
+ * lines printable; the byte loops below (NUL and CR search, value and target checks) run
+ * only on the rare line that is not. */
 enum { LINE_CTL = 1, LINE_HIGH = 2 };
 
 static unsigned line_classes(const char *s, size_t n)
 {
-	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-	uint64_t ctl = 0, high = 0;
-	unsigned cls;
-	size_t i = 0;
+	unsigned cls = 0;
 
-	while (i < n && n >= 8) {
-		uint64_t w, d;
-
-		/* the last word overlaps the one before rather than leaving a tail */
-		if (i + 8 > n)
-			i = n - 8;
-		memcpy(&w, s + i, sizeof(w));
-		d = w ^ (ones * 0x7f);
-		high |= w;
-		ctl |= ((w - ones * 0x20) & ~w) | ((d - ones) & ~d);
-		i += 8;
-	}
-	cls = (ctl & highs ? LINE_CTL : 0) | (high & highs ? LINE_HIGH : 0);
-	for (; i < n; i++) {     /* a line shorter than a word */
+	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 
 		if (c < 0x20 || c == 0x7f)
@@ -131,15 +116,16 @@ static unsigned line_classes(const char *s, size_t n)
 }
 
 /* Strip the line ending; a bare CR anywhere else, or a NUL, is never valid. *cls: the
- * line_classes() of what is left. */
-static bool line_content(const char *line, size_t len, size_t *out_len, unsigned *cls)
+ * line_classes() of what is left; *colon: the index of its first ':' (*out_len if none). */
+static bool line_content(const char *line, size_t len, size_t *out_len, unsigned *cls,
+                         size_t *colon)
 {
 	if (len == 0 || line[len - 1] != '\n')
 		return false;
 	len--;
 	if (len > 0 && line[len - 1] == '\r')
 		len--;
-	*cls = line_classes(line, len);
+	*cls = line_scan(line, len, colon) ? 0 : line_classes(line, len);
 	if ((*cls & LINE_CTL) && (memchr(line, '\0', len) || memchr(line, '\r', len)))
 		return false;
 	*out_len = len;
@@ -201,10 +187,10 @@ static bool value_is_n(const char *v, size_t n, const char *want, size_t wn)
 #define value_is(v, n, want) value_is_n((v), (n), (want), sizeof(want) - 1)
 
 static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size_t n,
-                                        unsigned cls)
+                                        unsigned cls, size_t namelen)
 {
-	const char *colon, *v;
-	size_t namelen, vlen;
+	const char *v;
+	size_t vlen;
 
 	if (n == 0)
 		return RC_HEAD_DONE; /* caller decides framing */
@@ -212,14 +198,12 @@ static enum reqcheck_result header_line(struct reqcheck *rc, const char *s, size
 		return reject(rc, 400, "folded header lines are not allowed");
 	if (++rc->n_headers > RC_MAX_HEADERS)
 		return reject(rc, 431, "too many request headers");
-	colon = memchr(s, ':', n);
-	if (!colon || colon == s)
+	if (namelen == n || namelen == 0)   /* no colon, or nothing before it */
 		return reject(rc, 400, "malformed header line");
-	namelen = (size_t)(colon - s);
 	for (size_t k = 0; k < namelen; k++)
 		if (!is_tchar((unsigned char)s[k]))
 			return reject(rc, 400, "malformed header name");
-	v = colon + 1;
+	v = s + namelen + 1;
 	vlen = n - namelen - 1;
 	if (cls & LINE_CTL)
 		for (size_t k = 0; k < vlen; k++)
@@ -314,7 +298,7 @@ static enum reqcheck_result chunk_size_line(struct reqcheck *rc, const char *s, 
 
 enum reqcheck_result reqcheck_line(struct reqcheck *rc, const char *line, size_t len)
 {
-	size_t n;
+	size_t n, colon;
 	unsigned cls;
 	enum reqcheck_result r;
 
@@ -327,14 +311,14 @@ enum reqcheck_result reqcheck_line(struct reqcheck *rc, const char *line, size_t
 			              rc->state == RC_REQUEST_LINE ? "request line too long"
 			                                           : "request headers too large");
 	}
-	if (!line_content(line, len, &n, &cls))
+	if (!line_content(line, len, &n, &cls, &colon))
 		return reject(rc, 400, rc->state == RC_REQUEST_LINE || rc->state == RC_HEADERS
 		              ? "invalid character in request head" : "malformed chunked body");
 	switch (rc->state) {
 	case RC_REQUEST_LINE:
 		return request_line(rc, line, n, cls);
 	case RC_HEADERS:
-		r = header_line(rc, line, n, cls);
+		r = header_line(rc, line, n, cls, colon);
 		return r == RC_HEAD_DONE ? head_done(rc) : r;
 	case RC_CHUNK_SIZE:
 		return chunk_size_line(rc, line, n);

@@ -24,7 +24,7 @@ dir=${1:-fastgated}
 
 # layer number: name, then the modules (a module is NAME.c and/or NAME.h)
 layers=(
-  "0 base:    util log config errlist reqid httperr yamlfile cidr limit"
+  "0 base:    util bytescan log config errlist reqid httperr yamlfile cidr limit"
   "1 codec:   reqcheck h1resp usage reqjson ctlproto anthropic messages_in sseread"
   "2 io:      http connio tls transport transport_h1 transport_curl resolve"
   "3 state:   routes keys keyusage audit auditblock blockrows metrics reqdone gateway balance breaker pool models spend pricing authfail"
