@@ -89,6 +89,7 @@ struct http_conn {
 	size_t body_len, body_cap;
 	char *outhead;                /* "Name: value\r\n" lines the handler added */
 	size_t outhead_len, outhead_cap;
+	bool outhead_date;            /* one of them is a Date (write_head adds none then) */
 
 	bool in_handler;              /* a request is dispatched and not ended */
 	bool keepalive;               /* the client allows another request after this one */
@@ -441,6 +442,7 @@ static void write_head(struct http_conn *c, int status, enum framing f, size_t l
 	if (need > sizeof(stack) && !(buf = malloc(need))) {
 		buf = stack;
 		c->outhead_len = 0; /* out of memory: the bare minimum still goes out */
+		c->outhead_date = false;
 	}
 	p = buf;
 	add_str(&p, c->req.http11 ? "HTTP/1.1 " : "HTTP/1.0 ");
@@ -450,7 +452,7 @@ static void write_head(struct http_conn *c, int status, enum framing f, size_t l
 	add_str(&p, "\r\n");
 	memcpy(p, c->outhead, c->outhead_len);
 	p += c->outhead_len;
-	if (!has_date(c->outhead, c->outhead_len))
+	if (!c->outhead_date)
 		add_str(&p, date_line(c->srv));
 	if (f == F_LENGTH && status >= 200 && status != 204) {
 		add_str(&p, "Content-Length: ");
@@ -478,6 +480,7 @@ static void end_request(struct http_conn *c)
 	c->gone_fn = NULL;
 	c->written_fn = NULL;
 	c->outhead_len = 0;
+	c->outhead_date = false;
 	free(c->body);
 	c->body = NULL;
 	c->body_len = c->body_cap = 0;
@@ -612,6 +615,8 @@ void http_add_header(struct http_request *req, const char *name, const char *val
 	if (strpbrk(value, "\r\n") || strpbrk(name, "\r\n:") ||
 	    buf_grow(&c->outhead, &c->outhead_cap, c->outhead_len + nl + vl + 4, 512) < 0)
 		return;
+	if (nl == 4 && strncasecmp(name, "date", 4) == 0)
+		c->outhead_date = true;
 	memcpy(c->outhead + c->outhead_len, name, nl);
 	c->outhead[c->outhead_len + nl] = ':';
 	c->outhead[c->outhead_len + nl + 1] = ' ';
@@ -626,6 +631,8 @@ void http_add_header_lines(struct http_request *req, const char *lines, size_t l
 
 	if (buf_grow(&c->outhead, &c->outhead_cap, c->outhead_len + len, 512) < 0)
 		return;
+	if (has_date(lines, len))
+		c->outhead_date = true;
 	memcpy(c->outhead + c->outhead_len, lines, len);
 	c->outhead_len += len;
 }
@@ -907,6 +914,7 @@ static void dispatch(struct http_conn *c, bool has_body)
 	c->in_handler = true;
 	c->close_after = false;
 	c->outhead_len = 0;
+	c->outhead_date = false;
 	c->body_st = has_body ? B_WAIT : B_DONE;
 	c->body_fn = NULL;
 	req->anthropic_errors = false;   /* the handler's, per request */
