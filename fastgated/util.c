@@ -111,9 +111,15 @@ size_t fmt_dec(char *out, uint64_t n)
 		"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
 		"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
 		"8081828384858687888990919293949596979899";
-	char buf[20], *q = buf + sizeof(buf);
-	size_t k;
+	size_t k = 1;
+	char *q;
 
+	/* count the digits first and write them in place, from the last: a copy from a
+	 * scratch buffer was a libc memcpy call per number */
+	for (uint64_t p = 10; n >= p; p *= 10)
+		if (++k == 20)
+			break;   /* 10^19 <= n: the next power is past UINT64_MAX */
+	q = out + k;
 	while (n >= 100) {
 		q -= 2;
 		memcpy(q, pairs + (n % 100) * 2, 2);
@@ -125,8 +131,6 @@ size_t fmt_dec(char *out, uint64_t n)
 	} else {
 		*--q = (char)('0' + n);
 	}
-	k = (size_t)(buf + sizeof(buf) - q);
-	memcpy(out, q, k);
 	return k;
 }
 

@@ -28,6 +28,15 @@ TEST(fmt_dec_writes_every_digit_and_nothing_more)
 	check_dec(303, "303");
 	check_dec(1234567890, "1234567890");
 	check_dec(UINT64_MAX, "18446744073709551615");
+	/* each side of every power of ten (the digit count is found before the digits) */
+	for (uint64_t p = 10, k = 2; k <= 20; k++, p = k <= 20 ? p * 10 : p) {
+		char want[24];
+
+		snprintf(want, sizeof(want), "%llu", (unsigned long long)(p - 1));
+		check_dec(p - 1, want);
+		snprintf(want, sizeof(want), "%llu", (unsigned long long)p);
+		check_dec(p, want);
+	}
 	/* digits two at a time: every length and every pair against snprintf */
 	for (uint64_t n = 0, step = 1; n < UINT64_MAX / 3; n += step, step += step / 7 + 1) {
 		char want[24];
