@@ -1003,13 +1003,32 @@ struct key *keystore_lookup(struct keystore *ks, const char *secret, size_t len)
 	return lookup_with(ks, ks ? ks->md_ctx : NULL, secret, len);
 }
 
+/* Equal in time that depends on n only (no exit or branch on a byte): 8 bytes a step, where
+ * CRYPTO_memcmp goes a byte at a time (~350 instructions for a key, on every request). */
+static bool secret_equal(const char *a, const char *b, size_t n)
+{
+	uint64_t d = 0;
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		uint64_t x, y;
+
+		memcpy(&x, a + i, sizeof(x));
+		memcpy(&y, b + i, sizeof(y));
+		d |= x ^ y;
+	}
+	for (; i < n; i++)
+		d |= (uint64_t)((unsigned char)a[i] ^ (unsigned char)b[i]);
+	return d == 0;
+}
+
 struct key *keystore_lookup_memo(struct keystore *ks, const char *secret, size_t len,
                                  struct key_memo *m, struct key_hasher *h)
 {
 	struct key *k;
 
 	if (ks && m->key && m->gen == ks->gen && m->len == len &&
-	    CRYPTO_memcmp(m->secret, secret, len) == 0)
+	    secret_equal(m->secret, secret, len))
 		return m->key;
 	k = lookup_with(ks, h ? h->ctx : ks ? ks->md_ctx : NULL, secret, len);
 	if (k && len <= sizeof(m->secret)) {
