@@ -719,7 +719,9 @@ static struct proxy_req *proxy_req_new(struct gateway *gw, struct http_request *
 		forwarded_client_ip(gw->cfg, req, px->client_ip, sizeof(px->client_ip));
 	} else {
 		ip = http_client_ip(req);
-		n = strnlen(ip, sizeof(px->client_ip) - 1);
+		n = strlen(ip);   /* an address as text: shorter than client_ip, but bound it */
+		if (n > sizeof(px->client_ip) - 1)
+			n = sizeof(px->client_ip) - 1;
 		memcpy(px->client_ip, ip, n);
 		px->client_ip[n] = '\0';
 	}
