@@ -35,8 +35,12 @@ static inline uint64_t word_eq(uint64_t w, unsigned char c)
 	return (x - BYTESCAN_ONES) & ~x & BYTESCAN_HIGHS;
 }
 
+/* Inlined where used even when LTO sees several callers: a call costs as much as the scan
+ * of a short line. */
+#define BYTESCAN_INLINE static inline __attribute__((always_inline))
+
 /* line_scan() a word at a time, for n >= 8 (and on a CPU without SSE2) */
-static inline bool line_scan_words(const char *s, size_t n, size_t *colon)
+BYTESCAN_INLINE bool line_scan_words(const char *s, size_t n, size_t *colon)
 {
 	size_t i = 0;
 	bool bad = false;
@@ -69,7 +73,7 @@ static inline bool line_scan_words(const char *s, size_t n, size_t *colon)
 
 /* true when s[0..n) is printable ASCII (0x20..0x7e) only; *colon is the index of the
  * first ':' (n when there is none). */
-static inline bool line_scan(const char *s, size_t n, size_t *colon)
+BYTESCAN_INLINE bool line_scan(const char *s, size_t n, size_t *colon)
 {
 	bool bad = false;
 
@@ -110,6 +114,53 @@ static inline bool line_scan(const char *s, size_t n, size_t *colon)
 			*colon = i;
 	}
 	return !bad;
+}
+
+/* Does s[0..n) hold byte a, b or c (pass one twice for two)? For strings going into a head
+ * line, where strpbrk cost ~25 instructions a call. */
+BYTESCAN_INLINE bool bytes_have(const char *s, size_t n, char a, char b, char c)
+{
+	size_t i = 0;
+
+#ifdef __SSE2__
+	if (n >= 16) {
+		const __m128i va = _mm_set1_epi8(a), vb = _mm_set1_epi8(b), vc = _mm_set1_epi8(c);
+		__m128i acc = _mm_setzero_si128();
+
+		for (;;) {
+			if (i + 16 > n)
+				i = n - 16;   /* overlapping, as in line_scan() */
+			__m128i x = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+			acc = _mm_or_si128(acc, _mm_or_si128(_mm_cmpeq_epi8(x, va),
+			                                     _mm_or_si128(_mm_cmpeq_epi8(x, vb),
+			                                                  _mm_cmpeq_epi8(x, vc))));
+			i += 16;
+			if (i >= n)
+				return _mm_movemask_epi8(acc) != 0;
+		}
+	}
+#endif
+	if (n >= 8) {
+		uint64_t m = 0;
+
+		for (;;) {
+			uint64_t w;
+
+			if (i + 8 > n)
+				i = n - 8;
+			memcpy(&w, s + i, sizeof(w));
+			/* a false mark needs a true one below it: nonzero means a match */
+			m |= word_eq(w, (unsigned char)a) | word_eq(w, (unsigned char)b) |
+			     word_eq(w, (unsigned char)c);
+			i += 8;
+			if (i >= n)
+				return m != 0;
+		}
+	}
+	for (; i < n; i++)
+		if (s[i] == a || s[i] == b || s[i] == c)
+			return true;
+	return false;
 }
 
 #endif

@@ -30,6 +30,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include "bytescan.h"
 #include "connio.h"
 #include "http.h"
 #include "httperr.h"
@@ -612,7 +613,7 @@ void http_add_header(struct http_request *req, const char *name, const char *val
 	size_t nl = strlen(name), vl = strlen(value);
 
 	/* values come from the upstream or the gateway; a line break would split the reply */
-	if (strpbrk(value, "\r\n") || strpbrk(name, "\r\n:") ||
+	if (bytes_have(value, vl, '\r', '\n', '\n') || bytes_have(name, nl, '\r', '\n', ':') ||
 	    buf_grow(&c->outhead, &c->outhead_cap, c->outhead_len + nl + vl + 4, 512) < 0)
 		return;
 	if (nl == 4 && strncasecmp(name, "date", 4) == 0)

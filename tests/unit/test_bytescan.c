@@ -139,4 +139,41 @@ TEST(random_lines)
 	CHECK_INT(mismatches, 0);
 }
 
+/* bytes_have(): each of the three bytes (and bytes next to them in value) at every
+ * position of every length to 70, in an exact-size block; and none at all. */
+TEST(bytes_have_finds_each_byte_at_every_position)
+{
+	static const unsigned char near[] = { '\r', '\n', ':', 0x0b, 0x0c, 0x0e, 0x39, 0x3b,
+	                                       0x8d, 0x8a, 0xba, 0x00, 0xff };
+	int bad = 0;
+
+	for (size_t n = 0; n <= 70; n++)
+		for (size_t e = 0; e <= sizeof(near); e++)
+			for (size_t q = 0; q < (e < sizeof(near) ? n : 1); q++) {
+				char *s = malloc(n ? n : 1);
+				bool want = false, got;
+
+				if (!s)
+					abort();
+				for (size_t i = 0; i < n; i++)
+					s[i] = (char)('a' + i % 26);
+				if (e < sizeof(near)) {
+					s[q] = (char)near[e];
+					want = near[e] == '\r' || near[e] == '\n' || near[e] == ':';
+				}
+				got = bytes_have(s, n, '\r', '\n', ':');
+				if (got != want && bad++ < 10)
+					fprintf(stderr, "  n=%zu byte 0x%02x at %zu: %d, expected %d\n", n,
+					        e < sizeof(near) ? near[e] : 0, q, got, want);
+				/* two of the three the same, as http_add_header asks for a value */
+				got = bytes_have(s, n, '\r', '\n', '\n');
+				want = want && near[e] != ':';
+				if (got != want && bad++ < 10)
+					fprintf(stderr, "  n=%zu (CR LF) byte 0x%02x at %zu: %d, expected %d\n",
+					        n, e < sizeof(near) ? near[e] : 0, q, got, want);
+				free(s);
+			}
+	CHECK_INT(bad, 0);
+}
+
 RUN_TESTS()
