@@ -111,15 +111,21 @@ size_t fmt_dec(char *out, uint64_t n)
 		"00010203040506070809101112131415161718192021222324252627282930313233343536373839"
 		"40414243444546474849505152535455565758596061626364656667686970717273747576777879"
 		"8081828384858687888990919293949596979899";
-	size_t k = 1;
-	char *q;
-
+	static const uint64_t pow10[20] = {
+		1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull,
+		100000000ull, 1000000000ull, 10000000000ull, 100000000000ull, 1000000000000ull,
+		10000000000000ull, 100000000000000ull, 1000000000000000ull, 10000000000000000ull,
+		100000000000000000ull, 1000000000000000000ull, 10000000000000000000ull,
+	};
 	/* count the digits first and write them in place, from the last: a copy from a
-	 * scratch buffer was a libc memcpy call per number */
-	for (uint64_t p = 10; n >= p; p *= 10)
-		if (++k == 20)
-			break;   /* 10^19 <= n: the next power is past UINT64_MAX */
-	q = out + k;
+	 * scratch buffer was a libc memcpy call per number. The count: log10 from the bit
+	 * length (1233/4096 ~ log10(2)), one below or right, which the table settles. n|1 has
+	 * the digits of n, and a bit length for 0 too. */
+	uint64_t m = n | 1;
+	size_t t = ((size_t)(64 - __builtin_clzll(m)) * 1233) >> 12;
+	size_t k = t + (m >= pow10[t]);
+	char *q = out + k;
+
 	while (n >= 100) {
 		q -= 2;
 		memcpy(q, pairs + (n % 100) * 2, 2);
