@@ -1793,6 +1793,31 @@ static int by_started(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
+/* Sort v[0..n) as by_started does. By insertion: a batch comes nearly in order (records
+ * queue as their requests end, close to when they started), where that is about n steps,
+ * and qsort's call through a pointer per comparison cost ~300 instructions a record
+ * (tests/bench/callgrind.sh). Past 8 moves a record on average, qsort sorts the rest. */
+static void sort_batch(struct timed *v, size_t n)
+{
+	size_t moves = 0;
+
+	for (size_t i = 1; i < n; i++) {
+		struct timed x = v[i];
+		size_t j = i;
+
+		while (j > 0 && v[j - 1].t > x.t) {   /* strictly: equal times keep their order */
+			v[j] = v[j - 1];
+			j--;
+			if (++moves > 8 * n) {
+				v[j] = x;   /* into the gap: the array stays the batch */
+				qsort(v, n, sizeof(*v), by_started);
+				return;
+			}
+		}
+		v[j] = x;
+	}
+}
+
 /* The first n records of a list into a->sorted, each with its time as a block stores it;
  * how many there were (n, unless the list is shorter). */
 static size_t batch_fill(struct audit *a, const struct audit_record *r, size_t n)
@@ -1832,7 +1857,7 @@ static int insert_blocks(struct audit *a, size_t n, int64_t *row_top)
 	const struct audit_record **recs;
 	size_t from = 0;
 
-	qsort(a->sorted, n, sizeof(*a->sorted), by_started);
+	sort_batch(a->sorted, n);
 	recs = batch_records(a, n);
 	ablock_reset(&a->block);
 	for (size_t i = 0; i < n; i++) {

@@ -1021,6 +1021,52 @@ static void free_ids(char **ids, int n)
  * finished last, one 30 s before) is sorted by started_at and cut into blocks that span at
  * most a second each; the export gives the rows back in started_at order, not in the
  * order they finished, oldest or newest first. */
+/* A batch that came in reverse started_at order (more moves than the writer's insertion
+ * sort allows itself, so qsort finishes it), in pairs that started in the same
+ * microsecond: one block, rows ascending, each pair in the order submitted. */
+TEST(a_reversed_batch_with_ties_is_sorted_and_ties_keep_their_order)
+{
+	enum { N = 60 };
+	struct tmpdb t;
+	struct audit *a;
+	const double t0 = 1700000000.0;
+	char want[N * 8 + 1] = "", *got = NULL;
+	bool one_batch = false;
+
+	for (int attempt = 0; attempt < 5 && !one_batch; attempt++) {
+		sqlite3 *lock;
+
+		if (attempt) {
+			fprintf(stderr, "  note: the records were not written in one batch; again\n");
+			tmpdb_remove(&t);
+		}
+		tmpdb_make(&t);
+		a = open_ok(t.path, &(struct audit_options){ .busy_timeout_ms = 20 });
+		lock = lock_db(t.path);
+		for (int i = 0; i < N; i++)   /* 2k and 2k+1 start together, later k first */
+			audit_submit(a, make_record("r", i, t0 + (N / 2 - 1 - i / 2) * 0.01));
+		unlock_db_as_one_batch(lock);
+		CHECK(wait_depth(a, 0, 10));
+		audit_close(a);
+		one_batch = db_int(t.path, "SELECT count(*) FROM audit_block") == 1;
+	}
+	CHECK(one_batch);
+	CHECK_INT(db_int(t.path, "SELECT sum(n) FROM audit_block"), N);
+	CHECK_INT(check_blocks(t.path), 0);
+	for (int k = N / 2 - 1; k >= 0; k--) {
+		char pair[20];
+
+		snprintf(pair, sizeof(pair), "%s%d,%d", k == N / 2 - 1 ? "" : ",", 2 * k, 2 * k + 1);
+		strcat(want, pair);
+	}
+	got = db_text(t.path, "SELECT group_concat(CAST(substr(json_extract(j.value, '$[0]'), 2)"
+	              " AS INTEGER)) FROM (SELECT j.value FROM audit_block b, json_each(b.rows) j"
+	              " ORDER BY b.id, j.key) j");
+	CHECK_STR(got, want);
+	free(got);
+	tmpdb_remove(&t);
+}
+
 TEST(a_batch_is_stored_as_blocks_of_at_most_a_second_in_started_at_order)
 {
 	enum { SHORT = 28, N = SHORT + 2 };
