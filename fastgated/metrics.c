@@ -30,6 +30,8 @@ static const double buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 #define NBUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 
 struct histogram {
+	/* observations in (buckets[i-1], buckets[i]]: one add a request, where cumulative
+	 * counts took one per bucket; print_histogram sums them as the text format wants */
 	unsigned long long counts[NBUCKETS];
 	unsigned long long count;
 	double sum;
@@ -147,8 +149,10 @@ static void series_add(struct series *tab, size_t *n, const char *route, const c
 static void histogram_observe(struct histogram *h, double v)
 {
 	for (size_t i = 0; i < NBUCKETS; i++)
-		if (v <= buckets[i])
+		if (v <= buckets[i]) {
 			h->counts[i]++;
+			break;
+		}
 	h->count++;
 	h->sum += v;
 }
@@ -403,9 +407,13 @@ static void metrics_merge(struct metrics *dst, const struct metrics *src)
 static void print_histogram(struct evbuffer *b, const char *name, const char *help,
                             const struct histogram *h)
 {
+	unsigned long long le = 0;
+
 	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
-	for (size_t i = 0; i < NBUCKETS; i++)
-		evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, buckets[i], h->counts[i]);
+	for (size_t i = 0; i < NBUCKETS; i++) {
+		le += h->counts[i];
+		evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, buckets[i], le);
+	}
 	evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
 	                    name, h->count, name, h->sum, name, h->count);
 }

@@ -203,4 +203,50 @@ TEST(model_labels_are_escaped_capped_and_valid_utf8)
 	free_gateway(gw);
 }
 
+/* a line's value (value_of) starts with want: the number and its line end */
+#define CHECK_STR_PREFIX(v, want) do { const char *v_ = (v); \
+	if (!v_ || strncmp(v_, want, strlen(want)) != 0) { unit_failed_checks++; \
+	fprintf(stderr, "  %s:%d: %s is \"%.20s\", expected \"%s\"\n", __FILE__, __LINE__, \
+	        #v, v_ ? v_ : "(none)", want); } } while (0)
+
+/* The duration and TTFB histograms as the text format has them: each bucket counts the
+ * requests at or below its bound (cumulative), +Inf and _count all, _sum the seconds. */
+TEST(histogram_buckets_are_cumulative)
+{
+	struct gateway *gw = new_gateway();
+	const double durations[] = { 0.001, 0.005, 0.007, 0.3, 0.3, 59.0, 400.0 };
+	struct audit_record r = { 0 };
+	char *text;
+
+	r.route = "chat";
+	r.status = 200;
+	r.cost_nano = -1;
+	for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
+		struct request_done d = { .row = &r, .total_s = durations[i], .ttfb_s = -1 };
+
+		if (i == 0)
+			d.ttfb_s = 0.02;   /* one TTFB only: the others had none */
+		metrics_on_done(gw, &d);
+	}
+	text = render(gw);
+#define BUCKET(le, want) CHECK_STR_PREFIX(value_of(text, \
+	"fastgate_request_duration_seconds_bucket{le=\"" le "\"}"), want)
+	BUCKET("0.005", "2\n");    /* 0.001 and 0.005: a bound is in its bucket */
+	BUCKET("0.01", "3\n");
+	BUCKET("0.25", "3\n");
+	BUCKET("0.5", "5\n");
+	BUCKET("30", "5\n");
+	BUCKET("60", "6\n");
+	BUCKET("300", "6\n");
+	BUCKET("+Inf", "7\n");
+#undef BUCKET
+	CHECK_STR_PREFIX(value_of(text, "fastgate_request_duration_seconds_count"), "7\n");
+	CHECK_STR_PREFIX(value_of(text, "fastgate_ttfb_seconds_bucket{le=\"0.01\"}"), "0\n");
+	CHECK_STR_PREFIX(value_of(text, "fastgate_ttfb_seconds_bucket{le=\"0.025\"}"), "1\n");
+	CHECK_STR_PREFIX(value_of(text, "fastgate_ttfb_seconds_bucket{le=\"300\"}"), "1\n");
+	CHECK_STR_PREFIX(value_of(text, "fastgate_ttfb_seconds_count"), "1\n");
+	free(text);
+	free_gateway(gw);
+}
+
 RUN_TESTS()
