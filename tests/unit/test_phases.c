@@ -21,6 +21,7 @@
 #include "http.h"
 #include "keys.h"
 #include "proxy.h"
+#include "reqid.h"
 #include "transport.h"
 #include "unit.h"
 
@@ -112,7 +113,7 @@ struct rig {
 	int port;
 	int rows;                             /* request-done events */
 	int last_status;
-	char last_error[64], last_model[64];
+	char last_error[64], last_model[64], last_up_rid[64];
 };
 
 static void on_done(void *arg, const struct request_done *d)
@@ -123,6 +124,8 @@ static void on_done(void *arg, const struct request_done *d)
 	r->last_status = d->row->status;
 	snprintf(r->last_error, sizeof(r->last_error), "%s", d->row->error ? d->row->error : "");
 	snprintf(r->last_model, sizeof(r->last_model), "%s", d->row->model ? d->row->model : "");
+	snprintf(r->last_up_rid, sizeof(r->last_up_rid), "%s",
+	         d->row->upstream_request_id ? d->row->upstream_request_id : "");
 }
 
 static const char routes_yaml[] =
@@ -133,7 +136,12 @@ static const char routes_yaml[] =
 	"    add_body_fields: { max_tokens: 2048 }\n"
 	"  - name: other\n"
 	"    match: { path: /other }\n"
-	"    upstream: { url: http://fake.invalid:1 }\n";
+	"    upstream: { url: http://fake.invalid:1 }\n"
+	"  - name: hdrs\n"
+	"    match: { path: /hdrs }\n"
+	"    upstream: { url: http://fake.invalid:1/up, api_key: up-secret-key }\n"
+	"    strip_headers: [X-Debug, x-trace]\n"
+	"    add_headers: { X-Added: added, content-type: text/plain }\n";
 
 static void rig_up(struct rig *r)
 {
@@ -430,6 +438,128 @@ TEST(a_head_answer_keeps_the_upstreams_length_and_sends_no_body)
 	CHECK(strstr(out, "X-Kept: 3\r\n") != NULL);
 	CHECK(strstr(out, "Transfer-Encoding") == NULL);
 	CHECK(strcmp(strstr(out, "\r\n\r\n"), "\r\n\r\n") == 0);
+	rig_down(&r);
+}
+
+/* Blank out what changes from run to run (the request id, the date) so that heads compare
+ * byte for byte. */
+static void mask(char *s, const char *prefix, size_t n)
+{
+	for (char *p = strstr(s, prefix); p; p = strstr(p + 1, prefix))
+		memset(p + strlen(prefix), '#', n);
+}
+
+/* Names one byte or one letter off the stripped ones pass; the stripped ones go in any
+ * case; the route's own strip and add lists apply case-insensitively; the order is kept.
+ * Byte for byte what the upstream gets. */
+TEST(forward_strips_exactly_the_listed_headers_whatever_their_case)
+{
+	struct rig r;
+	char out[8192], req[4096];
+
+	rig_up(&r);
+	r.fake.result = TR_OK;
+	r.fake.answer = ok_answer;
+	snprintf(req, sizeof(req), "POST /hdrs?q=1 HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n"
+	         "Content-Type: application/json\r\nHos: a\r\nHostt: b\r\nTE: trailers\r\nTf: 1\r\n"
+	         "Upgradf: 2\r\nXonnection: 3\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 4\r\n"
+	         "X-Hopp: 5\r\nAccept-Encodinh: 6\r\nACCEPT-ENCODING: gzip\r\n"
+	         "Proxy-Authenticatf: 7\r\nContent-Lengthy: 8\r\nx-request-ie: 9\r\nApi-Key: k\r\n"
+	         "Authorizatiom: z\r\nExpecu: 10\r\nX_Under: 11\r\nKeep-Alive: 5\r\nTrailer: x\r\n"
+	         "Proxy-Connection: x\r\nTransfer-Encodinf: x\r\nX-Forwarded-Fos: 12\r\n"
+	         "x-forwarded-for: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nX-Debug: 1\r\nX-Debugs: 2\r\n"
+	         "X-TRACE: 3\r\nx-tracf: 4\r\nCONTENT-TYPE: x/y\r\nX-ADDED: client\r\n"
+	         "Content-Length: 2\r\n\r\n{}", r.secret);
+	exchange(&r, req, out, sizeof(out));
+	CHECK_INT(status_of(out), 200);
+	mask(r.fake.head, "X-Request-Id: ", REQID_LEN);
+	CHECK_STR(r.fake.head,
+	          "POST /up?q=1 HTTP/1.1\r\nHost: fake.invalid:1\r\nHos: a\r\nHostt: b\r\nTf: 1\r\n"
+	          "Upgradf: 2\r\nXonnection: 3\r\nX-Hopp: 5\r\nAccept-Encodinh: 6\r\n"
+	          "Proxy-Authenticatf: 7\r\nContent-Lengthy: 8\r\nx-request-ie: 9\r\n"
+	          "Authorizatiom: z\r\nExpecu: 10\r\nTransfer-Encodinf: x\r\nX-Forwarded-Fos: 12\r\n"
+	          "X-Debugs: 2\r\nx-tracf: 4\r\nX-Added: added\r\ncontent-type: text/plain\r\n"
+	          "Authorization: Bearer up-secret-key\r\nX-Request-Id: ####################\r\n"
+	          "Accept-Encoding: identity\r\nX-Forwarded-For: 127.0.0.1\r\n"
+	          "X-Forwarded-Proto: http\r\nContent-Length: 2\r\n\r\n");
+	rig_down(&r);
+}
+
+/* The answer's headers reach the client as they came, in order, less the hop's own (in
+ * any case, and those its Connection names), however many and however long they are;
+ * the first x-request-id (or request-id) is the upstream's id in the audit. */
+TEST(relay_copies_exactly_the_answers_own_headers)
+{
+	struct rig r;
+	static char out[65536], answer[32768], want[32768];
+	char req[512];
+	size_t n = 0, w = 0;
+
+	rig_up(&r);
+	r.fake.result = TR_OK;
+	n += (size_t)snprintf(answer + n, sizeof(answer) - n,
+	                      "HTTP/1.1 201 Created\r\ncontent-TYPE: application/json\r\n"
+	                      "CONTENT-LENGTH: 2\r\nTe: x\r\nTf: y\r\nTrailes: z\r\nUPGRADE: h2\r\n"
+	                      "X-Request-Id: up-1\r\nX-Request-Ie: k\r\nKeep-Alivf: 1\r\n"
+	                      "keep-alive: timeout=5\r\nConnection: X-Hop\r\nX-Hop: 1\r\nx-hop2: 2\r\n"
+	                      "Proxy-Connection: x\r\nProxy-Connectiom: y\r\nX-Empty:\r\n"
+	                      "X-Spaces:   a b  \r\nrequest-iD: rid-2\r\nRetry-After: 3\r\n"
+	                      "Transfer-Encoding: chunked\r\nConnectiom: keep\r\n");
+	w += (size_t)snprintf(want + w, sizeof(want) - w,
+	                      "content-TYPE: application/json\r\nTf: y\r\nTrailes: z\r\n"
+	                      "X-Request-Ie: k\r\nKeep-Alivf: 1\r\nx-hop2: 2\r\nProxy-Connectiom: y\r\n"
+	                      "X-Empty: \r\nX-Spaces: a b\r\nrequest-iD: rid-2\r\nRetry-After: 3\r\n"
+	                      "Connectiom: keep\r\n");
+	/* more than any one buffer of them holds, and one longer than such a buffer */
+	for (int i = 0; i < 13; i++) {
+		size_t len = i < 12 ? 300 : 5000;
+		size_t k = (size_t)snprintf(answer + n, sizeof(answer) - n, "X-Big-%d: ", i);
+
+		memcpy(want + w, answer + n, k);
+		n += k;
+		w += k;
+		memset(answer + n, 'a' + i, len);
+		memset(want + w, 'a' + i, len);
+		n += len;
+		w += len;
+		memcpy(answer + n, "\r\n", 2);
+		memcpy(want + w, "\r\n", 2);
+		n += 2;
+		w += 2;
+	}
+	snprintf(answer + n, sizeof(answer) - n, "X-Last: end\r\n\r\n{}");
+	snprintf(want + w, sizeof(want) - w, "X-Last: end\r\nX-Fastgate-Cost: ");
+	r.fake.answer = answer;
+	snprintf(req, sizeof(req), "GET /other HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n\r\n", r.secret);
+	exchange(&r, req, out, sizeof(out));
+	CHECK_INT(status_of(out), 201);
+	CHECK(strncmp(out, "HTTP/1.1 201 OK\r\nX-Request-Id: ", 31) == 0);
+	CHECK(strncmp(out + 31 + REQID_LEN, "\r\n", 2) == 0);
+	CHECK(strncmp(out + 33 + REQID_LEN, want, strlen(want)) == 0);
+	CHECK(strstr(out, "\r\nContent-Length: 2\r\n\r\n{}") != NULL);
+	CHECK_STR(r.last_up_rid, "up-1");
+	rig_down(&r);
+}
+
+/* A stream is told by its Content-Type in any case; its head goes out with its first
+ * bytes, the same headers copied. */
+TEST(relay_streams_an_answer_whose_content_type_says_so_in_any_case)
+{
+	struct rig r;
+	char out[4096], req[512];
+
+	rig_up(&r);
+	r.fake.result = TR_OK;
+	r.fake.answer = "HTTP/1.1 200 OK\r\nCONTENT-TYPE: Text/Event-Stream\r\nx-request-id: s-1\r\n"
+	                "Connection: close\r\nX-Kept: 1\r\n\r\ndata: {}\n\n";
+	snprintf(req, sizeof(req), "GET /other HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n\r\n", r.secret);
+	exchange(&r, req, out, sizeof(out));
+	CHECK_INT(status_of(out), 200);
+	CHECK(strstr(out, "\r\nCONTENT-TYPE: Text/Event-Stream\r\nX-Kept: 1\r\n") != NULL);
+	CHECK(strstr(out, "Transfer-Encoding: chunked\r\n") != NULL);
+	CHECK(strstr(out, "data: {}\n\n") != NULL);
+	CHECK(strstr(out, "s-1") == NULL);
+	CHECK_STR(r.last_up_rid, "s-1");
 	rig_down(&r);
 }
 
