@@ -37,12 +37,21 @@
 #define DRAIN_MAX_BYTES (8 * 1024 * 1024)
 
 /* Answer headers that describe the upstream hop rather than the answer, and our own
- * X-Request-Id, which replaces the upstream's. */
-static const struct hname response_skipped[] = {
-	HNAME("connection"), HNAME("keep-alive"), HNAME("transfer-encoding"),
-	HNAME("content-length"), HNAME("proxy-connection"), HNAME("trailer"), HNAME("upgrade"),
-	HNAME("te"), HNAME("x-request-id"), { NULL, 0 }
-};
+ * X-Request-Id, which replaces the upstream's: by length, then by first byte (HNAME_IS),
+ * as forward.c's always_stripped. */
+static bool response_skipped(const char *n, size_t nl)
+{
+	switch (nl) {
+	case 2: return HNAME_IS(n, nl, "te");
+	case 7: return HNAME_IS(n, nl, "trailer") || HNAME_IS(n, nl, "upgrade");
+	case 10: return HNAME_IS(n, nl, "connection") || HNAME_IS(n, nl, "keep-alive");
+	case 12: return HNAME_IS(n, nl, "x-request-id");
+	case 14: return HNAME_IS(n, nl, "content-length");
+	case 16: return HNAME_IS(n, nl, "proxy-connection");
+	case 17: return HNAME_IS(n, nl, "transfer-encoding");
+	default: return false;
+	}
+}
 
 /* The decimal number at s (after blanks), read no further than end; saturates at 10^18.
  * The status code and Content-Length of every answer go through it: strtol and strtoull
@@ -118,7 +127,7 @@ static void copy_response_headers(struct proxy_req *px)
 		const char *v = k + kl + 1;
 
 		off = (size_t)(v + strlen(v) + 1 - a->up_raw);
-		if (hname_listed(k, kl, response_skipped) ||
+		if (response_skipped(k, kl) ||
 		    (a->up_conn && named_in_connection(a, k, kl)))
 			continue;
 		http_add_header(px->req, k, v);
