@@ -83,11 +83,11 @@ bool proxy_listed_in_connection(const char *conn, size_t conn_len, const char *n
 	return false;
 }
 
-static bool header_stripped(const char *name, size_t nl, char *const *extra, size_t n_extra,
-                            const char *connection, size_t connection_len)
+/* Stripped for another reason than its name alone; seldom reached (most headers a client
+ * sends are in always_stripped or end here at the memchr). */
+static bool stripped_otherwise(const char *name, size_t nl, char *const *extra, size_t n_extra,
+                               const char *connection, size_t connection_len)
 {
-	if (always_stripped(name, nl))
-		return true;
 	/* X_API_Key could become X-API-Key behind a CGI-style upstream: dropped, as nginx does */
 	if (memchr(name, '_', nl))
 		return true;
@@ -97,6 +97,16 @@ static bool header_stripped(const char *name, size_t nl, char *const *extra, siz
 	return connection && proxy_listed_in_connection(connection, connection_len, name, nl);
 }
 
+/* Inline in the loop over the client's headers: a call a header cost ~20 instructions of
+ * saving and restoring registers alone. */
+static inline bool header_stripped(const char *name, size_t nl, char *const *extra,
+                                   size_t n_extra, const char *connection,
+                                   size_t connection_len)
+{
+	return always_stripped(name, nl) ||
+	       stripped_otherwise(name, nl, extra, n_extra, connection, connection_len);
+}
+
 int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
                           const char *connection)
 {
@@ -104,26 +114,44 @@ int proxy_header_stripped(const char *name, char *const *extra, size_t n_extra,
 	                       connection ? strlen(connection) : 0);
 }
 
-static int head_add(struct attempt *a, const char *s, size_t n)
+/* ---- the head ------------------------------------------------------------------------ */
+
+/* Room for n more bytes at the end of the head: where they go, or NULL when memory ran
+ * out. The test is inline: the head's buffer, kept from request to request, is nearly
+ * always big enough, and a buf_grow call a header was ~15 instructions each. */
+static char *head_room(struct attempt *a, size_t n)
 {
-	return buf_append(&a->head, &a->head_len, &a->head_cap, s, n, 1024);
+	if (a->head_len + n > a->head_cap &&
+	    buf_grow(&a->head, &a->head_cap, a->head_len + n, 1024) < 0)
+		return NULL;
+	return a->head + a->head_len;
 }
 
-/* "name: value\r\n" onto the head, room made once for the whole line. */
-static int head_add_header(struct attempt *a, const char *name, size_t nl, const char *value,
-                           size_t vl)
+static char *put(char *w, const char *s, size_t n)
 {
-	char *p;
+	memcpy(w, s, n);
+	return w + n;
+}
 
-	if (buf_grow(&a->head, &a->head_cap, a->head_len + nl + vl + 4, 1024) < 0)
-		return -1;
-	p = a->head + a->head_len;
-	memcpy(p, name, nl);
-	memcpy(p + nl, ": ", 2);
-	memcpy(p + nl + 2, value, vl);
-	memcpy(p + nl + 2 + vl, "\r\n", 2);
-	a->head_len += nl + vl + 4;
-	return 0;
+/* A literal: its length known to the compiler, its memcpy a few moves. */
+#define PUT_LIT(w, lit) put((w), "" lit, sizeof(lit) - 1)
+
+/* The bytes of "name: value\r\n". */
+#define HEADER_LEN(nl, vl) ((nl) + (vl) + 4)
+
+/* "name: value\r\n" at w, which has room for it; where it ends. */
+static char *put_header(char *w, const char *name, size_t nl, const char *value, size_t vl)
+{
+	w = put(w, name, nl);
+	w = PUT_LIT(w, ": ");
+	w = put(w, value, vl);
+	return PUT_LIT(w, "\r\n");
+}
+
+/* The head ends at w. */
+static void head_end_at(struct attempt *a, const char *w)
+{
+	a->head_len = (size_t)(w - a->head);
 }
 
 /* "METHOD target HTTP/1.1\r\nHost: host\r\n": the target is the upstream's path (or the
@@ -145,7 +173,7 @@ static int head_start(struct attempt *a, const struct route *r, const struct rou
                       const struct http_request *in)
 {
 	const char *p, *pre = "", *dep = "", *ver = NULL, *query = in->query;
-	size_t ml = strlen(in->method_name), hl = strlen(t->host), prl, dl, pl, vl = 0, ql;
+	size_t ml = strlen(in->method_name), hl = strlen(t->host), prl = 0, dl = 0, pl, vl = 0, ql;
 	char *w;
 
 	p = t->path ? t->path : client_path(r, in);
@@ -161,101 +189,174 @@ static int head_start(struct attempt *a, const struct route *r, const struct rou
 			p += 3;
 		if (strcmp(t->api_version, "v1") == 0) {
 			pre = "/openai/v1";
+			prl = sizeof("/openai/v1") - 1;
 		} else {
 			pre = "/openai/deployments/";
+			prl = sizeof("/openai/deployments/") - 1;
 			dep = t->deployment;
+			dl = strlen(dep);
 			ver = t->api_version;
 			vl = strlen(ver) + sizeof("api-version=") - 1;
 		}
 	}
-	prl = strlen(pre);
-	dl = strlen(dep);
 	pl = strlen(p);
 	ql = query ? strlen(query) + 1 : 0;
-	if (buf_grow(&a->head, &a->head_cap, ml + prl + dl + pl + vl + ql + hl + 22, 1024) < 0)
+	a->head_len = 0;
+	if (!(w = head_room(a, ml + prl + dl + pl + vl + ql + hl + 22)))
 		return -1;
-	w = a->head;
-	memcpy(w, in->method_name, ml);
-	w[ml] = ' ';
-	w += ml + 1;
-	memcpy(w, pre, prl);
-	w += prl;
-	memcpy(w, dep, dl);
-	w += dl;
-	memcpy(w, p, pl);
-	w += pl;
+	w = put(w, in->method_name, ml);
+	*w++ = ' ';
+	w = put(w, pre, prl);
+	w = put(w, dep, dl);
+	w = put(w, p, pl);
 	if (ver) {
-		memcpy(w, "?api-version=", 13);
-		memcpy(w + 13, ver, vl - 12);
-		w += vl + 1;
+		w = PUT_LIT(w, "?api-version=");
+		w = put(w, ver, vl - 12);
 	}
 	if (query) {
 		*w++ = ver ? '&' : '?';
-		memcpy(w, query, ql - 1);
-		w += ql - 1;
+		w = put(w, query, ql - 1);
 	}
-	memcpy(w, " HTTP/1.1\r\nHost: ", 17);
-	w += 17;
-	memcpy(w, t->host, hl);
-	memcpy(w + hl, "\r\n", 2);
-	a->head_len = (size_t)(w + hl + 2 - a->head);
+	w = PUT_LIT(w, " HTTP/1.1\r\nHost: ");
+	w = put(w, t->host, hl);
+	head_end_at(a, PUT_LIT(w, "\r\n"));
 	return 0;
 }
 
-static int head_headers(struct attempt *a, const struct route *r, const struct route_target *t,
-                        const struct http_request *in, const char *id)
+/* The client's first Connection header (as http_find_header finds it), or NULL. */
+static const char *connection_header(const struct http_request *in)
 {
-	const char *conn = http_find_header(in, "Connection");
+	for (size_t k = 0; k < in->n_headers; k++)
+		if (HNAME_IS(in->headers[k].name, in->headers[k].name_len, "connection"))
+			return in->headers[k].value;
+	return NULL;
+}
+
+/* A header the route adds itself (add_headers): the client's of that name gives way. */
+static bool route_adds(const struct route *r, const char *name)
+{
+	for (size_t i = 0; i < r->n_add_headers; i++)
+		if (same_name(name, r->add_headers[i].name))
+			return true;
+	return false;
+}
+
+static int head_add_header(struct attempt *a, const char *name, size_t nl, const char *value,
+                           size_t vl)
+{
+	char *w = head_room(a, HEADER_LEN(nl, vl));
+
+	if (!w)
+		return -1;
+	head_end_at(a, put_header(w, name, nl, value, vl));
+	return 0;
+}
+
+/* The client's headers less the stripped ones, then the route's add_headers. */
+static int head_passed_headers(struct attempt *a, const struct route *r,
+                               const struct http_request *in)
+{
+	const char *conn = connection_header(in);
 	size_t conn_len = conn ? strlen(conn) : 0;
 
 	for (size_t k = 0; k < in->n_headers; k++) {
 		const struct http_header *h = &in->headers[k];
-		bool overridden = false;
 
 		if (header_stripped(h->name, h->name_len, r->strip_headers, r->n_strip_headers, conn,
-		                    conn_len))
+		                    conn_len) || route_adds(r, h->name))
 			continue;
-		for (size_t i = 0; i < r->n_add_headers && !overridden; i++)
-			overridden = same_name(h->name, r->add_headers[i].name);
-		if (!overridden &&
-		    head_add_header(a, h->name, h->name_len, h->value, strlen(h->value)) < 0)
+		if (head_add_header(a, h->name, h->name_len, h->value, strlen(h->value)) < 0)
 			return -1;
 	}
 	for (size_t i = 0; i < r->n_add_headers; i++)
 		if (head_add_header(a, r->add_headers[i].name, strlen(r->add_headers[i].name),
 		                    r->add_headers[i].value, strlen(r->add_headers[i].value)) < 0)
 			return -1;
+	return 0;
+}
+
+/* The upstream's key as its provider takes it: the lengths of what put_key writes. */
+struct key_headers {
+	const char *key;              /* the target's api_key, or NULL */
+	size_t kl;
+	const char *version;          /* anthropic-version to add, or NULL */
+	size_t vl;
+};
+
+static size_t key_headers_of(struct key_headers *k, const struct attempt *a,
+                             const struct route_target *t, const struct http_request *in)
+{
+	k->key = t->api_key;
+	k->kl = k->key ? strlen(k->key) : 0;
+	k->version = NULL;
+	k->vl = 0;
 	if (t->provider == PROVIDER_ANTHROPIC) {
 		/* the client's anthropic-version is kept on /v1/messages, which it wrote for */
-		const char *v = a->xlate == XLATE_NONE ? http_find_header(in, "anthropic-version") : NULL;
-
-		if (t->api_key && head_add_header(a, "x-api-key", 9, t->api_key, strlen(t->api_key)) < 0)
-			return -1;
-		if (!v && head_add_header(a, "anthropic-version", 17, t->api_version,
-		                          strlen(t->api_version)) < 0)
-			return -1;
-	} else if (t->api_key && t->provider == PROVIDER_AZURE) {
-		if (head_add_header(a, "api-key", 7, t->api_key, strlen(t->api_key)) < 0)
-			return -1;
-	} else if (t->api_key && (head_add(a, "Authorization: Bearer ", 22) < 0 ||
-	                          head_add(a, t->api_key, strlen(t->api_key)) < 0 ||
-	                          head_add(a, "\r\n", 2) < 0)) {
-		return -1;
+		if (a->xlate != XLATE_NONE || !http_find_header(in, "anthropic-version")) {
+			k->version = t->api_version;
+			k->vl = strlen(k->version);
+		}
+		return (k->key ? HEADER_LEN(9, k->kl) : 0) + (k->version ? HEADER_LEN(17, k->vl) : 0);
 	}
-	if (head_add_header(a, "X-Request-Id", 12, id, REQID_LEN) < 0 ||
-	    head_add(a, "Accept-Encoding: identity\r\n", 27) < 0)
-		return -1;
-	{
-		const struct config *cfg = a->px->gw->cfg;
-		char *chain = forwarded_for(cfg, in);
-		const char *xff = chain ? chain : http_client_ip(in);
-		const char *xfp = forwarded_proto(cfg, in);
-		int rc = head_add_header(a, "X-Forwarded-For", 15, xff, strlen(xff)) == 0 &&
-		         head_add_header(a, "X-Forwarded-Proto", 17, xfp, strlen(xfp)) == 0 ? 0 : -1;
+	if (!k->key)
+		return 0;
+	if (t->provider == PROVIDER_AZURE)
+		return HEADER_LEN(7, k->kl);
+	return sizeof("Authorization: Bearer \r\n") - 1 + k->kl;
+}
 
+static char *put_key(char *w, const struct key_headers *k, const struct route_target *t)
+{
+	if (t->provider == PROVIDER_ANTHROPIC) {
+		if (k->key)
+			w = put_header(w, "x-api-key", 9, k->key, k->kl);
+		if (k->version)
+			w = put_header(w, "anthropic-version", 17, k->version, k->vl);
+	} else if (k->key && t->provider == PROVIDER_AZURE) {
+		w = put_header(w, "api-key", 7, k->key, k->kl);
+	} else if (k->key) {
+		w = PUT_LIT(w, "Authorization: Bearer ");
+		w = put(w, k->key, k->kl);
+		w = PUT_LIT(w, "\r\n");
+	}
+	return w;
+}
+
+/* What the gateway writes after them: the target's key, X-Request-Id, Accept-Encoding,
+ * X-Forwarded-For and -Proto, then Content-Length (when with_length) and the blank line
+ * that ends the head. Measured first, so that the head grows once for all of it. */
+static int head_finish(struct attempt *a, const struct route_target *t,
+                       const struct http_request *in, const char *id, bool with_length,
+                       size_t body_len)
+{
+	const struct config *cfg = a->px->gw->cfg;
+	struct key_headers k;
+	char *chain = forwarded_for(cfg, in), *w;
+	const char *xff = chain ? chain : http_client_ip(in);
+	const char *xfp = forwarded_proto(cfg, in);
+	size_t xffl = strlen(xff), xfpl = strlen(xfp);
+	size_t need = key_headers_of(&k, a, t, in) + HEADER_LEN(12, REQID_LEN) +
+	              sizeof("Accept-Encoding: identity\r\n") - 1 + HEADER_LEN(15, xffl) +
+	              HEADER_LEN(17, xfpl) +
+	              (with_length ? sizeof("Content-Length: \r\n\r\n") - 1 + 20 : 2);
+
+	if (!(w = head_room(a, need))) {
 		free(chain);
-		return rc;
+		return -1;
 	}
+	w = put_key(w, &k, t);
+	w = put_header(w, "X-Request-Id", 12, id, REQID_LEN);
+	w = PUT_LIT(w, "Accept-Encoding: identity\r\n");
+	w = put_header(w, "X-Forwarded-For", 15, xff, xffl);
+	w = put_header(w, "X-Forwarded-Proto", 17, xfp, xfpl);
+	free(chain);
+	if (with_length) {
+		w = PUT_LIT(w, "Content-Length: ");
+		w += fmt_dec(w, body_len);
+		w = PUT_LIT(w, "\r\n");
+	}
+	head_end_at(a, PUT_LIT(w, "\r\n"));
+	return 0;
 }
 
 /* Safe methods may be sent again if a reused connection dies before any answer; anything
@@ -484,7 +585,6 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 	enum http_method m = in->method;
 	const char *body = px->body_rewritten ? px->body_rewritten : px->body;
 	size_t body_len = px->body_rewritten ? px->rewritten_len : px->body_len;
-	char cl[48];
 	size_t n;
 
 	attempt_reset(a);
@@ -531,18 +631,11 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 	}
 	if (m == HTTP_HEAD)
 		body_len = 0;
-	if (head_start(a, r, t, in) < 0 || head_headers(a, r, t, in, px->id) < 0)
+	if (head_start(a, r, t, in) < 0 || head_passed_headers(a, r, in) < 0 ||
+	    head_finish(a, t, in, px->id,
+	                body_len > 0 || m == HTTP_POST || m == HTTP_PUT || m == HTTP_PATCH,
+	                body_len) < 0)
 		return -1;
-	if (body_len > 0 || m == HTTP_POST || m == HTTP_PUT || m == HTTP_PATCH) {
-		n = sizeof("Content-Length: ") - 1;
-		memcpy(cl, "Content-Length: ", n);
-		n += fmt_dec(cl + n, body_len);
-		memcpy(cl + n, "\r\n\r\n", 4);     /* and the blank line that ends the head */
-		if (head_add(a, cl, n + 4) < 0)
-			return -1;
-	} else if (head_add(a, "\r\n", 2) < 0) {
-		return -1;
-	}
 	a->x.rq.origin = t->origin;
 	a->x.rq.host = t->host;
 	a->x.rq.head = a->head;
