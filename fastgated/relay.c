@@ -78,6 +78,13 @@ static const char *up_value(const struct attempt *a, size_t at)
 	return at ? a->up_raw + at - 1 : NULL;
 }
 
+/* The end of the answer's headers: dec_at reads a value to its NUL at the latest, so this
+ * bounds it as well as the value's own strlen would. */
+static const char *up_end(const struct attempt *a)
+{
+	return a->up_raw + a->up_raw_len;
+}
+
 /* ---- the answer's head ------------------------------------------------------------- */
 
 static int up_header_add(struct attempt *a, const char *name, size_t nl, const char *value,
@@ -85,7 +92,8 @@ static int up_header_add(struct attempt *a, const char *name, size_t nl, const c
 {
 	size_t need = a->up_raw_len + nl + vl + 2;
 
-	if (buf_grow(&a->up_raw, &a->up_raw_cap, need, 512) < 0)
+	/* the buffer is kept from answer to answer: seldom too small, and then grown */
+	if (need > a->up_raw_cap && buf_grow(&a->up_raw, &a->up_raw_cap, need, 512) < 0)
 		return -1;
 	memcpy(a->up_raw + a->up_raw_len, name, nl);
 	a->up_raw[a->up_raw_len + nl] = '\0';
@@ -116,22 +124,52 @@ static bool named_in_connection(const struct attempt *a, const char *name, size_
 	return false;
 }
 
+/* "name: value\r\n" at w; where it ends. */
+static char *put_header_line(char *w, const char *k, size_t kl, const char *v, size_t vl)
+{
+	memcpy(w, k, kl);
+	w[kl] = ':';
+	w[kl + 1] = ' ';
+	memcpy(w + kl + 2, v, vl);
+	w[kl + 2 + vl] = '\r';
+	w[kl + 3 + vl] = '\n';
+	return w + kl + vl + 4;
+}
+
+/* The kept headers go to http.c as lines in one http_add_header_lines (a few for a long
+ * head), not one http_add_header each: its strlen and strpbrk cost ~240 instructions a
+ * header. The lines are the ones http_add_header would write, and none needs its check
+ * for a CR, LF or colon: a name ends at the line's first colon (on_line), and neither
+ * transport hands on a line with a NUL or a bare CR in it (h1resp.c, transport_curl.c's
+ * header_cb; test_h1resp), nor one with an LF before its end. */
+#define COPY_BUF 2048
+
 static void copy_response_headers(struct proxy_req *px)
 {
 	const struct attempt *a = &px->att;
-	size_t off = 0;
+	char buf[COPY_BUF];
+	size_t n = 0, off = 0;
 
 	while (off < a->up_raw_len) {
 		const char *k = a->up_raw + off;
 		size_t kl = strlen(k);
 		const char *v = k + kl + 1;
+		size_t vl = strlen(v);
 
-		off = (size_t)(v + strlen(v) + 1 - a->up_raw);
-		if (response_skipped(k, kl) ||
-		    (a->up_conn && named_in_connection(a, k, kl)))
+		off += kl + vl + 2;
+		if (response_skipped(k, kl) || (a->up_conn && named_in_connection(a, k, kl)))
 			continue;
-		http_add_header(px->req, k, v);
+		if (n + kl + vl + 4 > sizeof(buf) && n) {
+			http_add_header_lines(px->req, buf, n);   /* in order: what is held first */
+			n = 0;
+		}
+		if (kl + vl + 4 > sizeof(buf))
+			http_add_header(px->req, k, v);   /* longer than buf alone */
+		else
+			n = (size_t)(put_header_line(buf + n, k, kl, v, vl) - buf);
 	}
+	if (n)
+		http_add_header_lines(px->req, buf, n);
 }
 
 /* Only "chunked" is a transfer coding we can take off; anything else (gzip, ...) would
@@ -190,7 +228,8 @@ static int head_done(struct proxy_req *px)
 	}
 	px->status = a->status;
 	px->stream_pending = false;   /* a head seen before (a proxy's CONNECT answer) counts no more */
-	px->sse = ct && strncasecmp(ct, "text/event-stream", 17) == 0;
+	/* the first byte first: most answers are application/json */
+	px->sse = ct && (ct[0] | 0x20) == 't' && strncasecmp(ct, "text/event-stream", 17) == 0;
 	if (!px->sse && px->scan.strip_usage)
 		px->scan.strip_usage = false; /* not a stream after all: pass it as it is */
 	if (a->xlate == XLATE_MESSAGES) {
@@ -219,7 +258,7 @@ static int head_done(struct proxy_req *px)
 	} else if (a->xlate && !px->sse) {
 		/* a whole answer (or error) is translated whole: read it all first */
 		forward_arm_timer(px, px->route->timeout);
-	} else if (px->sse || !cl || dec_at(cl, cl + strlen(cl)) > BUFFER_LIMIT) {
+	} else if (px->sse || !cl || dec_at(cl, up_end(a)) > BUFFER_LIMIT) {
 		/* The reply head goes out with the first body bytes (on_body): an upstream that
 		 * fails before sending any still gets the client a clean 502, or a retry. */
 		px->stream_pending = true;
@@ -231,12 +270,53 @@ static int head_done(struct proxy_req *px)
 	return 0;
 }
 
+/* The answer's headers the end of its head looks at, noted as they pass rather than
+ * searched for in the whole head then. */
+enum up_kind { UP_OTHER, UP_TYPE, UP_LENGTH, UP_CONNECTION, UP_RETRY_AFTER, UP_ID, UP_TE };
+
+/* Which of them the name is: by length and first byte (HNAME_IS), as response_skipped.
+ * The upstream's own id of the request, for the audit, is Anthropic's request-id or
+ * OpenAI's x-request-id. */
+static enum up_kind up_kind_of(const char *n, size_t nl)
+{
+	switch (nl) {
+	case 10:
+		return HNAME_IS(n, nl, "connection") ? UP_CONNECTION :
+		       HNAME_IS(n, nl, "request-id") ? UP_ID : UP_OTHER;
+	case 11: return HNAME_IS(n, nl, "retry-after") ? UP_RETRY_AFTER : UP_OTHER;
+	case 12:
+		return HNAME_IS(n, nl, "content-type") ? UP_TYPE :
+		       HNAME_IS(n, nl, "x-request-id") ? UP_ID : UP_OTHER;
+	case 14: return HNAME_IS(n, nl, "content-length") ? UP_LENGTH : UP_OTHER;
+	case 17: return HNAME_IS(n, nl, "transfer-encoding") ? UP_TE : UP_OTHER;
+	default: return UP_OTHER;
+	}
+}
+
+/* The first header of its kind wins: `at` is 1 + its value's offset in up_raw. */
+static void note_header(struct attempt *a, enum up_kind kind, size_t at)
+{
+	size_t *first;
+
+	switch (kind) {
+	case UP_TYPE: first = &a->up_ct; break;
+	case UP_LENGTH: first = &a->up_cl; break;
+	case UP_CONNECTION: first = &a->up_conn; break;
+	case UP_RETRY_AFTER: first = &a->up_ra; break;
+	case UP_ID: first = &a->up_rid; break;
+	default: return;
+	}
+	if (!*first)
+		*first = at;
+}
+
 static int on_line(void *arg, const char *line, size_t len)
 {
 	struct attempt *a = arg;
 	struct proxy_req *px = a->px;
 	const char *colon, *v;
 	size_t nl, vl;
+	enum up_kind kind;
 
 	if (len >= 5 && line[0] == 'H' && memcmp(line, "HTTP/", 5) == 0) {
 		/* a new status line ("HTTP/1.1 200 OK", "HTTP/2 200"): forget interim (1xx)
@@ -275,29 +355,18 @@ static int on_line(void *arg, const char *line, size_t len)
 	v = colon + 1;
 	vl = len - nl - 1;
 	while (vl && (*v == ' ' || *v == '\t')) { v++; vl--; }
+	if (vl >= 2 && v[vl - 1] == '\n' && v[vl - 2] == '\r')
+		vl -= 2;   /* the line end, as nearly every line ends: the loop below ends at once */
 	while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' ' || v[vl - 1] == '\t'))
 		vl--;
-	if (nl == 17 && strncasecmp(line, "Transfer-Encoding", 17) == 0 && !only_chunked(v, vl)) {
+	kind = up_kind_of(line, nl);
+	if (kind == UP_TE && !only_chunked(v, vl)) {
 		a->bad_answer = true;
 		return -1;
 	}
 	if (up_header_add(a, line, nl, v, vl) < 0)
 		return -1; /* out of memory: abort the transfer */
-	/* The headers the end of the head looks at, noted as they pass rather than searched
-	 * for in the whole head then. */
-	if (nl == 12 && !a->up_ct && strncasecmp(line, "Content-Type", 12) == 0)
-		a->up_ct = a->up_raw_len - vl;
-	else if (nl == 14 && !a->up_cl && strncasecmp(line, "Content-Length", 14) == 0)
-		a->up_cl = a->up_raw_len - vl;
-	else if (nl == 10 && !a->up_conn && strncasecmp(line, "Connection", 10) == 0)
-		a->up_conn = a->up_raw_len - vl;
-	else if (nl == 11 && !a->up_ra && strncasecmp(line, "Retry-After", 11) == 0)
-		a->up_ra = a->up_raw_len - vl;
-	/* the upstream's own id of the request, for the audit: Anthropic's request-id,
-	 * OpenAI's x-request-id */
-	if (!a->up_rid && ((nl == 10 && strncasecmp(line, "request-id", 10) == 0) ||
-	                   (nl == 12 && strncasecmp(line, "x-request-id", 12) == 0)))
-		a->up_rid = a->up_raw_len - vl;
+	note_header(a, kind, a->up_raw_len - vl);
 	return 0;
 }
 
@@ -523,7 +592,7 @@ static void answer_complete(struct proxy_req *px)
 	} else {
 		/* a HEAD or 304 answer announces the length the upstream gave */
 		const char *cl = up_value(a, a->up_cl);
-		int64_t head_len = cl ? (int64_t)dec_at(cl, cl + strlen(cl)) : -1;
+		int64_t head_len = cl ? (int64_t)dec_at(cl, up_end(a)) : -1;
 
 		copy_response_headers(px);
 		/* the answer is whole: its cost is known before its head goes */
