@@ -148,6 +148,19 @@ static char *put_header(char *w, const char *name, size_t nl, const char *value,
 	return PUT_LIT(w, "\r\n");
 }
 
+/* n in decimal at w; where it ends. The digits go straight to their place, last first:
+ * fmt_dec's copy of them (a memcpy call) cost more than a status or a length's few. */
+static char *put_dec(char *w, uint64_t n)
+{
+	char *end = w;
+
+	for (uint64_t t = n; t >= 10; t /= 10)
+		end++;
+	for (char *p = ++end; p > w; n /= 10)
+		*--p = (char)('0' + n % 10);
+	return end;
+}
+
 /* The head ends at w. */
 static void head_end_at(struct attempt *a, const char *w)
 {
@@ -352,7 +365,7 @@ static int head_finish(struct attempt *a, const struct route_target *t,
 	free(chain);
 	if (with_length) {
 		w = PUT_LIT(w, "Content-Length: ");
-		w += fmt_dec(w, body_len);
+		w = put_dec(w, body_len);
 		w = PUT_LIT(w, "\r\n");
 	}
 	head_end_at(a, PUT_LIT(w, "\r\n"));
@@ -458,13 +471,14 @@ done:
 
 /* ---- one attempt ---------------------------------------------------------------------- */
 
-/* ";url=outcome:ms" onto the request's attempts column, whole or not at all. By hand:
+/* ";url=what:ms" onto the request's attempts column, whole or not at all: what is the
+ * answer's status when one came (status >= 100), else the outcome's name. By hand:
  * snprintf cost ~950 instructions a request here. */
-static void attempt_log_add(struct proxy_req *px, const char *url, const char *outcome,
-                            int64_t ms)
+static void attempt_log_add(struct proxy_req *px, const char *url, long status,
+                            const char *outcome, int64_t ms)
 {
-	size_t ul = strlen(url), ol = strlen(outcome);
-	size_t need = px->attempt_log_len + 1 + ul + 1 + ol + 1 + 20 + 1;
+	size_t ul = strlen(url), ol = status >= 100 ? 0 : strlen(outcome);
+	size_t need = px->attempt_log_len + 1 + ul + 1 + ol + 20 + 1 + 20 + 1;
 	char *w;
 
 	if (buf_grow(&px->attempt_log, &px->attempt_log_cap, need, 256) < 0)
@@ -472,13 +486,11 @@ static void attempt_log_add(struct proxy_req *px, const char *url, const char *o
 	w = px->attempt_log + px->attempt_log_len;
 	if (px->attempt_log_len)
 		*w++ = ';';
-	memcpy(w, url, ul);
-	w += ul;
+	w = put(w, url, ul);
 	*w++ = '=';
-	memcpy(w, outcome, ol);
-	w += ol;
+	w = status >= 100 ? put_dec(w, (uint64_t)status) : put(w, outcome, ol);
 	*w++ = ':';
-	w += fmt_dec(w, (uint64_t)(ms < 0 ? 0 : ms));
+	w = put_dec(w, (uint64_t)(ms < 0 ? 0 : ms));
 	*w = '\0';
 	px->attempt_log_len = (size_t)(w - px->attempt_log);
 }
@@ -488,21 +500,20 @@ void forward_attempt_end(struct proxy_req *px, enum attempt_outcome o, long stat
 {
 	struct attempt *a = &px->att;
 	struct route *r = (struct route *)px->route;   /* its pool's live state is mutable */
-	int64_t now = mono_ms();
-	const char *what = attempt_outcome_name(o);
-	char word[24];
+	int64_t now;
 
+	/* before the clock: proxy_finish calls it again for every request that got this far */
 	if (a->ended || a->target < 0)
 		return;
+	now = mono_ms();
 	a->ended = true;
 	pool_attempt_end(r, (size_t)a->target, now, a->pass, o, retry_after_s,
 	                 a->ttfb_s >= 0 ? (a->ttfb_s - a->started_s) * 1000.0 : -1);
 	/* the status when an answer came, else what went wrong */
-	if (status >= 100 && o != OUTCOME_TIMEOUT && o != OUTCOME_RESET && o != OUTCOME_PROTOCOL) {
-		word[fmt_dec(word, (uint64_t)status)] = '\0';
-		what = word;
-	}
-	attempt_log_add(px, r->targets[a->target].url, what, now - a->started_ms);
+	if (status < 100 || o == OUTCOME_TIMEOUT || o == OUTCOME_RESET || o == OUTCOME_PROTOCOL)
+		status = 0;
+	attempt_log_add(px, r->targets[a->target].url, status, attempt_outcome_name(o),
+	                now - a->started_ms);
 }
 
 /* What an attempt holds for its target alone: its body and its translator. */

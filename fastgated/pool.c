@@ -66,14 +66,21 @@ static void take(pthread_mutex_t *mu, bool on)
 		pthread_mutex_unlock(mu);
 }
 
+/* The route's registry lock, inline for the attempt path here (pick, start, end: a
+ * function call each way was ~16 instructions a call, three times a request). */
+static inline void route_lock(const struct route *r, bool on)
+{
+	take(mutex_of(r ? r->pool : NULL), on);
+}
+
 void pool_lock(const struct route *r)
 {
-	take(mutex_of(r ? r->pool : NULL), true);
+	route_lock(r, true);
 }
 
 void pool_unlock(const struct route *r)
 {
-	take(mutex_of(r ? r->pool : NULL), false);
+	route_lock(r, false);
 }
 
 void target_state_lock(const struct target_state *s)
@@ -182,9 +189,9 @@ bool pool_target_available(const struct route *r, size_t i, int64_t now_ms)
 {
 	bool ok;
 
-	pool_lock(r);
+	route_lock(r, true);
 	ok = target_available(r->targets[i].st, now_ms);
-	pool_unlock(r);
+	route_lock(r, false);
 	return ok;
 }
 
@@ -227,9 +234,9 @@ int pool_pick(struct route *r, uint64_t tried, int64_t now_ms, enum breaker_pass
 {
 	int i;
 
-	pool_lock(r);
+	route_lock(r, true);
 	i = pick_locked(r, tried, now_ms, pass);
-	pool_unlock(r);
+	route_lock(r, false);
 	return i;
 }
 
@@ -237,7 +244,7 @@ int64_t pool_wait_ms(const struct route *r, int64_t now_ms)
 {
 	int64_t best = -1;
 
-	pool_lock(r);
+	route_lock(r, true);
 	for (size_t i = 0; i < r->n_targets; i++) {
 		const struct target_state *s = r->targets[i].st;
 		int64_t w;
@@ -248,7 +255,7 @@ int64_t pool_wait_ms(const struct route *r, int64_t now_ms)
 		if (best < 0 || w < best)
 			best = w;
 	}
-	pool_unlock(r);
+	route_lock(r, false);
 	return best;
 }
 
@@ -256,10 +263,10 @@ bool pool_route_available(const struct route *r, int64_t now_ms)
 {
 	bool ok = false;
 
-	pool_lock(r);
+	route_lock(r, true);
 	for (size_t i = 0; i < r->n_targets && !ok; i++)
 		ok = target_available(r->targets[i].st, now_ms);
-	pool_unlock(r);
+	route_lock(r, false);
 	return ok;
 }
 
@@ -267,20 +274,20 @@ void pool_release(struct route *r, size_t i, enum breaker_pass pass)
 {
 	struct target_state *s = r->targets[i].st;
 
-	pool_lock(r);
+	route_lock(r, true);
 	if (s && pass != BREAKER_DENY)
 		breaker_abandoned(&s->br, pass);
-	pool_unlock(r);
+	route_lock(r, false);
 }
 
 void pool_attempt_start(struct route *r, size_t i)
 {
 	struct target_state *s = r->targets[i].st;
 
-	pool_lock(r);
+	route_lock(r, true);
 	if (s)
 		s->inflight++;
-	pool_unlock(r);
+	route_lock(r, false);
 }
 
 static void attempt_end_locked(struct route *r, struct target_state *s, int64_t now_ms,
@@ -329,7 +336,7 @@ void pool_attempt_end(struct route *r, size_t i, int64_t now_ms, enum breaker_pa
 
 	if (!s)
 		return;
-	pool_lock(r);
+	route_lock(r, true);
 	attempt_end_locked(r, s, now_ms, pass, o, retry_after_s, ttfb_ms);
-	pool_unlock(r);
+	route_lock(r, false);
 }
