@@ -167,10 +167,6 @@ static void head_end_at(struct attempt *a, const char *w)
 	a->head_len = (size_t)(w - a->head);
 }
 
-/* "METHOD target HTTP/1.1\r\nHost: host\r\n": the target is the upstream's path (or the
- * client's, less strip_prefix) and the client's query. An Azure upstream's path is made
- * from its deployment and api_version (DESIGN.md, Providers): the client's /v1/X becomes
- * /openai/deployments/DEP/X?api-version=V, or /openai/v1/X for api_version v1. */
 /* The client's path less the route's strip_prefix ("/" when nothing is left). */
 static const char *client_path(const struct route *r, const struct http_request *in)
 {
@@ -182,14 +178,18 @@ static const char *client_path(const struct route *r, const struct http_request 
 	return *p ? p : "/";
 }
 
-static int head_start(struct attempt *a, const struct route *r, const struct route_target *t,
-                      const struct http_request *in)
+/* "METHOD target HTTP/1.1\r\nHost: host\r\n": the target is the upstream's path (or the
+ * client's, cpath: less strip_prefix) and the client's query. An Azure upstream's path is
+ * made from its deployment and api_version (DESIGN.md, Providers): the client's /v1/X
+ * becomes /openai/deployments/DEP/X?api-version=V, or /openai/v1/X for api_version v1. */
+static int head_start(struct attempt *a, const struct route_target *t,
+                      const struct http_request *in, const char *cpath)
 {
 	const char *p, *pre = "", *dep = "", *ver = NULL, *query = in->query;
 	size_t ml = strlen(in->method_name), hl = strlen(t->host), prl = 0, dl = 0, pl, vl = 0, ql;
 	char *w;
 
-	p = t->path ? t->path : client_path(r, in);
+	p = t->path ? t->path : cpath;
 	if (a->xlate == XLATE_ANTHROPIC && !t->path) {
 		p = "/v1/messages";   /* the Messages API, whatever OpenAI path was asked */
 		query = NULL;
@@ -596,12 +596,13 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 	enum http_method m = in->method;
 	const char *body = px->body_rewritten ? px->body_rewritten : px->body;
 	size_t body_len = px->body_rewritten ? px->rewritten_len : px->body_len;
+	const char *cpath = client_path(r, in);   /* read once: the checks and the head's */
 	size_t n;
 
 	attempt_reset(a);
 	/* chat completions to an Anthropic upstream are translated; a request the translation
 	 * refuses is the client's mistake, answered before anything is sent */
-	if (t->provider == PROVIDER_ANTHROPIC && strcmp(client_path(r, in), CHAT_COMPLETIONS) == 0) {
+	if (t->provider == PROVIDER_ANTHROPIC && strcmp(cpath, CHAT_COMPLETIONS) == 0) {
 		a->xlate = XLATE_ANTHROPIC;
 		if (to_anthropic(px, t, body, body_len, err, errlen) < 0)
 			return -2;
@@ -609,7 +610,7 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 		body_len = a->body_len;
 	} else if (t->provider == PROVIDER_ANTHROPIC) {
 		a->anth_read = true;   /* Anthropic's own API, passed: its usage read the same way */
-	} else if (strcmp(client_path(r, in), MESSAGES) == 0) {
+	} else if (strcmp(cpath, MESSAGES) == 0) {
 		/* Anthropic's API to an OpenAI upstream: the client's bytes as they came, not a
 		 * body the route rewrote for OpenAI's API */
 		struct msgin_req_opts o = { .model = t->model };
@@ -642,7 +643,7 @@ static int attempt_start(struct proxy_req *px, int i, enum breaker_pass pass, in
 	}
 	if (m == HTTP_HEAD)
 		body_len = 0;
-	if (head_start(a, r, t, in) < 0 || head_passed_headers(a, r, in) < 0 ||
+	if (head_start(a, t, in, cpath) < 0 || head_passed_headers(a, r, in) < 0 ||
 	    head_finish(a, t, in, px->id,
 	                body_len > 0 || m == HTTP_POST || m == HTTP_PUT || m == HTTP_PATCH,
 	                body_len) < 0)
@@ -770,9 +771,11 @@ static bool attempt_next(struct proxy_req *px)
 			int i = pool_pick((struct route *)r, px->tried, now, &pass);
 
 			if (i >= 0) {
-				char err[256] = "";
-				int rc = attempt_start(px, i, pass, now, err, sizeof(err));
+				char err[256];   /* only its string is read: no need to clear 256 bytes */
+				int rc;
 
+				err[0] = '\0';
+				rc = attempt_start(px, i, pass, now, err, sizeof(err));
 				if (rc == 0)
 					return true;
 				if (rc == -2) {

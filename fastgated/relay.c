@@ -155,9 +155,13 @@ static void copy_response_headers(struct proxy_req *px)
 		size_t kl = strlen(k);
 		const char *v = k + kl + 1;
 		size_t vl = strlen(v);
+		size_t at = off + kl + 2;   /* 1 + the value's offset, as on_line notes them */
 
-		off += kl + vl + 2;
-		if (response_skipped(k, kl) || (a->up_conn && named_in_connection(a, k, kl)))
+		off = at + vl;
+		/* the first Content-Length and Connection were told by their names as they came:
+		 * known by where their values are, not matched again */
+		if (at == a->up_cl || at == a->up_conn ||
+		    response_skipped(k, kl) || (a->up_conn && named_in_connection(a, k, kl)))
 			continue;
 		if (n + kl + vl + 4 > sizeof(buf) && n) {
 			http_add_header_lines(px->req, buf, n);   /* in order: what is held first */
