@@ -563,4 +563,34 @@ TEST(relay_streams_an_answer_whose_content_type_says_so_in_any_case)
 	rig_down(&r);
 }
 
+/* A POST without a body still says so (Content-Length: 0); a GET says nothing of a length;
+ * a long body's length is every digit of it. */
+TEST(forward_announces_the_bodys_length_when_there_is_one_to_announce)
+{
+	struct rig r;
+	char out[8192], req[8192], body[1300];
+
+	rig_up(&r);
+	r.fake.result = TR_OK;
+	r.fake.answer = ok_answer;
+	snprintf(req, sizeof(req), "POST /other HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n"
+	         "Content-Length: 0\r\n\r\n", r.secret);
+	exchange(&r, req, out, sizeof(out));
+	CHECK_INT(status_of(out), 200);
+	CHECK(strstr(r.fake.head, "\r\nX-Forwarded-Proto: http\r\nContent-Length: 0\r\n\r\n") != NULL);
+	snprintf(req, sizeof(req), "GET /other HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n\r\n",
+	         r.secret);
+	exchange(&r, req, out, sizeof(out));
+	CHECK(strstr(r.fake.head, "\r\nX-Forwarded-Proto: http\r\n\r\n") != NULL);
+	CHECK(strstr(r.fake.head, "Content-Length") == NULL);
+	memset(body, 'x', 1234);
+	body[1234] = '\0';
+	snprintf(req, sizeof(req), "PUT /other HTTP/1.1\r\nHost: gw\r\nX-API-Key: %s\r\n"
+	         "Content-Length: 1234\r\n\r\n%s", r.secret, body);
+	exchange(&r, req, out, sizeof(out));
+	CHECK(strstr(r.fake.head, "\r\nContent-Length: 1234\r\n\r\n") != NULL);
+	CHECK_INT(r.fake.body_len, 1234);
+	rig_down(&r);
+}
+
 RUN_TESTS()

@@ -1,4 +1,5 @@
-/* util.c helpers on the request path: fmt_dec (lengths in forwarded heads). */
+/* util.c helpers on the request path: fmt_dec (lengths in forwarded heads); util.h's
+ * HNAME_IS (the stripped and skipped header names). */
 #include <stdint.h>
 #include <string.h>
 
@@ -68,6 +69,28 @@ TEST(gateway_errors_in_openais_and_anthropics_shapes)
 	n = httperr_body_anthropic(b, 16, 401, "x", "y");
 	CHECK_INT(n, 15);
 	CHECK_INT(strlen(b), 15);
+}
+
+/* The whole name, in any case; never a name of another length, nor one whose first byte
+ * is not the literal's letter in either case (| 0x20 folds '@' onto '`', never onto a
+ * letter). */
+TEST(hname_is_matches_the_whole_name_in_any_case)
+{
+	CHECK(HNAME_IS("host", 4, "host"));
+	CHECK(HNAME_IS("HOST", 4, "host"));
+	CHECK(HNAME_IS("hOsT", 4, "host"));
+	CHECK(HNAME_IS("Content-Length", 14, "content-length"));
+	CHECK(!HNAME_IS("hos", 3, "host"));
+	CHECK(!HNAME_IS("hostx", 5, "host"));
+	CHECK(!HNAME_IS("host", 3, "host"));
+	CHECK(!HNAME_IS("iost", 4, "host"));
+	CHECK(!HNAME_IS("Gost", 4, "host"));
+	CHECK(!HNAME_IS("(ost", 4, "host"));
+	CHECK(!HNAME_IS("hosu", 4, "host"));
+	CHECK(!HNAME_IS("Content_Length", 14, "content-length"));
+	CHECK(!HNAME_IS("Content\rLength", 14, "content-length"));
+	CHECK(HNAME_IS("TE", 2, "te"));
+	CHECK(!HNAME_IS("TF", 2, "te"));
 }
 
 RUN_TESTS()
