@@ -52,10 +52,6 @@ struct rj_parser {
 	struct rj_key keys_inline[32];
 };
 
-/* Which bytes a run of plain string content stops at. */
-static const unsigned char str_stop[256] = {
-	[0x00 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1, [0x80 ... 0xff] = 1,
-};
 static const unsigned char is_ws[256] = { [' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1 };
 /* A hex digit's value plus one; 0 for anything else. */
 static const unsigned char hexval1[256] = {
@@ -63,9 +59,6 @@ static const unsigned char hexval1[256] = {
 	['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15,
 	['f'] = 16, ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
 };
-
-#define ONES 0x0101010101010101ULL
-#define HIGHS 0x8080808080808080ULL
 
 static enum rj_result parse_value(struct rj_parser *P, unsigned depth, enum rj_role child,
                                   enum rj_type *type);
@@ -82,29 +75,6 @@ static inline int next_char(struct rj_parser *P)
 		p++;
 	P->p = p;
 	return p < P->end ? *p : -1;
-}
-
-/* The first byte in [p, end) that ends a plain run of string content ('"', '\\', a
- * control byte, or any byte of a multi-byte UTF-8 sequence), or end. Message text is most
- * of a request's bytes, so this reads 8 bytes a step: a byte below 0x80 that is none of
- * those leaves no high bit and no borrow in any of the three tests, so the lowest flagged
- * byte is the first stop (bytes above it may be flagged falsely; they are not looked at). */
-static inline const unsigned char *find_stop(const unsigned char *p, const unsigned char *end)
-{
-	while (end - p >= 8) {
-		uint64_t x, q, b, m;
-
-		memcpy(&x, p, 8);
-		q = x ^ (ONES * '"');
-		b = x ^ (ONES * '\\');
-		m = (x | (x - ONES * 0x20) | (q - ONES) | (b - ONES)) & HIGHS;
-		if (m)
-			return p + __builtin_ctzll(m) / 8;
-		p += 8;
-	}
-	while (p < end && !str_stop[*p])
-		p++;
-	return p;
 }
 
 /* The length of the well-formed UTF-8 sequence at p (no overlong forms, no surrogates,
@@ -162,7 +132,7 @@ static enum rj_result scan_string(struct rj_parser *P)
 	bool esc = false;
 
 	for (;;) {
-		p = find_stop(p, end);
+		p = reqjson_plain_end(p, end);
 		if (p >= end)
 			return RJ_NOT_JSON;
 		if (*p == '"')

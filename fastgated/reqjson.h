@@ -17,6 +17,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* Arrays and objects nested deeper than this are refused (RJ_TOO_DEEP): the parser
  * recurses once per level, and no chat request needs a tenth of it. */
@@ -101,5 +105,55 @@ struct rj_add { const char *key; const char *value_json; size_t value_len; };
 char *reqjson_splice(const struct reqjson *rj, const char *body, size_t len,
                      const struct rj_add *adds, size_t n_adds, bool set_include_usage,
                      size_t *out_len);
+
+/* The first byte in [p, end) that ends a plain run of JSON string content: '"', '\\', a
+ * control byte (< 0x20) or any byte of a multi-byte UTF-8 sequence (>= 0x80); end when
+ * there is none. Message text is most of a request's and an answer's bytes, so this is
+ * the JSON readers' inner loop (reqjson.c, usage.c): it reads 16 bytes a step with SSE2,
+ * else 8 (and the last few one by one), never a byte at or past end. */
+static inline const unsigned char *reqjson_plain_end(const unsigned char *p,
+                                                     const unsigned char *end)
+{
+#ifdef __SSE2__
+	const __m128i quote = _mm_set1_epi8('"'), bslash = _mm_set1_epi8('\\');
+	const __m128i space = _mm_set1_epi8(' ');
+
+	while (end - p >= 16) {
+		__m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+		/* the compare is signed: bytes from 0x80 up are negative, so "below ' '" flags
+		 * them together with the control bytes */
+		__m128i stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(x, quote),
+		                                         _mm_cmpeq_epi8(x, bslash)),
+		                            _mm_cmplt_epi8(x, space));
+		unsigned m = (unsigned)_mm_movemask_epi8(stop);
+
+		if (m)
+			return p + __builtin_ctz(m);   /* bit i is byte i */
+		p += 16;
+	}
+#endif
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	/* 8 bytes a step: a byte below 0x80 that is none of the stops leaves no high bit and
+	 * no borrow in any of the three tests, so the lowest flagged byte is the first stop
+	 * (a borrow can flag bytes above it falsely: they are not looked at). The word's
+	 * first byte is its lowest on a little-endian machine. */
+	while (end - p >= 8) {
+		const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+		uint64_t x, q, b, m;
+
+		memcpy(&x, p, 8);
+		q = x ^ (ones * '"');
+		b = x ^ (ones * '\\');
+		m = (x | (x - ones * 0x20) | (q - ones) | (b - ones)) & highs;
+		if (m)
+			return p + __builtin_ctzll(m) / 8;
+		p += 8;
+	}
+#endif
+	while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\')
+		p++;
+	return p;
+}
+
 
 #endif

@@ -514,4 +514,145 @@ TEST(long_strings_and_many_top_level_strings_survive_arena_growth)
 	free(b);
 }
 
+/* ---- string scanning, which reads 16 or 8 bytes a step ---------------------------- */
+
+/* body[0..len) parsed from a heap block of exactly len bytes, so ASan sees any read at
+ * or past the end. */
+static enum rj_result parse_exact(struct reqjson *rj, const char *body, size_t len)
+{
+	char *b = malloc(len ? len : 1);
+	enum rj_result r;
+
+	memcpy(b, body, len);
+	r = reqjson_parse(rj, b, len);
+	if (rj->model)   /* the readings live in the arena, not in b: it may go */
+		CHECK(rj->model->str < b || rj->model->str >= b + len);
+	free(b);
+	return r;
+}
+
+/* What a stop byte is, as written into a string's content and as decoded; want is the
+ * result for a body where the string is the model. */
+static const struct stop_kind {
+	const char *raw, *decoded;
+	enum rj_result want;
+} stop_kinds[] = {
+	{ "", "", RJ_OK },                              /* none: plain to the end */
+	{ "\\n", "\n", RJ_OK },
+	{ "\\\"", "\"", RJ_OK },
+	{ "\\\\", "\\", RJ_OK },
+	{ "\\u00e9", "\xc3\xa9", RJ_OK },
+	{ "\\ud83d\\ude00", "\xf0\x9f\x98\x80", RJ_OK },
+	{ "\xc3\xa9", "\xc3\xa9", RJ_OK },              /* UTF-8 */
+	{ "\xe2\x82\xac", "\xe2\x82\xac", RJ_OK },
+	{ "\x7f", "\x7f", RJ_OK },                      /* DEL is not a control byte to JSON */
+	{ " ", " ", RJ_OK },
+	{ "\x01", NULL, RJ_NOT_JSON },                  /* control bytes */
+	{ "\x1f", NULL, RJ_NOT_JSON },
+	{ "\t", NULL, RJ_NOT_JSON },
+	{ "\xff", NULL, RJ_NOT_JSON },                  /* never in UTF-8 */
+	{ "\x80", NULL, RJ_NOT_JSON },                  /* a lone continuation byte */
+	{ "\xc3", NULL, RJ_NOT_JSON },                  /* a sequence cut short */
+	{ "\\x", NULL, RJ_NOT_JSON },                   /* a bad escape */
+	{ "\"x", NULL, RJ_NOT_JSON },                   /* a quote ends the string early */
+};
+
+/* The content: len bytes of letters with the stop written at position at (at == len:
+ * at the end); *dec gets the decoded content. */
+static size_t stop_content(char *out, char *dec, size_t len, size_t at, const struct stop_kind *k)
+{
+	size_t o = 0, d = 0;
+
+	for (size_t i = 0; i <= len; i++) {
+		if (i == at) {
+			memcpy(out + o, k->raw, strlen(k->raw));
+			o += strlen(k->raw);
+			if (k->decoded) {
+				memcpy(dec + d, k->decoded, strlen(k->decoded));
+				d += strlen(k->decoded);
+			}
+		}
+		if (i < len) {
+			out[o++] = (char)('a' + i % 26);
+			dec[d++] = (char)('a' + i % 26);
+		}
+	}
+	dec[d] = '\0';
+	return o;
+}
+
+TEST(a_stop_byte_is_found_at_every_position_of_a_16_and_8_byte_step)
+{
+	char content[128], dec[128], body[256];
+	size_t bad = 0;
+
+	for (size_t ki = 0; ki < sizeof(stop_kinds) / sizeof(stop_kinds[0]); ki++) {
+		const struct stop_kind *k = &stop_kinds[ki];
+
+		for (size_t len = 0; len <= 40; len++) {
+			for (size_t at = 0; at <= len; at++) {
+				struct reqjson rj;
+				size_t n = stop_content(content, dec, len, at, k), bl;
+				enum rj_result r;
+				bool ok;
+
+				/* as the model, the last thing before the closing brace */
+				bl = (size_t)sprintf(body, "{\"model\":\"%.*s\"}", (int)n, content);
+				r = parse_exact(&rj, body, bl);
+				ok = r == k->want && (r != RJ_OK || (rj.model &&
+				     rj.model->str_len == strlen(dec) && strcmp(rj.model->str, dec) == 0));
+				reqjson_free(&rj);
+				/* as a key, nested (read without a copy when plain) and at the top */
+				bl = (size_t)sprintf(body, "{\"m\":[{\"%.*s\":1,\"z\":2}],\"%.*s\":3}",
+				                     (int)n, content, (int)n, content);
+				r = parse_exact(&rj, body, bl);
+				ok = ok && r == k->want && (r != RJ_OK ||
+				     (rj.n_fields == 2 && strcmp(rj.fields[1].key, dec) == 0));
+				reqjson_free(&rj);
+				/* as the whole body: the string ends at the buffer's last byte, and
+				 * without its closing quote it runs into the end */
+				bl = (size_t)sprintf(body, "\"%.*s\"", (int)n, content);
+				ok = ok && parse_exact(&rj, body, bl) ==
+				     (k->want == RJ_OK ? RJ_NOT_OBJECT : RJ_NOT_JSON);
+				reqjson_free(&rj);
+				ok = ok && parse_exact(&rj, body, bl - 1) == RJ_NOT_JSON;
+				reqjson_free(&rj);
+				if (!ok && bad++ < 5)
+					fprintf(stderr, "  stop kind %zu, length %zu, at %zu: %s\n", ki, len, at,
+					        body);
+			}
+		}
+	}
+	CHECK_INT(bad, 0);
+}
+
+TEST(strings_that_end_at_the_buffers_end_are_read_to_the_last_byte)
+{
+	struct reqjson rj;
+	char body[128];
+
+	/* no closing quote, no closing brace, for every distance of the end from the
+	 * string's start: the reading stops at the end and says so */
+	for (size_t len = 0; len <= 40; len++) {
+		size_t bl = (size_t)sprintf(body, "{\"model\":\"%.*s", (int)len,
+		                            "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGH");
+
+		CHECK_INT(parse_exact(&rj, body, bl), RJ_NOT_JSON);
+		reqjson_free(&rj);
+		body[bl++] = '\\';   /* ... ending in half an escape */
+		CHECK_INT(parse_exact(&rj, body, bl), RJ_NOT_JSON);
+		reqjson_free(&rj);
+		memcpy(body + bl - 1, "\\u00e", 5);
+		CHECK_INT(parse_exact(&rj, body, bl + 4), RJ_NOT_JSON);
+		reqjson_free(&rj);
+		memcpy(body + bl - 1, "\xe2\x82", 2);   /* ... or half a UTF-8 sequence */
+		CHECK_INT(parse_exact(&rj, body, bl + 1), RJ_NOT_JSON);
+		reqjson_free(&rj);
+		memcpy(body + bl - 1, "\"}", 2);        /* closed: fine */
+		CHECK_INT(parse_exact(&rj, body, bl + 1), RJ_OK);
+		CHECK(rj.model && rj.model->str_len == len);
+		reqjson_free(&rj);
+	}
+}
+
 RUN_TESTS()
