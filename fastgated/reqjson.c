@@ -40,15 +40,19 @@ struct rj_frame {
 	size_t *table, tcap;
 };
 
+/* The reading's state. The cursor is not in it: each step takes the position it starts
+ * at and returns the one after what it read (NULL on a fault, the fault in err), so the
+ * cursor stays in a register instead of being stored and loaded again at every byte
+ * looked at. */
 struct rj_parser {
 	struct reqjson *rj;
-	const unsigned char *base, *p, *end;
+	const unsigned char *base, *end;
+	enum rj_result err;               /* why a step returned NULL */
 	struct rj_key *keys;
 	size_t n_keys, keys_cap;
 	uint64_t seed;
 	/* the top-level members the readings need, by index into rj->fields */
 	size_t i_model, i_stream, i_so, i_max, i_maxc;
-	bool last_esc;                    /* the string just scanned had a backslash */
 	struct rj_key keys_inline[32];
 };
 
@@ -60,21 +64,33 @@ static const unsigned char hexval1[256] = {
 	['f'] = 16, ['A'] = 11, ['B'] = 12, ['C'] = 13, ['D'] = 14, ['E'] = 15, ['F'] = 16,
 };
 
-static enum rj_result parse_value(struct rj_parser *P, unsigned depth, enum rj_role child,
-                                  enum rj_type *type);
+static const unsigned char *parse_value(struct rj_parser *P, const unsigned char *p,
+                                       unsigned depth, enum rj_role child, enum rj_type *type);
 
-/* The next byte that is not whitespace, with P->p moved to it; -1 at the end. Most
- * bodies have no whitespace between tokens, so the first test usually settles it. */
-static inline int next_char(struct rj_parser *P)
+/* The byte at *pp once whitespace is skipped (*pp moved to it), or -1 at the end. Most
+ * bodies have no whitespace between tokens, and most of the others one space (after ':'
+ * and ',', as Python's json.dumps writes them): two tests settle those. */
+static inline int peek(const unsigned char **pp, const unsigned char *end)
 {
-	const unsigned char *p = P->p;
+	const unsigned char *p = *pp;
 
-	if (p < P->end && *p > ' ')
+	if (__builtin_expect(p < end && *p > ' ', 1))
 		return *p;
-	while (p < P->end && is_ws[*p])
+	if (end - p >= 2 && *p == ' ' && p[1] > ' ') {
+		*pp = p + 1;
+		return p[1];
+	}
+	while (p < end && is_ws[*p])
 		p++;
-	P->p = p;
-	return p < P->end ? *p : -1;
+	*pp = p;
+	return p < end ? *p : -1;
+}
+
+/* A fault: noted for reqjson_parse, and NULL for the step to return. */
+static inline const unsigned char *fail(struct rj_parser *P, enum rj_result r)
+{
+	P->err = r;
+	return NULL;
 }
 
 /* The length of the well-formed UTF-8 sequence at p (no overlong forms, no surrogates,
@@ -123,18 +139,18 @@ static inline long hex4(const unsigned char *p)
 	return (long)(a - 1) << 12 | (long)(b - 1) << 8 | (long)(c - 1) << 4 | (long)(d - 1);
 }
 
-/* Check the string whose opening quote is at P->p and step past its closing quote.
- * Sets P->last_esc when it has escapes (only those strings need decoding). Surrogate
- * escapes must come as a high-low pair, as jansson requires. */
-static enum rj_result scan_string(struct rj_parser *P)
+/* The rest of scan_string, from p, the first byte that ended its plain run: escapes,
+ * UTF-8 sequences and the faults. Surrogate escapes must come as a high-low pair, as
+ * jansson requires. */
+static const unsigned char *scan_string_rest(struct rj_parser *P, const unsigned char *p,
+                                             bool *has_esc)
 {
-	const unsigned char *p = P->p + 1, *end = P->end;
+	const unsigned char *end = P->end;
 	bool esc = false;
 
 	for (;;) {
-		p = reqjson_plain_end(p, end);
 		if (p >= end)
-			return RJ_NOT_JSON;
+			return fail(P, RJ_NOT_JSON);
 		if (*p == '"')
 			break;
 		if (*p == '\\') {
@@ -142,40 +158,56 @@ static enum rj_result scan_string(struct rj_parser *P)
 
 			esc = true;
 			if (end - p < 2)
-				return RJ_NOT_JSON;
+				return fail(P, RJ_NOT_JSON);
 			switch (p[1]) {
 			case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
 				p += 2;
-				continue;
+				goto plain;
 			case 'u':
 				break;
 			default:
-				return RJ_NOT_JSON;
+				return fail(P, RJ_NOT_JSON);
 			}
 			if (end - p < 6 || (cp = hex4(p + 2)) < 0)
-				return RJ_NOT_JSON;
+				return fail(P, RJ_NOT_JSON);
 			p += 6;
 			if (cp >= 0xdc00 && cp <= 0xdfff)
-				return RJ_NOT_JSON;
+				return fail(P, RJ_NOT_JSON);
 			if (cp >= 0xd800 && cp <= 0xdbff) {
 				if (end - p < 6 || p[0] != '\\' || p[1] != 'u' || (cp = hex4(p + 2)) < 0 ||
 				    cp < 0xdc00 || cp > 0xdfff)
-					return RJ_NOT_JSON;
+					return fail(P, RJ_NOT_JSON);
 				p += 6;
 			}
 		} else if (*p < 0x20) {
-			return RJ_NOT_JSON;
+			return fail(P, RJ_NOT_JSON);
 		} else {
 			size_t n = utf8_seq(p, end);
 
 			if (!n)
-				return RJ_NOT_JSON;
+				return fail(P, RJ_NOT_JSON);
 			p += n;
 		}
+plain:
+		p = reqjson_plain_end(p, end);
 	}
-	P->p = p + 1;
-	P->last_esc = esc;
-	return RJ_OK;
+	*has_esc = esc;
+	return p;
+}
+
+/* Check the string whose opening quote is at p: its closing quote, or NULL. *has_esc:
+ * it has escapes (only those strings need decoding). Most strings are plain ASCII up to
+ * their closing quote: that case is found here, inline, and anything else is handed to
+ * scan_string_rest. */
+static inline const unsigned char *scan_string(struct rj_parser *P, const unsigned char *p,
+                                               const unsigned char *end, bool *has_esc)
+{
+	p = reqjson_plain_end(p + 1, end);
+	if (p < end && *p == '"') {
+		*has_esc = false;
+		return p;
+	}
+	return scan_string_rest(P, p, has_esc);
 }
 
 /* Write code point cp as UTF-8 at o; the number of bytes. */
@@ -266,8 +298,8 @@ static char *arena_room(struct reqjson *rj, size_t need)
 
 /* Decode the string content [s, e) into the arena, NUL-terminated; NULL when out of
  * memory. esc: it has escapes (otherwise it is copied as it is). */
-static const char *arena_string(struct reqjson *rj, const unsigned char *s,
-                                const unsigned char *e, bool esc, size_t *len)
+static inline const char *arena_string(struct reqjson *rj, const unsigned char *s,
+                                       const unsigned char *e, bool esc, size_t *len)
 {
 	size_t raw = (size_t)(e - s), n;
 	char *o = arena_room(rj, raw + 1);
@@ -353,7 +385,8 @@ static enum rj_result table_build(struct rj_parser *P, struct rj_frame *fr, size
 }
 
 /* Add key k to the open object fr: RJ_DUPLICATE_KEY when the object already has it. */
-static enum rj_result key_add(struct rj_parser *P, struct rj_frame *fr, const char *k, size_t len)
+static enum rj_result key_add_rest(struct rj_parser *P, struct rj_frame *fr, const char *k,
+                                   size_t len)
 {
 	size_t n = P->n_keys - fr->first;
 	uint64_t h = 0;
@@ -404,6 +437,23 @@ static enum rj_result key_add(struct rj_parser *P, struct rj_frame *fr, const ch
 		return RJ_OK;
 	}
 	return n > RJ_LINEAR_KEYS ? table_build(P, fr, n) : RJ_OK;
+}
+
+/* key_add_rest for the usual object: few keys, compared one by one, and room for one
+ * more in P->keys. Inline, as it is done for every key. */
+static inline enum rj_result key_add(struct rj_parser *P, struct rj_frame *fr, const char *k,
+                                     size_t len)
+{
+	size_t n = P->n_keys - fr->first;
+	const struct rj_key *ks = P->keys + fr->first;
+
+	if (fr->table || n >= RJ_LINEAR_KEYS || P->n_keys == P->keys_cap)
+		return key_add_rest(P, fr, k, len);
+	for (size_t i = 0; i < n; i++)
+		if (ks[i].len == len && memcmp(ks[i].p, k, len) == 0)
+			return RJ_DUPLICATE_KEY;
+	P->keys[P->n_keys++] = (struct rj_key){ k, len, 0 };
+	return RJ_OK;
 }
 
 /* The field array for the first RJ_FIELDS_FIRST members and the first arena chunk, in one
@@ -476,170 +526,195 @@ static void note_top_key(struct rj_parser *P, const char *k, size_t len, size_t 
 	}
 }
 
-/* The object whose '{' is at P->p, at nesting depth `depth`. Duplicates are looked for as
- * each key is read (before its value), so the fault reported is the first in body order,
- * as jansson reports it. */
-static enum rj_result parse_object(struct rj_parser *P, unsigned depth, enum rj_role role)
+/* The object whose '{' is at p, at nesting depth `depth`; the byte after its '}', or
+ * NULL. Duplicates are looked for as each key is read (before its value), so the fault
+ * reported is the first in body order, as jansson reports it. Always inlined into
+ * parse_top and parse_object, so that each is compiled for its roles: the top level's
+ * fields and copies then cost the nested objects nothing (not even registers). */
+static inline __attribute__((always_inline)) const unsigned char *
+object_members(struct rj_parser *P, const unsigned char *p, unsigned depth, enum rj_role role)
 {
 	struct rj_frame fr = { .first = P->n_keys };
 	struct reqjson *rj = P->rj;
-	enum rj_result r = RJ_OK;
+	const unsigned char *end = P->end;
+	enum rj_result r;
 	int c;
 
-	P->p++;
-	c = next_char(P);
+	p++;
+	c = peek(&p, end);
 	if (c == '}')
 		goto close;
 	for (;;) {
-		const unsigned char *ks;
+		const unsigned char *ks, *ke;
 		const char *k;
 		size_t kn, voff;
 		enum rj_type type;
+		enum rj_role child = ROLE_NESTED;   /* the role of an object value */
 		struct rj_field *f = NULL;
-		bool is_iu = false;
+		bool is_iu = false, esc;
 
-		if (c != '"') {
-			r = RJ_NOT_JSON;
-			goto done;
-		}
-		ks = P->p + 1;
-		if ((r = scan_string(P)) != RJ_OK)
-			goto done;
-		if (role == ROLE_TOP || P->last_esc) {
+		if (c != '"')
+			goto not_json;
+		ks = p + 1;
+		if (!(ke = scan_string(P, p, end, &esc)))
+			goto fault;
+		if (role == ROLE_TOP || esc) {
 			/* top-level keys are kept; others only when escapes make them differ from
 			 * their bytes */
-			k = arena_string(rj, ks, P->p - 1, P->last_esc, &kn);
+			k = arena_string(rj, ks, ke, esc, &kn);
 			if (!k) {
-				r = RJ_NOMEM;
-				goto done;
+				P->err = RJ_NOMEM;
+				goto fault;
 			}
-			if (P->last_esc && memchr(k, '\0', kn)) {
-				r = RJ_NOT_JSON;
-				goto done;
-			}
+			if (esc && memchr(k, '\0', kn))
+				goto not_json;
 		} else {
 			k = (const char *)ks;
-			kn = (size_t)(P->p - 1 - ks);
+			kn = (size_t)(ke - ks);
 		}
-		if ((r = key_add(P, &fr, k, kn)) != RJ_OK)
-			goto done;
-		if (next_char(P) != ':') {
-			r = RJ_NOT_JSON;
-			goto done;
+		if ((r = key_add(P, &fr, k, kn)) != RJ_OK) {
+			P->err = r;
+			goto fault;
 		}
-		P->p++;
-		if (next_char(P) < 0) {
-			r = RJ_NOT_JSON;
-			goto done;
-		}
-		voff = (size_t)(P->p - P->base);
+		p = ke + 1;
+		if (peek(&p, end) != ':')
+			goto not_json;
+		p++;
+		if ((c = peek(&p, end)) < 0)
+			goto not_json;
+		voff = (size_t)(p - P->base);
 		if (role == ROLE_TOP) {
 			size_t i = rj->n_fields;
 
 			if (!(f = field_new(rj))) {
-				r = RJ_NOMEM;
-				goto done;
+				P->err = RJ_NOMEM;
+				goto fault;
 			}
 			f->key = k;
 			f->key_len = kn;
 			f->val_off = voff;
 			note_top_key(P, k, kn, i);
 			/* f stays good: only the top-level object adds fields */
-			r = parse_value(P, depth, P->i_so == i ? ROLE_SO : ROLE_NESTED, &type);
+			if (P->i_so == i)
+				child = ROLE_SO;
 		} else {
 			is_iu = role == ROLE_SO && kn == 13 && memcmp(k, "include_usage", 13) == 0;
-			r = parse_value(P, depth, ROLE_NESTED, &type);
 		}
-		if (r != RJ_OK)
-			goto done;
+		if (c == '"') {
+			/* a string, the usual value: read here, without a call */
+			const unsigned char *ve = scan_string(P, p, end, &esc);
+
+			if (!ve)
+				goto fault;
+			type = RJ_STRING;
+			p = ve + 1;
+		} else {
+			if (!(p = parse_value(P, p, depth, child, &type)))
+				goto fault;
+		}
 		if (f) {
 			f->type = type;
-			f->val_len = (size_t)(P->p - P->base) - voff;
+			f->val_len = (size_t)(p - P->base) - voff;
 			if (type == RJ_STRING) {
-				f->str = arena_string(rj, P->base + voff + 1, P->p - 1, P->last_esc,
-				                      &f->str_len);
+				f->str = arena_string(rj, P->base + voff + 1, p - 1, esc, &f->str_len);
 				if (!f->str) {
-					r = RJ_NOMEM;
-					goto done;
+					P->err = RJ_NOMEM;
+					goto fault;
 				}
 			}
 		} else if (is_iu) {
 			rj->has_iu = true;
 			rj->iu_off = voff;
-			rj->iu_len = (size_t)(P->p - P->base) - voff;
+			rj->iu_len = (size_t)(p - P->base) - voff;
 			rj->include_usage = type == RJ_TRUE;
 		}
-		c = next_char(P);
+		c = peek(&p, end);
 		if (c == ',') {
-			P->p++;
-			c = next_char(P);
+			p++;
+			c = peek(&p, end);
 			continue;
 		}
 		if (c == '}')
 			break;
-		r = RJ_NOT_JSON;
-		goto done;
+		goto not_json;
 	}
 close:
 	if (role == ROLE_TOP)
-		rj->obj_end = (size_t)(P->p - P->base);
+		rj->obj_end = (size_t)(p - P->base);
 	else if (role == ROLE_SO)
-		rj->so_end = (size_t)(P->p - P->base);
-	P->p++;
+		rj->so_end = (size_t)(p - P->base);
+	p++;
+	goto done;
+not_json:
+	P->err = RJ_NOT_JSON;
+fault:
+	p = NULL;
 done:
-	free(fr.table);
+	if (fr.table)
+		free(fr.table);
 	P->n_keys = fr.first;
-	return r;
+	return p;
 }
 
-/* The array whose '[' is at P->p. */
-static enum rj_result parse_array(struct rj_parser *P, unsigned depth)
+/* The top-level object, whose '{' is at p. */
+static const unsigned char *parse_top(struct rj_parser *P, const unsigned char *p)
 {
+	return object_members(P, p, 1, ROLE_TOP);
+}
+
+/* An object below the top, stream_options' value (so) or any other. */
+static const unsigned char *parse_object(struct rj_parser *P, const unsigned char *p,
+                                         unsigned depth, bool so)
+{
+	return object_members(P, p, depth, so ? ROLE_SO : ROLE_NESTED);
+}
+
+/* The array whose '[' is at p; the byte after its ']', or NULL. */
+static const unsigned char *parse_array(struct rj_parser *P, const unsigned char *p,
+                                        unsigned depth)
+{
+	const unsigned char *end = P->end;
 	enum rj_type type;
-	enum rj_result r;
 	int c;
 
-	P->p++;
-	c = next_char(P);
-	if (c == ']') {
-		P->p++;
-		return RJ_OK;
-	}
+	p++;
+	c = peek(&p, end);
+	if (c == ']')
+		return p + 1;
 	for (;;) {
 		if (c < 0)
-			return RJ_NOT_JSON;
-		if ((r = parse_value(P, depth, ROLE_NESTED, &type)) != RJ_OK)
-			return r;
-		c = next_char(P);
+			return fail(P, RJ_NOT_JSON);
+		if (!(p = parse_value(P, p, depth, ROLE_NESTED, &type)))
+			return NULL;
+		c = peek(&p, end);
 		if (c == ',') {
-			P->p++;
-			c = next_char(P);
+			p++;
+			c = peek(&p, end);
 			continue;
 		}
-		if (c == ']') {
-			P->p++;
-			return RJ_OK;
-		}
-		return RJ_NOT_JSON;
+		if (c == ']')
+			return p + 1;
+		return fail(P, RJ_NOT_JSON);
 	}
 }
 
-/* A number: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?, of any size. */
-static enum rj_result parse_number(struct rj_parser *P)
+/* A number at p: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?, of any size; the
+ * byte after it, or NULL. */
+static const unsigned char *parse_number(struct rj_parser *P, const unsigned char *p)
 {
-	const unsigned char *p = P->p, *end = P->end;
+	const unsigned char *end = P->end;
 
 	if (*p == '-')
 		p++;
 	if (p >= end || *p < '0' || *p > '9')
-		return RJ_NOT_JSON;
+		return fail(P, RJ_NOT_JSON);
 	if (*p++ != '0')
 		while (p < end && *p >= '0' && *p <= '9')
 			p++;
 	if (p < end && *p == '.') {
 		p++;
 		if (p >= end || *p < '0' || *p > '9')
-			return RJ_NOT_JSON;
+			return fail(P, RJ_NOT_JSON);
 		while (p < end && *p >= '0' && *p <= '9')
 			p++;
 	}
@@ -648,56 +723,57 @@ static enum rj_result parse_number(struct rj_parser *P)
 		if (p < end && (*p == '+' || *p == '-'))
 			p++;
 		if (p >= end || *p < '0' || *p > '9')
-			return RJ_NOT_JSON;
+			return fail(P, RJ_NOT_JSON);
 		while (p < end && *p >= '0' && *p <= '9')
 			p++;
 	}
 	/* "01" is not a number followed by "1": the grammar has nothing that may follow a
 	 * number directly but whitespace and punctuation, which the caller checks */
-	P->p = p;
-	return RJ_OK;
+	return p;
 }
 
-/* A literal word (true, false, null) at P->p. */
-static enum rj_result parse_word(struct rj_parser *P, const char *w, size_t n)
+/* A literal word (true, false, null) at p; the byte after it, or NULL. */
+static const unsigned char *parse_word(struct rj_parser *P, const unsigned char *p,
+                                       const char *w, size_t n)
 {
-	if ((size_t)(P->end - P->p) < n || memcmp(P->p, w, n) != 0)
-		return RJ_NOT_JSON;
-	P->p += n;
-	return RJ_OK;
+	if ((size_t)(P->end - p) < n || memcmp(p, w, n) != 0)
+		return fail(P, RJ_NOT_JSON);
+	return p + n;
 }
 
-/* The value at P->p (not whitespace), inside a container at `depth`; child is the role
- * an object value takes. */
-static enum rj_result parse_value(struct rj_parser *P, unsigned depth, enum rj_role child,
-                                  enum rj_type *type)
+/* The value at p (not whitespace, not the end), inside a container at `depth`; child is
+ * the role an object value takes. The byte after the value, or NULL. */
+static const unsigned char *parse_value(struct rj_parser *P, const unsigned char *p,
+                                        unsigned depth, enum rj_role child, enum rj_type *type)
 {
-	switch (*P->p) {
+	bool esc;
+
+	switch (*p) {
 	case '"':
 		*type = RJ_STRING;
-		return scan_string(P);
+		return (p = scan_string(P, p, P->end, &esc)) ? p + 1 : NULL;
 	case '{':
 		*type = RJ_OBJECT;
 		if (depth >= REQJSON_MAX_DEPTH)
-			return RJ_TOO_DEEP;
-		return parse_object(P, depth + 1, child);
+			return fail(P, RJ_TOO_DEEP);
+		return parse_object(P, p, depth + 1, child == ROLE_SO);
 	case '[':
 		*type = RJ_ARRAY;
 		if (depth >= REQJSON_MAX_DEPTH)
-			return RJ_TOO_DEEP;
-		return parse_array(P, depth + 1);
+			return fail(P, RJ_TOO_DEEP);
+		return parse_array(P, p, depth + 1);
 	case 't':
 		*type = RJ_TRUE;
-		return parse_word(P, "true", 4);
+		return parse_word(P, p, "true", 4);
 	case 'f':
 		*type = RJ_FALSE;
-		return parse_word(P, "false", 5);
+		return parse_word(P, p, "false", 5);
 	case 'n':
 		*type = RJ_NULL;
-		return parse_word(P, "null", 4);
+		return parse_word(P, p, "null", 4);
 	default:
 		*type = RJ_NUMBER;
-		return parse_number(P);
+		return parse_number(P, p);
 	}
 }
 
@@ -725,22 +801,24 @@ static void read_fields(struct rj_parser *P)
 enum rj_result reqjson_parse(struct reqjson *rj, const char *body, size_t len)
 {
 	struct rj_parser P;
+	const unsigned char *p;
 	enum rj_type type;
-	enum rj_result r;
+	enum rj_result r = RJ_OK;
 	int c;
 
 	memset(rj, 0, sizeof(*rj));
 	P.rj = rj;
-	P.base = P.p = (const unsigned char *)body;
+	P.base = (const unsigned char *)body;
 	P.end = P.base + len;
+	P.err = RJ_OK;
 	P.keys = P.keys_inline;
 	P.n_keys = 0;
 	P.keys_cap = sizeof(P.keys_inline) / sizeof(P.keys_inline[0]);
 	P.seed = 0;
 	P.i_model = P.i_stream = P.i_so = P.i_max = P.i_maxc = SIZE_MAX;
-	P.last_esc = false;
 
-	c = next_char(&P);
+	p = P.base;
+	c = peek(&p, P.end);
 	if (c < 0) {
 		r = RJ_NOT_JSON;
 		goto done;
@@ -750,14 +828,14 @@ enum rj_result reqjson_parse(struct reqjson *rj, const char *body, size_t len)
 			r = RJ_NOMEM;
 			goto done;
 		}
-		r = parse_object(&P, 1, ROLE_TOP);
+		p = parse_top(&P, p);
 		type = RJ_OBJECT;
 	} else {
-		r = parse_value(&P, 0, ROLE_NESTED, &type);
+		p = parse_value(&P, p, 0, ROLE_NESTED, &type);
 	}
-	if (r != RJ_OK)
-		goto done;
-	if (next_char(&P) >= 0)
+	if (!p)
+		r = P.err;
+	else if (peek(&p, P.end) >= 0)
 		r = RJ_NOT_JSON;
 	else if (type != RJ_OBJECT)
 		r = RJ_NOT_OBJECT;
