@@ -296,6 +296,33 @@ static char *arena_room(struct reqjson *rj, size_t need)
 	return c->data;
 }
 
+/* memcpy(o, s, n) for the short strings a request's top level has (keys, model names),
+ * without the call, which costs more than such a copy: two overlapping loads and stores,
+ * all within [s, s + n) and [o, o + n). */
+static inline void copy_short(char *o, const unsigned char *s, size_t n)
+{
+	if (n > 16) {
+		memcpy(o, s, n);
+	} else if (n >= 8) {
+		uint64_t a, b;
+
+		memcpy(&a, s, 8);
+		memcpy(&b, s + n - 8, 8);
+		memcpy(o, &a, 8);
+		memcpy(o + n - 8, &b, 8);
+	} else if (n >= 4) {
+		uint32_t a, b;
+
+		memcpy(&a, s, 4);
+		memcpy(&b, s + n - 4, 4);
+		memcpy(o, &a, 4);
+		memcpy(o + n - 4, &b, 4);
+	} else {
+		for (size_t i = 0; i < n; i++)
+			o[i] = (char)s[i];
+	}
+}
+
 /* Decode the string content [s, e) into the arena, NUL-terminated; NULL when out of
  * memory. esc: it has escapes (otherwise it is copied as it is). */
 static inline const char *arena_string(struct reqjson *rj, const unsigned char *s,
@@ -309,7 +336,7 @@ static inline const char *arena_string(struct reqjson *rj, const unsigned char *
 	if (esc) {
 		n = decode_string(s, e, o);
 	} else {
-		memcpy(o, s, raw);
+		copy_short(o, s, raw);
 		n = raw;
 	}
 	o[n] = '\0';
@@ -526,6 +553,40 @@ static void note_top_key(struct rj_parser *P, const char *k, size_t len, size_t 
 	}
 }
 
+/* A number at p: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?, of any size; the
+ * byte after it, or NULL. */
+static const unsigned char *parse_number(struct rj_parser *P, const unsigned char *p)
+{
+	const unsigned char *end = P->end;
+
+	if (*p == '-')
+		p++;
+	if (p >= end || *p < '0' || *p > '9')
+		return fail(P, RJ_NOT_JSON);
+	if (*p++ != '0')
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+	if (p < end && *p == '.') {
+		p++;
+		if (p >= end || *p < '0' || *p > '9')
+			return fail(P, RJ_NOT_JSON);
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+	}
+	if (p < end && (*p == 'e' || *p == 'E')) {
+		p++;
+		if (p < end && (*p == '+' || *p == '-'))
+			p++;
+		if (p >= end || *p < '0' || *p > '9')
+			return fail(P, RJ_NOT_JSON);
+		while (p < end && *p >= '0' && *p <= '9')
+			p++;
+	}
+	/* "01" is not a number followed by "1": the grammar has nothing that may follow a
+	 * number directly but whitespace and punctuation, which the caller checks */
+	return p;
+}
+
 /* The object whose '{' is at p, at nesting depth `depth`; the byte after its '}', or
  * NULL. Duplicates are looked for as each key is read (before its value), so the fault
  * reported is the first in body order, as jansson reports it. Always inlined into
@@ -608,6 +669,11 @@ object_members(struct rj_parser *P, const unsigned char *p, unsigned depth, enum
 				goto fault;
 			type = RJ_STRING;
 			p = ve + 1;
+		} else if (c == '-' || (c >= '0' && c <= '9')) {
+			/* a number, as often as not (temperature, max_tokens): no call either */
+			type = RJ_NUMBER;
+			if (!(p = parse_number(P, p)))
+				goto fault;
 		} else {
 			if (!(p = parse_value(P, p, depth, child, &type)))
 				goto fault;
@@ -696,40 +762,6 @@ static const unsigned char *parse_array(struct rj_parser *P, const unsigned char
 			return p + 1;
 		return fail(P, RJ_NOT_JSON);
 	}
-}
-
-/* A number at p: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?, of any size; the
- * byte after it, or NULL. */
-static const unsigned char *parse_number(struct rj_parser *P, const unsigned char *p)
-{
-	const unsigned char *end = P->end;
-
-	if (*p == '-')
-		p++;
-	if (p >= end || *p < '0' || *p > '9')
-		return fail(P, RJ_NOT_JSON);
-	if (*p++ != '0')
-		while (p < end && *p >= '0' && *p <= '9')
-			p++;
-	if (p < end && *p == '.') {
-		p++;
-		if (p >= end || *p < '0' || *p > '9')
-			return fail(P, RJ_NOT_JSON);
-		while (p < end && *p >= '0' && *p <= '9')
-			p++;
-	}
-	if (p < end && (*p == 'e' || *p == 'E')) {
-		p++;
-		if (p < end && (*p == '+' || *p == '-'))
-			p++;
-		if (p >= end || *p < '0' || *p > '9')
-			return fail(P, RJ_NOT_JSON);
-		while (p < end && *p >= '0' && *p <= '9')
-			p++;
-	}
-	/* "01" is not a number followed by "1": the grammar has nothing that may follow a
-	 * number directly but whitespace and punctuation, which the caller checks */
-	return p;
 }
 
 /* A literal word (true, false, null) at p; the byte after it, or NULL. */
