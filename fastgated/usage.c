@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "reqjson.h"   /* reqjson_plain_end: the string scan both JSON readers share */
 #include "usage.h"
 
 /* An SSE event larger than this is not one we need to read: pass it on and stop holding. */
@@ -17,12 +18,6 @@
 
 struct jscan {
 	const char *p, *end;
-};
-
-/* Bytes that end the plain ASCII run inside a string: the quote, a backslash, control
- * bytes, and every byte of a multi-byte UTF-8 sequence (checked one sequence at a time). */
-static const bool str_stop[256] = {
-	[0x00 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1, [0x80 ... 0xff] = 1,
 };
 
 /* Length of the well-formed UTF-8 sequence at p (RFC 3629: no overlong forms, no
@@ -97,58 +92,37 @@ static size_t escape_len(const char *p, const char *end)
 	return 11;
 }
 
-static void js_ws(struct jscan *j)
+static inline bool is_json_ws(char c)
+{
+	return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* Whitespace after j->p skipped: out of line, as compact JSON, the usual case, has none
+ * (js_ws's one test says so). */
+static __attribute__((noinline)) void js_ws_skip(struct jscan *j)
 {
 	const char *p = j->p;
 
-	/* compact JSON, the usual case, has none: one test says so */
-	if (p < j->end && (unsigned char)*p > ' ')
-		return;
-	while (p < j->end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+	while (p < j->end && is_json_ws(*p))
 		p++;
 	j->p = p;
 }
 
-/* Non-zero when one of the 8 bytes in x is a str_stop byte: a quote, a backslash, a
- * control byte (< 0x20) or a non-ASCII byte. The usual "has a zero byte" / "has a byte
- * less than n" word tricks. Each trick can also flag bytes above a true hit (a borrow),
- * never below one, so the lowest flagged byte is the first stop byte. */
-static inline uint64_t word_has_stop(uint64_t x)
+static inline void js_ws(struct jscan *j)
 {
-	const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-	uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
-
-	return (x | ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b)) & highs;
+	if (__builtin_expect(j->p < j->end && (unsigned char)*j->p > ' ', 1))
+		return;
+	js_ws_skip(j);
 }
 
-/* A string; on success s and n span its raw contents (escapes left as written). Plain
- * ASCII runs (most of a chat body) go 8 bytes per step; the cursor lives in a local so
- * that the compiler does not store it back at every byte. */
-static bool js_string(struct jscan *j, const char **s, size_t *n)
+/* The rest of js_string from p, the first byte that ended its plain run: escapes, UTF-8
+ * sequences and the faults (with j->p left at the fault). On success, p is at the closing
+ * quote. */
+static bool js_string_rest(struct jscan *j, const char **pp)
 {
-	const char *p = j->p, *q, *end = j->end;
+	const char *p = *pp, *end = j->end;
 
-	if (p >= end || *p != '"')
-		return false;
-	q = ++p;
 	for (;;) {
-		uint64_t w;
-
-		while (end - p >= 8) {
-			uint64_t stop;
-
-			memcpy(&w, p, sizeof(w));
-			if ((stop = word_has_stop(w))) {
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-				/* the first byte is the lowest: so is its flag */
-				p += (size_t)__builtin_ctzll(stop) / 8;
-#endif
-				break;
-			}
-			p += 8;
-		}
-		while (p < end && !str_stop[(unsigned char)*p])
-			p++;
 		if (p >= end) {
 			j->p = p;
 			return false;
@@ -174,7 +148,27 @@ static bool js_string(struct jscan *j, const char **s, size_t *n)
 			}
 			p += u8;
 		}
+		p = (const char *)reqjson_plain_end((const unsigned char *)p,
+		                                    (const unsigned char *)end);
 	}
+	*pp = p;
+	return true;
+}
+
+/* A string; on success s and n span its raw contents (escapes left as written). Plain
+ * ASCII runs (most of a chat body) go 16 bytes a step (reqjson_plain_end); a string that
+ * is plain up to its closing quote, the usual key, is read here inline, the cursor in a
+ * local so that the compiler does not store it back at every step. */
+static inline bool js_string(struct jscan *j, const char **s, size_t *n)
+{
+	const char *p = j->p, *q, *end = j->end;
+
+	if (p >= end || *p != '"')
+		return false;
+	q = ++p;
+	p = (const char *)reqjson_plain_end((const unsigned char *)p, (const unsigned char *)end);
+	if (!(p < end && *p == '"') && !js_string_rest(j, &p))
+		return false;
 	*s = q;
 	*n = (size_t)(p - q);
 	j->p = p + 1;
@@ -268,7 +262,9 @@ static bool js_number(struct jscan *j)
 		while (is_digit(j, p))
 			p++;
 	}
-	if (!number_fits(j->p, (size_t)(p - j->p), integer))
+	/* an integer of fewer than 19 characters fits whatever its digits: no call for the
+	 * counts of a usage object */
+	if (!(integer && p - j->p < 19) && !number_fits(j->p, (size_t)(p - j->p), integer))
 		return false;
 	j->p = p;
 	return true;
@@ -433,14 +429,25 @@ static void usage_field(void *arg, const char *k, size_t kn, struct jscan *v)
 {
 	struct usage *u = arg;
 
-	if (key_is(k, kn, "prompt_tokens"))
-		read_count(v, &u->prompt_tokens);
-	else if (key_is(k, kn, "completion_tokens"))
-		read_count(v, &u->completion_tokens);
-	else if (key_is(k, kn, "prompt_tokens_details"))
-		read_detail(v, "cached_tokens", &u->cached_tokens);
-	else if (key_is(k, kn, "completion_tokens_details"))
-		read_detail(v, "reasoning_tokens", &u->reasoning_tokens);
+	/* by length first: one compare of the key's bytes at most */
+	switch (kn) {
+	case 13:
+		if (key_is(k, kn, "prompt_tokens"))
+			read_count(v, &u->prompt_tokens);
+		break;
+	case 17:
+		if (key_is(k, kn, "completion_tokens"))
+			read_count(v, &u->completion_tokens);
+		break;
+	case 21:
+		if (key_is(k, kn, "prompt_tokens_details"))
+			read_detail(v, "cached_tokens", &u->cached_tokens);
+		break;
+	case 25:
+		if (key_is(k, kn, "completion_tokens_details"))
+			read_detail(v, "reasoning_tokens", &u->reasoning_tokens);
+		break;
+	}
 }
 
 static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
@@ -466,16 +473,29 @@ static int usage_at_tail(const char *body, size_t len, struct usage *u)
 	struct usage got;
 	struct jscan j;
 
-	/* the last "usage" key, looked for from the end, where answers put it */
-	for (size_t n = len; (p = memrchr(body, '"', n)) != NULL; n = (size_t)(p - body))
-		if ((size_t)(end - p) >= 7 && memcmp(p, "\"usage\"", 7) == 0) {
-			hit = p;
+	/* the last "usage" key, looked for from the end, where answers put it: by its 'u',
+	 * which few of the bytes after it have (none of the counts' keys), where every few
+	 * bytes there is a quote */
+	for (size_t n = len; (p = memrchr(body, 'u', n)) != NULL; n = (size_t)(p - body))
+		if (p > body && (size_t)(end - p) >= 6 && memcmp(p - 1, "\"usage\"", 7) == 0) {
+			hit = p - 1;
 			break;
 		}
 	if (!hit)
 		return -1;   /* no "usage" anywhere: nothing to walk for */
+	/* what follows can only succeed when the answer ends with two closing braces (the
+	 * usage object's, the document's): OpenAI's answers, which have service_tier and
+	 * system_fingerprint after usage, go to the full walk without walking usage first */
+	for (b = end; b > hit && is_json_ws(b[-1]); b--)
+		;
+	if (b == hit || b[-1] != '}')
+		return 0;
+	for (b--; b > hit && is_json_ws(b[-1]); b--)
+		;
+	if (b == hit || b[-1] != '}')
+		return 0;
 	usage_reset(&got);
-	for (b = hit; b > body && (b[-1] == ' ' || b[-1] == '\t' || b[-1] == '\n' || b[-1] == '\r'); b--)
+	for (b = hit; b > body && is_json_ws(b[-1]); b--)
 		;
 	if (b == body || (b[-1] != ',' && b[-1] != '{'))
 		return 0;

@@ -394,4 +394,107 @@ TEST(a_streams_leading_events_without_content_are_told_apart)
 	CHECK(first_content("data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]} x\n\n", &held));
 }
 
+/* ---- string scanning, which reads 16 or 8 bytes a step ---------------------------- */
+
+/* usage_from_json on body[0..len) copied to a heap block of exactly len bytes, so ASan
+ * sees any read at or past the end. */
+static bool usage_exact(const char *body, size_t len, struct usage *u)
+{
+	char *b = malloc(len ? len : 1);
+	bool found;
+
+	memcpy(b, body, len);
+	found = usage_from_json(b, len, u);
+	free(b);
+	return found;
+}
+
+/* A stop byte written into a string's content, and whether the string is then JSON to
+ * the scanner (which, like jansson, refuses \u0000). */
+static const struct { const char *raw; bool ok; } usage_stops[] = {
+	{ "", true }, { "\\n", true }, { "\\\"", true }, { "\\\\", true }, { "\\u00e9", true },
+	{ "\\ud83d\\ude00", true }, { "\xc3\xa9", true }, { "\xe2\x82\xac", true },
+	{ "\x7f", true }, { " ", true },
+	{ "\x01", false }, { "\t", false }, { "\xff", false }, { "\x80", false }, { "\xc3", false },
+	{ "\\x", false }, { "\\u0000", false }, { "\\ud800", false }, { "\"x", false },
+};
+
+/* len letters with the stop at position at (at == len: at the end). */
+static size_t usage_stop_content(char *out, size_t len, size_t at, const char *raw)
+{
+	size_t o = 0;
+
+	for (size_t i = 0; i <= len; i++) {
+		if (i == at) {
+			memcpy(out + o, raw, strlen(raw));
+			o += strlen(raw);
+		}
+		if (i < len)
+			out[o++] = (char)('a' + i % 26);
+	}
+	return o;
+}
+
+TEST(a_stop_byte_is_found_at_every_position_of_a_16_and_8_byte_step)
+{
+	char c[128], body[512];
+	size_t bad = 0;
+
+	for (size_t ki = 0; ki < sizeof(usage_stops) / sizeof(usage_stops[0]); ki++) {
+		for (size_t len = 0; len <= 40; len++) {
+			for (size_t at = 0; at <= len; at++) {
+				size_t n = usage_stop_content(c, len, at, usage_stops[ki].raw), bl;
+				bool want = usage_stops[ki].ok, ok;
+				struct usage u;
+
+				/* a key of the usage object at the tail */
+				bl = (size_t)snprintf(body, sizeof(body),
+				                      "{\"usage\":{\"prompt_tokens\":1,\"%.*s\":2,"
+				                      "\"completion_tokens\":3}}", (int)n, c);
+				ok = usage_exact(body, bl, &u) == want &&
+				     u.prompt_tokens == (want ? 1 : -1) && u.completion_tokens == (want ? 3 : -1);
+				/* a string before the usage object, which the full walk reads */
+				bl = (size_t)snprintf(body, sizeof(body),
+				                      "{\"s\":\"%.*s\",\"usage\":{\"prompt_tokens\":1,"
+				                      "\"completion_tokens\":3},\"z\":0}", (int)n, c);
+				ok = ok && usage_exact(body, bl, &u) == want;
+				/* a key of the usage object that runs into the end of the buffer */
+				bl = (size_t)snprintf(body, sizeof(body), "{\"usage\":{\"prompt_tokens\":1,\"%.*s",
+				                      (int)n, c);
+				ok = ok && !usage_exact(body, bl, &u);
+				if (!ok && bad++ < 5)
+					fprintf(stderr, "  stop %zu, length %zu, at %zu: %s\n", ki, len, at, body);
+			}
+		}
+	}
+	CHECK_INT(bad, 0);
+}
+
+TEST(a_usage_chunk_with_a_stop_byte_anywhere_in_a_key_is_stripped_only_when_json)
+{
+	char c[128], ev[512];
+
+	for (size_t ki = 0; ki < sizeof(usage_stops) / sizeof(usage_stops[0]); ki++) {
+		for (size_t len = 0; len <= 34; len += 1) {
+			size_t at = len / 2, n = usage_stop_content(c, len, at, usage_stops[ki].raw);
+			size_t el = (size_t)snprintf(ev, sizeof(ev),
+			                             "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":4,"
+			                             "\"%.*s\":0}}\n\n", (int)n, c);
+			struct sse_scan s;
+			char *out = NULL, *in = malloc(el);
+			size_t out_len = 0, cap = 0;
+
+			memcpy(in, ev, el);
+			sse_scan_init(&s, true);
+			CHECK_INT(sse_scan_feed(&s, in, el, &out, &out_len, &cap), 0);
+			CHECK_INT(sse_scan_finish(&s, &out, &out_len, &cap), 0);
+			CHECK_INT(out_len, usage_stops[ki].ok ? 0 : el);
+			CHECK_INT(s.usage.prompt_tokens, usage_stops[ki].ok ? 4 : -1);
+			sse_scan_free(&s);
+			free(out);
+			free(in);
+		}
+	}
+}
+
 RUN_TESTS()
