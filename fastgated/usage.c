@@ -270,12 +270,71 @@ static bool js_number(struct jscan *j)
 	return true;
 }
 
-/* An object or array, skipped. */
-static bool js_container(struct jscan *j, int depth, char close)
+/* What an object walk does with a member: fn is called with the value's span once the
+ * value is known to be JSON; take, offered first a value that is an object (j at its
+ * '{'), may read it itself, checking it and reading what it wants in one walk (it returns
+ * true, with *ok false when the value is not JSON), or return false to leave it to the
+ * walk. */
+typedef void member_fn(void *arg, const char *k, size_t kn, struct jscan *v);
+typedef bool take_fn(void *arg, const char *k, size_t kn, struct jscan *j, int depth, bool *ok);
+
+/* The object whose '{' is at j->p, inside `depth` containers (more than 64 is too deep),
+ * checked as JSON, each member handed to take and fn (either may be NULL); true if it is
+ * JSON, with j->p past it. */
+static bool js_object(struct jscan *j, int depth, member_fn *fn, take_fn *take, void *arg)
 {
 	const char *k;
 	size_t kn;
 
+	if (depth > 64)
+		return false;
+	j->p++;
+	js_ws(j);
+	if (j->p < j->end && *j->p == '}') {
+		j->p++;
+		return true;
+	}
+	for (;;) {
+		struct jscan v;
+		bool ok;
+
+		if (!js_string(j, &k, &kn))
+			return false;
+		js_ws(j);
+		if (j->p >= j->end || *j->p != ':')
+			return false;
+		j->p++;
+		js_ws(j);
+		if (take && j->p < j->end && *j->p == '{' && take(arg, k, kn, j, depth + 1, &ok)) {
+			if (!ok)
+				return false;
+		} else {
+			v.p = j->p;
+			if (!js_value(j, depth + 1))
+				return false;
+			v.end = j->p;
+			if (fn)
+				fn(arg, k, kn, &v);
+		}
+		js_ws(j);
+		if (j->p < j->end && *j->p == ',') {
+			j->p++;
+			js_ws(j);
+			continue;
+		}
+		if (j->p < j->end && *j->p == '}') {
+			j->p++;
+			return true;
+		}
+		return false;
+	}
+}
+
+/* An object or array, skipped. */
+static bool js_container(struct jscan *j, int depth, char close)
+{
+	if (close == '}')
+		return js_object(j, depth, NULL, NULL, NULL);
 	if (depth > 64)
 		return false;
 	j->p++;
@@ -285,14 +344,6 @@ static bool js_container(struct jscan *j, int depth, char close)
 		return true;
 	}
 	for (;;) {
-		if (close == '}') {
-			if (!js_string(j, &k, &kn))
-				return false;
-			js_ws(j);
-			if (j->p >= j->end || *j->p != ':')
-				return false;
-			j->p++;
-		}
 		if (!js_value(j, depth + 1))
 			return false;
 		js_ws(j);
@@ -334,49 +385,20 @@ static bool key_is(const char *k, size_t kn, const char *want)
 	return strlen(want) == kn && memcmp(k, want, kn) == 0;
 }
 
-/* Walk the members of the object at j->p, calling fn(key, value span) for each; true if
- * the object is well formed. */
-static bool js_members(struct jscan *j, void (*fn)(void *, const char *, size_t, struct jscan *),
-                       void *arg)
+/* Walk the members of the object at j->p (after whitespace), as js_object does at the
+ * top; true if the object is well formed. */
+static inline bool js_members_take(struct jscan *j, member_fn *fn, take_fn *take, void *arg)
 {
-	const char *k;
-	size_t kn;
-
 	js_ws(j);
 	if (j->p >= j->end || *j->p != '{')
 		return false;
-	j->p++;
-	js_ws(j);
-	if (j->p < j->end && *j->p == '}') {
-		j->p++;
-		return true;
-	}
-	for (;;) {
-		struct jscan v;
-		if (!js_string(j, &k, &kn))
-			return false;
-		js_ws(j);
-		if (j->p >= j->end || *j->p != ':')
-			return false;
-		j->p++;
-		js_ws(j);
-		v.p = j->p;
-		if (!js_value(j, 1))
-			return false;
-		v.end = j->p;
-		fn(arg, k, kn, &v);
-		js_ws(j);
-		if (j->p < j->end && *j->p == ',') {
-			j->p++;
-			js_ws(j);
-			continue;
-		}
-		if (j->p < j->end && *j->p == '}') {
-			j->p++;
-			return true;
-		}
-		return false;
-	}
+	return js_object(j, 0, fn, take, arg);
+}
+
+/* The same, calling fn(key, value span) for each member. */
+static inline bool js_members(struct jscan *j, member_fn *fn, void *arg)
+{
+	return js_members_take(j, fn, NULL, arg);
 }
 
 void usage_reset(struct usage *u)
@@ -415,41 +437,44 @@ static void detail_field(void *arg, const char *k, size_t kn, struct jscan *v)
 		read_count(v, d->dst);
 }
 
-static void read_detail(const struct jscan *v, const char *name, long *dst)
-{
-	struct detail d = { name, dst };
-	struct jscan obj = *v;
-
-	/* js_members walked the value already: it is well formed, null or an object */
-	if (obj.p < obj.end && *obj.p == '{')
-		js_members(&obj, detail_field, &d);
-}
-
-static void usage_field(void *arg, const char *k, size_t kn, struct jscan *v)
+/* A usage object's counts (the details objects are take_details' to read). */
+static void usage_count(void *arg, const char *k, size_t kn, struct jscan *v)
 {
 	struct usage *u = arg;
 
 	/* by length first: one compare of the key's bytes at most */
-	switch (kn) {
-	case 13:
-		if (key_is(k, kn, "prompt_tokens"))
-			read_count(v, &u->prompt_tokens);
-		break;
-	case 17:
-		if (key_is(k, kn, "completion_tokens"))
-			read_count(v, &u->completion_tokens);
-		break;
-	case 21:
-		if (key_is(k, kn, "prompt_tokens_details"))
-			read_detail(v, "cached_tokens", &u->cached_tokens);
-		break;
-	case 25:
-		if (key_is(k, kn, "completion_tokens_details"))
-			read_detail(v, "reasoning_tokens", &u->reasoning_tokens);
-		break;
-	}
+	if (kn == 13 && key_is(k, kn, "prompt_tokens"))
+		read_count(v, &u->prompt_tokens);
+	else if (kn == 17 && key_is(k, kn, "completion_tokens"))
+		read_count(v, &u->completion_tokens);
 }
 
+/* A usage object's *_tokens_details object, read while it is checked. */
+static bool take_details(void *arg, const char *k, size_t kn, struct jscan *j, int depth, bool *ok)
+{
+	struct usage *u = arg;
+	struct detail d;
+
+	if (kn == 21 && key_is(k, kn, "prompt_tokens_details"))
+		d = (struct detail){ "cached_tokens", &u->cached_tokens };
+	else if (kn == 25 && key_is(k, kn, "completion_tokens_details"))
+		d = (struct detail){ "reasoning_tokens", &u->reasoning_tokens };
+	else
+		return false;
+	*ok = js_object(j, depth, detail_field, NULL, &d);
+	return true;
+}
+
+/* The usage object at j->p (after whitespace) read into *u, which is reset first: true
+ * when it is a JSON object. One walk checks it and reads it. */
+static bool read_usage(struct jscan *j, struct usage *u)
+{
+	usage_reset(u);
+	return js_members_take(j, usage_count, take_details, u);
+}
+
+/* A member of an SSE chunk, whose value is known to be JSON: when it is the usage object,
+ * it is read into *arg. */
 static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
 {
 	struct usage *u = arg;
@@ -457,9 +482,26 @@ static void usage_member(void *arg, const char *k, size_t kn, struct jscan *v)
 
 	if (!key_is(k, kn, "usage") || v->p >= v->end || *v->p != '{')
 		return;
-	usage_reset(u);
-	if (js_members(&obj, usage_field, u))
+	if (read_usage(&obj, u))
 		u->found = true;
+}
+
+/* A top-level member of a whole answer: the usage object is read while it is checked
+ * (into a copy: *arg keeps what an earlier usage member gave when this one is not JSON,
+ * as then the walk ends). */
+static bool take_usage(void *arg, const char *k, size_t kn, struct jscan *j, int depth, bool *ok)
+{
+	struct usage *u = arg, got;
+
+	if (!key_is(k, kn, "usage"))
+		return false;
+	usage_reset(&got);
+	*ok = js_object(j, depth, usage_count, take_details, &got);
+	if (*ok) {
+		*u = got;
+		u->found = true;
+	}
+	return true;
 }
 
 /* 1: found at the tail; 0: not there, walk the document; -1: no "usage" key at all.
@@ -494,7 +536,6 @@ static int usage_at_tail(const char *body, size_t len, struct usage *u)
 		;
 	if (b == hit || b[-1] != '}')
 		return 0;
-	usage_reset(&got);
 	for (b = hit; b > body && is_json_ws(b[-1]); b--)
 		;
 	if (b == body || (b[-1] != ',' && b[-1] != '{'))
@@ -508,7 +549,7 @@ static int usage_at_tail(const char *body, size_t len, struct usage *u)
 	js_ws(&j);
 	/* one walk both checks the object and reads its fields (into got: u is only
 	 * written once the whole tail is known to be right) */
-	if (!js_members(&j, usage_field, &got))
+	if (!read_usage(&j, &got))
 		return 0;
 	js_ws(&j);
 	if (j.p >= j.end || *j.p != '}')
@@ -536,7 +577,7 @@ bool usage_from_json(const char *body, size_t len, struct usage *u)
 		return false;
 	}
 	usage_reset(u);
-	js_members(&j, usage_member, u);
+	js_members_take(&j, NULL, take_usage, u);
 	return u->found;
 }
 

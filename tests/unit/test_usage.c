@@ -497,4 +497,28 @@ TEST(a_usage_chunk_with_a_stop_byte_anywhere_in_a_key_is_stripped_only_when_json
 	}
 }
 
+/* The nesting limit is where it was when the usage object was checked in one walk and
+ * read in another: a details object holding 62 nested arrays is read on both paths, 63 on
+ * the tail path only (it walks the usage object from one level up), 64 on neither. */
+TEST(the_nesting_limit_inside_usage_is_the_same_on_both_paths)
+{
+	static const struct { int tail, depth; bool found; } cases[] = {
+		{ 0, 62, true }, { 0, 63, false }, { 1, 63, true }, { 1, 64, false },
+	};
+	char b[512];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct usage u;
+		int n = sprintf(b, "{\"usage\":{\"prompt_tokens\":1,\"prompt_tokens_details\":{\"x\":");
+
+		for (int d = 0; d < cases[i].depth; d++)
+			b[n++] = '[';
+		for (int d = 0; d < cases[i].depth; d++)
+			b[n++] = ']';
+		n += sprintf(b + n, ",\"cached_tokens\":2}}%s}", cases[i].tail ? "" : ",\"z\":0");
+		CHECK_INT(usage_from_json(b, (size_t)n, &u), cases[i].found);
+		CHECK_INT(u.cached_tokens, cases[i].found ? 2 : -1);
+	}
+}
+
 RUN_TESTS()
