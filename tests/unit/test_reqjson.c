@@ -1,5 +1,6 @@
 /* reqjson.c: the one reading of a request body (what is JSON, what is refused, what the
  * audit and the rewrites read) and the splice that edits the client's bytes. */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -652,6 +653,65 @@ TEST(strings_that_end_at_the_buffers_end_are_read_to_the_last_byte)
 		CHECK_INT(parse_exact(&rj, body, bl + 1), RJ_OK);
 		CHECK(rj.model && rj.model->str_len == len);
 		reqjson_free(&rj);
+	}
+}
+
+/* ---- the first block a thread keeps from one reading to the next --------------------- */
+
+static bool model_is(const char *body, const char *want)
+{
+	struct reqjson rj;
+	bool ok = reqjson_parse(&rj, body, strlen(body)) == RJ_OK && rj.model &&
+	          strcmp(rj.model->str, want) == 0 && rj.n_fields == 2 &&
+	          strcmp(rj.fields[1].key, "max_tokens") == 0 && rj.max_tokens == 7;
+
+	reqjson_free(&rj);
+	return ok;
+}
+
+TEST(readings_alive_together_and_one_after_another_keep_their_own_memory)
+{
+	struct reqjson a, b, c;
+	const char *ba = "{\"model\":\"first\",\"max_tokens\":1}";
+	const char *bb = "{\"model\":\"second model\",\"max_tokens\":2}";
+	const char *bc = "{\"model\":\"3\",\"n\":3}";
+
+	/* a's block is kept when it is freed, b's freed (one is kept a thread), c takes a's */
+	CHECK_INT(reqjson_parse(&a, ba, strlen(ba)), RJ_OK);
+	CHECK_INT(reqjson_parse(&b, bb, strlen(bb)), RJ_OK);
+	CHECK(a.model && strcmp(a.model->str, "first") == 0);
+	CHECK(b.model && strcmp(b.model->str, "second model") == 0);
+	reqjson_free(&a);
+	CHECK(b.model && strcmp(b.model->str, "second model") == 0);
+	reqjson_free(&b);
+	CHECK_INT(reqjson_parse(&c, bc, strlen(bc)), RJ_OK);
+	CHECK_INT(c.n_fields, 2);
+	CHECK(c.model && strcmp(c.model->str, "3") == 0 && strcmp(c.fields[1].key, "n") == 0);
+	CHECK(!c.has_max_tokens);
+	reqjson_free(&c);
+	/* a reading whose fields or strings outgrew the first block frees all of it */
+	CHECK_INT(parse("{\"a\":1,\"b\":2,\"c\":3,\"d\":4,\"e\":5,\"f\":6,\"g\":7,\"h\":8,\"i\":9,"
+	                "\"j\":10,\"k\":11,\"l\":12,\"m\":13}"), RJ_OK);
+	CHECK(model_is("{\"model\":\"after\",\"max_tokens\":7}", "after"));
+}
+
+static void *parse_in_a_thread(void *arg)
+{
+	*(bool *)arg = model_is("{\"model\":\"threaded\",\"max_tokens\":7}", "threaded") &&
+	               model_is("{\"model\":\"again\",\"max_tokens\":7}", "again");
+	return NULL;
+}
+
+/* the block a thread keeps is freed when it ends (LeakSanitizer would report it) */
+TEST(a_threads_kept_block_goes_when_the_thread_ends)
+{
+	for (int i = 0; i < 3; i++) {
+		pthread_t t;
+		bool ok = false;
+
+		CHECK_INT(pthread_create(&t, NULL, parse_in_a_thread, &ok), 0);
+		CHECK_INT(pthread_join(t, NULL), 0);
+		CHECK(ok);
 	}
 }
 
