@@ -219,11 +219,18 @@ static bool number_fits(const char *s, size_t n, bool integer)
 				return true;      /* at most ~20 digits times 10^99 */
 		}
 		if (n >= sizeof(buf)) {
-			/* very long: the value is about 10^(integer digits + exponent) */
+			/* very long: the value is about 10^(integer digits + exponent), compared
+			 * with 10^300 without adding the two: strtol gives LONG_MAX for a huge
+			 * exponent, and the sum overflowed (undefined; it wrapped, and such a
+			 * number was taken as one that fits, found by fuzz_usage.c) */
 			const char *dot = memchr(d, '.', nd), *stop = dot ? dot : e ? e : s + n;
+			long digits, ex;
+
 			while (d < stop && *d == '0')
 				d++;
-			return (long)(stop - d) + (e ? strtol(e + 1, NULL, 10) : 0) < 300;
+			digits = (long)(stop - d);
+			ex = e ? strtol(e + 1, NULL, 10) : 0;
+			return ex < 300 - digits;
 		}
 	}
 	memcpy(buf, s, n);

@@ -12,9 +12,10 @@
  *    is never JSON to reqjson;
  *  - RJ_DUPLICATE_KEY exactly when jansson's error is a duplicate key (both stop at the
  *    first fault, so both name the same one);
- *  - for an object: the same top-level keys in the same order, the same numbers (as
- *    doubles and as int64), the same model bytes, the same stream and include_usage
- *    flags, the same max_tokens;
+ *  - for an object: the same top-level keys in the same order, each value of the same
+ *    type, the same strings (decoded, NUL-terminated: the arena's copies), the same
+ *    numbers (as doubles and as int64), the same model bytes, the same stream and
+ *    include_usage flags, the same max_tokens;
  *  - the splice (two fixed adds, include_usage set) gives a body both accept, with every
  *    other member's bytes as sent (reqjson) and value equal (jansson), the adds present
  *    once, include_usage true and nothing else in stream_options changed; a splice with
@@ -43,6 +44,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
+/* jansson's type as reqjson's. */
+static enum rj_type rj_type_of(const json_t *v)
+{
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: return RJ_OBJECT;
+	case JSON_ARRAY: return RJ_ARRAY;
+	case JSON_STRING: return RJ_STRING;
+	case JSON_INTEGER: case JSON_REAL: return RJ_NUMBER;
+	case JSON_TRUE: return RJ_TRUE;
+	case JSON_FALSE: return RJ_FALSE;
+	default: return RJ_NULL;
+	}
+}
+
 /* The readings of an object against jansson's tree. */
 static void check_readings(const struct reqjson *rj, const char *body, json_t *root,
                            bool ints_as_reals)
@@ -59,8 +74,16 @@ static void check_readings(const struct reqjson *rj, const char *body, json_t *r
 		int64_t n;
 
 		FUZZ_CHECK(i < rj->n_fields && strlen(key) == f->key_len &&
-		           memcmp(key, f->key, f->key_len) == 0,
+		           memcmp(key, f->key, f->key_len + 1) == 0,
 		           "member %zu is \"%s\" for jansson", i, key);
+		FUZZ_CHECK(f->type == rj_type_of(v), "member \"%s\" is of type %d, jansson's %d", key,
+		           f->type, rj_type_of(v));
+		if (json_is_string(v))
+			FUZZ_CHECK(f->str && f->str_len == json_string_length(v) &&
+			           memcmp(f->str, json_string_value(v), f->str_len + 1) == 0,
+			           "member \"%s\" is not jansson's string", key);
+		else
+			FUZZ_CHECK(!f->str && f->str_len == 0, "member \"%s\" has a string", key);
 		FUZZ_CHECK(reqjson_number(rj, f, body, &d) == json_is_number(v) &&
 		           (!json_is_number(v) || d == json_number_value(v)),
 		           "member \"%s\" as a double", key);

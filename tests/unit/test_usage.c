@@ -521,4 +521,24 @@ TEST(the_nesting_limit_inside_usage_is_the_same_on_both_paths)
 	}
 }
 
+/* A number too long for the stack buffer, with an exponent beyond a long: it does not fit
+ * a double, as jansson says (real number overflow), so the answer is not JSON; with a
+ * negative exponent it is about 0 and fits. */
+TEST(a_long_number_with_a_huge_exponent_does_not_fit)
+{
+	char b[1024];
+	struct usage u;
+	int n;
+
+	for (int neg = 0; neg < 2; neg++) {
+		n = sprintf(b, "{\"x\":1");
+		memset(b + n, '0', 400);
+		n += 400;
+		n += sprintf(b + n, "e%s99999999999999999999,\"usage\":{\"prompt_tokens\":1},\"z\":0}",
+		             neg ? "-" : "");
+		CHECK_INT(usage_from_json(b, (size_t)n, &u), neg);
+		CHECK_INT(u.prompt_tokens, neg ? 1 : -1);
+	}
+}
+
 RUN_TESTS()
