@@ -1,4 +1,5 @@
 /* Token usage extraction; see usage.h. */
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -220,16 +221,28 @@ static bool number_fits(const char *s, size_t n, bool integer)
 		}
 		if (n >= sizeof(buf)) {
 			/* very long: the value is about 10^(integer digits + exponent), compared
-			 * with 10^300 without adding the two: strtol gives LONG_MAX for a huge
-			 * exponent, and the sum overflowed (undefined; it wrapped, and such a
-			 * number was taken as one that fits, found by fuzz_usage.c) */
+			 * with 10^300 without adding the two. The exponent is read here, within
+			 * the number, as strtol reads it (a huge one saturated): strtol read on
+			 * past a number at the very end of the buffer, and the sum with its
+			 * LONG_MAX overflowed (undefined; it wrapped, and such a number was taken
+			 * as one that fits). Both found by fuzz_usage.c. */
 			const char *dot = memchr(d, '.', nd), *stop = dot ? dot : e ? e : s + n;
-			long digits, ex;
+			long digits, ex = 0;
 
 			while (d < stop && *d == '0')
 				d++;
 			digits = (long)(stop - d);
-			ex = e ? strtol(e + 1, NULL, 10) : 0;
+			if (e) {
+				const char *x = e + 1;
+				bool neg = *x == '-';
+
+				if (*x == '+' || *x == '-')
+					x++;
+				for (; x < s + n; x++)
+					ex = ex <= (LONG_MAX - 9) / 10 ? ex * 10 + (*x - '0') : LONG_MAX;
+				if (neg)
+					ex = -ex;
+			}
 			return ex < 300 - digits;
 		}
 	}

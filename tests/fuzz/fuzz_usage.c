@@ -12,8 +12,10 @@
  *    cache_write_tokens is always -1.
  * Set aside: inputs with a \u escape (the scanner matches keys by their bytes as sent,
  * jansson by their decoded text), with a NUL byte (jansson skips some), nested deeper
- * than the scanner's 64 levels (counted as '{' and '[' bytes), and a count of 0 when the
- * input has a "-0" (an integer 0 to jansson, not a count to the scanner).
+ * than the scanner's 64 levels (counted as '{' and '[' bytes), with a run of 100 digits
+ * (a number of 400 characters or more, whose size the scanner estimates: one between
+ * 10^300 and DBL_MAX is refused), and a count of 0 when the input has a "-0" (an integer
+ * 0 to jansson, not a count to the scanner).
  * Whatever the input: found or not, the counts are -1 when not found, and a count is -1
  * or non-negative.
  *
@@ -74,8 +76,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	if (size == 0 || memchr(body, '\0', size) || memmem(body, size, "\\u", 2))
 		return 0;
-	for (size_t i = 0; i < size; i++)
+	for (size_t i = 0, run = 0; i < size; i++) {
 		opens += body[i] == '{' || body[i] == '[';
+		run = body[i] >= '0' && body[i] <= '9' ? run + 1 : 0;
+		if (run >= 100)
+			return 0;
+	}
 	if (opens > 60)
 		return 0;
 	root = json_loadb(body, size, JSON_REJECT_DUPLICATES, &err);

@@ -539,6 +539,12 @@ TEST(a_long_number_with_a_huge_exponent_does_not_fit)
 		CHECK_INT(usage_from_json(b, (size_t)n, &u), neg);
 		CHECK_INT(u.prompt_tokens, neg ? 1 : -1);
 	}
+	/* such a number at the very end of the buffer: its exponent is read up to there */
+	n = sprintf(b, "{\"usage\":1,\"x\":1");
+	memset(b + n, '0', 400);
+	n += 400;
+	n += sprintf(b + n, "e5");
+	CHECK(!usage_exact(b, (size_t)n, &u));
 }
 
 RUN_TESTS()
