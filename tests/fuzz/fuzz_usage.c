@@ -19,8 +19,8 @@
  * Whatever the input: found or not, the counts are -1 when not found, and a count is -1
  * or non-negative.
  *
- * Not in tests/fuzz/run.sh's list: build it as run.sh builds a target, from this file
- * and fastgated/usage.c (the sse target's corpus makes a good seed). */
+ * tests/fuzz/run.sh fuzz SECONDS usage; make test replays its corpus (seeded with the mock's
+ * answer and an OpenAI-shaped one, whose usage is not the last member). */
 #include <stdbool.h>
 #include <string.h>
 

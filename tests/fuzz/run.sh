@@ -10,7 +10,7 @@
 #                                                 same edges (when it grows past ~200 files)
 #   tests/fuzz/run.sh coverage [TARGET...]        line coverage of the modules by the corpus (llvm-cov)
 #
-# Targets: reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit cidr
+# Targets: reqcheck routes ctlproto bodymatch sse usage h1resp reqjson anthropic messages_in pricing limit cidr
 # auditblock blockrows. Corpus: tests/fuzz/corpus/TARGET/.
 # A crash found while fuzzing is saved as build-fuzz/artifacts/TARGET/crash-*; once fixed,
 # copy it into the corpus as crash-WHAT (minimize keeps seed-* and crash-* files) so the
@@ -18,7 +18,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 
-ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse h1resp reqjson anthropic messages_in pricing limit cidr
+ALL_TARGETS=(reqcheck routes ctlproto bodymatch sse usage h1resp reqjson anthropic messages_in pricing limit cidr
   auditblock blockrows)
 FUZZ_DIR=tests/fuzz
 WARN="-Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wformat=2"
@@ -34,7 +34,7 @@ sources_of() {
                echo fastgated/routes.c fastgated/reqjson.c fastgated/errlist.c fastgated/util.c \
                     fastgated/pool.c fastgated/balance.c fastgated/breaker.c ;;
     ctlproto)  echo fastgated/ctlproto.c ;;
-    sse)       echo fastgated/usage.c ;;
+    sse|usage) echo fastgated/usage.c ;;
     h1resp)    echo fastgated/h1resp.c ;;
     reqjson)   echo fastgated/reqjson.c ;;
     anthropic) echo fastgated/anthropic.c fastgated/sseread.c ;;
@@ -60,7 +60,7 @@ libs_of() {
 # the format needs room (a route or price file, an SSE stream with several events).
 fuzz_flags() {
   local f="-max_len=4096"
-  case $1 in routes|sse|anthropic|messages_in|pricing|auditblock|blockrows) f="-max_len=16384" ;; esac
+  case $1 in routes|sse|usage|anthropic|messages_in|pricing|auditblock|blockrows) f="-max_len=16384" ;; esac
   case $1 in
     reqcheck|routes) f="$f -dict=$FUZZ_DIR/$1.dict" ;;
     h1resp)          f="$f -dict=$FUZZ_DIR/reqcheck.dict" ;;
