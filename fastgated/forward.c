@@ -139,28 +139,6 @@ static char *put(char *w, const char *s, size_t n)
 /* The bytes of "name: value\r\n". */
 #define HEADER_LEN(nl, vl) ((nl) + (vl) + 4)
 
-/* "name: value\r\n" at w, which has room for it; where it ends. */
-static char *put_header(char *w, const char *name, size_t nl, const char *value, size_t vl)
-{
-	w = put(w, name, nl);
-	w = PUT_LIT(w, ": ");
-	w = put(w, value, vl);
-	return PUT_LIT(w, "\r\n");
-}
-
-/* n in decimal at w; where it ends. The digits go straight to their place, last first:
- * fmt_dec's copy of them (a memcpy call) cost more than a status or a length's few. */
-static char *put_dec(char *w, uint64_t n)
-{
-	char *end = w;
-
-	for (uint64_t t = n; t >= 10; t /= 10)
-		end++;
-	for (char *p = ++end; p > w; n /= 10)
-		*--p = (char)('0' + n % 10);
-	return end;
-}
-
 /* The head ends at w. */
 static void head_end_at(struct attempt *a, const char *w)
 {
@@ -261,7 +239,7 @@ static int head_add_header(struct attempt *a, const char *name, size_t nl, const
 
 	if (!w)
 		return -1;
-	head_end_at(a, put_header(w, name, nl, value, vl));
+	head_end_at(a, put_header_line(w, name, nl, value, vl));
 	return 0;
 }
 
@@ -322,11 +300,11 @@ static char *put_key(char *w, const struct key_headers *k, const struct route_ta
 {
 	if (t->provider == PROVIDER_ANTHROPIC) {
 		if (k->key)
-			w = put_header(w, "x-api-key", 9, k->key, k->kl);
+			w = put_header_line(w, "x-api-key", 9, k->key, k->kl);
 		if (k->version)
-			w = put_header(w, "anthropic-version", 17, k->version, k->vl);
+			w = put_header_line(w, "anthropic-version", 17, k->version, k->vl);
 	} else if (k->key && t->provider == PROVIDER_AZURE) {
-		w = put_header(w, "api-key", 7, k->key, k->kl);
+		w = put_header_line(w, "api-key", 7, k->key, k->kl);
 	} else if (k->key) {
 		w = PUT_LIT(w, "Authorization: Bearer ");
 		w = put(w, k->key, k->kl);
@@ -358,14 +336,14 @@ static int head_finish(struct attempt *a, const struct route_target *t,
 		return -1;
 	}
 	w = put_key(w, &k, t);
-	w = put_header(w, "X-Request-Id", 12, id, REQID_LEN);
+	w = put_header_line(w, "X-Request-Id", 12, id, REQID_LEN);
 	w = PUT_LIT(w, "Accept-Encoding: identity\r\n");
-	w = put_header(w, "X-Forwarded-For", 15, xff, xffl);
-	w = put_header(w, "X-Forwarded-Proto", 17, xfp, xfpl);
+	w = put_header_line(w, "X-Forwarded-For", 15, xff, xffl);
+	w = put_header_line(w, "X-Forwarded-Proto", 17, xfp, xfpl);
 	free(chain);
 	if (with_length) {
 		w = PUT_LIT(w, "Content-Length: ");
-		w = put_dec(w, body_len);
+		w += fmt_dec(w, body_len);
 		w = PUT_LIT(w, "\r\n");
 	}
 	head_end_at(a, PUT_LIT(w, "\r\n"));
@@ -488,9 +466,9 @@ static void attempt_log_add(struct proxy_req *px, const char *url, long status,
 		*w++ = ';';
 	w = put(w, url, ul);
 	*w++ = '=';
-	w = status >= 100 ? put_dec(w, (uint64_t)status) : put(w, outcome, ol);
+	w = status >= 100 ? w + fmt_dec(w, (uint64_t)status) : put(w, outcome, ol);
 	*w++ = ':';
-	w = put_dec(w, (uint64_t)(ms < 0 ? 0 : ms));
+	w += fmt_dec(w, (uint64_t)(ms < 0 ? 0 : ms));
 	*w = '\0';
 	px->attempt_log_len = (size_t)(w - px->attempt_log);
 }
