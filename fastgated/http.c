@@ -618,12 +618,8 @@ void http_add_header(struct http_request *req, const char *name, const char *val
 		return;
 	if (nl == 4 && strncasecmp(name, "date", 4) == 0)
 		c->outhead_date = true;
-	memcpy(c->outhead + c->outhead_len, name, nl);
-	c->outhead[c->outhead_len + nl] = ':';
-	c->outhead[c->outhead_len + nl + 1] = ' ';
-	memcpy(c->outhead + c->outhead_len + nl + 2, value, vl);
-	memcpy(c->outhead + c->outhead_len + nl + 2 + vl, "\r\n", 2);
-	c->outhead_len += nl + vl + 4;
+	c->outhead_len = (size_t)(put_header_line(c->outhead + c->outhead_len, name, nl, value, vl) -
+	                          c->outhead);
 }
 
 void http_add_header_lines(struct http_request *req, const char *lines, size_t len)

@@ -124,18 +124,6 @@ static bool named_in_connection(const struct attempt *a, const char *name, size_
 	return false;
 }
 
-/* "name: value\r\n" at w; where it ends. */
-static char *put_header_line(char *w, const char *k, size_t kl, const char *v, size_t vl)
-{
-	memcpy(w, k, kl);
-	w[kl] = ':';
-	w[kl + 1] = ' ';
-	memcpy(w + kl + 2, v, vl);
-	w[kl + 2 + vl] = '\r';
-	w[kl + 3 + vl] = '\n';
-	return w + kl + vl + 4;
-}
-
 /* The kept headers go to http.c as lines in one http_add_header_lines (a few for a long
  * head), not one http_add_header each: its strlen and strpbrk cost ~240 instructions a
  * header. The lines are the ones http_add_header would write, and none needs its check

@@ -7,6 +7,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <strings.h>
 
 /* Memory kept for reuse instead of freed (proxy.c's spare requests) is poisoned under
@@ -55,6 +56,21 @@ size_t fmt_usd_nano(char *out, int64_t nano);
  * a counter two threads change. */
 #define CTR_GET(c) __atomic_load_n(&(c), __ATOMIC_RELAXED)
 #define CTR_ADD(c, n) __atomic_store_n(&(c), CTR_GET(c) + (n), __ATOMIC_RELAXED)
+
+/* "name: value\r\n" at w, which has room for it (nl + vl + 4 bytes); where it ends. The
+ * upstream's head (forward.c) and the client's answer head (http.c, relay.c) are written
+ * with it. */
+static inline char *put_header_line(char *w, const char *name, size_t nl, const char *value,
+                                    size_t vl)
+{
+	memcpy(w, name, nl);
+	w[nl] = ':';
+	w[nl + 1] = ' ';
+	memcpy(w + nl + 2, value, vl);
+	w[nl + 2 + vl] = '\r';
+	w[nl + 3 + vl] = '\n';
+	return w + nl + vl + 4;
+}
 
 /* Is the header name (nl bytes, any case) the literal lit, written in lower case and
  * starting with a letter? For the fixed lists checked against every header of every
